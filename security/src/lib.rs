@@ -1,1 +1,18 @@
+//! Security primitives: signed tokens backed by signing keys kept in the store, the users they
+//! name, and TLS material for the control plane's own listeners.
 
+pub mod tls;
+pub mod tokens;
+pub mod user;
+
+pub use tokens::{SigningKeys, TokenError};
+pub use user::User;
+
+/// A random identifier in UUID v4 form, for token ids and instance ids.
+pub fn random_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}

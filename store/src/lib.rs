@@ -1,1 +1,170 @@
+//! Resource storage: the [`ResourceStore`] trait every backend implements, change events, and
+//! the backends themselves. Every state change goes through a store and produces a
+//! [`ChangeEvent`]; consumers react to events instead of polling.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use model::{Resource, ResourceKey, ResourceType};
+use tokio::sync::broadcast;
+
+pub mod memory;
+pub mod metered;
+
+#[cfg(feature = "testing")]
+pub mod conformance;
+
+pub use memory::MemoryStore;
+pub use metered::MeteredStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(ResourceKey),
+    #[error("{0} already exists")]
+    AlreadyExists(ResourceKey),
+    #[error("{key} was changed concurrently (expected version {expected}, found {actual})")]
+    Conflict { key: ResourceKey, expected: u64, actual: u64 },
+    #[error("mesh {0:?} not found")]
+    MeshNotFound(String),
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("stored data for {key} is corrupt: {message}")]
+    Corrupt { key: ResourceKey, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeEvent {
+    pub op: Operation,
+    pub key: ResourceKey,
+    /// The version after the change (for deletes, the last version the resource had).
+    pub version: u64,
+}
+
+/// What to list. Items come back ordered by (mesh, name), so offsets are stable.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub kind: ResourceType,
+    /// `None` lists across all meshes.
+    pub mesh: Option<String>,
+    /// Every label here must match exactly.
+    pub labels: BTreeMap<String, String>,
+    pub name_contains: Option<String>,
+    pub offset: usize,
+    /// `None` returns everything from `offset` on.
+    pub size: Option<usize>,
+}
+
+impl ListQuery {
+    pub fn all(kind: ResourceType) -> Self {
+        ListQuery { kind, mesh: None, labels: BTreeMap::new(), name_contains: None, offset: 0, size: None }
+    }
+
+    pub fn in_mesh(kind: ResourceType, mesh: &str) -> Self {
+        ListQuery { mesh: Some(mesh.to_string()), ..Self::all(kind) }
+    }
+
+    /// Whether a resource satisfies the filters (not the paging).
+    pub fn matches(&self, r: &Resource) -> bool {
+        r.kind == self.kind
+            && self.mesh.as_ref().is_none_or(|m| *m == r.meta.mesh)
+            && self.labels.iter().all(|(k, v)| r.meta.labels.get(k) == Some(v))
+            && self.name_contains.as_ref().is_none_or(|n| r.meta.name.contains(n.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub items: Vec<Resource>,
+    /// Matching items in all pages.
+    pub total: usize,
+    /// Where the next page starts, if there is one.
+    pub next_offset: Option<usize>,
+}
+
+/// Cuts one page out of a fully filtered, ordered list.
+pub fn paginate(mut all: Vec<Resource>, offset: usize, size: Option<usize>) -> ListPage {
+    let total = all.len();
+    let start = offset.min(total);
+    let end = size.map_or(total, |s| start.saturating_add(s).min(total));
+    let items: Vec<Resource> = all.drain(start..end).collect();
+    ListPage { items, total, next_offset: (end < total).then_some(end) }
+}
+
+#[async_trait]
+pub trait ResourceStore: Send + Sync + 'static {
+    async fn get(&self, key: &ResourceKey) -> Result<Resource>;
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage>;
+
+    /// Stores a new resource. The store sets version 1 and both timestamps; a mesh-scoped
+    /// resource needs its Mesh to exist.
+    async fn create(&self, resource: Resource) -> Result<Resource>;
+
+    /// Replaces a resource if `resource.meta.version` is still the stored version
+    /// (optimistic concurrency); otherwise fails with [`StoreError::Conflict`].
+    async fn update(&self, resource: Resource) -> Result<Resource>;
+
+    /// Deletes a resource and what it owns: a Mesh takes every resource in it, a Dataplane,
+    /// Zone, ZoneIngress or ZoneEgress its insight.
+    async fn delete(&self, key: &ResourceKey) -> Result<()>;
+
+    /// Events for every change after the call. A receiver that falls behind gets
+    /// `RecvError::Lagged` and must re-list what it cares about.
+    fn subscribe(&self) -> broadcast::Receiver<ChangeEvent>;
+
+    /// Cheap liveness check of the backend, for `/ready`.
+    async fn ping(&self) -> Result<()>;
+
+    /// Short name of the backend for logs and metrics.
+    fn backend(&self) -> &'static str;
+}
+
+pub type SharedStore = Arc<dyn ResourceStore>;
+
+/// Creates or replaces a resource, retrying on a concurrent change. `apply` may edit the
+/// resource it is given (the stored one, or `fresh` when there is none) before it is written.
+pub async fn upsert(
+    store: &dyn ResourceStore,
+    fresh: Resource,
+    apply: impl Fn(&mut Resource),
+) -> Result<(Resource, bool)> {
+    let key = fresh.key();
+    for _ in 0..8 {
+        match store.get(&key).await {
+            Ok(mut current) => {
+                apply(&mut current);
+                match store.update(current).await {
+                    Ok(r) => return Ok((r, false)),
+                    Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(StoreError::NotFound(_)) => {
+                let mut r = fresh.clone();
+                apply(&mut r);
+                match store.create(r).await {
+                    Ok(r) => return Ok((r, true)),
+                    Err(StoreError::AlreadyExists(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict { key, expected: 0, actual: 0 })
+}
