@@ -1,1 +1,121 @@
+//! The HTTP API on 5681/5682 (Kuma's routes and shapes), the GUI at `/gui`, and the
+//! diagnostics server on 5680.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use security::SigningKeys;
+use store::SharedStore;
+
+pub mod auth;
+pub mod diagnostics;
+pub mod error;
+mod gui;
+mod metrics;
+mod overview;
+mod resources;
+pub mod serve;
+mod tokens;
+
+pub use auth::AuthConfig;
+pub use error::ApiError;
+pub use metrics::ApiMetrics;
+pub use serve::{Peer, serve_http, serve_https};
+
+/// Largest request body the API reads. Big enough for a MeshProxyPatch full of Envoy config.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// How long one request may take end to end.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `GET /` reports about this control plane.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerInfo {
+    pub hostname: String,
+    pub tagline: String,
+    pub product: String,
+    pub version: String,
+    pub instance_id: String,
+    pub cluster_id: String,
+    pub gui: String,
+    pub based_on_kuma: String,
+    /// `standalone`, `zone` or `global`: kumactl and the GUI show it.
+    pub mode: String,
+}
+
+pub struct ApiState {
+    pub store: SharedStore,
+    pub user_keys: Arc<SigningKeys>,
+    pub info: ServerInfo,
+    /// The effective configuration, secrets already redacted.
+    pub config: serde_json::Value,
+    pub auth: AuthConfig,
+    pub metrics: ApiMetrics,
+}
+
+pub type SharedState = Arc<ApiState>;
+
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/", get(resources::index))
+        .route("/config", get(resources::config))
+        .route("/_resources", get(resources::resource_types))
+        .route("/who-am-i", get(auth::who_am_i))
+        .route("/tokens/user", post(tokens::issue_user_token))
+        .route("/mesh-insights", get(overview::mesh_insights))
+        .route("/mesh-insights/{mesh}", get(overview::mesh_insight))
+        .route("/gui", get(gui::page))
+        .route("/gui/", get(gui::page))
+        .route("/{plural}", get(resources::list_top))
+        .route(
+            "/{plural}/{name}",
+            get(resources::get_top).put(resources::put_top).delete(resources::delete_top),
+        )
+        .route("/meshes/{mesh}/{plural}", get(resources::list_in_mesh))
+        .route(
+            "/meshes/{mesh}/{plural}/{name}",
+            get(resources::get_in_mesh).put(resources::put_in_mesh).delete(resources::delete_in_mesh),
+        )
+        .route("/meshes/{mesh}/{plural}/{name}/_overview", get(resources::get_overview_in_mesh))
+        .fallback(resources::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state)
+}
+
+async fn record_metrics(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.observe(&method, &route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// Registers the API's metrics; call once per process.
+pub fn api_metrics(registry: &mut Registry) -> ApiMetrics {
+    ApiMetrics::register(registry)
+}
+
+/// True when the peer is on this host.
+pub fn is_local(peer: Option<SocketAddr>) -> bool {
+    peer.is_some_and(|p| match p.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    })
+}

@@ -37,6 +37,22 @@ pub fn validate(spec: &Value) -> Result<(), ValidationError> {
     validate_as::<SecretSpec>(spec, "").map(|_| ())
 }
 
+/// `Config`: an opaque string the control plane keeps for itself (cluster id and the like).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigSpec {
+    #[serde(default)]
+    pub config: String,
+}
+
+impl Validate for ConfigSpec {
+    fn validate(&self, _: &mut Validator) {}
+}
+
+pub fn validate_config(spec: &Value) -> Result<(), ValidationError> {
+    validate_as::<ConfigSpec>(spec, "").map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

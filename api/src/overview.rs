@@ -1,0 +1,155 @@
+//! Overviews join a resource with its insight (`dataplanes+insights`, `zones+insights`, ...),
+//! and mesh insights count what each mesh holds.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use model::specs::insight::InsightSpec;
+use model::{Resource, ResourceKey, ResourceType, Timestamp};
+use serde_json::{Map, Value, json};
+use store::{ListQuery, StoreError};
+
+use crate::SharedState;
+use crate::error::ApiError;
+use crate::resources::{next_link, parse_list_query};
+
+/// How long a subscription may stay silent before it counts as offline.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// (overview type name, field for the resource, field for the insight)
+fn overview_names(kind: ResourceType) -> Option<(&'static str, &'static str, &'static str)> {
+    match kind {
+        ResourceType::Dataplane => Some(("DataplaneOverview", "dataplane", "dataplaneInsight")),
+        ResourceType::Zone => Some(("ZoneOverview", "zone", "zoneInsight")),
+        ResourceType::ZoneIngress => Some(("ZoneIngressOverview", "zoneIngress", "zoneIngressInsight")),
+        ResourceType::ZoneEgress => Some(("ZoneEgressOverview", "zoneEgress", "zoneEgressInsight")),
+        _ => None,
+    }
+}
+
+fn no_overview(kind: ResourceType) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Not found", format!("{kind} has no insights overview"))
+}
+
+async fn overview_value(state: &SharedState, r: &Resource) -> Result<Value, ApiError> {
+    let (type_name, res_field, insight_field) = overview_names(r.kind).ok_or_else(|| no_overview(r.kind))?;
+    let insight_kind = r.kind.owned_insight().ok_or_else(|| no_overview(r.kind))?;
+    let insight_key = ResourceKey::new(insight_kind, r.meta.mesh.clone(), r.meta.name.clone());
+    let insight = match state.store.get(&insight_key).await {
+        Ok(i) => i.spec,
+        Err(StoreError::NotFound(_)) => json!({}),
+        Err(e) => return Err(ApiError::from_store("Could not retrieve resources", e)),
+    };
+    let online = serde_json::from_value::<InsightSpec>(insight.clone())
+        .map(|i| i.is_online(Timestamp::now(), STALE_AFTER))
+        .unwrap_or(false);
+    let mut obj = Map::new();
+    obj.insert("type".into(), json!(type_name));
+    if r.kind.is_mesh_scoped() {
+        obj.insert("mesh".into(), json!(r.meta.mesh));
+    }
+    obj.insert("name".into(), json!(r.meta.name));
+    obj.insert("creationTime".into(), json!(r.meta.creation_time.to_string()));
+    obj.insert("modificationTime".into(), json!(r.meta.modification_time.to_string()));
+    if !r.meta.labels.is_empty() {
+        obj.insert("labels".into(), json!(r.meta.labels));
+    }
+    obj.insert(res_field.into(), r.spec.clone());
+    obj.insert(insight_field.into(), insight);
+    // Not in Kuma's shape: the CP's own verdict, so clients need not re-derive staleness.
+    obj.insert("online".into(), json!(online));
+    Ok(Value::Object(obj))
+}
+
+pub async fn list(
+    state: &SharedState,
+    kind: ResourceType,
+    mesh: Option<String>,
+    params: &HashMap<String, String>,
+    uri: &OriginalUri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    overview_names(kind).ok_or_else(|| no_overview(kind))?;
+    let query = parse_list_query(kind, mesh, params)?;
+    let page = state
+        .store
+        .list(&query)
+        .await
+        .map_err(|e| ApiError::from_store("Could not retrieve resources", e))?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for r in &page.items {
+        items.push(overview_value(state, r).await?);
+    }
+    let next = next_link(uri, headers, page.next_offset, query.size.unwrap_or(100));
+    Ok(Json(json!({"total": page.total, "items": items, "next": next})).into_response())
+}
+
+pub async fn get(state: &SharedState, kind: ResourceType, mesh: &str, name: &str) -> Result<Response, ApiError> {
+    overview_names(kind).ok_or_else(|| no_overview(kind))?;
+    let r = state
+        .store
+        .get(&ResourceKey::new(kind, mesh, name))
+        .await
+        .map_err(|e| ApiError::from_store("Could not retrieve a resource", e))?;
+    Ok(Json(overview_value(state, &r).await?).into_response())
+}
+
+/// Counts computed on request: cheap on every backend because lists of size 0 only count.
+async fn mesh_insight_value(state: &SharedState, mesh: &Resource) -> Result<Value, ApiError> {
+    let err = |e| ApiError::from_store("Could not retrieve mesh insights", e);
+    let name = &mesh.meta.name;
+    let dps = state.store.list(&ListQuery::in_mesh(ResourceType::Dataplane, name)).await.map_err(err)?;
+    let now = Timestamp::now();
+    let mut online = 0;
+    for dp in &dps.items {
+        let key = ResourceKey::new(ResourceType::DataplaneInsight, name.clone(), dp.meta.name.clone());
+        if let Ok(i) = state.store.get(&key).await
+            && serde_json::from_value::<InsightSpec>(i.spec).is_ok_and(|i| i.is_online(now, STALE_AFTER))
+        {
+            online += 1;
+        }
+    }
+    let mut policies = Map::new();
+    for kind in ResourceType::all().filter(|k| k.is_mesh_scoped() && *k != ResourceType::Dataplane) {
+        let mut q = ListQuery::in_mesh(kind, name);
+        q.size = Some(0);
+        let total = state.store.list(&q).await.map_err(err)?.total;
+        if total > 0 {
+            policies.insert(kind.name().into(), json!({ "total": total }));
+        }
+    }
+    Ok(json!({
+        "type": "MeshInsight",
+        "name": name,
+        "creationTime": mesh.meta.creation_time.to_string(),
+        "modificationTime": mesh.meta.modification_time.to_string(),
+        "lastSync": now.to_string(),
+        "dataplanes": {"total": dps.total, "online": online, "offline": dps.total - online},
+        "policies": policies,
+    }))
+}
+
+pub async fn mesh_insights(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+    let meshes = state
+        .store
+        .list(&ListQuery::all(ResourceType::Mesh))
+        .await
+        .map_err(|e| ApiError::from_store("Could not retrieve mesh insights", e))?;
+    let mut items = Vec::new();
+    for m in &meshes.items {
+        items.push(mesh_insight_value(&state, m).await?);
+    }
+    Ok(Json(json!({"total": items.len(), "items": items, "next": null})))
+}
+
+pub async fn mesh_insight(State(state): State<SharedState>, Path(mesh): Path<String>) -> Result<Json<Value>, ApiError> {
+    let m = state
+        .store
+        .get(&ResourceKey::new(ResourceType::Mesh, "", mesh))
+        .await
+        .map_err(|e| ApiError::from_store("Could not retrieve mesh insights", e))?;
+    Ok(Json(mesh_insight_value(&state, &m).await?))
+}

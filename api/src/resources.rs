@@ -1,0 +1,399 @@
+//! Resource CRUD: `/{plural}[/{name}]` for global-scoped types (and cross-mesh listing of
+//! mesh-scoped ones), `/meshes/{mesh}/{plural}[/{name}]` for mesh-scoped types.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use model::{Resource, ResourceKey, ResourceType, Scope};
+use security::user::ADMIN_TOKEN_SECRET;
+use serde_json::{Value, json};
+use store::{ListQuery, StoreError};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::overview;
+use crate::{MAX_BODY_BYTES, SharedState};
+
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
+
+const TITLE_GET: &str = "Could not retrieve a resource";
+const TITLE_LIST: &str = "Could not retrieve resources";
+const TITLE_PUT: &str = "Could not process a resource";
+const TITLE_DELETE: &str = "Could not delete a resource";
+
+pub async fn index(State(state): State<SharedState>) -> Json<crate::ServerInfo> {
+    Json(state.info.clone())
+}
+
+pub async fn config(State(state): State<SharedState>) -> Json<Value> {
+    Json(state.config.clone())
+}
+
+pub async fn resource_types() -> Json<Value> {
+    let mut items: Vec<Value> = ResourceType::all()
+        .map(|t| {
+            let d = t.descriptor();
+            let mut item = json!({
+                "name": d.name,
+                "path": d.plural,
+                "scope": match d.scope { Scope::Mesh => "Mesh", Scope::Global => "Global" },
+                "readOnly": d.read_only,
+                "includeInFederation": d.has_flag(model::descriptor::kds::PROVIDED_BY_GLOBAL)
+                    && !matches!(t, ResourceType::MeshService),
+                "singularDisplayName": d.singular_display,
+                "pluralDisplayName": d.plural_display,
+                "kdsFlags": d.kds_flags,
+            });
+            if d.is_policy {
+                item["policy"] = json!({"isTargetRef": true});
+            }
+            item
+        })
+        .collect();
+    items.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Json(json!({ "resources": items }))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Not found", "No such endpoint")
+}
+
+/// What the URL names: a known type in the right scope.
+fn resolve_type(plural: &str, in_mesh: bool) -> Result<ResourceType, ApiError> {
+    let kind = ResourceType::from_plural(plural).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "Not found", format!("unknown resource type {plural:?}"))
+    })?;
+    if in_mesh && !kind.is_mesh_scoped() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("{kind} is not mesh-scoped: use /{plural}"),
+        ));
+    }
+    Ok(kind)
+}
+
+/// Secrets are for admins only; the bootstrap admin token additionally only for this host.
+fn check_read_access(caller: &Caller, key: Option<&ResourceKey>, kind: ResourceType) -> Result<(), ApiError> {
+    let secret = matches!(kind, ResourceType::Secret | ResourceType::GlobalSecret);
+    if secret && !caller.user.is_admin() {
+        return Err(ApiError::forbidden(format!("user {:?} cannot access {kind} resources", caller.user.name)));
+    }
+    if let Some(k) = key
+        && k.kind == ResourceType::GlobalSecret
+        && k.name == ADMIN_TOKEN_SECRET
+        && !caller.local
+    {
+        return Err(ApiError::forbidden("the admin user token can only be read from the control plane's host"));
+    }
+    Ok(())
+}
+
+fn check_write_access(caller: &Caller, kind: ResourceType) -> Result<(), ApiError> {
+    if kind.descriptor().read_only {
+        return Err(ApiError::method_not_allowed(format!("{kind} is read-only: the control plane writes it")));
+    }
+    check_read_access(caller, None, kind)
+}
+
+// ---- list ----
+
+pub async fn list_top(
+    State(state): State<SharedState>,
+    Path(plural): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    caller: axum::Extension<Caller>,
+) -> Result<Response, ApiError> {
+    if let Some(base) = plural.strip_suffix("+insights") {
+        let kind = resolve_type(base, false)?;
+        return overview::list(&state, kind, None, &params, &uri, &headers).await;
+    }
+    let kind = resolve_type(&plural, false)?;
+    list(&state, kind, None, &params, &uri, &headers, &caller).await
+}
+
+pub async fn list_in_mesh(
+    State(state): State<SharedState>,
+    Path((mesh, plural)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    caller: axum::Extension<Caller>,
+) -> Result<Response, ApiError> {
+    if let Some(base) = plural.strip_suffix("+insights") {
+        let kind = resolve_type(base, true)?;
+        return overview::list(&state, kind, Some(mesh), &params, &uri, &headers).await;
+    }
+    let kind = resolve_type(&plural, true)?;
+    list(&state, kind, Some(mesh), &params, &uri, &headers, &caller).await
+}
+
+/// Parses `size`, `offset`, `name` and `filter[labels.<key>]` into a store query.
+pub(crate) fn parse_list_query(
+    kind: ResourceType,
+    mesh: Option<String>,
+    params: &HashMap<String, String>,
+) -> Result<ListQuery, ApiError> {
+    let size = match params.get("size") {
+        None => DEFAULT_PAGE_SIZE,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    TITLE_LIST,
+                    "size",
+                    format!("must be a number between 1 and {MAX_PAGE_SIZE}"),
+                ));
+            }
+        },
+    };
+    let offset = match params.get("offset") {
+        None => 0,
+        Some(s) if s.is_empty() => 0,
+        Some(s) => s
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request(TITLE_LIST, "offset", "Invalid format"))?,
+    };
+    let mut labels = BTreeMap::new();
+    for (k, v) in params {
+        if let Some(label) = k.strip_prefix("filter[labels.").and_then(|r| r.strip_suffix(']')) {
+            labels.insert(label.to_string(), v.clone());
+        }
+    }
+    Ok(ListQuery {
+        kind,
+        mesh,
+        labels,
+        name_contains: params.get("name").filter(|n| !n.is_empty()).cloned(),
+        offset,
+        size: Some(size),
+    })
+}
+
+/// Kuma's `next` is a full URL to the next page, keeping the other query parameters.
+pub(crate) fn next_link(uri: &OriginalUri, headers: &HeaderMap, next_offset: Option<usize>, size: usize) -> Value {
+    let Some(offset) = next_offset else { return Value::Null };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let scheme = uri.0.scheme_str().unwrap_or("http");
+    let mut query: Vec<String> = uri
+        .0
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("offset=") && !p.starts_with("size="))
+        .map(String::from)
+        .collect();
+    query.push(format!("offset={offset}"));
+    query.push(format!("size={size}"));
+    Value::String(format!("{scheme}://{host}{}?{}", uri.0.path(), query.join("&")))
+}
+
+async fn list(
+    state: &SharedState,
+    kind: ResourceType,
+    mesh: Option<String>,
+    params: &HashMap<String, String>,
+    uri: &OriginalUri,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<Response, ApiError> {
+    check_read_access(caller, None, kind)?;
+    let query = parse_list_query(kind, mesh, params)?;
+    let page = state.store.list(&query).await.map_err(|e| ApiError::from_store(TITLE_LIST, e))?;
+    let items: Vec<Value> = page
+        .items
+        .iter()
+        // The admin token never leaves the host, not even in a list.
+        .filter(|r| caller.local || !(r.kind == ResourceType::GlobalSecret && r.meta.name == ADMIN_TOKEN_SECRET))
+        .map(Resource::to_value)
+        .collect();
+    let next = next_link(uri, headers, page.next_offset, query.size.unwrap_or(DEFAULT_PAGE_SIZE));
+    Ok(Json(json!({"total": page.total, "items": items, "next": next})).into_response())
+}
+
+// ---- get ----
+
+pub async fn get_top(
+    State(state): State<SharedState>,
+    Path((plural, name)): Path<(String, String)>,
+    caller: axum::Extension<Caller>,
+) -> Result<Response, ApiError> {
+    if let Some(base) = plural.strip_suffix("+insights") {
+        let kind = resolve_type(base, false)?;
+        return overview::get(&state, kind, "", &name).await;
+    }
+    let kind = resolve_type(&plural, false)?;
+    if kind.is_mesh_scoped() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("{kind} is mesh-scoped: use /meshes/{{mesh}}/{plural}/{name}"),
+        ));
+    }
+    get_one(&state, ResourceKey::new(kind, "", name), &caller).await
+}
+
+pub async fn get_in_mesh(
+    State(state): State<SharedState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    caller: axum::Extension<Caller>,
+) -> Result<Response, ApiError> {
+    if let Some(base) = plural.strip_suffix("+insights") {
+        let kind = resolve_type(base, true)?;
+        return overview::get(&state, kind, &mesh, &name).await;
+    }
+    let kind = resolve_type(&plural, true)?;
+    get_one(&state, ResourceKey::new(kind, mesh, name), &caller).await
+}
+
+pub async fn get_overview_in_mesh(
+    State(state): State<SharedState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = resolve_type(&plural, true)?;
+    overview::get(&state, kind, &mesh, &name).await
+}
+
+async fn get_one(state: &SharedState, key: ResourceKey, caller: &Caller) -> Result<Response, ApiError> {
+    check_read_access(caller, Some(&key), key.kind)?;
+    let r = state.store.get(&key).await.map_err(|e| ApiError::from_store(TITLE_GET, e))?;
+    Ok(Json(r.to_value()).into_response())
+}
+
+// ---- put ----
+
+pub async fn put_top(
+    State(state): State<SharedState>,
+    Path((plural, name)): Path<(String, String)>,
+    caller: axum::Extension<Caller>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let kind = resolve_type(&plural, false)?;
+    if kind.is_mesh_scoped() {
+        return Err(ApiError::method_not_allowed(format!(
+            "{kind} is mesh-scoped: PUT /meshes/{{mesh}}/{plural}/{name}"
+        )));
+    }
+    put(&state, ResourceKey::new(kind, "", name), &caller, body).await
+}
+
+pub async fn put_in_mesh(
+    State(state): State<SharedState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    caller: axum::Extension<Caller>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let kind = resolve_type(&plural, true)?;
+    put(&state, ResourceKey::new(kind, mesh, name), &caller, body).await
+}
+
+/// Reads at most `MAX_BODY_BYTES`; a larger body is a 400 naming the body, not a dropped connection.
+pub(crate) async fn read_body(body: Body, title: &str) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        ApiError::bad_request(title, "body", format!("request body must not exceed {MAX_BODY_BYTES} bytes"))
+    })
+}
+
+/// Turns request bytes into a resource whose type, name and mesh agree with the URL.
+pub(crate) fn decode_put_body(bytes: &[u8], key: &ResourceKey) -> Result<Resource, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request(TITLE_PUT, "body", "must be UTF-8"))?;
+    let value: Value = model::resource::parse_resource_text(text)
+        .map_err(|e| ApiError::bad_request(TITLE_PUT, "body", e.to_string()))?;
+    let mut v = model::Validator::new();
+    if let Some(t) = value.get("type").and_then(Value::as_str)
+        && t != key.kind.name()
+    {
+        v.violation_at("type", "type from the URL has to be the same as in body");
+    }
+    if let Some(n) = value.get("name").and_then(Value::as_str)
+        && n != key.name
+    {
+        v.violation_at("name", "name from the URL has to be the same as in body");
+    }
+    if key.kind.is_mesh_scoped()
+        && let Some(m) = value.get("mesh").and_then(Value::as_str)
+        && m != key.mesh
+    {
+        v.violation_at("mesh", "mesh from the URL has to be the same as in body");
+    }
+    v.finish().map_err(|e| ApiError::invalid(TITLE_PUT, e))?;
+    // Fill what the URL already says so clients may omit it, as Kuma allows.
+    let mut value = value;
+    if let Value::Object(obj) = &mut value {
+        obj.entry("type").or_insert_with(|| Value::String(key.kind.name().into()));
+        obj.entry("name").or_insert_with(|| Value::String(key.name.clone()));
+        if key.kind.is_mesh_scoped() {
+            obj.entry("mesh").or_insert_with(|| Value::String(key.mesh.clone()));
+        }
+    }
+    let resource = Resource::from_value(value).map_err(|e| ApiError::invalid(TITLE_PUT, e))?;
+    resource.validate().map_err(|e| ApiError::invalid(TITLE_PUT, e))?;
+    Ok(resource)
+}
+
+async fn put(state: &SharedState, key: ResourceKey, caller: &Caller, body: Body) -> Result<Response, ApiError> {
+    check_write_access(caller, key.kind)?;
+    let bytes = read_body(body, TITLE_PUT).await?;
+    let mut resource = decode_put_body(&bytes, &key)?;
+    match state.store.get(&key).await {
+        Ok(current) => {
+            resource.meta.version = current.meta.version;
+            if resource.status.is_none() {
+                resource.status = current.status;
+            }
+            state
+                .store
+                .update(resource)
+                .await
+                .map_err(|e| ApiError::from_store("Could not update a resource", e))?;
+            Ok(StatusCode::OK.into_response())
+        }
+        Err(StoreError::NotFound(_)) => {
+            state
+                .store
+                .create(resource)
+                .await
+                .map_err(|e| ApiError::from_store("Could not create a resource", e))?;
+            Ok(StatusCode::CREATED.into_response())
+        }
+        Err(e) => Err(ApiError::from_store(TITLE_PUT, e)),
+    }
+}
+
+// ---- delete ----
+
+pub async fn delete_top(
+    State(state): State<SharedState>,
+    Path((plural, name)): Path<(String, String)>,
+    caller: axum::Extension<Caller>,
+) -> Result<Response, ApiError> {
+    let kind = resolve_type(&plural, false)?;
+    if kind.is_mesh_scoped() {
+        return Err(ApiError::method_not_allowed(format!(
+            "{kind} is mesh-scoped: DELETE /meshes/{{mesh}}/{plural}/{name}"
+        )));
+    }
+    delete(&state, ResourceKey::new(kind, "", name), &caller).await
+}
+
+pub async fn delete_in_mesh(
+    State(state): State<SharedState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    caller: axum::Extension<Caller>,
+) -> Result<Response, ApiError> {
+    let kind = resolve_type(&plural, true)?;
+    delete(&state, ResourceKey::new(kind, mesh, name), &caller).await
+}
+
+async fn delete(state: &SharedState, key: ResourceKey, caller: &Caller) -> Result<Response, ApiError> {
+    check_write_access(caller, key.kind)?;
+    state.store.delete(&key).await.map_err(|e| ApiError::from_store(TITLE_DELETE, e))?;
+    Ok(StatusCode::OK.into_response())
+}

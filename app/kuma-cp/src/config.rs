@@ -1,0 +1,524 @@
+//! kuma-cp configuration: defaults, then a YAML file, then `KUMA_*` environment variables.
+//! Env names derive from YAML paths the way Kuma's do (`apiServer.http.port` ->
+//! `KUMA_API_SERVER_HTTP_PORT`), so every key has exactly one env var without a hand table.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, #[source] source: std::io::Error },
+    #[error("config file {path} is not valid YAML: {message}")]
+    Yaml { path: String, message: String },
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("unknown configuration key {key}{hint}")]
+    Unknown { key: String, hint: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Standalone,
+    Zone,
+    Global,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Standalone => "standalone",
+            Mode::Zone => "zone",
+            Mode::Global => "global",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreType {
+    Memory,
+    Postgres,
+    Etcd,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    pub mode: Mode,
+    pub environment: String,
+    pub store: StoreConfig,
+    pub api_server: ApiServerConfig,
+    pub diagnostics: DiagnosticsConfig,
+    pub dp_server: PortConfig,
+    pub inter_cp: InterCpConfig,
+    pub multizone: MultizoneConfig,
+    pub general: GeneralConfig,
+    pub defaults: DefaultsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::Standalone,
+            environment: "universal".into(),
+            store: StoreConfig::default(),
+            api_server: ApiServerConfig::default(),
+            diagnostics: DiagnosticsConfig { server_port: 5680 },
+            dp_server: PortConfig { port: 5678 },
+            inter_cp: InterCpConfig { server: PortConfig { port: 5683 } },
+            multizone: MultizoneConfig::default(),
+            general: GeneralConfig::default(),
+            defaults: DefaultsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StoreConfig {
+    #[serde(rename = "type")]
+    pub store_type: StoreType,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { store_type: StoreType::Memory }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiServerConfig {
+    pub http: ListenerConfig,
+    pub https: HttpsConfig,
+    pub authn: AuthnConfig,
+    pub read_only: bool,
+}
+
+impl Default for ApiServerConfig {
+    fn default() -> Self {
+        ApiServerConfig {
+            http: ListenerConfig { enabled: true, interface: "0.0.0.0".into(), port: 5681 },
+            https: HttpsConfig {
+                enabled: true,
+                interface: "0.0.0.0".into(),
+                port: 5682,
+                tls_cert_file: String::new(),
+                tls_key_file: String::new(),
+            },
+            authn: AuthnConfig::default(),
+            read_only: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub enabled: bool,
+    pub interface: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpsConfig {
+    pub enabled: bool,
+    pub interface: String,
+    pub port: u16,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AuthnConfig {
+    #[serde(rename = "type")]
+    pub authn_type: String,
+    pub localhost_is_admin: bool,
+    pub tokens: TokensConfig,
+}
+
+impl Default for AuthnConfig {
+    fn default() -> Self {
+        AuthnConfig { authn_type: "tokens".into(), localhost_is_admin: true, tokens: TokensConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TokensConfig {
+    pub bootstrap_admin_token: bool,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig { bootstrap_admin_token: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiagnosticsConfig {
+    pub server_port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortConfig {
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InterCpConfig {
+    pub server: PortConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MultizoneConfig {
+    pub global: GlobalConfig,
+    pub zone: ZoneConfig,
+}
+
+impl Default for MultizoneConfig {
+    fn default() -> Self {
+        MultizoneConfig {
+            global: GlobalConfig { kds: GlobalKdsConfig { grpc_port: 5685 } },
+            zone: ZoneConfig { name: "default".into(), global_address: String::new() },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GlobalConfig {
+    pub kds: GlobalKdsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GlobalKdsConfig {
+    pub grpc_port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub name: String,
+    pub global_address: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GeneralConfig {
+    pub work_dir: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DefaultsConfig {
+    pub skip_mesh_creation: bool,
+}
+
+/// Env names that mean the same as a derived one (the issue tracker's and older spellings).
+const ENV_ALIASES: &[(&str, &str)] = &[("KUMA_DEFAULTS_SKIP_MESH", "KUMA_DEFAULTS_SKIP_MESH_CREATION")];
+
+/// `KUMA_*` variables that belong to other programs (kuma-dp, kumactl) and are ignored here.
+const FOREIGN_ENV_PREFIXES: &[&str] = &["KUMA_CONTROL_PLANE_", "KUMA_DATAPLANE", "KUMA_DNS_", "KUMACTL_"];
+
+/// Keys whose values never leave the process (shown as `*****` in `/config`).
+const SECRET_KEYS: &[&str] = &["password", "token", "key"];
+
+fn env_name(path: &[String]) -> String {
+    let mut out = String::from("KUMA");
+    for seg in path {
+        out.push('_');
+        for (i, c) in seg.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_uppercase());
+        }
+    }
+    out
+}
+
+/// Every leaf of the defaults, by env name: (YAML path, default value).
+fn env_table() -> BTreeMap<String, (Vec<String>, Value)> {
+    fn walk(v: &Value, path: &mut Vec<String>, out: &mut BTreeMap<String, (Vec<String>, Value)>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    path.push(k.clone());
+                    walk(child, path, out);
+                    path.pop();
+                }
+            }
+            leaf => {
+                out.insert(env_name(path), (path.clone(), leaf.clone()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
+    walk(&defaults, &mut Vec::new(), &mut out);
+    out
+}
+
+fn parse_env_value(raw: &str, like: &Value) -> Result<Value, String> {
+    match like {
+        Value::Bool(_) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(Value::Bool(true)),
+            "false" | "0" | "no" | "" => Ok(Value::Bool(false)),
+            other => Err(format!("expected true or false, got {other:?}")),
+        },
+        Value::Number(_) => raw
+            .trim()
+            .parse::<u64>()
+            .map(Value::from)
+            .map_err(|_| format!("expected a non-negative whole number, got {raw:?}")),
+        Value::Array(_) => Ok(Value::Array(
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect(),
+        )),
+        _ => Ok(Value::String(raw.to_string())),
+    }
+}
+
+fn set_path(root: &mut Value, path: &[String], value: Value) {
+    let mut cur = root;
+    for seg in path {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        let Value::Object(map) = cur else { return };
+        cur = map.entry(seg.clone()).or_insert(Value::Null);
+    }
+    *cur = value;
+}
+
+impl Config {
+    /// Loads defaults <- file <- env. `env` is passed in so tests need not touch the process env.
+    pub fn load(file: Option<&str>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut doc = serde_json::to_value(Config::default()).map_err(|e| ConfigError::Invalid {
+            key: "<defaults>".into(),
+            message: e.to_string(),
+        })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_string(), source })?;
+            let from_file: Value = serde_saphyr::from_str(&text)
+                .map_err(|e| ConfigError::Yaml { path: path.to_string(), message: e.to_string() })?;
+            merge(&mut doc, from_file);
+        }
+        let table = env_table();
+        for (name, raw) in env {
+            if !name.starts_with("KUMA_") {
+                continue;
+            }
+            let canonical = ENV_ALIASES.iter().find(|(a, _)| a == name).map_or(name.as_str(), |(_, c)| c);
+            match table.get(canonical) {
+                Some((path, like)) => {
+                    let value = parse_env_value(raw, like)
+                        .map_err(|message| ConfigError::Invalid { key: name.clone(), message })?;
+                    set_path(&mut doc, path, value);
+                }
+                None if FOREIGN_ENV_PREFIXES.iter().any(|p| name.starts_with(p)) => {}
+                None => {
+                    let hint = closest(canonical, table.keys()).map(|k| format!(" (did you mean {k}?)")).unwrap_or_default();
+                    return Err(ConfigError::Unknown { key: name.clone(), hint });
+                }
+            }
+        }
+        let config: Config = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let path = e.path().to_string();
+            let key = format!("{path} ({})", env_name(&path.split('.').map(String::from).collect::<Vec<_>>()));
+            let message = e.inner().to_string();
+            if message.starts_with("unknown field") {
+                ConfigError::Unknown { key: path, hint: format!(": {message}") }
+            } else {
+                ConfigError::Invalid { key, message }
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| Err(ConfigError::Invalid { key: key.into(), message: message.into() });
+        let https = &self.api_server.https;
+        if https.tls_cert_file.is_empty() != https.tls_key_file.is_empty() {
+            return invalid(
+                "apiServer.https.tlsCertFile (KUMA_API_SERVER_HTTPS_TLS_CERT_FILE)",
+                "tlsCertFile and tlsKeyFile have to be specified together",
+            );
+        }
+        for (key, iface) in [
+            ("apiServer.http.interface (KUMA_API_SERVER_HTTP_INTERFACE)", &self.api_server.http.interface),
+            ("apiServer.https.interface (KUMA_API_SERVER_HTTPS_INTERFACE)", &https.interface),
+        ] {
+            if iface.parse::<std::net::IpAddr>().is_err() {
+                return invalid(key, "must be an IP address to listen on, e.g. 0.0.0.0 or 127.0.0.1");
+            }
+        }
+        if self.api_server.authn.authn_type != "tokens" {
+            return invalid("apiServer.authn.type (KUMA_API_SERVER_AUTHN_TYPE)", "only \"tokens\" is supported");
+        }
+        if self.store.store_type != StoreType::Memory {
+            return invalid(
+                "store.type (KUMA_STORE_TYPE)",
+                "only \"memory\" is available in this build; postgres and etcd are not implemented yet",
+            );
+        }
+        if self.mode == Mode::Zone {
+            if let Some(reason) = model::name::name_violation(&self.multizone.zone.name) {
+                return invalid("multizone.zone.name (KUMA_MULTIZONE_ZONE_NAME)", &reason);
+            }
+            if !self.multizone.zone.global_address.is_empty() {
+                return invalid(
+                    "multizone.zone.globalAddress (KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS)",
+                    "connecting a zone to a global control plane is not implemented yet",
+                );
+            }
+        }
+        if self.mode == Mode::Global {
+            return invalid("mode (KUMA_MODE)", "global mode is not implemented yet; use standalone or zone");
+        }
+        Ok(())
+    }
+
+    /// The configuration as `/config` shows it: secrets replaced.
+    pub fn redacted(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        redact(&mut v);
+        v
+    }
+}
+
+fn redact(v: &mut Value) {
+    if let Value::Object(map) = v {
+        for (k, child) in map.iter_mut() {
+            let lower = k.to_ascii_lowercase();
+            if child.is_string() && SECRET_KEYS.iter().any(|s| lower.ends_with(s)) && child != "" {
+                *child = Value::String("*****".into());
+            } else {
+                redact(child);
+            }
+        }
+    }
+}
+
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) if !o.is_null() => *b = o,
+        _ => {}
+    }
+}
+
+/// The known key with the longest common prefix, to suggest on a typo.
+fn closest<'a>(name: &str, keys: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    keys.map(|k| (k.chars().zip(name.chars()).take_while(|(a, b)| a == b).count(), k))
+        .filter(|(n, _)| *n > 8)
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_kuma_ports() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.mode, Mode::Standalone);
+        assert_eq!(c.api_server.http.port, 5681);
+        assert_eq!(c.api_server.https.port, 5682);
+        assert_eq!(c.diagnostics.server_port, 5680);
+        assert_eq!(c.dp_server.port, 5678);
+        assert_eq!(c.inter_cp.server.port, 5683);
+        assert_eq!(c.multizone.global.kds.grpc_port, 5685);
+    }
+
+    #[test]
+    fn env_names_follow_kuma() {
+        let t = env_table();
+        for name in [
+            "KUMA_API_SERVER_HTTP_PORT",
+            "KUMA_API_SERVER_HTTPS_PORT",
+            "KUMA_DIAGNOSTICS_SERVER_PORT",
+            "KUMA_DP_SERVER_PORT",
+            "KUMA_INTER_CP_SERVER_PORT",
+            "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT",
+            "KUMA_GENERAL_WORK_DIR",
+            "KUMA_STORE_TYPE",
+            "KUMA_MODE",
+            "KUMA_DEFAULTS_SKIP_MESH_CREATION",
+            "KUMA_API_SERVER_AUTHN_LOCALHOST_IS_ADMIN",
+            "KUMA_MULTIZONE_ZONE_NAME",
+        ] {
+            assert!(t.contains_key(name), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn env_overrides_file_and_aliases_work() {
+        let dir = std::env::temp_dir().join(format!("kcp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.yaml");
+        std::fs::write(&file, "apiServer:\n  http:\n    port: 1000\ndiagnostics:\n  serverPort: 2000\n").unwrap();
+        let c = Config::load(
+            Some(file.to_str().unwrap()),
+            &env(&[("KUMA_API_SERVER_HTTP_PORT", "3000"), ("KUMA_DEFAULTS_SKIP_MESH", "true"), ("PATH", "/bin")]),
+        )
+        .unwrap();
+        assert_eq!(c.api_server.http.port, 3000);
+        assert_eq!(c.diagnostics.server_port, 2000);
+        assert!(c.defaults.skip_mesh_creation);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::load(None, &env(&[("KUMA_API_SERVER_HTTP_PORT", "http")])).unwrap_err().to_string();
+        assert!(e.contains("KUMA_API_SERVER_HTTP_PORT"), "{e}");
+        let e = Config::load(None, &env(&[("KUMA_API_SERVER_HTTP_PORT", "70000")])).unwrap_err().to_string();
+        assert!(e.contains("KUMA_API_SERVER_HTTP_PORT"), "{e}");
+        let e = Config::load(None, &env(&[("KUMA_MODE", "galactic")])).unwrap_err().to_string();
+        assert!(e.contains("KUMA_MODE"), "{e}");
+        let e = Config::load(None, &env(&[("KUMA_API_SERVER_HTTP_PROT", "1")])).unwrap_err().to_string();
+        assert!(e.contains("KUMA_API_SERVER_HTTP_PROT") && e.contains("did you mean KUMA_API_SERVER_HTTP_PORT"), "{e}");
+    }
+
+    #[test]
+    fn unknown_file_keys_fail() {
+        let dir = std::env::temp_dir().join(format!("kcp-config-u-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.yaml");
+        std::fs::write(&file, "apiServer:\n  htp:\n    port: 1000\n").unwrap();
+        let e = Config::load(Some(file.to_str().unwrap()), &[]).unwrap_err().to_string();
+        assert!(e.contains("htp"), "{e}");
+    }
+
+    #[test]
+    fn foreign_kuma_vars_are_ignored() {
+        Config::load(None, &env(&[("KUMA_CONTROL_PLANE_URL", "x"), ("KUMA_DATAPLANE_NAME", "y")])).unwrap();
+    }
+}
