@@ -19,7 +19,9 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { localhost_is_admin: true }
+        AuthConfig {
+            localhost_is_admin: true,
+        }
     }
 }
 
@@ -30,7 +32,11 @@ pub struct Caller {
     pub local: bool,
 }
 
-pub async fn authenticate(State(state): State<SharedState>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(state): State<SharedState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let peer = req.extensions().get::<Peer>().map(|p| p.0);
     let local = is_local(peer);
     let bearer = req
@@ -41,13 +47,17 @@ pub async fn authenticate(State(state): State<SharedState>, mut req: Request, ne
     let user = match bearer {
         Some(value) => {
             let Some(token) = value.strip_prefix("Bearer ").map(str::trim) else {
-                return ApiError::unauthenticated("the Authorization header must be 'Bearer <token>'").into_response();
+                return ApiError::unauthenticated(
+                    "the Authorization header must be 'Bearer <token>'",
+                )
+                .into_response();
             };
             match security::user::authenticate(&state.user_keys, token).await {
                 Ok(user) => user,
                 Err(e) => {
                     tracing::debug!(error = %e, ?peer, "rejected user token");
-                    return ApiError::unauthenticated(format!("invalid user token: {e}")).into_response();
+                    return ApiError::unauthenticated(format!("invalid user token: {e}"))
+                        .into_response();
                 }
             }
         }

@@ -33,8 +33,17 @@ impl Diagnostics {
     /// Takes the registry once every component has registered its metrics.
     pub fn new(mut registry: Registry, store: SharedStore, started: Arc<AtomicBool>) -> Self {
         let resource_counts = Family::<TypeLabels, Gauge>::default();
-        registry.register("resources_count", "Stored resources by type", resource_counts.clone());
-        Diagnostics { registry, store, resource_counts, started }
+        registry.register(
+            "resources_count",
+            "Stored resources by type",
+            resource_counts.clone(),
+        );
+        Diagnostics {
+            registry,
+            store,
+            resource_counts,
+            started,
+        }
     }
 
     pub fn router(self) -> Router {
@@ -56,8 +65,16 @@ async fn ready(State(d): State<Arc<Diagnostics>>) -> Response {
     }
     match tokio::time::timeout(std::time::Duration::from_secs(5), d.store.ping()).await {
         Ok(Ok(())) => "OK".into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store not ready: {e}")).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store did not answer in 5s").into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store not ready: {e}"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store did not answer in 5s",
+        )
+            .into_response(),
     }
 }
 
@@ -67,12 +84,23 @@ async fn metrics(State(d): State<Arc<Diagnostics>>) -> Response {
         let mut q = ListQuery::all(kind);
         q.size = Some(0);
         if let Ok(page) = d.store.list(&q).await {
-            d.resource_counts.get_or_create(&TypeLabels { resource_type: kind.name() }).set(page.total as i64);
+            d.resource_counts
+                .get_or_create(&TypeLabels {
+                    resource_type: kind.name(),
+                })
+                .set(page.total as i64);
         }
     }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &d.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }

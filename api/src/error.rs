@@ -24,7 +24,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, title: impl Into<String>, detail: impl Into<String>) -> Self {
-        ApiError { status, title: title.into(), detail: detail.into(), invalid_parameters: vec![] }
+        ApiError {
+            status,
+            title: title.into(),
+            detail: detail.into(),
+            invalid_parameters: vec![],
+        }
     }
 
     pub fn bad_request(title: impl Into<String>, field: &str, reason: impl Into<String>) -> Self {
@@ -32,7 +37,10 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             title: title.into(),
             detail: "Resource is not valid".into(),
-            invalid_parameters: vec![Violation { field: field.into(), reason: reason.into() }],
+            invalid_parameters: vec![Violation {
+                field: field.into(),
+                reason: reason.into(),
+            }],
         }
     }
 
@@ -65,10 +73,14 @@ impl ApiError {
     pub fn from_store(title: &str, err: StoreError) -> Self {
         match err {
             StoreError::NotFound(_) => Self::not_found(title),
-            StoreError::AlreadyExists(key) => {
-                Self::new(StatusCode::CONFLICT, "Conflict", format!("{key} already exists"))
+            StoreError::AlreadyExists(key) => Self::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("{key} already exists"),
+            ),
+            e @ StoreError::Conflict { .. } => {
+                Self::new(StatusCode::CONFLICT, "Conflict", e.to_string())
             }
-            e @ StoreError::Conflict { .. } => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
             StoreError::MeshNotFound(mesh) => ApiError {
                 status: StatusCode::BAD_REQUEST,
                 title: title.into(),
@@ -84,7 +96,11 @@ impl ApiError {
             }
             e @ StoreError::Corrupt { .. } => {
                 tracing::error!(error = %e, "corrupt data in the store");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, title, "Internal Server Error")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    title,
+                    "Internal Server Error",
+                )
             }
         }
     }
@@ -96,7 +112,10 @@ impl IntoResponse for ApiError {
         let causes: Vec<Cause> = self
             .invalid_parameters
             .iter()
-            .map(|v| Cause { field: &v.field, message: &v.reason })
+            .map(|v| Cause {
+                field: &v.field,
+                message: &v.reason,
+            })
             .collect();
         let mut body = serde_json::json!({
             "type": "/std-errors",

@@ -76,17 +76,30 @@ pub fn router(state: SharedState) -> Router {
         .route("/{plural}", get(resources::list_top))
         .route(
             "/{plural}/{name}",
-            get(resources::get_top).put(resources::put_top).delete(resources::delete_top),
+            get(resources::get_top)
+                .put(resources::put_top)
+                .delete(resources::delete_top),
         )
         .route("/meshes/{mesh}/{plural}", get(resources::list_in_mesh))
         .route(
             "/meshes/{mesh}/{plural}/{name}",
-            get(resources::get_in_mesh).put(resources::put_in_mesh).delete(resources::delete_in_mesh),
+            get(resources::get_in_mesh)
+                .put(resources::put_in_mesh)
+                .delete(resources::delete_in_mesh),
         )
-        .route("/meshes/{mesh}/{plural}/{name}/_overview", get(resources::get_overview_in_mesh))
+        .route(
+            "/meshes/{mesh}/{plural}/{name}/_overview",
+            get(resources::get_overview_in_mesh),
+        )
         .fallback(resources::not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -103,7 +116,9 @@ async fn record_metrics(State(state): State<SharedState>, req: Request, next: Ne
     let method = req.method().as_str().to_string();
     let start = std::time::Instant::now();
     let resp = next.run(req).await;
-    state.metrics.observe(&method, &route, resp.status().as_u16(), start.elapsed());
+    state
+        .metrics
+        .observe(&method, &route, resp.status().as_u16(), start.elapsed());
     resp
 }
 
@@ -116,6 +131,8 @@ pub fn api_metrics(registry: &mut Registry) -> ApiMetrics {
 pub fn is_local(peer: Option<SocketAddr>) -> bool {
     peer.is_some_and(|p| match p.ip() {
         std::net::IpAddr::V4(ip) => ip.is_loopback(),
-        std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     })
 }

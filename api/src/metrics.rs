@@ -33,7 +33,11 @@ impl ApiMetrics {
         let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.0005, 2.5, 14))) as fn() -> Histogram,
         );
-        registry.register("api_server_http_requests", "API requests by route and status", requests.clone());
+        registry.register(
+            "api_server_http_requests",
+            "API requests by route and status",
+            requests.clone(),
+        );
         registry.register(
             "api_server_http_request_duration_seconds",
             "API request latency by route",
@@ -50,8 +54,14 @@ impl ApiMetrics {
     pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         let (method, route) = (method.to_string(), route.to_string());
         self.requests
-            .get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status_code: status })
+            .get_or_create(&RequestLabels {
+                method: method.clone(),
+                route: route.clone(),
+                status_code: status,
+            })
             .inc();
-        self.latency.get_or_create(&LatencyLabels { method, route }).observe(elapsed.as_secs_f64());
+        self.latency
+            .get_or_create(&LatencyLabels { method, route })
+            .observe(elapsed.as_secs_f64());
     }
 }

@@ -24,18 +24,25 @@ fn overview_names(kind: ResourceType) -> Option<(&'static str, &'static str, &'s
     match kind {
         ResourceType::Dataplane => Some(("DataplaneOverview", "dataplane", "dataplaneInsight")),
         ResourceType::Zone => Some(("ZoneOverview", "zone", "zoneInsight")),
-        ResourceType::ZoneIngress => Some(("ZoneIngressOverview", "zoneIngress", "zoneIngressInsight")),
+        ResourceType::ZoneIngress => {
+            Some(("ZoneIngressOverview", "zoneIngress", "zoneIngressInsight"))
+        }
         ResourceType::ZoneEgress => Some(("ZoneEgressOverview", "zoneEgress", "zoneEgressInsight")),
         _ => None,
     }
 }
 
 fn no_overview(kind: ResourceType) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "Not found", format!("{kind} has no insights overview"))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        format!("{kind} has no insights overview"),
+    )
 }
 
 async fn overview_value(state: &SharedState, r: &Resource) -> Result<Value, ApiError> {
-    let (type_name, res_field, insight_field) = overview_names(r.kind).ok_or_else(|| no_overview(r.kind))?;
+    let (type_name, res_field, insight_field) =
+        overview_names(r.kind).ok_or_else(|| no_overview(r.kind))?;
     let insight_kind = r.kind.owned_insight().ok_or_else(|| no_overview(r.kind))?;
     let insight_key = ResourceKey::new(insight_kind, r.meta.mesh.clone(), r.meta.name.clone());
     let insight = match state.store.get(&insight_key).await {
@@ -52,8 +59,14 @@ async fn overview_value(state: &SharedState, r: &Resource) -> Result<Value, ApiE
         obj.insert("mesh".into(), json!(r.meta.mesh));
     }
     obj.insert("name".into(), json!(r.meta.name));
-    obj.insert("creationTime".into(), json!(r.meta.creation_time.to_string()));
-    obj.insert("modificationTime".into(), json!(r.meta.modification_time.to_string()));
+    obj.insert(
+        "creationTime".into(),
+        json!(r.meta.creation_time.to_string()),
+    );
+    obj.insert(
+        "modificationTime".into(),
+        json!(r.meta.modification_time.to_string()),
+    );
     if !r.meta.labels.is_empty() {
         obj.insert("labels".into(), json!(r.meta.labels));
     }
@@ -87,7 +100,12 @@ pub async fn list(
     Ok(Json(json!({"total": page.total, "items": items, "next": next})).into_response())
 }
 
-pub async fn get(state: &SharedState, kind: ResourceType, mesh: &str, name: &str) -> Result<Response, ApiError> {
+pub async fn get(
+    state: &SharedState,
+    kind: ResourceType,
+    mesh: &str,
+    name: &str,
+) -> Result<Response, ApiError> {
     overview_names(kind).ok_or_else(|| no_overview(kind))?;
     let r = state
         .store
@@ -101,19 +119,29 @@ pub async fn get(state: &SharedState, kind: ResourceType, mesh: &str, name: &str
 async fn mesh_insight_value(state: &SharedState, mesh: &Resource) -> Result<Value, ApiError> {
     let err = |e| ApiError::from_store("Could not retrieve mesh insights", e);
     let name = &mesh.meta.name;
-    let dps = state.store.list(&ListQuery::in_mesh(ResourceType::Dataplane, name)).await.map_err(err)?;
+    let dps = state
+        .store
+        .list(&ListQuery::in_mesh(ResourceType::Dataplane, name))
+        .await
+        .map_err(err)?;
     let now = Timestamp::now();
     let mut online = 0;
     for dp in &dps.items {
-        let key = ResourceKey::new(ResourceType::DataplaneInsight, name.clone(), dp.meta.name.clone());
+        let key = ResourceKey::new(
+            ResourceType::DataplaneInsight,
+            name.clone(),
+            dp.meta.name.clone(),
+        );
         if let Ok(i) = state.store.get(&key).await
-            && serde_json::from_value::<InsightSpec>(i.spec).is_ok_and(|i| i.is_online(now, STALE_AFTER))
+            && serde_json::from_value::<InsightSpec>(i.spec)
+                .is_ok_and(|i| i.is_online(now, STALE_AFTER))
         {
             online += 1;
         }
     }
     let mut policies = Map::new();
-    for kind in ResourceType::all().filter(|k| k.is_mesh_scoped() && *k != ResourceType::Dataplane) {
+    for kind in ResourceType::all().filter(|k| k.is_mesh_scoped() && *k != ResourceType::Dataplane)
+    {
         let mut q = ListQuery::in_mesh(kind, name);
         q.size = Some(0);
         let total = state.store.list(&q).await.map_err(err)?.total;
@@ -142,10 +170,15 @@ pub async fn mesh_insights(State(state): State<SharedState>) -> Result<Json<Valu
     for m in &meshes.items {
         items.push(mesh_insight_value(&state, m).await?);
     }
-    Ok(Json(json!({"total": items.len(), "items": items, "next": null})))
+    Ok(Json(
+        json!({"total": items.len(), "items": items, "next": null}),
+    ))
 }
 
-pub async fn mesh_insight(State(state): State<SharedState>, Path(mesh): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn mesh_insight(
+    State(state): State<SharedState>,
+    Path(mesh): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let m = state
         .store
         .get(&ResourceKey::new(ResourceType::Mesh, "", mesh))

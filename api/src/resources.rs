@@ -66,7 +66,11 @@ pub async fn not_found() -> ApiError {
 /// What the URL names: a known type in the right scope.
 fn resolve_type(plural: &str, in_mesh: bool) -> Result<ResourceType, ApiError> {
     let kind = ResourceType::from_plural(plural).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "Not found", format!("unknown resource type {plural:?}"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("unknown resource type {plural:?}"),
+        )
     })?;
     if in_mesh && !kind.is_mesh_scoped() {
         return Err(ApiError::new(
@@ -79,24 +83,35 @@ fn resolve_type(plural: &str, in_mesh: bool) -> Result<ResourceType, ApiError> {
 }
 
 /// Secrets are for admins only; the bootstrap admin token additionally only for this host.
-fn check_read_access(caller: &Caller, key: Option<&ResourceKey>, kind: ResourceType) -> Result<(), ApiError> {
+fn check_read_access(
+    caller: &Caller,
+    key: Option<&ResourceKey>,
+    kind: ResourceType,
+) -> Result<(), ApiError> {
     let secret = matches!(kind, ResourceType::Secret | ResourceType::GlobalSecret);
     if secret && !caller.user.is_admin() {
-        return Err(ApiError::forbidden(format!("user {:?} cannot access {kind} resources", caller.user.name)));
+        return Err(ApiError::forbidden(format!(
+            "user {:?} cannot access {kind} resources",
+            caller.user.name
+        )));
     }
     if let Some(k) = key
         && k.kind == ResourceType::GlobalSecret
         && k.name == ADMIN_TOKEN_SECRET
         && !caller.local
     {
-        return Err(ApiError::forbidden("the admin user token can only be read from the control plane's host"));
+        return Err(ApiError::forbidden(
+            "the admin user token can only be read from the control plane's host",
+        ));
     }
     Ok(())
 }
 
 fn check_write_access(caller: &Caller, kind: ResourceType) -> Result<(), ApiError> {
     if kind.descriptor().read_only {
-        return Err(ApiError::method_not_allowed(format!("{kind} is read-only: the control plane writes it")));
+        return Err(ApiError::method_not_allowed(format!(
+            "{kind} is read-only: the control plane writes it"
+        )));
     }
     check_read_access(caller, None, kind)
 }
@@ -163,7 +178,10 @@ pub(crate) fn parse_list_query(
     };
     let mut labels = BTreeMap::new();
     for (k, v) in params {
-        if let Some(label) = k.strip_prefix("filter[labels.").and_then(|r| r.strip_suffix(']')) {
+        if let Some(label) = k
+            .strip_prefix("filter[labels.")
+            .and_then(|r| r.strip_suffix(']'))
+        {
             labels.insert(label.to_string(), v.clone());
         }
     }
@@ -178,9 +196,19 @@ pub(crate) fn parse_list_query(
 }
 
 /// Kuma's `next` is a full URL to the next page, keeping the other query parameters.
-pub(crate) fn next_link(uri: &OriginalUri, headers: &HeaderMap, next_offset: Option<usize>, size: usize) -> Value {
-    let Some(offset) = next_offset else { return Value::Null };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+pub(crate) fn next_link(
+    uri: &OriginalUri,
+    headers: &HeaderMap,
+    next_offset: Option<usize>,
+    size: usize,
+) -> Value {
+    let Some(offset) = next_offset else {
+        return Value::Null;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
     let scheme = uri.0.scheme_str().unwrap_or("http");
     let mut query: Vec<String> = uri
         .0
@@ -192,7 +220,11 @@ pub(crate) fn next_link(uri: &OriginalUri, headers: &HeaderMap, next_offset: Opt
         .collect();
     query.push(format!("offset={offset}"));
     query.push(format!("size={size}"));
-    Value::String(format!("{scheme}://{host}{}?{}", uri.0.path(), query.join("&")))
+    Value::String(format!(
+        "{scheme}://{host}{}?{}",
+        uri.0.path(),
+        query.join("&")
+    ))
 }
 
 async fn list(
@@ -206,15 +238,27 @@ async fn list(
 ) -> Result<Response, ApiError> {
     check_read_access(caller, None, kind)?;
     let query = parse_list_query(kind, mesh, params)?;
-    let page = state.store.list(&query).await.map_err(|e| ApiError::from_store(TITLE_LIST, e))?;
+    let page = state
+        .store
+        .list(&query)
+        .await
+        .map_err(|e| ApiError::from_store(TITLE_LIST, e))?;
     let items: Vec<Value> = page
         .items
         .iter()
         // The admin token never leaves the host, not even in a list.
-        .filter(|r| caller.local || !(r.kind == ResourceType::GlobalSecret && r.meta.name == ADMIN_TOKEN_SECRET))
+        .filter(|r| {
+            caller.local
+                || !(r.kind == ResourceType::GlobalSecret && r.meta.name == ADMIN_TOKEN_SECRET)
+        })
         .map(Resource::to_value)
         .collect();
-    let next = next_link(uri, headers, page.next_offset, query.size.unwrap_or(DEFAULT_PAGE_SIZE));
+    let next = next_link(
+        uri,
+        headers,
+        page.next_offset,
+        query.size.unwrap_or(DEFAULT_PAGE_SIZE),
+    );
     Ok(Json(json!({"total": page.total, "items": items, "next": next})).into_response())
 }
 
@@ -261,9 +305,17 @@ pub async fn get_overview_in_mesh(
     overview::get(&state, kind, &mesh, &name).await
 }
 
-async fn get_one(state: &SharedState, key: ResourceKey, caller: &Caller) -> Result<Response, ApiError> {
+async fn get_one(
+    state: &SharedState,
+    key: ResourceKey,
+    caller: &Caller,
+) -> Result<Response, ApiError> {
     check_read_access(caller, Some(&key), key.kind)?;
-    let r = state.store.get(&key).await.map_err(|e| ApiError::from_store(TITLE_GET, e))?;
+    let r = state
+        .store
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::from_store(TITLE_GET, e))?;
     Ok(Json(r.to_value()).into_response())
 }
 
@@ -296,14 +348,21 @@ pub async fn put_in_mesh(
 
 /// Reads at most `MAX_BODY_BYTES`; a larger body is a 400 naming the body, not a dropped connection.
 pub(crate) async fn read_body(body: Body, title: &str) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-        ApiError::bad_request(title, "body", format!("request body must not exceed {MAX_BODY_BYTES} bytes"))
-    })
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::bad_request(
+                title,
+                "body",
+                format!("request body must not exceed {MAX_BODY_BYTES} bytes"),
+            )
+        })
 }
 
 /// Turns request bytes into a resource whose type, name and mesh agree with the URL.
 pub(crate) fn decode_put_body(bytes: &[u8], key: &ResourceKey) -> Result<Resource, ApiError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request(TITLE_PUT, "body", "must be UTF-8"))?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request(TITLE_PUT, "body", "must be UTF-8"))?;
     let value: Value = model::resource::parse_resource_text(text)
         .map_err(|e| ApiError::bad_request(TITLE_PUT, "body", e.to_string()))?;
     let mut v = model::Validator::new();
@@ -327,18 +386,28 @@ pub(crate) fn decode_put_body(bytes: &[u8], key: &ResourceKey) -> Result<Resourc
     // Fill what the URL already says so clients may omit it, as Kuma allows.
     let mut value = value;
     if let Value::Object(obj) = &mut value {
-        obj.entry("type").or_insert_with(|| Value::String(key.kind.name().into()));
-        obj.entry("name").or_insert_with(|| Value::String(key.name.clone()));
+        obj.entry("type")
+            .or_insert_with(|| Value::String(key.kind.name().into()));
+        obj.entry("name")
+            .or_insert_with(|| Value::String(key.name.clone()));
         if key.kind.is_mesh_scoped() {
-            obj.entry("mesh").or_insert_with(|| Value::String(key.mesh.clone()));
+            obj.entry("mesh")
+                .or_insert_with(|| Value::String(key.mesh.clone()));
         }
     }
     let resource = Resource::from_value(value).map_err(|e| ApiError::invalid(TITLE_PUT, e))?;
-    resource.validate().map_err(|e| ApiError::invalid(TITLE_PUT, e))?;
+    resource
+        .validate()
+        .map_err(|e| ApiError::invalid(TITLE_PUT, e))?;
     Ok(resource)
 }
 
-async fn put(state: &SharedState, key: ResourceKey, caller: &Caller, body: Body) -> Result<Response, ApiError> {
+async fn put(
+    state: &SharedState,
+    key: ResourceKey,
+    caller: &Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
     check_write_access(caller, key.kind)?;
     let bytes = read_body(body, TITLE_PUT).await?;
     let mut resource = decode_put_body(&bytes, &key)?;
@@ -392,8 +461,48 @@ pub async fn delete_in_mesh(
     delete(&state, ResourceKey::new(kind, mesh, name), &caller).await
 }
 
-async fn delete(state: &SharedState, key: ResourceKey, caller: &Caller) -> Result<Response, ApiError> {
+async fn delete(
+    state: &SharedState,
+    key: ResourceKey,
+    caller: &Caller,
+) -> Result<Response, ApiError> {
     check_write_access(caller, key.kind)?;
-    state.store.delete(&key).await.map_err(|e| ApiError::from_store(TITLE_DELETE, e))?;
+    state
+        .store
+        .delete(&key)
+        .await
+        .map_err(|e| ApiError::from_store(TITLE_DELETE, e))?;
     Ok(StatusCode::OK.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use security::User;
+
+    #[test]
+    fn admin_token_secret_stays_on_the_host() {
+        let key = ResourceKey::new(ResourceType::GlobalSecret, "", ADMIN_TOKEN_SECRET);
+        let remote_admin = Caller {
+            user: User::admin(),
+            local: false,
+        };
+        assert!(check_read_access(&remote_admin, Some(&key), key.kind).is_err());
+        let local_admin = Caller {
+            user: User::admin(),
+            local: true,
+        };
+        assert!(check_read_access(&local_admin, Some(&key), key.kind).is_ok());
+        let other = ResourceKey::new(ResourceType::GlobalSecret, "", "something-else");
+        assert!(check_read_access(&remote_admin, Some(&other), other.kind).is_ok());
+        let user = Caller {
+            user: User {
+                name: "john".into(),
+                groups: vec![],
+            },
+            local: true,
+        };
+        assert!(check_read_access(&user, Some(&other), other.kind).is_err());
+        assert!(check_read_access(&user, None, ResourceType::MeshTimeout).is_ok());
+    }
 }

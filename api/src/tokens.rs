@@ -31,7 +31,10 @@ pub async fn issue_user_token(
     body: Body,
 ) -> Result<Response, ApiError> {
     if !caller.user.is_admin() {
-        return Err(ApiError::forbidden(format!("user {:?} cannot generate user tokens", caller.user.name)));
+        return Err(ApiError::forbidden(format!(
+            "user {:?} cannot generate user tokens",
+            caller.user.name
+        )));
     }
     let bytes = read_body(body, "Invalid request").await?;
     let req: UserTokenRequest = serde_json::from_slice(&bytes)
@@ -51,7 +54,8 @@ pub async fn issue_user_token(
             None
         }
     };
-    v.finish().map_err(|e| ApiError::invalid("Invalid request", e))?;
+    v.finish()
+        .map_err(|e| ApiError::invalid("Invalid request", e))?;
     let token = security::user::issue_user_token(
         &state.user_keys,
         req.name.trim(),

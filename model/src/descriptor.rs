@@ -230,7 +230,10 @@ impl ResourceType {
 
     /// By API path segment (`meshtimeouts`).
     pub fn from_plural(plural: &str) -> Option<ResourceType> {
-        DESCRIPTORS.iter().find(|d| d.plural == plural).map(|d| d.kind)
+        DESCRIPTORS
+            .iter()
+            .find(|d| d.plural == plural)
+            .map(|d| d.kind)
     }
 
     /// By any name kumactl accepts: plural, singular, short name or type name (any case).
@@ -289,12 +292,32 @@ mod tests {
 
     #[test]
     fn lookups() {
-        assert_eq!(ResourceType::from_cli_name("mesh"), Some(ResourceType::Mesh));
-        assert_eq!(ResourceType::from_cli_name("meshes"), Some(ResourceType::Mesh));
-        assert_eq!(ResourceType::from_cli_name("MeshTimeout"), Some(ResourceType::MeshTimeout));
-        assert_eq!(ResourceType::from_plural("meshretries"), Some(ResourceType::MeshRetry));
+        assert_eq!(
+            ResourceType::from_cli_name("mesh"),
+            Some(ResourceType::Mesh)
+        );
+        assert_eq!(
+            ResourceType::from_cli_name("meshes"),
+            Some(ResourceType::Mesh)
+        );
+        assert_eq!(
+            ResourceType::from_cli_name("MeshTimeout"),
+            Some(ResourceType::MeshTimeout)
+        );
+        assert_eq!(
+            ResourceType::from_plural("meshretries"),
+            Some(ResourceType::MeshRetry)
+        );
         assert_eq!(ResourceType::from_name("nope"), None);
-        assert!(ResourceType::Dataplane.descriptor().has_flag(kds::ZONE_TO_GLOBAL));
-        assert!(!ResourceType::Zone.descriptor().has_flag(kds::CONSUMED_BY_ZONE));
+        assert!(
+            ResourceType::Dataplane
+                .descriptor()
+                .has_flag(kds::ZONE_TO_GLOBAL)
+        );
+        assert!(
+            !ResourceType::Zone
+                .descriptor()
+                .has_flag(kds::CONSUMED_BY_ZONE)
+        );
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 pub enum DurationError {
     #[error("duration must not be empty")]
     Empty,
-    #[error("invalid duration {0:?}: expected a number followed by a unit (ns, us, ms, s, m, h), e.g. \"1m30s\"")]
+    #[error(
+        "invalid duration {0:?}: expected a number followed by a unit (ns, us, ms, s, m, h), e.g. \"1m30s\""
+    )]
     Syntax(String),
     #[error("duration must not be negative")]
     Negative,
@@ -68,10 +70,18 @@ pub fn format_duration(d: Duration) -> String {
     let total = d.as_secs();
     let millis = d.subsec_millis();
     if total == 0 {
-        return if millis > 0 { format!("{millis}ms") } else { "0s".into() };
+        return if millis > 0 {
+            format!("{millis}ms")
+        } else {
+            "0s".into()
+        };
     }
     let (h, m, s) = (total / 3600, (total % 3600) / 60, total % 60);
-    let frac = if millis > 0 { format!(".{millis:03}") } else { String::new() };
+    let frac = if millis > 0 {
+        format!(".{millis:03}")
+    } else {
+        String::new()
+    };
     if h > 0 {
         format!("{h}h{m}m{s}{frac}s")
     } else if m > 0 {
@@ -92,7 +102,10 @@ mod tests {
         assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
         assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("720h").unwrap(), Duration::from_secs(720 * 3600));
+        assert_eq!(
+            parse_duration("720h").unwrap(),
+            Duration::from_secs(720 * 3600)
+        );
     }
 
     #[test]

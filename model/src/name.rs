@@ -9,9 +9,12 @@ pub fn name_violation(name: &str) -> Option<String> {
         return Some("name must not be empty".into());
     }
     if name.len() > MAX_NAME_LEN {
-        return Some(format!("name must be at most {MAX_NAME_LEN} characters long"));
+        return Some(format!(
+            "name must be at most {MAX_NAME_LEN} characters long"
+        ));
     }
-    let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_';
+    let valid_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_';
     if !name.chars().all(valid_char) {
         return Some(
             "name must consist of lower case alphanumeric characters, '-', '_' or '.'".into(),
@@ -30,7 +33,12 @@ const DISPLAY_NAME_MAX: usize = 236;
 
 /// The name KDS gives a synced copy: the display name cut to 236 characters, `-`, and a
 /// 16-character suffix from FNV-1a 64 over mesh ‖ name ‖ zone ‖ namespace (Kuma's `hash-suffix`).
-pub fn hashed_name(mesh: &str, display_name: &str, zone: Option<&str>, namespace: Option<&str>) -> String {
+pub fn hashed_name(
+    mesh: &str,
+    display_name: &str,
+    zone: Option<&str>,
+    namespace: Option<&str>,
+) -> String {
     const OFFSET: u64 = 0xcbf29ce484222325;
     const PRIME: u64 = 0x100000001b3;
     let mut h = OFFSET;
@@ -59,12 +67,18 @@ mod tests {
 
     #[test]
     fn hash_vectors_from_kuma() {
-        assert_eq!(hashed_name("default", "default-timeout-global", None, None), "default-timeout-global-54dbd4c66zwbcf9c");
+        assert_eq!(
+            hashed_name("default", "default-timeout-global", None, None),
+            "default-timeout-global-54dbd4c66zwbcf9c"
+        );
         assert_eq!(
             hashed_name("default", "default-timeout-zone-1", Some("zone-1"), None),
             "default-timeout-zone-1-c58w24w4vw27f454"
         );
-        assert_eq!(hashed_name("default", "redis-zone-1", Some("zone-1"), None), "redis-zone-1-2v6wfvvcvbc9f55d");
+        assert_eq!(
+            hashed_name("default", "redis-zone-1", Some("zone-1"), None),
+            "redis-zone-1-2v6wfvvcvbc9f55d"
+        );
     }
 
     #[test]

@@ -20,8 +20,16 @@ pub struct ResourceKey {
 
 impl ResourceKey {
     pub fn new(kind: ResourceType, mesh: impl Into<String>, name: impl Into<String>) -> Self {
-        let mesh = if kind.is_mesh_scoped() { mesh.into() } else { String::new() };
-        ResourceKey { kind, mesh, name: name.into() }
+        let mesh = if kind.is_mesh_scoped() {
+            mesh.into()
+        } else {
+            String::new()
+        };
+        ResourceKey {
+            kind,
+            mesh,
+            name: name.into(),
+        }
     }
 }
 
@@ -57,21 +65,40 @@ pub struct Resource {
 }
 
 /// Fields that belong to the envelope, never to a top-level spec.
-const ENVELOPE_FIELDS: &[&str] = &["type", "name", "mesh", "labels", "creationTime", "modificationTime"];
+const ENVELOPE_FIELDS: &[&str] = &[
+    "type",
+    "name",
+    "mesh",
+    "labels",
+    "creationTime",
+    "modificationTime",
+];
 
 impl Resource {
     pub fn new(kind: ResourceType, mesh: &str, name: &str, spec: Value) -> Self {
-        let mesh = if kind.is_mesh_scoped() { mesh.to_string() } else { String::new() };
+        let mesh = if kind.is_mesh_scoped() {
+            mesh.to_string()
+        } else {
+            String::new()
+        };
         Resource {
             kind,
-            meta: Meta { name: name.to_string(), mesh, ..Meta::default() },
+            meta: Meta {
+                name: name.to_string(),
+                mesh,
+                ..Meta::default()
+            },
             spec,
             status: None,
         }
     }
 
     pub fn key(&self) -> ResourceKey {
-        ResourceKey { kind: self.kind, mesh: self.meta.mesh.clone(), name: self.meta.name.clone() }
+        ResourceKey {
+            kind: self.kind,
+            mesh: self.meta.mesh.clone(),
+            name: self.meta.name.clone(),
+        }
     }
 
     pub fn label(&self, key: &str) -> Option<&str> {
@@ -97,7 +124,10 @@ impl Resource {
             take_string(&mut obj, "mesh", &mut v)
         } else {
             if obj.get("mesh").is_some_and(|m| !m.is_null() && m != "") {
-                v.violation_at("mesh", format!("{kind} is not mesh-scoped, mesh must not be set"));
+                v.violation_at(
+                    "mesh",
+                    format!("{kind} is not mesh-scoped, mesh must not be set"),
+                );
             }
             String::new()
         };
@@ -110,7 +140,9 @@ impl Resource {
                         Value::String(s) => {
                             labels.insert(k, s);
                         }
-                        _ => v.field("labels", |v| v.key(&k, |v| v.violation("label value must be a string"))),
+                        _ => v.field("labels", |v| {
+                            v.key(&k, |v| v.violation("label value must be a string"))
+                        }),
                     }
                 }
                 labels
@@ -172,10 +204,21 @@ impl Resource {
             obj.insert("mesh".into(), Value::String(self.meta.mesh.clone()));
         }
         obj.insert("name".into(), Value::String(self.meta.name.clone()));
-        obj.insert("creationTime".into(), Value::String(self.meta.creation_time.to_string()));
-        obj.insert("modificationTime".into(), Value::String(self.meta.modification_time.to_string()));
+        obj.insert(
+            "creationTime".into(),
+            Value::String(self.meta.creation_time.to_string()),
+        );
+        obj.insert(
+            "modificationTime".into(),
+            Value::String(self.meta.modification_time.to_string()),
+        );
         if !self.meta.labels.is_empty() {
-            let labels = self.meta.labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            let labels = self
+                .meta
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
             obj.insert("labels".into(), Value::Object(labels));
         }
         match self.kind.descriptor().layout {
@@ -214,17 +257,26 @@ impl Resource {
                 if let Some(reason) = label_key_violation(k) {
                     v.key(k, |v| v.violation(reason));
                 } else if val.len() > 63 {
-                    v.key(k, |v| v.violation("label value must be at most 63 characters long"));
+                    v.key(k, |v| {
+                        v.violation("label value must be at most 63 characters long")
+                    });
                 }
             }
         });
         let mut errors = v.finish().err().unwrap_or_default();
         if !self.spec.is_object() {
-            errors.violations.push(crate::Violation { field: "spec".into(), reason: "must be an object".into() });
+            errors.violations.push(crate::Violation {
+                field: "spec".into(),
+                reason: "must be an object".into(),
+            });
         } else if let Err(e) = (self.kind.descriptor().validate)(&self.spec) {
             errors.violations.extend(e.violations);
         }
-        if errors.violations.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.violations.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// The spec decoded into its typed form. Only call on validated resources.
@@ -248,7 +300,9 @@ fn take_string(obj: &mut Map<String, Value>, field: &str, v: &mut Validator) -> 
 }
 
 fn take_time(obj: &Map<String, Value>, field: &str) -> Option<Timestamp> {
-    obj.get(field).and_then(Value::as_str).and_then(Timestamp::parse)
+    obj.get(field)
+        .and_then(Value::as_str)
+        .and_then(Timestamp::parse)
 }
 
 /// Kubernetes label-key rules: optional DNS prefix, `/`, a name of at most 63 characters.
@@ -265,10 +319,16 @@ pub fn label_key_violation(key: &str) -> Option<&'static str> {
         || !name.starts_with(|c: char| c.is_ascii_alphanumeric())
         || !name.ends_with(|c: char| c.is_ascii_alphanumeric())
     {
-        return Some("label key must consist of alphanumeric characters, '-', '_' or '.', and start and end with an alphanumeric character");
+        return Some(
+            "label key must consist of alphanumeric characters, '-', '_' or '.', and start and end with an alphanumeric character",
+        );
     }
     if let Some(p) = prefix
-        && (p.is_empty() || p.len() > 253 || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'))
+        && (p.is_empty()
+            || p.len() > 253
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'))
     {
         return Some("label key prefix must be a DNS subdomain");
     }
@@ -294,8 +354,10 @@ pub fn parse_yaml_documents(text: &str) -> Result<Vec<Value>, DecodeError> {
         }) {
             continue;
         }
-        let value: Value = serde_saphyr::from_str(&chunk)
-            .map_err(|e| DecodeError::Yaml { index: index + 1, message: e.to_string() })?;
+        let value: Value = serde_saphyr::from_str(&chunk).map_err(|e| DecodeError::Yaml {
+            index: index + 1,
+            message: e.to_string(),
+        })?;
         if !value.is_null() {
             docs.push(value);
         }
@@ -330,8 +392,14 @@ pub fn parse_resource_text(text: &str) -> Result<Value, DecodeError> {
     let mut docs = parse_yaml_documents(text)?;
     match docs.len() {
         1 => Ok(docs.remove(0)),
-        0 => Err(DecodeError::Yaml { index: 1, message: "document is empty".into() }),
-        n => Err(DecodeError::Yaml { index: 2, message: format!("expected one document, found {n}") }),
+        0 => Err(DecodeError::Yaml {
+            index: 1,
+            message: "document is empty".into(),
+        }),
+        n => Err(DecodeError::Yaml {
+            index: 2,
+            message: format!("expected one document, found {n}"),
+        }),
     }
 }
 
@@ -366,7 +434,13 @@ mod tests {
 
     #[test]
     fn missing_type_and_unknown_type() {
-        assert_eq!(Resource::from_value(json!({"name": "x"})).unwrap_err().violations[0].field, "type");
+        assert_eq!(
+            Resource::from_value(json!({"name": "x"}))
+                .unwrap_err()
+                .violations[0]
+                .field,
+            "type"
+        );
         let e = Resource::from_value(json!({"type": "Nope", "name": "x"})).unwrap_err();
         assert!(e.violations[0].reason.contains("unknown resource type"));
     }

@@ -47,7 +47,13 @@ impl Timestamp {
     pub fn parse(s: &str) -> Option<Self> {
         // YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)
         let b = s.as_bytes();
-        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+            || b[13] != b':'
+            || b[16] != b':'
+        {
             return None;
         }
         let num = |r: std::ops::Range<usize>| -> Option<i64> {
@@ -59,7 +65,12 @@ impl Timestamp {
         };
         let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || min > 59
+            || sec > 60
+        {
             return None;
         }
         let mut i = 19;
@@ -178,7 +189,11 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for s in ["1970-01-01T00:00:00Z", "2024-02-29T23:59:59.5Z", "2026-11-22T02:25:00.123456789Z"] {
+        for s in [
+            "1970-01-01T00:00:00Z",
+            "2024-02-29T23:59:59.5Z",
+            "2026-11-22T02:25:00.123456789Z",
+        ] {
             let t = Timestamp::parse(s).unwrap();
             assert_eq!(t.to_string(), s);
         }
@@ -194,7 +209,13 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "2024-13-01T00:00:00Z", "2024-01-01", "2024-01-01T00:00:00", "abcd-01-01T00:00:00Z"] {
+        for s in [
+            "",
+            "2024-13-01T00:00:00Z",
+            "2024-01-01",
+            "2024-01-01T00:00:00",
+            "abcd-01-01T00:00:00Z",
+        ] {
             assert!(Timestamp::parse(s).is_none(), "{s}");
         }
     }

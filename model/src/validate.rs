@@ -212,7 +212,9 @@ mod tests {
         let mut v = Validator::rooted("spec");
         v.field("to", |v| {
             v.index(0, |v| {
-                v.field("targetRef", |v| v.violation_at("kind", "value is not supported"))
+                v.field("targetRef", |v| {
+                    v.violation_at("kind", "value is not supported")
+                })
             })
         });
         v.field("tags", |v| v.key("kuma.io/service", |v| v.violation("bad")));
@@ -225,6 +227,9 @@ mod tests {
     fn top_level_paths_have_no_leading_dot() {
         let mut v = Validator::rooted("");
         v.field("networking", |v| v.violation_at("address", "x"));
-        assert_eq!(v.finish().unwrap_err().violations[0].field, "networking.address");
+        assert_eq!(
+            v.finish().unwrap_err().violations[0].field,
+            "networking.address"
+        );
     }
 }

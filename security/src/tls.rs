@@ -10,9 +10,18 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {what} from {path}: {source}")]
-    Read { what: &'static str, path: String, #[source] source: std::io::Error },
+    Read {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what} in {path} is not valid PEM: {message}")]
-    Pem { what: &'static str, path: String, message: String },
+    Pem {
+        what: &'static str,
+        path: String,
+        message: String,
+    },
     #[error("cannot generate a certificate: {0}")]
     Generate(#[source] rcgen::Error),
     #[error("certificate and key do not form a usable TLS configuration: {0}")]
@@ -28,28 +37,54 @@ pub struct CertPair {
 
 pub fn self_signed(hostnames: &[String]) -> Result<CertPair, TlsError> {
     let key = rcgen::KeyPair::generate().map_err(TlsError::Generate)?;
-    let mut params = rcgen::CertificateParams::new(hostnames.to_vec()).map_err(TlsError::Generate)?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "kuma-control-plane");
+    let mut params =
+        rcgen::CertificateParams::new(hostnames.to_vec()).map_err(TlsError::Generate)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kuma-control-plane");
     let cert = params.self_signed(&key).map_err(TlsError::Generate)?;
-    Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 pub fn load_pair(cert_path: &str, key_path: &str) -> Result<CertPair, TlsError> {
     let read = |what, path: &str| {
-        std::fs::read_to_string(path).map_err(|source| TlsError::Read { what, path: path.to_string(), source })
+        std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+            what,
+            path: path.to_string(),
+            source,
+        })
     };
-    Ok(CertPair { cert_pem: read("certificate", cert_path)?, key_pem: read("key", key_path)? })
+    Ok(CertPair {
+        cert_pem: read("certificate", cert_path)?,
+        key_pem: read("key", key_path)?,
+    })
 }
 
 pub fn server_config(pair: &CertPair) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem { what: "certificate", path: "<pem>".into(), message: e.to_string() })?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Pem {
+                what: "certificate",
+                path: "<pem>".into(),
+                message: e.to_string(),
+            })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { what: "certificate", path: "<pem>".into(), message: "no certificate found".into() });
+        return Err(TlsError::Pem {
+            what: "certificate",
+            path: "<pem>".into(),
+            message: "no certificate found".into(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes())
-        .map_err(|e| TlsError::Pem { what: "key", path: "<pem>".into(), message: e.to_string() })?;
+    let key =
+        PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).map_err(|e| TlsError::Pem {
+            what: "key",
+            path: "<pem>".into(),
+            message: e.to_string(),
+        })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -73,7 +108,10 @@ mod tests {
 
     #[test]
     fn garbage_pem_is_an_error() {
-        let pair = CertPair { cert_pem: "nope".into(), key_pem: "nope".into() };
+        let pair = CertPair {
+            cert_pem: "nope".into(),
+            key_pem: "nope".into(),
+        };
         assert!(server_config(&pair).is_err());
     }
 }

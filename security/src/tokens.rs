@@ -43,7 +43,12 @@ pub struct SigningKeys {
 
 impl SigningKeys {
     pub fn new(store: SharedStore, prefix: &'static str, revocations: &'static str) -> Self {
-        SigningKeys { store, prefix, revocations, cache: Mutex::new(HashMap::new()) }
+        SigningKeys {
+            store,
+            prefix,
+            revocations,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     fn key_name(&self, serial: u64) -> String {
@@ -82,11 +87,25 @@ impl SigningKeys {
         let name = self.key_name(serial);
         let pem = tokio::task::spawn_blocking(generate_rsa_pem)
             .await
-            .map_err(|e| TokenError::BadKey { name: name.clone(), message: e.to_string() })?
-            .map_err(|message| TokenError::BadKey { name: name.clone(), message })?;
-        let spec = serde_json::to_value(SecretSpec::from_bytes(pem.as_bytes()))
-            .map_err(|e| TokenError::BadKey { name: name.clone(), message: e.to_string() })?;
-        match self.store.create(Resource::new(ResourceType::GlobalSecret, "", &name, spec)).await {
+            .map_err(|e| TokenError::BadKey {
+                name: name.clone(),
+                message: e.to_string(),
+            })?
+            .map_err(|message| TokenError::BadKey {
+                name: name.clone(),
+                message,
+            })?;
+        let spec = serde_json::to_value(SecretSpec::from_bytes(pem.as_bytes())).map_err(|e| {
+            TokenError::BadKey {
+                name: name.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        match self
+            .store
+            .create(Resource::new(ResourceType::GlobalSecret, "", &name, spec))
+            .await
+        {
             Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -94,22 +113,38 @@ impl SigningKeys {
 
     async fn key_pem(&self, serial: u64) -> Result<(u64, Vec<u8>), TokenError> {
         let name = self.key_name(serial);
-        let secret = match self.store.get(&ResourceKey::new(ResourceType::GlobalSecret, "", &name)).await {
+        let secret = match self
+            .store
+            .get(&ResourceKey::new(ResourceType::GlobalSecret, "", &name))
+            .await
+        {
             Ok(s) => s,
             Err(StoreError::NotFound(_)) => return Err(TokenError::UnknownKey(serial.to_string())),
             Err(e) => return Err(e.into()),
         };
-        let spec: SecretSpec = serde_json::from_value(secret.spec.clone())
-            .map_err(|e| TokenError::BadKey { name: name.clone(), message: e.to_string() })?;
-        let pem = spec.bytes().map_err(|e| TokenError::BadKey { name, message: e.to_string() })?;
+        let spec: SecretSpec =
+            serde_json::from_value(secret.spec.clone()).map_err(|e| TokenError::BadKey {
+                name: name.clone(),
+                message: e.to_string(),
+            })?;
+        let pem = spec.bytes().map_err(|e| TokenError::BadKey {
+            name,
+            message: e.to_string(),
+        })?;
         Ok((secret.meta.version, pem))
     }
 
     pub async fn sign<C: Serialize>(&self, claims: &C) -> Result<String, TokenError> {
-        let serial = *self.serials().await?.last().ok_or(TokenError::NoSigningKey)?;
+        let serial = *self
+            .serials()
+            .await?
+            .last()
+            .ok_or(TokenError::NoSigningKey)?;
         let (_, pem) = self.key_pem(serial).await?;
-        let key = EncodingKey::from_rsa_pem(&pem)
-            .map_err(|e| TokenError::BadKey { name: self.key_name(serial), message: e.to_string() })?;
+        let key = EncodingKey::from_rsa_pem(&pem).map_err(|e| TokenError::BadKey {
+            name: self.key_name(serial),
+            message: e.to_string(),
+        })?;
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(serial.to_string());
         jsonwebtoken::encode(&header, claims, &key).map_err(TokenError::Invalid)
@@ -117,31 +152,49 @@ impl SigningKeys {
 
     async fn decoding_key(&self, serial: u64) -> Result<DecodingKey, TokenError> {
         let (version, pem) = self.key_pem(serial).await?;
-        if let Some((v, key)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&serial)
+        if let Some((v, key)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&serial)
             && *v == version
         {
             return Ok(key.clone());
         }
-        let key = public_decoding_key(&pem)
-            .map_err(|message| TokenError::BadKey { name: self.key_name(serial), message })?;
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(serial, (version, key.clone()));
+        let key = public_decoding_key(&pem).map_err(|message| TokenError::BadKey {
+            name: self.key_name(serial),
+            message,
+        })?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(serial, (version, key.clone()));
         Ok(key)
     }
 
     /// Checks signature, expiry, not-before and revocation; returns the claims.
-    pub async fn verify<C: DeserializeOwned + HasTokenId>(&self, token: &str) -> Result<C, TokenError> {
+    pub async fn verify<C: DeserializeOwned + HasTokenId>(
+        &self,
+        token: &str,
+    ) -> Result<C, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(TokenError::Malformed)?;
         if header.alg != Algorithm::RS256 {
-            return Err(TokenError::UnknownKey(format!("algorithm {:?}", header.alg)));
+            return Err(TokenError::UnknownKey(format!(
+                "algorithm {:?}",
+                header.alg
+            )));
         }
         let kid = header.kid.unwrap_or_default();
-        let serial: u64 = kid.parse().map_err(|_| TokenError::UnknownKey(kid.clone()))?;
+        let serial: u64 = kid
+            .parse()
+            .map_err(|_| TokenError::UnknownKey(kid.clone()))?;
         let key = self.decoding_key(serial).await?;
         let mut validation = Validation::new(Algorithm::RS256);
         validation.validate_nbf = true;
         validation.leeway = 5;
         validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
-        let data = jsonwebtoken::decode::<C>(token, &key, &validation).map_err(TokenError::Invalid)?;
+        let data =
+            jsonwebtoken::decode::<C>(token, &key, &validation).map_err(TokenError::Invalid)?;
         if self.is_revoked(data.claims.token_id()).await? {
             return Err(TokenError::Revoked);
         }
@@ -160,7 +213,10 @@ impl SigningKeys {
             .and_then(|s| s.bytes().ok())
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
-        Ok(list.split([',', '\n']).map(str::trim).any(|id| !id.is_empty() && id == jti))
+        Ok(list
+            .split([',', '\n'])
+            .map(str::trim)
+            .any(|id| !id.is_empty() && id == jti))
     }
 }
 
@@ -172,7 +228,9 @@ pub trait HasTokenId {
 fn generate_rsa_pem() -> Result<String, String> {
     let mut rng = rand::thread_rng();
     let key = rsa::RsaPrivateKey::new(&mut rng, RSA_BITS).map_err(|e| e.to_string())?;
-    key.to_pkcs1_pem(LineEnding::LF).map(|p| p.to_string()).map_err(|e| e.to_string())
+    key.to_pkcs1_pem(LineEnding::LF)
+        .map(|p| p.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn public_decoding_key(private_pem: &[u8]) -> Result<DecodingKey, String> {
@@ -182,6 +240,9 @@ fn public_decoding_key(private_pem: &[u8]) -> Result<DecodingKey, String> {
     let key = rsa::RsaPrivateKey::from_pkcs1_pem(text)
         .or_else(|_| rsa::RsaPrivateKey::from_pkcs8_pem(text))
         .map_err(|e| e.to_string())?;
-    let public = key.to_public_key().to_pkcs1_pem(LineEnding::LF).map_err(|e| e.to_string())?;
+    let public = key
+        .to_public_key()
+        .to_pkcs1_pem(LineEnding::LF)
+        .map_err(|e| e.to_string())?;
     DecodingKey::from_rsa_pem(public.as_bytes()).map_err(|e| e.to_string())
 }

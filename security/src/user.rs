@@ -27,11 +27,17 @@ pub struct User {
 
 impl User {
     pub fn admin() -> Self {
-        User { name: ADMIN_NAME.into(), groups: vec![ADMIN_GROUP.into(), AUTHENTICATED_GROUP.into()] }
+        User {
+            name: ADMIN_NAME.into(),
+            groups: vec![ADMIN_GROUP.into(), AUTHENTICATED_GROUP.into()],
+        }
     }
 
     pub fn anonymous() -> Self {
-        User { name: ANONYMOUS_NAME.into(), groups: vec![UNAUTHENTICATED_GROUP.into()] }
+        User {
+            name: ANONYMOUS_NAME.into(),
+            groups: vec![UNAUTHENTICATED_GROUP.into()],
+        }
     }
 
     pub fn is_admin(&self) -> bool {
@@ -97,12 +103,18 @@ pub async fn authenticate(keys: &SigningKeys, token: &str) -> Result<User, Token
     if !groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
         groups.push(AUTHENTICATED_GROUP.into());
     }
-    Ok(User { name: claims.name, groups })
+    Ok(User {
+        name: claims.name,
+        groups,
+    })
 }
 
 /// Issues the admin token once and keeps it in a GlobalSecret, as Kuma does, so an operator on
 /// the control plane's host can read it and configure kumactl.
-pub async fn bootstrap_admin_token(store: &SharedStore, keys: &SigningKeys) -> Result<bool, TokenError> {
+pub async fn bootstrap_admin_token(
+    store: &SharedStore,
+    keys: &SigningKeys,
+) -> Result<bool, TokenError> {
     let key = ResourceKey::new(ResourceType::GlobalSecret, "", ADMIN_TOKEN_SECRET);
     match store.get(&key).await {
         Ok(_) => return Ok(false),
@@ -111,9 +123,21 @@ pub async fn bootstrap_admin_token(store: &SharedStore, keys: &SigningKeys) -> R
     }
     let ten_years = Duration::from_secs(10 * 365 * 24 * 3600);
     let token = issue_user_token(keys, ADMIN_NAME, &[ADMIN_GROUP.to_string()], ten_years).await?;
-    let spec = serde_json::to_value(SecretSpec::from_bytes(token.as_bytes()))
-        .map_err(|e| TokenError::BadKey { name: ADMIN_TOKEN_SECRET.into(), message: e.to_string() })?;
-    match store.create(Resource::new(ResourceType::GlobalSecret, "", ADMIN_TOKEN_SECRET, spec)).await {
+    let spec = serde_json::to_value(SecretSpec::from_bytes(token.as_bytes())).map_err(|e| {
+        TokenError::BadKey {
+            name: ADMIN_TOKEN_SECRET.into(),
+            message: e.to_string(),
+        }
+    })?;
+    match store
+        .create(Resource::new(
+            ResourceType::GlobalSecret,
+            "",
+            ADMIN_TOKEN_SECRET,
+            spec,
+        ))
+        .await
+    {
         Ok(_) => Ok(true),
         Err(StoreError::AlreadyExists(_)) => Ok(false),
         Err(e) => Err(e.into()),
@@ -131,7 +155,9 @@ mod tests {
         let store: SharedStore = Arc::new(MemoryStore::new());
         let keys = user_signing_keys(store.clone());
         keys.ensure_key().await.unwrap();
-        let token = issue_user_token(&keys, "john", &["team-a".into()], Duration::from_secs(3600)).await.unwrap();
+        let token = issue_user_token(&keys, "john", &["team-a".into()], Duration::from_secs(3600))
+            .await
+            .unwrap();
         let user = authenticate(&keys, &token).await.unwrap();
         assert_eq!(user.name, "john");
         assert!(user.groups.contains(&"team-a".to_string()));
@@ -146,14 +172,30 @@ mod tests {
         // Rotation: old tokens still verify, new ones use the new key.
         assert_eq!(keys.rotate().await.unwrap(), 2);
         assert!(authenticate(&keys, &token).await.is_ok());
-        let newer = issue_user_token(&keys, "jane", &[], Duration::from_secs(60)).await.unwrap();
-        assert_eq!(jsonwebtoken::decode_header(&newer).unwrap().kid.as_deref(), Some("2"));
+        let newer = issue_user_token(&keys, "jane", &[], Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&newer).unwrap().kid.as_deref(),
+            Some("2")
+        );
 
         // Revocation by jti.
         let claims: UserClaims = keys.verify(&token).await.unwrap();
         let spec = serde_json::to_value(SecretSpec::from_bytes(claims.jti.as_bytes())).unwrap();
-        store.create(Resource::new(ResourceType::GlobalSecret, "", REVOCATIONS, spec)).await.unwrap();
-        assert!(matches!(authenticate(&keys, &token).await, Err(TokenError::Revoked)));
+        store
+            .create(Resource::new(
+                ResourceType::GlobalSecret,
+                "",
+                REVOCATIONS,
+                spec,
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(
+            authenticate(&keys, &token).await,
+            Err(TokenError::Revoked)
+        ));
         assert!(authenticate(&keys, &newer).await.is_ok());
     }
 
@@ -162,9 +204,19 @@ mod tests {
         let store: SharedStore = Arc::new(MemoryStore::new());
         let keys = user_signing_keys(store.clone());
         keys.ensure_key().await.unwrap();
-        let claims = UserClaims { name: "x".into(), groups: vec![], jti: "1".into(), iat: 1, nbf: 1, exp: 2 };
+        let claims = UserClaims {
+            name: "x".into(),
+            groups: vec![],
+            jti: "1".into(),
+            iat: 1,
+            nbf: 1,
+            exp: 2,
+        };
         let token = keys.sign(&claims).await.unwrap();
-        assert!(matches!(authenticate(&keys, &token).await, Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            authenticate(&keys, &token).await,
+            Err(TokenError::Invalid(_))
+        ));
     }
 
     #[tokio::test]
@@ -174,7 +226,14 @@ mod tests {
         keys.ensure_key().await.unwrap();
         assert!(bootstrap_admin_token(&store, &keys).await.unwrap());
         assert!(!bootstrap_admin_token(&store, &keys).await.unwrap());
-        let secret = store.get(&ResourceKey::new(ResourceType::GlobalSecret, "", ADMIN_TOKEN_SECRET)).await.unwrap();
+        let secret = store
+            .get(&ResourceKey::new(
+                ResourceType::GlobalSecret,
+                "",
+                ADMIN_TOKEN_SECRET,
+            ))
+            .await
+            .unwrap();
         let spec: SecretSpec = serde_json::from_value(secret.spec).unwrap();
         let token = String::from_utf8(spec.bytes().unwrap()).unwrap();
         assert!(authenticate(&keys, &token).await.unwrap().is_admin());

@@ -58,7 +58,9 @@ fn dataplane(mesh: &str, name: &str) -> Resource {
 
 async fn fresh_mesh(store: &SharedStore, name: &str) {
     // Cases may share a database across runs: start from nothing.
-    let _ = store.delete(&ResourceKey::new(ResourceType::Mesh, "", name)).await;
+    let _ = store
+        .delete(&ResourceKey::new(ResourceType::Mesh, "", name))
+        .await;
     store.create(mesh(name)).await.expect("create mesh");
 }
 
@@ -69,7 +71,11 @@ async fn next_event_in_mesh(rx: &mut broadcast::Receiver<ChangeEvent>, mesh: &st
             .await
             .expect("timed out waiting for a change event")
             .expect("event stream closed or lagged");
-        let ev_mesh = if ev.key.kind == ResourceType::Mesh { &ev.key.name } else { &ev.key.mesh };
+        let ev_mesh = if ev.key.kind == ResourceType::Mesh {
+            &ev.key.name
+        } else {
+            &ev.key.mesh
+        };
         if ev_mesh == mesh {
             return ev;
         }
@@ -78,7 +84,10 @@ async fn next_event_in_mesh(rx: &mut broadcast::Receiver<ChangeEvent>, mesh: &st
 
 pub async fn create_then_get(store: SharedStore) {
     fresh_mesh(&store, "c-create").await;
-    let created = store.create(timeout("c-create", "t1")).await.expect("create");
+    let created = store
+        .create(timeout("c-create", "t1"))
+        .await
+        .expect("create");
     assert_eq!(created.meta.version, 1);
     assert!(created.meta.creation_time.0 > 0);
     assert_eq!(created.meta.creation_time, created.meta.modification_time);
@@ -91,18 +100,30 @@ pub async fn create_then_get(store: SharedStore) {
 pub async fn create_duplicate_fails(store: SharedStore) {
     fresh_mesh(&store, "c-dup").await;
     store.create(timeout("c-dup", "t1")).await.expect("create");
-    let err = store.create(timeout("c-dup", "t1")).await.expect_err("duplicate");
+    let err = store
+        .create(timeout("c-dup", "t1"))
+        .await
+        .expect_err("duplicate");
     assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
 }
 
 pub async fn create_requires_mesh(store: SharedStore) {
-    let err = store.create(timeout("c-no-such-mesh", "t1")).await.expect_err("no mesh");
-    assert!(matches!(err, StoreError::MeshNotFound(ref m) if m == "c-no-such-mesh"), "{err:?}");
+    let err = store
+        .create(timeout("c-no-such-mesh", "t1"))
+        .await
+        .expect_err("no mesh");
+    assert!(
+        matches!(err, StoreError::MeshNotFound(ref m) if m == "c-no-such-mesh"),
+        "{err:?}"
+    );
 }
 
 pub async fn update_bumps_version(store: SharedStore) {
     fresh_mesh(&store, "c-update").await;
-    let created = store.create(timeout("c-update", "t1")).await.expect("create");
+    let created = store
+        .create(timeout("c-update", "t1"))
+        .await
+        .expect("create");
     let mut changed = created.clone();
     changed.spec["to"][0]["default"]["idleTimeout"] = json!("30s");
     changed.meta.labels.insert("team".into(), "a".into());
@@ -118,26 +139,54 @@ pub async fn update_bumps_version(store: SharedStore) {
 
 pub async fn stale_update_conflicts(store: SharedStore) {
     fresh_mesh(&store, "c-stale").await;
-    let created = store.create(timeout("c-stale", "t1")).await.expect("create");
+    let created = store
+        .create(timeout("c-stale", "t1"))
+        .await
+        .expect("create");
     let mut first = created.clone();
     first.spec["to"][0]["default"]["idleTimeout"] = json!("1s");
     store.update(first).await.expect("first update");
     let mut stale = created.clone();
     stale.spec["to"][0]["default"]["idleTimeout"] = json!("2s");
-    let err = store.update(stale).await.expect_err("stale update must fail");
-    assert!(matches!(err, StoreError::Conflict { expected: 1, actual: 2, .. }), "{err:?}");
+    let err = store
+        .update(stale)
+        .await
+        .expect_err("stale update must fail");
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let got = store.get(&created.key()).await.expect("get");
-    assert_eq!(got.spec["to"][0]["default"]["idleTimeout"], "1s", "a failed update changed data");
+    assert_eq!(
+        got.spec["to"][0]["default"]["idleTimeout"], "1s",
+        "a failed update changed data"
+    );
 }
 
 pub async fn update_and_delete_missing(store: SharedStore) {
     fresh_mesh(&store, "c-missing").await;
     let mut r = timeout("c-missing", "ghost");
     r.meta.version = 1;
-    assert!(matches!(store.update(r).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.update(r).await,
+        Err(StoreError::NotFound(_))
+    ));
     let key = ResourceKey::new(ResourceType::MeshTimeout, "c-missing", "ghost");
-    assert!(matches!(store.delete(&key).await, Err(StoreError::NotFound(_))));
-    assert!(matches!(store.get(&key).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.delete(&key).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.get(&key).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub async fn list_is_ordered_and_paged(store: SharedStore) {
@@ -173,15 +222,24 @@ pub async fn list_filters(store: SharedStore) {
     }
     let mut q = ListQuery::in_mesh(ResourceType::MeshTimeout, "c-filter");
     q.labels = BTreeMap::from([("team".to_string(), "a".to_string())]);
-    assert_eq!(names(&store.list(&q).await.expect("labels").items), ["db-a", "web-a"]);
+    assert_eq!(
+        names(&store.list(&q).await.expect("labels").items),
+        ["db-a", "web-a"]
+    );
     q.name_contains = Some("web".into());
     assert_eq!(names(&store.list(&q).await.expect("both").items), ["web-a"]);
     q.labels.clear();
-    assert_eq!(names(&store.list(&q).await.expect("name").items), ["web-a", "web-b"]);
+    assert_eq!(
+        names(&store.list(&q).await.expect("name").items),
+        ["web-a", "web-b"]
+    );
     q.labels.insert("team".into(), "nobody".into());
     assert_eq!(store.list(&q).await.expect("none").total, 0);
     // Another type in the same mesh is not listed.
-    store.create(dataplane("c-filter", "web-dp")).await.expect("dp");
+    store
+        .create(dataplane("c-filter", "web-dp"))
+        .await
+        .expect("dp");
     let q = ListQuery::in_mesh(ResourceType::MeshTimeout, "c-filter");
     assert_eq!(store.list(&q).await.expect("type").total, 3);
 }
@@ -189,8 +247,14 @@ pub async fn list_filters(store: SharedStore) {
 pub async fn list_across_meshes(store: SharedStore) {
     fresh_mesh(&store, "c-across-1").await;
     fresh_mesh(&store, "c-across-2").await;
-    store.create(timeout("c-across-1", "x-across")).await.expect("1");
-    store.create(timeout("c-across-2", "x-across")).await.expect("2");
+    store
+        .create(timeout("c-across-1", "x-across"))
+        .await
+        .expect("1");
+    store
+        .create(timeout("c-across-2", "x-across"))
+        .await
+        .expect("2");
     let mut q = ListQuery::all(ResourceType::MeshTimeout);
     q.name_contains = Some("x-across".into());
     let page = store.list(&q).await.expect("list");
@@ -201,7 +265,12 @@ pub async fn list_across_meshes(store: SharedStore) {
 pub async fn global_scoped_ignore_mesh(store: SharedStore) {
     let key = ResourceKey::new(ResourceType::Zone, "", "c-zone-1");
     let _ = store.delete(&key).await;
-    let zone = Resource::new(ResourceType::Zone, "ignored", "c-zone-1", json!({"enabled": true}));
+    let zone = Resource::new(
+        ResourceType::Zone,
+        "ignored",
+        "c-zone-1",
+        json!({"enabled": true}),
+    );
     assert_eq!(zone.meta.mesh, "");
     store.create(zone).await.expect("create zone");
     let got = store.get(&key).await.expect("get zone");
@@ -213,15 +282,33 @@ pub async fn delete_mesh_cascades(store: SharedStore) {
     fresh_mesh(&store, "c-cascade").await;
     fresh_mesh(&store, "c-cascade-other").await;
     store.create(timeout("c-cascade", "t1")).await.expect("t1");
-    store.create(dataplane("c-cascade", "dp1")).await.expect("dp1");
-    store.create(timeout("c-cascade-other", "t1")).await.expect("other");
+    store
+        .create(dataplane("c-cascade", "dp1"))
+        .await
+        .expect("dp1");
+    store
+        .create(timeout("c-cascade-other", "t1"))
+        .await
+        .expect("other");
     let mut rx = store.subscribe();
-    store.delete(&ResourceKey::new(ResourceType::Mesh, "", "c-cascade")).await.expect("delete mesh");
+    store
+        .delete(&ResourceKey::new(ResourceType::Mesh, "", "c-cascade"))
+        .await
+        .expect("delete mesh");
     for kind in [ResourceType::MeshTimeout, ResourceType::Dataplane] {
-        let left = store.list(&ListQuery::in_mesh(kind, "c-cascade")).await.expect("list");
+        let left = store
+            .list(&ListQuery::in_mesh(kind, "c-cascade"))
+            .await
+            .expect("list");
         assert_eq!(left.total, 0, "{kind} left behind in a deleted mesh");
     }
-    let other = store.list(&ListQuery::in_mesh(ResourceType::MeshTimeout, "c-cascade-other")).await.expect("list");
+    let other = store
+        .list(&ListQuery::in_mesh(
+            ResourceType::MeshTimeout,
+            "c-cascade-other",
+        ))
+        .await
+        .expect("list");
     assert_eq!(other.total, 1, "deleting one mesh touched another");
     let mut deleted = Vec::new();
     for _ in 0..3 {
@@ -230,25 +317,74 @@ pub async fn delete_mesh_cascades(store: SharedStore) {
         deleted.push(ev.key.kind);
     }
     deleted.sort();
-    assert_eq!(deleted, [ResourceType::Mesh, ResourceType::Dataplane, ResourceType::MeshTimeout]);
+    assert_eq!(
+        deleted,
+        [
+            ResourceType::Mesh,
+            ResourceType::Dataplane,
+            ResourceType::MeshTimeout
+        ]
+    );
 }
 
 pub async fn delete_owner_removes_insight(store: SharedStore) {
     fresh_mesh(&store, "c-owner").await;
     store.create(dataplane("c-owner", "dp1")).await.expect("dp");
-    let insight = Resource::new(ResourceType::DataplaneInsight, "c-owner", "dp1", json!({"subscriptions": []}));
+    let insight = Resource::new(
+        ResourceType::DataplaneInsight,
+        "c-owner",
+        "dp1",
+        json!({"subscriptions": []}),
+    );
     store.create(insight).await.expect("insight");
-    store.delete(&ResourceKey::new(ResourceType::Dataplane, "c-owner", "dp1")).await.expect("delete dp");
-    let err = store.get(&ResourceKey::new(ResourceType::DataplaneInsight, "c-owner", "dp1")).await;
-    assert!(matches!(err, Err(StoreError::NotFound(_))), "insight outlived its dataplane");
+    store
+        .delete(&ResourceKey::new(ResourceType::Dataplane, "c-owner", "dp1"))
+        .await
+        .expect("delete dp");
+    let err = store
+        .get(&ResourceKey::new(
+            ResourceType::DataplaneInsight,
+            "c-owner",
+            "dp1",
+        ))
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::NotFound(_))),
+        "insight outlived its dataplane"
+    );
 
     let zone_key = ResourceKey::new(ResourceType::Zone, "", "c-owner-zone");
     let _ = store.delete(&zone_key).await;
-    store.create(Resource::new(ResourceType::Zone, "", "c-owner-zone", json!({}))).await.expect("zone");
-    store.create(Resource::new(ResourceType::ZoneInsight, "", "c-owner-zone", json!({}))).await.expect("zi");
+    store
+        .create(Resource::new(
+            ResourceType::Zone,
+            "",
+            "c-owner-zone",
+            json!({}),
+        ))
+        .await
+        .expect("zone");
+    store
+        .create(Resource::new(
+            ResourceType::ZoneInsight,
+            "",
+            "c-owner-zone",
+            json!({}),
+        ))
+        .await
+        .expect("zi");
     store.delete(&zone_key).await.expect("delete zone");
-    let err = store.get(&ResourceKey::new(ResourceType::ZoneInsight, "", "c-owner-zone")).await;
-    assert!(matches!(err, Err(StoreError::NotFound(_))), "zone insight outlived its zone");
+    let err = store
+        .get(&ResourceKey::new(
+            ResourceType::ZoneInsight,
+            "",
+            "c-owner-zone",
+        ))
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::NotFound(_))),
+        "zone insight outlived its zone"
+    );
 }
 
 pub async fn events_follow_writes(store: SharedStore) {
@@ -261,12 +397,21 @@ pub async fn events_follow_writes(store: SharedStore) {
             break;
         }
     }
-    let created = store.create(timeout("c-events", "t1")).await.expect("create");
+    let created = store
+        .create(timeout("c-events", "t1"))
+        .await
+        .expect("create");
     let ev = next_event_in_mesh(&mut rx, "c-events").await;
-    assert_eq!((ev.op, ev.key.clone(), ev.version), (Operation::Create, created.key(), 1));
+    assert_eq!(
+        (ev.op, ev.key.clone(), ev.version),
+        (Operation::Create, created.key(), 1)
+    );
     let updated = store.update(created.clone()).await.expect("update");
     let ev = next_event_in_mesh(&mut rx, "c-events").await;
-    assert_eq!((ev.op, ev.version), (Operation::Update, updated.meta.version));
+    assert_eq!(
+        (ev.op, ev.version),
+        (Operation::Update, updated.meta.version)
+    );
     store.delete(&created.key()).await.expect("delete");
     let ev = next_event_in_mesh(&mut rx, "c-events").await;
     assert_eq!((ev.op, ev.key), (Operation::Delete, created.key()));
@@ -291,7 +436,10 @@ pub async fn concurrent_updates_one_wins(store: SharedStore) {
         }
     }
     assert_eq!(wins, 1, "exactly one writer of the same version must win");
-    assert_eq!(store.get(&created.key()).await.expect("get").meta.version, 2);
+    assert_eq!(
+        store.get(&created.key()).await.expect("get").meta.version,
+        2
+    );
 }
 
 pub async fn content_round_trips(store: SharedStore) {
@@ -300,15 +448,29 @@ pub async fn content_round_trips(store: SharedStore) {
     r.spec = json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
         "default": {"idleTimeout": "20s", "http": {"requestTimeout": "2s"}}}],
         "note": "ünïcödé ✓", "big": 12345678901234_i64, "list": [1, 2.5, null, true]});
-    r.meta.labels = BTreeMap::from([("kuma.io/origin".to_string(), "zone".to_string()), ("a".to_string(), "".to_string())]);
+    r.meta.labels = BTreeMap::from([
+        ("kuma.io/origin".to_string(), "zone".to_string()),
+        ("a".to_string(), "".to_string()),
+    ]);
     let created = store.create(r.clone()).await.expect("create");
     let got = store.get(&created.key()).await.expect("get");
     assert_eq!(got.spec, r.spec);
     assert_eq!(got.meta.labels, r.meta.labels);
-    let mut with_status = Resource::new(ResourceType::MeshService, "c-content", "svc", json!({"ports": []}));
+    let mut with_status = Resource::new(
+        ResourceType::MeshService,
+        "c-content",
+        "svc",
+        json!({"ports": []}),
+    );
     with_status.status = Some(json!({"vips": [{"ip": "241.0.0.1"}]}));
-    store.create(with_status.clone()).await.expect("create with status");
-    let got = store.get(&with_status.key()).await.expect("get with status");
+    store
+        .create(with_status.clone())
+        .await
+        .expect("create with status");
+    let got = store
+        .get(&with_status.key())
+        .await
+        .expect("get with status");
     assert_eq!(got.status, with_status.status);
 }
 

@@ -25,7 +25,11 @@ pub enum StoreError {
     #[error("{0} already exists")]
     AlreadyExists(ResourceKey),
     #[error("{key} was changed concurrently (expected version {expected}, found {actual})")]
-    Conflict { key: ResourceKey, expected: u64, actual: u64 },
+    Conflict {
+        key: ResourceKey,
+        expected: u64,
+        actual: u64,
+    },
     #[error("mesh {0:?} not found")]
     MeshNotFound(String),
     #[error("store unavailable: {message}")]
@@ -71,19 +75,35 @@ pub struct ListQuery {
 
 impl ListQuery {
     pub fn all(kind: ResourceType) -> Self {
-        ListQuery { kind, mesh: None, labels: BTreeMap::new(), name_contains: None, offset: 0, size: None }
+        ListQuery {
+            kind,
+            mesh: None,
+            labels: BTreeMap::new(),
+            name_contains: None,
+            offset: 0,
+            size: None,
+        }
     }
 
     pub fn in_mesh(kind: ResourceType, mesh: &str) -> Self {
-        ListQuery { mesh: Some(mesh.to_string()), ..Self::all(kind) }
+        ListQuery {
+            mesh: Some(mesh.to_string()),
+            ..Self::all(kind)
+        }
     }
 
     /// Whether a resource satisfies the filters (not the paging).
     pub fn matches(&self, r: &Resource) -> bool {
         r.kind == self.kind
             && self.mesh.as_ref().is_none_or(|m| *m == r.meta.mesh)
-            && self.labels.iter().all(|(k, v)| r.meta.labels.get(k) == Some(v))
-            && self.name_contains.as_ref().is_none_or(|n| r.meta.name.contains(n.as_str()))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| r.meta.labels.get(k) == Some(v))
+            && self
+                .name_contains
+                .as_ref()
+                .is_none_or(|n| r.meta.name.contains(n.as_str()))
     }
 }
 
@@ -102,7 +122,11 @@ pub fn paginate(mut all: Vec<Resource>, offset: usize, size: Option<usize>) -> L
     let start = offset.min(total);
     let end = size.map_or(total, |s| start.saturating_add(s).min(total));
     let items: Vec<Resource> = all.drain(start..end).collect();
-    ListPage { items, total, next_offset: (end < total).then_some(end) }
+    ListPage {
+        items,
+        total,
+        next_offset: (end < total).then_some(end),
+    }
 }
 
 #[async_trait]
@@ -166,5 +190,9 @@ pub async fn upsert(
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Conflict { key, expected: 0, actual: 0 })
+    Err(StoreError::Conflict {
+        key,
+        expected: 0,
+        actual: 0,
+    })
 }

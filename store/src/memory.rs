@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use model::{Resource, ResourceKey, ResourceType, Timestamp};
 use tokio::sync::broadcast;
 
-use crate::{ChangeEvent, ListPage, ListQuery, Operation, ResourceStore, Result, StoreError, paginate};
+use crate::{
+    ChangeEvent, ListPage, ListQuery, Operation, ResourceStore, Result, StoreError, paginate,
+};
 
 /// Room for bursts; a consumer further behind than this re-lists.
 const EVENT_BUFFER: usize = 16 * 1024;
@@ -27,7 +29,10 @@ impl Default for MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        MemoryStore { resources: RwLock::new(BTreeMap::new()), events }
+        MemoryStore {
+            resources: RwLock::new(BTreeMap::new()),
+            events,
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ResourceKey, Resource>> {
@@ -53,14 +58,23 @@ fn mesh_key(mesh: &str) -> ResourceKey {
 #[async_trait]
 impl ResourceStore for MemoryStore {
     async fn get(&self, key: &ResourceKey) -> Result<Resource> {
-        self.read().get(key).cloned().ok_or_else(|| StoreError::NotFound(key.clone()))
+        self.read()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(key.clone()))
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage> {
         let map = self.read();
         // Keys sort by (kind, mesh, name), so a range scan yields the stable order directly.
         let matching: Vec<Resource> = map
-            .range(ResourceKey { kind: query.kind, mesh: String::new(), name: String::new() }..)
+            .range(
+                ResourceKey {
+                    kind: query.kind,
+                    mesh: String::new(),
+                    name: String::new(),
+                }..,
+            )
             .take_while(|(k, _)| k.kind == query.kind)
             .filter(|(_, r)| query.matches(r))
             .map(|(_, r)| r.clone())
@@ -90,7 +104,9 @@ impl ResourceStore for MemoryStore {
     async fn update(&self, mut resource: Resource) -> Result<Resource> {
         let key = resource.key();
         let mut map = self.write();
-        let current = map.get(&key).ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let current = map
+            .get(&key)
+            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
         if current.meta.version != resource.meta.version {
             return Err(StoreError::Conflict {
                 key,
@@ -110,11 +126,16 @@ impl ResourceStore for MemoryStore {
 
     async fn delete(&self, key: &ResourceKey) -> Result<()> {
         let mut map = self.write();
-        let removed = map.remove(key).ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let removed = map
+            .remove(key)
+            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
         let mut events = vec![(key.clone(), removed.meta.version)];
         if key.kind == ResourceType::Mesh {
-            let owned: Vec<ResourceKey> =
-                map.keys().filter(|k| k.kind.is_mesh_scoped() && k.mesh == key.name).cloned().collect();
+            let owned: Vec<ResourceKey> = map
+                .keys()
+                .filter(|k| k.kind.is_mesh_scoped() && k.mesh == key.name)
+                .cloned()
+                .collect();
             for k in owned {
                 if let Some(r) = map.remove(&k) {
                     events.push((k, r.meta.version));

@@ -40,13 +40,21 @@ impl MeteredStore {
         let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.0001, 2.5, 14))) as fn() -> Histogram,
         );
-        registry.register("store_operations", "Store operations by type and result", ops.clone());
+        registry.register(
+            "store_operations",
+            "Store operations by type and result",
+            ops.clone(),
+        );
         registry.register(
             "store_operation_duration_seconds",
             "Latency of store operations",
             latency.clone(),
         );
-        MeteredStore { inner, ops, latency }
+        MeteredStore {
+            inner,
+            ops,
+            latency,
+        }
     }
 
     async fn observe<T>(
@@ -70,7 +78,14 @@ impl MeteredStore {
             Err(StoreError::Unavailable { .. }) => "unavailable",
             Err(StoreError::Corrupt { .. }) => "corrupt",
         };
-        self.ops.get_or_create(&OpLabels { backend, operation, resource_type, result }).inc();
+        self.ops
+            .get_or_create(&OpLabels {
+                backend,
+                operation,
+                resource_type,
+                result,
+            })
+            .inc();
         res
     }
 }
@@ -78,11 +93,13 @@ impl MeteredStore {
 #[async_trait]
 impl ResourceStore for MeteredStore {
     async fn get(&self, key: &ResourceKey) -> Result<Resource> {
-        self.observe("get", key.kind.name(), self.inner.get(key)).await
+        self.observe("get", key.kind.name(), self.inner.get(key))
+            .await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage> {
-        self.observe("list", query.kind.name(), self.inner.list(query)).await
+        self.observe("list", query.kind.name(), self.inner.list(query))
+            .await
     }
 
     async fn create(&self, resource: Resource) -> Result<Resource> {
@@ -96,7 +113,8 @@ impl ResourceStore for MeteredStore {
     }
 
     async fn delete(&self, key: &ResourceKey) -> Result<()> {
-        self.observe("delete", key.kind.name(), self.inner.delete(key)).await
+        self.observe("delete", key.kind.name(), self.inner.delete(key))
+            .await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {

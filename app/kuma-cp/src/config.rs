@@ -10,7 +10,11 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, #[source] source: std::io::Error },
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid YAML: {message}")]
     Yaml { path: String, message: String },
     #[error("invalid value for {key}: {message}")]
@@ -69,7 +73,9 @@ impl Default for Config {
             api_server: ApiServerConfig::default(),
             diagnostics: DiagnosticsConfig { server_port: 5680 },
             dp_server: PortConfig { port: 5678 },
-            inter_cp: InterCpConfig { server: PortConfig { port: 5683 } },
+            inter_cp: InterCpConfig {
+                server: PortConfig { port: 5683 },
+            },
             multizone: MultizoneConfig::default(),
             general: GeneralConfig::default(),
             defaults: DefaultsConfig::default(),
@@ -86,7 +92,9 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { store_type: StoreType::Memory }
+        StoreConfig {
+            store_type: StoreType::Memory,
+        }
     }
 }
 
@@ -102,7 +110,11 @@ pub struct ApiServerConfig {
 impl Default for ApiServerConfig {
     fn default() -> Self {
         ApiServerConfig {
-            http: ListenerConfig { enabled: true, interface: "0.0.0.0".into(), port: 5681 },
+            http: ListenerConfig {
+                enabled: true,
+                interface: "0.0.0.0".into(),
+                port: 5681,
+            },
             https: HttpsConfig {
                 enabled: true,
                 interface: "0.0.0.0".into(),
@@ -145,7 +157,11 @@ pub struct AuthnConfig {
 
 impl Default for AuthnConfig {
     fn default() -> Self {
-        AuthnConfig { authn_type: "tokens".into(), localhost_is_admin: true, tokens: TokensConfig::default() }
+        AuthnConfig {
+            authn_type: "tokens".into(),
+            localhost_is_admin: true,
+            tokens: TokensConfig::default(),
+        }
     }
 }
 
@@ -157,7 +173,9 @@ pub struct TokensConfig {
 
 impl Default for TokensConfig {
     fn default() -> Self {
-        TokensConfig { bootstrap_admin_token: true }
+        TokensConfig {
+            bootstrap_admin_token: true,
+        }
     }
 }
 
@@ -189,8 +207,13 @@ pub struct MultizoneConfig {
 impl Default for MultizoneConfig {
     fn default() -> Self {
         MultizoneConfig {
-            global: GlobalConfig { kds: GlobalKdsConfig { grpc_port: 5685 } },
-            zone: ZoneConfig { name: "default".into(), global_address: String::new() },
+            global: GlobalConfig {
+                kds: GlobalKdsConfig { grpc_port: 5685 },
+            },
+            zone: ZoneConfig {
+                name: "default".into(),
+                global_address: String::new(),
+            },
         }
     }
 }
@@ -227,10 +250,18 @@ pub struct DefaultsConfig {
 }
 
 /// Env names that mean the same as a derived one (the issue tracker's and older spellings).
-const ENV_ALIASES: &[(&str, &str)] = &[("KUMA_DEFAULTS_SKIP_MESH", "KUMA_DEFAULTS_SKIP_MESH_CREATION")];
+const ENV_ALIASES: &[(&str, &str)] = &[(
+    "KUMA_DEFAULTS_SKIP_MESH",
+    "KUMA_DEFAULTS_SKIP_MESH_CREATION",
+)];
 
 /// `KUMA_*` variables that belong to other programs (kuma-dp, kumactl) and are ignored here.
-const FOREIGN_ENV_PREFIXES: &[&str] = &["KUMA_CONTROL_PLANE_", "KUMA_DATAPLANE", "KUMA_DNS_", "KUMACTL_"];
+const FOREIGN_ENV_PREFIXES: &[&str] = &[
+    "KUMA_CONTROL_PLANE_",
+    "KUMA_DATAPLANE",
+    "KUMA_DNS_",
+    "KUMACTL_",
+];
 
 /// Keys whose values never leave the process (shown as `*****` in `/config`).
 const SECRET_KEYS: &[&str] = &["password", "token", "key"];
@@ -284,7 +315,11 @@ fn parse_env_value(raw: &str, like: &Value) -> Result<Value, String> {
             .map(Value::from)
             .map_err(|_| format!("expected a non-negative whole number, got {raw:?}")),
         Value::Array(_) => Ok(Value::Array(
-            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect(),
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.into()))
+                .collect(),
         )),
         _ => Ok(Value::String(raw.to_string())),
     }
@@ -305,15 +340,21 @@ fn set_path(root: &mut Value, path: &[String], value: Value) {
 impl Config {
     /// Loads defaults <- file <- env. `env` is passed in so tests need not touch the process env.
     pub fn load(file: Option<&str>, env: &[(String, String)]) -> Result<Config, ConfigError> {
-        let mut doc = serde_json::to_value(Config::default()).map_err(|e| ConfigError::Invalid {
-            key: "<defaults>".into(),
-            message: e.to_string(),
-        })?;
+        let mut doc =
+            serde_json::to_value(Config::default()).map_err(|e| ConfigError::Invalid {
+                key: "<defaults>".into(),
+                message: e.to_string(),
+            })?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.to_string(), source })?;
-            let from_file: Value = serde_saphyr::from_str(&text)
-                .map_err(|e| ConfigError::Yaml { path: path.to_string(), message: e.to_string() })?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_string(),
+                source,
+            })?;
+            let from_file: Value =
+                serde_saphyr::from_str(&text).map_err(|e| ConfigError::Yaml {
+                    path: path.to_string(),
+                    message: e.to_string(),
+                })?;
             merge(&mut doc, from_file);
         }
         let table = env_table();
@@ -321,26 +362,43 @@ impl Config {
             if !name.starts_with("KUMA_") {
                 continue;
             }
-            let canonical = ENV_ALIASES.iter().find(|(a, _)| a == name).map_or(name.as_str(), |(_, c)| c);
+            let canonical = ENV_ALIASES
+                .iter()
+                .find(|(a, _)| a == name)
+                .map_or(name.as_str(), |(_, c)| c);
             match table.get(canonical) {
                 Some((path, like)) => {
-                    let value = parse_env_value(raw, like)
-                        .map_err(|message| ConfigError::Invalid { key: name.clone(), message })?;
+                    let value =
+                        parse_env_value(raw, like).map_err(|message| ConfigError::Invalid {
+                            key: name.clone(),
+                            message,
+                        })?;
                     set_path(&mut doc, path, value);
                 }
                 None if FOREIGN_ENV_PREFIXES.iter().any(|p| name.starts_with(p)) => {}
                 None => {
-                    let hint = closest(canonical, table.keys()).map(|k| format!(" (did you mean {k}?)")).unwrap_or_default();
-                    return Err(ConfigError::Unknown { key: name.clone(), hint });
+                    let hint = closest(canonical, table.keys())
+                        .map(|k| format!(" (did you mean {k}?)"))
+                        .unwrap_or_default();
+                    return Err(ConfigError::Unknown {
+                        key: name.clone(),
+                        hint,
+                    });
                 }
             }
         }
         let config: Config = serde_path_to_error::deserialize(doc).map_err(|e| {
             let path = e.path().to_string();
-            let key = format!("{path} ({})", env_name(&path.split('.').map(String::from).collect::<Vec<_>>()));
+            let key = format!(
+                "{path} ({})",
+                env_name(&path.split('.').map(String::from).collect::<Vec<_>>())
+            );
             let message = e.inner().to_string();
             if message.starts_with("unknown field") {
-                ConfigError::Unknown { key: path, hint: format!(": {message}") }
+                ConfigError::Unknown {
+                    key: path,
+                    hint: format!(": {message}"),
+                }
             } else {
                 ConfigError::Invalid { key, message }
             }
@@ -350,7 +408,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: &str| Err(ConfigError::Invalid { key: key.into(), message: message.into() });
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
         let https = &self.api_server.https;
         if https.tls_cert_file.is_empty() != https.tls_key_file.is_empty() {
             return invalid(
@@ -359,15 +422,27 @@ impl Config {
             );
         }
         for (key, iface) in [
-            ("apiServer.http.interface (KUMA_API_SERVER_HTTP_INTERFACE)", &self.api_server.http.interface),
-            ("apiServer.https.interface (KUMA_API_SERVER_HTTPS_INTERFACE)", &https.interface),
+            (
+                "apiServer.http.interface (KUMA_API_SERVER_HTTP_INTERFACE)",
+                &self.api_server.http.interface,
+            ),
+            (
+                "apiServer.https.interface (KUMA_API_SERVER_HTTPS_INTERFACE)",
+                &https.interface,
+            ),
         ] {
             if iface.parse::<std::net::IpAddr>().is_err() {
-                return invalid(key, "must be an IP address to listen on, e.g. 0.0.0.0 or 127.0.0.1");
+                return invalid(
+                    key,
+                    "must be an IP address to listen on, e.g. 0.0.0.0 or 127.0.0.1",
+                );
             }
         }
         if self.api_server.authn.authn_type != "tokens" {
-            return invalid("apiServer.authn.type (KUMA_API_SERVER_AUTHN_TYPE)", "only \"tokens\" is supported");
+            return invalid(
+                "apiServer.authn.type (KUMA_API_SERVER_AUTHN_TYPE)",
+                "only \"tokens\" is supported",
+            );
         }
         if self.store.store_type != StoreType::Memory {
             return invalid(
@@ -387,7 +462,10 @@ impl Config {
             }
         }
         if self.mode == Mode::Global {
-            return invalid("mode (KUMA_MODE)", "global mode is not implemented yet; use standalone or zone");
+            return invalid(
+                "mode (KUMA_MODE)",
+                "global mode is not implemented yet; use standalone or zone",
+            );
         }
         Ok(())
     }
@@ -432,10 +510,18 @@ fn merge(base: &mut Value, overlay: Value) {
 
 /// The known key with the longest common prefix, to suggest on a typo.
 fn closest<'a>(name: &str, keys: impl Iterator<Item = &'a String>) -> Option<&'a String> {
-    keys.map(|k| (k.chars().zip(name.chars()).take_while(|(a, b)| a == b).count(), k))
-        .filter(|(n, _)| *n > 8)
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, k)| k)
+    keys.map(|k| {
+        (
+            k.chars()
+                .zip(name.chars())
+                .take_while(|(a, b)| a == b)
+                .count(),
+            k,
+        )
+    })
+    .filter(|(n, _)| *n > 8)
+    .max_by_key(|(n, _)| *n)
+    .map(|(_, k)| k)
 }
 
 #[cfg(test)]
@@ -443,7 +529,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -484,10 +573,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kcp-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.yaml");
-        std::fs::write(&file, "apiServer:\n  http:\n    port: 1000\ndiagnostics:\n  serverPort: 2000\n").unwrap();
+        std::fs::write(
+            &file,
+            "apiServer:\n  http:\n    port: 1000\ndiagnostics:\n  serverPort: 2000\n",
+        )
+        .unwrap();
         let c = Config::load(
             Some(file.to_str().unwrap()),
-            &env(&[("KUMA_API_SERVER_HTTP_PORT", "3000"), ("KUMA_DEFAULTS_SKIP_MESH", "true"), ("PATH", "/bin")]),
+            &env(&[
+                ("KUMA_API_SERVER_HTTP_PORT", "3000"),
+                ("KUMA_DEFAULTS_SKIP_MESH", "true"),
+                ("PATH", "/bin"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.api_server.http.port, 3000);
@@ -497,14 +594,26 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = Config::load(None, &env(&[("KUMA_API_SERVER_HTTP_PORT", "http")])).unwrap_err().to_string();
+        let e = Config::load(None, &env(&[("KUMA_API_SERVER_HTTP_PORT", "http")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("KUMA_API_SERVER_HTTP_PORT"), "{e}");
-        let e = Config::load(None, &env(&[("KUMA_API_SERVER_HTTP_PORT", "70000")])).unwrap_err().to_string();
+        let e = Config::load(None, &env(&[("KUMA_API_SERVER_HTTP_PORT", "70000")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("KUMA_API_SERVER_HTTP_PORT"), "{e}");
-        let e = Config::load(None, &env(&[("KUMA_MODE", "galactic")])).unwrap_err().to_string();
+        let e = Config::load(None, &env(&[("KUMA_MODE", "galactic")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("KUMA_MODE"), "{e}");
-        let e = Config::load(None, &env(&[("KUMA_API_SERVER_HTTP_PROT", "1")])).unwrap_err().to_string();
-        assert!(e.contains("KUMA_API_SERVER_HTTP_PROT") && e.contains("did you mean KUMA_API_SERVER_HTTP_PORT"), "{e}");
+        let e = Config::load(None, &env(&[("KUMA_API_SERVER_HTTP_PROT", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("KUMA_API_SERVER_HTTP_PROT")
+                && e.contains("did you mean KUMA_API_SERVER_HTTP_PORT"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -513,12 +622,21 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.yaml");
         std::fs::write(&file, "apiServer:\n  htp:\n    port: 1000\n").unwrap();
-        let e = Config::load(Some(file.to_str().unwrap()), &[]).unwrap_err().to_string();
+        let e = Config::load(Some(file.to_str().unwrap()), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("htp"), "{e}");
     }
 
     #[test]
     fn foreign_kuma_vars_are_ignored() {
-        Config::load(None, &env(&[("KUMA_CONTROL_PLANE_URL", "x"), ("KUMA_DATAPLANE_NAME", "y")])).unwrap();
+        Config::load(
+            None,
+            &env(&[
+                ("KUMA_CONTROL_PLANE_URL", "x"),
+                ("KUMA_DATAPLANE_NAME", "y"),
+            ]),
+        )
+        .unwrap();
     }
 }

@@ -50,7 +50,10 @@ fn main() -> std::process::ExitCode {
             println!("kuma-cp version {VERSION} (Kuma {VERSION} compatible)");
             std::process::ExitCode::SUCCESS
         }
-        Command::Run { config_file, log_level } => {
+        Command::Run {
+            config_file,
+            log_level,
+        } => {
             init_tracing(&log_level);
             let env: Vec<(String, String)> = std::env::vars().collect();
             let config = match Config::load(config_file.as_deref(), &env) {
@@ -60,7 +63,10 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("kuma-cp: cannot start the runtime: {e}");
@@ -90,7 +96,9 @@ fn init_tracing(level: &str) {
 }
 
 async fn run(config: Config) -> Result<()> {
-    let hostname = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into());
+    let hostname = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
     let instance_id = format!("{hostname}-{:04}", rand::random::<u16>() % 10000);
     tracing::info!(mode = config.mode.as_str(), store = ?config.store.store_type, %instance_id, "starting kuma-cp {VERSION}");
 
@@ -104,18 +112,39 @@ async fn run(config: Config) -> Result<()> {
     let user_keys = Arc::new(security::user::user_signing_keys(store.clone()));
 
     // Listeners are bound before start-up work so a port clash fails fast and names the port.
-    let api_http = bind(&config.api_server.http.interface, config.api_server.http.port, "apiServer.http.port").await?;
+    let api_http = bind(
+        &config.api_server.http.interface,
+        config.api_server.http.port,
+        "apiServer.http.port",
+    )
+    .await?;
     let api_https = if config.api_server.https.enabled {
-        Some(bind(&config.api_server.https.interface, config.api_server.https.port, "apiServer.https.port").await?)
+        Some(
+            bind(
+                &config.api_server.https.interface,
+                config.api_server.https.port,
+                "apiServer.https.port",
+            )
+            .await?,
+        )
     } else {
         None
     };
-    let diag = bind("0.0.0.0", config.diagnostics.server_port, "diagnostics.serverPort").await?;
+    let diag = bind(
+        "0.0.0.0",
+        config.diagnostics.server_port,
+        "diagnostics.serverPort",
+    )
+    .await?;
 
     // The unmetered backend, so scrapes do not count themselves as store traffic.
     let diagnostics = api::diagnostics::Diagnostics::new(registry, backend, started.clone());
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(api::serve_http(diag, diagnostics.router(), wait_for(shutdown_rx.clone())));
+    tasks.spawn(api::serve_http(
+        diag,
+        diagnostics.router(),
+        wait_for(shutdown_rx.clone()),
+    ));
 
     wait_for_store(&store, &shutdown_rx).await?;
     let cluster_id = ensure_defaults(&config, &store, &user_keys).await?;
@@ -135,12 +164,18 @@ async fn run(config: Config) -> Result<()> {
             mode: config.mode.as_str().into(),
         },
         config: config.redacted(),
-        auth: api::AuthConfig { localhost_is_admin: config.api_server.authn.localhost_is_admin },
+        auth: api::AuthConfig {
+            localhost_is_admin: config.api_server.authn.localhost_is_admin,
+        },
         metrics: api_metrics,
     });
     let router = api::router(state);
     if config.api_server.http.enabled {
-        tasks.spawn(api::serve_http(api_http, router.clone(), wait_for(shutdown_rx.clone())));
+        tasks.spawn(api::serve_http(
+            api_http,
+            router.clone(),
+            wait_for(shutdown_rx.clone()),
+        ));
     }
     if let Some(listener) = api_https {
         let pair = if config.api_server.https.tls_cert_file.is_empty() {
@@ -148,11 +183,20 @@ async fn run(config: Config) -> Result<()> {
             names.dedup();
             security::tls::self_signed(&names).context("generating the API server's certificate")?
         } else {
-            security::tls::load_pair(&config.api_server.https.tls_cert_file, &config.api_server.https.tls_key_file)
-                .context("apiServer.https.tlsCertFile/tlsKeyFile")?
+            security::tls::load_pair(
+                &config.api_server.https.tls_cert_file,
+                &config.api_server.https.tls_key_file,
+            )
+            .context("apiServer.https.tlsCertFile/tlsKeyFile")?
         };
-        let tls = security::tls::server_config(&pair).context("apiServer.https TLS configuration")?;
-        tasks.spawn(api::serve_https(listener, router, tls, wait_for(shutdown_rx.clone())));
+        let tls =
+            security::tls::server_config(&pair).context("apiServer.https TLS configuration")?;
+        tasks.spawn(api::serve_https(
+            listener,
+            router,
+            tls,
+            wait_for(shutdown_rx.clone()),
+        ));
     }
     started.store(true, Ordering::Release);
     tracing::info!(
@@ -170,8 +214,12 @@ async fn run(config: Config) -> Result<()> {
 }
 
 async fn bind(interface: &str, port: u16, key: &str) -> Result<TcpListener> {
-    let addr: SocketAddr = format!("{interface}:{port}").parse().with_context(|| format!("{key}: bad address {interface}:{port}"))?;
-    TcpListener::bind(addr).await.with_context(|| format!("{key}: cannot listen on {addr}"))
+    let addr: SocketAddr = format!("{interface}:{port}")
+        .parse()
+        .with_context(|| format!("{key}: bad address {interface}:{port}"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {addr}"))
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {
@@ -219,17 +267,34 @@ async fn wait_for_store(store: &SharedStore, shutdown: &watch::Receiver<bool>) -
 
 /// What a fresh control plane creates: the default mesh, the user-token signing key, the admin
 /// token and the cluster id. Returns the cluster id.
-async fn ensure_defaults(config: &Config, store: &SharedStore, user_keys: &security::SigningKeys) -> Result<String> {
+async fn ensure_defaults(
+    config: &Config,
+    store: &SharedStore,
+    user_keys: &security::SigningKeys,
+) -> Result<String> {
     if !config.defaults.skip_mesh_creation {
-        match store.create(Resource::new(ResourceType::Mesh, "", "default", serde_json::json!({}))).await {
+        match store
+            .create(Resource::new(
+                ResourceType::Mesh,
+                "",
+                "default",
+                serde_json::json!({}),
+            ))
+            .await
+        {
             Ok(_) => tracing::info!("created Mesh \"default\""),
             Err(StoreError::AlreadyExists(_)) => {}
             Err(e) => return Err(e).context("creating the default mesh"),
         }
     }
-    user_keys.ensure_key().await.context("creating the user token signing key")?;
+    user_keys
+        .ensure_key()
+        .await
+        .context("creating the user token signing key")?;
     if config.api_server.authn.tokens.bootstrap_admin_token
-        && security::user::bootstrap_admin_token(store, user_keys).await.context("bootstrapping the admin token")?
+        && security::user::bootstrap_admin_token(store, user_keys)
+            .await
+            .context("bootstrapping the admin token")?
     {
         tracing::info!(
             "admin user token stored in GlobalSecret \"admin-user-token\"; read it on this host with: \
@@ -239,15 +304,27 @@ async fn ensure_defaults(config: &Config, store: &SharedStore, user_keys: &secur
     }
     let key = ResourceKey::new(ResourceType::Config, "", CLUSTER_ID_CONFIG);
     match store.get(&key).await {
-        Ok(r) => Ok(serde_json::from_value::<ConfigSpec>(r.spec).map(|c| c.config).unwrap_or_default()),
+        Ok(r) => Ok(serde_json::from_value::<ConfigSpec>(r.spec)
+            .map(|c| c.config)
+            .unwrap_or_default()),
         Err(StoreError::NotFound(_)) => {
             let id = security::random_uuid();
             let spec = serde_json::to_value(ConfigSpec { config: id.clone() })?;
-            match store.create(Resource::new(ResourceType::Config, "", CLUSTER_ID_CONFIG, spec)).await {
+            match store
+                .create(Resource::new(
+                    ResourceType::Config,
+                    "",
+                    CLUSTER_ID_CONFIG,
+                    spec,
+                ))
+                .await
+            {
                 Ok(_) => Ok(id),
                 Err(StoreError::AlreadyExists(_)) => {
                     let r = store.get(&key).await?;
-                    Ok(serde_json::from_value::<ConfigSpec>(r.spec).map(|c| c.config).unwrap_or_default())
+                    Ok(serde_json::from_value::<ConfigSpec>(r.spec)
+                        .map(|c| c.config)
+                        .unwrap_or_default())
                 }
                 Err(e) => Err(e).context("storing the cluster id"),
             }

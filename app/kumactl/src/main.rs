@@ -1,1 +1,788 @@
-fn main() {}
+//! `kumactl`: manage a control plane over its HTTP API.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use model::specs::insight::InsightSpec;
+use model::{Resource, ResourceType, Timestamp};
+use serde_json::{Value, json};
+
+mod client;
+mod cpconfig;
+mod table;
+
+use client::Client;
+use cpconfig::{ApiServer, ControlPlane, Coordinates, KumactlConfig};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Parser)]
+#[command(name = "kumactl", version = VERSION, about = "Management tool for Kuma-compatible control planes")]
+struct Cli {
+    /// Path to the kumactl config file (default ~/.kumactl/config).
+    #[arg(long, global = true, env = "KUMACTL_CONFIG_FILE")]
+    config_file: Option<PathBuf>,
+    /// Timeout for API requests, as a duration (e.g. 30s).
+    #[arg(long, global = true, default_value = "1m")]
+    api_timeout: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage kumactl's configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Create or update resources from YAML or JSON.
+    Apply {
+        /// File to read, or '-' for standard input.
+        #[arg(short = 'f', long)]
+        file: String,
+        /// Variables substituted for `{{ name }}` in the file.
+        #[arg(short = 'v', long = "var", value_name = "KEY=VALUE")]
+        vars: Vec<String>,
+        /// Validate and print the resources without sending them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show resources: `get <plural>` lists, `get <singular> NAME` shows one.
+    Get {
+        /// Resource type, e.g. meshes, meshtimeouts, dataplane.
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Page offset.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Only resources with this label (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Delete a resource.
+    Delete {
+        kind: String,
+        name: String,
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+    },
+    /// Inspect meshes and dataplanes with their live status.
+    Inspect {
+        #[command(subcommand)]
+        command: InspectCommand,
+    },
+    /// Generate tokens.
+    Generate {
+        #[command(subcommand)]
+        command: GenerateCommand,
+    },
+    /// Print client and server versions.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Manage known control planes.
+    #[command(name = "control-planes")]
+    ControlPlanes {
+        #[command(subcommand)]
+        command: ControlPlanesCommand,
+    },
+    /// Print the kumactl configuration.
+    View,
+}
+
+#[derive(Subcommand)]
+enum ControlPlanesCommand {
+    /// Add a control plane and make it current.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// API URL, e.g. http://localhost:5681 or https://cp:5682.
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        auth_type: Option<String>,
+        /// Authentication settings, e.g. token=<user token>.
+        #[arg(long, value_name = "KEY=VALUE")]
+        auth_conf: Vec<String>,
+        #[arg(long)]
+        ca_cert_file: Option<String>,
+        #[arg(long)]
+        skip_verify: bool,
+        #[arg(long)]
+        overwrite: bool,
+        /// Do not check that the control plane answers.
+        #[arg(long)]
+        skip_check: bool,
+    },
+    /// List control planes.
+    List,
+    /// Make a control plane current.
+    Switch {
+        #[arg(long)]
+        name: String,
+    },
+    /// Forget a control plane.
+    Remove {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum InspectCommand {
+    /// Dataplanes and mesh resources per mesh.
+    Meshes {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Dataplanes with online status and connection details.
+    Dataplanes {
+        /// Mesh to inspect; all meshes when not set.
+        #[arg(short = 'm', long)]
+        mesh: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenerateCommand {
+    /// A token for the API server (admin only).
+    #[command(name = "user-token")]
+    UserToken {
+        #[arg(long)]
+        name: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long)]
+        valid_for: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // reqwest is built without a bundled crypto provider; ring serves the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_pairs(items: &[String], flag: &str) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .with_context(|| format!("{flag} {kv:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn resolve_kind(word: &str) -> Result<ResourceType> {
+    ResourceType::from_cli_name(word).with_context(|| {
+        format!(
+            "unknown resource type {word:?}; known types: {}",
+            ResourceType::all()
+                .map(|t| t.descriptor().plural)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+fn collection_path(kind: ResourceType, mesh: &str) -> String {
+    let plural = kind.descriptor().plural;
+    if kind.is_mesh_scoped() {
+        format!("/meshes/{mesh}/{plural}")
+    } else {
+        format!("/{plural}")
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let config_path = cli
+        .config_file
+        .clone()
+        .unwrap_or_else(cpconfig::default_path);
+    let timeout = model::duration::parse_duration(&cli.api_timeout)
+        .map_err(|e| anyhow::anyhow!("--api-timeout: {e}"))?;
+    let mut config = KumactlConfig::load(&config_path)?;
+    let connect = |config: &KumactlConfig| -> Result<Client> {
+        Client::new(&config.current()?.coordinates.api_server, timeout)
+    };
+    match cli.command {
+        Command::Config { command } => match command {
+            ConfigCommand::View => {
+                print!(
+                    "{}",
+                    serde_saphyr::to_string(&config).context("rendering config")?
+                );
+            }
+            ConfigCommand::ControlPlanes { command } => match command {
+                ControlPlanesCommand::Add {
+                    name,
+                    address,
+                    auth_type,
+                    auth_conf,
+                    ca_cert_file,
+                    skip_verify,
+                    overwrite,
+                    skip_check,
+                } => {
+                    if !(address.starts_with("http://") || address.starts_with("https://")) {
+                        bail!("--address {address:?}: must start with http:// or https://");
+                    }
+                    let api_server = ApiServer {
+                        url: address.clone(),
+                        ca_cert_file: ca_cert_file.unwrap_or_default(),
+                        skip_verify,
+                        auth_type: auth_type.unwrap_or_default(),
+                        auth_conf: parse_pairs(&auth_conf, "--auth-conf")?,
+                    };
+                    if !skip_check {
+                        let client = Client::new(&api_server, timeout)?;
+                        let info = client.get_json("/").await.with_context(|| {
+                            format!("checking {address} (use --skip-check to add it anyway)")
+                        })?;
+                        if info.get("version").is_none() {
+                            bail!("{address} does not look like a Kuma control plane API");
+                        }
+                    }
+                    config.add(
+                        ControlPlane {
+                            name: name.clone(),
+                            coordinates: Coordinates { api_server },
+                        },
+                        overwrite,
+                    )?;
+                    config.save(&config_path)?;
+                    println!("added Control Plane {name:?}");
+                    println!("switched active Control Plane to {name:?}");
+                }
+                ControlPlanesCommand::List => {
+                    let rows: Vec<Vec<String>> = config
+                        .control_planes
+                        .iter()
+                        .map(|cp| {
+                            let active = if cp.name == config.current_context {
+                                "*"
+                            } else {
+                                ""
+                            };
+                            vec![
+                                active.to_string(),
+                                cp.name.clone(),
+                                cp.coordinates.api_server.url.clone(),
+                            ]
+                        })
+                        .collect();
+                    print!("{}", table::render(&["ACTIVE", "NAME", "ADDRESS"], &rows));
+                }
+                ControlPlanesCommand::Switch { name } => {
+                    config.switch(&name)?;
+                    config.save(&config_path)?;
+                    println!("switched active Control Plane to {name:?}");
+                }
+                ControlPlanesCommand::Remove { name } => {
+                    config.remove(&name)?;
+                    config.save(&config_path)?;
+                    println!("removed Control Plane {name:?}");
+                }
+            },
+        },
+        Command::Apply {
+            file,
+            vars,
+            dry_run,
+        } => apply(&connect(&config), &file, &vars, dry_run).await?,
+        Command::Get {
+            kind,
+            name,
+            mesh,
+            output,
+            size,
+            offset,
+            labels,
+        } => {
+            let client = connect(&config)?;
+            let kind = resolve_kind(&kind)?;
+            match name {
+                Some(name) => {
+                    let item = client
+                        .get_json(&format!("{}/{name}", collection_path(kind, &mesh)))
+                        .await?;
+                    print_items(kind, &[item.clone()], output, Some(&item), None)?;
+                }
+                None => {
+                    let labels = parse_pairs(&labels, "--label")?;
+                    let mut query = format!("?size={size}&offset={offset}");
+                    for (k, v) in labels {
+                        query.push_str(&format!("&filter[labels.{k}]={v}"));
+                    }
+                    let list = client
+                        .get_json(&format!("{}{query}", collection_path(kind, &mesh)))
+                        .await?;
+                    let items = list["items"].as_array().cloned().unwrap_or_default();
+                    let next_offset = list["next"].as_str().map(|_| offset + items.len());
+                    print_items(kind, &items, output, Some(&list), next_offset)?;
+                }
+            }
+        }
+        Command::Delete { kind, name, mesh } => {
+            let client = connect(&config)?;
+            let kind = resolve_kind(&kind)?;
+            client
+                .delete(&format!("{}/{name}", collection_path(kind, &mesh)))
+                .await?;
+            println!("deleted {} {name:?}", kind.name());
+        }
+        Command::Inspect { command } => inspect(&connect(&config)?, command).await?,
+        Command::Generate { command } => match command {
+            GenerateCommand::UserToken {
+                name,
+                groups,
+                valid_for,
+            } => {
+                let token = connect(&config)?
+                    .post_text(
+                        "/tokens/user",
+                        &json!({"name": name, "groups": groups, "validFor": valid_for}),
+                    )
+                    .await?;
+                println!("{}", token.trim());
+            }
+        },
+        Command::Version => {
+            println!("Client: kumactl {VERSION}");
+            match connect(&config)?.get_json("/").await {
+                Ok(info) => println!(
+                    "Server: {} {} ({} mode)",
+                    info["product"].as_str().unwrap_or("?"),
+                    info["version"].as_str().unwrap_or("?"),
+                    info["mode"].as_str().unwrap_or("?")
+                ),
+                Err(e) => println!("Server: unavailable ({e:#})"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `{{ key }}` (spaces optional) with `-v key=value` values; an unknown key is an error
+/// rather than a silent empty string.
+fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").context("unclosed '{{' in the file")?;
+        let key = after[..end].trim();
+        let value = vars.get(key).with_context(|| {
+            format!("variable {key:?} is used in the file but not given with -v {key}=...")
+        })?;
+        out.push_str(value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+async fn apply(client: &Result<Client>, file: &str, vars: &[String], dry_run: bool) -> Result<()> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    let text = substitute(&text, &parse_pairs(vars, "-v")?)?;
+    let docs = if text.trim_start().starts_with('{') {
+        vec![
+            serde_json::from_str::<Value>(&text)
+                .map_err(|e| anyhow::anyhow!("{file}: invalid JSON: {e}"))?,
+        ]
+    } else {
+        model::resource::parse_yaml_documents(&text).map_err(|e| anyhow::anyhow!("{file}: {e}"))?
+    };
+    if docs.is_empty() {
+        bail!("{file}: no resources found");
+    }
+    // Validate everything first, so a bad document later in the file applies nothing.
+    let mut resources = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let resource = Resource::from_value(doc)
+            .and_then(|r| r.validate().map(|_| r))
+            .map_err(|e| {
+                let fields: Vec<String> = e
+                    .violations
+                    .iter()
+                    .map(|v| format!("\n  * {}: {}", v.field, v.reason))
+                    .collect();
+                anyhow::anyhow!("document {} is not valid:{}", i + 1, fields.concat())
+            })?;
+        resources.push(resource);
+    }
+    if dry_run {
+        for r in &resources {
+            print!("---\n{}", model::resource::to_yaml(&r.to_value()));
+        }
+        return Ok(());
+    }
+    let client = client.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    for r in resources {
+        let path = format!("{}/{}", collection_path(r.kind, &r.meta.mesh), r.meta.name);
+        let mut body = r.to_value();
+        if let Value::Object(obj) = &mut body {
+            obj.remove("creationTime");
+            obj.remove("modificationTime");
+        }
+        let created = client
+            .put(&path, &body)
+            .await
+            .with_context(|| format!("applying {} {:?}", r.kind, r.meta.name))?;
+        println!(
+            "{}/{} {}",
+            r.kind.descriptor().singular,
+            r.meta.name,
+            if created { "created" } else { "configured" }
+        );
+    }
+    Ok(())
+}
+
+fn print_items(
+    kind: ResourceType,
+    items: &[Value],
+    output: Output,
+    raw: Option<&Value>,
+    next_offset: Option<usize>,
+) -> Result<()> {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(raw.unwrap_or(&json!(items)))?
+        ),
+        Output::Yaml => print!("{}", model::resource::to_yaml(raw.unwrap_or(&json!(items)))),
+        Output::Table => {
+            let (header, rows) = resource_rows(kind, items);
+            print!("{}", table::render(&header, &rows));
+            if let Some(next) = next_offset {
+                println!(
+                    "\nRerun command with --offset={next} argument to retrieve more resources"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn resource_rows(kind: ResourceType, items: &[Value]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    match kind {
+        ResourceType::Mesh => {
+            let header = vec![
+                "NAME",
+                "mTLS",
+                "METRICS",
+                "LOGGING",
+                "TRACING",
+                "LOCALITY",
+                "ZONEEGRESS",
+                "AGE",
+            ];
+            let rows = items
+                .iter()
+                .map(|m| {
+                    let mtls = m["mtls"]["enabledBackend"]
+                        .as_str()
+                        .filter(|b| !b.is_empty())
+                        .map(|b| {
+                            let t = m["mtls"]["backends"]
+                                .as_array()
+                                .and_then(|bs| bs.iter().find(|x| x["name"] == b))
+                                .and_then(|x| x["type"].as_str())
+                                .unwrap_or("?");
+                            format!("{t}/{b}")
+                        });
+                    let backend = |section: &str, field: &str| {
+                        m[section][field]
+                            .as_str()
+                            .filter(|b| !b.is_empty())
+                            .map(|b| {
+                                let t = m[section]["backends"]
+                                    .as_array()
+                                    .and_then(|bs| bs.iter().find(|x| x["name"] == b))
+                                    .and_then(|x| x["type"].as_str())
+                                    .unwrap_or("?");
+                                format!("{t}/{b}")
+                            })
+                    };
+                    vec![
+                        m["name"].as_str().unwrap_or("").to_string(),
+                        mtls.unwrap_or_else(|| "off".into()),
+                        backend("metrics", "enabledBackend").unwrap_or_else(|| "off".into()),
+                        backend("logging", "defaultBackend").unwrap_or_else(|| "off".into()),
+                        backend("tracing", "defaultBackend").unwrap_or_else(|| "off".into()),
+                        table::on_off(
+                            m["routing"]["localityAwareLoadBalancing"]
+                                .as_bool()
+                                .unwrap_or(false),
+                        ),
+                        table::on_off(m["routing"]["zoneEgress"].as_bool().unwrap_or(false)),
+                        table::age(m, "modificationTime"),
+                    ]
+                })
+                .collect();
+            (header, rows)
+        }
+        ResourceType::Dataplane => {
+            let rows = items
+                .iter()
+                .map(|d| {
+                    let net = &d["networking"];
+                    let tags = net["inbound"]
+                        .as_array()
+                        .map(|ins| {
+                            ins.iter()
+                                .map(|i| table::tags(i.get("tags")))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| table::tags(net["gateway"].get("tags")));
+                    let address = net["advertisedAddress"]
+                        .as_str()
+                        .filter(|a| !a.is_empty())
+                        .or(net["address"].as_str())
+                        .unwrap_or("");
+                    vec![
+                        d["mesh"].as_str().unwrap_or("").to_string(),
+                        d["name"].as_str().unwrap_or("").to_string(),
+                        tags,
+                        address.to_string(),
+                        table::age(d, "modificationTime"),
+                    ]
+                })
+                .collect();
+            (vec!["MESH", "NAME", "TAGS", "ADDRESS", "AGE"], rows)
+        }
+        k if k.is_mesh_scoped() => {
+            let rows = items
+                .iter()
+                .map(|r| {
+                    vec![
+                        r["mesh"].as_str().unwrap_or("").to_string(),
+                        r["name"].as_str().unwrap_or("").to_string(),
+                        table::age(r, "modificationTime"),
+                    ]
+                })
+                .collect();
+            (vec!["MESH", "NAME", "AGE"], rows)
+        }
+        _ => {
+            let rows = items
+                .iter()
+                .map(|r| {
+                    vec![
+                        r["name"].as_str().unwrap_or("").to_string(),
+                        table::age(r, "modificationTime"),
+                    ]
+                })
+                .collect();
+            (vec!["NAME", "AGE"], rows)
+        }
+    }
+}
+
+async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
+    match command {
+        InspectCommand::Meshes { output } => {
+            let insights = client.get_json("/mesh-insights").await?;
+            if output != Output::Table {
+                return print_items(ResourceType::Mesh, &[], output, Some(&insights), None);
+            }
+            let rows: Vec<Vec<String>> = insights["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|m| {
+                            let policies = m["policies"]
+                                .as_object()
+                                .map(|p| {
+                                    p.iter()
+                                        .map(|(k, v)| format!("{k}={}", v["total"]))
+                                        .collect::<Vec<_>>()
+                                        .join(" ")
+                                })
+                                .unwrap_or_default();
+                            vec![
+                                m["name"].as_str().unwrap_or("").to_string(),
+                                format!(
+                                    "{}/{}",
+                                    m["dataplanes"]["online"], m["dataplanes"]["total"]
+                                ),
+                                if policies.is_empty() {
+                                    "-".into()
+                                } else {
+                                    policies
+                                },
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            print!(
+                "{}",
+                table::render(&["MESH", "DATAPLANES (ONLINE/TOTAL)", "RESOURCES"], &rows)
+            );
+        }
+        InspectCommand::Dataplanes { mesh, output } => {
+            let path = match &mesh {
+                Some(m) => format!("/meshes/{m}/dataplanes+insights?size=1000"),
+                None => "/dataplanes+insights?size=1000".to_string(),
+            };
+            let list = client.get_json(&path).await?;
+            if output != Output::Table {
+                return print_items(ResourceType::Dataplane, &[], output, Some(&list), None);
+            }
+            let rows: Vec<Vec<String>> = list["items"]
+                .as_array()
+                .map(|items| items.iter().map(dataplane_inspect_row).collect())
+                .unwrap_or_default();
+            print!(
+                "{}",
+                table::render(
+                    &[
+                        "MESH",
+                        "NAME",
+                        "TAGS",
+                        "STATUS",
+                        "LAST CONNECTED AGO",
+                        "LAST UPDATED AGO",
+                        "TOTAL UPDATES",
+                        "TOTAL ERRORS",
+                        "CERT EXPIRATION",
+                        "KUMA-DP VERSION",
+                        "ENVOY VERSION"
+                    ],
+                    &rows
+                )
+            );
+        }
+    }
+    Ok(())
+}
+
+fn dataplane_inspect_row(o: &Value) -> Vec<String> {
+    let insight: InsightSpec =
+        serde_json::from_value(o["dataplaneInsight"].clone()).unwrap_or_default();
+    let online = o["online"]
+        .as_bool()
+        .unwrap_or_else(|| insight.is_online(Timestamp::now(), Duration::from_secs(30)));
+    let last = insight.subscriptions.last();
+    let stat = |field: &str| -> u64 {
+        insight
+            .subscriptions
+            .iter()
+            .filter_map(|s| s.status.as_ref())
+            .filter_map(|s| s["total"][field].as_u64())
+            .sum()
+    };
+    let version = |component: &str| -> String {
+        last.and_then(|s| s.version.as_ref())
+            .and_then(|v| v[component]["version"].as_str())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let cert = insight
+        .mtls
+        .as_ref()
+        .and_then(|m| m["certificateExpirationTime"].as_str())
+        .and_then(Timestamp::parse)
+        .map(|t| {
+            let s = t.to_string();
+            format!("{} {}", &s[..10], &s[11..19])
+        })
+        .unwrap_or_else(|| "-".into());
+    let tags = o["dataplane"]["networking"]["inbound"]
+        .as_array()
+        .map(|ins| {
+            ins.iter()
+                .map(|i| table::tags(i.get("tags")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    vec![
+        o["mesh"].as_str().unwrap_or("").to_string(),
+        o["name"].as_str().unwrap_or("").to_string(),
+        tags,
+        if online {
+            "Online".into()
+        } else {
+            "Offline".into()
+        },
+        table::ago(last.and_then(|s| s.connect_time)),
+        table::ago(last.and_then(|s| s.last_seen())),
+        stat("responsesSent").to_string(),
+        stat("responsesRejected").to_string(),
+        cert,
+        version("kumaDp"),
+        version("envoy"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_vars() {
+        let vars = BTreeMap::from([("name".to_string(), "web".to_string())]);
+        assert_eq!(
+            substitute("name: {{ name }}\nx: {{name}}", &vars).unwrap(),
+            "name: web\nx: web"
+        );
+        assert!(substitute("{{ missing }}", &vars).is_err());
+        assert!(substitute("{{ name", &vars).is_err());
+    }
+}

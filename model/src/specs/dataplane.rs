@@ -159,14 +159,26 @@ impl Validate for Networking {
                     }
                     validate_address(v, "address", &inbound.address, false);
                     validate_address(v, "serviceAddress", &inbound.service_address, false);
-                    let address = if inbound.address.is_empty() { self.address.clone() } else { inbound.address.clone() };
+                    let address = if inbound.address.is_empty() {
+                        self.address.clone()
+                    } else {
+                        inbound.address.clone()
+                    };
                     if let Some(first) = seen_ports.insert((address, inbound.port), i) {
-                        v.violation_at("port", format!("port {} clashes with networking.inbound[{first}].port", inbound.port));
+                        v.violation_at(
+                            "port",
+                            format!(
+                                "port {} clashes with networking.inbound[{first}].port",
+                                inbound.port
+                            ),
+                        );
                     }
                     v.field("tags", |v| {
                         match inbound.tags.get(SERVICE_TAG) {
                             None => v.violation(format!("tag {SERVICE_TAG:?} has to exist")),
-                            Some(s) if s.is_empty() => v.key(SERVICE_TAG, |v| v.violation("tag value cannot be empty")),
+                            Some(s) if s.is_empty() => {
+                                v.key(SERVICE_TAG, |v| v.violation("tag value cannot be empty"))
+                            }
                             Some(_) => {}
                         }
                         validate_tags(v, &inbound.tags);
@@ -180,7 +192,9 @@ impl Validate for Networking {
                     v.port("port", outbound.port);
                     validate_address(v, "address", &outbound.address, false);
                     match (&outbound.backend_ref, outbound.tags.is_empty()) {
-                        (Some(_), false) => v.violation("tags and backendRef cannot be defined at the same time"),
+                        (Some(_), false) => {
+                            v.violation("tags and backendRef cannot be defined at the same time")
+                        }
                         (None, true) => v.violation("either tags or backendRef has to be defined"),
                         (None, false) => v.field("tags", |v| {
                             if !outbound.tags.contains_key(SERVICE_TAG) {
@@ -189,9 +203,13 @@ impl Validate for Networking {
                             validate_tags(v, &outbound.tags);
                         }),
                         (Some(r), true) => v.field("backendRef", |v| {
-                            const KINDS: &[&str] = &["MeshService", "MeshExternalService", "MeshMultiZoneService"];
+                            const KINDS: &[&str] =
+                                &["MeshService", "MeshExternalService", "MeshMultiZoneService"];
                             if !KINDS.contains(&r.kind.as_str()) {
-                                v.violation_at("kind", format!("value is not supported, must be one of {KINDS:?}"));
+                                v.violation_at(
+                                    "kind",
+                                    format!("value is not supported, must be one of {KINDS:?}"),
+                                );
                             }
                             if r.name.is_empty() && r.labels.is_empty() {
                                 v.violation("either name or labels has to be defined");

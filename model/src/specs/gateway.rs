@@ -1,12 +1,12 @@
 //! MeshGateway (the builtin gateway; a legacy top-level type, so paths have no `spec.` prefix):
 //! which proxies it runs on (`selectors`) and its listeners (`conf.listeners`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::validate_tags;
+use super::targetref::validate_ref_tags;
 use crate::labels::SERVICE_TAG;
 use crate::validate::{Validate, ValidationError, Validator, validate_as};
 
@@ -35,7 +35,7 @@ pub struct GatewayConf {
     pub listeners: Vec<Listener>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ListenerProtocol {
     Http,
@@ -176,76 +176,157 @@ fn check_data_source(v: &mut Validator, ds: &DataSource) {
     }
     if let Some(inline) = &ds.inline {
         use base64::Engine;
-        if base64::engine::general_purpose::STANDARD.decode(inline).is_err() {
+        if base64::engine::general_purpose::STANDARD
+            .decode(inline)
+            .is_err()
+        {
             v.violation_at("inline", "must be valid base64");
         }
     }
 }
 
+/// Tag keys that describe a Dataplane and so cannot be set on a gateway or its listeners.
+const RESERVED_TAGS: &[&str] = &[
+    "kuma.io/external-service-name",
+    "kuma.io/protocol",
+    SERVICE_TAG,
+    "kuma.io/zone",
+];
+
+/// Kuma's `ValidateSelector` with the reserved keys forbidden (gateway and listener `tags`).
+fn check_gateway_tags(v: &mut Validator, tags: &BTreeMap<String, String>) {
+    if tags.is_empty() {
+        return;
+    }
+    v.field("tags", |v| {
+        validate_ref_tags(v, tags, true);
+        for key in tags.keys() {
+            if RESERVED_TAGS.contains(&key.as_str()) {
+                v.key(key, |v| {
+                    v.violation(format!("tag name must not be {key:?}"))
+                });
+            }
+        }
+    });
+}
+
 fn check_listener(v: &mut Validator, l: &Listener) {
-    v.port("port", l.port);
     if let Some(h) = &l.hostname
         && !h.is_empty()
         && let Err(e) = check_gateway_hostname(h)
     {
         v.violation_at("hostname", e);
     }
-    let Some(protocol) = l.protocol else {
-        v.violation_at("protocol", "cannot be empty");
-        return;
-    };
-    match (protocol, &l.tls) {
-        (ListenerProtocol::Http | ListenerProtocol::Tcp, Some(_)) => {
-            v.violation_at(
-                "tls",
-                format!("must not be defined for protocol {}", protocol_name(protocol)),
-            );
+    v.port("port", l.port);
+    match l.protocol {
+        None => v.violation_at("protocol", "cannot be empty"),
+        Some(ListenerProtocol::Https) => {
+            if l.cross_mesh {
+                v.violation_at("protocol", "protocol is not supported with crossMesh");
+            } else if l.tls.is_none() {
+                v.violation_at("tls", "cannot be empty");
+            } else if l.tls.as_ref().and_then(|t| t.mode) == Some(TlsMode::Passthrough) {
+                v.field("tls", |v| {
+                    v.violation_at("mode", "mode is not supported on HTTPS listeners")
+                });
+            }
         }
-        (ListenerProtocol::Https, None) => v.violation_at("tls", "cannot be empty"),
-        (ListenerProtocol::Https | ListenerProtocol::Tls, Some(tls)) => v.field("tls", |v| {
-            let mode = tls.mode.unwrap_or(TlsMode::Terminate);
-            match mode {
-                TlsMode::None => v.violation_at("mode", "value is not supported"),
-                TlsMode::Passthrough => {
-                    if protocol == ListenerProtocol::Https {
-                        v.violation_at("mode", "mode is not allowed on a protocol other than TLS");
-                    }
-                    if !tls.certificates.is_empty() {
-                        v.violation_at("certificates", "must be empty in TLS passthrough mode");
-                    }
+        Some(_) => {}
+    }
+    if let Some(tls) = &l.tls {
+        v.field("tls", |v| {
+            if l.cross_mesh {
+                if tls.mode.is_some_and(|m| m != TlsMode::None) || !tls.certificates.is_empty() {
+                    v.violation("must be empty with crossMesh");
                 }
-                TlsMode::Terminate => {
-                    if tls.certificates.is_empty() {
-                        v.violation_at("certificates", "cannot be empty in TLS termination mode");
-                    } else if tls.certificates.len() > 2 {
-                        v.violation_at("certificates", "cannot have more than 2 certificates");
-                    }
-                }
+                return;
+            }
+            match tls.mode.unwrap_or(TlsMode::None) {
+                TlsMode::None => v.violation_at("mode", "cannot be empty"),
+                TlsMode::Terminate => match tls.certificates.len() {
+                    0 => v.violation_at("certificates", "cannot be empty in TLS termination mode"),
+                    1 | 2 => {}
+                    _ => v.violation_at("certificates", "cannot have more than 2 certificates"),
+                },
+                TlsMode::Passthrough => {}
             }
             v.field("certificates", |v| {
                 for (i, c) in tls.certificates.iter().enumerate() {
                     v.index(i, |v| check_data_source(v, c));
                 }
             });
-        }),
-        (ListenerProtocol::Tls, None) => {}
-        (ListenerProtocol::Http | ListenerProtocol::Tcp, None) => {}
+        });
     }
-    if l.cross_mesh && !matches!(protocol, ListenerProtocol::Http | ListenerProtocol::Https) {
-        v.violation_at("crossMesh", "cross mesh is only supported with HTTP or HTTPS listeners");
+    check_gateway_tags(v, &l.tags);
+}
+
+/// Listeners sharing a port are merged into one Envoy listener, so they must agree.
+fn check_listener_collapsibility(v: &mut Validator, listeners: &[Listener]) {
+    let mut protocols: BTreeMap<u32, BTreeMap<Option<ListenerProtocol>, Vec<usize>>> =
+        BTreeMap::new();
+    let mut hostnames: BTreeMap<(u32, &str), Vec<usize>> = BTreeMap::new();
+    let mut limits: BTreeMap<u32, (HashSet<u32>, Vec<usize>)> = BTreeMap::new();
+    for (i, l) in listeners.iter().enumerate() {
+        protocols
+            .entry(l.port)
+            .or_default()
+            .entry(l.protocol)
+            .or_default()
+            .push(i);
+        hostnames
+            .entry((l.port, l.hostname_or_wildcard()))
+            .or_default()
+            .push(i);
+        if let Some(limit) = l.resources.as_ref().and_then(|r| r.connection_limit)
+            && limit != 0
+        {
+            let entry = limits.entry(l.port).or_default();
+            entry.0.insert(limit);
+            entry.1.push(i);
+        }
     }
-    if !l.tags.is_empty() {
-        v.field("tags", |v| validate_tags(v, &l.tags));
+    let mut found: Vec<(usize, &str, &str)> = Vec::new();
+    for by_protocol in protocols.values().filter(|p| p.len() > 1) {
+        for &i in by_protocol.values().flatten() {
+            found.push((
+                i,
+                "",
+                "protocol conflicts with other listeners on this port",
+            ));
+        }
     }
-    if let Some(r) = &l.resources
-        && r.connection_limit == Some(0)
-    {
-        v.field("resources", |v| v.violation_at("connectionLimit", "must be greater than 0"));
+    for indexes in hostnames.values().filter(|ix| ix.len() > 1) {
+        for &i in indexes {
+            found.push((i, "", "multiple listeners for hostname on this port"));
+        }
+    }
+    for (_, indexes) in limits.values().filter(|(vals, _)| vals.len() > 1) {
+        for &i in indexes {
+            found.push((
+                i,
+                "resources.connectionLimit",
+                "conflicting values for this port",
+            ));
+        }
+    }
+    found.sort_by_key(|(i, _, _)| *i);
+    for (i, field, reason) in found {
+        v.index(i, |v| {
+            if field.is_empty() {
+                v.violation(reason);
+            } else {
+                v.field("resources", |v| v.violation_at("connectionLimit", reason));
+            }
+        });
     }
 }
 
 impl Validate for MeshGatewaySpec {
     fn validate(&self, v: &mut Validator) {
+        let cross_mesh = self
+            .conf
+            .as_ref()
+            .is_some_and(|c| c.listeners.iter().any(|l| l.cross_mesh));
         v.field("selectors", |v| {
             if self.selectors.is_empty() {
                 v.violation("must have at least one element");
@@ -256,17 +337,18 @@ impl Validate for MeshGatewaySpec {
                         if s.match_tags.is_empty() {
                             v.violation("must have at least one tag");
                         }
-                        validate_tags(v, &s.match_tags);
+                        validate_ref_tags(v, &s.match_tags, true);
                         if !s.match_tags.contains_key(SERVICE_TAG) {
                             v.violation(format!("mandatory tag {SERVICE_TAG:?} is missing"));
                         }
-                    })
+                    });
+                    if i > 0 && cross_mesh {
+                        v.violation("there can be at most one selector");
+                    }
                 });
             }
         });
-        if !self.tags.is_empty() {
-            v.field("tags", |v| validate_tags(v, &self.tags));
-        }
+        check_gateway_tags(v, &self.tags);
         let Some(conf) = &self.conf else {
             v.violation_at("conf", "cannot be empty");
             return;
@@ -276,51 +358,194 @@ impl Validate for MeshGatewaySpec {
                 if conf.listeners.is_empty() {
                     v.violation("cannot be empty");
                 }
-                let mut by_endpoint: HashMap<(u32, &str), usize> = HashMap::new();
-                let mut protocol_by_port: HashMap<u32, ListenerProtocol> = HashMap::new();
                 for (i, l) in conf.listeners.iter().enumerate() {
-                    v.index(i, |v| {
-                        check_listener(v, l);
-                        let host = l.hostname_or_wildcard();
-                        if let Some(first) = by_endpoint.insert((l.port, host), i) {
-                            v.violation_at(
-                                "hostname",
-                                format!("hostname {host:?} on port {} is already used by listener {first}", l.port),
-                            );
-                        }
-                        if let Some(p) = l.protocol {
-                            match protocol_by_port.get(&l.port) {
-                                Some(other) if *other != p => v.violation_at(
-                                    "protocol",
-                                    format!(
-                                        "cannot collocate {} and {} listeners on port {}",
-                                        protocol_name(*other),
-                                        protocol_name(p),
-                                        l.port
-                                    ),
-                                ),
-                                Some(_) => {}
-                                None => {
-                                    protocol_by_port.insert(l.port, p);
-                                }
-                            }
-                        }
-                    });
+                    v.index(i, |v| check_listener(v, l));
                 }
+                check_listener_collapsibility(v, &conf.listeners);
             })
         });
     }
 }
 
-fn protocol_name(p: ListenerProtocol) -> &'static str {
-    match p {
-        ListenerProtocol::Http => "HTTP",
-        ListenerProtocol::Https => "HTTPS",
-        ListenerProtocol::Tcp => "TCP",
-        ListenerProtocol::Tls => "TLS",
-    }
-}
-
 pub fn validate(spec: &Value) -> Result<(), ValidationError> {
     validate_as::<MeshGatewaySpec>(spec, "").map(|_| ())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[track_caller]
+    fn err(spec: Value, field: &str, reason: &str) {
+        let e = validate(&spec).expect_err("expected a validation error");
+        assert!(
+            e.violations
+                .iter()
+                .any(|x| x.field == field && x.reason.contains(reason)),
+            "expected {field}: {reason}, got {e:?}"
+        );
+    }
+
+    fn docs_gateway() -> Value {
+        json!({
+            "selectors": [{"match": {"kuma.io/service": "edge-gateway"}}],
+            "conf": {"listeners": [
+                {"port": 8080, "protocol": "HTTP", "hostname": "foo.example.com", "tags": {"port": "http-8080"}},
+                {"port": 8080, "protocol": "HTTP", "hostname": "*.example.org"},
+                {"port": 8443, "protocol": "HTTPS", "hostname": "secure.example.com",
+                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "example-com-certificate"}]}},
+                {"port": 9000, "protocol": "TCP", "resources": {"connectionLimit": 10000}},
+                {"port": 9443, "protocol": "TLS", "tls": {"mode": "PASSTHROUGH"}},
+                {"port": 8090, "protocol": "HTTP", "crossMesh": true}
+            ]}
+        })
+    }
+
+    #[test]
+    fn accepts_docs_gateway() {
+        validate(&docs_gateway()).unwrap();
+        validate(&json!({"selectors": [{"match": {"kuma.io/service": "gw"}}],
+            "conf": {"listeners": [{"port": 80, "protocol": "HTTP"}]}, "tags": {"team": "edge"}}))
+        .unwrap();
+    }
+
+    #[test]
+    fn default_hostname_is_wildcard() {
+        let spec: MeshGatewaySpec = serde_json::from_value(docs_gateway()).unwrap();
+        let listeners = &spec.conf.unwrap().listeners;
+        assert_eq!(listeners[3].hostname_or_wildcard(), "*");
+        assert_eq!(listeners[0].hostname_or_wildcard(), "foo.example.com");
+    }
+
+    #[test]
+    fn rejects_bad_selectors() {
+        err(
+            json!({"conf": {"listeners": [{"port": 80, "protocol": "HTTP"}]}}),
+            "selectors",
+            "must have at least one element",
+        );
+        err(
+            json!({"selectors": [{"match": {"app": "gw"}}], "conf": {"listeners": [{"port": 80, "protocol": "HTTP"}]}}),
+            "selectors[0].match",
+            "mandatory tag \"kuma.io/service\" is missing",
+        );
+    }
+
+    #[test]
+    fn rejects_bad_listeners() {
+        let sel = json!([{"match": {"kuma.io/service": "gw"}}]);
+        err(json!({"selectors": sel}), "conf", "cannot be empty");
+        err(
+            json!({"selectors": sel, "conf": {"listeners": []}}),
+            "conf.listeners",
+            "cannot be empty",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 70000, "protocol": "HTTP"}]}}),
+            "conf.listeners[0].port",
+            "port must be in the range [1, 65535]",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 80}]}}),
+            "conf.listeners[0].protocol",
+            "cannot be empty",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 80, "protocol": "UDP"}]}}),
+            "conf.listeners[0].protocol",
+            "unknown variant",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 443, "protocol": "HTTPS"}]}}),
+            "conf.listeners[0].tls",
+            "cannot be empty",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 443, "protocol": "HTTPS", "tls": {"mode": "TERMINATE"}}]}}),
+            "conf.listeners[0].tls.certificates",
+            "cannot be empty in TLS termination mode",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 443, "protocol": "TLS", "tls": {"mode": "TERMINATE", "certificates": []}}]}}),
+            "conf.listeners[0].tls.certificates",
+            "cannot be empty in TLS termination mode",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 443, "protocol": "TLS", "tls": {"certificates": [{"secret": "c"}]}}]}}),
+            "conf.listeners[0].tls.mode",
+            "cannot be empty",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 443, "protocol": "HTTPS", "tls": {"mode": "TERMINATE",
+                "certificates": [{"secret": "a"}, {"secret": "b"}, {"secret": "c"}]}}]}}),
+            "conf.listeners[0].tls.certificates",
+            "cannot have more than 2 certificates",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 443, "protocol": "HTTPS", "crossMesh": true}]}}),
+            "conf.listeners[0].protocol",
+            "protocol is not supported with crossMesh",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 80, "protocol": "HTTP", "tags": {"kuma.io/service": "x"}}]}}),
+            "conf.listeners[0].tags[\"kuma.io/service\"]",
+            "tag name must not be \"kuma.io/service\"",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [
+                {"port": 80, "protocol": "HTTP", "hostname": "a.com", "resources": {"connectionLimit": 10}},
+                {"port": 80, "protocol": "HTTP", "hostname": "b.com", "resources": {"connectionLimit": 20}}]}}),
+            "conf.listeners[1].resources.connectionLimit",
+            "conflicting values for this port",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 443, "protocol": "HTTPS", "tls": {"mode": "PASSTHROUGH"}}]}}),
+            "conf.listeners[0].tls.mode",
+            "mode is not supported on HTTPS listeners",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 80, "protocol": "HTTP", "hostname": "Bad_Host"}]}}),
+            "conf.listeners[0].hostname",
+            "invalid hostname",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 80, "protocol": "HTTP", "hostname": "*.-bad"}]}}),
+            "conf.listeners[0].hostname",
+            "invalid wildcard domain",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [
+                {"port": 80, "protocol": "HTTP", "hostname": "a.com"}, {"port": 80, "protocol": "HTTP", "hostname": "a.com"}]}}),
+            "conf.listeners[1]",
+            "multiple listeners for hostname on this port",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 80, "protocol": "HTTP"}, {"port": 80, "protocol": "TCP", "hostname": "x.com"}]}}),
+            "conf.listeners[1]",
+            "protocol conflicts with other listeners on this port",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 443, "protocol": "HTTPS",
+                "tls": {"certificates": [{"secret": "a", "file": "/b"}]}}]}}),
+            "conf.listeners[0].tls.certificates[0]",
+            "exactly one of",
+        );
+        err(
+            json!({"selectors": sel, "conf": {"listeners": [{"port": 80, "protocol": "HTTP", "prot": 1}]}}),
+            "conf.listeners[0].prot",
+            "unknown field",
+        );
+    }
+
+    #[test]
+    fn hostname_rules() {
+        assert!(check_gateway_hostname("*").is_ok());
+        assert!(check_gateway_hostname("*.example.com").is_ok());
+        assert!(check_gateway_hostname("example.com").is_ok());
+        assert!(check_gateway_hostname("exa mple.com").is_err());
+        assert!(check_gateway_hostname("foo.*.com").is_err());
+        assert!(check_gateway_hostname(&"a".repeat(254)).is_err());
+    }
 }

@@ -66,12 +66,16 @@ impl InsightSpec {
     pub fn is_online(&self, now: Timestamp, stale_after: std::time::Duration) -> bool {
         self.subscriptions.last().is_some_and(|s| {
             s.disconnect_time.is_none()
-                && s.last_seen().is_some_and(|seen| seen.elapsed_until(now) <= stale_after)
+                && s.last_seen()
+                    .is_some_and(|seen| seen.elapsed_until(now) <= stale_after)
         })
     }
 
     pub fn last_connected(&self) -> Option<Timestamp> {
-        self.subscriptions.iter().filter_map(|s| s.connect_time).max()
+        self.subscriptions
+            .iter()
+            .filter_map(|s| s.connect_time)
+            .max()
     }
 }
 
@@ -97,11 +101,13 @@ mod tests {
     fn online_needs_fresh_open_subscription() {
         let now = Timestamp::parse("2026-01-01T00:01:00Z").unwrap();
         let spec: InsightSpec = serde_json::from_value(json!({"subscriptions": [
-            {"id": "1", "controlPlaneInstanceId": "cp", "connectTime": "2026-01-01T00:00:50Z"}]})).unwrap();
+            {"id": "1", "controlPlaneInstanceId": "cp", "connectTime": "2026-01-01T00:00:50Z"}]}))
+        .unwrap();
         assert!(spec.is_online(now, Duration::from_secs(30)));
         assert!(!spec.is_online(now, Duration::from_secs(5)));
         let closed: InsightSpec = serde_json::from_value(json!({"subscriptions": [
-            {"connectTime": "2026-01-01T00:00:50Z", "disconnectTime": "2026-01-01T00:00:55Z"}]})).unwrap();
+            {"connectTime": "2026-01-01T00:00:50Z", "disconnectTime": "2026-01-01T00:00:55Z"}]}))
+        .unwrap();
         assert!(!closed.is_online(now, Duration::from_secs(30)));
     }
 }

@@ -164,17 +164,28 @@ impl Validate for MeshSpec {
             v.field("mtls", |v| mtls.validate(v));
         }
         if let Some(t) = &self.tracing {
-            v.field("tracing", |v| validate_backends(v, "defaultBackend", &t.default_backend, &t.backends));
+            v.field("tracing", |v| {
+                validate_backends(v, "defaultBackend", &t.default_backend, &t.backends)
+            });
         }
         if let Some(l) = &self.logging {
-            v.field("logging", |v| validate_backends(v, "defaultBackend", &l.default_backend, &l.backends));
+            v.field("logging", |v| {
+                validate_backends(v, "defaultBackend", &l.default_backend, &l.backends)
+            });
         }
         if let Some(m) = &self.metrics {
             v.field("metrics", |v| {
                 validate_backends(v, "enabledBackend", &m.enabled_backend, &m.backends);
                 for (i, b) in m.backends.iter().enumerate() {
                     if !b.backend_type.is_empty() && b.backend_type != "prometheus" {
-                        v.field("backends", |v| v.index(i, |v| v.violation_at("type", "unknown backend type. Available backends: \"prometheus\"")));
+                        v.field("backends", |v| {
+                            v.index(i, |v| {
+                                v.violation_at(
+                                    "type",
+                                    "unknown backend type. Available backends: \"prometheus\"",
+                                )
+                            })
+                        });
                     }
                 }
             });
@@ -191,7 +202,10 @@ impl Validate for Mtls {
                     if b.name.is_empty() {
                         v.violation_at("name", "must not be empty");
                     } else if !names.insert(b.name.as_str()) {
-                        v.violation_at("name", format!("{:?} name is already used for another backend", b.name));
+                        v.violation_at(
+                            "name",
+                            format!("{:?} name is already used for another backend", b.name),
+                        );
                     }
                     if let Some(dp) = &b.dp_cert {
                         v.field("dpCert", |v| {
@@ -216,8 +230,13 @@ impl Validate for Mtls {
                 });
             }
         });
-        if !self.enabled_backend.is_empty() && !self.backends.iter().any(|b| b.name == self.enabled_backend) {
-            v.violation_at("enabledBackend", "has to be set to one of the backends in the mesh");
+        if !self.enabled_backend.is_empty()
+            && !self.backends.iter().any(|b| b.name == self.enabled_backend)
+        {
+            v.violation_at(
+                "enabledBackend",
+                "has to be set to one of the backends in the mesh",
+            );
         }
     }
 }
@@ -300,7 +319,12 @@ pub fn parse_cert_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-fn validate_backends(v: &mut Validator, default_field: &str, default: &str, backends: &[NamedBackend]) {
+fn validate_backends(
+    v: &mut Validator,
+    default_field: &str,
+    default: &str,
+    backends: &[NamedBackend],
+) {
     let mut names = std::collections::HashSet::new();
     v.field("backends", |v| {
         for (i, b) in backends.iter().enumerate() {
@@ -308,7 +332,10 @@ fn validate_backends(v: &mut Validator, default_field: &str, default: &str, back
                 if b.name.is_empty() {
                     v.violation_at("name", "must not be empty");
                 } else if !names.insert(b.name.as_str()) {
-                    v.violation_at("name", format!("{:?} name is already used for another backend", b.name));
+                    v.violation_at(
+                        "name",
+                        format!("{:?} name is already used for another backend", b.name),
+                    );
                 }
                 if let Some(s) = b.sampling
                     && !(0.0..=100.0).contains(&s)
@@ -319,7 +346,10 @@ fn validate_backends(v: &mut Validator, default_field: &str, default: &str, back
         }
     });
     if !default.is_empty() && !backends.iter().any(|b| b.name == default) {
-        v.violation_at(default_field, "has to be set to one of the backends in the mesh");
+        v.violation_at(
+            default_field,
+            "has to be set to one of the backends in the mesh",
+        );
     }
 }
 
@@ -356,9 +386,11 @@ mod tests {
     fn rejects_unknown_enabled_backend_and_type() {
         let e = validate(&json!({"mtls": {"enabledBackend": "x", "backends": [{"name": "ca-1", "type": "builtin"}]}})).unwrap_err();
         assert_eq!(e.violations[0].field, "mtls.enabledBackend");
-        let e = validate(&json!({"mtls": {"backends": [{"name": "ca-1", "type": "vault"}]}})).unwrap_err();
+        let e = validate(&json!({"mtls": {"backends": [{"name": "ca-1", "type": "vault"}]}}))
+            .unwrap_err();
         assert_eq!(e.violations[0].field, "mtls.backends[0].type");
-        let e = validate(&json!({"mtls": {"backends": [{"name": "ca-1", "type": "provided"}]}})).unwrap_err();
+        let e = validate(&json!({"mtls": {"backends": [{"name": "ca-1", "type": "provided"}]}}))
+            .unwrap_err();
         assert_eq!(e.violations[0].field, "mtls.backends[0].conf");
     }
 

@@ -16,7 +16,10 @@ use crate::validate::Validator;
 
 /// Kuma tag keys and values: letters, digits and `.-_:/`; values must not be empty.
 pub fn validate_tags(v: &mut Validator, tags: &BTreeMap<String, String>) {
-    let ok = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || ".-_:/".contains(c));
+    let ok = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:/".contains(c))
+    };
     for (k, val) in tags {
         v.key(k, |v| {
             if k.is_empty() || !ok(k) {
@@ -57,6 +60,9 @@ pub fn validate_address(v: &mut Validator, field: &str, value: &str, required: b
             v.violation_at(field, "address can't be empty");
         }
     } else if !is_address(value) {
-        v.violation_at(field, "address has to be a valid IP address or a domain name");
+        v.violation_at(
+            field,
+            "address has to be a valid IP address or a domain name",
+        );
     }
 }

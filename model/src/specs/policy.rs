@@ -140,7 +140,11 @@ const ONLY_MESH: &[K] = &[K::Mesh];
 /// Clients in `from[]` for policies that distinguish clients (MeshTrafficPermission, MeshFaultInjection).
 const FROM_CLIENTS: &[K] = &[K::Mesh, K::MeshSubset, K::MeshService, K::MeshServiceSubset];
 /// Destinations of routes (`to[].targetRef` when the route is not on a gateway).
-const ROUTE_DESTINATIONS: &[K] = &[K::MeshService, K::MeshExternalService, K::MeshMultiZoneService];
+const ROUTE_DESTINATIONS: &[K] = &[
+    K::MeshService,
+    K::MeshExternalService,
+    K::MeshMultiZoneService,
+];
 const BACKEND_REF_KINDS: &[K] = &[
     K::MeshService,
     K::MeshServiceSubset,
@@ -151,7 +155,10 @@ const BACKEND_REF_KINDS: &[K] = &[
 const UNRESOLVED_BACKEND: &str = "kuma.io/unresolved-backend";
 
 fn top_kind(target_ref: &Option<TargetRef>) -> K {
-    target_ref.as_ref().map(|t| t.kind.clone()).unwrap_or(K::Mesh)
+    target_ref
+        .as_ref()
+        .map(|t| t.kind.clone())
+        .unwrap_or(K::Mesh)
 }
 
 fn is_gateway_or_route(kind: &K) -> bool {
@@ -179,7 +186,11 @@ fn check_ref(v: &mut Validator, target_ref: &TargetRef, allowed: &[K]) {
     validate_target_ref_with(v, "targetRef", target_ref, &opts);
 }
 
-fn check_default<C>(v: &mut Validator, default: &Option<C>, conf: &mut impl FnMut(&mut Validator, &C)) {
+fn check_default<C>(
+    v: &mut Validator,
+    default: &Option<C>,
+    conf: &mut impl FnMut(&mut Validator, &C),
+) {
     match default {
         Some(c) => v.field("default", |v| conf(v, c)),
         None => v.violation_at("default", MUST_BE_DEFINED),
@@ -218,7 +229,11 @@ fn check_from<C>(
     });
 }
 
-fn check_rules<C>(v: &mut Validator, rules: &[RuleItem<C>], mut conf: impl FnMut(&mut Validator, &C)) {
+fn check_rules<C>(
+    v: &mut Validator,
+    rules: &[RuleItem<C>],
+    mut conf: impl FnMut(&mut Validator, &C),
+) {
     v.field("rules", |v| {
         for (i, item) in rules.iter().enumerate() {
             v.index(i, |v| check_default(v, &item.default, &mut conf));
@@ -389,7 +404,13 @@ impl Validate for MeshTrafficPermissionSpec {
         check_top(
             v,
             &self.target_ref,
-            &[K::Mesh, K::MeshSubset, K::MeshService, K::MeshServiceSubset, K::Dataplane],
+            &[
+                K::Mesh,
+                K::MeshSubset,
+                K::MeshService,
+                K::MeshServiceSubset,
+                K::Dataplane,
+            ],
             true,
         );
         if self.from.is_empty() && self.rules.is_empty() {
@@ -401,7 +422,8 @@ impl Validate for MeshTrafficPermissionSpec {
             }
         });
         check_rules(v, &self.rules, |v, conf| {
-            if conf.allow.is_none() && conf.deny.is_none() && conf.allow_with_shadow_deny.is_none() {
+            if conf.allow.is_none() && conf.deny.is_none() && conf.allow_with_shadow_deny.is_none()
+            {
                 v.violation("must have at least one defined: allow, deny, allowWithShadowDeny");
             }
         });
@@ -523,7 +545,9 @@ impl Validate for MeshTimeoutSpec {
         if is_gateway_or_route(&top) && !self.from.is_empty() {
             v.violation_at("from", "must not be defined");
         } else {
-            check_from(v, &self.from, ONLY_MESH, |v, c| check_timeout_conf(v, c, &top));
+            check_from(v, &self.from, ONLY_MESH, |v, c| {
+                check_timeout_conf(v, c, &top)
+            });
         }
         let to_kinds = if is_gateway_or_route(&top) {
             &[K::Mesh, K::MeshExternalService][..]
@@ -975,8 +999,19 @@ fn check_circuit_breaker_conf(v: &mut Validator, c: &CircuitBreakerConf) {
         v.field("outlierDetection", |v| {
             duration_positive(v, "interval", &o.interval);
             duration_positive(v, "baseEjectionTime", &o.base_ejection_time);
-            in_range(v, "maxEjectionPercent", o.max_ejection_percent.map(f64::from), 0.0, 100.0);
-            percentage(v, "healthyPanicThreshold", &o.healthy_panic_threshold, false);
+            in_range(
+                v,
+                "maxEjectionPercent",
+                o.max_ejection_percent.map(f64::from),
+                0.0,
+                100.0,
+            );
+            percentage(
+                v,
+                "healthyPanicThreshold",
+                &o.healthy_panic_threshold,
+                false,
+            );
             if let Some(d) = &o.detectors {
                 v.field("detectors", |v| {
                     for (name, det) in [
@@ -1024,7 +1059,11 @@ impl Validate for MeshCircuitBreakerSpec {
         } else {
             check_from(v, &self.from, ONLY_MESH, check_circuit_breaker_conf);
         }
-        let to_kinds = if top == K::MeshGateway { ONLY_MESH } else { TO_DESTINATIONS };
+        let to_kinds = if top == K::MeshGateway {
+            ONLY_MESH
+        } else {
+            TO_DESTINATIONS
+        };
         check_to(v, &self.to, to_kinds, check_circuit_breaker_conf);
         check_rules(v, &self.rules, check_circuit_breaker_conf);
     }
@@ -1133,10 +1172,25 @@ fn check_health_check_conf(v: &mut Validator, c: &HealthCheckConf) {
     duration(v, "initialJitter", &c.initial_jitter);
     duration(v, "intervalJitter", &c.interval_jitter);
     duration_positive(v, "noTrafficInterval", &c.no_traffic_interval);
-    greater_than_zero(v, "unhealthyThreshold", c.unhealthy_threshold.map(i64::from));
+    greater_than_zero(
+        v,
+        "unhealthyThreshold",
+        c.unhealthy_threshold.map(i64::from),
+    );
     greater_than_zero(v, "healthyThreshold", c.healthy_threshold.map(i64::from));
-    in_range(v, "intervalJitterPercent", c.interval_jitter_percent.map(f64::from), 0.0, 100.0);
-    percentage(v, "healthyPanicThreshold", &c.healthy_panic_threshold, false);
+    in_range(
+        v,
+        "intervalJitterPercent",
+        c.interval_jitter_percent.map(f64::from),
+        0.0,
+        100.0,
+    );
+    percentage(
+        v,
+        "healthyPanicThreshold",
+        &c.healthy_panic_threshold,
+        false,
+    );
     if let Some(tcp) = &c.tcp {
         v.field("tcp", |v| {
             if let Some(send) = &tcp.send
@@ -1146,7 +1200,9 @@ fn check_health_check_conf(v: &mut Validator, c: &HealthCheckConf) {
             }
             for (i, r) in tcp.receive.iter().flatten().enumerate() {
                 if !is_base64(r) {
-                    v.field("receive", |v| v.index(i, |v| v.violation("must be a valid base64 string")));
+                    v.field("receive", |v| {
+                        v.index(i, |v| v.violation("must be a valid base64 string"))
+                    });
                 }
             }
         });
@@ -1408,10 +1464,11 @@ fn check_path_rewrite(v: &mut Validator, p: &PathRewrite, matches: &[HttpRouteMa
         PathRewriteType::ReplacePrefixMatch => {
             if p.replace_prefix_match.is_none() {
                 v.violation_at("replacePrefixMatch", MUST_BE_DEFINED);
-            } else if matches
-                .iter()
-                .any(|m| m.path.as_ref().is_none_or(|p| p.match_type != PathMatchType::PathPrefix))
-            {
+            } else if matches.iter().any(|m| {
+                m.path
+                    .as_ref()
+                    .is_none_or(|p| p.match_type != PathMatchType::PathPrefix)
+            }) {
                 v.violation_at(
                     "replacePrefixMatch",
                     "can only appear if all matches match a path prefix",
@@ -1479,7 +1536,9 @@ fn check_http_rule(v: &mut Validator, rule: &HttpRouteRule, top: &K) {
         v.field("backendRefs", |v| {
             if refs.is_empty()
                 && *top == K::MeshGateway
-                && !filters.iter().any(|f| f.filter_type == HttpFilterType::RequestRedirect)
+                && !filters
+                    .iter()
+                    .any(|f| f.filter_type == HttpFilterType::RequestRedirect)
             {
                 v.violation("must not be empty");
             }
@@ -1527,7 +1586,10 @@ fn check_http_filter(v: &mut Validator, f: &HttpFilter, matches: &[HttpRouteMatc
                         v.violation_at("hostToBackendHostname", "can only be set with MeshGateway");
                     }
                     if r.hostname.is_some() {
-                        v.violation_at("hostToBackendHostname", "cannot be set together with hostname");
+                        v.violation_at(
+                            "hostToBackendHostname",
+                            "cannot be set together with hostname",
+                        );
                     }
                 }
             }),
@@ -1537,7 +1599,11 @@ fn check_http_filter(v: &mut Validator, f: &HttpFilter, matches: &[HttpRouteMatc
             Some(m) => v.field("requestMirror", |v| {
                 percentage(v, "percentage", &m.percentage, false);
                 let opts = TargetRefOpts {
-                    allowed: &[K::MeshService, K::MeshServiceSubset, K::MeshMultiZoneService],
+                    allowed: &[
+                        K::MeshService,
+                        K::MeshServiceSubset,
+                        K::MeshMultiZoneService,
+                    ],
                     ..Default::default()
                 };
                 validate_target_ref_with(v, "backendRef", &m.backend_ref.target_ref(), &opts);
@@ -1553,7 +1619,11 @@ impl Validate for MeshHttpRouteSpec {
     fn validate(&self, v: &mut Validator) {
         check_top(v, &self.target_ref, TOP_PROXY_KINDS, false);
         let top = top_kind(&self.target_ref);
-        let to_kinds = if top == K::MeshGateway { ONLY_MESH } else { ROUTE_DESTINATIONS };
+        let to_kinds = if top == K::MeshGateway {
+            ONLY_MESH
+        } else {
+            ROUTE_DESTINATIONS
+        };
         v.field("to", |v| {
             for (i, to) in self.to.iter().enumerate() {
                 v.index(i, |v| {
@@ -1626,7 +1696,11 @@ impl Validate for MeshTcpRouteSpec {
     fn validate(&self, v: &mut Validator) {
         check_top(v, &self.target_ref, TOP_PROXY_KINDS, false);
         let top = top_kind(&self.target_ref);
-        let to_kinds = if top == K::MeshGateway { ONLY_MESH } else { ROUTE_DESTINATIONS };
+        let to_kinds = if top == K::MeshGateway {
+            ONLY_MESH
+        } else {
+            ROUTE_DESTINATIONS
+        };
         v.field("to", |v| {
             for (i, to) in self.to.iter().enumerate() {
                 v.index(i, |v| {
@@ -1946,16 +2020,27 @@ fn check_load_balancing_conf(v: &mut Validator, c: &LoadBalancingConf) {
                                 if let Some(from) = &f.from
                                     && from.zones.is_empty()
                                 {
-                                    v.field("from", |v| v.violation_at("zones", "must not be empty"));
+                                    v.field("from", |v| {
+                                        v.violation_at("zones", "must not be empty")
+                                    });
                                 }
                                 v.field("to", |v| {
-                                    let has_zones = f.to.zones.as_ref().is_some_and(|z| !z.is_empty());
+                                    let has_zones =
+                                        f.to.zones.as_ref().is_some_and(|z| !z.is_empty());
                                     match f.to.zone_type {
                                         ToZoneType::Only | ToZoneType::AnyExcept if !has_zones => {
-                                            v.violation_at("zones", "must not be empty when type is Only or AnyExcept");
+                                            v.violation_at(
+                                                "zones",
+                                                "must not be empty when type is Only or AnyExcept",
+                                            );
                                         }
-                                        ToZoneType::Any | ToZoneType::None if f.to.zones.is_some() => {
-                                            v.violation_at("zones", "must be empty when type is Any or None");
+                                        ToZoneType::Any | ToZoneType::None
+                                            if f.to.zones.is_some() =>
+                                        {
+                                            v.violation_at(
+                                                "zones",
+                                                "must be empty when type is Any or None",
+                                            );
                                         }
                                         _ => {}
                                     }
@@ -1964,13 +2049,18 @@ fn check_load_balancing_conf(v: &mut Validator, c: &LoadBalancingConf) {
                         }
                     });
                     if let Some(ft) = &cz.failover_threshold {
-                        v.field("failoverThreshold", |v| match ft.percentage.as_ref().map(IntOrString::as_f64) {
-                            None => v.violation_at("percentage", MUST_BE_DEFINED),
-                            Some(None) => v.violation_at("percentage", "must be a valid number"),
-                            Some(Some(p)) if p <= 0.0 || p > 100.0 => {
-                                v.violation_at("percentage", "must be greater than 0 and at most 100")
+                        v.field("failoverThreshold", |v| {
+                            match ft.percentage.as_ref().map(IntOrString::as_f64) {
+                                None => v.violation_at("percentage", MUST_BE_DEFINED),
+                                Some(None) => {
+                                    v.violation_at("percentage", "must be a valid number")
+                                }
+                                Some(Some(p)) if p <= 0.0 || p > 100.0 => v.violation_at(
+                                    "percentage",
+                                    "must be greater than 0 and at most 100",
+                                ),
+                                Some(Some(_)) => {}
                             }
-                            Some(Some(_)) => {}
                         });
                     }
                 });
@@ -1980,15 +2070,30 @@ fn check_load_balancing_conf(v: &mut Validator, c: &LoadBalancingConf) {
     if let Some(lb) = &c.load_balancer {
         v.field("loadBalancer", |v| {
             let others = [
-                ("roundRobin", lb.round_robin.is_some(), LoadBalancerType::RoundRobin),
-                ("leastRequest", lb.least_request.is_some(), LoadBalancerType::LeastRequest),
-                ("ringHash", lb.ring_hash.is_some(), LoadBalancerType::RingHash),
+                (
+                    "roundRobin",
+                    lb.round_robin.is_some(),
+                    LoadBalancerType::RoundRobin,
+                ),
+                (
+                    "leastRequest",
+                    lb.least_request.is_some(),
+                    LoadBalancerType::LeastRequest,
+                ),
+                (
+                    "ringHash",
+                    lb.ring_hash.is_some(),
+                    LoadBalancerType::RingHash,
+                ),
                 ("random", lb.random.is_some(), LoadBalancerType::Random),
                 ("maglev", lb.maglev.is_some(), LoadBalancerType::Maglev),
             ];
             for (name, set, ty) in others {
                 if set && ty != lb.lb_type {
-                    v.violation_at(name, format!("must not be defined with type {:?}", lb.lb_type));
+                    v.violation_at(
+                        name,
+                        format!("must not be defined with type {:?}", lb.lb_type),
+                    );
                 }
             }
             if let Some(lr) = &lb.least_request {
@@ -2007,8 +2112,20 @@ fn check_load_balancing_conf(v: &mut Validator, c: &LoadBalancingConf) {
             }
             if let Some(rh) = &lb.ring_hash {
                 v.field("ringHash", |v| {
-                    in_range(v, "minRingSize", rh.min_ring_size.map(f64::from), 1.0, 8_000_000.0);
-                    in_range(v, "maxRingSize", rh.max_ring_size.map(f64::from), 1.0, 8_000_000.0);
+                    in_range(
+                        v,
+                        "minRingSize",
+                        rh.min_ring_size.map(f64::from),
+                        1.0,
+                        8_000_000.0,
+                    );
+                    in_range(
+                        v,
+                        "maxRingSize",
+                        rh.max_ring_size.map(f64::from),
+                        1.0,
+                        8_000_000.0,
+                    );
                     if let (Some(min), Some(max)) = (rh.min_ring_size, rh.max_ring_size)
                         && min > max
                     {
@@ -2019,7 +2136,13 @@ fn check_load_balancing_conf(v: &mut Validator, c: &LoadBalancingConf) {
             }
             if let Some(m) = &lb.maglev {
                 v.field("maglev", |v| {
-                    in_range(v, "tableSize", m.table_size.map(f64::from), 1.0, 5_000_011.0);
+                    in_range(
+                        v,
+                        "tableSize",
+                        m.table_size.map(f64::from),
+                        1.0,
+                        5_000_011.0,
+                    );
                     check_hash_policies(v, &m.hash_policies);
                 });
             }
@@ -2193,10 +2316,14 @@ fn check_access_log_conf(v: &mut Validator, c: &AccessLogConf) {
     v.field("backends", |v| {
         for (i, b) in backends.iter().enumerate() {
             v.index(i, |v| {
-                let defined = [b.tcp.is_some(), b.file.is_some(), b.open_telemetry.is_some()]
-                    .iter()
-                    .filter(|x| **x)
-                    .count();
+                let defined = [
+                    b.tcp.is_some(),
+                    b.file.is_some(),
+                    b.open_telemetry.is_some(),
+                ]
+                .iter()
+                .filter(|x| **x)
+                .count();
                 if defined != 1 {
                     v.violation("backend must have exactly one defined: tcp, file, openTelemetry");
                 }
@@ -2218,7 +2345,10 @@ fn check_access_log_conf(v: &mut Validator, c: &AccessLogConf) {
                         if tcp.address.is_empty() {
                             v.violation_at("address", "must not be empty");
                         } else if !is_host_port(&tcp.address) {
-                            v.violation_at("address", "must be a valid address in the form host:port");
+                            v.violation_at(
+                                "address",
+                                "must be a valid address in the form host:port",
+                            );
                         }
                     });
                 }
@@ -2238,7 +2368,9 @@ fn check_access_log_conf(v: &mut Validator, c: &AccessLogConf) {
                             v.violation_at("endpoint", "must not be empty");
                         }
                         for (j, a) in otel.attributes.iter().flatten().enumerate() {
-                            v.field("attributes", |v| v.index(j, |v| v.require_non_empty("key", &a.key)));
+                            v.field("attributes", |v| {
+                                v.index(j, |v| v.require_non_empty("key", &a.key))
+                            });
                         }
                     });
                 }
@@ -2249,7 +2381,9 @@ fn check_access_log_conf(v: &mut Validator, c: &AccessLogConf) {
 
 /// `host:port`, `[v6]:port` or `ip:port`, as used by TCP log backends.
 fn is_host_port(s: &str) -> bool {
-    let Some((host, port)) = s.rsplit_once(':') else { return false };
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) && super::is_address(host)
 }
@@ -2262,7 +2396,11 @@ impl Validate for MeshAccessLogSpec {
             v.violation("at least one of 'from', 'to' has to be defined");
         }
         check_from(v, &self.from, ONLY_MESH, check_access_log_conf);
-        let to_kinds = if top == K::MeshGateway { ONLY_MESH } else { TO_DESTINATIONS };
+        let to_kinds = if top == K::MeshGateway {
+            ONLY_MESH
+        } else {
+            TO_DESTINATIONS
+        };
         check_to(v, &self.to, to_kinds, check_access_log_conf);
         check_rules(v, &self.rules, check_access_log_conf);
     }
@@ -2338,7 +2476,9 @@ pub struct BandwidthFault {
 fn is_bandwidth(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
     ["kbps", "mbps", "gbps"].iter().any(|unit| {
-        lower.strip_suffix(unit).is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        lower
+            .strip_suffix(unit)
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
     })
 }
 
@@ -2354,9 +2494,10 @@ fn check_fault_injection_conf(v: &mut Validator, c: &FaultInjectionConf) {
                     v.field("abort", |v| {
                         match a.http_status {
                             None => v.violation_at("httpStatus", MUST_BE_DEFINED),
-                            Some(s) if !(100..=599).contains(&s) => {
-                                v.violation_at("httpStatus", "must be in inclusive range [100, 599]")
-                            }
+                            Some(s) if !(100..=599).contains(&s) => v.violation_at(
+                                "httpStatus",
+                                "must be in inclusive range [100, 599]",
+                            ),
                             Some(_) => {}
                         }
                         percentage(v, "percentage", &a.percentage, true);
@@ -2401,7 +2542,11 @@ impl Validate for MeshFaultInjectionSpec {
         } else {
             check_from(v, &self.from, FROM_CLIENTS, check_fault_injection_conf);
         }
-        let to_kinds = if top == K::MeshGateway { ONLY_MESH } else { TO_DESTINATIONS };
+        let to_kinds = if top == K::MeshGateway {
+            ONLY_MESH
+        } else {
+            TO_DESTINATIONS
+        };
         check_to(v, &self.to, to_kinds, check_fault_injection_conf);
         check_rules(v, &self.rules, check_fault_injection_conf);
     }
@@ -2517,7 +2662,12 @@ fn check_rate_limit_conf(v: &mut Validator, c: &RateLimitConf) {
         }
         if let Some(http) = &local.http {
             v.field("http", |v| {
-                check_rate(v, "requestRate", &http.request_rate, http.disabled == Some(true));
+                check_rate(
+                    v,
+                    "requestRate",
+                    &http.request_rate,
+                    http.disabled == Some(true),
+                );
                 if let Some(o) = &http.on_rate_limit {
                     v.field("onRateLimit", |v| {
                         if let Some(s) = o.status
@@ -2539,7 +2689,12 @@ fn check_rate_limit_conf(v: &mut Validator, c: &RateLimitConf) {
         }
         if let Some(tcp) = &local.tcp {
             v.field("tcp", |v| {
-                check_rate(v, "connectionRate", &tcp.connection_rate, tcp.disabled == Some(true))
+                check_rate(
+                    v,
+                    "connectionRate",
+                    &tcp.connection_rate,
+                    tcp.disabled == Some(true),
+                )
             });
         }
     });
@@ -2633,7 +2788,9 @@ pub(crate) fn check_tls_version_range(v: &mut Validator, name: &str, r: &Option<
         && max != TlsVersion::TLSAuto
         && min > max
     {
-        v.field(name, |v| v.violation_at("min", "min version must be lower than max"));
+        v.field(name, |v| {
+            v.violation_at("min", "min version must be lower than max")
+        });
     }
 }
 
@@ -2658,7 +2815,13 @@ impl Validate for MeshTlsSpec {
         check_top(
             v,
             &self.target_ref,
-            &[K::Mesh, K::MeshSubset, K::MeshService, K::MeshServiceSubset, K::Dataplane],
+            &[
+                K::Mesh,
+                K::MeshSubset,
+                K::MeshService,
+                K::MeshServiceSubset,
+                K::Dataplane,
+            ],
             true,
         );
         if self.from.is_empty() && self.rules.is_empty() {
@@ -2722,7 +2885,11 @@ pub struct TraceBackend {
 pub struct ZipkinBackend {
     #[serde(default)]
     pub url: String,
-    #[serde(default, rename = "traceId128bit", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "traceId128bit",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub trace_id_128bit: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
@@ -2780,7 +2947,9 @@ pub struct TraceHeaderTag {
 }
 
 fn is_http_url(s: &str) -> bool {
-    let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"));
     rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
 }
 
@@ -2792,12 +2961,18 @@ fn check_trace_conf(v: &mut Validator, c: &TraceConf) {
             }
             for (i, b) in backends.iter().enumerate() {
                 v.index(i, |v| {
-                    let defined = [b.zipkin.is_some(), b.datadog.is_some(), b.open_telemetry.is_some()]
-                        .iter()
-                        .filter(|x| **x)
-                        .count();
+                    let defined = [
+                        b.zipkin.is_some(),
+                        b.datadog.is_some(),
+                        b.open_telemetry.is_some(),
+                    ]
+                    .iter()
+                    .filter(|x| **x)
+                    .count();
                     if defined != 1 {
-                        v.violation("backend must have exactly one defined: zipkin, datadog, openTelemetry");
+                        v.violation(
+                            "backend must have exactly one defined: zipkin, datadog, openTelemetry",
+                        );
                     }
                     match b.backend_type {
                         Some(TraceBackendType::Zipkin) if b.zipkin.is_none() => {
@@ -2834,7 +3009,9 @@ fn check_trace_conf(v: &mut Validator, c: &TraceConf) {
                         && o.endpoint.is_empty()
                         && o.backend_ref.is_none()
                     {
-                        v.field("openTelemetry", |v| v.violation_at("endpoint", "must not be empty"));
+                        v.field("openTelemetry", |v| {
+                            v.violation_at("endpoint", "must not be empty")
+                        });
                     }
                 });
             }
@@ -2856,7 +3033,9 @@ fn check_trace_conf(v: &mut Validator, c: &TraceConf) {
                         (Some(_), Some(_)) | (None, None) => {
                             v.violation("tag must have exactly one defined: literal, header")
                         }
-                        (None, Some(h)) => v.field("header", |v| v.require_non_empty("name", &h.name)),
+                        (None, Some(h)) => {
+                            v.field("header", |v| v.require_non_empty("name", &h.name))
+                        }
                         (Some(_), None) => {}
                     }
                 });
@@ -3028,7 +3207,9 @@ fn check_metric_conf(v: &mut Validator, c: &MetricConf) {
                 for (name, list) in [("exclude", &p.exclude), ("include", &p.include)] {
                     for (i, sel) in list.iter().flatten().enumerate() {
                         if sel.match_value.is_empty() {
-                            v.field(name, |v| v.index(i, |v| v.violation_at("match", "must not be empty")));
+                            v.field(name, |v| {
+                                v.index(i, |v| v.violation_at("match", "must not be empty"))
+                            });
                         }
                     }
                 }
@@ -3061,7 +3242,10 @@ fn check_metric_conf(v: &mut Validator, c: &MetricConf) {
                 v.index(i, |v| match b.backend_type {
                     MetricBackendType::Prometheus => {
                         if b.open_telemetry.is_some() {
-                            v.violation_at("openTelemetry", "must not be defined with type Prometheus");
+                            v.violation_at(
+                                "openTelemetry",
+                                "must not be defined with type Prometheus",
+                            );
                         }
                         match &b.prometheus {
                             None => v.violation_at("prometheus", MUST_BE_DEFINED),
@@ -3079,7 +3263,10 @@ fn check_metric_conf(v: &mut Validator, c: &MetricConf) {
                     }
                     MetricBackendType::OpenTelemetry => {
                         if b.prometheus.is_some() {
-                            v.violation_at("prometheus", "must not be defined with type OpenTelemetry");
+                            v.violation_at(
+                                "prometheus",
+                                "must not be defined with type OpenTelemetry",
+                            );
                         }
                         match &b.open_telemetry {
                             None => v.violation_at("openTelemetry", MUST_BE_DEFINED),
@@ -3194,9 +3381,14 @@ pub struct JsonPatch {
 fn check_modification(v: &mut Validator, kind: &str, m: &ResourceModification) {
     use ModificationOperation as Op;
     let allowed: &[Op] = match kind {
-        "networkFilter" | "httpFilter" => {
-            &[Op::AddFirst, Op::AddLast, Op::AddBefore, Op::AddAfter, Op::Remove, Op::Patch]
-        }
+        "networkFilter" | "httpFilter" => &[
+            Op::AddFirst,
+            Op::AddLast,
+            Op::AddBefore,
+            Op::AddAfter,
+            Op::Remove,
+            Op::Patch,
+        ],
         _ => &[Op::Add, Op::Remove, Op::Patch],
     };
     if !allowed.contains(&m.operation) {
@@ -3229,7 +3421,9 @@ fn check_modification(v: &mut Validator, kind: &str, m: &ResourceModification) {
     if matches!(m.operation, Op::AddBefore | Op::AddAfter)
         && m.match_.as_ref().and_then(|x| x.get("name")).is_none()
     {
-        v.field("match", |v| v.violation_at("name", "must be defined for AddBefore and AddAfter"));
+        v.field("match", |v| {
+            v.violation_at("name", "must be defined for AddBefore and AddAfter")
+        });
     }
     for (i, p) in m.json_patches.iter().flatten().enumerate() {
         v.field("jsonPatches", |v| {
@@ -3238,7 +3432,9 @@ fn check_modification(v: &mut Validator, kind: &str, m: &ResourceModification) {
                     v.violation_at("path", "must be a JSON pointer starting with '/'");
                 }
                 match p.op {
-                    JsonPatchOp::Add | JsonPatchOp::Replace | JsonPatchOp::Test if p.value.is_none() => {
+                    JsonPatchOp::Add | JsonPatchOp::Replace | JsonPatchOp::Test
+                        if p.value.is_none() =>
+                    {
                         v.violation_at("value", MUST_BE_DEFINED)
                     }
                     JsonPatchOp::Move | JsonPatchOp::Copy if p.from.is_none() => {
@@ -3353,8 +3549,12 @@ pub struct PassthroughMatch {
 }
 
 fn is_cidr(s: &str) -> bool {
-    let Some((ip, bits)) = s.split_once('/') else { return false };
-    let Ok(bits) = bits.parse::<u8>() else { return false };
+    let Some((ip, bits)) = s.split_once('/') else {
+        return false;
+    };
+    let Ok(bits) = bits.parse::<u8>() else {
+        return false;
+    };
     match ip.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(_)) => bits <= 32,
         Ok(std::net::IpAddr::V6(_)) => bits <= 128,
@@ -3381,7 +3581,10 @@ fn check_passthrough_conf(v: &mut Validator, c: &PassthroughConf) {
                 if m.value.is_empty() {
                     v.violation_at("value", "must not be empty");
                 } else if !ok {
-                    v.violation_at("value", format!("{:?} is not a valid {:?}", m.value, m.match_type));
+                    v.violation_at(
+                        "value",
+                        format!("{:?} is not a valid {:?}", m.value, m.match_type),
+                    );
                 }
                 if let Some(p) = m.port {
                     v.port("port", p);
@@ -3393,7 +3596,12 @@ fn check_passthrough_conf(v: &mut Validator, c: &PassthroughConf) {
 
 impl Validate for MeshPassthroughSpec {
     fn validate(&self, v: &mut Validator) {
-        check_top(v, &self.target_ref, &[K::Mesh, K::MeshSubset, K::Dataplane], false);
+        check_top(
+            v,
+            &self.target_ref,
+            &[K::Mesh, K::MeshSubset, K::Dataplane],
+            false,
+        );
         check_default(v, &self.default, &mut check_passthrough_conf);
     }
 }
@@ -3421,7 +3629,9 @@ mod tests {
     fn err(f: Validate, spec: Value, field: &str, reason: &str) {
         let e = f(&spec).expect_err("expected a validation error");
         assert!(
-            e.violations.iter().any(|x| x.field == field && x.reason.contains(reason)),
+            e.violations
+                .iter()
+                .any(|x| x.field == field && x.reason.contains(reason)),
             "expected {field}: {reason}, got {e:?}"
         );
     }
@@ -3430,90 +3640,182 @@ mod tests {
 
     #[test]
     fn mtp_docs_examples() {
-        ok(validate_mesh_traffic_permission, json!({
+        ok(
+            validate_mesh_traffic_permission,
+            json!({
             "targetRef": {"kind": "MeshSubset", "tags": {"app": "backend"}},
             "from": [{"targetRef": {"kind": "MeshSubset", "tags": {"kuma.io/service": "frontend"}},
-                      "default": {"action": "Allow"}}]}));
-        ok(validate_mesh_traffic_permission, json!({
+                      "default": {"action": "Allow"}}]}),
+        );
+        ok(
+            validate_mesh_traffic_permission,
+            json!({
             "targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
             "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Deny"}},
-                     {"targetRef": {"kind": "MeshService", "name": "frontend"}, "default": {"action": "AllowWithShadowDeny"}}]}));
-        ok(validate_mesh_traffic_permission, json!({
-            "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}));
-        ok(validate_mesh_traffic_permission, json!({
-            "rules": [{"default": {"allow": [{"spiffeID": {"type": "Prefix", "value": "spiffe://trust-domain.mesh/"}}]}}]}));
+                     {"targetRef": {"kind": "MeshService", "name": "frontend"}, "default": {"action": "AllowWithShadowDeny"}}]}),
+        );
+        ok(
+            validate_mesh_traffic_permission,
+            json!({
+            "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}),
+        );
+        ok(
+            validate_mesh_traffic_permission,
+            json!({
+            "rules": [{"default": {"allow": [{"spiffeID": {"type": "Prefix", "value": "spiffe://trust-domain.mesh/"}}]}}]}),
+        );
     }
 
     #[test]
     fn mtp_rejections() {
-        err(validate_mesh_traffic_permission, json!({"targetRef": {"kind": "Mesh"}}), "spec.from", "needs at least one item");
-        err(validate_mesh_traffic_permission,
+        err(
+            validate_mesh_traffic_permission,
+            json!({"targetRef": {"kind": "Mesh"}}),
+            "spec.from",
+            "needs at least one item",
+        );
+        err(
+            validate_mesh_traffic_permission,
             json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
-            "spec.from[0].default.action", "must be defined");
-        err(validate_mesh_traffic_permission,
+            "spec.from[0].default.action",
+            "must be defined",
+        );
+        err(
+            validate_mesh_traffic_permission,
             json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Maybe"}}]}),
-            "spec.from[0].default.action", "unknown variant");
-        err(validate_mesh_traffic_permission,
+            "spec.from[0].default.action",
+            "unknown variant",
+        );
+        err(
+            validate_mesh_traffic_permission,
             json!({"targetRef": {"kind": "MeshGateway", "name": "gw"},
                    "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}),
-            "spec.targetRef.kind", "value is not supported");
-        err(validate_mesh_traffic_permission,
+            "spec.targetRef.kind",
+            "value is not supported",
+        );
+        err(
+            validate_mesh_traffic_permission,
             json!({"from": [{"targetRef": {"kind": "MeshExternalService", "name": "x"}, "default": {"action": "Allow"}}]}),
-            "spec.from[0].targetRef.kind", "value is not supported");
-        err(validate_mesh_traffic_permission,
-            json!({"from": [{"default": {"action": "Allow"}}]}), "spec.from[0].targetRef.kind", "must be defined");
-        err(validate_mesh_traffic_permission,
-            json!({"form": []}), "spec", "unknown field `form`");
+            "spec.from[0].targetRef.kind",
+            "value is not supported",
+        );
+        err(
+            validate_mesh_traffic_permission,
+            json!({"from": [{"default": {"action": "Allow"}}]}),
+            "spec.from[0].targetRef.kind",
+            "must be defined",
+        );
+        err(
+            validate_mesh_traffic_permission,
+            json!({"form": []}),
+            "spec.form",
+            "unknown field `form`",
+        );
     }
 
     // --- MeshTimeout ---
 
     #[test]
     fn mesh_timeout_docs_examples() {
-        ok(validate_mesh_timeout, json!({"to": [{"targetRef": {"kind": "Mesh"},
-            "default": {"idleTimeout": "20s", "connectionTimeout": "2s", "http": {"requestTimeout": "2s"}}}]}));
-        ok(validate_mesh_timeout, json!({"targetRef": {"kind": "MeshSubset", "tags": {"app": "frontend"}},
+        ok(
+            validate_mesh_timeout,
+            json!({"to": [{"targetRef": {"kind": "Mesh"},
+            "default": {"idleTimeout": "20s", "connectionTimeout": "2s", "http": {"requestTimeout": "2s"}}}]}),
+        );
+        ok(
+            validate_mesh_timeout,
+            json!({"targetRef": {"kind": "MeshSubset", "tags": {"app": "frontend"}},
             "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "60s", "connectionTimeout": "2s",
                 "http": {"requestTimeout": "10s", "streamIdleTimeout": "1h", "maxStreamDuration": "30m", "maxConnectionDuration": "30m"}}}],
             "to": [{"targetRef": {"kind": "MeshService", "name": "backend", "namespace": "kuma-demo", "sectionName": "http"},
-                "default": {"idleTimeout": "60s", "connectionTimeout": "1s", "http": {"requestTimeout": "5s"}}}]}));
-        ok(validate_mesh_timeout, json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "demo-app"}, "sectionName": "http"},
-            "rules": [{"default": {"idleTimeout": "1h", "connectionTimeout": "10s"}}]}));
-        ok(validate_mesh_timeout, json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "route-to-backend-v2"},
-            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "5s", "streamIdleTimeout": "1h"}}}]}));
-        ok(validate_mesh_timeout, json!({"targetRef": {"kind": "Mesh", "proxyTypes": ["Gateway"]},
+                "default": {"idleTimeout": "60s", "connectionTimeout": "1s", "http": {"requestTimeout": "5s"}}}]}),
+        );
+        ok(
+            validate_mesh_timeout,
+            json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "demo-app"}, "sectionName": "http"},
+            "rules": [{"default": {"idleTimeout": "1h", "connectionTimeout": "10s"}}]}),
+        );
+        ok(
+            validate_mesh_timeout,
+            json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "route-to-backend-v2"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "5s", "streamIdleTimeout": "1h"}}}]}),
+        );
+        ok(
+            validate_mesh_timeout,
+            json!({"targetRef": {"kind": "Mesh", "proxyTypes": ["Gateway"]},
             "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "5m",
                 "http": {"streamIdleTimeout": "5s", "requestHeadersTimeout": "500ms"}}}],
-            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1h", "http": {"streamIdleTimeout": "5s"}}}]}));
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1h", "http": {"streamIdleTimeout": "5s"}}}]}),
+        );
     }
 
     #[test]
     fn mesh_timeout_rejections() {
-        err(validate_mesh_timeout, json!({"targetRef": {"kind": "Mesh"}}), "spec", "at least one of 'from', 'to' has to be defined");
-        err(validate_mesh_timeout, json!({"to": [{"targetRef": {"kind": "MeshGateway", "name": "gw"}, "default": {"idleTimeout": "1s"}}]}),
-            "spec.to[0].targetRef.kind", "value is not supported");
-        err(validate_mesh_timeout, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
-            "spec.to[0].default", "at least one timeout should be configured");
-        err(validate_mesh_timeout, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {}}}]}),
-            "spec.to[0].default.http", "at least one timeout in this section should be configured");
-        err(validate_mesh_timeout, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "0s"}}]}),
-            "spec.to[0].default.connectionTimeout", "greater than zero");
-        err(validate_mesh_timeout, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "soon"}}]}),
-            "spec.to[0].default.idleTimeout", "invalid duration");
-        err(validate_mesh_timeout, json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "r"},
+        err(
+            validate_mesh_timeout,
+            json!({"targetRef": {"kind": "Mesh"}}),
+            "spec",
+            "at least one of 'from', 'to' has to be defined",
+        );
+        err(
+            validate_mesh_timeout,
+            json!({"to": [{"targetRef": {"kind": "MeshGateway", "name": "gw"}, "default": {"idleTimeout": "1s"}}]}),
+            "spec.to[0].targetRef.kind",
+            "value is not supported",
+        );
+        err(
+            validate_mesh_timeout,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
+            "spec.to[0].default",
+            "at least one timeout should be configured",
+        );
+        err(
+            validate_mesh_timeout,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {}}}]}),
+            "spec.to[0].default.http",
+            "at least one timeout in this section should be configured",
+        );
+        err(
+            validate_mesh_timeout,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "0s"}}]}),
+            "spec.to[0].default.connectionTimeout",
+            "greater than zero",
+        );
+        err(
+            validate_mesh_timeout,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "soon"}}]}),
+            "spec.to[0].default.idleTimeout",
+            "invalid duration",
+        );
+        err(
+            validate_mesh_timeout,
+            json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "r"},
             "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1s"}}]}),
-            "spec.to[0].default.idleTimeout", "can't be specified when top-level TargetRef is referencing MeshHTTPRoute");
-        err(validate_mesh_timeout, json!({"targetRef": {"kind": "MeshGateway", "name": "gw"},
-            "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1s"}}]}), "spec.from", "must not be defined");
-        err(validate_mesh_timeout, json!({"from": [{"targetRef": {"kind": "MeshSubset", "tags": {"a": "b"}}, "default": {"idleTimeout": "1s"}}]}),
-            "spec.from[0].targetRef.kind", "value is not supported");
+            "spec.to[0].default.idleTimeout",
+            "can't be specified when top-level TargetRef is referencing MeshHTTPRoute",
+        );
+        err(
+            validate_mesh_timeout,
+            json!({"targetRef": {"kind": "MeshGateway", "name": "gw"},
+            "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1s"}}]}),
+            "spec.from",
+            "must not be defined",
+        );
+        err(
+            validate_mesh_timeout,
+            json!({"from": [{"targetRef": {"kind": "MeshSubset", "tags": {"a": "b"}}, "default": {"idleTimeout": "1s"}}]}),
+            "spec.from[0].targetRef.kind",
+            "value is not supported",
+        );
     }
 
     // --- MeshRetry ---
 
     #[test]
     fn mesh_retry_docs_examples() {
-        ok(validate_mesh_retry, json!({"targetRef": {"kind": "Mesh"},
+        ok(
+            validate_mesh_retry,
+            json!({"targetRef": {"kind": "Mesh"},
             "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
                 "tcp": {"maxConnectAttempt": 5},
                 "http": {"numRetries": 10, "perTryTimeout": "5s", "backOff": {"baseInterval": "15s", "maxInterval": "20m"},
@@ -3522,34 +3824,70 @@ mod tests {
                     "retriableResponseHeaders": [{"name": "x-retry", "type": "Exact", "value": "true"}],
                     "hostSelection": [{"predicate": "OmitPreviousHosts"}, {"predicate": "OmitPreviousPriorities", "updateFrequency": 2}],
                     "hostSelectionMaxAttempts": 3},
-                "grpc": {"numRetries": 5, "perTryTimeout": "2s", "retryOn": ["Canceled", "Unavailable"]}}}]}));
+                "grpc": {"numRetries": 5, "perTryTimeout": "2s", "retryOn": ["Canceled", "Unavailable"]}}}]}),
+        );
     }
 
     #[test]
     fn mesh_retry_rejections() {
-        err(validate_mesh_retry, json!({"targetRef": {"kind": "Mesh"}}), "spec.to", "needs at least one item");
-        err(validate_mesh_retry, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
-            "spec.to[0].default", "at least one of the 'tcp', 'http', 'grpc' must be specified");
-        err(validate_mesh_retry, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"tcp": {}}}]}),
-            "spec.to[0].default.tcp", "must not be empty");
-        err(validate_mesh_retry, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"backOff": {}}}}]}),
-            "spec.to[0].default.http.backOff", "must not be empty");
-        err(validate_mesh_retry, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"retryOn": ["5xx", "Sometimes"]}}}]}),
-            "spec.to[0].default.http.retryOn[1]", "unknown item 'Sometimes'");
-        err(validate_mesh_retry, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"grpc": {"retryOn": ["5xx"]}}}]}),
-            "spec.to[0].default.grpc.retryOn[0]", "unknown item '5xx'");
-        err(validate_mesh_retry, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"hostSelection": [{"predicate": "OmitHostsWithTags"}]}}}]}),
-            "spec.to[0].default.http.hostSelection[0].tags", "must be defined");
-        err(validate_mesh_retry, json!({"targetRef": {"kind": "MeshGateway", "name": "gw"},
+        err(
+            validate_mesh_retry,
+            json!({"targetRef": {"kind": "Mesh"}}),
+            "spec.to",
+            "needs at least one item",
+        );
+        err(
+            validate_mesh_retry,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
+            "spec.to[0].default",
+            "at least one of the 'tcp', 'http', 'grpc' must be specified",
+        );
+        err(
+            validate_mesh_retry,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"tcp": {}}}]}),
+            "spec.to[0].default.tcp",
+            "must not be empty",
+        );
+        err(
+            validate_mesh_retry,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"backOff": {}}}}]}),
+            "spec.to[0].default.http.backOff",
+            "must not be empty",
+        );
+        err(
+            validate_mesh_retry,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"retryOn": ["5xx", "Sometimes"]}}}]}),
+            "spec.to[0].default.http.retryOn[1]",
+            "unknown item 'Sometimes'",
+        );
+        err(
+            validate_mesh_retry,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"grpc": {"retryOn": ["5xx"]}}}]}),
+            "spec.to[0].default.grpc.retryOn[0]",
+            "unknown item '5xx'",
+        );
+        err(
+            validate_mesh_retry,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"hostSelection": [{"predicate": "OmitHostsWithTags"}]}}}]}),
+            "spec.to[0].default.http.hostSelection[0].tags",
+            "must be defined",
+        );
+        err(
+            validate_mesh_retry,
+            json!({"targetRef": {"kind": "MeshGateway", "name": "gw"},
             "to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "default": {"tcp": {"maxConnectAttempt": 1}}}]}),
-            "spec.to[0].targetRef.kind", "value is not supported");
+            "spec.to[0].targetRef.kind",
+            "value is not supported",
+        );
     }
 
     // --- MeshCircuitBreaker ---
 
     #[test]
     fn mesh_circuit_breaker_docs_examples() {
-        ok(validate_mesh_circuit_breaker, json!({"targetRef": {"kind": "Mesh"},
+        ok(
+            validate_mesh_circuit_breaker,
+            json!({"targetRef": {"kind": "Mesh"},
             "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
                 "connectionLimits": {"maxConnections": 2, "maxPendingRequests": 8, "maxRetries": 2, "maxRequests": 2},
                 "outlierDetection": {"disabled": false, "interval": "5s", "baseEjectionTime": "30s", "maxEjectionPercent": 20,
@@ -3557,28 +3895,51 @@ mod tests {
                     "detectors": {"totalFailures": {"consecutive": 10}, "gatewayFailures": {"consecutive": 10},
                         "localOriginFailures": {"consecutive": 10},
                         "successRate": {"minimumHosts": 5, "requestVolume": 10, "standardDeviationFactor": "1.9"},
-                        "failurePercentage": {"requestVolume": 10, "minimumHosts": 5, "threshold": 85}}}}}]}));
-        ok(validate_mesh_circuit_breaker, json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
-            "rules": [{"default": {"connectionLimits": {"maxConnections": 1024}}}]}));
+                        "failurePercentage": {"requestVolume": 10, "minimumHosts": 5, "threshold": 85}}}}}]}),
+        );
+        ok(
+            validate_mesh_circuit_breaker,
+            json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+            "rules": [{"default": {"connectionLimits": {"maxConnections": 1024}}}]}),
+        );
     }
 
     #[test]
     fn mesh_circuit_breaker_rejections() {
-        err(validate_mesh_circuit_breaker, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
-            "spec.to[0].default", "at least one of 'connectionLimits', 'outlierDetection'");
-        err(validate_mesh_circuit_breaker, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"outlierDetection": {"maxEjectionPercent": 120}}}]}),
-            "spec.to[0].default.outlierDetection.maxEjectionPercent", "must be in inclusive range [0, 100]");
-        err(validate_mesh_circuit_breaker, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionLimits": {"maxConnections": 0}}}]}),
-            "spec.to[0].default.connectionLimits.maxConnections", "must be greater than 0");
-        err(validate_mesh_circuit_breaker, json!({"to": [{"targetRef": {"kind": "MeshSubset", "tags": {"a": "b"}},
-            "default": {"connectionLimits": {"maxConnections": 1}}}]}), "spec.to[0].targetRef.kind", "value is not supported");
+        err(
+            validate_mesh_circuit_breaker,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
+            "spec.to[0].default",
+            "at least one of 'connectionLimits', 'outlierDetection'",
+        );
+        err(
+            validate_mesh_circuit_breaker,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"outlierDetection": {"maxEjectionPercent": 120}}}]}),
+            "spec.to[0].default.outlierDetection.maxEjectionPercent",
+            "must be in inclusive range [0, 100]",
+        );
+        err(
+            validate_mesh_circuit_breaker,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionLimits": {"maxConnections": 0}}}]}),
+            "spec.to[0].default.connectionLimits.maxConnections",
+            "must be greater than 0",
+        );
+        err(
+            validate_mesh_circuit_breaker,
+            json!({"to": [{"targetRef": {"kind": "MeshSubset", "tags": {"a": "b"}},
+            "default": {"connectionLimits": {"maxConnections": 1}}}]}),
+            "spec.to[0].targetRef.kind",
+            "value is not supported",
+        );
     }
 
     // --- MeshHealthCheck ---
 
     #[test]
     fn mesh_health_check_docs_examples() {
-        ok(validate_mesh_health_check, json!({"targetRef": {"kind": "Mesh"},
+        ok(
+            validate_mesh_health_check,
+            json!({"targetRef": {"kind": "Mesh"},
             "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
                 "interval": "10s", "timeout": "2s", "unhealthyThreshold": 3, "healthyThreshold": 1,
                 "failTrafficOnPanic": true, "noTrafficInterval": "1s", "healthyPanicThreshold": 0,
@@ -3587,20 +3948,42 @@ mod tests {
                 "http": {"path": "/health", "expectedStatuses": [200, 201],
                     "requestHeadersToAdd": {"set": [{"name": "Content-Type", "value": "application/json"}],
                                             "add": [{"name": "Accept", "value": "application/json"}]}},
-                "grpc": {"serviceName": "", "authority": ""}}}]}));
+                "grpc": {"serviceName": "", "authority": ""}}}]}),
+        );
     }
 
     #[test]
     fn mesh_health_check_rejections() {
-        err(validate_mesh_health_check, json!({}), "spec.to", "needs at least one item");
-        err(validate_mesh_health_check, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"interval": "0s"}}]}),
-            "spec.to[0].default.interval", "greater than zero");
-        err(validate_mesh_health_check, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"tcp": {"send": "not base64!"}}}]}),
-            "spec.to[0].default.tcp.send", "base64");
-        err(validate_mesh_health_check, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"expectedStatuses": [200, 700]}}}]}),
-            "spec.to[0].default.http.expectedStatuses[1]", "must be in inclusive range [100, 599]");
-        err(validate_mesh_health_check, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"healthyThreshold": 0}}]}),
-            "spec.to[0].default.healthyThreshold", "must be greater than 0");
+        err(
+            validate_mesh_health_check,
+            json!({}),
+            "spec.to",
+            "needs at least one item",
+        );
+        err(
+            validate_mesh_health_check,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"interval": "0s"}}]}),
+            "spec.to[0].default.interval",
+            "greater than zero",
+        );
+        err(
+            validate_mesh_health_check,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"tcp": {"send": "not base64!"}}}]}),
+            "spec.to[0].default.tcp.send",
+            "base64",
+        );
+        err(
+            validate_mesh_health_check,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"expectedStatuses": [200, 700]}}}]}),
+            "spec.to[0].default.http.expectedStatuses[1]",
+            "must be in inclusive range [100, 599]",
+        );
+        err(
+            validate_mesh_health_check,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"healthyThreshold": 0}}]}),
+            "spec.to[0].default.healthyThreshold",
+            "must be greater than 0",
+        );
     }
 
     // --- MeshHTTPRoute ---
@@ -3623,16 +4006,22 @@ mod tests {
     #[test]
     fn mesh_http_route_docs_examples() {
         ok(validate_mesh_http_route, http_route_example());
-        ok(validate_mesh_http_route, json!({"targetRef": {"kind": "MeshSubset", "tags": {"app": "frontend"}},
+        ok(
+            validate_mesh_http_route,
+            json!({"targetRef": {"kind": "MeshSubset", "tags": {"app": "frontend"}},
             "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
                 "rules": [{"matches": [{"path": {"type": "Exact", "value": "/"}}],
-                    "default": {"backendRefs": [{"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}, "weight": 10}]}}]}]}));
-        ok(validate_mesh_http_route, json!({"targetRef": {"kind": "MeshGateway", "name": "edge-gateway"},
+                    "default": {"backendRefs": [{"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}, "weight": 10}]}}]}]}),
+        );
+        ok(
+            validate_mesh_http_route,
+            json!({"targetRef": {"kind": "MeshGateway", "name": "edge-gateway"},
             "to": [{"targetRef": {"kind": "Mesh"}, "hostnames": ["example.com", "*.example.org"],
                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
                     "default": {"backendRefs": [{"kind": "MeshService", "name": "demo-app_kuma-demo_svc_5000"}]}},
                     {"matches": [{"path": {"type": "Exact", "value": "/old"}}],
-                    "default": {"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301, "hostname": "new.example.com"}}]}}]}]}));
+                    "default": {"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301, "hostname": "new.example.com"}}]}}]}]}),
+        );
     }
 
     #[test]
@@ -3640,56 +4029,115 @@ mod tests {
         let f = validate_mesh_http_route;
         let mut bad = http_route_example();
         bad["to"][0]["rules"][0]["matches"][0]["path"]["value"] = json!("v2/");
-        err(f, bad.clone(), "spec.to[0].rules[0].matches[0].path.value", "must be an absolute path");
-        err(f, bad, "spec.to[0].rules[0].matches[0].path.value", "does not need a trailing slash");
-        err(f, json!({"to": [{"targetRef": {"kind": "Mesh"}, "rules": []}]}), "spec.to[0].targetRef.kind", "value is not supported");
-        err(f, json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "hostnames": ["a.com"]}]}),
-            "spec.to[0].hostnames", "must not be defined");
-        err(f, json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "rules": [{"matches": [{"path": {"type": "Exact", "value": "/"}}],
+        err(
+            f,
+            bad.clone(),
+            "spec.to[0].rules[0].matches[0].path.value",
+            "must be an absolute path",
+        );
+        err(
+            f,
+            bad,
+            "spec.to[0].rules[0].matches[0].path.value",
+            "does not need a trailing slash",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "rules": []}]}),
+            "spec.to[0].targetRef.kind",
+            "value is not supported",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "hostnames": ["a.com"]}]}),
+            "spec.to[0].hostnames",
+            "must not be defined",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "rules": [{"matches": [{"path": {"type": "Exact", "value": "/"}}],
             "default": {"filters": [{"type": "RequestHeaderModifier"}]}}]}]}),
-            "spec.to[0].rules[0].default.filters[0].requestHeaderModifier", "must be defined");
-        err(f, json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "rules": [{"matches": [{"path": {"type": "Exact", "value": "/"}}],
+            "spec.to[0].rules[0].default.filters[0].requestHeaderModifier",
+            "must be defined",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "rules": [{"matches": [{"path": {"type": "Exact", "value": "/"}}],
             "default": {"backendRefs": [{"kind": "Mesh"}]}}]}]}),
-            "spec.to[0].rules[0].default.backendRefs[0].kind", "value is not supported");
-        err(f, json!({"targetRef": {"kind": "MeshGateway", "name": "gw"}, "to": [{"targetRef": {"kind": "Mesh"},
+            "spec.to[0].rules[0].default.backendRefs[0].kind",
+            "value is not supported",
+        );
+        err(
+            f,
+            json!({"targetRef": {"kind": "MeshGateway", "name": "gw"}, "to": [{"targetRef": {"kind": "Mesh"},
             "rules": [{"matches": [{"path": {"type": "Exact", "value": "/"}}], "default": {}}]}]}),
-            "spec.to[0].rules[0].default.backendRefs", "must not be empty");
-        err(f, json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "rules": [{"matches": [{"method": "FETCH"}], "default": {}}]}]}),
-            "spec.to[0].rules[0].matches[0].method", "unknown variant");
-        err(f, json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "rules": [{"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+            "spec.to[0].rules[0].default.backendRefs",
+            "must not be empty",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "rules": [{"matches": [{"method": "FETCH"}], "default": {}}]}]}),
+            "spec.to[0].rules[0].matches[0].method",
+            "unknown variant",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "rules": [{"matches": [{"path": {"type": "Exact", "value": "/a"}}],
             "default": {"filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]}}]}]}),
-            "spec.to[0].rules[0].default.filters[0].urlRewrite.path.replacePrefixMatch", "can only appear if all matches match a path prefix");
+            "spec.to[0].rules[0].default.filters[0].urlRewrite.path.replacePrefixMatch",
+            "can only appear if all matches match a path prefix",
+        );
     }
 
     // --- MeshTCPRoute ---
 
     #[test]
     fn mesh_tcp_route_docs_examples() {
-        ok(validate_mesh_tcp_route, json!({"targetRef": {"kind": "Mesh"},
+        ok(
+            validate_mesh_tcp_route,
+            json!({"targetRef": {"kind": "Mesh"},
             "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
                 "rules": [{"default": {"backendRefs": [
                     {"kind": "MeshService", "name": "backend-v1", "port": 3001, "weight": 90},
-                    {"kind": "MeshService", "name": "backend-v2", "port": 3001, "weight": 10}]}}]}]}));
-        ok(validate_mesh_tcp_route, json!({"targetRef": {"kind": "MeshGateway", "name": "edge"},
-            "to": [{"targetRef": {"kind": "Mesh"}, "rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "redis"}]}}]}]}));
+                    {"kind": "MeshService", "name": "backend-v2", "port": 3001, "weight": 10}]}}]}]}),
+        );
+        ok(
+            validate_mesh_tcp_route,
+            json!({"targetRef": {"kind": "MeshGateway", "name": "edge"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "redis"}]}}]}]}),
+        );
     }
 
     #[test]
     fn mesh_tcp_route_rejections() {
-        err(validate_mesh_tcp_route, json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "rules": [{"default": {}}]}]}),
-            "spec.to[0].rules[0].default.backendRefs", "must not be empty");
-        err(validate_mesh_tcp_route, json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"},
+        err(
+            validate_mesh_tcp_route,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "rules": [{"default": {}}]}]}),
+            "spec.to[0].rules[0].default.backendRefs",
+            "must not be empty",
+        );
+        err(
+            validate_mesh_tcp_route,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"},
             "rules": [{"default": {"backendRefs": [{"kind": "MeshService", "name": "x", "port": 70000}]}}]}]}),
-            "spec.to[0].rules[0].default.backendRefs[0].port", "port must be in the range [1, 65535]");
-        err(validate_mesh_tcp_route, json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}}]}),
-            "spec.to[0].rules", "must not be empty");
+            "spec.to[0].rules[0].default.backendRefs[0].port",
+            "port must be in the range [1, 65535]",
+        );
+        err(
+            validate_mesh_tcp_route,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "name": "b"}}]}),
+            "spec.to[0].rules",
+            "must not be empty",
+        );
     }
 
     // --- MeshLoadBalancingStrategy ---
 
     #[test]
     fn mesh_load_balancing_strategy_docs_examples() {
-        ok(validate_mesh_load_balancing_strategy, json!({"targetRef": {"kind": "Mesh"},
+        ok(
+            validate_mesh_load_balancing_strategy,
+            json!({"targetRef": {"kind": "Mesh"},
             "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
                 "localityAwareness": {
                     "localZone": {"affinityTags": [{"key": "k8s.io/node", "weight": 9000}, {"key": "k8s.io/az", "weight": 9}]},
@@ -3700,32 +4148,58 @@ mod tests {
                         "failoverThreshold": {"percentage": 70}}},
                 "loadBalancer": {"type": "RingHash", "ringHash": {"hashFunction": "MurmurHash2", "minRingSize": 64, "maxRingSize": 1024,
                     "hashPolicies": [{"type": "Header", "header": {"name": "x-header"}, "terminal": true},
-                                     {"type": "Connection", "connection": {"sourceIP": true}}]}}}}]}));
-        ok(validate_mesh_load_balancing_strategy, json!({"to": [{"targetRef": {"kind": "Mesh"},
-            "default": {"localityAwareness": {"disabled": true}, "loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 4}}}}]}));
+                                     {"type": "Connection", "connection": {"sourceIP": true}}]}}}}]}),
+        );
+        ok(
+            validate_mesh_load_balancing_strategy,
+            json!({"to": [{"targetRef": {"kind": "Mesh"},
+            "default": {"localityAwareness": {"disabled": true}, "loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 4}}}}]}),
+        );
     }
 
     #[test]
     fn mesh_load_balancing_strategy_rejections() {
         let f = validate_mesh_load_balancing_strategy;
         err(f, json!({}), "spec.to", "needs at least one item");
-        err(f, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"localityAwareness": {"crossZone": {"failover": [{"to": {"type": "Only"}}]}}}}]}),
-            "spec.to[0].default.localityAwareness.crossZone.failover[0].to.zones", "must not be empty");
-        err(f, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"localityAwareness": {"localZone": {"affinityTags": [{"key": "a", "weight": 1}, {"key": "b"}]}}}}]}),
-            "spec.to[0].default.localityAwareness.localZone.affinityTags", "all or none affinity tags should have weight");
-        err(f, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"loadBalancer": {"type": "RingHash", "ringHash": {"minRingSize": 9000000}}}}]}),
-            "spec.to[0].default.loadBalancer.ringHash.minRingSize", "must be in inclusive range");
-        err(f, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"loadBalancer": {"type": "Random", "maglev": {}}}}]}),
-            "spec.to[0].default.loadBalancer.maglev", "must not be defined with type Random");
-        err(f, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"loadBalancer": {"type": "Fastest"}}}]}),
-            "spec.to[0].default.loadBalancer.type", "unknown variant");
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"localityAwareness": {"crossZone": {"failover": [{"to": {"type": "Only"}}]}}}}]}),
+            "spec.to[0].default.localityAwareness.crossZone.failover[0].to.zones",
+            "must not be empty",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"localityAwareness": {"localZone": {"affinityTags": [{"key": "a", "weight": 1}, {"key": "b"}]}}}}]}),
+            "spec.to[0].default.localityAwareness.localZone.affinityTags",
+            "all or none affinity tags should have weight",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"loadBalancer": {"type": "RingHash", "ringHash": {"minRingSize": 9000000}}}}]}),
+            "spec.to[0].default.loadBalancer.ringHash.minRingSize",
+            "must be in inclusive range",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"loadBalancer": {"type": "Random", "maglev": {}}}}]}),
+            "spec.to[0].default.loadBalancer.maglev",
+            "must not be defined with type Random",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"loadBalancer": {"type": "Fastest"}}}]}),
+            "spec.to[0].default.loadBalancer.type",
+            "unknown variant",
+        );
     }
 
     // --- MeshAccessLog ---
 
     #[test]
     fn mesh_access_log_docs_examples() {
-        ok(validate_mesh_access_log, json!({"targetRef": {"kind": "Mesh"},
+        ok(
+            validate_mesh_access_log,
+            json!({"targetRef": {"kind": "Mesh"},
             "from": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"type": "File", "file": {"path": "/dev/stdout",
                 "format": {"type": "Plain", "plain": "[%START_TIME%] %KUMA_MESH% %KUMA_SOURCE_SERVICE%"}}}]}}],
             "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"backends": [
@@ -3733,101 +4207,193 @@ mod tests {
                     "json": [{"key": "start_time", "value": "%START_TIME%"}]}}},
                 {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector:4317",
                     "attributes": [{"key": "mesh", "value": "%KUMA_MESH%"}],
-                    "body": {"kvlistValue": {"values": [{"key": "mesh", "value": {"stringValue": "%KUMA_MESH%"}}]}}}}]}}]}));
-        ok(validate_mesh_access_log, json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "web"}},
-            "rules": [{"default": {"backends": [{"file": {"path": "/tmp/access.log"}}]}}]}));
+                    "body": {"kvlistValue": {"values": [{"key": "mesh", "value": {"stringValue": "%KUMA_MESH%"}}]}}}}]}}]}),
+        );
+        ok(
+            validate_mesh_access_log,
+            json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "web"}},
+            "rules": [{"default": {"backends": [{"file": {"path": "/tmp/access.log"}}]}}]}),
+        );
     }
 
     #[test]
     fn mesh_access_log_rejections() {
         let f = validate_mesh_access_log;
-        err(f, json!({"targetRef": {"kind": "Mesh"}}), "spec", "at least one of 'from', 'to' has to be defined");
-        err(f, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"type": "Tcp", "tcp": {"address": "nowhere"}}]}}]}),
-            "spec.to[0].default.backends[0].tcp.address", "host:port");
-        err(f, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"type": "File"}]}}]}),
-            "spec.to[0].default.backends[0].file", "must be defined");
-        err(f, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"file": {"path": "/x", "format": {"plain": "a", "json": []}}}]}}]}),
-            "spec.to[0].default.backends[0].file.format", "format can only have one type defined");
-        err(f, json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"file": {"path": "/x", "fmt": {}}}]}}]}),
-            "spec.to[0].default.backends[0].file", "unknown field `fmt`");
+        err(
+            f,
+            json!({"targetRef": {"kind": "Mesh"}}),
+            "spec",
+            "at least one of 'from', 'to' has to be defined",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"type": "Tcp", "tcp": {"address": "nowhere"}}]}}]}),
+            "spec.to[0].default.backends[0].tcp.address",
+            "host:port",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"type": "File"}]}}]}),
+            "spec.to[0].default.backends[0].file",
+            "must be defined",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"file": {"path": "/x", "format": {"plain": "a", "json": []}}}]}}]}),
+            "spec.to[0].default.backends[0].file.format",
+            "format can only have one type defined",
+        );
+        err(
+            f,
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"file": {"path": "/x", "fmt": {}}}]}}]}),
+            "spec.to[0].default.backends[0].file.fmt",
+            "unknown field `fmt`",
+        );
     }
 
     // --- MeshFaultInjection ---
 
     #[test]
     fn mesh_fault_injection_docs_examples() {
-        ok(validate_mesh_fault_injection, json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+        ok(
+            validate_mesh_fault_injection,
+            json!({"targetRef": {"kind": "MeshService", "name": "backend"},
             "from": [{"targetRef": {"kind": "MeshSubset", "tags": {"kuma.io/service": "frontend"}},
                 "default": {"http": [
                     {"abort": {"httpStatus": 500, "percentage": 50}},
                     {"delay": {"value": "5s", "percentage": "50.5"}},
-                    {"responseBandwidth": {"limit": "50mbps", "percentage": 50}}]}}]}));
-        ok(validate_mesh_fault_injection, json!({"targetRef": {"kind": "Mesh"},
+                    {"responseBandwidth": {"limit": "50mbps", "percentage": 50}}]}}]}),
+        );
+        ok(
+            validate_mesh_fault_injection,
+            json!({"targetRef": {"kind": "Mesh"},
             "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
-                "default": {"http": [{"abort": {"httpStatus": 503, "percentage": 10}}]}}]}));
+                "default": {"http": [{"abort": {"httpStatus": 503, "percentage": 10}}]}}]}),
+        );
     }
 
     #[test]
     fn mesh_fault_injection_rejections() {
         let f = validate_mesh_fault_injection;
-        err(f, json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"abort": {"httpStatus": 900, "percentage": 50}}]}}]}),
-            "spec.from[0].default.http[0].abort.httpStatus", "must be in inclusive range [100, 599]");
-        err(f, json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"delay": {"value": "5s", "percentage": 150}}]}}]}),
-            "spec.from[0].default.http[0].delay.percentage", "must be in inclusive range [0, 100]");
-        err(f, json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"responseBandwidth": {"limit": "fast", "percentage": 1}}]}}]}),
-            "spec.from[0].default.http[0].responseBandwidth.limit", "kbps");
-        err(f, json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"abort": {"httpStatus": 500}}]}}]}),
-            "spec.from[0].default.http[0].abort.percentage", "must be defined");
+        err(
+            f,
+            json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"abort": {"httpStatus": 900, "percentage": 50}}]}}]}),
+            "spec.from[0].default.http[0].abort.httpStatus",
+            "must be in inclusive range [100, 599]",
+        );
+        err(
+            f,
+            json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"delay": {"value": "5s", "percentage": 150}}]}}]}),
+            "spec.from[0].default.http[0].delay.percentage",
+            "must be in inclusive range [0, 100]",
+        );
+        err(
+            f,
+            json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"responseBandwidth": {"limit": "fast", "percentage": 1}}]}}]}),
+            "spec.from[0].default.http[0].responseBandwidth.limit",
+            "kbps",
+        );
+        err(
+            f,
+            json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [{"abort": {"httpStatus": 500}}]}}]}),
+            "spec.from[0].default.http[0].abort.percentage",
+            "must be defined",
+        );
     }
 
     // --- MeshRateLimit ---
 
     #[test]
     fn mesh_rate_limit_docs_examples() {
-        ok(validate_mesh_rate_limit, json!({"targetRef": {"kind": "MeshSubset", "proxyTypes": ["Sidecar"], "tags": {"k8s.kuma.io/namespace": "mesh-a"}},
+        ok(
+            validate_mesh_rate_limit,
+            json!({"targetRef": {"kind": "MeshSubset", "proxyTypes": ["Sidecar"], "tags": {"k8s.kuma.io/namespace": "mesh-a"}},
             "from": [{"targetRef": {"kind": "Mesh"}, "default": {"local": {
                 "http": {"requestRate": {"num": 1, "interval": "5s"},
                     "onRateLimit": {"status": 423, "headers": {"set": [{"name": "x-kuma-rate-limited", "value": "true"}]}}},
-                "tcp": {"connectionRate": {"num": 5, "interval": "10s"}}}}}]}));
-        ok(validate_mesh_rate_limit, json!({"targetRef": {"kind": "MeshGateway", "name": "edge"},
-            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"local": {"http": {"disabled": true}}}}]}));
+                "tcp": {"connectionRate": {"num": 5, "interval": "10s"}}}}}]}),
+        );
+        ok(
+            validate_mesh_rate_limit,
+            json!({"targetRef": {"kind": "MeshGateway", "name": "edge"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"local": {"http": {"disabled": true}}}}]}),
+        );
     }
 
     #[test]
     fn mesh_rate_limit_rejections() {
         let f = validate_mesh_rate_limit;
-        err(f, json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"local": {"tcp": {"connectionRate": {"num": 5, "interval": "10ms"}}}}}]}),
-            "spec.from[0].default.local.tcp.connectionRate.interval", "50ms");
-        err(f, json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"local": {"http": {}}}}]}),
-            "spec.from[0].default.local.http.requestRate", "must be defined");
-        err(f, json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}), "spec.from[0].default.local", "must be defined");
-        err(f, json!({"from": [{"targetRef": {"kind": "MeshService", "name": "x"}, "default": {"local": {"http": {"disabled": true}}}}]}),
-            "spec.from[0].targetRef.kind", "value is not supported");
+        err(
+            f,
+            json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"local": {"tcp": {"connectionRate": {"num": 5, "interval": "10ms"}}}}}]}),
+            "spec.from[0].default.local.tcp.connectionRate.interval",
+            "50ms",
+        );
+        err(
+            f,
+            json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"local": {"http": {}}}}]}),
+            "spec.from[0].default.local.http.requestRate",
+            "must be defined",
+        );
+        err(
+            f,
+            json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
+            "spec.from[0].default.local",
+            "must be defined",
+        );
+        err(
+            f,
+            json!({"from": [{"targetRef": {"kind": "MeshService", "name": "x"}, "default": {"local": {"http": {"disabled": true}}}}]}),
+            "spec.from[0].targetRef.kind",
+            "value is not supported",
+        );
     }
 
     // --- MeshTLS ---
 
     #[test]
     fn mesh_tls_docs_examples() {
-        ok(validate_mesh_tls, json!({"targetRef": {"kind": "Mesh"},
+        ok(
+            validate_mesh_tls,
+            json!({"targetRef": {"kind": "Mesh"},
             "from": [{"targetRef": {"kind": "Mesh"}, "default": {
                 "tlsVersion": {"min": "TLS13", "max": "TLS13"},
-                "tlsCiphers": ["ECDHE-ECDSA-AES256-GCM-SHA384"], "mode": "Strict"}}]}));
-        ok(validate_mesh_tls, json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "legacy"}},
-            "rules": [{"default": {"mode": "Permissive"}}]}));
+                "tlsCiphers": ["ECDHE-ECDSA-AES256-GCM-SHA384"], "mode": "Strict"}}]}),
+        );
+        ok(
+            validate_mesh_tls,
+            json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "legacy"}},
+            "rules": [{"default": {"mode": "Permissive"}}]}),
+        );
     }
 
     #[test]
     fn mesh_tls_rejections() {
         let f = validate_mesh_tls;
-        err(f, json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"tlsVersion": {"min": "TLS13", "max": "TLS12"}}}]}),
-            "spec.from[0].default.tlsVersion.min", "min version must be lower than max");
-        err(f, json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"tlsCiphers": ["RC4"]}}]}),
-            "spec.from[0].default.tlsCiphers[0]", "must be one of");
-        err(f, json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"mode": "Lax"}}]}),
-            "spec.from[0].default.mode", "unknown variant");
-        err(f, json!({"targetRef": {"kind": "MeshGateway", "name": "gw"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
-            "spec.targetRef.kind", "value is not supported");
+        err(
+            f,
+            json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"tlsVersion": {"min": "TLS13", "max": "TLS12"}}}]}),
+            "spec.from[0].default.tlsVersion.min",
+            "min version must be lower than max",
+        );
+        err(
+            f,
+            json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"tlsCiphers": ["RC4"]}}]}),
+            "spec.from[0].default.tlsCiphers[0]",
+            "must be one of",
+        );
+        err(
+            f,
+            json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"mode": "Lax"}}]}),
+            "spec.from[0].default.mode",
+            "unknown variant",
+        );
+        err(
+            f,
+            json!({"targetRef": {"kind": "MeshGateway", "name": "gw"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
+            "spec.targetRef.kind",
+            "value is not supported",
+        );
         err(f, json!({}), "spec.from", "needs at least one item");
     }
 
@@ -3835,54 +4401,109 @@ mod tests {
 
     #[test]
     fn mesh_trace_docs_examples() {
-        ok(validate_mesh_trace, json!({"targetRef": {"kind": "Mesh"}, "default": {
+        ok(
+            validate_mesh_trace,
+            json!({"targetRef": {"kind": "Mesh"}, "default": {
             "tags": [{"name": "team", "literal": "core"}, {"name": "env", "header": {"name": "x-env", "default": "prod"}}],
             "sampling": {"overall": 80, "random": 60, "client": "40"},
-            "backends": [{"type": "Zipkin", "zipkin": {"url": "http://jaeger-collector:9411/api/v2/spans", "apiVersion": "httpJson"}}]}}));
-        ok(validate_mesh_trace, json!({"default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector:4317"}}]}}));
-        ok(validate_mesh_trace, json!({"default": {"backends": [{"type": "Datadog", "datadog": {"url": "http://127.0.0.1:8126", "splitService": true}}]}}));
+            "backends": [{"type": "Zipkin", "zipkin": {"url": "http://jaeger-collector:9411/api/v2/spans", "apiVersion": "httpJson"}}]}}),
+        );
+        ok(
+            validate_mesh_trace,
+            json!({"default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector:4317"}}]}}),
+        );
+        ok(
+            validate_mesh_trace,
+            json!({"default": {"backends": [{"type": "Datadog", "datadog": {"url": "http://127.0.0.1:8126", "splitService": true}}]}}),
+        );
     }
 
     #[test]
     fn mesh_trace_rejections() {
         let f = validate_mesh_trace;
-        err(f, json!({"targetRef": {"kind": "Mesh"}}), "spec.default", "must be defined");
-        err(f, json!({"default": {"backends": [{"zipkin": {"url": "http://a:1"}}, {"zipkin": {"url": "http://b:1"}}]}}),
-            "spec.default.backends", "must have zero or one backend defined");
-        err(f, json!({"default": {"sampling": {"overall": 101}}}), "spec.default.sampling.overall", "must be in inclusive range [0, 100]");
-        err(f, json!({"default": {"tags": [{"name": "t"}]}}), "spec.default.tags[0]", "exactly one defined: literal, header");
-        err(f, json!({"default": {"backends": [{"type": "Zipkin", "zipkin": {"url": "jaeger:9411"}}]}}),
-            "spec.default.backends[0].zipkin.url", "must be a valid url");
+        err(
+            f,
+            json!({"targetRef": {"kind": "Mesh"}}),
+            "spec.default",
+            "must be defined",
+        );
+        err(
+            f,
+            json!({"default": {"backends": [{"zipkin": {"url": "http://a:1"}}, {"zipkin": {"url": "http://b:1"}}]}}),
+            "spec.default.backends",
+            "must have zero or one backend defined",
+        );
+        err(
+            f,
+            json!({"default": {"sampling": {"overall": 101}}}),
+            "spec.default.sampling.overall",
+            "must be in inclusive range [0, 100]",
+        );
+        err(
+            f,
+            json!({"default": {"tags": [{"name": "t"}]}}),
+            "spec.default.tags[0]",
+            "exactly one defined: literal, header",
+        );
+        err(
+            f,
+            json!({"default": {"backends": [{"type": "Zipkin", "zipkin": {"url": "jaeger:9411"}}]}}),
+            "spec.default.backends[0].zipkin.url",
+            "must be a valid url",
+        );
     }
 
     // --- MeshMetric ---
 
     #[test]
     fn mesh_metric_docs_examples() {
-        ok(validate_mesh_metric, json!({"targetRef": {"kind": "Mesh"}, "default": {
+        ok(
+            validate_mesh_metric,
+            json!({"targetRef": {"kind": "Mesh"}, "default": {
             "sidecar": {"includeUnused": false, "profiles": {"appendProfiles": [{"name": "Basic"}],
                 "exclude": [{"type": "Regex", "match": "envoy_cluster_.*"}], "include": [{"type": "Prefix", "match": "envoy_http_"}]}},
             "applications": [{"name": "backend", "path": "/metrics", "port": 8888, "address": "127.0.0.1"}],
             "backends": [{"type": "Prometheus", "prometheus": {"port": 5670, "path": "/metrics", "tls": {"mode": "ActiveMTLSBackend"}}},
-                         {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector.observability.svc:4317", "refreshInterval": "30s"}}]}}));
+                         {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector.observability.svc:4317", "refreshInterval": "30s"}}]}}),
+        );
     }
 
     #[test]
     fn mesh_metric_rejections() {
         let f = validate_mesh_metric;
-        err(f, json!({"default": {"backends": [{"type": "Prometheus"}]}}), "spec.default.backends[0].prometheus", "must be defined");
-        err(f, json!({"default": {"applications": [{"port": 0}]}}), "spec.default.applications[0].port", "port must be in the range");
-        err(f, json!({"default": {"sidecar": {"profiles": {"appendProfiles": [{"name": "Everything"}]}}}}),
-            "spec.default.sidecar.profiles.appendProfiles[0].name", "unknown variant");
-        err(f, json!({"default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": "x:4317", "refreshInterval": "0s"}}]}}),
-            "spec.default.backends[0].openTelemetry.refreshInterval", "greater than zero");
+        err(
+            f,
+            json!({"default": {"backends": [{"type": "Prometheus"}]}}),
+            "spec.default.backends[0].prometheus",
+            "must be defined",
+        );
+        err(
+            f,
+            json!({"default": {"applications": [{"port": 0}]}}),
+            "spec.default.applications[0].port",
+            "port must be in the range",
+        );
+        err(
+            f,
+            json!({"default": {"sidecar": {"profiles": {"appendProfiles": [{"name": "Everything"}]}}}}),
+            "spec.default.sidecar.profiles.appendProfiles[0].name",
+            "unknown variant",
+        );
+        err(
+            f,
+            json!({"default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": "x:4317", "refreshInterval": "0s"}}]}}),
+            "spec.default.backends[0].openTelemetry.refreshInterval",
+            "greater than zero",
+        );
     }
 
     // --- MeshProxyPatch ---
 
     #[test]
     fn mesh_proxy_patch_docs_examples() {
-        ok(validate_mesh_proxy_patch, json!({"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"appendModifications": [
+        ok(
+            validate_mesh_proxy_patch,
+            json!({"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"appendModifications": [
             {"cluster": {"operation": "Patch", "match": {"name": "demo-app_kuma-demo_svc_5000", "origin": "outbound"},
                 "value": "connectTimeout: 10s\n"}},
             {"httpFilter": {"operation": "Patch", "match": {"name": "envoy.filters.http.router", "origin": "inbound"},
@@ -3890,45 +4511,91 @@ mod tests {
             {"networkFilter": {"operation": "AddFirst", "match": {"origin": "inbound", "listenerTags": {"kuma.io/service": "backend"}},
                 "value": "name: envoy.filters.network.local_ratelimit\n"}},
             {"listener": {"operation": "Remove", "match": {"origin": "inbound"}}},
-            {"virtualHost": {"operation": "Add", "value": "name: vh\ndomains: [\"*\"]\n"}}]}}));
+            {"virtualHost": {"operation": "Add", "value": "name: vh\ndomains: [\"*\"]\n"}}]}}),
+        );
     }
 
     #[test]
     fn mesh_proxy_patch_rejections() {
         let f = validate_mesh_proxy_patch;
-        err(f, json!({"default": {"appendModifications": []}}), "spec.default.appendModifications", "must not be empty");
-        err(f, json!({"default": {"appendModifications": [{"cluster": {"operation": "Add"}}]}}),
-            "spec.default.appendModifications[0].cluster.value", "must be defined");
-        err(f, json!({"default": {"appendModifications": [{"cluster": {"operation": "AddFirst", "value": "x: y"}}]}}),
-            "spec.default.appendModifications[0].cluster.operation", "value is not supported");
-        err(f, json!({"default": {"appendModifications": [{"cluster": {"operation": "Patch"}}]}}),
-            "spec.default.appendModifications[0].cluster", "value or jsonPatches has to be defined");
-        err(f, json!({"default": {"appendModifications": [{}]}}), "spec.default.appendModifications[0]", "exactly one of cluster");
+        err(
+            f,
+            json!({"default": {"appendModifications": []}}),
+            "spec.default.appendModifications",
+            "must not be empty",
+        );
+        err(
+            f,
+            json!({"default": {"appendModifications": [{"cluster": {"operation": "Add"}}]}}),
+            "spec.default.appendModifications[0].cluster.value",
+            "must be defined",
+        );
+        err(
+            f,
+            json!({"default": {"appendModifications": [{"cluster": {"operation": "AddFirst", "value": "x: y"}}]}}),
+            "spec.default.appendModifications[0].cluster.operation",
+            "value is not supported",
+        );
+        err(
+            f,
+            json!({"default": {"appendModifications": [{"cluster": {"operation": "Patch"}}]}}),
+            "spec.default.appendModifications[0].cluster",
+            "value or jsonPatches has to be defined",
+        );
+        err(
+            f,
+            json!({"default": {"appendModifications": [{}]}}),
+            "spec.default.appendModifications[0]",
+            "exactly one of cluster",
+        );
     }
 
     // --- MeshPassthrough ---
 
     #[test]
     fn mesh_passthrough_docs_examples() {
-        ok(validate_mesh_passthrough, json!({"targetRef": {"kind": "Mesh"}, "default": {"passthroughMode": "Matched", "appendMatch": [
+        ok(
+            validate_mesh_passthrough,
+            json!({"targetRef": {"kind": "Mesh"}, "default": {"passthroughMode": "Matched", "appendMatch": [
             {"type": "Domain", "value": "httpbin.org", "protocol": "tls", "port": 443},
             {"type": "IP", "value": "10.240.15.39", "protocol": "tcp", "port": 8888},
             {"type": "CIDR", "value": "10.250.0.0/16", "protocol": "tcp", "port": 10000},
             {"type": "Domain", "value": "*.wikipedia.org", "protocol": "tls", "port": 443},
-            {"type": "Domain", "value": "api.example.com", "protocol": "http", "port": 80}]}}));
-        ok(validate_mesh_passthrough, json!({"default": {"passthroughMode": "All"}}));
+            {"type": "Domain", "value": "api.example.com", "protocol": "http", "port": 80}]}}),
+        );
+        ok(
+            validate_mesh_passthrough,
+            json!({"default": {"passthroughMode": "All"}}),
+        );
     }
 
     #[test]
     fn mesh_passthrough_rejections() {
         let f = validate_mesh_passthrough;
-        err(f, json!({"default": {"passthroughMode": "Matched", "appendMatch": [{"type": "CIDR", "value": "10.0.0.0/40"}]}}),
-            "spec.default.appendMatch[0].value", "is not a valid CIDR");
-        err(f, json!({"default": {"passthroughMode": "Matched", "appendMatch": [{"type": "IP", "value": "1.2.3.4", "port": 0}]}}),
-            "spec.default.appendMatch[0].port", "port must be in the range");
-        err(f, json!({"default": {"passthroughMode": "Matched", "appendMatch": [{"type": "Domain", "value": "a.com", "protocol": "udp"}]}}),
-            "spec.default.appendMatch[0].protocol", "unknown variant");
-        err(f, json!({"targetRef": {"kind": "MeshService", "name": "x"}, "default": {}}), "spec.targetRef.kind", "value is not supported");
+        err(
+            f,
+            json!({"default": {"passthroughMode": "Matched", "appendMatch": [{"type": "CIDR", "value": "10.0.0.0/40"}]}}),
+            "spec.default.appendMatch[0].value",
+            "is not a valid CIDR",
+        );
+        err(
+            f,
+            json!({"default": {"passthroughMode": "Matched", "appendMatch": [{"type": "IP", "value": "1.2.3.4", "port": 0}]}}),
+            "spec.default.appendMatch[0].port",
+            "port must be in the range",
+        );
+        err(
+            f,
+            json!({"default": {"passthroughMode": "Matched", "appendMatch": [{"type": "Domain", "value": "a.com", "protocol": "udp"}]}}),
+            "spec.default.appendMatch[0].protocol",
+            "unknown variant",
+        );
+        err(
+            f,
+            json!({"targetRef": {"kind": "MeshService", "name": "x"}, "default": {}}),
+            "spec.targetRef.kind",
+            "value is not supported",
+        );
     }
 
     #[test]
@@ -3936,8 +4603,16 @@ mod tests {
         let e = validate_mesh_timeout(&json!({
             "targetRef": {"kind": "MeshGateway"},
             "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "0s"}},
-                   {"targetRef": {"kind": "Foo"}, "default": {"idleTimeout": "1s"}}]})).unwrap_err();
+                   {"targetRef": {"kind": "Foo"}, "default": {"idleTimeout": "1s"}}]}))
+        .unwrap_err();
         let fields: Vec<_> = e.violations.iter().map(|v| v.field.as_str()).collect();
-        assert_eq!(fields, vec!["spec.targetRef.name", "spec.to[0].default.connectionTimeout", "spec.to[1].targetRef.kind"]);
+        assert_eq!(
+            fields,
+            vec![
+                "spec.targetRef.name",
+                "spec.to[0].default.connectionTimeout",
+                "spec.to[1].targetRef.kind"
+            ]
+        );
     }
 }

@@ -15,7 +15,9 @@ pub struct SecretSpec {
 
 impl SecretSpec {
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        SecretSpec { data: base64::engine::general_purpose::STANDARD.encode(bytes) }
+        SecretSpec {
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
     }
 
     pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
@@ -61,7 +63,13 @@ mod tests {
     #[test]
     fn secrets() {
         validate(&json!({"data": "dmFsdWU="})).unwrap();
-        assert_eq!(validate(&json!({"data": "!!"})).unwrap_err().violations[0].field, "data");
-        assert_eq!(validate(&json!({})).unwrap_err().violations[0].field, "data");
+        assert_eq!(
+            validate(&json!({"data": "!!"})).unwrap_err().violations[0].field,
+            "data"
+        );
+        assert_eq!(
+            validate(&json!({})).unwrap_err().violations[0].field,
+            "data"
+        );
     }
 }

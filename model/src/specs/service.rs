@@ -148,7 +148,9 @@ impl Validate for MeshServiceSpec {
                 .filter(|x| **x)
                 .count();
                 if defined > 1 {
-                    v.violation("at most one of dataplaneTags, dataplaneRef, dataplane can be defined");
+                    v.violation(
+                        "at most one of dataplaneTags, dataplaneRef, dataplane can be defined",
+                    );
                 }
                 if let Some(tags) = &sel.dataplane_tags {
                     v.field("dataplaneTags", |v| super::validate_tags(v, tags));
@@ -356,15 +358,21 @@ pub struct VerificationDataSource {
 fn check_verification_source(v: &mut Validator, name: &str, ds: &Option<VerificationDataSource>) {
     let Some(ds) = ds else { return };
     v.field(name, |v| {
-        let legacy = [ds.secret.is_some(), ds.inline.is_some(), ds.inline_string.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let legacy = [
+            ds.secret.is_some(),
+            ds.inline.is_some(),
+            ds.inline_string.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         match (legacy, &ds.source_type) {
             (0, None) => v.violation("must have one of: secret, inline, inlineString, type"),
             (1, None) => {}
             (0, Some(t)) => match t.as_str() {
-                "Secret" if ds.secret_ref.is_none() => v.violation_at("secretRef", "must be defined"),
+                "Secret" if ds.secret_ref.is_none() => {
+                    v.violation_at("secretRef", "must be defined")
+                }
                 "InsecureInline" if ds.insecure_inline.is_none() => {
                     v.violation_at("insecureInline", "must be defined")
                 }
@@ -382,7 +390,10 @@ fn check_verification_source(v: &mut Validator, name: &str, ds: &Option<Verifica
         }
         if let Some(inline) = &ds.inline {
             use base64::Engine;
-            if base64::engine::general_purpose::STANDARD.decode(inline).is_err() {
+            if base64::engine::general_purpose::STANDARD
+                .decode(inline)
+                .is_err()
+            {
                 v.violation_at("inline", "must be valid base64");
             }
         }
@@ -391,7 +402,8 @@ fn check_verification_source(v: &mut Validator, name: &str, ds: &Option<Verifica
 
 /// `unix://<absolute path>`, which Kuma accepts as an endpoint address.
 fn is_unix_path(s: &str) -> bool {
-    s.strip_prefix("unix://").is_some_and(|p| p.starts_with('/') && p.len() > 1)
+    s.strip_prefix("unix://")
+        .is_some_and(|p| p.starts_with('/') && p.len() > 1)
 }
 
 impl Validate for MeshExternalServiceSpec {
@@ -430,9 +442,10 @@ impl Validate for MeshExternalServiceSpec {
                             (None, false) if is_ip => {
                                 v.violation_at("port", "must be defined when endpoint is an IP")
                             }
-                            (None, false) if is_host => {
-                                v.violation_at("port", "must be defined when endpoint is a hostname")
-                            }
+                            (None, false) if is_host => v.violation_at(
+                                "port",
+                                "must be defined when endpoint is a hostname",
+                            ),
                             (Some(_), true) => v.violation_at(
                                 "port",
                                 "must not be defined when endpoint is a unix path",
@@ -467,10 +480,16 @@ impl Validate for MeshExternalServiceSpec {
                         check_verification_source(v, "clientCert", &ver.client_cert);
                         check_verification_source(v, "clientKey", &ver.client_key);
                         if ver.client_cert.is_some() && ver.client_key.is_none() {
-                            v.violation_at("clientKey", "must be defined when clientCert is defined");
+                            v.violation_at(
+                                "clientKey",
+                                "must be defined when clientCert is defined",
+                            );
                         }
                         if ver.client_cert.is_none() && ver.client_key.is_some() {
-                            v.violation_at("clientCert", "must be defined when clientKey is defined");
+                            v.violation_at(
+                                "clientCert",
+                                "must be defined when clientKey is defined",
+                            );
                         }
                     });
                 }
@@ -514,7 +533,9 @@ fn template_delimiters_balanced(t: &str) -> bool {
     let mut rest = t;
     while let Some(open) = rest.find("{{") {
         let after = &rest[open + 2..];
-        let Some(close) = after.find("}}") else { return false };
+        let Some(close) = after.find("}}") else {
+            return false;
+        };
         if after[..close].contains("{{") {
             return false;
         }
@@ -528,7 +549,10 @@ impl Validate for HostnameGeneratorSpec {
         if self.template.is_empty() {
             v.violation_at("template", "must not be empty");
         } else if !template_delimiters_balanced(&self.template) {
-            v.violation_at("template", "couldn't parse template: unbalanced {{ }} delimiters");
+            v.violation_at(
+                "template",
+                "couldn't parse template: unbalanced {{ }} delimiters",
+            );
         }
         v.field("selector", |v| {
             let s = &self.selector;
@@ -556,4 +580,269 @@ impl Validate for HostnameGeneratorSpec {
 
 pub fn validate_hostname_generator(spec: &Value) -> Result<(), ValidationError> {
     validate_as::<HostnameGeneratorSpec>(spec, "spec").map(|_| ())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    type Validate = fn(&Value) -> Result<(), ValidationError>;
+
+    #[track_caller]
+    fn ok(f: Validate, spec: Value) {
+        if let Err(e) = f(&spec) {
+            panic!("expected valid, got {e}\nspec: {spec}");
+        }
+    }
+
+    #[track_caller]
+    fn err(f: Validate, spec: Value, field: &str, reason: &str) {
+        let e = f(&spec).expect_err("expected a validation error");
+        assert!(
+            e.violations
+                .iter()
+                .any(|x| x.field == field && x.reason.contains(reason)),
+            "expected {field}: {reason}, got {e:?}"
+        );
+    }
+
+    #[test]
+    fn mesh_service_docs_examples() {
+        ok(
+            validate_mesh_service,
+            json!({
+            "selector": {"dataplaneTags": {"app": "redis", "k8s.kuma.io/namespace": "kuma-demo"}},
+            "ports": [{"port": 6739, "targetPort": 6739, "appProtocol": "tcp"},
+                      {"name": "some-port", "port": 16739, "targetPort": "target-port-from-container", "appProtocol": "tcp"}],
+            "identities": [{"type": "ServiceTag", "value": "redis"}],
+            "state": "Available"}),
+        );
+        ok(
+            validate_mesh_service,
+            json!({"selector": {"dataplaneRef": {"name": "redis-0"}},
+            "ports": [{"port": 80, "appProtocol": "http"}]}),
+        );
+        ok(
+            validate_mesh_service,
+            json!({"selector": {"dataplane": {"matchLabels": {"app": "redis"}}}, "ports": []}),
+        );
+    }
+
+    #[test]
+    fn mesh_service_rejections() {
+        let f = validate_mesh_service;
+        err(
+            f,
+            json!({"ports": [{"port": 0}]}),
+            "spec.ports[0].port",
+            "port must be in the range [1, 65535]",
+        );
+        err(
+            f,
+            json!({"ports": [{"port": 80, "targetPort": 70000}]}),
+            "spec.ports[0].targetPort",
+            "range",
+        );
+        err(
+            f,
+            json!({"ports": [{"port": 80, "appProtocol": "smtp"}]}),
+            "spec.ports[0].appProtocol",
+            "must be one of",
+        );
+        err(
+            f,
+            json!({"ports": [{"port": 80}, {"port": 80, "appProtocol": "tcp"}]}),
+            "spec.ports[1].port",
+            "must be unique",
+        );
+        err(
+            f,
+            json!({"selector": {"dataplaneRef": {"name": ""}}}),
+            "spec.selector.dataplaneRef.name",
+            "must not be empty",
+        );
+        err(
+            f,
+            json!({"selector": {"dataplaneTags": {"app": "a"}, "dataplaneRef": {"name": "x"}}}),
+            "spec.selector",
+            "at most one",
+        );
+        err(f, json!({"state": "Gone"}), "spec.state", "unknown variant");
+        err(
+            f,
+            json!({"identities": [{"type": "Email", "value": "x"}]}),
+            "spec.identities[0].type",
+            "unknown variant",
+        );
+    }
+
+    #[test]
+    fn mesh_multi_zone_service_docs_examples() {
+        ok(
+            validate_mesh_multi_zone_service,
+            json!({
+            "selector": {"meshService": {"matchLabels": {"kuma.io/display-name": "test-server", "k8s.kuma.io/namespace": "kuma-demo"}}},
+            "ports": [{"port": 80, "appProtocol": "http"}]}),
+        );
+    }
+
+    #[test]
+    fn mesh_multi_zone_service_rejections() {
+        let f = validate_mesh_multi_zone_service;
+        err(
+            f,
+            json!({"ports": [{"port": 80}]}),
+            "spec.selector.meshService",
+            "must be defined",
+        );
+        err(
+            f,
+            json!({"selector": {"meshService": {"matchLabels": {}}}, "ports": [{"port": 80}]}),
+            "spec.selector.meshService.matchLabels",
+            "must not be empty",
+        );
+        err(
+            f,
+            json!({"selector": {"meshService": {"matchLabels": {"a": "b"}}}}),
+            "spec.ports",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn mesh_external_service_docs_examples() {
+        ok(
+            validate_mesh_external_service,
+            json!({
+            "match": {"type": "HostnameGenerator", "port": 443, "protocol": "http"},
+            "endpoints": [{"address": "httpbin.org", "port": 443}, {"address": "1.1.1.1", "port": 443, "priority": 1}],
+            "tls": {"enabled": true, "allowRenegotiation": false, "version": {"min": "TLS12", "max": "TLS13"},
+                "verification": {"mode": "Secured", "serverName": "httpbin.org",
+                    "subjectAltNames": [{"type": "Exact", "value": "httpbin.org"}, {"type": "Prefix", "value": "httpbin"}],
+                    "caCert": {"inline": "dGVzdA=="},
+                    "clientCert": {"secret": "client-cert"},
+                    "clientKey": {"secret": "client-key"}}}}),
+        );
+        ok(
+            validate_mesh_external_service,
+            json!({"match": {"port": 5432}, "endpoints": [{"address": "unix:///tmp/pg.sock"}]}),
+        );
+        ok(
+            validate_mesh_external_service,
+            json!({"match": {"port": 443}, "extension": {"type": "Lambda", "config": {"arn": "x"}}}),
+        );
+    }
+
+    #[test]
+    fn mesh_external_service_rejections() {
+        let f = validate_mesh_external_service;
+        err(f, json!({}), "spec.match", "must be defined");
+        err(
+            f,
+            json!({"match": {"port": 0}}),
+            "spec.match.port",
+            "port must be a valid (1-65535)",
+        );
+        err(
+            f,
+            json!({"match": {"port": 80, "protocol": "kafka"}}),
+            "spec.match.protocol",
+            "unknown variant",
+        );
+        err(
+            f,
+            json!({"match": {"port": 80, "type": "Regex"}}),
+            "spec.match.type",
+            "unknown variant",
+        );
+        err(
+            f,
+            json!({"match": {"port": 80}, "endpoints": [{"address": "1.2.3.4"}]}),
+            "spec.endpoints[0].port",
+            "must be defined when endpoint is an IP",
+        );
+        err(
+            f,
+            json!({"match": {"port": 80}, "endpoints": [{"address": "not a host", "port": 80}]}),
+            "spec.endpoints[0].address",
+            "valid IP or hostname",
+        );
+        err(
+            f,
+            json!({"match": {"port": 80}, "tls": {"verification": {"clientCert": {"secret": "c"}}}}),
+            "spec.tls.verification.clientKey",
+            "must be defined when clientCert is defined",
+        );
+        err(
+            f,
+            json!({"match": {"port": 80}, "tls": {"version": {"min": "TLS13", "max": "TLS10"}}}),
+            "spec.tls.version.min",
+            "min version must be lower than max",
+        );
+        err(
+            f,
+            json!({"match": {"port": 80}, "tls": {"verification": {"mode": "Trusting"}}}),
+            "spec.tls.verification.mode",
+            "unknown variant",
+        );
+        err(
+            f,
+            json!({"match": {"port": 80}, "extension": {"type": ""}}),
+            "spec.extension.type",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn hostname_generator_docs_examples() {
+        ok(
+            validate_hostname_generator,
+            json!({
+            "selector": {"meshService": {"matchLabels": {"kuma.io/origin": "zone", "kuma.io/env": "universal"}}},
+            "template": "{{ .DisplayName }}.svc.mesh.local"}),
+        );
+        ok(
+            validate_hostname_generator,
+            json!({
+            "selector": {"meshExternalService": {"matchLabels": {"kuma.io/origin": "global"}}},
+            "template": "{{ .DisplayName }}.extsvc.{{ .Zone }}.mesh.local"}),
+        );
+        ok(
+            validate_hostname_generator,
+            json!({
+            "selector": {"meshMultiZoneService": {"matchLabels": {}}},
+            "template": "{{ .DisplayName }}.mzsvc.mesh.local"}),
+        );
+    }
+
+    #[test]
+    fn hostname_generator_rejections() {
+        let f = validate_hostname_generator;
+        err(
+            f,
+            json!({"selector": {"meshService": {"matchLabels": {}}}}),
+            "spec.template",
+            "must not be empty",
+        );
+        err(
+            f,
+            json!({"selector": {"meshService": {}}, "template": "{{ .DisplayName .mesh"}),
+            "spec.template",
+            "couldn't parse template",
+        );
+        err(
+            f,
+            json!({"template": "{{ .DisplayName }}.mesh"}),
+            "spec.selector",
+            "exactly one of",
+        );
+        err(
+            f,
+            json!({"template": "x", "selector": {"meshGateway": {}}}),
+            "spec.selector.meshGateway",
+            "unknown field",
+        );
+    }
 }

@@ -270,7 +270,10 @@ fn check_target_ref(v: &mut Validator, r: &TargetRef, opts: &TargetRefOpts<'_>) 
             disallow(v, "mesh", mesh_set);
             disallow(v, "proxyTypes", !r.proxy_types.is_empty());
             if !r.labels.is_empty() && (name_set || ns_set) {
-                v.violation_at("labels", "either labels or name and namespace must be specified");
+                v.violation_at(
+                    "labels",
+                    "either labels or name and namespace must be specified",
+                );
             }
             if !opts.inbound_policy && section_set {
                 v.violation_at("sectionName", "can only be used with inbound policies");
@@ -299,7 +302,10 @@ fn check_target_ref(v: &mut Validator, r: &TargetRef, opts: &TargetRefOpts<'_>) 
                     );
                 }
                 if section_set {
-                    v.violation_at("sectionName", "sectionName should not be combined with labels");
+                    v.violation_at(
+                        "sectionName",
+                        "sectionName should not be combined with labels",
+                    );
                 }
             }
         }
@@ -335,7 +341,10 @@ fn check_target_ref(v: &mut Validator, r: &TargetRef, opts: &TargetRefOpts<'_>) 
             if r.labels.is_empty() {
                 require_name(v);
             } else if name_set || ns_set {
-                v.violation_at("labels", "either labels or name and namespace must be specified");
+                v.violation_at(
+                    "labels",
+                    "either labels or name and namespace must be specified",
+                );
             }
         }
         K::Unknown(_) => v.violation_at("kind", "value is not supported"),
@@ -350,12 +359,19 @@ fn is_kuma_name(s: &str) -> bool {
 
 /// Tags of `MeshSubset` (`selector == false`: plain tag values) or of `MeshServiceSubset` and
 /// `MeshGateway` (`selector == true`: values may also hold `/` or be `*`).
-fn validate_ref_tags(v: &mut Validator, tags: &BTreeMap<String, String>, selector: bool) {
+pub(crate) fn validate_ref_tags(
+    v: &mut Validator,
+    tags: &BTreeMap<String, String>,
+    selector: bool,
+) {
     let name_ok = |s: &str| {
         s.chars()
             .all(|c| c.is_ascii_alphanumeric() || ".-_:/".contains(c))
     };
-    let value_ok = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c));
+    let value_ok = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c))
+    };
     let selector_ok = |s: &str| s == "*" || name_ok(s);
     for (key, value) in tags {
         if key.is_empty() {
@@ -425,8 +441,8 @@ pub fn matches_dataplane(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use TargetRefKind as K;
+    use serde_json::json;
 
     fn parse(v: serde_json::Value) -> TargetRef {
         serde_json::from_value(v).unwrap()
@@ -437,18 +453,27 @@ mod tests {
         validate_target_ref(&mut v, "targetRef", tr, allowed);
         match v.finish() {
             Ok(()) => vec![],
-            Err(e) => e.violations.into_iter().map(|x| (x.field, x.reason)).collect(),
+            Err(e) => e
+                .violations
+                .into_iter()
+                .map(|x| (x.field, x.reason))
+                .collect(),
         }
     }
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn parses_every_field_and_keeps_unknown_kinds() {
-        let tr = parse(json!({"kind": "MeshService", "name": "backend", "namespace": "kuma-demo",
-            "sectionName": "http", "proxyTypes": ["Sidecar", "Gateway"]}));
+        let tr = parse(
+            json!({"kind": "MeshService", "name": "backend", "namespace": "kuma-demo",
+            "sectionName": "http", "proxyTypes": ["Sidecar", "Gateway"]}),
+        );
         assert_eq!(tr.kind, K::MeshService);
         assert_eq!(tr.section_name.as_deref(), Some("http"));
         assert_eq!(tr.proxy_types, vec![ProxyType::Sidecar, ProxyType::Gateway]);
@@ -459,8 +484,17 @@ mod tests {
 
     #[test]
     fn accepts_valid_refs() {
-        let all = [K::Mesh, K::MeshSubset, K::MeshService, K::MeshServiceSubset, K::MeshGateway,
-            K::MeshHTTPRoute, K::MeshExternalService, K::MeshMultiZoneService, K::Dataplane];
+        let all = [
+            K::Mesh,
+            K::MeshSubset,
+            K::MeshService,
+            K::MeshServiceSubset,
+            K::MeshGateway,
+            K::MeshHTTPRoute,
+            K::MeshExternalService,
+            K::MeshMultiZoneService,
+            K::Dataplane,
+        ];
         for tr in [
             json!({"kind": "Mesh"}),
             json!({"kind": "Mesh", "proxyTypes": ["Gateway"]}),
@@ -480,30 +514,94 @@ mod tests {
 
     #[test]
     fn rejects_like_kuma() {
-        let all = [K::Mesh, K::MeshSubset, K::MeshService, K::MeshServiceSubset, K::MeshGateway,
-            K::Dataplane, K::MeshExternalService];
+        let all = [
+            K::Mesh,
+            K::MeshSubset,
+            K::MeshService,
+            K::MeshServiceSubset,
+            K::MeshGateway,
+            K::Dataplane,
+            K::MeshExternalService,
+        ];
         let cases = [
             (json!({}), "spec.targetRef.kind", "must be defined"),
-            (json!({"kind": "Foo"}), "spec.targetRef.kind", "value is not supported"),
-            (json!({"kind": "MeshHTTPRoute", "name": "r"}), "spec.targetRef.kind", "value is not supported"),
-            (json!({"kind": "Mesh", "name": "x"}), "spec.targetRef.name", "using name with kind Mesh is not yet supported"),
-            (json!({"kind": "Mesh", "tags": {"a": "b"}}), "spec.targetRef.tags", "must not be set with kind Mesh"),
-            (json!({"kind": "MeshService"}), "spec.targetRef.name", "must be set with kind MeshService"),
-            (json!({"kind": "MeshService", "name": "Backend"}), "spec.targetRef.name",
-                "invalid characters: must consist of lower case alphanumeric characters, '-', '.' and '_'."),
-            (json!({"kind": "MeshService", "name": "b", "tags": {"a": "b"}}), "spec.targetRef.tags", "must not be set with kind MeshService"),
-            (json!({"kind": "MeshServiceSubset", "tags": {"a": "b"}}), "spec.targetRef.name", "must be set with kind MeshServiceSubset"),
-            (json!({"kind": "MeshGateway", "name": "gw", "tags": {"port": "80"}}), "spec.targetRef.tags", "must not be set with kind MeshGateway"),
-            (json!({"kind": "MeshSubset", "name": "x"}), "spec.targetRef.name", "must not be set with kind MeshSubset"),
-            (json!({"kind": "MeshSubset", "tags": {"app": ""}}), "spec.targetRef.tags[\"app\"]", "tag value must be non-empty"),
-            (json!({"kind": "Dataplane", "name": "a", "labels": {"x": "y"}}), "spec.targetRef.labels",
-                "either labels or name and namespace must be specified"),
-            (json!({"kind": "Dataplane", "sectionName": "http"}), "spec.targetRef.sectionName", "can only be used with inbound policies"),
-            (json!({"kind": "MeshExternalService"}), "spec.targetRef.name", "must be set with kind MeshExternalService"),
+            (
+                json!({"kind": "Foo"}),
+                "spec.targetRef.kind",
+                "value is not supported",
+            ),
+            (
+                json!({"kind": "MeshHTTPRoute", "name": "r"}),
+                "spec.targetRef.kind",
+                "value is not supported",
+            ),
+            (
+                json!({"kind": "Mesh", "name": "x"}),
+                "spec.targetRef.name",
+                "using name with kind Mesh is not yet supported",
+            ),
+            (
+                json!({"kind": "Mesh", "tags": {"a": "b"}}),
+                "spec.targetRef.tags",
+                "must not be set with kind Mesh",
+            ),
+            (
+                json!({"kind": "MeshService"}),
+                "spec.targetRef.name",
+                "must be set with kind MeshService",
+            ),
+            (
+                json!({"kind": "MeshService", "name": "Backend"}),
+                "spec.targetRef.name",
+                "invalid characters: must consist of lower case alphanumeric characters, '-', '.' and '_'.",
+            ),
+            (
+                json!({"kind": "MeshService", "name": "b", "tags": {"a": "b"}}),
+                "spec.targetRef.tags",
+                "must not be set with kind MeshService",
+            ),
+            (
+                json!({"kind": "MeshServiceSubset", "tags": {"a": "b"}}),
+                "spec.targetRef.name",
+                "must be set with kind MeshServiceSubset",
+            ),
+            (
+                json!({"kind": "MeshGateway", "name": "gw", "tags": {"port": "80"}}),
+                "spec.targetRef.tags",
+                "must not be set with kind MeshGateway",
+            ),
+            (
+                json!({"kind": "MeshSubset", "name": "x"}),
+                "spec.targetRef.name",
+                "must not be set with kind MeshSubset",
+            ),
+            (
+                json!({"kind": "MeshSubset", "tags": {"app": ""}}),
+                "spec.targetRef.tags[\"app\"]",
+                "tag value must be non-empty",
+            ),
+            (
+                json!({"kind": "Dataplane", "name": "a", "labels": {"x": "y"}}),
+                "spec.targetRef.labels",
+                "either labels or name and namespace must be specified",
+            ),
+            (
+                json!({"kind": "Dataplane", "sectionName": "http"}),
+                "spec.targetRef.sectionName",
+                "can only be used with inbound policies",
+            ),
+            (
+                json!({"kind": "MeshExternalService"}),
+                "spec.targetRef.name",
+                "must be set with kind MeshExternalService",
+            ),
         ];
         for (tr, field, reason) in cases {
             let got = check(&parse(tr.clone()), &all);
-            assert!(got.contains(&(field.to_string(), reason.to_string())), "{tr}: {got:?}");
+            assert!(
+                got.contains(&(field.to_string(), reason.to_string())),
+                "{tr}: {got:?}"
+            );
         }
     }
 
@@ -525,7 +623,11 @@ mod tests {
 
     #[test]
     fn matcher_selects_dataplanes() {
-        let tags = map(&[("kuma.io/service", "backend"), ("version", "v2"), ("app", "backend")]);
+        let tags = map(&[
+            ("kuma.io/service", "backend"),
+            ("version", "v2"),
+            ("app", "backend"),
+        ]);
         let labels = map(&[("app", "demo-app"), ("k8s.kuma.io/namespace", "kuma-demo")]);
         let m = |tr: serde_json::Value| matches_dataplane(&parse(tr), &tags, "dp-1", &labels);
         assert!(m(json!({"kind": "Mesh"})));
@@ -535,17 +637,25 @@ mod tests {
         assert!(!m(json!({"kind": "MeshSubset", "tags": {"version": "v1"}})));
         assert!(m(json!({"kind": "MeshService", "name": "backend"})));
         assert!(!m(json!({"kind": "MeshService", "name": "web"})));
-        assert!(m(json!({"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}})));
-        assert!(!m(json!({"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v3"}})));
+        assert!(m(
+            json!({"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}})
+        ));
+        assert!(!m(
+            json!({"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v3"}})
+        ));
         assert!(m(json!({"kind": "Dataplane", "name": "dp-1"})));
         assert!(!m(json!({"kind": "Dataplane", "name": "dp-2"})));
-        assert!(m(json!({"kind": "Dataplane", "labels": {"app": "demo-app"}})));
+        assert!(m(
+            json!({"kind": "Dataplane", "labels": {"app": "demo-app"}})
+        ));
         assert!(!m(json!({"kind": "Dataplane", "labels": {"app": "other"}})));
         assert!(m(json!({"kind": "Dataplane"})));
         assert!(!m(json!({"kind": "MeshHTTPRoute", "name": "r"})));
         assert!(matches_dataplane(
             &parse(json!({"kind": "Dataplane", "name": "dp-1", "namespace": "kuma-demo"})),
-            &tags, "dp-1.kuma-demo", &labels
+            &tags,
+            "dp-1.kuma-demo",
+            &labels
         ));
     }
 }

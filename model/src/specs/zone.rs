@@ -142,13 +142,16 @@ mod tests {
     fn zone_ingress() {
         validate_zone_ingress(&json!({"networking": {"address": "192.168.0.1", "advertisedAddress": "10.0.0.1", "port": 10001, "advertisedPort": 10000},
             "availableServices": [{"tags": {"kuma.io/service": "backend"}, "instances": 2, "mesh": "default"}]})).unwrap();
-        let e = validate_zone_ingress(&json!({"networking": {"address": "192.168.0.1", "port": 0}})).unwrap_err();
+        let e =
+            validate_zone_ingress(&json!({"networking": {"address": "192.168.0.1", "port": 0}}))
+                .unwrap_err();
         assert_eq!(e.violations[0].field, "networking.port");
     }
 
     #[test]
     fn zone_egress_and_zone() {
-        validate_zone_egress(&json!({"networking": {"address": "192.168.0.1", "port": 10002}})).unwrap();
+        validate_zone_egress(&json!({"networking": {"address": "192.168.0.1", "port": 10002}}))
+            .unwrap();
         validate_zone(&json!({"enabled": false})).unwrap();
         validate_zone(&json!({})).unwrap();
         assert!(validate_zone(&json!({"enabled": "no"})).is_err());

@@ -1,0 +1,553 @@
+#![allow(clippy::unwrap_used)]
+//! The API against a real server on a loopback port: CRUD, paging, filters, errors, auth.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{ApiState, AuthConfig, ServerInfo};
+use async_trait::async_trait;
+use model::{Resource, ResourceKey, ResourceType};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use store::{ChangeEvent, ListPage, ListQuery, MemoryStore, ResourceStore, SharedStore};
+use tokio::sync::broadcast;
+
+struct Server {
+    base: String,
+    store: SharedStore,
+    http: reqwest::Client,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start_with(store: SharedStore, auth: AuthConfig) -> Server {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    store
+        .create(Resource::new(ResourceType::Mesh, "", "default", json!({})))
+        .await
+        .unwrap();
+    let keys = Arc::new(security::user::user_signing_keys(store.clone()));
+    keys.ensure_key().await.unwrap();
+    security::user::bootstrap_admin_token(&store, &keys)
+        .await
+        .unwrap();
+    let state = Arc::new(ApiState {
+        store: store.clone(),
+        user_keys: keys,
+        info: ServerInfo {
+            hostname: "test".into(),
+            tagline: "Kuma".into(),
+            product: "Kuma".into(),
+            version: "2.14.0".into(),
+            instance_id: "test-1".into(),
+            cluster_id: "c".into(),
+            gui: "/gui".into(),
+            based_on_kuma: "2.14.0".into(),
+            mode: "standalone".into(),
+        },
+        config: json!({"store": {"postgres": {"password": "*****"}}}),
+        auth,
+        metrics: api::ApiMetrics::detached(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(api::serve_http(listener, api::router(state), async move {
+        let _ = rx.await;
+    }));
+    Server {
+        base: format!("http://{addr}"),
+        store,
+        http: reqwest::Client::new(),
+        _shutdown: tx,
+    }
+}
+
+async fn start() -> Server {
+    start_with(Arc::new(MemoryStore::new()), AuthConfig::default()).await
+}
+
+impl Server {
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn delete(&self, path: &str) -> StatusCode {
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+}
+
+fn timeout(name: &str) -> Value {
+    json!({"type": "MeshTimeout", "name": name, "mesh": "default", "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "20s", "connectionTimeout": "2s"}}]}})
+}
+
+fn fields(body: &Value) -> Vec<String> {
+    body["invalid_parameters"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| p["field"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn index_config_and_resource_types() {
+    let s = start().await;
+    let (st, body) = s.get("/").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body["product"], "Kuma");
+    assert_eq!(body["instanceId"], "test-1");
+    let (_, cfg) = s.get("/config").await;
+    assert_eq!(cfg["store"]["postgres"]["password"], "*****");
+    let (_, types) = s.get("/_resources").await;
+    let items = types["resources"].as_array().unwrap();
+    let mt = items.iter().find(|r| r["name"] == "MeshTimeout").unwrap();
+    assert_eq!(mt["path"], "meshtimeouts");
+    assert_eq!(mt["scope"], "Mesh");
+    assert!(mt["policy"].is_object());
+    let (st, _) = s.get("/gui").await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn crud_round_trip() {
+    let s = start().await;
+    let (st, _) = s
+        .put("/meshes/default/meshtimeouts/t1", timeout("t1"))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, body) = s.get("/meshes/default/meshtimeouts/t1").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body["type"], "MeshTimeout");
+    assert_eq!(body["mesh"], "default");
+    assert_eq!(body["spec"]["to"][0]["default"]["idleTimeout"], "20s");
+    assert!(body["creationTime"].as_str().unwrap().ends_with('Z'));
+
+    let mut changed = timeout("t1");
+    changed["spec"]["to"][0]["default"]["idleTimeout"] = json!("1m");
+    let (st, _) = s.put("/meshes/default/meshtimeouts/t1", changed).await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, body) = s.get("/meshes/default/meshtimeouts/t1").await;
+    assert_eq!(body["spec"]["to"][0]["default"]["idleTimeout"], "1m");
+
+    // Cross-mesh listing of a mesh-scoped type.
+    let (_, all) = s.get("/meshtimeouts").await;
+    assert_eq!(all["total"], 1);
+
+    assert_eq!(
+        s.delete("/meshes/default/meshtimeouts/t1").await,
+        StatusCode::OK
+    );
+    let (st, body) = s.get("/meshes/default/meshtimeouts/t1").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(body["type"], "/std-errors");
+    assert_eq!(body["status"], 404);
+    assert_eq!(
+        s.delete("/meshes/default/meshtimeouts/t1").await,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn global_scoped_and_top_level_layout() {
+    let s = start().await;
+    let mesh = json!({"type": "Mesh", "name": "demo", "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}});
+    assert_eq!(s.put("/meshes/demo", mesh).await.0, StatusCode::CREATED);
+    let (_, body) = s.get("/meshes/demo").await;
+    assert_eq!(body["mtls"]["enabledBackend"], "ca-1");
+    assert!(body.get("mesh").is_none());
+    let (_, list) = s.get("/meshes").await;
+    assert_eq!(list["total"], 2);
+    // A mesh-scoped type under the global path is refused.
+    assert_eq!(
+        s.put("/meshtimeouts/x", timeout("x")).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    // Deleting the mesh deletes what is in it.
+    let mut t = timeout("in-demo");
+    t["mesh"] = json!("demo");
+    assert_eq!(
+        s.put("/meshes/demo/meshtimeouts/in-demo", t).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(s.delete("/meshes/demo").await, StatusCode::OK);
+    assert_eq!(
+        s.get("/meshes/demo/meshtimeouts/in-demo").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn paging_and_label_filters() {
+    let s = start().await;
+    for i in 0..5 {
+        let mut t = timeout(&format!("t{i}"));
+        t["labels"] = json!({"team": if i % 2 == 0 { "even" } else { "odd" }});
+        assert_eq!(
+            s.put(&format!("/meshes/default/meshtimeouts/t{i}"), t)
+                .await
+                .0,
+            StatusCode::CREATED
+        );
+    }
+    let (_, p1) = s.get("/meshes/default/meshtimeouts?size=2").await;
+    assert_eq!(p1["total"], 5);
+    assert_eq!(p1["items"].as_array().unwrap().len(), 2);
+    assert_eq!(p1["items"][0]["name"], "t0");
+    let next = p1["next"].as_str().unwrap().to_string();
+    assert!(
+        next.contains("offset=2") && next.contains("size=2"),
+        "{next}"
+    );
+    let p2: Value = s
+        .http
+        .get(&next)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p2["items"][0]["name"], "t2");
+    let (_, last) = s.get("/meshes/default/meshtimeouts?size=2&offset=4").await;
+    assert!(last["next"].is_null());
+    let (_, even) = s
+        .get("/meshes/default/meshtimeouts?filter%5Blabels.team%5D=even")
+        .await;
+    assert_eq!(even["total"], 3);
+    let (_, named) = s.get("/meshes/default/meshtimeouts?name=t3").await;
+    assert_eq!(named["total"], 1);
+    let (st, body) = s.get("/meshes/default/meshtimeouts?size=5000").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&body), ["size"]);
+    let (st, body) = s.get("/meshes/default/meshtimeouts?offset=abc").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&body), ["offset"]);
+}
+
+#[tokio::test]
+async fn bad_input_is_400_and_changes_nothing() {
+    let s = start().await;
+    // Malformed JSON.
+    let r = s
+        .http
+        .put(format!("{}/meshes/default/meshtimeouts/x", s.base))
+        .body("{\"type\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(fields(&body), ["body"]);
+    // Unknown type in the URL.
+    assert_eq!(
+        s.put("/meshes/default/nopes/x", timeout("x")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Type in body differs from the URL.
+    let (st, body) = s.put("/meshes/default/meshretries/x", timeout("x")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&body), ["type"]);
+    // Name in the URL differs from the body.
+    let (st, body) = s
+        .put("/meshes/default/meshtimeouts/other", timeout("x"))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&body), ["name"]);
+    // Not a DNS-1123 name.
+    let (st, body) = s
+        .put(
+            "/meshes/default/meshtimeouts/Bad_Name!",
+            timeout("Bad_Name!"),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&body), ["name"]);
+    // Wrong targetRef kind.
+    let mut t = timeout("x");
+    t["spec"]["to"][0]["targetRef"]["kind"] = json!("Dataplane");
+    let (st, body) = s.put("/meshes/default/meshtimeouts/x", t).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&body), ["spec.to[0].targetRef.kind"]);
+    assert_eq!(body["title"], "Could not process a resource");
+    // Dataplane without kuma.io/service.
+    let dp = json!({"type": "Dataplane", "name": "dp", "mesh": "default",
+        "networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"app": "web"}}]}});
+    let (st, body) = s.put("/meshes/default/dataplanes/dp", dp).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&body), ["networking.inbound[0].tags"]);
+    // Mesh that does not exist.
+    let mut t = timeout("x");
+    t["mesh"] = json!("ghost");
+    let (st, body) = s.put("/meshes/ghost/meshtimeouts/x", t).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&body), ["mesh"]);
+    // Oversized body.
+    let big = json!({"type": "MeshTimeout", "name": "x", "mesh": "default", "spec": {"pad": "a".repeat(5 * 1024 * 1024)}});
+    let (st, body) = s.put("/meshes/default/meshtimeouts/x", big).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&body), ["body"]);
+    // Read-only type.
+    let insight = json!({"type": "DataplaneInsight", "name": "x", "mesh": "default"});
+    assert_eq!(
+        s.put("/meshes/default/dataplane-insights/x", insight)
+            .await
+            .0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    // Nothing was stored by any of it.
+    let (_, list) = s.get("/meshtimeouts").await;
+    assert_eq!(list["total"], 0);
+    let (_, dps) = s.get("/dataplanes").await;
+    assert_eq!(dps["total"], 0);
+}
+
+/// Lets a competing writer in between the API's read and its write, deterministically.
+struct RacingStore {
+    inner: SharedStore,
+}
+
+#[async_trait]
+impl ResourceStore for RacingStore {
+    async fn get(&self, key: &ResourceKey) -> store::Result<Resource> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, q: &ListQuery) -> store::Result<ListPage> {
+        self.inner.list(q).await
+    }
+    async fn create(&self, r: Resource) -> store::Result<Resource> {
+        self.inner.create(r).await
+    }
+    async fn update(&self, r: Resource) -> store::Result<Resource> {
+        let current = self.inner.get(&r.key()).await?;
+        self.inner.update(current).await?;
+        self.inner.update(r).await
+    }
+    async fn delete(&self, key: &ResourceKey) -> store::Result<()> {
+        self.inner.delete(key).await
+    }
+    fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.inner.subscribe()
+    }
+    async fn ping(&self) -> store::Result<()> {
+        Ok(())
+    }
+    fn backend(&self) -> &'static str {
+        "racing"
+    }
+}
+
+#[tokio::test]
+async fn concurrent_update_is_409() {
+    let s = start_with(
+        Arc::new(RacingStore {
+            inner: Arc::new(MemoryStore::new()),
+        }),
+        AuthConfig::default(),
+    )
+    .await;
+    assert_eq!(
+        s.put("/meshes/default/meshtimeouts/t", timeout("t"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let (st, body) = s.put("/meshes/default/meshtimeouts/t", timeout("t")).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    assert_eq!(body["status"], 409);
+}
+
+#[tokio::test]
+async fn overviews() {
+    let s = start().await;
+    let dp = json!({"type": "Dataplane", "name": "web-1", "mesh": "default",
+        "networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}});
+    assert_eq!(
+        s.put("/meshes/default/dataplanes/web-1", dp).await.0,
+        StatusCode::CREATED
+    );
+    s.store
+        .create(Resource::new(ResourceType::DataplaneInsight, "default", "web-1", json!({"subscriptions": [
+            {"id": "1", "controlPlaneInstanceId": "cp", "connectTime": model::Timestamp::now().to_string()}]})))
+        .await
+        .unwrap();
+    let (_, list) = s.get("/meshes/default/dataplanes+insights").await;
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["items"][0]["type"], "DataplaneOverview");
+    assert_eq!(
+        list["items"][0]["dataplane"]["networking"]["address"],
+        "10.0.0.1"
+    );
+    assert_eq!(list["items"][0]["online"], true);
+    let (st, one) = s.get("/meshes/default/dataplanes/web-1/_overview").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(one["dataplaneInsight"]["subscriptions"].is_array());
+    let (_, mi) = s.get("/mesh-insights/default").await;
+    assert_eq!(mi["dataplanes"]["total"], 1);
+    assert_eq!(mi["dataplanes"]["online"], 1);
+}
+
+#[tokio::test]
+async fn tokens_and_anonymous_access() {
+    // Local callers are not admins here, so this test sees what a remote caller sees.
+    let s = start_with(
+        Arc::new(MemoryStore::new()),
+        AuthConfig {
+            localhost_is_admin: false,
+        },
+    )
+    .await;
+    let (st, _) = s.get("/meshes").await;
+    assert_eq!(st, StatusCode::OK, "anonymous reads are allowed");
+    let (st, body) = s.put("/meshes/default/meshtimeouts/t", timeout("t")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["title"], "Unauthenticated");
+    assert_eq!(
+        s.get("/globalsecrets").await.0,
+        StatusCode::FORBIDDEN,
+        "secrets are admin-only"
+    );
+
+    let admin_secret = s
+        .store
+        .get(&ResourceKey::new(
+            ResourceType::GlobalSecret,
+            "",
+            "admin-user-token",
+        ))
+        .await
+        .unwrap();
+    let spec: model::specs::secret::SecretSpec = serde_json::from_value(admin_secret.spec).unwrap();
+    let admin_token = String::from_utf8(spec.bytes().unwrap()).unwrap();
+
+    let r = s
+        .http
+        .put(format!("{}/meshes/default/meshtimeouts/t", s.base))
+        .bearer_auth(&admin_token)
+        .json(&timeout("t"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // Admin issues a user token; the user may write policies but not read secrets or issue tokens.
+    let r = s
+        .http
+        .post(format!("{}/tokens/user", s.base))
+        .bearer_auth(&admin_token)
+        .json(&json!({"name": "john", "groups": ["team-a"], "validFor": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let user_token = r.text().await.unwrap();
+    let r = s
+        .http
+        .get(format!("{}/who-am-i", s.base))
+        .bearer_auth(&user_token)
+        .send()
+        .await
+        .unwrap();
+    let me: Value = r.json().await.unwrap();
+    assert_eq!(me["name"], "john");
+    let r = s
+        .http
+        .put(format!("{}/meshes/default/meshtimeouts/u", s.base))
+        .bearer_auth(&user_token)
+        .json(&timeout("u"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = s
+        .http
+        .get(format!("{}/globalsecrets", s.base))
+        .bearer_auth(&user_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = s
+        .http
+        .post(format!("{}/tokens/user", s.base))
+        .bearer_auth(&user_token)
+        .json(&json!({"name": "x", "validFor": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // Bad requests for tokens name their fields.
+    let r = s
+        .http
+        .post(format!("{}/tokens/user", s.base))
+        .bearer_auth(&admin_token)
+        .json(&json!({"name": "", "validFor": "soon"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(fields(&body), ["name", "validFor"]);
+
+    // A forged or garbage token is 401, not anonymous.
+    let r = s
+        .http
+        .get(format!("{}/meshes", s.base))
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start().await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Never finish the headers: the server must close the connection on its own.
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "server kept a half-sent request open");
+}
