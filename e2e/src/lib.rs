@@ -1,0 +1,191 @@
+//! Harness for end-to-end tests: builds and finds the workspace binaries, picks free loopback
+//! ports, and runs control planes as child processes that are killed when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// `target/<profile>`, derived from the test executable's location (`target/<profile>/deps/..`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// Path to a workspace binary, built once per test process so it is never stale.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "kuma-cp", "-p", "kumactl"]);
+        if target_dir().file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+    });
+    let path = target_dir().join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A port that was free a moment ago. Good enough on a test machine.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct ControlPlane {
+    pub child: Child,
+    pub api_port: u16,
+    pub diag_port: u16,
+    pub log: PathBuf,
+    pub work_dir: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts `kuma-cp run` with fresh ports and the given extra environment.
+    pub fn start(name: &str, env: &[(&str, &str)]) -> ControlPlane {
+        let work_dir = std::env::temp_dir().join(format!(
+            "kuma-e2e-{name}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&work_dir).expect("work dir");
+        let log = work_dir.join("kuma-cp.log");
+        let api_port = free_port();
+        let diag_port = free_port();
+        let mut cmd = Command::new(binary("kuma-cp"));
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &work_dir)
+            .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
+            .env("KUMA_API_SERVER_HTTPS_PORT", free_port().to_string())
+            .env("KUMA_DIAGNOSTICS_SERVER_PORT", diag_port.to_string())
+            .env("KUMA_DP_SERVER_PORT", free_port().to_string())
+            .env("KUMA_INTER_CP_SERVER_PORT", free_port().to_string())
+            .env(
+                "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT",
+                free_port().to_string(),
+            )
+            .env("KUMA_GENERAL_WORK_DIR", &work_dir)
+            .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
+            .stderr(Stdio::from(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&log)
+                    .expect("log file"),
+            ));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawning kuma-cp");
+        ControlPlane {
+            child,
+            api_port,
+            diag_port,
+            log,
+            work_dir,
+        }
+    }
+
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/ready` answers 200, or panics with the log.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("kuma-cp exited early with {status}:\n{}", self.logs());
+            }
+            if http_status(self.diag_port, "/ready") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("kuma-cp not ready in {timeout:?}:\n{}", self.logs());
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP GET over a raw socket so readiness polling needs no client library.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs kumactl with its own config file and returns the output.
+pub fn kumactl(config_file: &Path, args: &[&str]) -> Output {
+    kumactl_with_stdin(config_file, args, None)
+}
+
+pub fn kumactl_with_stdin(config_file: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(binary("kumactl"));
+    cmd.arg("--config-file").arg(config_file).args(args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning kumactl");
+    if let Some(input) = stdin
+        && let Some(mut pipe) = child.stdin.take()
+    {
+        pipe.write_all(input.as_bytes()).expect("writing stdin");
+    }
+    child.wait_with_output().expect("kumactl output")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
