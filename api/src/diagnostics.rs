@@ -51,10 +51,9 @@ impl Diagnostics {
             .route("/healthy", get(|| async { "OK" }))
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                std::time::Duration::from_secs(30),
-            ))
+            .layer(axum::middleware::from_fn(|req, next: axum::middleware::Next| {
+                crate::with_timeout(std::time::Duration::from_secs(30), next.run(req))
+            }))
             .with_state(Arc::new(self))
     }
 }

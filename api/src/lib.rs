@@ -100,10 +100,6 @@ pub fn router(state: SharedState) -> Router {
             state.clone(),
             record_metrics,
         ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
         .with_state(state)
 }
 
@@ -115,11 +111,23 @@ async fn record_metrics(State(state): State<SharedState>, req: Request, next: Ne
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_string();
     let start = std::time::Instant::now();
-    let resp = next.run(req).await;
+    let resp = with_timeout(REQUEST_TIMEOUT, next.run(req)).await;
     state
         .metrics
         .observe(&method, &route, resp.status().as_u16(), start.elapsed());
     resp
+}
+
+/// Answers 408 when a request outlives `limit` (a slow store, a stuck handler).
+pub(crate) async fn with_timeout(limit: Duration, fut: impl std::future::Future<Output = Response>) -> Response {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(resp) => resp,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "Request timeout",
+            format!("the request did not complete within {limit:?}"),
+        )),
+    }
 }
 
 /// Registers the API's metrics; call once per process.

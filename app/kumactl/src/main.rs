@@ -347,7 +347,7 @@ async fn run(cli: Cli) -> Result<()> {
                     let item = client
                         .get_json(&format!("{}/{name}", collection_path(kind, &mesh)))
                         .await?;
-                    print_items(kind, &[item.clone()], output, Some(&item), None)?;
+                    print_items(kind, std::slice::from_ref(&item), output, Some(&item), None)?;
                 }
                 None => {
                     let labels = parse_pairs(&labels, "--label")?;

@@ -73,7 +73,7 @@ impl Validate for ZoneIngressSpec {
             if let Some(p) = n.advertised_port {
                 v.port("advertisedPort", p);
             }
-            if n.advertised_port.is_some() != !n.advertised_address.is_empty() {
+            if n.advertised_port.is_some() == n.advertised_address.is_empty() {
                 v.violation("advertisedAddress and advertisedPort must be set together");
             }
             if let Some(admin) = &n.admin {
