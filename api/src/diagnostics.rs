@@ -51,9 +51,11 @@ impl Diagnostics {
             .route("/healthy", get(|| async { "OK" }))
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
-            .layer(axum::middleware::from_fn(|req, next: axum::middleware::Next| {
-                crate::with_timeout(std::time::Duration::from_secs(30), next.run(req))
-            }))
+            .layer(axum::middleware::from_fn(
+                |req, next: axum::middleware::Next| {
+                    crate::with_timeout(std::time::Duration::from_secs(30), next.run(req))
+                },
+            ))
             .with_state(Arc::new(self))
     }
 }

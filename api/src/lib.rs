@@ -119,7 +119,10 @@ async fn record_metrics(State(state): State<SharedState>, req: Request, next: Ne
 }
 
 /// Answers 408 when a request outlives `limit` (a slow store, a stuck handler).
-pub(crate) async fn with_timeout(limit: Duration, fut: impl std::future::Future<Output = Response>) -> Response {
+pub(crate) async fn with_timeout(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Response>,
+) -> Response {
     match tokio::time::timeout(limit, fut).await {
         Ok(resp) => resp,
         Err(_) => axum::response::IntoResponse::into_response(ApiError::new(
