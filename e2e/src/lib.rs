@@ -45,6 +45,7 @@ pub fn free_port() -> u16 {
 pub struct ControlPlane {
     pub child: Child,
     pub api_port: u16,
+    pub https_port: u16,
     pub diag_port: u16,
     pub log: PathBuf,
     pub work_dir: PathBuf,
@@ -62,13 +63,14 @@ impl ControlPlane {
         let log = work_dir.join("kuma-cp.log");
         let api_port = free_port();
         let diag_port = free_port();
+        let https_port = free_port();
         let mut cmd = Command::new(binary("kuma-cp"));
         cmd.arg("run")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &work_dir)
             .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
-            .env("KUMA_API_SERVER_HTTPS_PORT", free_port().to_string())
+            .env("KUMA_API_SERVER_HTTPS_PORT", https_port.to_string())
             .env("KUMA_DIAGNOSTICS_SERVER_PORT", diag_port.to_string())
             .env("KUMA_DP_SERVER_PORT", free_port().to_string())
             .env("KUMA_INTER_CP_SERVER_PORT", free_port().to_string())
@@ -91,6 +93,7 @@ impl ControlPlane {
         ControlPlane {
             child,
             api_port,
+            https_port,
             diag_port,
             log,
             work_dir,

@@ -268,6 +268,43 @@ fn kumactl_drives_a_standalone_control_plane() {
         .success()
     );
 
+    // The HTTPS listener with its generated certificate: refused unverified, fine with --skip-verify.
+    let https = format!("https://localhost:{}", cp.https_port);
+    let o = kumactl(
+        cfg,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "tls",
+            "--address",
+            &https,
+        ],
+    );
+    assert!(
+        !o.status.success(),
+        "an unverifiable certificate must be refused"
+    );
+    ok(&kumactl(
+        cfg,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "tls",
+            "--address",
+            &https,
+            "--skip-verify",
+        ],
+    ));
+    assert!(ok(&kumactl(cfg, &["get", "meshes"])).contains("demo"));
+    ok(&kumactl(
+        cfg,
+        &["config", "control-planes", "switch", "--name", "e2e"],
+    ));
+
     let version = ok(&kumactl(cfg, &["version"]));
     assert!(version.contains("Server: Kuma"), "{version}");
 
