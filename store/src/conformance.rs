@@ -311,8 +311,12 @@ pub async fn delete_mesh_cascades(store: SharedStore) {
         .expect("list");
     assert_eq!(other.total, 1, "deleting one mesh touched another");
     let mut deleted = Vec::new();
-    for _ in 0..3 {
+    while deleted.len() < 3 {
         let ev = next_event_in_mesh(&mut rx, "c-cascade").await;
+        // Backends that deliver events asynchronously may still be announcing the creates.
+        if ev.op == Operation::Create {
+            continue;
+        }
         assert_eq!(ev.op, Operation::Delete);
         deleted.push(ev.key.kind);
     }

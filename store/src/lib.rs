@@ -9,11 +9,19 @@ use async_trait::async_trait;
 use model::{Resource, ResourceKey, ResourceType};
 use tokio::sync::broadcast;
 
+pub mod leader;
 pub mod memory;
 pub mod metered;
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;
@@ -38,6 +46,8 @@ pub enum StoreError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    #[error("{key} is {size} bytes encoded, over the store's limit of {limit} bytes")]
+    TooLarge { key: ResourceKey, size: usize, limit: usize },
     #[error("stored data for {key} is corrupt: {message}")]
     Corrupt { key: ResourceKey, message: String },
 }
@@ -147,8 +157,9 @@ pub trait ResourceStore: Send + Sync + 'static {
     /// Zone, ZoneIngress or ZoneEgress its insight.
     async fn delete(&self, key: &ResourceKey) -> Result<()>;
 
-    /// Events for every change after the call. A receiver that falls behind gets
-    /// `RecvError::Lagged` and must re-list what it cares about.
+    /// Events for every change after the call (a backend that learns of changes
+    /// asynchronously may also deliver a few made just before). A receiver that falls behind
+    /// gets `RecvError::Lagged` and must re-list what it cares about.
     fn subscribe(&self) -> broadcast::Receiver<ChangeEvent>;
 
     /// Cheap liveness check of the backend, for `/ready`.

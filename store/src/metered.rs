@@ -77,6 +77,7 @@ impl MeteredStore {
             Err(StoreError::MeshNotFound(_)) => "mesh_not_found",
             Err(StoreError::Unavailable { .. }) => "unavailable",
             Err(StoreError::Corrupt { .. }) => "corrupt",
+            Err(StoreError::TooLarge { .. }) => "too_large",
         };
         self.ops
             .get_or_create(&OpLabels {
