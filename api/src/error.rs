@@ -90,6 +90,15 @@ impl ApiError {
                     reason: format!("mesh of name {mesh} is not found"),
                 }],
             },
+            e @ StoreError::TooLarge { .. } => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                title: title.into(),
+                detail: "Resource is too large".into(),
+                invalid_parameters: vec![Violation {
+                    field: "spec".into(),
+                    reason: e.to_string(),
+                }],
+            },
             e @ StoreError::Unavailable { .. } => {
                 tracing::warn!(error = %e, "store unavailable");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, title, e.to_string())

@@ -139,6 +139,19 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Whether `/metrics` says this replica leads (`leader 1`).
+    pub fn is_leader(&self) -> bool {
+        http_body(self.diag_port, "/metrics")
+            .is_some_and(|m| m.lines().any(|l| l.trim() == "leader 1"))
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -147,10 +160,10 @@ impl Drop for ControlPlane {
 }
 
 /// Minimal HTTP GET over a raw socket so readiness polling needs no client library.
-pub fn http_status(port: u16, path: &str) -> Option<u16> {
+fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
@@ -158,7 +171,22 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
-    buf.split_whitespace().nth(1)?.parse().ok()
+    Some(buf)
+}
+
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The body of a 200 answer (chunked framing is left in; fine for line-based checks).
+pub fn http_body(port: u16, path: &str) -> Option<String> {
+    let raw = http_get(port, path)?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
 /// Runs kumactl with its own config file and returns the output.

@@ -343,11 +343,12 @@ fn metrics_and_readiness() {
         .text()
         .unwrap();
     for family in [
-        "kuma_cp_api_server_http_requests_total",
-        "kuma_cp_api_server_http_request_duration_seconds",
-        "kuma_cp_store_operations_total",
-        "kuma_cp_store_operation_duration_seconds",
-        "kuma_cp_resources_count",
+        "api_server_http_requests_total",
+        "api_server_http_request_duration_seconds",
+        "store_operations_total",
+        "store_operation_duration_seconds",
+        "resources_count",
+        "leader",
     ] {
         assert!(
             metrics.contains(family),
@@ -355,7 +356,7 @@ fn metrics_and_readiness() {
         );
     }
     assert!(
-        metrics.contains("kuma_cp_resources_count{resource_type=\"GlobalSecret\"} 2"),
+        metrics.contains("resources_count{resource_type=\"GlobalSecret\"} 2"),
         "{metrics}"
     );
 }

@@ -21,7 +21,10 @@ pub struct LeaseTiming {
 impl Default for LeaseTiming {
     /// A SIGKILLed leader is replaced within `ttl + renew_every` (under 10 s).
     fn default() -> Self {
-        LeaseTiming { ttl: Duration::from_secs(5), renew_every: Duration::from_secs(1) }
+        LeaseTiming {
+            ttl: Duration::from_secs(5),
+            renew_every: Duration::from_secs(1),
+        }
     }
 }
 
@@ -37,7 +40,12 @@ impl LeaseTiming {
 pub trait LeaderElector: Send + Sync + 'static {
     /// Campaigns until `shutdown` turns true, keeping `leader` current. On shutdown a held
     /// lease is released so another replica takes over at once.
-    async fn campaign(&self, instance_id: &str, leader: watch::Sender<bool>, shutdown: watch::Receiver<bool>);
+    async fn campaign(
+        &self,
+        instance_id: &str,
+        leader: watch::Sender<bool>,
+        shutdown: watch::Receiver<bool>,
+    );
 }
 
 /// The memory store has one replica by construction: it always leads.
@@ -45,7 +53,12 @@ pub struct AlwaysLeader;
 
 #[async_trait]
 impl LeaderElector for AlwaysLeader {
-    async fn campaign(&self, _: &str, leader: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
+    async fn campaign(
+        &self,
+        _: &str,
+        leader: watch::Sender<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let _ = leader.send(true);
         let _ = shutdown.wait_for(|s| *s).await;
         let _ = leader.send(false);
@@ -119,13 +132,29 @@ mod tests {
         assert_eq!(starts.load(Ordering::SeqCst), 0);
         leader_tx.send(true).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!((starts.load(Ordering::SeqCst), running.load(Ordering::SeqCst)), (1, 1));
+        assert_eq!(
+            (
+                starts.load(Ordering::SeqCst),
+                running.load(Ordering::SeqCst)
+            ),
+            (1, 1)
+        );
         leader_tx.send(false).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(running.load(Ordering::SeqCst), 0, "work kept running after leadership was lost");
+        assert_eq!(
+            running.load(Ordering::SeqCst),
+            0,
+            "work kept running after leadership was lost"
+        );
         leader_tx.send(true).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!((starts.load(Ordering::SeqCst), running.load(Ordering::SeqCst)), (2, 1));
+        assert_eq!(
+            (
+                starts.load(Ordering::SeqCst),
+                running.load(Ordering::SeqCst)
+            ),
+            (2, 1)
+        );
         shutdown_tx.send(true).unwrap();
         task.await.unwrap();
         assert_eq!(running.load(Ordering::SeqCst), 0);

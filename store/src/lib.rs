@@ -47,7 +47,11 @@ pub enum StoreError {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     #[error("{key} is {size} bytes encoded, over the store's limit of {limit} bytes")]
-    TooLarge { key: ResourceKey, size: usize, limit: usize },
+    TooLarge {
+        key: ResourceKey,
+        size: usize,
+        limit: usize,
+    },
     #[error("stored data for {key} is corrupt: {message}")]
     Corrupt { key: ResourceKey, message: String },
 }

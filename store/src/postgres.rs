@@ -24,8 +24,11 @@ const EVENT_CHANNEL: &str = "kuma_resource_events";
 const EVENT_BUFFER: usize = 16 * 1024;
 
 /// Schema migrations, applied in order by `kuma-cp migrate up`.
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "resources", include_str!("../migrations/postgres/0001_resources.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "resources",
+    include_str!("../migrations/postgres/0001_resources.sql"),
+)];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
@@ -46,7 +49,9 @@ impl FromStr for TlsMode {
             "verifyNone" => Ok(TlsMode::VerifyNone),
             "verifyCa" => Ok(TlsMode::VerifyCa),
             "verifyFull" => Ok(TlsMode::VerifyFull),
-            other => Err(format!("{other:?} is not one of disable, verifyNone, verifyCa, verifyFull")),
+            other => Err(format!(
+                "{other:?} is not one of disable, verifyNone, verifyCa, verifyFull"
+            )),
         }
     }
 }
@@ -97,11 +102,16 @@ impl PostgresConfig {
 }
 
 fn unavailable(context: &str, e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable { message: format!("postgres: {context}: {e}"), source: Some(Box::new(e)) }
+    StoreError::Unavailable {
+        message: format!("postgres: {context}: {e}"),
+        source: Some(Box::new(e)),
+    }
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505")
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "23505")
 }
 
 fn nanos(t: Timestamp) -> i64 {
@@ -134,7 +144,11 @@ impl PostgresStore {
     pub fn from_pool(pool: PgPool) -> PostgresStore {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let listener = tokio::spawn(listen_for_changes(pool.clone(), events.clone()));
-        PostgresStore { pool, events, listener }
+        PostgresStore {
+            pool,
+            events,
+            listener,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -143,11 +157,13 @@ impl PostgresStore {
 
     async fn mesh_exists(tx: &mut Transaction<'_, Postgres>, mesh: &str) -> Result<bool> {
         // FOR SHARE holds off a concurrent delete of the mesh until this transaction ends.
-        let row = sqlx::query("SELECT 1 FROM resources WHERE type = 'Mesh' AND mesh = '' AND name = $1 FOR SHARE")
-            .bind(mesh)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(|e| unavailable("checking the mesh", e))?;
+        let row = sqlx::query(
+            "SELECT 1 FROM resources WHERE type = 'Mesh' AND mesh = '' AND name = $1 FOR SHARE",
+        )
+        .bind(mesh)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| unavailable("checking the mesh", e))?;
         Ok(row.is_some())
     }
 
@@ -161,11 +177,15 @@ impl PostgresStore {
             message: format!("unknown type {type_name:?}"),
         })?;
         let key = ResourceKey::new(kind, mesh.clone(), name.clone());
-        let corrupt = |message: String| StoreError::Corrupt { key: key.clone(), message };
+        let corrupt = |message: String| StoreError::Corrupt {
+            key: key.clone(),
+            message,
+        };
         let spec_text: String = row.try_get("spec").map_err(get_err)?;
         let status_text: Option<String> = row.try_get("status").map_err(get_err)?;
         let labels: Value = row.try_get("labels").map_err(get_err)?;
-        let spec: Value = serde_json::from_str(&spec_text).map_err(|e| corrupt(format!("spec: {e}")))?;
+        let spec: Value =
+            serde_json::from_str(&spec_text).map_err(|e| corrupt(format!("spec: {e}")))?;
         let status = status_text
             .map(|s| serde_json::from_str(&s))
             .transpose()
@@ -193,25 +213,36 @@ impl PostgresStore {
 
 fn encode(r: &Resource) -> Result<(String, Option<String>, Value)> {
     let key = r.key();
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt { key: key.clone(), message: e.to_string() };
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+        key: key.clone(),
+        message: e.to_string(),
+    };
     let spec = serde_json::to_string(&r.spec).map_err(corrupt)?;
-    let status = r.status.as_ref().map(serde_json::to_string).transpose().map_err(corrupt)?;
+    let status = r
+        .status
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(corrupt)?;
     let labels = serde_json::to_value(&r.meta.labels).map_err(corrupt)?;
     Ok((spec, status, labels))
 }
 
-const COLUMNS: &str = "type, mesh, name, version, spec, status, labels, creation_time, modification_time";
+const COLUMNS: &str =
+    "type, mesh, name, version, spec, status, labels, creation_time, modification_time";
 
 #[async_trait]
 impl ResourceStore for PostgresStore {
     async fn get(&self, key: &ResourceKey) -> Result<Resource> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM resources WHERE type = $1 AND mesh = $2 AND name = $3")))
-            .bind(key.kind.name())
-            .bind(&key.mesh)
-            .bind(&key.name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| unavailable("get", e))?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM resources WHERE type = $1 AND mesh = $2 AND name = $3"
+        )))
+        .bind(key.kind.name())
+        .bind(&key.mesh)
+        .bind(&key.name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| unavailable("get", e))?;
         match row {
             Some(row) => Self::decode_row(&row),
             None => Err(StoreError::NotFound(key.clone())),
@@ -222,17 +253,23 @@ impl ResourceStore for PostgresStore {
         let labels = serde_json::to_value(&q.labels).unwrap_or(Value::Object(Default::default()));
         let filter = "type = $1 AND ($2::text IS NULL OR mesh = $2) AND labels @> $3::jsonb \
                       AND ($4::text IS NULL OR strpos(name, $4) > 0)";
-        let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM resources WHERE {filter}")))
-            .bind(q.kind.name())
-            .bind(&q.mesh)
-            .bind(&labels)
-            .bind(&q.name_contains)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| unavailable("list", e))?;
+        let total: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM resources WHERE {filter}"
+        )))
+        .bind(q.kind.name())
+        .bind(&q.mesh)
+        .bind(&labels)
+        .bind(&q.name_contains)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| unavailable("list", e))?;
         let total = total as usize;
         if q.size == Some(0) || q.offset >= total {
-            return Ok(ListPage { items: vec![], total, next_offset: None });
+            return Ok(ListPage {
+                items: vec![],
+                total,
+                next_offset: None,
+            });
         }
         let limit = q.size.map(|s| s as i64);
         let rows = sqlx::query(AssertSqlSafe(format!(
@@ -247,16 +284,27 @@ impl ResourceStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| unavailable("list", e))?;
-        let items = rows.iter().map(Self::decode_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(Self::decode_row)
+            .collect::<Result<Vec<_>>>()?;
         let end = q.offset + items.len();
-        Ok(ListPage { items, total, next_offset: (end < total).then_some(end) })
+        Ok(ListPage {
+            items,
+            total,
+            next_offset: (end < total).then_some(end),
+        })
     }
 
     async fn create(&self, mut resource: Resource) -> Result<Resource> {
         let key = resource.key();
         let (spec, status, labels) = encode(&resource)?;
         let now = Timestamp::now();
-        let mut tx = self.pool.begin().await.map_err(|e| unavailable("create", e))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| unavailable("create", e))?;
         if key.kind.is_mesh_scoped() && !Self::mesh_exists(&mut tx, &key.mesh).await? {
             return Err(StoreError::MeshNotFound(key.mesh));
         }
@@ -309,25 +357,37 @@ impl ResourceStore for PostgresStore {
         let Some(row) = row else {
             // Tell a stale version apart from a missing resource.
             let current = self.get(&key).await?;
-            return Err(StoreError::Conflict { key, expected: resource.meta.version, actual: current.meta.version });
+            return Err(StoreError::Conflict {
+                key,
+                expected: resource.meta.version,
+                actual: current.meta.version,
+            });
         };
         let get_err = |e: sqlx::Error| unavailable("update", e);
         resource.meta.version = row.try_get::<i64, _>("version").map_err(get_err)? as u64;
-        resource.meta.creation_time = Timestamp(row.try_get::<i64, _>("creation_time").map_err(get_err)? as i128);
-        resource.meta.modification_time =
-            Timestamp(row.try_get::<i64, _>("modification_time").map_err(get_err)? as i128);
+        resource.meta.creation_time =
+            Timestamp(row.try_get::<i64, _>("creation_time").map_err(get_err)? as i128);
+        resource.meta.modification_time = Timestamp(
+            row.try_get::<i64, _>("modification_time")
+                .map_err(get_err)? as i128,
+        );
         Ok(resource)
     }
 
     async fn delete(&self, key: &ResourceKey) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| unavailable("delete", e))?;
-        let deleted = sqlx::query("DELETE FROM resources WHERE type = $1 AND mesh = $2 AND name = $3")
-            .bind(key.kind.name())
-            .bind(&key.mesh)
-            .bind(&key.name)
-            .execute(&mut *tx)
+        let mut tx = self
+            .pool
+            .begin()
             .await
             .map_err(|e| unavailable("delete", e))?;
+        let deleted =
+            sqlx::query("DELETE FROM resources WHERE type = $1 AND mesh = $2 AND name = $3")
+                .bind(key.kind.name())
+                .bind(&key.mesh)
+                .bind(&key.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unavailable("delete", e))?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound(key.clone()));
         }
@@ -355,7 +415,11 @@ impl ResourceStore for PostgresStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(|e| unavailable("ping", e))
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("ping", e))
     }
 
     fn backend(&self) -> &'static str {
@@ -378,7 +442,13 @@ struct Notification {
 /// What this replica has announced, so replays after a reconnect are not announced twice.
 type Seen = HashMap<ResourceKey, u64>;
 
-fn apply_event(seen: &mut Seen, events: &broadcast::Sender<ChangeEvent>, op: Operation, key: ResourceKey, version: u64) {
+fn apply_event(
+    seen: &mut Seen,
+    events: &broadcast::Sender<ChangeEvent>,
+    op: Operation,
+    key: ResourceKey,
+    version: u64,
+) {
     let fresh = match op {
         Operation::Delete => seen.remove(&key).is_some(),
         Operation::Create | Operation::Update => seen.insert(key.clone(), version) != Some(version),
@@ -389,26 +459,44 @@ fn apply_event(seen: &mut Seen, events: &broadcast::Sender<ChangeEvent>, op: Ope
 }
 
 async fn snapshot(pool: &PgPool) -> std::result::Result<Seen, sqlx::Error> {
-    let rows = sqlx::query("SELECT type, mesh, name, version FROM resources").fetch_all(pool).await?;
+    let rows = sqlx::query("SELECT type, mesh, name, version FROM resources")
+        .fetch_all(pool)
+        .await?;
     let mut seen = Seen::with_capacity(rows.len());
     for row in rows {
         let type_name: String = row.try_get("type")?;
-        let Some(kind) = ResourceType::from_name(&type_name) else { continue };
+        let Some(kind) = ResourceType::from_name(&type_name) else {
+            continue;
+        };
         let version: i64 = row.try_get("version")?;
-        seen.insert(ResourceKey::new(kind, row.try_get::<String, _>("mesh")?, row.try_get::<String, _>("name")?), version as u64);
+        seen.insert(
+            ResourceKey::new(
+                kind,
+                row.try_get::<String, _>("mesh")?,
+                row.try_get::<String, _>("name")?,
+            ),
+            version as u64,
+        );
     }
     Ok(seen)
 }
 
 /// Announces differences between what was seen and what is stored now.
 fn reconcile(seen: &mut Seen, now: Seen, events: &broadcast::Sender<ChangeEvent>) {
-    let gone: Vec<(ResourceKey, u64)> =
-        seen.iter().filter(|(k, _)| !now.contains_key(*k)).map(|(k, v)| (k.clone(), *v)).collect();
+    let gone: Vec<(ResourceKey, u64)> = seen
+        .iter()
+        .filter(|(k, _)| !now.contains_key(*k))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     for (key, version) in gone {
         apply_event(seen, events, Operation::Delete, key, version);
     }
     for (key, version) in now {
-        let op = if seen.contains_key(&key) { Operation::Update } else { Operation::Create };
+        let op = if seen.contains_key(&key) {
+            Operation::Update
+        } else {
+            Operation::Create
+        };
         apply_event(seen, events, op, key, version);
     }
 }
@@ -436,7 +524,9 @@ async fn listen_for_changes(pool: PgPool, events: broadcast::Sender<ChangeEvent>
         match snapshot(&pool).await {
             Ok(now) => match seen.as_mut() {
                 Some(s) => {
-                    tracing::info!("postgres event listener reconnected; reconciling missed changes");
+                    tracing::info!(
+                        "postgres event listener reconnected; reconciling missed changes"
+                    );
                     reconcile(s, now, &events);
                 }
                 None => seen = Some(now),
@@ -453,15 +543,25 @@ async fn listen_for_changes(pool: PgPool, events: broadcast::Sender<ChangeEvent>
             match listener.try_recv().await {
                 Ok(Some(n)) => match serde_json::from_str::<Notification>(n.payload()) {
                     Ok(n) => {
-                        let Some(kind) = ResourceType::from_name(&n.kind) else { continue };
+                        let Some(kind) = ResourceType::from_name(&n.kind) else {
+                            continue;
+                        };
                         let op = match n.op.as_str() {
                             "insert" => Operation::Create,
                             "update" => Operation::Update,
                             _ => Operation::Delete,
                         };
-                        apply_event(state, &events, op, ResourceKey::new(kind, n.mesh, n.name), n.version);
+                        apply_event(
+                            state,
+                            &events,
+                            op,
+                            ResourceKey::new(kind, n.mesh, n.name),
+                            n.version,
+                        );
                     }
-                    Err(e) => tracing::warn!(error = %e, payload = n.payload(), "malformed change notification"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, payload = n.payload(), "malformed change notification")
+                    }
                 },
                 Ok(None) => {
                     tracing::warn!("postgres event connection lost; reconnecting");
@@ -481,9 +581,13 @@ async fn listen_for_changes(pool: PgPool, events: broadcast::Sender<ChangeEvent>
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    #[error("database schema is at version {current}, this kuma-cp needs {latest}: run `kuma-cp migrate up`")]
+    #[error(
+        "database schema is at version {current}, this kuma-cp needs {latest}: run `kuma-cp migrate up`"
+    )]
     Behind { current: i64, latest: i64 },
-    #[error("database schema is at version {current}, newer than this kuma-cp knows ({latest}): upgrade kuma-cp")]
+    #[error(
+        "database schema is at version {current}, newer than this kuma-cp knows ({latest}): upgrade kuma-cp"
+    )]
     Ahead { current: i64, latest: i64 },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -494,10 +598,11 @@ pub fn latest_schema_version() -> i64 {
 }
 
 pub async fn schema_version(pool: &PgPool) -> Result<i64> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('kuma_schema_migrations') IS NOT NULL")
-        .fetch_one(pool)
-        .await
-        .map_err(|e| unavailable("reading the schema version", e))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('kuma_schema_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| unavailable("reading the schema version", e))?;
     if !exists {
         return Ok(0);
     }
@@ -523,7 +628,10 @@ pub async fn check_schema(pool: &PgPool) -> std::result::Result<(), SchemaError>
 pub async fn migrate_up(pool: &PgPool) -> Result<Vec<i64>> {
     let err = |e| unavailable("migrating", e);
     let mut conn = pool.acquire().await.map_err(err)?;
-    sqlx::query("SELECT pg_advisory_lock(764312)").execute(&mut *conn).await.map_err(err)?;
+    sqlx::query("SELECT pg_advisory_lock(764312)")
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
     let result = async {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS kuma_schema_migrations \
@@ -555,7 +663,9 @@ pub async fn migrate_up(pool: &PgPool) -> Result<Vec<i64>> {
         Ok(done)
     }
     .await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock(764312)").execute(&mut *conn).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(764312)")
+        .execute(&mut *conn)
+        .await;
     result
 }
 
@@ -571,7 +681,11 @@ pub struct PostgresLeaderElector {
 
 impl PostgresLeaderElector {
     pub fn new(pool: PgPool, election: &str, timing: LeaseTiming) -> Arc<Self> {
-        Arc::new(PostgresLeaderElector { pool, election: election.to_string(), timing })
+        Arc::new(PostgresLeaderElector {
+            pool,
+            election: election.to_string(),
+            timing,
+        })
     }
 
     async fn try_acquire(&self, holder: &str) -> std::result::Result<bool, sqlx::Error> {
@@ -593,14 +707,20 @@ impl PostgresLeaderElector {
 
 #[async_trait]
 impl LeaderElector for PostgresLeaderElector {
-    async fn campaign(&self, instance_id: &str, leader: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
+    async fn campaign(
+        &self,
+        instance_id: &str,
+        leader: watch::Sender<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let sent = tokio::time::Instant::now();
-            let attempt = tokio::time::timeout(self.timing.renew_every, self.try_acquire(instance_id)).await;
+            let attempt =
+                tokio::time::timeout(self.timing.renew_every, self.try_acquire(instance_id)).await;
             match attempt {
                 Ok(Ok(true)) => {
                     deadline = Some(self.timing.self_deadline(sent));
@@ -612,7 +732,10 @@ impl LeaderElector for PostgresLeaderElector {
                 Ok(Ok(false)) => {
                     deadline = None;
                     if *leader.borrow() {
-                        tracing::warn!(instance = instance_id, "lease taken by another replica; stepping down");
+                        tracing::warn!(
+                            instance = instance_id,
+                            "lease taken by another replica; stepping down"
+                        );
                         let _ = leader.send(false);
                     }
                 }
@@ -633,7 +756,10 @@ impl LeaderElector for PostgresLeaderElector {
                 && tokio::time::Instant::now() >= d
                 && *leader.borrow()
             {
-                tracing::warn!(instance = instance_id, "could not renew the leader lease in time; stepping down");
+                tracing::warn!(
+                    instance = instance_id,
+                    "could not renew the leader lease in time; stepping down"
+                );
                 let _ = leader.send(false);
                 deadline = None;
             }

@@ -10,7 +10,9 @@ use model::{Resource, ResourceKey, ResourceType};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use store::leader::{LeaderElector, LeaseTiming};
-use store::postgres::{PostgresLeaderElector, PostgresStore, SchemaError, check_schema, migrate_up};
+use store::postgres::{
+    PostgresLeaderElector, PostgresStore, SchemaError, check_schema, migrate_up,
+};
 use store::testing::postgres::TestPostgres;
 use store::{ResourceStore, SharedStore, StoreError};
 use tokio::sync::watch;
@@ -22,7 +24,11 @@ fn cluster() -> Option<&'static TestPostgres> {
 }
 
 fn pool_for(url: &str) -> sqlx::PgPool {
-    PgPoolOptions::new().max_connections(10).acquire_timeout(Duration::from_secs(2)).connect_lazy(url).unwrap()
+    PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(url)
+        .unwrap()
 }
 
 async fn fresh_db(prefix: &str) -> Option<String> {
@@ -66,7 +72,10 @@ async fn replicas_see_each_others_writes_and_events() {
     let mut b_events = b.subscribe();
     let start = Instant::now();
     a.create(mesh("shared")).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(2), b_events.recv()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(2), b_events.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let latency = start.elapsed();
     assert_eq!(ev.key, ResourceKey::new(ResourceType::Mesh, "", "shared"));
     eprintln!("cross-replica event latency: {latency:?}");
@@ -81,7 +90,10 @@ async fn concurrent_writers_on_two_replicas() {
     let b = store_on(&url).await;
     let created = a.create(mesh("race")).await.unwrap();
     let mut tasks = Vec::new();
-    for (i, s) in [a.clone(), b.clone(), a.clone(), b.clone()].into_iter().enumerate() {
+    for (i, s) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
         let mut r = created.clone();
         r.meta.labels.insert("writer".into(), i.to_string());
         tasks.push(tokio::spawn(async move { s.update(r).await }));
@@ -126,7 +138,10 @@ async fn lost_event_connection_is_reconciled() {
     b.create(mesh("while-away")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ev = tokio::time::timeout_at(deadline.into(), a_events.recv()).await.expect("event never arrived").unwrap();
+        let ev = tokio::time::timeout_at(deadline.into(), a_events.recv())
+            .await
+            .expect("event never arrived")
+            .unwrap();
         if ev.key.name == "while-away" {
             break;
         }
@@ -143,53 +158,101 @@ async fn survives_a_database_restart_and_steps_down_while_it_is_gone() {
     let a = store_on(&url).await;
     let mut events = a.subscribe();
     a.create(mesh("before")).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(2), events.recv()).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(2), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
 
-    let timing = LeaseTiming { ttl: Duration::from_secs(2), renew_every: Duration::from_millis(200) };
+    let timing = LeaseTiming {
+        ttl: Duration::from_secs(2),
+        renew_every: Duration::from_millis(200),
+    };
     let elector = PostgresLeaderElector::new(a.pool().clone(), "restart", timing);
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let (_shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move { elector.campaign("only", leader_tx, shutdown_rx).await });
-    tokio::time::timeout(Duration::from_secs(5), leader_rx.wait_for(|l| *l)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), leader_rx.wait_for(|l| *l))
+        .await
+        .unwrap()
+        .unwrap();
 
     tokio::task::block_in_place(|| pg.stop());
     let start = Instant::now();
-    let err = a.get(&ResourceKey::new(ResourceType::Mesh, "", "before")).await;
-    assert!(matches!(err, Err(StoreError::Unavailable { .. })), "{err:?}");
-    assert!(start.elapsed() < Duration::from_secs(10), "a down database must fail fast");
+    let err = a
+        .get(&ResourceKey::new(ResourceType::Mesh, "", "before"))
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::Unavailable { .. })),
+        "{err:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "a down database must fail fast"
+    );
     // The leader must give up before its lease could have expired for anyone else.
-    tokio::time::timeout(timing.ttl, leader_rx.wait_for(|l| !*l)).await.expect("leader kept leading without its database").unwrap();
+    tokio::time::timeout(timing.ttl, leader_rx.wait_for(|l| !*l))
+        .await
+        .expect("leader kept leading without its database")
+        .unwrap();
 
     tokio::task::block_in_place(|| pg.restart());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match a.create(mesh("after")).await {
             Ok(_) => break,
-            Err(StoreError::Unavailable { .. }) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(StoreError::Unavailable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
             Err(e) => panic!("store did not recover: {e:?}"),
         }
     }
-    assert_eq!(a.get(&ResourceKey::new(ResourceType::Mesh, "", "before")).await.unwrap().meta.version, 1, "a write acknowledged before the restart was lost");
+    assert_eq!(
+        a.get(&ResourceKey::new(ResourceType::Mesh, "", "before"))
+            .await
+            .unwrap()
+            .meta
+            .version,
+        1,
+        "a write acknowledged before the restart was lost"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ev = tokio::time::timeout_at(deadline.into(), events.recv()).await.expect("no event after restart").unwrap();
+        let ev = tokio::time::timeout_at(deadline.into(), events.recv())
+            .await
+            .expect("no event after restart")
+            .unwrap();
         if ev.key.name == "after" {
             break;
         }
     }
-    tokio::time::timeout(Duration::from_secs(10), leader_rx.wait_for(|l| *l)).await.expect("leadership not regained").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), leader_rx.wait_for(|l| *l))
+        .await
+        .expect("leadership not regained")
+        .unwrap();
 }
 
-type Replica = (&'static str, watch::Receiver<bool>, watch::Sender<bool>, tokio::task::JoinHandle<()>);
+type Replica = (
+    &'static str,
+    watch::Receiver<bool>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+);
 
 fn leaders(replicas: &[Replica]) -> Vec<&'static str> {
-    replicas.iter().filter(|r| *r.1.borrow()).map(|r| r.0).collect()
+    replicas
+        .iter()
+        .filter(|r| *r.1.borrow())
+        .map(|r| r.0)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_and_fast_handover() {
     let url = skip_unless!(fresh_db("leader").await);
-    let timing = LeaseTiming { ttl: Duration::from_secs(2), renew_every: Duration::from_millis(200) };
+    let timing = LeaseTiming {
+        ttl: Duration::from_secs(2),
+        renew_every: Duration::from_millis(200),
+    };
     let mut replicas: Vec<Replica> = Vec::new();
     for id in ["a", "b", "c"] {
         let elector = PostgresLeaderElector::new(pool_for(&url), "kuma-cp-leader", timing);
@@ -217,7 +280,11 @@ async fn one_leader_and_fast_handover() {
     while leaders(&replicas).len() != 1 && start.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(leaders(&replicas).len(), 1, "no single new leader within 10 s");
+    assert_eq!(
+        leaders(&replicas).len(),
+        1,
+        "no single new leader within 10 s"
+    );
     eprintln!("takeover after a crashed leader: {:?}", start.elapsed());
 
     // A clean shutdown releases the lease: the last replica takes over within a renewal or two.
@@ -228,6 +295,9 @@ async fn one_leader_and_fast_handover() {
     task.await.unwrap();
     let start = Instant::now();
     let last = &mut replicas[0].1;
-    tokio::time::timeout(Duration::from_secs(2), last.wait_for(|l| *l)).await.expect("no handover after a clean shutdown").unwrap();
+    tokio::time::timeout(Duration::from_secs(2), last.wait_for(|l| *l))
+        .await
+        .expect("no handover after a clean shutdown")
+        .unwrap();
     eprintln!("takeover after a clean shutdown: {:?}", start.elapsed());
 }

@@ -88,14 +88,101 @@ impl Default for Config {
 pub struct StoreConfig {
     #[serde(rename = "type")]
     pub store_type: StoreType,
+    pub postgres: PostgresStoreConfig,
+    pub etcd: EtcdStoreConfig,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             store_type: StoreType::Memory,
+            postgres: PostgresStoreConfig::default(),
+            etcd: EtcdStoreConfig::default(),
         }
     }
+}
+
+/// Kuma's `store.postgres` block, with its defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PostgresStoreConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub db_name: String,
+    /// Seconds to wait for a connection.
+    pub connection_timeout: u64,
+    pub max_open_connections: u32,
+    pub tls: PostgresTlsConfig,
+}
+
+impl Default for PostgresStoreConfig {
+    fn default() -> Self {
+        PostgresStoreConfig {
+            host: "127.0.0.1".into(),
+            port: 15432,
+            user: "kuma".into(),
+            password: "kuma".into(),
+            db_name: "kuma".into(),
+            connection_timeout: 5,
+            max_open_connections: 50,
+            tls: PostgresTlsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PostgresTlsConfig {
+    pub mode: String,
+    pub ca_path: String,
+    pub cert_path: String,
+    pub key_path: String,
+}
+
+impl Default for PostgresTlsConfig {
+    fn default() -> Self {
+        PostgresTlsConfig {
+            mode: "disable".into(),
+            ca_path: String::new(),
+            cert_path: String::new(),
+            key_path: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EtcdStoreConfig {
+    pub endpoints: Vec<String>,
+    pub key_prefix: String,
+    pub username: String,
+    pub password: String,
+    /// Seconds to wait when dialing.
+    pub dial_timeout: u64,
+    pub tls: EtcdTlsConfig,
+}
+
+impl Default for EtcdStoreConfig {
+    fn default() -> Self {
+        EtcdStoreConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            key_prefix: "/kuma".into(),
+            username: String::new(),
+            password: String::new(),
+            dial_timeout: 5,
+            tls: EtcdTlsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EtcdTlsConfig {
+    pub ca_path: String,
+    pub cert_path: String,
+    pub key_path: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -444,12 +531,7 @@ impl Config {
                 "only \"tokens\" is supported",
             );
         }
-        if self.store.store_type != StoreType::Memory {
-            return invalid(
-                "store.type (KUMA_STORE_TYPE)",
-                "only \"memory\" is available in this build; postgres and etcd are not implemented yet",
-            );
-        }
+        self.validate_store()?;
         if self.mode == Mode::Zone {
             if let Some(reason) = model::name::name_violation(&self.multizone.zone.name) {
                 return invalid("multizone.zone.name (KUMA_MULTIZONE_ZONE_NAME)", &reason);
@@ -468,6 +550,139 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })
+        };
+        match self.store.store_type {
+            StoreType::Memory => Ok(()),
+            StoreType::Etcd if !cfg!(feature = "etcd") => invalid(
+                "store.type (KUMA_STORE_TYPE)",
+                "this kuma-cp was built without etcd support (cargo feature \"etcd\")".into(),
+            ),
+            StoreType::Etcd => {
+                let etcd = &self.store.etcd;
+                if etcd.endpoints.is_empty() {
+                    return invalid(
+                        "store.etcd.endpoints (KUMA_STORE_ETCD_ENDPOINTS)",
+                        "at least one endpoint is needed".into(),
+                    );
+                }
+                for (key, path) in [
+                    (
+                        "store.etcd.tls.caPath (KUMA_STORE_ETCD_TLS_CA_PATH)",
+                        &etcd.tls.ca_path,
+                    ),
+                    (
+                        "store.etcd.tls.certPath (KUMA_STORE_ETCD_TLS_CERT_PATH)",
+                        &etcd.tls.cert_path,
+                    ),
+                    (
+                        "store.etcd.tls.keyPath (KUMA_STORE_ETCD_TLS_KEY_PATH)",
+                        &etcd.tls.key_path,
+                    ),
+                ] {
+                    if !path.is_empty() && !std::path::Path::new(path).is_file() {
+                        return invalid(key, format!("file {path:?} does not exist"));
+                    }
+                }
+                if etcd.tls.cert_path.is_empty() != etcd.tls.key_path.is_empty() {
+                    return invalid(
+                        "store.etcd.tls.certPath (KUMA_STORE_ETCD_TLS_CERT_PATH)",
+                        "certPath and keyPath go together".into(),
+                    );
+                }
+                Ok(())
+            }
+            StoreType::Postgres => {
+                let pg = &self.store.postgres;
+                let mode: store::postgres::TlsMode =
+                    pg.tls
+                        .mode
+                        .parse()
+                        .map_err(|message| ConfigError::Invalid {
+                            key: "store.postgres.tls.mode (KUMA_STORE_POSTGRES_TLS_MODE)".into(),
+                            message,
+                        })?;
+                use store::postgres::TlsMode;
+                if matches!(mode, TlsMode::VerifyCa | TlsMode::VerifyFull)
+                    && pg.tls.ca_path.is_empty()
+                {
+                    return invalid(
+                        "store.postgres.tls.caPath (KUMA_STORE_POSTGRES_TLS_CA_PATH)",
+                        format!(
+                            "tls mode {} needs the CA certificate that signed the server's",
+                            pg.tls.mode
+                        ),
+                    );
+                }
+                for (key, path) in [
+                    (
+                        "store.postgres.tls.caPath (KUMA_STORE_POSTGRES_TLS_CA_PATH)",
+                        &pg.tls.ca_path,
+                    ),
+                    (
+                        "store.postgres.tls.certPath (KUMA_STORE_POSTGRES_TLS_CERT_PATH)",
+                        &pg.tls.cert_path,
+                    ),
+                    (
+                        "store.postgres.tls.keyPath (KUMA_STORE_POSTGRES_TLS_KEY_PATH)",
+                        &pg.tls.key_path,
+                    ),
+                ] {
+                    if !path.is_empty() && !std::path::Path::new(path).is_file() {
+                        return invalid(key, format!("file {path:?} does not exist"));
+                    }
+                }
+                if pg.tls.cert_path.is_empty() != pg.tls.key_path.is_empty() {
+                    return invalid(
+                        "store.postgres.tls.certPath (KUMA_STORE_POSTGRES_TLS_CERT_PATH)",
+                        "certPath and keyPath go together".into(),
+                    );
+                }
+                if mode == TlsMode::Disable && !pg.tls.cert_path.is_empty() {
+                    return invalid(
+                        "store.postgres.tls.mode (KUMA_STORE_POSTGRES_TLS_MODE)",
+                        "a client certificate is set but TLS is disabled".into(),
+                    );
+                }
+                if pg.max_open_connections < 2 {
+                    return invalid(
+                        "store.postgres.maxOpenConnections (KUMA_STORE_POSTGRES_MAX_OPEN_CONNECTIONS)",
+                        "must be at least 2".into(),
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The Postgres settings for the store crate; only call after validation.
+    pub fn postgres(&self) -> store::postgres::PostgresConfig {
+        let pg = &self.store.postgres;
+        let opt = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
+        store::postgres::PostgresConfig {
+            host: pg.host.clone(),
+            port: pg.port,
+            user: pg.user.clone(),
+            password: pg.password.clone(),
+            db_name: pg.db_name.clone(),
+            connection_timeout: std::time::Duration::from_secs(pg.connection_timeout.max(1)),
+            max_open_connections: pg.max_open_connections,
+            tls_mode: pg
+                .tls
+                .mode
+                .parse()
+                .unwrap_or(store::postgres::TlsMode::Disable),
+            tls_ca_path: opt(&pg.tls.ca_path),
+            tls_cert_path: opt(&pg.tls.cert_path),
+            tls_key_path: opt(&pg.tls.key_path),
+        }
     }
 
     /// The configuration as `/config` shows it: secrets replaced.

@@ -40,7 +40,9 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {
             // TERM first: a supervisor from `spawn_tied_to_test` then stops its server too.
-            let _ = std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             for _ in 0..50 {
                 if matches!(c.try_wait(), Ok(Some(_))) {
                     return;
@@ -113,7 +115,10 @@ pub fn spawn_tied_to_test_with_signal(
 /// Numeric uid and gid of a local user.
 pub fn user_ids(user: &str) -> std::io::Result<(u32, u32)> {
     let id = |flag: &str| -> std::io::Result<u32> {
-        let out = std::process::Command::new("id").arg(flag).arg(user).output()?;
+        let out = std::process::Command::new("id")
+            .arg(flag)
+            .arg(user)
+            .output()?;
         String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{ChildGuard, free_port, running_as_root, spawn_tied_to_test_with_signal, temp_dir, unavailable};
+use super::{
+    ChildGuard, free_port, running_as_root, spawn_tied_to_test_with_signal, temp_dir, unavailable,
+};
 
 const SERVER_USER: &str = "postgres";
 pub const TEST_USER: &str = "kuma";
@@ -38,7 +40,10 @@ impl TestPostgres {
     /// Starts a cluster, or reports it unavailable (skip outside CI, panic in CI).
     pub fn start() -> Option<TestPostgres> {
         let Some(bin) = find_bin_dir() else {
-            unavailable("PostgreSQL server", "no /usr/lib/postgresql/*/bin/postgres; apt-get install postgresql");
+            unavailable(
+                "PostgreSQL server",
+                "no /usr/lib/postgresql/*/bin/postgres; apt-get install postgresql",
+            );
             return None;
         };
         let root = temp_dir("kuma-test-pg");
@@ -47,19 +52,44 @@ impl TestPostgres {
         let as_user = running_as_root().then_some(SERVER_USER);
         if let Some(user) = as_user {
             // initdb refuses to run as root; the server user must own everything it touches.
-            let status = Command::new("chown").args(["-R", &format!("{user}:{user}")]).arg(&root).status();
-            assert!(status.is_ok_and(|s| s.success()), "chown of {} failed", root.display());
+            let status = Command::new("chown")
+                .args(["-R", &format!("{user}:{user}")])
+                .arg(&root)
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "chown of {} failed",
+                root.display()
+            );
         }
         let mut initdb = Command::new(bin.join("initdb"));
-        initdb.arg("-D").arg(&data).args(["-U", TEST_USER, "--auth=trust", "--no-sync", "-E", "UTF8"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            TEST_USER,
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]);
         if let Some(user) = as_user {
             use std::os::unix::process::CommandExt;
             let (uid, gid) = super::user_ids(user).expect("postgres user");
             initdb.uid(uid).gid(gid);
         }
         let out = initdb.output().expect("running initdb");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut pg = TestPostgres { bin, data, log, port: free_port(), as_user, server: ChildGuard(None) };
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = TestPostgres {
+            bin,
+            data,
+            log,
+            port: free_port(),
+            as_user,
+            server: ChildGuard(None),
+        };
         pg.start_server();
         Some(pg)
     }
@@ -100,7 +130,16 @@ impl TestPostgres {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let ready = Command::new(self.bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", TEST_USER, "-d", "postgres"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    TEST_USER,
+                    "-d",
+                    "postgres",
+                ])
                 .output()
                 .is_ok_and(|o| o.status.success());
             if ready {
@@ -108,7 +147,10 @@ impl TestPostgres {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("postgres did not start: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        panic!(
+            "postgres did not start: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
     }
 
     /// Fast shutdown; the data directory stays for [`TestPostgres::restart`].
@@ -129,11 +171,25 @@ impl TestPostgres {
     pub fn create_database(&self, prefix: &str) -> String {
         let name = format!("{prefix}_{}", free_port());
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", TEST_USER, "-d", "postgres", "-c"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                TEST_USER,
+                "-d",
+                "postgres",
+                "-c",
+            ])
             .arg(format!("CREATE DATABASE {name}"))
             .output()
             .expect("running psql");
-        assert!(out.status.success(), "create database: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "create database: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         name
     }
 

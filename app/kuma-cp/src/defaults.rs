@@ -1,0 +1,130 @@
+//! What a fresh control plane creates (leader-only), what every replica waits for, and the
+//! leader's garbage collection of insights whose owners are gone.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use model::specs::secret::ConfigSpec;
+use model::{Resource, ResourceKey, ResourceType};
+use store::{ListQuery, SharedStore, StoreError};
+
+use crate::config::Config;
+
+pub const CLUSTER_ID_CONFIG: &str = "kuma-cluster-id";
+
+/// The default mesh, the user-token signing key, the admin token and the cluster id. Each step
+/// tolerates a concurrent creator, so a leader handover mid-way is harmless.
+pub async fn ensure(
+    config: &Config,
+    store: &SharedStore,
+    user_keys: &security::SigningKeys,
+) -> Result<()> {
+    if !config.defaults.skip_mesh_creation {
+        match store
+            .create(Resource::new(
+                ResourceType::Mesh,
+                "",
+                "default",
+                serde_json::json!({}),
+            ))
+            .await
+        {
+            Ok(_) => tracing::info!("created Mesh \"default\""),
+            Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e).context("creating the default mesh"),
+        }
+    }
+    user_keys
+        .ensure_key()
+        .await
+        .context("creating the user token signing key")?;
+    if config.api_server.authn.tokens.bootstrap_admin_token
+        && security::user::bootstrap_admin_token(store, user_keys)
+            .await
+            .context("bootstrapping the admin token")?
+    {
+        tracing::info!(
+            "admin user token stored in GlobalSecret \"admin-user-token\"; read it on this host with: \
+             curl -s http://localhost:{}/globalsecrets/admin-user-token | jq -r .data | base64 -d",
+            config.api_server.http.port
+        );
+    }
+    let spec = serde_json::to_value(ConfigSpec {
+        config: security::random_uuid(),
+    })?;
+    match store
+        .create(Resource::new(
+            ResourceType::Config,
+            "",
+            CLUSTER_ID_CONFIG,
+            spec,
+        ))
+        .await
+    {
+        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e).context("storing the cluster id"),
+    }
+}
+
+/// Waits until the leader has stored the cluster id; every replica needs it before serving.
+pub async fn wait_for_cluster_id(store: &SharedStore) -> String {
+    let key = ResourceKey::new(ResourceType::Config, "", CLUSTER_ID_CONFIG);
+    let mut logged = false;
+    loop {
+        match store.get(&key).await {
+            Ok(r) => {
+                if let Ok(c) = serde_json::from_value::<ConfigSpec>(r.spec) {
+                    return c.config;
+                }
+                tracing::warn!(
+                    "cluster id record is malformed; waiting for the leader to repair it"
+                );
+            }
+            Err(StoreError::NotFound(_)) if !logged => {
+                tracing::info!("waiting for the leader to initialize the cluster");
+                logged = true;
+            }
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the cluster id failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Deletes insights whose Dataplane, Zone, ZoneIngress or ZoneEgress is gone (left behind when
+/// an owner was removed by a replica that crashed mid-way, or by older versions).
+pub async fn collect_orphaned_insights(store: SharedStore, every: Duration) {
+    let owners = [
+        ResourceType::Dataplane,
+        ResourceType::Zone,
+        ResourceType::ZoneIngress,
+        ResourceType::ZoneEgress,
+    ];
+    loop {
+        for owner in owners {
+            let Some(insight) = owner.owned_insight() else {
+                continue;
+            };
+            let page = match store.list(&ListQuery::all(insight)).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "insight GC: listing failed");
+                    continue;
+                }
+            };
+            for i in page.items {
+                let owner_key = ResourceKey::new(owner, i.meta.mesh.clone(), i.meta.name.clone());
+                if let Err(StoreError::NotFound(_)) = store.get(&owner_key).await {
+                    match store.delete(&i.key()).await {
+                        Ok(()) => {
+                            tracing::info!(insight = %i.key(), "deleted an insight whose owner is gone")
+                        }
+                        Err(StoreError::NotFound(_)) => {}
+                        Err(e) => tracing::warn!(error = %e, "insight GC: delete failed"),
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,240 @@
+//! `kuma-cp run`: wires the store, leader election, leader-only components and the servers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use store::leader::run_leader_only;
+use store::{MeteredStore, SharedStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::{VERSION, backend, defaults};
+
+pub async fn run(config: Config) -> Result<()> {
+    let hostname = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let instance_id = format!("{hostname}-{:04}", rand::random::<u16>() % 10000);
+    tracing::info!(mode = config.mode.as_str(), store = ?config.store.store_type, %instance_id, "starting kuma-cp {VERSION}");
+
+    let mut registry = Registry::default();
+    let backend = backend::build(&config).await?;
+    let store: SharedStore = Arc::new(MeteredStore::new(backend.store.clone(), &mut registry));
+    let api_metrics = api::api_metrics(&mut registry);
+    let leader_gauge = Gauge::<i64>::default();
+    registry.register(
+        "leader",
+        "1 while this replica is the leader, 0 otherwise",
+        leader_gauge.clone(),
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let started = Arc::new(AtomicBool::new(false));
+    let user_keys = Arc::new(security::user::user_signing_keys(store.clone()));
+
+    // Listeners are bound before start-up work so a port clash fails fast and names the port.
+    let http = &config.api_server.http;
+    let api_http = bind(&http.interface, http.port, "apiServer.http.port").await?;
+    let https = &config.api_server.https;
+    let api_https = match https.enabled {
+        true => Some(bind(&https.interface, https.port, "apiServer.https.port").await?),
+        false => None,
+    };
+    let diag = bind(
+        "0.0.0.0",
+        config.diagnostics.server_port,
+        "diagnostics.serverPort",
+    )
+    .await?;
+
+    // The unmetered backend, so scrapes do not count themselves as store traffic.
+    let diagnostics =
+        api::diagnostics::Diagnostics::new(registry, backend.store.clone(), started.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(api::serve_http(
+        diag,
+        diagnostics.router(),
+        wait_for(shutdown_rx.clone()),
+    ));
+
+    wait_for_store(&store, &shutdown_rx).await?;
+    if let Some(pool) = &backend.postgres {
+        store::postgres::check_schema(pool)
+            .await
+            .context("store.postgres")?;
+    }
+
+    // Leadership, and the components that run only on the leader.
+    let (leader_tx, leader_rx) = watch::channel(false);
+    {
+        let elector = backend.elector.clone();
+        let (id, shutdown) = (instance_id.clone(), shutdown_rx.clone());
+        tasks.spawn(async move { elector.campaign(&id, leader_tx, shutdown).await });
+        let mut rx = leader_rx.clone();
+        let gauge = leader_gauge.clone();
+        tasks.spawn(async move {
+            loop {
+                gauge.set(i64::from(*rx.borrow_and_update()));
+                if rx.changed().await.is_err() {
+                    gauge.set(0);
+                    return;
+                }
+            }
+        });
+    }
+    {
+        let (config, store, keys) = (config.clone(), store.clone(), user_keys.clone());
+        let (leader, shutdown) = (leader_rx.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            run_leader_only("defaults", leader, shutdown, || {
+                let (config, store, keys) = (config.clone(), store.clone(), keys.clone());
+                async move {
+                    let mut delay = Duration::from_millis(200);
+                    while let Err(e) = defaults::ensure(&config, &store, &keys).await {
+                        tracing::warn!(error = %format!("{e:#}"), "creating defaults failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                }
+            })
+            .await
+        });
+    }
+    {
+        let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            run_leader_only("insight-gc", leader, shutdown, || {
+                defaults::collect_orphaned_insights(store.clone(), Duration::from_secs(30))
+            })
+            .await
+        });
+    }
+
+    let cluster_id = tokio::select! {
+        id = defaults::wait_for_cluster_id(&store) => id,
+        () = shutdown_signal() => anyhow::bail!("shut down before the cluster was initialized"),
+    };
+
+    let state = Arc::new(api::ApiState {
+        store: store.clone(),
+        user_keys,
+        info: api::ServerInfo {
+            hostname: hostname.clone(),
+            tagline: "Kuma".into(),
+            product: "Kuma".into(),
+            version: VERSION.into(),
+            instance_id,
+            cluster_id,
+            gui: "/gui".into(),
+            based_on_kuma: VERSION.into(),
+            mode: config.mode.as_str().into(),
+        },
+        config: config.redacted(),
+        auth: api::AuthConfig {
+            localhost_is_admin: config.api_server.authn.localhost_is_admin,
+        },
+        metrics: api_metrics,
+    });
+    let router = api::router(state);
+    if http.enabled {
+        tasks.spawn(api::serve_http(
+            api_http,
+            router.clone(),
+            wait_for(shutdown_rx.clone()),
+        ));
+    }
+    if let Some(listener) = api_https {
+        let pair = if https.tls_cert_file.is_empty() {
+            let mut names = vec!["localhost".to_string(), hostname.clone()];
+            names.dedup();
+            security::tls::self_signed(&names).context("generating the API server's certificate")?
+        } else {
+            security::tls::load_pair(&https.tls_cert_file, &https.tls_key_file)
+                .context("apiServer.https.tlsCertFile/tlsKeyFile")?
+        };
+        let tls =
+            security::tls::server_config(&pair).context("apiServer.https TLS configuration")?;
+        tasks.spawn(api::serve_https(
+            listener,
+            router,
+            tls,
+            wait_for(shutdown_rx.clone()),
+        ));
+    }
+    started.store(true, Ordering::Release);
+    tracing::info!(
+        api = %format!("http://{}:{}", http.interface, http.port),
+        gui = %format!("http://localhost:{}/gui", http.port),
+        "kuma-cp is ready"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(interface: &str, port: u16, key: &str) -> Result<TcpListener> {
+    let addr: SocketAddr = format!("{interface}:{port}")
+        .parse()
+        .with_context(|| format!("{key}: bad address {interface}:{port}"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {addr}"))
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Retries with backoff until the store answers; each failure is logged.
+async fn wait_for_store(store: &SharedStore, shutdown: &watch::Receiver<bool>) -> Result<()> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match store.ping().await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, retry_in = ?delay, "store is not reachable yet");
+                if *shutdown.borrow() {
+                    anyhow::bail!("shut down while waiting for the store");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown_signal() => anyhow::bail!("shut down while waiting for the store"),
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+                attempt += 1;
+            }
+        }
+    }
+}

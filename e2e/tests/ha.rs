@@ -1,0 +1,267 @@
+//! Several `kuma-cp` replicas on one real Postgres: migrations, one leader, failover after
+//! SIGKILL, shared writes, and riding out a database outage.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use e2e::{ControlPlane, free_port, http_status};
+use store::testing::postgres::{TEST_USER, TestPostgres};
+
+fn pg_env(pg: &TestPostgres, db: &str) -> Vec<(String, String)> {
+    vec![
+        ("KUMA_STORE_TYPE".into(), "postgres".into()),
+        ("KUMA_STORE_POSTGRES_HOST".into(), "127.0.0.1".into()),
+        ("KUMA_STORE_POSTGRES_PORT".into(), pg.port.to_string()),
+        ("KUMA_STORE_POSTGRES_USER".into(), TEST_USER.into()),
+        ("KUMA_STORE_POSTGRES_DB_NAME".into(), db.into()),
+        ("KUMA_STORE_POSTGRES_CONNECTION_TIMEOUT".into(), "2".into()),
+    ]
+}
+
+fn start(name: &str, env: &[(String, String)]) -> ControlPlane {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    ControlPlane::start(name, &env)
+}
+
+fn migrate(env: &[(String, String)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(e2e::binary("kuma-cp"));
+    cmd.args(["migrate", "up"]).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn http() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn leaders(cps: &[ControlPlane]) -> Vec<usize> {
+    cps.iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_leader())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn wait_single_leader(cps: &[ControlPlane], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let l = leaders(cps);
+        if l.len() == 1 {
+            return l[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected one leader, found {l:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const TIMEOUT_POLICY: &str = r#"{"type":"MeshTimeout","name":"t1","mesh":"default","spec":{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"Mesh"},"default":{"idleTimeout":"20s"}}]}}"#;
+
+#[test]
+fn replicas_on_postgres_fail_over_and_share_state() {
+    let Some(mut pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = pg.create_database("ha");
+    let env = pg_env(&pg, &db);
+
+    // A schema that is behind is refused with the way out.
+    let mut early = start("early", &env);
+    let status = early.child.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        early.logs().contains("kuma-cp migrate up"),
+        "{}",
+        early.logs()
+    );
+
+    let out = migrate(&env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied migrations [1]"));
+    assert!(String::from_utf8_lossy(&migrate(&env).stdout).contains("up to date"));
+
+    let mut cps: Vec<ControlPlane> = (0..3).map(|i| start(&format!("r{i}"), &env)).collect();
+    for cp in &mut cps {
+        cp.wait_ready(Duration::from_secs(60));
+    }
+    let first = wait_single_leader(&cps, Duration::from_secs(15));
+
+    // A write through one replica is read through another.
+    let client = http();
+    let (a, b) = ((first + 1) % 3, (first + 2) % 3);
+    let r = client
+        .put(format!("{}/meshes/default/meshtimeouts/t1", cps[a].api()))
+        .header("content-type", "application/json")
+        .body(TIMEOUT_POLICY)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let got: serde_json::Value = client
+        .get(format!("{}/meshes/default/meshtimeouts/t1", cps[b].api()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(got["spec"]["to"][0]["default"]["idleTimeout"], "20s");
+
+    // SIGKILL the leader: exactly one of the others takes over within 10 s.
+    let killed_at = Instant::now();
+    cps[first].sigkill();
+    let mut survivors: Vec<ControlPlane> = cps
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != first)
+        .map(|(_, c)| c)
+        .collect();
+    let new = wait_single_leader(&survivors, Duration::from_secs(10));
+    eprintln!("new leader after SIGKILL in {:?}", killed_at.elapsed());
+    // Still exactly one a while later.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(leaders(&survivors), vec![new]);
+
+    // Leader-only work ran once: the default mesh was created by exactly one replica, ever.
+    let all_logs: String = survivors
+        .iter()
+        .map(|c| c.logs())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let created = all_logs.matches("created Mesh \"default\"").count();
+    assert!(created <= 1, "default mesh created {created} times");
+
+    // The database goes away: writes fail with 503, then everything recovers by itself.
+    pg.stop();
+    let r = client
+        .put(format!(
+            "{}/meshes/default/meshtimeouts/t2",
+            survivors[0].api()
+        ))
+        .header("content-type", "application/json")
+        .body(TIMEOUT_POLICY.replace("\"t1\"", "\"t2\""))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503, "{}", r.text().unwrap_or_default());
+    assert_ne!(
+        http_status(survivors[0].diag_port, "/ready"),
+        Some(200),
+        "ready without a database"
+    );
+    pg.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .put(format!(
+                "{}/meshes/default/meshtimeouts/t2",
+                survivors[1].api()
+            ))
+            .header("content-type", "application/json")
+            .body(TIMEOUT_POLICY.replace("\"t1\"", "\"t2\""))
+            .send();
+        if r.as_ref().is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after the database returned: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let got = client
+        .get(format!(
+            "{}/meshes/default/meshtimeouts/t1",
+            survivors[0].api()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(
+        got.status(),
+        200,
+        "a write acknowledged before the outage was lost"
+    );
+    wait_single_leader(&survivors, Duration::from_secs(15));
+    for cp in &mut survivors {
+        assert!(
+            cp.terminate(Duration::from_secs(15))
+                .is_some_and(|s| s.success())
+        );
+    }
+}
+
+#[test]
+fn unreachable_database_at_start_up_is_retried() {
+    let port = free_port().to_string();
+    let env = vec![
+        ("KUMA_STORE_TYPE".to_string(), "postgres".to_string()),
+        (
+            "KUMA_STORE_POSTGRES_HOST".to_string(),
+            "127.0.0.1".to_string(),
+        ),
+        ("KUMA_STORE_POSTGRES_PORT".to_string(), port),
+        (
+            "KUMA_STORE_POSTGRES_CONNECTION_TIMEOUT".to_string(),
+            "1".to_string(),
+        ),
+    ];
+    let mut cp = start("nodb", &env);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        cp.child.try_wait().unwrap().is_none(),
+        "kuma-cp exited instead of retrying:\n{}",
+        cp.logs()
+    );
+    assert_eq!(http_status(cp.diag_port, "/healthy"), Some(200));
+    assert_ne!(http_status(cp.diag_port, "/ready"), Some(200));
+    let logs = cp.logs();
+    assert!(
+        logs.matches("store is not reachable yet").count() >= 2,
+        "{logs}"
+    );
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert!(
+        cp.terminate(Duration::from_secs(10)).is_some(),
+        "kuma-cp did not stop while waiting for its store"
+    );
+}
+
+#[test]
+fn wrong_tls_settings_name_the_setting() {
+    let env = vec![
+        ("KUMA_STORE_TYPE".to_string(), "postgres".to_string()),
+        (
+            "KUMA_STORE_POSTGRES_TLS_MODE".to_string(),
+            "verifyCa".to_string(),
+        ),
+    ];
+    let mut cp = start("tls", &env);
+    assert!(!cp.child.wait().unwrap().success());
+    assert!(
+        cp.logs().contains("KUMA_STORE_POSTGRES_TLS_CA_PATH"),
+        "{}",
+        cp.logs()
+    );
+    let env = vec![
+        ("KUMA_STORE_TYPE".to_string(), "postgres".to_string()),
+        (
+            "KUMA_STORE_POSTGRES_TLS_MODE".to_string(),
+            "sometimes".to_string(),
+        ),
+    ];
+    let mut cp = start("tls2", &env);
+    assert!(!cp.child.wait().unwrap().success());
+    assert!(
+        cp.logs().contains("KUMA_STORE_POSTGRES_TLS_MODE"),
+        "{}",
+        cp.logs()
+    );
+}
