@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the suites need, then runs every test in the
 # workspace. README and .ci/run both call this script, so they cannot drift apart.
+#
+# Needs: Debian's postgresql (the store suites start their own clusters with initdb/pg_ctl),
+# etcd-server (started per suite on loopback ports) and protobuf-compiler (etcd-client's build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Nothing outside the Rust toolchain is needed yet; Postgres, etcd and Envoy installs land
-# here with the suites that use them.
+need=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The package starts a system-wide cluster we do not use; tests run their own.
+  if command -v pg_lsclusters >/dev/null 2>&1; then
+    $sudo_cmd pg_ctlcluster --skip-systemctl-redirect "$(pg_lsclusters -h | awk 'NR==1{print $1}')" main stop 2>/dev/null || true
+  fi
+fi
 
-cargo test --workspace --all-targets --locked
+[ "${1:-}" = "--install-only" ] && exit 0
+
+cargo test --workspace --all-targets --all-features --locked

@@ -70,6 +70,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/who-am-i", get(auth::who_am_i))
         .route("/tokens/user", post(tokens::issue_user_token))
         .route("/mesh-insights", get(overview::mesh_insights))
+        .route("/control-planes", get(overview::control_planes))
         .route("/mesh-insights/{mesh}", get(overview::mesh_insight))
         .route("/gui", get(gui::page))
         .route("/gui/", get(gui::page))

@@ -186,3 +186,20 @@ pub async fn mesh_insight(
         .map_err(|e| ApiError::from_store("Could not retrieve mesh insights", e))?;
     Ok(Json(mesh_insight_value(&state, &m).await?))
 }
+
+/// `GET /control-planes`: the replicas in the leader's catalog, with their last heartbeat.
+pub async fn control_planes(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+    let key = ResourceKey::new(ResourceType::Config, "", model::catalog::CATALOG_CONFIG);
+    let catalog = match state.store.get(&key).await {
+        Ok(r) => serde_json::from_value::<model::specs::secret::ConfigSpec>(r.spec)
+            .ok()
+            .and_then(|c| serde_json::from_str::<model::catalog::Catalog>(&c.config).ok())
+            .unwrap_or_default(),
+        Err(StoreError::NotFound(_)) => model::catalog::Catalog::default(),
+        Err(e) => return Err(ApiError::from_store("Could not retrieve control planes", e)),
+    };
+    let items: Vec<Value> = catalog.instances.iter().map(|i| json!(i)).collect();
+    Ok(Json(
+        json!({"total": items.len(), "items": items, "next": null}),
+    ))
+}

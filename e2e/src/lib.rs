@@ -23,6 +23,9 @@ pub fn binary(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "kuma-cp", "-p", "kumactl"]);
+        if cfg!(feature = "etcd") {
+            cmd.args(["--features", "kuma-cp/etcd"]);
+        }
         if target_dir().file_name().is_some_and(|p| p == "release") {
             cmd.arg("--release");
         }

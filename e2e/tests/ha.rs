@@ -13,8 +13,16 @@ fn pg_env(pg: &TestPostgres, db: &str) -> Vec<(String, String)> {
         ("KUMA_STORE_POSTGRES_HOST".into(), "127.0.0.1".into()),
         ("KUMA_STORE_POSTGRES_PORT".into(), pg.port.to_string()),
         ("KUMA_STORE_POSTGRES_USER".into(), TEST_USER.into()),
+        (
+            "KUMA_STORE_POSTGRES_PASSWORD".into(),
+            "not-needed-with-trust".into(),
+        ),
         ("KUMA_STORE_POSTGRES_DB_NAME".into(), db.into()),
         ("KUMA_STORE_POSTGRES_CONNECTION_TIMEOUT".into(), "2".into()),
+        (
+            "KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS".into(),
+            "127.0.0.1".into(),
+        ),
     ]
 }
 
@@ -98,8 +106,75 @@ fn replicas_on_postgres_fail_over_and_share_state() {
     }
     let first = wait_single_leader(&cps, Duration::from_secs(15));
 
-    // A write through one replica is read through another.
+    // The leader's catalog lists every replica once, itself as leader, over mutual-TLS pings.
     let client = http();
+    let leader_id = client
+        .get(format!("{}/", cps[first].api()))
+        .send()
+        .unwrap()
+        .json::<serde_json::Value>()
+        .unwrap()["instanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let catalog = loop {
+        let list: serde_json::Value = client
+            .get(format!("{}/control-planes", cps[(first + 1) % 3].api()))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if list["total"] == 3 {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "catalog never listed 3 replicas: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let items = catalog["items"].as_array().unwrap();
+    let leaders_in_catalog: Vec<&str> = items
+        .iter()
+        .filter(|i| i["leader"] == true)
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(leaders_in_catalog, vec![leader_id.as_str()]);
+    let config: serde_json::Value = client
+        .get(format!("{}/config", cps[first].api()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(config["instanceId"], leader_id.as_str());
+    assert_eq!(
+        config["store"]["postgres"]["password"], "*****",
+        "the password must not be shown"
+    );
+    let kcfg = cps[0].work_dir.join("kumactl");
+    let out = e2e::kumactl(
+        &kcfg,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "ha",
+            "--address",
+            &cps[0].api(),
+        ],
+    );
+    assert!(out.status.success());
+    let out = e2e::stdout(&e2e::kumactl(&kcfg, &["inspect", "control-planes"]));
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&leader_id) && l.contains("yes")),
+        "{out}"
+    );
+
+    // A write through one replica is read through another.
     let (a, b) = ((first + 1) % 3, (first + 2) % 3);
     let r = client
         .put(format!("{}/meshes/default/meshtimeouts/t1", cps[a].api()))
@@ -263,5 +338,66 @@ fn wrong_tls_settings_name_the_setting() {
         cp.logs().contains("KUMA_STORE_POSTGRES_TLS_MODE"),
         "{}",
         cp.logs()
+    );
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn replicas_on_etcd_elect_one_leader_and_fail_over() {
+    let Some(etcd) = store::testing::etcd::TestEtcd::new() else {
+        return;
+    };
+    let env: Vec<(String, String)> = vec![
+        ("KUMA_STORE_TYPE".into(), "etcd".into()),
+        ("KUMA_STORE_ETCD_ENDPOINTS".into(), etcd.endpoint()),
+        (
+            "KUMA_STORE_ETCD_KEY_PREFIX".into(),
+            format!("/kuma-e2e-{}", free_port()),
+        ),
+        (
+            "KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS".into(),
+            "127.0.0.1".into(),
+        ),
+    ];
+    let mut cps: Vec<ControlPlane> = (0..2).map(|i| start(&format!("etcd{i}"), &env)).collect();
+    for cp in &mut cps {
+        cp.wait_ready(Duration::from_secs(60));
+    }
+    let first = wait_single_leader(&cps, Duration::from_secs(15));
+    let client = http();
+    let other = 1 - first;
+    let r = client
+        .put(format!(
+            "{}/meshes/default/meshtimeouts/t1",
+            cps[first].api()
+        ))
+        .header("content-type", "application/json")
+        .body(TIMEOUT_POLICY)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        client
+            .get(format!(
+                "{}/meshes/default/meshtimeouts/t1",
+                cps[other].api()
+            ))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let killed_at = Instant::now();
+    cps[first].sigkill();
+    let survivors: Vec<ControlPlane> = cps
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != first)
+        .map(|(_, c)| c)
+        .collect();
+    wait_single_leader(&survivors, Duration::from_secs(10));
+    eprintln!(
+        "etcd: new leader after SIGKILL in {:?}",
+        killed_at.elapsed()
     );
 }

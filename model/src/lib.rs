@@ -1,6 +1,7 @@
 //! Kuma's resource model: types, descriptors, validation with field paths and codecs.
 //! Pure data: nothing here does I/O.
 
+pub mod catalog;
 pub mod descriptor;
 pub mod duration;
 pub mod name;

@@ -1,6 +1,7 @@
 //! Security primitives: signed tokens backed by signing keys kept in the store, the users they
 //! name, and TLS material for the control plane's own listeners.
 
+pub mod ca;
 pub mod tls;
 pub mod tokens;
 pub mod user;

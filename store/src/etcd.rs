@@ -288,7 +288,9 @@ impl Layout {
     }
 
     fn parse(&self, raw: &[u8]) -> Option<ResourceKey> {
-        let rest = std::str::from_utf8(raw).ok()?.strip_prefix(&self.resources)?;
+        let rest = std::str::from_utf8(raw)
+            .ok()?
+            .strip_prefix(&self.resources)?;
         let mut parts = rest.split('/');
         let (kind, mesh, name) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -475,7 +477,9 @@ impl EtcdStore {
             revision: 0,
             request_timeout: config.request_timeout,
             min_backoff: config.reconnect_min_backoff,
-            max_backoff: config.reconnect_max_backoff.max(config.reconnect_min_backoff),
+            max_backoff: config
+                .reconnect_max_backoff
+                .max(config.reconnect_min_backoff),
         };
         // Before returning: every write after `connect` then has a later revision than the
         // watch start, so no event for it can be lost.
@@ -527,16 +531,10 @@ impl EtcdStore {
         let value = encode(resource);
         let size = value.len() + etcd_key.len();
         if size > self.max_value_bytes {
-            // TODO: a dedicated `StoreError::TooLarge { key, size, limit }` (HTTP 413, not
-            // retryable) instead of Unavailable, once lib.rs has it.
-            return Err(StoreError::Unavailable {
-                message: format!(
-                    "{} is too large to store: {size} bytes, over the etcd backend's limit of {} \
-                     bytes (max_value_bytes)",
-                    resource.key(),
-                    self.max_value_bytes
-                ),
-                source: None,
+            return Err(StoreError::TooLarge {
+                key: resource.key(),
+                size,
+                limit: self.max_value_bytes,
             });
         }
         Ok(value)
@@ -588,10 +586,13 @@ impl ResourceStore for EtcdStore {
         )
         .await?;
         if count_only {
+            // Same paging rule as `paginate` with an empty page.
+            let total = usize::try_from(count).unwrap_or(0);
+            let start = query.offset.min(total);
             return Ok(ListPage {
                 items: Vec::new(),
-                total: usize::try_from(count).unwrap_or(0),
-                next_offset: (count > 0).then_some(0),
+                total,
+                next_offset: (start < total).then_some(start),
             });
         }
         let mut items = Vec::with_capacity(kvs.len());
@@ -613,9 +614,7 @@ impl ResourceStore for EtcdStore {
             }
         }
         // Escaped keys do not sort like (mesh, name): `a-b/` < `a/` bytewise.
-        items.sort_by(|a, b| {
-            (&a.meta.mesh, &a.meta.name).cmp(&(&b.meta.mesh, &b.meta.name))
-        });
+        items.sort_by(|a, b| (&a.meta.mesh, &a.meta.name).cmp(&(&b.meta.mesh, &b.meta.name)));
         Ok(paginate(items, query.offset, query.size))
     }
 
@@ -636,9 +635,9 @@ impl ResourceStore for EtcdStore {
         let mut otherwise = vec![TxnOp::get(etcd_key.clone(), count())];
         if key.kind.is_mesh_scoped() {
             // In the same transaction, so a concurrent Mesh delete cannot leave an orphan.
-            let mesh_key = self
-                .layout
-                .key(&ResourceKey::new(ResourceType::Mesh, "", key.mesh.clone()));
+            let mesh_key =
+                self.layout
+                    .key(&ResourceKey::new(ResourceType::Mesh, "", key.mesh.clone()));
             when.push(Compare::create_revision(
                 mesh_key.clone(),
                 CompareOp::Greater,
@@ -655,8 +654,8 @@ impl ResourceStore for EtcdStore {
             return Ok(resource);
         }
         let responses = resp.op_responses();
-        let mesh_missing = key.kind.is_mesh_scoped()
-            && first_get(&responses, 1).is_some_and(|g| g.count() == 0);
+        let mesh_missing =
+            key.kind.is_mesh_scoped() && first_get(&responses, 1).is_some_and(|g| g.count() == 0);
         if mesh_missing {
             return Err(StoreError::MeshNotFound(key.mesh));
         }
@@ -935,10 +934,7 @@ impl Watcher {
         self.revision = revision;
         if emit {
             if !changes.is_empty() {
-                tracing::info!(
-                    changes = changes.len(),
-                    "etcd watch caught up after a gap"
-                );
+                tracing::info!(changes = changes.len(), "etcd watch caught up after a gap");
             }
             for (op, key, version) in changes {
                 self.emit(op, key, version);
@@ -1001,10 +997,7 @@ impl EtcdLeaderElector {
         let held = bounded(
             "leader get",
             self.limit(),
-            kv.get(
-                self.key.clone(),
-                Some(GetOptions::new().with_count_only()),
-            ),
+            kv.get(self.key.clone(), Some(GetOptions::new().with_count_only())),
         )
         .await?;
         if held.count() > 0 {
@@ -1148,7 +1141,9 @@ impl LeaderElector for EtcdLeaderElector {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::debug!(key = %self.key, error = %e, "leader election attempt failed"),
+                Err(e) => {
+                    tracing::debug!(key = %self.key, error = %e, "leader election attempt failed")
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(self.timing.renew_every) => {}

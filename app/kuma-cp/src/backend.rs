@@ -48,14 +48,27 @@ pub async fn build(config: &Config) -> Result<Backend> {
     }
 }
 
+/// Connects with backoff: etcd may come up after the control plane.
 #[cfg(feature = "etcd")]
 async fn build_etcd(config: &Config) -> Result<Backend> {
     let cfg = config.etcd();
-    let store = store::etcd::EtcdStore::connect(cfg.clone())
-        .await
-        .context("store.etcd")?;
-    let elector =
-        store::etcd::EtcdLeaderElector::new(&store, LEADER_ELECTION, LeaseTiming::default());
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut attempt = 1;
+    let store = loop {
+        match store::etcd::EtcdStore::connect(cfg.clone()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, retry_in = ?delay, "store is not reachable yet (store.etcd.endpoints)");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = crate::run::shutdown_signal() => anyhow::bail!("shut down while waiting for etcd"),
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                attempt += 1;
+            }
+        }
+    };
+    let elector = Arc::new(store.leader_elector(LEADER_ELECTION, LeaseTiming::default()));
     Ok(Backend {
         store: Arc::new(store),
         elector,

@@ -73,9 +73,7 @@ impl Default for Config {
             api_server: ApiServerConfig::default(),
             diagnostics: DiagnosticsConfig { server_port: 5680 },
             dp_server: PortConfig { port: 5678 },
-            inter_cp: InterCpConfig {
-                server: PortConfig { port: 5683 },
-            },
+            inter_cp: InterCpConfig::default(),
             multizone: MultizoneConfig::default(),
             general: GeneralConfig::default(),
             defaults: DefaultsConfig::default(),
@@ -279,9 +277,26 @@ pub struct PortConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct InterCpConfig {
     pub server: PortConfig,
+    pub catalog: CatalogConfig,
+}
+
+impl Default for InterCpConfig {
+    fn default() -> Self {
+        InterCpConfig {
+            server: PortConfig { port: 5683 },
+            catalog: CatalogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// The address other replicas reach this one on; empty picks the primary interface's.
+    pub instance_address: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -682,6 +697,24 @@ impl Config {
             tls_ca_path: opt(&pg.tls.ca_path),
             tls_cert_path: opt(&pg.tls.cert_path),
             tls_key_path: opt(&pg.tls.key_path),
+        }
+    }
+
+    /// The etcd settings for the store crate; only call after validation.
+    #[cfg(feature = "etcd")]
+    pub fn etcd(&self) -> store::etcd::EtcdConfig {
+        let e = &self.store.etcd;
+        let opt = |p: &str| (!p.is_empty()).then(|| p.to_string());
+        store::etcd::EtcdConfig {
+            endpoints: e.endpoints.clone(),
+            key_prefix: e.key_prefix.clone(),
+            username: opt(&e.username),
+            password: opt(&e.password),
+            ca_cert_path: opt(&e.tls.ca_path),
+            client_cert_path: opt(&e.tls.cert_path),
+            client_key_path: opt(&e.tls.key_path),
+            dial_timeout: std::time::Duration::from_secs(e.dial_timeout.max(1)),
+            ..store::etcd::EtcdConfig::default()
         }
     }
 

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod backend;
 mod config;
 mod defaults;
+mod intercp;
 mod run;
 
 use config::Config;

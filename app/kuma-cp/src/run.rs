@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::{VERSION, backend, defaults};
+use crate::{VERSION, backend, defaults, intercp};
 
 pub async fn run(config: Config) -> Result<()> {
     let hostname = hostname::get()
@@ -52,6 +52,20 @@ pub async fn run(config: Config) -> Result<()> {
         "diagnostics.serverPort",
     )
     .await?;
+    let inter_cp = bind(
+        "0.0.0.0",
+        config.inter_cp.server.port,
+        "interCp.server.port",
+    )
+    .await?;
+    let me = intercp::Me {
+        id: instance_id.clone(),
+        address: match config.inter_cp.catalog.instance_address.as_str() {
+            "" => intercp::primary_address(),
+            a => a.to_string(),
+        },
+        port: config.inter_cp.server.port,
+    };
 
     // The unmetered backend, so scrapes do not count themselves as store traffic.
     let diagnostics =
@@ -96,7 +110,12 @@ pub async fn run(config: Config) -> Result<()> {
                 let (config, store, keys) = (config.clone(), store.clone(), keys.clone());
                 async move {
                     let mut delay = Duration::from_millis(200);
-                    while let Err(e) = defaults::ensure(&config, &store, &keys).await {
+                    loop {
+                        let result = match defaults::ensure(&config, &store, &keys).await {
+                            Ok(()) => intercp::ensure_ca(&store).await,
+                            Err(e) => Err(e),
+                        };
+                        let Err(e) = result else { break };
                         tracing::warn!(error = %format!("{e:#}"), "creating defaults failed; retrying");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(10));
@@ -116,10 +135,48 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
 
-    let cluster_id = tokio::select! {
-        id = defaults::wait_for_cluster_id(&store) => id,
+    let (cluster_id, ca) = tokio::select! {
+        r = async { (defaults::wait_for_cluster_id(&store).await, intercp::load_ca(&store).await) } => r,
         () = shutdown_signal() => anyhow::bail!("shut down before the cluster was initialized"),
     };
+
+    // Inter-CP: serve Ping, ping the leader when following, keep the catalog when leading.
+    let tls = Arc::new(
+        intercp::issue_tls(&ca, &me).context("issuing this replica's inter-CP certificate")?,
+    );
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    {
+        let (tls, me, leader, seen, shutdown) = (
+            tls.clone(),
+            me.clone(),
+            leader_rx.clone(),
+            seen.clone(),
+            shutdown_rx.clone(),
+        );
+        tasks.spawn(async move {
+            if let Err(e) = intercp::serve(inter_cp, &tls, me, leader, seen, shutdown).await {
+                tracing::error!(error = %format!("{e:#}"), "inter-CP server stopped");
+            }
+        });
+    }
+    tasks.spawn(intercp::heartbeat(
+        store.clone(),
+        tls,
+        me.clone(),
+        leader_rx.clone(),
+        shutdown_rx.clone(),
+    ));
+    {
+        let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            run_leader_only("cp-catalog", leader, shutdown, || {
+                intercp::keep_catalog(store.clone(), me.clone(), seen.clone())
+            })
+            .await
+        });
+    }
+    let mut shown_config = config.redacted();
+    shown_config["instanceId"] = serde_json::Value::String(instance_id.clone());
 
     let state = Arc::new(api::ApiState {
         store: store.clone(),
@@ -135,7 +192,7 @@ pub async fn run(config: Config) -> Result<()> {
             based_on_kuma: VERSION.into(),
             mode: config.mode.as_str().into(),
         },
-        config: config.redacted(),
+        config: shown_config,
         auth: api::AuthConfig {
             localhost_is_admin: config.api_server.authn.localhost_is_admin,
         },

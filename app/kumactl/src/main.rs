@@ -151,6 +151,12 @@ enum ControlPlanesCommand {
 
 #[derive(Subcommand)]
 enum InspectCommand {
+    /// Replicas of the control plane, the leader and their last heartbeat.
+    #[command(name = "control-planes")]
+    ControlPlanes {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Dataplanes and mesh resources per mesh.
     Meshes {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -634,6 +640,50 @@ fn resource_rows(kind: ResourceType, items: &[Value]) -> (Vec<&'static str>, Vec
 
 async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
     match command {
+        InspectCommand::ControlPlanes { output } => {
+            let list = client.get_json("/control-planes").await?;
+            if output != Output::Table {
+                return print_items(ResourceType::Config, &[], output, Some(&list), None);
+            }
+            let rows: Vec<Vec<String>> = list["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                i["id"].as_str().unwrap_or("").to_string(),
+                                format!(
+                                    "{}:{}",
+                                    i["address"].as_str().unwrap_or(""),
+                                    i["interCpPort"]
+                                ),
+                                if i["leader"].as_bool().unwrap_or(false) {
+                                    "yes".into()
+                                } else {
+                                    "no".into()
+                                },
+                                i["version"].as_str().unwrap_or("").to_string(),
+                                table::ago(i["lastHeartbeat"].as_str().and_then(Timestamp::parse)),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            print!(
+                "{}",
+                table::render(
+                    &[
+                        "INSTANCE",
+                        "INTER-CP ADDRESS",
+                        "LEADER",
+                        "VERSION",
+                        "LAST HEARTBEAT"
+                    ],
+                    &rows
+                )
+            );
+        }
         InspectCommand::Meshes { output } => {
             let insights = client.get_json("/mesh-insights").await?;
             if output != Output::Table {

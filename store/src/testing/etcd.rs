@@ -19,6 +19,33 @@ pub struct TestEtcd {
     child: Mutex<ChildGuard>,
 }
 
+const DIR_PREFIX: &str = "kuma-test-etcd";
+
+/// Removes data directories of test processes that have exited. A server shared through a
+/// static is never dropped, and etcd preallocates 64 MB of WAL, so these add up across runs.
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|n| n.strip_prefix('-'))
+        else {
+            continue;
+        };
+        // `temp_dir` names are `<prefix>-<pid>-<port>`.
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// `KUMA_TEST_ETCD_BIN`, else `/usr/bin/etcd` (Debian's etcd-server), else `etcd` on PATH.
 fn find_binary() -> Option<String> {
     if let Ok(bin) = std::env::var("KUMA_TEST_ETCD_BIN") {
@@ -63,7 +90,8 @@ impl TestEtcd {
             );
             return None;
         };
-        let dir = temp_dir("kuma-test-etcd");
+        remove_stale_dirs();
+        let dir = temp_dir(DIR_PREFIX);
         let data_dir = dir.join("data");
         let log = dir.join("etcd.log");
         let client_port = free_port();

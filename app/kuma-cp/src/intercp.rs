@@ -1,0 +1,319 @@
+//! Replica-to-replica gRPC on 5683 with mutual TLS. Every replica serves `Ping`; followers ping
+//! the leader, and the leader keeps the catalog of live replicas in the store.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use model::catalog::{CATALOG_CONFIG, Catalog, INTER_CP_CA_SECRET, Instance};
+use model::specs::secret::{ConfigSpec, SecretSpec};
+use model::{Resource, ResourceKey, ResourceType, Timestamp};
+use proto::kuma::system::v1alpha1::inter_cp_ping_service_client::InterCpPingServiceClient;
+use proto::kuma::system::v1alpha1::inter_cp_ping_service_server::{
+    InterCpPingService, InterCpPingServiceServer,
+};
+use proto::kuma::system::v1alpha1::{PingRequest, PingResponse};
+use security::ca::CertificateAuthority;
+use store::{SharedStore, StoreError};
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+
+use crate::VERSION;
+
+/// How often followers ping the leader and the leader rewrites the catalog.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A replica not heard from for this long leaves the catalog.
+const EXPIRY: Duration = Duration::from_secs(15);
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Who this replica is, as others should reach it.
+#[derive(Debug, Clone)]
+pub struct Me {
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+}
+
+/// The address this host uses to reach other hosts: the source address of a route, found
+/// without sending anything (a UDP connect only consults the routing table).
+pub fn primary_address() -> String {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("10.255.255.255:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string())
+}
+
+/// Creates the inter-CP CA if there is none (leader-only, like every default).
+pub async fn ensure_ca(store: &SharedStore) -> Result<()> {
+    let key = ResourceKey::new(ResourceType::GlobalSecret, "", INTER_CP_CA_SECRET);
+    match store.get(&key).await {
+        Ok(_) => return Ok(()),
+        Err(StoreError::NotFound(_)) => {}
+        Err(e) => return Err(e).context("reading the inter-CP CA"),
+    }
+    let ca =
+        CertificateAuthority::generate("kuma-inter-cp-ca", Duration::from_secs(10 * 365 * 86400))?;
+    let spec = serde_json::to_value(SecretSpec::from_bytes(&serde_json::to_vec(&ca)?))?;
+    match store
+        .create(Resource::new(
+            ResourceType::GlobalSecret,
+            "",
+            INTER_CP_CA_SECRET,
+            spec,
+        ))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!("created the inter-CP certificate authority");
+            Ok(())
+        }
+        Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e).context("storing the inter-CP CA"),
+    }
+}
+
+/// Waits for the leader to have created the CA.
+pub async fn load_ca(store: &SharedStore) -> CertificateAuthority {
+    let key = ResourceKey::new(ResourceType::GlobalSecret, "", INTER_CP_CA_SECRET);
+    loop {
+        if let Ok(r) = store.get(&key).await
+            && let Ok(spec) = serde_json::from_value::<SecretSpec>(r.spec)
+            && let Ok(bytes) = spec.bytes()
+            && let Ok(ca) = serde_json::from_slice::<CertificateAuthority>(&bytes)
+        {
+            return ca;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+struct PingService {
+    me: Me,
+    leader: watch::Receiver<bool>,
+    seen: Arc<Mutex<HashMap<String, Instance>>>,
+}
+
+#[tonic::async_trait]
+impl InterCpPingService for PingService {
+    async fn ping(
+        &self,
+        request: tonic::Request<PingRequest>,
+    ) -> Result<tonic::Response<PingResponse>, tonic::Status> {
+        let r = request.into_inner();
+        if r.instance_id.is_empty() || r.instance_id.len() > 253 || r.address.len() > 253 {
+            return Err(tonic::Status::invalid_argument(
+                "instance_id must be 1 to 253 characters, address at most 253",
+            ));
+        }
+        let port = u16::try_from(r.inter_cp_port)
+            .map_err(|_| tonic::Status::invalid_argument("inter_cp_port is not a port"))?;
+        let leader = *self.leader.borrow();
+        if leader {
+            let instance = Instance {
+                id: r.instance_id.clone(),
+                address: r.address,
+                inter_cp_port: port,
+                leader: false,
+                ready: r.ready,
+                version: r.version,
+                last_heartbeat: Timestamp::now(),
+            };
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(r.instance_id, instance);
+        }
+        Ok(tonic::Response::new(PingResponse {
+            leader,
+            leader_instance_id: if leader {
+                self.me.id.clone()
+            } else {
+                String::new()
+            },
+        }))
+    }
+}
+
+/// mTLS material for this replica: a fresh leaf from the shared CA.
+pub struct Tls {
+    ca_pem: String,
+    identity: Identity,
+}
+
+pub fn issue_tls(ca: &CertificateAuthority, me: &Me) -> Result<Tls> {
+    let mut dns = vec!["localhost".to_string(), me.id.clone()];
+    let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse()?];
+    match me.address.parse::<IpAddr>() {
+        Ok(ip) => ips.push(ip),
+        Err(_) => dns.push(me.address.clone()),
+    }
+    let pair = ca.issue(&me.id, &dns, &ips, Duration::from_secs(365 * 86400))?;
+    Ok(Tls {
+        ca_pem: ca.cert_pem.clone(),
+        identity: Identity::from_pem(pair.cert_pem, pair.key_pem),
+    })
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: &Tls,
+    me: Me,
+    leader: watch::Receiver<bool>,
+    seen: Arc<Mutex<HashMap<String, Instance>>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let tls_config = ServerTlsConfig::new()
+        .identity(tls.identity.clone())
+        .client_ca_root(Certificate::from_pem(&tls.ca_pem));
+    let service = InterCpPingServiceServer::new(PingService { me, leader, seen })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    Server::builder()
+        .tls_config(tls_config)
+        .context("interCp.server TLS")?
+        .timeout(Duration::from_secs(10))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .concurrency_limit_per_connection(32)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            },
+        )
+        .await
+        .context("inter-CP server")
+}
+
+async fn read_catalog(store: &SharedStore) -> Option<Catalog> {
+    let r = store
+        .get(&ResourceKey::new(ResourceType::Config, "", CATALOG_CONFIG))
+        .await
+        .ok()?;
+    let spec: ConfigSpec = serde_json::from_value(r.spec).ok()?;
+    serde_json::from_str(&spec.config).ok()
+}
+
+/// Leader-only: rewrites the catalog with itself and every replica heard from recently.
+pub async fn keep_catalog(store: SharedStore, me: Me, seen: Arc<Mutex<HashMap<String, Instance>>>) {
+    loop {
+        let now = Timestamp::now();
+        let mut instances = vec![Instance {
+            id: me.id.clone(),
+            address: me.address.clone(),
+            inter_cp_port: me.port,
+            leader: true,
+            ready: true,
+            version: VERSION.into(),
+            last_heartbeat: now,
+        }];
+        {
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.retain(|_, i| i.last_heartbeat.elapsed_until(now) < EXPIRY);
+            instances.extend(seen.values().filter(|i| i.id != me.id).cloned());
+        }
+        instances[1..].sort_by(|a, b| a.id.cmp(&b.id));
+        let catalog = Catalog { instances };
+        match serde_json::to_string(&catalog) {
+            Ok(text) => {
+                let fresh = Resource::new(
+                    ResourceType::Config,
+                    "",
+                    CATALOG_CONFIG,
+                    serde_json::json!({}),
+                );
+                let spec = serde_json::json!({ "config": text });
+                if let Err(e) =
+                    store::upsert(store.as_ref(), fresh, |r| r.spec = spec.clone()).await
+                {
+                    tracing::warn!(error = %e, "writing the control-plane catalog failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "encoding the control-plane catalog failed"),
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// Every replica: while not leading, ping the leader named in the catalog.
+pub async fn heartbeat(
+    store: SharedStore,
+    tls: Arc<Tls>,
+    me: Me,
+    leader: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut client: Option<(String, InterCpPingServiceClient<Channel>)> = None;
+    loop {
+        if !*leader.borrow()
+            && let Some(target) = read_catalog(&store).await.and_then(|c| c.leader().cloned())
+            && target.id != me.id
+        {
+            let endpoint = format!("https://{}:{}", target.address, target.inter_cp_port);
+            if client.as_ref().is_none_or(|(e, _)| *e != endpoint) {
+                client = connect(&endpoint, &target.address, &tls)
+                    .await
+                    .map(|c| (endpoint.clone(), c));
+            }
+            if let Some((_, c)) = client.as_mut() {
+                let req = PingRequest {
+                    instance_id: me.id.clone(),
+                    address: me.address.clone(),
+                    inter_cp_port: u32::from(me.port),
+                    ready: true,
+                    version: VERSION.into(),
+                };
+                match tokio::time::timeout(HEARTBEAT * 2, c.ping(req)).await {
+                    Ok(Ok(resp)) if !resp.get_ref().leader => {
+                        tracing::debug!(target = %target.id, "pinged instance is no longer the leader");
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(status)) => {
+                        tracing::warn!(target = %target.id, %status, "ping to the leader failed");
+                        client = None;
+                    }
+                    Err(_) => {
+                        tracing::warn!(target = %target.id, "ping to the leader timed out");
+                        client = None;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn connect(
+    endpoint: &str,
+    host: &str,
+    tls: &Tls,
+) -> Option<InterCpPingServiceClient<Channel>> {
+    let tls_config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+        .identity(tls.identity.clone())
+        .domain_name(host.to_string());
+    let channel = Channel::from_shared(endpoint.to_string())
+        .ok()?
+        .tls_config(tls_config)
+        .ok()?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5));
+    match channel.connect().await {
+        Ok(ch) => Some(InterCpPingServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE)),
+        Err(e) => {
+            tracing::warn!(%endpoint, error = %e, "cannot connect to the leader over inter-CP");
+            None
+        }
+    }
+}
