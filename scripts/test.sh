@@ -25,4 +25,4 @@ fi
 
 [ "${1:-}" = "--install-only" ] && exit 0
 
-cargo test --workspace --all-targets --all-features --locked
+cargo test --workspace --all-targets --all-features --locked --no-fail-fast

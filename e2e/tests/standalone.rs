@@ -356,7 +356,8 @@ fn metrics_and_readiness() {
         );
     }
     assert!(
-        metrics.contains("resources_count{resource_type=\"GlobalSecret\"} 2"),
+        // user-token signing key, admin token, inter-CP CA
+        metrics.contains("resources_count{resource_type=\"GlobalSecret\"} 3"),
         "{metrics}"
     );
 }
