@@ -102,8 +102,14 @@ impl PostgresConfig {
 }
 
 fn unavailable(context: &str, e: sqlx::Error) -> StoreError {
+    // A TLS failure is almost always configuration, not an outage: say which settings.
+    let hint = if matches!(e, sqlx::Error::Tls(_)) {
+        " (check store.postgres.tls.mode, caPath, certPath and keyPath: KUMA_STORE_POSTGRES_TLS_*)"
+    } else {
+        ""
+    };
     StoreError::Unavailable {
-        message: format!("postgres: {context}: {e}"),
+        message: format!("postgres: {context}: {e}{hint}"),
         source: Some(Box::new(e)),
     }
 }
