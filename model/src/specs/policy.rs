@@ -229,6 +229,27 @@ fn check_from<C>(
     });
 }
 
+/// The sections inbound-and-outbound policies share. At least one must be present; `from` is
+/// refused where the top-level target has no inbound side (gateways, routes).
+fn check_sections<C>(
+    v: &mut Validator,
+    (from, to, rules): (&[FromItem<C>], &[ToItem<C>], &[RuleItem<C>]),
+    from_forbidden: bool,
+    (from_kinds, to_kinds): (&[K], &[K]),
+    mut conf: impl FnMut(&mut Validator, &C),
+) {
+    if to.is_empty() && from.is_empty() && rules.is_empty() {
+        v.violation("at least one of 'from', 'to' has to be defined");
+    }
+    if from_forbidden && !from.is_empty() {
+        v.violation_at("from", "must not be defined");
+    } else {
+        check_from(v, from, from_kinds, &mut conf);
+    }
+    check_to(v, to, to_kinds, &mut conf);
+    check_rules(v, rules, &mut conf);
+}
+
 fn check_rules<C>(
     v: &mut Validator,
     rules: &[RuleItem<C>],
@@ -539,23 +560,16 @@ impl Validate for MeshTimeoutSpec {
             true,
         );
         let top = top_kind(&self.target_ref);
-        if self.to.is_empty() && self.from.is_empty() && self.rules.is_empty() {
-            v.violation("at least one of 'from', 'to' has to be defined");
-        }
-        if is_gateway_or_route(&top) && !self.from.is_empty() {
-            v.violation_at("from", "must not be defined");
-        } else {
-            check_from(v, &self.from, ONLY_MESH, |v, c| {
-                check_timeout_conf(v, c, &top)
-            });
-        }
-        let to_kinds = if is_gateway_or_route(&top) {
+        let restricted = is_gateway_or_route(&top);
+        let to_kinds = if restricted {
             &[K::Mesh, K::MeshExternalService][..]
         } else {
             TO_DESTINATIONS_AND_ROUTES
         };
-        check_to(v, &self.to, to_kinds, |v, c| check_timeout_conf(v, c, &top));
-        check_rules(v, &self.rules, |v, c| check_timeout_conf(v, c, &top));
+        let sections = (&self.from[..], &self.to[..], &self.rules[..]);
+        check_sections(v, sections, restricted, (ONLY_MESH, to_kinds), |v, c| {
+            check_timeout_conf(v, c, &top)
+        });
     }
 }
 
@@ -1050,22 +1064,16 @@ fn check_circuit_breaker_conf(v: &mut Validator, c: &CircuitBreakerConf) {
 impl Validate for MeshCircuitBreakerSpec {
     fn validate(&self, v: &mut Validator) {
         check_top(v, &self.target_ref, TOP_PROXY_KINDS, true);
-        let top = top_kind(&self.target_ref);
-        if self.to.is_empty() && self.from.is_empty() && self.rules.is_empty() {
-            v.violation("at least one of 'from', 'to' has to be defined");
-        }
-        if top == K::MeshGateway && !self.from.is_empty() {
-            v.violation_at("from", "must not be defined");
-        } else {
-            check_from(v, &self.from, ONLY_MESH, check_circuit_breaker_conf);
-        }
-        let to_kinds = if top == K::MeshGateway {
-            ONLY_MESH
-        } else {
-            TO_DESTINATIONS
-        };
-        check_to(v, &self.to, to_kinds, check_circuit_breaker_conf);
-        check_rules(v, &self.rules, check_circuit_breaker_conf);
+        let gateway = top_kind(&self.target_ref) == K::MeshGateway;
+        let to_kinds = if gateway { ONLY_MESH } else { TO_DESTINATIONS };
+        let sections = (&self.from[..], &self.to[..], &self.rules[..]);
+        check_sections(
+            v,
+            sections,
+            gateway,
+            (ONLY_MESH, to_kinds),
+            check_circuit_breaker_conf,
+        );
     }
 }
 
@@ -2391,18 +2399,16 @@ fn is_host_port(s: &str) -> bool {
 impl Validate for MeshAccessLogSpec {
     fn validate(&self, v: &mut Validator) {
         check_top(v, &self.target_ref, TOP_PROXY_KINDS, true);
-        let top = top_kind(&self.target_ref);
-        if self.to.is_empty() && self.from.is_empty() && self.rules.is_empty() {
-            v.violation("at least one of 'from', 'to' has to be defined");
-        }
-        check_from(v, &self.from, ONLY_MESH, check_access_log_conf);
-        let to_kinds = if top == K::MeshGateway {
-            ONLY_MESH
-        } else {
-            TO_DESTINATIONS
-        };
-        check_to(v, &self.to, to_kinds, check_access_log_conf);
-        check_rules(v, &self.rules, check_access_log_conf);
+        let gateway = top_kind(&self.target_ref) == K::MeshGateway;
+        let to_kinds = if gateway { ONLY_MESH } else { TO_DESTINATIONS };
+        let sections = (&self.from[..], &self.to[..], &self.rules[..]);
+        check_sections(
+            v,
+            sections,
+            false,
+            (ONLY_MESH, to_kinds),
+            check_access_log_conf,
+        );
     }
 }
 
@@ -2533,22 +2539,16 @@ fn check_fault_injection_conf(v: &mut Validator, c: &FaultInjectionConf) {
 impl Validate for MeshFaultInjectionSpec {
     fn validate(&self, v: &mut Validator) {
         check_top(v, &self.target_ref, TOP_PROXY_KINDS, true);
-        let top = top_kind(&self.target_ref);
-        if self.to.is_empty() && self.from.is_empty() && self.rules.is_empty() {
-            v.violation("at least one of 'from', 'to' has to be defined");
-        }
-        if top == K::MeshGateway && !self.from.is_empty() {
-            v.violation_at("from", "must not be defined");
-        } else {
-            check_from(v, &self.from, FROM_CLIENTS, check_fault_injection_conf);
-        }
-        let to_kinds = if top == K::MeshGateway {
-            ONLY_MESH
-        } else {
-            TO_DESTINATIONS
-        };
-        check_to(v, &self.to, to_kinds, check_fault_injection_conf);
-        check_rules(v, &self.rules, check_fault_injection_conf);
+        let gateway = top_kind(&self.target_ref) == K::MeshGateway;
+        let to_kinds = if gateway { ONLY_MESH } else { TO_DESTINATIONS };
+        let sections = (&self.from[..], &self.to[..], &self.rules[..]);
+        check_sections(
+            v,
+            sections,
+            gateway,
+            (FROM_CLIENTS, to_kinds),
+            check_fault_injection_conf,
+        );
     }
 }
 
@@ -2703,17 +2703,15 @@ fn check_rate_limit_conf(v: &mut Validator, c: &RateLimitConf) {
 impl Validate for MeshRateLimitSpec {
     fn validate(&self, v: &mut Validator) {
         check_top(v, &self.target_ref, TOP_PROXY_KINDS, true);
-        let top = top_kind(&self.target_ref);
-        if self.to.is_empty() && self.from.is_empty() && self.rules.is_empty() {
-            v.violation("at least one of 'from', 'to' has to be defined");
-        }
-        if top == K::MeshGateway && !self.from.is_empty() {
-            v.violation_at("from", "must not be defined");
-        } else {
-            check_from(v, &self.from, ONLY_MESH, check_rate_limit_conf);
-        }
-        check_to(v, &self.to, ONLY_MESH, check_rate_limit_conf);
-        check_rules(v, &self.rules, check_rate_limit_conf);
+        let gateway = top_kind(&self.target_ref) == K::MeshGateway;
+        let sections = (&self.from[..], &self.to[..], &self.rules[..]);
+        check_sections(
+            v,
+            sections,
+            gateway,
+            (ONLY_MESH, ONLY_MESH),
+            check_rate_limit_conf,
+        );
     }
 }
 
