@@ -229,11 +229,14 @@ fn check_from<C>(
     });
 }
 
+/// A policy's `from`, `to` and `rules` sections.
+type Sections<'a, C> = (&'a [FromItem<C>], &'a [ToItem<C>], &'a [RuleItem<C>]);
+
 /// The sections inbound-and-outbound policies share. At least one must be present; `from` is
 /// refused where the top-level target has no inbound side (gateways, routes).
 fn check_sections<C>(
     v: &mut Validator,
-    (from, to, rules): (&[FromItem<C>], &[ToItem<C>], &[RuleItem<C>]),
+    (from, to, rules): Sections<'_, C>,
     from_forbidden: bool,
     (from_kinds, to_kinds): (&[K], &[K]),
     mut conf: impl FnMut(&mut Validator, &C),
