@@ -1,10 +1,18 @@
-//! Generated protobuf types and gRPC services.
+//! Generated protobuf types and gRPC services, and the Envoy types they build on.
+
+pub use envoy_types;
 
 pub mod kuma {
     pub mod system {
         pub mod v1alpha1 {
             #![allow(clippy::all, clippy::pedantic, missing_docs)]
             tonic::include_proto!("kuma.system.v1alpha1");
+        }
+    }
+    pub mod mesh {
+        pub mod v1alpha1 {
+            #![allow(clippy::all, clippy::pedantic, missing_docs)]
+            tonic::include_proto!("kuma.mesh.v1alpha1");
         }
     }
 }

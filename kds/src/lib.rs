@@ -1,0 +1,7 @@
+//! The Kuma Discovery Service (multi-zone sync): the direction and naming rules and the wire
+//! codec. The global-side server and the zone-side client build on these.
+
+pub mod codec;
+pub mod rules;
+
+pub use proto::envoy_types;
