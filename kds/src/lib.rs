@@ -2,6 +2,9 @@
 //! codec. The global-side server and the zone-side client build on these.
 
 pub mod codec;
+pub mod global;
 pub mod rules;
+pub mod sync;
+pub mod zone;
 
 pub use proto::envoy_types;

@@ -29,7 +29,7 @@ pub enum TlsError {
 }
 
 /// A certificate chain and key, both PEM.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CertPair {
     pub cert_pem: String,
     pub key_pem: String,

@@ -310,11 +310,12 @@ impl Default for MultizoneConfig {
     fn default() -> Self {
         MultizoneConfig {
             global: GlobalConfig {
-                kds: GlobalKdsConfig { grpc_port: 5685 },
+                kds: GlobalKdsConfig::default(),
             },
             zone: ZoneConfig {
                 name: "default".into(),
                 global_address: String::new(),
+                kds: ZoneKdsConfig::default(),
             },
         }
     }
@@ -330,6 +331,23 @@ pub struct GlobalConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GlobalKdsConfig {
     pub grpc_port: u16,
+    /// Largest KDS message in bytes, both directions.
+    pub max_msg_size: usize,
+    pub tls_enabled: bool,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+}
+
+impl Default for GlobalKdsConfig {
+    fn default() -> Self {
+        GlobalKdsConfig {
+            grpc_port: 5685,
+            max_msg_size: 10 * 1024 * 1024,
+            tls_enabled: true,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +355,15 @@ pub struct GlobalKdsConfig {
 pub struct ZoneConfig {
     pub name: String,
     pub global_address: String,
+    pub kds: ZoneKdsConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ZoneKdsConfig {
+    /// CA that signed global's KDS certificate, for `grpcs://` addresses.
+    pub root_ca_file: String,
+    pub tls_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -551,18 +578,43 @@ impl Config {
             if let Some(reason) = model::name::name_violation(&self.multizone.zone.name) {
                 return invalid("multizone.zone.name (KUMA_MULTIZONE_ZONE_NAME)", &reason);
             }
-            if !self.multizone.zone.global_address.is_empty() {
+            let address = &self.multizone.zone.global_address;
+            if !(address.is_empty()
+                || address.starts_with("grpc://")
+                || address.starts_with("grpcs://"))
+            {
                 return invalid(
                     "multizone.zone.globalAddress (KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS)",
-                    "connecting a zone to a global control plane is not implemented yet",
+                    "must be grpcs://host:port (or grpc://host:port without TLS)",
+                );
+            }
+            if address.starts_with("grpcs://") && self.multizone.zone.kds.tls_skip_verify {
+                return invalid(
+                    "multizone.zone.kds.tlsSkipVerify (KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY)",
+                    "skipping verification is not supported; give the CA with KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
+                );
+            }
+            if address.starts_with("grpcs://") && self.multizone.zone.kds.root_ca_file.is_empty() {
+                return invalid(
+                    "multizone.zone.kds.rootCaFile (KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE)",
+                    "a grpcs:// global address needs the CA that signed global's KDS certificate",
                 );
             }
         }
         if self.mode == Mode::Global {
-            return invalid(
-                "mode (KUMA_MODE)",
-                "global mode is not implemented yet; use standalone or zone",
-            );
+            let kds = &self.multizone.global.kds;
+            if kds.tls_cert_file.is_empty() != kds.tls_key_file.is_empty() {
+                return invalid(
+                    "multizone.global.kds.tlsCertFile (KUMA_MULTIZONE_GLOBAL_KDS_TLS_CERT_FILE)",
+                    "tlsCertFile and tlsKeyFile have to be specified together",
+                );
+            }
+            if kds.max_msg_size < 64 * 1024 {
+                return invalid(
+                    "multizone.global.kds.maxMsgSize (KUMA_MULTIZONE_GLOBAL_KDS_MAX_MSG_SIZE)",
+                    "must be at least 65536",
+                );
+            }
         }
         Ok(())
     }

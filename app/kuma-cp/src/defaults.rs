@@ -19,7 +19,10 @@ pub async fn ensure(
     store: &SharedStore,
     user_keys: &security::SigningKeys,
 ) -> Result<()> {
-    if !config.defaults.skip_mesh_creation {
+    // A zone connected to global gets its meshes from global.
+    let federated_zone = config.mode == crate::config::Mode::Zone
+        && !config.multizone.zone.global_address.is_empty();
+    if !config.defaults.skip_mesh_creation && !federated_zone {
         match store
             .create(Resource::new(
                 ResourceType::Mesh,

@@ -6,6 +6,7 @@ mod backend;
 mod config;
 mod defaults;
 mod intercp;
+mod multizone;
 mod run;
 
 use config::Config;

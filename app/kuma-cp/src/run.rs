@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::{VERSION, backend, defaults, intercp};
+use crate::config::Mode;
+use crate::{VERSION, backend, defaults, intercp, multizone};
 
 pub async fn run(config: Config) -> Result<()> {
     let hostname = hostname::get()
@@ -58,6 +59,17 @@ pub async fn run(config: Config) -> Result<()> {
         "interCp.server.port",
     )
     .await?;
+    let kds_listener = match config.mode {
+        Mode::Global => {
+            let port = config.multizone.global.kds.grpc_port;
+            Some(bind("0.0.0.0", port, "multizone.global.kds.grpcPort").await?)
+        }
+        _ => None,
+    };
+    let zone_client = match (config.mode, config.multizone.zone.global_address.is_empty()) {
+        (Mode::Zone, false) => Some(multizone::zone_client_config(&config)?),
+        _ => None,
+    };
     let me = intercp::Me {
         id: instance_id.clone(),
         address: match config.inter_cp.catalog.instance_address.as_str() {
@@ -171,6 +183,31 @@ pub async fn run(config: Config) -> Result<()> {
         tasks.spawn(async move {
             run_leader_only("cp-catalog", leader, shutdown, || {
                 intercp::keep_catalog(store.clone(), me.clone(), seen.clone())
+            })
+            .await
+        });
+    }
+    // Multi-zone: global serves KDS on every replica; a zone's leader keeps the one connection.
+    if let Some(listener) = kds_listener {
+        let (config, store, hostname, shutdown) = (
+            config.clone(),
+            store.clone(),
+            hostname.clone(),
+            shutdown_rx.clone(),
+        );
+        tasks.spawn(async move {
+            if let Err(e) =
+                multizone::serve_global(&config, store, listener, &hostname, shutdown).await
+            {
+                tracing::error!(error = %format!("{e:#}"), "KDS server stopped");
+            }
+        });
+    }
+    if let Some(zone_config) = zone_client {
+        let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            run_leader_only("kds-zone-client", leader, shutdown.clone(), || {
+                kds::zone::run(store.clone(), zone_config.clone(), shutdown.clone())
             })
             .await
         });

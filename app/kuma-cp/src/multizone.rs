@@ -1,0 +1,144 @@
+//! Multi-zone wiring: the KDS server on a global control plane, the KDS client on a zone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kds::global::{GlobalKds, ZoneSwitches};
+use model::specs::secret::SecretSpec;
+use model::{Resource, ResourceKey, ResourceType};
+use proto::kuma::mesh::v1alpha1::global_kds_service_server::GlobalKdsServiceServer;
+use proto::kuma::mesh::v1alpha1::kds_sync_service_server::KdsSyncServiceServer;
+use security::tls::CertPair;
+use store::{SharedStore, StoreError};
+use tokio::sync::watch;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::VERSION;
+use crate::config::Config;
+
+/// GlobalSecret holding the generated KDS server certificate, so restarts keep it.
+pub const KDS_TLS_SECRET: &str = "kds-server-tls";
+
+/// The KDS server's certificate: from files, or generated once and kept in the store.
+async fn server_cert(config: &Config, store: &SharedStore, hostname: &str) -> Result<CertPair> {
+    let kds = &config.multizone.global.kds;
+    if !kds.tls_cert_file.is_empty() {
+        return security::tls::load_pair(&kds.tls_cert_file, &kds.tls_key_file)
+            .context("multizone.global.kds.tlsCertFile/tlsKeyFile (KUMA_MULTIZONE_GLOBAL_KDS_TLS_CERT_FILE/_KEY_FILE)");
+    }
+    let key = ResourceKey::new(ResourceType::GlobalSecret, "", KDS_TLS_SECRET);
+    loop {
+        match store.get(&key).await {
+            Ok(r) => {
+                let spec: SecretSpec =
+                    serde_json::from_value(r.spec).context("KDS certificate secret")?;
+                return serde_json::from_slice(&spec.bytes().context("KDS certificate secret")?)
+                    .context("KDS certificate secret");
+            }
+            Err(StoreError::NotFound(_)) => {
+                let names = vec![
+                    "localhost".to_string(),
+                    hostname.to_string(),
+                    "127.0.0.1".to_string(),
+                ];
+                let pair =
+                    security::tls::self_signed(&names).context("generating the KDS certificate")?;
+                let spec =
+                    serde_json::to_value(SecretSpec::from_bytes(&serde_json::to_vec(&pair)?))?;
+                match store
+                    .create(Resource::new(
+                        ResourceType::GlobalSecret,
+                        "",
+                        KDS_TLS_SECRET,
+                        spec,
+                    ))
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(
+                            "generated a self-signed KDS certificate (GlobalSecret {KDS_TLS_SECRET}); zones need it as their root CA"
+                        );
+                        return Ok(pair);
+                    }
+                    Err(StoreError::AlreadyExists(_)) => continue,
+                    Err(e) => return Err(e).context("storing the KDS certificate"),
+                }
+            }
+            Err(e) => return Err(e).context("reading the KDS certificate"),
+        }
+    }
+}
+
+pub async fn serve_global(
+    config: &Config,
+    store: SharedStore,
+    listener: tokio::net::TcpListener,
+    hostname: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let kds_config = &config.multizone.global.kds;
+    let zones = Arc::new(ZoneSwitches::default());
+    tokio::spawn(zones.clone().follow(store.clone()));
+    let service = Arc::new(GlobalKds {
+        store: store.clone(),
+        zones,
+        max_message: kds_config.max_msg_size,
+        health_interval: Duration::from_secs(10),
+    });
+    let max = kds_config.max_msg_size;
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(15)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(30)));
+    if kds_config.tls_enabled {
+        let pair = server_cert(config, &store, hostname).await?;
+        builder = builder
+            .tls_config(
+                ServerTlsConfig::new().identity(Identity::from_pem(pair.cert_pem, pair.key_pem)),
+            )
+            .context("multizone.global.kds TLS")?;
+    }
+    tracing::info!(
+        port = kds_config.grpc_port,
+        tls = kds_config.tls_enabled,
+        "KDS server listening for zones"
+    );
+    builder
+        .add_service(
+            KdsSyncServiceServer::from_arc(service.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            GlobalKdsServiceServer::from_arc(service)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            },
+        )
+        .await
+        .context("KDS server")
+}
+
+pub fn zone_client_config(config: &Config) -> Result<kds::zone::ZoneClientConfig> {
+    let zone = &config.multizone.zone;
+    let root_ca_pem = match zone.kds.root_ca_file.as_str() {
+        "" => None,
+        path => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("multizone.zone.kds.rootCaFile (KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE): reading {path}"))?,
+        ),
+    };
+    Ok(kds::zone::ZoneClientConfig {
+        zone: zone.name.clone(),
+        global_address: zone.global_address.clone(),
+        cp_version: VERSION.into(),
+        max_message: config.multizone.global.kds.max_msg_size,
+        root_ca_pem,
+    })
+}

@@ -1,0 +1,288 @@
+//! A global and two zones as real `kuma-cp` processes, syncing over KDS on loopback.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use e2e::{ControlPlane, free_port};
+use serde_json::{Value, json};
+
+fn http() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn start_global(kds_port: u16) -> ControlPlane {
+    let port = kds_port.to_string();
+    let mut cp = ControlPlane::start(
+        "global",
+        &[
+            ("KUMA_MODE", "global"),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &port),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_TLS_ENABLED", "false"),
+        ],
+    );
+    cp.wait_ready(Duration::from_secs(60));
+    cp
+}
+
+fn start_zone(name: &str, kds_port: u16) -> ControlPlane {
+    let address = format!("grpc://127.0.0.1:{kds_port}");
+    let mut cp = ControlPlane::start(
+        name,
+        &[
+            ("KUMA_MODE", "zone"),
+            ("KUMA_MULTIZONE_ZONE_NAME", name),
+            ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
+        ],
+    );
+    cp.wait_ready(Duration::from_secs(60));
+    cp
+}
+
+fn put(cp: &ControlPlane, path: &str, body: Value) {
+    let r = http()
+        .put(format!("{}{path}", cp.api()))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "PUT {path}: {} {}",
+        r.status(),
+        r.text().unwrap_or_default()
+    );
+}
+
+fn list(cp: &ControlPlane, path: &str) -> Vec<Value> {
+    let v: Value = http()
+        .get(format!("{}{path}", cp.api()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls until `check` holds for the listing, or fails with what was last seen.
+fn eventually(
+    cp: &ControlPlane,
+    path: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&[Value]) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let items = list(cp, path);
+        if check(&items) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not true within {within:?}; {path} = {items:#?}\n{}",
+            cp.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn timeout(name: &str) -> Value {
+    json!({"type": "MeshTimeout", "name": name, "mesh": "default", "spec": {
+        "targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "20s"}}]}})
+}
+
+fn names(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| i["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn global_and_two_zones_sync_both_ways() {
+    let kds_port = free_port();
+    let mut global = start_global(kds_port);
+    let zone1 = start_zone("zone-1", kds_port);
+    let zone2 = start_zone("zone-2", kds_port);
+    let t = Duration::from_secs(10);
+
+    // Meshes come from global; zones register themselves.
+    eventually(&zone1, "/meshes", t, "default mesh synced to zone-1", |i| {
+        names(i) == ["default"] && i[0]["labels"]["kuma.io/origin"] == "global"
+    });
+    eventually(&global, "/zones", t, "both zones registered", |i| {
+        names(i) == ["zone-1", "zone-2"]
+    });
+
+    // A policy applied on global reaches both zones, hashed, marked as from global.
+    put(
+        &global,
+        "/meshes/default/meshtimeouts/default-timeout-global",
+        timeout("default-timeout-global"),
+    );
+    for zone in [&zone1, &zone2] {
+        eventually(
+            zone,
+            "/meshes/default/meshtimeouts",
+            t,
+            "global policy on the zone",
+            |i| {
+                names(i) == ["default-timeout-global-54dbd4c66zwbcf9c"]
+                    && i[0]["labels"]["kuma.io/origin"] == "global"
+                    && i[0]["labels"]["kuma.io/display-name"] == "default-timeout-global"
+            },
+        );
+    }
+
+    // A policy applied on zone-1 reaches global with its zone, and not zone-2.
+    put(
+        &zone1,
+        "/meshes/default/meshtimeouts/default-timeout-zone-1",
+        timeout("default-timeout-zone-1"),
+    );
+    eventually(
+        &global,
+        "/meshes/default/meshtimeouts",
+        t,
+        "zone policy on global",
+        |i| {
+            i.iter().any(|p| {
+                p["name"] == "default-timeout-zone-1-c58w24w4vw27f454"
+                    && p["labels"]["kuma.io/zone"] == "zone-1"
+                    && p["labels"]["kuma.io/origin"] == "zone"
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        names(&list(&zone2, "/meshes/default/meshtimeouts")),
+        ["default-timeout-global-54dbd4c66zwbcf9c"],
+        "zone-1's policy leaked to zone-2"
+    );
+
+    // A dataplane registered on zone-1 appears on global.
+    put(
+        &zone1,
+        "/meshes/default/dataplanes/web-1",
+        json!({"type": "Dataplane", "name": "web-1", "mesh": "default",
+        "networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}}),
+    );
+    eventually(
+        &global,
+        "/meshes/default/dataplanes",
+        t,
+        "zone-1's dataplane on global",
+        |i| {
+            i.len() == 1
+                && i[0]["labels"]["kuma.io/display-name"] == "web-1"
+                && i[0]["labels"]["kuma.io/zone"] == "zone-1"
+        },
+    );
+
+    // Deleting on the origin deletes the copies.
+    assert!(
+        http()
+            .delete(format!(
+                "{}/meshes/default/meshtimeouts/default-timeout-global",
+                global.api()
+            ))
+            .send()
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    for zone in [&zone1, &zone2] {
+        eventually(
+            zone,
+            "/meshes/default/meshtimeouts",
+            t,
+            "deleted policy gone from the zone",
+            |i| !names(i).contains(&"default-timeout-global-54dbd4c66zwbcf9c".to_string()),
+        );
+    }
+    assert!(
+        http()
+            .delete(format!(
+                "{}/meshes/default/meshtimeouts/default-timeout-zone-1",
+                zone1.api()
+            ))
+            .send()
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    eventually(
+        &global,
+        "/meshes/default/meshtimeouts",
+        t,
+        "zone policy gone from global",
+        |i| i.is_empty(),
+    );
+
+    // Global dies (SIGKILL) and comes back empty (memory store): zones reconnect and converge on
+    // the new state, and zone-1 sends its dataplane again.
+    global.sigkill();
+    put(
+        &zone1,
+        "/meshes/default/dataplanes/web-2",
+        json!({"type": "Dataplane", "name": "web-2", "mesh": "default",
+        "networking": {"address": "10.0.0.2", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}}),
+    );
+    let global = start_global(kds_port);
+    put(
+        &global,
+        "/meshes/default/meshtimeouts/after-restart",
+        timeout("after-restart"),
+    );
+    let t = Duration::from_secs(30);
+    for zone in [&zone1, &zone2] {
+        eventually(
+            zone,
+            "/meshes/default/meshtimeouts",
+            t,
+            "zone converged after global restart",
+            |i| i.len() == 1 && i[0]["labels"]["kuma.io/display-name"] == "after-restart",
+        );
+    }
+    eventually(
+        &global,
+        "/meshes/default/dataplanes",
+        t,
+        "zone-1's dataplanes back on global",
+        |i| i.len() == 2,
+    );
+
+    // Disabling zone-2 on global closes its streams: new policies stop reaching it.
+    put(
+        &global,
+        "/zones/zone-2",
+        json!({"type": "Zone", "name": "zone-2", "enabled": false}),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    put(
+        &global,
+        "/meshes/default/meshtimeouts/after-disable",
+        timeout("after-disable"),
+    );
+    eventually(
+        &zone1,
+        "/meshes/default/meshtimeouts",
+        Duration::from_secs(10),
+        "zone-1 still syncing",
+        |i| i.len() == 2,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        list(&zone2, "/meshes/default/meshtimeouts").len(),
+        1,
+        "a disabled zone kept receiving policies"
+    );
+    assert!(
+        zone2.logs().contains("zone disabled on global"),
+        "{}",
+        zone2.logs()
+    );
+}

@@ -1,0 +1,406 @@
+//! The two halves of a KDS stream, independent of direction: the *sender* answers a peer's
+//! subscriptions with resources from its store and follows store events; the *receiver*
+//! subscribes and applies what arrives to its store. Global→zone uses a global sender and a zone
+//! receiver; zone→global the reverse, on the same connection.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource,
+};
+use envoy_types::pb::google::rpc::Status;
+use model::{Resource, ResourceKey, ResourceType};
+use store::{ListQuery, SharedStore, StoreError};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::codec;
+
+/// How long a burst of changes is gathered before one response goes out.
+pub const DEBOUNCE: Duration = Duration::from_millis(2);
+/// `system_version_info` of a full-state response that more responses complete.
+pub const FULL_STATE_CONTINUES: &str = "kuma-rs/full-state-continues";
+/// Responses are split to stay under this many bytes of resources.
+pub const DEFAULT_MAX_MESSAGE: usize = 10 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("the peer closed the stream")]
+    Closed,
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Where messages go: a server answers with `Result`s, a client's request stream takes plain
+/// messages. Returns false once the other end is gone.
+pub trait Outgoing<T>: Send {
+    fn put(&self, msg: T) -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl<T: Send> Outgoing<T> for mpsc::Sender<T> {
+    async fn put(&self, msg: T) -> bool {
+        self.send(msg).await.is_ok()
+    }
+}
+
+impl<T: Send> Outgoing<T> for mpsc::Sender<Result<T, tonic::Status>> {
+    async fn put(&self, msg: T) -> bool {
+        self.send(Ok(msg)).await.is_ok()
+    }
+}
+
+/// What a sender sends: the resource as the peer should see it, or `None` to keep it back.
+pub type Outbound = Arc<dyn Fn(&Resource) -> Option<Resource> + Send + Sync>;
+
+/// Counters for insights and tests.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub responses_sent: u64,
+    pub acks: u64,
+    pub nacks: u64,
+}
+
+/// Serves `types` to a peer: full state first, then changes as the store reports them.
+pub async fn run_sender(
+    store: SharedStore,
+    types: Vec<ResourceType>,
+    outbound: Outbound,
+    mut requests: impl futures::Stream<Item = Result<DeltaDiscoveryRequest, tonic::Status>> + Unpin,
+    responses: impl Outgoing<DeltaDiscoveryResponse>,
+    peer: String,
+    max_message: usize,
+) -> Result<Counters, SyncError> {
+    use futures::StreamExt;
+    // Subscribe before the first listing so no change falls between the two.
+    let mut events = store.subscribe();
+    let mut subscribed: HashSet<ResourceType> = HashSet::new();
+    // What the peer holds: our key -> (the peer's key for it, content version).
+    let mut sent: HashMap<ResourceKey, (String, String)> = HashMap::new();
+    let mut nonce: u64 = 0;
+    let mut counters = Counters::default();
+    let mut pending: HashMap<ResourceType, HashSet<ResourceKey>> = HashMap::new();
+    let mut resync: HashSet<ResourceType> = HashSet::new();
+    loop {
+        tokio::select! {
+            req = requests.next() => {
+                let req = match req {
+                    None => return Ok(counters),
+                    Some(Err(status)) => return Err(SyncError::Protocol(status.to_string())),
+                    Some(Ok(r)) => r,
+                };
+                let Some(kind) = ResourceType::from_name(&req.type_url).filter(|k| types.contains(k)) else {
+                    tracing::warn!(%peer, type_url = %req.type_url, "subscription to a type this side does not provide");
+                    continue;
+                };
+                if let Some(err) = &req.error_detail {
+                    counters.nacks += 1;
+                    tracing::warn!(%peer, %kind, nonce = %req.response_nonce, reason = %err.message, "peer rejected resources (NACK)");
+                    continue;
+                }
+                if !req.response_nonce.is_empty() {
+                    counters.acks += 1;
+                    continue;
+                }
+                // A new subscription: the full state of the type.
+                subscribed.insert(kind);
+                sent.retain(|k, _| k.kind != kind);
+                let mut all = Vec::new();
+                for r in store.list(&ListQuery::all(kind)).await?.items {
+                    if let Some(out) = outbound(&r) {
+                        let x = codec::to_xds_resource(&out);
+                        sent.insert(r.key(), (x.name.clone(), x.version.clone()));
+                        all.push(x);
+                    }
+                }
+                send_split(&responses, kind, all, vec![], &mut nonce, max_message, true).await?;
+                counters.responses_sent += 1;
+            }
+            ev = events.recv() => {
+                let mut note = |ev: store::ChangeEvent| {
+                    if subscribed.contains(&ev.key.kind) {
+                        pending.entry(ev.key.kind).or_default().insert(ev.key);
+                    }
+                };
+                match ev {
+                    Ok(ev) => note(ev),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // Too far behind to trust the events: recompute every subscribed type.
+                        tracing::warn!(%peer, missed = n, "change events lagged; resyncing");
+                        resync.extend(subscribed.iter().copied());
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Err(SyncError::Closed),
+                }
+                // Gather the rest of a burst, then answer once per type.
+                tokio::time::sleep(DEBOUNCE).await;
+                while let Ok(ev) = events.try_recv() {
+                    note(ev);
+                }
+                for kind in resync.drain() {
+                    let keys = pending.entry(kind).or_default();
+                    keys.extend(store.list(&ListQuery::all(kind)).await?.items.into_iter().map(|r| r.key()));
+                    keys.extend(sent.keys().filter(|k| k.kind == kind).cloned());
+                }
+                for (kind, keys) in pending.drain() {
+                    let mut changed = Vec::new();
+                    let mut removed = Vec::new();
+                    for key in keys {
+                        let current = match store.get(&key).await {
+                            Ok(r) => outbound(&r),
+                            Err(StoreError::NotFound(_)) => None,
+                            Err(e) => return Err(e.into()),
+                        };
+                        match current {
+                            Some(out) => {
+                                let x = codec::to_xds_resource(&out);
+                                if sent.get(&key).map(|(_, v)| v) != Some(&x.version) {
+                                    sent.insert(key, (x.name.clone(), x.version.clone()));
+                                    changed.push(x);
+                                }
+                            }
+                            // Gone, or no longer for this peer: remove it under the name it was sent as.
+                            None => {
+                                if let Some((name, _)) = sent.remove(&key) {
+                                    removed.push(name);
+                                }
+                            }
+                        }
+                    }
+                    if !changed.is_empty() || !removed.is_empty() {
+                        send_split(&responses, kind, changed, removed, &mut nonce, max_message, false).await?;
+                        counters.responses_sent += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn send_split(
+    responses: &impl Outgoing<DeltaDiscoveryResponse>,
+    kind: ResourceType,
+    resources: Vec<XdsResource>,
+    removed: Vec<String>,
+    nonce: &mut u64,
+    max_message: usize,
+    full_state: bool,
+) -> Result<(), SyncError> {
+    // Bytes per response, leaving room for the envelope.
+    let budget = max_message.saturating_sub(64 * 1024).max(1024);
+    let mut batches: Vec<Vec<XdsResource>> = vec![vec![]];
+    let mut size = 0;
+    for r in resources {
+        let len = r.resource.as_ref().map_or(0, |a| a.value.len()) + r.name.len() + 64;
+        if size + len > budget && batches.last().is_some_and(|b| !b.is_empty()) {
+            batches.push(vec![]);
+            size = 0;
+        }
+        size += len;
+        if let Some(b) = batches.last_mut() {
+            b.push(r);
+        }
+    }
+    let last = batches.len() - 1;
+    for (i, batch) in batches.into_iter().enumerate() {
+        *nonce += 1;
+        let resp = DeltaDiscoveryResponse {
+            type_url: kind.name().to_string(),
+            resources: batch,
+            removed_resources: if i == last { removed.clone() } else { vec![] },
+            nonce: nonce.to_string(),
+            // A full state split over several responses marks all but the last, so the receiver
+            // prunes only once it has everything (Kuma's senders never split).
+            system_version_info: if full_state && i != last {
+                FULL_STATE_CONTINUES.into()
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        };
+        if !responses.put(resp).await {
+            return Err(SyncError::Closed);
+        }
+    }
+    Ok(())
+}
+
+/// How a receiver treats what arrives: accept (possibly rewritten) or reject with a reason, and
+/// which local resources of a type belong to the peer (and may be deleted by a full state).
+pub trait Inbound: Send + Sync {
+    fn accept(&self, r: Resource) -> Result<Resource, String>;
+    fn owned_by_peer(&self, r: &Resource) -> bool;
+}
+
+/// Subscribes to `types` and keeps the local store in step with the peer.
+pub async fn run_receiver(
+    store: SharedStore,
+    types: Vec<ResourceType>,
+    inbound: Arc<dyn Inbound>,
+    node_id: String,
+    mut responses: impl futures::Stream<Item = Result<DeltaDiscoveryResponse, tonic::Status>> + Unpin,
+    requests: impl Outgoing<DeltaDiscoveryRequest>,
+    peer: String,
+) -> Result<Counters, SyncError> {
+    use futures::StreamExt;
+    let mut counters = Counters::default();
+    for kind in &types {
+        let req = DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: node_id.clone(),
+                ..Default::default()
+            }),
+            type_url: kind.name().to_string(),
+            resource_names_subscribe: vec!["*".to_string()],
+            ..Default::default()
+        };
+        if !requests.put(req).await {
+            return Err(SyncError::Closed);
+        }
+    }
+    // The first response per type is its full state (possibly continued over several);
+    // keys gathered so far, per type, until the state is complete.
+    let mut assembling: HashMap<ResourceType, HashSet<ResourceKey>> =
+        types.iter().map(|k| (*k, HashSet::new())).collect();
+    while let Some(resp) = responses.next().await {
+        let resp = resp.map_err(|s| SyncError::Protocol(s.to_string()))?;
+        let Some(kind) = ResourceType::from_name(&resp.type_url).filter(|k| types.contains(k))
+        else {
+            let nack = nack(
+                &resp,
+                &node_id,
+                format!("type {:?} was not subscribed", resp.type_url),
+            );
+            if !requests.put(nack).await {
+                return Err(SyncError::Closed);
+            }
+            counters.nacks += 1;
+            continue;
+        };
+        let mut errors = Vec::new();
+        let mut accepted = Vec::new();
+        for x in &resp.resources {
+            match codec::from_xds_resource(kind, x)
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    r.validate().map_err(|e| format!("{}: {e}", x.name))?;
+                    inbound.accept(r)
+                }) {
+                Ok(r) => accepted.push(r),
+                Err(e) => errors.push(e),
+            }
+        }
+        for r in &accepted {
+            apply(&store, r.clone()).await?;
+        }
+        for key in &resp.removed_resources {
+            if let Some((name, mesh)) = crate::rules::split_key(key) {
+                let k = ResourceKey::new(kind, mesh, name);
+                if let Ok(local) = store.get(&k).await
+                    && inbound.owned_by_peer(&local)
+                {
+                    match store.delete(&k).await {
+                        Ok(()) | Err(StoreError::NotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        if let Some(keys) = assembling.get_mut(&kind) {
+            keys.extend(accepted.iter().map(Resource::key));
+            if resp.system_version_info != FULL_STATE_CONTINUES
+                && let Some(keep) = assembling.remove(&kind)
+            {
+                prune(&store, kind, &keep, inbound.as_ref()).await?;
+            }
+        }
+        let reply = if errors.is_empty() {
+            counters.acks += 1;
+            DeltaDiscoveryRequest {
+                type_url: resp.type_url.clone(),
+                response_nonce: resp.nonce.clone(),
+                ..Default::default()
+            }
+        } else {
+            counters.nacks += 1;
+            tracing::warn!(%peer, %kind, errors = ?errors, "rejected resources from the peer (NACK)");
+            nack(&resp, &node_id, errors.join("; "))
+        };
+        if !requests.put(reply).await {
+            return Err(SyncError::Closed);
+        }
+    }
+    Ok(counters)
+}
+
+fn nack(resp: &DeltaDiscoveryResponse, node_id: &str, message: String) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: node_id.to_string(),
+            ..Default::default()
+        }),
+        type_url: resp.type_url.clone(),
+        response_nonce: resp.nonce.clone(),
+        error_detail: Some(Status {
+            code: 3,
+            message,
+            details: vec![],
+        }),
+        ..Default::default()
+    }
+}
+
+/// Creates or updates a copy, writing only when spec, labels or status changed.
+async fn apply(store: &SharedStore, r: Resource) -> Result<(), SyncError> {
+    loop {
+        match store.get(&r.key()).await {
+            Ok(current) => {
+                if current.spec == r.spec
+                    && current.meta.labels == r.meta.labels
+                    && current.status == r.status
+                {
+                    return Ok(());
+                }
+                let mut next = r.clone();
+                next.meta.version = current.meta.version;
+                match store.update(next).await {
+                    Ok(_) => return Ok(()),
+                    Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(StoreError::NotFound(_)) => match store.create(r.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::AlreadyExists(_)) => continue,
+                // The mesh has not arrived yet: its own subscription will bring it and the next
+                // full state of this type will bring this resource again.
+                Err(StoreError::MeshNotFound(mesh)) => {
+                    tracing::debug!(%mesh, key = %r.key(), "mesh not synced yet; resource deferred");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Deletes the peer's copies of `kind` that the full state no longer has.
+async fn prune(
+    store: &SharedStore,
+    kind: ResourceType,
+    keep: &HashSet<ResourceKey>,
+    inbound: &dyn Inbound,
+) -> Result<(), SyncError> {
+    for local in store.list(&ListQuery::all(kind)).await?.items {
+        if inbound.owned_by_peer(&local) && !keep.contains(&local.key()) {
+            match store.delete(&local.key()).await {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The zone side: dials global, receives what global provides and sends what the zone owns.
+//! Reconnects with jittered exponential backoff; meanwhile the zone keeps serving what it has.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::labels::ORIGIN;
+use model::{Resource, ResourceType};
+use proto::kuma::mesh::v1alpha1::kds_sync_service_client::KdsSyncServiceClient;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::rules;
+use crate::sync::{self, Inbound};
+
+#[derive(Debug, Clone)]
+pub struct ZoneClientConfig {
+    pub zone: String,
+    /// `grpc://host:port` or `grpcs://host:port`.
+    pub global_address: String,
+    pub cp_version: String,
+    pub max_message: usize,
+    /// PEM of the CA that signed global's certificate, for `grpcs://`.
+    pub root_ca_pem: Option<String>,
+}
+
+struct FromGlobal {
+    zone: String,
+}
+
+impl Inbound for FromGlobal {
+    fn accept(&self, mut r: Resource) -> Result<Resource, String> {
+        if !rules::zone_consumes(r.kind) {
+            return Err(format!(
+                "{}: global may not provide {}",
+                r.meta.name, r.kind
+            ));
+        }
+        if rules::zone_of(&r) == Some(self.zone.as_str()) {
+            return Err(format!(
+                "{}: this zone's own resource came back from global",
+                r.meta.name
+            ));
+        }
+        r.meta
+            .labels
+            .entry(ORIGIN.into())
+            .or_insert_with(|| rules::ORIGIN_GLOBAL.into());
+        Ok(r)
+    }
+
+    fn owned_by_peer(&self, r: &Resource) -> bool {
+        match r.label(ORIGIN) {
+            Some(rules::ORIGIN_GLOBAL) => true,
+            Some(rules::ORIGIN_ZONE) => rules::zone_of(r).is_some_and(|z| z != self.zone),
+            _ => false,
+        }
+    }
+}
+
+/// Types a zone provides to global.
+pub fn zone_provided_types() -> Vec<ResourceType> {
+    ResourceType::all()
+        .filter(|k| {
+            k.descriptor()
+                .has_flag(model::descriptor::kds::PROVIDED_BY_ZONE)
+        })
+        .collect()
+}
+
+fn endpoint(config: &ZoneClientConfig) -> Result<Endpoint, String> {
+    let address = &config.global_address;
+    let (url, host, tls) = if let Some(rest) = address.strip_prefix("grpcs://") {
+        (
+            format!("https://{rest}"),
+            rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string(),
+            true,
+        )
+    } else if let Some(rest) = address.strip_prefix("grpc://") {
+        (format!("http://{rest}"), String::new(), false)
+    } else {
+        return Err(format!("{address:?} must start with grpc:// or grpcs://"));
+    };
+    let mut endpoint = Endpoint::from_shared(url).map_err(|e| e.to_string())?;
+    if tls {
+        let ca = config
+            .root_ca_pem
+            .as_ref()
+            .ok_or("a grpcs:// address needs the CA of global's certificate")?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name(host.trim_start_matches('[').trim_end_matches(']'));
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+fn with_metadata<T>(config: &ZoneClientConfig, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    let md = req.metadata_mut();
+    for (k, v) in [
+        ("client-id", config.zone.as_str()),
+        ("kds-version", "v3"),
+        ("features", "hash-suffix"),
+        ("version", config.cp_version.as_str()),
+    ] {
+        if let Ok(v) = v.parse() {
+            md.insert(k, v);
+        }
+    }
+    req
+}
+
+/// One connection's life: both streams until either ends.
+async fn session(
+    store: store::SharedStore,
+    config: &ZoneClientConfig,
+    channel: Channel,
+) -> Result<(), String> {
+    let mut client = KdsSyncServiceClient::new(channel)
+        .max_decoding_message_size(config.max_message)
+        .max_encoding_message_size(config.max_message);
+    let (req_tx, req_rx) = mpsc::channel(64);
+    let downstream = client
+        .global_to_zone_sync(with_metadata(config, ReceiverStream::new(req_rx)))
+        .await
+        .map_err(|s| {
+            format!(
+                "global refused the global->zone stream: {} ({:?})",
+                s.message(),
+                s.code()
+            )
+        })?
+        .into_inner();
+    let (resp_tx, resp_rx) = mpsc::channel(64);
+    let upstream = client
+        .zone_to_global_sync(with_metadata(config, ReceiverStream::new(resp_rx)))
+        .await
+        .map_err(|s| {
+            format!(
+                "global refused the zone->global stream: {} ({:?})",
+                s.message(),
+                s.code()
+            )
+        })?
+        .into_inner();
+    tracing::info!(zone = %config.zone, global = %config.global_address, "connected to global");
+    let inbound = Arc::new(FromGlobal {
+        zone: config.zone.clone(),
+    });
+    let receive = sync::run_receiver(
+        store.clone(),
+        rules::zone_subscriptions(),
+        inbound,
+        config.zone.clone(),
+        downstream,
+        req_tx,
+        "global (global->zone)".into(),
+    );
+    let zone = config.zone.clone();
+    let outbound: sync::Outbound = Arc::new(move |r: &Resource| {
+        rules::zone_sends_to_global(r, &zone).then(|| rules::to_global(r, &zone))
+    });
+    let send = sync::run_sender(
+        store,
+        zone_provided_types(),
+        outbound,
+        upstream,
+        resp_tx,
+        "global (zone->global)".into(),
+        config.max_message,
+    );
+    tokio::select! {
+        r = receive => r.map(|_| ()).map_err(|e| format!("global->zone stream: {e}")),
+        r = send => r.map(|_| ()).map_err(|e| format!("zone->global stream: {e}")),
+    }
+}
+
+/// Runs until `shutdown`, reconnecting with backoff from 1 s to 1 min, jittered.
+pub async fn run(
+    store: store::SharedStore,
+    config: ZoneClientConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let endpoint = match endpoint(&config) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("multizone.zone.globalAddress: {e}");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let attempt = async {
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to global: {e}"))?;
+            session(store.clone(), &config, channel).await
+        };
+        let started = tokio::time::Instant::now();
+        tokio::select! {
+            r = attempt => {
+                if let Err(e) = r {
+                    tracing::warn!(zone = %config.zone, error = %e, retry_in = ?backoff, "KDS connection to global lost");
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        let jitter = backoff.mul_f64(rand_fraction() * 0.5);
+        tokio::select! {
+            () = tokio::time::sleep(backoff + jitter) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// A cheap jitter source: the clock's sub-second noise is random enough to spread reconnects.
+fn rand_fraction() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    f64::from(nanos % 1000) / 1000.0
+}
