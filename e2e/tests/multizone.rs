@@ -14,28 +14,56 @@ fn http() -> reqwest::blocking::Client {
         .unwrap()
 }
 
-fn start_global(kds_port: u16) -> ControlPlane {
+type CertFiles = (std::path::PathBuf, std::path::PathBuf);
+
+/// TLS is on, as by default; with `cert` the certificate comes from files instead of being
+/// generated (a restarted global on a memory store keeps its certificate that way).
+fn start_global(kds_port: u16, cert: Option<&CertFiles>) -> ControlPlane {
     let port = kds_port.to_string();
-    let mut cp = ControlPlane::start(
-        "global",
-        &[
-            ("KUMA_MODE", "global"),
-            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &port),
-            ("KUMA_MULTIZONE_GLOBAL_KDS_TLS_ENABLED", "false"),
-        ],
-    );
+    let (c, k) = cert.map(|(c, k)| (c.display().to_string(), k.display().to_string())).unwrap_or_default();
+    let mut env = vec![("KUMA_MODE", "global"), ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", port.as_str())];
+    if cert.is_some() {
+        env.push(("KUMA_MULTIZONE_GLOBAL_KDS_TLS_CERT_FILE", &c));
+        env.push(("KUMA_MULTIZONE_GLOBAL_KDS_TLS_KEY_FILE", &k));
+    }
+    let mut cp = ControlPlane::start("global", &env);
     cp.wait_ready(Duration::from_secs(60));
     cp
 }
 
-fn start_zone(name: &str, kds_port: u16) -> ControlPlane {
-    let address = format!("grpc://127.0.0.1:{kds_port}");
+/// Global's generated KDS certificate and key, read the way an operator would (the GlobalSecret,
+/// from global's host) and kept in files.
+fn kds_cert_files(global: &ControlPlane) -> CertFiles {
+    use base64::Engine;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let secret: Value = loop {
+        let r = http().get(format!("{}/globalsecrets/kds-server-tls", global.api())).send().unwrap();
+        if r.status().is_success() {
+            break r.json().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no KDS certificate secret on global");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let bytes = base64::engine::general_purpose::STANDARD.decode(secret["data"].as_str().unwrap()).unwrap();
+    let pair: Value = serde_json::from_slice(&bytes).unwrap();
+    let dir = std::env::temp_dir().join(format!("kuma-e2e-kds-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("kds.crt"), dir.join("kds.key"));
+    std::fs::write(&cert, pair["cert_pem"].as_str().unwrap()).unwrap();
+    std::fs::write(&key, pair["key_pem"].as_str().unwrap()).unwrap();
+    (cert, key)
+}
+
+fn start_zone(name: &str, kds_port: u16, root_ca: &std::path::Path) -> ControlPlane {
+    let address = format!("grpcs://127.0.0.1:{kds_port}");
+    let ca = root_ca.display().to_string();
     let mut cp = ControlPlane::start(
         name,
         &[
             ("KUMA_MODE", "zone"),
             ("KUMA_MULTIZONE_ZONE_NAME", name),
             ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
+            ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", &ca),
         ],
     );
     cp.wait_ready(Duration::from_secs(60));
@@ -103,10 +131,13 @@ fn names(items: &[Value]) -> Vec<String> {
 
 #[test]
 fn global_and_two_zones_sync_both_ways() {
+    // Global's certificate must survive its restart (memory store): keep it in files.
     let kds_port = free_port();
-    let mut global = start_global(kds_port);
-    let zone1 = start_zone("zone-1", kds_port);
-    let zone2 = start_zone("zone-2", kds_port);
+    // TLS on, as by default: zones trust global's generated certificate.
+    let mut global = start_global(kds_port, None);
+    let cert = kds_cert_files(&global);
+    let zone1 = start_zone("zone-1", kds_port, &cert.0);
+    let zone2 = start_zone("zone-2", kds_port, &cert.0);
     let t = Duration::from_secs(10);
 
     // Meshes come from global; zones register themselves.
@@ -231,7 +262,7 @@ fn global_and_two_zones_sync_both_ways() {
         json!({"type": "Dataplane", "name": "web-2", "mesh": "default",
         "networking": {"address": "10.0.0.2", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}}),
     );
-    let global = start_global(kds_port);
+    let global = start_global(kds_port, Some(&cert));
     put(
         &global,
         "/meshes/default/meshtimeouts/after-restart",
