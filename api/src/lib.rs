@@ -17,6 +17,7 @@ use store::SharedStore;
 pub mod auth;
 pub mod diagnostics;
 pub mod error;
+pub mod federation;
 mod gui;
 mod metrics;
 mod overview;
@@ -58,6 +59,7 @@ pub struct ApiState {
     pub config: serde_json::Value,
     pub auth: AuthConfig,
     pub metrics: ApiMetrics,
+    pub federation: federation::Federation,
 }
 
 pub type SharedState = Arc<ApiState>;

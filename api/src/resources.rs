@@ -411,7 +411,26 @@ async fn put(
     check_write_access(caller, key.kind)?;
     let bytes = read_body(body, TITLE_PUT).await?;
     let mut resource = decode_put_body(&bytes, &key)?;
-    match state.store.get(&key).await {
+    let existing = match state.store.get(&key).await {
+        Ok(r) => Some(r),
+        Err(StoreError::NotFound(_)) => None,
+        Err(e) => return Err(ApiError::from_store(TITLE_PUT, e)),
+    };
+    if let Some(reason) =
+        crate::federation::write_refusal(state.federation, key.kind, existing.as_ref())
+    {
+        return Err(ApiError::method_not_allowed(reason));
+    }
+    if let Some(current) = &existing
+        && current.label(model::labels::ZONE) != resource.label(model::labels::ZONE)
+    {
+        return Err(ApiError::bad_request(
+            TITLE_PUT,
+            "labels[\"kuma.io/zone\"]",
+            "cannot be changed",
+        ));
+    }
+    match existing.ok_or(StoreError::NotFound(key.clone())) {
         Ok(current) => {
             resource.meta.version = current.meta.version;
             if resource.status.is_none() {
@@ -467,6 +486,16 @@ async fn delete(
     caller: &Caller,
 ) -> Result<Response, ApiError> {
     check_write_access(caller, key.kind)?;
+    let existing = state
+        .store
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::from_store(TITLE_DELETE, e))?;
+    if let Some(reason) =
+        crate::federation::write_refusal(state.federation, key.kind, Some(&existing))
+    {
+        return Err(ApiError::method_not_allowed(reason));
+    }
     state
         .store
         .delete(&key)

@@ -47,6 +47,7 @@ async fn start_with(store: SharedStore, auth: AuthConfig) -> Server {
         config: json!({"store": {"postgres": {"password": "*****"}}}),
         auth,
         metrics: api::ApiMetrics::detached(),
+        federation: api::federation::Federation::None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -20,8 +20,13 @@ type CertFiles = (std::path::PathBuf, std::path::PathBuf);
 /// generated (a restarted global on a memory store keeps its certificate that way).
 fn start_global(kds_port: u16, cert: Option<&CertFiles>) -> ControlPlane {
     let port = kds_port.to_string();
-    let (c, k) = cert.map(|(c, k)| (c.display().to_string(), k.display().to_string())).unwrap_or_default();
-    let mut env = vec![("KUMA_MODE", "global"), ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", port.as_str())];
+    let (c, k) = cert
+        .map(|(c, k)| (c.display().to_string(), k.display().to_string()))
+        .unwrap_or_default();
+    let mut env = vec![
+        ("KUMA_MODE", "global"),
+        ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", port.as_str()),
+    ];
     if cert.is_some() {
         env.push(("KUMA_MULTIZONE_GLOBAL_KDS_TLS_CERT_FILE", &c));
         env.push(("KUMA_MULTIZONE_GLOBAL_KDS_TLS_KEY_FILE", &k));
@@ -37,14 +42,22 @@ fn kds_cert_files(global: &ControlPlane) -> CertFiles {
     use base64::Engine;
     let deadline = Instant::now() + Duration::from_secs(10);
     let secret: Value = loop {
-        let r = http().get(format!("{}/globalsecrets/kds-server-tls", global.api())).send().unwrap();
+        let r = http()
+            .get(format!("{}/globalsecrets/kds-server-tls", global.api()))
+            .send()
+            .unwrap();
         if r.status().is_success() {
             break r.json().unwrap();
         }
-        assert!(Instant::now() < deadline, "no KDS certificate secret on global");
+        assert!(
+            Instant::now() < deadline,
+            "no KDS certificate secret on global"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let bytes = base64::engine::general_purpose::STANDARD.decode(secret["data"].as_str().unwrap()).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"].as_str().unwrap())
+        .unwrap();
     let pair: Value = serde_json::from_slice(&bytes).unwrap();
     let dir = std::env::temp_dir().join(format!("kuma-e2e-kds-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -212,6 +225,24 @@ fn global_and_two_zones_sync_both_ways() {
                 && i[0]["labels"]["kuma.io/zone"] == "zone-1"
         },
     );
+
+    // Copies are read-only where they land: on global for zone resources, on zones for global's.
+    let r = http().put(format!("{}/meshes/default/dataplanes/web-1", global.api())).json(&json!({"type": "Dataplane", "name": "web-1", "mesh": "default",
+        "networking": {"address": "10.0.0.9", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}})).send().unwrap();
+    assert_eq!(
+        r.status(),
+        405,
+        "global accepted a write to a zone resource"
+    );
+    let r = http()
+        .delete(format!(
+            "{}/meshes/default/meshtimeouts/default-timeout-global-54dbd4c66zwbcf9c",
+            zone1.api()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 405, "a zone deleted global's copy");
+    assert!(r.text().unwrap().contains("change it on global"));
 
     // Deleting on the origin deletes the copies.
     assert!(

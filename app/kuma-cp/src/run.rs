@@ -234,6 +234,13 @@ pub async fn run(config: Config) -> Result<()> {
             localhost_is_admin: config.api_server.authn.localhost_is_admin,
         },
         metrics: api_metrics,
+        federation: match config.mode {
+            Mode::Global => api::federation::Federation::Global,
+            Mode::Zone if !config.multizone.zone.global_address.is_empty() => {
+                api::federation::Federation::Zone
+            }
+            _ => api::federation::Federation::None,
+        },
     });
     let router = api::router(state);
     if http.enabled {
