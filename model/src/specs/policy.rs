@@ -229,6 +229,27 @@ fn check_from<C>(
     });
 }
 
+/// Outbound-only policies (`to` with at least one item). Under a gateway only `Mesh` may be
+/// targeted; otherwise `kinds`.
+fn check_to_only<C>(
+    v: &mut Validator,
+    target_ref: &Option<TargetRef>,
+    to: &[ToItem<C>],
+    kinds: &[K],
+    conf: impl FnMut(&mut Validator, &C),
+) {
+    check_top(v, target_ref, TOP_PROXY_KINDS, false);
+    if to.is_empty() {
+        v.violation_at("to", "needs at least one item");
+    }
+    let to_kinds = if top_kind(target_ref) == K::MeshGateway {
+        ONLY_MESH
+    } else {
+        kinds
+    };
+    check_to(v, to, to_kinds, conf);
+}
+
 /// A policy's `from`, `to` and `rules` sections.
 type Sections<'a, C> = (&'a [FromItem<C>], &'a [ToItem<C>], &'a [RuleItem<C>]);
 
@@ -1246,16 +1267,13 @@ fn check_health_check_conf(v: &mut Validator, c: &HealthCheckConf) {
 
 impl Validate for MeshHealthCheckSpec {
     fn validate(&self, v: &mut Validator) {
-        check_top(v, &self.target_ref, TOP_PROXY_KINDS, false);
-        if self.to.is_empty() {
-            v.violation_at("to", "needs at least one item");
-        }
-        let to_kinds = if top_kind(&self.target_ref) == K::MeshGateway {
-            ONLY_MESH
-        } else {
-            TO_DESTINATIONS
-        };
-        check_to(v, &self.to, to_kinds, check_health_check_conf);
+        check_to_only(
+            v,
+            &self.target_ref,
+            &self.to,
+            TO_DESTINATIONS,
+            check_health_check_conf,
+        );
     }
 }
 
@@ -2164,16 +2182,13 @@ fn check_load_balancing_conf(v: &mut Validator, c: &LoadBalancingConf) {
 
 impl Validate for MeshLoadBalancingStrategySpec {
     fn validate(&self, v: &mut Validator) {
-        check_top(v, &self.target_ref, TOP_PROXY_KINDS, false);
-        if self.to.is_empty() {
-            v.violation_at("to", "needs at least one item");
-        }
-        let to_kinds = if top_kind(&self.target_ref) == K::MeshGateway {
-            ONLY_MESH
-        } else {
-            TO_DESTINATIONS_AND_ROUTES
-        };
-        check_to(v, &self.to, to_kinds, check_load_balancing_conf);
+        check_to_only(
+            v,
+            &self.target_ref,
+            &self.to,
+            TO_DESTINATIONS_AND_ROUTES,
+            check_load_balancing_conf,
+        );
     }
 }
 
