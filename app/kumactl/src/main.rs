@@ -537,17 +537,7 @@ fn resource_rows(kind: ResourceType, items: &[Value]) -> (Vec<&'static str>, Vec
             let rows = items
                 .iter()
                 .map(|m| {
-                    let mtls = m["mtls"]["enabledBackend"]
-                        .as_str()
-                        .filter(|b| !b.is_empty())
-                        .map(|b| {
-                            let t = m["mtls"]["backends"]
-                                .as_array()
-                                .and_then(|bs| bs.iter().find(|x| x["name"] == b))
-                                .and_then(|x| x["type"].as_str())
-                                .unwrap_or("?");
-                            format!("{t}/{b}")
-                        });
+                    // `type/name` of the section's chosen backend, or `off`.
                     let backend = |section: &str, field: &str| {
                         m[section][field]
                             .as_str()
@@ -560,13 +550,14 @@ fn resource_rows(kind: ResourceType, items: &[Value]) -> (Vec<&'static str>, Vec
                                     .unwrap_or("?");
                                 format!("{t}/{b}")
                             })
+                            .unwrap_or_else(|| "off".into())
                     };
                     vec![
                         m["name"].as_str().unwrap_or("").to_string(),
-                        mtls.unwrap_or_else(|| "off".into()),
-                        backend("metrics", "enabledBackend").unwrap_or_else(|| "off".into()),
-                        backend("logging", "defaultBackend").unwrap_or_else(|| "off".into()),
-                        backend("tracing", "defaultBackend").unwrap_or_else(|| "off".into()),
+                        backend("mtls", "enabledBackend"),
+                        backend("metrics", "enabledBackend"),
+                        backend("logging", "defaultBackend"),
+                        backend("tracing", "defaultBackend"),
                         table::on_off(
                             m["routing"]["localityAwareLoadBalancing"]
                                 .as_bool()
