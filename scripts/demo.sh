@@ -45,10 +45,26 @@ curl -fs http://127.0.0.1:5681/globalsecrets/kds-server-tls \
   | python3 -c 'import sys, json, base64; print(json.loads(base64.b64decode(json.load(sys.stdin)["data"]))["cert_pem"], end="")' \
   >"$DIR/kds-ca.pem"
 
+# Global accepts only zones with a token it issued (localhost is admin on global's API).
+zone_token() { # zone
+  for _ in $(seq 1 50); do
+    if curl -fs -X POST http://127.0.0.1:5681/tokens/zone -H 'content-type: application/json' \
+        -d "{\"zone\": \"$1\", \"scope\": [\"cp\"], \"validFor\": \"720h\"}" >"$DIR/$1.token"; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "could not issue a zone token for $1; see $DIR/global.log" >&2
+  exit 1
+}
+
+for zone in zone-1 zone-2; do zone_token "$zone"; done
 start zone-1 6680 KUMA_MODE=zone KUMA_MULTIZONE_ZONE_NAME=zone-1 \
-  KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=grpcs://127.0.0.1:5685 KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE="$DIR/kds-ca.pem"
+  KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=grpcs://127.0.0.1:5685 KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE="$DIR/kds-ca.pem" \
+  KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH="$DIR/zone-1.token"
 start zone-2 7680 KUMA_MODE=zone KUMA_MULTIZONE_ZONE_NAME=zone-2 \
-  KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=grpcs://127.0.0.1:5685 KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE="$DIR/kds-ca.pem"
+  KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=grpcs://127.0.0.1:5685 KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE="$DIR/kds-ca.pem" \
+  KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH="$DIR/zone-2.token"
 
 cat <<MSG
 
@@ -61,7 +77,8 @@ Multi-zone demo running (memory stores; everything is lost on exit):
 Try:
   export PATH="$PWD/target/debug:\$PATH"
   kumactl config control-planes add --name global --address http://localhost:5681 --overwrite
-  kumactl get zones
+  kumactl inspect zones                  # both Online, with their CP version
+  curl -s localhost:5681/global-insight
   curl -s localhost:6681/meshes          # the default mesh, synced from global
   (then the tour in the README: policies applied on global show up on both zones)
 

@@ -3,7 +3,8 @@
 # workspace. README and .ci/run both call this script, so they cannot drift apart.
 #
 # Needs: Debian's postgresql (the store suites start their own clusters with initdb/pg_ctl),
-# etcd-server (started per suite on loopback ports) and protobuf-compiler (etcd-client's build).
+# etcd-server (started per suite on loopback ports), protobuf-compiler and libprotobuf-dev
+# (etcd-client's build runs protoc and imports the well-known types it ships).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,7 @@ need=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""

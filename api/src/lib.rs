@@ -54,6 +54,7 @@ pub struct ServerInfo {
 pub struct ApiState {
     pub store: SharedStore,
     pub user_keys: Arc<SigningKeys>,
+    pub zone_keys: Arc<SigningKeys>,
     pub info: ServerInfo,
     /// The effective configuration, secrets already redacted.
     pub config: serde_json::Value,
@@ -71,7 +72,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/_resources", get(resources::resource_types))
         .route("/who-am-i", get(auth::who_am_i))
         .route("/tokens/user", post(tokens::issue_user_token))
+        .route("/tokens/zone", post(tokens::issue_zone_token))
         .route("/mesh-insights", get(overview::mesh_insights))
+        .route("/global-insight", get(overview::global_insight))
         .route("/control-planes", get(overview::control_planes))
         .route("/mesh-insights/{mesh}", get(overview::mesh_insight))
         .route("/gui", get(gui::page))

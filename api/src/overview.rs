@@ -40,6 +40,25 @@ fn no_overview(kind: ResourceType) -> ApiError {
     )
 }
 
+fn zone_disabled(r: &Resource) -> bool {
+    r.kind == ResourceType::Zone && r.spec.get("enabled").and_then(Value::as_bool) == Some(false)
+}
+
+/// Whether the insight of `owner` says it is connected and heard from recently.
+async fn is_online(state: &SharedState, owner: &Resource) -> Result<bool, StoreError> {
+    let Some(kind) = owner.kind.owned_insight() else {
+        return Ok(false);
+    };
+    let key = ResourceKey::new(kind, owner.meta.mesh.clone(), owner.meta.name.clone());
+    match state.store.get(&key).await {
+        Ok(i) => Ok(serde_json::from_value::<InsightSpec>(i.spec)
+            .is_ok_and(|i| i.is_online(Timestamp::now(), STALE_AFTER))
+            && !zone_disabled(owner)),
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 async fn overview_value(state: &SharedState, r: &Resource) -> Result<Value, ApiError> {
     let (type_name, res_field, insight_field) =
         overview_names(r.kind).ok_or_else(|| no_overview(r.kind))?;
@@ -50,9 +69,11 @@ async fn overview_value(state: &SharedState, r: &Resource) -> Result<Value, ApiE
         Err(StoreError::NotFound(_)) => json!({}),
         Err(e) => return Err(ApiError::from_store("Could not retrieve resources", e)),
     };
+    // A disabled zone counts as offline even while connected, as in Kuma.
     let online = serde_json::from_value::<InsightSpec>(insight.clone())
         .map(|i| i.is_online(Timestamp::now(), STALE_AFTER))
-        .unwrap_or(false);
+        .unwrap_or(false)
+        && !zone_disabled(r);
     let mut obj = Map::new();
     obj.insert("type".into(), json!(type_name));
     if r.kind.is_mesh_scoped() {
@@ -127,15 +148,7 @@ async fn mesh_insight_value(state: &SharedState, mesh: &Resource) -> Result<Valu
     let now = Timestamp::now();
     let mut online = 0;
     for dp in &dps.items {
-        let key = ResourceKey::new(
-            ResourceType::DataplaneInsight,
-            name.clone(),
-            dp.meta.name.clone(),
-        );
-        if let Ok(i) = state.store.get(&key).await
-            && serde_json::from_value::<InsightSpec>(i.spec)
-                .is_ok_and(|i| i.is_online(now, STALE_AFTER))
-        {
+        if is_online(state, dp).await.map_err(err)? {
             online += 1;
         }
     }
@@ -202,4 +215,165 @@ pub async fn control_planes(State(state): State<SharedState>) -> Result<Json<Val
     Ok(Json(
         json!({"total": items.len(), "items": items, "next": null}),
     ))
+}
+
+/// Online/offline/partially degraded counts, as Kuma's `FullStatus`.
+#[derive(Default, Clone, Copy)]
+struct FullStatus {
+    online: u64,
+    offline: u64,
+    partially_degraded: u64,
+}
+
+impl FullStatus {
+    fn add(&mut self, health: Health) {
+        match health {
+            Health::Online => self.online += 1,
+            Health::Offline => self.offline += 1,
+            Health::Degraded => self.partially_degraded += 1,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "online": self.online,
+            "offline": self.offline,
+            "partiallyDegraded": self.partially_degraded,
+            "total": self.online + self.offline + self.partially_degraded,
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Health {
+    Online,
+    Offline,
+    Degraded,
+}
+
+/// A connected dataplane is degraded when some of its inbounds report not ready, offline when
+/// all do (Kuma's rule).
+fn dataplane_health(dp: &Resource, connected: bool) -> Health {
+    if !connected {
+        return Health::Offline;
+    }
+    let inbounds = dp.spec["networking"]["inbound"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let unready = inbounds
+        .iter()
+        .filter(|i| i["health"]["ready"].as_bool() == Some(false))
+        .count();
+    match unready {
+        0 => Health::Online,
+        n if n == inbounds.len() => Health::Offline,
+        _ => Health::Degraded,
+    }
+}
+
+/// `GET /global-insight`: counts across all meshes and zones, in the shape of Kuma's extended
+/// global insight.
+pub async fn global_insight(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+    let err = |e| ApiError::from_store("Could not retrieve the global insight", e);
+    let list = |kind| {
+        let state = state.clone();
+        async move { state.store.list(&ListQuery::all(kind)).await }
+    };
+    let mut zone_stats = Map::new();
+    for (field, kind) in [
+        ("controlPlanes", ResourceType::Zone),
+        ("zoneIngresses", ResourceType::ZoneIngress),
+        ("zoneEgresses", ResourceType::ZoneEgress),
+    ] {
+        let items = list(kind).await.map_err(err)?.items;
+        let mut online = 0;
+        for r in &items {
+            online += u64::from(is_online(&state, r).await.map_err(err)?);
+        }
+        zone_stats.insert(
+            field.into(),
+            json!({"online": online, "total": items.len()}),
+        );
+    }
+
+    let mut dataplanes: [FullStatus; 3] = Default::default();
+    // (mesh, service) -> health of each instance; per dataplane kind.
+    let mut services: [HashMap<(String, String), Vec<Health>>; 3] = Default::default();
+    for dp in list(ResourceType::Dataplane).await.map_err(err)?.items {
+        let health = dataplane_health(&dp, is_online(&state, &dp).await.map_err(err)?);
+        let gateway = &dp.spec["networking"]["gateway"];
+        let (slot, tag_sets) = if gateway.is_object() {
+            let builtin = gateway["type"].as_str() == Some("BUILTIN");
+            (if builtin { 1 } else { 2 }, vec![gateway["tags"].clone()])
+        } else {
+            let inbound = dp.spec["networking"]["inbound"].as_array();
+            (
+                0,
+                inbound
+                    .map(|ins| ins.iter().map(|i| i["tags"].clone()).collect())
+                    .unwrap_or_default(),
+            )
+        };
+        dataplanes[slot].add(health);
+        for tags in tag_sets {
+            if let Some(service) = tags["kuma.io/service"].as_str() {
+                services[slot]
+                    .entry((dp.meta.mesh.clone(), service.to_string()))
+                    .or_default()
+                    .push(health);
+            }
+        }
+    }
+    let service_status = |instances: &HashMap<(String, String), Vec<Health>>| {
+        let mut status = FullStatus::default();
+        for healths in instances.values() {
+            status.add(if healths.iter().all(|h| *h == Health::Online) {
+                Health::Online
+            } else if healths.iter().all(|h| *h == Health::Offline) {
+                Health::Offline
+            } else {
+                Health::Degraded
+            });
+        }
+        status.json()
+    };
+    let mut external = 0;
+    let mut policies = 0;
+    let mut resources = Map::new();
+    for kind in ResourceType::all() {
+        let mut q = ListQuery::all(kind);
+        q.size = Some(0);
+        let total = state.store.list(&q).await.map_err(err)?.total;
+        if kind == ResourceType::MeshExternalService {
+            external += total;
+        }
+        if kind.descriptor().is_policy {
+            policies += total;
+        }
+        if total > 0 {
+            resources.insert(kind.name().into(), json!({ "total": total }));
+        }
+    }
+    let meshes = resources
+        .get(ResourceType::Mesh.name())
+        .map_or(json!(0), |m| m["total"].clone());
+    Ok(Json(json!({
+        "createdAt": Timestamp::now().to_string(),
+        "services": {
+            "internal": service_status(&services[0]),
+            "external": {"total": external},
+            "gatewayBuiltin": service_status(&services[1]),
+            "gatewayDelegated": service_status(&services[2]),
+        },
+        "zones": zone_stats,
+        "dataplanes": {
+            "standard": dataplanes[0].json(),
+            "gatewayBuiltin": dataplanes[1].json(),
+            "gatewayDelegated": dataplanes[2].json(),
+        },
+        "policies": {"total": policies},
+        "meshes": {"total": meshes},
+        "resources": resources,
+    })))
 }

@@ -33,6 +33,7 @@ async fn start_with(store: SharedStore, auth: AuthConfig) -> Server {
     let state = Arc::new(ApiState {
         store: store.clone(),
         user_keys: keys,
+        zone_keys: Arc::new(security::zone::zone_signing_keys(store.clone())),
         info: ServerInfo {
             hostname: "test".into(),
             tagline: "Kuma".into(),

@@ -223,3 +223,33 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// `KUMA_STORE_*` for a database on a local test Postgres (trust authentication).
+pub fn postgres_env(port: u16, user: &str, db: &str) -> Vec<(String, String)> {
+    vec![
+        ("KUMA_STORE_TYPE".into(), "postgres".into()),
+        ("KUMA_STORE_POSTGRES_HOST".into(), "127.0.0.1".into()),
+        ("KUMA_STORE_POSTGRES_PORT".into(), port.to_string()),
+        ("KUMA_STORE_POSTGRES_USER".into(), user.into()),
+        (
+            "KUMA_STORE_POSTGRES_PASSWORD".into(),
+            "not-needed-with-trust".into(),
+        ),
+        ("KUMA_STORE_POSTGRES_DB_NAME".into(), db.into()),
+        ("KUMA_STORE_POSTGRES_CONNECTION_TIMEOUT".into(), "2".into()),
+        (
+            "KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS".into(),
+            "127.0.0.1".into(),
+        ),
+    ]
+}
+
+/// `kuma-cp migrate up` with exactly `env`.
+pub fn migrate(env: &[(String, String)]) -> Output {
+    let mut cmd = Command::new(binary("kuma-cp"));
+    cmd.args(["migrate", "up"]).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running kuma-cp migrate up")
+}

@@ -8,36 +8,12 @@ use e2e::{ControlPlane, free_port, http_status};
 use store::testing::postgres::{TEST_USER, TestPostgres};
 
 fn pg_env(pg: &TestPostgres, db: &str) -> Vec<(String, String)> {
-    vec![
-        ("KUMA_STORE_TYPE".into(), "postgres".into()),
-        ("KUMA_STORE_POSTGRES_HOST".into(), "127.0.0.1".into()),
-        ("KUMA_STORE_POSTGRES_PORT".into(), pg.port.to_string()),
-        ("KUMA_STORE_POSTGRES_USER".into(), TEST_USER.into()),
-        (
-            "KUMA_STORE_POSTGRES_PASSWORD".into(),
-            "not-needed-with-trust".into(),
-        ),
-        ("KUMA_STORE_POSTGRES_DB_NAME".into(), db.into()),
-        ("KUMA_STORE_POSTGRES_CONNECTION_TIMEOUT".into(), "2".into()),
-        (
-            "KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS".into(),
-            "127.0.0.1".into(),
-        ),
-    ]
+    e2e::postgres_env(pg.port, TEST_USER, db)
 }
 
 fn start(name: &str, env: &[(String, String)]) -> ControlPlane {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     ControlPlane::start(name, &env)
-}
-
-fn migrate(env: &[(String, String)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(e2e::binary("kuma-cp"));
-    cmd.args(["migrate", "up"]).env_clear();
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
 }
 
 fn http() -> reqwest::blocking::Client {
@@ -91,14 +67,14 @@ fn replicas_on_postgres_fail_over_and_share_state() {
         early.logs()
     );
 
-    let out = migrate(&env);
+    let out = e2e::migrate(&env);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("applied migrations [1]"));
-    assert!(String::from_utf8_lossy(&migrate(&env).stdout).contains("up to date"));
+    assert!(String::from_utf8_lossy(&e2e::migrate(&env).stdout).contains("up to date"));
 
     let mut cps: Vec<ControlPlane> = (0..3).map(|i| start(&format!("r{i}"), &env)).collect();
     for cp in &mut cps {

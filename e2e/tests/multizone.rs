@@ -18,7 +18,11 @@ type CertFiles = (std::path::PathBuf, std::path::PathBuf);
 
 /// TLS is on, as by default; with `cert` the certificate comes from files instead of being
 /// generated (a restarted global on a memory store keeps its certificate that way).
-fn start_global(kds_port: u16, cert: Option<&CertFiles>) -> ControlPlane {
+fn start_global(
+    kds_port: u16,
+    store_env: &[(String, String)],
+    cert: Option<&CertFiles>,
+) -> ControlPlane {
     let port = kds_port.to_string();
     let (c, k) = cert
         .map(|(c, k)| (c.display().to_string(), k.display().to_string()))
@@ -27,6 +31,7 @@ fn start_global(kds_port: u16, cert: Option<&CertFiles>) -> ControlPlane {
         ("KUMA_MODE", "global"),
         ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", port.as_str()),
     ];
+    env.extend(store_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if cert.is_some() {
         env.push(("KUMA_MULTIZONE_GLOBAL_KDS_TLS_CERT_FILE", &c));
         env.push(("KUMA_MULTIZONE_GLOBAL_KDS_TLS_KEY_FILE", &k));
@@ -34,6 +39,27 @@ fn start_global(kds_port: u16, cert: Option<&CertFiles>) -> ControlPlane {
     let mut cp = ControlPlane::start("global", &env);
     cp.wait_ready(Duration::from_secs(60));
     cp
+}
+
+/// A zone token from global's API (as admin: the test runs on global's host), in a file.
+fn issue_token(global: &ControlPlane, zone: &str, file: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http()
+            .post(format!("{}/tokens/zone", global.api()))
+            .json(&json!({"zone": zone, "scope": ["cp"], "validFor": "24h"}))
+            .send()
+            .unwrap();
+        let status = r.status();
+        let body = r.text().unwrap();
+        if status.is_success() {
+            std::fs::write(file, body).unwrap();
+            return;
+        }
+        // The signing key is created by the leader just after start-up.
+        assert!(Instant::now() < deadline, "zone token: {status} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Global's generated KDS certificate and key, read the way an operator would (the GlobalSecret,
@@ -67,18 +93,25 @@ fn kds_cert_files(global: &ControlPlane) -> CertFiles {
     (cert, key)
 }
 
-fn start_zone(name: &str, kds_port: u16, root_ca: &std::path::Path) -> ControlPlane {
+fn start_zone(
+    name: &str,
+    kds_port: u16,
+    root_ca: &std::path::Path,
+    token: Option<&std::path::Path>,
+) -> ControlPlane {
     let address = format!("grpcs://127.0.0.1:{kds_port}");
     let ca = root_ca.display().to_string();
-    let mut cp = ControlPlane::start(
-        name,
-        &[
-            ("KUMA_MODE", "zone"),
-            ("KUMA_MULTIZONE_ZONE_NAME", name),
-            ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
-            ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", &ca),
-        ],
-    );
+    let token = token.map(|t| t.display().to_string());
+    let mut env = vec![
+        ("KUMA_MODE", "zone"),
+        ("KUMA_MULTIZONE_ZONE_NAME", name),
+        ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
+        ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", &ca),
+    ];
+    if let Some(t) = &token {
+        env.push(("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", t));
+    }
+    let mut cp = ControlPlane::start(name, &env);
     cp.wait_ready(Duration::from_secs(60));
     cp
 }
@@ -97,17 +130,45 @@ fn put(cp: &ControlPlane, path: &str, body: Value) {
     );
 }
 
-fn list(cp: &ControlPlane, path: &str) -> Vec<Value> {
-    let v: Value = http()
+fn get(cp: &ControlPlane, path: &str) -> Value {
+    http()
         .get(format!("{}{path}", cp.api()))
         .send()
         .unwrap()
         .json()
-        .unwrap();
-    v["items"].as_array().cloned().unwrap_or_default()
+        .unwrap()
 }
 
-/// Polls until `check` holds for the listing, or fails with what was last seen.
+fn list(cp: &ControlPlane, path: &str) -> Vec<Value> {
+    get(cp, path)["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Polls until `check` holds for the document at `path`, or fails with what was last seen.
+fn eventually_json(
+    cp: &ControlPlane,
+    path: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let doc = get(cp, path);
+        if check(&doc) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not true within {within:?}; {path} = {doc:#}\n{}",
+            cp.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn eventually(
     cp: &ControlPlane,
     path: &str,
@@ -115,19 +176,40 @@ fn eventually(
     what: &str,
     check: impl Fn(&[Value]) -> bool,
 ) {
+    eventually_json(cp, path, within, what, |doc| {
+        check(doc["items"].as_array().map_or(&[], Vec::as_slice))
+    });
+}
+
+fn wait_for_log(cp: &ControlPlane, needle: &str, within: Duration) {
     let deadline = Instant::now() + within;
-    loop {
-        let items = list(cp, path);
-        if check(&items) {
-            return;
-        }
+    while !cp.logs().contains(needle) {
         assert!(
             Instant::now() < deadline,
-            "{what}: not true within {within:?}; {path} = {items:#?}\n{}",
+            "{needle:?} not logged within {within:?}:\n{}",
             cp.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn kumactl_ok(cfg: &std::path::Path, args: &[&str]) -> String {
+    let out = e2e::kumactl(cfg, args);
+    assert!(
+        out.status.success(),
+        "kumactl {args:?}: {}",
+        e2e::stderr(&out)
+    );
+    e2e::stdout(&out)
+}
+
+/// The status column of `name`'s row in a kumactl table.
+fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default()
 }
 
 fn timeout(name: &str) -> Value {
@@ -144,14 +226,71 @@ fn names(items: &[Value]) -> Vec<String> {
 
 #[test]
 fn global_and_two_zones_sync_both_ways() {
-    // Global's certificate must survive its restart (memory store): keep it in files.
+    scenario(&[], false);
+}
+
+#[test]
+fn global_on_postgres_and_two_zones_sync_both_ways() {
+    let Some(pg) = store::testing::postgres::TestPostgres::start() else {
+        return;
+    };
+    let db = pg.create_database("multizone");
+    let env = e2e::postgres_env(pg.port, store::testing::postgres::TEST_USER, &db);
+    let out = e2e::migrate(&env);
+    assert!(out.status.success(), "{}", e2e::stderr(&out));
+    scenario(&env, true);
+}
+
+/// The multi-zone story end to end. `durable`: global's store survives its restart, so its
+/// certificate, zone-token signing key and zone resources come back with it.
+fn scenario(global_store: &[(String, String)], durable: bool) {
     let kds_port = free_port();
-    // TLS on, as by default: zones trust global's generated certificate.
-    let mut global = start_global(kds_port, None);
+    let mut global = start_global(kds_port, global_store, None);
     let cert = kds_cert_files(&global);
-    let zone1 = start_zone("zone-1", kds_port, &cert.0);
-    let zone2 = start_zone("zone-2", kds_port, &cert.0);
+    let tokens = cert.0.parent().unwrap().to_path_buf();
+    let (token1, token2) = (tokens.join("zone-1.token"), tokens.join("zone-2.token"));
+    let kumactl_cfg = tokens.join("kumactl.config");
+    kumactl_ok(
+        &kumactl_cfg,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "global",
+            "--address",
+            &global.api(),
+        ],
+    );
+    issue_token(&global, "zone-2", &token2);
+    // zone-1's token the way the docs say: kumactl against global.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = e2e::kumactl(
+            &kumactl_cfg,
+            &[
+                "generate",
+                "zone-token",
+                "--zone=zone-1",
+                "--scope=cp",
+                "--valid-for=24h",
+            ],
+        );
+        if out.status.success() {
+            std::fs::write(&token1, e2e::stdout(&out)).unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", e2e::stderr(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let zone1 = start_zone("zone-1", kds_port, &cert.0, Some(&token1));
+    let zone2 = start_zone("zone-2", kds_port, &cert.0, Some(&token2));
     let t = Duration::from_secs(10);
+
+    // A zone without a token is refused, says why, and is not registered.
+    let stranger = start_zone("zone-3", kds_port, &cert.0, None);
+    wait_for_log(&stranger, "global requires a zone token", t);
+    drop(stranger);
 
     // Meshes come from global; zones register themselves.
     eventually(&zone1, "/meshes", t, "default mesh synced to zone-1", |i| {
@@ -160,6 +299,47 @@ fn global_and_two_zones_sync_both_ways() {
     eventually(&global, "/zones", t, "both zones registered", |i| {
         names(i) == ["zone-1", "zone-2"]
     });
+
+    // Global records each zone's subscription: version, token, counters; both are online.
+    eventually(
+        &global,
+        "/zones+insights",
+        t,
+        "zones online with insights",
+        |i| {
+            i.len() == 2
+                && i.iter().all(|z| {
+                    let sub = &z["zoneInsight"]["subscriptions"][0];
+                    z["online"] == true
+                        && sub["version"]["kumaCp"]["version"] == "2.14.0"
+                        && sub["authTokenProvided"] == true
+                        && sub["connectTime"].is_string()
+                        && sub["status"]["total"]["responsesSent"]
+                            .as_str()
+                            .is_some_and(|n| n != "0")
+                })
+        },
+    );
+    eventually_json(
+        &global,
+        "/global-insight",
+        t,
+        "global insight counts zones",
+        |g| g["zones"]["controlPlanes"] == json!({"online": 2, "total": 2}),
+    );
+    let inspect = kumactl_ok(&kumactl_cfg, &["inspect", "zones"]);
+    assert!(inspect.starts_with("NAME"), "{inspect}");
+    for zone in ["zone-1", "zone-2"] {
+        let r = row(&inspect, zone);
+        assert_eq!(r.get(1), Some(&"Online"), "{inspect}");
+        assert!(r.contains(&"2.14.0"), "{inspect}");
+    }
+    let get_zones = kumactl_ok(&kumactl_cfg, &["get", "zones"]);
+    assert_eq!(
+        row(&get_zones, "zone-1").get(1..3),
+        Some(&["Online", "2.14.0"][..]),
+        "{get_zones}"
+    );
 
     // A policy applied on global reaches both zones, hashed, marked as from global.
     put(
@@ -284,8 +464,9 @@ fn global_and_two_zones_sync_both_ways() {
         |i| i.is_empty(),
     );
 
-    // Global dies (SIGKILL) and comes back empty (memory store): zones reconnect and converge on
-    // the new state, and zone-1 sends its dataplane again.
+    // Global dies (SIGKILL). Meanwhile zone-1 registers another dataplane. On a memory store
+    // global comes back empty, with a new signing key: the operator issues new tokens (zones
+    // re-read the token file on every attempt). On Postgres everything comes back as it was.
     global.sigkill();
     put(
         &zone1,
@@ -293,7 +474,26 @@ fn global_and_two_zones_sync_both_ways() {
         json!({"type": "Dataplane", "name": "web-2", "mesh": "default",
         "networking": {"address": "10.0.0.2", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}}),
     );
-    let global = start_global(kds_port, Some(&cert));
+    let global = if durable {
+        start_global(kds_port, global_store, None)
+    } else {
+        let g = start_global(kds_port, global_store, Some(&cert));
+        issue_token(&g, "zone-1", &token1);
+        issue_token(&g, "zone-2", &token2);
+        g
+    };
+    kumactl_ok(
+        &kumactl_cfg,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "global-restarted",
+            "--address",
+            &global.api(),
+        ],
+    );
     put(
         &global,
         "/meshes/default/meshtimeouts/after-restart",
@@ -346,5 +546,31 @@ fn global_and_two_zones_sync_both_ways() {
         zone2.logs().contains("zone disabled on global"),
         "{}",
         zone2.logs()
+    );
+
+    // A zone killed outright turns Offline, with its subscription closed.
+    let mut zone1 = zone1;
+    zone1.sigkill();
+    eventually(&global, "/zones+insights", t, "killed zone offline", |i| {
+        i.iter().any(|z| {
+            z["name"] == "zone-1"
+                && z["online"] == false
+                && z["zoneInsight"]["subscriptions"]
+                    .as_array()
+                    .and_then(|s| s.last())
+                    .is_some_and(|s| s["disconnectTime"].is_string())
+        })
+    });
+    let inspect = kumactl_ok(&kumactl_cfg, &["inspect", "zones"]);
+    assert_eq!(
+        row(&inspect, "zone-1").get(1),
+        Some(&"Offline"),
+        "{inspect}"
+    );
+    // Disabled counts as offline even though zone-2 keeps trying.
+    assert_eq!(
+        row(&inspect, "zone-2").get(1),
+        Some(&"Offline"),
+        "{inspect}"
     );
 }

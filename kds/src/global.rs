@@ -21,6 +21,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use security::zone as zone_token;
+use security::{SigningKeys, TokenError};
+
+use crate::insight::{ZoneInsights, ZonePeer};
 use crate::rules;
 use crate::sync::{self, Inbound};
 
@@ -80,6 +84,42 @@ pub struct GlobalKds {
     pub zones: Arc<ZoneSwitches>,
     pub max_message: usize,
     pub health_interval: Duration,
+    /// Zone-token signing keys; `None` when global accepts zones without tokens.
+    pub zone_tokens: Option<Arc<SigningKeys>>,
+    /// This global's CP version, against which zones' versions are checked.
+    pub version: String,
+    pub insights: Arc<ZoneInsights>,
+}
+
+/// Refuses zones newer than global or more than two minor versions older. Versions that do not
+/// parse as `major.minor.patch` (development builds) are let through.
+pub fn check_version_skew(global: &str, zone: &str) -> Result<(), String> {
+    fn parse(v: &str) -> Option<(u64, u64, u64)> {
+        let core = v.trim_start_matches('v').split(['-', '+']).next()?;
+        let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+        Some((parts.next()??, parts.next()??, parts.next()??))
+    }
+    let (Some(g), Some(z)) = (parse(global), parse(zone)) else {
+        return Ok(());
+    };
+    if z > g {
+        return Err(format!(
+            "zone control plane version {zone} is newer than global's {global}: upgrade global first"
+        ));
+    }
+    if z.0 < g.0 || g.1 - z.1 > 2 {
+        return Err(format!(
+            "zone control plane version {zone} is more than two minor versions older than global's {global}: upgrade the zone"
+        ));
+    }
+    Ok(())
+}
+
+fn metadata_str<'a, T>(req: &'a Request<T>, key: &str) -> Option<&'a str> {
+    req.metadata()
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
 }
 
 fn client_id<T>(req: &Request<T>) -> Result<String, Status> {
@@ -98,8 +138,52 @@ fn client_id<T>(req: &Request<T>) -> Result<String, Status> {
 }
 
 impl GlobalKds {
+    /// Who is calling, checked in order: name, version, token; then the zone is registered.
+    /// Nothing is written for a caller that fails a check.
+    async fn admit<T>(&self, req: &Request<T>) -> Result<ZonePeer, Status> {
+        let zone = client_id(req)?;
+        let version = metadata_str(req, "version").unwrap_or_default().to_string();
+        if version.is_empty() {
+            tracing::warn!(%zone, "zone did not send its control plane version");
+        }
+        if let Err(message) = check_version_skew(&self.version, &version) {
+            tracing::warn!(%zone, %message, "zone refused");
+            return Err(Status::failed_precondition(message));
+        }
+        let token = metadata_str(req, "authorization")
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+        if let Some(keys) = &self.zone_tokens {
+            let Some(token) = token else {
+                return Err(Status::unauthenticated(format!(
+                    "global requires a zone token: generate one on global with `kumactl generate zone-token --zone={zone} --scope=cp` \
+                     and give it to the zone in KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH"
+                )));
+            };
+            match zone_token::verify_zone_token(keys, token, &zone, zone_token::SCOPE_CP).await {
+                Ok(_) => {}
+                Err(zone_token::ZoneTokenError::Token(TokenError::Store(e))) => {
+                    return Err(Status::unavailable(format!(
+                        "cannot check the zone token: {e}"
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(%zone, error = %e, "zone token refused");
+                    return Err(Status::unauthenticated(format!("zone token refused: {e}")));
+                }
+            }
+        }
+        self.register(&zone).await?;
+        Ok(ZonePeer {
+            zone,
+            address: req.remote_addr(),
+            version_compatible: !version.is_empty(),
+            version,
+            auth_token_provided: token.is_some(),
+        })
+    }
+
     /// Registers the zone on its first stream; a disabled zone is turned away.
-    async fn admit(&self, zone: &str) -> Result<(), Status> {
+    async fn register(&self, zone: &str) -> Result<(), Status> {
         let key = ResourceKey::new(ResourceType::Zone, "", zone);
         match self.store.get(&key).await {
             Ok(z) if z.spec.get("enabled").and_then(|e| e.as_bool()) == Some(false) => Err(
@@ -198,8 +282,9 @@ impl KdsSyncService for GlobalKds {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
-        let zone = client_id(&request)?;
-        self.admit(&zone).await?;
+        let peer = self.admit(&request).await?;
+        let session = self.insights.join(&peer);
+        let zone = peer.zone;
         let (tx, rx) = mpsc::channel(64);
         let zones = self.zones.clone();
         let target = zone.clone();
@@ -219,16 +304,18 @@ impl KdsSyncService for GlobalKds {
                 outbound,
                 stream,
                 tx,
-                peer.clone(),
+                sync::StreamLabel {
+                    peer: peer.clone(),
+                    stats: session.stats.clone(),
+                },
                 max,
             )
             .await
             {
-                Ok(c) => {
-                    tracing::info!(%peer, sent = c.responses_sent, acks = c.acks, nacks = c.nacks, "stream ended")
-                }
+                Ok(()) => tracing::info!(%peer, "stream ended"),
                 Err(e) => tracing::info!(%peer, error = %e, "stream ended"),
             }
+            drop(session);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -237,8 +324,9 @@ impl KdsSyncService for GlobalKds {
         &self,
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
-        let zone = client_id(&request)?;
-        self.admit(&zone).await?;
+        let peer = self.admit(&request).await?;
+        let session = self.insights.join(&peer);
+        let zone = peer.zone;
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
         let closer = tx.clone();
@@ -256,13 +344,17 @@ impl KdsSyncService for GlobalKds {
                 "global".into(),
                 stream,
                 tx,
-                peer.clone(),
+                sync::StreamLabel {
+                    peer: peer.clone(),
+                    stats: session.stats.clone(),
+                },
             )
             .await
             {
-                Ok(c) => tracing::info!(%peer, acks = c.acks, nacks = c.nacks, "stream ended"),
+                Ok(()) => tracing::info!(%peer, "stream ended"),
                 Err(e) => tracing::info!(%peer, error = %e, "stream ended"),
             }
+            drop(session);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -307,8 +399,11 @@ impl GlobalKdsService for GlobalKds {
         &self,
         request: Request<ZoneHealthCheckRequest>,
     ) -> Result<Response<ZoneHealthCheckResponse>, Status> {
-        let zone = client_id(&request)?;
-        tracing::debug!(%zone, "zone health check");
+        let peer = self.admit(&request).await?;
+        tracing::debug!(zone = %peer.zone, "zone health check");
+        if let Err(e) = crate::insight::record_health_check(&self.store, &peer.zone).await {
+            tracing::warn!(zone = %peer.zone, error = %e, "could not record the zone's health check");
+        }
         let interval = prost_types::Duration {
             seconds: self.health_interval.as_secs() as i64,
             nanos: 0,

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod global;
+pub mod insight;
 pub mod rules;
 pub mod sync;
 pub mod zone;

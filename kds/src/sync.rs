@@ -3,8 +3,8 @@
 //! subscribes and applies what arrives to its store. Global→zone uses a global sender and a zone
 //! receiver; zone→global the reverse, on the same connection.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -56,12 +56,92 @@ impl<T: Send> Outgoing<T> for mpsc::Sender<Result<T, tonic::Status>> {
 /// What a sender sends: the resource as the peer should see it, or `None` to keep it back.
 pub type Outbound = Arc<dyn Fn(&Resource) -> Option<Resource> + Send + Sync>;
 
-/// Counters for insights and tests.
-#[derive(Debug, Default, Clone)]
-pub struct Counters {
+/// Responses exchanged for one type on a stream, whichever side sent them, and how many the
+/// receiving side acknowledged or rejected. Shared live with the insight writer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TypeCounts {
     pub responses_sent: u64,
-    pub acks: u64,
-    pub nacks: u64,
+    pub responses_acknowledged: u64,
+    pub responses_rejected: u64,
+}
+
+impl TypeCounts {
+    fn add(&mut self, other: &TypeCounts) {
+        self.responses_sent += other.responses_sent;
+        self.responses_acknowledged += other.responses_acknowledged;
+        self.responses_rejected += other.responses_rejected;
+    }
+}
+
+#[derive(Debug, Default)]
+struct StatsInner {
+    per_type: BTreeMap<&'static str, TypeCounts>,
+    last_update: Option<model::Timestamp>,
+}
+
+/// Live counters of one connection's streams, read by insights and logs.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    inner: Mutex<StatsInner>,
+}
+
+impl StreamStats {
+    fn record(&self, kind: ResourceType, f: impl FnOnce(&mut TypeCounts)) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(inner.per_type.entry(kind.name()).or_default());
+        inner.last_update = Some(model::Timestamp::now());
+    }
+
+    fn sent(&self, kind: ResourceType) {
+        self.record(kind, |c| c.responses_sent += 1);
+    }
+
+    fn acknowledged(&self, kind: ResourceType) {
+        self.record(kind, |c| c.responses_acknowledged += 1);
+    }
+
+    fn rejected(&self, kind: ResourceType) {
+        self.record(kind, |c| c.responses_rejected += 1);
+    }
+
+    pub fn per_type(&self) -> BTreeMap<&'static str, TypeCounts> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .per_type
+            .clone()
+    }
+
+    pub fn total(&self) -> TypeCounts {
+        let mut total = TypeCounts::default();
+        for c in self.per_type().values() {
+            total.add(c);
+        }
+        total
+    }
+
+    /// When anything was last exchanged, if ever.
+    pub fn last_update(&self) -> Option<model::Timestamp> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_update
+    }
+}
+
+/// Whom a stream talks to (for logs) and where its counters go.
+#[derive(Clone)]
+pub struct StreamLabel {
+    pub peer: String,
+    pub stats: Arc<StreamStats>,
+}
+
+/// Numbering and sizing of outgoing responses on one stream.
+struct Responder<'a, R> {
+    out: &'a R,
+    nonce: u64,
+    max_message: usize,
+    stats: &'a StreamStats,
 }
 
 /// Serves `types` to a peer: full state first, then changes as the store reports them.
@@ -71,24 +151,29 @@ pub async fn run_sender(
     outbound: Outbound,
     mut requests: impl futures::Stream<Item = Result<DeltaDiscoveryRequest, tonic::Status>> + Unpin,
     responses: impl Outgoing<DeltaDiscoveryResponse>,
-    peer: String,
+    label: StreamLabel,
     max_message: usize,
-) -> Result<Counters, SyncError> {
+) -> Result<(), SyncError> {
     use futures::StreamExt;
+    let StreamLabel { peer, stats } = label;
     // Subscribe before the first listing so no change falls between the two.
     let mut events = store.subscribe();
     let mut subscribed: HashSet<ResourceType> = HashSet::new();
     // What the peer holds: our key -> (the peer's key for it, content version).
     let mut sent: HashMap<ResourceKey, (String, String)> = HashMap::new();
-    let mut nonce: u64 = 0;
-    let mut counters = Counters::default();
+    let mut responder = Responder {
+        out: &responses,
+        nonce: 0,
+        max_message,
+        stats: &stats,
+    };
     let mut pending: HashMap<ResourceType, HashSet<ResourceKey>> = HashMap::new();
     let mut resync: HashSet<ResourceType> = HashSet::new();
     loop {
         tokio::select! {
             req = requests.next() => {
                 let req = match req {
-                    None => return Ok(counters),
+                    None => return Ok(()),
                     Some(Err(status)) => return Err(SyncError::Protocol(status.to_string())),
                     Some(Ok(r)) => r,
                 };
@@ -97,12 +182,12 @@ pub async fn run_sender(
                     continue;
                 };
                 if let Some(err) = &req.error_detail {
-                    counters.nacks += 1;
+                    stats.rejected(kind);
                     tracing::warn!(%peer, %kind, nonce = %req.response_nonce, reason = %err.message, "peer rejected resources (NACK)");
                     continue;
                 }
                 if !req.response_nonce.is_empty() {
-                    counters.acks += 1;
+                    stats.acknowledged(kind);
                     continue;
                 }
                 // A new subscription: the full state of the type.
@@ -116,8 +201,7 @@ pub async fn run_sender(
                         all.push(x);
                     }
                 }
-                send_split(&responses, kind, all, vec![], &mut nonce, max_message, true).await?;
-                counters.responses_sent += 1;
+                responder.send_split(kind, all, vec![], true).await?;
             }
             ev = events.recv() => {
                 let mut note = |ev: store::ChangeEvent| {
@@ -144,7 +228,9 @@ pub async fn run_sender(
                     keys.extend(store.list(&ListQuery::all(kind)).await?.items.into_iter().map(|r| r.key()));
                     keys.extend(sent.keys().filter(|k| k.kind == kind).cloned());
                 }
-                for (kind, keys) in pending.drain() {
+                // In subscription order, so a Mesh reaches the peer before what lives in it.
+                for &kind in &types {
+                    let Some(keys) = pending.remove(&kind) else { continue };
                     let mut changed = Vec::new();
                     let mut removed = Vec::new();
                     for key in keys {
@@ -170,8 +256,7 @@ pub async fn run_sender(
                         }
                     }
                     if !changed.is_empty() || !removed.is_empty() {
-                        send_split(&responses, kind, changed, removed, &mut nonce, max_message, false).await?;
-                        counters.responses_sent += 1;
+                        responder.send_split(kind, changed, removed, false).await?;
                     }
                 }
             }
@@ -179,52 +264,61 @@ pub async fn run_sender(
     }
 }
 
-async fn send_split(
-    responses: &impl Outgoing<DeltaDiscoveryResponse>,
-    kind: ResourceType,
-    resources: Vec<XdsResource>,
-    removed: Vec<String>,
-    nonce: &mut u64,
-    max_message: usize,
-    full_state: bool,
-) -> Result<(), SyncError> {
-    // Bytes per response, leaving room for the envelope.
-    let budget = max_message.saturating_sub(64 * 1024).max(1024);
-    let mut batches: Vec<Vec<XdsResource>> = vec![vec![]];
-    let mut size = 0;
-    for r in resources {
-        let len = r.resource.as_ref().map_or(0, |a| a.value.len()) + r.name.len() + 64;
-        if size + len > budget && batches.last().is_some_and(|b| !b.is_empty()) {
-            batches.push(vec![]);
-            size = 0;
+impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
+    async fn send_split(
+        &mut self,
+        kind: ResourceType,
+        resources: Vec<XdsResource>,
+        removed: Vec<String>,
+        full_state: bool,
+    ) -> Result<(), SyncError> {
+        let stats = self.stats;
+        // Bytes per response, leaving room for the envelope.
+        let budget = self.max_message.saturating_sub(64 * 1024).max(1024);
+        let mut batches: Vec<Vec<XdsResource>> = vec![vec![]];
+        let mut size = 0;
+        for r in resources {
+            let len = r.resource.as_ref().map_or(0, |a| a.value.len()) + r.name.len() + 64;
+            if len > budget {
+                // The peer could not decode it and would drop the whole stream: refuse it here,
+                // loudly, and keep syncing everything else.
+                tracing::error!(%kind, name = %r.name, bytes = len, limit = budget, "resource is larger than a KDS message may be; not sent");
+                stats.rejected(kind);
+                continue;
+            }
+            if size + len > budget && batches.last().is_some_and(|b| !b.is_empty()) {
+                batches.push(vec![]);
+                size = 0;
+            }
+            size += len;
+            if let Some(b) = batches.last_mut() {
+                b.push(r);
+            }
         }
-        size += len;
-        if let Some(b) = batches.last_mut() {
-            b.push(r);
+        let last = batches.len() - 1;
+        for (i, batch) in batches.into_iter().enumerate() {
+            self.nonce += 1;
+            let resp = DeltaDiscoveryResponse {
+                type_url: kind.name().to_string(),
+                resources: batch,
+                removed_resources: if i == last { removed.clone() } else { vec![] },
+                nonce: self.nonce.to_string(),
+                // A full state split over several responses marks all but the last, so the receiver
+                // prunes only once it has everything (Kuma's senders never split).
+                system_version_info: if full_state && i != last {
+                    FULL_STATE_CONTINUES.into()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            };
+            if !self.out.put(resp).await {
+                return Err(SyncError::Closed);
+            }
+            stats.sent(kind);
         }
+        Ok(())
     }
-    let last = batches.len() - 1;
-    for (i, batch) in batches.into_iter().enumerate() {
-        *nonce += 1;
-        let resp = DeltaDiscoveryResponse {
-            type_url: kind.name().to_string(),
-            resources: batch,
-            removed_resources: if i == last { removed.clone() } else { vec![] },
-            nonce: nonce.to_string(),
-            // A full state split over several responses marks all but the last, so the receiver
-            // prunes only once it has everything (Kuma's senders never split).
-            system_version_info: if full_state && i != last {
-                FULL_STATE_CONTINUES.into()
-            } else {
-                String::new()
-            },
-            ..Default::default()
-        };
-        if !responses.put(resp).await {
-            return Err(SyncError::Closed);
-        }
-    }
-    Ok(())
 }
 
 /// How a receiver treats what arrives: accept (possibly rewritten) or reject with a reason, and
@@ -242,10 +336,10 @@ pub async fn run_receiver(
     node_id: String,
     mut responses: impl futures::Stream<Item = Result<DeltaDiscoveryResponse, tonic::Status>> + Unpin,
     requests: impl Outgoing<DeltaDiscoveryRequest>,
-    peer: String,
-) -> Result<Counters, SyncError> {
+    label: StreamLabel,
+) -> Result<(), SyncError> {
     use futures::StreamExt;
-    let mut counters = Counters::default();
+    let StreamLabel { peer, stats } = label;
     for kind in &types {
         let req = DeltaDiscoveryRequest {
             node: Some(Node {
@@ -276,7 +370,6 @@ pub async fn run_receiver(
             if !requests.put(nack).await {
                 return Err(SyncError::Closed);
             }
-            counters.nacks += 1;
             continue;
         };
         let mut errors = Vec::new();
@@ -316,15 +409,16 @@ pub async fn run_receiver(
                 prune(&store, kind, &keep, inbound.as_ref()).await?;
             }
         }
+        stats.sent(kind);
         let reply = if errors.is_empty() {
-            counters.acks += 1;
+            stats.acknowledged(kind);
             DeltaDiscoveryRequest {
                 type_url: resp.type_url.clone(),
                 response_nonce: resp.nonce.clone(),
                 ..Default::default()
             }
         } else {
-            counters.nacks += 1;
+            stats.rejected(kind);
             tracing::warn!(%peer, %kind, errors = ?errors, "rejected resources from the peer (NACK)");
             nack(&resp, &node_id, errors.join("; "))
         };
@@ -332,7 +426,7 @@ pub async fn run_receiver(
             return Err(SyncError::Closed);
         }
     }
-    Ok(counters)
+    Ok(())
 }
 
 fn nack(resp: &DeltaDiscoveryResponse, node_id: &str, message: String) -> DeltaDiscoveryRequest {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use model::labels::ORIGIN;
 use model::{Resource, ResourceType};
+use proto::kuma::mesh::v1alpha1::ZoneHealthCheckRequest;
+use proto::kuma::mesh::v1alpha1::global_kds_service_client::GlobalKdsServiceClient;
 use proto::kuma::mesh::v1alpha1::kds_sync_service_client::KdsSyncServiceClient;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +25,31 @@ pub struct ZoneClientConfig {
     pub max_message: usize,
     /// PEM of the CA that signed global's certificate, for `grpcs://`.
     pub root_ca_pem: Option<String>,
+    pub token: Option<ZoneToken>,
+}
+
+/// Where the zone token comes from. A file is read on every connection attempt, so a rotated
+/// token is picked up without a restart.
+#[derive(Debug, Clone)]
+pub enum ZoneToken {
+    Inline(String),
+    File(String),
+}
+
+impl ZoneToken {
+    fn read(&self) -> Result<String, String> {
+        let token = match self {
+            ZoneToken::Inline(t) => t.clone(),
+            ZoneToken::File(path) => std::fs::read_to_string(path).map_err(|e| {
+                format!("multizone.zone.kds.auth.cpTokenPath: cannot read {path}: {e}")
+            })?,
+        };
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err("the zone token is empty".into());
+        }
+        Ok(token)
+    }
 }
 
 struct FromGlobal {
@@ -100,16 +127,18 @@ fn endpoint(config: &ZoneClientConfig) -> Result<Endpoint, String> {
         .keep_alive_while_idle(true))
 }
 
-fn with_metadata<T>(config: &ZoneClientConfig, msg: T) -> tonic::Request<T> {
+fn with_metadata<T>(config: &ZoneClientConfig, token: Option<&str>, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     let md = req.metadata_mut();
+    let bearer = token.map(|t| format!("Bearer {t}"));
     for (k, v) in [
-        ("client-id", config.zone.as_str()),
-        ("kds-version", "v3"),
-        ("features", "hash-suffix"),
-        ("version", config.cp_version.as_str()),
+        ("client-id", Some(config.zone.as_str())),
+        ("kds-version", Some("v3")),
+        ("features", Some("hash-suffix")),
+        ("version", Some(config.cp_version.as_str())),
+        ("authorization", bearer.as_deref()),
     ] {
-        if let Ok(v) = v.parse() {
+        if let Some(Ok(v)) = v.map(str::parse) {
             md.insert(k, v);
         }
     }
@@ -122,12 +151,14 @@ async fn session(
     config: &ZoneClientConfig,
     channel: Channel,
 ) -> Result<(), String> {
-    let mut client = KdsSyncServiceClient::new(channel)
+    let mut client = KdsSyncServiceClient::new(channel.clone())
         .max_decoding_message_size(config.max_message)
         .max_encoding_message_size(config.max_message);
+    let token = config.token.as_ref().map(ZoneToken::read).transpose()?;
+    let token = token.as_deref();
     let (req_tx, req_rx) = mpsc::channel(64);
     let downstream = client
-        .global_to_zone_sync(with_metadata(config, ReceiverStream::new(req_rx)))
+        .global_to_zone_sync(with_metadata(config, token, ReceiverStream::new(req_rx)))
         .await
         .map_err(|s| {
             format!(
@@ -139,7 +170,7 @@ async fn session(
         .into_inner();
     let (resp_tx, resp_rx) = mpsc::channel(64);
     let upstream = client
-        .zone_to_global_sync(with_metadata(config, ReceiverStream::new(resp_rx)))
+        .zone_to_global_sync(with_metadata(config, token, ReceiverStream::new(resp_rx)))
         .await
         .map_err(|s| {
             format!(
@@ -150,6 +181,7 @@ async fn session(
         })?
         .into_inner();
     tracing::info!(zone = %config.zone, global = %config.global_address, "connected to global");
+    let stats = Arc::new(sync::StreamStats::default());
     let inbound = Arc::new(FromGlobal {
         zone: config.zone.clone(),
     });
@@ -160,7 +192,10 @@ async fn session(
         config.zone.clone(),
         downstream,
         req_tx,
-        "global (global->zone)".into(),
+        sync::StreamLabel {
+            peer: "global (global->zone)".into(),
+            stats: stats.clone(),
+        },
     );
     let zone = config.zone.clone();
     let outbound: sync::Outbound = Arc::new(move |r: &Resource| {
@@ -172,12 +207,39 @@ async fn session(
         outbound,
         upstream,
         resp_tx,
-        "global (zone->global)".into(),
+        sync::StreamLabel {
+            peer: "global (zone->global)".into(),
+            stats,
+        },
         config.max_message,
     );
+    let health = health_checks(channel, config, token);
     tokio::select! {
-        r = receive => r.map(|_| ()).map_err(|e| format!("global->zone stream: {e}")),
-        r = send => r.map(|_| ()).map_err(|e| format!("zone->global stream: {e}")),
+        r = receive => r.map_err(|e| format!("global->zone stream: {e}")),
+        r = send => r.map_err(|e| format!("zone->global stream: {e}")),
+        e = health => Err(e),
+    }
+}
+
+/// Calls `GlobalKDSService.HealthCheck` at the interval global asks for, as Kuma zones do; a
+/// refusal ends the session so the zone reconnects.
+async fn health_checks(channel: Channel, config: &ZoneClientConfig, token: Option<&str>) -> String {
+    let mut client = GlobalKdsServiceClient::new(channel);
+    loop {
+        let request = with_metadata(config, token, ZoneHealthCheckRequest {});
+        let interval = match client.health_check(request).await {
+            Ok(resp) => resp
+                .into_inner()
+                .interval
+                .and_then(|d| Duration::try_from(d).ok())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(10)),
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                return std::future::pending().await;
+            }
+            Err(s) => return format!("health check refused: {} ({:?})", s.message(), s.code()),
+        };
+        tokio::time::sleep(interval.max(Duration::from_secs(1))).await;
     }
 }
 

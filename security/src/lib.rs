@@ -5,6 +5,7 @@ pub mod ca;
 pub mod tls;
 pub mod tokens;
 pub mod user;
+pub mod zone;
 
 pub use tokens::{SigningKeys, TokenError};
 pub use user::User;
@@ -23,4 +24,11 @@ pub fn random_uuid() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -71,20 +71,13 @@ pub fn user_signing_keys(store: SharedStore) -> SigningKeys {
     SigningKeys::new(store, SIGNING_KEY_PREFIX, REVOCATIONS)
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 pub async fn issue_user_token(
     keys: &SigningKeys,
     name: &str,
     groups: &[String],
     valid_for: Duration,
 ) -> Result<String, TokenError> {
-    let now = unix_now();
+    let now = crate::unix_now();
     let claims = UserClaims {
         name: name.to_string(),
         groups: groups.to_vec(),

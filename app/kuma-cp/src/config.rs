@@ -336,6 +336,8 @@ pub struct GlobalKdsConfig {
     pub tls_enabled: bool,
     pub tls_cert_file: String,
     pub tls_key_file: String,
+    #[serde(default)]
+    pub auth: GlobalKdsAuthConfig,
 }
 
 impl Default for GlobalKdsConfig {
@@ -346,6 +348,23 @@ impl Default for GlobalKdsConfig {
             tls_enabled: true,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            auth: GlobalKdsAuthConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GlobalKdsAuthConfig {
+    /// `zoneToken` (zones must present a token global issued) or `none`.
+    #[serde(rename = "type")]
+    pub auth_type: String,
+}
+
+impl Default for GlobalKdsAuthConfig {
+    fn default() -> Self {
+        GlobalKdsAuthConfig {
+            auth_type: "zoneToken".into(),
         }
     }
 }
@@ -364,6 +383,16 @@ pub struct ZoneKdsConfig {
     /// CA that signed global's KDS certificate, for `grpcs://` addresses.
     pub root_ca_file: String,
     pub tls_skip_verify: bool,
+    pub auth: ZoneKdsAuthConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ZoneKdsAuthConfig {
+    /// File holding the zone token global issued (`kumactl generate zone-token`).
+    pub cp_token_path: String,
+    /// The token itself, for environments where a file is awkward.
+    pub cp_token_inline: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -594,6 +623,13 @@ impl Config {
                     "skipping verification is not supported; give the CA with KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
                 );
             }
+            let auth = &self.multizone.zone.kds.auth;
+            if !auth.cp_token_path.is_empty() && !auth.cp_token_inline.is_empty() {
+                return invalid(
+                    "multizone.zone.kds.auth.cpTokenInline (KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_INLINE)",
+                    "give the zone token either inline or as cpTokenPath, not both",
+                );
+            }
             if address.starts_with("grpcs://") && self.multizone.zone.kds.root_ca_file.is_empty() {
                 return invalid(
                     "multizone.zone.kds.rootCaFile (KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE)",
@@ -607,6 +643,12 @@ impl Config {
                 return invalid(
                     "multizone.global.kds.tlsCertFile (KUMA_MULTIZONE_GLOBAL_KDS_TLS_CERT_FILE)",
                     "tlsCertFile and tlsKeyFile have to be specified together",
+                );
+            }
+            if !matches!(kds.auth.auth_type.as_str(), "zoneToken" | "none") {
+                return invalid(
+                    "multizone.global.kds.auth.type (KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE)",
+                    "must be \"zoneToken\" or \"none\"",
                 );
             }
             if kds.max_msg_size < 64 * 1024 {

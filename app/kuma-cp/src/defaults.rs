@@ -41,6 +41,14 @@ pub async fn ensure(
         .ensure_key()
         .await
         .context("creating the user token signing key")?;
+    // Zone tokens are issued where zones (and their proxies) are accepted: global, or a
+    // standalone CP that may become a global's zone later and keep its proxies' tokens.
+    if config.mode != crate::config::Mode::Zone {
+        security::zone::zone_signing_keys(store.clone())
+            .ensure_key()
+            .await
+            .context("creating the zone token signing key")?;
+    }
     if config.api_server.authn.tokens.bootstrap_admin_token
         && security::user::bootstrap_admin_token(store, user_keys)
             .await

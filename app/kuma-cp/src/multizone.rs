@@ -70,21 +70,39 @@ async fn server_cert(config: &Config, store: &SharedStore, hostname: &str) -> Re
     }
 }
 
+/// How often an open zone subscription is written to its ZoneInsight (Kuma's default).
+const ZONE_INSIGHT_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
 pub async fn serve_global(
     config: &Config,
     store: SharedStore,
     listener: tokio::net::TcpListener,
     hostname: &str,
+    instance_id: &str,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let kds_config = &config.multizone.global.kds;
     let zones = Arc::new(ZoneSwitches::default());
     tokio::spawn(zones.clone().follow(store.clone()));
+    let zone_tokens = (kds_config.auth.auth_type == "zoneToken")
+        .then(|| Arc::new(security::zone::zone_signing_keys(store.clone())));
+    if zone_tokens.is_none() {
+        tracing::warn!(
+            "multizone.global.kds.auth.type is none: any zone that reaches the KDS port is accepted"
+        );
+    }
     let service = Arc::new(GlobalKds {
         store: store.clone(),
         zones,
         max_message: kds_config.max_msg_size,
         health_interval: Duration::from_secs(10),
+        zone_tokens,
+        version: VERSION.into(),
+        insights: Arc::new(kds::insight::ZoneInsights::new(
+            store.clone(),
+            instance_id.to_string(),
+            ZONE_INSIGHT_FLUSH_INTERVAL,
+        )),
     });
     let max = kds_config.max_msg_size;
     let mut builder = Server::builder()
@@ -140,5 +158,10 @@ pub fn zone_client_config(config: &Config) -> Result<kds::zone::ZoneClientConfig
         cp_version: VERSION.into(),
         max_message: config.multizone.global.kds.max_msg_size,
         root_ca_pem,
+        token: match (&zone.kds.auth.cp_token_path, &zone.kds.auth.cp_token_inline) {
+            (path, _) if !path.is_empty() => Some(kds::zone::ZoneToken::File(path.clone())),
+            (_, inline) if !inline.is_empty() => Some(kds::zone::ZoneToken::Inline(inline.clone())),
+            _ => None,
+        },
     })
 }

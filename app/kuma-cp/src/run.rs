@@ -189,15 +189,16 @@ pub async fn run(config: Config) -> Result<()> {
     }
     // Multi-zone: global serves KDS on every replica; a zone's leader keeps the one connection.
     if let Some(listener) = kds_listener {
-        let (config, store, hostname, shutdown) = (
+        let (config, store, hostname, id, shutdown) = (
             config.clone(),
             store.clone(),
             hostname.clone(),
+            instance_id.clone(),
             shutdown_rx.clone(),
         );
         tasks.spawn(async move {
             if let Err(e) =
-                multizone::serve_global(&config, store, listener, &hostname, shutdown).await
+                multizone::serve_global(&config, store, listener, &hostname, &id, shutdown).await
             {
                 tracing::error!(error = %format!("{e:#}"), "KDS server stopped");
             }
@@ -218,6 +219,7 @@ pub async fn run(config: Config) -> Result<()> {
     let state = Arc::new(api::ApiState {
         store: store.clone(),
         user_keys,
+        zone_keys: Arc::new(security::zone::zone_signing_keys(store.clone())),
         info: api::ServerInfo {
             hostname: hostname.clone(),
             tagline: "Kuma".into(),

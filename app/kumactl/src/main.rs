@@ -162,6 +162,11 @@ enum InspectCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Zones connected to global: status, versions and sync counters.
+    Zones {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Dataplanes with online status and connection details.
     Dataplanes {
         /// Mesh to inspect; all meshes when not set.
@@ -181,6 +186,17 @@ enum GenerateCommand {
         name: String,
         #[arg(long = "group")]
         groups: Vec<String>,
+        #[arg(long)]
+        valid_for: String,
+    },
+    /// A token a zone control plane (scope cp) or zone proxy presents to global (admin only).
+    #[command(name = "zone-token")]
+    ZoneToken {
+        #[arg(long)]
+        zone: String,
+        /// cp, ingress, egress; repeatable or comma-separated. All when not given.
+        #[arg(long, value_delimiter = ',')]
+        scope: Vec<String>,
         #[arg(long)]
         valid_for: String,
     },
@@ -361,6 +377,28 @@ async fn run(cli: Cli) -> Result<()> {
                     for (k, v) in labels {
                         query.push_str(&format!("&filter[labels.{k}]={v}"));
                     }
+                    // Zones are shown with their status, which lives in their insights.
+                    if kind == ResourceType::Zone && output == Output::Table {
+                        let list = client.get_json(&format!("/zones+insights{query}")).await?;
+                        let rows: Vec<Vec<String>> = list["items"]
+                            .as_array()
+                            .map(|items| items.iter().map(zone_get_row).collect())
+                            .unwrap_or_default();
+                        print!(
+                            "{}",
+                            table::render(
+                                &[
+                                    "NAME",
+                                    "STATUS",
+                                    "ZONE-CP VERSION",
+                                    "LAST CONNECTED AGO",
+                                    "AGE"
+                                ],
+                                &rows
+                            )
+                        );
+                        return Ok(());
+                    }
                     let list = client
                         .get_json(&format!("{}{query}", collection_path(kind, &mesh)))
                         .await?;
@@ -389,6 +427,19 @@ async fn run(cli: Cli) -> Result<()> {
                     .post_text(
                         "/tokens/user",
                         &json!({"name": name, "groups": groups, "validFor": valid_for}),
+                    )
+                    .await?;
+                println!("{}", token.trim());
+            }
+            GenerateCommand::ZoneToken {
+                zone,
+                scope,
+                valid_for,
+            } => {
+                let token = connect(&config)?
+                    .post_text(
+                        "/tokens/zone",
+                        &json!({"zone": zone, "scope": scope, "validFor": valid_for}),
                     )
                     .await?;
                 println!("{}", token.trim());
@@ -716,6 +767,32 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
                 table::render(&["MESH", "DATAPLANES (ONLINE/TOTAL)", "RESOURCES"], &rows)
             );
         }
+        InspectCommand::Zones { output } => {
+            let list = client.get_json("/zones+insights?size=1000").await?;
+            if output != Output::Table {
+                return print_items(ResourceType::Zone, &[], output, Some(&list), None);
+            }
+            let rows: Vec<Vec<String>> = list["items"]
+                .as_array()
+                .map(|items| items.iter().map(zone_inspect_row).collect())
+                .unwrap_or_default();
+            print!(
+                "{}",
+                table::render(
+                    &[
+                        "NAME",
+                        "STATUS",
+                        "LAST CONNECTED AGO",
+                        "LAST UPDATED AGO",
+                        "TOTAL UPDATES",
+                        "TOTAL ERRORS",
+                        "ZONE-CP VERSION",
+                        "BACKEND"
+                    ],
+                    &rows
+                )
+            );
+        }
         InspectCommand::Dataplanes { mesh, output } => {
             let path = match &mesh {
                 Some(m) => format!("/meshes/{m}/dataplanes+insights?size=1000"),
@@ -753,27 +830,76 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
     Ok(())
 }
 
-fn dataplane_inspect_row(o: &Value) -> Vec<String> {
-    let insight: InsightSpec =
-        serde_json::from_value(o["dataplaneInsight"].clone()).unwrap_or_default();
+/// An overview's insight and whether the CP counts it online.
+fn overview_status(o: &Value, insight_field: &str) -> (InsightSpec, &'static str) {
+    let insight: InsightSpec = serde_json::from_value(o[insight_field].clone()).unwrap_or_default();
     let online = o["online"]
         .as_bool()
         .unwrap_or_else(|| insight.is_online(Timestamp::now(), Duration::from_secs(30)));
+    (insight, if online { "Online" } else { "Offline" })
+}
+
+/// Sum of a `status.total` counter over all subscriptions. Kuma writes uint64s as JSON strings.
+fn total_stat(insight: &InsightSpec, field: &str) -> u64 {
+    insight
+        .subscriptions
+        .iter()
+        .filter_map(|s| s.status.as_ref())
+        .filter_map(|s| {
+            let v = &s["total"][field];
+            v.as_u64().or_else(|| v.as_str()?.parse().ok())
+        })
+        .sum()
+}
+
+fn component_version(insight: &InsightSpec, component: &str) -> String {
+    insight
+        .subscriptions
+        .last()
+        .and_then(|s| s.version.as_ref())
+        .and_then(|v| v[component]["version"].as_str())
+        .filter(|v| !v.is_empty())
+        .unwrap_or("-")
+        .to_string()
+}
+
+fn zone_get_row(o: &Value) -> Vec<String> {
+    let (insight, status) = overview_status(o, "zoneInsight");
+    vec![
+        o["name"].as_str().unwrap_or("").to_string(),
+        status.into(),
+        component_version(&insight, "kumaCp"),
+        table::ago(insight.last_connected()),
+        table::age(o, "creationTime"),
+    ]
+}
+
+fn zone_inspect_row(o: &Value) -> Vec<String> {
+    let (insight, status) = overview_status(o, "zoneInsight");
     let last = insight.subscriptions.last();
-    let stat = |field: &str| -> u64 {
-        insight
-            .subscriptions
-            .iter()
-            .filter_map(|s| s.status.as_ref())
-            .filter_map(|s| s["total"][field].as_u64())
-            .sum()
-    };
-    let version = |component: &str| -> String {
-        last.and_then(|s| s.version.as_ref())
-            .and_then(|v| v[component]["version"].as_str())
-            .unwrap_or("-")
-            .to_string()
-    };
+    // Kuma zones put their configuration (as a JSON string) in the subscription.
+    let backend = last
+        .and_then(|s| s.config.as_deref())
+        .and_then(|c| serde_json::from_str::<Value>(c).ok())
+        .and_then(|c| c["store"]["type"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "-".into());
+    vec![
+        o["name"].as_str().unwrap_or("").to_string(),
+        status.into(),
+        table::ago(last.and_then(|s| s.connect_time)),
+        table::ago(last.and_then(|s| s.last_seen())),
+        total_stat(&insight, "responsesSent").to_string(),
+        total_stat(&insight, "responsesRejected").to_string(),
+        component_version(&insight, "kumaCp"),
+        backend,
+    ]
+}
+
+fn dataplane_inspect_row(o: &Value) -> Vec<String> {
+    let (insight, status) = overview_status(o, "dataplaneInsight");
+    let last = insight.subscriptions.last();
+    let stat = |field: &str| total_stat(&insight, field);
+    let version = |component: &str| component_version(&insight, component);
     let cert = insight
         .mtls
         .as_ref()
@@ -797,11 +923,7 @@ fn dataplane_inspect_row(o: &Value) -> Vec<String> {
         o["mesh"].as_str().unwrap_or("").to_string(),
         o["name"].as_str().unwrap_or("").to_string(),
         tags,
-        if online {
-            "Online".into()
-        } else {
-            "Offline".into()
-        },
+        status.into(),
         table::ago(last.and_then(|s| s.connect_time)),
         table::ago(last.and_then(|s| s.last_seen())),
         stat("responsesSent").to_string(),

@@ -13,7 +13,7 @@ use crate::validate::{Validate, ValidationError, Validator, validate_as};
 pub struct Subscription {
     #[serde(default)]
     pub id: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub control_plane_instance_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_instance_id: Option<String>,
@@ -27,6 +27,9 @@ pub struct Subscription {
     pub version: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// A Kuma zone's configuration as a JSON string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token_provided: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +61,9 @@ pub struct InsightSpec {
     pub health_last_seen: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_admin_streams: Option<Value>,
+    /// ZoneInsight: when global last heard a zone's health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<Value>,
 }
 
 impl InsightSpec {
