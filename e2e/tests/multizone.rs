@@ -98,6 +98,7 @@ fn start_zone(
     kds_port: u16,
     root_ca: &std::path::Path,
     token: Option<&std::path::Path>,
+    store_env: &[(String, String)],
 ) -> ControlPlane {
     let address = format!("grpcs://127.0.0.1:{kds_port}");
     let ca = root_ca.display().to_string();
@@ -111,6 +112,7 @@ fn start_zone(
     if let Some(t) = &token {
         env.push(("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", t));
     }
+    env.extend(store_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut cp = ControlPlane::start(name, &env);
     cp.wait_ready(Duration::from_secs(60));
     cp
@@ -283,12 +285,12 @@ fn scenario(global_store: &[(String, String)], durable: bool) {
         assert!(Instant::now() < deadline, "{}", e2e::stderr(&out));
         std::thread::sleep(Duration::from_millis(100));
     }
-    let zone1 = start_zone("zone-1", kds_port, &cert.0, Some(&token1));
-    let zone2 = start_zone("zone-2", kds_port, &cert.0, Some(&token2));
+    let zone1 = start_zone("zone-1", kds_port, &cert.0, Some(&token1), &[]);
+    let zone2 = start_zone("zone-2", kds_port, &cert.0, Some(&token2), &[]);
     let t = Duration::from_secs(10);
 
     // A zone without a token is refused, says why, and is not registered.
-    let stranger = start_zone("zone-3", kds_port, &cert.0, None);
+    let stranger = start_zone("zone-3", kds_port, &cert.0, None, &[]);
     wait_for_log(&stranger, "global requires a zone token", t);
     drop(stranger);
 
@@ -572,5 +574,164 @@ fn scenario(global_store: &[(String, String)], durable: bool) {
         row(&inspect, "zone-2").get(1),
         Some(&"Offline"),
         "{inspect}"
+    );
+}
+
+/// Kuma's "federate a zone control plane" guide: a standalone CP with its own state exports it,
+/// global takes it, and the standalone restarts as a zone without losing anything.
+#[test]
+fn standalone_federates_with_global_and_keeps_its_resources() {
+    let Some(pg) = store::testing::postgres::TestPostgres::start() else {
+        return;
+    };
+    let db = pg.create_database("federation");
+    let store_env = e2e::postgres_env(pg.port, store::testing::postgres::TEST_USER, &db);
+    let out = e2e::migrate(&store_env);
+    assert!(out.status.success(), "{}", e2e::stderr(&out));
+    let env: Vec<(&str, &str)> = store_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut standalone = ControlPlane::start("standalone", &env);
+    standalone.wait_ready(Duration::from_secs(60));
+    let t = Duration::from_secs(15);
+    eventually(&standalone, "/meshes", t, "default mesh", |i| {
+        names(i) == ["default"]
+    });
+    put(
+        &standalone,
+        "/meshes/payments",
+        json!({"type": "Mesh", "name": "payments"}),
+    );
+    put(
+        &standalone,
+        "/meshes/default/secrets/db-password",
+        json!({"type": "Secret", "name": "db-password", "mesh": "default", "data": "c2VjcmV0"}),
+    );
+    put(
+        &standalone,
+        "/meshes/default/meshtimeouts/legacy",
+        timeout("legacy"),
+    );
+    put(
+        &standalone,
+        "/meshes/default/dataplanes/web-1",
+        json!({"type": "Dataplane", "name": "web-1", "mesh": "default",
+        "networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}}),
+    );
+
+    // Export what global needs, with the policies.
+    let dir = standalone.work_dir.clone();
+    let cfg = dir.join("kumactl.config");
+    kumactl_ok(
+        &cfg,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "standalone",
+            "--address",
+            &standalone.api(),
+        ],
+    );
+    let exported = kumactl_ok(&cfg, &["export", "--profile=federation-with-policies"]);
+    assert!(exported.starts_with("# Product: Kuma"), "{exported}");
+    for wanted in [
+        "name: payments",
+        "name: db-password",
+        "name: legacy",
+        "skipCreatingInitialPolicies",
+    ] {
+        assert!(exported.contains(wanted), "{wanted} missing:\n{exported}");
+    }
+    for unwanted in [
+        "type: Dataplane",
+        "admin-user-token",
+        "signing-key",
+        "inter-cp-ca",
+        "kuma-cluster-id",
+    ] {
+        assert!(
+            !exported.contains(unwanted),
+            "{unwanted} exported:\n{exported}"
+        );
+    }
+    let plain = kumactl_ok(&cfg, &["export"]);
+    assert!(
+        plain.contains("name: payments") && !plain.contains("type: MeshTimeout"),
+        "{plain}"
+    );
+    let file = dir.join("resources.yaml");
+    std::fs::write(&file, &exported).unwrap();
+
+    // Global takes the exported resources.
+    let kds_port = free_port();
+    let global = start_global(kds_port, &[], None);
+    let cert = kds_cert_files(&global);
+    kumactl_ok(
+        &cfg,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "global",
+            "--address",
+            &global.api(),
+        ],
+    );
+    kumactl_ok(&cfg, &["apply", "-f", file.to_str().unwrap()]);
+    eventually(&global, "/meshes", t, "meshes on global", |i| {
+        names(i) == ["default", "payments"]
+    });
+    let token = dir.join("zone-1.token");
+    issue_token(&global, "zone-1", &token);
+
+    // The standalone comes back as zone-1 of that global, on the same database.
+    standalone.terminate(Duration::from_secs(20));
+    let zone = start_zone("zone-1", kds_port, &cert.0, Some(&token), &store_env);
+    eventually(
+        &zone,
+        "/meshes/default/meshtimeouts",
+        t,
+        "own policy kept, global's copy added",
+        |i| {
+            let n = names(i);
+            n.contains(&"legacy".to_string())
+                && i.iter().any(|p| {
+                    p["labels"]["kuma.io/origin"] == "global"
+                        && p["labels"]["kuma.io/display-name"] == "legacy"
+                })
+        },
+    );
+    eventually(&zone, "/meshes", t, "meshes now owned by global", |i| {
+        names(i) == ["default", "payments"]
+            && i.iter().all(|m| m["labels"]["kuma.io/origin"] == "global")
+    });
+    eventually(
+        &zone,
+        "/meshes/default/dataplanes",
+        t,
+        "dataplane kept",
+        |i| names(i) == ["web-1"],
+    );
+    eventually(&zone, "/meshes/default/secrets", t, "secret kept", |i| {
+        names(i) == ["db-password"]
+    });
+    eventually(
+        &global,
+        "/meshes/default/dataplanes",
+        t,
+        "zone's dataplane on global",
+        |i| i.len() == 1 && i[0]["labels"]["kuma.io/zone"] == "zone-1",
+    );
+    let admin = http()
+        .get(format!("{}/globalsecrets/admin-user-token", zone.api()))
+        .send()
+        .unwrap();
+    assert!(
+        admin.status().is_success(),
+        "the zone lost its own admin token"
     );
 }

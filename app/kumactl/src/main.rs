@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 mod client;
 mod cpconfig;
+mod export;
 mod table;
 
 use client::Client;
@@ -94,6 +95,17 @@ enum Command {
     Generate {
         #[command(subcommand)]
         command: GenerateCommand,
+    },
+    /// Export resources as YAML, e.g. to apply them to a global before federating.
+    Export {
+        #[arg(short = 'p', long, value_enum, default_value = "federation")]
+        profile: export::Profile,
+        /// Only "universal": resources as `kumactl apply` reads them.
+        #[arg(short = 'f', long, default_value = "universal")]
+        format: String,
+        /// Also secrets (profiles all, no-dataplanes) and token signing keys.
+        #[arg(short = 'a', long)]
+        include_admin: bool,
     },
     /// Print client and server versions.
     Version,
@@ -445,6 +457,11 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", token.trim());
             }
         },
+        Command::Export {
+            profile,
+            format,
+            include_admin,
+        } => export::export(&connect(&config)?, profile, &format, include_admin).await?,
         Command::Version => {
             println!("Client: kumactl {VERSION}");
             match connect(&config)?.get_json("/").await {
