@@ -96,19 +96,23 @@ fn kds_cert_files(global: &ControlPlane) -> CertFiles {
 fn start_zone(
     name: &str,
     kds_port: u16,
-    root_ca: &std::path::Path,
+    root_ca: Option<&std::path::Path>,
     token: Option<&std::path::Path>,
     store_env: &[(String, String)],
 ) -> ControlPlane {
     let address = format!("grpcs://127.0.0.1:{kds_port}");
-    let ca = root_ca.display().to_string();
+    // Without a root CA the zone encrypts but skips verifying global, as Kuma's guide does.
+    let ca = root_ca.map(|c| c.display().to_string());
     let token = token.map(|t| t.display().to_string());
     let mut env = vec![
         ("KUMA_MODE", "zone"),
         ("KUMA_MULTIZONE_ZONE_NAME", name),
         ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
-        ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", &ca),
     ];
+    match &ca {
+        Some(ca) => env.push(("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", ca)),
+        None => env.push(("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true")),
+    }
     if let Some(t) = &token {
         env.push(("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", t));
     }
@@ -285,12 +289,12 @@ fn scenario(global_store: &[(String, String)], durable: bool) {
         assert!(Instant::now() < deadline, "{}", e2e::stderr(&out));
         std::thread::sleep(Duration::from_millis(100));
     }
-    let zone1 = start_zone("zone-1", kds_port, &cert.0, Some(&token1), &[]);
-    let zone2 = start_zone("zone-2", kds_port, &cert.0, Some(&token2), &[]);
+    let zone1 = start_zone("zone-1", kds_port, Some(&cert.0), Some(&token1), &[]);
+    let zone2 = start_zone("zone-2", kds_port, Some(&cert.0), Some(&token2), &[]);
     let t = Duration::from_secs(10);
 
     // A zone without a token is refused, says why, and is not registered.
-    let stranger = start_zone("zone-3", kds_port, &cert.0, None, &[]);
+    let stranger = start_zone("zone-3", kds_port, Some(&cert.0), None, &[]);
     wait_for_log(&stranger, "global requires a zone token", t);
     drop(stranger);
 
@@ -668,7 +672,6 @@ fn standalone_federates_with_global_and_keeps_its_resources() {
     // Global takes the exported resources.
     let kds_port = free_port();
     let global = start_global(kds_port, &[], None);
-    let cert = kds_cert_files(&global);
     kumactl_ok(
         &cfg,
         &[
@@ -690,7 +693,7 @@ fn standalone_federates_with_global_and_keeps_its_resources() {
 
     // The standalone comes back as zone-1 of that global, on the same database.
     standalone.terminate(Duration::from_secs(20));
-    let zone = start_zone("zone-1", kds_port, &cert.0, Some(&token), &store_env);
+    let zone = start_zone("zone-1", kds_port, None, Some(&token), &store_env);
     eventually(
         &zone,
         "/meshes/default/meshtimeouts",

@@ -25,6 +25,8 @@ pub struct ZoneClientConfig {
     pub max_message: usize,
     /// PEM of the CA that signed global's certificate, for `grpcs://`.
     pub root_ca_pem: Option<String>,
+    /// `grpcs://` without checking global's certificate (encrypted, not authenticated).
+    pub tls_skip_verify: bool,
     pub token: Option<ZoneToken>,
 }
 
@@ -96,7 +98,54 @@ pub fn zone_provided_types() -> Vec<ResourceType> {
         .collect()
 }
 
-fn endpoint(config: &ZoneClientConfig) -> Result<Endpoint, String> {
+/// How to reach global: tonic's own TLS with a root CA, or our connector when the
+/// certificate is not to be verified.
+struct Dialer {
+    endpoint: Endpoint,
+    skip_verify: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+}
+
+impl Dialer {
+    async fn connect(&self) -> Result<Channel, String> {
+        let Some(tls) = self.skip_verify.clone() else {
+            return self.endpoint.connect().await.map_err(|e| e.to_string());
+        };
+        let connector = tower::service_fn(move |uri: tonic::codegen::http::Uri| {
+            let tls = tls.clone();
+            let handshake = async move {
+                let host = uri
+                    .host()
+                    .unwrap_or_default()
+                    .trim_matches(['[', ']'])
+                    .to_string();
+                let port = uri.port_u16().unwrap_or(5685);
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                let name = rustls_pki_types::ServerName::try_from(host)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let stream = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            };
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), handshake)
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "TLS handshake with global timed out",
+                        )
+                    })?
+            }
+        });
+        self.endpoint
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn dialer(config: &ZoneClientConfig) -> Result<Dialer, String> {
     let address = &config.global_address;
     let (url, host, tls) = if let Some(rest) = address.strip_prefix("grpcs://") {
         (
@@ -109,8 +158,16 @@ fn endpoint(config: &ZoneClientConfig) -> Result<Endpoint, String> {
     } else {
         return Err(format!("{address:?} must start with grpc:// or grpcs://"));
     };
-    let mut endpoint = Endpoint::from_shared(url).map_err(|e| e.to_string())?;
-    if tls {
+    let mut skip_verify = None;
+    let mut endpoint = if tls && config.tls_skip_verify {
+        // The connector does TLS itself; tonic must see a plain URI.
+        skip_verify =
+            Some(security::tls::skip_verify_grpc_client_config().map_err(|e| e.to_string())?);
+        Endpoint::from_shared(url.replacen("https://", "http://", 1)).map_err(|e| e.to_string())?
+    } else {
+        Endpoint::from_shared(url).map_err(|e| e.to_string())?
+    };
+    if tls && skip_verify.is_none() {
         let ca = config
             .root_ca_pem
             .as_ref()
@@ -120,11 +177,14 @@ fn endpoint(config: &ZoneClientConfig) -> Result<Endpoint, String> {
             .domain_name(host.trim_start_matches('[').trim_end_matches(']'));
         endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
     }
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(15))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true))
+    Ok(Dialer {
+        endpoint: endpoint
+            .connect_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true),
+        skip_verify,
+    })
 }
 
 fn with_metadata<T>(config: &ZoneClientConfig, token: Option<&str>, msg: T) -> tonic::Request<T> {
@@ -249,8 +309,8 @@ pub async fn run(
     config: ZoneClientConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let endpoint = match endpoint(&config) {
-        Ok(e) => e,
+    let dialer = match dialer(&config) {
+        Ok(d) => d,
         Err(e) => {
             tracing::error!("multizone.zone.globalAddress: {e}");
             return;
@@ -259,7 +319,7 @@ pub async fn run(
     let mut backoff = Duration::from_secs(1);
     loop {
         let attempt = async {
-            let channel = endpoint
+            let channel = dialer
                 .connect()
                 .await
                 .map_err(|e| format!("cannot connect to global: {e}"))?;

@@ -406,6 +406,7 @@ async fn garbage_and_oversized_resources_do_not_stop_a_zone() {
         cp_version: "2.14.0".into(),
         max_message: MAX_MESSAGE,
         root_ca_pem: None,
+        tls_skip_verify: false,
         token: Some(kds::zone::ZoneToken::Inline(token(&g, "zone-1").await)),
     };
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);

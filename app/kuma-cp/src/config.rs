@@ -617,12 +617,6 @@ impl Config {
                     "must be grpcs://host:port (or grpc://host:port without TLS)",
                 );
             }
-            if address.starts_with("grpcs://") && self.multizone.zone.kds.tls_skip_verify {
-                return invalid(
-                    "multizone.zone.kds.tlsSkipVerify (KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY)",
-                    "skipping verification is not supported; give the CA with KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
-                );
-            }
             let auth = &self.multizone.zone.kds.auth;
             if !auth.cp_token_path.is_empty() && !auth.cp_token_inline.is_empty() {
                 return invalid(
@@ -630,10 +624,14 @@ impl Config {
                     "give the zone token either inline or as cpTokenPath, not both",
                 );
             }
-            if address.starts_with("grpcs://") && self.multizone.zone.kds.root_ca_file.is_empty() {
+            if address.starts_with("grpcs://")
+                && self.multizone.zone.kds.root_ca_file.is_empty()
+                && !self.multizone.zone.kds.tls_skip_verify
+            {
                 return invalid(
                     "multizone.zone.kds.rootCaFile (KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE)",
-                    "a grpcs:// global address needs the CA that signed global's KDS certificate",
+                    "a grpcs:// global address needs the CA that signed global's KDS certificate \
+                     (or KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY=true to encrypt without verifying it)",
                 );
             }
         }

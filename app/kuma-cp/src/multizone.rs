@@ -145,6 +145,11 @@ pub async fn serve_global(
 
 pub fn zone_client_config(config: &Config) -> Result<kds::zone::ZoneClientConfig> {
     let zone = &config.multizone.zone;
+    if zone.kds.tls_skip_verify && zone.global_address.starts_with("grpcs://") {
+        tracing::warn!(
+            "multizone.zone.kds.tlsSkipVerify: global's certificate is not verified; the KDS connection is encrypted but global is not authenticated"
+        );
+    }
     let root_ca_pem = match zone.kds.root_ca_file.as_str() {
         "" => None,
         path => Some(
@@ -158,6 +163,7 @@ pub fn zone_client_config(config: &Config) -> Result<kds::zone::ZoneClientConfig
         cp_version: VERSION.into(),
         max_message: config.multizone.global.kds.max_msg_size,
         root_ca_pem,
+        tls_skip_verify: zone.kds.tls_skip_verify,
         token: match (&zone.kds.auth.cp_token_path, &zone.kds.auth.cp_token_inline) {
             (path, _) if !path.is_empty() => Some(kds::zone::ZoneToken::File(path.clone())),
             (_, inline) if !inline.is_empty() => Some(kds::zone::ZoneToken::Inline(inline.clone())),
