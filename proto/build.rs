@@ -1,5 +1,7 @@
 //! Compiles our .proto files with protox (pure Rust), so building needs no protoc. Envoy's
-//! messages come from envoy-types; well-known types from prost-types.
+//! messages come from envoy-types; well-known types from prost-types. Kuma's legacy resource
+//! messages (Mesh, Dataplane, ...) are not turned into Rust: their descriptors are embedded and
+//! read at run time to convert specs between Kuma's protobuf and our JSON.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
@@ -13,5 +15,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .extern_path(".envoy", "::envoy_types::pb::envoy")
         .compile_fds(fds)?;
+
+    let legacy = [
+        "kuma/mesh/v1alpha1/mesh.proto",
+        "kuma/mesh/v1alpha1/dataplane.proto",
+        "kuma/mesh/v1alpha1/dataplane_insight.proto",
+        "kuma/mesh/v1alpha1/zone_ingress.proto",
+        "kuma/mesh/v1alpha1/zone_ingress_insight.proto",
+        "kuma/mesh/v1alpha1/zoneegress.proto",
+        "kuma/mesh/v1alpha1/zoneegressinsight.proto",
+        "kuma/mesh/v1alpha1/gateway.proto",
+        "kuma/system/v1alpha1/secret.proto",
+    ];
+    let descriptors = protox::compile(legacy, ["protos"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("kuma_legacy_descriptors.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     Ok(())
 }

@@ -263,7 +263,11 @@ fn dataplane_health(dp: &Resource, connected: bool) -> Health {
         .unwrap_or_default();
     let unready = inbounds
         .iter()
-        .filter(|i| i["health"]["ready"].as_bool() == Some(false))
+        // Present health without `ready: true` is unready (proto3 JSON omits `ready: false`).
+        .filter(|i| {
+            i.get("health")
+                .is_some_and(|h| h["ready"].as_bool() != Some(true))
+        })
         .count();
     match unready {
         0 => Health::Online,

@@ -16,3 +16,8 @@ pub mod kuma {
         }
     }
 }
+
+/// Encoded `FileDescriptorSet` of Kuma's legacy resource messages (`kuma.mesh.v1alpha1.Mesh`,
+/// `Dataplane`, ..., `kuma.system.v1alpha1.Secret`), for run-time conversion.
+pub const KUMA_LEGACY_DESCRIPTORS: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kuma_legacy_descriptors.bin"));

@@ -422,7 +422,7 @@ const FOREIGN_ENV_PREFIXES: &[&str] = &[
 ];
 
 /// Keys whose values never leave the process (shown as `*****` in `/config`).
-const SECRET_KEYS: &[&str] = &["password", "token", "key"];
+const SECRET_KEYS: &[&str] = &["password", "token", "key", "tokeninline"];
 
 fn env_name(path: &[String]) -> String {
     let mut out = String::from("KUMA");
@@ -888,6 +888,51 @@ mod tests {
     }
 
     #[test]
+    fn zone_settings_are_checked_and_the_inline_token_never_shown() {
+        let zone = |extra: &[(&str, &str)]| {
+            let mut e = env(&[
+                ("KUMA_MODE", "zone"),
+                ("KUMA_MULTIZONE_ZONE_NAME", "zone-1"),
+                ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", "grpcs://global:5685"),
+            ]);
+            e.extend(env(extra));
+            Config::load(None, &e)
+        };
+        let err = zone(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE"),
+            "{err}"
+        );
+        let c = zone(&[
+            ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),
+            ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_INLINE", "eyJsecret"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.redacted()["multizone"]["zone"]["kds"]["auth"]["cpTokenInline"],
+            "*****"
+        );
+        let err = zone(&[
+            ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),
+            ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_INLINE", "a"),
+            ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", "/b"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not both"), "{err}");
+        let err = Config::load(
+            None,
+            &env(&[
+                ("KUMA_MODE", "global"),
+                ("KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE", "cpToken"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("zoneToken"), "{err}");
+    }
+
+    #[test]
     fn env_names_follow_kuma() {
         let t = env_table();
         for name in [
@@ -897,6 +942,10 @@ mod tests {
             "KUMA_DP_SERVER_PORT",
             "KUMA_INTER_CP_SERVER_PORT",
             "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT",
+            "KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE",
+            "KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH",
+            "KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_INLINE",
+            "KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY",
             "KUMA_GENERAL_WORK_DIR",
             "KUMA_STORE_TYPE",
             "KUMA_MODE",

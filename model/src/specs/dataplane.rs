@@ -17,6 +17,9 @@ pub struct DataplaneSpec {
     pub metrics: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<Value>,
+    /// Envoy settings Kuma zones send (`xdsTransportProtocolVariant`, ...); kept as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -58,6 +61,9 @@ pub struct Inbound {
     pub service_probe: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<InboundState>,
+    /// Newer Kuma zones send the inbound's protocol here as well as in the tags.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
