@@ -235,15 +235,27 @@ fn global_and_two_zones_sync_both_ways() {
     scenario(&[], false);
 }
 
-#[test]
-fn global_on_postgres_and_two_zones_sync_both_ways() {
-    let Some(pg) = store::testing::postgres::TestPostgres::start() else {
-        return;
-    };
-    let db = pg.create_database("multizone");
+/// A test Postgres with a migrated database, and the `KUMA_STORE_*` to use it; `None` where
+/// Postgres cannot run (the harness fails the test instead under CI).
+fn migrated_postgres(
+    db_prefix: &str,
+) -> Option<(
+    store::testing::postgres::TestPostgres,
+    Vec<(String, String)>,
+)> {
+    let pg = store::testing::postgres::TestPostgres::start()?;
+    let db = pg.create_database(db_prefix);
     let env = e2e::postgres_env(pg.port, store::testing::postgres::TEST_USER, &db);
     let out = e2e::migrate(&env);
     assert!(out.status.success(), "{}", e2e::stderr(&out));
+    Some((pg, env))
+}
+
+#[test]
+fn global_on_postgres_and_two_zones_sync_both_ways() {
+    let Some((_pg, env)) = migrated_postgres("multizone") else {
+        return;
+    };
     scenario(&env, true);
 }
 
@@ -585,13 +597,9 @@ fn scenario(global_store: &[(String, String)], durable: bool) {
 /// global takes it, and the standalone restarts as a zone without losing anything.
 #[test]
 fn standalone_federates_with_global_and_keeps_its_resources() {
-    let Some(pg) = store::testing::postgres::TestPostgres::start() else {
+    let Some((_pg, store_env)) = migrated_postgres("federation") else {
         return;
     };
-    let db = pg.create_database("federation");
-    let store_env = e2e::postgres_env(pg.port, store::testing::postgres::TEST_USER, &db);
-    let out = e2e::migrate(&store_env);
-    assert!(out.status.success(), "{}", e2e::stderr(&out));
     let env: Vec<(&str, &str)> = store_env
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))

@@ -20,7 +20,7 @@ use proto::kuma::mesh::v1alpha1::global_kds_service_server::GlobalKdsServiceServ
 use proto::kuma::mesh::v1alpha1::kds_sync_service_client::KdsSyncServiceClient;
 use proto::kuma::mesh::v1alpha1::kds_sync_service_server::KdsSyncServiceServer;
 use security::SigningKeys;
-use security::zone::{REVOCATIONS, ZoneClaims, issue_zone_token, zone_signing_keys};
+use security::zone::{ZoneClaims, issue_zone_token, zone_signing_keys};
 use serde_json::json;
 use store::{MemoryStore, SharedStore};
 use tokio::sync::mpsc;
@@ -189,16 +189,7 @@ async fn tokens_are_checked_before_anything_is_written() {
 
     // Revoking the token's id shuts the zone out.
     let claims: ZoneClaims = g.keys.verify(&good).await.unwrap();
-    let spec = serde_json::to_value(SecretSpec::from_bytes(claims.jti.as_bytes())).unwrap();
-    g.store
-        .create(Resource::new(
-            ResourceType::GlobalSecret,
-            "",
-            REVOCATIONS,
-            spec,
-        ))
-        .await
-        .unwrap();
+    g.keys.revoke(&claims.jti).await.unwrap();
     let err = health_check(&g, "zone-1", "2.14.0", Some(&good))
         .await
         .unwrap_err();

@@ -201,6 +201,59 @@ impl SigningKeys {
         Ok(data.claims)
     }
 
+    /// Adds a token id to the revocation list (creating it if needed); verification refuses
+    /// the token from then on, on every replica.
+    pub async fn revoke(&self, jti: &str) -> Result<(), TokenError> {
+        let key = ResourceKey::new(ResourceType::GlobalSecret, "", self.revocations);
+        let bad_list = |message: String| TokenError::BadKey {
+            name: self.revocations.to_string(),
+            message,
+        };
+        loop {
+            let (current, mut ids) = match self.store.get(&key).await {
+                Ok(r) => {
+                    let text = serde_json::from_value::<SecretSpec>(r.spec.clone())
+                        .map_err(|e| bad_list(e.to_string()))?
+                        .bytes()
+                        .map_err(|e| bad_list(e.to_string()))?;
+                    (Some(r), String::from_utf8_lossy(&text).trim().to_string())
+                }
+                Err(StoreError::NotFound(_)) => (None, String::new()),
+                Err(e) => return Err(e.into()),
+            };
+            if ids.split([',', '\n']).any(|id| id.trim() == jti) {
+                return Ok(());
+            }
+            if !ids.is_empty() {
+                ids.push('\n');
+            }
+            ids.push_str(jti);
+            let spec = serde_json::to_value(SecretSpec::from_bytes(ids.as_bytes()))
+                .map_err(|e| bad_list(e.to_string()))?;
+            let result = match current {
+                Some(mut r) => {
+                    r.spec = spec;
+                    self.store.update(r).await.map(|_| ())
+                }
+                None => self
+                    .store
+                    .create(Resource::new(
+                        ResourceType::GlobalSecret,
+                        "",
+                        self.revocations,
+                        spec,
+                    ))
+                    .await
+                    .map(|_| ()),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     async fn is_revoked(&self, jti: &str) -> Result<bool, TokenError> {
         let key = ResourceKey::new(ResourceType::GlobalSecret, "", self.revocations);
         let secret = match self.store.get(&key).await {

@@ -175,16 +175,7 @@ mod tests {
 
         // Revocation by jti.
         let claims: UserClaims = keys.verify(&token).await.unwrap();
-        let spec = serde_json::to_value(SecretSpec::from_bytes(claims.jti.as_bytes())).unwrap();
-        store
-            .create(Resource::new(
-                ResourceType::GlobalSecret,
-                "",
-                REVOCATIONS,
-                spec,
-            ))
-            .await
-            .unwrap();
+        keys.revoke(&claims.jti).await.unwrap();
         assert!(matches!(
             authenticate(&keys, &token).await,
             Err(TokenError::Revoked)

@@ -97,8 +97,6 @@ pub async fn verify_zone_token(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use model::specs::secret::SecretSpec;
-    use model::{Resource, ResourceType};
     use std::sync::Arc;
     use store::MemoryStore;
 
@@ -142,16 +140,7 @@ mod tests {
             Err(ZoneTokenError::Token(TokenError::Invalid(_)))
         ));
 
-        let spec = serde_json::to_value(SecretSpec::from_bytes(claims.jti.as_bytes())).unwrap();
-        store
-            .create(Resource::new(
-                ResourceType::GlobalSecret,
-                "",
-                REVOCATIONS,
-                spec,
-            ))
-            .await
-            .unwrap();
+        keys.revoke(&claims.jti).await.unwrap();
         assert!(matches!(
             verify_zone_token(&keys, &token, "zone-1", SCOPE_CP).await,
             Err(ZoneTokenError::Token(TokenError::Revoked))

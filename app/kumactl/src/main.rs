@@ -392,22 +392,16 @@ async fn run(cli: Cli) -> Result<()> {
                     // Zones are shown with their status, which lives in their insights.
                     if kind == ResourceType::Zone && output == Output::Table {
                         let list = client.get_json(&format!("/zones+insights{query}")).await?;
-                        let rows: Vec<Vec<String>> = list["items"]
-                            .as_array()
-                            .map(|items| items.iter().map(zone_get_row).collect())
-                            .unwrap_or_default();
-                        print!(
-                            "{}",
-                            table::render(
-                                &[
-                                    "NAME",
-                                    "STATUS",
-                                    "ZONE-CP VERSION",
-                                    "LAST CONNECTED AGO",
-                                    "AGE"
-                                ],
-                                &rows
-                            )
+                        print_table(
+                            &[
+                                "NAME",
+                                "STATUS",
+                                "ZONE-CP VERSION",
+                                "LAST CONNECTED AGO",
+                                "AGE",
+                            ],
+                            &list,
+                            zone_get_row,
                         );
                         return Ok(());
                     }
@@ -429,34 +423,28 @@ async fn run(cli: Cli) -> Result<()> {
             println!("deleted {} {name:?}", kind.name());
         }
         Command::Inspect { command } => inspect(&connect(&config)?, command).await?,
-        Command::Generate { command } => match command {
-            GenerateCommand::UserToken {
-                name,
-                groups,
-                valid_for,
-            } => {
-                let token = connect(&config)?
-                    .post_text(
-                        "/tokens/user",
-                        &json!({"name": name, "groups": groups, "validFor": valid_for}),
-                    )
-                    .await?;
-                println!("{}", token.trim());
-            }
-            GenerateCommand::ZoneToken {
-                zone,
-                scope,
-                valid_for,
-            } => {
-                let token = connect(&config)?
-                    .post_text(
-                        "/tokens/zone",
-                        &json!({"zone": zone, "scope": scope, "validFor": valid_for}),
-                    )
-                    .await?;
-                println!("{}", token.trim());
-            }
-        },
+        Command::Generate { command } => {
+            let (path, body) = match command {
+                GenerateCommand::UserToken {
+                    name,
+                    groups,
+                    valid_for,
+                } => (
+                    "/tokens/user",
+                    json!({"name": name, "groups": groups, "validFor": valid_for}),
+                ),
+                GenerateCommand::ZoneToken {
+                    zone,
+                    scope,
+                    valid_for,
+                } => (
+                    "/tokens/zone",
+                    json!({"zone": zone, "scope": scope, "validFor": valid_for}),
+                ),
+            };
+            let token = connect(&config)?.post_text(path, &body).await?;
+            println!("{}", token.trim());
+        }
         Command::Export {
             profile,
             format,
@@ -789,25 +777,19 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
             if output != Output::Table {
                 return print_items(ResourceType::Zone, &[], output, Some(&list), None);
             }
-            let rows: Vec<Vec<String>> = list["items"]
-                .as_array()
-                .map(|items| items.iter().map(zone_inspect_row).collect())
-                .unwrap_or_default();
-            print!(
-                "{}",
-                table::render(
-                    &[
-                        "NAME",
-                        "STATUS",
-                        "LAST CONNECTED AGO",
-                        "LAST UPDATED AGO",
-                        "TOTAL UPDATES",
-                        "TOTAL ERRORS",
-                        "ZONE-CP VERSION",
-                        "BACKEND"
-                    ],
-                    &rows
-                )
+            print_table(
+                &[
+                    "NAME",
+                    "STATUS",
+                    "LAST CONNECTED AGO",
+                    "LAST UPDATED AGO",
+                    "TOTAL UPDATES",
+                    "TOTAL ERRORS",
+                    "ZONE-CP VERSION",
+                    "BACKEND",
+                ],
+                &list,
+                zone_inspect_row,
             );
         }
         InspectCommand::Dataplanes { mesh, output } => {
@@ -819,32 +801,35 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
             if output != Output::Table {
                 return print_items(ResourceType::Dataplane, &[], output, Some(&list), None);
             }
-            let rows: Vec<Vec<String>> = list["items"]
-                .as_array()
-                .map(|items| items.iter().map(dataplane_inspect_row).collect())
-                .unwrap_or_default();
-            print!(
-                "{}",
-                table::render(
-                    &[
-                        "MESH",
-                        "NAME",
-                        "TAGS",
-                        "STATUS",
-                        "LAST CONNECTED AGO",
-                        "LAST UPDATED AGO",
-                        "TOTAL UPDATES",
-                        "TOTAL ERRORS",
-                        "CERT EXPIRATION",
-                        "KUMA-DP VERSION",
-                        "ENVOY VERSION"
-                    ],
-                    &rows
-                )
+            print_table(
+                &[
+                    "MESH",
+                    "NAME",
+                    "TAGS",
+                    "STATUS",
+                    "LAST CONNECTED AGO",
+                    "LAST UPDATED AGO",
+                    "TOTAL UPDATES",
+                    "TOTAL ERRORS",
+                    "CERT EXPIRATION",
+                    "KUMA-DP VERSION",
+                    "ENVOY VERSION",
+                ],
+                &list,
+                dataplane_inspect_row,
             );
         }
     }
     Ok(())
+}
+
+/// One row per item of a list response.
+fn print_table(header: &[&str], list: &Value, row: fn(&Value) -> Vec<String>) {
+    let rows: Vec<Vec<String>> = list["items"]
+        .as_array()
+        .map(|items| items.iter().map(row).collect())
+        .unwrap_or_default();
+    print!("{}", table::render(header, &rows));
 }
 
 /// An overview's insight and whether the CP counts it online.
