@@ -1,0 +1,613 @@
+//! `kds-bench`: how fast KDS moves changes between a real global `kuma-cp` and zones.
+//!
+//! Global is a real process (memory store, or Postgres with `--store postgres`). Zones are
+//! simulated in this process: each runs the real zone KDS client (`kds::zone::run`) over its own
+//! TLS connection with its own zone token, into its own in-memory store, so they speak exactly
+//! what a zone `kuma-cp` speaks without N processes. Prints a table, then one JSON line.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use e2e::ControlPlane;
+use model::{Resource, ResourceType};
+use serde_json::{Value, json};
+use store::{MemoryStore, SharedStore};
+use tokio::sync::{mpsc, watch};
+
+struct Args {
+    zones: usize,
+    writes: usize,
+    postgres: bool,
+    resync: usize,
+    rss_dataplanes: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        zones: 10,
+        writes: 1000,
+        postgres: false,
+        resync: 10_000,
+        rss_dataplanes: 1000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| -> Result<usize> {
+            it.next()
+                .with_context(|| format!("{name} needs a value"))?
+                .parse()
+                .with_context(|| format!("{name} must be a number"))
+        };
+        match flag.as_str() {
+            "--zones" => args.zones = value("--zones")?.max(1),
+            "--writes" => args.writes = value("--writes")?.max(10),
+            "--resync" => args.resync = value("--resync")?,
+            "--rss-dataplanes" => args.rss_dataplanes = value("--rss-dataplanes")?,
+            "--store" => match it.next().as_deref() {
+                Some("memory") => args.postgres = false,
+                Some("postgres") => args.postgres = true,
+                other => bail!("--store must be memory or postgres, not {other:?}"),
+            },
+            "-h" | "--help" => {
+                println!(
+                    "kds-bench [--zones N] [--writes N] [--resync N] [--rss-dataplanes N] [--store memory|postgres]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown flag {other:?} (see --help)"),
+        }
+    }
+    Ok(args)
+}
+
+/// Percentile of sorted samples, in milliseconds.
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+struct Global {
+    cp: ControlPlane,
+    kds_port: u16,
+    http: reqwest::Client,
+    root_ca: String,
+}
+
+impl Global {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cp.api())
+    }
+
+    async fn put(&self, path: &str, body: &Value) -> Result<()> {
+        let r = self.http.put(self.url(path)).json(body).send().await?;
+        if !r.status().is_success() {
+            bail!(
+                "PUT {path}: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
+        let r = self.http.delete(self.url(path)).send().await?;
+        if !r.status().is_success() {
+            bail!("DELETE {path}: {}", r.status());
+        }
+        Ok(())
+    }
+
+    async fn status(&self, path: &str) -> Result<u16> {
+        Ok(self
+            .http
+            .get(self.url(path))
+            .send()
+            .await?
+            .status()
+            .as_u16())
+    }
+
+    async fn total(&self, path: &str) -> Result<u64> {
+        let v: Value = self.http.get(self.url(path)).send().await?.json().await?;
+        Ok(v["total"].as_u64().unwrap_or(0))
+    }
+
+    async fn zone_token(&self, zone: &str) -> Result<String> {
+        let r = self
+            .http
+            .post(self.url("/tokens/zone"))
+            .json(&json!({"zone": zone, "scope": ["cp"], "validFor": "24h"}))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("zone token for {zone}: {}", r.status());
+        }
+        Ok(r.text().await?)
+    }
+}
+
+async fn start_global(postgres_env: &[(String, String)]) -> Result<Global> {
+    let kds_port = e2e::free_port();
+    let port = kds_port.to_string();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("KUMA_MODE", "global"),
+        ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &port),
+        ("KUMA_LOG_LEVEL_FILTER", "warn"),
+    ];
+    env.extend(postgres_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut cp = ControlPlane::start("bench-global", &env);
+    tokio::task::block_in_place(|| cp.wait_ready(Duration::from_secs(120)));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut global = Global {
+        cp,
+        kds_port,
+        http,
+        root_ca: String::new(),
+    };
+    // The generated KDS certificate, read as an operator on global's host would.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = global
+            .http
+            .get(global.url("/globalsecrets/kds-server-tls"))
+            .send()
+            .await?;
+        if r.status().is_success() {
+            use base64::Engine;
+            let secret: Value = r.json().await?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(secret["data"].as_str().unwrap_or_default())?;
+            let pair: Value = serde_json::from_slice(&bytes)?;
+            global.root_ca = pair["cert_pem"].as_str().unwrap_or_default().to_string();
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "global never stored its KDS certificate:\n{}",
+                global.cp.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The zone-token signing key is created by the leader right after start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while global.zone_token("probe").await.is_err() {
+        if Instant::now() > deadline {
+            bail!("global never issued a zone token");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(global)
+}
+
+/// A simulated zone: the real zone KDS client feeding its own memory store.
+struct Zone {
+    name: String,
+    store: SharedStore,
+    _stop: watch::Sender<bool>,
+}
+
+async fn start_zone(global: &Global, name: &str) -> Result<Zone> {
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let config = kds::zone::ZoneClientConfig {
+        zone: name.to_string(),
+        global_address: format!("grpcs://127.0.0.1:{}", global.kds_port),
+        cp_version: env!("CARGO_PKG_VERSION").into(),
+        max_message: 10 * 1024 * 1024,
+        root_ca_pem: Some(global.root_ca.clone()),
+        tls_skip_verify: false,
+        token: Some(kds::zone::ZoneToken::Inline(global.zone_token(name).await?)),
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(kds::zone::run(store.clone(), config, stop_rx));
+    Ok(Zone {
+        name: name.to_string(),
+        store,
+        _stop: stop,
+    })
+}
+
+/// Waits until every zone holds `key` (by polling its store, cheap in memory).
+async fn wait_all(
+    zones: &[Zone],
+    kind: ResourceType,
+    mesh: &str,
+    name: &str,
+    within: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    let key = model::ResourceKey::new(kind, mesh, name);
+    for z in zones {
+        while z.store.get(&key).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("{} never received {key}", z.name);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Arrival times of MeshTimeouts in every zone, from each zone store's change events.
+fn watch_arrivals(zones: &[Zone]) -> mpsc::UnboundedReceiver<(usize, String, Instant)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for (i, z) in zones.iter().enumerate() {
+        let (tx, store) = (tx.clone(), z.store.clone());
+        tokio::spawn(async move {
+            let mut events = store.subscribe();
+            let mut seen = HashSet::new();
+            loop {
+                match events.recv().await {
+                    Ok(ev)
+                        if ev.key.kind == ResourceType::MeshTimeout
+                            && ev.op == store::Operation::Create =>
+                    {
+                        if seen.insert(ev.key.name.clone()) {
+                            let _ = tx.send((i, ev.key.name, Instant::now()));
+                        }
+                    }
+                    Ok(_) => {}
+                    // Behind: whatever is in the store now arrived no later than now.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let now = Instant::now();
+                        if let Ok(page) = store
+                            .list(&store::ListQuery::all(ResourceType::MeshTimeout))
+                            .await
+                        {
+                            for r in page.items {
+                                if seen.insert(r.meta.name.clone()) {
+                                    let _ = tx.send((i, r.meta.name, now));
+                                }
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    rx
+}
+
+fn timeout_policy(name: &str, mesh: &str) -> Value {
+    json!({"type": "MeshTimeout", "name": name, "mesh": mesh, "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "20s"}}]}})
+}
+
+/// Global-to-zones latency: from the API's answer to the last zone's arrival, per write.
+async fn g2z(
+    global: &Global,
+    zones: &[Zone],
+    writes: usize,
+    burst: usize,
+    tag: &str,
+) -> Result<Vec<Duration>> {
+    let mut arrivals = watch_arrivals(zones);
+    let mut acked: HashMap<String, Instant> = HashMap::new();
+    let mut last: HashMap<String, (usize, Instant)> = HashMap::new();
+    let mut latencies = Vec::with_capacity(writes);
+    let mut i = 0;
+    while i < writes {
+        let batch: Vec<String> = (i..(i + burst).min(writes))
+            .map(|n| format!("{tag}-{n}"))
+            .collect();
+        for name in &batch {
+            global
+                .put(
+                    &format!("/meshes/default/meshtimeouts/{name}"),
+                    &timeout_policy(name, "default"),
+                )
+                .await?;
+            acked.insert(
+                model::name::hashed_name("default", name, None, None),
+                Instant::now(),
+            );
+        }
+        let mut pending: HashSet<String> = batch
+            .iter()
+            .map(|n| model::name::hashed_name("default", n, None, None))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pending.is_empty() {
+            let (_zone, name, at) = tokio::time::timeout_at(deadline.into(), arrivals.recv())
+                .await
+                .context("writes did not reach every zone within 60 s")?
+                .context("arrival watchers stopped")?;
+            let entry = last.entry(name.clone()).or_insert((0, at));
+            entry.0 += 1;
+            entry.1 = entry.1.max(at);
+            if entry.0 == zones.len() && pending.remove(&name) {
+                let ack = acked.get(&name).copied().unwrap_or(entry.1);
+                latencies.push(entry.1.saturating_duration_since(ack));
+            }
+        }
+        i += burst;
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// Zone-to-global latency: a Dataplane created in a zone's store until global's API has it.
+async fn z2g(global: &Global, zone: &Zone, samples: usize) -> Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(samples);
+    for n in 0..samples {
+        let name = format!("z2g-{n}");
+        let dp = Resource::new(
+            ResourceType::Dataplane,
+            "default",
+            &name,
+            json!({"networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "bench"}}]}}),
+        );
+        let on_global = model::name::hashed_name("default", &name, Some(&zone.name), None);
+        let path = format!("/meshes/default/dataplanes/{on_global}");
+        let start = Instant::now();
+        zone.store.create(dp).await?;
+        while global.status(&path).await? != 200 {
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("{name} never reached global");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// A zone holding nothing connects while global has `count` policies: time until it has them.
+async fn resync(global: &Global, count: usize) -> Result<Duration> {
+    global
+        .put("/meshes/resync", &json!({"type": "Mesh", "name": "resync"}))
+        .await?;
+    let names: Vec<String> = (0..count).map(|n| format!("r-{n}")).collect();
+    // Eight writers keep the API busy without queuing thousands of requests.
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in names.chunks(names.len().div_ceil(8).max(1)) {
+        let chunk = chunk.to_vec();
+        let (http, base) = (global.http.clone(), global.cp.api());
+        tasks.spawn(async move {
+            for name in chunk {
+                let r = http
+                    .put(format!("{base}/meshes/resync/meshtimeouts/{name}"))
+                    .json(&timeout_policy(&name, "resync"))
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("PUT {name}: {}", r.status());
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let start = Instant::now();
+    let zone = start_zone(global, "resync-zone").await?;
+    let mut q = store::ListQuery::in_mesh(ResourceType::MeshTimeout, "resync");
+    q.size = Some(0);
+    loop {
+        if zone.store.list(&q).await?.total as usize >= count {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("resync of {count} resources took over 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = start.elapsed();
+    drop(zone);
+    global.delete("/meshes/resync").await?;
+    Ok(took)
+}
+
+/// The same processes' plain unary gRPC round trip (KDS HealthCheck over TLS), the floor any
+/// KDS latency here stands on.
+async fn floor(global: &Global, samples: usize) -> Result<Vec<Duration>> {
+    use proto::kuma::mesh::v1alpha1::ZoneHealthCheckRequest;
+    use proto::kuma::mesh::v1alpha1::global_kds_service_client::GlobalKdsServiceClient;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&global.root_ca))
+        .domain_name("localhost");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", global.kds_port))?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+    let token = global.zone_token("floor").await?;
+    let mut client = GlobalKdsServiceClient::new(channel);
+    let mut latencies = Vec::with_capacity(samples);
+    for n in 0..samples + 20 {
+        let mut req = tonic::Request::new(ZoneHealthCheckRequest {});
+        req.metadata_mut().insert("client-id", "floor".parse()?);
+        req.metadata_mut()
+            .insert("version", env!("CARGO_PKG_VERSION").parse()?);
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let start = Instant::now();
+        client.health_check(req).await?;
+        // The first calls warm the connection and caches.
+        if n >= 20 {
+            latencies.push(start.elapsed());
+        }
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Every zone registers `per_zone` dataplanes; global's memory once it holds them all.
+async fn rss(global: &Global, zones: &[Zone], per_zone: usize) -> Result<(f64, Duration)> {
+    let start = Instant::now();
+    for z in zones {
+        for n in 0..per_zone {
+            let dp = Resource::new(
+                ResourceType::Dataplane,
+                "default",
+                &format!("rss-{n}"),
+                json!({"networking": {"address": "10.1.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": format!("svc-{}", n % 50)}}]}}),
+            );
+            z.store.create(dp).await?;
+        }
+    }
+    let want = (zones.len() * per_zone) as u64;
+    loop {
+        let have = global.total("/meshes/default/dataplanes?size=1").await?;
+        if have >= want {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(240) {
+            bail!("global has {have} of {want} dataplanes after 4 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok((rss_mb(global.cp.child.id()), start.elapsed()))
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut _pg = None;
+    let pg_env = if args.postgres {
+        let pg = store::testing::postgres::TestPostgres::start()
+            .context("--store postgres needs a local PostgreSQL (initdb, pg_ctl)")?;
+        let db = pg.create_database("bench");
+        let env = e2e::postgres_env(pg.port, store::testing::postgres::TEST_USER, &db);
+        let out = e2e::migrate(&env);
+        if !out.status.success() {
+            bail!("migrate: {}", e2e::stderr(&out));
+        }
+        _pg = Some(pg);
+        env
+    } else {
+        vec![]
+    };
+    eprintln!(
+        "starting global ({})",
+        if args.postgres { "postgres" } else { "memory" }
+    );
+    let global = start_global(&pg_env).await?;
+
+    eprintln!("floor: unary gRPC round trips");
+    let floor = floor(&global, 1000).await?;
+
+    let resync_took = if args.resync > 0 {
+        eprintln!("resync: {} resources to a fresh zone", args.resync);
+        Some(resync(&global, args.resync).await?)
+    } else {
+        None
+    };
+
+    eprintln!("connecting {} zones", args.zones);
+    let mut zones = Vec::with_capacity(args.zones);
+    for n in 0..args.zones {
+        zones.push(start_zone(&global, &format!("zone-{n}")).await?);
+    }
+    wait_all(
+        &zones,
+        ResourceType::Mesh,
+        "",
+        "default",
+        Duration::from_secs(120),
+    )
+    .await?;
+
+    eprintln!("g2z: {} paced writes", args.writes);
+    let paced = g2z(&global, &zones, args.writes, 1, "paced").await?;
+    eprintln!("g2z: {} writes in bursts of 50", args.writes);
+    let bursts = g2z(&global, &zones, args.writes, 50, "burst").await?;
+    eprintln!("z2g: 200 dataplanes");
+    let up = z2g(&global, &zones[0], 200).await?;
+    let rss = if args.rss_dataplanes > 0 {
+        eprintln!(
+            "rss: {} zones x {} dataplanes",
+            zones.len(),
+            args.rss_dataplanes
+        );
+        Some(rss(&global, &zones, args.rss_dataplanes).await?)
+    } else {
+        None
+    };
+
+    let floor_p99 = pct(&floor, 0.99);
+    let row = |what: &str, s: &[Duration]| {
+        println!(
+            "{what:<24} {:>8.2} {:>8.2} {:>8.2} {:>10.1}x",
+            pct(s, 0.5),
+            pct(s, 0.99),
+            pct(s, 1.0),
+            pct(s, 0.99) / floor_p99
+        )
+    };
+    println!(
+        "{:<24} {:>8} {:>8} {:>8} {:>11}",
+        "latency (ms)", "p50", "p99", "max", "p99/floor"
+    );
+    row("floor (unary gRPC)", &floor);
+    row("g2z paced", &paced);
+    row("g2z bursts of 50", &bursts);
+    row("z2g", &up);
+    if let Some(t) = resync_took {
+        println!(
+            "resync {} resources      {:.2} s",
+            args.resync,
+            t.as_secs_f64()
+        );
+    }
+    if let Some((mb, took)) = rss {
+        println!(
+            "global RSS with {} x {} dataplanes: {mb:.0} MB (synced in {:.1} s)",
+            zones.len(),
+            args.rss_dataplanes,
+            took.as_secs_f64()
+        );
+    }
+    let g2z_all: Vec<Duration> = {
+        let mut v: Vec<Duration> = paced.iter().chain(&bursts).copied().collect();
+        v.sort();
+        v
+    };
+    println!(
+        "{}",
+        json!({
+            "zones": args.zones,
+            "store": if args.postgres { "postgres" } else { "memory" },
+            "writes": args.writes * 2,
+            "g2z_p50_ms": pct(&g2z_all, 0.5),
+            "g2z_p99_ms": pct(&g2z_all, 0.99),
+            "g2z_max_ms": pct(&g2z_all, 1.0),
+            "g2z_paced_p99_ms": pct(&paced, 0.99),
+            "g2z_burst_p99_ms": pct(&bursts, 0.99),
+            "z2g_p50_ms": pct(&up, 0.5),
+            "z2g_p99_ms": pct(&up, 0.99),
+            "resync_10k_s": resync_took.map(|t| t.as_secs_f64()),
+            "resync_resources": args.resync,
+            "rss_mb_100x1000": rss.map(|(mb, _)| mb),
+            "rss_zones_x_dataplanes": format!("{}x{}", args.zones, args.rss_dataplanes),
+            "floor_p50_ms": pct(&floor, 0.5),
+            "floor_p99_ms": floor_p99,
+        })
+    );
+    Ok(())
+}
