@@ -7,13 +7,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// `target/<profile>`, derived from the test executable's location (`target/<profile>/deps/..`).
+/// `target/<profile>`, derived from the running executable: a test lives in
+/// `target/<profile>/deps/`, a binary such as kds-bench in `target/<profile>/`.
 fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable dir");
+    match dir.file_name() {
+        Some(d) if d == "deps" => dir.parent().expect("target dir").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// Path to a workspace binary, built once per test process so it is never stale.

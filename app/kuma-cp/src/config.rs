@@ -413,8 +413,10 @@ const ENV_ALIASES: &[(&str, &str)] = &[(
     "KUMA_DEFAULTS_SKIP_MESH_CREATION",
 )];
 
-/// `KUMA_*` variables that belong to other programs (kuma-dp, kumactl) and are ignored here.
+/// `KUMA_*` variables that belong to other programs (kuma-dp, kumactl) or are read outside the
+/// configuration (the log filter, before the configuration is loaded), and are ignored here.
 const FOREIGN_ENV_PREFIXES: &[&str] = &[
+    "KUMA_LOG_LEVEL_FILTER",
     "KUMA_CONTROL_PLANE_",
     "KUMA_DATAPLANE",
     "KUMA_DNS_",
@@ -972,6 +974,7 @@ mod tests {
             &env(&[
                 ("KUMA_API_SERVER_HTTP_PORT", "3000"),
                 ("KUMA_DEFAULTS_SKIP_MESH", "true"),
+                ("KUMA_LOG_LEVEL_FILTER", "info,kds=debug"),
                 ("PATH", "/bin"),
             ]),
         )

@@ -22,6 +22,7 @@ struct Args {
     postgres: bool,
     resync: usize,
     rss_dataplanes: usize,
+    floor_samples: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -31,6 +32,7 @@ fn parse_args() -> Result<Args> {
         postgres: false,
         resync: 10_000,
         rss_dataplanes: 1000,
+        floor_samples: 1000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +47,7 @@ fn parse_args() -> Result<Args> {
             "--writes" => args.writes = value("--writes")?.max(10),
             "--resync" => args.resync = value("--resync")?,
             "--rss-dataplanes" => args.rss_dataplanes = value("--rss-dataplanes")?,
+            "--floor" => args.floor_samples = value("--floor")?.max(10),
             "--store" => match it.next().as_deref() {
                 Some("memory") => args.postgres = false,
                 Some("postgres") => args.postgres = true,
@@ -52,7 +55,7 @@ fn parse_args() -> Result<Args> {
             },
             "-h" | "--help" => {
                 println!(
-                    "kds-bench [--zones N] [--writes N] [--resync N] [--rss-dataplanes N] [--store memory|postgres]"
+                    "kds-bench [--zones N] [--writes N] [--resync N] [--rss-dataplanes N] [--floor N] [--store memory|postgres]"
                 );
                 std::process::exit(0);
             }
@@ -510,7 +513,7 @@ async fn main() -> Result<()> {
     let global = start_global(&pg_env).await?;
 
     eprintln!("floor: unary gRPC round trips");
-    let floor = floor(&global, 1000).await?;
+    let floor = floor(&global, args.floor_samples).await?;
 
     let resync_took = if args.resync > 0 {
         eprintln!("resync: {} resources to a fresh zone", args.resync);
