@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use e2e::ControlPlane;
 use model::{Resource, ResourceType};
+use proto::envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
 use serde_json::{Value, json};
 use store::{MemoryStore, SharedStore};
 use tokio::sync::{mpsc, watch};
@@ -23,6 +26,7 @@ struct Args {
     resync: usize,
     rss_dataplanes: usize,
     floor_samples: usize,
+    slow_zone: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -33,6 +37,7 @@ fn parse_args() -> Result<Args> {
         resync: 10_000,
         rss_dataplanes: 1000,
         floor_samples: 1000,
+        slow_zone: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,6 +53,7 @@ fn parse_args() -> Result<Args> {
             "--resync" => args.resync = value("--resync")?,
             "--rss-dataplanes" => args.rss_dataplanes = value("--rss-dataplanes")?,
             "--floor" => args.floor_samples = value("--floor")?.max(10),
+            "--slow-zone" => args.slow_zone = true,
             "--store" => match it.next().as_deref() {
                 Some("memory") => args.postgres = false,
                 Some("postgres") => args.postgres = true,
@@ -55,7 +61,7 @@ fn parse_args() -> Result<Args> {
             },
             "-h" | "--help" => {
                 println!(
-                    "kds-bench [--zones N] [--writes N] [--resync N] [--rss-dataplanes N] [--floor N] [--store memory|postgres]"
+                    "kds-bench [--zones N] [--writes N] [--resync N] [--rss-dataplanes N] [--floor N] [--slow-zone] [--store memory|postgres]"
                 );
                 std::process::exit(0);
             }
@@ -413,29 +419,73 @@ async fn resync(global: &Global, count: usize) -> Result<Duration> {
     Ok(took)
 }
 
+/// A zone that subscribes to everything and never reads: HTTP/2 flow control stalls global's
+/// sends to it. Held open for as long as the value lives.
+struct SlowZone {
+    _requests: mpsc::Sender<DeltaDiscoveryRequest>,
+    _responses: tonic::Streaming<DeltaDiscoveryResponse>,
+}
+
+async fn start_slow_zone(global: &Global) -> Result<SlowZone> {
+    use proto::envoy_types::pb::envoy::config::core::v3::Node;
+    use proto::kuma::mesh::v1alpha1::kds_sync_service_client::KdsSyncServiceClient;
+    let channel = tls_channel(global).await?;
+    let token = global.zone_token("slow-zone").await?;
+    let (tx, rx) = mpsc::channel(64);
+    for kind in kds::rules::zone_subscriptions() {
+        tx.send(DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: "slow-zone".into(),
+                ..Default::default()
+            }),
+            type_url: kind.name().into(),
+            resource_names_subscribe: vec!["*".into()],
+            ..Default::default()
+        })
+        .await?;
+    }
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    authenticate(&mut req, "slow-zone", &token)?;
+    let responses = KdsSyncServiceClient::new(channel)
+        .global_to_zone_sync(req)
+        .await?
+        .into_inner();
+    Ok(SlowZone {
+        _requests: tx,
+        _responses: responses,
+    })
+}
+
+async fn tls_channel(global: &Global) -> Result<tonic::transport::Channel> {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&global.root_ca))
+        .domain_name("localhost");
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", global.kds_port))?;
+    Ok(endpoint.tls_config(tls)?.connect().await?)
+}
+
+/// The metadata a zone sends with every stream.
+fn authenticate<T>(req: &mut tonic::Request<T>, zone: &str, token: &str) -> Result<()> {
+    let md = req.metadata_mut();
+    md.insert("client-id", zone.parse()?);
+    md.insert("version", env!("CARGO_PKG_VERSION").parse()?);
+    md.insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(())
+}
+
 /// The same processes' plain unary gRPC round trip (KDS HealthCheck over TLS), the floor any
 /// KDS latency here stands on.
 async fn floor(global: &Global, samples: usize) -> Result<Vec<Duration>> {
     use proto::kuma::mesh::v1alpha1::ZoneHealthCheckRequest;
     use proto::kuma::mesh::v1alpha1::global_kds_service_client::GlobalKdsServiceClient;
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(&global.root_ca))
-        .domain_name("localhost");
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", global.kds_port))?
-            .tls_config(tls)?
-            .connect()
-            .await?;
+    let channel = tls_channel(global).await?;
     let token = global.zone_token("floor").await?;
     let mut client = GlobalKdsServiceClient::new(channel);
     let mut latencies = Vec::with_capacity(samples);
     for n in 0..samples + 20 {
         let mut req = tonic::Request::new(ZoneHealthCheckRequest {});
-        req.metadata_mut().insert("client-id", "floor".parse()?);
-        req.metadata_mut()
-            .insert("version", env!("CARGO_PKG_VERSION").parse()?);
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
+        authenticate(&mut req, "floor", &token)?;
         let start = Instant::now();
         client.health_check(req).await?;
         // The first calls warm the connection and caches.
@@ -536,10 +586,21 @@ async fn main() -> Result<()> {
     )
     .await?;
 
+    let slow = if args.slow_zone {
+        eprintln!("slow zone: subscribed, never reading");
+        Some(start_slow_zone(&global).await?)
+    } else {
+        None
+    };
+    let rss_before_g2z = rss_mb(global.cp.child.id());
     eprintln!("g2z: {} paced writes", args.writes);
     let paced = g2z(&global, &zones, args.writes, 1, "paced").await?;
     eprintln!("g2z: {} writes in bursts of 50", args.writes);
     let bursts = g2z(&global, &zones, args.writes, 50, "burst").await?;
+    // Compared between runs with and without --slow-zone: what global holds for a zone it
+    // cannot send to.
+    let g2z_growth = rss_mb(global.cp.child.id()) - rss_before_g2z;
+    drop(slow);
     eprintln!("z2g: 200 dataplanes");
     let up = z2g(&global, &zones[0], 200).await?;
     let rss = if args.rss_dataplanes > 0 {
@@ -586,6 +647,14 @@ async fn main() -> Result<()> {
             took.as_secs_f64()
         );
     }
+    println!(
+        "global RSS growth over the g2z phases{}: {g2z_growth:.1} MB",
+        if args.slow_zone {
+            " (with a slow zone)"
+        } else {
+            ""
+        }
+    );
     let g2z_all: Vec<Duration> = {
         let mut v: Vec<Duration> = paced.iter().chain(&bursts).copied().collect();
         v.sort();
@@ -610,6 +679,8 @@ async fn main() -> Result<()> {
             "rss_zones_x_dataplanes": format!("{}x{}", args.zones, args.rss_dataplanes),
             "floor_p50_ms": pct(&floor, 0.5),
             "floor_p99_ms": floor_p99,
+            "slow_zone": args.slow_zone,
+            "g2z_rss_growth_mb": g2z_growth,
         })
     );
     Ok(())
