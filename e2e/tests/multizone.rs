@@ -209,6 +209,22 @@ fn kumactl_ok(cfg: &std::path::Path, args: &[&str]) -> String {
     e2e::stdout(&out)
 }
 
+/// Points kumactl's config at `cp` under `name`, making it the active control plane.
+fn add_control_plane(cfg: &std::path::Path, name: &str, cp: &ControlPlane) {
+    kumactl_ok(
+        cfg,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            name,
+            "--address",
+            &cp.api(),
+        ],
+    );
+}
+
 /// The status column of `name`'s row in a kumactl table.
 fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
     table
@@ -268,18 +284,7 @@ fn scenario(global_store: &[(String, String)], durable: bool) {
     let tokens = cert.0.parent().unwrap().to_path_buf();
     let (token1, token2) = (tokens.join("zone-1.token"), tokens.join("zone-2.token"));
     let kumactl_cfg = tokens.join("kumactl.config");
-    kumactl_ok(
-        &kumactl_cfg,
-        &[
-            "config",
-            "control-planes",
-            "add",
-            "--name",
-            "global",
-            "--address",
-            &global.api(),
-        ],
-    );
+    add_control_plane(&kumactl_cfg, "global", &global);
     issue_token(&global, "zone-2", &token2);
     // zone-1's token the way the docs say: kumactl against global.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -500,18 +505,7 @@ fn scenario(global_store: &[(String, String)], durable: bool) {
         issue_token(&g, "zone-2", &token2);
         g
     };
-    kumactl_ok(
-        &kumactl_cfg,
-        &[
-            "config",
-            "control-planes",
-            "add",
-            "--name",
-            "global-restarted",
-            "--address",
-            &global.api(),
-        ],
-    );
+    add_control_plane(&kumactl_cfg, "global-restarted", &global);
     put(
         &global,
         "/meshes/default/meshtimeouts/after-restart",
@@ -635,18 +629,7 @@ fn standalone_federates_with_global_and_keeps_its_resources() {
     // Export what global needs, with the policies.
     let dir = standalone.work_dir.clone();
     let cfg = dir.join("kumactl.config");
-    kumactl_ok(
-        &cfg,
-        &[
-            "config",
-            "control-planes",
-            "add",
-            "--name",
-            "standalone",
-            "--address",
-            &standalone.api(),
-        ],
-    );
+    add_control_plane(&cfg, "standalone", &standalone);
     let exported = kumactl_ok(&cfg, &["export", "--profile=federation-with-policies"]);
     assert!(exported.starts_with("# Product: Kuma"), "{exported}");
     for wanted in [
@@ -680,18 +663,7 @@ fn standalone_federates_with_global_and_keeps_its_resources() {
     // Global takes the exported resources.
     let kds_port = free_port();
     let global = start_global(kds_port, &[], None);
-    kumactl_ok(
-        &cfg,
-        &[
-            "config",
-            "control-planes",
-            "add",
-            "--name",
-            "global",
-            "--address",
-            &global.api(),
-        ],
-    );
+    add_control_plane(&cfg, "global", &global);
     kumactl_ok(&cfg, &["apply", "-f", file.to_str().unwrap()]);
     eventually(&global, "/meshes", t, "meshes on global", |i| {
         names(i) == ["default", "payments"]

@@ -362,6 +362,10 @@ impl KdsSyncService for GlobalKds {
 
 type Unimplemented<T> = ReceiverStream<Result<T, Status>>;
 
+fn proxy_inspection_unimplemented() -> Status {
+    Status::unimplemented("inspecting zone proxies from global is not implemented yet")
+}
+
 #[tonic::async_trait]
 impl GlobalKdsService for GlobalKds {
     type StreamXDSConfigsStream = Unimplemented<XdsConfigRequest>;
@@ -372,27 +376,21 @@ impl GlobalKdsService for GlobalKds {
         &self,
         _: Request<Streaming<XdsConfigResponse>>,
     ) -> Result<Response<Self::StreamXDSConfigsStream>, Status> {
-        Err(Status::unimplemented(
-            "inspecting zone proxies from global is not implemented yet",
-        ))
+        Err(proxy_inspection_unimplemented())
     }
 
     async fn stream_stats(
         &self,
         _: Request<Streaming<StatsResponse>>,
     ) -> Result<Response<Self::StreamStatsStream>, Status> {
-        Err(Status::unimplemented(
-            "inspecting zone proxies from global is not implemented yet",
-        ))
+        Err(proxy_inspection_unimplemented())
     }
 
     async fn stream_clusters(
         &self,
         _: Request<Streaming<ClustersResponse>>,
     ) -> Result<Response<Self::StreamClustersStream>, Status> {
-        Err(Status::unimplemented(
-            "inspecting zone proxies from global is not implemented yet",
-        ))
+        Err(proxy_inspection_unimplemented())
     }
 
     async fn health_check(
