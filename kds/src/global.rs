@@ -89,6 +89,13 @@ pub struct GlobalKds {
     /// This global's CP version, against which zones' versions are checked.
     pub version: String,
     pub insights: Arc<ZoneInsights>,
+    /// What zones receive looks the same for every zone, so it is encoded once for all.
+    pub to_zones: Arc<sync::WireForms>,
+}
+
+/// The wire forms zones receive, shared by every zone's stream.
+pub fn zone_wire_forms() -> sync::WireForms {
+    sync::WireForms::new(rules::to_zone)
 }
 
 /// Refuses zones newer than global or more than two minor versions older. Versions that do not
@@ -288,9 +295,12 @@ impl KdsSyncService for GlobalKds {
         let (tx, rx) = mpsc::channel(64);
         let zones = self.zones.clone();
         let target = zone.clone();
-        let outbound: sync::Outbound = Arc::new(move |r: &Resource| {
-            rules::global_sends_to_zone(r, &target, |z| zones.enabled(z)).then(|| rules::to_zone(r))
-        });
+        let outbound = sync::Outbound {
+            wanted: Arc::new(move |r: &Resource| {
+                rules::global_sends_to_zone(r, &target, |z| zones.enabled(z))
+            }),
+            wire: self.to_zones.clone(),
+        };
         let (store, max, stream) = (self.store.clone(), self.max_message, request.into_inner());
         let closer = tx.clone();
         self.watch_zone(zone.clone(), move || {

@@ -53,8 +53,61 @@ impl<T: Send> Outgoing<T> for mpsc::Sender<Result<T, tonic::Status>> {
     }
 }
 
-/// What a sender sends: the resource as the peer should see it, or `None` to keep it back.
-pub type Outbound = Arc<dyn Fn(&Resource) -> Option<Resource> + Send + Sync>;
+/// What a sender sends: which stored resources this peer gets, and the shared wire form.
+#[derive(Clone)]
+pub struct Outbound {
+    pub wanted: Arc<dyn Fn(&Resource) -> bool + Send + Sync>,
+    pub wire: Arc<WireForms>,
+}
+
+/// Stored resources as peers see them (renamed, relabelled, encoded), made once per resource
+/// version and shared by every stream whose peers see the same form: one global->zone change is
+/// encoded once, not once per zone.
+pub struct WireForms {
+    rewrite: Box<dyn Fn(&Resource) -> Resource + Send + Sync>,
+    // key -> (store version, modification time, wire form). The time tells a re-created
+    // resource (whose version starts again at 1) from the one it replaced.
+    cache: Mutex<HashMap<ResourceKey, (u64, model::Timestamp, XdsResource)>>,
+}
+
+impl WireForms {
+    pub fn new(rewrite: impl Fn(&Resource) -> Resource + Send + Sync + 'static) -> Self {
+        WireForms {
+            rewrite: Box::new(rewrite),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ResourceKey, (u64, model::Timestamp, XdsResource)>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn encode(&self, r: &Resource) -> XdsResource {
+        let key = r.key();
+        if let Some((version, time, x)) = self.lock().get(&key)
+            && *version == r.meta.version
+            && *time == r.meta.modification_time
+        {
+            return x.clone();
+        }
+        // Encoded outside the lock: two streams racing on one change both encode, harmlessly.
+        let x = codec::to_xds_resource(&(self.rewrite)(r));
+        self.lock()
+            .insert(key, (r.meta.version, r.meta.modification_time, x.clone()));
+        x
+    }
+
+    fn forget(&self, key: &ResourceKey) {
+        self.lock().remove(key);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
 
 /// Responses exchanged for one type on a stream, whichever side sent them, and how many the
 /// receiving side acknowledged or rejected. Shared live with the insight writer.
@@ -159,8 +212,7 @@ pub async fn run_sender(
     // Subscribe before the first listing so no change falls between the two.
     let mut events = store.subscribe();
     let mut subscribed: HashSet<ResourceType> = HashSet::new();
-    // What the peer holds: our key -> (the peer's key for it, content version).
-    let mut sent: HashMap<ResourceKey, (String, String)> = HashMap::new();
+    let mut sent = SentState::new();
     let mut responder = Responder {
         out: &responses,
         nonce: 0,
@@ -195,8 +247,8 @@ pub async fn run_sender(
                 sent.retain(|k, _| k.kind != kind);
                 let mut all = Vec::new();
                 for r in store.list(&ListQuery::all(kind)).await?.items {
-                    if let Some(out) = outbound(&r) {
-                        let x = codec::to_xds_resource(&out);
+                    if (outbound.wanted)(&r) {
+                        let x = outbound.wire.encode(&r);
                         sent.insert(r.key(), (x.name.clone(), x.version.clone()));
                         all.push(x);
                     }
@@ -231,30 +283,19 @@ pub async fn run_sender(
                 // In subscription order, so a Mesh reaches the peer before what lives in it.
                 for &kind in &types {
                     let Some(keys) = pending.remove(&kind) else { continue };
-                    let mut changed = Vec::new();
-                    let mut removed = Vec::new();
+                    let mut current = Vec::with_capacity(keys.len());
                     for key in keys {
-                        let current = match store.get(&key).await {
-                            Ok(r) => outbound(&r),
-                            Err(StoreError::NotFound(_)) => None,
+                        let wire = match store.get(&key).await {
+                            Ok(r) => (outbound.wanted)(&r).then(|| outbound.wire.encode(&r)),
+                            Err(StoreError::NotFound(_)) => {
+                                outbound.wire.forget(&key);
+                                None
+                            }
                             Err(e) => return Err(e.into()),
                         };
-                        match current {
-                            Some(out) => {
-                                let x = codec::to_xds_resource(&out);
-                                if sent.get(&key).map(|(_, v)| v) != Some(&x.version) {
-                                    sent.insert(key, (x.name.clone(), x.version.clone()));
-                                    changed.push(x);
-                                }
-                            }
-                            // Gone, or no longer for this peer: remove it under the name it was sent as.
-                            None => {
-                                if let Some((name, _)) = sent.remove(&key) {
-                                    removed.push(name);
-                                }
-                            }
-                        }
+                        current.push((key, wire));
                     }
+                    let (changed, removed) = delta(&mut sent, current);
                     if !changed.is_empty() || !removed.is_empty() {
                         responder.send_split(kind, changed, removed, false).await?;
                     }
@@ -262,6 +303,36 @@ pub async fn run_sender(
             }
         }
     }
+}
+
+/// What the peer holds: our key -> (the peer's name for it, content version).
+pub type SentState = HashMap<ResourceKey, (String, String)>;
+
+/// Compares what changed (`None`: gone, or no longer for this peer) with what the peer holds:
+/// the resources to send, and the names to remove (the names they were sent under). `sent` is
+/// updated to what the peer will hold.
+pub fn delta(
+    sent: &mut SentState,
+    current: Vec<(ResourceKey, Option<XdsResource>)>,
+) -> (Vec<XdsResource>, Vec<String>) {
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    for (key, wire) in current {
+        match wire {
+            Some(x) => {
+                if sent.get(&key).map(|(_, v)| v) != Some(&x.version) {
+                    sent.insert(key, (x.name.clone(), x.version.clone()));
+                    changed.push(x);
+                }
+            }
+            None => {
+                if let Some((name, _)) = sent.remove(&key) {
+                    removed.push(name);
+                }
+            }
+        }
+    }
+    (changed, removed)
 }
 
 impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
@@ -497,4 +568,74 @@ async fn prune(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn wire_forms_encode_once_per_version_and_tell_recreated_resources_apart() {
+        let rewrites = Arc::new(AtomicUsize::new(0));
+        let counter = rewrites.clone();
+        let forms = WireForms::new(move |r: &Resource| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            crate::rules::to_zone(r)
+        });
+        let mut r = Resource::new(
+            ResourceType::MeshTimeout,
+            "default",
+            "t1",
+            serde_json::json!({"targetRef": {"kind": "Mesh"}}),
+        );
+        r.meta.version = 1;
+        r.meta.modification_time = model::Timestamp::now();
+        let first = forms.encode(&r);
+        assert_eq!(forms.encode(&r), first);
+        assert_eq!(rewrites.load(Ordering::Relaxed), 1);
+
+        r.meta.version = 2;
+        r.spec = serde_json::json!({"targetRef": {"kind": "Mesh"}, "to": []});
+        assert_ne!(forms.encode(&r).version, first.version);
+        assert_eq!(rewrites.load(Ordering::Relaxed), 2);
+
+        // Deleted and created again: version 1 again, but another modification time.
+        r.meta.version = 1;
+        r.meta.modification_time = model::Timestamp::from_unix_seconds(1);
+        forms.encode(&r);
+        assert_eq!(rewrites.load(Ordering::Relaxed), 3);
+
+        forms.forget(&r.key());
+        assert_eq!(forms.len(), 0);
+    }
+
+    #[test]
+    fn delta_sends_what_changed_and_removes_what_went_under_its_sent_name() {
+        let wire = |name: &str, version: &str| XdsResource {
+            name: name.into(),
+            version: version.into(),
+            ..Default::default()
+        };
+        let key = |n: &str| ResourceKey::new(ResourceType::MeshTimeout, "default", n);
+        let mut sent = SentState::new();
+        sent.insert(key("same"), ("same-h.default".into(), "v1".into()));
+        sent.insert(key("edited"), ("edited-h.default".into(), "v1".into()));
+        sent.insert(key("gone"), ("gone-h.default".into(), "v1".into()));
+        let (changed, removed) = delta(
+            &mut sent,
+            vec![
+                (key("same"), Some(wire("same-h.default", "v1"))),
+                (key("edited"), Some(wire("edited-h.default", "v2"))),
+                (key("gone"), None),
+                (key("never-sent"), None),
+                (key("new"), Some(wire("new-h.default", "v1"))),
+            ],
+        );
+        let names: Vec<_> = changed.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["edited-h.default", "new-h.default"]);
+        assert_eq!(removed, ["gone-h.default"]);
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[&key("edited")].1, "v2");
+    }
 }

@@ -258,9 +258,14 @@ async fn session(
         },
     );
     let zone = config.zone.clone();
-    let outbound: sync::Outbound = Arc::new(move |r: &Resource| {
-        rules::zone_sends_to_global(r, &zone).then(|| rules::to_global(r, &zone))
-    });
+    let wire = {
+        let zone = zone.clone();
+        sync::WireForms::new(move |r: &Resource| rules::to_global(r, &zone))
+    };
+    let outbound = sync::Outbound {
+        wanted: Arc::new(move |r: &Resource| rules::zone_sends_to_global(r, &zone)),
+        wire: Arc::new(wire),
+    };
     let send = sync::run_sender(
         store,
         zone_provided_types(),

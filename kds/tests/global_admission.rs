@@ -57,6 +57,7 @@ async fn start_global() -> Global {
             "global-1".into(),
             Duration::from_secs(1),
         )),
+        to_zones: Arc::new(kds::global::zone_wire_forms()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());

@@ -130,11 +130,17 @@ pub struct ListPage {
     pub next_offset: Option<usize>,
 }
 
+/// Where a page starts and ends in `total` ordered items.
+pub fn page_range(total: usize, offset: usize, size: Option<usize>) -> (usize, usize) {
+    let start = offset.min(total);
+    let end = size.map_or(total, |s| start.saturating_add(s).min(total));
+    (start, end)
+}
+
 /// Cuts one page out of a fully filtered, ordered list.
 pub fn paginate(mut all: Vec<Resource>, offset: usize, size: Option<usize>) -> ListPage {
     let total = all.len();
-    let start = offset.min(total);
-    let end = size.map_or(total, |s| start.saturating_add(s).min(total));
+    let (start, end) = page_range(total, offset, size);
     let items: Vec<Resource> = all.drain(start..end).collect();
     ListPage {
         items,

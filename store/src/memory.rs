@@ -8,7 +8,7 @@ use model::{Resource, ResourceKey, ResourceType, Timestamp};
 use tokio::sync::broadcast;
 
 use crate::{
-    ChangeEvent, ListPage, ListQuery, Operation, ResourceStore, Result, StoreError, paginate,
+    ChangeEvent, ListPage, ListQuery, Operation, ResourceStore, Result, StoreError, page_range,
 };
 
 /// Room for bursts; a consumer further behind than this re-lists.
@@ -67,7 +67,8 @@ impl ResourceStore for MemoryStore {
     async fn list(&self, query: &ListQuery) -> Result<ListPage> {
         let map = self.read();
         // Keys sort by (kind, mesh, name), so a range scan yields the stable order directly.
-        let matching: Vec<Resource> = map
+        // Only the requested page is cloned: counting a large type (`?size=1`) stays cheap.
+        let matching: Vec<&Resource> = map
             .range(
                 ResourceKey {
                     kind: query.kind,
@@ -77,9 +78,15 @@ impl ResourceStore for MemoryStore {
             )
             .take_while(|(k, _)| k.kind == query.kind)
             .filter(|(_, r)| query.matches(r))
-            .map(|(_, r)| r.clone())
+            .map(|(_, r)| r)
             .collect();
-        Ok(paginate(matching, query.offset, query.size))
+        let total = matching.len();
+        let (start, end) = page_range(total, query.offset, query.size);
+        Ok(ListPage {
+            items: matching[start..end].iter().map(|r| (*r).clone()).collect(),
+            total,
+            next_offset: (end < total).then_some(end),
+        })
     }
 
     async fn create(&self, mut resource: Resource) -> Result<Resource> {

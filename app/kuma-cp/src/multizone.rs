@@ -103,6 +103,7 @@ pub async fn serve_global(
             instance_id.to_string(),
             ZONE_INSIGHT_FLUSH_INTERVAL,
         )),
+        to_zones: Arc::new(kds::global::zone_wire_forms()),
     });
     let max = kds_config.max_msg_size;
     let mut builder = Server::builder()

@@ -130,7 +130,7 @@ impl TargetRef {
         }
     }
 
-    fn name_str(&self) -> &str {
+    pub fn name_str(&self) -> &str {
         self.name.as_deref().unwrap_or("")
     }
 }

@@ -1,0 +1,184 @@
+//! MeshTrafficPermission as Envoy's network RBAC filter on mTLS inbounds. Clients are told apart
+//! by the URI SANs of their verified certificates (`spiffe://<mesh>/<service>`,
+//! `kuma://<tag>/<value>`). As in Kuma, the most specific `from` entry that matches a client
+//! decides: `MeshServiceSubset` > `MeshService` > `MeshSubset` > `Mesh`; among policies, one
+//! with a more specific top-level `targetRef` overrides, then the later name. With mTLS on and
+//! no permission selecting the inbound, nothing is allowed.
+
+use std::collections::BTreeMap;
+
+use model::labels::SERVICE_TAG;
+use model::specs::dataplane::Inbound;
+use model::specs::policy::MtpAction;
+use model::specs::targetref::{TargetRef, TargetRefKind, matches_dataplane};
+use serde_json::{Value, json};
+
+use crate::{DataplaneEntry, MeshSnapshot, spiffe_id, stat_name};
+
+fn top_rank(kind: &TargetRefKind) -> u8 {
+    match kind {
+        TargetRefKind::Mesh => 0,
+        TargetRefKind::MeshSubset => 1,
+        TargetRefKind::MeshService => 2,
+        TargetRefKind::MeshServiceSubset => 3,
+        TargetRefKind::Dataplane => 4,
+        _ => 5,
+    }
+}
+
+/// A client selector from `from[].targetRef`, ordered by how specific it is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Clients {
+    rank: u8,
+    service: Option<String>,
+    tags: BTreeMap<String, String>,
+}
+
+impl Clients {
+    fn from_target_ref(r: &TargetRef) -> Option<Clients> {
+        let name = || Some(r.name_str().to_string()).filter(|n| !n.is_empty());
+        let (rank, service, tags) = match r.kind {
+            TargetRefKind::Mesh => (0, None, BTreeMap::new()),
+            TargetRefKind::MeshSubset => (1, None, r.tags.clone()),
+            TargetRefKind::MeshService => (2, Some(name()?), BTreeMap::new()),
+            TargetRefKind::MeshServiceSubset => (3, Some(name()?), r.tags.clone()),
+            _ => return None,
+        };
+        Some(Clients {
+            rank,
+            service,
+            tags,
+        })
+    }
+
+    fn label(&self) -> String {
+        let mut parts: Vec<String> = self.service.iter().cloned().collect();
+        parts.extend(self.tags.iter().map(|(k, v)| format!("{k}={v}")));
+        match (self.rank, parts.is_empty()) {
+            (0, _) | (_, true) => "Mesh".to_string(),
+            (1, _) => format!("MeshSubset[{}]", parts.join(",")),
+            (2, _) => format!("MeshService[{}]", parts.join(",")),
+            _ => format!("MeshServiceSubset[{}]", parts.join(",")),
+        }
+    }
+
+    fn principal(&self, mesh: &str) -> Value {
+        let uri = |m: Value| json!({"authenticated": {"principal_name": m}});
+        let mut ids = Vec::new();
+        if let Some(s) = &self.service {
+            ids.push(uri(json!({"exact": spiffe_id(mesh, s)})));
+        }
+        for (k, v) in &self.tags {
+            ids.push(if k == SERVICE_TAG {
+                uri(json!({"exact": spiffe_id(mesh, v)}))
+            } else {
+                uri(json!({"exact": format!("kuma://{k}/{v}")}))
+            });
+        }
+        match ids.len() {
+            0 => uri(json!({"prefix": format!("spiffe://{mesh}/")})),
+            1 => ids.remove(0),
+            _ => json!({"and_ids": {"ids": ids}}),
+        }
+    }
+}
+
+/// The merged `from` entries that apply to one inbound, most specific first.
+fn merged_entries(
+    mesh: &MeshSnapshot,
+    proxy: &DataplaneEntry,
+    inbound: &Inbound,
+) -> Vec<(Clients, MtpAction)> {
+    let mut selecting: Vec<_> = mesh
+        .traffic_permissions
+        .iter()
+        .filter(|p| {
+            let target = p.spec.target_ref.clone().unwrap_or_else(TargetRef::mesh);
+            matches_dataplane(&target, &inbound.tags, &proxy.name, &proxy.labels)
+        })
+        .collect();
+    selecting.sort_by(|a, b| {
+        let rank = |p: &&crate::NamedPolicy<_>| {
+            let p: &crate::NamedPolicy<model::specs::policy::MeshTrafficPermissionSpec> = p;
+            p.spec.target_ref.as_ref().map_or(0, |t| top_rank(&t.kind))
+        };
+        rank(a).cmp(&rank(b)).then_with(|| a.name.cmp(&b.name))
+    });
+    let mut merged: BTreeMap<Clients, MtpAction> = BTreeMap::new();
+    for policy in selecting {
+        for from in &policy.spec.from {
+            let (Some(clients), Some(action)) = (
+                Clients::from_target_ref(&from.target_ref),
+                from.default.as_ref().and_then(|d| d.action),
+            ) else {
+                continue;
+            };
+            merged.insert(clients, action);
+        }
+    }
+    let mut entries: Vec<_> = merged.into_iter().collect();
+    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries
+}
+
+/// RBAC rules allowing every client whose most specific entry `allows`.
+fn rules(
+    mesh: &str,
+    entries: &[(Clients, MtpAction)],
+    allows: impl Fn(MtpAction) -> bool,
+) -> Value {
+    let mut policies = serde_json::Map::new();
+    for (i, (clients, action)) in entries.iter().enumerate() {
+        if !allows(*action) {
+            continue;
+        }
+        // More specific entries come first; those that deny carve their clients out of this one.
+        let carve_outs: Vec<Value> = entries[..i]
+            .iter()
+            .filter(|(c, a)| c.rank > clients.rank && !allows(*a))
+            .map(|(c, _)| c.principal(mesh))
+            .collect();
+        let principal = if carve_outs.is_empty() {
+            clients.principal(mesh)
+        } else {
+            json!({"and_ids": {"ids": [
+                clients.principal(mesh),
+                {"not_id": {"or_ids": {"ids": carve_outs}}}
+            ]}})
+        };
+        policies.insert(
+            format!("MeshTrafficPermission {}", clients.label()),
+            json!({"permissions": [{"any": true}], "principals": [principal]}),
+        );
+    }
+    json!({"action": "ALLOW", "policies": policies})
+}
+
+/// The RBAC filter for one mTLS inbound.
+pub fn inbound_filter(
+    mesh: &MeshSnapshot,
+    proxy: &DataplaneEntry,
+    inbound: &Inbound,
+    listener: &str,
+) -> Value {
+    let entries = merged_entries(mesh, proxy, inbound);
+    let enforced = |a: MtpAction| matches!(a, MtpAction::Allow | MtpAction::AllowWithShadowDeny);
+    let mut config = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "stat_prefix": format!("{}.", stat_name(listener)),
+        "rules": rules(&mesh.mesh, &entries, enforced),
+    });
+    let shadowed = entries.iter().any(|(_, a)| {
+        matches!(
+            a,
+            MtpAction::AllowWithShadowDeny | MtpAction::DenyWithShadowAllow
+        )
+    });
+    if shadowed {
+        // What would happen with the shadow actions applied: counted in `shadow_` stats only.
+        let shadow = |a: MtpAction| matches!(a, MtpAction::Allow | MtpAction::DenyWithShadowAllow);
+        config["shadow_rules"] = rules(&mesh.mesh, &entries, shadow);
+        config["shadow_rules_stat_prefix"] = json!("shadow_");
+    }
+    json!({"name": "envoy.filters.network.rbac", "typed_config": config})
+}
