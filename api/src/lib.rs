@@ -73,6 +73,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/who-am-i", get(auth::who_am_i))
         .route("/tokens/user", post(tokens::issue_user_token))
         .route("/tokens/zone", post(tokens::issue_zone_token))
+        .route("/tokens/dataplane", post(tokens::issue_dataplane_token))
+        // Kuma's legacy path for dataplane tokens, still used by old kumactl versions.
+        .route("/tokens", post(tokens::issue_dataplane_token))
         .route("/mesh-insights", get(overview::mesh_insights))
         .route("/global-insight", get(overview::global_insight))
         .route("/control-planes", get(overview::control_planes))

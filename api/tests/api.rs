@@ -20,6 +20,10 @@ struct Server {
 }
 
 async fn start_with(store: SharedStore, auth: AuthConfig) -> Server {
+    start_in_mode(store, auth, "standalone").await
+}
+
+async fn start_in_mode(store: SharedStore, auth: AuthConfig, mode: &str) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
     store
         .create(Resource::new(ResourceType::Mesh, "", "default", json!({})))
@@ -43,7 +47,7 @@ async fn start_with(store: SharedStore, auth: AuthConfig) -> Server {
             cluster_id: "c".into(),
             gui: "/gui".into(),
             based_on_kuma: "2.14.0".into(),
-            mode: "standalone".into(),
+            mode: mode.into(),
         },
         config: json!({"store": {"postgres": {"password": "*****"}}}),
         auth,
@@ -552,4 +556,250 @@ async fn slow_clients_are_cut_off() {
     })
     .await;
     assert!(closed.is_ok(), "server kept a half-sent request open");
+}
+
+async fn admin_token(s: &Server) -> String {
+    let secret = s
+        .store
+        .get(&ResourceKey::new(
+            ResourceType::GlobalSecret,
+            "",
+            "admin-user-token",
+        ))
+        .await
+        .unwrap();
+    let spec: model::specs::secret::SecretSpec = serde_json::from_value(secret.spec).unwrap();
+    String::from_utf8(spec.bytes().unwrap()).unwrap()
+}
+
+impl Server {
+    async fn post_token(&self, path: &str, token: &str, body: Value) -> (StatusCode, String) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let text = r.text().await.unwrap();
+        if status == StatusCode::OK {
+            assert_eq!(content_type.as_deref(), Some("text/plain"));
+        }
+        (status, text)
+    }
+}
+
+#[tokio::test]
+async fn dataplane_tokens() {
+    let s = start_with(
+        Arc::new(MemoryStore::new()),
+        AuthConfig {
+            localhost_is_admin: false,
+        },
+    )
+    .await;
+    let admin = admin_token(&s).await;
+
+    let (st, token) = s
+        .post_token(
+            "/tokens/dataplane",
+            &admin,
+            json!({"name": "web-1", "mesh": "default", "tags": {"kuma.io/service": ["web", "web-api"]},
+                "type": "dataplane", "validFor": "1h"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{token}");
+    // The mesh's signing key was created on first use, as a Secret of the mesh.
+    s.store
+        .get(&ResourceKey::new(
+            ResourceType::Secret,
+            "default",
+            "dataplane-token-signing-key-default-1",
+        ))
+        .await
+        .unwrap();
+    let keys = security::dataplane::dataplane_signing_keys(s.store.clone(), "default");
+    let dp_tags = [("kuma.io/service".to_string(), vec!["web".to_string()])]
+        .into_iter()
+        .collect();
+    let claims = security::dataplane::verify_dataplane_token(
+        &keys,
+        token.trim(),
+        "web-1",
+        "default",
+        &dp_tags,
+        "dataplane",
+    )
+    .await
+    .unwrap();
+    assert_eq!(claims.mesh, "default");
+    assert!(claims.exp <= claims.iat + 3600);
+    assert!(
+        security::dataplane::verify_dataplane_token(
+            &keys,
+            token.trim(),
+            "web-2",
+            "default",
+            &dp_tags,
+            "dataplane",
+        )
+        .await
+        .is_err()
+    );
+
+    // Only mesh is needed: no validFor means ten years; Go kumactl sends null tags.
+    let (st, token) = s
+        .post_token(
+            "/tokens/dataplane",
+            &admin,
+            json!({"mesh": "default", "tags": null}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{token}");
+    let claims = security::dataplane::verify_dataplane_token(
+        &keys,
+        token.trim(),
+        "any",
+        "default",
+        &Default::default(),
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(claims.exp - claims.iat >= 87_600 * 3600);
+    assert!(claims.name.is_empty() && claims.tags.is_empty());
+    // The signing key is reused, not rotated, by later requests.
+    let secrets = s
+        .store
+        .list(&ListQuery::in_mesh(ResourceType::Secret, "default"))
+        .await
+        .unwrap();
+    assert_eq!(secrets.total, 1);
+
+    // A non-admin user may not issue dataplane tokens.
+    let (st, user_token) = s
+        .post_token(
+            "/tokens/user",
+            &admin,
+            json!({"name": "john", "validFor": "1h"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = s
+        .post_token("/tokens/dataplane", &user_token, json!({"mesh": "default"}))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // Bad requests name their fields.
+    for (body, field) in [
+        (json!({"name": "web-1"}), "mesh"),
+        (json!({"mesh": ""}), "mesh"),
+        (json!({"mesh": "ghost"}), "mesh"),
+        (json!({"mesh": "default", "validFor": "soon"}), "validFor"),
+        (json!({"mesh": "default", "validFor": "0s"}), "validFor"),
+        (json!({"mesh": "default", "type": "gateway"}), "type"),
+        (json!({"mesh": "default", "name": "Bad_Name!"}), "name"),
+        (
+            json!({"mesh": "default", "tags": {"team": []}}),
+            "tags[\"team\"]",
+        ),
+        (json!({"mesh": "default", "nmae": "web-1"}), "body"),
+        (json!({"mesh": "default", "tags": ["x"]}), "body"),
+    ] {
+        let (st, text) = s
+            .post_token("/tokens/dataplane", &admin, body.clone())
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {text}");
+        let err: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(fields(&err), [field], "{body}: {text}");
+    }
+    let (_, text) = s
+        .post_token("/tokens/dataplane", &admin, json!({"mesh": ""}))
+        .await;
+    assert!(text.contains("cannot be empty"), "{text}");
+    // Nothing was created in a mesh that does not exist.
+    assert!(
+        s.store
+            .list(&ListQuery::all(ResourceType::Secret))
+            .await
+            .unwrap()
+            .total
+            == 1
+    );
+}
+
+#[tokio::test]
+async fn dataplane_token_signing_key_is_created_once_under_races() {
+    let s = start().await;
+    let admin = admin_token(&s).await;
+    let requests = (0..4).map(|_| {
+        s.post_token(
+            "/tokens/dataplane",
+            &admin,
+            json!({"mesh": "default", "validFor": "1h"}),
+        )
+    });
+    let tokens = futures::future::join_all(requests).await;
+    let keys = security::dataplane::dataplane_signing_keys(s.store.clone(), "default");
+    for (st, token) in tokens {
+        assert_eq!(st, StatusCode::OK, "{token}");
+        security::dataplane::verify_dataplane_token(
+            &keys,
+            token.trim(),
+            "web-1",
+            "default",
+            &Default::default(),
+            "",
+        )
+        .await
+        .unwrap();
+    }
+    let secrets = s
+        .store
+        .list(&ListQuery::in_mesh(ResourceType::Secret, "default"))
+        .await
+        .unwrap();
+    assert_eq!(secrets.total, 1);
+}
+
+#[tokio::test]
+async fn zone_issues_dataplane_tokens_with_globals_key_only() {
+    let s = start_in_mode(Arc::new(MemoryStore::new()), AuthConfig::default(), "zone").await;
+    let admin = admin_token(&s).await;
+    // No key synced from global yet: the zone does not make one of its own.
+    let (st, text) = s
+        .post_token("/tokens/dataplane", &admin, json!({"mesh": "default"}))
+        .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("synced from global"), "{text}");
+    let secrets = s
+        .store
+        .list(&ListQuery::in_mesh(ResourceType::Secret, "default"))
+        .await
+        .unwrap();
+    assert_eq!(secrets.total, 0);
+
+    // Once global's key is there (as KDS stores it, same name), the zone signs with it.
+    let global_keys = security::dataplane::dataplane_signing_keys(s.store.clone(), "default");
+    global_keys.ensure_key().await.unwrap();
+    let (st, token) = s
+        .post_token("/tokens/dataplane", &admin, json!({"mesh": "default"}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{token}");
+    security::dataplane::verify_dataplane_token(
+        &global_keys,
+        token.trim(),
+        "web-1",
+        "default",
+        &Default::default(),
+        "",
+    )
+    .await
+    .unwrap();
 }

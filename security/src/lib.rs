@@ -2,12 +2,13 @@
 //! name, and TLS material for the control plane's own listeners.
 
 pub mod ca;
+pub mod dataplane;
 pub mod tls;
 pub mod tokens;
 pub mod user;
 pub mod zone;
 
-pub use tokens::{SigningKeys, TokenError};
+pub use tokens::{KeyScope, SigningKeys, TokenError};
 pub use user::User;
 
 /// A random identifier in UUID v4 form, for token ids and instance ids.

@@ -1,6 +1,7 @@
-//! RS256 JWTs signed by keys stored as GlobalSecrets `<prefix><serial>`; the highest serial
-//! signs, any stored serial verifies (so rotation does not invalidate issued tokens), and
-//! revoked token ids are listed in one more GlobalSecret.
+//! RS256 JWTs signed by keys stored as secrets `<prefix><serial>`; the highest serial signs,
+//! any stored serial verifies (so rotation does not invalidate issued tokens), and revoked
+//! token ids are listed in one more secret. User and zone keys are GlobalSecrets; dataplane
+//! keys are Secrets of their mesh, as in Kuma, so they travel with the mesh.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,36 +34,104 @@ pub enum TokenError {
     Store(#[from] StoreError),
 }
 
+/// Where a family of signing keys and its revocation list are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyScope {
+    /// GlobalSecrets (user and zone tokens).
+    Global,
+    /// Secrets of this mesh (dataplane tokens).
+    Mesh(String),
+}
+
+impl KeyScope {
+    fn kind(&self) -> ResourceType {
+        match self {
+            KeyScope::Global => ResourceType::GlobalSecret,
+            KeyScope::Mesh(_) => ResourceType::Secret,
+        }
+    }
+
+    fn mesh(&self) -> &str {
+        match self {
+            KeyScope::Global => "",
+            KeyScope::Mesh(mesh) => mesh,
+        }
+    }
+}
+
 pub struct SigningKeys {
     store: SharedStore,
-    prefix: &'static str,
-    revocations: &'static str,
+    scope: KeyScope,
+    prefix: String,
+    revocations: String,
     // serial -> (secret version, key): keys are parsed once, not on every request.
     cache: Mutex<HashMap<u64, (u64, DecodingKey)>>,
 }
 
 impl SigningKeys {
+    /// Keys kept as GlobalSecrets `<prefix><serial>`, revocations in GlobalSecret `revocations`.
     pub fn new(store: SharedStore, prefix: &'static str, revocations: &'static str) -> Self {
+        Self::with_scope(store, KeyScope::Global, prefix, revocations)
+    }
+
+    /// Keys kept as Secrets `<prefix><serial>` of `mesh`, revocations in its Secret
+    /// `revocations`.
+    pub fn in_mesh(
+        store: SharedStore,
+        mesh: &str,
+        prefix: impl Into<String>,
+        revocations: impl Into<String>,
+    ) -> Self {
+        Self::with_scope(store, KeyScope::Mesh(mesh.to_string()), prefix, revocations)
+    }
+
+    fn with_scope(
+        store: SharedStore,
+        scope: KeyScope,
+        prefix: impl Into<String>,
+        revocations: impl Into<String>,
+    ) -> Self {
         SigningKeys {
             store,
-            prefix,
-            revocations,
+            scope,
+            prefix: prefix.into(),
+            revocations: revocations.into(),
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn scope(&self) -> &KeyScope {
+        &self.scope
     }
 
     fn key_name(&self, serial: u64) -> String {
         format!("{}{serial}", self.prefix)
     }
 
+    /// Kuma writes mesh revocation lists comma-separated and reads only commas, so mesh lists
+    /// stay readable by it; the global lists keep the newline they have always had here.
+    fn revocation_separator(&self) -> char {
+        match self.scope {
+            KeyScope::Global => '\n',
+            KeyScope::Mesh(_) => ',',
+        }
+    }
+
+    fn secret_key(&self, name: &str) -> ResourceKey {
+        ResourceKey::new(self.scope.kind(), self.scope.mesh(), name)
+    }
+
     async fn serials(&self) -> Result<Vec<u64>, TokenError> {
-        let mut q = ListQuery::all(ResourceType::GlobalSecret);
-        q.name_contains = Some(self.prefix.to_string());
+        let mut q = match &self.scope {
+            KeyScope::Global => ListQuery::all(ResourceType::GlobalSecret),
+            KeyScope::Mesh(mesh) => ListQuery::in_mesh(ResourceType::Secret, mesh),
+        };
+        q.name_contains = Some(self.prefix.clone());
         let page = self.store.list(&q).await?;
         let mut serials: Vec<u64> = page
             .items
             .iter()
-            .filter_map(|r| r.meta.name.strip_prefix(self.prefix)?.parse().ok())
+            .filter_map(|r| r.meta.name.strip_prefix(self.prefix.as_str())?.parse().ok())
             .collect();
         serials.sort_unstable();
         Ok(serials)
@@ -103,7 +172,12 @@ impl SigningKeys {
         })?;
         match self
             .store
-            .create(Resource::new(ResourceType::GlobalSecret, "", &name, spec))
+            .create(Resource::new(
+                self.scope.kind(),
+                self.scope.mesh(),
+                &name,
+                spec,
+            ))
             .await
         {
             Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
@@ -113,11 +187,7 @@ impl SigningKeys {
 
     async fn key_pem(&self, serial: u64) -> Result<(u64, Vec<u8>), TokenError> {
         let name = self.key_name(serial);
-        let secret = match self
-            .store
-            .get(&ResourceKey::new(ResourceType::GlobalSecret, "", &name))
-            .await
-        {
+        let secret = match self.store.get(&self.secret_key(&name)).await {
             Ok(s) => s,
             Err(StoreError::NotFound(_)) => return Err(TokenError::UnknownKey(serial.to_string())),
             Err(e) => return Err(e.into()),
@@ -204,9 +274,9 @@ impl SigningKeys {
     /// Adds a token id to the revocation list (creating it if needed); verification refuses
     /// the token from then on, on every replica.
     pub async fn revoke(&self, jti: &str) -> Result<(), TokenError> {
-        let key = ResourceKey::new(ResourceType::GlobalSecret, "", self.revocations);
+        let key = self.secret_key(&self.revocations);
         let bad_list = |message: String| TokenError::BadKey {
-            name: self.revocations.to_string(),
+            name: self.revocations.clone(),
             message,
         };
         loop {
@@ -225,7 +295,7 @@ impl SigningKeys {
                 return Ok(());
             }
             if !ids.is_empty() {
-                ids.push('\n');
+                ids.push(self.revocation_separator());
             }
             ids.push_str(jti);
             let spec = serde_json::to_value(SecretSpec::from_bytes(ids.as_bytes()))
@@ -238,9 +308,9 @@ impl SigningKeys {
                 None => self
                     .store
                     .create(Resource::new(
-                        ResourceType::GlobalSecret,
-                        "",
-                        self.revocations,
+                        self.scope.kind(),
+                        self.scope.mesh(),
+                        &self.revocations,
                         spec,
                     ))
                     .await
@@ -255,7 +325,7 @@ impl SigningKeys {
     }
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, TokenError> {
-        let key = ResourceKey::new(ResourceType::GlobalSecret, "", self.revocations);
+        let key = self.secret_key(&self.revocations);
         let secret = match self.store.get(&key).await {
             Ok(s) => s,
             Err(StoreError::NotFound(_)) => return Ok(false),
@@ -298,4 +368,155 @@ fn public_decoding_key(private_pem: &[u8]) -> Result<DecodingKey, String> {
         .to_pkcs1_pem(LineEnding::LF)
         .map_err(|e| e.to_string())?;
     DecodingKey::from_rsa_pem(public.as_bytes()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::sync::Arc;
+    use store::MemoryStore;
+
+    #[derive(Serialize, Deserialize)]
+    struct Claims {
+        jti: String,
+        exp: u64,
+    }
+
+    impl HasTokenId for Claims {
+        fn token_id(&self) -> &str {
+            &self.jti
+        }
+    }
+
+    fn claims(jti: &str) -> Claims {
+        Claims {
+            jti: jti.into(),
+            exp: crate::unix_now() + 3600,
+        }
+    }
+
+    async fn store_with_meshes(meshes: &[&str]) -> SharedStore {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        for mesh in meshes {
+            store
+                .create(Resource::new(
+                    ResourceType::Mesh,
+                    "",
+                    mesh,
+                    serde_json::json!({}),
+                ))
+                .await
+                .unwrap();
+        }
+        store
+    }
+
+    async fn secret_text(store: &SharedStore, key: ResourceKey) -> String {
+        let r = store.get(&key).await.unwrap();
+        let spec: SecretSpec = serde_json::from_value(r.spec).unwrap();
+        String::from_utf8(spec.bytes().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn mesh_keys_and_revocations_live_in_the_mesh() {
+        let store = store_with_meshes(&["a", "b"]).await;
+        let a = SigningKeys::in_mesh(store.clone(), "a", "k-a-", "rev-a");
+        let b = SigningKeys::in_mesh(store.clone(), "b", "k-a-", "rev-a");
+        a.ensure_key().await.unwrap();
+        assert_eq!(a.scope(), &KeyScope::Mesh("a".into()));
+        store
+            .get(&ResourceKey::new(ResourceType::Secret, "a", "k-a-1"))
+            .await
+            .unwrap();
+        let globals = store
+            .list(&ListQuery::all(ResourceType::GlobalSecret))
+            .await
+            .unwrap();
+        assert_eq!(globals.total, 0, "mesh keys are not GlobalSecrets");
+
+        // Same names in another mesh are other keys: b has none yet.
+        let token = a.sign(&claims("t1")).await.unwrap();
+        assert!(matches!(
+            b.sign(&claims("x")).await,
+            Err(TokenError::NoSigningKey)
+        ));
+        assert!(matches!(
+            b.verify::<Claims>(&token).await,
+            Err(TokenError::UnknownKey(_))
+        ));
+        b.ensure_key().await.unwrap();
+        assert!(matches!(
+            b.verify::<Claims>(&token).await,
+            Err(TokenError::Invalid(_))
+        ));
+        assert_eq!(a.verify::<Claims>(&token).await.unwrap().jti, "t1");
+
+        a.revoke("t0").await.unwrap();
+        a.revoke("t1").await.unwrap();
+        a.revoke("t1").await.unwrap();
+        assert!(matches!(
+            a.verify::<Claims>(&token).await,
+            Err(TokenError::Revoked)
+        ));
+        let list = secret_text(&store, ResourceKey::new(ResourceType::Secret, "a", "rev-a")).await;
+        assert_eq!(list, "t0,t1", "Kuma's comma-separated form");
+        assert!(
+            store
+                .get(&ResourceKey::new(ResourceType::Secret, "b", "rev-a"))
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn mesh_keys_need_the_mesh() {
+        let store = store_with_meshes(&[]).await;
+        let keys = SigningKeys::in_mesh(store, "ghost", "k-", "rev");
+        assert!(matches!(
+            keys.ensure_key().await,
+            Err(TokenError::Store(StoreError::MeshNotFound(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn revocation_lists_accept_commas_and_newlines() {
+        let store = store_with_meshes(&["m"]).await;
+        let keys = SigningKeys::in_mesh(store.clone(), "m", "k-", "rev");
+        keys.ensure_key().await.unwrap();
+        let spec = serde_json::to_value(SecretSpec::from_bytes(b"x, y\nz\n")).unwrap();
+        store
+            .create(Resource::new(ResourceType::Secret, "m", "rev", spec))
+            .await
+            .unwrap();
+        for jti in ["x", "y", "z"] {
+            let token = keys.sign(&claims(jti)).await.unwrap();
+            assert!(matches!(
+                keys.verify::<Claims>(&token).await,
+                Err(TokenError::Revoked)
+            ));
+        }
+        let token = keys.sign(&claims("w")).await.unwrap();
+        assert!(keys.verify::<Claims>(&token).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn global_keys_keep_their_names() {
+        let store = store_with_meshes(&[]).await;
+        let keys = SigningKeys::new(store.clone(), "g-key-", "g-rev");
+        keys.ensure_key().await.unwrap();
+        assert_eq!(keys.scope(), &KeyScope::Global);
+        store
+            .get(&ResourceKey::new(ResourceType::GlobalSecret, "", "g-key-1"))
+            .await
+            .unwrap();
+        keys.revoke("a").await.unwrap();
+        keys.revoke("b").await.unwrap();
+        let list = secret_text(
+            &store,
+            ResourceKey::new(ResourceType::GlobalSecret, "", "g-rev"),
+        )
+        .await;
+        assert_eq!(list, "a\nb");
+    }
 }

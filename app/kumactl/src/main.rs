@@ -193,7 +193,7 @@ enum InspectCommand {
 enum GenerateCommand {
     /// A token for the API server (admin only).
     #[command(name = "user-token")]
-    UserToken {
+    User {
         #[arg(long)]
         name: String,
         #[arg(long = "group")]
@@ -203,7 +203,7 @@ enum GenerateCommand {
     },
     /// A token a zone control plane (scope cp) or zone proxy presents to global (admin only).
     #[command(name = "zone-token")]
-    ZoneToken {
+    Zone {
         #[arg(long)]
         zone: String,
         /// cp, ingress, egress; repeatable or comma-separated. All when not given.
@@ -212,6 +212,63 @@ enum GenerateCommand {
         #[arg(long)]
         valid_for: String,
     },
+    /// A token a data plane proxy presents to the control plane (admin only). Only the given
+    /// name, tags and proxy type are checked, so a token without them serves any dataplane of
+    /// the mesh.
+    #[command(name = "dataplane-token")]
+    Dataplane {
+        /// Name of the dataplane the token is for.
+        #[arg(long)]
+        name: Option<String>,
+        /// Mesh the dataplane belongs to.
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        /// Tag values the dataplane must have, e.g. kuma.io/service=web,web-api (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE[,VALUE...]")]
+        tags: Vec<String>,
+        /// Proxy type the token is for; any when not given.
+        #[arg(long, alias = "type", value_parser = ["dataplane", "ingress", "egress"])]
+        proxy_type: Option<String>,
+        /// How long the token is valid, as a duration (default ten years, as Kuma).
+        #[arg(long, default_value = "87600h")]
+        valid_for: String,
+    },
+}
+
+/// `--tag` values as Kuma's kumactl reads them: `k=v1,v2`, several flags for several tags,
+/// and `k1=v1,k2=v2` in one flag too (an item with `=` starts the next tag).
+fn parse_tags(items: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut tags: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for item in items {
+        let mut current: Option<String> = None;
+        for part in item.split(',') {
+            let value = match part.split_once('=') {
+                Some((key, value)) => {
+                    let key = key.trim();
+                    if key.is_empty() {
+                        bail!(
+                            "--tag {item:?}: the tag name is empty; expected KEY=VALUE[,VALUE...]"
+                        );
+                    }
+                    current = Some(key.to_string());
+                    value
+                }
+                None => part,
+            };
+            let Some(key) = &current else {
+                bail!("--tag {item:?}: expected KEY=VALUE[,VALUE...]");
+            };
+            let value = value.trim();
+            if value.is_empty() {
+                bail!("--tag {item:?}: tag {key:?} has an empty value");
+            }
+            let values = tags.entry(key.clone()).or_default();
+            if !values.iter().any(|v| v == value) {
+                values.push(value.to_string());
+            }
+        }
+    }
+    Ok(tags)
 }
 
 fn main() -> std::process::ExitCode {
@@ -425,7 +482,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Inspect { command } => inspect(&connect(&config)?, command).await?,
         Command::Generate { command } => {
             let (path, body) = match command {
-                GenerateCommand::UserToken {
+                GenerateCommand::User {
                     name,
                     groups,
                     valid_for,
@@ -433,7 +490,7 @@ async fn run(cli: Cli) -> Result<()> {
                     "/tokens/user",
                     json!({"name": name, "groups": groups, "validFor": valid_for}),
                 ),
-                GenerateCommand::ZoneToken {
+                GenerateCommand::Zone {
                     zone,
                     scope,
                     valid_for,
@@ -441,6 +498,28 @@ async fn run(cli: Cli) -> Result<()> {
                     "/tokens/zone",
                     json!({"zone": zone, "scope": scope, "validFor": valid_for}),
                 ),
+                GenerateCommand::Dataplane {
+                    name,
+                    mesh,
+                    tags,
+                    proxy_type,
+                    valid_for,
+                } => {
+                    let tags = parse_tags(&tags)?;
+                    if let Err(e) = model::duration::parse_duration(&valid_for) {
+                        bail!("--valid-for {valid_for:?}: {e}");
+                    }
+                    (
+                        "/tokens/dataplane",
+                        json!({
+                            "name": name.unwrap_or_default(),
+                            "mesh": mesh,
+                            "tags": tags,
+                            "type": proxy_type.unwrap_or_default(),
+                            "validFor": valid_for,
+                        }),
+                    )
+                }
             };
             let token = connect(&config)?.post_text(path, &body).await?;
             println!("{}", token.trim());
@@ -949,5 +1028,72 @@ mod tests {
         );
         assert!(substitute("{{ missing }}", &vars).is_err());
         assert!(substitute("{{ name", &vars).is_err());
+    }
+
+    #[test]
+    fn parses_tags_like_kumactl() {
+        let items = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let tags = parse_tags(&items(&[
+            "kuma.io/service=web,web-api",
+            "version=v1",
+            "kuma.io/service=web",
+            "team=a,zone=z1,z2",
+        ]))
+        .unwrap();
+        assert_eq!(tags["kuma.io/service"], ["web", "web-api"]);
+        assert_eq!(tags["version"], ["v1"]);
+        assert_eq!(tags["team"], ["a"]);
+        assert_eq!(tags["zone"], ["z1", "z2"]);
+        for bad in ["web", "=web", "k=", "k=a,,b", ",k=a"] {
+            let err = parse_tags(&items(&[bad])).unwrap_err().to_string();
+            assert!(err.starts_with("--tag "), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn dataplane_token_flags() {
+        let cli = Cli::try_parse_from([
+            "kumactl",
+            "generate",
+            "dataplane-token",
+            "--name",
+            "web-1",
+            "--tag",
+            "kuma.io/service=web",
+            "--proxy-type",
+            "ingress",
+        ])
+        .unwrap();
+        let Command::Generate {
+            command:
+                GenerateCommand::Dataplane {
+                    name,
+                    mesh,
+                    proxy_type,
+                    valid_for,
+                    ..
+                },
+        } = cli.command
+        else {
+            panic!("not a dataplane-token command");
+        };
+        assert_eq!(name.as_deref(), Some("web-1"));
+        assert_eq!(mesh, "default");
+        assert_eq!(proxy_type.as_deref(), Some("ingress"));
+        assert_eq!(valid_for, "87600h");
+        let err = Cli::try_parse_from([
+            "kumactl",
+            "generate",
+            "dataplane-token",
+            "--proxy-type",
+            "gateway",
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            err.contains("gateway") && err.contains("dataplane"),
+            "{err}"
+        );
     }
 }
