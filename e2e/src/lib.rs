@@ -24,7 +24,10 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "kuma-cp", "-p", "kumactl"]);
+        cmd.args(["build", "--quiet"]);
+        for package in ["kuma-cp", "kumactl", "kuma-dp", "kuma-tcp-echo"] {
+            cmd.args(["-p", package]);
+        }
         if cfg!(feature = "etcd") {
             cmd.args(["--features", "kuma-cp/etcd"]);
         }
@@ -52,6 +55,7 @@ pub struct ControlPlane {
     pub api_port: u16,
     pub https_port: u16,
     pub diag_port: u16,
+    pub dp_port: u16,
     pub log: PathBuf,
     pub work_dir: PathBuf,
 }
@@ -69,6 +73,7 @@ impl ControlPlane {
         let api_port = free_port();
         let diag_port = free_port();
         let https_port = free_port();
+        let dp_port = free_port();
         let mut cmd = Command::new(binary("kuma-cp"));
         cmd.arg("run")
             .env_clear()
@@ -77,7 +82,7 @@ impl ControlPlane {
             .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
             .env("KUMA_API_SERVER_HTTPS_PORT", https_port.to_string())
             .env("KUMA_DIAGNOSTICS_SERVER_PORT", diag_port.to_string())
-            .env("KUMA_DP_SERVER_PORT", free_port().to_string())
+            .env("KUMA_DP_SERVER_PORT", dp_port.to_string())
             .env("KUMA_INTER_CP_SERVER_PORT", free_port().to_string())
             .env(
                 "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT",
@@ -100,6 +105,7 @@ impl ControlPlane {
             api_port,
             https_port,
             diag_port,
+            dp_port,
             log,
             work_dir,
         }

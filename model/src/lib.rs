@@ -7,6 +7,7 @@ pub mod duration;
 pub mod name;
 pub mod resource;
 pub mod specs;
+pub mod template;
 pub mod time;
 pub mod validate;
 

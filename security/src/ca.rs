@@ -1,5 +1,7 @@
 //! A small certificate authority: generated once, kept in the store as a secret, issuing
-//! short-lived leaf certificates (inter-CP mTLS now; per-mesh CAs later).
+//! short-lived leaf certificates: inter-CP mTLS, and each mesh's CA (`builtin`, generated and
+//! kept as two mesh Secrets as Kuma does, or `provided` from Secrets the operator made) issuing
+//! proxies' SPIFFE certificates.
 
 use std::time::Duration;
 
@@ -85,6 +87,245 @@ impl CertificateAuthority {
     }
 }
 
+impl CertificateAuthority {
+    /// A workload certificate whose only names are URI SANs (SPIFFE and `kuma://` tag URIs),
+    /// for both ends of mesh mTLS.
+    pub fn issue_workload(
+        &self,
+        uris: &[String],
+        lifetime: Duration,
+    ) -> Result<CertPair, TlsError> {
+        let ca_key = KeyPair::from_pem(&self.key_pem).map_err(TlsError::Generate)?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&self.cert_pem, ca_key).map_err(TlsError::Generate)?;
+        let key = KeyPair::generate().map_err(TlsError::Generate)?;
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(TlsError::Generate)?;
+        for uri in uris {
+            let ia5 =
+                rcgen::string::Ia5String::try_from(uri.as_str()).map_err(TlsError::Generate)?;
+            params.subject_alt_names.push(SanType::URI(ia5));
+        }
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        validity(&mut params, lifetime);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(TlsError::Generate)?;
+        Ok(CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshCaError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("mesh {mesh:?}: {message}")]
+    Config { mesh: String, message: String },
+    #[error("secret {name:?} in mesh {mesh:?}: {message}")]
+    Secret {
+        mesh: String,
+        name: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// The CA of a mesh's enabled mTLS backend.
+#[derive(Debug, Clone)]
+pub struct MeshCa {
+    pub backend: String,
+    pub ca: CertificateAuthority,
+    /// How long proxy certificates live (`dpCert.rotation.expiration`, Kuma's default 24h).
+    pub cert_lifetime: Duration,
+}
+
+/// Kuma's names for a builtin backend's CA: `<mesh>.ca-builtin-cert-<backend>` and `-key-`.
+pub fn builtin_secret_names(mesh: &str, backend: &str) -> (String, String) {
+    (
+        format!("{mesh}.ca-builtin-cert-{backend}"),
+        format!("{mesh}.ca-builtin-key-{backend}"),
+    )
+}
+
+const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+fn secret_bytes(r: &model::Resource) -> Result<Vec<u8>, String> {
+    let spec: model::specs::secret::SecretSpec =
+        serde_json::from_value(r.spec.clone()).map_err(|e| e.to_string())?;
+    spec.bytes().map_err(|e| e.to_string())
+}
+
+async fn read_secret(
+    store: &store::SharedStore,
+    mesh: &str,
+    name: &str,
+) -> Result<Option<Vec<u8>>, MeshCaError> {
+    let key = model::ResourceKey::new(model::ResourceType::Secret, mesh, name);
+    match store.get(&key).await {
+        Ok(r) => secret_bytes(&r)
+            .map(Some)
+            .map_err(|message| MeshCaError::Secret {
+                mesh: mesh.into(),
+                name: name.into(),
+                message,
+            }),
+        Err(store::StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A `provided` backend's `conf.cert` / `conf.key`: a Secret, or the PEM inline.
+async fn data_source(
+    store: &store::SharedStore,
+    mesh: &str,
+    conf: Option<&serde_json::Value>,
+    field: &str,
+) -> Result<String, MeshCaError> {
+    let config = |message: String| MeshCaError::Config {
+        mesh: mesh.into(),
+        message,
+    };
+    let source = conf
+        .and_then(|c| c.get(field))
+        .ok_or_else(|| config(format!("provided CA backend has no conf.{field}")))?;
+    if let Some(name) = source.get("secret").and_then(|s| s.as_str()) {
+        let bytes = read_secret(store, mesh, name)
+            .await?
+            .ok_or_else(|| config(format!("conf.{field}.secret {name:?} does not exist")))?;
+        return String::from_utf8(bytes)
+            .map_err(|e| config(format!("conf.{field}.secret {name:?}: {e}")));
+    }
+    if let Some(text) = source.get("inlineString").and_then(|s| s.as_str()) {
+        return Ok(text.to_string());
+    }
+    if let Some(b64) = source.get("inline").and_then(|s| s.as_str()) {
+        let secret = model::specs::secret::SecretSpec { data: b64.into() };
+        let bytes = secret
+            .bytes()
+            .map_err(|e| config(format!("conf.{field}.inline: {e}")))?;
+        return String::from_utf8(bytes).map_err(|e| config(format!("conf.{field}.inline: {e}")));
+    }
+    Err(config(format!(
+        "conf.{field} needs secret, inline or inlineString"
+    )))
+}
+
+/// The CA for `mesh`'s enabled backend, creating a builtin one on first use (any replica may:
+/// the cert secret is created first, so of two racing replicas only one writes a pair).
+/// `None` when the mesh has mTLS off.
+pub async fn mesh_ca(
+    store: &store::SharedStore,
+    mesh: &str,
+    spec: &model::specs::mesh::MeshSpec,
+) -> Result<Option<MeshCa>, MeshCaError> {
+    use model::specs::mesh::CaType;
+    let Some(mtls) = spec.mtls.as_ref().filter(|m| !m.enabled_backend.is_empty()) else {
+        return Ok(None);
+    };
+    let backend = mtls
+        .backends
+        .iter()
+        .find(|b| b.name == mtls.enabled_backend)
+        .ok_or_else(|| MeshCaError::Config {
+            mesh: mesh.into(),
+            message: format!(
+                "enabledBackend {:?} is not among the backends",
+                mtls.enabled_backend
+            ),
+        })?;
+    let cert_lifetime = backend
+        .dp_cert
+        .as_ref()
+        .and_then(|d| d.rotation.as_ref())
+        .and_then(|r| model::duration::parse_duration(&r.expiration).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_CERT_LIFETIME);
+    let ca = match backend.ca_type {
+        CaType::Provided => CertificateAuthority {
+            cert_pem: data_source(store, mesh, backend.conf.as_ref(), "cert").await?,
+            key_pem: data_source(store, mesh, backend.conf.as_ref(), "key").await?,
+        },
+        CaType::Builtin => builtin_ca(store, mesh, &backend.name, backend.conf.as_ref()).await?,
+    };
+    Ok(Some(MeshCa {
+        backend: backend.name.clone(),
+        ca,
+        cert_lifetime,
+    }))
+}
+
+async fn builtin_ca(
+    store: &store::SharedStore,
+    mesh: &str,
+    backend: &str,
+    conf: Option<&serde_json::Value>,
+) -> Result<CertificateAuthority, MeshCaError> {
+    let (cert_name, key_name) = builtin_secret_names(mesh, backend);
+    let text = |name: &str, bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|e| MeshCaError::Secret {
+            mesh: mesh.into(),
+            name: name.into(),
+            message: e.to_string(),
+        })
+    };
+    for attempt in 0..50 {
+        let cert = read_secret(store, mesh, &cert_name).await?;
+        let key = read_secret(store, mesh, &key_name).await?;
+        match (cert, key) {
+            (Some(cert), Some(key)) => {
+                return Ok(CertificateAuthority {
+                    cert_pem: text(&cert_name, cert)?,
+                    key_pem: text(&key_name, key)?,
+                });
+            }
+            (None, _) if attempt == 0 => {
+                let lifetime = conf
+                    .and_then(|c| c.pointer("/caCert/expiration"))
+                    .and_then(|e| e.as_str())
+                    .and_then(|e| model::duration::parse_duration(e).ok())
+                    .unwrap_or(DEFAULT_CA_LIFETIME);
+                let ca = CertificateAuthority::generate(&format!("{mesh} mesh CA"), lifetime)?;
+                let secret = |name: &str, pem: &str| {
+                    let spec = serde_json::to_value(model::specs::secret::SecretSpec::from_bytes(
+                        pem.as_bytes(),
+                    ))
+                    .unwrap_or_default();
+                    model::Resource::new(model::ResourceType::Secret, mesh, name, spec)
+                };
+                match store.create(secret(&cert_name, &ca.cert_pem)).await {
+                    Ok(_) => {
+                        store.create(secret(&key_name, &ca.key_pem)).await?;
+                        tracing::info!(%mesh, %backend, "generated the mesh's builtin CA");
+                        return Ok(ca);
+                    }
+                    // Another replica is creating it: read theirs.
+                    Err(store::StoreError::AlreadyExists(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(MeshCaError::Secret {
+        mesh: mesh.into(),
+        name: key_name,
+        message: "the CA certificate exists but its key does not".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +350,59 @@ mod tests {
             back.issue("cp-2", &[], &[], Duration::from_secs(60))
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn builtin_mesh_ca_is_created_once_and_issues_spiffe_certificates() {
+        use std::sync::Arc;
+        let store: store::SharedStore = Arc::new(store::MemoryStore::new());
+        store
+            .create(model::Resource::new(
+                model::ResourceType::Mesh,
+                "",
+                "demo",
+                serde_json::json!({}),
+            ))
+            .await
+            .unwrap();
+        let spec: model::specs::mesh::MeshSpec = serde_json::from_value(serde_json::json!({
+            "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin",
+                "dpCert": {"rotation": {"expiration": "1h"}}}]}
+        }))
+        .unwrap();
+        let first = mesh_ca(&store, "demo", &spec).await.unwrap().unwrap();
+        let again = mesh_ca(&store, "demo", &spec).await.unwrap().unwrap();
+        assert_eq!(first.ca.cert_pem, again.ca.cert_pem);
+        assert_eq!(first.cert_lifetime, Duration::from_secs(3600));
+        let (cert_name, _) = builtin_secret_names("demo", "ca-1");
+        assert_eq!(cert_name, "demo.ca-builtin-cert-ca-1");
+
+        let leaf = first
+            .ca
+            .issue_workload(
+                &["spiffe://demo/web".into(), "kuma://version/v1".into()],
+                first.cert_lifetime,
+            )
+            .unwrap();
+        let der =
+            <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
+                leaf.cert_pem.as_bytes(),
+            )
+            .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(sans, ["URI(spiffe://demo/web)", "URI(kuma://version/v1)"]);
+
+        let off: model::specs::mesh::MeshSpec =
+            serde_json::from_value(serde_json::json!({})).unwrap();
+        assert!(mesh_ca(&store, "demo", &off).await.unwrap().is_none());
     }
 }

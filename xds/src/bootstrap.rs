@@ -102,11 +102,6 @@ pub fn generate(p: &BootstrapParams) -> Value {
                 }}
             }]
         },
-        "layered_runtime": {"layers": [{"name": "kuma", "static_layer": {
-            "envoy.restart_features.use_eds_cache_for_ads": true,
-            "re2.max_program_size.error_level": 4294967295u64,
-            "re2.max_program_size.warn_level": 1000
-        }}]}
     })
 }
 

@@ -57,7 +57,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub api_server: ApiServerConfig,
     pub diagnostics: DiagnosticsConfig,
-    pub dp_server: PortConfig,
+    pub dp_server: DpServerConfig,
     pub inter_cp: InterCpConfig,
     pub multizone: MultizoneConfig,
     pub general: GeneralConfig,
@@ -72,7 +72,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             api_server: ApiServerConfig::default(),
             diagnostics: DiagnosticsConfig { server_port: 5680 },
-            dp_server: PortConfig { port: 5678 },
+            dp_server: DpServerConfig::default(),
             inter_cp: InterCpConfig::default(),
             multizone: MultizoneConfig::default(),
             general: GeneralConfig::default(),
@@ -274,6 +274,50 @@ pub struct DiagnosticsConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortConfig {
     pub port: u16,
+}
+
+/// Kuma's `dpServer` block: where kuma-dp bootstraps and Envoy fetches its configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DpServerConfig {
+    pub port: u16,
+    /// Certificate and key for the port; empty generates one, kept in the store.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    pub authn: DpServerAuthnConfig,
+}
+
+impl Default for DpServerConfig {
+    fn default() -> Self {
+        DpServerConfig {
+            port: 5678,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            authn: DpServerAuthnConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DpServerAuthnConfig {
+    pub dp_proxy: DpProxyAuthnConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DpProxyAuthnConfig {
+    /// `dpToken` (proxies present a dataplane token) or `none` (demos only).
+    #[serde(rename = "type")]
+    pub auth_type: String,
+}
+
+impl Default for DpProxyAuthnConfig {
+    fn default() -> Self {
+        DpProxyAuthnConfig {
+            auth_type: "dpToken".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -605,6 +649,19 @@ impl Config {
             );
         }
         self.validate_store()?;
+        let dp = &self.dp_server;
+        if dp.tls_cert_file.is_empty() != dp.tls_key_file.is_empty() {
+            return invalid(
+                "dpServer.tlsCertFile (KUMA_DP_SERVER_TLS_CERT_FILE)",
+                "tlsCertFile and tlsKeyFile have to be specified together",
+            );
+        }
+        if !matches!(dp.authn.dp_proxy.auth_type.as_str(), "dpToken" | "none") {
+            return invalid(
+                "dpServer.authn.dpProxy.type (KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE)",
+                "must be \"dpToken\" or \"none\"",
+            );
+        }
         if self.mode == Mode::Zone {
             if let Some(reason) = model::name::name_violation(&self.multizone.zone.name) {
                 return invalid("multizone.zone.name (KUMA_MULTIZONE_ZONE_NAME)", &reason);

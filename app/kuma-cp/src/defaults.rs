@@ -11,6 +11,8 @@ use store::{ListQuery, SharedStore, StoreError};
 use crate::config::Config;
 
 pub const CLUSTER_ID_CONFIG: &str = "kuma-cluster-id";
+/// The MeshTrafficPermission created with the default mesh.
+pub const DEFAULT_ALLOW_ALL: &str = "allow-all-default";
 
 /// The default mesh, the user-token signing key, the admin token and the cluster id. Each step
 /// tolerates a concurrent creator, so a leader handover mid-way is harmless.
@@ -32,7 +34,30 @@ pub async fn ensure(
             ))
             .await
         {
-            Ok(_) => tracing::info!("created Mesh \"default\""),
+            Ok(_) => {
+                tracing::info!("created Mesh \"default\"");
+                // As Kuma does for the default mesh: traffic keeps flowing when mTLS is turned
+                // on, until the operator narrows it. Only with the mesh, so a deleted policy
+                // stays deleted across restarts.
+                let allow_all = serde_json::json!({
+                    "targetRef": {"kind": "Mesh"},
+                    "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]
+                });
+                match store
+                    .create(Resource::new(
+                        ResourceType::MeshTrafficPermission,
+                        "default",
+                        DEFAULT_ALLOW_ALL,
+                        allow_all,
+                    ))
+                    .await
+                {
+                    Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+                    Err(e) => {
+                        return Err(e).context("creating the default mesh's allow-all permission");
+                    }
+                }
+            }
             Err(StoreError::AlreadyExists(_)) => {}
             Err(e) => return Err(e).context("creating the default mesh"),
         }

@@ -50,38 +50,46 @@ pub fn primary_address() -> String {
         .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string())
 }
 
+/// GlobalSecret of the CA that signs each replica's data plane server certificate; kuma-dp
+/// verifies the control plane with it (`--ca-cert-file`), and bootstraps carry it to Envoy.
+pub const DP_SERVER_CA_SECRET: &str = "dp-server-ca";
+
 /// Creates the inter-CP CA if there is none (leader-only, like every default).
 pub async fn ensure_ca(store: &SharedStore) -> Result<()> {
-    let key = ResourceKey::new(ResourceType::GlobalSecret, "", INTER_CP_CA_SECRET);
+    ensure_named_ca(store, INTER_CP_CA_SECRET, "kuma-inter-cp-ca").await?;
+    ensure_named_ca(store, DP_SERVER_CA_SECRET, "kuma-dp-server-ca").await
+}
+
+async fn ensure_named_ca(store: &SharedStore, secret: &str, common_name: &str) -> Result<()> {
+    let key = ResourceKey::new(ResourceType::GlobalSecret, "", secret);
     match store.get(&key).await {
         Ok(_) => return Ok(()),
         Err(StoreError::NotFound(_)) => {}
-        Err(e) => return Err(e).context("reading the inter-CP CA"),
+        Err(e) => return Err(e).with_context(|| format!("reading GlobalSecret {secret}")),
     }
-    let ca =
-        CertificateAuthority::generate("kuma-inter-cp-ca", Duration::from_secs(10 * 365 * 86400))?;
+    let ca = CertificateAuthority::generate(common_name, Duration::from_secs(10 * 365 * 86400))?;
     let spec = serde_json::to_value(SecretSpec::from_bytes(&serde_json::to_vec(&ca)?))?;
     match store
-        .create(Resource::new(
-            ResourceType::GlobalSecret,
-            "",
-            INTER_CP_CA_SECRET,
-            spec,
-        ))
+        .create(Resource::new(ResourceType::GlobalSecret, "", secret, spec))
         .await
     {
         Ok(_) => {
-            tracing::info!("created the inter-CP certificate authority");
+            tracing::info!(secret, "created a certificate authority");
             Ok(())
         }
         Err(StoreError::AlreadyExists(_)) => Ok(()),
-        Err(e) => Err(e).context("storing the inter-CP CA"),
+        Err(e) => Err(e).with_context(|| format!("storing GlobalSecret {secret}")),
     }
 }
 
-/// Waits for the leader to have created the CA.
+/// Waits for the leader to have created the inter-CP CA.
 pub async fn load_ca(store: &SharedStore) -> CertificateAuthority {
-    let key = ResourceKey::new(ResourceType::GlobalSecret, "", INTER_CP_CA_SECRET);
+    load_named_ca(store, INTER_CP_CA_SECRET).await
+}
+
+/// Waits for the leader to have created the CA kept in GlobalSecret `secret`.
+pub async fn load_named_ca(store: &SharedStore, secret: &str) -> CertificateAuthority {
+    let key = ResourceKey::new(ResourceType::GlobalSecret, "", secret);
     loop {
         if let Ok(r) = store.get(&key).await
             && let Ok(spec) = serde_json::from_value::<SecretSpec>(r.spec)

@@ -66,6 +66,11 @@ pub async fn run(config: Config) -> Result<()> {
         }
         _ => None,
     };
+    // Proxies connect to standalone and zone control planes, never to global.
+    let dp_listener = match config.mode {
+        Mode::Global => None,
+        _ => Some(bind("0.0.0.0", config.dp_server.port, "dpServer.port").await?),
+    };
     let zone_client = match (config.mode, config.multizone.zone.global_address.is_empty()) {
         (Mode::Zone, false) => Some(multizone::zone_client_config(&config)?),
         _ => None,
@@ -180,6 +185,7 @@ pub async fn run(config: Config) -> Result<()> {
     ));
     {
         let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
+        let me = me.clone();
         tasks.spawn(async move {
             run_leader_only("cp-catalog", leader, shutdown, || {
                 intercp::keep_catalog(store.clone(), me.clone(), seen.clone())
@@ -211,6 +217,15 @@ pub async fn run(config: Config) -> Result<()> {
                 kds::zone::run(store.clone(), zone_config.clone(), shutdown.clone())
             })
             .await
+        });
+    }
+    if let Some(listener) = dp_listener {
+        let dp_config = dp_server_config(&config, &store, &me, &hostname, &instance_id).await?;
+        let (store, shutdown) = (store.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            if let Err(e) = zone::serve(listener, store, dp_config, shutdown).await {
+                tracing::error!(error = %format!("{e:#}"), "data plane server stopped");
+            }
         });
     }
     let mut shown_config = config.redacted();
@@ -283,6 +298,57 @@ pub async fn run(config: Config) -> Result<()> {
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The data plane server's certificate: from files, or issued to this replica by the cluster's
+/// data plane server CA (whose certificate is written to `general.workDir` for kuma-dp).
+async fn dp_server_config(
+    config: &Config,
+    store: &SharedStore,
+    me: &intercp::Me,
+    hostname: &str,
+    instance_id: &str,
+) -> Result<zone::DpServerConfig> {
+    let dp = &config.dp_server;
+    let (cert_pem, key_pem, ca_pem) = if dp.tls_cert_file.is_empty() {
+        let ca = intercp::load_named_ca(store, intercp::DP_SERVER_CA_SECRET).await;
+        let mut dns = vec!["localhost".to_string(), hostname.to_string()];
+        let mut ips: Vec<std::net::IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
+        match me.address.parse::<std::net::IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) => dns.push(me.address.clone()),
+        }
+        let pair = ca
+            .issue(
+                "kuma-control-plane",
+                &dns,
+                &ips,
+                Duration::from_secs(365 * 86400),
+            )
+            .context("issuing the data plane server's certificate")?;
+        (pair.cert_pem, pair.key_pem, ca.cert_pem)
+    } else {
+        let pair = security::tls::load_pair(&dp.tls_cert_file, &dp.tls_key_file)
+            .context("dpServer.tlsCertFile/tlsKeyFile (KUMA_DP_SERVER_TLS_CERT_FILE/_KEY_FILE)")?;
+        let ca = pair.cert_pem.clone();
+        (pair.cert_pem, pair.key_pem, ca)
+    };
+    if !config.general.work_dir.is_empty() {
+        let path = std::path::Path::new(&config.general.work_dir).join("dp-server-ca.pem");
+        std::fs::create_dir_all(&config.general.work_dir)
+            .and_then(|()| std::fs::write(&path, &ca_pem))
+            .with_context(|| format!("general.workDir: writing {}", path.display()))?;
+        tracing::info!(path = %path.display(), "data plane server CA written; give it to kuma-dp as --ca-cert-file");
+    }
+    Ok(zone::DpServerConfig {
+        port: dp.port,
+        cert_pem,
+        key_pem,
+        ca_pem,
+        tokens_required: dp.authn.dp_proxy.auth_type != "none",
+        cp_instance_id: instance_id.to_string(),
+    })
 }
 
 async fn bind(interface: &str, port: u16, key: &str) -> Result<TcpListener> {

@@ -545,26 +545,6 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Replaces `{{ key }}` (spaces optional) with `-v key=value` values; an unknown key is an error
-/// rather than a silent empty string.
-fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find("}}").context("unclosed '{{' in the file")?;
-        let key = after[..end].trim();
-        let value = vars.get(key).with_context(|| {
-            format!("variable {key:?} is used in the file but not given with -v {key}=...")
-        })?;
-        out.push_str(value);
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 async fn apply(client: &Result<Client>, file: &str, vars: &[String], dry_run: bool) -> Result<()> {
     let text = if file == "-" {
         let mut s = String::new();
@@ -575,7 +555,7 @@ async fn apply(client: &Result<Client>, file: &str, vars: &[String], dry_run: bo
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
     };
-    let text = substitute(&text, &parse_pairs(vars, "-v")?)?;
+    let text = model::template::substitute(&text, &parse_pairs(vars, "-v")?)?;
     let docs = if text.trim_start().starts_with('{') {
         vec![
             serde_json::from_str::<Value>(&text)
@@ -1018,17 +998,6 @@ fn dataplane_inspect_row(o: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn substitutes_vars() {
-        let vars = BTreeMap::from([("name".to_string(), "web".to_string())]);
-        assert_eq!(
-            substitute("name: {{ name }}\nx: {{name}}", &vars).unwrap(),
-            "name: web\nx: web"
-        );
-        assert!(substitute("{{ missing }}", &vars).is_err());
-        assert!(substitute("{{ name", &vars).is_err());
-    }
 
     #[test]
     fn parses_tags_like_kumactl() {

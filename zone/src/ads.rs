@@ -1,0 +1,565 @@
+//! Envoy's delta ADS. Each stream serves one proxy: the first request names it (node id
+//! `<mesh>.<name>`, or the `dataplane.mesh`/`dataplane.name` metadata kuma-dp's bootstrap
+//! sets), its token is checked, and from then on its configuration is recomputed whenever the
+//! store changes something in its mesh (debounced), its certificate nears expiry, or Envoy
+//! subscribes to more. Only resources whose content changed are sent. A NACK is logged with
+//! Envoy's reason; Envoy keeps the last configuration it accepted and nothing is resent until
+//! the configuration changes again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as XdsResource,
+};
+use futures::{Stream, StreamExt};
+use model::specs::dataplane::DataplaneSpec;
+use model::{ResourceKey, ResourceType, Timestamp};
+use serde_json::{Value, json};
+use store::{SharedStore, StoreError};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use xds::wire;
+
+use crate::auth::{AuthError, ProxyAuth, ProxyIdentity, tag_values};
+use crate::insight::{CertState, StreamRecord};
+
+/// How long a burst of store changes is gathered before configuration is recomputed.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
+/// How often an open stream refreshes its DataplaneInsight (so a lost proxy turns Offline).
+pub const INSIGHT_FLUSH: Duration = Duration::from_secs(10);
+
+/// Types in the order configuration is pushed: clusters before the endpoints and listeners
+/// that use them, secrets when Envoy asks for them.
+const ORDER: [&str; 4] = [wire::CLUSTER, wire::ENDPOINTS, wire::LISTENER, wire::SECRET];
+
+fn short_name(type_url: &str) -> &'static str {
+    match type_url {
+        wire::CLUSTER => "cds",
+        wire::ENDPOINTS => "eds",
+        wire::LISTENER => "lds",
+        wire::SECRET => "sds",
+        _ => "rds",
+    }
+}
+
+/// Wildcard types get every resource; the others only those Envoy names.
+fn is_wildcard_type(type_url: &str) -> bool {
+    type_url == wire::CLUSTER || type_url == wire::LISTENER
+}
+
+pub struct AdsServer {
+    pub store: SharedStore,
+    pub auth: Arc<dyn ProxyAuth>,
+    pub cp_instance_id: String,
+}
+
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+type SotwStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = SotwStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<SotwStream>, Status> {
+        Err(Status::unimplemented(
+            "this control plane serves delta xDS only: set ads_config.api_type to DELTA_GRPC (kuma-dp's bootstrap does)",
+        ))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_string())
+            .filter(|v| !v.is_empty());
+        let peer = request.remote_addr();
+        let mut requests = request.into_inner();
+        // Envoy sends its node in the first request; nothing is served before it is known.
+        let first = match tokio::time::timeout(Duration::from_secs(30), requests.next()).await {
+            Ok(Some(Ok(r))) => r,
+            Ok(Some(Err(status))) => return Err(status),
+            Ok(None) => return Err(Status::cancelled("stream closed before the first request")),
+            Err(_) => return Err(Status::deadline_exceeded("no request within 30 s")),
+        };
+        let (mesh, name, metadata) = identify(&first)?;
+        let dataplane = match self
+            .store
+            .get(&ResourceKey::new(ResourceType::Dataplane, &mesh, &name))
+            .await
+        {
+            Ok(d) => d,
+            Err(StoreError::NotFound(_)) => {
+                return Err(Status::not_found(format!(
+                    "dataplane {name:?} in mesh {mesh:?} not found; create a Dataplane in the control plane first or pass it to kuma-dp"
+                )));
+            }
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        let spec: DataplaneSpec = serde_json::from_value(dataplane.spec).map_err(|e| {
+            Status::failed_precondition(format!("stored dataplane is invalid: {e}"))
+        })?;
+        let proxy_type = metadata
+            .get("dataplane.proxyType")
+            .and_then(Value::as_str)
+            .unwrap_or("dataplane")
+            .to_string();
+        let identity = ProxyIdentity {
+            mesh: &mesh,
+            name: &name,
+            proxy_type: &proxy_type,
+            tags: tag_values(&spec),
+        };
+        match self.auth.check(token.as_deref(), &identity).await {
+            Ok(()) => {}
+            Err(AuthError::Unauthenticated(reason)) => {
+                tracing::warn!(%mesh, %name, ?peer, %reason, "proxy refused");
+                return Err(Status::unauthenticated(format!(
+                    "authentication failed: {reason}"
+                )));
+            }
+            Err(e @ AuthError::Unavailable(_)) => return Err(Status::unavailable(e.to_string())),
+        }
+        tracing::info!(%mesh, %name, ?peer, "proxy connected");
+        let (tx, rx) = mpsc::channel(16);
+        let record = StreamRecord {
+            mesh: mesh.clone(),
+            name: name.clone(),
+            subscription_id: security::random_uuid(),
+            cp_instance_id: self.cp_instance_id.clone(),
+            connect_time: Timestamp::now(),
+            disconnect_time: None,
+            version: metadata
+                .get("version")
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+            counts: BTreeMap::new(),
+            cert: None,
+            generation: 0,
+        };
+        let mut stream = ProxyStream {
+            store: self.store.clone(),
+            mesh,
+            name,
+            out: tx,
+            subscriptions: HashMap::new(),
+            sent: HashMap::new(),
+            config: HashMap::new(),
+            nonce: 0,
+            record,
+            cert: None,
+        };
+        let events = self.store.subscribe();
+        tokio::spawn(async move {
+            let result = stream.run(first, requests, events).await;
+            stream.record.disconnect_time = Some(Timestamp::now());
+            if let Err(e) = crate::insight::write(&stream.store, &stream.record).await {
+                tracing::warn!(mesh = %stream.mesh, name = %stream.name, error = %e, "could not record the disconnect");
+            }
+            match result {
+                Ok(()) => {
+                    tracing::info!(mesh = %stream.mesh, name = %stream.name, "proxy disconnected")
+                }
+                Err(e) => {
+                    tracing::info!(mesh = %stream.mesh, name = %stream.name, error = %e, "proxy stream ended")
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// `(mesh, name, node metadata as JSON)` from the first request.
+fn identify(
+    req: &DeltaDiscoveryRequest,
+) -> Result<(String, String, serde_json::Map<String, Value>), Status> {
+    let node = req
+        .node
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("the first request must carry the node"))?;
+    let metadata = node
+        .metadata
+        .as_ref()
+        .map(struct_to_json)
+        .unwrap_or_default();
+    let from_metadata = |k: &str| {
+        metadata
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let (mesh, name) = match (
+        from_metadata("dataplane.mesh"),
+        from_metadata("dataplane.name"),
+    ) {
+        (Some(m), Some(n)) => (m, n),
+        _ => {
+            let (m, n) = node.id.split_once('.').ok_or_else(|| {
+                Status::invalid_argument(format!("node id {:?} is not <mesh>.<name>", node.id))
+            })?;
+            (m.to_string(), n.to_string())
+        }
+    };
+    if mesh.is_empty() || name.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "node id {:?} is not <mesh>.<name>",
+            node.id
+        )));
+    }
+    Ok((mesh, name, metadata))
+}
+
+fn struct_to_json(s: &envoy_types::pb::google::protobuf::Struct) -> serde_json::Map<String, Value> {
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .collect()
+}
+
+fn value_to_json(v: &envoy_types::pb::google::protobuf::Value) -> Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    match &v.kind {
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::NumberValue(n)) => json!(n),
+        Some(Kind::BoolValue(b)) => json!(b),
+        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s)),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_to_json).collect()),
+        Some(Kind::NullValue(_)) | None => Value::Null,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Subscription {
+    wildcard: bool,
+    names: BTreeSet<String>,
+}
+
+/// The proxy's current certificate and when to replace it.
+struct IssuedCert {
+    ca_pem: String,
+    uris: Vec<String>,
+    backend: String,
+    cert_pem: String,
+    key_pem: String,
+    rotate_at: tokio::time::Instant,
+}
+
+struct ProxyStream {
+    store: SharedStore,
+    mesh: String,
+    name: String,
+    out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    subscriptions: HashMap<String, Subscription>,
+    /// What Envoy holds: type -> name -> version.
+    sent: HashMap<String, HashMap<String, String>>,
+    /// The current configuration: type -> name -> (version, encoded message).
+    config: HashMap<String, BTreeMap<String, (String, Vec<u8>)>>,
+    nonce: u64,
+    record: StreamRecord,
+    cert: Option<IssuedCert>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("Envoy closed the stream")]
+    Closed,
+    #[error("{0}")]
+    Status(#[from] Status),
+}
+
+fn content_version(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+impl ProxyStream {
+    async fn run(
+        &mut self,
+        first: DeltaDiscoveryRequest,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+        mut events: broadcast::Receiver<store::ChangeEvent>,
+    ) -> Result<(), StreamError> {
+        self.recompute().await;
+        self.handle(first).await?;
+        self.flush_insight().await;
+        let mut flush = tokio::time::interval(INSIGHT_FLUSH);
+        flush.tick().await;
+        loop {
+            let rotate_at = self
+                .cert
+                .as_ref()
+                .map(|c| c.rotate_at)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                req = requests.next() => match req {
+                    None => return Ok(()),
+                    Some(Err(status)) => return Err(status.into()),
+                    Some(Ok(req)) => self.handle(req).await?,
+                },
+                ev = events.recv() => {
+                    let relevant = match ev {
+                        Ok(ev) => crate::snapshot::affects(&ev.key, &self.mesh),
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    };
+                    if !relevant {
+                        continue;
+                    }
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while events.try_recv().is_ok() {}
+                    self.recompute().await;
+                    self.push_all().await?;
+                }
+                () = tokio::time::sleep_until(rotate_at) => {
+                    tracing::info!(mesh = %self.mesh, name = %self.name, "rotating the proxy certificate");
+                    self.cert = None;
+                    self.recompute().await;
+                    self.push_all().await?;
+                }
+                _ = flush.tick() => self.flush_insight().await,
+            }
+        }
+    }
+
+    async fn flush_insight(&self) {
+        if let Err(e) = crate::insight::write(&self.store, &self.record).await {
+            tracing::warn!(mesh = %self.mesh, name = %self.name, error = %e, "could not write the DataplaneInsight");
+        }
+    }
+
+    async fn handle(&mut self, req: DeltaDiscoveryRequest) -> Result<(), StreamError> {
+        let type_url = req.type_url.clone();
+        let counts = self.record.counts.entry(short_name(&type_url)).or_default();
+        if let Some(err) = &req.error_detail {
+            counts.rejected += 1;
+            tracing::warn!(mesh = %self.mesh, name = %self.name, type_url = %type_url, nonce = %req.response_nonce, reason = %err.message, "Envoy rejected the configuration (NACK); it keeps the last one it accepted");
+            // Envoy holds the older versions; nothing is resent until the configuration changes.
+            if let Some(sent) = self.sent.get_mut(&type_url) {
+                sent.clear();
+            }
+        } else if !req.response_nonce.is_empty() {
+            counts.acknowledged += 1;
+        }
+        let first_for_type = !self.subscriptions.contains_key(&type_url);
+        let sub = self.subscriptions.entry(type_url.clone()).or_default();
+        if first_for_type && req.resource_names_subscribe.is_empty() && is_wildcard_type(&type_url)
+        {
+            sub.wildcard = true;
+        }
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                sub.wildcard = true;
+            } else {
+                sub.names.insert(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                sub.wildcard = false;
+            } else {
+                sub.names.remove(name);
+            }
+            if let Some(sent) = self.sent.get_mut(&type_url) {
+                sent.remove(name);
+            }
+        }
+        // A reconnecting Envoy says what it already holds, so unchanged resources are not resent.
+        if !req.initial_resource_versions.is_empty() {
+            self.sent
+                .entry(type_url.clone())
+                .or_default()
+                .extend(req.initial_resource_versions.clone());
+        }
+        if req.error_detail.is_none() {
+            self.push(&type_url).await?;
+        }
+        Ok(())
+    }
+
+    async fn push_all(&mut self) -> Result<(), StreamError> {
+        for type_url in ORDER {
+            self.push(type_url).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what changed of one type since Envoy last received it.
+    async fn push(&mut self, type_url: &str) -> Result<(), StreamError> {
+        let Some(sub) = self.subscriptions.get(type_url) else {
+            return Ok(());
+        };
+        let empty = BTreeMap::new();
+        let current = self.config.get(type_url).unwrap_or(&empty);
+        let sent = self.sent.entry(type_url.to_string()).or_default();
+        let mut resources = Vec::new();
+        for (name, (version, bytes)) in current {
+            if !(sub.wildcard || sub.names.contains(name)) {
+                continue;
+            }
+            if sent.get(name) != Some(version) {
+                resources.push(XdsResource {
+                    name: name.clone(),
+                    version: version.clone(),
+                    resource: Some(envoy_types::pb::google::protobuf::Any {
+                        type_url: type_url.to_string(),
+                        value: bytes.clone(),
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+        let removed: Vec<String> = sent
+            .keys()
+            .filter(|n| !current.contains_key(*n))
+            .cloned()
+            .collect();
+        if resources.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        for r in &resources {
+            sent.insert(r.name.clone(), r.version.clone());
+        }
+        for n in &removed {
+            sent.remove(n);
+        }
+        self.nonce += 1;
+        let response = DeltaDiscoveryResponse {
+            type_url: type_url.to_string(),
+            resources,
+            removed_resources: removed,
+            nonce: self.nonce.to_string(),
+            system_version_info: self.record.generation.to_string(),
+            ..Default::default()
+        };
+        self.out
+            .send(Ok(response))
+            .await
+            .map_err(|_| StreamError::Closed)?;
+        self.record
+            .counts
+            .entry(short_name(type_url))
+            .or_default()
+            .sent += 1;
+        Ok(())
+    }
+
+    /// Rebuilds the proxy's configuration from the store; on failure the last one stays.
+    async fn recompute(&mut self) {
+        match self.build().await {
+            Ok(config) => {
+                if config != self.config {
+                    self.record.generation += 1;
+                    self.config = config;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(mesh = %self.mesh, name = %self.name, error = %e, "configuration not recomputed; the last one stays")
+            }
+        }
+    }
+
+    async fn build(
+        &mut self,
+    ) -> Result<HashMap<String, BTreeMap<String, (String, Vec<u8>)>>, String> {
+        let (mesh_spec, snapshot) = crate::snapshot::load(&self.store, &self.mesh)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resources = xds::sidecar::generate(&snapshot, &self.name).map_err(|e| e.to_string())?;
+        let mut config: HashMap<String, BTreeMap<String, (String, Vec<u8>)>> = HashMap::new();
+        let mut add = |type_url: &str, name_field: &str, values: &[Value]| -> Result<(), String> {
+            for v in values {
+                let name = v[name_field].as_str().unwrap_or_default().to_string();
+                let bytes = wire::encode(type_url, v).map_err(|e| e.to_string())?;
+                config
+                    .entry(type_url.to_string())
+                    .or_default()
+                    .insert(name, (content_version(&bytes), bytes));
+            }
+            Ok(())
+        };
+        add(wire::LISTENER, "name", &resources.listeners)?;
+        add(wire::CLUSTER, "name", &resources.clusters)?;
+        add(wire::ENDPOINTS, "cluster_name", &resources.endpoints)?;
+        if snapshot.mtls {
+            let secrets = self.certificate(&mesh_spec, &snapshot).await?;
+            add(wire::SECRET, "name", &secrets)?;
+        } else {
+            self.cert = None;
+            self.record.cert = None;
+        }
+        Ok(config)
+    }
+
+    /// The proxy's SDS secrets, issuing a certificate when there is none, the CA changed or the
+    /// proxy's identity changed.
+    async fn certificate(
+        &mut self,
+        mesh_spec: &model::specs::mesh::MeshSpec,
+        snapshot: &xds::MeshSnapshot,
+    ) -> Result<Vec<Value>, String> {
+        let ca = security::ca::mesh_ca(&self.store, &self.mesh, mesh_spec)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("mTLS has no enabled backend")?;
+        let proxy = snapshot
+            .dataplanes
+            .iter()
+            .find(|d| d.name == self.name)
+            .ok_or("the proxy's Dataplane is gone")?;
+        let uris = xds::sidecar::identity_uris(&self.mesh, proxy);
+        let current = self.cert.as_ref().is_some_and(|c| {
+            c.ca_pem == ca.ca.cert_pem && c.uris == uris && c.backend == ca.backend
+        });
+        if !current {
+            let pair = ca
+                .ca
+                .issue_workload(&uris, ca.cert_lifetime)
+                .map_err(|e| e.to_string())?;
+            let now = Timestamp::now();
+            // Replaced at 80% of its life, well before Envoy would present an expired one.
+            let rotate_after = ca.cert_lifetime.mul_f64(0.8);
+            let regenerations = self.record.cert.as_ref().map_or(0, |c| c.regenerations + 1);
+            self.record.cert = Some(CertState {
+                expiration: Timestamp::from_unix_millis(
+                    now.unix_millis() + ca.cert_lifetime.as_millis() as i64,
+                ),
+                last_regeneration: now,
+                regenerations,
+                backend: ca.backend.clone(),
+            });
+            self.cert = Some(IssuedCert {
+                ca_pem: ca.ca.cert_pem.clone(),
+                uris,
+                backend: ca.backend.clone(),
+                cert_pem: pair.cert_pem,
+                key_pem: pair.key_pem,
+                rotate_at: tokio::time::Instant::now() + rotate_after,
+            });
+        }
+        let cert = self.cert.as_ref().ok_or("no certificate")?;
+        Ok(xds::secrets(
+            &self.mesh,
+            &cert.cert_pem,
+            &cert.key_pem,
+            &cert.ca_pem,
+        ))
+    }
+}

@@ -1,0 +1,90 @@
+//! Who may fetch configuration for a proxy: with dataplane tokens on (the default), the token
+//! must name the proxy's mesh and, when it names them, its name, tags and proxy type.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("cannot check the token: {0}")]
+    Unavailable(String),
+}
+
+/// What a proxy says it is.
+#[derive(Debug, Clone)]
+pub struct ProxyIdentity<'a> {
+    pub mesh: &'a str,
+    pub name: &'a str,
+    pub proxy_type: &'a str,
+    /// Every value each tag has across the proxy's inbounds.
+    pub tags: BTreeMap<String, Vec<String>>,
+}
+
+#[async_trait]
+pub trait ProxyAuth: Send + Sync {
+    async fn check(&self, token: Option<&str>, proxy: &ProxyIdentity<'_>) -> Result<(), AuthError>;
+}
+
+/// `KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE=none`: anyone reaching the port gets any proxy's
+/// configuration (and certificate). For demos only.
+pub struct NoAuth;
+
+#[async_trait]
+impl ProxyAuth for NoAuth {
+    async fn check(&self, _: Option<&str>, _: &ProxyIdentity<'_>) -> Result<(), AuthError> {
+        Ok(())
+    }
+}
+
+pub const TOKEN_REQUIRED: &str = "Dataplane Token is required. Generate token using 'kumactl generate dataplane-token > /path/file' and provide it via --dataplane-token-file=/path/file argument to Kuma DP";
+
+/// Tag values across a Dataplane's inbounds (and gateway), as tokens constrain them.
+pub fn tag_values(spec: &model::specs::dataplane::DataplaneSpec) -> BTreeMap<String, Vec<String>> {
+    let mut tags: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let gateway = spec.networking.gateway.iter().map(|g| &g.tags);
+    for t in spec
+        .networking
+        .inbound
+        .iter()
+        .map(|i| &i.tags)
+        .chain(gateway)
+    {
+        for (k, v) in t {
+            let values = tags.entry(k.clone()).or_default();
+            if !values.contains(v) {
+                values.push(v.clone());
+            }
+        }
+    }
+    tags
+}
+
+/// Dataplane tokens (Kuma's default): RS256 JWTs signed by the mesh's signing key.
+pub struct TokenAuth {
+    pub store: store::SharedStore,
+}
+
+#[async_trait]
+impl ProxyAuth for TokenAuth {
+    async fn check(&self, token: Option<&str>, proxy: &ProxyIdentity<'_>) -> Result<(), AuthError> {
+        let token = token.ok_or_else(|| AuthError::Unauthenticated(TOKEN_REQUIRED.to_string()))?;
+        let keys = security::dataplane::dataplane_signing_keys(self.store.clone(), proxy.mesh);
+        match security::dataplane::verify_dataplane_token(
+            &keys,
+            token,
+            proxy.name,
+            proxy.mesh,
+            &proxy.tags,
+            proxy.proxy_type,
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_unavailable() => Err(AuthError::Unavailable(e.to_string())),
+            Err(e) => Err(AuthError::Unauthenticated(e.to_string())),
+        }
+    }
+}

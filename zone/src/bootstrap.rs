@@ -1,0 +1,343 @@
+//! `POST /bootstrap` and `POST /deregister` on the data plane server. kuma-dp sends its
+//! Dataplane (or only its name and mesh) and token; the control plane checks both, registers
+//! the Dataplane and answers with the Envoy bootstrap, in Kuma's response shape
+//! (`{"bootstrap": <base64 bytes>, "kumaSidecarConfiguration": {...}}`). On a clean shutdown
+//! kuma-dp deregisters, so the Dataplane does not linger as Offline.
+
+// Failures are finished HTTP responses, built once per request off any hot path; boxing them
+// would only add noise.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use model::specs::dataplane::DataplaneSpec;
+use model::{Resource, ResourceKey, ResourceType};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use store::{SharedStore, StoreError};
+
+use crate::auth::{AuthError, ProxyAuth, ProxyIdentity, TOKEN_REQUIRED, tag_values};
+
+pub struct BootstrapState {
+    pub store: SharedStore,
+    pub auth: Arc<dyn ProxyAuth>,
+    /// Whether a token is required at all (checked here so kuma-dp fails fast, not Envoy).
+    pub tokens_required: bool,
+    pub dp_server_port: u16,
+    /// PEM of what signed the data plane server's certificate, embedded so Envoy verifies it.
+    pub ca_pem: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapRequest {
+    #[serde(default)]
+    pub mesh: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub proxy_type: String,
+    #[serde(default)]
+    pub dataplane_token: String,
+    /// The Dataplane as YAML or JSON, in Kuma's resource shape.
+    #[serde(default)]
+    pub dataplane_resource: String,
+    #[serde(default)]
+    pub version: Value,
+}
+
+/// Kuma's error body, with the field at fault.
+fn error(status: StatusCode, title: &str, field: &str, reason: impl Into<String>) -> Response {
+    let reason = reason.into();
+    let mut body =
+        json!({"type": "/std-errors", "status": status.as_u16(), "title": title, "detail": reason});
+    if !field.is_empty() {
+        body["invalid_parameters"] = json!([{"field": field, "reason": reason}]);
+    }
+    (status, Json(body)).into_response()
+}
+
+fn parse_dataplane(req: &BootstrapRequest) -> Result<Option<Resource>, Response> {
+    if req.dataplane_resource.trim().is_empty() {
+        return Ok(None);
+    }
+    let bad = |reason: String| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "Invalid dataplane",
+            "dataplaneResource",
+            reason,
+        )
+    };
+    let value: Value = serde_saphyr::from_str(&req.dataplane_resource)
+        .map_err(|e| bad(format!("is not valid YAML or JSON: {e}")))?;
+    let resource = Resource::from_value(value).map_err(|e| bad(e.to_string()))?;
+    if resource.kind != ResourceType::Dataplane {
+        return Err(bad(format!("must be a Dataplane, not {}", resource.kind)));
+    }
+    resource.validate().map_err(|e| {
+        let mut body = json!({"type": "/std-errors", "status": 422, "title": "Invalid dataplane", "detail": e.to_string()});
+        body["invalid_parameters"] = json!(e.violations.iter().map(|v| json!({"field": v.field, "reason": v.reason})).collect::<Vec<_>>());
+        (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+    })?;
+    Ok(Some(resource))
+}
+
+async fn check_token(
+    state: &BootstrapState,
+    req: &BootstrapRequest,
+    spec: &DataplaneSpec,
+) -> Result<(), Response> {
+    let token = Some(req.dataplane_token.trim()).filter(|t| !t.is_empty());
+    if state.tokens_required && token.is_none() {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "Dataplane token required",
+            "dataplaneToken",
+            TOKEN_REQUIRED,
+        ));
+    }
+    let proxy_type = if req.proxy_type.is_empty() {
+        "dataplane"
+    } else {
+        &req.proxy_type
+    };
+    let identity = ProxyIdentity {
+        mesh: &req.mesh,
+        name: &req.name,
+        proxy_type,
+        tags: tag_values(spec),
+    };
+    match state.auth.check(token, &identity).await {
+        Ok(()) => Ok(()),
+        Err(AuthError::Unauthenticated(reason)) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "Dataplane token refused",
+            "dataplaneToken",
+            reason,
+        )),
+        Err(e @ AuthError::Unavailable(_)) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Could not check the token",
+            "",
+            e.to_string(),
+        )),
+    }
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::MeshNotFound(m) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid dataplane",
+            "mesh",
+            format!("mesh {m:?} does not exist"),
+        ),
+        StoreError::TooLarge { .. } => error(
+            StatusCode::BAD_REQUEST,
+            "Invalid dataplane",
+            "dataplaneResource",
+            e.to_string(),
+        ),
+        e => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Store unavailable",
+            "",
+            e.to_string(),
+        ),
+    }
+}
+
+fn check_names(req: &BootstrapRequest) -> Result<(), Response> {
+    for (field, value) in [("mesh", &req.mesh), ("name", &req.name)] {
+        if let Some(reason) = model::name::name_violation(value) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                field,
+                reason,
+            ));
+        }
+    }
+    if !matches!(req.proxy_type.as_str(), "" | "dataplane") {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            "proxyType",
+            format!(
+                "{:?} is not supported yet: only dataplane (sidecar) proxies",
+                req.proxy_type
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn bootstrap(
+    State(state): State<Arc<BootstrapState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: BootstrapRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                "body",
+                e.to_string(),
+            );
+        }
+    };
+    if let Err(r) = check_names(&req) {
+        return r;
+    }
+    let given = match parse_dataplane(&req) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    if let Some(d) = &given
+        && (d.meta.name != req.name || d.meta.mesh != req.mesh)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Invalid dataplane",
+            "dataplaneResource",
+            format!(
+                "names {:?} in mesh {:?}, but the request is for {:?} in mesh {:?}",
+                d.meta.name, d.meta.mesh, req.name, req.mesh
+            ),
+        );
+    }
+    let key = ResourceKey::new(ResourceType::Dataplane, &req.mesh, &req.name);
+    let stored = match state.store.get(&key).await {
+        Ok(r) => Some(r),
+        Err(StoreError::NotFound(_)) => None,
+        Err(e) => return store_error(e),
+    };
+    let Some(dataplane) = given.clone().or(stored) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "Dataplane not found",
+            "name",
+            format!(
+                "dataplane {:?} in mesh {:?} does not exist; create it first or pass it to kuma-dp with --dataplane-file",
+                req.name, req.mesh
+            ),
+        );
+    };
+    let spec: DataplaneSpec = match serde_json::from_value(dataplane.spec.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid dataplane",
+                "dataplaneResource",
+                e.to_string(),
+            );
+        }
+    };
+    if let Err(r) = check_token(&state, &req, &spec).await {
+        return r;
+    }
+    if let Some(d) = given {
+        let (spec, labels) = (d.spec.clone(), d.meta.labels.clone());
+        if let Err(e) = store::upsert(state.store.as_ref(), d, |r| {
+            r.spec = spec.clone();
+            r.meta.labels = labels.clone();
+        })
+        .await
+        {
+            return store_error(e);
+        }
+    }
+    // The address the proxy reached us on is the one Envoy will dial: HTTP/2 carries it as
+    // the request's authority, HTTP/1.1 as the Host header.
+    let authority = uri.authority().map(|a| a.host().to_string()).or_else(|| {
+        let host = headers.get(axum::http::header::HOST)?.to_str().ok()?;
+        let authority: axum::http::uri::Authority = host.parse().ok()?;
+        Some(authority.host().to_string())
+    });
+    let host = authority
+        .map(|h| h.trim_matches(['[', ']']).to_string())
+        .unwrap_or_else(|| "localhost".into());
+    let admin_port = spec.networking.admin.as_ref().map_or(9901, |a| a.port);
+    let service = spec
+        .networking
+        .inbound
+        .first()
+        .map(|i| i.service().to_string())
+        .unwrap_or_else(|| "dataplane".into());
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("version".into(), req.version.clone());
+    let bootstrap = xds::bootstrap::generate(&xds::bootstrap::BootstrapParams {
+        mesh: req.mesh.clone(),
+        name: req.name.clone(),
+        proxy_type: "dataplane".into(),
+        service,
+        admin_port,
+        cp_host: host,
+        cp_port: u32::from(state.dp_server_port),
+        cp_ca_pem: Some(state.ca_pem.clone()),
+        token: Some(req.dataplane_token.trim().to_string()).filter(|t| !t.is_empty()),
+        metadata,
+    });
+    let bytes = serde_json::to_vec_pretty(&bootstrap).unwrap_or_default();
+    tracing::info!(mesh = %req.mesh, name = %req.name, "bootstrap served");
+    Json(json!({
+        "bootstrap": base64::engine::general_purpose::STANDARD.encode(bytes),
+        "kumaSidecarConfiguration": {"networking": {"isUsingTransparentProxy": false}, "metrics": {"aggregate": []}}
+    }))
+    .into_response()
+}
+
+pub async fn deregister(
+    State(state): State<Arc<BootstrapState>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: BootstrapRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                "body",
+                e.to_string(),
+            );
+        }
+    };
+    if let Err(r) = check_names(&req) {
+        return r;
+    }
+    let key = ResourceKey::new(ResourceType::Dataplane, &req.mesh, &req.name);
+    let stored = match state.store.get(&key).await {
+        Ok(r) => r,
+        Err(StoreError::NotFound(_)) => return StatusCode::NO_CONTENT.into_response(),
+        Err(e) => return store_error(e),
+    };
+    let spec: DataplaneSpec = serde_json::from_value(stored.spec).unwrap_or_default();
+    if let Err(r) = check_token(&state, &req, &spec).await {
+        return r;
+    }
+    match state.store.delete(&key).await {
+        Ok(()) | Err(StoreError::NotFound(_)) => {
+            tracing::info!(mesh = %req.mesh, name = %req.name, "dataplane deregistered");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+pub fn router(state: Arc<BootstrapState>) -> axum::Router {
+    axum::Router::new()
+        .route("/bootstrap", axum::routing::post(bootstrap))
+        .route("/deregister", axum::routing::post(deregister))
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .with_state(state)
+}
