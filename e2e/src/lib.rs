@@ -170,6 +170,14 @@ impl Drop for ControlPlane {
     }
 }
 
+/// Status and body of a GET (chunked framing is left in; fine for line-based checks).
+pub fn http_response(port: u16, path: &str) -> Option<(u16, String)> {
+    let raw = http_get(port, path)?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
 /// Minimal HTTP GET over a raw socket so readiness polling needs no client library.
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};

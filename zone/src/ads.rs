@@ -364,11 +364,15 @@ impl ProxyStream {
         {
             sub.wildcard = true;
         }
+        let sent = self.sent.entry(type_url.clone()).or_default();
         for name in &req.resource_names_subscribe {
             if name == "*" {
                 sub.wildcard = true;
             } else {
                 sub.names.insert(name.clone());
+                // A (re)subscription wants the resource now, even one it was sent before: a
+                // cluster Envoy replaced waits, warming, for its endpoints to arrive again.
+                sent.remove(name);
             }
         }
         for name in &req.resource_names_unsubscribe {
@@ -437,6 +441,11 @@ impl ProxyStream {
         for r in &resources {
             sent.insert(r.name.clone(), r.version.clone());
         }
+        let replaced_clusters: Vec<String> = if type_url == wire::CLUSTER {
+            resources.iter().map(|r| r.name.clone()).collect()
+        } else {
+            vec![]
+        };
         for n in &removed {
             sent.remove(n);
         }
@@ -458,6 +467,16 @@ impl ProxyStream {
             .entry(short_name(type_url))
             .or_default()
             .sent += 1;
+        if !replaced_clusters.is_empty() {
+            // An updated cluster warms until its endpoints arrive, and Envoy does not ask for
+            // a name it already subscribes to: send them again right after.
+            if let Some(eds) = self.sent.get_mut(wire::ENDPOINTS) {
+                for name in &replaced_clusters {
+                    eds.remove(name);
+                }
+            }
+            Box::pin(self.push(wire::ENDPOINTS)).await?;
+        }
         Ok(())
     }
 
