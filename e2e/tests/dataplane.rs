@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Sidecars with real Envoy: two echo apps behind kuma-dp on one standalone control plane. The
 //! client reaches the server through its outbound; with mTLS the server sees the client's
 //! SPIFFE identity; MeshTrafficPermission changes take effect within 2 s; a new server
@@ -258,7 +259,7 @@ fn sidecars_with_real_envoy() {
         Duration::from_secs(30),
         "web reaches backend",
         || call(outbound).is_some(),
-        &logs,
+        logs,
     );
     assert_eq!(call(outbound).unwrap()["instance"], "backend-1");
 
@@ -277,7 +278,7 @@ fn sidecars_with_real_envoy() {
                     .is_some_and(|x| x.contains("URI=spiffe://default/web"))
             })
         },
-        &logs,
+        logs,
     );
 
     // A deny for web blocks it, and lifting it restores traffic, each within 2 s.
@@ -291,7 +292,7 @@ fn sidecars_with_real_envoy() {
         Duration::from_secs(2),
         "deny blocks traffic",
         || call(outbound).is_none(),
-        &logs,
+        logs,
     );
     eprintln!("deny took effect in {took:?}");
     env.delete("/meshes/default/meshtrafficpermissions/deny-web");
@@ -299,7 +300,7 @@ fn sidecars_with_real_envoy() {
         Duration::from_secs(2),
         "traffic restored",
         || call(outbound).is_some(),
-        &logs,
+        logs,
     );
 
     // Removing the default allow-all leaves nobody allowed; putting it back restores traffic.
@@ -311,7 +312,7 @@ fn sidecars_with_real_envoy() {
         Duration::from_secs(2),
         "no permission blocks traffic",
         || call(outbound).is_none(),
-        &logs,
+        logs,
     );
     env.put(
         "/meshes/default/meshtrafficpermissions/allow-all-default",
@@ -321,7 +322,7 @@ fn sidecars_with_real_envoy() {
         Duration::from_secs(2),
         "allow-all restored",
         || call(outbound).is_some(),
-        &logs,
+        logs,
     );
 
     // A second backend instance gets traffic within 2 s of its kuma-dp starting.
@@ -367,14 +368,14 @@ fn sidecars_with_real_envoy() {
         Duration::from_secs(30),
         "killed proxy Offline",
         || online("backend-2") == Some(false),
-        &logs,
+        logs,
     );
     // The crashed proxy's Dataplane stays registered (Offline); backend-1 still answers.
     within(
         Duration::from_secs(5),
         "traffic to backend-1",
         || call(outbound).is_some_and(|b| b["instance"] == "backend-1"),
-        &logs,
+        logs,
     );
 
     // A token for another dataplane is refused, with the reason.
