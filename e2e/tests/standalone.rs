@@ -356,8 +356,8 @@ fn metrics_and_readiness() {
         );
     }
     assert!(
-        // user-token and zone-token signing keys, admin token, inter-CP CA
-        metrics.contains("resources_count{resource_type=\"GlobalSecret\"} 4"),
+        // user-token and zone-token signing keys, admin token, inter-CP and dp-server CAs
+        metrics.contains("resources_count{resource_type=\"GlobalSecret\"} 5"),
         "{metrics}"
     );
 }

@@ -128,7 +128,8 @@ fn dataplane(args: &RunArgs) -> Result<Option<Value>> {
         (None, None) => return Ok(None),
     };
     let vars = model::template::parse_vars(&args.vars)?;
-    let text = model::template::substitute(&text, &vars).context("filling the Dataplane template")?;
+    let text =
+        model::template::substitute(&text, &vars).context("filling the Dataplane template")?;
     let mut value: Value =
         serde_saphyr::from_str(&text).context("the Dataplane is not valid YAML or JSON")?;
     if value.get("type").and_then(Value::as_str) != Some("Dataplane") {
