@@ -57,10 +57,6 @@ impl CertificateAuthority {
         ips: &[std::net::IpAddr],
         lifetime: Duration,
     ) -> Result<CertPair, TlsError> {
-        let ca_key = KeyPair::from_pem(&self.key_pem).map_err(TlsError::Generate)?;
-        let issuer =
-            Issuer::from_ca_cert_pem(&self.cert_pem, ca_key).map_err(TlsError::Generate)?;
-        let key = KeyPair::generate().map_err(TlsError::Generate)?;
         let mut params = CertificateParams::new(dns_names.to_vec()).map_err(TlsError::Generate)?;
         params
             .subject_alt_names
@@ -68,6 +64,19 @@ impl CertificateAuthority {
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
+        self.sign_leaf(params, lifetime)
+    }
+
+    /// Signs a leaf usable as both TLS server and client.
+    fn sign_leaf(
+        &self,
+        mut params: CertificateParams,
+        lifetime: Duration,
+    ) -> Result<CertPair, TlsError> {
+        let ca_key = KeyPair::from_pem(&self.key_pem).map_err(TlsError::Generate)?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&self.cert_pem, ca_key).map_err(TlsError::Generate)?;
+        let key = KeyPair::generate().map_err(TlsError::Generate)?;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -95,10 +104,6 @@ impl CertificateAuthority {
         uris: &[String],
         lifetime: Duration,
     ) -> Result<CertPair, TlsError> {
-        let ca_key = KeyPair::from_pem(&self.key_pem).map_err(TlsError::Generate)?;
-        let issuer =
-            Issuer::from_ca_cert_pem(&self.cert_pem, ca_key).map_err(TlsError::Generate)?;
-        let key = KeyPair::generate().map_err(TlsError::Generate)?;
         let mut params =
             CertificateParams::new(Vec::<String>::new()).map_err(TlsError::Generate)?;
         for uri in uris {
@@ -106,22 +111,7 @@ impl CertificateAuthority {
                 rcgen::string::Ia5String::try_from(uri.as_str()).map_err(TlsError::Generate)?;
             params.subject_alt_names.push(SanType::URI(ia5));
         }
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        validity(&mut params, lifetime);
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(TlsError::Generate)?;
-        Ok(CertPair {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        self.sign_leaf(params, lifetime)
     }
 }
 

@@ -153,6 +153,20 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
+/// The request body, with its mesh, name and proxy type checked.
+fn parse_request(body: &[u8]) -> Result<BootstrapRequest, Response> {
+    let req: BootstrapRequest = serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            "body",
+            e.to_string(),
+        )
+    })?;
+    check_names(&req)?;
+    Ok(req)
+}
+
 fn check_names(req: &BootstrapRequest) -> Result<(), Response> {
     for (field, value) in [("mesh", &req.mesh), ("name", &req.name)] {
         if let Some(reason) = model::name::name_violation(value) {
@@ -184,20 +198,10 @@ pub async fn bootstrap(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let req: BootstrapRequest = match serde_json::from_slice(&body) {
+    let req = match parse_request(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Invalid request",
-                "body",
-                e.to_string(),
-            );
-        }
+        Err(r) => return r,
     };
-    if let Err(r) = check_names(&req) {
-        return r;
-    }
     let given = match parse_dataplane(&req) {
         Ok(d) => d,
         Err(r) => return r,
@@ -301,20 +305,10 @@ pub async fn deregister(
     State(state): State<Arc<BootstrapState>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let req: BootstrapRequest = match serde_json::from_slice(&body) {
+    let req = match parse_request(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Invalid request",
-                "body",
-                e.to_string(),
-            );
-        }
+        Err(r) => return r,
     };
-    if let Err(r) = check_names(&req) {
-        return r;
-    }
     let key = ResourceKey::new(ResourceType::Dataplane, &req.mesh, &req.name);
     let stored = match state.store.get(&key).await {
         Ok(r) => r,
