@@ -74,6 +74,12 @@ struct RunArgs {
     /// Where the bootstrap is written (a fresh temporary folder when omitted).
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// Wait between bootstrap attempts while the control plane is unreachable or unavailable.
+    #[arg(long, env = "KUMA_CONTROL_PLANE_RETRY_BACKOFF", default_value = "3s", value_parser = parse_duration)]
+    cp_retry_backoff: Duration,
+    /// How long to keep trying to bootstrap before giving up.
+    #[arg(long, env = "KUMA_CONTROL_PLANE_RETRY_MAX_DURATION", default_value = "5m", value_parser = parse_duration)]
+    cp_retry_max_duration: Duration,
     /// How long Envoy drains connections on shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_time: Duration,
@@ -94,6 +100,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -207,15 +214,58 @@ fn http_client(args: &RunArgs) -> Result<reqwest::Client> {
     builder.build().context("building the HTTP client")
 }
 
+/// Why a call failed, and whether trying again may help.
+struct CallError {
+    retryable: bool,
+    error: anyhow::Error,
+}
+
 /// Calls the data plane server; error bodies (Kuma's shape) are turned into readable messages.
 async fn call(client: &reqwest::Client, url: &str, body: &Value) -> Result<Option<Value>> {
+    call_once(client, url, body).await.map_err(|e| e.error)
+}
+
+/// Like [`call`], retrying while the control plane is unreachable or unavailable (it may be
+/// starting), with `backoff` between attempts, for up to `max`. A refusal fails at once.
+async fn call_with_retries(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    backoff: Duration,
+    max: Duration,
+) -> Result<Option<Value>> {
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        match call_once(client, url, body).await {
+            Ok(v) => return Ok(v),
+            Err(CallError {
+                retryable: true,
+                error,
+            }) if tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(error = %format!("{error:#}"), retry_in = ?backoff, "control plane not ready; retrying");
+                tokio::time::sleep(backoff).await;
+            }
+            Err(e) => return Err(e.error),
+        }
+    }
+}
+
+async fn call_once(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> Result<Option<Value>, CallError> {
     let response = client
         .post(url)
         .header("accept", "application/json")
         .json(body)
         .send()
         .await
-        .with_context(|| format!("cannot reach the control plane at {url}"))?;
+        .with_context(|| format!("cannot reach the control plane at {url}"))
+        .map_err(|error| CallError {
+            retryable: true,
+            error,
+        })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     if status.is_success() {
@@ -237,7 +287,10 @@ async fn call(client: &reqwest::Client, url: &str, body: &Value) -> Result<Optio
             msg
         })
         .unwrap_or(text);
-    bail!("the control plane answered {status}: {detail}")
+    Err(CallError {
+        retryable: status.is_server_error(),
+        error: anyhow::anyhow!("the control plane answered {status}: {detail}"),
+    })
 }
 
 async fn run(args: RunArgs) -> Result<()> {
@@ -293,9 +346,15 @@ async fn run(args: RunArgs) -> Result<()> {
         "version": {"kumaDp": {"version": VERSION, "gitTag": "", "gitCommit": "", "buildDate": ""},
                     "envoy": envoy_version(&envoy).await},
     });
-    let answer = call(&client, &format!("{base}/bootstrap"), &request)
-        .await?
-        .context("the bootstrap answer is not JSON")?;
+    let answer = call_with_retries(
+        &client,
+        &format!("{base}/bootstrap"),
+        &request,
+        args.cp_retry_backoff,
+        args.cp_retry_max_duration,
+    )
+    .await?
+    .context("the bootstrap answer is not JSON")?;
     let bootstrap = answer["bootstrap"]
         .as_str()
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
