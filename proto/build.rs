@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "kuma/system/v1alpha1/inter_cp.proto",
         "kuma/mesh/v1alpha1/kds.proto",
+        "kuma/mesh/v1alpha1/dp_admin.proto",
     ];
     println!("cargo:rerun-if-changed=protos");
     let fds = protox::compile(protos, ["protos"])?;

@@ -19,6 +19,7 @@ pub mod diagnostics;
 pub mod error;
 pub mod federation;
 mod gui;
+pub mod inspect;
 mod metrics;
 mod overview;
 mod resources;
@@ -61,6 +62,8 @@ pub struct ApiState {
     pub auth: AuthConfig,
     pub metrics: ApiMetrics,
     pub federation: federation::Federation,
+    /// Reaches proxies' Envoy admin; `None` where no proxies connect (global).
+    pub proxy_admin: Option<inspect::SharedProxyAdmin>,
 }
 
 pub type SharedState = Arc<ApiState>;
@@ -95,6 +98,18 @@ pub fn router(state: SharedState) -> Router {
             get(resources::get_in_mesh)
                 .put(resources::put_in_mesh)
                 .delete(resources::delete_in_mesh),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/xds",
+            get(inspect::config_dump),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/stats",
+            get(inspect::stats),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/clusters",
+            get(inspect::clusters),
         )
         .route(
             "/meshes/{mesh}/{plural}/{name}/_overview",

@@ -53,6 +53,7 @@ async fn start_in_mode(store: SharedStore, auth: AuthConfig, mode: &str) -> Serv
         auth,
         metrics: api::ApiMetrics::detached(),
         federation: api::federation::Federation::None,
+        proxy_admin: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -263,6 +263,55 @@ fn sidecars_with_real_envoy() {
     );
     assert_eq!(call(outbound).unwrap()["instance"], "backend-1");
 
+    // Envoy's admin (loopback only) through kuma-dp's admin stream: API and kumactl.
+    let listener = format!("outbound:127.0.0.1:{outbound}");
+    within(
+        Duration::from_secs(10),
+        "config dump through the control plane",
+        || {
+            client()
+                .get(env.url("/meshes/default/dataplanes/web-1/xds"))
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+                .and_then(|r| r.text().ok())
+                .is_some_and(|t| t.contains(&listener))
+        },
+        logs,
+    );
+    let stats = client()
+        .get(env.url("/meshes/default/dataplanes/web-1/stats"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(stats.contains("cluster.backend."), "{stats}");
+    let cfg = env.dir.join("kumactl.config");
+    let add = e2e::kumactl(
+        &cfg,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "t",
+            "--address",
+            &env.cp.api(),
+        ],
+    );
+    assert!(add.status.success(), "{}", e2e::stderr(&add));
+    let clusters = e2e::kumactl(
+        &cfg,
+        &["inspect", "dataplane", "web-1", "--type", "clusters"],
+    );
+    assert!(
+        e2e::stdout(&clusters).contains("backend::127.0.0.1:"),
+        "{}",
+        e2e::stderr(&clusters)
+    );
+    let missing = e2e::kumactl(&cfg, &["inspect", "dataplane", "nope"]);
+    assert!(!missing.status.success());
+
     // mTLS: the backend sees the client's SPIFFE identity.
     env.put(
         "/meshes/default",

@@ -2,6 +2,7 @@
 //! bootstrap endpoint kuma-dp calls, Envoy's delta ADS with per-proxy configuration recomputed
 //! on store events, SDS certificates from the mesh CA, and DataplaneInsights.
 
+pub mod admin;
 pub mod ads;
 pub mod auth;
 pub mod bootstrap;
@@ -38,6 +39,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     store: store::SharedStore,
     config: DpServerConfig,
+    tunnels: Arc<admin::AdminTunnels>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DpServerError> {
     let auth: Arc<dyn auth::ProxyAuth> = if config.tokens_required {
@@ -55,6 +57,11 @@ pub async fn serve(
         auth: auth.clone(),
         cp_instance_id: config.cp_instance_id.clone(),
     };
+    let admin = admin::AdminService {
+        store: store.clone(),
+        auth: auth.clone(),
+        tunnels,
+    };
     let bootstrap = bootstrap::router(Arc::new(bootstrap::BootstrapState {
         store,
         auth,
@@ -69,11 +76,18 @@ pub async fn serve(
             }))
             .timeout(Duration::from_secs(30)),
     );
-    let routes = tonic::service::Routes::from(bootstrap).add_service(
-        AggregatedDiscoveryServiceServer::new(ads)
-            .max_decoding_message_size(4 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024),
-    );
+    let routes = tonic::service::Routes::from(bootstrap)
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(ads)
+                .max_decoding_message_size(4 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
+        .add_service(
+            proto::kuma::mesh::v1alpha1::dataplane_admin_service_server::DataplaneAdminServiceServer::new(admin)
+                // Config dumps of large meshes are big; requests are small.
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024),
+        );
     let tls = tonic::transport::ServerTlsConfig::new().identity(
         tonic::transport::Identity::from_pem(&config.cert_pem, &config.key_pem),
     );

@@ -219,11 +219,15 @@ pub async fn run(config: Config) -> Result<()> {
             .await
         });
     }
+    let tunnels = Arc::new(zone::admin::AdminTunnels::default());
+    let proxy_admin: Option<api::inspect::SharedProxyAdmin> = dp_listener
+        .is_some()
+        .then(|| Arc::new(ProxyAdmin(tunnels.clone())) as api::inspect::SharedProxyAdmin);
     if let Some(listener) = dp_listener {
         let dp_config = dp_server_config(&config, &store, &me, &hostname, &instance_id).await?;
         let (store, shutdown) = (store.clone(), shutdown_rx.clone());
         tasks.spawn(async move {
-            if let Err(e) = zone::serve(listener, store, dp_config, shutdown).await {
+            if let Err(e) = zone::serve(listener, store, dp_config, tunnels, shutdown).await {
                 tracing::error!(error = %format!("{e:#}"), "data plane server stopped");
             }
         });
@@ -258,6 +262,7 @@ pub async fn run(config: Config) -> Result<()> {
             }
             _ => api::federation::Federation::None,
         },
+        proxy_admin,
     });
     let router = api::router(state);
     if http.enabled {
@@ -298,6 +303,31 @@ pub async fn run(config: Config) -> Result<()> {
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The API's view of the proxies' admin streams held by this replica's data plane server.
+struct ProxyAdmin(Arc<zone::admin::AdminTunnels>);
+
+#[async_trait::async_trait]
+impl api::inspect::ProxyAdmin for ProxyAdmin {
+    async fn get(
+        &self,
+        mesh: &str,
+        name: &str,
+        path: &str,
+        query: &str,
+    ) -> std::result::Result<api::inspect::AdminAnswer, String> {
+        let r = self
+            .0
+            .request(mesh, name, path, query, api::inspect::TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(api::inspect::AdminAnswer {
+            status: u16::try_from(r.status).unwrap_or(502),
+            content_type: r.content_type,
+            body: r.body,
+        })
+    }
 }
 
 /// The data plane server's certificate: from files, or issued to this replica by the cluster's

@@ -389,6 +389,21 @@ async fn run(args: RunArgs) -> Result<()> {
         .spawn()
         .with_context(|| format!("starting Envoy ({})", envoy.display()))?;
 
+    let ca_pem = match &args.ca_cert_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("--ca-cert-file: reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let tunnel = tokio::spawn(admin_tunnel(
+        base.to_string(),
+        ca_pem,
+        token.clone(),
+        mesh.clone(),
+        name.clone(),
+        admin_port,
+    ));
     let outcome = tokio::select! {
         status = child.wait() => Err(match status {
             Ok(s) => anyhow::anyhow!("Envoy exited on its own ({s}); see its log above"),
@@ -396,6 +411,7 @@ async fn run(args: RunArgs) -> Result<()> {
         }),
         () = shutdown_signal() => Ok(()),
     };
+    tunnel.abort();
     if outcome.is_ok() {
         tracing::info!("stopping: draining Envoy's listeners");
         stop_envoy(admin_port, args.drain_time, &mut child).await;
@@ -414,6 +430,106 @@ async fn run(args: RunArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     outcome
+}
+
+/// Envoy admin paths the control plane may ask for (read-only ones).
+const ADMIN_PATHS: [&str; 3] = ["config_dump", "stats", "clusters"];
+
+/// Keeps the control plane's way to this proxy's Envoy admin open (the admin listens on
+/// loopback only): reconnects with backoff for as long as kuma-dp runs.
+async fn admin_tunnel(
+    cp: String,
+    ca_pem: Option<Vec<u8>>,
+    token: String,
+    mesh: String,
+    name: String,
+    admin_port: u64,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = tokio::time::Instant::now();
+        if let Err(e) =
+            admin_tunnel_once(&cp, ca_pem.as_deref(), &token, &mesh, &name, admin_port).await
+        {
+            tracing::debug!(error = %format!("{e:#}"), "admin stream to the control plane ended");
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn admin_tunnel_once(
+    cp: &str,
+    ca_pem: Option<&[u8]>,
+    token: &str,
+    mesh: &str,
+    name: &str,
+    admin_port: u64,
+) -> Result<()> {
+    use proto::kuma::mesh::v1alpha1::DataplaneAdminResponse;
+    use proto::kuma::mesh::v1alpha1::dataplane_admin_service_client::DataplaneAdminServiceClient;
+    let mut tls = tonic::transport::ClientTlsConfig::new();
+    if let Some(ca) = ca_pem {
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    }
+    let channel = tonic::transport::Endpoint::from_shared(cp.to_string())?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let mut client = DataplaneAdminServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let md = request.metadata_mut();
+    md.insert("kuma-mesh", mesh.parse()?);
+    md.insert("kuma-name", name.parse()?);
+    if !token.is_empty() {
+        md.insert("authorization", token.parse()?);
+    }
+    let mut requests = client.stream(request).await?.into_inner();
+    let admin = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    while let Some(r) = requests.message().await? {
+        let mut response = DataplaneAdminResponse {
+            request_id: r.request_id.clone(),
+            ..Default::default()
+        };
+        if !ADMIN_PATHS.contains(&r.path.as_str()) {
+            response.error = format!("admin path {:?} is not allowed", r.path);
+        } else {
+            let query = if r.query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", r.query)
+            };
+            let url = format!("http://127.0.0.1:{admin_port}/{}{query}", r.path);
+            match admin.get(&url).send().await {
+                Ok(answer) => {
+                    response.status = u32::from(answer.status().as_u16());
+                    response.content_type = answer
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("text/plain")
+                        .to_string();
+                    match answer.bytes().await {
+                        Ok(b) => response.body = b.to_vec(),
+                        Err(e) => response.error = e.to_string(),
+                    }
+                }
+                Err(e) => response.error = e.to_string(),
+            }
+        }
+        if tx.send(response).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a file only this user can read: the bootstrap carries the dataplane token.

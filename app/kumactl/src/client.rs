@@ -125,6 +125,11 @@ impl Client {
         self.send(Method::DELETE, path, None).await.map(|_| ())
     }
 
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let resp = self.send(Method::GET, path, None).await?;
+        resp.text().await.context("reading the response")
+    }
+
     pub async fn post_text(&self, path: &str, body: &Value) -> Result<String> {
         let resp = self.send(Method::POST, path, Some(body)).await?;
         resp.text().await.context("reading the response")

@@ -179,6 +179,17 @@ enum InspectCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// One proxy's Envoy, live: its config dump, stats or clusters.
+    Dataplane {
+        name: String,
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[arg(long = "type", value_enum, default_value = "config-dump")]
+        kind: EnvoyView,
+        /// With config-dump: include the endpoints (EDS).
+        #[arg(long)]
+        include_eds: bool,
+    },
     /// Dataplanes with online status and connection details.
     Dataplanes {
         /// Mesh to inspect; all meshes when not set.
@@ -187,6 +198,13 @@ enum InspectCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EnvoyView {
+    ConfigDump,
+    Stats,
+    Clusters,
 }
 
 #[derive(Subcommand)]
@@ -746,6 +764,26 @@ fn resource_rows(kind: ResourceType, items: &[Value]) -> (Vec<&'static str>, Vec
 
 async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
     match command {
+        InspectCommand::Dataplane {
+            name,
+            mesh,
+            kind,
+            include_eds,
+        } => {
+            let view = match kind {
+                EnvoyView::ConfigDump if include_eds => "xds?include_eds=true",
+                EnvoyView::ConfigDump => "xds",
+                EnvoyView::Stats => "stats",
+                EnvoyView::Clusters => "clusters",
+            };
+            let text = client
+                .get_text(&format!("/meshes/{mesh}/dataplanes/{name}/{view}"))
+                .await?;
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+        }
         InspectCommand::ControlPlanes { output } => {
             let list = client.get_json("/control-planes").await?;
             if output != Output::Table {

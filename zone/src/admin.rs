@@ -1,0 +1,196 @@
+//! Envoy's admin, reached through kuma-dp. Envoy's admin listens on loopback only, so kuma-dp
+//! keeps a stream open to the control plane replica it bootstrapped from and answers admin
+//! requests sent down it. The API asks this registry; a proxy whose kuma-dp holds no stream to
+//! this replica is reported as not connected here.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use model::specs::dataplane::DataplaneSpec;
+use model::{ResourceKey, ResourceType};
+use proto::kuma::mesh::v1alpha1::dataplane_admin_service_server::DataplaneAdminService;
+use proto::kuma::mesh::v1alpha1::{DataplaneAdminRequest, DataplaneAdminResponse};
+use store::{SharedStore, StoreError};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{AuthError, ProxyAuth, ProxyIdentity, tag_values};
+
+/// Admin paths the API may ask for; nothing that changes Envoy's state.
+pub const PATHS: [&str; 3] = ["config_dump", "stats", "clusters"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "dataplane {name:?} in mesh {mesh:?} has no admin stream to this control plane instance (is kuma-dp running?)"
+    )]
+    NotConnected { mesh: String, name: String },
+    #[error("the proxy did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the proxy's admin stream closed")]
+    Closed,
+    #[error("kuma-dp could not reach Envoy's admin: {0}")]
+    Proxy(String),
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<DataplaneAdminResponse>>>>;
+
+struct Session {
+    id: u64,
+    requests: mpsc::Sender<Result<DataplaneAdminRequest, Status>>,
+    pending: Pending,
+}
+
+#[derive(Default)]
+pub struct AdminTunnels {
+    sessions: Mutex<HashMap<(String, String), Session>>,
+    next: AtomicU64,
+}
+
+impl AdminTunnels {
+    /// Sends `path?query` to the proxy's Envoy admin and waits for its answer.
+    pub async fn request(
+        &self,
+        mesh: &str,
+        name: &str,
+        path: &str,
+        query: &str,
+        timeout: Duration,
+    ) -> Result<DataplaneAdminResponse, AdminError> {
+        let request_id = self.next.fetch_add(1, Ordering::Relaxed).to_string();
+        let (tx, rx) = oneshot::channel();
+        let sender = {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let session = sessions
+                .get(&(mesh.to_string(), name.to_string()))
+                .ok_or_else(|| AdminError::NotConnected {
+                    mesh: mesh.into(),
+                    name: name.into(),
+                })?;
+            session
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(request_id.clone(), tx);
+            session.requests.clone()
+        };
+        let request = DataplaneAdminRequest {
+            request_id,
+            path: path.into(),
+            query: query.into(),
+        };
+        sender
+            .send(Ok(request))
+            .await
+            .map_err(|_| AdminError::Closed)?;
+        let response = tokio::time::timeout(timeout, rx)
+            .await
+            .map_err(|_| AdminError::Timeout(timeout))?
+            .map_err(|_| AdminError::Closed)?;
+        if !response.error.is_empty() {
+            return Err(AdminError::Proxy(response.error));
+        }
+        Ok(response)
+    }
+}
+
+pub struct AdminService {
+    pub store: SharedStore,
+    pub auth: Arc<dyn ProxyAuth>,
+    pub tunnels: Arc<AdminTunnels>,
+}
+
+fn metadata<'a, T>(req: &'a Request<T>, key: &str) -> Option<&'a str> {
+    req.metadata()
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+}
+
+#[tonic::async_trait]
+impl DataplaneAdminService for AdminService {
+    type StreamStream = ReceiverStream<Result<DataplaneAdminRequest, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<DataplaneAdminResponse>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let (Some(mesh), Some(name)) = (
+            metadata(&request, "kuma-mesh"),
+            metadata(&request, "kuma-name"),
+        ) else {
+            return Err(Status::invalid_argument(
+                "kuma-mesh and kuma-name metadata are required",
+            ));
+        };
+        let (mesh, name) = (mesh.to_string(), name.to_string());
+        let token = metadata(&request, "authorization")
+            .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_string());
+        let dataplane = match self
+            .store
+            .get(&ResourceKey::new(ResourceType::Dataplane, &mesh, &name))
+            .await
+        {
+            Ok(d) => d,
+            Err(StoreError::NotFound(_)) => {
+                return Err(Status::not_found(format!(
+                    "dataplane {name:?} in mesh {mesh:?} not found"
+                )));
+            }
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        let spec: DataplaneSpec = serde_json::from_value(dataplane.spec).unwrap_or_default();
+        let identity = ProxyIdentity {
+            mesh: &mesh,
+            name: &name,
+            proxy_type: "dataplane",
+            tags: tag_values(&spec),
+        };
+        match self.auth.check(token.as_deref(), &identity).await {
+            Ok(()) => {}
+            Err(AuthError::Unauthenticated(reason)) => return Err(Status::unauthenticated(reason)),
+            Err(e @ AuthError::Unavailable(_)) => return Err(Status::unavailable(e.to_string())),
+        }
+        let (tx, rx) = mpsc::channel(8);
+        let pending: Pending = Arc::default();
+        let id = self.tunnels.next.fetch_add(1, Ordering::Relaxed);
+        self.tunnels
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                (mesh.clone(), name.clone()),
+                Session {
+                    id,
+                    requests: tx,
+                    pending: pending.clone(),
+                },
+            );
+        let tunnels = self.tunnels.clone();
+        let mut responses = request.into_inner();
+        tokio::spawn(async move {
+            while let Some(Ok(response)) = responses.next().await {
+                let waiter = pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&response.request_id);
+                if let Some(w) = waiter {
+                    let _ = w.send(response);
+                }
+            }
+            let mut sessions = tunnels.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            // A newer stream of the same proxy may have replaced this one.
+            if sessions
+                .get(&(mesh.clone(), name.clone()))
+                .is_some_and(|s| s.id == id)
+            {
+                sessions.remove(&(mesh, name));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
