@@ -9,16 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use model::specs::dataplane::DataplaneSpec;
-use model::{ResourceKey, ResourceType};
 use proto::kuma::mesh::v1alpha1::dataplane_admin_service_server::DataplaneAdminService;
 use proto::kuma::mesh::v1alpha1::{DataplaneAdminRequest, DataplaneAdminResponse};
-use store::{SharedStore, StoreError};
+use store::SharedStore;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{AuthError, ProxyAuth, ProxyIdentity, tag_values};
+use crate::auth::ProxyAuth;
 
 /// Admin paths the API may ask for; nothing that changes Envoy's state.
 pub const PATHS: [&str; 3] = ["config_dump", "stats", "clusters"];
@@ -130,31 +128,15 @@ impl DataplaneAdminService for AdminService {
         let (mesh, name) = (mesh.to_string(), name.to_string());
         let token = metadata(&request, "authorization")
             .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_string());
-        let dataplane = match self
-            .store
-            .get(&ResourceKey::new(ResourceType::Dataplane, &mesh, &name))
-            .await
-        {
-            Ok(d) => d,
-            Err(StoreError::NotFound(_)) => {
-                return Err(Status::not_found(format!(
-                    "dataplane {name:?} in mesh {mesh:?} not found"
-                )));
-            }
-            Err(e) => return Err(Status::unavailable(e.to_string())),
-        };
-        let spec: DataplaneSpec = serde_json::from_value(dataplane.spec).unwrap_or_default();
-        let identity = ProxyIdentity {
-            mesh: &mesh,
-            name: &name,
-            proxy_type: "dataplane",
-            tags: tag_values(&spec),
-        };
-        match self.auth.check(token.as_deref(), &identity).await {
-            Ok(()) => {}
-            Err(AuthError::Unauthenticated(reason)) => return Err(Status::unauthenticated(reason)),
-            Err(e @ AuthError::Unavailable(_)) => return Err(Status::unavailable(e.to_string())),
-        }
+        crate::auth::admit_stored_proxy(
+            &self.store,
+            self.auth.as_ref(),
+            token.as_deref(),
+            &mesh,
+            &name,
+            "dataplane",
+        )
+        .await?;
         let (tx, rx) = mpsc::channel(8);
         let pending: Pending = Arc::default();
         let id = self.tunnels.next.fetch_add(1, Ordering::Relaxed);

@@ -17,16 +17,15 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     Resource as XdsResource,
 };
 use futures::{Stream, StreamExt};
-use model::specs::dataplane::DataplaneSpec;
-use model::{ResourceKey, ResourceType, Timestamp};
+use model::Timestamp;
 use serde_json::{Value, json};
-use store::{SharedStore, StoreError};
+use store::SharedStore;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use xds::wire;
 
-use crate::auth::{AuthError, ProxyAuth, ProxyIdentity, tag_values};
+use crate::auth::ProxyAuth;
 use crate::insight::{CertState, StreamRecord};
 
 /// How long a burst of store changes is gathered before configuration is recomputed.
@@ -96,43 +95,20 @@ impl AggregatedDiscoveryService for AdsServer {
             Err(_) => return Err(Status::deadline_exceeded("no request within 30 s")),
         };
         let (mesh, name, metadata) = identify(&first)?;
-        let dataplane = match self
-            .store
-            .get(&ResourceKey::new(ResourceType::Dataplane, &mesh, &name))
-            .await
-        {
-            Ok(d) => d,
-            Err(StoreError::NotFound(_)) => {
-                return Err(Status::not_found(format!(
-                    "dataplane {name:?} in mesh {mesh:?} not found; create a Dataplane in the control plane first or pass it to kuma-dp"
-                )));
-            }
-            Err(e) => return Err(Status::unavailable(e.to_string())),
-        };
-        let spec: DataplaneSpec = serde_json::from_value(dataplane.spec).map_err(|e| {
-            Status::failed_precondition(format!("stored dataplane is invalid: {e}"))
-        })?;
         let proxy_type = metadata
             .get("dataplane.proxyType")
             .and_then(Value::as_str)
             .unwrap_or("dataplane")
             .to_string();
-        let identity = ProxyIdentity {
-            mesh: &mesh,
-            name: &name,
-            proxy_type: &proxy_type,
-            tags: tag_values(&spec),
-        };
-        match self.auth.check(token.as_deref(), &identity).await {
-            Ok(()) => {}
-            Err(AuthError::Unauthenticated(reason)) => {
-                tracing::warn!(%mesh, %name, ?peer, %reason, "proxy refused");
-                return Err(Status::unauthenticated(format!(
-                    "authentication failed: {reason}"
-                )));
-            }
-            Err(e @ AuthError::Unavailable(_)) => return Err(Status::unavailable(e.to_string())),
-        }
+        crate::auth::admit_stored_proxy(
+            &self.store,
+            self.auth.as_ref(),
+            token.as_deref(),
+            &mesh,
+            &name,
+            &proxy_type,
+        )
+        .await?;
         tracing::info!(%mesh, %name, ?peer, "proxy connected");
         let (tx, rx) = mpsc::channel(16);
         let record = StreamRecord {

@@ -88,3 +88,44 @@ impl ProxyAuth for TokenAuth {
         }
     }
 }
+
+/// Admits a gRPC stream for the stored Dataplane `mesh`/`name`: it must exist, parse, and
+/// `token` must be accepted for it. Refusals carry the reason.
+pub async fn admit_stored_proxy(
+    store: &store::SharedStore,
+    auth: &dyn ProxyAuth,
+    token: Option<&str>,
+    mesh: &str,
+    name: &str,
+    proxy_type: &str,
+) -> Result<(), tonic::Status> {
+    use tonic::Status;
+    let key = model::ResourceKey::new(model::ResourceType::Dataplane, mesh, name);
+    let dataplane = match store.get(&key).await {
+        Ok(d) => d,
+        Err(store::StoreError::NotFound(_)) => {
+            return Err(Status::not_found(format!(
+                "dataplane {name:?} in mesh {mesh:?} not found; create a Dataplane in the control plane first or pass it to kuma-dp"
+            )));
+        }
+        Err(e) => return Err(Status::unavailable(e.to_string())),
+    };
+    let spec: model::specs::dataplane::DataplaneSpec = serde_json::from_value(dataplane.spec)
+        .map_err(|e| Status::failed_precondition(format!("stored dataplane is invalid: {e}")))?;
+    let identity = ProxyIdentity {
+        mesh,
+        name,
+        proxy_type,
+        tags: tag_values(&spec),
+    };
+    match auth.check(token, &identity).await {
+        Ok(()) => Ok(()),
+        Err(AuthError::Unauthenticated(reason)) => {
+            tracing::warn!(%mesh, %name, %reason, "proxy refused");
+            Err(Status::unauthenticated(format!(
+                "authentication failed: {reason}"
+            )))
+        }
+        Err(e @ AuthError::Unavailable(_)) => Err(Status::unavailable(e.to_string())),
+    }
+}
