@@ -257,3 +257,118 @@ async fn sends_changes_only_and_survives_a_nack() {
     assert_eq!(sub["controlPlaneInstanceId"], "cp-1");
     assert!(sub["disconnectTime"].is_null());
 }
+
+/// Passes bytes through untouched, so a test can put garbage on the wire.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn garbage_mid_stream_ends_only_that_stream() {
+    let f = start().await;
+    let web_token = token(&f.store, "web-1", "default").await;
+    let mut web = FakeEnvoy::connect(
+        &f,
+        Some(&web_token),
+        request(wire::CLUSTER, Some("default.web-1")),
+    )
+    .await
+    .unwrap();
+    web.next().await;
+    let mut eds = request(wire::ENDPOINTS, None);
+    eds.resource_names_subscribe = vec!["backend".into()];
+    web.send(eds).await;
+    web.next().await;
+
+    // backend-1 starts like Envoy, then sends bytes that are not a DeltaDiscoveryRequest.
+    let backend_token = token(&f.store, "backend-1", "default").await;
+    let channel = tonic::transport::Endpoint::from_shared(f.address.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+    tx.send(prost::Message::encode_to_vec(&request(
+        wire::CLUSTER,
+        Some("default.backend-1"),
+    )))
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", backend_token.parse().unwrap());
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+    );
+    let mut responses = grpc
+        .streaming(req, path, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), responses.next())
+        .await
+        .unwrap();
+    assert!(matches!(first, Some(Ok(_))), "CDS for backend-1: {first:?}");
+    tx.send(vec![0xff, 0xff, 0xff, 0x0f, 0x08]).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), responses.next())
+        .await
+        .expect("the server ends the stream");
+    match end {
+        Some(Err(status)) => assert_eq!(status.code(), tonic::Code::Internal, "{status:?}"),
+        None => {}
+        Some(Ok(r)) => panic!("answered garbage with {} bytes", r.len()),
+    }
+
+    // web-1 is untouched: a new backend instance still reaches it.
+    f.store
+        .create(Resource::new(
+            ResourceType::Dataplane,
+            "default",
+            "backend-2",
+            json!({"networking": {"address": "127.0.0.2",
+                "inbound": [{"port": 20081, "tags": {"kuma.io/service": "backend"}}]}}),
+        ))
+        .await
+        .unwrap();
+    let update = web.next().await;
+    assert_eq!(update.type_url, wire::ENDPOINTS);
+}
