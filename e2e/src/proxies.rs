@@ -146,6 +146,26 @@ impl ProxyType {
 }
 
 impl Cp {
+    /// The proxies' view of `cp`, once it has written its data plane server CA.
+    pub fn of(cp: &crate::ControlPlane, envoy: PathBuf) -> Cp {
+        let dir = cp.work_dir.join("dp");
+        std::fs::create_dir_all(&dir).expect("proxies dir");
+        let ca = cp.work_dir.join("dp-server-ca.pem");
+        within(
+            Duration::from_secs(10),
+            "dp-server CA written",
+            || ca.exists(),
+            || cp.logs(),
+        );
+        Cp {
+            api: cp.api(),
+            dp_port: cp.dp_port,
+            ca,
+            dir,
+            envoy,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api)
     }
@@ -187,16 +207,29 @@ impl Cp {
             .and_then(|r| r.text().ok())
     }
 
+    /// Issues a token, waiting out a 503 while the signing key is still being created (or,
+    /// on a zone, still on its way from global).
     fn write_token(&self, file: &str, body: Value, kind: &str) -> PathBuf {
-        let r = client()
-            .post(self.url(&format!("/tokens/{kind}")))
-            .json(&body)
-            .send()
-            .expect("token request");
-        assert!(r.status().is_success(), "{kind} token: {}", r.status());
-        let path = self.dir.join(format!("{file}.token"));
-        std::fs::write(&path, r.text().expect("token body")).expect("token file");
-        path
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = client()
+                .post(self.url(&format!("/tokens/{kind}")))
+                .json(&body)
+                .send()
+                .expect("token request");
+            let status = r.status();
+            let text = r.text().unwrap_or_default();
+            if status.is_success() {
+                let path = self.dir.join(format!("{file}.token"));
+                std::fs::write(&path, text).expect("token file");
+                return path;
+            }
+            assert!(
+                status.is_server_error() && Instant::now() < deadline,
+                "{kind} token: {status} {text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// A dataplane token for `name` in `mesh`.

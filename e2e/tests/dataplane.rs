@@ -13,26 +13,6 @@ use e2e::proxies::{Cp, call, client, envoy, within};
 use e2e::{ControlPlane, free_port};
 use serde_json::json;
 
-/// A standalone control plane on its own, with a folder for the proxies.
-fn standalone(cp: &ControlPlane, envoy: std::path::PathBuf) -> Cp {
-    let dir = cp.work_dir.join("dp");
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = cp.work_dir.join("dp-server-ca.pem");
-    within(
-        Duration::from_secs(10),
-        "dp-server CA written",
-        || ca.exists(),
-        || cp.logs(),
-    );
-    Cp {
-        api: cp.api(),
-        dp_port: cp.dp_port,
-        ca,
-        dir,
-        envoy,
-    }
-}
-
 #[test]
 fn sidecars_with_real_envoy() {
     let Some(envoy) = envoy("sidecars_with_real_envoy") else {
@@ -40,7 +20,7 @@ fn sidecars_with_real_envoy() {
     };
     let mut cp = ControlPlane::start("dataplane", &[]);
     cp.wait_ready(Duration::from_secs(60));
-    let env = standalone(&cp, envoy);
+    let env = Cp::of(&cp, envoy);
 
     let (backend_port, web_port, outbound) = (free_port(), free_port(), free_port());
     let _backend_app = env.echo("backend-1", backend_port, None);
@@ -276,7 +256,7 @@ fn inspect_is_forwarded_to_the_replica_holding_the_stream() {
     let mut other = ControlPlane::start("fwd-b", &env);
     holder.wait_ready(Duration::from_secs(60));
     other.wait_ready(Duration::from_secs(60));
-    let a = standalone(&holder, envoy);
+    let a = Cp::of(&holder, envoy);
     let b = Cp {
         api: other.api(),
         dp_port: other.dp_port,

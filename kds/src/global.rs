@@ -29,12 +29,28 @@ use crate::rules;
 use crate::sync::{self, Inbound};
 
 /// Zones' `enabled` switches, kept current from store events so filters stay synchronous.
-#[derive(Default)]
 pub struct ZoneSwitches {
     enabled: RwLock<HashMap<String, bool>>,
+    /// Bumped after every refresh, so streams re-filter what depends on other zones only once
+    /// the new switches are in place.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for ZoneSwitches {
+    fn default() -> Self {
+        ZoneSwitches {
+            enabled: RwLock::default(),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl ZoneSwitches {
+    /// Fires after each change to the switches.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     pub fn enabled(&self, zone: &str) -> bool {
         self.enabled
             .read()
@@ -59,7 +75,11 @@ impl ZoneSwitches {
                     )
                 })
                 .collect();
-            *self.enabled.write().unwrap_or_else(|p| p.into_inner()) = map;
+            let mut enabled = self.enabled.write().unwrap_or_else(|p| p.into_inner());
+            if *enabled != map {
+                *enabled = map;
+                self.changed.send_modify(|n| *n += 1);
+            }
         }
     }
 
@@ -300,6 +320,7 @@ impl KdsSyncService for GlobalKds {
                 rules::global_sends_to_zone(r, &target, |z| zones.enabled(z))
             }),
             wire: self.to_zones.clone(),
+            refilter: Some(self.zones.changes()),
         };
         let (store, max, stream) = (self.store.clone(), self.max_message, request.into_inner());
         let closer = tx.clone();

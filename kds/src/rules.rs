@@ -15,7 +15,8 @@ pub const NAMESPACE_LABEL: &str = "k8s.kuma.io/namespace";
 
 /// GlobalSecrets that may leave global. Everything else (user-token signing keys, the admin
 /// token, the inter-CP CA) stays there.
-const GLOBAL_SECRET_PREFIXES_FOR_ZONES: &[&str] = &["zone-token-signing-public-key-"];
+const GLOBAL_SECRET_PREFIXES_FOR_ZONES: &[&str] =
+    &["zone-token-signing-public-key-", "zone-token-revocations"];
 
 /// Types a zone subscribes to from global.
 pub fn zone_consumes(kind: ResourceType) -> bool {

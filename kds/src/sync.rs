@@ -58,6 +58,9 @@ impl<T: Send> Outgoing<T> for mpsc::Sender<Result<T, tonic::Status>> {
 pub struct Outbound {
     pub wanted: Arc<dyn Fn(&Resource) -> bool + Send + Sync>,
     pub wire: Arc<WireForms>,
+    /// Fires when `wanted` changed its mind about resources that did not change themselves (a
+    /// zone was disabled): the types synced across zones are filtered again.
+    pub refilter: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// Stored resources as peers see them (renamed, relabelled, encoded), made once per resource
@@ -221,8 +224,26 @@ pub async fn run_sender(
     };
     let mut pending: HashMap<ResourceType, HashSet<ResourceKey>> = HashMap::new();
     let mut resync: HashSet<ResourceType> = HashSet::new();
+    let mut refilter = outbound.refilter.clone();
     loop {
+        let refiltered = async {
+            match refilter.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            open = refiltered => {
+                if !open {
+                    refilter = None;
+                    continue;
+                }
+                resync.extend(subscribed.iter().copied().filter(|k| {
+                    k.descriptor().has_flag(model::descriptor::kds::SYNCED_ACROSS_ZONES)
+                }));
+                expand_resync(&store, &mut resync, &mut pending, &sent).await?;
+                flush_pending(&store, &types, &outbound, &mut pending, &mut sent, &mut responder).await?;
+            }
             req = requests.next() => {
                 let req = match req {
                     None => return Ok(()),
@@ -275,34 +296,67 @@ pub async fn run_sender(
                 while let Ok(ev) = events.try_recv() {
                     note(ev);
                 }
-                for kind in resync.drain() {
-                    let keys = pending.entry(kind).or_default();
-                    keys.extend(store.list(&ListQuery::all(kind)).await?.items.into_iter().map(|r| r.key()));
-                    keys.extend(sent.keys().filter(|k| k.kind == kind).cloned());
-                }
-                // In subscription order, so a Mesh reaches the peer before what lives in it.
-                for &kind in &types {
-                    let Some(keys) = pending.remove(&kind) else { continue };
-                    let mut current = Vec::with_capacity(keys.len());
-                    for key in keys {
-                        let wire = match store.get(&key).await {
-                            Ok(r) => (outbound.wanted)(&r).then(|| outbound.wire.encode(&r)),
-                            Err(StoreError::NotFound(_)) => {
-                                outbound.wire.forget(&key);
-                                None
-                            }
-                            Err(e) => return Err(e.into()),
-                        };
-                        current.push((key, wire));
-                    }
-                    let (changed, removed) = delta(&mut sent, current);
-                    if !changed.is_empty() || !removed.is_empty() {
-                        responder.send_split(kind, changed, removed, false).await?;
-                    }
-                }
+                expand_resync(&store, &mut resync, &mut pending, &sent).await?;
+                flush_pending(&store, &types, &outbound, &mut pending, &mut sent, &mut responder).await?;
             }
         }
     }
+}
+
+/// Every key of each type to resync, stored or held by the peer, becomes pending.
+async fn expand_resync(
+    store: &SharedStore,
+    resync: &mut HashSet<ResourceType>,
+    pending: &mut HashMap<ResourceType, HashSet<ResourceKey>>,
+    sent: &SentState,
+) -> Result<(), SyncError> {
+    for kind in resync.drain() {
+        let keys = pending.entry(kind).or_default();
+        keys.extend(
+            store
+                .list(&ListQuery::all(kind))
+                .await?
+                .items
+                .into_iter()
+                .map(|r| r.key()),
+        );
+        keys.extend(sent.keys().filter(|k| k.kind == kind).cloned());
+    }
+    Ok(())
+}
+
+/// Sends what changed among the `pending` keys, in subscription order, so a Mesh reaches the
+/// peer before what lives in it.
+async fn flush_pending(
+    store: &SharedStore,
+    types: &[ResourceType],
+    outbound: &Outbound,
+    pending: &mut HashMap<ResourceType, HashSet<ResourceKey>>,
+    sent: &mut SentState,
+    responder: &mut Responder<'_, impl Outgoing<DeltaDiscoveryResponse>>,
+) -> Result<(), SyncError> {
+    for &kind in types {
+        let Some(keys) = pending.remove(&kind) else {
+            continue;
+        };
+        let mut current = Vec::with_capacity(keys.len());
+        for key in keys {
+            let wire = match store.get(&key).await {
+                Ok(r) => (outbound.wanted)(&r).then(|| outbound.wire.encode(&r)),
+                Err(StoreError::NotFound(_)) => {
+                    outbound.wire.forget(&key);
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            current.push((key, wire));
+        }
+        let (changed, removed) = delta(sent, current);
+        if !changed.is_empty() || !removed.is_empty() {
+            responder.send_split(kind, changed, removed, false).await?;
+        }
+    }
+    Ok(())
 }
 
 /// What the peer holds: our key -> (the peer's name for it, content version).

@@ -265,6 +265,7 @@ async fn session(
     let outbound = sync::Outbound {
         wanted: Arc::new(move |r: &Resource| rules::zone_sends_to_global(r, &zone)),
         wire: Arc::new(wire),
+        refilter: None,
     };
     let send = sync::run_sender(
         store,

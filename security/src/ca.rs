@@ -212,13 +212,15 @@ async fn data_source(
     )))
 }
 
-/// The CA for `mesh`'s enabled backend, creating a builtin one on first use (any replica may:
-/// the cert secret is created first, so of two racing replicas only one writes a pair).
-/// `None` when the mesh has mTLS off.
+/// The CA for `mesh`'s enabled backend, creating a builtin one on first use when `generate`
+/// (any replica may: the cert secret is created first, so of two racing replicas only one
+/// writes a pair). A federated zone passes `false`: every zone must share global's CA, which
+/// arrives over KDS. `None` when the mesh has mTLS off.
 pub async fn mesh_ca(
     store: &store::SharedStore,
     mesh: &str,
     spec: &model::specs::mesh::MeshSpec,
+    generate: bool,
 ) -> Result<Option<MeshCa>, MeshCaError> {
     use model::specs::mesh::CaType;
     let Some(mtls) = spec.mtls.as_ref().filter(|m| !m.enabled_backend.is_empty()) else {
@@ -247,7 +249,9 @@ pub async fn mesh_ca(
             cert_pem: data_source(store, mesh, backend.conf.as_ref(), "cert").await?,
             key_pem: data_source(store, mesh, backend.conf.as_ref(), "key").await?,
         },
-        CaType::Builtin => builtin_ca(store, mesh, &backend.name, backend.conf.as_ref()).await?,
+        CaType::Builtin => {
+            builtin_ca(store, mesh, &backend.name, backend.conf.as_ref(), generate).await?
+        }
     };
     Ok(Some(MeshCa {
         backend: backend.name.clone(),
@@ -261,6 +265,7 @@ async fn builtin_ca(
     mesh: &str,
     backend: &str,
     conf: Option<&serde_json::Value>,
+    generate: bool,
 ) -> Result<CertificateAuthority, MeshCaError> {
     let (cert_name, key_name) = builtin_secret_names(mesh, backend);
     let text = |name: &str, bytes: Vec<u8>| {
@@ -278,6 +283,14 @@ async fn builtin_ca(
                 return Ok(CertificateAuthority {
                     cert_pem: text(&cert_name, cert)?,
                     key_pem: text(&key_name, key)?,
+                });
+            }
+            (None, _) if !generate => {
+                return Err(MeshCaError::Config {
+                    mesh: mesh.into(),
+                    message: format!(
+                        "the builtin CA {cert_name:?} is generated on global and has not arrived from it yet"
+                    ),
                 });
             }
             (None, _) if attempt == 0 => {
@@ -314,6 +327,25 @@ async fn builtin_ca(
         name: key_name,
         message: "the CA certificate exists but its key does not".into(),
     })
+}
+
+/// Global: makes sure every mesh with an enabled builtin backend has its CA, so zones receive
+/// one shared CA instead of each generating its own. Returns the meshes that failed.
+pub async fn ensure_builtin_cas(store: &store::SharedStore) -> Result<Vec<String>, MeshCaError> {
+    let mut failed = Vec::new();
+    let meshes = store
+        .list(&store::ListQuery::all(model::ResourceType::Mesh))
+        .await?;
+    for m in meshes.items {
+        let Ok(spec) = serde_json::from_value::<model::specs::mesh::MeshSpec>(m.spec) else {
+            continue;
+        };
+        if let Err(e) = mesh_ca(store, &m.meta.name, &spec, true).await {
+            tracing::warn!(mesh = %m.meta.name, error = %e, "could not create the mesh's CA");
+            failed.push(m.meta.name);
+        }
+    }
+    Ok(failed)
 }
 
 #[cfg(test)]
@@ -360,8 +392,8 @@ mod tests {
                 "dpCert": {"rotation": {"expiration": "1h"}}}]}
         }))
         .unwrap();
-        let first = mesh_ca(&store, "demo", &spec).await.unwrap().unwrap();
-        let again = mesh_ca(&store, "demo", &spec).await.unwrap().unwrap();
+        let first = mesh_ca(&store, "demo", &spec, true).await.unwrap().unwrap();
+        let again = mesh_ca(&store, "demo", &spec, true).await.unwrap().unwrap();
         assert_eq!(first.ca.cert_pem, again.ca.cert_pem);
         assert_eq!(first.cert_lifetime, Duration::from_secs(3600));
         let (cert_name, _) = builtin_secret_names("demo", "ca-1");
@@ -393,6 +425,6 @@ mod tests {
 
         let off: model::specs::mesh::MeshSpec =
             serde_json::from_value(serde_json::json!({})).unwrap();
-        assert!(mesh_ca(&store, "demo", &off).await.unwrap().is_none());
+        assert!(mesh_ca(&store, "demo", &off, true).await.unwrap().is_none());
     }
 }

@@ -185,6 +185,35 @@ impl SigningKeys {
         }
     }
 
+    /// Writes the public half of every signing key as `<public_prefix><serial>` in the same
+    /// scope, where it is missing; returns how many were written. What zones verify with.
+    pub async fn publish_public_keys(&self, public_prefix: &str) -> Result<usize, TokenError> {
+        let mut written = 0;
+        for serial in self.serials().await? {
+            let name = format!("{public_prefix}{serial}");
+            match self.store.get(&self.secret_key(&name)).await {
+                Ok(_) => continue,
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let (_, pem) = self.key_pem(serial).await?;
+            let bad = |message: String| TokenError::BadKey {
+                name: self.key_name(serial),
+                message,
+            };
+            let public = public_pem(&pem).map_err(bad)?;
+            let spec = serde_json::to_value(SecretSpec::from_bytes(public.as_bytes()))
+                .map_err(|e| bad(e.to_string()))?;
+            let resource = Resource::new(self.scope.kind(), self.scope.mesh(), &name, spec);
+            match self.store.create(resource).await {
+                Ok(_) => written += 1,
+                Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(written)
+    }
+
     async fn key_pem(&self, serial: u64) -> Result<(u64, Vec<u8>), TokenError> {
         let name = self.key_name(serial);
         let secret = match self.store.get(&self.secret_key(&name)).await {
@@ -356,18 +385,26 @@ fn generate_rsa_pem() -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn public_decoding_key(private_pem: &[u8]) -> Result<DecodingKey, String> {
+/// The public half of a signing key, as PKCS#1 PEM: what zones receive to verify tokens
+/// global signed.
+pub fn public_pem(private_pem: &[u8]) -> Result<String, String> {
     use rsa::pkcs1::DecodeRsaPrivateKey;
     use rsa::pkcs8::DecodePrivateKey;
     let text = std::str::from_utf8(private_pem).map_err(|e| e.to_string())?;
     let key = rsa::RsaPrivateKey::from_pkcs1_pem(text)
         .or_else(|_| rsa::RsaPrivateKey::from_pkcs8_pem(text))
         .map_err(|e| e.to_string())?;
-    let public = key
-        .to_public_key()
+    key.to_public_key()
         .to_pkcs1_pem(LineEnding::LF)
-        .map_err(|e| e.to_string())?;
-    DecodingKey::from_rsa_pem(public.as_bytes()).map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A decoding key from a private key's PEM or, for published public keys, a public one.
+fn public_decoding_key(pem: &[u8]) -> Result<DecodingKey, String> {
+    if std::str::from_utf8(pem).is_ok_and(|t| t.contains("PUBLIC KEY-----")) {
+        return DecodingKey::from_rsa_pem(pem).map_err(|e| e.to_string());
+    }
+    DecodingKey::from_rsa_pem(public_pem(pem)?.as_bytes()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

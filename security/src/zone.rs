@@ -10,6 +10,9 @@ use crate::tokens::{HasTokenId, SigningKeys, TokenError};
 
 pub const SIGNING_KEY_PREFIX: &str = "zone-token-signing-key-";
 pub const REVOCATIONS: &str = "zone-token-revocations";
+/// Public halves of global's signing keys, synced to zones so they can check the zone tokens
+/// of their ingress and egress proxies.
+pub const PUBLIC_KEY_PREFIX: &str = "zone-token-signing-public-key-";
 
 pub const SCOPE_CP: &str = "cp";
 pub const SCOPES: [&str; 3] = [SCOPE_CP, "ingress", "egress"];
@@ -44,6 +47,18 @@ pub enum ZoneTokenError {
 
 pub fn zone_signing_keys(store: SharedStore) -> SigningKeys {
     SigningKeys::new(store, SIGNING_KEY_PREFIX, REVOCATIONS)
+}
+
+/// What a federated zone verifies zone tokens with: the public keys global published.
+pub fn zone_public_keys(store: SharedStore) -> SigningKeys {
+    SigningKeys::new(store, PUBLIC_KEY_PREFIX, REVOCATIONS)
+}
+
+/// Global: publishes the public half of each zone token signing key (for zones to receive).
+pub async fn publish_public_keys(store: SharedStore) -> Result<usize, TokenError> {
+    zone_signing_keys(store)
+        .publish_public_keys(PUBLIC_KEY_PREFIX)
+        .await
 }
 
 /// An empty scope means every scope, as `kumactl generate zone-token` without `--scope`.
@@ -99,6 +114,39 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use store::MemoryStore;
+
+    #[tokio::test]
+    async fn published_public_keys_verify_tokens() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let keys = zone_signing_keys(store.clone());
+        keys.ensure_key().await.unwrap();
+        assert_eq!(publish_public_keys(store.clone()).await.unwrap(), 1);
+        assert_eq!(publish_public_keys(store.clone()).await.unwrap(), 0);
+        let token = issue_zone_token(
+            &keys,
+            "zone-1",
+            &["ingress".into()],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let public = zone_public_keys(store.clone());
+        verify_zone_token(&public, &token, "zone-1", "ingress")
+            .await
+            .unwrap();
+        // Only public material leaves global.
+        let r = store
+            .get(&model::ResourceKey::new(
+                model::ResourceType::GlobalSecret,
+                "",
+                "zone-token-signing-public-key-1",
+            ))
+            .await
+            .unwrap();
+        let spec: model::specs::secret::SecretSpec = serde_json::from_value(r.spec).unwrap();
+        let pem = String::from_utf8(spec.bytes().unwrap()).unwrap();
+        assert!(pem.starts_with("-----BEGIN RSA PUBLIC KEY-----"), "{pem}");
+    }
 
     #[tokio::test]
     async fn zone_scope_expiry_and_revocation_are_checked() {

@@ -9,6 +9,7 @@ use model::specs::policy::MeshTrafficPermissionSpec;
 use serde_json::Value;
 
 pub mod bootstrap;
+pub mod ingress;
 pub mod rbac;
 pub mod sidecar;
 pub mod wire;
@@ -36,6 +37,20 @@ pub struct MeshSnapshot {
     pub mtls: bool,
     pub dataplanes: Vec<DataplaneEntry>,
     pub traffic_permissions: Vec<NamedPolicy<MeshTrafficPermissionSpec>>,
+    /// The zone these dataplanes run in (empty on a standalone control plane).
+    pub local_zone: String,
+    /// Other zones' ingresses: where this zone's sidecars reach services that run there.
+    pub remote_ingresses: Vec<RemoteIngress>,
+}
+
+/// A ZoneIngress of another zone as sidecars dial it: its advertised address (an IP; the
+/// control plane resolves host names) and port, and what it serves.
+#[derive(Debug, Clone)]
+pub struct RemoteIngress {
+    pub zone: String,
+    pub address: String,
+    pub port: u32,
+    pub services: Vec<model::specs::zone::AvailableService>,
 }
 
 /// Envoy resources for one proxy, each Envoy's JSON for its message type.

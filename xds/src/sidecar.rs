@@ -13,7 +13,7 @@ use crate::{
     mesh_ca_secret_name, rbac, service_sni, spiffe_id, stat_name,
 };
 
-const CONNECT_TIMEOUT: &str = "5s";
+pub(crate) const CONNECT_TIMEOUT: &str = "5s";
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl Protocol {
     }
 }
 
-fn ads_config() -> Value {
+pub(crate) fn ads_config() -> Value {
     json!({"ads": {}, "resource_api_version": "V3"})
 }
 
@@ -51,7 +51,7 @@ fn sds(name: String) -> Value {
     json!({"name": name, "sds_config": ads_config()})
 }
 
-fn socket_address(address: &str, port: u32) -> Value {
+pub(crate) fn socket_address(address: &str, port: u32) -> Value {
     json!({"socket_address": {"address": address, "port_value": port}})
 }
 
@@ -94,7 +94,7 @@ fn http_connection_manager(
     json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm})
 }
 
-fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
+pub(crate) fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
     json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
         "stat_prefix": stat_name(stat_prefix),
@@ -103,7 +103,7 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
 }
 
 /// Where an inbound listens: its own address, else the Dataplane's.
-fn inbound_address<'a>(entry: &'a DataplaneEntry, inbound: &'a Inbound) -> &'a str {
+pub(crate) fn inbound_address<'a>(entry: &'a DataplaneEntry, inbound: &'a Inbound) -> &'a str {
     if inbound.address.is_empty() {
         &entry.spec.networking.address
     } else {
@@ -112,7 +112,7 @@ fn inbound_address<'a>(entry: &'a DataplaneEntry, inbound: &'a Inbound) -> &'a s
 }
 
 /// Kuma's reading of inbound health: `state` wins, then `health.ready`; absent means ready.
-fn inbound_ready(inbound: &Inbound) -> bool {
+pub(crate) fn inbound_ready(inbound: &Inbound) -> bool {
     match inbound.state {
         Some(InboundState::Ready) => true,
         Some(InboundState::NotReady | InboundState::Ignored) => false,
@@ -151,7 +151,14 @@ struct Destination {
     cluster: String,
     tags: BTreeMap<String, String>,
     endpoints: Vec<(String, u32)>,
+    /// Other zones' ingresses that serve it: (zone, address, port, instances behind it).
+    remote: Vec<(String, String, u32, u32)>,
     protocol: Protocol,
+}
+
+/// Whether `tags` (an outbound's) select `candidate` (an inbound's or an available service's).
+fn selects(tags: &BTreeMap<String, String>, candidate: &BTreeMap<String, String>) -> bool {
+    tags.iter().all(|(k, v)| candidate.get(k) == Some(v))
 }
 
 /// Healthy inbounds anywhere in the mesh whose tags include every tag of the outbound; the
@@ -161,8 +168,7 @@ fn resolve(mesh: &MeshSnapshot, tags: BTreeMap<String, String>) -> Destination {
     let mut protocols = BTreeSet::new();
     for dp in &mesh.dataplanes {
         for inbound in &dp.spec.networking.inbound {
-            let selected = tags.iter().all(|(k, v)| inbound.tags.get(k) == Some(v));
-            if !selected {
+            if !selects(&tags, &inbound.tags) {
                 continue;
             }
             protocols.insert(inbound.tags.get(PROTOCOL_TAG).cloned().unwrap_or_default());
@@ -175,6 +181,31 @@ fn resolve(mesh: &MeshSnapshot, tags: BTreeMap<String, String>) -> Destination {
             }
         }
     }
+    // Cross-zone traffic rides the mesh's mTLS: the remote ingress routes on its SNI.
+    let mut remote = Vec::new();
+    if mesh.mtls {
+        for ingress in &mesh.remote_ingresses {
+            if ingress.zone == mesh.local_zone {
+                continue;
+            }
+            let mut instances = 0;
+            for s in &ingress.services {
+                if s.mesh == mesh.mesh && !s.external_service && selects(&tags, &s.tags) {
+                    instances += s.instances;
+                    protocols.insert(s.tags.get(PROTOCOL_TAG).cloned().unwrap_or_default());
+                }
+            }
+            if instances > 0 {
+                remote.push((
+                    ingress.zone.clone(),
+                    ingress.address.clone(),
+                    ingress.port,
+                    instances,
+                ));
+            }
+        }
+        remote.sort();
+    }
     let protocol = match protocols.len() {
         1 => Protocol::from_tag(protocols.iter().next()),
         _ => Protocol::Tcp,
@@ -185,6 +216,7 @@ fn resolve(mesh: &MeshSnapshot, tags: BTreeMap<String, String>) -> Destination {
         cluster: cluster_name(&tags),
         tags,
         endpoints,
+        remote,
         protocol,
     }
 }
@@ -299,15 +331,7 @@ fn outbound_resources(
             }});
         }
         out.clusters.push(cluster);
-        let lb_endpoints: Vec<Value> = dest
-            .endpoints
-            .iter()
-            .map(|(a, p)| json!({"endpoint": {"address": socket_address(a, *p)}}))
-            .collect();
-        out.endpoints.push(json!({
-            "cluster_name": dest.cluster,
-            "endpoints": if lb_endpoints.is_empty() { json!([]) } else { json!([{"lb_endpoints": lb_endpoints}]) }
-        }));
+        out.endpoints.push(load_assignment(&dest, &mesh.local_zone));
     }
     let listener_name = format!("outbound:{address}:{}", outbound.port);
     let filter = if dest.protocol.is_http() {
@@ -326,6 +350,36 @@ fn outbound_resources(
         "traffic_direction": "OUTBOUND",
         "filter_chains": [{"filters": [filter]}]
     }));
+}
+
+/// Endpoints by locality: this zone's instances at priority 0, each other zone's ingress at
+/// priority 1 weighted by the instances behind it. Envoy sends traffic to another zone only
+/// when this zone has no healthy instance left, so calls stay local by default.
+fn load_assignment(dest: &Destination, local_zone: &str) -> Value {
+    let mut groups = Vec::new();
+    if !dest.endpoints.is_empty() {
+        let lb_endpoints: Vec<Value> = dest
+            .endpoints
+            .iter()
+            .map(|(a, p)| json!({"endpoint": {"address": socket_address(a, *p)}}))
+            .collect();
+        let mut group = json!({"lb_endpoints": lb_endpoints});
+        if !local_zone.is_empty() {
+            group["locality"] = json!({"zone": local_zone});
+        }
+        groups.push(group);
+    }
+    for (zone, address, port, instances) in &dest.remote {
+        groups.push(json!({
+            "locality": {"zone": zone},
+            "priority": 1,
+            "lb_endpoints": [{
+                "endpoint": {"address": socket_address(address, *port)},
+                "load_balancing_weight": instances
+            }]
+        }));
+    }
+    json!({"cluster_name": dest.cluster, "endpoints": groups})
 }
 
 /// The configuration of sidecar `proxy_name` in `mesh`.

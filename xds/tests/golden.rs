@@ -5,7 +5,10 @@
 use model::specs::dataplane::DataplaneSpec;
 use model::specs::policy::MeshTrafficPermissionSpec;
 use serde_json::{Value, json};
-use xds::{DataplaneEntry, MeshSnapshot, NamedPolicy, ProxyResources, sidecar, wire};
+use xds::{
+    DataplaneEntry, MeshSnapshot, NamedPolicy, ProxyResources, RemoteIngress, ingress, sidecar,
+    wire,
+};
 
 fn dataplane(name: &str, spec: Value) -> DataplaneEntry {
     DataplaneEntry {
@@ -55,6 +58,7 @@ fn mesh(
             ),
         ],
         traffic_permissions: permissions,
+        ..Default::default()
     }
 }
 
@@ -144,4 +148,89 @@ fn identity_names_every_service_and_tag() {
             "kuma://version/v1"
         ]
     );
+}
+
+fn remote_ingress(zone: &str, address: &str, services: Value) -> RemoteIngress {
+    RemoteIngress {
+        zone: zone.into(),
+        address: address.into(),
+        port: 10001,
+        services: serde_json::from_value(services).expect("available services"),
+    }
+}
+
+/// zone-1's view: backend runs here (two ready instances) and in zone-2 and zone-3, whose
+/// ingresses are priority 1, weighted by their instance counts; zone-1's own ingress, another
+/// mesh's services and zone-4 (which has no backend) contribute nothing.
+#[test]
+fn cross_zone_endpoints() {
+    let mut m = mesh("http", true, vec![allow_all()]);
+    m.local_zone = "zone-1".into();
+    m.remote_ingresses = vec![
+        remote_ingress(
+            "zone-2",
+            "192.168.2.1",
+            json!([{"tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}, "instances": 3, "mesh": "default"},
+                   {"tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}, "instances": 9, "mesh": "other"}]),
+        ),
+        remote_ingress(
+            "zone-3",
+            "192.168.3.1",
+            json!([{"tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http", "version": "v3"}, "instances": 1, "mesh": "default"}]),
+        ),
+        remote_ingress(
+            "zone-4",
+            "192.168.4.1",
+            json!([{"tags": {"kuma.io/service": "web"}, "instances": 1, "mesh": "default"}]),
+        ),
+        remote_ingress(
+            "zone-1",
+            "192.168.1.1",
+            json!([{"tags": {"kuma.io/service": "backend"}, "instances": 2, "mesh": "default"}]),
+        ),
+    ];
+    let r = sidecar::generate(&m, "web-1").expect("generate");
+    check_schema(&r);
+    insta::assert_yaml_snapshot!(r.endpoints);
+
+    // Without mTLS nothing leaves the zone: the remote ingress routes on the TLS SNI.
+    m.mtls = false;
+    let plain = sidecar::generate(&m, "web-1").expect("generate");
+    let backend = plain
+        .endpoints
+        .iter()
+        .find(|e| e["cluster_name"] == "backend")
+        .expect("backend endpoints");
+    assert_eq!(backend["endpoints"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn zone_ingress() {
+    let mut other = mesh("tcp", true, vec![]);
+    other.mesh = "other".into();
+    let plain = {
+        let mut m = mesh("tcp", false, vec![]);
+        m.mesh = "plain".into();
+        m
+    };
+    let meshes = [mesh("http", true, vec![allow_all()]), other, plain];
+    let listener = ingress::IngressListener {
+        address: "10.0.0.9".into(),
+        port: 10001,
+    };
+    let r = ingress::generate(&listener, &meshes);
+    check_schema(&r);
+    insta::assert_yaml_snapshot!(
+        json!({"listeners": r.listeners, "clusters": r.clusters, "endpoints": r.endpoints})
+    );
+    assert!(
+        r.secret_names.is_empty(),
+        "the ingress holds no mesh secret"
+    );
+
+    let available = serde_json::to_value(ingress::available_services(&meshes[..1])).unwrap();
+    insta::assert_yaml_snapshot!("zone_ingress_available_services", available);
+
+    // Nothing to serve: no listener (Envoy refuses one without filter chains).
+    assert!(ingress::generate(&listener, &[]).listeners.is_empty());
 }

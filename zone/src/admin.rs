@@ -117,15 +117,19 @@ impl DataplaneAdminService for AdminService {
         &self,
         request: Request<Streaming<DataplaneAdminResponse>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let (Some(mesh), Some(name)) = (
-            metadata(&request, "kuma-mesh"),
-            metadata(&request, "kuma-name"),
-        ) else {
+        let proxy_type = metadata(&request, "kuma-proxy-type")
+            .unwrap_or("dataplane")
+            .to_string();
+        // Zone proxies serve every mesh and name none.
+        let mesh = metadata(&request, "kuma-mesh")
+            .map(str::to_string)
+            .or_else(|| crate::auth::is_zone_proxy(&proxy_type).then(String::new));
+        let (Some(mesh), Some(name)) = (mesh, metadata(&request, "kuma-name")) else {
             return Err(Status::invalid_argument(
                 "kuma-mesh and kuma-name metadata are required",
             ));
         };
-        let (mesh, name) = (mesh.to_string(), name.to_string());
+        let name = name.to_string();
         let token = metadata(&request, "authorization")
             .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_string());
         crate::auth::admit_stored_proxy(
@@ -134,7 +138,7 @@ impl DataplaneAdminService for AdminService {
             token.as_deref(),
             &mesh,
             &name,
-            "dataplane",
+            &proxy_type,
         )
         .await?;
         let (tx, rx) = mpsc::channel(8);

@@ -56,6 +56,10 @@ pub struct AdsServer {
     pub store: SharedStore,
     pub auth: Arc<dyn ProxyAuth>,
     pub cp_instance_id: String,
+    /// This control plane's zone: its proxies' locality, and whose ingresses are local.
+    pub zone: String,
+    /// False on a federated zone, which uses the builtin CAs global creates.
+    pub generates_ca: bool,
 }
 
 type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
@@ -100,6 +104,15 @@ impl AggregatedDiscoveryService for AdsServer {
             .and_then(Value::as_str)
             .unwrap_or("dataplane")
             .to_string();
+        if proxy_type == "egress" {
+            return Err(Status::unimplemented(
+                "zone egress configuration is not served yet",
+            ));
+        }
+        let owner = match proxy_type.as_str() {
+            "ingress" => model::ResourceType::ZoneIngress,
+            _ => model::ResourceType::Dataplane,
+        };
         crate::auth::admit_stored_proxy(
             &self.store,
             self.auth.as_ref(),
@@ -112,6 +125,7 @@ impl AggregatedDiscoveryService for AdsServer {
         tracing::info!(%mesh, %name, ?peer, "proxy connected");
         let (tx, rx) = mpsc::channel(16);
         let record = StreamRecord {
+            owner,
             mesh: mesh.clone(),
             name: name.clone(),
             subscription_id: security::random_uuid(),
@@ -128,6 +142,9 @@ impl AggregatedDiscoveryService for AdsServer {
         };
         let mut stream = ProxyStream {
             store: self.store.clone(),
+            zone: self.zone.clone(),
+            generates_ca: self.generates_ca,
+            ingress: owner == model::ResourceType::ZoneIngress,
             mesh,
             name,
             out: tx,
@@ -190,7 +207,12 @@ fn identify(
             (m.to_string(), n.to_string())
         }
     };
-    if mesh.is_empty() || name.is_empty() {
+    // Zone ingress and egress belong to no mesh.
+    let zone_proxy = metadata
+        .get("dataplane.proxyType")
+        .and_then(Value::as_str)
+        .is_some_and(crate::auth::is_zone_proxy);
+    if (mesh.is_empty() && !zone_proxy) || name.is_empty() {
         return Err(Status::invalid_argument(format!(
             "node id {:?} is not <mesh>.<name>",
             node.id
@@ -236,6 +258,10 @@ struct IssuedCert {
 
 struct ProxyStream {
     store: SharedStore,
+    zone: String,
+    generates_ca: bool,
+    /// A zone ingress (mesh is empty) rather than a sidecar.
+    ingress: bool,
     mesh: String,
     name: String,
     out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
@@ -471,30 +497,18 @@ impl ProxyStream {
         }
     }
 
-    async fn build(
-        &mut self,
-    ) -> Result<HashMap<String, BTreeMap<String, (String, Vec<u8>)>>, String> {
-        let (mesh_spec, snapshot) = crate::snapshot::load(&self.store, &self.mesh)
+    async fn build(&mut self) -> Result<Config, String> {
+        if self.ingress {
+            return self.build_ingress().await;
+        }
+        let (mesh_spec, snapshot) = crate::snapshot::load(&self.store, &self.mesh, &self.zone)
             .await
             .map_err(|e| e.to_string())?;
         let resources = xds::sidecar::generate(&snapshot, &self.name).map_err(|e| e.to_string())?;
-        let mut config: HashMap<String, BTreeMap<String, (String, Vec<u8>)>> = HashMap::new();
-        let mut add = |type_url: &str, name_field: &str, values: &[Value]| -> Result<(), String> {
-            for v in values {
-                let name = v[name_field].as_str().unwrap_or_default().to_string();
-                let bytes = wire::encode(type_url, v).map_err(|e| e.to_string())?;
-                config
-                    .entry(type_url.to_string())
-                    .or_default()
-                    .insert(name, (content_version(&bytes), bytes));
-            }
-            Ok(())
-        };
-        add(wire::LISTENER, "name", &resources.listeners)?;
-        add(wire::CLUSTER, "name", &resources.clusters)?;
-        add(wire::ENDPOINTS, "cluster_name", &resources.endpoints)?;
+        let mut config = encode(&resources)?;
         if snapshot.mtls {
             let secrets = self.certificate(&mesh_spec, &snapshot).await?;
+            let mut add = adder(&mut config);
             add(wire::SECRET, "name", &secrets)?;
         } else {
             self.cert = None;
@@ -503,6 +517,56 @@ impl ProxyStream {
         Ok(config)
     }
 
+    /// A zone ingress: SNI passthrough to the local instances of every mesh's services.
+    async fn build_ingress(&self) -> Result<Config, String> {
+        let key = model::ResourceKey::new(model::ResourceType::ZoneIngress, "", &self.name);
+        let r = self.store.get(&key).await.map_err(|e| e.to_string())?;
+        let spec: model::specs::zone::ZoneIngressSpec =
+            serde_json::from_value(r.spec).map_err(|e| format!("ZoneIngress spec: {e}"))?;
+        let meshes = crate::snapshot::load_all(&self.store, &self.zone)
+            .await
+            .map_err(|e| e.to_string())?;
+        let address = match spec.networking.address.as_str() {
+            "" => "0.0.0.0".to_string(),
+            a => a.to_string(),
+        };
+        let listener = xds::ingress::IngressListener {
+            address,
+            port: spec.networking.port,
+        };
+        encode(&xds::ingress::generate(&listener, &meshes))
+    }
+}
+
+/// type -> name -> (version, encoded message).
+type Config = HashMap<String, BTreeMap<String, (String, Vec<u8>)>>;
+
+fn adder(config: &mut Config) -> impl FnMut(&str, &str, &[Value]) -> Result<(), String> + '_ {
+    move |type_url: &str, name_field: &str, values: &[Value]| -> Result<(), String> {
+        for v in values {
+            let name = v[name_field].as_str().unwrap_or_default().to_string();
+            let bytes = wire::encode(type_url, v).map_err(|e| e.to_string())?;
+            config
+                .entry(type_url.to_string())
+                .or_default()
+                .insert(name, (content_version(&bytes), bytes));
+        }
+        Ok(())
+    }
+}
+
+fn encode(resources: &xds::ProxyResources) -> Result<Config, String> {
+    let mut config = Config::new();
+    {
+        let mut add = adder(&mut config);
+        add(wire::LISTENER, "name", &resources.listeners)?;
+        add(wire::CLUSTER, "name", &resources.clusters)?;
+        add(wire::ENDPOINTS, "cluster_name", &resources.endpoints)?;
+    }
+    Ok(config)
+}
+
+impl ProxyStream {
     /// The proxy's SDS secrets, issuing a certificate when there is none, the CA changed or the
     /// proxy's identity changed.
     async fn certificate(
@@ -510,7 +574,7 @@ impl ProxyStream {
         mesh_spec: &model::specs::mesh::MeshSpec,
         snapshot: &xds::MeshSnapshot,
     ) -> Result<Vec<Value>, String> {
-        let ca = security::ca::mesh_ca(&self.store, &self.mesh, mesh_spec)
+        let ca = security::ca::mesh_ca(&self.store, &self.mesh, mesh_spec, self.generates_ca)
             .await
             .map_err(|e| e.to_string())?
             .ok_or("mTLS has no enabled backend")?;

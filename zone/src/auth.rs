@@ -3,7 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+
+/// Zone ingress and egress: global-scoped resources (no mesh) admitted with zone tokens.
+pub fn is_zone_proxy(proxy_type: &str) -> bool {
+    matches!(proxy_type, "ingress" | "egress")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -62,14 +69,51 @@ pub fn tag_values(spec: &model::specs::dataplane::DataplaneSpec) -> BTreeMap<Str
     tags
 }
 
-/// Dataplane tokens (Kuma's default): RS256 JWTs signed by the mesh's signing key.
+/// Dataplane tokens (Kuma's default): RS256 JWTs signed by the mesh's signing key. Zone
+/// ingress and egress proxies present zone tokens (scope `ingress`/`egress`) for this zone.
 pub struct TokenAuth {
     pub store: store::SharedStore,
+    /// This control plane's zone (empty on a standalone without a zone name).
+    pub zone: String,
+    /// What zone tokens are checked with: the public keys global published to a federated
+    /// zone, else this control plane's own signing keys.
+    pub zone_keys: Option<Arc<security::tokens::SigningKeys>>,
+}
+
+pub const ZONE_TOKEN_REQUIRED: &str = "Zone Token is required. Generate one on global with 'kumactl generate zone-token --zone=<zone> --scope=ingress' (or egress) and provide it via --dataplane-token-file=/path/file argument to Kuma DP";
+
+impl TokenAuth {
+    async fn check_zone_proxy(
+        &self,
+        token: Option<&str>,
+        proxy_type: &str,
+    ) -> Result<(), AuthError> {
+        let token =
+            token.ok_or_else(|| AuthError::Unauthenticated(ZONE_TOKEN_REQUIRED.to_string()))?;
+        if self.zone.is_empty() {
+            return Err(AuthError::Unauthenticated(
+                "zone proxies need a zone: this control plane has no zone name (set KUMA_MULTIZONE_ZONE_NAME)".into(),
+            ));
+        }
+        let keys = self.zone_keys.as_ref().ok_or_else(|| {
+            AuthError::Unavailable("no zone token keys on this control plane".into())
+        })?;
+        match security::zone::verify_zone_token(keys, token, &self.zone, proxy_type).await {
+            Ok(_) => Ok(()),
+            Err(security::zone::ZoneTokenError::Token(
+                e @ security::tokens::TokenError::Store(_),
+            )) => Err(AuthError::Unavailable(e.to_string())),
+            Err(e) => Err(AuthError::Unauthenticated(e.to_string())),
+        }
+    }
 }
 
 #[async_trait]
 impl ProxyAuth for TokenAuth {
     async fn check(&self, token: Option<&str>, proxy: &ProxyIdentity<'_>) -> Result<(), AuthError> {
+        if is_zone_proxy(proxy.proxy_type) {
+            return self.check_zone_proxy(token, proxy.proxy_type).await;
+        }
         let token = token.ok_or_else(|| AuthError::Unauthenticated(TOKEN_REQUIRED.to_string()))?;
         let keys = security::dataplane::dataplane_signing_keys(self.store.clone(), proxy.mesh);
         match security::dataplane::verify_dataplane_token(
@@ -100,23 +144,36 @@ pub async fn admit_stored_proxy(
     proxy_type: &str,
 ) -> Result<(), tonic::Status> {
     use tonic::Status;
-    let key = model::ResourceKey::new(model::ResourceType::Dataplane, mesh, name);
-    let dataplane = match store.get(&key).await {
+    let kind = match proxy_type {
+        "ingress" => model::ResourceType::ZoneIngress,
+        "egress" => model::ResourceType::ZoneEgress,
+        _ => model::ResourceType::Dataplane,
+    };
+    let key = model::ResourceKey::new(kind, mesh, name);
+    let stored = match store.get(&key).await {
         Ok(d) => d,
         Err(store::StoreError::NotFound(_)) => {
             return Err(Status::not_found(format!(
-                "dataplane {name:?} in mesh {mesh:?} not found; create a Dataplane in the control plane first or pass it to kuma-dp"
+                "{} {name:?} in mesh {mesh:?} not found; create it in the control plane first or pass it to kuma-dp",
+                kind.descriptor().singular
             )));
         }
         Err(e) => return Err(Status::unavailable(e.to_string())),
     };
-    let spec: model::specs::dataplane::DataplaneSpec = serde_json::from_value(dataplane.spec)
-        .map_err(|e| Status::failed_precondition(format!("stored dataplane is invalid: {e}")))?;
+    let tags = if is_zone_proxy(proxy_type) {
+        BTreeMap::new()
+    } else {
+        let spec: model::specs::dataplane::DataplaneSpec = serde_json::from_value(stored.spec)
+            .map_err(|e| {
+                Status::failed_precondition(format!("stored dataplane is invalid: {e}"))
+            })?;
+        tag_values(&spec)
+    };
     let identity = ProxyIdentity {
         mesh,
         name,
         proxy_type,
-        tags: tag_values(&spec),
+        tags,
     };
     match auth.check(token, &identity).await {
         Ok(()) => Ok(()),

@@ -21,7 +21,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use store::{SharedStore, StoreError};
 
-use crate::auth::{AuthError, ProxyAuth, ProxyIdentity, TOKEN_REQUIRED, tag_values};
+use crate::auth::{
+    AuthError, ProxyAuth, ProxyIdentity, TOKEN_REQUIRED, ZONE_TOKEN_REQUIRED, is_zone_proxy,
+    tag_values,
+};
 
 pub struct BootstrapState {
     pub store: SharedStore,
@@ -31,6 +34,8 @@ pub struct BootstrapState {
     pub dp_server_port: u16,
     /// PEM of what signed the data plane server's certificate, embedded so Envoy verifies it.
     pub ca_pem: String,
+    /// This control plane's zone, written into the ZoneIngress/ZoneEgress its proxies register.
+    pub zone: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,15 +96,20 @@ fn parse_dataplane(req: &BootstrapRequest) -> Result<Option<Resource>, Response>
 async fn check_token(
     state: &BootstrapState,
     req: &BootstrapRequest,
-    spec: &DataplaneSpec,
+    spec: Option<&DataplaneSpec>,
 ) -> Result<(), Response> {
     let token = Some(req.dataplane_token.trim()).filter(|t| !t.is_empty());
     if state.tokens_required && token.is_none() {
+        let (title, reason) = if is_zone_proxy(&req.proxy_type) {
+            ("Zone token required", ZONE_TOKEN_REQUIRED)
+        } else {
+            ("Dataplane token required", TOKEN_REQUIRED)
+        };
         return Err(error(
             StatusCode::UNAUTHORIZED,
-            "Dataplane token required",
+            title,
             "dataplaneToken",
-            TOKEN_REQUIRED,
+            reason,
         ));
     }
     let proxy_type = if req.proxy_type.is_empty() {
@@ -111,13 +121,13 @@ async fn check_token(
         mesh: &req.mesh,
         name: &req.name,
         proxy_type,
-        tags: tag_values(spec),
+        tags: spec.map(tag_values).unwrap_or_default(),
     };
     match state.auth.check(token, &identity).await {
         Ok(()) => Ok(()),
         Err(AuthError::Unauthenticated(reason)) => Err(error(
             StatusCode::UNAUTHORIZED,
-            "Dataplane token refused",
+            "Token refused",
             "dataplaneToken",
             reason,
         )),
@@ -168,7 +178,27 @@ fn parse_request(body: &[u8]) -> Result<BootstrapRequest, Response> {
 }
 
 fn check_names(req: &BootstrapRequest) -> Result<(), Response> {
+    let zone_proxy = is_zone_proxy(&req.proxy_type);
+    if req.proxy_type == "egress" {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            "proxyType",
+            "zone egress is not supported yet",
+        ));
+    }
+    if zone_proxy && !req.mesh.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            "mesh",
+            format!("must be empty: a zone {} serves every mesh", req.proxy_type),
+        ));
+    }
     for (field, value) in [("mesh", &req.mesh), ("name", &req.name)] {
+        if zone_proxy && field == "mesh" {
+            continue;
+        }
         if let Some(reason) = model::name::name_violation(value) {
             return Err(error(
                 StatusCode::BAD_REQUEST,
@@ -178,13 +208,16 @@ fn check_names(req: &BootstrapRequest) -> Result<(), Response> {
             ));
         }
     }
-    if !matches!(req.proxy_type.as_str(), "" | "dataplane") {
+    if !matches!(
+        req.proxy_type.as_str(),
+        "" | "dataplane" | "ingress" | "egress"
+    ) {
         return Err(error(
             StatusCode::BAD_REQUEST,
             "Invalid request",
             "proxyType",
             format!(
-                "{:?} is not supported yet: only dataplane (sidecar) proxies",
+                "{:?} is not one of dataplane, ingress, egress",
                 req.proxy_type
             ),
         ));
@@ -202,6 +235,10 @@ pub async fn bootstrap(
         Ok(r) => r,
         Err(r) => return r,
     };
+    let host = cp_host(&uri, &headers);
+    if is_zone_proxy(&req.proxy_type) {
+        return zone_proxy_bootstrap(&state, &req, host).await;
+    }
     let given = match parse_dataplane(&req) {
         Ok(d) => d,
         Err(r) => return r,
@@ -247,7 +284,7 @@ pub async fn bootstrap(
             );
         }
     };
-    if let Err(r) = check_token(&state, &req, &spec).await {
+    if let Err(r) = check_token(&state, &req, Some(&spec)).await {
         return r;
     }
     if let Some(d) = given {
@@ -261,16 +298,6 @@ pub async fn bootstrap(
             return store_error(e);
         }
     }
-    // The address the proxy reached us on is the one Envoy will dial: HTTP/2 carries it as
-    // the request's authority, HTTP/1.1 as the Host header.
-    let authority = uri.authority().map(|a| a.host().to_string()).or_else(|| {
-        let host = headers.get(axum::http::header::HOST)?.to_str().ok()?;
-        let authority: axum::http::uri::Authority = host.parse().ok()?;
-        Some(authority.host().to_string())
-    });
-    let host = authority
-        .map(|h| h.trim_matches(['[', ']']).to_string())
-        .unwrap_or_else(|| "localhost".into());
     let admin_port = spec.networking.admin.as_ref().map_or(9901, |a| a.port);
     let service = spec
         .networking
@@ -292,13 +319,146 @@ pub async fn bootstrap(
         token: Some(req.dataplane_token.trim().to_string()).filter(|t| !t.is_empty()),
         metadata,
     });
-    let bytes = serde_json::to_vec_pretty(&bootstrap).unwrap_or_default();
     tracing::info!(mesh = %req.mesh, name = %req.name, "bootstrap served");
+    bootstrap_answer(&bootstrap)
+}
+
+fn bootstrap_answer(bootstrap: &Value) -> Response {
+    let bytes = serde_json::to_vec_pretty(bootstrap).unwrap_or_default();
     Json(json!({
         "bootstrap": base64::engine::general_purpose::STANDARD.encode(bytes),
         "kumaSidecarConfiguration": {"networking": {"isUsingTransparentProxy": false}, "metrics": {"aggregate": []}}
     }))
     .into_response()
+}
+
+/// The address the proxy reached us on is the one Envoy will dial: HTTP/2 carries it as the
+/// request's authority, HTTP/1.1 as the Host header.
+fn cp_host(uri: &axum::http::Uri, headers: &HeaderMap) -> String {
+    let authority = uri.authority().map(|a| a.host().to_string()).or_else(|| {
+        let host = headers.get(axum::http::header::HOST)?.to_str().ok()?;
+        let authority: axum::http::uri::Authority = host.parse().ok()?;
+        Some(authority.host().to_string())
+    });
+    authority
+        .map(|h| h.trim_matches(['[', ']']).to_string())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A zone ingress or egress: registers its ZoneIngress/ZoneEgress (stamped with this zone)
+/// once its zone token is accepted, and answers its bootstrap.
+async fn zone_proxy_bootstrap(
+    state: &BootstrapState,
+    req: &BootstrapRequest,
+    host: String,
+) -> Response {
+    let (kind, title) = match req.proxy_type.as_str() {
+        "ingress" => (ResourceType::ZoneIngress, "Invalid zone ingress"),
+        _ => (ResourceType::ZoneEgress, "Invalid zone egress"),
+    };
+    let bad = |reason: String| error(StatusCode::BAD_REQUEST, title, "dataplaneResource", reason);
+    let given = if req.dataplane_resource.trim().is_empty() {
+        None
+    } else {
+        let value: Value = match serde_saphyr::from_str(&req.dataplane_resource) {
+            Ok(v) => v,
+            Err(e) => return bad(format!("is not valid YAML or JSON: {e}")),
+        };
+        let mut resource = match Resource::from_value(value) {
+            Ok(r) => r,
+            Err(e) => return bad(e.to_string()),
+        };
+        if resource.kind != kind {
+            return bad(format!("must be a {kind}, not {}", resource.kind));
+        }
+        if resource.meta.name != req.name {
+            return bad(format!(
+                "names {:?}, but the request is for {:?}",
+                resource.meta.name, req.name
+            ));
+        }
+        let zone = resource
+            .spec
+            .get("zone")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !zone.is_empty() && zone != state.zone {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                title,
+                "zone",
+                format!(
+                    "is {zone:?}, but this control plane is zone {:?}",
+                    state.zone
+                ),
+            );
+        }
+        resource.spec["zone"] = json!(state.zone);
+        if let Err(e) = resource.validate() {
+            let mut body = json!({"type": "/std-errors", "status": 422, "title": title, "detail": e.to_string()});
+            body["invalid_parameters"] = json!(
+                e.violations
+                    .iter()
+                    .map(|v| json!({"field": v.field, "reason": v.reason}))
+                    .collect::<Vec<_>>()
+            );
+            return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+        }
+        Some(resource)
+    };
+    let key = ResourceKey::new(kind, "", &req.name);
+    let stored = match state.store.get(&key).await {
+        Ok(r) => Some(r),
+        Err(StoreError::NotFound(_)) => None,
+        Err(e) => return store_error(e),
+    };
+    let Some(resource) = given.clone().or(stored) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            title,
+            "name",
+            format!(
+                "{kind} {:?} does not exist; pass it to kuma-dp with --dataplane-file",
+                req.name
+            ),
+        );
+    };
+    if let Err(r) = check_token(state, req, None).await {
+        return r;
+    }
+    if let Some(r) = given {
+        // availableServices is the control plane's to keep; a restarting proxy keeps it.
+        let networking = r.spec["networking"].clone();
+        let zone = state.zone.clone();
+        if let Err(e) = store::upsert(state.store.as_ref(), r, |stored| {
+            stored.spec["networking"] = networking.clone();
+            stored.spec["zone"] = json!(zone);
+        })
+        .await
+        {
+            return store_error(e);
+        }
+    }
+    let admin_port = resource.spec["networking"]["admin"]["port"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or(9901);
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("version".into(), req.version.clone());
+    let bootstrap = xds::bootstrap::generate(&xds::bootstrap::BootstrapParams {
+        mesh: String::new(),
+        name: req.name.clone(),
+        proxy_type: req.proxy_type.clone(),
+        service: req.proxy_type.clone(),
+        admin_port,
+        cp_host: host,
+        cp_port: u32::from(state.dp_server_port),
+        cp_ca_pem: Some(state.ca_pem.clone()),
+        token: Some(req.dataplane_token.trim().to_string()).filter(|t| !t.is_empty()),
+        metadata,
+    });
+    tracing::info!(name = %req.name, proxy_type = %req.proxy_type, "bootstrap served");
+    bootstrap_answer(&bootstrap)
 }
 
 pub async fn deregister(
@@ -309,14 +469,20 @@ pub async fn deregister(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let key = ResourceKey::new(ResourceType::Dataplane, &req.mesh, &req.name);
+    let kind = match req.proxy_type.as_str() {
+        "ingress" => ResourceType::ZoneIngress,
+        "egress" => ResourceType::ZoneEgress,
+        _ => ResourceType::Dataplane,
+    };
+    let key = ResourceKey::new(kind, &req.mesh, &req.name);
     let stored = match state.store.get(&key).await {
         Ok(r) => r,
         Err(StoreError::NotFound(_)) => return StatusCode::NO_CONTENT.into_response(),
         Err(e) => return store_error(e),
     };
-    let spec: DataplaneSpec = serde_json::from_value(stored.spec).unwrap_or_default();
-    if let Err(r) = check_token(&state, &req, &spec).await {
+    let spec: Option<DataplaneSpec> = (kind == ResourceType::Dataplane)
+        .then(|| serde_json::from_value(stored.spec).unwrap_or_default());
+    if let Err(r) = check_token(&state, &req, spec.as_ref()).await {
         return r;
     }
     match state.store.delete(&key).await {

@@ -42,6 +42,8 @@ pub struct CertState {
 /// One stream's subscription, kept by the stream and written on every flush.
 #[derive(Debug, Clone)]
 pub struct StreamRecord {
+    /// Dataplane, ZoneIngress or ZoneEgress: whose insight this stream writes.
+    pub owner: ResourceType,
     pub mesh: String,
     pub name: String,
     pub subscription_id: String,
@@ -86,7 +88,10 @@ impl StreamRecord {
 /// Writes the record into the proxy's DataplaneInsight (creating it), replacing the
 /// subscription with the same id. Does nothing once the Dataplane itself is gone.
 pub async fn write(store: &SharedStore, record: &StreamRecord) -> Result<(), StoreError> {
-    let owner = ResourceKey::new(ResourceType::Dataplane, &record.mesh, &record.name);
+    let owner = ResourceKey::new(record.owner, &record.mesh, &record.name);
+    let Some(insight_kind) = record.owner.owned_insight() else {
+        return Ok(());
+    };
     match store.get(&owner).await {
         Ok(_) => {}
         Err(StoreError::NotFound(_)) => return Ok(()),
@@ -103,12 +108,7 @@ pub async fn write(store: &SharedStore, record: &StreamRecord) -> Result<(), Sto
             "supportedBackends": [c.backend],
         })
     });
-    let fresh = Resource::new(
-        ResourceType::DataplaneInsight,
-        &record.mesh,
-        &record.name,
-        json!({}),
-    );
+    let fresh = Resource::new(insight_kind, &record.mesh, &record.name, json!({}));
     store::upsert(store.as_ref(), fresh, |r| {
         let mut spec: InsightSpec = serde_json::from_value(r.spec.clone()).unwrap_or_default();
         match spec

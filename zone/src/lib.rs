@@ -6,6 +6,7 @@ pub mod admin;
 pub mod ads;
 pub mod auth;
 pub mod bootstrap;
+pub mod ingress;
 pub mod insight;
 pub mod snapshot;
 
@@ -24,6 +25,11 @@ pub struct DpServerConfig {
     /// `false` only when the operator switched dataplane authentication off.
     pub tokens_required: bool,
     pub cp_instance_id: String,
+    /// This control plane's zone name (empty on a standalone without one).
+    pub zone: String,
+    /// A zone connected to global: zone tokens are checked with the public keys global
+    /// published, not with keys of its own.
+    pub federated: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +49,15 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DpServerError> {
     let auth: Arc<dyn auth::ProxyAuth> = if config.tokens_required {
+        let zone_keys = if config.federated {
+            security::zone::zone_public_keys(store.clone())
+        } else {
+            security::zone::zone_signing_keys(store.clone())
+        };
         Arc::new(auth::TokenAuth {
             store: store.clone(),
+            zone: config.zone.clone(),
+            zone_keys: Some(Arc::new(zone_keys)),
         })
     } else {
         tracing::warn!(
@@ -56,6 +69,8 @@ pub async fn serve(
         store: store.clone(),
         auth: auth.clone(),
         cp_instance_id: config.cp_instance_id.clone(),
+        zone: config.zone.clone(),
+        generates_ca: !config.federated,
     };
     let admin = admin::AdminService {
         store: store.clone(),
@@ -68,6 +83,7 @@ pub async fn serve(
         tokens_required: config.tokens_required,
         dp_server_port: config.port,
         ca_pem: config.ca_pem.clone(),
+        zone: config.zone.clone(),
     }))
     .layer(
         tower::ServiceBuilder::new()

@@ -2,13 +2,18 @@
 
 use model::specs::dataplane::DataplaneSpec;
 use model::specs::mesh::MeshSpec;
+use model::specs::zone::ZoneIngressSpec;
 use model::{ResourceKey, ResourceType};
 use store::{ListQuery, SharedStore, StoreError};
-use xds::{DataplaneEntry, MeshSnapshot, NamedPolicy};
+use xds::{DataplaneEntry, MeshSnapshot, NamedPolicy, RemoteIngress};
 
-/// The mesh's spec and snapshot. Resources whose spec does not parse are left out with a
-/// warning, so one bad Dataplane cannot break every proxy of the mesh.
-pub async fn load(store: &SharedStore, mesh: &str) -> Result<(MeshSpec, MeshSnapshot), StoreError> {
+/// The mesh's spec and snapshot as seen from `local_zone`. Resources whose spec does not
+/// parse are left out with a warning, so one bad Dataplane cannot break every proxy of the mesh.
+pub async fn load(
+    store: &SharedStore,
+    mesh: &str,
+    local_zone: &str,
+) -> Result<(MeshSpec, MeshSnapshot), StoreError> {
     let mesh_resource = store
         .get(&ResourceKey::new(ResourceType::Mesh, "", mesh))
         .await?;
@@ -63,13 +68,96 @@ pub async fn load(store: &SharedStore, mesh: &str) -> Result<(MeshSpec, MeshSnap
             mtls,
             dataplanes,
             traffic_permissions,
+            local_zone: local_zone.to_string(),
+            remote_ingresses: if mtls {
+                remote_ingresses(store, local_zone).await?
+            } else {
+                Vec::new()
+            },
         },
     ))
 }
 
-/// Whether a change to `key` can alter the configuration of proxies in `mesh`.
+/// Other zones' ingresses (synced from global) that advertise where to reach them. A host name
+/// is resolved here: EDS endpoints must be IP addresses.
+async fn remote_ingresses(
+    store: &SharedStore,
+    local_zone: &str,
+) -> Result<Vec<RemoteIngress>, StoreError> {
+    let mut out = Vec::new();
+    for r in store
+        .list(&ListQuery::all(ResourceType::ZoneIngress))
+        .await?
+        .items
+    {
+        let Ok(spec) = serde_json::from_value::<ZoneIngressSpec>(r.spec) else {
+            tracing::warn!(ingress = %r.meta.name, "ZoneIngress spec does not parse; left out");
+            continue;
+        };
+        let n = &spec.networking;
+        let (Some(port), false) = (n.advertised_port, n.advertised_address.is_empty()) else {
+            continue;
+        };
+        if spec.zone.is_empty() || spec.zone == local_zone || spec.available_services.is_empty() {
+            continue;
+        }
+        let address = match n.advertised_address.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => match resolve(&n.advertised_address, port).await {
+                Some(ip) => ip,
+                None => {
+                    tracing::warn!(ingress = %r.meta.name, address = %n.advertised_address, "cannot resolve the ingress's advertised address; its zone is unreachable for now");
+                    continue;
+                }
+            },
+        };
+        out.push(RemoteIngress {
+            zone: spec.zone,
+            address,
+            port,
+            services: spec.available_services,
+        });
+    }
+    out.sort_by(|a, b| (&a.zone, &a.address).cmp(&(&b.zone, &b.address)));
+    Ok(out)
+}
+
+async fn resolve(host: &str, port: u32) -> Option<String> {
+    let port = u16::try_from(port).ok()?;
+    let lookup = tokio::net::lookup_host((host, port));
+    let addrs = tokio::time::timeout(std::time::Duration::from_secs(2), lookup)
+        .await
+        .ok()?
+        .ok()?;
+    let mut addrs: Vec<_> = addrs.map(|a| a.ip()).collect();
+    // Prefer IPv4, and one stable choice across recomputations.
+    addrs.sort_by_key(|ip| (ip.is_ipv6(), *ip));
+    addrs.first().map(ToString::to_string)
+}
+
+/// Every mesh's snapshot, for a zone ingress (which serves them all).
+pub async fn load_all(
+    store: &SharedStore,
+    local_zone: &str,
+) -> Result<Vec<MeshSnapshot>, StoreError> {
+    let mut out = Vec::new();
+    for m in store.list(&ListQuery::all(ResourceType::Mesh)).await?.items {
+        out.push(load(store, &m.meta.name, local_zone).await?.1);
+    }
+    Ok(out)
+}
+
+/// Whether a change to `key` can alter the configuration of proxies in `mesh` (empty: a zone
+/// ingress, which serves every mesh).
 pub fn affects(key: &ResourceKey, mesh: &str) -> bool {
+    if mesh.is_empty() {
+        return matches!(
+            key.kind,
+            ResourceType::Mesh | ResourceType::Dataplane | ResourceType::ZoneIngress
+        );
+    }
     match key.kind {
+        ResourceType::ZoneIngress => true,
         ResourceType::Mesh => key.name == mesh,
         ResourceType::Dataplane | ResourceType::MeshTrafficPermission | ResourceType::Secret => {
             key.mesh == mesh

@@ -58,8 +58,12 @@ async fn start() -> Fixture {
         store: store.clone(),
         auth: Arc::new(TokenAuth {
             store: store.clone(),
+            zone: String::new(),
+            zone_keys: None,
         }),
         cp_instance_id: "cp-1".into(),
+        zone: String::new(),
+        generates_ca: true,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());

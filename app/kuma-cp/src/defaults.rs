@@ -74,6 +74,11 @@ pub async fn ensure(
             .await
             .context("creating the zone token signing key")?;
     }
+    if config.mode == crate::config::Mode::Global {
+        security::zone::publish_public_keys(store.clone())
+            .await
+            .context("publishing the zone token signing keys' public halves")?;
+    }
     if config.api_server.authn.tokens.bootstrap_admin_token
         && security::user::bootstrap_admin_token(store, user_keys)
             .await

@@ -223,6 +223,29 @@ pub async fn run(config: Config) -> Result<()> {
             .await
         });
     }
+    if dp_listener.is_some() && !config.multizone.zone.name.is_empty() {
+        let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
+        let zone = config.multizone.zone.name.clone();
+        tasks.spawn(async move {
+            run_leader_only("zone-ingress-services", leader, shutdown.clone(), || {
+                zone::ingress::keep_available_services(
+                    store.clone(),
+                    zone.clone(),
+                    shutdown.clone(),
+                )
+            })
+            .await
+        });
+    }
+    if config.mode == Mode::Global {
+        let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            run_leader_only("mesh-ca", leader, shutdown.clone(), || {
+                keep_mesh_cas(store.clone(), shutdown.clone())
+            })
+            .await
+        });
+    }
     let proxy_admin: Option<api::inspect::SharedProxyAdmin> = dp_listener.is_some().then(|| {
         Arc::new(ProxyAdmin(intercp::ProxyAdmin::new(
             store.clone(),
@@ -313,6 +336,43 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
+/// Global: creates each mesh's builtin CA as soon as the mesh asks for one, so that every
+/// zone receives the same CA over KDS (zones do not generate their own).
+async fn keep_mesh_cas(store: SharedStore, mut shutdown: watch::Receiver<bool>) {
+    let mut events = store.subscribe();
+    loop {
+        let retry = match security::ca::ensure_builtin_cas(&store).await {
+            Ok(failed) => !failed.is_empty(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the meshes' CAs");
+                true
+            }
+        };
+        let wait = async {
+            loop {
+                match events.recv().await {
+                    Ok(ev) if ev.key.kind == model::ResourceType::Mesh => return,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await
+                    }
+                }
+            }
+        };
+        let period = if retry {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(300)
+        };
+        tokio::select! {
+            () = wait => {}
+            () = tokio::time::sleep(period) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// The API's view of the proxies' admin streams, held here or by another replica.
 struct ProxyAdmin(intercp::ProxyAdmin);
 
@@ -382,6 +442,8 @@ async fn dp_server_config(
         ca_pem,
         tokens_required: dp.authn.dp_proxy.auth_type != "none",
         cp_instance_id: instance_id.to_string(),
+        zone: config.multizone.zone.name.clone(),
+        federated: config.mode == Mode::Zone && !config.multizone.zone.global_address.is_empty(),
     })
 }
 

@@ -139,8 +139,16 @@ fn dataplane(args: &RunArgs) -> Result<Option<Value>> {
         model::template::substitute(&text, &vars).context("filling the Dataplane template")?;
     let mut value: Value =
         serde_saphyr::from_str(&text).context("the Dataplane is not valid YAML or JSON")?;
-    if value.get("type").and_then(Value::as_str) != Some("Dataplane") {
-        bail!("the Dataplane resource needs `type: Dataplane`");
+    let expected = match args.proxy_type.as_str() {
+        "ingress" => "ZoneIngress",
+        "egress" => "ZoneEgress",
+        _ => "Dataplane",
+    };
+    if value.get("type").and_then(Value::as_str) != Some(expected) {
+        bail!(
+            "with --proxy-type {}, the resource needs `type: {expected}`",
+            args.proxy_type
+        );
     }
     if let Some(port) = args.admin_port
         && let Some(networking) = value.get_mut("networking").and_then(Value::as_object_mut)
@@ -294,12 +302,11 @@ async fn call_once(
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    if args.proxy_type != "dataplane" {
-        bail!(
-            "--proxy-type {:?} is not supported yet: only dataplane (sidecar)",
-            args.proxy_type
-        );
-    }
+    let zone_proxy = match args.proxy_type.as_str() {
+        "dataplane" => false,
+        "ingress" | "egress" => true,
+        other => bail!("--proxy-type {other:?} is not one of dataplane, ingress, egress"),
+    };
     let envoy = find_envoy(&args)?;
     let resource = dataplane(&args)?;
     let from_resource = |field: &str| {
@@ -314,14 +321,20 @@ async fn run(args: RunArgs) -> Result<()> {
         .clone()
         .or_else(|| from_resource("name"))
         .context("--name is required (or a Dataplane with a name)")?;
-    let mesh = args
-        .mesh
-        .clone()
-        .or_else(|| from_resource("mesh"))
-        .unwrap_or_else(|| "default".into());
+    // Zone ingress and egress serve every mesh and belong to none.
+    let mesh = if zone_proxy {
+        String::new()
+    } else {
+        args.mesh
+            .clone()
+            .or_else(|| from_resource("mesh"))
+            .unwrap_or_else(|| "default".into())
+    };
     let resource = resource.map(|mut r| {
         r["name"] = json!(name);
-        r["mesh"] = json!(mesh);
+        if !zone_proxy {
+            r["mesh"] = json!(mesh);
+        }
         r
     });
     let token = match (&args.dataplane_token_file, &args.dataplane_token) {
@@ -400,8 +413,11 @@ async fn run(args: RunArgs) -> Result<()> {
         base.to_string(),
         ca_pem,
         token.clone(),
-        mesh.clone(),
-        name.clone(),
+        Proxy {
+            kind: args.proxy_type.clone(),
+            mesh: mesh.clone(),
+            name: name.clone(),
+        },
         admin_port,
     ));
     let outcome = tokio::select! {
@@ -418,7 +434,7 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     // Deregister only on a clean stop: a crashed proxy stays, and shows Offline.
     if outcome.is_ok() {
-        let body = json!({"mesh": mesh, "name": name, "dataplaneToken": token});
+        let body = json!({"mesh": mesh, "name": name, "proxyType": args.proxy_type, "dataplaneToken": token});
         match call(&client, &format!("{base}/deregister"), &body).await {
             Ok(_) => tracing::info!(%mesh, %name, "dataplane deregistered"),
             Err(e) => {
@@ -437,19 +453,24 @@ const ADMIN_PATHS: [&str; 3] = ["config_dump", "stats", "clusters"];
 
 /// Keeps the control plane's way to this proxy's Envoy admin open (the admin listens on
 /// loopback only): reconnects with backoff for as long as kuma-dp runs.
+/// Which proxy this kuma-dp runs, as the control plane knows it.
+struct Proxy {
+    kind: String,
+    mesh: String,
+    name: String,
+}
+
 async fn admin_tunnel(
     cp: String,
     ca_pem: Option<Vec<u8>>,
     token: String,
-    mesh: String,
-    name: String,
+    proxy: Proxy,
     admin_port: u64,
 ) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = tokio::time::Instant::now();
-        if let Err(e) =
-            admin_tunnel_once(&cp, ca_pem.as_deref(), &token, &mesh, &name, admin_port).await
+        if let Err(e) = admin_tunnel_once(&cp, ca_pem.as_deref(), &token, &proxy, admin_port).await
         {
             tracing::debug!(error = %format!("{e:#}"), "admin stream to the control plane ended");
         }
@@ -465,8 +486,7 @@ async fn admin_tunnel_once(
     cp: &str,
     ca_pem: Option<&[u8]>,
     token: &str,
-    mesh: &str,
-    name: &str,
+    proxy: &Proxy,
     admin_port: u64,
 ) -> Result<()> {
     use proto::kuma::mesh::v1alpha1::DataplaneAdminResponse;
@@ -485,8 +505,11 @@ async fn admin_tunnel_once(
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     let md = request.metadata_mut();
-    md.insert("kuma-mesh", mesh.parse()?);
-    md.insert("kuma-name", name.parse()?);
+    if !proxy.mesh.is_empty() {
+        md.insert("kuma-mesh", proxy.mesh.parse()?);
+    }
+    md.insert("kuma-name", proxy.name.parse()?);
+    md.insert("kuma-proxy-type", proxy.kind.parse()?);
     if !token.is_empty() {
         md.insert("authorization", token.parse()?);
     }

@@ -1,0 +1,120 @@
+//! Zone ingress configuration: one listener that reads the SNI of incoming TLS connections
+//! (the TLS inspector) and passes each, still encrypted, to the local instances of the service
+//! it names. The ingress never terminates the mesh's mTLS: the calling sidecar and the called
+//! one authenticate each other end to end, and the ingress holds no mesh certificate.
+
+use std::collections::BTreeMap;
+
+use model::labels::SERVICE_TAG;
+use serde_json::{Value, json};
+
+use crate::sidecar::{
+    CONNECT_TIMEOUT, ads_config, inbound_address, inbound_ready, socket_address, tcp_proxy,
+};
+use crate::{MeshSnapshot, ProxyResources, service_sni};
+
+/// Where the ingress listens.
+#[derive(Debug, Clone)]
+pub struct IngressListener {
+    pub address: String,
+    pub port: u32,
+}
+
+/// Ready local endpoints of each service in `mesh`, by service name.
+fn local_services(mesh: &MeshSnapshot) -> BTreeMap<String, Vec<(String, u32)>> {
+    let mut services: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
+    for dp in &mesh.dataplanes {
+        for inbound in &dp.spec.networking.inbound {
+            let Some(service) = inbound.tags.get(SERVICE_TAG) else {
+                continue;
+            };
+            let endpoints = services.entry(service.clone()).or_default();
+            if inbound_ready(inbound) {
+                let address = match dp.spec.networking.advertised_address.as_str() {
+                    "" => inbound_address(dp, inbound),
+                    advertised => advertised,
+                };
+                endpoints.push((address.to_string(), inbound.port));
+            }
+        }
+    }
+    for endpoints in services.values_mut() {
+        endpoints.sort();
+        endpoints.dedup();
+    }
+    services
+}
+
+/// The ingress's listener, clusters and endpoints for every mesh with mTLS (cross-zone
+/// traffic needs it: the SNI is what routes).
+pub fn generate(listener: &IngressListener, meshes: &[MeshSnapshot]) -> ProxyResources {
+    let mut out = ProxyResources::default();
+    let mut chains = Vec::new();
+    for mesh in meshes.iter().filter(|m| m.mtls) {
+        for (service, endpoints) in local_services(mesh) {
+            let sni = service_sni(&service, &mesh.mesh, &BTreeMap::new());
+            let cluster = format!("{}:{service}", mesh.mesh);
+            chains.push(json!({
+                "filter_chain_match": {"server_names": [sni], "transport_protocol": "tls"},
+                "filters": [tcp_proxy(&cluster, &cluster)]
+            }));
+            out.clusters.push(json!({
+                "name": cluster,
+                "type": "EDS",
+                "eds_cluster_config": {"eds_config": ads_config()},
+                "connect_timeout": CONNECT_TIMEOUT
+            }));
+            let lb_endpoints: Vec<Value> = endpoints
+                .iter()
+                .map(|(a, p)| json!({"endpoint": {"address": socket_address(a, *p)}}))
+                .collect();
+            out.endpoints.push(json!({
+                "cluster_name": cluster,
+                "endpoints": if lb_endpoints.is_empty() { json!([]) } else { json!([{"lb_endpoints": lb_endpoints}]) }
+            }));
+        }
+    }
+    // Envoy refuses a listener without filter chains; with nothing to serve there is none.
+    if !chains.is_empty() {
+        out.listeners.push(json!({
+            "name": format!("inbound:{}:{}", listener.address, listener.port),
+            "address": socket_address(&listener.address, listener.port),
+            "traffic_direction": "INBOUND",
+            "listener_filters": [{
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
+            }],
+            "filter_chains": chains
+        }));
+    }
+    out
+}
+
+/// What a zone's ingresses advertise: per mesh and distinct inbound tag set, how many ready
+/// local instances there are. Kept in `ZoneIngress.availableServices` for other zones.
+pub fn available_services(meshes: &[MeshSnapshot]) -> Vec<model::specs::zone::AvailableService> {
+    let mut counts: BTreeMap<(String, BTreeMap<String, String>), u32> = BTreeMap::new();
+    for mesh in meshes {
+        for dp in &mesh.dataplanes {
+            for inbound in &dp.spec.networking.inbound {
+                if !inbound.tags.contains_key(SERVICE_TAG) || !inbound_ready(inbound) {
+                    continue;
+                }
+                *counts
+                    .entry((mesh.mesh.clone(), inbound.tags.clone()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .map(
+            |((mesh, tags), instances)| model::specs::zone::AvailableService {
+                tags,
+                instances,
+                mesh,
+                external_service: false,
+            },
+        )
+        .collect()
+}
