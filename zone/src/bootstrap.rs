@@ -305,26 +305,37 @@ pub async fn bootstrap(
         .first()
         .map(|i| i.service().to_string())
         .unwrap_or_else(|| "dataplane".into());
+    bootstrap_answer(&state, &req, host, service, admin_port)
+}
+
+/// Envoy's bootstrap for the proxy `req` names, in Kuma's answer shape.
+fn bootstrap_answer(
+    state: &BootstrapState,
+    req: &BootstrapRequest,
+    cp_host: String,
+    service: String,
+    admin_port: u32,
+) -> Response {
+    let proxy_type = match req.proxy_type.as_str() {
+        "" => "dataplane".to_string(),
+        t => t.to_string(),
+    };
     let mut metadata = serde_json::Map::new();
     metadata.insert("version".into(), req.version.clone());
     let bootstrap = xds::bootstrap::generate(&xds::bootstrap::BootstrapParams {
         mesh: req.mesh.clone(),
         name: req.name.clone(),
-        proxy_type: "dataplane".into(),
+        proxy_type: proxy_type.clone(),
         service,
         admin_port,
-        cp_host: host,
+        cp_host,
         cp_port: u32::from(state.dp_server_port),
         cp_ca_pem: Some(state.ca_pem.clone()),
         token: Some(req.dataplane_token.trim().to_string()).filter(|t| !t.is_empty()),
         metadata,
     });
-    tracing::info!(mesh = %req.mesh, name = %req.name, "bootstrap served");
-    bootstrap_answer(&bootstrap)
-}
-
-fn bootstrap_answer(bootstrap: &Value) -> Response {
-    let bytes = serde_json::to_vec_pretty(bootstrap).unwrap_or_default();
+    tracing::info!(mesh = %req.mesh, name = %req.name, %proxy_type, "bootstrap served");
+    let bytes = serde_json::to_vec_pretty(&bootstrap).unwrap_or_default();
     Json(json!({
         "bootstrap": base64::engine::general_purpose::STANDARD.encode(bytes),
         "kumaSidecarConfiguration": {"networking": {"isUsingTransparentProxy": false}, "metrics": {"aggregate": []}}
@@ -443,22 +454,7 @@ async fn zone_proxy_bootstrap(
         .as_u64()
         .and_then(|p| u32::try_from(p).ok())
         .unwrap_or(9901);
-    let mut metadata = serde_json::Map::new();
-    metadata.insert("version".into(), req.version.clone());
-    let bootstrap = xds::bootstrap::generate(&xds::bootstrap::BootstrapParams {
-        mesh: String::new(),
-        name: req.name.clone(),
-        proxy_type: req.proxy_type.clone(),
-        service: req.proxy_type.clone(),
-        admin_port,
-        cp_host: host,
-        cp_port: u32::from(state.dp_server_port),
-        cp_ca_pem: Some(state.ca_pem.clone()),
-        token: Some(req.dataplane_token.trim().to_string()).filter(|t| !t.is_empty()),
-        metadata,
-    });
-    tracing::info!(name = %req.name, proxy_type = %req.proxy_type, "bootstrap served");
-    bootstrap_answer(&bootstrap)
+    bootstrap_answer(state, req, host, req.proxy_type.clone(), admin_port)
 }
 
 pub async fn deregister(
