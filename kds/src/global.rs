@@ -87,14 +87,8 @@ impl ZoneSwitches {
     pub async fn follow(self: Arc<Self>, store: SharedStore) {
         let mut events = store.subscribe();
         self.refresh(&store).await;
-        loop {
-            match events.recv().await {
-                Ok(ev) if ev.key.kind != ResourceType::Zone => continue,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    self.refresh(&store).await
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
+        while store::next_change(&mut events, |ev| ev.key.kind == ResourceType::Zone).await {
+            self.refresh(&store).await;
         }
     }
 }

@@ -73,6 +73,22 @@ pub struct ChangeEvent {
     pub version: u64,
 }
 
+/// Waits for a change that `relevant` picks, or for a lag (after which anything may have
+/// changed). `false` once the store has gone away.
+pub async fn next_change(
+    events: &mut broadcast::Receiver<ChangeEvent>,
+    relevant: impl Fn(&ChangeEvent) -> bool,
+) -> bool {
+    loop {
+        match events.recv().await {
+            Ok(ev) if relevant(&ev) => return true,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return true,
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+    }
+}
+
 /// What to list. Items come back ordered by (mesh, name), so offsets are stable.
 #[derive(Debug, Clone)]
 pub struct ListQuery {

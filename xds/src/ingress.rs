@@ -9,7 +9,7 @@ use model::labels::SERVICE_TAG;
 use serde_json::{Value, json};
 
 use crate::sidecar::{
-    CONNECT_TIMEOUT, ads_config, inbound_address, inbound_ready, socket_address, tcp_proxy,
+    CONNECT_TIMEOUT, ads_config, endpoint_address, inbound_ready, socket_address, tcp_proxy,
 };
 use crate::{MeshSnapshot, ProxyResources, service_sni};
 
@@ -30,11 +30,7 @@ fn local_services(mesh: &MeshSnapshot) -> BTreeMap<String, Vec<(String, u32)>> {
             };
             let endpoints = services.entry(service.clone()).or_default();
             if inbound_ready(inbound) {
-                let address = match dp.spec.networking.advertised_address.as_str() {
-                    "" => inbound_address(dp, inbound),
-                    advertised => advertised,
-                };
-                endpoints.push((address.to_string(), inbound.port));
+                endpoints.push((endpoint_address(dp, inbound).to_string(), inbound.port));
             }
         }
     }

@@ -103,11 +103,20 @@ pub(crate) fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
 }
 
 /// Where an inbound listens: its own address, else the Dataplane's.
-pub(crate) fn inbound_address<'a>(entry: &'a DataplaneEntry, inbound: &'a Inbound) -> &'a str {
+fn inbound_address<'a>(entry: &'a DataplaneEntry, inbound: &'a Inbound) -> &'a str {
     if inbound.address.is_empty() {
         &entry.spec.networking.address
     } else {
         &inbound.address
+    }
+}
+
+/// Where other proxies reach an inbound: the Dataplane's advertised address, else where the
+/// inbound listens.
+pub(crate) fn endpoint_address<'a>(entry: &'a DataplaneEntry, inbound: &'a Inbound) -> &'a str {
+    match entry.spec.networking.advertised_address.as_str() {
+        "" => inbound_address(entry, inbound),
+        advertised => advertised,
     }
 }
 
@@ -173,11 +182,7 @@ fn resolve(mesh: &MeshSnapshot, tags: BTreeMap<String, String>) -> Destination {
             }
             protocols.insert(inbound.tags.get(PROTOCOL_TAG).cloned().unwrap_or_default());
             if inbound_ready(inbound) {
-                let address = match dp.spec.networking.advertised_address.as_str() {
-                    "" => inbound_address(dp, inbound),
-                    advertised => advertised,
-                };
-                endpoints.push((address.to_string(), inbound.port));
+                endpoints.push((endpoint_address(dp, inbound).to_string(), inbound.port));
             }
         }
     }

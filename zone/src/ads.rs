@@ -109,10 +109,7 @@ impl AggregatedDiscoveryService for AdsServer {
                 "zone egress configuration is not served yet",
             ));
         }
-        let owner = match proxy_type.as_str() {
-            "ingress" => model::ResourceType::ZoneIngress,
-            _ => model::ResourceType::Dataplane,
-        };
+        let owner = crate::auth::proxy_resource_type(&proxy_type);
         crate::auth::admit_stored_proxy(
             &self.store,
             self.auth.as_ref(),

@@ -12,6 +12,15 @@ pub fn is_zone_proxy(proxy_type: &str) -> bool {
     matches!(proxy_type, "ingress" | "egress")
 }
 
+/// The resource a proxy of `proxy_type` is registered as.
+pub fn proxy_resource_type(proxy_type: &str) -> model::ResourceType {
+    match proxy_type {
+        "ingress" => model::ResourceType::ZoneIngress,
+        "egress" => model::ResourceType::ZoneEgress,
+        _ => model::ResourceType::Dataplane,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("{0}")]
@@ -144,11 +153,7 @@ pub async fn admit_stored_proxy(
     proxy_type: &str,
 ) -> Result<(), tonic::Status> {
     use tonic::Status;
-    let kind = match proxy_type {
-        "ingress" => model::ResourceType::ZoneIngress,
-        "egress" => model::ResourceType::ZoneEgress,
-        _ => model::ResourceType::Dataplane,
-    };
+    let kind = proxy_resource_type(proxy_type);
     let key = model::ResourceKey::new(kind, mesh, name);
     let stored = match store.get(&key).await {
         Ok(d) => d,

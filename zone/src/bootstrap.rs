@@ -23,7 +23,7 @@ use store::{SharedStore, StoreError};
 
 use crate::auth::{
     AuthError, ProxyAuth, ProxyIdentity, TOKEN_REQUIRED, ZONE_TOKEN_REQUIRED, is_zone_proxy,
-    tag_values,
+    proxy_resource_type, tag_values,
 };
 
 pub struct BootstrapState {
@@ -67,6 +67,19 @@ fn error(status: StatusCode, title: &str, field: &str, reason: impl Into<String>
     (status, Json(body)).into_response()
 }
 
+/// 422 in Kuma's error shape, with every violation as an invalid parameter.
+fn invalid(title: &str, e: &model::ValidationError) -> Response {
+    let mut body =
+        json!({"type": "/std-errors", "status": 422, "title": title, "detail": e.to_string()});
+    body["invalid_parameters"] = json!(
+        e.violations
+            .iter()
+            .map(|v| json!({"field": v.field, "reason": v.reason}))
+            .collect::<Vec<_>>()
+    );
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+}
+
 fn parse_dataplane(req: &BootstrapRequest) -> Result<Option<Resource>, Response> {
     if req.dataplane_resource.trim().is_empty() {
         return Ok(None);
@@ -85,11 +98,9 @@ fn parse_dataplane(req: &BootstrapRequest) -> Result<Option<Resource>, Response>
     if resource.kind != ResourceType::Dataplane {
         return Err(bad(format!("must be a Dataplane, not {}", resource.kind)));
     }
-    resource.validate().map_err(|e| {
-        let mut body = json!({"type": "/std-errors", "status": 422, "title": "Invalid dataplane", "detail": e.to_string()});
-        body["invalid_parameters"] = json!(e.violations.iter().map(|v| json!({"field": v.field, "reason": v.reason})).collect::<Vec<_>>());
-        (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
-    })?;
+    resource
+        .validate()
+        .map_err(|e| invalid("Invalid dataplane", &e))?;
     Ok(Some(resource))
 }
 
@@ -363,9 +374,10 @@ async fn zone_proxy_bootstrap(
     req: &BootstrapRequest,
     host: String,
 ) -> Response {
-    let (kind, title) = match req.proxy_type.as_str() {
-        "ingress" => (ResourceType::ZoneIngress, "Invalid zone ingress"),
-        _ => (ResourceType::ZoneEgress, "Invalid zone egress"),
+    let kind = proxy_resource_type(&req.proxy_type);
+    let title = match kind {
+        ResourceType::ZoneIngress => "Invalid zone ingress",
+        _ => "Invalid zone egress",
     };
     let bad = |reason: String| error(StatusCode::BAD_REQUEST, title, "dataplaneResource", reason);
     let given = if req.dataplane_resource.trim().is_empty() {
@@ -406,14 +418,7 @@ async fn zone_proxy_bootstrap(
         }
         resource.spec["zone"] = json!(state.zone);
         if let Err(e) = resource.validate() {
-            let mut body = json!({"type": "/std-errors", "status": 422, "title": title, "detail": e.to_string()});
-            body["invalid_parameters"] = json!(
-                e.violations
-                    .iter()
-                    .map(|v| json!({"field": v.field, "reason": v.reason}))
-                    .collect::<Vec<_>>()
-            );
-            return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+            return invalid(title, &e);
         }
         Some(resource)
     };
@@ -465,11 +470,7 @@ pub async fn deregister(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let kind = match req.proxy_type.as_str() {
-        "ingress" => ResourceType::ZoneIngress,
-        "egress" => ResourceType::ZoneEgress,
-        _ => ResourceType::Dataplane,
-    };
+    let kind = proxy_resource_type(&req.proxy_type);
     let key = ResourceKey::new(kind, &req.mesh, &req.name);
     let stored = match state.store.get(&key).await {
         Ok(r) => r,

@@ -8,7 +8,7 @@ use model::ResourceType;
 use model::labels::ORIGIN;
 use model::specs::zone::ZoneIngressSpec;
 use store::{ListQuery, SharedStore, StoreError};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 /// How long a burst of changes is gathered before the counts are recomputed.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -69,18 +69,8 @@ pub async fn keep_available_services(
             Ok(n) => tracing::debug!(ingresses = n, "zone ingress services updated"),
             Err(e) => tracing::warn!(error = %e, "could not update the zone ingresses' services"),
         }
-        let wait = async {
-            loop {
-                match events.recv().await {
-                    Ok(ev) if relevant(ev.key.kind) => return true,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                    Err(broadcast::error::RecvError::Closed) => return false,
-                }
-            }
-        };
         tokio::select! {
-            open = wait => if !open { return },
+            open = store::next_change(&mut events, |ev| relevant(ev.key.kind)) => if !open { return },
             () = tokio::time::sleep(Duration::from_secs(60)) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }

@@ -7,9 +7,24 @@ use model::{ResourceKey, ResourceType};
 use store::{ListQuery, SharedStore, StoreError};
 use xds::{DataplaneEntry, MeshSnapshot, NamedPolicy, RemoteIngress};
 
-/// The mesh's spec and snapshot as seen from `local_zone`. Resources whose spec does not
-/// parse are left out with a warning, so one bad Dataplane cannot break every proxy of the mesh.
+/// The mesh's spec and snapshot as a sidecar in `local_zone` sees it: its dataplanes and
+/// policies, and, with mTLS on, other zones' ingresses.
 pub async fn load(
+    store: &SharedStore,
+    mesh: &str,
+    local_zone: &str,
+) -> Result<(MeshSpec, MeshSnapshot), StoreError> {
+    let (spec, mut snapshot) = load_local(store, mesh, local_zone).await?;
+    if snapshot.mtls {
+        snapshot.remote_ingresses = remote_ingresses(store, local_zone).await?;
+    }
+    Ok((spec, snapshot))
+}
+
+/// The mesh's spec and this zone's part of it (no other zones' ingresses, so no name is
+/// resolved). Resources whose spec does not parse are left out with a warning, so one bad
+/// Dataplane cannot break every proxy of the mesh.
+async fn load_local(
     store: &SharedStore,
     mesh: &str,
     local_zone: &str,
@@ -69,11 +84,7 @@ pub async fn load(
             dataplanes,
             traffic_permissions,
             local_zone: local_zone.to_string(),
-            remote_ingresses: if mtls {
-                remote_ingresses(store, local_zone).await?
-            } else {
-                Vec::new()
-            },
+            remote_ingresses: Vec::new(),
         },
     ))
 }
@@ -135,14 +146,15 @@ async fn resolve(host: &str, port: u32) -> Option<String> {
     addrs.first().map(ToString::to_string)
 }
 
-/// Every mesh's snapshot, for a zone ingress (which serves them all).
+/// This zone's part of every mesh, for a zone ingress (which serves them all) and the counts it
+/// advertises.
 pub async fn load_all(
     store: &SharedStore,
     local_zone: &str,
 ) -> Result<Vec<MeshSnapshot>, StoreError> {
     let mut out = Vec::new();
     for m in store.list(&ListQuery::all(ResourceType::Mesh)).await?.items {
-        out.push(load(store, &m.meta.name, local_zone).await?.1);
+        out.push(load_local(store, &m.meta.name, local_zone).await?.1);
     }
     Ok(out)
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use api::inspect::AdminAnswer;
 use model::catalog::{CATALOG_CONFIG, Catalog, INTER_CP_CA_SECRET, Instance};
 use model::specs::secret::{ConfigSpec, SecretSpec};
 use model::{Resource, ResourceKey, ResourceType, Timestamp};
@@ -400,13 +401,6 @@ impl InterCpEnvoyAdminForwardService for ForwardService {
 /// How long a proxy's kuma-dp has to answer an admin request.
 const ADMIN_TIMEOUT: Duration = api::inspect::TIMEOUT;
 
-/// What a proxy's Envoy admin answered, wherever its stream is held.
-pub struct AdminAnswer {
-    pub status: u32,
-    pub content_type: String,
-    pub body: Vec<u8>,
-}
-
 /// Reaches a proxy's Envoy admin from any replica: through the stream this replica holds, or
 /// by forwarding to the replica its DataplaneInsight names as the one it is connected to.
 pub struct ProxyAdmin {
@@ -425,28 +419,6 @@ impl ProxyAdmin {
             me,
             tunnels,
             channels: Mutex::default(),
-        }
-    }
-
-    pub async fn get(
-        &self,
-        mesh: &str,
-        name: &str,
-        path: &str,
-        query: &str,
-    ) -> Result<AdminAnswer, String> {
-        match self
-            .tunnels
-            .request(mesh, name, path, query, ADMIN_TIMEOUT)
-            .await
-        {
-            Ok(r) => Ok(AdminAnswer {
-                status: r.status,
-                content_type: r.content_type,
-                body: r.body,
-            }),
-            Err(AdminError::NotConnected { .. }) => self.forward(mesh, name, path, query).await,
-            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -531,10 +503,36 @@ impl ProxyAdmin {
                 target.id, answer.error
             ));
         }
-        Ok(AdminAnswer {
-            status: answer.status,
-            content_type: answer.content_type,
-            body: answer.body,
-        })
+        Ok(answer_of(answer.status, answer.content_type, answer.body))
+    }
+}
+
+fn answer_of(status: u32, content_type: String, body: Vec<u8>) -> AdminAnswer {
+    AdminAnswer {
+        status: u16::try_from(status).unwrap_or(502),
+        content_type,
+        body,
+    }
+}
+
+/// The API's view of the proxies' admin streams, held here or by another replica.
+#[async_trait::async_trait]
+impl api::inspect::ProxyAdmin for ProxyAdmin {
+    async fn get(
+        &self,
+        mesh: &str,
+        name: &str,
+        path: &str,
+        query: &str,
+    ) -> Result<AdminAnswer, String> {
+        match self
+            .tunnels
+            .request(mesh, name, path, query, ADMIN_TIMEOUT)
+            .await
+        {
+            Ok(r) => Ok(answer_of(r.status, r.content_type, r.body)),
+            Err(AdminError::NotConnected { .. }) => self.forward(mesh, name, path, query).await,
+            Err(e) => Err(e.to_string()),
+        }
     }
 }

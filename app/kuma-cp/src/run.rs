@@ -247,12 +247,12 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
     let proxy_admin: Option<api::inspect::SharedProxyAdmin> = dp_listener.is_some().then(|| {
-        Arc::new(ProxyAdmin(intercp::ProxyAdmin::new(
+        Arc::new(intercp::ProxyAdmin::new(
             store.clone(),
             tls.clone(),
             me.clone(),
             tunnels.clone(),
-        ))) as api::inspect::SharedProxyAdmin
+        )) as api::inspect::SharedProxyAdmin
     });
     if let Some(listener) = dp_listener {
         let dp_config = dp_server_config(&config, &store, &me, &hostname, &instance_id).await?;
@@ -370,27 +370,6 @@ async fn keep_mesh_cas(store: SharedStore, mut shutdown: watch::Receiver<bool>) 
             () = tokio::time::sleep(period) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-    }
-}
-
-/// The API's view of the proxies' admin streams, held here or by another replica.
-struct ProxyAdmin(intercp::ProxyAdmin);
-
-#[async_trait::async_trait]
-impl api::inspect::ProxyAdmin for ProxyAdmin {
-    async fn get(
-        &self,
-        mesh: &str,
-        name: &str,
-        path: &str,
-        query: &str,
-    ) -> std::result::Result<api::inspect::AdminAnswer, String> {
-        let r = self.0.get(mesh, name, path, query).await?;
-        Ok(api::inspect::AdminAnswer {
-            status: u16::try_from(r.status).unwrap_or(502),
-            content_type: r.content_type,
-            body: r.body,
-        })
     }
 }
 
