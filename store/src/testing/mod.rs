@@ -11,11 +11,27 @@ pub mod etcd;
 pub mod postgres;
 
 /// A port that was free a moment ago.
+/// A port no server of this machine listens on, handed out once per test process. Taken below
+/// Linux's ephemeral range (32768 and up): a port the kernel picked would be just as free, but
+/// any process's next outgoing connection (to Postgres, say) may take it before the server the
+/// test starts binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20000;
+    const SPAN: u16 = 12000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Test processes that overlap (several `cargo test` runs) start in different places.
+    let start = u16::try_from(std::process::id() % u32::from(SPAN)).unwrap_or(0);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = FIRST + (start + n) % SPAN;
+        let free = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 pub fn temp_dir(prefix: &str) -> PathBuf {
