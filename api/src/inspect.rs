@@ -1,6 +1,8 @@
-//! `GET /meshes/{mesh}/dataplanes/{name}/xds|stats|clusters`: a proxy's Envoy config dump,
-//! stats and clusters, fetched live through the control plane that holds the proxy's admin
-//! stream. Admins only: a config dump describes the whole mesh as the proxy sees it.
+//! `GET /meshes/{mesh}/dataplanes/{name}/xds|stats|clusters` (and the same under
+//! `/zoneingresses/{name}` and `/zoneegresses/{name}`): a proxy's Envoy config dump, stats and
+//! clusters, fetched live through the control plane that holds the proxy's admin stream (on
+//! global: through the zone the proxy runs in). Admins only: a config dump describes the whole
+//! mesh as the proxy sees it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +10,9 @@ use std::time::Duration;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+use model::ResourceType;
+use serde::Deserialize;
 
 use crate::SharedState;
 use crate::auth::Caller;
@@ -20,13 +25,22 @@ pub struct AdminAnswer {
     pub body: Vec<u8>,
 }
 
-/// Reaches a proxy's Envoy admin; implemented by the data plane server.
+/// Which proxy: a Dataplane (in a mesh), a ZoneIngress or a ZoneEgress (mesh empty).
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyRef<'a> {
+    pub kind: ResourceType,
+    pub mesh: &'a str,
+    pub name: &'a str,
+}
+
+/// Reaches a proxy's Envoy admin; implemented by the data plane server on zones and by the
+/// KDS server on global.
 #[async_trait::async_trait]
 pub trait ProxyAdmin: Send + Sync {
+    /// `path` is one of config_dump, stats, clusters; `query` has no `?`.
     async fn get(
         &self,
-        mesh: &str,
-        name: &str,
+        proxy: ProxyRef<'_>,
         path: &str,
         query: &str,
     ) -> Result<AdminAnswer, String>;
@@ -39,8 +53,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 async fn inspect(
     state: &SharedState,
     caller: &Caller,
-    mesh: &str,
-    name: &str,
+    proxy: ProxyRef<'_>,
     path: &str,
     query: &str,
 ) -> Result<Response, ApiError> {
@@ -55,17 +68,17 @@ async fn inspect(
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             TITLE,
-            "proxies connect to zone and standalone control planes; inspect it there",
+            "this control plane reaches no proxies",
         ));
     };
-    let key = model::ResourceKey::new(model::ResourceType::Dataplane, mesh, name);
+    let key = model::ResourceKey::new(proxy.kind, proxy.mesh, proxy.name);
     state
         .store
         .get(&key)
         .await
         .map_err(|e| ApiError::from_store(TITLE, e))?;
     let answer = admin
-        .get(mesh, name, path, query)
+        .get(proxy, path, query)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, TITLE, e))?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -77,10 +90,42 @@ async fn inspect(
         .into_response())
 }
 
+/// The proxy a path names: `/meshes/{mesh}/dataplanes/{name}/…` or `/{zoneingresses|zoneegresses}/{name}/…`.
+#[derive(Debug, Deserialize)]
+pub struct ProxyPath {
+    #[serde(default)]
+    mesh: String,
+    #[serde(default)]
+    plural: String,
+    name: String,
+}
+
+impl ProxyPath {
+    fn proxy(&self) -> Result<ProxyRef<'_>, ApiError> {
+        let kind = match self.plural.as_str() {
+            "" => ResourceType::Dataplane,
+            "zoneingresses" => ResourceType::ZoneIngress,
+            "zoneegresses" => ResourceType::ZoneEgress,
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    format!("{other:?} has no Envoy to inspect"),
+                ));
+            }
+        };
+        Ok(ProxyRef {
+            kind,
+            mesh: &self.mesh,
+            name: &self.name,
+        })
+    }
+}
+
 pub async fn config_dump(
     State(state): State<SharedState>,
     caller: axum::Extension<Caller>,
-    Path((mesh, name)): Path<(String, String)>,
+    Path(path): Path<ProxyPath>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     // Kuma's `?include_eds=true` is Envoy's `?include_eds`.
@@ -89,21 +134,21 @@ pub async fn config_dump(
             .any(|p| p == "include_eds=true" || p == "include_eds")
     });
     let envoy_query = if include_eds { "include_eds" } else { "" };
-    inspect(&state, &caller, &mesh, &name, "config_dump", envoy_query).await
+    inspect(&state, &caller, path.proxy()?, "config_dump", envoy_query).await
 }
 
 pub async fn stats(
     State(state): State<SharedState>,
     caller: axum::Extension<Caller>,
-    Path((mesh, name)): Path<(String, String)>,
+    Path(path): Path<ProxyPath>,
 ) -> Result<Response, ApiError> {
-    inspect(&state, &caller, &mesh, &name, "stats", "").await
+    inspect(&state, &caller, path.proxy()?, "stats", "").await
 }
 
 pub async fn clusters(
     State(state): State<SharedState>,
     caller: axum::Extension<Caller>,
-    Path((mesh, name)): Path<(String, String)>,
+    Path(path): Path<ProxyPath>,
 ) -> Result<Response, ApiError> {
-    inspect(&state, &caller, &mesh, &name, "clusters", "").await
+    inspect(&state, &caller, path.proxy()?, "clusters", "").await
 }

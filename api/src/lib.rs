@@ -85,6 +85,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/mesh-insights/{mesh}", get(overview::mesh_insight))
         .route("/gui", get(gui::page))
         .route("/gui/", get(gui::page))
+        .route("/{plural}/{name}/xds", get(inspect::config_dump))
+        .route("/{plural}/{name}/stats", get(inspect::stats))
+        .route("/{plural}/{name}/clusters", get(inspect::clusters))
         .route("/{plural}", get(resources::list_top))
         .route(
             "/{plural}/{name}",

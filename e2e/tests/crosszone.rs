@@ -1,9 +1,11 @@
 #![allow(clippy::unwrap_used)]
 //! Cross-zone traffic with real processes and real Envoy: a global, zone-1 and zone-2 control
-//! planes, a zone ingress in zone-2, echo apps behind kuma-dp sidecars. A client in zone-1
-//! reaches `backend` in zone-2 through zone-2's ingress with mTLS end to end; a local instance
-//! takes the traffic over and hands it back when it stops; calls keep working with zone-2's
-//! control plane killed; disabling zone-2 on global removes its endpoints from zone-1.
+//! planes, a zone ingress in each zone, a zone egress in zone-1, echo apps behind kuma-dp
+//! sidecars. A client in zone-1 reaches `backend` in zone-2 through zone-2's ingress with mTLS
+//! end to end, and through zone-1's egress once the mesh asks for it; a local instance takes the
+//! traffic over, hands it back when it stops and takes it again when it returns; calls keep
+//! working with zone-2's control plane killed; disabling zone-2 on global removes its endpoints
+//! from zone-1.
 
 use std::time::Duration;
 
@@ -32,6 +34,27 @@ fn ingress_yaml(port: u16) -> String {
     format!(
         "type: ZoneIngress\nname: {{{{ name }}}}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {port}\n"
     )
+}
+
+fn egress_yaml(port: u16) -> String {
+    format!(
+        "type: ZoneEgress\nname: {{{{ name }}}}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n"
+    )
+}
+
+fn mesh(zone_egress: bool) -> serde_json::Value {
+    json!({"type": "Mesh", "name": "default",
+        "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]},
+        "routing": {"zoneEgress": zone_egress}})
+}
+
+/// A counter from a proxy's Envoy stats, read through its zone control plane's API.
+fn stat(cp: &Cp, proxy_path: &str, name: &str) -> Option<u64> {
+    let stats = cp.get_text(&format!("{proxy_path}/stats"))?;
+    stats.lines().find_map(|l| {
+        let (k, v) = l.split_once(": ")?;
+        (k == name).then(|| v.trim().parse().ok())?
+    })
 }
 
 #[test]
@@ -73,10 +96,7 @@ fn cross_zone_traffic_through_the_ingress() {
     };
 
     // mTLS on global: its builtin CA is created there and reaches both zones.
-    global.put(
-        "/meshes/default",
-        json!({"type": "Mesh", "name": "default", "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
-    );
+    global.put("/meshes/default", mesh(false));
     for zone in [&zone1, &zone2] {
         within(
             Duration::from_secs(20),
@@ -89,14 +109,27 @@ fn cross_zone_traffic_through_the_ingress() {
         );
     }
 
-    // zone-2: an ingress (zone token with scope ingress) and the only backend.
-    let ingress_port = free_port();
-    let _ingress = zone2.kuma_dp(
+    // An ingress in each zone (zone tokens with scope ingress), an egress in zone-1.
+    let _ingress1 = zone1.kuma_dp(
+        ProxyType::Ingress,
+        "ingress-1",
+        &ingress_yaml(free_port()),
+        &global.zone_token("zone-1", "ingress"),
+    );
+    let _ingress2 = zone2.kuma_dp(
         ProxyType::Ingress,
         "ingress-2",
-        &ingress_yaml(ingress_port),
+        &ingress_yaml(free_port()),
         &global.zone_token("zone-2", "ingress"),
     );
+    let egress = zone1.kuma_dp(
+        ProxyType::Egress,
+        "egress-1",
+        &egress_yaml(free_port()),
+        &global.zone_token("zone-1", "egress"),
+    );
+
+    // zone-2: the only backend.
     let backend2_port = free_port();
     let _backend2_app = zone2.echo("backend-zone-2", backend2_port, Some("zone-2"));
     let _backend2 = zone2.sidecar(
@@ -117,7 +150,14 @@ fn cross_zone_traffic_through_the_ingress() {
         Some(outbound),
         &global.token("web-1", "default"),
     );
-    let logs = || format!("{}\n--- kuma-dp web-1:\n{}", logs(), web.logs());
+    let logs = || {
+        format!(
+            "{}\n--- kuma-dp web-1:\n{}\n--- kuma-dp egress-1:\n{}",
+            logs(),
+            web.logs(),
+            egress.logs()
+        )
+    };
 
     // (a) zone-1 -> zone-2 through zone-2's ingress; the backend sees the caller's identity.
     within(
@@ -136,28 +176,86 @@ fn cross_zone_traffic_through_the_ingress() {
         .get("/zoneingresses")
         .and_then(|l| l["items"].as_array().cloned())
         .unwrap_or_default();
-    assert_eq!(ingress.len(), 1, "{ingress:?}");
-    assert_eq!(
-        ingress[0]["availableServices"][0]["tags"]["kuma.io/service"],
-        "backend"
-    );
+    assert_eq!(ingress.len(), 2, "{ingress:?}");
+    let zone2_services: Vec<_> = ingress
+        .iter()
+        .filter(|i| i["zone"] == "zone-2")
+        .flat_map(|i| {
+            i["availableServices"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|s| s["tags"]["kuma.io/service"].clone())
+        .collect();
+    assert!(zone2_services.contains(&json!("backend")), "{ingress:?}");
 
-    // (c) A local instance takes all calls; when it stops they go back to zone-2 within 5 s.
-    let backend1_port = free_port();
-    let _backend1_app = zone1.echo("backend-zone-1", backend1_port, Some("zone-1"));
-    let mut backend1 = zone1.sidecar(
-        "backend-zone-1",
-        "backend",
-        backend1_port,
-        None,
-        &global.token("backend-zone-1", "default"),
-    );
+    // (b) With routing.zoneEgress the call leaves zone-1 through its egress, which passes it on
+    // by SNI: the backend still sees the caller's identity, and the egress counts connections.
+    // Envoy writes the cluster `default:backend` as `default_backend` in stat names.
+    let egress_cx = "cluster.default_backend.upstream_cx_total";
+    let egress_bytes = "tcp.default_backend.downstream_cx_rx_bytes_total";
+    let egress_path = "/zoneegresses/egress-1";
+    global.put("/meshes/default", mesh(true));
     within(
         Duration::from_secs(30),
-        "calls stay in zone-1 once a local backend runs",
-        || (0..10).all(|_| call(outbound).is_some_and(|b| b["zone"] == "zone-1")),
-        logs,
+        "calls pass through zone-1's egress",
+        || {
+            call(outbound).is_some_and(|b| b["zone"] == "zone-2")
+                && stat(&zone1, egress_path, egress_cx).is_some_and(|n| n > 0)
+        },
+        || {
+            format!(
+                "{}\n--- last call: {:?}\n--- egress stats: {:?}",
+                logs(),
+                call(outbound),
+                zone1.get_text(&format!("{egress_path}/stats")).map(|s| s
+                    .lines()
+                    .filter(|l| l.contains("default:backend") || l.contains("default_backend"))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            )
+        },
     );
+    let before = stat(&zone1, egress_path, egress_bytes).unwrap();
+    for _ in 0..5 {
+        let b = call(outbound).expect("call through the egress");
+        assert_eq!(b["zone"], "zone-2");
+        let xfcc = b["headers"]["x-forwarded-client-cert"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(xfcc.contains("URI=spiffe://default/web"), "{b}");
+    }
+    // The sidecar reuses its upstream connection, so count bytes rather than connections.
+    let after = stat(&zone1, egress_path, egress_bytes).unwrap();
+    assert!(
+        after > before,
+        "bytes through the egress: {before} -> {after}"
+    );
+    global.put("/meshes/default", mesh(false));
+
+    // (c) A local instance takes all calls; when it stops they go to zone-2 within 5 s, and
+    // they come back when it returns.
+    let backend1_port = free_port();
+    let _backend1_app = zone1.echo("backend-zone-1", backend1_port, Some("zone-1"));
+    let backend1_token = global.token("backend-zone-1", "default");
+    let start_backend1 = || {
+        let proc = zone1.sidecar(
+            "backend-zone-1",
+            "backend",
+            backend1_port,
+            None,
+            &backend1_token,
+        );
+        within(
+            Duration::from_secs(30),
+            "calls stay in zone-1 while a local backend runs",
+            || (0..10).all(|_| call(outbound).is_some_and(|b| b["zone"] == "zone-1")),
+            logs,
+        );
+        proc
+    };
+    let mut backend1 = start_backend1();
     backend1.signal("-TERM");
     backend1
         .wait(Duration::from_secs(20))
@@ -169,6 +267,13 @@ fn cross_zone_traffic_through_the_ingress() {
         logs,
     );
     eprintln!("failover to zone-2 took {took:?}");
+    drop(start_backend1());
+    within(
+        Duration::from_secs(10),
+        "calls go to zone-2 again",
+        || call(outbound).is_some_and(|b| b["zone"] == "zone-2"),
+        logs,
+    );
 
     // (d) The data plane does not depend on zone-2's control plane.
     let mut zone2_cp = zone2_cp;

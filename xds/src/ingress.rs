@@ -11,14 +11,7 @@ use serde_json::{Value, json};
 use crate::sidecar::{
     CONNECT_TIMEOUT, ads_config, endpoint_address, inbound_ready, socket_address, tcp_proxy,
 };
-use crate::{MeshSnapshot, ProxyResources, service_sni};
-
-/// Where the ingress listens.
-#[derive(Debug, Clone)]
-pub struct IngressListener {
-    pub address: String,
-    pub port: u32,
-}
+use crate::{MeshSnapshot, ProxyResources, ZoneProxyListener, service_sni};
 
 /// Ready local endpoints of each service in `mesh`, by service name.
 fn local_services(mesh: &MeshSnapshot) -> BTreeMap<String, Vec<(String, u32)>> {
@@ -43,23 +36,15 @@ fn local_services(mesh: &MeshSnapshot) -> BTreeMap<String, Vec<(String, u32)>> {
 
 /// The ingress's listener, clusters and endpoints for every mesh with mTLS (cross-zone
 /// traffic needs it: the SNI is what routes).
-pub fn generate(listener: &IngressListener, meshes: &[MeshSnapshot]) -> ProxyResources {
+pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshSnapshot]) -> ProxyResources {
     let mut out = ProxyResources::default();
     let mut chains = Vec::new();
     for mesh in meshes.iter().filter(|m| m.mtls) {
         for (service, endpoints) in local_services(mesh) {
             let sni = service_sni(&service, &mesh.mesh, &BTreeMap::new());
             let cluster = format!("{}:{service}", mesh.mesh);
-            chains.push(json!({
-                "filter_chain_match": {"server_names": [sni], "transport_protocol": "tls"},
-                "filters": [tcp_proxy(&cluster, &cluster)]
-            }));
-            out.clusters.push(json!({
-                "name": cluster,
-                "type": "EDS",
-                "eds_cluster_config": {"eds_config": ads_config()},
-                "connect_timeout": CONNECT_TIMEOUT
-            }));
+            chains.push(sni_chain(&sni, &cluster));
+            out.clusters.push(eds_cluster(&cluster));
             let lb_endpoints: Vec<Value> = endpoints
                 .iter()
                 .map(|(a, p)| json!({"endpoint": {"address": socket_address(a, *p)}}))
@@ -70,20 +55,43 @@ pub fn generate(listener: &IngressListener, meshes: &[MeshSnapshot]) -> ProxyRes
             }));
         }
     }
-    // Envoy refuses a listener without filter chains; with nothing to serve there is none.
-    if !chains.is_empty() {
-        out.listeners.push(json!({
-            "name": format!("inbound:{}:{}", listener.address, listener.port),
-            "address": socket_address(&listener.address, listener.port),
-            "traffic_direction": "INBOUND",
-            "listener_filters": [{
-                "name": "envoy.filters.listener.tls_inspector",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
-            }],
-            "filter_chains": chains
-        }));
-    }
+    out.listeners.extend(sni_listener(listener, chains));
     out
+}
+
+/// A filter chain that passes TLS connections for `sni`, still encrypted, to `cluster`.
+pub(crate) fn sni_chain(sni: &str, cluster: &str) -> Value {
+    json!({
+        "filter_chain_match": {"server_names": [sni], "transport_protocol": "tls"},
+        "filters": [tcp_proxy(cluster, cluster)]
+    })
+}
+
+pub(crate) fn eds_cluster(name: &str) -> Value {
+    json!({
+        "name": name,
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": ads_config()},
+        "connect_timeout": CONNECT_TIMEOUT
+    })
+}
+
+/// The listener that reads each connection's SNI (TLS inspector) and picks its chain; none
+/// when there is nothing to serve, as Envoy refuses a listener without filter chains.
+pub(crate) fn sni_listener(listener: &ZoneProxyListener, chains: Vec<Value>) -> Option<Value> {
+    if chains.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "name": format!("inbound:{}:{}", listener.address, listener.port),
+        "address": socket_address(&listener.address, listener.port),
+        "traffic_direction": "INBOUND",
+        "listener_filters": [{
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
+        }],
+        "filter_chains": chains
+    }))
 }
 
 /// What a zone's ingresses advertise: per mesh and distinct inbound tag set, how many ready

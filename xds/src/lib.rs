@@ -9,6 +9,7 @@ use model::specs::policy::MeshTrafficPermissionSpec;
 use serde_json::Value;
 
 pub mod bootstrap;
+pub mod egress;
 pub mod ingress;
 pub mod rbac;
 pub mod sidecar;
@@ -41,6 +42,17 @@ pub struct MeshSnapshot {
     pub local_zone: String,
     /// Other zones' ingresses: where this zone's sidecars reach services that run there.
     pub remote_ingresses: Vec<RemoteIngress>,
+    /// The mesh's `routing.zoneEgress`: cross-zone traffic leaves through this zone's egress.
+    pub zone_egress: bool,
+    /// This zone's egresses (address, port) sidecars dial when `zone_egress` is on.
+    pub local_egresses: Vec<(String, u32)>,
+}
+
+/// Where a zone proxy (ingress or egress) listens.
+#[derive(Debug, Clone)]
+pub struct ZoneProxyListener {
+    pub address: String,
+    pub port: u32,
 }
 
 /// A ZoneIngress of another zone as sidecars dial it: its advertised address (an IP; the

@@ -336,7 +336,7 @@ fn outbound_resources(
             }});
         }
         out.clusters.push(cluster);
-        out.endpoints.push(load_assignment(&dest, &mesh.local_zone));
+        out.endpoints.push(load_assignment(&dest, mesh));
     }
     let listener_name = format!("outbound:{address}:{}", outbound.port);
     let filter = if dest.protocol.is_http() {
@@ -359,8 +359,11 @@ fn outbound_resources(
 
 /// Endpoints by locality: this zone's instances at priority 0, each other zone's ingress at
 /// priority 1 weighted by the instances behind it. Envoy sends traffic to another zone only
-/// when this zone has no healthy instance left, so calls stay local by default.
-fn load_assignment(dest: &Destination, local_zone: &str) -> Value {
+/// when this zone has no healthy instance left, so calls stay local by default. With
+/// `routing.zoneEgress` the other zones are reached through this zone's egresses, which pass
+/// the connection on by its SNI; with no egress in the zone, nothing leaves it.
+fn load_assignment(dest: &Destination, mesh: &MeshSnapshot) -> Value {
+    let local_zone = mesh.local_zone.as_str();
     let mut groups = Vec::new();
     if !dest.endpoints.is_empty() {
         let lb_endpoints: Vec<Value> = dest
@@ -375,13 +378,28 @@ fn load_assignment(dest: &Destination, local_zone: &str) -> Value {
         groups.push(group);
     }
     for (zone, address, port, instances) in &dest.remote {
+        let direct = [(address.clone(), *port)];
+        let via: &[(String, u32)] = if mesh.zone_egress {
+            &mesh.local_egresses
+        } else {
+            &direct
+        };
+        if via.is_empty() {
+            continue;
+        }
+        let lb_endpoints: Vec<Value> = via
+            .iter()
+            .map(|(a, p)| {
+                json!({
+                    "endpoint": {"address": socket_address(a, *p)},
+                    "load_balancing_weight": instances
+                })
+            })
+            .collect();
         groups.push(json!({
             "locality": {"zone": zone},
             "priority": 1,
-            "lb_endpoints": [{
-                "endpoint": {"address": socket_address(address, *port)},
-                "load_balancing_weight": instances
-            }]
+            "lb_endpoints": lb_endpoints
         }));
     }
     json!({"cluster_name": dest.cluster, "endpoints": groups})

@@ -6,8 +6,8 @@ use model::specs::dataplane::DataplaneSpec;
 use model::specs::policy::MeshTrafficPermissionSpec;
 use serde_json::{Value, json};
 use xds::{
-    DataplaneEntry, MeshSnapshot, NamedPolicy, ProxyResources, RemoteIngress, ingress, sidecar,
-    wire,
+    DataplaneEntry, MeshSnapshot, NamedPolicy, ProxyResources, RemoteIngress, egress, ingress,
+    sidecar, wire,
 };
 
 fn dataplane(name: &str, spec: Value) -> DataplaneEntry {
@@ -214,7 +214,7 @@ fn zone_ingress() {
         m
     };
     let meshes = [mesh("http", true, vec![allow_all()]), other, plain];
-    let listener = ingress::IngressListener {
+    let listener = xds::ZoneProxyListener {
         address: "10.0.0.9".into(),
         port: 10001,
     };
@@ -233,4 +233,82 @@ fn zone_ingress() {
 
     // Nothing to serve: no listener (Envoy refuses one without filter chains).
     assert!(ingress::generate(&listener, &[]).listeners.is_empty());
+}
+
+fn zone_1_view() -> MeshSnapshot {
+    let mut m = mesh("http", true, vec![allow_all()]);
+    m.local_zone = "zone-1".into();
+    m.remote_ingresses = vec![
+        remote_ingress(
+            "zone-1",
+            "192.168.1.1",
+            json!([{"tags": {"kuma.io/service": "backend"}, "instances": 2, "mesh": "default"}]),
+        ),
+        remote_ingress(
+            "zone-2",
+            "192.168.2.1",
+            json!([{"tags": {"kuma.io/service": "backend", "version": "v1"}, "instances": 2, "mesh": "default"},
+                   {"tags": {"kuma.io/service": "backend", "version": "v2"}, "instances": 1, "mesh": "default"},
+                   {"tags": {"kuma.io/service": "db"}, "instances": 1, "mesh": "default"},
+                   {"tags": {"kuma.io/service": "billing"}, "instances": 4, "mesh": "other"}]),
+        ),
+        remote_ingress(
+            "zone-3",
+            "192.168.3.1",
+            json!([{"tags": {"kuma.io/service": "backend"}, "instances": 1, "mesh": "default"},
+                   {"tags": {"kuma.io/service": "httpbin"}, "instances": 1, "mesh": "default", "externalService": true}]),
+        ),
+    ];
+    m.zone_egress = true;
+    m
+}
+
+/// zone-1's egress: one SNI chain per service that runs in other zones, passed (still
+/// encrypted) to those zones' ingresses weighted by their instances. Its own zone's ingress,
+/// external services and meshes that do not route through egresses contribute nothing.
+#[test]
+fn zone_egress() {
+    let default = zone_1_view();
+    let mut direct = zone_1_view();
+    direct.mesh = "other".into();
+    direct.zone_egress = false;
+    let listener = xds::ZoneProxyListener {
+        address: "10.0.0.8".into(),
+        port: 10002,
+    };
+    let r = egress::generate(&listener, &[default, direct]);
+    check_schema(&r);
+    insta::assert_yaml_snapshot!(
+        json!({"listeners": r.listeners, "clusters": r.clusters, "endpoints": r.endpoints})
+    );
+    assert!(r.secret_names.is_empty(), "the egress holds no mesh secret");
+    assert!(egress::generate(&listener, &[]).listeners.is_empty());
+}
+
+/// With `routing.zoneEgress`, a sidecar's cross-zone endpoints are this zone's egresses (one
+/// group per remote zone, so priorities and weights stay as without it); with no egress in the
+/// zone nothing leaves it.
+#[test]
+fn sidecar_through_zone_egress() {
+    let mut m = zone_1_view();
+    m.local_egresses = vec![("10.0.0.8".into(), 10002)];
+    let r = sidecar::generate(&m, "web-1").expect("generate");
+    check_schema(&r);
+    let backend = r
+        .endpoints
+        .iter()
+        .find(|e| e["cluster_name"] == "backend")
+        .expect("backend endpoints");
+    insta::assert_yaml_snapshot!(backend);
+
+    m.local_egresses.clear();
+    let r = sidecar::generate(&m, "web-1").expect("generate");
+    let backend = r
+        .endpoints
+        .iter()
+        .find(|e| e["cluster_name"] == "backend")
+        .expect("backend endpoints");
+    let groups = backend["endpoints"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1, "only the local instances: {backend}");
+    assert!(groups[0].get("priority").is_none());
 }

@@ -27,6 +27,7 @@ use xds::wire;
 
 use crate::auth::ProxyAuth;
 use crate::insight::{CertState, StreamRecord};
+use crate::snapshot::ProxyKind;
 
 /// How long a burst of store changes is gathered before configuration is recomputed.
 pub const DEBOUNCE: Duration = Duration::from_millis(10);
@@ -104,11 +105,6 @@ impl AggregatedDiscoveryService for AdsServer {
             .and_then(Value::as_str)
             .unwrap_or("dataplane")
             .to_string();
-        if proxy_type == "egress" {
-            return Err(Status::unimplemented(
-                "zone egress configuration is not served yet",
-            ));
-        }
         let owner = crate::auth::proxy_resource_type(&proxy_type);
         crate::auth::admit_stored_proxy(
             &self.store,
@@ -141,7 +137,11 @@ impl AggregatedDiscoveryService for AdsServer {
             store: self.store.clone(),
             zone: self.zone.clone(),
             generates_ca: self.generates_ca,
-            ingress: owner == model::ResourceType::ZoneIngress,
+            kind: match owner {
+                model::ResourceType::ZoneIngress => ProxyKind::Ingress,
+                model::ResourceType::ZoneEgress => ProxyKind::Egress,
+                _ => ProxyKind::Sidecar,
+            },
             mesh,
             name,
             out: tx,
@@ -257,8 +257,8 @@ struct ProxyStream {
     store: SharedStore,
     zone: String,
     generates_ca: bool,
-    /// A zone ingress (mesh is empty) rather than a sidecar.
-    ingress: bool,
+    /// A sidecar, or a zone ingress or egress (whose mesh is empty).
+    kind: ProxyKind,
     mesh: String,
     name: String,
     out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
@@ -315,7 +315,7 @@ impl ProxyStream {
                 },
                 ev = events.recv() => {
                     let relevant = match ev {
-                        Ok(ev) => crate::snapshot::affects(&ev.key, &self.mesh),
+                        Ok(ev) => crate::snapshot::affects(&ev.key, self.kind, &self.mesh),
                         Err(broadcast::error::RecvError::Lagged(_)) => true,
                         Err(broadcast::error::RecvError::Closed) => return Ok(()),
                     };
@@ -495,8 +495,10 @@ impl ProxyStream {
     }
 
     async fn build(&mut self) -> Result<Config, String> {
-        if self.ingress {
-            return self.build_ingress().await;
+        match self.kind {
+            ProxyKind::Ingress => return self.build_ingress().await,
+            ProxyKind::Egress => return self.build_egress().await,
+            ProxyKind::Sidecar => {}
         }
         let (mesh_spec, snapshot) = crate::snapshot::load(&self.store, &self.mesh, &self.zone)
             .await
@@ -516,22 +518,47 @@ impl ProxyStream {
 
     /// A zone ingress: SNI passthrough to the local instances of every mesh's services.
     async fn build_ingress(&self) -> Result<Config, String> {
-        let key = model::ResourceKey::new(model::ResourceType::ZoneIngress, "", &self.name);
-        let r = self.store.get(&key).await.map_err(|e| e.to_string())?;
-        let spec: model::specs::zone::ZoneIngressSpec =
-            serde_json::from_value(r.spec).map_err(|e| format!("ZoneIngress spec: {e}"))?;
+        let spec: model::specs::zone::ZoneIngressSpec = self.zone_proxy_spec().await?;
+        let listener = listener(&spec.networking.address, spec.networking.port);
         let meshes = crate::snapshot::load_all(&self.store, &self.zone)
             .await
             .map_err(|e| e.to_string())?;
-        let address = match spec.networking.address.as_str() {
-            "" => "0.0.0.0".to_string(),
-            a => a.to_string(),
-        };
-        let listener = xds::ingress::IngressListener {
-            address,
-            port: spec.networking.port,
-        };
         encode(&xds::ingress::generate(&listener, &meshes))
+    }
+
+    /// A zone egress: SNI passthrough to the other zones' ingresses, for every mesh that
+    /// routes cross-zone traffic through egresses.
+    async fn build_egress(&self) -> Result<Config, String> {
+        let spec: model::specs::zone::ZoneEgressSpec = self.zone_proxy_spec().await?;
+        let listener = listener(&spec.networking.address, spec.networking.port);
+        let meshes = crate::snapshot::load_for_egress(&self.store, &self.zone)
+            .await
+            .map_err(|e| e.to_string())?;
+        encode(&xds::egress::generate(&listener, &meshes))
+    }
+
+    /// The stored ZoneIngress or ZoneEgress this stream serves.
+    async fn zone_proxy_spec<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        let kind = match self.kind {
+            ProxyKind::Egress => model::ResourceType::ZoneEgress,
+            _ => model::ResourceType::ZoneIngress,
+        };
+        let key = model::ResourceKey::new(kind, "", &self.name);
+        let r = self.store.get(&key).await.map_err(|e| e.to_string())?;
+        serde_json::from_value(r.spec).map_err(|e| format!("{kind} spec: {e}"))
+    }
+}
+
+/// Where a zone proxy listens: its address, else every address.
+fn listener(address: &str, port: u32) -> xds::ZoneProxyListener {
+    xds::ZoneProxyListener {
+        address: if address.is_empty() {
+            "0.0.0.0"
+        } else {
+            address
+        }
+        .to_string(),
+        port,
     }
 }
 

@@ -190,14 +190,6 @@ fn parse_request(body: &[u8]) -> Result<BootstrapRequest, Response> {
 
 fn check_names(req: &BootstrapRequest) -> Result<(), Response> {
     let zone_proxy = is_zone_proxy(&req.proxy_type);
-    if req.proxy_type == "egress" {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "Invalid request",
-            "proxyType",
-            "zone egress is not supported yet",
-        ));
-    }
     if zone_proxy && !req.mesh.is_empty() {
         return Err(error(
             StatusCode::BAD_REQUEST,

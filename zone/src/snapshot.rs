@@ -2,7 +2,7 @@
 
 use model::specs::dataplane::DataplaneSpec;
 use model::specs::mesh::MeshSpec;
-use model::specs::zone::ZoneIngressSpec;
+use model::specs::zone::{ZoneEgressSpec, ZoneIngressSpec};
 use model::{ResourceKey, ResourceType};
 use store::{ListQuery, SharedStore, StoreError};
 use xds::{DataplaneEntry, MeshSnapshot, NamedPolicy, RemoteIngress};
@@ -17,8 +17,76 @@ pub async fn load(
     let (spec, mut snapshot) = load_local(store, mesh, local_zone).await?;
     if snapshot.mtls {
         snapshot.remote_ingresses = remote_ingresses(store, local_zone).await?;
+        if snapshot.zone_egress {
+            snapshot.local_egresses = local_egresses(store, local_zone).await?;
+        }
     }
     Ok((spec, snapshot))
+}
+
+/// This zone's egresses, where sidecars of meshes with `routing.zoneEgress` send cross-zone
+/// traffic.
+async fn local_egresses(
+    store: &SharedStore,
+    local_zone: &str,
+) -> Result<Vec<(String, u32)>, StoreError> {
+    let mut out = Vec::new();
+    for r in store
+        .list(&ListQuery::all(ResourceType::ZoneEgress))
+        .await?
+        .items
+    {
+        let Ok(spec) = serde_json::from_value::<ZoneEgressSpec>(r.spec) else {
+            tracing::warn!(egress = %r.meta.name, "ZoneEgress spec does not parse; left out");
+            continue;
+        };
+        if spec.zone == local_zone && !spec.networking.address.is_empty() {
+            out.push((spec.networking.address, spec.networking.port));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every mesh that routes through zone egresses, with the other zones' ingresses: what this
+/// zone's egresses pass traffic to.
+pub async fn load_for_egress(
+    store: &SharedStore,
+    local_zone: &str,
+) -> Result<Vec<MeshSnapshot>, StoreError> {
+    let mut out = Vec::new();
+    let mut ingresses = None;
+    for m in store.list(&ListQuery::all(ResourceType::Mesh)).await?.items {
+        let Ok(spec) = serde_json::from_value::<MeshSpec>(m.spec) else {
+            tracing::warn!(mesh = %m.meta.name, "mesh spec does not parse; left out");
+            continue;
+        };
+        if !(mtls_enabled(&spec) && zone_egress(&spec)) {
+            continue;
+        }
+        if ingresses.is_none() {
+            ingresses = Some(remote_ingresses(store, local_zone).await?);
+        }
+        out.push(MeshSnapshot {
+            mesh: m.meta.name,
+            mtls: true,
+            zone_egress: true,
+            local_zone: local_zone.to_string(),
+            remote_ingresses: ingresses.clone().unwrap_or_default(),
+            ..Default::default()
+        });
+    }
+    Ok(out)
+}
+
+fn mtls_enabled(spec: &MeshSpec) -> bool {
+    spec.mtls
+        .as_ref()
+        .is_some_and(|m| !m.enabled_backend.is_empty())
+}
+
+fn zone_egress(spec: &MeshSpec) -> bool {
+    spec.routing.as_ref().is_some_and(|r| r.zone_egress)
 }
 
 /// The mesh's spec and this zone's part of it (no other zones' ingresses, so no name is
@@ -72,21 +140,16 @@ async fn load_local(
             }
         }
     }
-    let mtls = spec
-        .mtls
-        .as_ref()
-        .is_some_and(|m| !m.enabled_backend.is_empty());
-    Ok((
-        spec,
-        MeshSnapshot {
-            mesh: mesh.to_string(),
-            mtls,
-            dataplanes,
-            traffic_permissions,
-            local_zone: local_zone.to_string(),
-            remote_ingresses: Vec::new(),
-        },
-    ))
+    let snapshot = MeshSnapshot {
+        mesh: mesh.to_string(),
+        mtls: mtls_enabled(&spec),
+        zone_egress: zone_egress(&spec),
+        dataplanes,
+        traffic_permissions,
+        local_zone: local_zone.to_string(),
+        ..Default::default()
+    };
+    Ok((spec, snapshot))
 }
 
 /// Other zones' ingresses (synced from global) that advertise where to reach them. A host name
@@ -159,17 +222,36 @@ pub async fn load_all(
     Ok(out)
 }
 
-/// Whether a change to `key` can alter the configuration of proxies in `mesh` (empty: a zone
-/// ingress, which serves every mesh).
-pub fn affects(key: &ResourceKey, mesh: &str) -> bool {
-    if mesh.is_empty() {
-        return matches!(
-            key.kind,
-            ResourceType::Mesh | ResourceType::Dataplane | ResourceType::ZoneIngress
-        );
+/// Which proxy a configuration is for: what it is built from differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    Sidecar,
+    /// Serves every mesh's local instances to other zones.
+    Ingress,
+    /// Passes every mesh's cross-zone traffic to other zones' ingresses.
+    Egress,
+}
+
+/// Whether a change to `key` can alter the configuration of a proxy of `kind` in `mesh`
+/// (empty for zone proxies, which serve every mesh).
+pub fn affects(key: &ResourceKey, kind: ProxyKind, mesh: &str) -> bool {
+    match kind {
+        ProxyKind::Ingress => {
+            return matches!(
+                key.kind,
+                ResourceType::Mesh | ResourceType::Dataplane | ResourceType::ZoneIngress
+            );
+        }
+        ProxyKind::Egress => {
+            return matches!(
+                key.kind,
+                ResourceType::Mesh | ResourceType::ZoneIngress | ResourceType::ZoneEgress
+            );
+        }
+        ProxyKind::Sidecar => {}
     }
     match key.kind {
-        ResourceType::ZoneIngress => true,
+        ResourceType::ZoneIngress | ResourceType::ZoneEgress => true,
         ResourceType::Mesh => key.name == mesh,
         ResourceType::Dataplane | ResourceType::MeshTrafficPermission | ResourceType::Secret => {
             key.mesh == mesh

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use api::inspect::AdminAnswer;
+use api::inspect::{AdminAnswer, ProxyRef};
 use model::catalog::{CATALOG_CONFIG, Catalog, INTER_CP_CA_SECRET, Instance};
 use model::specs::secret::{ConfigSpec, SecretSpec};
 use model::{Resource, ResourceKey, ResourceType, Timestamp};
@@ -423,27 +423,33 @@ impl ProxyAdmin {
     }
 
     /// The replica the proxy's newest open xDS subscription is with, if it is another one.
-    async fn holder(&self, mesh: &str, name: &str) -> Result<Instance, String> {
-        let key = ResourceKey::new(ResourceType::DataplaneInsight, mesh, name);
+    async fn holder(&self, proxy: ProxyRef<'_>) -> Result<Instance, String> {
+        let who = match proxy.mesh {
+            "" => format!("{} {:?}", proxy.kind, proxy.name),
+            mesh => format!("{} {:?} in mesh {mesh:?}", proxy.kind, proxy.name),
+        };
+        let insight_kind = proxy
+            .kind
+            .owned_insight()
+            .unwrap_or(ResourceType::DataplaneInsight);
+        let key = ResourceKey::new(insight_kind, proxy.mesh, proxy.name);
         let insight = match self.store.get(&key).await {
             Ok(r) => serde_json::from_value::<model::specs::insight::InsightSpec>(r.spec)
-                .map_err(|e| format!("reading the proxy's DataplaneInsight: {e}"))?,
+                .map_err(|e| format!("reading the proxy's {insight_kind}: {e}"))?,
             Err(StoreError::NotFound(_)) => {
-                return Err(format!(
-                    "dataplane {name:?} in mesh {mesh:?} has never connected (no DataplaneInsight)"
-                ));
+                return Err(format!("{who} has never connected (no {insight_kind})"));
             }
-            Err(e) => return Err(format!("reading the proxy's DataplaneInsight: {e}")),
+            Err(e) => return Err(format!("reading the proxy's {insight_kind}: {e}")),
         };
         let holder = insight
             .subscriptions
             .last()
             .filter(|s| s.disconnect_time.is_none())
             .map(|s| s.control_plane_instance_id.clone())
-            .ok_or_else(|| format!("dataplane {name:?} in mesh {mesh:?} is not connected"))?;
+            .ok_or_else(|| format!("{who} is not connected"))?;
         if holder == self.me.id {
             return Err(format!(
-                "dataplane {name:?} in mesh {mesh:?} is connected to this instance, but its kuma-dp holds no admin stream (is kuma-dp running?)"
+                "{who} is connected to this instance, but its kuma-dp holds no admin stream (is kuma-dp running?)"
             ));
         }
         read_catalog(&self.store)
@@ -451,19 +457,18 @@ impl ProxyAdmin {
             .and_then(|c| c.instances.into_iter().find(|i| i.id == holder))
             .ok_or_else(|| {
                 format!(
-                    "dataplane {name:?} in mesh {mesh:?} is connected to control plane instance {holder:?}, which is not in the catalog of live instances"
+                    "{who} is connected to control plane instance {holder:?}, which is not in the catalog of live instances"
                 )
             })
     }
 
     async fn forward(
         &self,
-        mesh: &str,
-        name: &str,
+        proxy: ProxyRef<'_>,
         path: &str,
         query: &str,
     ) -> Result<AdminAnswer, String> {
-        let target = self.holder(mesh, name).await?;
+        let target = self.holder(proxy).await?;
         let endpoint = format!("https://{}:{}", target.address, target.inter_cp_port);
         let ch = {
             let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -481,8 +486,8 @@ impl ProxyAdmin {
         let mut client = InterCpEnvoyAdminForwardServiceClient::new(ch)
             .max_decoding_message_size(MAX_ADMIN_ANSWER);
         let request = EnvoyAdminForwardRequest {
-            mesh: mesh.into(),
-            name: name.into(),
+            mesh: proxy.mesh.into(),
+            name: proxy.name.into(),
             path: path.into(),
             query: query.into(),
         };
@@ -520,18 +525,17 @@ fn answer_of(status: u32, content_type: String, body: Vec<u8>) -> AdminAnswer {
 impl api::inspect::ProxyAdmin for ProxyAdmin {
     async fn get(
         &self,
-        mesh: &str,
-        name: &str,
+        proxy: ProxyRef<'_>,
         path: &str,
         query: &str,
     ) -> Result<AdminAnswer, String> {
         match self
             .tunnels
-            .request(mesh, name, path, query, ADMIN_TIMEOUT)
+            .request(proxy.mesh, proxy.name, path, query, ADMIN_TIMEOUT)
             .await
         {
             Ok(r) => Ok(answer_of(r.status, r.content_type, r.body)),
-            Err(AdminError::NotConnected { .. }) => self.forward(mesh, name, path, query).await,
+            Err(AdminError::NotConnected { .. }) => self.forward(proxy, path, query).await,
             Err(e) => Err(e.to_string()),
         }
     }

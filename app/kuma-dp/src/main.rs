@@ -62,7 +62,7 @@ struct RunArgs {
     /// The Dataplane's mesh (taken from the resource when omitted).
     #[arg(long, env = "KUMA_DATAPLANE_MESH")]
     mesh: Option<String>,
-    /// `dataplane` (sidecar); ingress and egress come later.
+    /// `dataplane` (sidecar), `ingress` (ZoneIngress) or `egress` (ZoneEgress).
     #[arg(long, default_value = "dataplane")]
     proxy_type: String,
     /// The Envoy binary (else $ENVOY_BINARY, else `envoy` on PATH).

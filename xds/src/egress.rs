@@ -1,0 +1,77 @@
+//! Zone egress configuration. In a mesh with `routing.zoneEgress`, sidecars send cross-zone
+//! traffic to their zone's egress instead of straight to the other zones' ingresses. The
+//! egress reads the SNI the sidecar set (`<service>{mesh=<mesh>}`) and passes the connection,
+//! still encrypted, to the ingresses of the zones that run the service. Like the ingress it
+//! never terminates the mesh's mTLS: the caller's identity reaches the called sidecar intact.
+
+use std::collections::BTreeMap;
+
+use model::labels::SERVICE_TAG;
+use serde_json::{Value, json};
+
+use crate::ingress::{eds_cluster, sni_chain, sni_listener};
+use crate::sidecar::socket_address;
+use crate::{MeshSnapshot, ProxyResources, ZoneProxyListener, service_sni};
+
+/// Per service of `mesh` that runs in other zones: (zone, ingress address, port, instances).
+fn remote_services(mesh: &MeshSnapshot) -> BTreeMap<String, Vec<(String, String, u32, u32)>> {
+    let mut services: BTreeMap<String, Vec<(String, String, u32, u32)>> = BTreeMap::new();
+    for ingress in &mesh.remote_ingresses {
+        if ingress.zone == mesh.local_zone {
+            continue;
+        }
+        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+        for s in &ingress.services {
+            if s.mesh != mesh.mesh || s.external_service {
+                continue;
+            }
+            if let Some(service) = s.tags.get(SERVICE_TAG) {
+                *counts.entry(service).or_default() += s.instances;
+            }
+        }
+        for (service, instances) in counts.into_iter().filter(|(_, n)| *n > 0) {
+            services.entry(service.to_string()).or_default().push((
+                ingress.zone.clone(),
+                ingress.address.clone(),
+                ingress.port,
+                instances,
+            ));
+        }
+    }
+    for ingresses in services.values_mut() {
+        ingresses.sort();
+    }
+    services
+}
+
+/// The egress's listener, clusters and endpoints for every mesh that routes through egresses
+/// (and so has mTLS: the SNI is what routes).
+pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshSnapshot]) -> ProxyResources {
+    let mut out = ProxyResources::default();
+    let mut chains = Vec::new();
+    for mesh in meshes.iter().filter(|m| m.mtls && m.zone_egress) {
+        for (service, ingresses) in remote_services(mesh) {
+            let sni = service_sni(&service, &mesh.mesh, &BTreeMap::new());
+            let cluster = format!("{}:{service}", mesh.mesh);
+            chains.push(sni_chain(&sni, &cluster));
+            out.clusters.push(eds_cluster(&cluster));
+            // Every zone that has the service shares the load by its instance count.
+            let groups: Vec<Value> = ingresses
+                .iter()
+                .map(|(zone, address, port, instances)| {
+                    json!({
+                        "locality": {"zone": zone},
+                        "lb_endpoints": [{
+                            "endpoint": {"address": socket_address(address, *port)},
+                            "load_balancing_weight": instances
+                        }]
+                    })
+                })
+                .collect();
+            out.endpoints
+                .push(json!({"cluster_name": cluster, "endpoints": groups}));
+        }
+    }
+    out.listeners.extend(sni_listener(listener, chains));
+    out
+}
