@@ -203,6 +203,23 @@ pub fn http_body(port: u16, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
+/// Writes a kumactl config file at `config_file` pointing at the API `address` as `name`.
+pub fn kumactl_config(config_file: &Path, name: &str, address: &str) {
+    let add = kumactl(
+        config_file,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            name,
+            "--address",
+            address,
+        ],
+    );
+    assert!(add.status.success(), "kumactl config: {}", stderr(&add));
+}
+
 /// Runs kumactl with its own config file and returns the output.
 pub fn kumactl(config_file: &Path, args: &[&str]) -> Output {
     kumactl_with_stdin(config_file, args, None)

@@ -190,6 +190,43 @@ fn cross_zone_traffic_through_the_ingress() {
         .collect();
     assert!(zone2_services.contains(&json!("backend")), "{ingress:?}");
 
+    // Inspect through global: kumactl pointed at global fetches the config dump of zone-1's
+    // web-1 over KDS (global names it with its zone's hash suffix), and the API on global
+    // reaches zone-2's ingress the same way.
+    let on_global = |list: &str, zone: &str, name: &str| -> String {
+        global
+            .get(list)
+            .and_then(|l| l["items"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .find(|i| {
+                i["labels"]["kuma.io/zone"] == zone && i["labels"]["kuma.io/display-name"] == name
+            })
+            .and_then(|i| i["name"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("{name} of {zone} on global ({list})"))
+    };
+    let web_on_global = on_global("/meshes/default/dataplanes", "zone-1", "web-1");
+    let cfg = global_cp.work_dir.join("kumactl.config");
+    e2e::kumactl_config(&cfg, "global", &global.api);
+    let dump = e2e::kumactl(
+        &cfg,
+        &["inspect", "dataplane", &web_on_global, "--type=config-dump"],
+    );
+    let dump_text = e2e::stdout(&dump);
+    assert!(
+        dump.status.success() && dump_text.contains(&format!("outbound:127.0.0.1:{outbound}")),
+        "config dump through global: {}\n{}",
+        e2e::stderr(&dump),
+        &dump_text[..dump_text.len().min(2000)]
+    );
+    let ingress2_on_global = on_global("/zoneingresses", "zone-2", "ingress-2");
+    let clusters = global
+        .get_text(&format!("/zoneingresses/{ingress2_on_global}/clusters"))
+        .expect("zone-2's ingress clusters through global");
+    assert!(clusters.contains("default:backend::"), "{clusters}");
+    let unknown = e2e::kumactl(&cfg, &["inspect", "dataplane", "nope", "--type=stats"]);
+    assert!(!unknown.status.success(), "inspecting a missing dataplane");
+
     // (b) With routing.zoneEgress the call leaves zone-1 through its egress, which passes it on
     // by SNI: the backend still sees the caller's identity, and the egress counts connections.
     // Envoy writes the cluster `default:backend` as `default_backend` in stat names.

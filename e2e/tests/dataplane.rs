@@ -74,19 +74,7 @@ fn sidecars_with_real_envoy() {
         .unwrap();
     assert!(stats.contains("cluster.backend."), "{stats}");
     let cfg = env.dir.join("kumactl.config");
-    let add = e2e::kumactl(
-        &cfg,
-        &[
-            "config",
-            "control-planes",
-            "add",
-            "--name",
-            "t",
-            "--address",
-            &cp.api(),
-        ],
-    );
-    assert!(add.status.success(), "{}", e2e::stderr(&add));
+    e2e::kumactl_config(&cfg, "t", &cp.api());
     let clusters = e2e::kumactl(
         &cfg,
         &["inspect", "dataplane", "web-1", "--type", "clusters"],
@@ -298,19 +286,7 @@ fn inspect_is_forwarded_to_the_replica_holding_the_stream() {
     assert!(stats.contains("server.live"), "{stats}");
 
     let cfg = a.dir.join("kumactl-b.config");
-    let add = e2e::kumactl(
-        &cfg,
-        &[
-            "config",
-            "control-planes",
-            "add",
-            "--name",
-            "b",
-            "--address",
-            &b.api,
-        ],
-    );
-    assert!(add.status.success(), "{}", e2e::stderr(&add));
+    e2e::kumactl_config(&cfg, "b", &b.api);
     let clusters = e2e::kumactl(
         &cfg,
         &["inspect", "dataplane", "backend-1", "--type", "clusters"],

@@ -25,6 +25,7 @@ use security::zone as zone_token;
 use security::{SigningKeys, TokenError};
 
 use crate::insight::{ZoneInsights, ZonePeer};
+use crate::inspect::{AdminOp, RequestMessage, ResponseMessage, ZoneAdminStreams};
 use crate::rules;
 use crate::sync::{self, Inbound};
 
@@ -105,6 +106,8 @@ pub struct GlobalKds {
     pub insights: Arc<ZoneInsights>,
     /// What zones receive looks the same for every zone, so it is encoded once for all.
     pub to_zones: Arc<sync::WireForms>,
+    /// Zones' inspect streams, through which global's API reaches their proxies.
+    pub inspect: Arc<ZoneAdminStreams>,
 }
 
 /// The wire forms zones receive, shared by every zone's stream.
@@ -385,37 +388,47 @@ impl KdsSyncService for GlobalKds {
     }
 }
 
-type Unimplemented<T> = ReceiverStream<Result<T, Status>>;
+type AdminStream<T> = ReceiverStream<Result<T, Status>>;
 
-fn proxy_inspection_unimplemented() -> Status {
-    Status::unimplemented("inspecting zone proxies from global is not implemented yet")
+impl GlobalKds {
+    /// A zone's inspect stream of `op`: admitted like its sync streams, then held for the API.
+    async fn inspect_stream<Req: RequestMessage, Resp: ResponseMessage>(
+        &self,
+        op: AdminOp,
+        request: Request<Streaming<Resp>>,
+    ) -> Result<Response<AdminStream<Req>>, Status> {
+        let peer = self.admit(&request).await?;
+        tracing::debug!(zone = %peer.zone, op = op.path(), "zone opened an inspect stream");
+        let out = self.inspect.serve(peer.zone, op, request.into_inner());
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
 }
 
 #[tonic::async_trait]
 impl GlobalKdsService for GlobalKds {
-    type StreamXDSConfigsStream = Unimplemented<XdsConfigRequest>;
-    type StreamStatsStream = Unimplemented<StatsRequest>;
-    type StreamClustersStream = Unimplemented<ClustersRequest>;
+    type StreamXDSConfigsStream = AdminStream<XdsConfigRequest>;
+    type StreamStatsStream = AdminStream<StatsRequest>;
+    type StreamClustersStream = AdminStream<ClustersRequest>;
 
     async fn stream_xds_configs(
         &self,
-        _: Request<Streaming<XdsConfigResponse>>,
+        request: Request<Streaming<XdsConfigResponse>>,
     ) -> Result<Response<Self::StreamXDSConfigsStream>, Status> {
-        Err(proxy_inspection_unimplemented())
+        self.inspect_stream(AdminOp::ConfigDump, request).await
     }
 
     async fn stream_stats(
         &self,
-        _: Request<Streaming<StatsResponse>>,
+        request: Request<Streaming<StatsResponse>>,
     ) -> Result<Response<Self::StreamStatsStream>, Status> {
-        Err(proxy_inspection_unimplemented())
+        self.inspect_stream(AdminOp::Stats, request).await
     }
 
     async fn stream_clusters(
         &self,
-        _: Request<Streaming<ClustersResponse>>,
+        request: Request<Streaming<ClustersResponse>>,
     ) -> Result<Response<Self::StreamClustersStream>, Status> {
-        Err(proxy_inspection_unimplemented())
+        self.inspect_stream(AdminOp::Clusters, request).await
     }
 
     async fn health_check(

@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod global;
 pub mod insight;
+pub mod inspect;
 pub mod rules;
 pub mod sync;
 pub mod zone;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::inspect::{self, AdminOp, ZoneProxyAdmin};
 use crate::rules;
 use crate::sync::{self, Inbound};
 
@@ -210,6 +211,7 @@ async fn session(
     store: store::SharedStore,
     config: &ZoneClientConfig,
     channel: Channel,
+    admin: Option<ZoneProxyAdmin>,
 ) -> Result<(), String> {
     let mut client = KdsSyncServiceClient::new(channel.clone())
         .max_decoding_message_size(config.max_message)
@@ -279,11 +281,75 @@ async fn session(
         },
         config.max_message,
     );
-    let health = health_checks(channel, config, token);
+    let health = health_checks(channel.clone(), config, token);
+    let inspect = async {
+        match admin {
+            Some(admin) => inspect_streams(channel, config, token, admin).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = receive => r.map_err(|e| format!("global->zone stream: {e}")),
         r = send => r.map_err(|e| format!("zone->global stream: {e}")),
         e = health => Err(e),
+        () = inspect => unreachable!("inspect streams never end the session"),
+    }
+}
+
+/// Holds the three inspect streams global sends proxy admin requests down. They do not end the
+/// session: a global without them (or one that drops them) still syncs; the next session
+/// opens them again.
+async fn inspect_streams(
+    channel: Channel,
+    config: &ZoneClientConfig,
+    token: Option<&str>,
+    admin: ZoneProxyAdmin,
+) {
+    let client = GlobalKdsServiceClient::new(channel)
+        .max_decoding_message_size(config.max_message)
+        .max_encoding_message_size(config.max_message);
+    let xds = hold(AdminOp::ConfigDump, admin.clone(), &config.zone, |out| {
+        let mut client = client.clone();
+        async move {
+            client
+                .stream_xds_configs(with_metadata(config, token, out))
+                .await
+        }
+    });
+    let stats = hold(AdminOp::Stats, admin.clone(), &config.zone, |out| {
+        let mut client = client.clone();
+        async move { client.stream_stats(with_metadata(config, token, out)).await }
+    });
+    let clusters = hold(AdminOp::Clusters, admin.clone(), &config.zone, |out| {
+        let mut client = client.clone();
+        async move {
+            client
+                .stream_clusters(with_metadata(config, token, out))
+                .await
+        }
+    });
+    futures::join!(xds, stats, clusters);
+    std::future::pending::<()>().await;
+}
+
+/// Opens one inspect stream with `open` and answers global's requests on it until it ends.
+async fn hold<Req, Resp, Fut>(
+    op: AdminOp,
+    admin: ZoneProxyAdmin,
+    zone: &str,
+    open: impl FnOnce(ReceiverStream<Resp>) -> Fut,
+) where
+    Req: inspect::RequestMessage,
+    Resp: inspect::ResponseMessage,
+    Fut:
+        std::future::Future<Output = Result<tonic::Response<tonic::Streaming<Req>>, tonic::Status>>,
+{
+    let (tx, rx) = mpsc::channel(16);
+    match open(ReceiverStream::new(rx)).await {
+        Ok(requests) => inspect::answer(op, requests.into_inner(), tx, admin).await,
+        Err(s) => {
+            tracing::warn!(%zone, op = op.path(), code = ?s.code(), error = %s.message(), "global refused an inspect stream; its API cannot inspect this zone's proxies");
+        }
     }
 }
 
@@ -313,6 +379,7 @@ async fn health_checks(channel: Channel, config: &ZoneClientConfig, token: Optio
 pub async fn run(
     store: store::SharedStore,
     config: ZoneClientConfig,
+    admin: Option<ZoneProxyAdmin>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let dialer = match dialer(&config) {
@@ -329,7 +396,7 @@ pub async fn run(
                 .connect()
                 .await
                 .map_err(|e| format!("cannot connect to global: {e}"))?;
-            session(store.clone(), &config, channel).await
+            session(store.clone(), &config, channel, admin.clone()).await
         };
         let started = tokio::time::Instant::now();
         tokio::select! {

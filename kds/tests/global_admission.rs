@@ -58,6 +58,7 @@ async fn start_global() -> Global {
             Duration::from_secs(1),
         )),
         to_zones: Arc::new(kds::global::zone_wire_forms()),
+        inspect: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
@@ -402,7 +403,7 @@ async fn garbage_and_oversized_resources_do_not_stop_a_zone() {
         token: Some(kds::zone::ZoneToken::Inline(token(&g, "zone-1").await)),
     };
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(kds::zone::run(zone_store.clone(), config, stop));
+    tokio::spawn(kds::zone::run(zone_store.clone(), config, None, stop));
     let small = ResourceKey::new(ResourceType::Secret, "default", "small");
     tokio::time::timeout(Duration::from_secs(10), async {
         while zone_store.get(&small).await.is_err() {

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use api::inspect::{AdminAnswer, ProxyAdmin, ProxyRef, SharedProxyAdmin};
 use kds::global::{GlobalKds, ZoneSwitches};
+use kds::inspect::{AdminCall, AdminOp, ZoneAdminStreams, ZoneProxyAdmin};
 use model::specs::secret::SecretSpec;
 use model::{Resource, ResourceKey, ResourceType};
 use proto::kuma::mesh::v1alpha1::global_kds_service_server::GlobalKdsServiceServer;
@@ -73,14 +75,21 @@ async fn server_cert(config: &Config, store: &SharedStore, hostname: &str) -> Re
 /// How often an open zone subscription is written to its ZoneInsight (Kuma's default).
 const ZONE_INSIGHT_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Who this global replica is: the name its KDS certificate carries and its instance id.
+pub struct GlobalIdentity<'a> {
+    pub hostname: &'a str,
+    pub instance_id: &'a str,
+}
+
 pub async fn serve_global(
     config: &Config,
     store: SharedStore,
     listener: tokio::net::TcpListener,
-    hostname: &str,
-    instance_id: &str,
+    identity: GlobalIdentity<'_>,
+    inspect: Arc<ZoneAdminStreams>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
+    let (hostname, instance_id) = (identity.hostname, identity.instance_id);
     let kds_config = &config.multizone.global.kds;
     let zones = Arc::new(ZoneSwitches::default());
     tokio::spawn(zones.clone().follow(store.clone()));
@@ -104,6 +113,7 @@ pub async fn serve_global(
             ZONE_INSIGHT_FLUSH_INTERVAL,
         )),
         to_zones: Arc::new(kds::global::zone_wire_forms()),
+        inspect,
     });
     let max = kds_config.max_msg_size;
     let mut builder = Server::builder()
@@ -170,5 +180,79 @@ pub fn zone_client_config(config: &Config) -> Result<kds::zone::ZoneClientConfig
             (_, inline) if !inline.is_empty() => Some(kds::zone::ZoneToken::Inline(inline.clone())),
             _ => None,
         },
+    })
+}
+
+/// How long global waits for a zone to answer an inspect request: the zone may itself forward
+/// to the replica holding the proxy, which waits [`api::inspect::TIMEOUT`] for kuma-dp.
+const ZONE_INSPECT_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Global's way to proxies: through the inspect streams of the zone a proxy's resource came
+/// from, naming it as that zone does.
+pub struct ZoneProxies {
+    pub store: SharedStore,
+    pub streams: Arc<ZoneAdminStreams>,
+}
+
+#[async_trait::async_trait]
+impl ProxyAdmin for ZoneProxies {
+    async fn get(
+        &self,
+        proxy: ProxyRef<'_>,
+        path: &str,
+        query: &str,
+    ) -> Result<AdminAnswer, String> {
+        let op = AdminOp::from_path(path).ok_or_else(|| format!("{path:?} cannot be inspected"))?;
+        let key = ResourceKey::new(proxy.kind, proxy.mesh, proxy.name);
+        let r = self.store.get(&key).await.map_err(|e| e.to_string())?;
+        let zone = kds::rules::zone_of(&r)
+            .ok_or_else(|| format!("{} {:?} came from no zone", proxy.kind, proxy.name))?;
+        let call = AdminCall {
+            kind: proxy.kind,
+            mesh: proxy.mesh.to_string(),
+            name: r
+                .label(model::labels::DISPLAY_NAME)
+                .unwrap_or(&r.meta.name)
+                .to_string(),
+            include_eds: query.split('&').any(|p| p == "include_eds"),
+        };
+        let body = self
+            .streams
+            .call(zone, op, call, ZONE_INSPECT_TIMEOUT)
+            .await?;
+        let content_type = match op {
+            AdminOp::ConfigDump => "application/json",
+            AdminOp::Stats | AdminOp::Clusters => "text/plain; charset=utf-8",
+        };
+        Ok(AdminAnswer {
+            status: 200,
+            content_type: content_type.into(),
+            body,
+        })
+    }
+}
+
+/// A zone's answer to global's inspect requests: its own way to the proxy (the admin stream
+/// it holds, or the replica that holds it). An Envoy answer other than 200 is an error.
+pub fn zone_proxy_admin(admin: SharedProxyAdmin) -> ZoneProxyAdmin {
+    Arc::new(move |op: AdminOp, call: AdminCall| {
+        let admin = admin.clone();
+        Box::pin(async move {
+            let proxy = ProxyRef {
+                kind: call.kind,
+                mesh: &call.mesh,
+                name: &call.name,
+            };
+            let answer = admin.get(proxy, op.path(), call.query()).await?;
+            if answer.status == 200 {
+                Ok(answer.body)
+            } else {
+                Err(format!(
+                    "Envoy admin answered {}: {}",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body)
+                ))
+            }
+        })
     })
 }

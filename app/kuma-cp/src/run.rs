@@ -197,6 +197,24 @@ pub async fn run(config: Config) -> Result<()> {
             .await
         });
     }
+    // Proxies' Envoy admin: through the admin streams on zones and standalone, through the
+    // zones' inspect streams on global.
+    let zone_inspect = Arc::new(kds::inspect::ZoneAdminStreams::default());
+    let mut proxy_admin: Option<api::inspect::SharedProxyAdmin> =
+        dp_listener.is_some().then(|| {
+            Arc::new(intercp::ProxyAdmin::new(
+                store.clone(),
+                tls.clone(),
+                me.clone(),
+                tunnels.clone(),
+            )) as api::inspect::SharedProxyAdmin
+        });
+    if config.mode == Mode::Global {
+        proxy_admin = Some(Arc::new(multizone::ZoneProxies {
+            store: store.clone(),
+            streams: zone_inspect.clone(),
+        }));
+    }
     // Multi-zone: global serves KDS on every replica; a zone's leader keeps the one connection.
     if let Some(listener) = kds_listener {
         let (config, store, hostname, id, shutdown) = (
@@ -206,9 +224,14 @@ pub async fn run(config: Config) -> Result<()> {
             instance_id.clone(),
             shutdown_rx.clone(),
         );
+        let inspect = zone_inspect.clone();
         tasks.spawn(async move {
+            let identity = multizone::GlobalIdentity {
+                hostname: &hostname,
+                instance_id: &id,
+            };
             if let Err(e) =
-                multizone::serve_global(&config, store, listener, &hostname, &id, shutdown).await
+                multizone::serve_global(&config, store, listener, identity, inspect, shutdown).await
             {
                 tracing::error!(error = %format!("{e:#}"), "KDS server stopped");
             }
@@ -216,9 +239,15 @@ pub async fn run(config: Config) -> Result<()> {
     }
     if let Some(zone_config) = zone_client {
         let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
+        let admin = proxy_admin.clone().map(multizone::zone_proxy_admin);
         tasks.spawn(async move {
             run_leader_only("kds-zone-client", leader, shutdown.clone(), || {
-                kds::zone::run(store.clone(), zone_config.clone(), shutdown.clone())
+                kds::zone::run(
+                    store.clone(),
+                    zone_config.clone(),
+                    admin.clone(),
+                    shutdown.clone(),
+                )
             })
             .await
         });
@@ -246,14 +275,6 @@ pub async fn run(config: Config) -> Result<()> {
             .await
         });
     }
-    let proxy_admin: Option<api::inspect::SharedProxyAdmin> = dp_listener.is_some().then(|| {
-        Arc::new(intercp::ProxyAdmin::new(
-            store.clone(),
-            tls.clone(),
-            me.clone(),
-            tunnels.clone(),
-        )) as api::inspect::SharedProxyAdmin
-    });
     if let Some(listener) = dp_listener {
         let dp_config = dp_server_config(&config, &store, &me, &hostname, &instance_id).await?;
         let (store, shutdown) = (store.clone(), shutdown_rx.clone());

@@ -190,6 +190,26 @@ enum InspectCommand {
         #[arg(long)]
         include_eds: bool,
     },
+    /// A zone ingress's Envoy, live (on global: through its zone).
+    #[command(name = "zoneingress")]
+    ZoneIngress {
+        name: String,
+        #[arg(long = "type", value_enum, default_value = "config-dump")]
+        kind: EnvoyView,
+        /// With config-dump: include the endpoints (EDS).
+        #[arg(long)]
+        include_eds: bool,
+    },
+    /// A zone egress's Envoy, live (on global: through its zone).
+    #[command(name = "zoneegress")]
+    ZoneEgress {
+        name: String,
+        #[arg(long = "type", value_enum, default_value = "config-dump")]
+        kind: EnvoyView,
+        /// With config-dump: include the endpoints (EDS).
+        #[arg(long)]
+        include_eds: bool,
+    },
     /// Dataplanes with online status and connection details.
     Dataplanes {
         /// Mesh to inspect; all meshes when not set.
@@ -762,6 +782,27 @@ fn resource_rows(kind: ResourceType, items: &[Value]) -> (Vec<&'static str>, Vec
     }
 }
 
+/// A proxy's Envoy config dump, stats or clusters, under the proxy's API path `base`.
+async fn print_envoy_view(
+    client: &Client,
+    base: &str,
+    kind: EnvoyView,
+    include_eds: bool,
+) -> Result<()> {
+    let view = match kind {
+        EnvoyView::ConfigDump if include_eds => "xds?include_eds=true",
+        EnvoyView::ConfigDump => "xds",
+        EnvoyView::Stats => "stats",
+        EnvoyView::Clusters => "clusters",
+    };
+    let text = client.get_text(&format!("{base}/{view}")).await?;
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}
+
 async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
     match command {
         InspectCommand::Dataplane {
@@ -770,20 +811,19 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
             kind,
             include_eds,
         } => {
-            let view = match kind {
-                EnvoyView::ConfigDump if include_eds => "xds?include_eds=true",
-                EnvoyView::ConfigDump => "xds",
-                EnvoyView::Stats => "stats",
-                EnvoyView::Clusters => "clusters",
-            };
-            let text = client
-                .get_text(&format!("/meshes/{mesh}/dataplanes/{name}/{view}"))
-                .await?;
-            print!("{text}");
-            if !text.ends_with('\n') {
-                println!();
-            }
+            let base = format!("/meshes/{mesh}/dataplanes/{name}");
+            print_envoy_view(client, &base, kind, include_eds).await?;
         }
+        InspectCommand::ZoneIngress {
+            name,
+            kind,
+            include_eds,
+        } => print_envoy_view(client, &format!("/zoneingresses/{name}"), kind, include_eds).await?,
+        InspectCommand::ZoneEgress {
+            name,
+            kind,
+            include_eds,
+        } => print_envoy_view(client, &format!("/zoneegresses/{name}"), kind, include_eds).await?,
         InspectCommand::ControlPlanes { output } => {
             let list = client.get_json("/control-planes").await?;
             if output != Output::Table {

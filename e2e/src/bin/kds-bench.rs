@@ -216,7 +216,7 @@ async fn start_zone(global: &Global, name: &str) -> Result<Zone> {
         token: Some(kds::zone::ZoneToken::Inline(global.zone_token(name).await?)),
     };
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(kds::zone::run(store.clone(), config, stop_rx));
+    tokio::spawn(kds::zone::run(store.clone(), config, None, stop_rx));
     Ok(Zone {
         name: name.to_string(),
         store,
