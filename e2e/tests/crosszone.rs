@@ -304,7 +304,36 @@ fn cross_zone_traffic_through_the_ingress() {
         logs,
     );
     eprintln!("failover to zone-2 took {took:?}");
-    drop(start_backend1());
+    let backend1 = start_backend1();
+
+    // A MeshLoadBalancingStrategy on global with locality awareness disabled spreads calls over
+    // both zones; deleting it brings them home again.
+    global.put(
+        "/meshes/default/meshloadbalancingstrategies/spread-backend",
+        json!({"type": "MeshLoadBalancingStrategy", "name": "spread-backend", "mesh": "default",
+            "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                "default": {"localityAwareness": {"disabled": true}}}]}}),
+    );
+    within(
+        Duration::from_secs(20),
+        "with locality awareness disabled, calls reach both zones",
+        || {
+            let zones: std::collections::BTreeSet<String> = (0..20)
+                .filter_map(|_| call(outbound))
+                .filter_map(|b| b["zone"].as_str().map(str::to_string))
+                .collect();
+            zones.len() == 2
+        },
+        logs,
+    );
+    global.delete("/meshes/default/meshloadbalancingstrategies/spread-backend");
+    within(
+        Duration::from_secs(20),
+        "without the policy, calls stay in zone-1 again",
+        || (0..10).all(|_| call(outbound).is_some_and(|b| b["zone"] == "zone-1")),
+        logs,
+    );
+    drop(backend1);
     within(
         Duration::from_secs(10),
         "calls go to zone-2 again",

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 
 use model::specs::dataplane::DataplaneSpec;
-use model::specs::policy::MeshTrafficPermissionSpec;
+use model::specs::policy::{MeshLoadBalancingStrategySpec, MeshTrafficPermissionSpec};
 use serde_json::Value;
 
 pub mod bootstrap;
 pub mod egress;
 pub mod ingress;
+pub mod lb;
 pub mod rbac;
 pub mod sidecar;
 pub mod wire;
@@ -38,6 +39,7 @@ pub struct MeshSnapshot {
     pub mtls: bool,
     pub dataplanes: Vec<DataplaneEntry>,
     pub traffic_permissions: Vec<NamedPolicy<MeshTrafficPermissionSpec>>,
+    pub load_balancing: Vec<NamedPolicy<MeshLoadBalancingStrategySpec>>,
     /// The zone these dataplanes run in (empty on a standalone control plane).
     pub local_zone: String,
     /// Other zones' ingresses: where this zone's sidecars reach services that run there.

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use crate::{DataplaneEntry, MeshSnapshot, spiffe_id, stat_name};
 
-fn top_rank(kind: &TargetRefKind) -> u8 {
+/// How specific a top-level `targetRef` is: a more specific one overrides a broader one.
+pub(crate) fn top_rank(kind: &TargetRefKind) -> u8 {
     match kind {
         TargetRefKind::Mesh => 0,
         TargetRefKind::MeshSubset => 1,

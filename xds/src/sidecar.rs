@@ -8,6 +8,7 @@ use model::labels::{PROTOCOL_TAG, SERVICE_TAG};
 use model::specs::dataplane::{Inbound, InboundState, Outbound};
 use serde_json::{Value, json};
 
+use crate::lb::{self, LocalEndpoint, RemoteZone};
 use crate::{
     DataplaneEntry, MeshSnapshot, ProxyResources, XdsError, identity_secret_name,
     mesh_ca_secret_name, rbac, service_sni, spiffe_id, stat_name,
@@ -159,7 +160,7 @@ fn cluster_name(tags: &BTreeMap<String, String>) -> String {
 struct Destination {
     cluster: String,
     tags: BTreeMap<String, String>,
-    endpoints: Vec<(String, u32)>,
+    endpoints: Vec<LocalEndpoint>,
     /// Other zones' ingresses that serve it: (zone, address, port, instances behind it).
     remote: Vec<(String, String, u32, u32)>,
     protocol: Protocol,
@@ -182,7 +183,13 @@ fn resolve(mesh: &MeshSnapshot, tags: BTreeMap<String, String>) -> Destination {
             }
             protocols.insert(inbound.tags.get(PROTOCOL_TAG).cloned().unwrap_or_default());
             if inbound_ready(inbound) {
-                endpoints.push((endpoint_address(dp, inbound).to_string(), inbound.port));
+                let mut tags = dp.labels.clone();
+                tags.extend(inbound.tags.clone());
+                endpoints.push(LocalEndpoint {
+                    address: endpoint_address(dp, inbound).to_string(),
+                    port: inbound.port,
+                    tags,
+                });
             }
         }
     }
@@ -216,7 +223,7 @@ fn resolve(mesh: &MeshSnapshot, tags: BTreeMap<String, String>) -> Destination {
         _ => Protocol::Tcp,
     };
     endpoints.sort();
-    endpoints.dedup();
+    endpoints.dedup_by(|a, b| (&a.address, a.port) == (&b.address, b.port));
     Destination {
         cluster: cluster_name(&tags),
         tags,
@@ -299,6 +306,7 @@ fn inbound_resources(
 
 fn outbound_resources(
     mesh: &MeshSnapshot,
+    proxy: &DataplaneEntry,
     outbound: &Outbound,
     tags: BTreeMap<String, String>,
     out: &mut ProxyResources,
@@ -309,6 +317,7 @@ fn outbound_resources(
     };
     let dest = resolve(mesh, tags);
     let service = dest.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
+    let lb = lb::effective(&mesh.load_balancing, proxy, &service);
     if !out.clusters.iter().any(|c| c["name"] == dest.cluster) {
         let mut cluster = json!({
             "name": dest.cluster,
@@ -318,6 +327,9 @@ fn outbound_resources(
         });
         if dest.protocol.needs_http2_upstream() {
             cluster["typed_extension_protocol_options"] = http2_upstream_options();
+        }
+        if let Some(c) = cluster.as_object_mut() {
+            c.extend(lb::cluster_fields(&lb));
         }
         if mesh.mtls {
             cluster["transport_socket"] = json!({"name": TLS_SOCKET, "typed_config": {
@@ -336,18 +348,30 @@ fn outbound_resources(
             }});
         }
         out.clusters.push(cluster);
-        out.endpoints.push(load_assignment(&dest, mesh));
+        out.endpoints
+            .push(load_assignment(&dest, mesh, &lb, &lb::caller_tags(proxy)));
     }
     let listener_name = format!("outbound:{address}:{}", outbound.port);
     let filter = if dest.protocol.is_http() {
-        http_connection_manager(
+        let mut hcm = http_connection_manager(
             &dest.cluster,
             &format!("outbound:{service}"),
             &dest.cluster,
             false,
-        )
+        );
+        let hash_policy = lb::route_hash_policies(&lb);
+        if !hash_policy.is_empty() {
+            hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["hash_policy"] =
+                json!(hash_policy);
+        }
+        hcm
     } else {
-        tcp_proxy(&dest.cluster, &dest.cluster)
+        let mut tcp = tcp_proxy(&dest.cluster, &dest.cluster);
+        let hash_policy = lb::tcp_hash_policies(&lb);
+        if !hash_policy.is_empty() {
+            tcp["typed_config"]["hash_policy"] = json!(hash_policy);
+        }
+        tcp
     };
     out.listeners.push(json!({
         "name": listener_name,
@@ -358,51 +382,38 @@ fn outbound_resources(
 }
 
 /// Endpoints by locality: this zone's instances at priority 0, each other zone's ingress at
-/// priority 1 weighted by the instances behind it. Envoy sends traffic to another zone only
-/// when this zone has no healthy instance left, so calls stay local by default. With
-/// `routing.zoneEgress` the other zones are reached through this zone's egresses, which pass
-/// the connection on by its SNI; with no egress in the zone, nothing leaves it.
-fn load_assignment(dest: &Destination, mesh: &MeshSnapshot) -> Value {
-    let local_zone = mesh.local_zone.as_str();
-    let mut groups = Vec::new();
-    if !dest.endpoints.is_empty() {
-        let lb_endpoints: Vec<Value> = dest
-            .endpoints
-            .iter()
-            .map(|(a, p)| json!({"endpoint": {"address": socket_address(a, *p)}}))
-            .collect();
-        let mut group = json!({"lb_endpoints": lb_endpoints});
-        if !local_zone.is_empty() {
-            group["locality"] = json!({"zone": local_zone});
-        }
-        groups.push(group);
-    }
-    for (zone, address, port, instances) in &dest.remote {
-        let direct = [(address.clone(), *port)];
-        let via: &[(String, u32)] = if mesh.zone_egress {
-            &mesh.local_egresses
-        } else {
-            &direct
-        };
-        if via.is_empty() {
-            continue;
-        }
-        let lb_endpoints: Vec<Value> = via
-            .iter()
-            .map(|(a, p)| {
-                json!({
-                    "endpoint": {"address": socket_address(a, *p)},
-                    "load_balancing_weight": instances
-                })
-            })
-            .collect();
-        groups.push(json!({
-            "locality": {"zone": zone},
-            "priority": 1,
-            "lb_endpoints": lb_endpoints
-        }));
-    }
-    json!({"cluster_name": dest.cluster, "endpoints": groups})
+/// priority 1 weighted by the instances behind it, unless a MeshLoadBalancingStrategy says
+/// otherwise ([`lb`]). Envoy sends traffic to another zone only when this zone has no healthy
+/// instance left, so calls stay local by default. With `routing.zoneEgress` the other zones
+/// are reached through this zone's egresses, which pass the connection on by its SNI; with no
+/// egress in the zone, nothing leaves it.
+fn load_assignment(
+    dest: &Destination,
+    mesh: &MeshSnapshot,
+    conf: &lb::Effective,
+    caller_tags: &BTreeMap<String, String>,
+) -> Value {
+    let remote: Vec<RemoteZone> = dest
+        .remote
+        .iter()
+        .map(|(zone, address, port, instances)| RemoteZone {
+            zone: zone.clone(),
+            via: if mesh.zone_egress {
+                mesh.local_egresses.clone()
+            } else {
+                vec![(address.clone(), *port)]
+            },
+            instances: *instances,
+        })
+        .collect();
+    lb::load_assignment(
+        &dest.cluster,
+        conf,
+        &mesh.local_zone,
+        caller_tags,
+        &dest.endpoints,
+        &remote,
+    )
 }
 
 /// The configuration of sidecar `proxy_name` in `mesh`.
@@ -422,7 +433,7 @@ pub fn generate(mesh: &MeshSnapshot, proxy_name: &str) -> Result<ProxyResources,
     for outbound in &proxy.spec.networking.outbound {
         // A reference that cannot be resolved yet gets no listener rather than failing the proxy.
         if let Some(tags) = outbound_tags(outbound) {
-            outbound_resources(mesh, outbound, tags, &mut out);
+            outbound_resources(mesh, proxy, outbound, tags, &mut out);
         }
     }
     if mesh.mtls {

@@ -312,3 +312,135 @@ fn sidecar_through_zone_egress() {
     assert_eq!(groups.len(), 1, "only the local instances: {backend}");
     assert!(groups[0].get("priority").is_none());
 }
+
+fn lb_policy(
+    name: &str,
+    spec: Value,
+) -> NamedPolicy<model::specs::policy::MeshLoadBalancingStrategySpec> {
+    NamedPolicy {
+        name: name.into(),
+        spec: serde_json::from_value(spec).expect("MeshLoadBalancingStrategy spec"),
+    }
+}
+
+/// The parts of web-1's config a MeshLoadBalancingStrategy shapes: the backend cluster, its
+/// endpoints and the outbound route.
+fn backend_view(m: &MeshSnapshot) -> Value {
+    let r = sidecar::generate(m, "web-1").expect("generate");
+    check_schema(&r);
+    let find = |items: &[Value], field: &str| {
+        items
+            .iter()
+            .find(|i| i[field] == "backend")
+            .cloned()
+            .expect("backend")
+    };
+    let listener = r
+        .listeners
+        .iter()
+        .find(|l| l["name"] == "outbound:127.0.0.1:10001")
+        .expect("backend outbound");
+    json!({
+        "cluster": find(&r.clusters, "name"),
+        "endpoints": find(&r.endpoints, "cluster_name"),
+        "route": listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0],
+    })
+}
+
+fn zone_1_with_three_remote_zones() -> MeshSnapshot {
+    let mut m = zone_1_view();
+    m.zone_egress = false;
+    m.remote_ingresses.push(remote_ingress(
+        "zone-4",
+        "192.168.4.1",
+        json!([{"tags": {"kuma.io/service": "backend"}, "instances": 5, "mesh": "default"}]),
+    ));
+    // Every backend speaks HTTP, so the outbound is an HTTP route that can hash requests.
+    for ingress in &mut m.remote_ingresses {
+        for s in &mut ingress.services {
+            s.tags.insert("kuma.io/protocol".into(), "http".into());
+        }
+    }
+    // web-1 and backend-1 run on host-a; backend-2 elsewhere in the same rack.
+    let label = |m: &mut MeshSnapshot, dp: &str, labels: Value| {
+        let entry = m.dataplanes.iter_mut().find(|d| d.name == dp).expect("dp");
+        entry.labels = serde_json::from_value(labels).expect("labels");
+    };
+    label(&mut m, "web-1", json!({"host": "host-a", "rack": "r1"}));
+    label(&mut m, "backend-1", json!({"host": "host-a", "rack": "r1"}));
+    label(&mut m, "backend-2", json!({"host": "host-b", "rack": "r1"}));
+    m
+}
+
+/// Affinity groups in zone-1 (same host 90, same rack 9, the rest 1, locality-weighted), then
+/// zone-3 (Only) and everything but zone-3 (AnyExcept) as the next priorities; a rule for
+/// callers in another zone does not apply; a 70% threshold; RingHash from the mesh-wide entry
+/// merged field by field with the backend entry (its hash list replaces the mesh-wide one).
+#[test]
+fn load_balancing_strategy() {
+    let mut m = zone_1_with_three_remote_zones();
+    m.load_balancing = vec![
+        lb_policy(
+            "mesh-wide",
+            json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {
+                "loadBalancer": {"type": "RingHash", "ringHash": {"minRingSize": 64, "hashPolicies": [{"type": "Header", "header": {"name": "x-user"}}]}}}}]}),
+        ),
+        lb_policy(
+            "backend",
+            json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
+                "localityAwareness": {
+                    "localZone": {"affinityTags": [{"key": "host"}, {"key": "rack"}]},
+                    "crossZone": {
+                        "failover": [
+                            {"from": {"zones": ["zone-9"]}, "to": {"type": "Only", "zones": ["zone-2"]}},
+                            {"to": {"type": "Only", "zones": ["zone-3"]}},
+                            {"to": {"type": "None"}},
+                            {"to": {"type": "AnyExcept", "zones": ["zone-3"]}}
+                        ],
+                        "failoverThreshold": {"percentage": 70}
+                    }
+                },
+                "loadBalancer": {"type": "RingHash", "ringHash": {"hashFunction": "MurmurHash2", "maxRingSize": 4096,
+                    "hashPolicies": [{"type": "Header", "header": {"name": "x-user"}, "terminal": true},
+                                     {"type": "Cookie", "cookie": {"name": "session", "ttl": "1h", "path": "/"}},
+                                     {"type": "Connection", "connection": {"sourceIP": true}}]}}}}]}),
+        ),
+    ];
+    insta::assert_yaml_snapshot!(backend_view(&m));
+}
+
+/// `disabled: true`: every zone at the same priority, weighted by instances; LeastRequest.
+#[test]
+fn load_balancing_disabled_locality() {
+    let mut m = zone_1_with_three_remote_zones();
+    m.load_balancing = vec![lb_policy(
+        "spread",
+        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
+            "localityAwareness": {"disabled": true},
+            "loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 3, "activeRequestBias": "1.5"}}}}]}),
+    )];
+    let view = backend_view(&m);
+    insta::assert_yaml_snapshot!(view);
+    let groups = view["endpoints"]["endpoints"].as_array().expect("groups");
+    assert!(
+        groups.iter().all(|g| g.get("priority").is_none()),
+        "{groups:?}"
+    );
+
+    // A policy for another destination or for other proxies changes nothing.
+    let mut other = zone_1_with_three_remote_zones();
+    other.load_balancing = vec![
+        lb_policy(
+            "db-only",
+            json!({"to": [{"targetRef": {"kind": "MeshService", "name": "db"}, "default": {"localityAwareness": {"disabled": true}}}]}),
+        ),
+        lb_policy(
+            "others",
+            json!({"targetRef": {"kind": "MeshSubset", "tags": {"team": "ops"}}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"localityAwareness": {"disabled": true}}}]}),
+        ),
+    ];
+    assert_eq!(
+        backend_view(&other),
+        backend_view(&zone_1_with_three_remote_zones())
+    );
+}

@@ -24,6 +24,27 @@ pub async fn load(
     Ok((spec, snapshot))
 }
 
+/// The mesh's policies of `kind`; one that does not parse is left out with a warning.
+async fn load_policies<S: serde::de::DeserializeOwned>(
+    store: &SharedStore,
+    kind: ResourceType,
+    mesh: &str,
+) -> Result<Vec<NamedPolicy<S>>, StoreError> {
+    let mut out = Vec::new();
+    for r in store.list(&ListQuery::in_mesh(kind, mesh)).await?.items {
+        match serde_json::from_value(r.spec) {
+            Ok(spec) => out.push(NamedPolicy {
+                name: r.meta.name,
+                spec,
+            }),
+            Err(e) => {
+                tracing::warn!(%mesh, policy = %r.meta.name, %kind, error = %e, "policy does not parse; left out")
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// This zone's egresses, where sidecars of meshes with `routing.zoneEgress` send cross-zone
 /// traffic.
 async fn local_egresses(
@@ -121,31 +142,17 @@ async fn load_local(
             }
         }
     }
-    let mut traffic_permissions = Vec::new();
-    for r in store
-        .list(&ListQuery::in_mesh(
-            ResourceType::MeshTrafficPermission,
-            mesh,
-        ))
-        .await?
-        .items
-    {
-        match serde_json::from_value(r.spec) {
-            Ok(spec) => traffic_permissions.push(NamedPolicy {
-                name: r.meta.name,
-                spec,
-            }),
-            Err(e) => {
-                tracing::warn!(%mesh, policy = %r.meta.name, error = %e, "MeshTrafficPermission does not parse; left out")
-            }
-        }
-    }
+    let traffic_permissions =
+        load_policies(store, ResourceType::MeshTrafficPermission, mesh).await?;
+    let load_balancing =
+        load_policies(store, ResourceType::MeshLoadBalancingStrategy, mesh).await?;
     let snapshot = MeshSnapshot {
         mesh: mesh.to_string(),
         mtls: mtls_enabled(&spec),
         zone_egress: zone_egress(&spec),
         dataplanes,
         traffic_permissions,
+        load_balancing,
         local_zone: local_zone.to_string(),
         ..Default::default()
     };
@@ -253,9 +260,10 @@ pub fn affects(key: &ResourceKey, kind: ProxyKind, mesh: &str) -> bool {
     match key.kind {
         ResourceType::ZoneIngress | ResourceType::ZoneEgress => true,
         ResourceType::Mesh => key.name == mesh,
-        ResourceType::Dataplane | ResourceType::MeshTrafficPermission | ResourceType::Secret => {
-            key.mesh == mesh
-        }
+        ResourceType::Dataplane
+        | ResourceType::MeshTrafficPermission
+        | ResourceType::MeshLoadBalancingStrategy
+        | ResourceType::Secret => key.mesh == mesh,
         _ => false,
     }
 }
