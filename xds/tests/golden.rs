@@ -444,3 +444,79 @@ fn load_balancing_disabled_locality() {
         backend_view(&zone_1_with_three_remote_zones())
     );
 }
+
+/// Envoy itself accepts the load-balancing shapes (priorities, locality weights, hash
+/// policies): each backend view becomes a static bootstrap for `envoy --mode validate`.
+#[test]
+fn envoy_validates_load_balancing_configs() {
+    let Some(envoy) = std::env::var_os("ENVOY_BINARY") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run this with ENVOY_BINARY set (scripts/test.sh sets it)"
+        );
+        eprintln!("SKIPPED envoy_validates_load_balancing_configs: ENVOY_BINARY is not set");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("xds-lb-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let views = [
+        ("strategy", {
+            let mut m = zone_1_with_three_remote_zones();
+            m.load_balancing = vec![lb_policy(
+                "p",
+                json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {
+                    "localityAwareness": {"localZone": {"affinityTags": [{"key": "host"}, {"key": "rack"}]},
+                        "crossZone": {"failover": [{"to": {"type": "Only", "zones": ["zone-3"]}}, {"to": {"type": "Any"}}],
+                                      "failoverThreshold": {"percentage": 70}}},
+                    "loadBalancer": {"type": "Maglev", "maglev": {"tableSize": 65537,
+                        "hashPolicies": [{"type": "QueryParameter", "queryParameter": {"name": "u"}}]}}}}]}),
+            )];
+            backend_view(&m)
+        }),
+        ("least-request", {
+            let mut m = zone_1_with_three_remote_zones();
+            m.load_balancing = vec![lb_policy(
+                "p",
+                json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"localityAwareness": {"disabled": true},
+                    "loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 3, "activeRequestBias": "1.5"}}}}]}),
+            )];
+            backend_view(&m)
+        }),
+    ];
+    for (name, view) in views {
+        let mut cluster = view["cluster"].clone();
+        let c = cluster.as_object_mut().expect("cluster object");
+        // Static, without the SDS-backed TLS: what is checked is the balancing.
+        c.remove("transport_socket");
+        c.remove("eds_cluster_config");
+        c.insert("type".into(), json!("STATIC"));
+        c.insert("load_assignment".into(), view["endpoints"].clone());
+        let bootstrap = json!({"static_resources": {
+            "clusters": [cluster],
+            "listeners": [{
+                "name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10001}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "l",
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                    "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [view["route"].clone()]}]}
+                }}]}]
+            }]
+        }});
+        let file = dir.join(format!("{name}.json"));
+        std::fs::write(&file, bootstrap.to_string()).expect("bootstrap file");
+        let out = std::process::Command::new(&envoy)
+            .args(["--mode", "validate", "-l", "error", "-c"])
+            .arg(&file)
+            .output()
+            .expect("running envoy");
+        assert!(
+            out.status.success(),
+            "envoy rejected the {name} config: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            bootstrap
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
