@@ -9,28 +9,35 @@ use std::collections::BTreeMap;
 use model::labels::SERVICE_TAG;
 use serde_json::{Value, json};
 
-use crate::ingress::{eds_cluster, sni_chain, sni_listener};
+use crate::ingress::{
+    Destination, destination_cluster, eds_cluster, sni_chain, sni_listener, tag_subsets,
+};
 use crate::sidecar::socket_address;
 use crate::{MeshSnapshot, ProxyResources, ZoneProxyListener, service_sni};
 
-/// Per service of `mesh` that runs in other zones: (zone, ingress address, port, instances).
-fn remote_services(mesh: &MeshSnapshot) -> BTreeMap<String, Vec<(String, String, u32, u32)>> {
-    let mut services: BTreeMap<String, Vec<(String, String, u32, u32)>> = BTreeMap::new();
+/// Per destination of `mesh` (a service, or a service with a subset of tags) that runs in
+/// other zones: (zone, ingress address, port, instances).
+fn remote_destinations(
+    mesh: &MeshSnapshot,
+) -> BTreeMap<Destination, Vec<(String, String, u32, u32)>> {
+    let mut out: BTreeMap<Destination, Vec<(String, String, u32, u32)>> = BTreeMap::new();
     for ingress in &mesh.remote_ingresses {
         if ingress.zone == mesh.local_zone {
             continue;
         }
-        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut counts: BTreeMap<Destination, u32> = BTreeMap::new();
         for s in &ingress.services {
             if s.mesh != mesh.mesh || s.external_service {
                 continue;
             }
             if let Some(service) = s.tags.get(SERVICE_TAG) {
-                *counts.entry(service).or_default() += s.instances;
+                for subset in tag_subsets(&s.tags) {
+                    *counts.entry((service.clone(), subset)).or_default() += s.instances;
+                }
             }
         }
-        for (service, instances) in counts.into_iter().filter(|(_, n)| *n > 0) {
-            services.entry(service.to_string()).or_default().push((
+        for (dest, instances) in counts.into_iter().filter(|(_, n)| *n > 0) {
+            out.entry(dest).or_default().push((
                 ingress.zone.clone(),
                 ingress.address.clone(),
                 ingress.port,
@@ -38,10 +45,10 @@ fn remote_services(mesh: &MeshSnapshot) -> BTreeMap<String, Vec<(String, String,
             ));
         }
     }
-    for ingresses in services.values_mut() {
+    for ingresses in out.values_mut() {
         ingresses.sort();
     }
-    services
+    out
 }
 
 /// The egress's listener, clusters and endpoints for every mesh that routes through egresses
@@ -50,9 +57,9 @@ pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshSnapshot]) -> ProxyR
     let mut out = ProxyResources::default();
     let mut chains = Vec::new();
     for mesh in meshes.iter().filter(|m| m.mtls && m.zone_egress) {
-        for (service, ingresses) in remote_services(mesh) {
-            let sni = service_sni(&service, &mesh.mesh, &BTreeMap::new());
-            let cluster = format!("{}:{service}", mesh.mesh);
+        for (dest, ingresses) in remote_destinations(mesh) {
+            let sni = service_sni(&dest.0, &mesh.mesh, &dest.1);
+            let cluster = destination_cluster(&mesh.mesh, &dest);
             chains.push(sni_chain(&sni, &cluster));
             out.clusters.push(eds_cluster(&cluster));
             // Every zone that has the service shares the load by its instance count.

@@ -13,25 +13,67 @@ use crate::sidecar::{
 };
 use crate::{MeshSnapshot, ProxyResources, ZoneProxyListener, service_sni};
 
-/// Ready local endpoints of each service in `mesh`, by service name.
-fn local_services(mesh: &MeshSnapshot) -> BTreeMap<String, Vec<(String, u32)>> {
-    let mut services: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
+/// Ready local endpoints of each destination in `mesh` another zone can ask for: a service,
+/// or a service with up to [`MAX_SUBSET_TAGS`] of its instances' other tags (what an outbound
+/// selecting a subset puts in its SNI).
+fn local_destinations(mesh: &MeshSnapshot) -> BTreeMap<Destination, Vec<(String, u32)>> {
+    let mut out: BTreeMap<Destination, Vec<(String, u32)>> = BTreeMap::new();
     for dp in &mesh.dataplanes {
         for inbound in &dp.spec.networking.inbound {
             let Some(service) = inbound.tags.get(SERVICE_TAG) else {
                 continue;
             };
-            let endpoints = services.entry(service.clone()).or_default();
-            if inbound_ready(inbound) {
-                endpoints.push((endpoint_address(dp, inbound).to_string(), inbound.port));
+            for subset in tag_subsets(&inbound.tags) {
+                let endpoints = out.entry((service.clone(), subset)).or_default();
+                if inbound_ready(inbound) {
+                    endpoints.push((endpoint_address(dp, inbound).to_string(), inbound.port));
+                }
             }
         }
     }
-    for endpoints in services.values_mut() {
+    for endpoints in out.values_mut() {
         endpoints.sort();
         endpoints.dedup();
     }
-    services
+    out
+}
+
+/// A service and a subset of its tags, as a cross-zone SNI names it.
+pub(crate) type Destination = (String, BTreeMap<String, String>);
+
+/// How many tags besides the service an SNI may select at an ingress or egress: outbounds that
+/// select more cannot be routed across zones (subsets grow exponentially with tags).
+pub const MAX_SUBSET_TAGS: usize = 2;
+
+/// Every subset of `tags` other than the service tag with at most [`MAX_SUBSET_TAGS`] entries,
+/// the empty one first.
+pub(crate) fn tag_subsets(tags: &BTreeMap<String, String>) -> Vec<BTreeMap<String, String>> {
+    let extra: Vec<(&String, &String)> = tags.iter().filter(|(k, _)| *k != SERVICE_TAG).collect();
+    let mut out = vec![BTreeMap::new()];
+    // Subsets of size n+1 extend those of size n with a later tag, so none repeats.
+    let mut frontier = vec![(0, BTreeMap::new())];
+    for _ in 0..MAX_SUBSET_TAGS {
+        let mut next = Vec::new();
+        for (start, subset) in &frontier {
+            for (i, (k, v)) in extra.iter().enumerate().skip(*start) {
+                let mut bigger: BTreeMap<String, String> = subset.clone();
+                bigger.insert((*k).clone(), (*v).clone());
+                out.push(bigger.clone());
+                next.push((i + 1, bigger));
+            }
+        }
+        frontier = next;
+    }
+    out
+}
+
+/// The cluster an ingress or egress passes a destination's connections to.
+pub(crate) fn destination_cluster(mesh: &str, (service, subset): &Destination) -> String {
+    if subset.is_empty() {
+        return format!("{mesh}:{service}");
+    }
+    let tags: Vec<String> = subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{mesh}:{service}{{{}}}", tags.join(","))
 }
 
 /// The ingress's listener, clusters and endpoints for every mesh with mTLS (cross-zone
@@ -40,9 +82,9 @@ pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshSnapshot]) -> ProxyR
     let mut out = ProxyResources::default();
     let mut chains = Vec::new();
     for mesh in meshes.iter().filter(|m| m.mtls) {
-        for (service, endpoints) in local_services(mesh) {
-            let sni = service_sni(&service, &mesh.mesh, &BTreeMap::new());
-            let cluster = format!("{}:{service}", mesh.mesh);
+        for (dest, endpoints) in local_destinations(mesh) {
+            let sni = service_sni(&dest.0, &mesh.mesh, &dest.1);
+            let cluster = destination_cluster(&mesh.mesh, &dest);
             chains.push(sni_chain(&sni, &cluster));
             out.clusters.push(eds_cluster(&cluster));
             let lb_endpoints: Vec<Value> = endpoints

@@ -195,7 +195,10 @@ fn resolve(mesh: &MeshSnapshot, tags: BTreeMap<String, String>) -> Destination {
     }
     // Cross-zone traffic rides the mesh's mTLS: the remote ingress routes on its SNI.
     let mut remote = Vec::new();
-    if mesh.mtls {
+    // Ingresses and egresses route subsets of up to MAX_SUBSET_TAGS tags; a narrower
+    // selection stays in this zone rather than reach an ingress that cannot route it.
+    let routable = tags.len() <= 1 + crate::ingress::MAX_SUBSET_TAGS;
+    if mesh.mtls && routable {
         for ingress in &mesh.remote_ingresses {
             if ingress.zone == mesh.local_zone {
                 continue;

@@ -520,3 +520,61 @@ fn envoy_validates_load_balancing_configs() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An outbound selecting a subset reaches only the zones whose ingress advertises it, with
+/// their count of matching instances; the ingress routes that SNI (see the zone_ingress golden
+/// file). A subset wider than ingresses route stays in this zone.
+#[test]
+fn subset_outbounds_across_zones() {
+    let mut m = zone_1_view();
+    m.zone_egress = false;
+    let web = m
+        .dataplanes
+        .iter_mut()
+        .find(|d| d.name == "web-1")
+        .expect("web-1");
+    web.spec.networking.outbound = serde_json::from_value(json!([
+        {"port": 10003, "tags": {"kuma.io/service": "backend", "version": "v2"}},
+        {"port": 10004, "tags": {"kuma.io/service": "backend", "version": "v2", "a": "1", "b": "2"}}
+    ]))
+    .expect("outbounds");
+    let r = sidecar::generate(&m, "web-1").expect("generate");
+    check_schema(&r);
+    let cluster_of = |port: u16| {
+        let l = r
+            .listeners
+            .iter()
+            .find(|l| l["name"] == format!("outbound:127.0.0.1:{port}"))
+            .expect("outbound listener");
+        let filter = &l["filter_chains"][0]["filters"][0]["typed_config"];
+        filter["cluster"]
+            .as_str()
+            .or(
+                filter["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"]
+                    .as_str(),
+            )
+            .expect("cluster")
+            .to_string()
+    };
+    let groups = |cluster: &str| {
+        r.endpoints
+            .iter()
+            .find(|e| e["cluster_name"] == cluster)
+            .and_then(|e| e["endpoints"].as_array().cloned())
+            .expect("endpoints")
+    };
+    let v2 = groups(&cluster_of(10003));
+    let remote: Vec<_> = v2.iter().filter(|g| g["priority"] == 1).collect();
+    assert_eq!(remote.len(), 1, "{v2:?}");
+    assert_eq!(remote[0]["locality"]["zone"], "zone-2");
+    assert_eq!(remote[0]["lb_endpoints"][0]["load_balancing_weight"], 1);
+    let sni = r
+        .clusters
+        .iter()
+        .find(|c| c["name"] == cluster_of(10003))
+        .map(|c| c["transport_socket"]["typed_config"]["sni"].clone());
+    assert_eq!(sni, Some(json!("backend{mesh=default,version=v2}")));
+
+    let wide = groups(&cluster_of(10004));
+    assert!(wide.iter().all(|g| g.get("priority").is_none()), "{wide:?}");
+}
