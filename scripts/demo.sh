@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The local demo: one global and two zone control planes on the memory store, synced over KDS
-# with TLS. Ctrl-C stops all three. Ports: global 5681 (API/GUI) and 5685 (KDS); zone-1 6681;
-# zone-2 7681. Logs go to .demo/ in the repository.
+# with TLS, and cross-zone traffic: `web` in zone-1 calls `backend`, which runs only in zone-2,
+# through zone-2's ingress, with mTLS end to end (real Envoy behind kuma-dp). Ctrl-C stops it
+# all. Ports: global 5681 (API/GUI) and 5685 (KDS); zone-1 6681; zone-2 7681; web's outbound to
+# backend 8080. Logs go to .demo/ in the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --bin kuma-cp --bin kumactl
+# shellcheck source=envoy.sh
+source scripts/envoy.sh
+cargo build --bin kuma-cp --bin kumactl --bin kuma-dp --bin kuma-tcp-echo
 BIN="$PWD/target/debug/kuma-cp"
+TARGET="$PWD/target/debug"
 DIR="$PWD/.demo"
 rm -rf "$DIR" && mkdir -p "$DIR"
 
@@ -31,9 +36,11 @@ wait_ready() { # port name
 # inter-CP = +3, data plane server = -3.
 start() { # name base extra-env...
   local name=$1 base=$2; shift 2
+  mkdir -p "$DIR/$name"
   env KUMA_API_SERVER_HTTP_PORT=$((base + 1)) KUMA_API_SERVER_HTTPS_PORT=$((base + 2)) \
       KUMA_DIAGNOSTICS_SERVER_PORT=$base KUMA_INTER_CP_SERVER_PORT=$((base + 3)) \
-      KUMA_DP_SERVER_PORT=$((base - 2)) "$@" "$BIN" run >"$DIR/$name.log" 2>&1 &
+      KUMA_DP_SERVER_PORT=$((base - 2)) KUMA_GENERAL_WORK_DIR="$DIR/$name" \
+      "$@" "$BIN" run >"$DIR/$name.log" 2>&1 &
   pids+=($!)
   wait_ready "$base" "$name"
 }
@@ -45,26 +52,84 @@ curl -fs http://127.0.0.1:5681/globalsecrets/kds-server-tls \
   | python3 -c 'import sys, json, base64; print(json.loads(base64.b64decode(json.load(sys.stdin)["data"]))["cert_pem"], end="")' \
   >"$DIR/kds-ca.pem"
 
-# Global accepts only zones with a token it issued (localhost is admin on global's API).
-zone_token() { # zone
-  for _ in $(seq 1 50); do
-    if curl -fs -X POST http://127.0.0.1:5681/tokens/zone -H 'content-type: application/json' \
-        -d "{\"zone\": \"$1\", \"scope\": [\"cp\"], \"validFor\": \"720h\"}" >"$DIR/$1.token"; then
+# Tokens come from global (localhost is admin on its API); a 503 while a signing key is
+# being created is retried.
+token() { # kind file json
+  for _ in $(seq 1 100); do
+    if curl -fs -X POST "http://127.0.0.1:5681/tokens/$1" -H 'content-type: application/json' \
+        -d "$3" >"$DIR/$2.token"; then
       return 0
     fi
     sleep 0.2
   done
-  echo "could not issue a zone token for $1; see $DIR/global.log" >&2
+  echo "could not issue the $1 token $2; see $DIR/global.log" >&2
   exit 1
 }
 
-for zone in zone-1 zone-2; do zone_token "$zone"; done
+# Global accepts only zones with a token it issued.
+for zone in zone-1 zone-2; do
+  token zone "$zone" "{\"zone\": \"$zone\", \"scope\": [\"cp\"], \"validFor\": \"720h\"}"
+done
 start zone-1 6680 KUMA_MODE=zone KUMA_MULTIZONE_ZONE_NAME=zone-1 \
   KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=grpcs://127.0.0.1:5685 KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE="$DIR/kds-ca.pem" \
   KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH="$DIR/zone-1.token"
 start zone-2 7680 KUMA_MODE=zone KUMA_MULTIZONE_ZONE_NAME=zone-2 \
   KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=grpcs://127.0.0.1:5685 KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE="$DIR/kds-ca.pem" \
   KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH="$DIR/zone-2.token"
+
+# Cross-zone traffic needs mTLS: global creates the mesh's CA and both zones receive it.
+curl -fs -X PUT http://127.0.0.1:5681/meshes/default -H 'content-type: application/json' \
+  -d '{"type": "Mesh", "name": "default", "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}' >/dev/null
+for port in 6681 7681; do
+  for _ in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:$port/meshes/default/secrets/default.ca-builtin-cert-ca-1" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+done
+token zone ingress-2 '{"zone": "zone-2", "scope": ["ingress"], "validFor": "720h"}'
+for dp in web backend; do
+  token dataplane "$dp" "{\"name\": \"$dp\", \"mesh\": \"default\"}"
+done
+
+kuma_dp() { # name proxy-type zone-dp-port zone-dir admin-port resource
+  echo "$6" >"$DIR/$1.yaml"
+  "$TARGET/kuma-dp" run --proxy-type "$2" --cp-address "https://127.0.0.1:$3" \
+    --ca-cert-file "$DIR/$4/dp-server-ca.pem" --dataplane-token-file "$DIR/$1.token" \
+    --dataplane-file "$DIR/$1.yaml" --admin-port "$5" --binary-path "$ENVOY_BINARY" \
+    --config-dir "$DIR/envoy-$1" >"$DIR/kuma-dp-$1.log" 2>&1 &
+  pids+=($!)
+}
+"$TARGET/kuma-tcp-echo" --http --port 9001 --instance web --zone zone-1 >"$DIR/web.log" 2>&1 &
+pids+=($!)
+"$TARGET/kuma-tcp-echo" --http --port 9002 --instance backend-zone-2 --zone zone-2 >"$DIR/backend.log" 2>&1 &
+pids+=($!)
+kuma_dp ingress-2 ingress 7678 zone-2 9903 'type: ZoneIngress
+name: ingress-2
+networking: {address: 127.0.0.1, port: 10001, advertisedAddress: 127.0.0.1, advertisedPort: 10001}'
+kuma_dp backend dataplane 7678 zone-2 9902 'type: Dataplane
+mesh: default
+name: backend
+networking:
+  address: 127.0.0.1
+  inbound:
+  - {port: 20002, servicePort: 9002, tags: {kuma.io/service: backend, kuma.io/protocol: http}}'
+kuma_dp web dataplane 6678 zone-1 9901 'type: Dataplane
+mesh: default
+name: web
+networking:
+  address: 127.0.0.1
+  inbound:
+  - {port: 20001, servicePort: 9001, tags: {kuma.io/service: web, kuma.io/protocol: http}}
+  outbound:
+  - {port: 8080, tags: {kuma.io/service: backend}}'
+traffic=no
+for _ in $(seq 1 150); do
+  if curl -fs http://127.0.0.1:8080/ 2>/dev/null | grep -q '"zone":"zone-2"'; then traffic=yes; break; fi
+  sleep 0.2
+done
+if [ "$traffic" = no ]; then
+  echo "web in zone-1 does not reach backend in zone-2 yet; see $DIR/kuma-dp-*.log" >&2
+fi
 
 cat <<MSG
 
@@ -73,11 +138,14 @@ Multi-zone demo running (memory stores; everything is lost on exit):
   zone-1   API and GUI  http://localhost:6681
   zone-2   API and GUI  http://localhost:7681
   logs     $DIR/*.log
+  traffic  web (zone-1) -> backend (zone-2 only), through zone-2's ingress, mTLS end to end
 
 Try:
+  curl -s localhost:8080/                # answered by backend-zone-2; see x-forwarded-client-cert
   export PATH="$PWD/target/debug:\$PATH"
   kumactl config control-planes add --name global --address http://localhost:5681 --overwrite
   kumactl inspect zones                  # both Online, with their CP version
+  kumactl inspect dataplanes             # web and backend (global names carry their zone's hash)
   curl -s localhost:5681/global-insight
   curl -s localhost:6681/meshes          # the default mesh, synced from global
   (then the tour in the README: policies applied on global show up on both zones)

