@@ -64,12 +64,24 @@ fetch_deb() { # package -> unpacked tree in $debs/<package>
 fetch_deb busybox-static
 fetch_deb etcd-server
 busybox="$debs/busybox-static/bin/busybox"
+# The CA roots: the host's bundle, else the one Debian's ca-certificates package would build.
+roots="$work/ca-certificates.crt"
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  cp /etc/ssl/certs/ca-certificates.crt "$roots"
+else
+  fetch_deb ca-certificates
+  cat "$debs"/ca-certificates/usr/share/ca-certificates/mozilla/*.crt > "$roots"
+fi
 etcd="$debs/etcd-server/usr/bin/etcd"
 
 # Copies a binary to <rootfs><dest> with every shared library it loads, at the same paths.
 add_binary() {
   local rootfs="$1" src="$2" dest="$3"
   install -D -m 0755 "$src" "$rootfs$dest"
+  # Release builds keep debug info for profiling on the host; images do not need it.
+  if [ "$PROFILE" = release ] && command -v strip >/dev/null 2>&1; then
+    strip --strip-debug "$rootfs$dest" 2>/dev/null || true
+  fi
   ldd "$src" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
     [ -e "$rootfs$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$rootfs$lib"
   done
@@ -85,7 +97,7 @@ new_rootfs() {
   ln -sf busybox "$rootfs/bin/wget"
   echo "root:x:0:0:root:/root:/bin/sh" > "$rootfs/etc/passwd"
   # The HTTP clients (kumactl, kuma-dp) load the system roots even when given a CA file.
-  install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+  install -D -m 0644 "$roots" "$rootfs/etc/ssl/certs/ca-certificates.crt"
   echo "$rootfs"
 }
 

@@ -211,18 +211,7 @@ fn kumactl_ok(cfg: &std::path::Path, args: &[&str]) -> String {
 
 /// Points kumactl's config at `cp` under `name`, making it the active control plane.
 fn add_control_plane(cfg: &std::path::Path, name: &str, cp: &ControlPlane) {
-    kumactl_ok(
-        cfg,
-        &[
-            "config",
-            "control-planes",
-            "add",
-            "--name",
-            name,
-            "--address",
-            &cp.api(),
-        ],
-    );
+    e2e::kumactl_config(cfg, name, &cp.api());
 }
 
 /// The status column of `name`'s row in a kumactl table.
