@@ -17,9 +17,6 @@ use proto::kuma::mesh::v1alpha1::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-/// Largest answer global accepts from a zone (a config dump of a big mesh is several MiB).
-pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
-
 /// Which Envoy admin page a request asks for: one stream each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AdminOp {

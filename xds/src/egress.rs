@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::ingress::{
     Destination, destination_cluster, eds_cluster, sni_chain, sni_listener, tag_subsets,
 };
-use crate::sidecar::socket_address;
+use crate::sidecar::lb_endpoint;
 use crate::{MeshSnapshot, ProxyResources, ZoneProxyListener, service_sni};
 
 /// Per destination of `mesh` (a service, or a service with a subset of tags) that runs in
@@ -68,10 +68,7 @@ pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshSnapshot]) -> ProxyR
                 .map(|(zone, address, port, instances)| {
                     json!({
                         "locality": {"zone": zone},
-                        "lb_endpoints": [{
-                            "endpoint": {"address": socket_address(address, *port)},
-                            "load_balancing_weight": instances
-                        }]
+                        "lb_endpoints": [lb_endpoint(address, *port, Some(*instances))]
                     })
                 })
                 .collect();

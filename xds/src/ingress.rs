@@ -9,7 +9,8 @@ use model::labels::SERVICE_TAG;
 use serde_json::{Value, json};
 
 use crate::sidecar::{
-    CONNECT_TIMEOUT, ads_config, endpoint_address, inbound_ready, socket_address, tcp_proxy,
+    CONNECT_TIMEOUT, ads_config, endpoint_address, inbound_ready, lb_endpoint, socket_address,
+    tcp_proxy,
 };
 use crate::{MeshSnapshot, ProxyResources, ZoneProxyListener, service_sni};
 
@@ -89,7 +90,7 @@ pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshSnapshot]) -> ProxyR
             out.clusters.push(eds_cluster(&cluster));
             let lb_endpoints: Vec<Value> = endpoints
                 .iter()
-                .map(|(a, p)| json!({"endpoint": {"address": socket_address(a, *p)}}))
+                .map(|(a, p)| lb_endpoint(a, *p, None))
                 .collect();
             out.endpoints.push(json!({
                 "cluster_name": cluster,

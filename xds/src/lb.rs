@@ -21,6 +21,7 @@ use model::specs::targetref::{TargetRef, TargetRefKind, matches_dataplane};
 use serde_json::{Value, json};
 
 use crate::rbac::top_rank;
+use crate::sidecar::lb_endpoint;
 use crate::{DataplaneEntry, NamedPolicy};
 
 /// The merged configuration one proxy applies to one destination service.
@@ -252,12 +253,7 @@ pub fn load_assignment(
         let lb_endpoints: Vec<Value> = r
             .via
             .iter()
-            .map(|(a, p)| {
-                json!({
-                    "endpoint": {"address": crate::sidecar::socket_address(a, *p)},
-                    "load_balancing_weight": r.instances
-                })
-            })
+            .map(|(a, p)| lb_endpoint(a, *p, Some(r.instances)))
             .collect();
         let mut group = json!({"locality": {"zone": r.zone}, "lb_endpoints": lb_endpoints});
         if priority > 0 {
@@ -289,7 +285,7 @@ fn local_group(
 ) -> Value {
     let lb_endpoints: Vec<Value> = members
         .iter()
-        .map(|e| json!({"endpoint": {"address": crate::sidecar::socket_address(&e.address, e.port)}}))
+        .map(|e| lb_endpoint(&e.address, e.port, None))
         .collect();
     let mut group = json!({"lb_endpoints": lb_endpoints});
     if !zone.is_empty() || sub_zone.is_some() {

@@ -56,6 +56,15 @@ pub(crate) fn socket_address(address: &str, port: u32) -> Value {
     json!({"socket_address": {"address": address, "port_value": port}})
 }
 
+/// One endpoint of a load assignment, with its weight when it has one.
+pub(crate) fn lb_endpoint(address: &str, port: u32, weight: Option<u32>) -> Value {
+    let mut e = json!({"endpoint": {"address": socket_address(address, port)}});
+    if let Some(w) = weight {
+        e["load_balancing_weight"] = json!(w);
+    }
+    e
+}
+
 fn http2_upstream_options() -> Value {
     json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -257,7 +266,7 @@ fn inbound_resources(
         "connect_timeout": CONNECT_TIMEOUT,
         "load_assignment": {
             "cluster_name": local_cluster,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(service_address, service_port)}}]}]
+            "endpoints": [{"lb_endpoints": [lb_endpoint(service_address, service_port, None)]}]
         }
     });
     if protocol.needs_http2_upstream() {
