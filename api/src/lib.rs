@@ -22,6 +22,7 @@ mod gui;
 pub mod inspect;
 mod metrics;
 mod overview;
+mod paging;
 mod resources;
 pub mod serve;
 mod tokens;

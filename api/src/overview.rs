@@ -14,7 +14,7 @@ use store::{ListQuery, StoreError};
 
 use crate::SharedState;
 use crate::error::ApiError;
-use crate::resources::{next_link, parse_list_query};
+use crate::paging::{next_link, parse_list_query};
 
 /// How long a subscription may stay silent before it counts as offline.
 pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);

@@ -1,25 +1,23 @@
 //! Resource CRUD: `/{plural}[/{name}]` for global-scoped types (and cross-mesh listing of
 //! mesh-scoped ones), `/meshes/{mesh}/{plural}[/{name}]` for mesh-scoped types.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{OriginalUri, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use model::{Resource, ResourceKey, ResourceType, Scope};
 use security::user::ADMIN_TOKEN_SECRET;
 use serde_json::{Value, json};
-use store::{ListQuery, StoreError};
+use store::StoreError;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::overview;
+use crate::paging::{DEFAULT_PAGE_SIZE, next_link, parse_list_query};
 use crate::{MAX_BODY_BYTES, SharedState};
-
-const DEFAULT_PAGE_SIZE: usize = 100;
-const MAX_PAGE_SIZE: usize = 1000;
 
 const TITLE_GET: &str = "Could not retrieve a resource";
 const TITLE_LIST: &str = "Could not retrieve resources";
@@ -148,83 +146,6 @@ pub async fn list_in_mesh(
     }
     let kind = resolve_type(&plural, true)?;
     list(&state, kind, Some(mesh), &params, &uri, &headers, &caller).await
-}
-
-/// Parses `size`, `offset`, `name` and `filter[labels.<key>]` into a store query.
-pub(crate) fn parse_list_query(
-    kind: ResourceType,
-    mesh: Option<String>,
-    params: &HashMap<String, String>,
-) -> Result<ListQuery, ApiError> {
-    let size = match params.get("size") {
-        None => DEFAULT_PAGE_SIZE,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    TITLE_LIST,
-                    "size",
-                    format!("must be a number between 1 and {MAX_PAGE_SIZE}"),
-                ));
-            }
-        },
-    };
-    let offset = match params.get("offset") {
-        None => 0,
-        Some(s) if s.is_empty() => 0,
-        Some(s) => s
-            .parse::<usize>()
-            .map_err(|_| ApiError::bad_request(TITLE_LIST, "offset", "Invalid format"))?,
-    };
-    let mut labels = BTreeMap::new();
-    for (k, v) in params {
-        if let Some(label) = k
-            .strip_prefix("filter[labels.")
-            .and_then(|r| r.strip_suffix(']'))
-        {
-            labels.insert(label.to_string(), v.clone());
-        }
-    }
-    Ok(ListQuery {
-        kind,
-        mesh,
-        labels,
-        name_contains: params.get("name").filter(|n| !n.is_empty()).cloned(),
-        offset,
-        size: Some(size),
-    })
-}
-
-/// Kuma's `next` is a full URL to the next page, keeping the other query parameters.
-pub(crate) fn next_link(
-    uri: &OriginalUri,
-    headers: &HeaderMap,
-    next_offset: Option<usize>,
-    size: usize,
-) -> Value {
-    let Some(offset) = next_offset else {
-        return Value::Null;
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let scheme = uri.0.scheme_str().unwrap_or("http");
-    let mut query: Vec<String> = uri
-        .0
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("offset=") && !p.starts_with("size="))
-        .map(String::from)
-        .collect();
-    query.push(format!("offset={offset}"));
-    query.push(format!("size={size}"));
-    Value::String(format!(
-        "{scheme}://{host}{}?{}",
-        uri.0.path(),
-        query.join("&")
-    ))
 }
 
 async fn list(

@@ -375,17 +375,12 @@ pub fn validate(spec: &Value) -> Result<(), ValidationError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::specs::testing;
     use serde_json::json;
 
     #[track_caller]
     fn err(spec: Value, field: &str, reason: &str) {
-        let e = validate(&spec).expect_err("expected a validation error");
-        assert!(
-            e.violations
-                .iter()
-                .any(|x| x.field == field && x.reason.contains(reason)),
-            "expected {field}: {reason}, got {e:?}"
-        );
+        testing::err(validate, spec, field, reason);
     }
 
     fn docs_gateway() -> Value {

@@ -8,6 +8,8 @@ pub mod policy;
 pub mod secret;
 pub mod service;
 pub mod targetref;
+#[cfg(test)]
+mod testing;
 pub mod zone;
 
 use std::collections::BTreeMap;

@@ -586,27 +586,8 @@ pub fn validate_hostname_generator(spec: &Value) -> Result<(), ValidationError> 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::specs::testing::{err, ok};
     use serde_json::json;
-
-    type Validate = fn(&Value) -> Result<(), ValidationError>;
-
-    #[track_caller]
-    fn ok(f: Validate, spec: Value) {
-        if let Err(e) = f(&spec) {
-            panic!("expected valid, got {e}\nspec: {spec}");
-        }
-    }
-
-    #[track_caller]
-    fn err(f: Validate, spec: Value, field: &str, reason: &str) {
-        let e = f(&spec).expect_err("expected a validation error");
-        assert!(
-            e.violations
-                .iter()
-                .any(|x| x.field == field && x.reason.contains(reason)),
-            "expected {field}: {reason}, got {e:?}"
-        );
-    }
 
     #[test]
     fn mesh_service_docs_examples() {
