@@ -4,13 +4,11 @@
 //! global: through the zone the proxy runs in). Admins only: a config dump describes the whole
 //! mesh as the proxy sees it.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use kds::inspect::{AdminOp, ProxyRef};
 use model::ResourceType;
 use serde::Deserialize;
 
@@ -18,43 +16,11 @@ use crate::SharedState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 
-/// What answered an admin request.
-pub struct AdminAnswer {
-    pub status: u16,
-    pub content_type: String,
-    pub body: Vec<u8>,
-}
-
-/// Which proxy: a Dataplane (in a mesh), a ZoneIngress or a ZoneEgress (mesh empty).
-#[derive(Debug, Clone, Copy)]
-pub struct ProxyRef<'a> {
-    pub kind: ResourceType,
-    pub mesh: &'a str,
-    pub name: &'a str,
-}
-
-/// Reaches a proxy's Envoy admin; implemented by the data plane server on zones and by the
-/// KDS server on global.
-#[async_trait::async_trait]
-pub trait ProxyAdmin: Send + Sync {
-    /// `path` is one of config_dump, stats, clusters; `query` has no `?`.
-    async fn get(
-        &self,
-        proxy: ProxyRef<'_>,
-        path: &str,
-        query: &str,
-    ) -> Result<AdminAnswer, String>;
-}
-
-pub type SharedProxyAdmin = Arc<dyn ProxyAdmin>;
-
-pub const TIMEOUT: Duration = Duration::from_secs(10);
-
 async fn inspect(
     state: &SharedState,
     caller: &Caller,
     proxy: ProxyRef<'_>,
-    path: &str,
+    op: AdminOp,
     query: &str,
 ) -> Result<Response, ApiError> {
     const TITLE: &str = "Could not inspect the proxy";
@@ -78,9 +44,9 @@ async fn inspect(
         .await
         .map_err(|e| ApiError::from_store(TITLE, e))?;
     let answer = admin
-        .get(proxy, path, query)
+        .get(proxy, op, query)
         .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, TITLE, e))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, TITLE, model::error_chain(&e)))?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     Ok((
         status,
@@ -134,7 +100,14 @@ pub async fn config_dump(
             .any(|p| p == "include_eds=true" || p == "include_eds")
     });
     let envoy_query = if include_eds { "include_eds" } else { "" };
-    inspect(&state, &caller, path.proxy()?, "config_dump", envoy_query).await
+    inspect(
+        &state,
+        &caller,
+        path.proxy()?,
+        AdminOp::ConfigDump,
+        envoy_query,
+    )
+    .await
 }
 
 pub async fn stats(
@@ -142,7 +115,7 @@ pub async fn stats(
     caller: axum::Extension<Caller>,
     Path(path): Path<ProxyPath>,
 ) -> Result<Response, ApiError> {
-    inspect(&state, &caller, path.proxy()?, "stats", "").await
+    inspect(&state, &caller, path.proxy()?, AdminOp::Stats, "").await
 }
 
 pub async fn clusters(
@@ -150,5 +123,5 @@ pub async fn clusters(
     caller: axum::Extension<Caller>,
     Path(path): Path<ProxyPath>,
 ) -> Result<Response, ApiError> {
-    inspect(&state, &caller, path.proxy()?, "clusters", "").await
+    inspect(&state, &caller, path.proxy()?, AdminOp::Clusters, "").await
 }

@@ -64,7 +64,7 @@ pub struct ApiState {
     pub metrics: ApiMetrics,
     pub federation: federation::Federation,
     /// Reaches proxies' Envoy admin; `None` where no proxies connect (global).
-    pub proxy_admin: Option<inspect::SharedProxyAdmin>,
+    pub proxy_admin: Option<kds::inspect::SharedProxyAdmin>,
 }
 
 pub type SharedState = Arc<ApiState>;

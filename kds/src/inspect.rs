@@ -1,14 +1,18 @@
-//! Inspecting a zone's proxies from global, as Kuma does: each zone opens three long-lived
-//! streams to global (`GlobalKDSService.StreamXDSConfigs`, `StreamStats`, `StreamClusters`) on
-//! which the roles are reversed: global sends requests naming a proxy and the zone answers with
-//! what the proxy's Envoy admin said. Global's API thus reaches proxies it has no connection to.
+//! Inspecting proxies' Envoy admin (config dump, stats, clusters) from the API.
+//!
+//! The vocabulary every role shares: which proxy ([`ProxyRef`]), which page ([`AdminOp`]), what
+//! answered ([`AdminAnswer`]) and the [`ProxyAdmin`] seam the API asks. Zones and standalone
+//! reach their proxies through kuma-dp's admin stream (or the replica holding it); global
+//! reaches them through the zones, as Kuma does: each zone opens three long-lived streams to
+//! global (`GlobalKDSService.StreamXDSConfigs`, `StreamStats`, `StreamClusters`) on which the
+//! roles are reversed: global sends requests naming a proxy and the zone answers with what the
+//! proxy's Envoy admin said. Global's API thus reaches proxies it has no connection to.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use model::ResourceType;
 use proto::kuma::mesh::v1alpha1::{
@@ -16,6 +20,114 @@ use proto::kuma::mesh::v1alpha1::{
     XdsConfigRequest, XdsConfigResponse, clusters_response, stats_response, xds_config_response,
 };
 use tokio::sync::{mpsc, oneshot};
+
+/// Which proxy: a Dataplane (in a mesh), a ZoneIngress or a ZoneEgress (mesh empty).
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyRef<'a> {
+    pub kind: ResourceType,
+    pub mesh: &'a str,
+    pub name: &'a str,
+}
+
+impl std::fmt::Display for ProxyRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.mesh {
+            "" => write!(f, "{} {:?}", self.kind, self.name),
+            mesh => write!(f, "{} {:?} in mesh {mesh:?}", self.kind, self.name),
+        }
+    }
+}
+
+/// What answered an admin request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// Why a proxy's admin could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{proxy} has no admin stream to this control plane instance (is kuma-dp running?)")]
+    NotConnected { proxy: String },
+    #[error("{proxy} has never connected (no {insight})")]
+    NeverConnected {
+        proxy: String,
+        insight: ResourceType,
+    },
+    #[error("{proxy} is not connected")]
+    Disconnected { proxy: String },
+    #[error(
+        "{proxy} is connected to control plane instance {instance:?}, which is not in the catalog of live instances"
+    )]
+    UnknownInstance { proxy: String, instance: String },
+    #[error("the proxy did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the proxy's admin stream closed")]
+    Closed,
+    #[error("kuma-dp could not reach Envoy's admin: {0}")]
+    Envoy(String),
+    #[error("Envoy admin answered {status}: {body}")]
+    EnvoyStatus { status: u16, body: String },
+    #[error("reading {what}")]
+    Store {
+        what: String,
+        #[source]
+        source: store::StoreError,
+    },
+    #[error("reading the proxy's {insight}")]
+    Insight {
+        insight: ResourceType,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{proxy} came from no zone")]
+    NoZone { proxy: String },
+    #[error(
+        "zone {zone:?} holds no inspect stream to this global instance (it is offline, or connected to another global replica)"
+    )]
+    NoZoneStream { zone: String },
+    #[error("zone {zone:?}'s inspect stream ended before it answered")]
+    ZoneStreamEnded { zone: String },
+    #[error("zone {zone:?} did not answer within {timeout:?}")]
+    ZoneTimeout { zone: String, timeout: Duration },
+    #[error("zone {zone:?}: {message}")]
+    Zone { zone: String, message: String },
+    #[error("inter-CP endpoint {endpoint}")]
+    Endpoint {
+        endpoint: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("forwarding to control plane instance {instance:?} ({endpoint})")]
+    Forward {
+        instance: String,
+        endpoint: String,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error("control plane instance {instance:?}: {message}")]
+    Remote { instance: String, message: String },
+}
+
+/// Reaches a proxy's Envoy admin; implemented by the data plane server on zones (directly, and
+/// through the replica holding the proxy's stream) and by the KDS server on global.
+#[async_trait::async_trait]
+pub trait ProxyAdmin: Send + Sync {
+    /// `query` is Envoy's admin query string, without `?`.
+    async fn get(
+        &self,
+        proxy: ProxyRef<'_>,
+        op: AdminOp,
+        query: &str,
+    ) -> Result<AdminAnswer, AdminError>;
+}
+
+pub type SharedProxyAdmin = Arc<dyn ProxyAdmin>;
+
+/// How long a proxy's kuma-dp has to answer an admin request.
+pub const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which Envoy admin page a request asks for: one stream each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,6 +153,14 @@ impl AdminOp {
             AdminOp::ConfigDump => "config_dump",
             AdminOp::Stats => "stats",
             AdminOp::Clusters => "clusters",
+        }
+    }
+
+    /// What Envoy answers the page as.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            AdminOp::ConfigDump => "application/json",
+            AdminOp::Stats | AdminOp::Clusters => "text/plain; charset=utf-8",
         }
     }
 }
@@ -263,15 +383,13 @@ impl ZoneAdminStreams {
         op: AdminOp,
         call: AdminCall,
         timeout: Duration,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, AdminError> {
         let request_id = security::random_uuid();
         let (tx, rx) = oneshot::channel();
         let (calls, waiters) = {
             let sessions = self.lock();
             let Some(s) = sessions.get(&(zone.to_string(), op)) else {
-                return Err(format!(
-                    "zone {zone:?} holds no inspect stream to this global instance (it is offline, or connected to another global replica)"
-                ));
+                return Err(AdminError::NoZoneStream { zone: zone.into() });
             };
             (s.calls.clone(), s.waiters.clone())
         };
@@ -287,32 +405,33 @@ impl ZoneAdminStreams {
         };
         if calls.send((request_id.clone(), call)).await.is_err() {
             forget();
-            return Err(format!("zone {zone:?}'s inspect stream just ended"));
+            return Err(AdminError::ZoneStreamEnded { zone: zone.into() });
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result.map_err(|e| format!("zone {zone:?}: {e}")),
-            Ok(Err(_)) => Err(format!(
-                "zone {zone:?}'s inspect stream ended before it answered"
-            )),
+            Ok(Ok(result)) => result.map_err(|message| AdminError::Zone {
+                zone: zone.into(),
+                message,
+            }),
+            Ok(Err(_)) => Err(AdminError::ZoneStreamEnded { zone: zone.into() }),
             Err(_) => {
                 forget();
-                Err(format!("zone {zone:?} did not answer within {timeout:?}"))
+                Err(AdminError::ZoneTimeout {
+                    zone: zone.into(),
+                    timeout,
+                })
             }
         }
     }
 }
 
-/// The zone's way to its proxies' Envoy admin (through whichever zone replica holds each).
-pub type ZoneProxyAdmin =
-    Arc<dyn Fn(AdminOp, AdminCall) -> BoxFuture<'static, Result<Vec<u8>, String>> + Send + Sync>;
-
 /// The zone's side of one inspect stream: answers each request global sends, concurrently,
-/// until the stream ends.
+/// through `admin` (the zone's own way to its proxies), until the stream ends. An Envoy answer
+/// other than 200 goes back as an error.
 pub async fn answer<Req: RequestMessage, Resp: ResponseMessage>(
     op: AdminOp,
     mut requests: impl Stream<Item = Result<Req, tonic::Status>> + Unpin,
     replies: mpsc::Sender<Resp>,
-    admin: ZoneProxyAdmin,
+    admin: SharedProxyAdmin,
 ) {
     while let Some(Ok(request)) = requests.next().await {
         let id = request.id().to_string();
@@ -320,7 +439,22 @@ pub async fn answer<Req: RequestMessage, Resp: ResponseMessage>(
         let admin = admin.clone();
         tokio::spawn(async move {
             let result = match request.call() {
-                Ok(call) => admin(op, call).await,
+                Ok(call) => {
+                    let proxy = ProxyRef {
+                        kind: call.kind,
+                        mesh: &call.mesh,
+                        name: &call.name,
+                    };
+                    match admin.get(proxy, op, call.query()).await {
+                        Ok(a) if a.status == 200 => Ok(a.body),
+                        Ok(a) => Err(AdminError::EnvoyStatus {
+                            status: a.status,
+                            body: String::from_utf8_lossy(&a.body).into_owned(),
+                        }
+                        .to_string()),
+                        Err(e) => Err(model::error_chain(&e)),
+                    }
+                }
                 Err(e) => Err(e),
             };
             let _ = replies.send(Resp::new(id, result)).await;
@@ -376,7 +510,7 @@ mod tests {
         let missing = streams
             .call("zone-1", AdminOp::Stats, call(), timeout)
             .await;
-        assert!(missing.is_err_and(|e| e.contains("no inspect stream")));
+        assert!(missing.is_err_and(|e| e.to_string().contains("no inspect stream")));
 
         let (answers_tx, answers_rx) = mpsc::channel::<Result<StatsResponse, tonic::Status>>(4);
         let mut requests: mpsc::Receiver<Result<StatsRequest, tonic::Status>> = streams.serve(
@@ -399,11 +533,11 @@ mod tests {
         let answer = streams
             .call("zone-1", AdminOp::Stats, call(), timeout)
             .await;
-        assert_eq!(answer, Ok(b"stats of ingress-1".to_vec()));
+        assert_eq!(answer.ok(), Some(b"stats of ingress-1".to_vec()));
         let slow = streams
             .call("zone-1", AdminOp::Stats, call(), Duration::from_millis(100))
             .await;
-        assert!(slow.is_err_and(|e| e.contains("did not answer")));
+        assert!(slow.is_err_and(|e| e.to_string().contains("did not answer")));
         // Once the zone's stream ends, the zone is no longer reachable.
         drop(zone.await);
         for _ in 0..50 {

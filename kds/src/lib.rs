@@ -1,12 +1,11 @@
-//! The Kuma Discovery Service (multi-zone sync): the direction and naming rules and the wire
-//! codec. The global-side server and the zone-side client build on these.
+//! The Kuma Discovery Service protocol (multi-zone sync), as both roles speak it: the wire
+//! codec, the direction and naming rules, the delta sender and receiver (either side can be
+//! either), and the inspect streams. The global server and the zone client that use these live
+//! in the `global` and `zone` crates.
 
 pub mod codec;
-pub mod global;
-pub mod insight;
 pub mod inspect;
 pub mod rules;
 pub mod sync;
-pub mod zone;
 
 pub use proto::envoy_types;

@@ -39,6 +39,27 @@ pub fn global_subscriptions() -> Vec<ResourceType> {
         .collect()
 }
 
+/// Why a receiver refuses a resource its peer sent (the reason goes back in the NACK).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{name}: {peer} may not provide {kind}")]
+    NotProvided {
+        name: String,
+        peer: &'static str,
+        kind: ResourceType,
+    },
+    #[error("{name}: this zone's own resource came back from global")]
+    OwnResource { name: String },
+    #[error("{name}: belongs to zone {owner:?}, not {zone:?}")]
+    OtherZone {
+        name: String,
+        owner: String,
+        zone: String,
+    },
+    #[error("{name}: missing label {ZONE}")]
+    NoZoneLabel { name: String },
+}
+
 fn sync_disabled(r: &Resource) -> bool {
     r.label(KDS_SYNC) == Some("disabled")
 }

@@ -35,6 +35,21 @@ pub enum SyncError {
     Protocol(String),
 }
 
+/// Why one resource of a response is not taken; the reasons of a response make up its NACK.
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+    #[error("{name}: {source}")]
+    Invalid {
+        name: String,
+        #[source]
+        source: model::ValidationError,
+    },
+    #[error(transparent)]
+    Refused(#[from] crate::rules::Refusal),
+}
+
 /// Where messages go: a server answers with `Result`s, a client's request stream takes plain
 /// messages. Returns false once the other end is gone.
 pub trait Outgoing<T>: Send {
@@ -449,7 +464,7 @@ impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
 /// How a receiver treats what arrives: accept (possibly rewritten) or reject with a reason, and
 /// which local resources of a type belong to the peer (and may be deleted by a full state).
 pub trait Inbound: Send + Sync {
-    fn accept(&self, r: Resource) -> Result<Resource, String>;
+    fn accept(&self, r: Resource) -> Result<Resource, crate::rules::Refusal>;
     fn owned_by_peer(&self, r: &Resource) -> bool;
 }
 
@@ -500,14 +515,18 @@ pub async fn run_receiver(
         let mut errors = Vec::new();
         let mut accepted = Vec::new();
         for x in &resp.resources {
-            match codec::from_xds_resource(kind, x)
-                .map_err(|e| e.to_string())
+            let checked = codec::from_xds_resource(kind, x)
+                .map_err(Rejection::from)
                 .and_then(|r| {
-                    r.validate().map_err(|e| format!("{}: {e}", x.name))?;
-                    inbound.accept(r)
-                }) {
+                    r.validate().map_err(|source| Rejection::Invalid {
+                        name: x.name.clone(),
+                        source,
+                    })?;
+                    inbound.accept(r).map_err(Rejection::from)
+                });
+            match checked {
                 Ok(r) => accepted.push(r),
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(e.to_string()),
             }
         }
         for r in &accepted {

@@ -16,6 +16,19 @@ pub use resource::{Meta, Resource, ResourceKey};
 pub use time::Timestamp;
 pub use validate::{ValidationError, Validator, Violation};
 
+/// An error and its causes on one line (`outer: cause: root cause`), for logs and for
+/// messages that cross the wire as text.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// Labels Kuma reserves, written by the control plane.
 pub mod labels {
     pub const ORIGIN: &str = "kuma.io/origin";

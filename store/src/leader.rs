@@ -5,7 +5,6 @@
 //! for the others, so two replicas never act as leader at once. Electors measure their own
 //! deadline from before the renewal request was sent, on the local monotonic clock.
 
-use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -62,101 +61,5 @@ impl LeaderElector for AlwaysLeader {
         let _ = leader.send(true);
         let _ = shutdown.wait_for(|s| *s).await;
         let _ = leader.send(false);
-    }
-}
-
-/// Runs `work` whenever this replica leads and drops it (cancelling it) as soon as leadership
-/// is lost or shutdown begins. `work` is started afresh on every new term.
-pub async fn run_leader_only<F, Fut>(
-    name: &str,
-    mut leader: watch::Receiver<bool>,
-    mut shutdown: watch::Receiver<bool>,
-    work: F,
-) where
-    F: Fn() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    loop {
-        // Each wait is wrapped so no `watch::Ref` (not Send) lives across an await.
-        tokio::select! {
-            ok = async { leader.wait_for(|l| *l).await.is_ok() } => if !ok { return },
-            () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
-        }
-        tracing::info!(component = name, "starting leader-only component");
-        let mut lost = leader.clone();
-        tokio::select! {
-            () = work() => {
-                // Finished on its own (one-shot work): wait for the next term.
-                let _ = leader.wait_for(|l| !*l).await;
-            }
-            () = async { let _ = lost.wait_for(|l| !*l).await; } => {
-                tracing::info!(component = name, "leadership lost: stopped leader-only component");
-            }
-            () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[tokio::test]
-    async fn leader_only_work_follows_leadership() {
-        let (leader_tx, leader_rx) = watch::channel(false);
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let starts = Arc::new(AtomicUsize::new(0));
-        let running = Arc::new(AtomicUsize::new(0));
-        let (s, r) = (starts.clone(), running.clone());
-        let task = tokio::spawn(async move {
-            run_leader_only("test", leader_rx, shutdown_rx, move || {
-                let (s, r) = (s.clone(), r.clone());
-                async move {
-                    s.fetch_add(1, Ordering::SeqCst);
-                    r.fetch_add(1, Ordering::SeqCst);
-                    struct Guard(Arc<AtomicUsize>);
-                    impl Drop for Guard {
-                        fn drop(&mut self) {
-                            self.0.fetch_sub(1, Ordering::SeqCst);
-                        }
-                    }
-                    let _g = Guard(r);
-                    std::future::pending::<()>().await;
-                }
-            })
-            .await
-        });
-        tokio::task::yield_now().await;
-        assert_eq!(starts.load(Ordering::SeqCst), 0);
-        leader_tx.send(true).unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            (
-                starts.load(Ordering::SeqCst),
-                running.load(Ordering::SeqCst)
-            ),
-            (1, 1)
-        );
-        leader_tx.send(false).unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            running.load(Ordering::SeqCst),
-            0,
-            "work kept running after leadership was lost"
-        );
-        leader_tx.send(true).unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            (
-                starts.load(Ordering::SeqCst),
-                running.load(Ordering::SeqCst)
-            ),
-            (2, 1)
-        );
-        shutdown_tx.send(true).unwrap();
-        task.await.unwrap();
-        assert_eq!(running.load(Ordering::SeqCst), 0);
     }
 }

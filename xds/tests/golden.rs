@@ -5,10 +5,8 @@
 use model::specs::dataplane::DataplaneSpec;
 use model::specs::policy::MeshTrafficPermissionSpec;
 use serde_json::{Value, json};
-use xds::{
-    DataplaneEntry, MeshSnapshot, NamedPolicy, ProxyResources, RemoteIngress, egress, ingress,
-    sidecar, wire,
-};
+use xds::generator::{egress, ingress};
+use xds::{DataplaneEntry, MeshContext, Policies, Policy, ProxyResources, RemoteIngress, wire};
 
 fn dataplane(name: &str, spec: Value) -> DataplaneEntry {
     DataplaneEntry {
@@ -18,19 +16,16 @@ fn dataplane(name: &str, spec: Value) -> DataplaneEntry {
     }
 }
 
-fn permission(name: &str, spec: Value) -> NamedPolicy<MeshTrafficPermissionSpec> {
-    NamedPolicy {
-        name: name.into(),
-        spec: serde_json::from_value(spec).expect("permission spec"),
-    }
+fn permission(name: &str, spec: Value) -> Policy<MeshTrafficPermissionSpec> {
+    Policy::new(name, serde_json::from_value(spec).expect("permission spec"))
 }
 
 fn mesh(
     protocol: &str,
     mtls: bool,
-    permissions: Vec<NamedPolicy<MeshTrafficPermissionSpec>>,
-) -> MeshSnapshot {
-    MeshSnapshot {
+    permissions: Vec<Policy<MeshTrafficPermissionSpec>>,
+) -> MeshContext {
+    MeshContext {
         mesh: "default".into(),
         mtls,
         dataplanes: vec![
@@ -57,7 +52,7 @@ fn mesh(
                 "inbound": [{"port": 20081, "servicePort": 8081, "health": {"ready": false}, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": protocol}}]}}),
             ),
         ],
-        traffic_permissions: permissions,
+        policies: Policies::default().with(permissions),
         ..Default::default()
     }
 }
@@ -75,13 +70,13 @@ fn check_schema(r: &ProxyResources) {
     }
 }
 
-fn config(mesh: &MeshSnapshot, proxy: &str) -> Value {
-    let r = sidecar::generate(mesh, proxy).expect("generate");
+fn config(mesh: &MeshContext, proxy: &str) -> Value {
+    let r = xds::sidecar(mesh, proxy).expect("generate");
     check_schema(&r);
     json!({"listeners": r.listeners, "clusters": r.clusters, "endpoints": r.endpoints, "secrets": r.secret_names})
 }
 
-fn allow_all() -> NamedPolicy<MeshTrafficPermissionSpec> {
+fn allow_all() -> Policy<MeshTrafficPermissionSpec> {
     permission(
         "allow-all-default",
         json!({"targetRef": {"kind": "Mesh"},
@@ -122,7 +117,7 @@ fn traffic_permission_deny() {
 
 #[test]
 fn mtls_without_permissions_allows_nobody() {
-    let r = sidecar::generate(&mesh("tcp", true, vec![]), "backend-1").unwrap();
+    let r = xds::sidecar(&mesh("tcp", true, vec![]), "backend-1").unwrap();
     let rbac = &r.listeners[0]["filter_chains"][0]["filters"][0];
     assert_eq!(rbac["name"], "envoy.filters.network.rbac");
     assert_eq!(
@@ -133,13 +128,13 @@ fn mtls_without_permissions_allows_nobody() {
 
 #[test]
 fn unknown_proxy_is_an_error() {
-    assert!(sidecar::generate(&mesh("tcp", false, vec![]), "nope").is_err());
+    assert!(xds::sidecar(&mesh("tcp", false, vec![]), "nope").is_err());
 }
 
 #[test]
 fn identity_names_every_service_and_tag() {
     let m = mesh("http", true, vec![]);
-    let uris = sidecar::identity_uris("default", &m.dataplanes[1]);
+    let uris = xds::generator::sidecar::identity_uris("default", &m.dataplanes[1]);
     assert_eq!(
         uris,
         [
@@ -189,13 +184,13 @@ fn cross_zone_endpoints() {
             json!([{"tags": {"kuma.io/service": "backend"}, "instances": 2, "mesh": "default"}]),
         ),
     ];
-    let r = sidecar::generate(&m, "web-1").expect("generate");
+    let r = xds::sidecar(&m, "web-1").expect("generate");
     check_schema(&r);
     insta::assert_yaml_snapshot!(r.endpoints);
 
     // Without mTLS nothing leaves the zone: the remote ingress routes on the TLS SNI.
     m.mtls = false;
-    let plain = sidecar::generate(&m, "web-1").expect("generate");
+    let plain = xds::sidecar(&m, "web-1").expect("generate");
     let backend = plain
         .endpoints
         .iter()
@@ -235,7 +230,7 @@ fn zone_ingress() {
     assert!(ingress::generate(&listener, &[]).listeners.is_empty());
 }
 
-fn zone_1_view() -> MeshSnapshot {
+fn zone_1_view() -> MeshContext {
     let mut m = mesh("http", true, vec![allow_all()]);
     m.local_zone = "zone-1".into();
     m.remote_ingresses = vec![
@@ -292,7 +287,7 @@ fn zone_egress() {
 fn sidecar_through_zone_egress() {
     let mut m = zone_1_view();
     m.local_egresses = vec![("10.0.0.8".into(), 10002)];
-    let r = sidecar::generate(&m, "web-1").expect("generate");
+    let r = xds::sidecar(&m, "web-1").expect("generate");
     check_schema(&r);
     let backend = r
         .endpoints
@@ -302,7 +297,7 @@ fn sidecar_through_zone_egress() {
     insta::assert_yaml_snapshot!(backend);
 
     m.local_egresses.clear();
-    let r = sidecar::generate(&m, "web-1").expect("generate");
+    let r = xds::sidecar(&m, "web-1").expect("generate");
     let backend = r
         .endpoints
         .iter()
@@ -316,17 +311,17 @@ fn sidecar_through_zone_egress() {
 fn lb_policy(
     name: &str,
     spec: Value,
-) -> NamedPolicy<model::specs::policy::MeshLoadBalancingStrategySpec> {
-    NamedPolicy {
-        name: name.into(),
-        spec: serde_json::from_value(spec).expect("MeshLoadBalancingStrategy spec"),
-    }
+) -> Policy<model::specs::policy::MeshLoadBalancingStrategySpec> {
+    Policy::new(
+        name,
+        serde_json::from_value(spec).expect("MeshLoadBalancingStrategy spec"),
+    )
 }
 
 /// The parts of web-1's config a MeshLoadBalancingStrategy shapes: the backend cluster, its
 /// endpoints and the outbound route.
-fn backend_view(m: &MeshSnapshot) -> Value {
-    let r = sidecar::generate(m, "web-1").expect("generate");
+fn backend_view(m: &MeshContext) -> Value {
+    let r = xds::sidecar(m, "web-1").expect("generate");
     check_schema(&r);
     let find = |items: &[Value], field: &str| {
         items
@@ -347,7 +342,7 @@ fn backend_view(m: &MeshSnapshot) -> Value {
     })
 }
 
-fn zone_1_with_three_remote_zones() -> MeshSnapshot {
+fn zone_1_with_three_remote_zones() -> MeshContext {
     let mut m = zone_1_view();
     m.zone_egress = false;
     m.remote_ingresses.push(remote_ingress(
@@ -362,7 +357,7 @@ fn zone_1_with_three_remote_zones() -> MeshSnapshot {
         }
     }
     // web-1 and backend-1 run on host-a; backend-2 elsewhere in the same rack.
-    let label = |m: &mut MeshSnapshot, dp: &str, labels: Value| {
+    let label = |m: &mut MeshContext, dp: &str, labels: Value| {
         let entry = m.dataplanes.iter_mut().find(|d| d.name == dp).expect("dp");
         entry.labels = serde_json::from_value(labels).expect("labels");
     };
@@ -379,7 +374,7 @@ fn zone_1_with_three_remote_zones() -> MeshSnapshot {
 #[test]
 fn load_balancing_strategy() {
     let mut m = zone_1_with_three_remote_zones();
-    m.load_balancing = vec![
+    m.policies.set(vec![
         lb_policy(
             "mesh-wide",
             json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {
@@ -405,7 +400,7 @@ fn load_balancing_strategy() {
                                      {"type": "Cookie", "cookie": {"name": "session", "ttl": "1h", "path": "/"}},
                                      {"type": "Connection", "connection": {"sourceIP": true}}]}}}}]}),
         ),
-    ];
+    ]);
     insta::assert_yaml_snapshot!(backend_view(&m));
 }
 
@@ -413,12 +408,12 @@ fn load_balancing_strategy() {
 #[test]
 fn load_balancing_disabled_locality() {
     let mut m = zone_1_with_three_remote_zones();
-    m.load_balancing = vec![lb_policy(
+    m.policies.set(vec![lb_policy(
         "spread",
         json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
             "localityAwareness": {"disabled": true},
             "loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 3, "activeRequestBias": "1.5"}}}}]}),
-    )];
+    )]);
     let view = backend_view(&m);
     insta::assert_yaml_snapshot!(view);
     let groups = view["endpoints"]["endpoints"].as_array().expect("groups");
@@ -429,7 +424,7 @@ fn load_balancing_disabled_locality() {
 
     // A policy for another destination or for other proxies changes nothing.
     let mut other = zone_1_with_three_remote_zones();
-    other.load_balancing = vec![
+    other.policies.set(vec![
         lb_policy(
             "db-only",
             json!({"to": [{"targetRef": {"kind": "MeshService", "name": "db"}, "default": {"localityAwareness": {"disabled": true}}}]}),
@@ -438,7 +433,7 @@ fn load_balancing_disabled_locality() {
             "others",
             json!({"targetRef": {"kind": "MeshSubset", "tags": {"team": "ops"}}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"localityAwareness": {"disabled": true}}}]}),
         ),
-    ];
+    ]);
     assert_eq!(
         backend_view(&other),
         backend_view(&zone_1_with_three_remote_zones())
@@ -462,7 +457,7 @@ fn envoy_validates_load_balancing_configs() {
     let views = [
         ("strategy", {
             let mut m = zone_1_with_three_remote_zones();
-            m.load_balancing = vec![lb_policy(
+            m.policies.set(vec![lb_policy(
                 "p",
                 json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {
                     "localityAwareness": {"localZone": {"affinityTags": [{"key": "host"}, {"key": "rack"}]},
@@ -470,16 +465,16 @@ fn envoy_validates_load_balancing_configs() {
                                       "failoverThreshold": {"percentage": 70}}},
                     "loadBalancer": {"type": "Maglev", "maglev": {"tableSize": 65537,
                         "hashPolicies": [{"type": "QueryParameter", "queryParameter": {"name": "u"}}]}}}}]}),
-            )];
+            )]);
             backend_view(&m)
         }),
         ("least-request", {
             let mut m = zone_1_with_three_remote_zones();
-            m.load_balancing = vec![lb_policy(
+            m.policies.set(vec![lb_policy(
                 "p",
                 json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"localityAwareness": {"disabled": true},
                     "loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 3, "activeRequestBias": "1.5"}}}}]}),
-            )];
+            )]);
             backend_view(&m)
         }),
     ];
@@ -538,7 +533,7 @@ fn subset_outbounds_across_zones() {
         {"port": 10004, "tags": {"kuma.io/service": "backend", "version": "v2", "a": "1", "b": "2"}}
     ]))
     .expect("outbounds");
-    let r = sidecar::generate(&m, "web-1").expect("generate");
+    let r = xds::sidecar(&m, "web-1").expect("generate");
     check_schema(&r);
     let cluster_of = |port: u16| {
         let l = r

@@ -19,8 +19,8 @@ pub async fn update_available_services(
     store: &SharedStore,
     zone: &str,
 ) -> Result<usize, StoreError> {
-    let meshes = crate::snapshot::load_all(store, zone).await?;
-    let available = xds::ingress::available_services(&meshes);
+    let meshes = crate::dpserver::snapshot::load_all(store, zone).await?;
+    let available = xds::generator::ingress::available_services(&meshes);
     let mut written = 0;
     for r in store
         .list(&ListQuery::all(ResourceType::ZoneIngress))

@@ -21,8 +21,8 @@ use store::{MemoryStore, SharedStore};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use xds::wire;
-use zone::ads::AdsServer;
-use zone::auth::TokenAuth;
+use zone::dpserver::ads::AdsServer;
+use zone::dpserver::auth::TokenAuth;
 
 struct Fixture {
     store: SharedStore,

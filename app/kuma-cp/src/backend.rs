@@ -2,11 +2,21 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use store::leader::{AlwaysLeader, LeaderElector, LeaseTiming};
 use store::{MemoryStore, SharedStore};
+use tokio::sync::watch;
 
 use crate::config::{Config, StoreType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("store.type (KUMA_STORE_TYPE): this kuma-cp was built without etcd support")]
+    NoEtcd,
+    #[error("shut down while waiting for etcd")]
+    StoppedWaiting,
+    #[error("migrating the Postgres schema")]
+    Migrate(#[source] store::StoreError),
+}
 
 /// The election all replicas of one control plane campaign in.
 pub const LEADER_ELECTION: &str = "kuma-cp-leader";
@@ -23,7 +33,11 @@ pub mod sqlx_pool {
     pub type Pool = sqlx::PgPool;
 }
 
-pub async fn build(config: &Config) -> Result<Backend> {
+/// The store and elector `config` names; `shutdown` ends a wait for a store not up yet.
+pub async fn build(
+    config: &Config,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Backend, BackendError> {
     match config.store.store_type {
         StoreType::Memory => Ok(Backend {
             store: Arc::new(MemoryStore::new()),
@@ -44,13 +58,16 @@ pub async fn build(config: &Config) -> Result<Backend> {
                 postgres: Some(pool),
             })
         }
-        StoreType::Etcd => build_etcd(config).await,
+        StoreType::Etcd => build_etcd(config, shutdown.clone()).await,
     }
 }
 
 /// Connects with backoff: etcd may come up after the control plane.
 #[cfg(feature = "etcd")]
-async fn build_etcd(config: &Config) -> Result<Backend> {
+async fn build_etcd(
+    config: &Config,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Backend, BackendError> {
     let cfg = config.etcd();
     let mut delay = std::time::Duration::from_millis(200);
     let mut attempt = 1;
@@ -61,7 +78,7 @@ async fn build_etcd(config: &Config) -> Result<Backend> {
                 tracing::warn!(attempt, error = %e, retry_in = ?delay, "store is not reachable yet (store.etcd.endpoints)");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = crate::run::shutdown_signal() => anyhow::bail!("shut down while waiting for etcd"),
+                    _ = shutdown.wait_for(|s| *s) => return Err(BackendError::StoppedWaiting),
                 }
                 delay = (delay * 2).min(std::time::Duration::from_secs(10));
                 attempt += 1;
@@ -77,34 +94,26 @@ async fn build_etcd(config: &Config) -> Result<Backend> {
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn build_etcd(_: &Config) -> Result<Backend> {
-    anyhow::bail!("store.type (KUMA_STORE_TYPE): this kuma-cp was built without etcd support")
+async fn build_etcd(_: &Config, _: watch::Receiver<bool>) -> Result<Backend, BackendError> {
+    Err(BackendError::NoEtcd)
 }
 
-/// `kuma-cp migrate up`.
-pub async fn migrate_up(config: &Config) -> Result<()> {
-    match config.store.store_type {
-        StoreType::Postgres => {
-            let store = store::postgres::PostgresStore::connect(&config.postgres());
-            let applied = store::postgres::migrate_up(store.pool())
-                .await
-                .context("migrating the Postgres schema")?;
-            if applied.is_empty() {
-                println!(
-                    "schema is up to date (version {})",
-                    store::postgres::latest_schema_version()
-                );
-            } else {
-                println!(
-                    "applied migrations {applied:?}; schema is at version {}",
-                    store::postgres::latest_schema_version()
-                );
-            }
-            Ok(())
-        }
-        other => {
-            println!("store type {other:?} has no schema to migrate");
-            Ok(())
-        }
-    }
+/// `kuma-cp migrate up`: what was done, for the operator.
+pub async fn migrate_up(config: &Config) -> Result<String, BackendError> {
+    let StoreType::Postgres = config.store.store_type else {
+        return Ok(format!(
+            "store type {:?} has no schema to migrate",
+            config.store.store_type
+        ));
+    };
+    let store = store::postgres::PostgresStore::connect(&config.postgres());
+    let applied = store::postgres::migrate_up(store.pool())
+        .await
+        .map_err(BackendError::Migrate)?;
+    let latest = store::postgres::latest_schema_version();
+    Ok(if applied.is_empty() {
+        format!("schema is up to date (version {latest})")
+    } else {
+        format!("applied migrations {applied:?}; schema is at version {latest}")
+    })
 }

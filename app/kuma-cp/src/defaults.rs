@@ -3,12 +3,21 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use model::specs::secret::ConfigSpec;
 use model::{Resource, ResourceKey, ResourceType};
 use store::{ListQuery, SharedStore, StoreError};
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DefaultsError {
+    #[error("creating {0}")]
+    Store(&'static str, #[source] StoreError),
+    #[error("{0}")]
+    Keys(&'static str, #[source] security::TokenError),
+    #[error("encoding the cluster id")]
+    Encode(#[source] serde_json::Error),
+}
 
 pub const CLUSTER_ID_CONFIG: &str = "kuma-cluster-id";
 /// The MeshTrafficPermission created with the default mesh.
@@ -20,10 +29,10 @@ pub async fn ensure(
     config: &Config,
     store: &SharedStore,
     user_keys: &security::SigningKeys,
-) -> Result<()> {
+) -> Result<(), DefaultsError> {
     // A zone connected to global gets its meshes from global.
-    let federated_zone = config.mode == crate::config::Mode::Zone
-        && !config.multizone.zone.global_address.is_empty();
+    let federated_zone =
+        config.mode == Mode::Zone && !config.multizone.zone.global_address.is_empty();
     if !config.defaults.skip_mesh_creation && !federated_zone {
         match store
             .create(Resource::new(
@@ -54,35 +63,40 @@ pub async fn ensure(
                 {
                     Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
                     Err(e) => {
-                        return Err(e).context("creating the default mesh's allow-all permission");
+                        return Err(DefaultsError::Store(
+                            "the default mesh's allow-all permission",
+                            e,
+                        ));
                     }
                 }
             }
             Err(StoreError::AlreadyExists(_)) => {}
-            Err(e) => return Err(e).context("creating the default mesh"),
+            Err(e) => return Err(DefaultsError::Store("the default mesh", e)),
         }
     }
     user_keys
         .ensure_key()
         .await
-        .context("creating the user token signing key")?;
+        .map_err(|e| DefaultsError::Keys("creating the user token signing key", e))?;
     // Zone tokens are issued where zones (and their proxies) are accepted: global, or a
     // standalone CP that may become a global's zone later and keep its proxies' tokens.
-    if config.mode != crate::config::Mode::Zone {
+    if config.mode != Mode::Zone {
         security::zone::zone_signing_keys(store.clone())
             .ensure_key()
             .await
-            .context("creating the zone token signing key")?;
+            .map_err(|e| DefaultsError::Keys("creating the zone token signing key", e))?;
     }
-    if config.mode == crate::config::Mode::Global {
+    if config.mode == Mode::Global {
         security::zone::publish_public_keys(store.clone())
             .await
-            .context("publishing the zone token signing keys' public halves")?;
+            .map_err(|e| {
+                DefaultsError::Keys("publishing the zone token signing keys' public halves", e)
+            })?;
     }
     if config.api_server.authn.tokens.bootstrap_admin_token
         && security::user::bootstrap_admin_token(store, user_keys)
             .await
-            .context("bootstrapping the admin token")?
+            .map_err(|e| DefaultsError::Keys("bootstrapping the admin token", e))?
     {
         tracing::info!(
             "admin user token stored in GlobalSecret \"admin-user-token\"; read it on this host with: \
@@ -92,7 +106,8 @@ pub async fn ensure(
     }
     let spec = serde_json::to_value(ConfigSpec {
         config: security::random_uuid(),
-    })?;
+    })
+    .map_err(DefaultsError::Encode)?;
     match store
         .create(Resource::new(
             ResourceType::Config,
@@ -103,7 +118,7 @@ pub async fn ensure(
         .await
     {
         Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
-        Err(e) => Err(e).context("storing the cluster id"),
+        Err(e) => Err(DefaultsError::Store("the cluster id", e)),
     }
 }
 

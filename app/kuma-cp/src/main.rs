@@ -1,17 +1,9 @@
-//! `kuma-cp`: parses configuration, builds components from the library crates and runs them.
+//! `kuma-cp`: parses the command line and configuration, then runs the control plane library.
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-mod backend;
-mod config;
-mod defaults;
-mod intercp;
-mod multizone;
-mod run;
-
-use config::Config;
-
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+use kuma_cp::{Config, VERSION};
 
 #[derive(Parser)]
 #[command(name = "kuma-cp", version = VERSION, about = "Kuma-compatible control plane")]
@@ -49,12 +41,11 @@ enum MigrateCommand {
     },
 }
 
-fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let (config_file, log_level, migrate) = match cli.command {
+fn main() -> ExitCode {
+    let (config_file, log_level, migrate) = match Cli::parse().command {
         Command::Version => {
             println!("kuma-cp version {VERSION} (Kuma {VERSION} compatible)");
-            return std::process::ExitCode::SUCCESS;
+            return ExitCode::SUCCESS;
         }
         Command::Run {
             config_file,
@@ -70,7 +61,7 @@ fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kuma-cp: configuration error: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -80,20 +71,25 @@ fn main() -> std::process::ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kuma-cp: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    let result = if migrate {
-        runtime.block_on(backend::migrate_up(&config))
-    } else {
-        runtime.block_on(run::run(config))
-    };
+    let result = runtime.block_on(async {
+        if migrate {
+            let done = kuma_cp::backend::migrate_up(&config).await?;
+            println!("{done}");
+            return Ok(());
+        }
+        let stop = bin_support::shutdown_signal()?;
+        kuma_cp::run(config, stop).await?;
+        Ok::<(), anyhow::Error>(())
+    });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("kuma-cp: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,31 +1,92 @@
-//! `kuma-cp run`: wires the store, leader election, leader-only components and the servers.
+//! `kuma-cp run`: binds the listeners, opens the store, and starts each mode's components in
+//! the order their inputs become available (the leader creates the cluster id and CAs that
+//! every replica's servers need).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use kds::inspect::{SharedProxyAdmin, ZoneAdminStreams};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use store::leader::run_leader_only;
 use store::{MeteredStore, SharedStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
-use crate::config::Mode;
-use crate::{VERSION, backend, defaults, intercp, multizone};
+use crate::VERSION;
+use crate::backend::{self, BackendError};
+use crate::components::{Component, ComponentError, Manager, ManagerError};
+use crate::config::{Config, Mode};
+use crate::defaults;
 
-pub async fn run(config: Config) -> Result<()> {
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{key}: bad address {address}")]
+    Address {
+        key: &'static str,
+        address: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("{key}: cannot listen on {address}")]
+    Bind {
+        key: &'static str,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("store.postgres")]
+    Schema(#[source] store::postgres::SchemaError),
+    #[error("shut down while {0}")]
+    Stopped(&'static str),
+    #[error("{0}")]
+    Tls(&'static str, #[source] security::tls::TlsError),
+    #[error(transparent)]
+    Intercp(#[from] intercp::IntercpError),
+    #[error("multizone.zone.kds.rootCaFile (KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE): reading {path}")]
+    RootCa {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("general.workDir: writing {path}")]
+    WorkDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Component(#[from] ManagerError),
+}
+
+/// Runs the control plane `config` describes until `stop` resolves, then drains and stops
+/// every component. Tests call this in-process; `main` calls it with the shutdown signal.
+pub async fn run(
+    config: Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let hostname = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
     let instance_id = format!("{hostname}-{:04}", rand::random::<u16>() % 10000);
     tracing::info!(mode = config.mode.as_str(), store = ?config.store.store_type, %instance_id, "starting kuma-cp {VERSION}");
 
+    let shutdown = Arc::new(watch::Sender::new(false));
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            stop.await;
+            let _ = shutdown.send(true);
+        });
+    }
+    let stopping = shutdown.subscribe();
+
     let mut registry = Registry::default();
-    let backend = backend::build(&config).await?;
+    let backend = backend::build(&config, &stopping).await?;
     let store: SharedStore = Arc::new(MeteredStore::new(backend.store.clone(), &mut registry));
     let api_metrics = api::api_metrics(&mut registry);
     let leader_gauge = Gauge::<i64>::default();
@@ -34,45 +95,9 @@ pub async fn run(config: Config) -> Result<()> {
         "1 while this replica is the leader, 0 otherwise",
         leader_gauge.clone(),
     );
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let started = Arc::new(AtomicBool::new(false));
-    let user_keys = Arc::new(security::user::user_signing_keys(store.clone()));
-
-    // Listeners are bound before start-up work so a port clash fails fast and names the port.
-    let http = &config.api_server.http;
-    let api_http = bind(&http.interface, http.port, "apiServer.http.port").await?;
-    let https = &config.api_server.https;
-    let api_https = match https.enabled {
-        true => Some(bind(&https.interface, https.port, "apiServer.https.port").await?),
-        false => None,
-    };
-    let diag = bind(
-        "0.0.0.0",
-        config.diagnostics.server_port,
-        "diagnostics.serverPort",
-    )
-    .await?;
-    let inter_cp = bind(
-        "0.0.0.0",
-        config.inter_cp.server.port,
-        "interCp.server.port",
-    )
-    .await?;
-    let kds_listener = match config.mode {
-        Mode::Global => {
-            let port = config.multizone.global.kds.grpc_port;
-            Some(bind("0.0.0.0", port, "multizone.global.kds.grpcPort").await?)
-        }
-        _ => None,
-    };
-    // Proxies connect to standalone and zone control planes, never to global.
-    let dp_listener = match config.mode {
-        Mode::Global => None,
-        _ => Some(bind("0.0.0.0", config.dp_server.port, "dpServer.port").await?),
-    };
+    let listeners = Listeners::bind(&config).await?;
     let zone_client = match (config.mode, config.multizone.zone.global_address.is_empty()) {
-        (Mode::Zone, false) => Some(multizone::zone_client_config(&config)?),
+        (Mode::Zone, false) => Some(zone_client_config(&config)?),
         _ => None,
     };
     let me = intercp::Me {
@@ -82,211 +107,198 @@ pub async fn run(config: Config) -> Result<()> {
             a => a.to_string(),
         },
         port: config.inter_cp.server.port,
+        version: VERSION.into(),
     };
 
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let mut components = Manager::new(leader_rx.clone(), shutdown.clone());
+    let started = Arc::new(AtomicBool::new(false));
     // The unmetered backend, so scrapes do not count themselves as store traffic.
     let diagnostics =
         api::diagnostics::Diagnostics::new(registry, backend.store.clone(), started.clone());
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(api::serve_http(
-        diag,
-        diagnostics.router(),
-        wait_for(shutdown_rx.clone()),
+    components.start(Component::every_replica(
+        "diagnostics",
+        serve(
+            listeners.diagnostics,
+            diagnostics.router(),
+            stopping.clone(),
+        ),
     ));
 
-    wait_for_store(&store, &shutdown_rx).await?;
+    wait_for_store(&store, stopping.clone()).await?;
     if let Some(pool) = &backend.postgres {
         store::postgres::check_schema(pool)
             .await
-            .context("store.postgres")?;
+            .map_err(RunError::Schema)?;
     }
 
-    // Leadership, and the components that run only on the leader.
-    let (leader_tx, leader_rx) = watch::channel(false);
+    // Leadership, and what the leader creates before anything else can serve.
     {
-        let elector = backend.elector.clone();
-        let (id, shutdown) = (instance_id.clone(), shutdown_rx.clone());
-        tasks.spawn(async move { elector.campaign(&id, leader_tx, shutdown).await });
-        let mut rx = leader_rx.clone();
-        let gauge = leader_gauge.clone();
-        tasks.spawn(async move {
-            loop {
-                gauge.set(i64::from(*rx.borrow_and_update()));
-                if rx.changed().await.is_err() {
-                    gauge.set(0);
-                    return;
-                }
-            }
-        });
+        let (elector, id, stop) = (
+            backend.elector.clone(),
+            instance_id.clone(),
+            stopping.clone(),
+        );
+        components.start(Component::every_replica("leader-election", async move {
+            elector.campaign(&id, leader_tx, stop).await;
+            Ok::<(), ComponentError>(())
+        }));
     }
+    components.start(Component::every_replica(
+        "leader-gauge",
+        follow_leader_gauge(leader_rx.clone(), leader_gauge),
+    ));
+    let user_keys = Arc::new(security::user::user_signing_keys(store.clone()));
     {
         let (config, store, keys) = (config.clone(), store.clone(), user_keys.clone());
-        let (leader, shutdown) = (leader_rx.clone(), shutdown_rx.clone());
-        tasks.spawn(async move {
-            run_leader_only("defaults", leader, shutdown, || {
-                let (config, store, keys) = (config.clone(), store.clone(), keys.clone());
-                async move {
-                    let mut delay = Duration::from_millis(200);
-                    loop {
-                        let result = match defaults::ensure(&config, &store, &keys).await {
-                            Ok(()) => intercp::ensure_ca(&store).await,
-                            Err(e) => Err(e),
-                        };
-                        let Err(e) = result else { break };
-                        tracing::warn!(error = %format!("{e:#}"), "creating defaults failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(10));
-                    }
-                }
-            })
-            .await
-        });
+        components.start(Component::leader_only("defaults", move || {
+            let (config, store, keys) = (config.clone(), store.clone(), keys.clone());
+            async move {
+                defaults::ensure(&config, &store, &keys).await?;
+                intercp::ensure_ca(&store).await?;
+                Ok::<(), ComponentError>(())
+            }
+        }));
     }
     {
-        let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
-        tasks.spawn(async move {
-            run_leader_only("insight-gc", leader, shutdown, || {
-                defaults::collect_orphaned_insights(store.clone(), Duration::from_secs(30))
-            })
-            .await
-        });
+        let store = store.clone();
+        components.start(Component::leader_only("insight-gc", move || {
+            let store = store.clone();
+            async move {
+                defaults::collect_orphaned_insights(store, Duration::from_secs(30)).await;
+                Ok::<(), ComponentError>(())
+            }
+        }));
     }
 
+    let mut waiting = stopping.clone();
     let (cluster_id, ca) = tokio::select! {
         r = async { (defaults::wait_for_cluster_id(&store).await, intercp::load_ca(&store).await) } => r,
-        () = shutdown_signal() => anyhow::bail!("shut down before the cluster was initialized"),
+        () = async { let _ = waiting.wait_for(|s| *s).await; } => {
+            let _ = components.run().await;
+            return Err(RunError::Stopped("waiting for the leader to initialize the cluster"));
+        }
     };
 
-    // Inter-CP: serve Ping, ping the leader when following, keep the catalog when leading.
-    let tls = Arc::new(
-        intercp::issue_tls(&ca, &me).context("issuing this replica's inter-CP certificate")?,
-    );
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-    let tunnels = Arc::new(zone::admin::AdminTunnels::default());
+    // Inter-CP: serve Ping (and forwarded admin requests), ping the leader when following,
+    // keep the catalog when leading.
+    let tls = Arc::new(intercp::issue_tls(&ca, &me)?);
+    let seen = intercp::Seen::default();
+    let tunnels = Arc::new(zone::dpserver::admin::AdminTunnels::default());
     {
-        let (tls, me, leader, seen, tunnels, shutdown) = (
+        let (tls, me, leader, seen, stop) = (
             tls.clone(),
             me.clone(),
             leader_rx.clone(),
             seen.clone(),
-            tunnels.clone(),
-            shutdown_rx.clone(),
+            stopping.clone(),
         );
-        tasks.spawn(async move {
-            if let Err(e) =
-                intercp::serve(inter_cp, &tls, me, leader, seen, tunnels, shutdown).await
-            {
-                tracing::error!(error = %format!("{e:#}"), "inter-CP server stopped");
-            }
-        });
-    }
-    tasks.spawn(intercp::heartbeat(
-        store.clone(),
-        tls.clone(),
-        me.clone(),
-        leader_rx.clone(),
-        shutdown_rx.clone(),
-    ));
-    {
-        let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
-        let me = me.clone();
-        tasks.spawn(async move {
-            run_leader_only("cp-catalog", leader, shutdown, || {
-                intercp::keep_catalog(store.clone(), me.clone(), seen.clone())
-            })
-            .await
-        });
-    }
-    // Proxies' Envoy admin: through the admin streams on zones and standalone, through the
-    // zones' inspect streams on global.
-    let zone_inspect = Arc::new(kds::inspect::ZoneAdminStreams::default());
-    let mut proxy_admin: Option<api::inspect::SharedProxyAdmin> =
-        dp_listener.is_some().then(|| {
-            Arc::new(intercp::ProxyAdmin::new(
-                store.clone(),
-                tls.clone(),
-                me.clone(),
-                tunnels.clone(),
-            )) as api::inspect::SharedProxyAdmin
-        });
-    if config.mode == Mode::Global {
-        proxy_admin = Some(Arc::new(multizone::ZoneProxies {
-            store: store.clone(),
-            streams: zone_inspect.clone(),
+        let local: SharedProxyAdmin = tunnels.clone();
+        let listener = listeners.inter_cp;
+        components.start(Component::every_replica("inter-cp-server", async move {
+            intercp::serve(listener, &tls, me, leader, seen, local, stop).await
         }));
     }
-    // Multi-zone: global serves KDS on every replica; a zone's leader keeps the one connection.
-    if let Some(listener) = kds_listener {
-        let (config, store, hostname, id, shutdown) = (
-            config.clone(),
+    {
+        let work = intercp::catalog::heartbeat(
             store.clone(),
-            hostname.clone(),
-            instance_id.clone(),
-            shutdown_rx.clone(),
+            tls.clone(),
+            me.clone(),
+            leader_rx.clone(),
+            stopping.clone(),
         );
-        let inspect = zone_inspect.clone();
-        tasks.spawn(async move {
-            let identity = multizone::GlobalIdentity {
-                hostname: &hostname,
-                instance_id: &id,
-            };
-            if let Err(e) =
-                multizone::serve_global(&config, store, listener, identity, inspect, shutdown).await
-            {
-                tracing::error!(error = %format!("{e:#}"), "KDS server stopped");
+        components.start(Component::every_replica("inter-cp-heartbeat", async move {
+            work.await;
+            Ok::<(), ComponentError>(())
+        }));
+    }
+    {
+        let (store, me) = (store.clone(), me.clone());
+        components.start(Component::leader_only("cp-catalog", move || {
+            let work = intercp::catalog::keep_catalog(store.clone(), me.clone(), seen.clone());
+            async move {
+                work.await;
+                Ok::<(), ComponentError>(())
             }
-        });
+        }));
     }
+
+    // Proxies' Envoy admin: through the admin streams on zones and standalone (this replica's
+    // or the one holding the proxy), through the zones' inspect streams on global.
+    let proxy_admin: Option<SharedProxyAdmin> = match config.mode {
+        Mode::Global => None,
+        _ => Some(Arc::new(intercp::forward::ReplicaProxyAdmin::new(
+            store.clone(),
+            tls.clone(),
+            me.clone(),
+            tunnels.clone(),
+        ))),
+    };
+    let api_proxy_admin = match config.mode {
+        Mode::Global => {
+            let streams = Arc::new(ZoneAdminStreams::default());
+            if let Some(listener) = listeners.kds {
+                start_global(
+                    &mut components,
+                    &config,
+                    &store,
+                    listener,
+                    &hostname,
+                    &instance_id,
+                    streams.clone(),
+                );
+            }
+            Some(Arc::new(global::inspect::ZoneProxies {
+                store: store.clone(),
+                streams,
+            }) as SharedProxyAdmin)
+        }
+        _ => proxy_admin.clone(),
+    };
     if let Some(zone_config) = zone_client {
-        let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
-        let admin = proxy_admin.clone().map(multizone::zone_proxy_admin);
-        tasks.spawn(async move {
-            run_leader_only("kds-zone-client", leader, shutdown.clone(), || {
-                kds::zone::run(
-                    store.clone(),
-                    zone_config.clone(),
-                    admin.clone(),
-                    shutdown.clone(),
-                )
-            })
-            .await
-        });
+        let (store, stop, admin) = (store.clone(), stopping.clone(), proxy_admin.clone());
+        components.start(Component::leader_only("kds-zone-client", move || {
+            let work = zone::kds_client::run(
+                store.clone(),
+                zone_config.clone(),
+                admin.clone(),
+                stop.clone(),
+            );
+            async move {
+                work.await;
+                Ok::<(), ComponentError>(())
+            }
+        }));
     }
-    if dp_listener.is_some() && !config.multizone.zone.name.is_empty() {
-        let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
-        let zone = config.multizone.zone.name.clone();
-        tasks.spawn(async move {
-            run_leader_only("zone-ingress-services", leader, shutdown.clone(), || {
-                zone::ingress::keep_available_services(
+    if let Some(listener) = listeners.dp_server {
+        if !config.multizone.zone.name.is_empty() {
+            let (store, stop) = (store.clone(), stopping.clone());
+            let zone = config.multizone.zone.name.clone();
+            components.start(Component::leader_only("zone-ingress-services", move || {
+                let work = zone::ingress::keep_available_services(
                     store.clone(),
                     zone.clone(),
-                    shutdown.clone(),
-                )
-            })
-            .await
-        });
-    }
-    if config.mode == Mode::Global {
-        let (store, leader, shutdown) = (store.clone(), leader_rx.clone(), shutdown_rx.clone());
-        tasks.spawn(async move {
-            run_leader_only("mesh-ca", leader, shutdown.clone(), || {
-                keep_mesh_cas(store.clone(), shutdown.clone())
-            })
-            .await
-        });
-    }
-    if let Some(listener) = dp_listener {
+                    stop.clone(),
+                );
+                async move {
+                    work.await;
+                    Ok::<(), ComponentError>(())
+                }
+            }));
+        }
         let dp_config = dp_server_config(&config, &store, &me, &hostname, &instance_id).await?;
-        let (store, shutdown) = (store.clone(), shutdown_rx.clone());
-        tasks.spawn(async move {
-            if let Err(e) = zone::serve(listener, store, dp_config, tunnels, shutdown).await {
-                tracing::error!(error = %format!("{e:#}"), "data plane server stopped");
-            }
-        });
+        let work = zone::dpserver::serve(
+            listener,
+            store.clone(),
+            dp_config,
+            tunnels,
+            stopping.clone(),
+        );
+        components.start(Component::every_replica("dp-server", work));
     }
+
     let mut shown_config = config.redacted();
     shown_config["instanceId"] = serde_json::Value::String(instance_id.clone());
-
     let state = Arc::new(api::ApiState {
         store: store.clone(),
         user_keys,
@@ -314,84 +326,156 @@ pub async fn run(config: Config) -> Result<()> {
             }
             _ => api::federation::Federation::None,
         },
-        proxy_admin,
+        proxy_admin: api_proxy_admin,
     });
     let router = api::router(state);
+    let http = &config.api_server.http;
     if http.enabled {
-        tasks.spawn(api::serve_http(
-            api_http,
-            router.clone(),
-            wait_for(shutdown_rx.clone()),
+        components.start(Component::every_replica(
+            "api-http",
+            serve(listeners.api_http, router.clone(), stopping.clone()),
         ));
     }
-    if let Some(listener) = api_https {
-        let pair = if https.tls_cert_file.is_empty() {
-            let mut names = vec!["localhost".to_string(), hostname.clone()];
-            names.dedup();
-            security::tls::self_signed(&names).context("generating the API server's certificate")?
-        } else {
-            security::tls::load_pair(&https.tls_cert_file, &https.tls_key_file)
-                .context("apiServer.https.tlsCertFile/tlsKeyFile")?
-        };
-        let tls =
-            security::tls::server_config(&pair).context("apiServer.https TLS configuration")?;
-        tasks.spawn(api::serve_https(
-            listener,
-            router,
-            tls,
-            wait_for(shutdown_rx.clone()),
-        ));
+    if let Some(listener) = listeners.api_https {
+        let tls = api_tls(&config, &hostname)?;
+        let stop = stopping.clone();
+        components.start(Component::every_replica("api-https", async move {
+            api::serve_https(listener, router, tls, wait_for(stop)).await;
+            Ok::<(), ComponentError>(())
+        }));
     }
     started.store(true, Ordering::Release);
+    let names: Vec<&str> = components.components().iter().map(|(n, _)| *n).collect();
     tracing::info!(
         api = %format!("http://{}:{}", http.interface, http.port),
         gui = %format!("http://localhost:{}/gui", http.port),
+        components = ?names,
         "kuma-cp is ready"
     );
-
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    let _ = shutdown_tx.send(true);
-    while tasks.join_next().await.is_some() {}
+    let result = components.run().await;
     tracing::info!("stopped");
-    Ok(())
+    Ok(result?)
 }
 
-/// Global: creates each mesh's builtin CA as soon as the mesh asks for one, so that every
-/// zone receives the same CA over KDS (zones do not generate their own).
-async fn keep_mesh_cas(store: SharedStore, mut shutdown: watch::Receiver<bool>) {
-    let mut events = store.subscribe();
-    loop {
-        let retry = match security::ca::ensure_builtin_cas(&store).await {
-            Ok(failed) => !failed.is_empty(),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not check the meshes' CAs");
-                true
-            }
-        };
-        let wait = async {
-            loop {
-                match events.recv().await {
-                    Ok(ev) if ev.key.kind == model::ResourceType::Mesh => return,
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        std::future::pending::<()>().await
-                    }
+/// Every listener, bound before any start-up work so a port clash fails fast and names the
+/// setting.
+struct Listeners {
+    api_http: TcpListener,
+    api_https: Option<TcpListener>,
+    diagnostics: TcpListener,
+    inter_cp: TcpListener,
+    /// Global only: zones connect here.
+    kds: Option<TcpListener>,
+    /// Standalone and zone only: proxies connect here, never to global.
+    dp_server: Option<TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Listeners, RunError> {
+        let http = &config.api_server.http;
+        let https = &config.api_server.https;
+        let global = config.mode == Mode::Global;
+        Ok(Listeners {
+            api_http: bind(&http.interface, http.port, "apiServer.http.port").await?,
+            api_https: match https.enabled {
+                true => Some(bind(&https.interface, https.port, "apiServer.https.port").await?),
+                false => None,
+            },
+            diagnostics: bind(
+                "0.0.0.0",
+                config.diagnostics.server_port,
+                "diagnostics.serverPort",
+            )
+            .await?,
+            inter_cp: bind(
+                "0.0.0.0",
+                config.inter_cp.server.port,
+                "interCp.server.port",
+            )
+            .await?,
+            kds: match global {
+                true => {
+                    let port = config.multizone.global.kds.grpc_port;
+                    Some(bind("0.0.0.0", port, "multizone.global.kds.grpcPort").await?)
                 }
-            }
-        };
-        let period = if retry {
-            Duration::from_secs(5)
-        } else {
-            Duration::from_secs(300)
-        };
-        tokio::select! {
-            () = wait => {}
-            () = tokio::time::sleep(period) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
+                false => None,
+            },
+            dp_server: match global {
+                true => None,
+                false => Some(bind("0.0.0.0", config.dp_server.port, "dpServer.port").await?),
+            },
+        })
     }
+}
+
+/// Global's every-replica KDS server and leader-only mesh CAs.
+fn start_global(
+    components: &mut Manager,
+    config: &Config,
+    store: &SharedStore,
+    listener: TcpListener,
+    hostname: &str,
+    instance_id: &str,
+    streams: Arc<ZoneAdminStreams>,
+) {
+    let kds = &config.multizone.global.kds;
+    let kds_config = global::KdsServerConfig {
+        port: kds.grpc_port,
+        max_message: kds.max_msg_size,
+        tls: kds.tls_enabled,
+        tls_cert_file: kds.tls_cert_file.clone(),
+        tls_key_file: kds.tls_key_file.clone(),
+        zone_tokens: kds.auth.auth_type == "zoneToken",
+    };
+    let identity = global::GlobalIdentity {
+        hostname: hostname.to_string(),
+        instance_id: instance_id.to_string(),
+        version: VERSION.into(),
+    };
+    let (store_kds, stop) = (store.clone(), components.shutdown_signal());
+    components.start(Component::every_replica("kds-server", async move {
+        global::serve_kds(&kds_config, store_kds, listener, &identity, streams, stop).await
+    }));
+    let (store, stop) = (store.clone(), components.shutdown_signal());
+    components.start(Component::leader_only("mesh-ca", move || {
+        let work = global::mesh_ca::keep_mesh_cas(store.clone(), stop.clone());
+        async move {
+            work.await;
+            Ok::<(), ComponentError>(())
+        }
+    }));
+}
+
+fn zone_client_config(config: &Config) -> Result<zone::kds_client::ZoneClientConfig, RunError> {
+    use zone::kds_client::ZoneToken;
+    let zone = &config.multizone.zone;
+    if zone.kds.tls_skip_verify && zone.global_address.starts_with("grpcs://") {
+        tracing::warn!(
+            "multizone.zone.kds.tlsSkipVerify: global's certificate is not verified; the KDS connection is encrypted but global is not authenticated"
+        );
+    }
+    let root_ca_pem = match zone.kds.root_ca_file.as_str() {
+        "" => None,
+        path => Some(
+            std::fs::read_to_string(path).map_err(|source| RunError::RootCa {
+                path: path.to_string(),
+                source,
+            })?,
+        ),
+    };
+    Ok(zone::kds_client::ZoneClientConfig {
+        zone: zone.name.clone(),
+        global_address: zone.global_address.clone(),
+        cp_version: VERSION.into(),
+        max_message: config.multizone.global.kds.max_msg_size,
+        root_ca_pem,
+        tls_skip_verify: zone.kds.tls_skip_verify,
+        token: match (&zone.kds.auth.cp_token_path, &zone.kds.auth.cp_token_inline) {
+            (path, _) if !path.is_empty() => Some(ZoneToken::File(path.clone())),
+            (_, inline) if !inline.is_empty() => Some(ZoneToken::Inline(inline.clone())),
+            _ => None,
+        },
+    })
 }
 
 /// The data plane server's certificate: from files, or issued to this replica by the cluster's
@@ -402,7 +486,7 @@ async fn dp_server_config(
     me: &intercp::Me,
     hostname: &str,
     instance_id: &str,
-) -> Result<zone::DpServerConfig> {
+) -> Result<zone::dpserver::DpServerConfig, RunError> {
     let dp = &config.dp_server;
     let (cert_pem, key_pem, ca_pem) = if dp.tls_cert_file.is_empty() {
         let ca = intercp::load_named_ca(store, intercp::DP_SERVER_CA_SECRET).await;
@@ -420,11 +504,15 @@ async fn dp_server_config(
                 &ips,
                 Duration::from_secs(365 * 86400),
             )
-            .context("issuing the data plane server's certificate")?;
+            .map_err(|e| RunError::Tls("issuing the data plane server's certificate", e))?;
         (pair.cert_pem, pair.key_pem, ca.cert_pem)
     } else {
-        let pair = security::tls::load_pair(&dp.tls_cert_file, &dp.tls_key_file)
-            .context("dpServer.tlsCertFile/tlsKeyFile (KUMA_DP_SERVER_TLS_CERT_FILE/_KEY_FILE)")?;
+        let pair = security::tls::load_pair(&dp.tls_cert_file, &dp.tls_key_file).map_err(|e| {
+            RunError::Tls(
+                "dpServer.tlsCertFile/tlsKeyFile (KUMA_DP_SERVER_TLS_CERT_FILE/_KEY_FILE)",
+                e,
+            )
+        })?;
         let ca = pair.cert_pem.clone();
         (pair.cert_pem, pair.key_pem, ca)
     };
@@ -432,10 +520,13 @@ async fn dp_server_config(
         let path = std::path::Path::new(&config.general.work_dir).join("dp-server-ca.pem");
         std::fs::create_dir_all(&config.general.work_dir)
             .and_then(|()| std::fs::write(&path, &ca_pem))
-            .with_context(|| format!("general.workDir: writing {}", path.display()))?;
+            .map_err(|source| RunError::WorkDir {
+                path: path.display().to_string(),
+                source,
+            })?;
         tracing::info!(path = %path.display(), "data plane server CA written; give it to kuma-dp as --ca-cert-file");
     }
-    Ok(zone::DpServerConfig {
+    Ok(zone::dpserver::DpServerConfig {
         port: dp.port,
         cert_pem,
         key_pem,
@@ -447,42 +538,69 @@ async fn dp_server_config(
     })
 }
 
-async fn bind(interface: &str, port: u16, key: &str) -> Result<TcpListener> {
-    let addr: SocketAddr = format!("{interface}:{port}")
-        .parse()
-        .with_context(|| format!("{key}: bad address {interface}:{port}"))?;
-    TcpListener::bind(addr)
+/// The API's HTTPS certificate: from files, or self-signed for this host.
+fn api_tls(config: &Config, hostname: &str) -> Result<Arc<rustls::ServerConfig>, RunError> {
+    let https = &config.api_server.https;
+    let pair = if https.tls_cert_file.is_empty() {
+        let mut names = vec!["localhost".to_string(), hostname.to_string()];
+        names.dedup();
+        security::tls::self_signed(&names)
+            .map_err(|e| RunError::Tls("generating the API server's certificate", e))?
+    } else {
+        security::tls::load_pair(&https.tls_cert_file, &https.tls_key_file)
+            .map_err(|e| RunError::Tls("apiServer.https.tlsCertFile/tlsKeyFile", e))?
+    };
+    security::tls::server_config(&pair)
+        .map_err(|e| RunError::Tls("apiServer.https TLS configuration", e))
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ComponentError> {
+    api::serve_http(listener, router, wait_for(stop)).await;
+    Ok(())
+}
+
+async fn follow_leader_gauge(
+    mut leader: watch::Receiver<bool>,
+    gauge: Gauge<i64>,
+) -> Result<(), ComponentError> {
+    loop {
+        gauge.set(i64::from(*leader.borrow_and_update()));
+        if leader.changed().await.is_err() {
+            gauge.set(0);
+            return Ok(());
+        }
+    }
+}
+
+async fn bind(interface: &str, port: u16, key: &'static str) -> Result<TcpListener, RunError> {
+    let text = format!("{interface}:{port}");
+    let address: SocketAddr = text.parse().map_err(|source| RunError::Address {
+        key,
+        address: text.clone(),
+        source,
+    })?;
+    TcpListener::bind(address)
         .await
-        .with_context(|| format!("{key}: cannot listen on {addr}"))
+        .map_err(|source| RunError::Bind {
+            key,
+            address,
+            source,
+        })
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
-
 /// Retries with backoff until the store answers; each failure is logged.
-async fn wait_for_store(store: &SharedStore, shutdown: &watch::Receiver<bool>) -> Result<()> {
+async fn wait_for_store(
+    store: &SharedStore,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), RunError> {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
     loop {
@@ -490,12 +608,9 @@ async fn wait_for_store(store: &SharedStore, shutdown: &watch::Receiver<bool>) -
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::warn!(attempt, error = %e, retry_in = ?delay, "store is not reachable yet");
-                if *shutdown.borrow() {
-                    anyhow::bail!("shut down while waiting for the store");
-                }
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = shutdown_signal() => anyhow::bail!("shut down while waiting for the store"),
+                    _ = stop.wait_for(|s| *s) => return Err(RunError::Stopped("waiting for the store")),
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));
                 attempt += 1;

@@ -75,21 +75,17 @@ struct RunArgs {
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
     /// Wait between bootstrap attempts while the control plane is unreachable or unavailable.
-    #[arg(long, env = "KUMA_CONTROL_PLANE_RETRY_BACKOFF", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "KUMA_CONTROL_PLANE_RETRY_BACKOFF", default_value = "3s", value_parser = model::duration::parse_duration)]
     cp_retry_backoff: Duration,
     /// How long to keep trying to bootstrap before giving up.
-    #[arg(long, env = "KUMA_CONTROL_PLANE_RETRY_MAX_DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "KUMA_CONTROL_PLANE_RETRY_MAX_DURATION", default_value = "5m", value_parser = model::duration::parse_duration)]
     cp_retry_max_duration: Duration,
     /// How long Envoy drains connections on shutdown.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = model::duration::parse_duration)]
     drain_time: Duration,
     /// Envoy's log level.
     #[arg(long, default_value = "info")]
     envoy_log_level: String,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    model::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -409,6 +405,7 @@ async fn run(args: RunArgs) -> Result<()> {
         ),
         None => None,
     };
+    let stop = bin_support::shutdown_signal().context("installing the signal handlers")?;
     let tunnel = tokio::spawn(admin_tunnel(
         base.to_string(),
         ca_pem,
@@ -425,7 +422,7 @@ async fn run(args: RunArgs) -> Result<()> {
             Ok(s) => anyhow::anyhow!("Envoy exited on its own ({s}); see its log above"),
             Err(e) => anyhow::anyhow!("waiting for Envoy: {e}"),
         }),
-        () = shutdown_signal() => Ok(()),
+        () = stop => Ok(()),
     };
     tunnel.abort();
     if outcome.is_ok() {
@@ -602,27 +599,6 @@ async fn stop_envoy(admin_port: u64, drain: Duration, child: &mut tokio::process
             tracing::warn!("Envoy did not exit; killing it");
             let _ = child.kill().await;
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }
 

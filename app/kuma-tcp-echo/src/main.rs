@@ -124,7 +124,7 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> std::io::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", cli.port)).await?;
     let port = listener.local_addr()?.port();
-    let shutdown = shutdown_signal()?;
+    let shutdown = bin_support::shutdown_signal()?;
     if cli.http {
         let instance = match cli.instance.clone().filter(|i| !i.is_empty()) {
             Some(i) => i,
@@ -149,20 +149,6 @@ async fn run(cli: Cli) -> std::io::Result<()> {
     }
     log(format_args!("Kuma TCP Echo - stopped"));
     Ok(())
-}
-
-/// Resolves on the first SIGTERM or SIGINT. The handlers are installed before the listener
-/// is announced so a signal right after start-up is not lost.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
 }
 
 /// Accepts until `shutdown`, then lets open connections finish for `drain` before cutting

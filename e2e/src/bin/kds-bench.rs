@@ -1,7 +1,7 @@
 //! `kds-bench`: how fast KDS moves changes between a real global `kuma-cp` and zones.
 //!
 //! Global is a real process (memory store, or Postgres with `--store postgres`). Zones are
-//! simulated in this process: each runs the real zone KDS client (`kds::zone::run`) over its own
+//! simulated in this process: each runs the real zone KDS client (`zone::kds_client::run`) over its own
 //! TLS connection with its own zone token, into its own in-memory store, so they speak exactly
 //! what a zone `kuma-cp` speaks without N processes. Prints a table, then one JSON line.
 
@@ -206,17 +206,19 @@ struct Zone {
 
 async fn start_zone(global: &Global, name: &str) -> Result<Zone> {
     let store: SharedStore = Arc::new(MemoryStore::new());
-    let config = kds::zone::ZoneClientConfig {
+    let config = zone::kds_client::ZoneClientConfig {
         zone: name.to_string(),
         global_address: format!("grpcs://127.0.0.1:{}", global.kds_port),
         cp_version: env!("CARGO_PKG_VERSION").into(),
         max_message: 10 * 1024 * 1024,
         root_ca_pem: Some(global.root_ca.clone()),
         tls_skip_verify: false,
-        token: Some(kds::zone::ZoneToken::Inline(global.zone_token(name).await?)),
+        token: Some(zone::kds_client::ZoneToken::Inline(
+            global.zone_token(name).await?,
+        )),
     };
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(kds::zone::run(store.clone(), config, None, stop_rx));
+    tokio::spawn(zone::kds_client::run(store.clone(), config, None, stop_rx));
     Ok(Zone {
         name: name.to_string(),
         store,

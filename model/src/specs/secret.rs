@@ -23,6 +23,27 @@ impl SecretSpec {
     pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
         base64::engine::general_purpose::STANDARD.decode(self.data.trim())
     }
+
+    /// A secret whose data is a JSON document (the control plane keeps CAs and certificates so).
+    pub fn from_json<T: Serialize>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(Self::from_bytes(&serde_json::to_vec(value)?))
+    }
+
+    /// The JSON document a stored secret's `spec` holds.
+    pub fn decode_json<T: serde::de::DeserializeOwned>(spec: Value) -> Result<T, SecretError> {
+        let secret: SecretSpec = serde_json::from_value(spec).map_err(SecretError::Json)?;
+        serde_json::from_slice(&secret.bytes().map_err(SecretError::Base64)?)
+            .map_err(SecretError::Json)
+    }
+}
+
+/// Why a stored secret could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("data is not base64")]
+    Base64(#[source] base64::DecodeError),
+    #[error("not the expected JSON document")]
+    Json(#[source] serde_json::Error),
 }
 
 impl Validate for SecretSpec {

@@ -49,6 +49,38 @@ use serde_json::Value;
 
 use crate::validate::{Validate, ValidationError, validate_as};
 
+/// A targetRef policy's typed spec, tied to its resource type.
+pub trait PolicySpec: DeserializeOwned + Validate + Send + Sync + 'static {
+    const KIND: crate::ResourceType;
+}
+
+macro_rules! policy_specs {
+    ($($spec:ident => $kind:ident),* $(,)?) => {
+        $(impl PolicySpec for $spec {
+            const KIND: crate::ResourceType = crate::ResourceType::$kind;
+        })*
+    };
+}
+
+policy_specs! {
+    MeshTrafficPermissionSpec => MeshTrafficPermission,
+    MeshTimeoutSpec => MeshTimeout,
+    MeshRetrySpec => MeshRetry,
+    MeshCircuitBreakerSpec => MeshCircuitBreaker,
+    MeshHealthCheckSpec => MeshHealthCheck,
+    MeshHttpRouteSpec => MeshHTTPRoute,
+    MeshTcpRouteSpec => MeshTCPRoute,
+    MeshLoadBalancingStrategySpec => MeshLoadBalancingStrategy,
+    MeshAccessLogSpec => MeshAccessLog,
+    MeshFaultInjectionSpec => MeshFaultInjection,
+    MeshRateLimitSpec => MeshRateLimit,
+    MeshTlsSpec => MeshTLS,
+    MeshTraceSpec => MeshTrace,
+    MeshMetricSpec => MeshMetric,
+    MeshProxyPatchSpec => MeshProxyPatch,
+    MeshPassthroughSpec => MeshPassthrough,
+}
+
 /// Validates a policy spec of type `S`: strict structure, then its semantic checks, with paths
 /// under `spec` (as Kuma reports them).
 pub fn validate<S: DeserializeOwned + Validate>(spec: &Value) -> Result<(), ValidationError> {
@@ -60,6 +92,39 @@ pub fn validate<S: DeserializeOwned + Validate>(spec: &Value) -> Result<(), Vali
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn every_policy_type_is_validated_by_its_spec() {
+        // The descriptor table names a validator per type; the one of each spec's KIND must be
+        // that spec's, or a policy would be stored under rules of another kind.
+        fn same<S: PolicySpec>() {
+            // Serde lists the spec's own fields when it meets an unknown one.
+            let bogus = json!({"bogusField": 1});
+            let declared = (S::KIND.descriptor().validate)(&bogus).unwrap_err();
+            assert_eq!(declared, validate::<S>(&bogus).unwrap_err(), "{}", S::KIND);
+            assert!(S::KIND.descriptor().is_policy);
+        }
+        same::<MeshTrafficPermissionSpec>();
+        same::<MeshTimeoutSpec>();
+        same::<MeshRetrySpec>();
+        same::<MeshCircuitBreakerSpec>();
+        same::<MeshHealthCheckSpec>();
+        same::<MeshHttpRouteSpec>();
+        same::<MeshTcpRouteSpec>();
+        same::<MeshLoadBalancingStrategySpec>();
+        same::<MeshAccessLogSpec>();
+        same::<MeshFaultInjectionSpec>();
+        same::<MeshRateLimitSpec>();
+        same::<MeshTlsSpec>();
+        same::<MeshTraceSpec>();
+        same::<MeshMetricSpec>();
+        same::<MeshProxyPatchSpec>();
+        same::<MeshPassthroughSpec>();
+        let policies = crate::ResourceType::all()
+            .filter(|k| k.descriptor().is_policy)
+            .count();
+        assert_eq!(policies, 16);
+    }
 
     #[test]
     fn every_error_is_reported_at_once() {

@@ -9,23 +9,27 @@ use std::collections::BTreeMap;
 use model::labels::SERVICE_TAG;
 use serde_json::{Value, json};
 
-use crate::ingress::{
-    Destination, destination_cluster, eds_cluster, sni_chain, sni_listener, tag_subsets,
+use crate::context::{MeshContext, ZoneProxyListener};
+use crate::envoy::cluster::eds_cluster;
+use crate::envoy::endpoints::lb_endpoint;
+use crate::envoy::listener::sni_chain;
+use crate::envoy::names::service_sni;
+use crate::generator::common::{
+    SniDestination, destination_cluster, tag_subsets, zone_proxy_listener,
 };
-use crate::sidecar::lb_endpoint;
-use crate::{MeshSnapshot, ProxyResources, ZoneProxyListener, service_sni};
+use crate::resources::ProxyResources;
 
 /// Per destination of `mesh` (a service, or a service with a subset of tags) that runs in
 /// other zones: (zone, ingress address, port, instances).
 fn remote_destinations(
-    mesh: &MeshSnapshot,
-) -> BTreeMap<Destination, Vec<(String, String, u32, u32)>> {
-    let mut out: BTreeMap<Destination, Vec<(String, String, u32, u32)>> = BTreeMap::new();
+    mesh: &MeshContext,
+) -> BTreeMap<SniDestination, Vec<(String, String, u32, u32)>> {
+    let mut out: BTreeMap<SniDestination, Vec<(String, String, u32, u32)>> = BTreeMap::new();
     for ingress in &mesh.remote_ingresses {
         if ingress.zone == mesh.local_zone {
             continue;
         }
-        let mut counts: BTreeMap<Destination, u32> = BTreeMap::new();
+        let mut counts: BTreeMap<SniDestination, u32> = BTreeMap::new();
         for s in &ingress.services {
             if s.mesh != mesh.mesh || s.external_service {
                 continue;
@@ -53,7 +57,7 @@ fn remote_destinations(
 
 /// The egress's listener, clusters and endpoints for every mesh that routes through egresses
 /// (and so has mTLS: the SNI is what routes).
-pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshSnapshot]) -> ProxyResources {
+pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshContext]) -> ProxyResources {
     let mut out = ProxyResources::default();
     let mut chains = Vec::new();
     for mesh in meshes.iter().filter(|m| m.mtls && m.zone_egress) {
@@ -76,6 +80,6 @@ pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshSnapshot]) -> ProxyR
                 .push(json!({"cluster_name": cluster, "endpoints": groups}));
         }
     }
-    out.listeners.extend(sni_listener(listener, chains));
+    out.listeners.extend(zone_proxy_listener(listener, chains));
     out
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use store::{SharedStore, StoreError};
 use tokio::sync::oneshot;
 
-use crate::sync::{StreamStats, TypeCounts};
+use kds::sync::{StreamStats, TypeCounts};
 
 /// Subscriptions kept per zone; older ones are dropped.
 pub const MAX_SUBSCRIPTIONS: usize = 10;

@@ -1,11 +1,12 @@
-//! A mesh as the generator needs it, read from the store.
+//! A mesh's context as the generators need it, read from the store, and which store changes
+//! can alter a proxy's configuration.
 
 use model::specs::dataplane::DataplaneSpec;
 use model::specs::mesh::MeshSpec;
 use model::specs::zone::{ZoneEgressSpec, ZoneIngressSpec};
 use model::{ResourceKey, ResourceType};
 use store::{ListQuery, SharedStore, StoreError};
-use xds::{DataplaneEntry, MeshSnapshot, NamedPolicy, RemoteIngress};
+use xds::{DataplaneEntry, MeshContext, Policies, RawPolicy, RemoteIngress};
 
 /// The mesh's spec and snapshot as a sidecar in `local_zone` sees it: its dataplanes and
 /// policies, and, with mTLS on, other zones' ingresses.
@@ -13,7 +14,7 @@ pub async fn load(
     store: &SharedStore,
     mesh: &str,
     local_zone: &str,
-) -> Result<(MeshSpec, MeshSnapshot), StoreError> {
+) -> Result<(MeshSpec, MeshContext), StoreError> {
     let (spec, mut snapshot) = load_local(store, mesh, local_zone).await?;
     if snapshot.mtls {
         snapshot.remote_ingresses = remote_ingresses(store, local_zone).await?;
@@ -24,25 +25,28 @@ pub async fn load(
     Ok((spec, snapshot))
 }
 
-/// The mesh's policies of `kind`; one that does not parse is left out with a warning.
-async fn load_policies<S: serde::de::DeserializeOwned>(
-    store: &SharedStore,
-    kind: ResourceType,
-    mesh: &str,
-) -> Result<Vec<NamedPolicy<S>>, StoreError> {
-    let mut out = Vec::new();
-    for r in store.list(&ListQuery::in_mesh(kind, mesh)).await?.items {
-        match serde_json::from_value(r.spec) {
-            Ok(spec) => out.push(NamedPolicy {
+/// The mesh's policies of every type a plugin translates; one that does not parse is left out
+/// with a warning, so it cannot stop the others.
+async fn load_policies(store: &SharedStore, mesh: &str) -> Result<Policies, StoreError> {
+    let mut policies = Policies::default();
+    for kind in xds::policies::kinds() {
+        let raw = store
+            .list(&ListQuery::in_mesh(kind, mesh))
+            .await?
+            .items
+            .into_iter()
+            .map(|r| RawPolicy {
                 name: r.meta.name,
-                spec,
-            }),
-            Err(e) => {
-                tracing::warn!(%mesh, policy = %r.meta.name, %kind, error = %e, "policy does not parse; left out")
-            }
+                labels: r.meta.labels,
+                spec: r.spec,
+            })
+            .collect();
+        for failure in policies.load(kind, raw) {
+            let error = model::error_chain(&failure);
+            tracing::warn!(%mesh, policy = %failure.name, %kind, %error, "policy left out");
         }
     }
-    Ok(out)
+    Ok(policies)
 }
 
 /// This zone's egresses, where sidecars of meshes with `routing.zoneEgress` send cross-zone
@@ -74,7 +78,7 @@ async fn local_egresses(
 pub async fn load_for_egress(
     store: &SharedStore,
     local_zone: &str,
-) -> Result<Vec<MeshSnapshot>, StoreError> {
+) -> Result<Vec<MeshContext>, StoreError> {
     let mut out = Vec::new();
     let mut ingresses = None;
     for m in store.list(&ListQuery::all(ResourceType::Mesh)).await?.items {
@@ -88,7 +92,7 @@ pub async fn load_for_egress(
         if ingresses.is_none() {
             ingresses = Some(remote_ingresses(store, local_zone).await?);
         }
-        out.push(MeshSnapshot {
+        out.push(MeshContext {
             mesh: m.meta.name,
             mtls: true,
             zone_egress: true,
@@ -117,7 +121,7 @@ async fn load_local(
     store: &SharedStore,
     mesh: &str,
     local_zone: &str,
-) -> Result<(MeshSpec, MeshSnapshot), StoreError> {
+) -> Result<(MeshSpec, MeshContext), StoreError> {
     let mesh_resource = store
         .get(&ResourceKey::new(ResourceType::Mesh, "", mesh))
         .await?;
@@ -142,17 +146,12 @@ async fn load_local(
             }
         }
     }
-    let traffic_permissions =
-        load_policies(store, ResourceType::MeshTrafficPermission, mesh).await?;
-    let load_balancing =
-        load_policies(store, ResourceType::MeshLoadBalancingStrategy, mesh).await?;
-    let snapshot = MeshSnapshot {
+    let snapshot = MeshContext {
         mesh: mesh.to_string(),
         mtls: mtls_enabled(&spec),
         zone_egress: zone_egress(&spec),
         dataplanes,
-        traffic_permissions,
-        load_balancing,
+        policies: load_policies(store, mesh).await?,
         local_zone: local_zone.to_string(),
         ..Default::default()
     };
@@ -221,7 +220,7 @@ async fn resolve(host: &str, port: u32) -> Option<String> {
 pub async fn load_all(
     store: &SharedStore,
     local_zone: &str,
-) -> Result<Vec<MeshSnapshot>, StoreError> {
+) -> Result<Vec<MeshContext>, StoreError> {
     let mut out = Vec::new();
     for m in store.list(&ListQuery::all(ResourceType::Mesh)).await?.items {
         out.push(load_local(store, &m.meta.name, local_zone).await?.1);
@@ -260,10 +259,48 @@ pub fn affects(key: &ResourceKey, kind: ProxyKind, mesh: &str) -> bool {
     match key.kind {
         ResourceType::ZoneIngress | ResourceType::ZoneEgress => true,
         ResourceType::Mesh => key.name == mesh,
-        ResourceType::Dataplane
-        | ResourceType::MeshTrafficPermission
-        | ResourceType::MeshLoadBalancingStrategy
-        | ResourceType::Secret => key.mesh == mesh,
-        _ => false,
+        // Dataplanes are endpoints and identities; Secrets hold the mesh's CA.
+        ResourceType::Dataplane | ResourceType::Secret => key.mesh == mesh,
+        kind => kind.descriptor().is_policy && key.mesh == mesh,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_changes_reach_sidecars_of_their_mesh_only() {
+        let key = |kind, mesh: &str| ResourceKey::new(kind, mesh, "x");
+        // Every policy type, from the descriptors: the ones without a plugin yet included.
+        for kind in ResourceType::all().filter(|k| k.descriptor().is_policy) {
+            assert!(
+                affects(&key(kind, "default"), ProxyKind::Sidecar, "default"),
+                "{kind}"
+            );
+            assert!(
+                !affects(&key(kind, "other"), ProxyKind::Sidecar, "default"),
+                "{kind}"
+            );
+            assert!(
+                !affects(&key(kind, "default"), ProxyKind::Ingress, ""),
+                "{kind}"
+            );
+        }
+        assert!(!affects(
+            &key(ResourceType::DataplaneInsight, "default"),
+            ProxyKind::Sidecar,
+            "default"
+        ));
+        assert!(affects(
+            &ResourceKey::new(ResourceType::Mesh, "", "default"),
+            ProxyKind::Sidecar,
+            "default"
+        ));
+        assert!(affects(
+            &key(ResourceType::Dataplane, "default"),
+            ProxyKind::Ingress,
+            ""
+        ));
     }
 }

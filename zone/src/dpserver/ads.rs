@@ -25,9 +25,40 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use xds::wire;
 
-use crate::auth::ProxyAuth;
-use crate::insight::{CertState, StreamRecord};
-use crate::snapshot::ProxyKind;
+use crate::dpserver::auth::ProxyAuth;
+use crate::dpserver::insight::{CertState, StreamRecord};
+use crate::dpserver::snapshot::ProxyKind;
+
+/// Why a proxy's configuration could not be rebuilt (the last one stays in place).
+#[derive(Debug, thiserror::Error)]
+enum BuildError {
+    #[error("reading the mesh")]
+    Store(#[source] store::StoreError),
+    #[error(transparent)]
+    Generate(#[from] xds::XdsError),
+    #[error("encoding {name:?}")]
+    Encode {
+        name: String,
+        #[source]
+        source: wire::WireError,
+    },
+    #[error("the proxy's {kind} spec")]
+    ZoneProxySpec {
+        kind: model::ResourceType,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the mesh CA")]
+    Ca(#[source] security::ca::MeshCaError),
+    #[error("mTLS has no enabled backend")]
+    NoBackend,
+    #[error("the proxy's Dataplane is gone")]
+    ProxyGone,
+    #[error("issuing the proxy certificate")]
+    Issue(#[source] security::tls::TlsError),
+    #[error("no proxy certificate was issued")]
+    NoCertificate,
+}
 
 /// How long a burst of store changes is gathered before configuration is recomputed.
 pub const DEBOUNCE: Duration = Duration::from_millis(10);
@@ -105,8 +136,8 @@ impl AggregatedDiscoveryService for AdsServer {
             .and_then(Value::as_str)
             .unwrap_or("dataplane")
             .to_string();
-        let owner = crate::auth::proxy_resource_type(&proxy_type);
-        crate::auth::admit_stored_proxy(
+        let owner = crate::dpserver::auth::proxy_resource_type(&proxy_type);
+        crate::dpserver::auth::admit_stored_proxy(
             &self.store,
             self.auth.as_ref(),
             token.as_deref(),
@@ -156,7 +187,7 @@ impl AggregatedDiscoveryService for AdsServer {
         tokio::spawn(async move {
             let result = stream.run(first, requests, events).await;
             stream.record.disconnect_time = Some(Timestamp::now());
-            if let Err(e) = crate::insight::write(&stream.store, &stream.record).await {
+            if let Err(e) = crate::dpserver::insight::write(&stream.store, &stream.record).await {
                 tracing::warn!(mesh = %stream.mesh, name = %stream.name, error = %e, "could not record the disconnect");
             }
             match result {
@@ -208,7 +239,7 @@ fn identify(
     let zone_proxy = metadata
         .get("dataplane.proxyType")
         .and_then(Value::as_str)
-        .is_some_and(crate::auth::is_zone_proxy);
+        .is_some_and(crate::dpserver::auth::is_zone_proxy);
     if (mesh.is_empty() && !zone_proxy) || name.is_empty() {
         return Err(Status::invalid_argument(format!(
             "node id {:?} is not <mesh>.<name>",
@@ -315,7 +346,7 @@ impl ProxyStream {
                 },
                 ev = events.recv() => {
                     let relevant = match ev {
-                        Ok(ev) => crate::snapshot::affects(&ev.key, self.kind, &self.mesh),
+                        Ok(ev) => crate::dpserver::snapshot::affects(&ev.key, self.kind, &self.mesh),
                         Err(broadcast::error::RecvError::Lagged(_)) => true,
                         Err(broadcast::error::RecvError::Closed) => return Ok(()),
                     };
@@ -339,7 +370,7 @@ impl ProxyStream {
     }
 
     async fn flush_insight(&self) {
-        if let Err(e) = crate::insight::write(&self.store, &self.record).await {
+        if let Err(e) = crate::dpserver::insight::write(&self.store, &self.record).await {
             tracing::warn!(mesh = %self.mesh, name = %self.name, error = %e, "could not write the DataplaneInsight");
         }
     }
@@ -489,21 +520,23 @@ impl ProxyStream {
                 }
             }
             Err(e) => {
-                tracing::warn!(mesh = %self.mesh, name = %self.name, error = %e, "configuration not recomputed; the last one stays")
+                let error = model::error_chain(&e);
+                tracing::warn!(mesh = %self.mesh, name = %self.name, %error, "configuration not recomputed; the last one stays")
             }
         }
     }
 
-    async fn build(&mut self) -> Result<Config, String> {
+    async fn build(&mut self) -> Result<Config, BuildError> {
         match self.kind {
             ProxyKind::Ingress => return self.build_ingress().await,
             ProxyKind::Egress => return self.build_egress().await,
             ProxyKind::Sidecar => {}
         }
-        let (mesh_spec, snapshot) = crate::snapshot::load(&self.store, &self.mesh, &self.zone)
-            .await
-            .map_err(|e| e.to_string())?;
-        let resources = xds::sidecar::generate(&snapshot, &self.name).map_err(|e| e.to_string())?;
+        let (mesh_spec, snapshot) =
+            crate::dpserver::snapshot::load(&self.store, &self.mesh, &self.zone)
+                .await
+                .map_err(BuildError::Store)?;
+        let resources = xds::sidecar(&snapshot, &self.name)?;
         let mut config = encode(&resources)?;
         if snapshot.mtls {
             let secrets = self.certificate(&mesh_spec, &snapshot).await?;
@@ -517,35 +550,35 @@ impl ProxyStream {
     }
 
     /// A zone ingress: SNI passthrough to the local instances of every mesh's services.
-    async fn build_ingress(&self) -> Result<Config, String> {
+    async fn build_ingress(&self) -> Result<Config, BuildError> {
         let spec: model::specs::zone::ZoneIngressSpec = self.zone_proxy_spec().await?;
         let listener = listener(&spec.networking.address, spec.networking.port);
-        let meshes = crate::snapshot::load_all(&self.store, &self.zone)
+        let meshes = crate::dpserver::snapshot::load_all(&self.store, &self.zone)
             .await
-            .map_err(|e| e.to_string())?;
-        encode(&xds::ingress::generate(&listener, &meshes))
+            .map_err(BuildError::Store)?;
+        encode(&xds::generator::ingress::generate(&listener, &meshes))
     }
 
     /// A zone egress: SNI passthrough to the other zones' ingresses, for every mesh that
     /// routes cross-zone traffic through egresses.
-    async fn build_egress(&self) -> Result<Config, String> {
+    async fn build_egress(&self) -> Result<Config, BuildError> {
         let spec: model::specs::zone::ZoneEgressSpec = self.zone_proxy_spec().await?;
         let listener = listener(&spec.networking.address, spec.networking.port);
-        let meshes = crate::snapshot::load_for_egress(&self.store, &self.zone)
+        let meshes = crate::dpserver::snapshot::load_for_egress(&self.store, &self.zone)
             .await
-            .map_err(|e| e.to_string())?;
-        encode(&xds::egress::generate(&listener, &meshes))
+            .map_err(BuildError::Store)?;
+        encode(&xds::generator::egress::generate(&listener, &meshes))
     }
 
     /// The stored ZoneIngress or ZoneEgress this stream serves.
-    async fn zone_proxy_spec<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+    async fn zone_proxy_spec<T: serde::de::DeserializeOwned>(&self) -> Result<T, BuildError> {
         let kind = match self.kind {
             ProxyKind::Egress => model::ResourceType::ZoneEgress,
             _ => model::ResourceType::ZoneIngress,
         };
         let key = model::ResourceKey::new(kind, "", &self.name);
-        let r = self.store.get(&key).await.map_err(|e| e.to_string())?;
-        serde_json::from_value(r.spec).map_err(|e| format!("{kind} spec: {e}"))
+        let r = self.store.get(&key).await.map_err(BuildError::Store)?;
+        serde_json::from_value(r.spec).map_err(|source| BuildError::ZoneProxySpec { kind, source })
     }
 }
 
@@ -565,11 +598,14 @@ fn listener(address: &str, port: u32) -> xds::ZoneProxyListener {
 /// type -> name -> (version, encoded message).
 type Config = HashMap<String, BTreeMap<String, (String, Vec<u8>)>>;
 
-fn adder(config: &mut Config) -> impl FnMut(&str, &str, &[Value]) -> Result<(), String> + '_ {
-    move |type_url: &str, name_field: &str, values: &[Value]| -> Result<(), String> {
+fn adder(config: &mut Config) -> impl FnMut(&str, &str, &[Value]) -> Result<(), BuildError> + '_ {
+    move |type_url: &str, name_field: &str, values: &[Value]| -> Result<(), BuildError> {
         for v in values {
             let name = v[name_field].as_str().unwrap_or_default().to_string();
-            let bytes = wire::encode(type_url, v).map_err(|e| e.to_string())?;
+            let bytes = wire::encode(type_url, v).map_err(|source| BuildError::Encode {
+                name: name.clone(),
+                source,
+            })?;
             config
                 .entry(type_url.to_string())
                 .or_default()
@@ -579,7 +615,7 @@ fn adder(config: &mut Config) -> impl FnMut(&str, &str, &[Value]) -> Result<(), 
     }
 }
 
-fn encode(resources: &xds::ProxyResources) -> Result<Config, String> {
+fn encode(resources: &xds::ProxyResources) -> Result<Config, BuildError> {
     let mut config = Config::new();
     {
         let mut add = adder(&mut config);
@@ -596,18 +632,18 @@ impl ProxyStream {
     async fn certificate(
         &mut self,
         mesh_spec: &model::specs::mesh::MeshSpec,
-        snapshot: &xds::MeshSnapshot,
-    ) -> Result<Vec<Value>, String> {
+        snapshot: &xds::MeshContext,
+    ) -> Result<Vec<Value>, BuildError> {
         let ca = security::ca::mesh_ca(&self.store, &self.mesh, mesh_spec, self.generates_ca)
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or("mTLS has no enabled backend")?;
+            .map_err(BuildError::Ca)?
+            .ok_or(BuildError::NoBackend)?;
         let proxy = snapshot
             .dataplanes
             .iter()
             .find(|d| d.name == self.name)
-            .ok_or("the proxy's Dataplane is gone")?;
-        let uris = xds::sidecar::identity_uris(&self.mesh, proxy);
+            .ok_or(BuildError::ProxyGone)?;
+        let uris = xds::generator::sidecar::identity_uris(&self.mesh, proxy);
         let current = self.cert.as_ref().is_some_and(|c| {
             c.ca_pem == ca.ca.cert_pem && c.uris == uris && c.backend == ca.backend
         });
@@ -615,7 +651,7 @@ impl ProxyStream {
             let pair = ca
                 .ca
                 .issue_workload(&uris, ca.cert_lifetime)
-                .map_err(|e| e.to_string())?;
+                .map_err(BuildError::Issue)?;
             let now = Timestamp::now();
             // Replaced at 80% of its life, well before Envoy would present an expired one.
             let rotate_after = ca.cert_lifetime.mul_f64(0.8);
@@ -637,8 +673,8 @@ impl ProxyStream {
                 rotate_at: tokio::time::Instant::now() + rotate_after,
             });
         }
-        let cert = self.cert.as_ref().ok_or("no certificate")?;
-        Ok(xds::secrets(
+        let cert = self.cert.as_ref().ok_or(BuildError::NoCertificate)?;
+        Ok(xds::envoy::tls::secrets(
             &self.mesh,
             &cert.cert_pem,
             &cert.key_pem,

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use store::{SharedStore, StoreError};
 
-use crate::auth::{
+use crate::dpserver::auth::{
     AuthError, ProxyAuth, ProxyIdentity, TOKEN_REQUIRED, ZONE_TOKEN_REQUIRED, is_zone_proxy,
     proxy_resource_type, tag_values,
 };
@@ -325,18 +325,19 @@ fn bootstrap_answer(
     };
     let mut metadata = serde_json::Map::new();
     metadata.insert("version".into(), req.version.clone());
-    let bootstrap = xds::bootstrap::generate(&xds::bootstrap::BootstrapParams {
-        mesh: req.mesh.clone(),
-        name: req.name.clone(),
-        proxy_type: proxy_type.clone(),
-        service,
-        admin_port,
-        cp_host,
-        cp_port: u32::from(state.dp_server_port),
-        cp_ca_pem: Some(state.ca_pem.clone()),
-        token: Some(req.dataplane_token.trim().to_string()).filter(|t| !t.is_empty()),
-        metadata,
-    });
+    let bootstrap =
+        xds::generator::bootstrap::generate(&xds::generator::bootstrap::BootstrapParams {
+            mesh: req.mesh.clone(),
+            name: req.name.clone(),
+            proxy_type: proxy_type.clone(),
+            service,
+            admin_port,
+            cp_host,
+            cp_port: u32::from(state.dp_server_port),
+            cp_ca_pem: Some(state.ca_pem.clone()),
+            token: Some(req.dataplane_token.trim().to_string()).filter(|t| !t.is_empty()),
+            metadata,
+        });
     tracing::info!(mesh = %req.mesh, name = %req.name, %proxy_type, "bootstrap served");
     let bytes = serde_json::to_vec_pretty(&bootstrap).unwrap_or_default();
     Json(json!({

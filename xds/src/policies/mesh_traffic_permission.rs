@@ -1,4 +1,4 @@
-//! MeshTrafficPermission as Envoy's network RBAC filter on mTLS inbounds. Clients are told apart
+//! MeshTrafficPermission as Envoy's network RBAC filter, first on every mTLS inbound. Clients are told apart
 //! by the URI SANs of their verified certificates (`spiffe://<mesh>/<service>`,
 //! `kuma://<tag>/<value>`). As in Kuma, the most specific `from` entry that matches a client
 //! decides: `MeshServiceSubset` > `MeshService` > `MeshSubset` > `Mesh`; among policies, one
@@ -7,23 +7,38 @@
 
 use std::collections::BTreeMap;
 
+use model::ResourceType;
 use model::labels::SERVICE_TAG;
 use model::specs::dataplane::Inbound;
-use model::specs::policy::MtpAction;
-use model::specs::targetref::{TargetRef, TargetRefKind, matches_dataplane};
+use model::specs::policy::{MeshTrafficPermissionSpec, MtpAction};
+use model::specs::targetref::{TargetRef, TargetRefKind};
 use serde_json::{Value, json};
 
-use crate::{DataplaneEntry, MeshSnapshot, spiffe_id, stat_name};
+use crate::context::{DataplaneEntry, MeshContext};
+use crate::envoy::names::{spiffe_id, stat_name};
+use crate::resources::{Origin, ResourceSet};
+use crate::rules::{selects_inbound, top_rank, top_target};
 
-/// How specific a top-level `targetRef` is: a more specific one overrides a broader one.
-pub(crate) fn top_rank(kind: &TargetRefKind) -> u8 {
-    match kind {
-        TargetRefKind::Mesh => 0,
-        TargetRefKind::MeshSubset => 1,
-        TargetRefKind::MeshService => 2,
-        TargetRefKind::MeshServiceSubset => 3,
-        TargetRefKind::Dataplane => 4,
-        _ => 5,
+pub struct Plugin;
+
+impl super::PolicyPlugin for Plugin {
+    fn kind(&self) -> ResourceType {
+        ResourceType::MeshTrafficPermission
+    }
+
+    /// Without mTLS there is no client identity to authorize, so nothing is enforced.
+    fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
+        if !mesh.mtls {
+            return;
+        }
+        for (origin, mut listener) in rs.listeners_mut() {
+            let Origin::Inbound(i) = origin else { continue };
+            let Some(inbound) = proxy.spec.networking.inbound.get(i) else {
+                continue;
+            };
+            let filter = inbound_filter(mesh, proxy, inbound, listener.name());
+            listener.prepend_network_filter(filter);
+        }
     }
 }
 
@@ -86,24 +101,21 @@ impl Clients {
 
 /// The merged `from` entries that apply to one inbound, most specific first.
 fn merged_entries(
-    mesh: &MeshSnapshot,
+    mesh: &MeshContext,
     proxy: &DataplaneEntry,
     inbound: &Inbound,
 ) -> Vec<(Clients, MtpAction)> {
     let mut selecting: Vec<_> = mesh
-        .traffic_permissions
+        .policies
+        .of::<MeshTrafficPermissionSpec>()
         .iter()
-        .filter(|p| {
-            let target = p.spec.target_ref.clone().unwrap_or_else(TargetRef::mesh);
-            matches_dataplane(&target, &inbound.tags, &proxy.name, &proxy.labels)
-        })
+        .filter(|p| selects_inbound(&top_target(&p.spec.target_ref), proxy, inbound))
         .collect();
+    let rank = |t: &Option<TargetRef>| t.as_ref().map_or(0, |t| top_rank(&t.kind));
     selecting.sort_by(|a, b| {
-        let rank = |p: &&crate::NamedPolicy<_>| {
-            let p: &crate::NamedPolicy<model::specs::policy::MeshTrafficPermissionSpec> = p;
-            p.spec.target_ref.as_ref().map_or(0, |t| top_rank(&t.kind))
-        };
-        rank(a).cmp(&rank(b)).then_with(|| a.name.cmp(&b.name))
+        rank(&a.spec.target_ref)
+            .cmp(&rank(&b.spec.target_ref))
+            .then_with(|| a.name.cmp(&b.name))
     });
     let mut merged: BTreeMap<Clients, MtpAction> = BTreeMap::new();
     for policy in selecting {
@@ -156,8 +168,8 @@ fn rules(
 }
 
 /// The RBAC filter for one mTLS inbound.
-pub fn inbound_filter(
-    mesh: &MeshSnapshot,
+fn inbound_filter(
+    mesh: &MeshContext,
     proxy: &DataplaneEntry,
     inbound: &Inbound,
     listener: &str,

@@ -1,14 +1,15 @@
-//! The global side: serves `KDSSyncService` to zones. Each zone's connection carries two
-//! streams: global sends policies down one and receives the zone's resources on the other.
+//! Global's KDS services: `KDSSyncService` (each zone's connection carries two streams:
+//! global sends policies down one and receives the zone's resources on the other) and
+//! `GlobalKDSService` (health checks and the zones' inspect streams). Every stream admits its
+//! zone the same way: name, version skew, zone token, then registration.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
-use model::labels::{ORIGIN, ZONE};
+use model::labels::ORIGIN;
 use model::{Resource, ResourceKey, ResourceType};
 use proto::kuma::mesh::v1alpha1::global_kds_service_server::GlobalKdsService;
 use proto::kuma::mesh::v1alpha1::kds_sync_service_server::KdsSyncService;
@@ -16,7 +17,7 @@ use proto::kuma::mesh::v1alpha1::{
     ClustersRequest, ClustersResponse, StatsRequest, StatsResponse, XdsConfigRequest,
     XdsConfigResponse, ZoneHealthCheckRequest, ZoneHealthCheckResponse,
 };
-use store::{ListQuery, SharedStore, StoreError};
+use store::{SharedStore, StoreError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -24,75 +25,12 @@ use tonic::{Request, Response, Status, Streaming};
 use security::zone as zone_token;
 use security::{SigningKeys, TokenError};
 
+use kds::inspect::{AdminOp, RequestMessage, ResponseMessage, ZoneAdminStreams};
+use kds::rules::{self, Refusal};
+use kds::sync::{self, Inbound};
+
 use crate::insight::{ZoneInsights, ZonePeer};
-use crate::inspect::{AdminOp, RequestMessage, ResponseMessage, ZoneAdminStreams};
-use crate::rules;
-use crate::sync::{self, Inbound};
-
-/// Zones' `enabled` switches, kept current from store events so filters stay synchronous.
-pub struct ZoneSwitches {
-    enabled: RwLock<HashMap<String, bool>>,
-    /// Bumped after every refresh, so streams re-filter what depends on other zones only once
-    /// the new switches are in place.
-    changed: tokio::sync::watch::Sender<u64>,
-}
-
-impl Default for ZoneSwitches {
-    fn default() -> Self {
-        ZoneSwitches {
-            enabled: RwLock::default(),
-            changed: tokio::sync::watch::Sender::new(0),
-        }
-    }
-}
-
-impl ZoneSwitches {
-    /// Fires after each change to the switches.
-    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-
-    pub fn enabled(&self, zone: &str) -> bool {
-        self.enabled
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(zone)
-            .copied()
-            .unwrap_or(true)
-    }
-
-    async fn refresh(&self, store: &SharedStore) {
-        if let Ok(page) = store.list(&ListQuery::all(ResourceType::Zone)).await {
-            let map = page
-                .items
-                .iter()
-                .map(|z| {
-                    (
-                        z.meta.name.clone(),
-                        z.spec
-                            .get("enabled")
-                            .and_then(|e| e.as_bool())
-                            .unwrap_or(true),
-                    )
-                })
-                .collect();
-            let mut enabled = self.enabled.write().unwrap_or_else(|p| p.into_inner());
-            if *enabled != map {
-                *enabled = map;
-                self.changed.send_modify(|n| *n += 1);
-            }
-        }
-    }
-
-    /// Keeps the switches current for as long as the store lives.
-    pub async fn follow(self: Arc<Self>, store: SharedStore) {
-        let mut events = store.subscribe();
-        self.refresh(&store).await;
-        while store::next_change(&mut events, |ev| ev.key.kind == ResourceType::Zone).await {
-            self.refresh(&store).await;
-        }
-    }
-}
+use crate::zones::ZoneSwitches;
 
 pub struct GlobalKds {
     pub store: SharedStore,
@@ -115,9 +53,22 @@ pub fn zone_wire_forms() -> sync::WireForms {
     sync::WireForms::new(rules::to_zone)
 }
 
+/// A zone whose version global does not serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionSkew {
+    #[error(
+        "zone control plane version {zone} is newer than global's {global}: upgrade global first"
+    )]
+    ZoneNewer { zone: String, global: String },
+    #[error(
+        "zone control plane version {zone} is more than two minor versions older than global's {global}: upgrade the zone"
+    )]
+    ZoneTooOld { zone: String, global: String },
+}
+
 /// Refuses zones newer than global or more than two minor versions older. Versions that do not
 /// parse as `major.minor.patch` (development builds) are let through.
-pub fn check_version_skew(global: &str, zone: &str) -> Result<(), String> {
+pub fn check_version_skew(global: &str, zone: &str) -> Result<(), VersionSkew> {
     fn parse(v: &str) -> Option<(u64, u64, u64)> {
         let core = v.trim_start_matches('v').split(['-', '+']).next()?;
         let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
@@ -126,15 +77,14 @@ pub fn check_version_skew(global: &str, zone: &str) -> Result<(), String> {
     let (Some(g), Some(z)) = (parse(global), parse(zone)) else {
         return Ok(());
     };
+    let versions = || (zone.to_string(), global.to_string());
     if z > g {
-        return Err(format!(
-            "zone control plane version {zone} is newer than global's {global}: upgrade global first"
-        ));
+        let (zone, global) = versions();
+        return Err(VersionSkew::ZoneNewer { zone, global });
     }
     if z.0 < g.0 || g.1 - z.1 > 2 {
-        return Err(format!(
-            "zone control plane version {zone} is more than two minor versions older than global's {global}: upgrade the zone"
-        ));
+        let (zone, global) = versions();
+        return Err(VersionSkew::ZoneTooOld { zone, global });
     }
     Ok(())
 }
@@ -170,9 +120,9 @@ impl GlobalKds {
         if version.is_empty() {
             tracing::warn!(%zone, "zone did not send its control plane version");
         }
-        if let Err(message) = check_version_skew(&self.version, &version) {
-            tracing::warn!(%zone, %message, "zone refused");
-            return Err(Status::failed_precondition(message));
+        if let Err(skew) = check_version_skew(&self.version, &version) {
+            tracing::warn!(%zone, message = %skew, "zone refused");
+            return Err(Status::failed_precondition(skew.to_string()));
         }
         let token = metadata_str(req, "authorization")
             .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
@@ -264,19 +214,24 @@ struct FromZone {
 }
 
 impl Inbound for FromZone {
-    fn accept(&self, mut r: Resource) -> Result<Resource, String> {
+    fn accept(&self, mut r: Resource) -> Result<Resource, Refusal> {
         if !rules::global_consumes(r.kind) {
-            return Err(format!("{}: zones may not provide {}", r.meta.name, r.kind));
+            return Err(Refusal::NotProvided {
+                name: r.meta.name,
+                peer: "zones",
+                kind: r.kind,
+            });
         }
         match rules::zone_of(&r) {
             Some(z) if z == self.zone => {}
             Some(z) => {
-                return Err(format!(
-                    "{}: belongs to zone {z:?}, not {:?}",
-                    r.meta.name, self.zone
-                ));
+                return Err(Refusal::OtherZone {
+                    owner: z.to_string(),
+                    name: r.meta.name,
+                    zone: self.zone.clone(),
+                });
             }
-            None => return Err(format!("{}: missing label {ZONE}", r.meta.name)),
+            None => return Err(Refusal::NoZoneLabel { name: r.meta.name }),
         }
         r.meta
             .labels

@@ -1,5 +1,7 @@
-//! The zone side: dials global, receives what global provides and sends what the zone owns.
-//! Reconnects with jittered exponential backoff; meanwhile the zone keeps serving what it has.
+//! The zone's KDS client: dials global, receives what global provides and sends what the zone
+//! owns, holds the inspect streams global reaches this zone's proxies through, and answers
+//! global's health checks. Reconnects with jittered exponential backoff; meanwhile the zone
+//! keeps serving its proxies from what its store has.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +15,42 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::inspect::{self, AdminOp, ZoneProxyAdmin};
-use crate::rules;
-use crate::sync::{self, Inbound};
+use kds::inspect::{self, AdminOp, SharedProxyAdmin};
+use kds::rules::{self, Refusal};
+use kds::sync::{self, Inbound, SyncError};
+
+/// Why a connection to global ended or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("multizone.zone.kds.auth.cpTokenPath: cannot read {path}")]
+    TokenFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the zone token is empty")]
+    EmptyToken,
+    #[error("multizone.zone.globalAddress: {0:?} must start with grpc:// or grpcs://")]
+    Scheme(String),
+    #[error("multizone.zone.globalAddress: {0:?} is not a valid address")]
+    Address(String, #[source] tonic::transport::Error),
+    #[error(
+        "a grpcs:// address needs the CA of global's certificate (multizone.zone.kds.rootCaFile)"
+    )]
+    NoRootCa,
+    #[error("TLS settings for global")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("TLS without verification")]
+    SkipVerify(#[source] security::tls::TlsError),
+    #[error("cannot connect to global")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("global refused the {0} stream")]
+    Refused(&'static str, #[source] tonic::Status),
+    #[error("{0} stream")]
+    Stream(&'static str, #[source] SyncError),
+    #[error("health check refused")]
+    HealthCheck(#[source] tonic::Status),
+}
 
 #[derive(Debug, Clone)]
 pub struct ZoneClientConfig {
@@ -40,16 +75,19 @@ pub enum ZoneToken {
 }
 
 impl ZoneToken {
-    fn read(&self) -> Result<String, String> {
+    fn read(&self) -> Result<String, ClientError> {
         let token = match self {
             ZoneToken::Inline(t) => t.clone(),
-            ZoneToken::File(path) => std::fs::read_to_string(path).map_err(|e| {
-                format!("multizone.zone.kds.auth.cpTokenPath: cannot read {path}: {e}")
-            })?,
+            ZoneToken::File(path) => {
+                std::fs::read_to_string(path).map_err(|source| ClientError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?
+            }
         };
         let token = token.trim().to_string();
         if token.is_empty() {
-            return Err("the zone token is empty".into());
+            return Err(ClientError::EmptyToken);
         }
         Ok(token)
     }
@@ -60,18 +98,16 @@ struct FromGlobal {
 }
 
 impl Inbound for FromGlobal {
-    fn accept(&self, mut r: Resource) -> Result<Resource, String> {
+    fn accept(&self, mut r: Resource) -> Result<Resource, Refusal> {
         if !rules::zone_consumes(r.kind) {
-            return Err(format!(
-                "{}: global may not provide {}",
-                r.meta.name, r.kind
-            ));
+            return Err(Refusal::NotProvided {
+                name: r.meta.name,
+                peer: "global",
+                kind: r.kind,
+            });
         }
         if rules::zone_of(&r) == Some(self.zone.as_str()) {
-            return Err(format!(
-                "{}: this zone's own resource came back from global",
-                r.meta.name
-            ));
+            return Err(Refusal::OwnResource { name: r.meta.name });
         }
         r.meta
             .labels
@@ -107,9 +143,9 @@ struct Dialer {
 }
 
 impl Dialer {
-    async fn connect(&self) -> Result<Channel, String> {
+    async fn connect(&self) -> Result<Channel, ClientError> {
         let Some(tls) = self.skip_verify.clone() else {
-            return self.endpoint.connect().await.map_err(|e| e.to_string());
+            return self.endpoint.connect().await.map_err(ClientError::Connect);
         };
         let connector = tower::service_fn(move |uri: tonic::codegen::http::Uri| {
             let tls = tls.clone();
@@ -142,11 +178,11 @@ impl Dialer {
         self.endpoint
             .connect_with_connector(connector)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(ClientError::Connect)
     }
 }
 
-fn dialer(config: &ZoneClientConfig) -> Result<Dialer, String> {
+fn dialer(config: &ZoneClientConfig) -> Result<Dialer, ClientError> {
     let address = &config.global_address;
     let (url, host, tls) = if let Some(rest) = address.strip_prefix("grpcs://") {
         (
@@ -157,26 +193,26 @@ fn dialer(config: &ZoneClientConfig) -> Result<Dialer, String> {
     } else if let Some(rest) = address.strip_prefix("grpc://") {
         (format!("http://{rest}"), String::new(), false)
     } else {
-        return Err(format!("{address:?} must start with grpc:// or grpcs://"));
+        return Err(ClientError::Scheme(address.clone()));
+    };
+    let endpoint_of = |url: String| {
+        Endpoint::from_shared(url).map_err(|e| ClientError::Address(address.clone(), e))
     };
     let mut skip_verify = None;
     let mut endpoint = if tls && config.tls_skip_verify {
         // The connector does TLS itself; tonic must see a plain URI.
         skip_verify =
-            Some(security::tls::skip_verify_grpc_client_config().map_err(|e| e.to_string())?);
-        Endpoint::from_shared(url.replacen("https://", "http://", 1)).map_err(|e| e.to_string())?
+            Some(security::tls::skip_verify_grpc_client_config().map_err(ClientError::SkipVerify)?);
+        endpoint_of(url.replacen("https://", "http://", 1))?
     } else {
-        Endpoint::from_shared(url).map_err(|e| e.to_string())?
+        endpoint_of(url)?
     };
     if tls && skip_verify.is_none() {
-        let ca = config
-            .root_ca_pem
-            .as_ref()
-            .ok_or("a grpcs:// address needs the CA of global's certificate")?;
+        let ca = config.root_ca_pem.as_ref().ok_or(ClientError::NoRootCa)?;
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ca))
             .domain_name(host.trim_start_matches('[').trim_end_matches(']'));
-        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+        endpoint = endpoint.tls_config(tls).map_err(ClientError::Tls)?;
     }
     Ok(Dialer {
         endpoint: endpoint
@@ -211,8 +247,8 @@ async fn session(
     store: store::SharedStore,
     config: &ZoneClientConfig,
     channel: Channel,
-    admin: Option<ZoneProxyAdmin>,
-) -> Result<(), String> {
+    admin: Option<SharedProxyAdmin>,
+) -> Result<(), ClientError> {
     let mut client = KdsSyncServiceClient::new(channel.clone())
         .max_decoding_message_size(config.max_message)
         .max_encoding_message_size(config.max_message);
@@ -222,25 +258,13 @@ async fn session(
     let downstream = client
         .global_to_zone_sync(with_metadata(config, token, ReceiverStream::new(req_rx)))
         .await
-        .map_err(|s| {
-            format!(
-                "global refused the global->zone stream: {} ({:?})",
-                s.message(),
-                s.code()
-            )
-        })?
+        .map_err(|s| ClientError::Refused("global->zone", s))?
         .into_inner();
     let (resp_tx, resp_rx) = mpsc::channel(64);
     let upstream = client
         .zone_to_global_sync(with_metadata(config, token, ReceiverStream::new(resp_rx)))
         .await
-        .map_err(|s| {
-            format!(
-                "global refused the zone->global stream: {} ({:?})",
-                s.message(),
-                s.code()
-            )
-        })?
+        .map_err(|s| ClientError::Refused("zone->global", s))?
         .into_inner();
     tracing::info!(zone = %config.zone, global = %config.global_address, "connected to global");
     let stats = Arc::new(sync::StreamStats::default());
@@ -289,8 +313,8 @@ async fn session(
         }
     };
     tokio::select! {
-        r = receive => r.map_err(|e| format!("global->zone stream: {e}")),
-        r = send => r.map_err(|e| format!("zone->global stream: {e}")),
+        r = receive => r.map_err(|e| ClientError::Stream("global->zone", e)),
+        r = send => r.map_err(|e| ClientError::Stream("zone->global", e)),
         e = health => Err(e),
         () = inspect => unreachable!("inspect streams never end the session"),
     }
@@ -303,7 +327,7 @@ async fn inspect_streams(
     channel: Channel,
     config: &ZoneClientConfig,
     token: Option<&str>,
-    admin: ZoneProxyAdmin,
+    admin: SharedProxyAdmin,
 ) {
     let client = GlobalKdsServiceClient::new(channel)
         .max_decoding_message_size(config.max_message)
@@ -335,7 +359,7 @@ async fn inspect_streams(
 /// Opens one inspect stream with `open` and answers global's requests on it until it ends.
 async fn hold<Req, Resp, Fut>(
     op: AdminOp,
-    admin: ZoneProxyAdmin,
+    admin: SharedProxyAdmin,
     zone: &str,
     open: impl FnOnce(ReceiverStream<Resp>) -> Fut,
 ) where
@@ -355,7 +379,11 @@ async fn hold<Req, Resp, Fut>(
 
 /// Calls `GlobalKDSService.HealthCheck` at the interval global asks for, as Kuma zones do; a
 /// refusal ends the session so the zone reconnects.
-async fn health_checks(channel: Channel, config: &ZoneClientConfig, token: Option<&str>) -> String {
+async fn health_checks(
+    channel: Channel,
+    config: &ZoneClientConfig,
+    token: Option<&str>,
+) -> ClientError {
     let mut client = GlobalKdsServiceClient::new(channel);
     loop {
         let request = with_metadata(config, token, ZoneHealthCheckRequest {});
@@ -369,7 +397,7 @@ async fn health_checks(channel: Channel, config: &ZoneClientConfig, token: Optio
             Err(s) if s.code() == tonic::Code::Unimplemented => {
                 return std::future::pending().await;
             }
-            Err(s) => return format!("health check refused: {} ({:?})", s.message(), s.code()),
+            Err(s) => return ClientError::HealthCheck(s),
         };
         tokio::time::sleep(interval.max(Duration::from_secs(1))).await;
     }
@@ -379,30 +407,28 @@ async fn health_checks(channel: Channel, config: &ZoneClientConfig, token: Optio
 pub async fn run(
     store: store::SharedStore,
     config: ZoneClientConfig,
-    admin: Option<ZoneProxyAdmin>,
+    admin: Option<SharedProxyAdmin>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let dialer = match dialer(&config) {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!("multizone.zone.globalAddress: {e}");
+            tracing::error!(error = %model::error_chain(&e), "cannot reach global");
             return;
         }
     };
     let mut backoff = Duration::from_secs(1);
     loop {
         let attempt = async {
-            let channel = dialer
-                .connect()
-                .await
-                .map_err(|e| format!("cannot connect to global: {e}"))?;
+            let channel = dialer.connect().await?;
             session(store.clone(), &config, channel, admin.clone()).await
         };
         let started = tokio::time::Instant::now();
         tokio::select! {
             r = attempt => {
                 if let Err(e) = r {
-                    tracing::warn!(zone = %config.zone, error = %e, retry_in = ?backoff, "KDS connection to global lost");
+                    let error = model::error_chain(&e);
+                    tracing::warn!(zone = %config.zone, %error, retry_in = ?backoff, "KDS connection to global lost");
                 }
             }
             _ = shutdown.wait_for(|s| *s) => return,

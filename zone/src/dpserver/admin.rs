@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use kds::inspect::{AdminAnswer, AdminError, AdminOp, PROXY_TIMEOUT, ProxyAdmin, ProxyRef};
 use proto::kuma::mesh::v1alpha1::dataplane_admin_service_server::DataplaneAdminService;
 use proto::kuma::mesh::v1alpha1::{DataplaneAdminRequest, DataplaneAdminResponse};
 use store::SharedStore;
@@ -16,24 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::ProxyAuth;
-
-/// Admin paths the API may ask for; nothing that changes Envoy's state.
-pub const PATHS: [&str; 3] = ["config_dump", "stats", "clusters"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error(
-        "dataplane {name:?} in mesh {mesh:?} has no admin stream to this control plane instance (is kuma-dp running?)"
-    )]
-    NotConnected { mesh: String, name: String },
-    #[error("the proxy did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the proxy's admin stream closed")]
-    Closed,
-    #[error("kuma-dp could not reach Envoy's admin: {0}")]
-    Proxy(String),
-}
+use crate::dpserver::auth::ProxyAuth;
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<DataplaneAdminResponse>>>>;
 
@@ -53,12 +37,12 @@ impl AdminTunnels {
     /// Sends `path?query` to the proxy's Envoy admin and waits for its answer.
     pub async fn request(
         &self,
-        mesh: &str,
-        name: &str,
-        path: &str,
+        proxy: ProxyRef<'_>,
+        op: AdminOp,
         query: &str,
         timeout: Duration,
     ) -> Result<DataplaneAdminResponse, AdminError> {
+        let (mesh, name) = (proxy.mesh, proxy.name);
         let request_id = self.next.fetch_add(1, Ordering::Relaxed).to_string();
         let (tx, rx) = oneshot::channel();
         let sender = {
@@ -66,8 +50,7 @@ impl AdminTunnels {
             let session = sessions
                 .get(&(mesh.to_string(), name.to_string()))
                 .ok_or_else(|| AdminError::NotConnected {
-                    mesh: mesh.into(),
-                    name: name.into(),
+                    proxy: proxy.to_string(),
                 })?;
             session
                 .pending
@@ -78,7 +61,7 @@ impl AdminTunnels {
         };
         let request = DataplaneAdminRequest {
             request_id,
-            path: path.into(),
+            path: op.path().into(),
             query: query.into(),
         };
         sender
@@ -90,9 +73,27 @@ impl AdminTunnels {
             .map_err(|_| AdminError::Timeout(timeout))?
             .map_err(|_| AdminError::Closed)?;
         if !response.error.is_empty() {
-            return Err(AdminError::Proxy(response.error));
+            return Err(AdminError::Envoy(response.error));
         }
         Ok(response)
+    }
+}
+
+/// The proxies whose kuma-dp holds its admin stream to this replica.
+#[async_trait::async_trait]
+impl ProxyAdmin for AdminTunnels {
+    async fn get(
+        &self,
+        proxy: ProxyRef<'_>,
+        op: AdminOp,
+        query: &str,
+    ) -> Result<AdminAnswer, AdminError> {
+        let r = self.request(proxy, op, query, PROXY_TIMEOUT).await?;
+        Ok(AdminAnswer {
+            status: u16::try_from(r.status).unwrap_or(502),
+            content_type: r.content_type,
+            body: r.body,
+        })
     }
 }
 
@@ -123,7 +124,7 @@ impl DataplaneAdminService for AdminService {
         // Zone proxies serve every mesh and name none.
         let mesh = metadata(&request, "kuma-mesh")
             .map(str::to_string)
-            .or_else(|| crate::auth::is_zone_proxy(&proxy_type).then(String::new));
+            .or_else(|| crate::dpserver::auth::is_zone_proxy(&proxy_type).then(String::new));
         let (Some(mesh), Some(name)) = (mesh, metadata(&request, "kuma-name")) else {
             return Err(Status::invalid_argument(
                 "kuma-mesh and kuma-name metadata are required",
@@ -132,7 +133,7 @@ impl DataplaneAdminService for AdminService {
         let name = name.to_string();
         let token = metadata(&request, "authorization")
             .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_string());
-        crate::auth::admit_stored_proxy(
+        crate::dpserver::auth::admit_stored_proxy(
             &self.store,
             self.auth.as_ref(),
             token.as_deref(),

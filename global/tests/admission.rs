@@ -9,8 +9,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource,
 };
 use envoy_types::pb::google::protobuf::Any;
-use kds::global::{GlobalKds, ZoneSwitches};
-use kds::insight::ZoneInsights;
+use global::insight::ZoneInsights;
+use global::kds_server::GlobalKds;
+use global::zones::ZoneSwitches;
 use model::specs::secret::SecretSpec;
 use model::{Resource, ResourceKey, ResourceType};
 use proto::envoy_types;
@@ -57,7 +58,7 @@ async fn start_global() -> Global {
             "global-1".into(),
             Duration::from_secs(1),
         )),
-        to_zones: Arc::new(kds::global::zone_wire_forms()),
+        to_zones: Arc::new(global::kds_server::zone_wire_forms()),
         inspect: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -393,17 +394,24 @@ async fn garbage_and_oversized_resources_do_not_stop_a_zone() {
     }
 
     let zone_store: SharedStore = Arc::new(MemoryStore::new());
-    let config = kds::zone::ZoneClientConfig {
+    let config = zone::kds_client::ZoneClientConfig {
         zone: "zone-1".into(),
         global_address: g.address.replace("http://", "grpc://"),
         cp_version: "2.14.0".into(),
         max_message: MAX_MESSAGE,
         root_ca_pem: None,
         tls_skip_verify: false,
-        token: Some(kds::zone::ZoneToken::Inline(token(&g, "zone-1").await)),
+        token: Some(zone::kds_client::ZoneToken::Inline(
+            token(&g, "zone-1").await,
+        )),
     };
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(kds::zone::run(zone_store.clone(), config, None, stop));
+    tokio::spawn(zone::kds_client::run(
+        zone_store.clone(),
+        config,
+        None,
+        stop,
+    ));
     let small = ResourceKey::new(ResourceType::Secret, "default", "small");
     tokio::time::timeout(Duration::from_secs(10), async {
         while zone_store.get(&small).await.is_err() {

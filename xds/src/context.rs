@@ -1,0 +1,234 @@
+//! What configuration is generated from: a mesh's context (its Dataplanes, mTLS state,
+//! policies by type, other zones' ingresses) and the zone proxies' listeners.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use model::ResourceType;
+use model::labels::{PROTOCOL_TAG, SERVICE_TAG};
+use model::specs::dataplane::DataplaneSpec;
+use model::specs::policy::PolicySpec;
+use serde_json::Value;
+
+/// One Dataplane of the mesh, as the generators see it.
+#[derive(Debug, Clone)]
+pub struct DataplaneEntry {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: DataplaneSpec,
+}
+
+impl DataplaneEntry {
+    /// The proxy's tags as locality affinity compares them: its labels and its inbounds' tags
+    /// other than the service.
+    pub fn caller_tags(&self) -> BTreeMap<String, String> {
+        let mut tags = self.labels.clone();
+        for i in &self.spec.networking.inbound {
+            for (k, v) in &i.tags {
+                if k != SERVICE_TAG {
+                    tags.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        tags
+    }
+}
+
+/// One policy of a mesh with its parsed spec.
+#[derive(Debug, Clone)]
+pub struct Policy<S> {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: S,
+}
+
+impl<S> Policy<S> {
+    pub fn new(name: impl Into<String>, spec: S) -> Self {
+        Policy {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            spec,
+        }
+    }
+}
+
+/// A stored policy before parsing.
+#[derive(Debug, Clone)]
+pub struct RawPolicy {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: Value,
+}
+
+/// A policy that did not parse, and so is left out of the context.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {name:?} does not parse")]
+pub struct ParseFailure {
+    pub kind: ResourceType,
+    pub name: String,
+    #[source]
+    pub error: serde_json::Error,
+}
+
+/// A mesh's policies, by type, each parsed into its typed spec once per context.
+#[derive(Clone, Default)]
+pub struct Policies {
+    by_kind: BTreeMap<ResourceType, (usize, Arc<dyn Any + Send + Sync>)>,
+}
+
+impl std::fmt::Debug for Policies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.by_kind.iter().map(|(k, (n, _))| (k, n)))
+            .finish()
+    }
+}
+
+impl Policies {
+    /// The policies of `S`'s type (none if that type was not loaded).
+    pub fn of<S: PolicySpec>(&self) -> &[Policy<S>] {
+        self.by_kind
+            .get(&S::KIND)
+            .and_then(|(_, p)| p.downcast_ref::<Vec<Policy<S>>>())
+            .map_or(&[], Vec::as_slice)
+    }
+
+    pub fn set<S: PolicySpec>(&mut self, policies: Vec<Policy<S>>) {
+        self.by_kind
+            .insert(S::KIND, (policies.len(), Arc::new(policies)));
+    }
+
+    pub fn with<S: PolicySpec>(mut self, policies: Vec<Policy<S>>) -> Self {
+        self.set(policies);
+        self
+    }
+
+    /// Parses `raw` as policies of `kind` (a type whose descriptor says it is a policy) and
+    /// keeps those that parse; the others are returned, so one bad policy never hides the rest.
+    pub fn load(&mut self, kind: ResourceType, raw: Vec<RawPolicy>) -> Vec<ParseFailure> {
+        use model::specs::policy::*;
+        macro_rules! by_kind {
+            ($($spec:ty),* $(,)?) => {
+                $(if kind == <$spec as PolicySpec>::KIND {
+                    return self.load_typed::<$spec>(raw);
+                })*
+            };
+        }
+        by_kind!(
+            MeshTrafficPermissionSpec,
+            MeshTimeoutSpec,
+            MeshRetrySpec,
+            MeshCircuitBreakerSpec,
+            MeshHealthCheckSpec,
+            MeshHttpRouteSpec,
+            MeshTcpRouteSpec,
+            MeshLoadBalancingStrategySpec,
+            MeshAccessLogSpec,
+            MeshFaultInjectionSpec,
+            MeshRateLimitSpec,
+            MeshTlsSpec,
+            MeshTraceSpec,
+            MeshMetricSpec,
+            MeshProxyPatchSpec,
+            MeshPassthroughSpec,
+        );
+        // Not a policy type: nothing of it belongs here.
+        Vec::new()
+    }
+
+    fn load_typed<S: PolicySpec>(&mut self, raw: Vec<RawPolicy>) -> Vec<ParseFailure> {
+        let mut parsed = Vec::with_capacity(raw.len());
+        let mut failures = Vec::new();
+        for r in raw {
+            match serde_json::from_value::<S>(r.spec) {
+                Ok(spec) => parsed.push(Policy {
+                    name: r.name,
+                    labels: r.labels,
+                    spec,
+                }),
+                Err(error) => failures.push(ParseFailure {
+                    kind: S::KIND,
+                    name: r.name,
+                    error,
+                }),
+            }
+        }
+        self.set(parsed);
+        failures
+    }
+}
+
+/// Everything in a mesh that shapes its sidecars' configuration.
+#[derive(Debug, Clone, Default)]
+pub struct MeshContext {
+    pub mesh: String,
+    /// Whether the mesh has an enabled mTLS backend: inbounds then require mesh certificates,
+    /// outbounds present the proxy's identity, and MeshTrafficPermissions are enforced.
+    pub mtls: bool,
+    pub dataplanes: Vec<DataplaneEntry>,
+    pub policies: Policies,
+    /// The zone these dataplanes run in (empty on a standalone control plane).
+    pub local_zone: String,
+    /// Other zones' ingresses: where this zone's sidecars reach services that run there.
+    pub remote_ingresses: Vec<RemoteIngress>,
+    /// The mesh's `routing.zoneEgress`: cross-zone traffic leaves through this zone's egress.
+    pub zone_egress: bool,
+    /// This zone's egresses (address, port) sidecars dial when `zone_egress` is on.
+    pub local_egresses: Vec<(String, u32)>,
+}
+
+impl MeshContext {
+    pub fn dataplane(&self, name: &str) -> Option<&DataplaneEntry> {
+        self.dataplanes.iter().find(|d| d.name == name)
+    }
+}
+
+/// Where a zone proxy (ingress or egress) listens.
+#[derive(Debug, Clone)]
+pub struct ZoneProxyListener {
+    pub address: String,
+    pub port: u32,
+}
+
+/// A ZoneIngress of another zone as sidecars dial it: its advertised address (an IP; the
+/// control plane resolves host names) and port, and what it serves.
+#[derive(Debug, Clone)]
+pub struct RemoteIngress {
+    pub zone: String,
+    pub address: String,
+    pub port: u32,
+    pub services: Vec<model::specs::zone::AvailableService>,
+}
+
+/// An inbound's or destination's `kuma.io/protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Http,
+    Http2,
+    Grpc,
+}
+
+impl Protocol {
+    pub fn from_tag(tag: Option<&String>) -> Protocol {
+        match tag.map(String::as_str) {
+            Some("http") => Protocol::Http,
+            Some("http2") => Protocol::Http2,
+            Some("grpc") => Protocol::Grpc,
+            _ => Protocol::Tcp,
+        }
+    }
+
+    pub fn of_tags(tags: &BTreeMap<String, String>) -> Protocol {
+        Protocol::from_tag(tags.get(PROTOCOL_TAG))
+    }
+
+    pub fn is_http(self) -> bool {
+        self != Protocol::Tcp
+    }
+
+    pub fn needs_http2_upstream(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}

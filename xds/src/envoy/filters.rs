@@ -1,0 +1,49 @@
+//! Network filters: the HTTP connection manager and the TCP proxy.
+
+use serde_json::{Value, json};
+
+use super::names::stat_name;
+
+/// An HTTP connection manager routing everything to `cluster`. On an mTLS inbound the
+/// application learns who called it from the verified client certificate; any XFCC header the
+/// caller sent itself is replaced.
+pub fn http_connection_manager(
+    stat_prefix: &str,
+    route_name: &str,
+    cluster: &str,
+    inbound_mtls: bool,
+) -> Value {
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_name(stat_prefix),
+        "codec_type": "AUTO",
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        "route_config": {
+            "name": route_name,
+            "validate_clusters": false,
+            "virtual_hosts": [{
+                "name": cluster,
+                "domains": ["*"],
+                // No route timeout by default: streaming and long-polling calls stay open.
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}]
+            }]
+        }
+    });
+    if inbound_mtls {
+        hcm["forward_client_cert_details"] = json!("SANITIZE_SET");
+        hcm["set_current_client_cert_details"] = json!({"uri": true});
+    }
+    json!({"name": HCM, "typed_config": hcm})
+}
+
+pub fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
+    json!({"name": TCP_PROXY, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": stat_name(stat_prefix),
+        "cluster": cluster
+    }})
+}
+
+pub const HCM: &str = "envoy.filters.network.http_connection_manager";
+pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";

@@ -1,0 +1,110 @@
+//! Listeners, and the accessor policies edit them through.
+
+use serde_json::{Map, Value, json};
+
+use super::core::socket_address;
+use super::filters::{HCM, TCP_PROXY};
+
+/// A listener of one filter chain per element of `chains`.
+pub fn listener(
+    name: &str,
+    address: &str,
+    port: u32,
+    direction: &str,
+    chains: Vec<Value>,
+) -> Value {
+    json!({
+        "name": name,
+        "address": socket_address(address, port),
+        "traffic_direction": direction,
+        "filter_chains": chains
+    })
+}
+
+/// A sidecar's inbound listener, which does not share its port (`enable_reuse_port: false`).
+pub fn inbound_listener(name: &str, address: &str, port: u32, chains: Vec<Value>) -> Value {
+    json!({
+        "name": name,
+        "address": socket_address(address, port),
+        "traffic_direction": "INBOUND",
+        "enable_reuse_port": false,
+        "filter_chains": chains
+    })
+}
+
+/// A listener that reads each connection's SNI (TLS inspector) to pick its filter chain.
+pub fn sni_listener(name: &str, address: &str, port: u32, chains: Vec<Value>) -> Value {
+    json!({
+        "name": name,
+        "address": socket_address(address, port),
+        "traffic_direction": "INBOUND",
+        "listener_filters": [{
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
+        }],
+        "filter_chains": chains
+    })
+}
+
+/// A filter chain that passes TLS connections for `sni`, still encrypted, to `cluster`.
+pub fn sni_chain(sni: &str, cluster: &str) -> Value {
+    json!({
+        "filter_chain_match": {"server_names": [sni], "transport_protocol": "tls"},
+        "filters": [super::filters::tcp_proxy(cluster, cluster)]
+    })
+}
+
+/// A listener as a policy edits it.
+pub struct ListenerMut<'a>(pub(crate) &'a mut Value);
+
+impl ListenerMut<'_> {
+    pub fn name(&self) -> &str {
+        self.0["name"].as_str().unwrap_or_default()
+    }
+
+    /// The network filters of every filter chain (getters only: nothing is added by looking).
+    fn filter_lists(&mut self) -> impl Iterator<Item = &mut Vec<Value>> {
+        array_mut(self.0, "filter_chains")
+            .flat_map(|c| c.get_mut("filters").and_then(Value::as_array_mut))
+    }
+
+    fn typed_configs(&mut self, filter: &'static str) -> impl Iterator<Item = &mut Value> {
+        self.filter_lists()
+            .flat_map(|f| f.iter_mut())
+            .filter(move |f| f.get("name").and_then(Value::as_str) == Some(filter))
+            .filter_map(|f| f.get_mut("typed_config"))
+    }
+
+    /// Puts `filter` first in every filter chain (authorization runs before anything else).
+    pub fn prepend_network_filter(&mut self, filter: Value) {
+        for filters in self.filter_lists() {
+            filters.insert(0, filter.clone());
+        }
+    }
+
+    /// The route actions of every HTTP route on the listener.
+    pub fn route_actions(&mut self) -> Vec<&mut Map<String, Value>> {
+        self.typed_configs(HCM)
+            .filter_map(|hcm| hcm.get_mut("route_config"))
+            .flat_map(|rc| array_mut(rc, "virtual_hosts"))
+            .flat_map(|host| array_mut(host, "routes"))
+            .filter_map(|route| route.get_mut("route").and_then(Value::as_object_mut))
+            .collect()
+    }
+
+    /// The TCP proxies of the listener.
+    pub fn tcp_proxies(&mut self) -> Vec<&mut Map<String, Value>> {
+        self.typed_configs(TCP_PROXY)
+            .filter_map(Value::as_object_mut)
+            .collect()
+    }
+}
+
+/// The elements of the list at `key`, if `value` has one.
+fn array_mut<'a>(value: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
+    value
+        .get_mut(key)
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flat_map(|a| a.iter_mut())
+}

@@ -1,0 +1,9 @@
+//! Generators: from a mesh's context to one proxy's [`crate::resources::ResourceSet`] (sidecars)
+//! or finished resources (zone proxies, bootstraps), before any policy is applied.
+
+pub mod bootstrap;
+pub mod common;
+pub mod egress;
+pub mod endpoints;
+pub mod ingress;
+pub mod sidecar;

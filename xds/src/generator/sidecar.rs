@@ -1,0 +1,299 @@
+//! Sidecar configuration: an inbound listener per `networking.inbound` forwarding to the
+//! application, an outbound listener per `networking.outbound` on loopback, and one EDS cluster
+//! per destination whose endpoints are the healthy inbounds in the mesh with matching tags
+//! (and, with mTLS, other zones' ingresses that serve them). Policies are applied afterwards,
+//! by the plugins, on the [`ResourceSet`] built here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use model::labels::{PROTOCOL_TAG, SERVICE_TAG};
+use model::specs::dataplane::{Inbound, InboundState, Outbound};
+use model::specs::policy::LocalityAwareness;
+use serde_json::json;
+
+use crate::context::{DataplaneEntry, MeshContext, Protocol};
+use crate::envoy::cluster::{
+    eds_cluster, set_transport_socket, static_cluster, use_http2_upstream,
+};
+use crate::envoy::filters::{http_connection_manager, tcp_proxy};
+use crate::envoy::listener::{inbound_listener, listener};
+use crate::envoy::names::{identity_secret_name, mesh_ca_secret_name, service_sni, spiffe_id};
+use crate::envoy::tls::{inbound_mtls, outbound_mtls};
+use crate::generator::common::{MAX_SUBSET_TAGS, endpoint_address, inbound_address, inbound_ready};
+use crate::generator::endpoints::load_assignment;
+use crate::resources::{Destination, LocalEndpoint, Origin, RemoteZone, ResourceSet};
+
+/// The tags an outbound selects destinations by (`backendRef` to a MeshService by name is
+/// read as `kuma.io/service: <name>`); `None` for references this generator cannot resolve.
+fn outbound_tags(outbound: &Outbound) -> Option<BTreeMap<String, String>> {
+    if !outbound.tags.is_empty() {
+        return Some(outbound.tags.clone());
+    }
+    let r = outbound.backend_ref.as_ref()?;
+    (r.kind == "MeshService" && !r.name.is_empty())
+        .then(|| BTreeMap::from([(SERVICE_TAG.to_string(), r.name.clone())]))
+}
+
+/// A cluster per distinct destination: the service name, or the name with a hash of the extra
+/// tags when an outbound selects a subset.
+fn cluster_name(tags: &BTreeMap<String, String>) -> String {
+    let service = tags.get(SERVICE_TAG).map(String::as_str).unwrap_or("");
+    if tags.len() == 1 {
+        return service.to_string();
+    }
+    let text: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.join(",").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{service}-{h:016x}")
+}
+
+/// Whether `tags` (an outbound's) select `candidate` (an inbound's or an available service's).
+fn selects(tags: &BTreeMap<String, String>, candidate: &BTreeMap<String, String>) -> bool {
+    tags.iter().all(|(k, v)| candidate.get(k) == Some(v))
+}
+
+/// Healthy inbounds anywhere in the mesh whose tags include every tag of the outbound, and
+/// other zones that serve them; the protocol is theirs when they agree, TCP when they do not
+/// (or when there are none).
+fn resolve(mesh: &MeshContext, tags: BTreeMap<String, String>) -> Destination {
+    let mut endpoints = Vec::new();
+    let mut protocols = BTreeSet::new();
+    for dp in &mesh.dataplanes {
+        for inbound in &dp.spec.networking.inbound {
+            if !selects(&tags, &inbound.tags) {
+                continue;
+            }
+            protocols.insert(inbound.tags.get(PROTOCOL_TAG).cloned().unwrap_or_default());
+            if inbound_ready(inbound) {
+                let mut tags = dp.labels.clone();
+                tags.extend(inbound.tags.clone());
+                endpoints.push(LocalEndpoint {
+                    address: endpoint_address(dp, inbound).to_string(),
+                    port: inbound.port,
+                    tags,
+                });
+            }
+        }
+    }
+    // Cross-zone traffic rides the mesh's mTLS: the remote ingress routes on its SNI.
+    let mut remote = Vec::new();
+    // Ingresses and egresses route subsets of up to MAX_SUBSET_TAGS tags; a narrower
+    // selection stays in this zone rather than reach an ingress that cannot route it.
+    let routable = tags.len() <= 1 + MAX_SUBSET_TAGS;
+    if mesh.mtls && routable {
+        for ingress in &mesh.remote_ingresses {
+            if ingress.zone == mesh.local_zone {
+                continue;
+            }
+            let mut instances = 0;
+            for s in &ingress.services {
+                if s.mesh == mesh.mesh && !s.external_service && selects(&tags, &s.tags) {
+                    instances += s.instances;
+                    protocols.insert(s.tags.get(PROTOCOL_TAG).cloned().unwrap_or_default());
+                }
+            }
+            if instances > 0 {
+                remote.push((
+                    ingress.zone.clone(),
+                    ingress.address.clone(),
+                    ingress.port,
+                    instances,
+                ));
+            }
+        }
+        remote.sort();
+    }
+    let protocol = match protocols.len() {
+        1 => Protocol::from_tag(protocols.iter().next()),
+        _ => Protocol::Tcp,
+    };
+    endpoints.sort();
+    endpoints.dedup_by(|a, b| (&a.address, a.port) == (&b.address, b.port));
+    // With `routing.zoneEgress` other zones are reached through this zone's egresses, which
+    // pass the connection on by its SNI; with no egress in the zone, nothing leaves it.
+    let remote = remote
+        .into_iter()
+        .map(|(zone, address, port, instances)| RemoteZone {
+            zone,
+            via: if mesh.zone_egress {
+                mesh.local_egresses.clone()
+            } else {
+                vec![(address, port)]
+            },
+            instances,
+        })
+        .collect();
+    Destination {
+        cluster: cluster_name(&tags),
+        service: tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
+        tags,
+        endpoints,
+        remote,
+        protocol,
+    }
+}
+
+fn inbound_resources(
+    mesh: &MeshContext,
+    proxy: &DataplaneEntry,
+    index: usize,
+    inbound: &Inbound,
+    out: &mut ResourceSet,
+) {
+    let origin = Origin::Inbound(index);
+    let address = inbound_address(proxy, inbound);
+    let port = inbound.port;
+    let service_port = inbound.effective_service_port();
+    let service_address = match inbound.service_address.as_str() {
+        "" => "127.0.0.1",
+        a => a,
+    };
+    let protocol = Protocol::of_tags(&inbound.tags);
+    let local_cluster = format!("localhost:{service_port}");
+    let mut cluster = static_cluster(&local_cluster, service_address, service_port);
+    if protocol.needs_http2_upstream() {
+        use_http2_upstream(&mut cluster);
+    }
+    if !out.has_cluster(&local_cluster) {
+        out.add_cluster(origin, cluster);
+    }
+
+    let listener_name = format!("inbound:{address}:{port}");
+    let filter = if protocol.is_http() {
+        http_connection_manager(
+            &local_cluster,
+            &format!("inbound:{}", inbound.service()),
+            &local_cluster,
+            mesh.mtls,
+        )
+    } else {
+        tcp_proxy(&local_cluster, &local_cluster)
+    };
+    let mut chain = json!({"filters": [filter]});
+    if mesh.mtls {
+        chain["transport_socket"] = inbound_mtls(&mesh.mesh);
+    }
+    out.add_listener(
+        origin,
+        inbound_listener(&listener_name, address, port, vec![chain]),
+    );
+}
+
+fn outbound_resources(
+    mesh: &MeshContext,
+    proxy: &DataplaneEntry,
+    index: usize,
+    outbound: &Outbound,
+    tags: BTreeMap<String, String>,
+    out: &mut ResourceSet,
+) {
+    let address = match outbound.address.as_str() {
+        "" => "127.0.0.1",
+        a => a,
+    };
+    let dest = resolve(mesh, tags);
+    let destination = match out
+        .destinations
+        .iter()
+        .position(|d| d.cluster == dest.cluster)
+    {
+        Some(d) => d,
+        None => {
+            let d = out.destinations.len();
+            let mut cluster = eds_cluster(&dest.cluster);
+            if dest.protocol.needs_http2_upstream() {
+                use_http2_upstream(&mut cluster);
+            }
+            if mesh.mtls {
+                let sni = service_sni(&dest.service, &mesh.mesh, &dest.tags);
+                set_transport_socket(&mut cluster, outbound_mtls(&mesh.mesh, &dest.service, &sni));
+            }
+            out.add_cluster(Origin::Destination(d), cluster);
+            out.add_endpoints(
+                Origin::Destination(d),
+                load_assignment(
+                    &dest.cluster,
+                    &LocalityAwareness::default(),
+                    &mesh.local_zone,
+                    &proxy.caller_tags(),
+                    &dest.endpoints,
+                    &dest.remote,
+                ),
+            );
+            out.destinations.push(dest);
+            d
+        }
+    };
+    let dest = &out.destinations[destination];
+    let filter = if dest.protocol.is_http() {
+        http_connection_manager(
+            &dest.cluster,
+            &format!("outbound:{}", dest.service),
+            &dest.cluster,
+            false,
+        )
+    } else {
+        tcp_proxy(&dest.cluster, &dest.cluster)
+    };
+    let listener_name = format!("outbound:{address}:{}", outbound.port);
+    let chains = vec![json!({"filters": [filter]})];
+    out.add_listener(
+        Origin::Outbound {
+            outbound: index,
+            destination,
+        },
+        listener(&listener_name, address, outbound.port, "OUTBOUND", chains),
+    );
+}
+
+/// The configuration of `proxy`, before policies.
+pub fn generate(mesh: &MeshContext, proxy: &DataplaneEntry) -> ResourceSet {
+    let mut out = ResourceSet::default();
+    for (i, inbound) in proxy.spec.networking.inbound.iter().enumerate() {
+        if inbound.state == Some(InboundState::Ignored) {
+            continue;
+        }
+        inbound_resources(mesh, proxy, i, inbound, &mut out);
+    }
+    for (i, outbound) in proxy.spec.networking.outbound.iter().enumerate() {
+        // A reference that cannot be resolved yet gets no listener rather than failing the proxy.
+        if let Some(tags) = outbound_tags(outbound) {
+            outbound_resources(mesh, proxy, i, outbound, tags, &mut out);
+        }
+    }
+    if mesh.mtls {
+        out.secret_names = vec![
+            identity_secret_name(&mesh.mesh),
+            mesh_ca_secret_name(&mesh.mesh),
+        ];
+    }
+    out
+}
+
+/// The URI SANs of a proxy's certificate: `spiffe://<mesh>/<service>` per inbound service and
+/// `kuma://<tag>/<value>` for its other tags (what MeshSubset permissions match on).
+pub fn identity_uris(mesh: &str, proxy: &DataplaneEntry) -> Vec<String> {
+    let mut services = BTreeSet::new();
+    let mut tags = BTreeSet::new();
+    let gateway_tags = proxy.spec.networking.gateway.iter().map(|g| &g.tags);
+    for t in proxy
+        .spec
+        .networking
+        .inbound
+        .iter()
+        .map(|i| &i.tags)
+        .chain(gateway_tags)
+    {
+        for (k, v) in t {
+            if k == SERVICE_TAG {
+                services.insert(spiffe_id(mesh, v));
+            } else {
+                tags.insert(format!("kuma://{k}/{v}"));
+            }
+        }
+    }
+    services.into_iter().chain(tags).collect()
+}

@@ -1,0 +1,124 @@
+//! A proxy's configuration while it is built: the generator's listeners, clusters and
+//! endpoints, each indexed by what it came from, and the destinations the outbounds resolved
+//! to, so policy plugins find what they change without parsing names.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::context::Protocol;
+use crate::envoy::cluster::ClusterMut;
+use crate::envoy::listener::ListenerMut;
+
+/// What a resource was generated for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The proxy's `networking.inbound[i]`: its listener and its application's cluster.
+    Inbound(usize),
+    /// The proxy's `networking.outbound[outbound]`, whose traffic goes to
+    /// [`ResourceSet::destinations`]`[destination]`.
+    Outbound { outbound: usize, destination: usize },
+    /// [`ResourceSet::destinations`]`[i]`: its cluster and endpoints.
+    Destination(usize),
+    /// A zone ingress's or egress's passthrough.
+    ZoneProxy,
+}
+
+/// One local instance of a destination: where it is and the tags and labels locality
+/// affinity compares.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalEndpoint {
+    pub address: String,
+    pub port: u32,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Another zone that runs a destination: where its traffic goes (its ingress, or this zone's
+/// egresses) and how many instances it has.
+#[derive(Debug, Clone)]
+pub struct RemoteZone {
+    pub zone: String,
+    pub via: Vec<(String, u32)>,
+    pub instances: u32,
+}
+
+/// A destination outbounds send to: one cluster.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub cluster: String,
+    pub service: String,
+    pub tags: BTreeMap<String, String>,
+    pub protocol: Protocol,
+    pub endpoints: Vec<LocalEndpoint>,
+    pub remote: Vec<RemoteZone>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ResourceSet {
+    listeners: Vec<(Origin, Value)>,
+    clusters: Vec<(Origin, Value)>,
+    /// `ClusterLoadAssignment`s, one per EDS cluster.
+    endpoints: Vec<(Origin, Value)>,
+    pub destinations: Vec<Destination>,
+    /// Names of the SDS secrets the configuration refers to.
+    pub secret_names: Vec<String>,
+}
+
+/// Envoy resources for one proxy, each Envoy's JSON for its message type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyResources {
+    pub listeners: Vec<Value>,
+    pub clusters: Vec<Value>,
+    /// `ClusterLoadAssignment`s, one per EDS cluster.
+    pub endpoints: Vec<Value>,
+    /// Names of the SDS secrets the configuration refers to.
+    pub secret_names: Vec<String>,
+}
+
+impl ResourceSet {
+    pub fn add_listener(&mut self, origin: Origin, listener: Value) {
+        self.listeners.push((origin, listener));
+    }
+
+    pub fn add_cluster(&mut self, origin: Origin, cluster: Value) {
+        self.clusters.push((origin, cluster));
+    }
+
+    pub fn add_endpoints(&mut self, origin: Origin, assignment: Value) {
+        self.endpoints.push((origin, assignment));
+    }
+
+    pub fn has_cluster(&self, name: &str) -> bool {
+        self.clusters.iter().any(|(_, c)| c["name"] == name)
+    }
+
+    /// The listeners, with what each came from, for a plugin to edit.
+    pub fn listeners_mut(&mut self) -> impl Iterator<Item = (Origin, ListenerMut<'_>)> {
+        self.listeners.iter_mut().map(|(o, l)| (*o, ListenerMut(l)))
+    }
+
+    pub fn cluster_mut(&mut self, origin: Origin) -> Option<ClusterMut<'_>> {
+        self.clusters
+            .iter_mut()
+            .find(|(o, _)| *o == origin)
+            .map(|(_, c)| ClusterMut(c))
+    }
+
+    /// Replaces the load assignment generated for `origin`.
+    pub fn replace_endpoints(&mut self, origin: Origin, assignment: Value) {
+        if let Some((_, e)) = self.endpoints.iter_mut().find(|(o, _)| *o == origin) {
+            *e = assignment;
+        }
+    }
+
+    /// The finished configuration, in the order it was generated.
+    pub fn into_resources(self) -> ProxyResources {
+        let values = |v: Vec<(Origin, Value)>| v.into_iter().map(|(_, x)| x).collect();
+        ProxyResources {
+            listeners: values(self.listeners),
+            clusters: values(self.clusters),
+            endpoints: values(self.endpoints),
+            secret_names: self.secret_names,
+        }
+    }
+}

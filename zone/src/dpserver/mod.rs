@@ -1,0 +1,129 @@
+//! The data plane server on 5678: the bootstrap endpoint kuma-dp calls, Envoy's delta ADS with
+//! per-proxy configuration recomputed on store events, SDS certificates from the mesh CA,
+//! kuma-dp's admin streams, and DataplaneInsights.
+
+pub mod admin;
+pub mod ads;
+pub mod auth;
+pub mod bootstrap;
+pub mod insight;
+pub mod snapshot;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use tokio::sync::watch;
+
+pub struct DpServerConfig {
+    pub port: u16,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// What signed `cert_pem`: embedded in bootstraps so Envoy verifies this server.
+    pub ca_pem: String,
+    /// `false` only when the operator switched dataplane authentication off.
+    pub tokens_required: bool,
+    pub cp_instance_id: String,
+    /// This control plane's zone name (empty on a standalone without one).
+    pub zone: String,
+    /// A zone connected to global: zone tokens are checked with the public keys global
+    /// published, not with keys of its own.
+    pub federated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DpServerError {
+    #[error("TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("serving: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// Serves bootstrap (HTTP/1.1 and HTTP/2) and ADS (gRPC) on one TLS port until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: store::SharedStore,
+    config: DpServerConfig,
+    tunnels: Arc<admin::AdminTunnels>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DpServerError> {
+    let auth: Arc<dyn auth::ProxyAuth> = if config.tokens_required {
+        let zone_keys = if config.federated {
+            security::zone::zone_public_keys(store.clone())
+        } else {
+            security::zone::zone_signing_keys(store.clone())
+        };
+        Arc::new(auth::TokenAuth {
+            store: store.clone(),
+            zone: config.zone.clone(),
+            zone_keys: Some(Arc::new(zone_keys)),
+        })
+    } else {
+        tracing::warn!(
+            "dpServer.authn.dpProxy.type is none: any client reaching the data plane server gets any proxy's configuration and certificate"
+        );
+        Arc::new(auth::NoAuth)
+    };
+    let ads = ads::AdsServer {
+        store: store.clone(),
+        auth: auth.clone(),
+        cp_instance_id: config.cp_instance_id.clone(),
+        zone: config.zone.clone(),
+        generates_ca: !config.federated,
+    };
+    let admin = admin::AdminService {
+        store: store.clone(),
+        auth: auth.clone(),
+        tunnels,
+    };
+    let bootstrap = bootstrap::router(Arc::new(bootstrap::BootstrapState {
+        store,
+        auth,
+        tokens_required: config.tokens_required,
+        dp_server_port: config.port,
+        ca_pem: config.ca_pem.clone(),
+        zone: config.zone.clone(),
+    }))
+    .layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(|_| async {
+                axum::http::StatusCode::REQUEST_TIMEOUT
+            }))
+            .timeout(Duration::from_secs(30)),
+    );
+    let routes = tonic::service::Routes::from(bootstrap)
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(ads)
+                .max_decoding_message_size(4 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
+        .add_service(
+            proto::kuma::mesh::v1alpha1::dataplane_admin_service_server::DataplaneAdminServiceServer::new(admin)
+                // Config dumps of large meshes are big; requests are small.
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024),
+        );
+    let tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&config.cert_pem, &config.key_pem),
+    );
+    tracing::info!(
+        port = config.port,
+        "data plane server listening (bootstrap, ADS)"
+    );
+    tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(DpServerError::Tls)?
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(15)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            },
+        )
+        .await
+        .map_err(DpServerError::Serve)
+}
