@@ -138,7 +138,7 @@ async fn record_metrics(State(state): State<SharedState>, req: Request, next: Ne
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_string();
-    let start = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
     let resp = with_timeout(REQUEST_TIMEOUT, next.run(req)).await;
     state
         .metrics

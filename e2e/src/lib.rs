@@ -6,7 +6,9 @@ pub mod proxies;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// `target/<profile>`, derived from the running executable: a test lives in
 /// `target/<profile>/deps/`, a binary such as kds-bench in `target/<profile>/`.

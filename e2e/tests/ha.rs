@@ -2,7 +2,9 @@
 //! SIGKILL, shared writes, and riding out a database outage.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use e2e::{ControlPlane, free_port, http_status};
 use store::testing::postgres::{TEST_USER, TestPostgres};

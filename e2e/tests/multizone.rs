@@ -1,7 +1,9 @@
 //! A global and two zones as real `kuma-cp` processes, syncing over KDS on loopback.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use e2e::{ControlPlane, free_port};
 use serde_json::{Value, json};

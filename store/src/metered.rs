@@ -1,7 +1,7 @@
 //! A store decorator that counts and times every operation for `/metrics`.
 
 use std::future::Future;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use model::{Resource, ResourceKey};

@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use model::{Resource, ResourceKey, ResourceType};
 use serde_json::json;
@@ -138,7 +140,7 @@ async fn lost_event_connection_is_reconciled() {
     b.create(mesh("while-away")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ev = tokio::time::timeout_at(deadline.into(), a_events.recv())
+        let ev = tokio::time::timeout_at(deadline, a_events.recv())
             .await
             .expect("event never arrived")
             .unwrap();
@@ -217,7 +219,7 @@ async fn survives_a_database_restart_and_steps_down_while_it_is_gone() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ev = tokio::time::timeout_at(deadline.into(), events.recv())
+        let ev = tokio::time::timeout_at(deadline, events.recv())
             .await
             .expect("no event after restart")
             .unwrap();

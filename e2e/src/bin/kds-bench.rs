@@ -7,7 +7,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use e2e::ControlPlane;
@@ -329,7 +331,7 @@ async fn g2z(
             .collect();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !pending.is_empty() {
-            let (_zone, name, at) = tokio::time::timeout_at(deadline.into(), arrivals.recv())
+            let (_zone, name, at) = tokio::time::timeout_at(deadline, arrivals.recv())
                 .await
                 .context("writes did not reach every zone within 60 s")?
                 .context("arrival watchers stopped")?;

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{
     ChildGuard, free_port, running_as_root, spawn_tied_to_test_with_signal, temp_dir, unavailable,
