@@ -54,17 +54,17 @@ async fn start() -> Fixture {
             .await
             .unwrap();
     }
-    let server = AdsServer {
-        store: store.clone(),
-        auth: Arc::new(TokenAuth {
+    let server = AdsServer::new(
+        store.clone(),
+        Arc::new(TokenAuth {
             store: store.clone(),
             zone: String::new(),
             zone_keys: None,
         }),
-        cp_instance_id: "cp-1".into(),
-        zone: String::new(),
-        generates_ca: true,
-    };
+        "cp-1".into(),
+        String::new(),
+        true,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(

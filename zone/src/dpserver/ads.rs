@@ -1,8 +1,9 @@
 //! Envoy's delta ADS. Each stream serves one proxy: the first request names it (node id
 //! `<mesh>.<name>`, or the `dataplane.mesh`/`dataplane.name` metadata kuma-dp's bootstrap
 //! sets), its token is checked, and from then on its configuration is recomputed whenever the
-//! store changes something in its mesh (debounced), its certificate nears expiry, or Envoy
-//! subscribes to more. Only resources whose content changed are sent. A NACK is logged with
+//! snapshot cache publishes a new snapshot of its mesh ([`crate::dpserver::cache`]; zone
+//! proxies: of any mesh), its certificate nears expiry, or Envoy subscribes to more. Streams
+//! never read the store for configuration. Only resources whose content changed are sent. A NACK is logged with
 //! Envoy's reason; Envoy keeps the last configuration it accepted and nothing is resent until
 //! the configuration changes again.
 
@@ -20,20 +21,32 @@ use futures::{Stream, StreamExt};
 use model::Timestamp;
 use serde_json::{Value, json};
 use store::SharedStore;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use xds::wire;
 
 use crate::dpserver::auth::ProxyAuth;
+use crate::dpserver::cache::{MeshSnapshot, ZoneView};
 use crate::dpserver::insight::{CertState, StreamRecord};
-use crate::dpserver::snapshot::ProxyKind;
+
+/// Which proxy a configuration is for: what it is built from differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    Sidecar,
+    /// Serves every mesh's local instances to other zones.
+    Ingress,
+    /// Passes every mesh's cross-zone traffic to other zones' ingresses.
+    Egress,
+}
 
 /// Why a proxy's configuration could not be rebuilt (the last one stays in place).
 #[derive(Debug, thiserror::Error)]
 enum BuildError {
-    #[error("reading the mesh")]
-    Store(#[source] store::StoreError),
+    #[error("the mesh is not loaded (yet)")]
+    NoMesh,
+    #[error("no {0} of this name in this zone")]
+    NoZoneProxy(model::ResourceType),
     #[error(transparent)]
     Generate(#[from] xds::XdsError),
     #[error("encoding {name:?}")]
@@ -42,14 +55,8 @@ enum BuildError {
         #[source]
         source: wire::WireError,
     },
-    #[error("the proxy's {kind} spec")]
-    ZoneProxySpec {
-        kind: model::ResourceType,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error("the mesh CA")]
-    Ca(#[source] security::ca::MeshCaError),
+    Ca(#[source] Arc<security::ca::MeshCaError>),
     #[error("mTLS has no enabled backend")]
     NoBackend,
     #[error("the proxy's Dataplane is gone")]
@@ -60,8 +67,6 @@ enum BuildError {
     NoCertificate,
 }
 
-/// How long a burst of store changes is gathered before configuration is recomputed.
-pub const DEBOUNCE: Duration = Duration::from_millis(10);
 /// How often an open stream refreshes its DataplaneInsight (so a lost proxy turns Offline).
 pub const INSIGHT_FLUSH: Duration = Duration::from_secs(10);
 
@@ -85,13 +90,32 @@ fn is_wildcard_type(type_url: &str) -> bool {
 }
 
 pub struct AdsServer {
-    pub store: SharedStore,
-    pub auth: Arc<dyn ProxyAuth>,
-    pub cp_instance_id: String,
-    /// This control plane's zone: its proxies' locality, and whose ingresses are local.
-    pub zone: String,
-    /// False on a federated zone, which uses the builtin CAs global creates.
-    pub generates_ca: bool,
+    store: SharedStore,
+    auth: Arc<dyn ProxyAuth>,
+    cp_instance_id: String,
+    /// What every stream's configuration is computed from.
+    view: watch::Receiver<ZoneView>,
+}
+
+impl AdsServer {
+    /// An ADS server for the proxies of `zone` (empty on a standalone control plane), with its
+    /// snapshot cache. `generates_ca` is false on a federated zone, which uses the builtin CAs
+    /// global creates.
+    pub fn new(
+        store: SharedStore,
+        auth: Arc<dyn ProxyAuth>,
+        cp_instance_id: String,
+        zone: String,
+        generates_ca: bool,
+    ) -> Self {
+        let view = crate::dpserver::cache::start(store.clone(), zone, generates_ca);
+        AdsServer {
+            store,
+            auth,
+            cp_instance_id,
+            view,
+        }
+    }
 }
 
 type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
@@ -166,8 +190,8 @@ impl AggregatedDiscoveryService for AdsServer {
         };
         let mut stream = ProxyStream {
             store: self.store.clone(),
-            zone: self.zone.clone(),
-            generates_ca: self.generates_ca,
+            view: self.view.clone(),
+            seen: Fingerprint::default(),
             kind: match owner {
                 model::ResourceType::ZoneIngress => ProxyKind::Ingress,
                 model::ResourceType::ZoneEgress => ProxyKind::Egress,
@@ -183,9 +207,8 @@ impl AggregatedDiscoveryService for AdsServer {
             record,
             cert: None,
         };
-        let events = self.store.subscribe();
         tokio::spawn(async move {
-            let result = stream.run(first, requests, events).await;
+            let result = stream.run(first, requests).await;
             stream.record.disconnect_time = Some(Timestamp::now());
             if let Err(e) = crate::dpserver::insight::write(&stream.store, &stream.record).await {
                 tracing::warn!(mesh = %stream.mesh, name = %stream.name, error = %e, "could not record the disconnect");
@@ -284,10 +307,15 @@ struct IssuedCert {
     rotate_at: tokio::time::Instant,
 }
 
+/// The snapshots a configuration was last computed from.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Fingerprint(Vec<usize>);
+
 struct ProxyStream {
+    /// For insights only: configuration comes from `view`.
     store: SharedStore,
-    zone: String,
-    generates_ca: bool,
+    view: watch::Receiver<ZoneView>,
+    seen: Fingerprint,
     /// A sidecar, or a zone ingress or egress (whose mesh is empty).
     kind: ProxyKind,
     mesh: String,
@@ -325,9 +353,8 @@ impl ProxyStream {
         &mut self,
         first: DeltaDiscoveryRequest,
         mut requests: Streaming<DeltaDiscoveryRequest>,
-        mut events: broadcast::Receiver<store::ChangeEvent>,
     ) -> Result<(), StreamError> {
-        self.recompute().await;
+        self.recompute();
         self.handle(first).await?;
         self.flush_insight().await;
         let mut flush = tokio::time::interval(INSIGHT_FLUSH);
@@ -344,24 +371,21 @@ impl ProxyStream {
                     Some(Err(status)) => return Err(status.into()),
                     Some(Ok(req)) => self.handle(req).await?,
                 },
-                ev = events.recv() => {
-                    let relevant = match ev {
-                        Ok(ev) => crate::dpserver::snapshot::affects(&ev.key, self.kind, &self.mesh),
-                        Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                    };
-                    if !relevant {
+                changed = self.view.changed() => {
+                    if changed.is_err() {
+                        // The cache stopped: the server is going away.
+                        return Ok(());
+                    }
+                    if self.fingerprint() == self.seen {
                         continue;
                     }
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while events.try_recv().is_ok() {}
-                    self.recompute().await;
+                    self.recompute();
                     self.push_all().await?;
                 }
                 () = tokio::time::sleep_until(rotate_at) => {
                     tracing::info!(mesh = %self.mesh, name = %self.name, "rotating the proxy certificate");
                     self.cert = None;
-                    self.recompute().await;
+                    self.recompute();
                     self.push_all().await?;
                 }
                 _ = flush.tick() => self.flush_insight().await,
@@ -510,14 +534,37 @@ impl ProxyStream {
         Ok(())
     }
 
-    /// Rebuilds the proxy's configuration from the store; on failure the last one stays.
-    async fn recompute(&mut self) {
-        match self.build().await {
+    /// Which snapshots this proxy's configuration depends on: its mesh's (a sidecar), or every
+    /// mesh's and the zone proxies' (an ingress or egress). Unchanged snapshots keep their
+    /// pointers, so comparing pointers says whether anything it depends on changed.
+    fn fingerprint(&self) -> Fingerprint {
+        let view = self.view.borrow();
+        let ptr = |s: &Arc<MeshSnapshot>| Arc::as_ptr(s) as usize;
+        Fingerprint(match self.kind {
+            ProxyKind::Sidecar => view.meshes.get(&self.mesh).map(ptr).into_iter().collect(),
+            ProxyKind::Ingress | ProxyKind::Egress => view
+                .meshes
+                .values()
+                .map(ptr)
+                .chain([Arc::as_ptr(&view.zone_proxies) as usize])
+                .collect(),
+        })
+    }
+
+    /// Rebuilds the proxy's configuration from the latest snapshots; on failure the last one
+    /// stays.
+    fn recompute(&mut self) {
+        self.seen = self.fingerprint();
+        match self.build() {
             Ok(config) => {
                 if config != self.config {
                     self.record.generation += 1;
                     self.config = config;
                 }
+            }
+            // Only while the cache loads at start-up (a proxy is admitted only with its mesh).
+            Err(BuildError::NoMesh) => {
+                tracing::debug!(mesh = %self.mesh, name = %self.name, "mesh not loaded yet");
             }
             Err(e) => {
                 let error = model::error_chain(&e);
@@ -526,20 +573,23 @@ impl ProxyStream {
         }
     }
 
-    async fn build(&mut self) -> Result<Config, BuildError> {
+    fn build(&mut self) -> Result<Config, BuildError> {
         match self.kind {
-            ProxyKind::Ingress => return self.build_ingress().await,
-            ProxyKind::Egress => return self.build_egress().await,
+            ProxyKind::Ingress => return self.build_zone_proxy(),
+            ProxyKind::Egress => return self.build_zone_proxy(),
             ProxyKind::Sidecar => {}
         }
-        let (mesh_spec, snapshot) =
-            crate::dpserver::snapshot::load(&self.store, &self.mesh, &self.zone)
-                .await
-                .map_err(BuildError::Store)?;
-        let resources = xds::sidecar(&snapshot, &self.name)?;
+        let snapshot = self
+            .view
+            .borrow()
+            .meshes
+            .get(&self.mesh)
+            .cloned()
+            .ok_or(BuildError::NoMesh)?;
+        let resources = xds::sidecar(&snapshot.context, &self.name)?;
         let mut config = encode(&resources)?;
-        if snapshot.mtls {
-            let secrets = self.certificate(&mesh_spec, &snapshot).await?;
+        if snapshot.context.mtls {
+            let secrets = self.certificate(&snapshot)?;
             let mut add = adder(&mut config);
             add(wire::SECRET, "name", &secrets)?;
         } else {
@@ -549,36 +599,32 @@ impl ProxyStream {
         Ok(config)
     }
 
-    /// A zone ingress: SNI passthrough to the local instances of every mesh's services.
-    async fn build_ingress(&self) -> Result<Config, BuildError> {
-        let spec: model::specs::zone::ZoneIngressSpec = self.zone_proxy_spec().await?;
-        let listener = listener(&spec.networking.address, spec.networking.port);
-        let meshes = crate::dpserver::snapshot::load_all(&self.store, &self.zone)
-            .await
-            .map_err(BuildError::Store)?;
-        encode(&xds::generator::ingress::generate(&listener, &meshes))
-    }
-
-    /// A zone egress: SNI passthrough to the other zones' ingresses, for every mesh that
-    /// routes cross-zone traffic through egresses.
-    async fn build_egress(&self) -> Result<Config, BuildError> {
-        let spec: model::specs::zone::ZoneEgressSpec = self.zone_proxy_spec().await?;
-        let listener = listener(&spec.networking.address, spec.networking.port);
-        let meshes = crate::dpserver::snapshot::load_for_egress(&self.store, &self.zone)
-            .await
-            .map_err(BuildError::Store)?;
-        encode(&xds::generator::egress::generate(&listener, &meshes))
-    }
-
-    /// The stored ZoneIngress or ZoneEgress this stream serves.
-    async fn zone_proxy_spec<T: serde::de::DeserializeOwned>(&self) -> Result<T, BuildError> {
-        let kind = match self.kind {
-            ProxyKind::Egress => model::ResourceType::ZoneEgress,
-            _ => model::ResourceType::ZoneIngress,
-        };
-        let key = model::ResourceKey::new(kind, "", &self.name);
-        let r = self.store.get(&key).await.map_err(BuildError::Store)?;
-        serde_json::from_value(r.spec).map_err(|source| BuildError::ZoneProxySpec { kind, source })
+    /// A zone ingress (SNI passthrough to the local instances of every mesh's services) or a
+    /// zone egress (SNI passthrough to other zones' ingresses, for every mesh that routes
+    /// cross-zone traffic through egresses).
+    fn build_zone_proxy(&self) -> Result<Config, BuildError> {
+        let view = self.view.borrow().clone();
+        let meshes: Vec<xds::MeshContext> =
+            view.meshes.values().map(|m| m.context.clone()).collect();
+        let zp = &view.zone_proxies;
+        match self.kind {
+            ProxyKind::Egress => {
+                let spec = zp
+                    .egresses
+                    .get(&self.name)
+                    .ok_or(BuildError::NoZoneProxy(model::ResourceType::ZoneEgress))?;
+                let listener = listener(&spec.networking.address, spec.networking.port);
+                encode(&xds::generator::egress::generate(&listener, &meshes))
+            }
+            _ => {
+                let spec = zp
+                    .ingresses
+                    .get(&self.name)
+                    .ok_or(BuildError::NoZoneProxy(model::ResourceType::ZoneIngress))?;
+                let listener = listener(&spec.networking.address, spec.networking.port);
+                encode(&xds::generator::ingress::generate(&listener, &meshes))
+            }
+        }
     }
 }
 
@@ -629,19 +675,16 @@ fn encode(resources: &xds::ProxyResources) -> Result<Config, BuildError> {
 impl ProxyStream {
     /// The proxy's SDS secrets, issuing a certificate when there is none, the CA changed or the
     /// proxy's identity changed.
-    async fn certificate(
-        &mut self,
-        mesh_spec: &model::specs::mesh::MeshSpec,
-        snapshot: &xds::MeshContext,
-    ) -> Result<Vec<Value>, BuildError> {
-        let ca = security::ca::mesh_ca(&self.store, &self.mesh, mesh_spec, self.generates_ca)
-            .await
-            .map_err(BuildError::Ca)?
+    fn certificate(&mut self, snapshot: &MeshSnapshot) -> Result<Vec<Value>, BuildError> {
+        let ca = snapshot
+            .ca
+            .as_ref()
+            .map_err(|e| BuildError::Ca(e.clone()))?
+            .as_ref()
             .ok_or(BuildError::NoBackend)?;
         let proxy = snapshot
-            .dataplanes
-            .iter()
-            .find(|d| d.name == self.name)
+            .context
+            .dataplane(&self.name)
             .ok_or(BuildError::ProxyGone)?;
         let uris = xds::generator::sidecar::identity_uris(&self.mesh, proxy);
         let current = self.cert.as_ref().is_some_and(|c| {

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod ads;
 pub mod auth;
 pub mod bootstrap;
+pub mod cache;
 pub mod insight;
 pub mod snapshot;
 
@@ -64,13 +65,13 @@ pub async fn serve(
         );
         Arc::new(auth::NoAuth)
     };
-    let ads = ads::AdsServer {
-        store: store.clone(),
-        auth: auth.clone(),
-        cp_instance_id: config.cp_instance_id.clone(),
-        zone: config.zone.clone(),
-        generates_ca: !config.federated,
-    };
+    let ads = ads::AdsServer::new(
+        store.clone(),
+        auth.clone(),
+        config.cp_instance_id.clone(),
+        config.zone.clone(),
+        !config.federated,
+    );
     let admin = admin::AdminService {
         store: store.clone(),
         auth: auth.clone(),
