@@ -1,9 +1,15 @@
-//! A short run of `kds-bench`, so the benchmark keeps working; figures are not judged here
+//! Short runs of `kds-bench` and `xds-bench`, so the benchmarks keep working; figures are not judged here
 //! (they belong to `docs/performance.md`, measured in release builds).
 #![allow(clippy::unwrap_used)]
 
+/// One test, so the two benchmarks' control planes never compete for the machine or ports.
 #[test]
-fn kds_bench_runs_and_prints_its_json_line() {
+fn benchmarks_run_and_print_their_json_lines() {
+    kds_bench();
+    xds_bench();
+}
+
+fn kds_bench() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kds-bench"))
         .args([
             "--zones",
@@ -42,4 +48,43 @@ fn kds_bench_runs_and_prints_its_json_line() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--zones must be a number"));
+}
+
+fn xds_bench() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xds-bench"))
+        .args([
+            "--proxies",
+            "5",
+            "--services",
+            "10",
+            "--changes",
+            "3",
+            "--floor",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["proxies"], 5);
+    for key in [
+        "floor_p99_ms",
+        "eds_p99_ms",
+        "policy_p99_ms",
+        "first_config_p99_ms",
+        "store_reads_per_change",
+    ] {
+        assert!(last[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {last}");
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_xds-bench"))
+        .args(["--proxies", "lots"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--proxies must be a number"));
 }
