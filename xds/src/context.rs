@@ -71,16 +71,24 @@ pub struct ParseFailure {
     pub error: serde_json::Error,
 }
 
-/// A mesh's policies, by type, each parsed into its typed spec once per context.
+/// One policy type's policies: parsed once into the typed spec, and as stored (what the rule
+/// engine reads, so it treats every type alike).
+#[derive(Clone)]
+struct OfKind {
+    typed: Arc<dyn Any + Send + Sync>,
+    raw: Arc<Vec<RawPolicy>>,
+}
+
+/// A mesh's policies, by type.
 #[derive(Clone, Default)]
 pub struct Policies {
-    by_kind: BTreeMap<ResourceType, (usize, Arc<dyn Any + Send + Sync>)>,
+    by_kind: BTreeMap<ResourceType, OfKind>,
 }
 
 impl std::fmt::Debug for Policies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(self.by_kind.iter().map(|(k, (n, _))| (k, n)))
+            .entries(self.by_kind.iter().map(|(k, p)| (k, p.raw.len())))
             .finish()
     }
 }
@@ -90,13 +98,38 @@ impl Policies {
     pub fn of<S: PolicySpec>(&self) -> &[Policy<S>] {
         self.by_kind
             .get(&S::KIND)
-            .and_then(|(_, p)| p.downcast_ref::<Vec<Policy<S>>>())
+            .and_then(|p| p.typed.downcast_ref::<Vec<Policy<S>>>())
             .map_or(&[], Vec::as_slice)
     }
 
+    /// The policies of `kind` as stored, in name order (none if that type was not loaded).
+    pub fn raw(&self, kind: ResourceType) -> &[RawPolicy] {
+        self.by_kind.get(&kind).map_or(&[], |p| p.raw.as_slice())
+    }
+
     pub fn set<S: PolicySpec>(&mut self, policies: Vec<Policy<S>>) {
-        self.by_kind
-            .insert(S::KIND, (policies.len(), Arc::new(policies)));
+        let raw = policies
+            .iter()
+            .map(|p| RawPolicy {
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                spec: serde_json::to_value(&p.spec).unwrap_or_default(),
+            })
+            .collect();
+        self.insert(S::KIND, policies, raw);
+    }
+
+    fn insert<S: PolicySpec>(
+        &mut self,
+        kind: ResourceType,
+        typed: Vec<Policy<S>>,
+        raw: Vec<RawPolicy>,
+    ) {
+        let entry = OfKind {
+            typed: Arc::new(typed),
+            raw: Arc::new(raw),
+        };
+        self.by_kind.insert(kind, entry);
     }
 
     pub fn with<S: PolicySpec>(mut self, policies: Vec<Policy<S>>) -> Self {
@@ -139,14 +172,18 @@ impl Policies {
 
     fn load_typed<S: PolicySpec>(&mut self, raw: Vec<RawPolicy>) -> Vec<ParseFailure> {
         let mut parsed = Vec::with_capacity(raw.len());
+        let mut kept = Vec::with_capacity(raw.len());
         let mut failures = Vec::new();
         for r in raw {
-            match serde_json::from_value::<S>(r.spec) {
-                Ok(spec) => parsed.push(Policy {
-                    name: r.name,
-                    labels: r.labels,
-                    spec,
-                }),
+            match serde_json::from_value::<S>(r.spec.clone()) {
+                Ok(spec) => {
+                    parsed.push(Policy {
+                        name: r.name.clone(),
+                        labels: r.labels.clone(),
+                        spec,
+                    });
+                    kept.push(r);
+                }
                 Err(error) => failures.push(ParseFailure {
                     kind: S::KIND,
                     name: r.name,
@@ -154,7 +191,7 @@ impl Policies {
                 }),
             }
         }
-        self.set(parsed);
+        self.insert(S::KIND, parsed, kept);
         failures
     }
 }

@@ -10,14 +10,15 @@
 use model::ResourceType;
 use model::specs::policy::{
     HashPolicy, HashPolicyType, LoadBalancer, LoadBalancerType, LoadBalancingConf,
-    LocalityAwareness, MeshLoadBalancingStrategySpec,
+    LocalityAwareness,
 };
 use serde_json::{Value, json};
 
-use crate::context::{DataplaneEntry, MeshContext, Policy};
+use crate::context::{DataplaneEntry, MeshContext};
 use crate::generator::endpoints::load_assignment;
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::{merge, selects_proxy, to_rank, top_rank, top_target};
+use crate::rules::build::to_rule;
+use crate::rules::matching::{Matched, matched_policies};
 
 pub struct Plugin;
 
@@ -27,12 +28,12 @@ impl super::PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let policies = mesh.policies.of::<MeshLoadBalancingStrategySpec>();
+        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
         let caller_tags = proxy.caller_tags();
         let confs: Vec<Effective> = rs
             .destinations
             .iter()
-            .map(|d| effective(policies, proxy, &d.service))
+            .map(|d| effective(&matching.matched, &d.service))
             .collect();
         for (d, conf) in confs.iter().enumerate() {
             let dest = &rs.destinations[d];
@@ -80,35 +81,12 @@ struct Effective {
     pub hash_policies: Option<Vec<HashPolicy>>,
 }
 
-/// Merges every `to` entry that applies to `proxy` calling `service`: a more specific
-/// destination wins over `Mesh`, then a more specific top-level `targetRef`, then the later
-/// policy name. Objects merge field by field; lists are replaced, not appended.
-fn effective(
-    policies: &[Policy<MeshLoadBalancingStrategySpec>],
-    proxy: &DataplaneEntry,
-    service: &str,
-) -> Effective {
-    let mut entries: Vec<(u8, u8, &str, usize, &LoadBalancingConf)> = Vec::new();
-    for p in policies {
-        let top = top_target(&p.spec.target_ref);
-        if !selects_proxy(&top, proxy) {
-            continue;
-        }
-        for (i, to) in p.spec.to.iter().enumerate() {
-            if let (Some(rank), Some(conf)) = (to_rank(&to.target_ref, service), &to.default) {
-                entries.push((rank, top_rank(&top.kind), &p.name, i, conf));
-            }
-        }
-    }
-    entries.sort_by(|a, b| (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3)));
-    let mut merged = Value::Object(Default::default());
-    for (.., conf) in entries {
-        if let Ok(v) = serde_json::to_value(conf) {
-            merge(&mut merged, v);
-        }
-    }
-    // Every part was a valid conf, and a merge of valid confs is one; default if not.
-    let conf: LoadBalancingConf = serde_json::from_value(merged).unwrap_or_default();
+/// The merged `to[]` confs for calls to `service` (Kuma's rules: a later policy in Kuma's
+/// order overrides an earlier one, objects merge field by field, lists are replaced).
+fn effective(matched: &[Matched<'_>], service: &str) -> Effective {
+    let conf: LoadBalancingConf = to_rule(matched, service)
+        .and_then(|r| serde_json::from_value(r.conf).ok())
+        .unwrap_or_default();
     Effective {
         locality: conf.locality_awareness.unwrap_or_default(),
         load_balancer: conf.load_balancer,

@@ -1,23 +1,22 @@
-//! MeshTrafficPermission as Envoy's network RBAC filter, first on every mTLS inbound. Clients are told apart
-//! by the URI SANs of their verified certificates (`spiffe://<mesh>/<service>`,
+//! MeshTrafficPermission as Envoy's network RBAC filter, first on every mTLS inbound. Clients
+//! are told apart by the URI SANs of their verified certificates (`spiffe://<mesh>/<service>`,
 //! `kuma://<tag>/<value>`). As in Kuma, the most specific `from` entry that matches a client
-//! decides: `MeshServiceSubset` > `MeshService` > `MeshSubset` > `Mesh`; among policies, one
-//! with a more specific top-level `targetRef` overrides, then the later name. With mTLS on and
-//! no permission selecting the inbound, nothing is allowed.
+//! decides: `MeshServiceSubset` > `MeshService` > `MeshSubset` > `Mesh`; for the same clients,
+//! a later policy in Kuma's order ([`crate::rules::order`]) overrides an earlier one. With mTLS
+//! on and no permission selecting the inbound, nothing is allowed.
 
 use std::collections::BTreeMap;
 
 use model::ResourceType;
 use model::labels::SERVICE_TAG;
-use model::specs::dataplane::Inbound;
-use model::specs::policy::{MeshTrafficPermissionSpec, MtpAction};
+use model::specs::policy::MtpAction;
 use model::specs::targetref::{TargetRef, TargetRefKind};
 use serde_json::{Value, json};
 
 use crate::context::{DataplaneEntry, MeshContext};
 use crate::envoy::names::{spiffe_id, stat_name};
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::{selects_inbound, top_rank, top_target};
+use crate::rules::matching::{Matched, matched_policies};
 
 pub struct Plugin;
 
@@ -31,12 +30,14 @@ impl super::PolicyPlugin for Plugin {
         if !mesh.mtls {
             return;
         }
+        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
         for (origin, mut listener) in rs.listeners_mut() {
             let Origin::Inbound(i) = origin else { continue };
-            let Some(inbound) = proxy.spec.networking.inbound.get(i) else {
+            if proxy.spec.networking.inbound.get(i).is_none() {
                 continue;
-            };
-            let filter = inbound_filter(mesh, proxy, inbound, listener.name());
+            }
+            let entries = merged_entries(&matching.matched, i);
+            let filter = inbound_filter(&mesh.mesh, &entries, listener.name());
             listener.prepend_network_filter(filter);
         }
     }
@@ -99,31 +100,23 @@ impl Clients {
     }
 }
 
-/// The merged `from` entries that apply to one inbound, most specific first.
-fn merged_entries(
-    mesh: &MeshContext,
-    proxy: &DataplaneEntry,
-    inbound: &Inbound,
-) -> Vec<(Clients, MtpAction)> {
-    let mut selecting: Vec<_> = mesh
-        .policies
-        .of::<MeshTrafficPermissionSpec>()
-        .iter()
-        .filter(|p| selects_inbound(&top_target(&p.spec.target_ref), proxy, inbound))
-        .collect();
-    let rank = |t: &Option<TargetRef>| t.as_ref().map_or(0, |t| top_rank(&t.kind));
-    selecting.sort_by(|a, b| {
-        rank(&a.spec.target_ref)
-            .cmp(&rank(&b.spec.target_ref))
-            .then_with(|| a.name.cmp(&b.name))
-    });
+/// The merged `from` entries of the policies selecting inbound `inbound`, most specific
+/// first; for the same clients the later policy (in Kuma's order) wins.
+fn merged_entries(matched: &[Matched<'_>], inbound: usize) -> Vec<(Clients, MtpAction)> {
     let mut merged: BTreeMap<Clients, MtpAction> = BTreeMap::new();
-    for policy in selecting {
-        for from in &policy.spec.from {
-            let (Some(clients), Some(action)) = (
-                Clients::from_target_ref(&from.target_ref),
-                from.default.as_ref().and_then(|d| d.action),
-            ) else {
+    for m in matched.iter().filter(|m| m.inbounds.contains(&inbound)) {
+        let from = m.policy.spec.get("from").and_then(Value::as_array);
+        for entry in from.into_iter().flatten() {
+            let target = entry
+                .get("targetRef")
+                .and_then(|t| serde_json::from_value::<TargetRef>(t.clone()).ok());
+            let action = entry
+                .get("default")
+                .and_then(|d| d.get("action"))
+                .and_then(|a| serde_json::from_value::<MtpAction>(a.clone()).ok());
+            let (Some(clients), Some(action)) =
+                (target.as_ref().and_then(Clients::from_target_ref), action)
+            else {
                 continue;
             };
             merged.insert(clients, action);
@@ -168,18 +161,12 @@ fn rules(
 }
 
 /// The RBAC filter for one mTLS inbound.
-fn inbound_filter(
-    mesh: &MeshContext,
-    proxy: &DataplaneEntry,
-    inbound: &Inbound,
-    listener: &str,
-) -> Value {
-    let entries = merged_entries(mesh, proxy, inbound);
+fn inbound_filter(mesh: &str, entries: &[(Clients, MtpAction)], listener: &str) -> Value {
     let enforced = |a: MtpAction| matches!(a, MtpAction::Allow | MtpAction::AllowWithShadowDeny);
     let mut config = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
         "stat_prefix": format!("{}.", stat_name(listener)),
-        "rules": rules(&mesh.mesh, &entries, enforced),
+        "rules": rules(mesh, entries, enforced),
     });
     let shadowed = entries.iter().any(|(_, a)| {
         matches!(
@@ -190,7 +177,7 @@ fn inbound_filter(
     if shadowed {
         // What would happen with the shadow actions applied: counted in `shadow_` stats only.
         let shadow = |a: MtpAction| matches!(a, MtpAction::Allow | MtpAction::DenyWithShadowAllow);
-        config["shadow_rules"] = rules(&mesh.mesh, &entries, shadow);
+        config["shadow_rules"] = rules(mesh, entries, shadow);
         config["shadow_rules_stat_prefix"] = json!("shadow_");
     }
     json!({"name": "envoy.filters.network.rbac", "typed_config": config})

@@ -50,7 +50,9 @@ use serde_json::Value;
 use crate::validate::{Validate, ValidationError, validate_as};
 
 /// A targetRef policy's typed spec, tied to its resource type.
-pub trait PolicySpec: DeserializeOwned + Validate + Send + Sync + 'static {
+pub trait PolicySpec:
+    DeserializeOwned + serde::Serialize + Validate + Send + Sync + 'static
+{
     const KIND: crate::ResourceType;
 }
 
