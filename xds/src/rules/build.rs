@@ -175,7 +175,7 @@ pub fn inbound_rules(
         }
     }
     // Stable: equal specificity keeps the policy order.
-    out.sort_by(|a, b| specificity(&b.matches).cmp(&specificity(&a.matches)));
+    out.sort_by_key(|r| std::cmp::Reverse(specificity(&r.matches)));
     out
 }
 
