@@ -62,6 +62,8 @@ pub struct ResourceSet {
     pub destinations: Vec<Destination>,
     /// Names of the SDS secrets the configuration refers to.
     pub secret_names: Vec<String>,
+    /// What a plugin could not apply, for the control plane to log and show.
+    pub warnings: Vec<String>,
 }
 
 /// Envoy resources for one proxy, each Envoy's JSON for its message type.
@@ -73,6 +75,8 @@ pub struct ProxyResources {
     pub endpoints: Vec<Value>,
     /// Names of the SDS secrets the configuration refers to.
     pub secret_names: Vec<String>,
+    /// What a plugin could not apply (the rest of the configuration stands).
+    pub warnings: Vec<String>,
 }
 
 impl ResourceSet {
@@ -119,6 +123,7 @@ impl ResourceSet {
             clusters: values(self.clusters),
             endpoints: values(self.endpoints),
             secret_names: self.secret_names,
+            warnings: self.warnings,
         }
     }
 }

@@ -2,87 +2,12 @@
 //! Every resource is also encoded against Envoy's schema, so a golden file cannot hold a field
 //! Envoy would not accept.
 
-use model::specs::dataplane::DataplaneSpec;
-use model::specs::policy::MeshTrafficPermissionSpec;
+mod common;
+
+use common::{allow_all, check_schema, config, mesh, permission};
 use serde_json::{Value, json};
 use xds::generator::{egress, ingress};
-use xds::{DataplaneEntry, MeshContext, Policies, Policy, ProxyResources, RemoteIngress, wire};
-
-fn dataplane(name: &str, spec: Value) -> DataplaneEntry {
-    DataplaneEntry {
-        name: name.into(),
-        labels: Default::default(),
-        spec: serde_json::from_value::<DataplaneSpec>(spec).expect("dataplane spec"),
-    }
-}
-
-fn permission(name: &str, spec: Value) -> Policy<MeshTrafficPermissionSpec> {
-    Policy::new(name, serde_json::from_value(spec).expect("permission spec"))
-}
-
-fn mesh(
-    protocol: &str,
-    mtls: bool,
-    permissions: Vec<Policy<MeshTrafficPermissionSpec>>,
-) -> MeshContext {
-    MeshContext {
-        mesh: "default".into(),
-        mtls,
-        dataplanes: vec![
-            dataplane(
-                "web-1",
-                json!({"networking": {"address": "10.0.0.1",
-                "inbound": [{"port": 20080, "servicePort": 8080, "tags": {"kuma.io/service": "web", "kuma.io/protocol": protocol}}],
-                "outbound": [{"port": 10001, "tags": {"kuma.io/service": "backend"}},
-                             {"port": 10002, "tags": {"kuma.io/service": "missing"}}]}}),
-            ),
-            dataplane(
-                "backend-1",
-                json!({"networking": {"address": "10.0.0.2",
-                "inbound": [{"port": 20081, "servicePort": 8081, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": protocol, "version": "v1"}}]}}),
-            ),
-            dataplane(
-                "backend-2",
-                json!({"networking": {"address": "10.0.0.3",
-                "inbound": [{"port": 20081, "servicePort": 8081, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": protocol, "version": "v2"}}]}}),
-            ),
-            dataplane(
-                "backend-down",
-                json!({"networking": {"address": "10.0.0.4",
-                "inbound": [{"port": 20081, "servicePort": 8081, "health": {"ready": false}, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": protocol}}]}}),
-            ),
-        ],
-        policies: Policies::default().with(permissions),
-        ..Default::default()
-    }
-}
-
-fn check_schema(r: &ProxyResources) {
-    for l in &r.listeners {
-        wire::encode(wire::LISTENER, l).unwrap_or_else(|e| panic!("listener {}: {e}", l["name"]));
-    }
-    for c in &r.clusters {
-        wire::encode(wire::CLUSTER, c).unwrap_or_else(|e| panic!("cluster {}: {e}", c["name"]));
-    }
-    for e in &r.endpoints {
-        wire::encode(wire::ENDPOINTS, e)
-            .unwrap_or_else(|err| panic!("endpoints {}: {err}", e["cluster_name"]));
-    }
-}
-
-fn config(mesh: &MeshContext, proxy: &str) -> Value {
-    let r = xds::sidecar(mesh, proxy).expect("generate");
-    check_schema(&r);
-    json!({"listeners": r.listeners, "clusters": r.clusters, "endpoints": r.endpoints, "secrets": r.secret_names})
-}
-
-fn allow_all() -> Policy<MeshTrafficPermissionSpec> {
-    permission(
-        "allow-all-default",
-        json!({"targetRef": {"kind": "Mesh"},
-        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}),
-    )
-}
+use xds::{MeshContext, Policy, RemoteIngress};
 
 #[test]
 fn plain_tcp() {
@@ -444,12 +369,7 @@ fn load_balancing_disabled_locality() {
 /// policies): each backend view becomes a static bootstrap for `envoy --mode validate`.
 #[test]
 fn envoy_validates_load_balancing_configs() {
-    let Some(envoy) = std::env::var_os("ENVOY_BINARY") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run this with ENVOY_BINARY set (scripts/test.sh sets it)"
-        );
-        eprintln!("SKIPPED envoy_validates_load_balancing_configs: ENVOY_BINARY is not set");
+    let Some(envoy) = common::envoy_or_skip("the load-balancing configs") else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("xds-lb-validate-{}", std::process::id()));

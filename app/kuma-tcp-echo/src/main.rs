@@ -1,7 +1,10 @@
 //! `kuma-tcp-echo`: the demo app behind the mesh. By default it echoes the bytes of every TCP
 //! connection back, as Kuma's `kuma-tcp-echo`; with `--http` it answers every HTTP/1.1 request
 //! with JSON naming the instance and zone that answered and what it received, so routing and
-//! header policies can be seen from the client.
+//! header policies can be seen from the client. An HTTP request can also ask for trouble, so
+//! timeout, retry and circuit-breaker policies can be seen working: `?delay=500ms` answers
+//! late, `?status=503` answers with that status, and `?fail=2&key=k` answers 503 to the first
+//! two requests that carry key `k` and 200 afterwards.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -60,24 +63,39 @@ struct Cli {
     drain_timeout: Duration,
 }
 
+/// A flag or query value that is not a duration.
+#[derive(Debug)]
+struct BadDuration(String);
+
+impl std::fmt::Display for BadDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid duration {:?}: expected e.g. 500ms, 10s, 1m, 1h",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BadDuration {}
+
 /// `500ms`, `10s`, `1m`, `1h`, or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> Result<Duration, BadDuration> {
     let s = s.trim();
+    let bad = || BadDuration(s.to_string());
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 10s, 1m"))?;
+    let value: f64 = number.parse().map_err(|_| bad())?;
     let scale = match unit {
         "ms" => 0.001,
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
+        _ => return Err(bad()),
     };
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {s:?}: {e}"))
+    Duration::try_from_secs_f64(value * scale).map_err(|_| bad())
 }
 
 /// Kuma's binary is a Go program taking `-port 8000`; accept that spelling too so existing
@@ -139,6 +157,7 @@ async fn run(cli: Cli) -> std::io::Result<()> {
         let identity = Arc::new(Identity {
             instance,
             zone: cli.zone.clone(),
+            failures: Default::default(),
         });
         serve_http(listener, identity, &cli, shutdown).await;
     } else {
@@ -229,6 +248,58 @@ fn http_request_line(chunk: &[u8]) -> Option<(&str, &str, &str)> {
 struct Identity {
     instance: String,
     zone: String,
+    /// `?fail=N&key=K`: how many requests of each key were answered so far.
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+/// Longest `?delay=` honoured: a test's slow answer, not a way to hold connections forever.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+/// Keys `?fail=` remembers; a new key beyond this forgets the others.
+const MAX_FAIL_KEYS: usize = 10_000;
+
+/// What a request asked for with its query string; unknown or malformed parameters are
+/// ignored, as a demo app should.
+#[derive(Debug, Default, PartialEq)]
+struct Trouble {
+    delay: Option<Duration>,
+    status: Option<StatusCode>,
+    fail: Option<(u32, String)>,
+}
+
+fn trouble(query: Option<&str>) -> Trouble {
+    let mut out = Trouble::default();
+    let mut fail = None;
+    let mut key = String::new();
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "delay" => out.delay = parse_duration(v).ok().map(|d| d.min(MAX_DELAY)),
+            "status" => {
+                out.status = v
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+            }
+            "fail" => fail = v.parse::<u32>().ok(),
+            "key" => key = v.to_string(),
+            _ => {}
+        }
+    }
+    out.fail = fail.map(|n| (n, key));
+    out
+}
+
+impl Identity {
+    /// Whether this request of `key` is one of the first `n`.
+    fn should_fail(&self, n: u32, key: &str) -> bool {
+        let mut seen = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.contains_key(key) && seen.len() >= MAX_FAIL_KEYS {
+            seen.clear();
+        }
+        let count = seen.entry(key.to_string()).or_insert(0);
+        *count += 1;
+        *count <= n
+    }
 }
 
 async fn serve_http(
@@ -291,12 +362,25 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let read = tokio::time::timeout(body_timeout, Limited::new(body, max_body).collect()).await;
-    let status = match read {
+    let mut status = match read {
         Ok(Ok(_)) => StatusCode::OK,
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => StatusCode::PAYLOAD_TOO_LARGE,
         Ok(Err(_)) => StatusCode::BAD_REQUEST,
         Err(_) => StatusCode::REQUEST_TIMEOUT,
     };
+    let asked = trouble(parts.uri.query());
+    if let Some(d) = asked.delay {
+        tokio::time::sleep(d).await;
+    }
+    if status == StatusCode::OK {
+        if let Some((n, key)) = &asked.fail
+            && identity.should_fail(*n, key)
+        {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+        } else if let Some(s) = asked.status {
+            status = s;
+        }
+    }
     let mut headers = serde_json::Map::new();
     for (name, value) in &parts.headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -443,6 +527,26 @@ mod tests {
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("1d").is_err());
+    }
+
+    #[test]
+    fn trouble_on_demand() {
+        assert_eq!(trouble(None), Trouble::default());
+        let t = trouble(Some("delay=250ms&status=418&x=1"));
+        assert_eq!(t.delay, Some(Duration::from_millis(250)));
+        assert_eq!(t.status, Some(StatusCode::IM_A_TEAPOT));
+        assert_eq!(trouble(Some("delay=1h")).delay, Some(MAX_DELAY));
+        assert_eq!(trouble(Some("status=1000&delay=soon")), Trouble::default());
+        let identity = Identity {
+            instance: "i".into(),
+            zone: String::new(),
+            failures: Default::default(),
+        };
+        let t = trouble(Some("fail=2&key=k"));
+        let (n, key) = t.fail.unwrap();
+        let answers: Vec<bool> = (0..4).map(|_| identity.should_fail(n, &key)).collect();
+        assert_eq!(answers, [true, true, false, false]);
+        assert!(identity.should_fail(1, "other"), "keys count apart");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub fn set_transport_socket(cluster: &mut Value, socket: Value) {
     cluster["transport_socket"] = socket;
 }
 
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
 /// A cluster as a policy edits it.
 pub struct ClusterMut<'a>(pub(crate) &'a mut Value);
 
@@ -62,5 +64,36 @@ impl ClusterMut<'_> {
         if let Some(s) = socket {
             cluster.insert("transport_socket".into(), s);
         }
+    }
+
+    /// The cluster's upstream `HttpProtocolOptions`, created (HTTP/1.1 unless the cluster
+    /// already speaks HTTP/2 upstream) when it has none; `None` only for a malformed cluster.
+    pub fn http_protocol_options(&mut self) -> Option<&mut Map<String, Value>> {
+        if self.0.get("typed_extension_protocol_options").is_none() {
+            let mut options = Map::new();
+            options.insert(
+                HTTP_PROTOCOL_OPTIONS.into(),
+                json!({
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http_protocol_options": {}}
+                }),
+            );
+            self.set_fields(Map::from_iter([(
+                "typed_extension_protocol_options".to_string(),
+                Value::Object(options),
+            )]));
+        }
+        let options = self
+            .0
+            .get_mut("typed_extension_protocol_options")?
+            .as_object_mut()?
+            .entry(HTTP_PROTOCOL_OPTIONS)
+            .or_insert_with(|| {
+                json!({
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http_protocol_options": {}}
+                })
+            });
+        options.as_object_mut()
     }
 }

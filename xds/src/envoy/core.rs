@@ -18,3 +18,28 @@ pub fn sds(name: String) -> Value {
 pub fn socket_address(address: &str, port: u32) -> Value {
     json!({"socket_address": {"address": address, "port_value": port}})
 }
+
+/// A duration as Envoy's JSON writes one: seconds with up to nine decimals.
+pub fn duration(d: std::time::Duration) -> String {
+    match d.subsec_nanos() {
+        0 => format!("{}s", d.as_secs()),
+        n => {
+            let frac = format!("{n:09}");
+            format!("{}.{}s", d.as_secs(), frac.trim_end_matches('0'))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_envoy_writes_them() {
+        assert_eq!(duration(Duration::from_secs(15)), "15s");
+        assert_eq!(duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(duration(Duration::from_millis(25)), "0.025s");
+        assert_eq!(duration(Duration::ZERO), "0s");
+    }
+}

@@ -82,6 +82,13 @@ impl ListenerMut<'_> {
         }
     }
 
+    /// The HTTP connection managers of the listener.
+    pub fn http_connection_managers(&mut self) -> Vec<&mut Map<String, Value>> {
+        self.typed_configs(HCM)
+            .filter_map(Value::as_object_mut)
+            .collect()
+    }
+
     /// The route actions of every HTTP route on the listener.
     pub fn route_actions(&mut self) -> Vec<&mut Map<String, Value>> {
         self.typed_configs(HCM)

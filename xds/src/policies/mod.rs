@@ -4,6 +4,7 @@
 //! policy is adding a module here and an entry to [`PLUGINS`].
 
 mod mesh_load_balancing_strategy;
+mod mesh_timeout;
 mod mesh_traffic_permission;
 
 use model::ResourceType;
@@ -19,10 +20,14 @@ pub trait PolicyPlugin: Sync {
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry);
 }
 
-/// Every plugin, in Kuma's order: routes first (when they land), MeshProxyPatch last, the
-/// others alphabetically as Kuma lists them.
+/// Every plugin, in Kuma's order (each type's `+kuma:policy:order`: MeshHTTPRoute 100,
+/// MeshTCPRoute 200, MeshTLS 300, MeshLoadBalancingStrategy 400, MeshPassthrough 500,
+/// MeshAccessLog 600, MeshTrace 700, MeshFaultInjection 800, MeshRateLimit 900, MeshTimeout
+/// 1000, MeshTrafficPermission 1100, MeshHealthCheck 1200, MeshCircuitBreaker 1300,
+/// MeshRetry 1400, MeshMetric 1500, MeshProxyPatch 9999).
 pub static PLUGINS: &[&dyn PolicyPlugin] = &[
     &mesh_load_balancing_strategy::Plugin,
+    &mesh_timeout::Plugin,
     &mesh_traffic_permission::Plugin,
 ];
 
