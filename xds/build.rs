@@ -20,6 +20,16 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    // Before fault.proto: its package `envoy.extensions.filters.common` would capture the
+    // rate limits' relative `common.ratelimit` references (protobuf resolves innermost scope
+    // first among the files loaded so far).
+    "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
+    "envoy/extensions/filters/network/local_ratelimit/v3/local_rate_limit.proto",
+    "envoy/extensions/filters/http/fault/v3/fault.proto",
+    "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
+    "envoy/extensions/retry/host/omit_host_metadata/v3/omit_host_metadata_config.proto",
+    "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
+    "envoy/extensions/health_check/event_sinks/file/v3/file.proto",
 ];
 
 const INCLUDES: &[&str] = &[

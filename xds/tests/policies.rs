@@ -4,7 +4,10 @@
 mod common;
 
 use common::{allow_all, check_schema, config, envoy_validates, mesh};
-use model::specs::policy::MeshTimeoutSpec;
+use model::specs::policy::{
+    MeshCircuitBreakerSpec, MeshFaultInjectionSpec, MeshHealthCheckSpec, MeshRateLimitSpec,
+    MeshRetrySpec, MeshTimeoutSpec,
+};
 use serde_json::{Value, json};
 use xds::{MeshContext, Policy};
 
@@ -103,4 +106,215 @@ fn no_timeout_policy_changes_nothing() {
         ["virtual_hosts"][0]["routes"][0]["route"];
     assert_eq!(route["timeout"], "0s");
     assert!(route.get("idle_timeout").is_none());
+}
+
+fn policy<S: model::specs::policy::PolicySpec>(name: &str, spec: Value) -> Policy<S> {
+    Policy::new(
+        name,
+        serde_json::from_value(spec).unwrap_or_else(|e| panic!("{name}: {e}")),
+    )
+}
+
+fn with<S: model::specs::policy::PolicySpec>(mut m: MeshContext, p: Vec<Policy<S>>) -> MeshContext {
+    m.policies.set(p);
+    m
+}
+
+fn listener<'v>(config: &'v Value, name: &str) -> &'v Value {
+    config["listeners"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == name))
+        .unwrap_or_else(|| panic!("no listener {name}"))
+}
+
+fn cluster<'v>(config: &'v Value, name: &str) -> &'v Value {
+    config["clusters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no cluster {name}"))
+}
+
+/// MeshRetry: HTTP retry policy on the backend outbound's route (status codes, methods,
+/// back-off, host selection), TCP connect attempts on a TCP outbound.
+#[test]
+fn retry_http_and_tcp() {
+    let http = with(
+        mesh("http", false, vec![]),
+        vec![policy::<MeshRetrySpec>(
+            "retry",
+            json!({"targetRef": {"kind": "Mesh"},
+                "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
+                    "tcp": {"maxConnectAttempt": 3},
+                    "http": {"numRetries": 4, "perTryTimeout": "200ms",
+                        "backOff": {"baseInterval": "10ms", "maxInterval": "1s"},
+                        "rateLimitedBackOff": {"resetHeaders": [{"name": "retry-after", "format": "Seconds"}], "maxInterval": "5s"},
+                        "retryOn": ["5xx", "503", "HttpMethodGet", "Reset", "Retriable4xx"],
+                        "retriableResponseHeaders": [{"name": "x-retry", "type": "Present"}],
+                        "retriableRequestHeaders": [{"name": "x-idempotent", "value": "yes"}],
+                        "hostSelection": [{"predicate": "OmitPreviousHosts"}, {"predicate": "OmitPreviousPriorities", "updateFrequency": 2}],
+                        "hostSelectionMaxAttempts": 3}}}]}),
+        )],
+    );
+    let client = checked(&http, "web-1", "retry-http");
+    let route = &listener(&client, "outbound:127.0.0.1:10001")["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
+    insta::assert_yaml_snapshot!("retry_http_route", route);
+    let tcp = with(
+        mesh("tcp", false, vec![]),
+        vec![policy::<MeshRetrySpec>(
+            "retry",
+            json!({"targetRef": {"kind": "Mesh"},
+                "to": [{"targetRef": {"kind": "Mesh"}, "default": {"tcp": {"maxConnectAttempt": 3}}}]}),
+        )],
+    );
+    let client = checked(&tcp, "web-1", "retry-tcp");
+    let proxy = &listener(&client, "outbound:127.0.0.1:10001")["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_eq!(proxy["max_connect_attempts"], 3);
+}
+
+/// `numRetries: 0` turns retries off, as in Kuma (no retry policy at all).
+#[test]
+fn retry_zero_retries_is_none() {
+    let m = with(
+        mesh("http", false, vec![]),
+        vec![policy::<MeshRetrySpec>(
+            "no-retry",
+            json!({"targetRef": {"kind": "Mesh"},
+                "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"numRetries": 0}}}]}),
+        )],
+    );
+    let client = checked(&m, "web-1", "retry-zero");
+    let route = &listener(&client, "outbound:127.0.0.1:10001")["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
+    assert!(route.get("retry_policy").is_none(), "{route}");
+}
+
+/// MeshCircuitBreaker: thresholds and outlier detection on the destination cluster (by `to`)
+/// and on the inbound's application cluster (by `from`).
+#[test]
+fn circuit_breaker_clusters() {
+    let m = with(
+        mesh("http", false, vec![]),
+        vec![policy::<MeshCircuitBreakerSpec>(
+            "cb",
+            json!({"targetRef": {"kind": "Mesh"},
+                "from": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionLimits": {"maxConnections": 100}}}],
+                "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
+                    "connectionLimits": {"maxConnections": 2, "maxPendingRequests": 1, "maxRequests": 3, "maxRetries": 1, "maxConnectionPools": 4},
+                    "outlierDetection": {"interval": "5s", "baseEjectionTime": "30s", "maxEjectionPercent": 50,
+                        "splitExternalAndLocalErrors": true, "healthyPanicThreshold": 40,
+                        "detectors": {"totalFailures": {"consecutive": 5}, "gatewayFailures": {"consecutive": 3},
+                            "successRate": {"minimumHosts": 2, "requestVolume": 10, "standardDeviationFactor": "1.9"},
+                            "failurePercentage": {"threshold": 85}}}}}]}),
+        )],
+    );
+    let client = checked(&m, "web-1", "circuit-breaker-client");
+    insta::assert_yaml_snapshot!(
+        "circuit_breaker_backend_cluster",
+        cluster(&client, "backend")
+    );
+    let inbound = cluster(&client, "localhost:8080");
+    assert_eq!(
+        inbound["circuit_breakers"]["thresholds"][0]["max_connections"],
+        100
+    );
+    assert!(inbound.get("outlier_detection").is_none());
+}
+
+/// MeshHealthCheck: an HTTP check on an HTTP destination, TCP on a TCP one.
+#[test]
+fn health_check_clusters() {
+    let spec = json!({"targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
+            "interval": "2s", "timeout": "1s", "unhealthyThreshold": 2, "healthyThreshold": 1,
+            "initialJitter": "100ms", "failTrafficOnPanic": true, "healthyPanicThreshold": 0,
+            "http": {"path": "/health", "expectedStatuses": [200, 204],
+                     "requestHeadersToAdd": {"add": [{"name": "x-check", "value": "a,b"}]}},
+            "tcp": {"send": "ping", "receive": ["pong"]}}}]});
+    let http = with(
+        mesh("http", false, vec![]),
+        vec![policy::<MeshHealthCheckSpec>("hc", spec.clone())],
+    );
+    let client = checked(&http, "web-1", "health-check-http");
+    insta::assert_yaml_snapshot!("health_check_http_cluster", cluster(&client, "backend"));
+    let tcp = with(
+        mesh("tcp", false, vec![]),
+        vec![policy::<MeshHealthCheckSpec>("hc", spec)],
+    );
+    let client = checked(&tcp, "web-1", "health-check-tcp");
+    let check = &cluster(&client, "backend")["health_checks"][0];
+    assert_eq!(
+        check["tcp_health_check"],
+        json!({"send": {"text": "70696e67"}, "receive": [{"text": "706f6e67"}]})
+    );
+}
+
+/// MeshFaultInjection: fault filters before the router on backend's HTTP inbound.
+#[test]
+fn fault_injection_inbound() {
+    let m = with(
+        mesh("http", false, vec![]),
+        vec![policy::<MeshFaultInjectionSpec>(
+            "faults",
+            json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+                "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [
+                    {"abort": {"httpStatus": 503, "percentage": 50}},
+                    {"delay": {"value": "2s", "percentage": "12.5"},
+                     "responseBandwidth": {"limit": "100kbps", "percentage": 100}}]}}]}),
+        )],
+    );
+    let server = checked(&m, "backend-1", "fault-injection");
+    let hcm = &listener(&server, "inbound:10.0.0.2:20081")["filter_chains"][0]["filters"][0]["typed_config"];
+    insta::assert_yaml_snapshot!("fault_injection_http_filters", hcm["http_filters"]);
+    // The caller is untouched.
+    let client = checked(&m, "web-1", "fault-injection-client");
+    let filters = &listener(&client, "inbound:10.0.0.1:20080")["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"];
+    assert_eq!(filters.as_array().map(Vec::len), Some(1));
+}
+
+/// MeshRateLimit: HTTP local rate limit on an HTTP inbound, connection rate limit on TCP.
+#[test]
+fn rate_limit_inbound() {
+    let spec = json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+        "rules": [{"default": {"local": {
+            "http": {"requestRate": {"num": 5, "interval": "10s"},
+                     "onRateLimit": {"status": 429, "headers": {"set": [{"name": "x-limited", "value": "true"}]}}},
+            "tcp": {"connectionRate": {"num": 2, "interval": "1s"}}}}}]});
+    let http = with(
+        mesh("http", false, vec![]),
+        vec![policy::<MeshRateLimitSpec>("limit", spec.clone())],
+    );
+    let server = checked(&http, "backend-1", "rate-limit-http");
+    let hcm = &listener(&server, "inbound:10.0.0.2:20081")["filter_chains"][0]["filters"][0]["typed_config"];
+    insta::assert_yaml_snapshot!("rate_limit_http_filters", hcm["http_filters"]);
+    let tcp = with(
+        mesh("tcp", false, vec![]),
+        vec![policy::<MeshRateLimitSpec>("limit", spec)],
+    );
+    let server = checked(&tcp, "backend-1", "rate-limit-tcp");
+    let filters = &listener(&server, "inbound:10.0.0.2:20081")["filter_chains"][0]["filters"];
+    insta::assert_yaml_snapshot!("rate_limit_tcp_filters", filters);
+}
+
+/// A conf that cannot be applied is reported and leaves the rest of the proxy as it was.
+#[test]
+fn unappliable_conf_is_a_warning() {
+    let m = with(
+        mesh("http", false, vec![]),
+        vec![policy::<MeshFaultInjectionSpec>(
+            "bad-delay",
+            json!({"targetRef": {"kind": "Mesh"},
+                "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [
+                    {"delay": {"value": "soon", "percentage": 10}}]}}]}),
+        )],
+    );
+    let r = xds::sidecar(&m, "backend-1").expect("generate");
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(r.warnings[0].contains("delay.value"), "{}", r.warnings[0]);
+    assert_eq!(r, {
+        let mut plain = xds::sidecar(&mesh("http", false, vec![]), "backend-1").expect("generate");
+        plain.warnings = r.warnings.clone();
+        plain
+    });
 }

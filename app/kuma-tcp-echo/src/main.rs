@@ -4,7 +4,8 @@
 //! header policies can be seen from the client. An HTTP request can also ask for trouble, so
 //! timeout, retry and circuit-breaker policies can be seen working: `?delay=500ms` answers
 //! late, `?status=503` answers with that status, and `?fail=2&key=k` answers 503 to the first
-//! two requests that carry key `k` and 200 afterwards.
+//! two requests that carry key `k` and 200 afterwards; `&only=NAME` keeps the trouble to the
+//! instance called NAME (so one of several instances can look unhealthy).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -264,6 +265,8 @@ struct Trouble {
     delay: Option<Duration>,
     status: Option<StatusCode>,
     fail: Option<(u32, String)>,
+    /// `?only=`: the instance the trouble is for (every instance without it).
+    only: Option<String>,
 }
 
 fn trouble(query: Option<&str>) -> Trouble {
@@ -282,6 +285,7 @@ fn trouble(query: Option<&str>) -> Trouble {
             }
             "fail" => fail = v.parse::<u32>().ok(),
             "key" => key = v.to_string(),
+            "only" => out.only = Some(v.to_string()),
             _ => {}
         }
     }
@@ -368,7 +372,14 @@ async fn answer(
         Ok(Err(_)) => StatusCode::BAD_REQUEST,
         Err(_) => StatusCode::REQUEST_TIMEOUT,
     };
-    let asked = trouble(parts.uri.query());
+    let mut asked = trouble(parts.uri.query());
+    if asked
+        .only
+        .as_ref()
+        .is_some_and(|only| *only != identity.instance)
+    {
+        asked = Trouble::default();
+    }
     if let Some(d) = asked.delay {
         tokio::time::sleep(d).await;
     }
@@ -547,6 +558,10 @@ mod tests {
         let answers: Vec<bool> = (0..4).map(|_| identity.should_fail(n, &key)).collect();
         assert_eq!(answers, [true, true, false, false]);
         assert!(identity.should_fail(1, "other"), "keys count apart");
+        assert_eq!(
+            trouble(Some("status=503&only=b")).only.as_deref(),
+            Some("b")
+        );
     }
 
     #[test]

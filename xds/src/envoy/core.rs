@@ -1,4 +1,4 @@
-//! Envoy's basic messages: addresses, config sources, secrets over SDS.
+//! Envoy's basic messages: addresses, config sources, secrets over SDS, durations, headers.
 
 use serde_json::{Value, json};
 
@@ -28,6 +28,36 @@ pub fn duration(d: std::time::Duration) -> String {
             format!("{}.{}s", d.as_secs(), frac.trim_end_matches('0'))
         }
     }
+}
+
+/// Envoy's `HeaderValueOption`s for a Kuma header modifier's `add` (appended) and `set`
+/// (overwritten) lists; with `split_commas`, each comma-separated value is its own header,
+/// as Kuma writes health-check headers.
+pub fn header_value_options(
+    modifier: Option<&model::specs::policy::HeaderModifier>,
+    split_commas: bool,
+) -> Vec<Value> {
+    let Some(m) = modifier else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (list, action) in [
+        (&m.add, "APPEND_IF_EXISTS_OR_ADD"),
+        (&m.set, "OVERWRITE_IF_EXISTS_OR_ADD"),
+    ] {
+        for header in list.iter().flatten() {
+            let values: Vec<&str> = if split_commas {
+                header.value.split(',').collect()
+            } else {
+                vec![header.value.as_str()]
+            };
+            for value in values {
+                out.push(json!({"header": {"key": header.name, "value": value},
+                                "append_action": action}));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub fn http_connection_manager(
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": stat_name(stat_prefix),
         "codec_type": "AUTO",
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+        "http_filters": [{"name": ROUTER, "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
         "route_config": {
             "name": route_name,
@@ -47,3 +47,4 @@ pub fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
 
 pub const HCM: &str = "envoy.filters.network.http_connection_manager";
 pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+pub const ROUTER: &str = "envoy.filters.http.router";

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value, json};
 
 use super::core::socket_address;
-use super::filters::{HCM, TCP_PROXY};
+use super::filters::{HCM, ROUTER, TCP_PROXY};
 
 /// A listener of one filter chain per element of `chains`.
 pub fn listener(
@@ -97,6 +97,26 @@ impl ListenerMut<'_> {
             .flat_map(|host| array_mut(host, "routes"))
             .filter_map(|route| route.get_mut("route").and_then(Value::as_object_mut))
             .collect()
+    }
+
+    /// Puts `filter` into every HTTP connection manager just before its router, after the
+    /// filters already there (plugins run in Kuma's order, and so do their filters).
+    pub fn insert_http_filter_before_router(&mut self, filter: Value) {
+        for hcm in self.http_connection_managers() {
+            let Some(filters) = hcm.get_mut("http_filters").and_then(Value::as_array_mut) else {
+                continue;
+            };
+            let router = filters
+                .iter()
+                .position(|f| f["name"] == ROUTER)
+                .unwrap_or(filters.len());
+            filters.insert(router, filter.clone());
+        }
+    }
+
+    /// Whether the listener carries HTTP (an HTTP connection manager) rather than TCP.
+    pub fn is_http(&mut self) -> bool {
+        self.typed_configs(HCM).next().is_some()
     }
 
     /// The TCP proxies of the listener.

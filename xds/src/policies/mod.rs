@@ -3,14 +3,23 @@
 //! resources. They run in Kuma's order, on the [`ResourceSet`] the generator built; adding a
 //! policy is adding a module here and an entry to [`PLUGINS`].
 
+mod mesh_circuit_breaker;
+mod mesh_fault_injection;
+mod mesh_health_check;
 mod mesh_load_balancing_strategy;
+mod mesh_rate_limit;
+mod mesh_retry;
 mod mesh_timeout;
 mod mesh_traffic_permission;
 
 use model::ResourceType;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::context::{DataplaneEntry, MeshContext};
 use crate::resources::ResourceSet;
+use crate::rules::Matched;
+use crate::rules::build::{catch_all, inbound_rules, to_rule};
 
 pub trait PolicyPlugin: Sync {
     /// The policy type this plugin translates.
@@ -27,8 +36,13 @@ pub trait PolicyPlugin: Sync {
 /// MeshRetry 1400, MeshMetric 1500, MeshProxyPatch 9999).
 pub static PLUGINS: &[&dyn PolicyPlugin] = &[
     &mesh_load_balancing_strategy::Plugin,
+    &mesh_fault_injection::Plugin,
+    &mesh_rate_limit::Plugin,
     &mesh_timeout::Plugin,
     &mesh_traffic_permission::Plugin,
+    &mesh_health_check::Plugin,
+    &mesh_circuit_breaker::Plugin,
+    &mesh_retry::Plugin,
 ];
 
 /// The policy types plugins read: what a mesh context must hold.
@@ -41,4 +55,73 @@ pub fn apply_all(rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntr
     for plugin in PLUGINS {
         plugin.apply(rs, mesh, proxy);
     }
+}
+
+/// A merged conf as its plugin's type; a conf that does not parse is not applied, and says
+/// why in `warnings` (the proxy's other configuration stands).
+fn parse_conf<T: DeserializeOwned>(
+    kind: ResourceType,
+    conf: Value,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Option<T> {
+    serde_json::from_value(conf)
+        .map_err(|e| warnings.push(format!("{kind:?} for {what} not applied: {e}")))
+        .ok()
+}
+
+/// For each of the proxy's destinations, the conf its `to` rule gives (`None` without one).
+fn destination_confs<T: DeserializeOwned>(
+    kind: ResourceType,
+    rs: &mut ResourceSet,
+    matched: &[Matched<'_>],
+) -> Vec<Option<T>> {
+    let mut warnings = Vec::new();
+    let confs = rs
+        .destinations
+        .iter()
+        .map(|d| {
+            let rule = to_rule(matched, &d.service)?;
+            parse_conf(kind, rule.conf, &d.service, &mut warnings)
+        })
+        .collect();
+    rs.warnings.extend(warnings);
+    confs
+}
+
+/// For each of the proxy's inbounds, the conf of the rules matching all its traffic
+/// (`rules[]` without matches, and `from[]` entries), as Kuma's `MatchesAllIncomingTraffic`.
+fn inbound_confs<T: DeserializeOwned>(
+    kind: ResourceType,
+    rs: &mut ResourceSet,
+    matched: &[Matched<'_>],
+    proxy: &DataplaneEntry,
+) -> Vec<Option<T>> {
+    let mut warnings = Vec::new();
+    let confs = (0..proxy.spec.networking.inbound.len())
+        .map(|i| {
+            let rules = inbound_rules(matched, i, true);
+            if rules.iter().any(|r| r.matches.is_some()) {
+                warnings.push(format!(
+                    "{kind:?} rules with matches on inbound {i} not applied: \
+                     per-client matches are not supported yet"
+                ));
+            }
+            let rule = catch_all(&rules)?;
+            parse_conf(kind, rule.conf, &format!("inbound {i}"), &mut warnings)
+        })
+        .collect();
+    rs.warnings.extend(warnings);
+    confs
+}
+
+/// A percentage as Envoy's `FractionalPercent`, as Kuma's `ConvertPercentage` writes it:
+/// whole percentages over a hundred, others in millionths so decimals keep their precision.
+fn fractional_percent(percent: f64) -> Value {
+    let percent = percent.clamp(0.0, 100.0);
+    if percent.fract() == 0.0 {
+        return serde_json::json!({"numerator": percent as u64, "denominator": "HUNDRED"});
+    }
+    let millionths = (percent * 10_000.0).round() as u64;
+    serde_json::json!({"numerator": millionths, "denominator": "MILLION"})
 }

@@ -1,0 +1,110 @@
+//! MeshRateLimit (Kuma's `pkg/plugins/policies/meshratelimit`): local rate limits on inbounds,
+//! by the inbound's catch-all rule: HTTP requests through `envoy.filters.http.local_ratelimit`
+//! (a token bucket of `num` requests per `interval`, answering `onRateLimit.status`, 429 by
+//! default, with its headers), TCP connections through `envoy.filters.network.local_ratelimit`.
+
+use model::ResourceType;
+use model::duration::parse_duration;
+use model::specs::policy::{LocalHttpRateLimit, LocalTcpRateLimit, Rate, RateLimitConf};
+use serde_json::{Value, json};
+
+use crate::context::{DataplaneEntry, MeshContext};
+use crate::envoy::core::{duration, header_value_options};
+use crate::envoy::names::stat_name;
+use crate::resources::{Origin, ResourceSet};
+use crate::rules::matching::matched_policies;
+
+pub struct Plugin;
+
+impl super::PolicyPlugin for Plugin {
+    fn kind(&self) -> ResourceType {
+        ResourceType::MeshRateLimit
+    }
+
+    fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
+        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        if matching.matched.is_empty() {
+            return;
+        }
+        let confs: Vec<Option<RateLimitConf>> =
+            super::inbound_confs(self.kind(), rs, &matching.matched, proxy);
+        let mut warnings = Vec::new();
+        for (origin, mut listener) in rs.listeners_mut() {
+            let Origin::Inbound(i) = origin else {
+                continue;
+            };
+            let Some(Some(local)) = confs
+                .get(i)
+                .map(|c| c.as_ref().and_then(|c| c.local.as_ref()))
+            else {
+                continue;
+            };
+            let prefix = stat_name(listener.name());
+            if listener.is_http() {
+                let Some(http) = local.http.as_ref().filter(|h| h.disabled != Some(true)) else {
+                    continue;
+                };
+                match http_filter(http, &prefix) {
+                    Some(filter) => listener.insert_http_filter_before_router(filter),
+                    None => warnings.push(format!(
+                        "MeshRateLimit on inbound {i} not applied: http.requestRate needs num and interval"
+                    )),
+                }
+            } else if let Some(tcp) = local.tcp.as_ref().filter(|t| t.disabled != Some(true)) {
+                match tcp_filter(tcp, &prefix) {
+                    Some(filter) => listener.prepend_network_filter(filter),
+                    None => warnings.push(format!(
+                        "MeshRateLimit on inbound {i} not applied: tcp.connectionRate needs num and interval"
+                    )),
+                }
+            }
+        }
+        rs.warnings.extend(warnings);
+    }
+}
+
+/// A token bucket refilled with `num` tokens every `interval`.
+fn token_bucket(rate: Option<&Rate>) -> Option<Value> {
+    let rate = rate?;
+    let num = rate.num.filter(|n| *n > 0)?;
+    let interval = rate
+        .interval
+        .as_deref()
+        .and_then(|i| parse_duration(i).ok())
+        .filter(|i| !i.is_zero())?;
+    Some(json!({"max_tokens": num, "tokens_per_fill": num, "fill_interval": duration(interval)}))
+}
+
+fn http_filter(http: &LocalHttpRateLimit, prefix: &str) -> Option<Value> {
+    let bucket = token_bucket(http.request_rate.as_ref())?;
+    let always = json!({"default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                        "runtime_key": "local_rate_limit_enabled"});
+    let mut config = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": format!("rate_limit_{prefix}"),
+        "token_bucket": bucket,
+        "filter_enabled": always,
+        "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                            "runtime_key": "local_rate_limit_enforced"},
+    });
+    let on_limit = http.on_rate_limit.as_ref();
+    if let Some(status) = on_limit.and_then(|o| o.status) {
+        config["status"] = json!({"code": status});
+    }
+    let headers = header_value_options(on_limit.and_then(|o| o.headers.as_ref()), false);
+    if !headers.is_empty() {
+        config["response_headers_to_add"] = json!(headers);
+    }
+    Some(json!({"name": "envoy.filters.http.local_ratelimit", "typed_config": config}))
+}
+
+fn tcp_filter(tcp: &LocalTcpRateLimit, prefix: &str) -> Option<Value> {
+    let bucket = token_bucket(tcp.connection_rate.as_ref())?;
+    Some(
+        json!({"name": "envoy.filters.network.local_ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": format!("rate_limit_{prefix}"),
+            "token_bucket": bucket,
+        }}),
+    )
+}
