@@ -113,12 +113,11 @@ impl Fixture {
 }
 
 /// Kuma's path segment of a policy type (`MeshRetry` is `meshretries`).
-fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    match lower.strip_suffix('y') {
-        Some(stem) => format!("{stem}ies"),
-        None => format!("{lower}s"),
-    }
+fn plural(kind: &str) -> &'static str {
+    model::ResourceType::from_name(kind)
+        .unwrap_or_else(|| panic!("{kind} is not a resource type"))
+        .descriptor()
+        .plural
 }
 
 /// MeshTimeout: a request slower than the policy's request timeout is cut at that timeout
@@ -326,18 +325,46 @@ fn mesh_rate_limit(f: &Fixture) {
                 "requestRate": {"num": 1, "interval": "1m"},
                 "onRateLimit": {"status": 429, "headers": {"set": [{"name": "x-limited", "value": "yes"}]}}}}}}]}),
     );
+    // Each backend proxy has its own bucket, and each takes the policy when its config lands.
     within(
-        Duration::from_secs(5),
-        "requests beyond the limit get 429",
-        || f.get("/").0 == Some(429),
+        Duration::from_secs(10),
+        "requests beyond both proxies' limits get 429",
+        || (0..4).all(|_| f.get("/").0 == Some(429)),
         || f.logs(),
     );
-    let answers: Vec<Option<u16>> = (0..4).map(|_| f.get("/").0).collect();
-    assert!(
-        answers.iter().all(|s| *s == Some(429)),
-        "both proxies' buckets are spent: {answers:?}"
-    );
     f.remove("MeshRateLimit", "backend-limit");
+    f.back_to_normal();
+}
+
+/// MeshProxyPatch: a cluster patch shows in web's Envoy config dump (read through the control
+/// plane), and an HTTP filter added on web's outbound changes its traffic.
+fn mesh_proxy_patch(f: &Fixture) {
+    f.apply(
+        "MeshProxyPatch",
+        "web-patch",
+        json!({"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"appendModifications": [
+            {"cluster": {"operation": "Patch", "match": {"name": "backend"},
+                         "value": "per_connection_buffer_limit_bytes: 54321"}},
+            {"httpFilter": {"operation": "AddFirst", "match": {"origin": "outbound"},
+                            "value": "name: envoy.filters.http.fault\ntyped_config:\n  '@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n  abort: {http_status: 451, percentage: {numerator: 100}}\n"}}]}}),
+    );
+    within(
+        Duration::from_secs(10),
+        "the patched cluster is in web's config dump",
+        || {
+            f.env
+                .get_text("/meshes/default/dataplanes/web-1/xds")
+                .is_some_and(|dump| dump.contains("54321"))
+        },
+        || f.logs(),
+    );
+    within(
+        Duration::from_secs(5),
+        "the added HTTP filter answers 451",
+        || f.get("/").0 == Some(451),
+        || f.logs(),
+    );
+    f.remove("MeshProxyPatch", "web-patch");
     f.back_to_normal();
 }
 
@@ -353,4 +380,5 @@ fn policies_take_effect_in_real_envoy() {
     mesh_health_check(&f);
     mesh_fault_injection(&f);
     mesh_rate_limit(&f);
+    mesh_proxy_patch(&f);
 }

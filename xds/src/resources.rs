@@ -22,6 +22,8 @@ pub enum Origin {
     Destination(usize),
     /// A zone ingress's or egress's passthrough.
     ZoneProxy,
+    /// Added by a MeshProxyPatch.
+    Patch,
 }
 
 /// One local instance of a destination: where it is and the tags and labels locality
@@ -106,6 +108,23 @@ impl ResourceSet {
             .iter_mut()
             .find(|(o, _)| *o == origin)
             .map(|(_, c)| ClusterMut(c))
+    }
+
+    /// Every listener and what it came from, to add, remove or rewrite (MeshProxyPatch).
+    pub(crate) fn listeners_raw(&mut self) -> &mut Vec<(Origin, Value)> {
+        &mut self.listeners
+    }
+
+    /// Every cluster and what it came from, to add, remove or rewrite (MeshProxyPatch).
+    pub(crate) fn clusters_raw(&mut self) -> &mut Vec<(Origin, Value)> {
+        &mut self.clusters
+    }
+
+    /// Drops the load assignments of clusters that are gone (removed by a MeshProxyPatch).
+    pub(crate) fn drop_orphan_endpoints(&mut self) {
+        let clusters = &self.clusters;
+        self.endpoints
+            .retain(|(_, e)| clusters.iter().any(|(_, c)| c["name"] == e["cluster_name"]));
     }
 
     /// Replaces the load assignment generated for `origin`.

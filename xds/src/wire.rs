@@ -83,6 +83,23 @@ pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Value, WireError> {
         })
 }
 
+/// `json` read as the message `type_url` names and written back with snake_case
+/// (`proto_names`) or lowerCamel field names: values in either spelling come out in one.
+pub fn reshape(type_url: &str, json: &Value, proto_names: bool) -> Result<Value, WireError> {
+    let desc = descriptor(type_url)?;
+    let msg = DynamicMessage::deserialize_with_options(desc, json, &DeserializeOptions::new())
+        .map_err(|source| WireError::Json {
+            type_url: type_url.to_string(),
+            source,
+        })?;
+    let options = SerializeOptions::new().use_proto_field_name(proto_names);
+    msg.serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|source| WireError::Json {
+            type_url: type_url.to_string(),
+            source,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

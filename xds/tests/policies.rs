@@ -5,8 +5,8 @@ mod common;
 
 use common::{allow_all, check_schema, config, envoy_validates, mesh};
 use model::specs::policy::{
-    MeshCircuitBreakerSpec, MeshFaultInjectionSpec, MeshHealthCheckSpec, MeshRateLimitSpec,
-    MeshRetrySpec, MeshTimeoutSpec,
+    MeshCircuitBreakerSpec, MeshFaultInjectionSpec, MeshHealthCheckSpec, MeshProxyPatchSpec,
+    MeshRateLimitSpec, MeshRetrySpec, MeshTimeoutSpec,
 };
 use serde_json::{Value, json};
 use xds::{MeshContext, Policy};
@@ -317,4 +317,83 @@ fn unappliable_conf_is_a_warning() {
         plain.warnings = r.warnings.clone();
         plain
     });
+}
+
+/// MeshProxyPatch: every kind of modification, applied last and in order, on one proxy.
+#[test]
+fn proxy_patch_modifications() {
+    let m = with(
+        mesh("http", false, vec![]),
+        vec![policy::<MeshProxyPatchSpec>(
+            "patch",
+            json!({"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"appendModifications": [
+                {"cluster": {"operation": "Add", "value": "name: extra\ntype: STATIC\nconnect_timeout: 1s\nload_assignment:\n  cluster_name: extra\n  endpoints:\n  - lb_endpoints:\n    - endpoint:\n        address:\n          socket_address: {address: 127.0.0.1, port_value: 9999}\n"}},
+                {"cluster": {"operation": "Patch", "match": {"name": "backend", "origin": "outbound"},
+                             "value": "connectTimeout: 7s\nper_connection_buffer_limit_bytes: 32768\n"}},
+                {"cluster": {"operation": "Patch", "match": {"origin": "inbound"},
+                             "jsonPatches": [{"op": "replace", "path": "/connectTimeout", "value": "2s"}]}},
+                {"cluster": {"operation": "Remove", "match": {"name": "missing"}}},
+                {"listener": {"operation": "Patch", "match": {"origin": "inbound", "tags": {"kuma.io/service": "web"}},
+                              "jsonPatches": [{"op": "add", "path": "/perConnectionBufferLimitBytes", "value": 65536}]}},
+                {"networkFilter": {"operation": "AddFirst", "match": {"origin": "outbound", "listenerName": "outbound:127.0.0.1:10002"},
+                                   "value": "name: envoy.filters.network.local_ratelimit\ntyped_config:\n  '@type': type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit\n  stat_prefix: patched\n  token_bucket: {max_tokens: 10, fill_interval: 1s}\n"}},
+                {"httpFilter": {"operation": "AddBefore", "match": {"name": "envoy.filters.http.router", "origin": "inbound"},
+                                "value": "name: envoy.filters.http.fault\ntyped_config:\n  '@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n  abort: {http_status: 500, percentage: {numerator: 1}}\n"}},
+                {"httpFilter": {"operation": "Patch", "match": {"name": "envoy.filters.http.router", "origin": "outbound"},
+                                "value": "typed_config:\n  '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n  suppress_envoy_headers: true\n"}},
+                {"virtualHost": {"operation": "Patch", "match": {"routeConfigurationName": "outbound:backend"},
+                                 "jsonPatches": [{"op": "add", "path": "/domains/-", "value": "backend.mesh"}]}}
+            ]}}),
+        )],
+    );
+    let r = xds::sidecar(&m, "web-1").expect("generate");
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let patched = checked(&m, "web-1", "proxy-patch");
+    assert!(
+        patched["clusters"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().all(|c| c["name"] != "missing")),
+        "the missing cluster is removed"
+    );
+    insta::assert_yaml_snapshot!("proxy_patch_web", patched);
+}
+
+/// A modification that cannot apply is a warning naming the policy; the others still apply.
+#[test]
+fn proxy_patch_bad_modification_is_a_warning() {
+    let m = with(
+        mesh("http", false, vec![]),
+        vec![policy::<MeshProxyPatchSpec>(
+            "half-bad",
+            json!({"targetRef": {"kind": "Mesh"}, "default": {"appendModifications": [
+                {"listener": {"operation": "Patch", "match": {"name": "no-such-listener"},
+                              "value": "per_connection_buffer_limit_bytes: 1"}},
+                {"cluster": {"operation": "Patch", "match": {"name": "backend"},
+                             "jsonPatches": [{"op": "replace", "path": "/noSuchField/x", "value": 1}]}},
+                {"cluster": {"operation": "Add", "value": "name: [not a cluster"}},
+                {"cluster": {"operation": "Patch", "match": {"name": "backend"}, "value": "connect_timeout: 9s"}}
+            ]}}),
+        )],
+    );
+    let r = xds::sidecar(&m, "web-1").expect("generate");
+    assert_eq!(r.warnings.len(), 3, "{:#?}", r.warnings);
+    for (w, why) in r
+        .warnings
+        .iter()
+        .zip(["nothing matches listener", "jsonPatches", "YAML"])
+    {
+        assert!(
+            w.contains("MeshProxyPatch half-bad") && w.contains(why),
+            "{w}"
+        );
+    }
+    let backend = r
+        .clusters
+        .iter()
+        .find(|c| c["name"] == "backend")
+        .expect("backend cluster");
+    assert_eq!(
+        backend["connect_timeout"], "9s",
+        "the good modification applied"
+    );
 }

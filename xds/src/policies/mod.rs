@@ -3,10 +3,12 @@
 //! resources. They run in Kuma's order, on the [`ResourceSet`] the generator built; adding a
 //! policy is adding a module here and an entry to [`PLUGINS`].
 
+mod json_patch;
 mod mesh_circuit_breaker;
 mod mesh_fault_injection;
 mod mesh_health_check;
 mod mesh_load_balancing_strategy;
+mod mesh_proxy_patch;
 mod mesh_rate_limit;
 mod mesh_retry;
 mod mesh_timeout;
@@ -43,6 +45,7 @@ pub static PLUGINS: &[&dyn PolicyPlugin] = &[
     &mesh_health_check::Plugin,
     &mesh_circuit_breaker::Plugin,
     &mesh_retry::Plugin,
+    &mesh_proxy_patch::Plugin,
 ];
 
 /// The policy types plugins read: what a mesh context must hold.
