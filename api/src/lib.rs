@@ -24,6 +24,7 @@ mod metrics;
 mod overview;
 mod paging;
 mod resources;
+mod rules;
 pub mod serve;
 mod tokens;
 
@@ -114,6 +115,18 @@ pub fn router(state: SharedState) -> Router {
         .route(
             "/meshes/{mesh}/dataplanes/{name}/clusters",
             get(inspect::clusters),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/_rules",
+            get(rules::dataplane_rules),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/_policies",
+            get(rules::dataplane_policies),
+        )
+        .route(
+            "/meshes/{mesh}/{plural}/{name}/_resources/dataplanes",
+            get(rules::policy_dataplanes),
         )
         .route(
             "/meshes/{mesh}/{plural}/{name}/_overview",

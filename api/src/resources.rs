@@ -62,7 +62,7 @@ pub async fn not_found() -> ApiError {
 }
 
 /// What the URL names: a known type in the right scope.
-fn resolve_type(plural: &str, in_mesh: bool) -> Result<ResourceType, ApiError> {
+pub(crate) fn resolve_type(plural: &str, in_mesh: bool) -> Result<ResourceType, ApiError> {
     let kind = ResourceType::from_plural(plural).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use e2e::proxies::{Cp, Proc, call, envoy, within};
-use e2e::{ControlPlane, free_port, http_response};
+use e2e::{ControlPlane, free_port, http_response, kumactl, kumactl_config};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -368,6 +368,81 @@ fn mesh_proxy_patch(f: &Fixture) {
     f.back_to_normal();
 }
 
+/// `kumactl inspect dataplane web-1 --type=rules` for a proxy that three MeshTimeouts select
+/// at different levels and origins (one synced from global, as its labels say, one for the
+/// mesh, one for the proxy): the merged conf, origins in merge order; and `kumactl inspect
+/// meshtimeout NAME` lists the proxies a policy selects.
+fn inspect_rules(f: &Fixture) {
+    let put = |name: &str, labels: Value, spec: Value| {
+        f.env.put(
+            &format!("/meshes/default/meshtimeouts/{name}"),
+            json!({"type": "MeshTimeout", "name": name, "mesh": "default", "labels": labels, "spec": spec}),
+        );
+    };
+    put(
+        "from-global-7c2f9",
+        json!({"kuma.io/origin": "global", "kuma.io/display-name": "from-global"}),
+        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+            "default": {"connectionTimeout": "3s", "idleTimeout": "1h", "http": {"requestTimeout": "10s"}}}]}),
+    );
+    put(
+        "to-backend",
+        json!({}),
+        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+            "default": {"http": {"requestTimeout": "5s"}}}]}),
+    );
+    put(
+        "web-1-only",
+        json!({}),
+        json!({"targetRef": {"kind": "Dataplane", "name": "web-1"}, "to": [{"targetRef": {"kind": "Mesh"},
+            "default": {"idleTimeout": "30m"}}]}),
+    );
+    let dir = f.cp.work_dir.join("kumactl");
+    std::fs::create_dir_all(&dir).expect("kumactl dir");
+    let config = dir.join("config");
+    kumactl_config(&config, "policies", &f.env.api);
+    let out = kumactl(&config, &["inspect", "dataplane", "web-1", "--type=rules"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules: Value = serde_json::from_slice(&out.stdout).expect("kumactl prints JSON");
+    let timeouts = rules["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e["type"] == "MeshTimeout"))
+        .unwrap_or_else(|| panic!("no MeshTimeout rules: {rules}"));
+    let backend = &timeouts["toRules"][0];
+    assert_eq!(backend["matchers"][0]["value"], "backend");
+    assert_eq!(
+        backend["conf"],
+        json!({"connectionTimeout": "3s", "idleTimeout": "30m", "http": {"requestTimeout": "5s"}})
+    );
+    let origins: Vec<&str> = backend["origin"]
+        .as_array()
+        .map(|o| o.iter().filter_map(|x| x["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(origins, ["from-global-7c2f9", "to-backend", "web-1-only"]);
+    let out = kumactl(&config, &["inspect", "meshtimeout", "web-1-only"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && table.contains("web-1") && !table.contains("backend-1"),
+        "{table}"
+    );
+    let out = kumactl(
+        &config,
+        &["inspect", "meshtimeout", "to-backend", "-m", "default"],
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    for dp in ["web-1", "backend-1", "backend-2"] {
+        assert!(table.contains(dp), "{table}");
+    }
+    for name in ["from-global-7c2f9", "to-backend", "web-1-only"] {
+        f.remove("MeshTimeout", name);
+    }
+    f.back_to_normal();
+}
+
 #[test]
 fn policies_take_effect_in_real_envoy() {
     let Some(envoy) = envoy("policies_take_effect_in_real_envoy") else {
@@ -381,4 +456,5 @@ fn policies_take_effect_in_real_envoy() {
     mesh_fault_injection(&f);
     mesh_rate_limit(&f);
     mesh_proxy_patch(&f);
+    inspect_rules(&f);
 }

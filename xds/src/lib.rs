@@ -8,6 +8,7 @@
 pub mod context;
 pub mod envoy;
 pub mod generator;
+pub mod inspect;
 pub mod policies;
 pub mod resources;
 pub mod rules;

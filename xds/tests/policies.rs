@@ -397,3 +397,139 @@ fn proxy_patch_bad_modification_is_a_warning() {
         "the good modification applied"
     );
 }
+
+fn labelled<S: model::specs::policy::PolicySpec>(
+    name: &str,
+    labels: &[(&str, &str)],
+    spec: Value,
+) -> Policy<S> {
+    let mut p = policy::<S>(name, spec);
+    p.labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    p
+}
+
+/// `_rules` for a proxy selected by three MeshTimeouts: one synced from global (Mesh), one
+/// created in the zone (Mesh, to backend), one for the proxy itself (Dataplane). Kuma's order
+/// (global before zone at the same level, Dataplane above Mesh) gives the merged conf, with
+/// the origins in merge order; the inbound and proxy views follow the same engine.
+#[test]
+fn inspect_rules_of_three_timeouts() {
+    let mut m = mesh("http", false, vec![]);
+    // Kuma's zone control plane labels what is created in it with its zone.
+    for dp in &mut m.dataplanes {
+        dp.labels.insert("kuma.io/zone".into(), "zone-1".into());
+        dp.labels.insert("kuma.io/origin".into(), "zone".into());
+    }
+    m.policies.set(vec![
+        labelled::<MeshTimeoutSpec>(
+            "mesh-wide-x8f2k",
+            &[
+                ("kuma.io/origin", "global"),
+                ("kuma.io/display-name", "mesh-wide"),
+            ],
+            json!({"targetRef": {"kind": "Mesh"},
+                "to": [{"targetRef": {"kind": "Mesh"},
+                        "default": {"connectionTimeout": "3s", "idleTimeout": "1h", "http": {"requestTimeout": "10s"}}}],
+                "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "2h"}}]}),
+        ),
+        labelled::<MeshTimeoutSpec>(
+            "zone-backend",
+            &[("kuma.io/origin", "zone"), ("kuma.io/zone", "zone-1")],
+            json!({"targetRef": {"kind": "Mesh"},
+                "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                        "default": {"http": {"requestTimeout": "5s", "streamIdleTimeout": "20m"}}}]}),
+        ),
+        labelled::<MeshTimeoutSpec>(
+            "web-1-only",
+            &[("kuma.io/origin", "zone"), ("kuma.io/zone", "zone-1")],
+            json!({"targetRef": {"kind": "Dataplane", "name": "web-1"},
+                "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "30m"}}]}),
+        ),
+    ]);
+    let proxy = m.dataplane("web-1").expect("web-1").clone();
+    let rules = xds::inspect::rules(&m, &proxy);
+    assert_eq!(rules["resource"]["name"], "web-1");
+    let timeouts = rules["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e["type"] == "MeshTimeout"))
+        .expect("MeshTimeout rules");
+    let backend = timeouts["toRules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e["matchers"][0]["value"] == "backend"))
+        .expect("backend rule");
+    assert_eq!(
+        backend["conf"],
+        json!({"connectionTimeout": "3s", "idleTimeout": "30m",
+               "http": {"requestTimeout": "5s", "streamIdleTimeout": "20m"}})
+    );
+    let origins: Vec<&Value> = backend["origin"]
+        .as_array()
+        .map(|o| o.iter().map(|x| &x["name"]).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        origins,
+        [
+            &json!("mesh-wide-x8f2k"),
+            &json!("zone-backend"),
+            &json!("web-1-only")
+        ]
+    );
+    let missing = timeouts["toRules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e["matchers"][0]["value"] == "missing"))
+        .expect("rule for the other outbound");
+    assert_eq!(
+        missing["conf"],
+        json!({"connectionTimeout": "3s", "idleTimeout": "30m", "http": {"requestTimeout": "10s"}})
+    );
+    let inbound = &timeouts["inboundRules"][0];
+    assert_eq!(inbound["inbound"]["port"], 20080);
+    assert_eq!(inbound["rules"][0]["conf"], json!([{"idleTimeout": "2h"}]));
+    assert_eq!(timeouts["warnings"], json!([]));
+    // The proxies each policy selects.
+    let selected = |name: &str| -> Vec<String> {
+        xds::inspect::selected_dataplanes(&m, model::ResourceType::MeshTimeout, name)
+            .iter()
+            .map(|d| d.name.clone())
+            .collect()
+    };
+    assert_eq!(selected("web-1-only"), ["web-1"]);
+    assert_eq!(selected("mesh-wide-x8f2k").len(), 4);
+    let policies = xds::inspect::policies(&m, &proxy);
+    assert_eq!(policies["policies"][0]["kind"], "MeshTimeout");
+    assert_eq!(
+        policies["policies"][0]["origins"][0]["kri"],
+        "kri_mt_default___mesh-wide_"
+    );
+    assert_eq!(
+        policies["policies"][0]["origins"][2]["kri"],
+        "kri_mt_default_zone-1__web-1-only_"
+    );
+}
+
+/// A conf that cannot be applied shows on `_rules` as a warning of its type.
+#[test]
+fn inspect_rules_show_what_was_not_applied() {
+    let m = with(
+        mesh("http", false, vec![]),
+        vec![policy::<MeshFaultInjectionSpec>(
+            "bad-delay",
+            json!({"targetRef": {"kind": "Mesh"},
+                "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [
+                    {"delay": {"value": "soon", "percentage": 10}}]}}]}),
+        )],
+    );
+    let proxy = m.dataplane("backend-1").expect("backend-1").clone();
+    let rules = xds::inspect::rules(&m, &proxy);
+    let warnings = &rules["rules"][0]["warnings"];
+    assert_eq!(rules["rules"][0]["type"], "MeshFaultInjection");
+    assert!(
+        warnings[0]
+            .as_str()
+            .is_some_and(|w| w.contains("not applied")),
+        "{warnings}"
+    );
+}

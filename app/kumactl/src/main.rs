@@ -218,13 +218,20 @@ enum InspectCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// `kumactl inspect <policy-type> NAME [-m MESH]`: the dataplanes a policy selects.
+    #[command(external_subcommand)]
+    Policy(Vec<String>),
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum EnvoyView {
     ConfigDump,
     Stats,
     Clusters,
+    /// The merged rules of every policy type (`_rules`), computed by the control plane.
+    Rules,
+    /// The policies that select the proxy (`_policies`).
+    Policies,
 }
 
 #[derive(Subcommand)]
@@ -794,6 +801,19 @@ async fn print_envoy_view(
         EnvoyView::ConfigDump => "xds",
         EnvoyView::Stats => "stats",
         EnvoyView::Clusters => "clusters",
+        EnvoyView::Rules | EnvoyView::Policies if !base.starts_with("/meshes/") => {
+            bail!("--type=rules and --type=policies are for dataplanes");
+        }
+        EnvoyView::Rules | EnvoyView::Policies => {
+            let path = if kind == EnvoyView::Rules {
+                "_rules"
+            } else {
+                "_policies"
+            };
+            let answer = client.get_json(&format!("{base}/{path}")).await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            return Ok(());
+        }
     };
     let text = client.get_text(&format!("{base}/{view}")).await?;
     print!("{text}");
@@ -803,8 +823,54 @@ async fn print_envoy_view(
     Ok(())
 }
 
+/// `kumactl inspect <policy-type> NAME [-m|--mesh MESH]`: one row per selected dataplane.
+async fn inspect_policy(client: &Client, args: &[String]) -> Result<()> {
+    let usage = "usage: kumactl inspect <policy-type> NAME [-m MESH]";
+    let (word, rest) = args.split_first().context(usage)?;
+    let kind = resolve_kind(word)?;
+    if !kind.descriptor().is_policy {
+        bail!("{word} is not a policy type; {usage}");
+    }
+    let mut mesh = "default".to_string();
+    let mut name = None;
+    let mut it = rest.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-m" | "--mesh" => mesh = it.next().context("--mesh needs a value")?.clone(),
+            a if a.starts_with("--mesh=") => mesh = a["--mesh=".len()..].to_string(),
+            a if a.starts_with('-') => bail!("unknown flag {a}; {usage}"),
+            a if name.is_none() => name = Some(a.to_string()),
+            a => bail!("unexpected argument {a:?}; {usage}"),
+        }
+    }
+    let name = name.context(usage)?;
+    let plural = kind.descriptor().plural;
+    let list = client
+        .get_json(&format!(
+            "/meshes/{mesh}/{plural}/{name}/_resources/dataplanes?size=1000"
+        ))
+        .await?;
+    let rows: Vec<Vec<String>> = list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| {
+                    vec![
+                        i["mesh"].as_str().unwrap_or("").to_string(),
+                        i["name"].as_str().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print!("{}", table::render(&["MESH", "DATAPLANE"], &rows));
+    Ok(())
+}
+
 async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
     match command {
+        InspectCommand::Policy(args) => inspect_policy(client, &args).await?,
         InspectCommand::Dataplane {
             name,
             mesh,

@@ -28,6 +28,15 @@ pub struct MeshSpec {
     pub skip_creating_initial_policies: Vec<String>,
 }
 
+impl MeshSpec {
+    /// Whether mutual TLS is on: an enabled backend is named.
+    pub fn mtls_enabled(&self) -> bool {
+        self.mtls
+            .as_ref()
+            .is_some_and(|m| !m.enabled_backend.is_empty())
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Mtls {

@@ -9,9 +9,7 @@ use store::{ListQuery, SharedStore, StoreError};
 use xds::{DataplaneEntry, MeshContext, RemoteIngress};
 
 pub(crate) fn mtls_enabled(spec: &MeshSpec) -> bool {
-    spec.mtls
-        .as_ref()
-        .is_some_and(|m| !m.enabled_backend.is_empty())
+    spec.mtls_enabled()
 }
 
 pub(crate) fn zone_egress(spec: &MeshSpec) -> bool {
