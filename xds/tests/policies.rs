@@ -311,7 +311,11 @@ fn unappliable_conf_is_a_warning() {
     );
     let r = xds::sidecar(&m, "backend-1").expect("generate");
     assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
-    assert!(r.warnings[0].contains("delay.value"), "{}", r.warnings[0]);
+    assert!(
+        r.warnings[0].contains("delay.value") && r.warnings[0].contains("bad-delay"),
+        "the warning names the field and the policy: {}",
+        r.warnings[0]
+    );
     assert_eq!(r, {
         let mut plain = xds::sidecar(&mesh("http", false, vec![]), "backend-1").expect("generate");
         plain.warnings = r.warnings.clone();

@@ -8,6 +8,7 @@ use model::duration::parse_duration;
 use model::specs::policy::{CircuitBreakerConf, ConnectionLimits, Detectors, OutlierDetection};
 use serde_json::{Map, Value, json};
 
+use super::Applied;
 use crate::context::{DataplaneEntry, MeshContext};
 use crate::envoy::cluster::ClusterMut;
 use crate::envoy::core::duration;
@@ -26,9 +27,9 @@ impl super::PolicyPlugin for Plugin {
         if matching.matched.is_empty() {
             return;
         }
-        let inbound: Vec<Option<CircuitBreakerConf>> =
+        let inbound: Vec<Option<Applied<CircuitBreakerConf>>> =
             super::inbound_confs(self.kind(), rs, &matching.matched, proxy);
-        let outbound: Vec<Option<CircuitBreakerConf>> =
+        let outbound: Vec<Option<Applied<CircuitBreakerConf>>> =
             super::destination_confs(self.kind(), rs, &matching.matched);
         let targets = inbound
             .into_iter()
@@ -41,8 +42,8 @@ impl super::PolicyPlugin for Plugin {
                     .map(|(d, c)| (Origin::Destination(d), c)),
             );
         for (origin, conf) in targets {
-            if let (Some(conf), Some(mut cluster)) = (conf, rs.cluster_mut(origin)) {
-                configure(&mut cluster, &conf);
+            if let (Some(applied), Some(mut cluster)) = (conf, rs.cluster_mut(origin)) {
+                configure(&mut cluster, &applied.conf);
             }
         }
     }

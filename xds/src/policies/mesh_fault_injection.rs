@@ -8,6 +8,7 @@ use model::duration::parse_duration;
 use model::specs::policy::{FaultInjectionConf, HttpFault, IntOrString};
 use serde_json::{Map, Value, json};
 
+use super::Applied;
 use crate::context::{DataplaneEntry, MeshContext};
 use crate::envoy::core::duration;
 use crate::resources::{Origin, ResourceSet};
@@ -25,14 +26,14 @@ impl super::PolicyPlugin for Plugin {
         if matching.matched.is_empty() {
             return;
         }
-        let confs: Vec<Option<FaultInjectionConf>> =
+        let confs: Vec<Option<Applied<FaultInjectionConf>>> =
             super::inbound_confs(self.kind(), rs, &matching.matched, proxy);
         let mut warnings = Vec::new();
         for (origin, mut listener) in rs.listeners_mut() {
             let Origin::Inbound(i) = origin else {
                 continue;
             };
-            let Some(Some(conf)) = confs.get(i) else {
+            let Some(Some(Applied { conf, policies })) = confs.get(i) else {
                 continue;
             };
             if !listener.is_http() {
@@ -45,7 +46,7 @@ impl super::PolicyPlugin for Plugin {
                         "typed_config": config,
                     })),
                     Err(why) => warnings.push(format!(
-                        "MeshFaultInjection fault {n} on inbound {i} not applied: {why}"
+                        "MeshFaultInjection fault {n} on inbound {i} (from {policies}) not applied: {why}"
                     )),
                 }
             }

@@ -11,6 +11,7 @@ use model::duration::parse_duration;
 use model::specs::policy::{HealthCheckConf, HttpHealthCheck, TcpHealthCheck};
 use serde_json::{Map, Value, json};
 
+use super::Applied;
 use crate::context::{DataplaneEntry, MeshContext, Protocol};
 use crate::envoy::core::{duration, header_value_options};
 use crate::resources::{Origin, ResourceSet};
@@ -34,11 +35,12 @@ impl super::PolicyPlugin for Plugin {
         if matching.matched.is_empty() {
             return;
         }
-        let confs: Vec<Option<HealthCheckConf>> =
+        let confs: Vec<Option<Applied<HealthCheckConf>>> =
             super::destination_confs(self.kind(), rs, &matching.matched);
         let protocols: Vec<Protocol> = rs.destinations.iter().map(|d| d.protocol).collect();
         for (d, conf) in confs.into_iter().enumerate() {
-            let (Some(conf), Some(mut cluster)) = (conf, rs.cluster_mut(Origin::Destination(d)))
+            let (Some(Applied { conf, .. }), Some(mut cluster)) =
+                (conf, rs.cluster_mut(Origin::Destination(d)))
             else {
                 continue;
             };

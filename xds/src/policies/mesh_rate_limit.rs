@@ -8,6 +8,7 @@ use model::duration::parse_duration;
 use model::specs::policy::{LocalHttpRateLimit, LocalTcpRateLimit, Rate, RateLimitConf};
 use serde_json::{Value, json};
 
+use super::Applied;
 use crate::context::{DataplaneEntry, MeshContext};
 use crate::envoy::core::{duration, header_value_options};
 use crate::envoy::names::stat_name;
@@ -26,17 +27,17 @@ impl super::PolicyPlugin for Plugin {
         if matching.matched.is_empty() {
             return;
         }
-        let confs: Vec<Option<RateLimitConf>> =
+        let confs: Vec<Option<Applied<RateLimitConf>>> =
             super::inbound_confs(self.kind(), rs, &matching.matched, proxy);
         let mut warnings = Vec::new();
         for (origin, mut listener) in rs.listeners_mut() {
             let Origin::Inbound(i) = origin else {
                 continue;
             };
-            let Some(Some(local)) = confs
-                .get(i)
-                .map(|c| c.as_ref().and_then(|c| c.local.as_ref()))
-            else {
+            let Some(Some(Applied { conf, policies })) = confs.get(i) else {
+                continue;
+            };
+            let Some(local) = conf.local.as_ref() else {
                 continue;
             };
             let prefix = stat_name(listener.name());
@@ -47,14 +48,14 @@ impl super::PolicyPlugin for Plugin {
                 match http_filter(http, &prefix) {
                     Some(filter) => listener.insert_http_filter_before_router(filter),
                     None => warnings.push(format!(
-                        "MeshRateLimit on inbound {i} not applied: http.requestRate needs num and interval"
+                        "MeshRateLimit on inbound {i} (from {policies}) not applied: http.requestRate needs num and interval"
                     )),
                 }
             } else if let Some(tcp) = local.tcp.as_ref().filter(|t| t.disabled != Some(true)) {
                 match tcp_filter(tcp, &prefix) {
                     Some(filter) => listener.prepend_network_filter(filter),
                     None => warnings.push(format!(
-                        "MeshRateLimit on inbound {i} not applied: tcp.connectionRate needs num and interval"
+                        "MeshRateLimit on inbound {i} (from {policies}) not applied: tcp.connectionRate needs num and interval"
                     )),
                 }
             }

@@ -10,6 +10,7 @@ use model::specs::policy::{
 };
 use serde_json::{Map, Value, json};
 
+use super::Applied;
 use crate::context::{DataplaneEntry, MeshContext, Protocol};
 use crate::envoy::core::duration;
 use crate::resources::{Origin, ResourceSet};
@@ -32,14 +33,14 @@ impl super::PolicyPlugin for Plugin {
         if matching.matched.is_empty() {
             return;
         }
-        let confs: Vec<Option<RetryConf>> =
+        let confs: Vec<Option<Applied<RetryConf>>> =
             super::destination_confs(self.kind(), rs, &matching.matched);
         let protocols: Vec<Protocol> = rs.destinations.iter().map(|d| d.protocol).collect();
         for (origin, mut listener) in rs.listeners_mut() {
             let Origin::Outbound { destination, .. } = origin else {
                 continue;
             };
-            let Some(Some(conf)) = confs.get(destination) else {
+            let Some(Some(Applied { conf, .. })) = confs.get(destination) else {
                 continue;
             };
             match protocols[destination] {

@@ -73,19 +73,33 @@ fn parse_conf<T: DeserializeOwned>(
         .ok()
 }
 
+/// A merged conf and the policies it came from (for warnings that name them).
+struct Applied<T> {
+    conf: T,
+    policies: String,
+}
+
+fn named(rule: &crate::rules::Rule) -> String {
+    let names: Vec<&str> = rule.origins.iter().map(|o| o.name.as_str()).collect();
+    names.join(", ")
+}
+
 /// For each of the proxy's destinations, the conf its `to` rule gives (`None` without one).
 fn destination_confs<T: DeserializeOwned>(
     kind: ResourceType,
     rs: &mut ResourceSet,
     matched: &[Matched<'_>],
-) -> Vec<Option<T>> {
+) -> Vec<Option<Applied<T>>> {
     let mut warnings = Vec::new();
     let confs = rs
         .destinations
         .iter()
         .map(|d| {
             let rule = to_rule(matched, &d.service)?;
-            parse_conf(kind, rule.conf, &d.service, &mut warnings)
+            let policies = named(&rule);
+            let what = format!("{} (from {policies})", d.service);
+            let conf = parse_conf(kind, rule.conf, &what, &mut warnings)?;
+            Some(Applied { conf, policies })
         })
         .collect();
     rs.warnings.extend(warnings);
@@ -99,19 +113,28 @@ fn inbound_confs<T: DeserializeOwned>(
     rs: &mut ResourceSet,
     matched: &[Matched<'_>],
     proxy: &DataplaneEntry,
-) -> Vec<Option<T>> {
+) -> Vec<Option<Applied<T>>> {
     let mut warnings = Vec::new();
     let confs = (0..proxy.spec.networking.inbound.len())
         .map(|i| {
             let rules = inbound_rules(matched, i, true);
-            if rules.iter().any(|r| r.matches.is_some()) {
+            let specific: Vec<&str> = rules
+                .iter()
+                .filter(|r| r.matches.is_some())
+                .map(|r| r.origin.name.as_str())
+                .collect();
+            if !specific.is_empty() {
                 warnings.push(format!(
-                    "{kind:?} rules with matches on inbound {i} not applied: \
-                     per-client matches are not supported yet"
+                    "{kind:?} rules with matches on inbound {i} (from {}) not applied: \
+                     per-client matches are not supported yet",
+                    specific.join(", ")
                 ));
             }
             let rule = catch_all(&rules)?;
-            parse_conf(kind, rule.conf, &format!("inbound {i}"), &mut warnings)
+            let policies = named(&rule);
+            let what = format!("inbound {i} (from {policies})");
+            let conf = parse_conf(kind, rule.conf, &what, &mut warnings)?;
+            Some(Applied { conf, policies })
         })
         .collect();
     rs.warnings.extend(warnings);

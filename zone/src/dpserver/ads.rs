@@ -206,6 +206,7 @@ impl AggregatedDiscoveryService for AdsServer {
             nonce: 0,
             record,
             cert: None,
+            warnings: Vec::new(),
         };
         tokio::spawn(async move {
             let result = stream.run(first, requests).await;
@@ -329,6 +330,8 @@ struct ProxyStream {
     nonce: u64,
     record: StreamRecord,
     cert: Option<IssuedCert>,
+    /// What policy plugins could not apply, as last logged: logged again only when it changes.
+    warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -587,6 +590,12 @@ impl ProxyStream {
             .cloned()
             .ok_or(BuildError::NoMesh)?;
         let resources = xds::sidecar(&snapshot.context, &self.name)?;
+        if resources.warnings != self.warnings {
+            for warning in &resources.warnings {
+                tracing::warn!(mesh = %self.mesh, name = %self.name, %warning, "policy not applied to this proxy; the rest of its configuration stands");
+            }
+            self.warnings = resources.warnings.clone();
+        }
         let mut config = encode(&resources)?;
         if snapshot.context.mtls {
             let secrets = self.certificate(&snapshot)?;
