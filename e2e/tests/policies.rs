@@ -443,6 +443,75 @@ fn inspect_rules(f: &Fixture) {
     f.back_to_normal();
 }
 
+/// The port backend-1's sidecar listens on for callers (its Dataplane's inbound).
+fn backend_inbound_port(f: &Fixture) -> u16 {
+    f.env
+        .get("/meshes/default/dataplanes/backend-1")
+        .and_then(|dp| dp["networking"]["inbound"][0]["port"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .expect("backend-1's inbound port")
+}
+
+/// MeshTLS on an mTLS mesh: Strict (the default) refuses a plaintext caller at backend's
+/// inbound, Permissive accepts it, and meshed traffic keeps flowing over mTLS throughout.
+/// Runs last: it leaves the mesh with mTLS on.
+fn mesh_tls(f: &Fixture) {
+    f.env.put(
+        "/meshes/default",
+        json!({"type": "Mesh", "name": "default", "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
+    );
+    within(
+        Duration::from_secs(15),
+        "web reaches backend over mTLS",
+        || {
+            call(f.outbound).is_some_and(|b| {
+                b["headers"]["x-forwarded-client-cert"]
+                    .as_str()
+                    .is_some_and(|x| x.contains("URI=spiffe://default/web"))
+            })
+        },
+        || f.logs(),
+    );
+    let inbound = backend_inbound_port(f);
+    assert_eq!(
+        http_response(inbound, "/").map(|(s, _)| s),
+        None,
+        "Strict: a plaintext caller is refused"
+    );
+    f.apply(
+        "MeshTLS",
+        "backend-permissive",
+        json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+            "rules": [{"default": {"mode": "Permissive", "tlsVersion": {"min": "TLS12"}}}]}),
+    );
+    within(
+        Duration::from_secs(10),
+        "Permissive: a plaintext caller is served",
+        || http_response(inbound, "/").map(|(s, _)| s) == Some(200),
+        || f.logs(),
+    );
+    assert!(
+        call(f.outbound).is_some(),
+        "meshed callers still reach backend"
+    );
+    f.apply(
+        "MeshTLS",
+        "backend-permissive",
+        json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+            "rules": [{"default": {"mode": "Strict"}}]}),
+    );
+    within(
+        Duration::from_secs(10),
+        "Strict again: the plaintext caller is refused",
+        || http_response(inbound, "/").is_none(),
+        || f.logs(),
+    );
+    assert!(
+        call(f.outbound).is_some(),
+        "meshed callers still reach backend"
+    );
+}
+
 #[test]
 fn policies_take_effect_in_real_envoy() {
     let Some(envoy) = envoy("policies_take_effect_in_real_envoy") else {
@@ -457,4 +526,5 @@ fn policies_take_effect_in_real_envoy() {
     mesh_rate_limit(&f);
     mesh_proxy_patch(&f);
     inspect_rules(&f);
+    mesh_tls(&f);
 }

@@ -6,7 +6,7 @@ mod common;
 use common::{allow_all, check_schema, config, envoy_validates, mesh};
 use model::specs::policy::{
     MeshCircuitBreakerSpec, MeshFaultInjectionSpec, MeshHealthCheckSpec, MeshProxyPatchSpec,
-    MeshRateLimitSpec, MeshRetrySpec, MeshTimeoutSpec,
+    MeshRateLimitSpec, MeshRetrySpec, MeshTimeoutSpec, MeshTlsSpec,
 };
 use serde_json::{Value, json};
 use xds::{MeshContext, Policy};
@@ -536,4 +536,51 @@ fn inspect_rules_show_what_was_not_applied() {
             .is_some_and(|w| w.contains("not applied")),
         "{warnings}"
     );
+}
+
+/// MeshTLS: backend's inbound accepts plaintext beside mTLS (Permissive), only TLS 1.2-1.3
+/// with the listed ciphers; RBAC guards the mTLS chain only (plaintext has no identity); web's
+/// cluster for backend offers what backend accepts.
+#[test]
+fn mesh_tls_permissive_and_versions() {
+    let m = with(
+        mesh("http", true, vec![allow_all()]),
+        vec![policy::<MeshTlsSpec>(
+            "backend-tls",
+            json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+                "rules": [{"default": {"mode": "Permissive",
+                    "tlsVersion": {"min": "TLS12", "max": "TLS13"},
+                    "tlsCiphers": ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"]}}]}),
+        )],
+    );
+    let server = checked(&m, "backend-1", "mesh-tls-server");
+    let inbound = listener(&server, "inbound:10.0.0.2:20081");
+    insta::assert_yaml_snapshot!("mesh_tls_permissive_inbound", inbound);
+    let chains = inbound["filter_chains"].as_array().expect("chains");
+    assert_eq!(chains.len(), 2);
+    assert_eq!(
+        chains[0]["filters"][0]["name"], "envoy.filters.network.rbac",
+        "the mTLS chain authorizes"
+    );
+    assert_eq!(
+        chains[1]["filters"][0]["name"], "envoy.filters.network.http_connection_manager",
+        "the plaintext chain has no identity to authorize"
+    );
+    let client = checked(&m, "web-1", "mesh-tls-client");
+    let params = &cluster(&client, "backend")["transport_socket"]["typed_config"]["common_tls_context"]
+        ["tls_params"];
+    assert_eq!(params["tls_minimum_protocol_version"], "TLSv1_2");
+    assert_eq!(params["cipher_suites"][1], "ECDHE-RSA-AES128-GCM-SHA256");
+    // Strict, the mesh's default, keeps one mTLS-only chain.
+    let strict = with(
+        mesh("http", true, vec![allow_all()]),
+        vec![policy::<MeshTlsSpec>(
+            "strict",
+            json!({"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"mode": "Strict"}}]}),
+        )],
+    );
+    let server = checked(&strict, "backend-1", "mesh-tls-strict");
+    let chains = &listener(&server, "inbound:10.0.0.2:20081")["filter_chains"];
+    assert_eq!(chains.as_array().map(Vec::len), Some(1));
+    assert!(chains[0].get("transport_socket").is_some());
 }

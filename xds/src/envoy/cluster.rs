@@ -66,6 +66,14 @@ impl ClusterMut<'_> {
         }
     }
 
+    /// The cluster's `UpstreamTlsContext`, when it has a TLS transport socket.
+    pub fn upstream_tls_context(&mut self) -> Option<&mut Map<String, Value>> {
+        self.0
+            .get_mut("transport_socket")?
+            .get_mut("typed_config")?
+            .as_object_mut()
+    }
+
     /// The cluster's upstream `HttpProtocolOptions`, created (HTTP/1.1 unless the cluster
     /// already speaks HTTP/2 upstream) when it has none; `None` only for a malformed cluster.
     pub fn http_protocol_options(&mut self) -> Option<&mut Map<String, Value>> {

@@ -82,6 +82,80 @@ impl ListenerMut<'_> {
         }
     }
 
+    /// Puts an authorization `filter` first in every filter chain that authenticates its
+    /// callers (a TLS transport socket): a Permissive inbound's plaintext chain has no
+    /// identity to authorize.
+    pub fn prepend_authorization(&mut self, filter: Value) {
+        for chain in array_mut(self.0, "filter_chains") {
+            if chain.get("transport_socket").is_none() {
+                continue;
+            }
+            if let Some(filters) = chain.get_mut("filters").and_then(Value::as_array_mut) {
+                filters.insert(0, filter.clone());
+            }
+        }
+    }
+
+    /// The TLS contexts (`DownstreamTlsContext`) of the listener's filter chains.
+    pub fn downstream_tls_contexts(&mut self) -> Vec<&mut Map<String, Value>> {
+        array_mut(self.0, "filter_chains")
+            .filter_map(|c| c.get_mut("transport_socket"))
+            .filter_map(|t| t.get_mut("typed_config").and_then(Value::as_object_mut))
+            .collect()
+    }
+
+    /// Accepts plaintext beside TLS: each TLS chain matches TLS connections only, and a copy
+    /// of it without the transport socket takes plaintext ones (the TLS inspector tells them
+    /// apart).
+    pub fn accept_plaintext_too(&mut self) {
+        let Some(chains) = self
+            .0
+            .get_mut("filter_chains")
+            .and_then(Value::as_array_mut)
+        else {
+            return;
+        };
+        let mut plaintext = Vec::new();
+        for chain in chains.iter_mut() {
+            let Some(obj) = chain.as_object_mut() else {
+                continue;
+            };
+            if !obj.contains_key("transport_socket") {
+                continue;
+            }
+            obj.insert(
+                "filter_chain_match".into(),
+                json!({"transport_protocol": "tls"}),
+            );
+            let mut copy = obj.clone();
+            copy.remove("transport_socket");
+            copy.insert(
+                "filter_chain_match".into(),
+                json!({"transport_protocol": "raw_buffer"}),
+            );
+            plaintext.push(Value::Object(copy));
+        }
+        if plaintext.is_empty() {
+            return;
+        }
+        chains.extend(plaintext);
+        let inspector = json!({
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
+        });
+        let Some(listener) = self.0.as_object_mut() else {
+            return;
+        };
+        let filters = listener
+            .entry("listener_filters")
+            .or_insert_with(|| json!([]));
+        if let Some(list) = filters.as_array_mut()
+            && !list.iter().any(|f| f["name"] == inspector["name"])
+        {
+            list.push(inspector);
+        }
+    }
+
     /// The HTTP connection managers of the listener.
     pub fn http_connection_managers(&mut self) -> Vec<&mut Map<String, Value>> {
         self.typed_configs(HCM)

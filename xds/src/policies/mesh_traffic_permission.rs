@@ -38,7 +38,7 @@ impl super::PolicyPlugin for Plugin {
             }
             let entries = merged_entries(&matching.matched, i);
             let filter = inbound_filter(&mesh.mesh, &entries, listener.name());
-            listener.prepend_network_filter(filter);
+            listener.prepend_authorization(filter);
         }
     }
 }

@@ -12,6 +12,7 @@ mod mesh_proxy_patch;
 mod mesh_rate_limit;
 mod mesh_retry;
 mod mesh_timeout;
+mod mesh_tls;
 mod mesh_traffic_permission;
 
 use model::ResourceType;
@@ -37,6 +38,7 @@ pub trait PolicyPlugin: Sync {
 /// 1000, MeshTrafficPermission 1100, MeshHealthCheck 1200, MeshCircuitBreaker 1300,
 /// MeshRetry 1400, MeshMetric 1500, MeshProxyPatch 9999).
 pub static PLUGINS: &[&dyn PolicyPlugin] = &[
+    &mesh_tls::Plugin,
     &mesh_load_balancing_strategy::Plugin,
     &mesh_fault_injection::Plugin,
     &mesh_rate_limit::Plugin,
