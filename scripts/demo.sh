@@ -131,6 +131,25 @@ if [ "$traffic" = no ]; then
   echo "web in zone-1 does not reach backend in zone-2 yet; see $DIR/kuma-dp-*.log" >&2
 fi
 
+# A policy taking effect: a MeshTimeout applied on global reaches web's Envoy in zone-1 and
+# cuts calls to backend that take longer than 1 s (the demo app answers late on ?delay=).
+curl -fs -X PUT http://127.0.0.1:5681/meshes/default/meshtimeouts/backend-1s \
+  -H 'content-type: application/json' \
+  -d '{"type":"MeshTimeout","name":"backend-1s","mesh":"default","spec":{"targetRef":{"kind":"Mesh"},"to":[{"targetRef":{"kind":"MeshService","name":"backend"},"default":{"http":{"requestTimeout":"1s"}}}]}}' >/dev/null
+timeout_policy=no
+if [ "$traffic" = yes ]; then
+  for _ in $(seq 1 20); do
+    status=$(curl -s -o /dev/null -w '%{http_code}' 'http://127.0.0.1:8080/?delay=2s' || true)
+    if [ "$status" = 504 ]; then timeout_policy=yes; break; fi
+    sleep 0.5
+  done
+fi
+if [ "$timeout_policy" = yes ]; then
+  policy_line="MeshTimeout backend-1s (applied on global): curl -s 'localhost:8080/?delay=2s' is cut at 1 s (504)"
+else
+  policy_line="MeshTimeout backend-1s applied on global; it had not reached web yet (see $DIR/zone-1.log)"
+fi
+
 cat <<MSG
 
 Multi-zone demo running (memory stores; everything is lost on exit):
@@ -139,6 +158,7 @@ Multi-zone demo running (memory stores; everything is lost on exit):
   zone-2   API and GUI  http://localhost:7681
   logs     $DIR/*.log
   traffic  web (zone-1) -> backend (zone-2 only), through zone-2's ingress, mTLS end to end
+  policy   $policy_line
 
 Try:
   curl -s localhost:8080/                # answered by backend-zone-2; see x-forwarded-client-cert
@@ -148,6 +168,9 @@ Try:
   kumactl inspect dataplanes             # web and backend (global names carry their zone's hash)
   curl -s localhost:5681/global-insight
   curl -s localhost:6681/meshes          # the default mesh, synced from global
+  kumactl config control-planes add --name zone-1 --address http://localhost:6681 --overwrite
+  kumactl inspect dataplane web --type=rules   # the MeshTimeout as web's outbound gets it
+  curl -X DELETE localhost:5681/meshes/default/meshtimeouts/backend-1s   # slow calls complete again
   (then the tour in the README: policies applied on global show up on both zones)
 
 Ctrl-C stops the demo.

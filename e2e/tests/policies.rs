@@ -512,6 +512,33 @@ fn mesh_tls(f: &Fixture) {
     );
 }
 
+/// MeshTrafficPermission's 2.x `rules` form on the mTLS mesh: a deny of web's SPIFFE id wins
+/// over the allow of the whole mesh (web gets 403 from backend's HTTP RBAC); without it the
+/// default allow-all applies again.
+fn mesh_traffic_permission_rules(f: &Fixture) {
+    f.apply(
+        "MeshTrafficPermission",
+        "backend-rules",
+        json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+            "rules": [{"default": {
+                "allow": [{"spiffeID": {"type": "Prefix", "value": "spiffe://default/"}}],
+                "deny": [{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}]}}]}),
+    );
+    within(
+        Duration::from_secs(10),
+        "the deny of web's identity answers 403",
+        || f.get("/").0 == Some(403),
+        || f.logs(),
+    );
+    f.remove("MeshTrafficPermission", "backend-rules");
+    within(
+        Duration::from_secs(10),
+        "the mesh's allow-all applies again",
+        || f.get("/").0 == Some(200),
+        || f.logs(),
+    );
+}
+
 #[test]
 fn policies_take_effect_in_real_envoy() {
     let Some(envoy) = envoy("policies_take_effect_in_real_envoy") else {
@@ -527,4 +554,5 @@ fn policies_take_effect_in_real_envoy() {
     mesh_proxy_patch(&f);
     inspect_rules(&f);
     mesh_tls(&f);
+    mesh_traffic_permission_rules(&f);
 }

@@ -6,7 +6,7 @@ mod common;
 use common::{allow_all, check_schema, config, envoy_validates, mesh};
 use model::specs::policy::{
     MeshCircuitBreakerSpec, MeshFaultInjectionSpec, MeshHealthCheckSpec, MeshProxyPatchSpec,
-    MeshRateLimitSpec, MeshRetrySpec, MeshTimeoutSpec, MeshTlsSpec,
+    MeshRateLimitSpec, MeshRetrySpec, MeshTimeoutSpec, MeshTlsSpec, MeshTrafficPermissionSpec,
 };
 use serde_json::{Value, json};
 use xds::{MeshContext, Policy};
@@ -558,12 +558,16 @@ fn mesh_tls_permissive_and_versions() {
     insta::assert_yaml_snapshot!("mesh_tls_permissive_inbound", inbound);
     let chains = inbound["filter_chains"].as_array().expect("chains");
     assert_eq!(chains.len(), 2);
+    let first_http_filter =
+        |chain: &Value| chain["filters"][0]["typed_config"]["http_filters"][0]["name"].clone();
     assert_eq!(
-        chains[0]["filters"][0]["name"], "envoy.filters.network.rbac",
+        first_http_filter(&chains[0]),
+        "envoy.filters.http.rbac",
         "the mTLS chain authorizes"
     );
     assert_eq!(
-        chains[1]["filters"][0]["name"], "envoy.filters.network.http_connection_manager",
+        first_http_filter(&chains[1]),
+        "envoy.filters.http.router",
         "the plaintext chain has no identity to authorize"
     );
     let client = checked(&m, "web-1", "mesh-tls-client");
@@ -583,4 +587,38 @@ fn mesh_tls_permissive_and_versions() {
     let chains = &listener(&server, "inbound:10.0.0.2:20081")["filter_chains"];
     assert_eq!(chains.as_array().map(Vec::len), Some(1));
     assert!(chains[0].get("transport_socket").is_some());
+}
+
+/// MeshTrafficPermission's 2.x `rules` form: deny wins over allow, `allowWithShadowDeny`
+/// allows and counts as denied in the shadow stats; on an HTTP inbound the HTTP RBAC filter,
+/// on a TCP one the network filter. Where a policy has `rules`, `from` entries of others
+/// selecting the same inbound do not count (as in Kuma).
+#[test]
+fn traffic_permission_rules_form() {
+    let spec = json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+        "rules": [{"default": {
+            "allow": [{"spiffeID": {"type": "Prefix", "value": "spiffe://default/"}}],
+            "deny": [{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}],
+            "allowWithShadowDeny": [{"spiffeID": {"type": "Exact", "value": "spiffe://default/legacy"}}]}}]});
+    for protocol in ["http", "tcp"] {
+        let m = with(
+            mesh(protocol, true, vec![]),
+            vec![
+                policy::<MeshTrafficPermissionSpec>("rules-form", spec.clone()),
+                policy::<MeshTrafficPermissionSpec>(
+                    "legacy-allow-all",
+                    json!({"targetRef": {"kind": "Mesh"},
+                        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}),
+                ),
+            ],
+        );
+        let server = checked(&m, "backend-1", &format!("mtp-rules-{protocol}"));
+        let chain = &listener(&server, "inbound:10.0.0.2:20081")["filter_chains"][0];
+        let rbac = if protocol == "http" {
+            chain["filters"][0]["typed_config"]["http_filters"][0].clone()
+        } else {
+            chain["filters"][0].clone()
+        };
+        insta::assert_yaml_snapshot!(format!("traffic_permission_rules_{protocol}"), rbac);
+    }
 }

@@ -96,6 +96,25 @@ impl ListenerMut<'_> {
         }
     }
 
+    /// Puts an HTTP authorization `filter` first in the HTTP connection managers of the
+    /// filter chains that authenticate their callers (see [`Self::prepend_authorization`]).
+    pub fn prepend_http_authorization(&mut self, filter: Value) {
+        for chain in array_mut(self.0, "filter_chains") {
+            if chain.get("transport_socket").is_none() {
+                continue;
+            }
+            for f in array_mut(chain, "filters").filter(|f| f["name"] == HCM) {
+                if let Some(list) = f
+                    .get_mut("typed_config")
+                    .and_then(|c| c.get_mut("http_filters"))
+                    .and_then(Value::as_array_mut)
+                {
+                    list.insert(0, filter.clone());
+                }
+            }
+        }
+    }
+
     /// The TLS contexts (`DownstreamTlsContext`) of the listener's filter chains.
     pub fn downstream_tls_contexts(&mut self) -> Vec<&mut Map<String, Value>> {
         array_mut(self.0, "filter_chains")
