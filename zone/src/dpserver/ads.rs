@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use xds::wire;
 
 use crate::dpserver::auth::ProxyAuth;
-use crate::dpserver::cache::{MeshSnapshot, ZoneView};
+use crate::dpserver::cache::{MeshSnapshot, ZoneProxies, ZoneView};
 use crate::dpserver::insight::{CertState, StreamRecord};
 
 /// Which proxy a configuration is for: what it is built from differs.
@@ -308,9 +308,30 @@ struct IssuedCert {
     rotate_at: tokio::time::Instant,
 }
 
-/// The snapshots a configuration was last computed from.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Fingerprint(Vec<usize>);
+/// The snapshots a configuration was last computed from. It holds them, not their addresses: a freed
+/// snapshot's address can be reused by the next one, which would then look unchanged.
+#[derive(Default)]
+struct Fingerprint {
+    meshes: Vec<Arc<MeshSnapshot>>,
+    zone_proxies: Option<Arc<ZoneProxies>>,
+}
+
+impl PartialEq for Fingerprint {
+    fn eq(&self, other: &Self) -> bool {
+        let same = |a: &Arc<MeshSnapshot>, b: &Arc<MeshSnapshot>| Arc::ptr_eq(a, b);
+        self.meshes.len() == other.meshes.len()
+            && self
+                .meshes
+                .iter()
+                .zip(&other.meshes)
+                .all(|(a, b)| same(a, b))
+            && match (&self.zone_proxies, &other.zone_proxies) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
 
 struct ProxyStream {
     /// For insights only: configuration comes from `view`.
@@ -542,16 +563,16 @@ impl ProxyStream {
     /// pointers, so comparing pointers says whether anything it depends on changed.
     fn fingerprint(&self) -> Fingerprint {
         let view = self.view.borrow();
-        let ptr = |s: &Arc<MeshSnapshot>| Arc::as_ptr(s) as usize;
-        Fingerprint(match self.kind {
-            ProxyKind::Sidecar => view.meshes.get(&self.mesh).map(ptr).into_iter().collect(),
-            ProxyKind::Ingress | ProxyKind::Egress => view
-                .meshes
-                .values()
-                .map(ptr)
-                .chain([Arc::as_ptr(&view.zone_proxies) as usize])
-                .collect(),
-        })
+        match self.kind {
+            ProxyKind::Sidecar => Fingerprint {
+                meshes: view.meshes.get(&self.mesh).cloned().into_iter().collect(),
+                zone_proxies: None,
+            },
+            ProxyKind::Ingress | ProxyKind::Egress => Fingerprint {
+                meshes: view.meshes.values().cloned().collect(),
+                zone_proxies: Some(view.zone_proxies.clone()),
+            },
+        }
     }
 
     /// Rebuilds the proxy's configuration from the latest snapshots; on failure the last one
