@@ -755,3 +755,39 @@ impl ProxyStream {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Arc<MeshSnapshot> {
+        Arc::new(MeshSnapshot {
+            spec: Default::default(),
+            context: Default::default(),
+            ca: Ok(None),
+        })
+    }
+
+    /// What a stream has seen stays distinct from every later snapshot, even once the cache
+    /// has dropped it (compared by address alone, the allocator hands the freed address to the
+    /// next snapshot, which then looks unchanged).
+    #[test]
+    fn a_replaced_snapshot_never_looks_unchanged() {
+        let seen = Fingerprint {
+            meshes: vec![snapshot()],
+            zone_proxies: None,
+        };
+        for _ in 0..1000 {
+            let next = Fingerprint {
+                meshes: vec![snapshot()],
+                zone_proxies: None,
+            };
+            assert!(seen != next);
+        }
+        let same = Fingerprint {
+            meshes: seen.meshes.clone(),
+            zone_proxies: None,
+        };
+        assert!(seen == same);
+    }
+}
