@@ -50,15 +50,30 @@ fn descriptor(type_url: &str) -> Result<prost_reflect::MessageDescriptor, WireEr
         .ok_or_else(|| WireError::UnknownType(type_url.to_string()))
 }
 
-/// Encodes Envoy JSON (snake_case or lowerCamel field names) as the message `type_url` names.
-pub fn encode(type_url: &str, json: &Value) -> Result<Vec<u8>, WireError> {
+/// Envoy JSON (snake_case or lowerCamel field names) read as the message `type_url` names.
+fn message(type_url: &str, json: &Value) -> Result<DynamicMessage, WireError> {
     let desc = descriptor(type_url)?;
-    let msg = DynamicMessage::deserialize_with_options(desc, json, &DeserializeOptions::new())
+    DynamicMessage::deserialize_with_options(desc, json, &DeserializeOptions::new()).map_err(
+        |source| WireError::Json {
+            type_url: type_url.to_string(),
+            source,
+        },
+    )
+}
+
+/// A message as Envoy JSON, with proto (snake_case) or lowerCamel field names.
+fn to_json(type_url: &str, msg: &DynamicMessage, proto_names: bool) -> Result<Value, WireError> {
+    let options = SerializeOptions::new().use_proto_field_name(proto_names);
+    msg.serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(|source| WireError::Json {
             type_url: type_url.to_string(),
             source,
-        })?;
-    Ok(msg.encode_to_vec())
+        })
+}
+
+/// Encodes Envoy JSON (snake_case or lowerCamel field names) as the message `type_url` names.
+pub fn encode(type_url: &str, json: &Value) -> Result<Vec<u8>, WireError> {
+    Ok(message(type_url, json)?.encode_to_vec())
 }
 
 pub fn to_any(type_url: &str, json: &Value) -> Result<prost_types::Any, WireError> {
@@ -75,29 +90,13 @@ pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Value, WireError> {
         type_url: type_url.to_string(),
         source,
     })?;
-    let options = SerializeOptions::new().use_proto_field_name(true);
-    msg.serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|source| WireError::Json {
-            type_url: type_url.to_string(),
-            source,
-        })
+    to_json(type_url, &msg, true)
 }
 
 /// `json` read as the message `type_url` names and written back with snake_case
 /// (`proto_names`) or lowerCamel field names: values in either spelling come out in one.
 pub fn reshape(type_url: &str, json: &Value, proto_names: bool) -> Result<Value, WireError> {
-    let desc = descriptor(type_url)?;
-    let msg = DynamicMessage::deserialize_with_options(desc, json, &DeserializeOptions::new())
-        .map_err(|source| WireError::Json {
-            type_url: type_url.to_string(),
-            source,
-        })?;
-    let options = SerializeOptions::new().use_proto_field_name(proto_names);
-    msg.serialize_with_options(serde_json::value::Serializer, &options)
-        .map_err(|source| WireError::Json {
-            type_url: type_url.to_string(),
-            source,
-        })
+    to_json(type_url, &message(type_url, json)?, proto_names)
 }
 
 #[cfg(test)]

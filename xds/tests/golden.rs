@@ -372,8 +372,6 @@ fn envoy_validates_load_balancing_configs() {
     let Some(envoy) = common::envoy_or_skip("the load-balancing configs") else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("xds-lb-validate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
     let views = [
         ("strategy", {
             let mut m = zone_1_with_three_remote_zones();
@@ -419,21 +417,8 @@ fn envoy_validates_load_balancing_configs() {
                 }}]}]
             }]
         }});
-        let file = dir.join(format!("{name}.json"));
-        std::fs::write(&file, bootstrap.to_string()).expect("bootstrap file");
-        let out = std::process::Command::new(&envoy)
-            .args(["--mode", "validate", "-l", "error", "-c"])
-            .arg(&file)
-            .output()
-            .expect("running envoy");
-        assert!(
-            out.status.success(),
-            "envoy rejected the {name} config: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            bootstrap
-        );
+        common::envoy_accepts(&envoy, name, &bootstrap);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An outbound selecting a subset reaches only the zones whose ingress advertises it, with

@@ -850,21 +850,12 @@ async fn inspect_policy(client: &Client, args: &[String]) -> Result<()> {
             "/meshes/{mesh}/{plural}/{name}/_resources/dataplanes?size=1000"
         ))
         .await?;
-    let rows: Vec<Vec<String>> = list["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|i| {
-                    vec![
-                        i["mesh"].as_str().unwrap_or("").to_string(),
-                        i["name"].as_str().unwrap_or("").to_string(),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    print!("{}", table::render(&["MESH", "DATAPLANE"], &rows));
+    print_table(&["MESH", "DATAPLANE"], &list, |i| {
+        vec![
+            i["mesh"].as_str().unwrap_or("").to_string(),
+            i["name"].as_str().unwrap_or("").to_string(),
+        ]
+    });
     Ok(())
 }
 

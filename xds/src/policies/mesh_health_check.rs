@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use model::ResourceType;
 use model::duration::parse_duration;
-use model::specs::policy::{HealthCheckConf, HttpHealthCheck, TcpHealthCheck};
+use model::specs::policy::{GrpcHealthCheck, HealthCheckConf, HttpHealthCheck, TcpHealthCheck};
 use serde_json::{Map, Value, json};
 
 use super::Applied;
@@ -83,7 +83,7 @@ fn enabled<T>(check: &Option<T>, disabled: impl Fn(&T) -> Option<bool>) -> Optio
 fn health_check(conf: &HealthCheckConf, protocol: Protocol) -> Option<Value> {
     let tcp = enabled(&conf.tcp, |t: &TcpHealthCheck| t.disabled);
     let http = enabled(&conf.http, |h: &HttpHealthCheck| h.disabled);
-    let grpc = conf.grpc.as_ref().filter(|g| g.disabled != Some(true));
+    let grpc = enabled(&conf.grpc, |g: &GrpcHealthCheck| g.disabled);
     let (key, checker) = match protocol {
         Protocol::Http | Protocol::Http2 if http.is_some() => (
             "http_health_check",

@@ -124,11 +124,16 @@ pub fn envoy_validates(name: &str, r: &ProxyResources) {
         listeners.push(l);
     }
     let bootstrap = json!({"static_resources": {"clusters": clusters, "listeners": listeners}});
+    envoy_accepts(&envoy, name, &bootstrap);
+}
+
+/// `envoy --mode validate` accepts `bootstrap` (a test failure naming `name` otherwise).
+pub fn envoy_accepts(envoy: &std::ffi::OsStr, name: &str, bootstrap: &Value) {
     let dir = std::env::temp_dir().join(format!("xds-validate-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("bootstrap.json");
     std::fs::write(&file, bootstrap.to_string()).expect("bootstrap file");
-    let out = std::process::Command::new(&envoy)
+    let out = std::process::Command::new(envoy)
         .args(["--mode", "validate", "-l", "error", "-c"])
         .arg(&file)
         .output()
