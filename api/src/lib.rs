@@ -20,6 +20,7 @@ pub mod error;
 pub mod federation;
 mod gui;
 pub mod inspect;
+pub mod mesh_defaults;
 mod metrics;
 mod overview;
 mod paging;

@@ -365,14 +365,37 @@ async fn put(
             Ok(StatusCode::OK.into_response())
         }
         Err(StoreError::NotFound(_)) => {
-            state
+            let created = state
                 .store
                 .create(resource)
                 .await
                 .map_err(|e| ApiError::from_store("Could not create a resource", e))?;
+            if created.kind == ResourceType::Mesh {
+                crate::mesh_defaults::ensure(&state.store, &created)
+                    .await
+                    .map_err(mesh_defaults_error)?;
+            }
             Ok(StatusCode::CREATED.into_response())
         }
         Err(e) => Err(ApiError::from_store(TITLE_PUT, e)),
+    }
+}
+
+/// The mesh is stored by then, and a repeated PUT is an update that creates no defaults (as in
+/// Kuma): the error names what is missing, for the operator to create.
+fn mesh_defaults_error(e: crate::mesh_defaults::MeshDefaultsError) -> ApiError {
+    use crate::mesh_defaults::MeshDefaultsError;
+    let what = e.to_string();
+    match e {
+        MeshDefaultsError::Store { source, .. }
+        | MeshDefaultsError::SigningKey(security::TokenError::Store(source)) => {
+            ApiError::from_store(&format!("The mesh was created; {what} failed"), source)
+        }
+        MeshDefaultsError::SigningKey(other) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The mesh was created; its defaults were not",
+            format!("{what}: {other}"),
+        ),
     }
 }
 

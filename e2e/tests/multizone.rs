@@ -230,11 +230,32 @@ fn timeout(name: &str) -> Value {
         "targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "20s"}}]}})
 }
 
+/// The names of `items`, leaving out the policies a control plane creates with every mesh
+/// (`mesh-timeout-all-<mesh>` and the others), which the checks below are not about.
 fn names(items: &[Value]) -> Vec<String> {
     items
         .iter()
+        .filter(|i| !is_mesh_default(i))
         .map(|i| i["name"].as_str().unwrap_or("").to_string())
         .collect()
+}
+
+/// Whether `item` is one of the default policies of its mesh (by its name on the control plane
+/// that created it, its display name where it was synced to).
+fn is_mesh_default(item: &Value) -> bool {
+    let name = item["labels"]["kuma.io/display-name"]
+        .as_str()
+        .or(item["name"].as_str())
+        .unwrap_or("");
+    let mesh = item["mesh"].as_str().unwrap_or("");
+    [
+        "mesh-timeout-all",
+        "mesh-gateways-timeout-all",
+        "mesh-circuit-breaker-all",
+        "mesh-retry-all",
+    ]
+    .iter()
+    .any(|prefix| name == format!("{prefix}-{mesh}"))
 }
 
 #[test]
@@ -369,9 +390,27 @@ fn scenario(global_store: &[(String, String)], durable: bool) {
             "global policy on the zone",
             |i| {
                 names(i) == ["default-timeout-global-54dbd4c66zwbcf9c"]
-                    && i[0]["labels"]["kuma.io/origin"] == "global"
-                    && i[0]["labels"]["kuma.io/display-name"] == "default-timeout-global"
+                    && i.iter().any(|p| {
+                        p["labels"]["kuma.io/origin"] == "global"
+                            && p["labels"]["kuma.io/display-name"] == "default-timeout-global"
+                    })
             },
+        );
+        // The mesh's defaults came from global too: the zone made none of its own.
+        let defaults: Vec<Value> = list(zone, "/meshes/default/meshtimeouts")
+            .into_iter()
+            .filter(is_mesh_default)
+            .collect();
+        assert_eq!(
+            defaults.len(),
+            2,
+            "global's two default MeshTimeouts: {defaults:?}"
+        );
+        assert!(
+            defaults
+                .iter()
+                .all(|p| p["labels"]["kuma.io/origin"] == "global"),
+            "a zone created defaults of its own: {defaults:?}"
         );
     }
 
@@ -475,7 +514,7 @@ fn scenario(global_store: &[(String, String)], durable: bool) {
         "/meshes/default/meshtimeouts",
         t,
         "zone policy gone from global",
-        |i| i.is_empty(),
+        |i| names(i).is_empty(),
     );
 
     // Global dies (SIGKILL). Meanwhile zone-1 registers another dataplane. On a memory store
@@ -509,7 +548,10 @@ fn scenario(global_store: &[(String, String)], durable: bool) {
             "/meshes/default/meshtimeouts",
             t,
             "zone converged after global restart",
-            |i| i.len() == 1 && i[0]["labels"]["kuma.io/display-name"] == "after-restart",
+            |i| {
+                let ours: Vec<&Value> = i.iter().filter(|p| !is_mesh_default(p)).collect();
+                ours.len() == 1 && ours[0]["labels"]["kuma.io/display-name"] == "after-restart"
+            },
         );
     }
     eventually(
@@ -537,11 +579,11 @@ fn scenario(global_store: &[(String, String)], durable: bool) {
         "/meshes/default/meshtimeouts",
         Duration::from_secs(10),
         "zone-1 still syncing",
-        |i| i.len() == 2,
+        |i| names(i).len() == 2,
     );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        list(&zone2, "/meshes/default/meshtimeouts").len(),
+        names(&list(&zone2, "/meshes/default/meshtimeouts")).len(),
         1,
         "a disabled zone kept receiving policies"
     );
@@ -628,13 +670,16 @@ fn standalone_federates_with_global_and_keeps_its_resources() {
         "name: db-password",
         "name: legacy",
         "skipCreatingInitialPolicies",
+        // Kuma exports a mesh's dataplane token signing key, so its proxies' tokens stay valid.
+        "name: dataplane-token-signing-key-payments-1",
     ] {
         assert!(exported.contains(wanted), "{wanted} missing:\n{exported}");
     }
     for unwanted in [
         "type: Dataplane",
         "admin-user-token",
-        "signing-key",
+        "user-token-signing-key",
+        "zone-token-signing-key",
         "inter-cp-ca",
         "kuma-cluster-id",
     ] {
@@ -691,7 +736,9 @@ fn standalone_federates_with_global_and_keeps_its_resources() {
         |i| names(i) == ["web-1"],
     );
     eventually(&zone, "/meshes/default/secrets", t, "secret kept", |i| {
-        names(i) == ["db-password"]
+        let mut n = names(i);
+        n.retain(|n| !n.starts_with("dataplane-token-signing-key-"));
+        n == ["db-password"]
     });
     eventually(
         &global,

@@ -120,6 +120,49 @@ fn plural(kind: &str) -> &'static str {
         .plural
 }
 
+/// Kuma's defaults for a new mesh: the CP created the default mesh with its MeshTimeouts,
+/// MeshCircuitBreaker and MeshRetry, and the default retry already turns a flaky backend's
+/// 503s into 200. They are then deleted (and stay deleted) so the cases after this one start
+/// from plain traffic.
+fn mesh_defaults(f: &Fixture) {
+    let defaults = [
+        ("MeshTimeout", "mesh-timeout-all-default"),
+        ("MeshTimeout", "mesh-gateways-timeout-all-default"),
+        ("MeshCircuitBreaker", "mesh-circuit-breaker-all-default"),
+        ("MeshRetry", "mesh-retry-all-default"),
+    ];
+    for (kind, name) in defaults {
+        let policy = f
+            .env
+            .get(&format!("/meshes/default/{}/{name}", plural(kind)))
+            .unwrap_or_else(|| panic!("the CP created no default {kind} {name:?}"));
+        assert_eq!(policy["type"], kind, "default {name}: {policy}");
+    }
+    assert_eq!(
+        f.get("/?fail=2&key=default-retry").0,
+        Some(200),
+        "the default MeshRetry retries the flaky backend's 503s"
+    );
+    for (kind, name) in defaults {
+        f.remove(kind, name);
+    }
+    within(
+        Duration::from_secs(10),
+        "without the default MeshRetry a 503 reaches the caller",
+        || f.get(&format!("/?fail=2&key={}", rand_key())).0 == Some(503),
+        || f.logs(),
+    );
+}
+
+/// A key no earlier request used, so the flaky backend fails it afresh.
+fn rand_key() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "fresh-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// MeshTimeout: a request slower than the policy's request timeout is cut at that timeout
 /// (Envoy answers 504); without the policy it completes.
 fn mesh_timeout(f: &Fixture) {
@@ -545,6 +588,7 @@ fn policies_take_effect_in_real_envoy() {
         return;
     };
     let f = fixture(envoy);
+    mesh_defaults(&f);
     mesh_timeout(&f);
     mesh_retry(&f);
     mesh_circuit_breaker(&f);

@@ -155,7 +155,23 @@ fn kumactl_drives_a_standalone_control_plane() {
         &["get", "meshtimeouts", "-m", "demo", "-o", "json"],
     )))
     .unwrap();
-    assert_eq!(json["total"], 1);
+    // The user's policy beside the two MeshTimeouts every new mesh gets.
+    assert_eq!(json["total"], 3, "{json}");
+    let mut names: Vec<&str> = json["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "mesh-gateways-timeout-all-demo",
+            "mesh-timeout-all-demo",
+            "timeout-backend"
+        ]
+    );
 
     // Errors from the API come back readable, one field per line, with a non-zero exit.
     let bad = "type: MeshTimeout\nname: bad\nmesh: demo\nspec:\n  targetRef:\n    kind: Foo\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      idleTimeout: soon\n";
@@ -182,9 +198,8 @@ fn kumactl_drives_a_standalone_control_plane() {
 
     let inspect = ok(&kumactl(cfg, &["inspect", "meshes"]));
     assert!(
-        inspect
-            .lines()
-            .any(|l| l.starts_with("demo") && l.contains("MeshTimeout=1")),
+        inspect.lines().any(|l| l.starts_with("demo")
+            && l.contains("MeshTimeout=3 MeshRetry=1 MeshCircuitBreaker=1")),
         "{inspect}"
     );
     let dps = ok(&kumactl(cfg, &["inspect", "dataplanes"]));

@@ -15,6 +15,8 @@ pub enum DefaultsError {
     Store(&'static str, #[source] StoreError),
     #[error("{0}")]
     Keys(&'static str, #[source] security::TokenError),
+    #[error("the default mesh's defaults")]
+    MeshDefaults(#[source] api::mesh_defaults::MeshDefaultsError),
     #[error("encoding the cluster id")]
     Encode(#[source] serde_json::Error),
 }
@@ -43,8 +45,11 @@ pub async fn ensure(
             ))
             .await
         {
-            Ok(_) => {
+            Ok(mesh) => {
                 tracing::info!("created Mesh \"default\"");
+                api::mesh_defaults::ensure(store, &mesh)
+                    .await
+                    .map_err(DefaultsError::MeshDefaults)?;
                 // As Kuma does for the default mesh: traffic keeps flowing when mTLS is turned
                 // on, until the operator narrows it. Only with the mesh, so a deleted policy
                 // stays deleted across restarts.
