@@ -2,14 +2,17 @@
 //! policies by type, other zones' ingresses) and the zone proxies' listeners.
 
 use std::any::Any;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use model::ResourceType;
 use model::labels::{PROTOCOL_TAG, SERVICE_TAG};
 use model::specs::dataplane::DataplaneSpec;
 use model::specs::policy::PolicySpec;
 use serde_json::Value;
+
+use crate::resources::Destination;
+use crate::rules::Rule;
 
 /// One Dataplane of the mesh, as the generators see it.
 #[derive(Debug, Clone)]
@@ -213,6 +216,94 @@ pub struct MeshContext {
     pub zone_egress: bool,
     /// This zone's egresses (address, port) sidecars dial when `zone_egress` is on.
     pub local_egresses: Vec<(String, u32)>,
+    /// Work every proxy generated from this context can share. Only for a context that is not
+    /// changed once built (the zone's mesh snapshots): what is shared is computed from the
+    /// context as it was first read. `None` computes everything for each proxy.
+    pub shared: Option<Arc<SharedWork>>,
+}
+
+/// What one mesh snapshot's proxies would otherwise each compute alike: the destination an
+/// outbound's tags resolve to, and a destination's endpoints laid out for a locality
+/// awareness that does not depend on the caller. A thousand proxies calling one service
+/// then cost one resolution and one layout per snapshot, not a thousand.
+#[derive(Default)]
+pub struct SharedWork {
+    destinations: RwLock<HashMap<BTreeMap<String, String>, Arc<Destination>>>,
+    assignments: RwLock<HashMap<(String, String), Arc<Value>>>,
+    to_rules: RwLock<HashMap<PoliciesAndService, Option<Arc<Rule>>>>,
+}
+
+/// The addresses of the policies that select a proxy, in order, and a destination service.
+type PoliciesAndService = (Vec<usize>, String);
+
+impl std::fmt::Debug for SharedWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedWork")
+            .field("destinations", &locked(&self.destinations).len())
+            .field("assignments", &locked(&self.assignments).len())
+            .field("to_rules", &locked(&self.to_rules).len())
+            .finish()
+    }
+}
+
+// A poisoned lock only means another proxy's generation panicked; the maps hold whole
+// entries. Read-mostly: every proxy after the first finds what it needs.
+fn locked<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn locked_mut<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SharedWork {
+    /// The destination `tags` resolve to, computed by `resolve` the first time.
+    pub(crate) fn destination(
+        &self,
+        tags: &BTreeMap<String, String>,
+        resolve: impl FnOnce() -> Destination,
+    ) -> Arc<Destination> {
+        if let Some(d) = locked(&self.destinations).get(tags) {
+            return d.clone();
+        }
+        let d = Arc::new(resolve());
+        locked_mut(&self.destinations).insert(tags.clone(), d.clone());
+        d
+    }
+
+    /// The `to` rule for calls to `service` of proxies the same policies select (`policies`:
+    /// their addresses in this context, in order), computed by `merge` the first time.
+    pub(crate) fn to_rule(
+        &self,
+        policies: Vec<usize>,
+        service: &str,
+        merge: impl FnOnce() -> Option<Rule>,
+    ) -> Option<Arc<Rule>> {
+        let key = (policies, service.to_string());
+        if let Some(r) = locked(&self.to_rules).get(&key) {
+            return r.clone();
+        }
+        let r = merge().map(Arc::new);
+        locked_mut(&self.to_rules).insert(key, r.clone());
+        r
+    }
+
+    /// The load assignment of `cluster` under a locality awareness (`la`, as JSON text),
+    /// computed by `layout` the first time.
+    pub(crate) fn assignment(
+        &self,
+        cluster: &str,
+        la: String,
+        layout: impl FnOnce() -> Value,
+    ) -> Arc<Value> {
+        let key = (cluster.to_string(), la);
+        if let Some(a) = locked(&self.assignments).get(&key) {
+            return a.clone();
+        }
+        let a = Arc::new(layout());
+        locked_mut(&self.assignments).insert(key, a.clone());
+        a
+    }
 }
 
 impl MeshContext {

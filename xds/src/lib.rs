@@ -15,7 +15,8 @@ pub mod rules;
 pub mod wire;
 
 pub use context::{
-    DataplaneEntry, MeshContext, Policies, Policy, RawPolicy, RemoteIngress, ZoneProxyListener,
+    DataplaneEntry, MeshContext, Policies, Policy, RawPolicy, RemoteIngress, SharedWork,
+    ZoneProxyListener,
 };
 pub use resources::ProxyResources;
 

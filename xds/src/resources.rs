@@ -3,6 +3,7 @@
 //! to, so policy plugins find what they change without parsing names.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -60,8 +61,8 @@ pub struct ResourceSet {
     listeners: Vec<(Origin, Value)>,
     clusters: Vec<(Origin, Value)>,
     /// `ClusterLoadAssignment`s, one per EDS cluster.
-    endpoints: Vec<(Origin, Value)>,
-    pub destinations: Vec<Destination>,
+    endpoints: Vec<(Origin, Arc<Value>)>,
+    pub destinations: Vec<Arc<Destination>>,
     /// Names of the SDS secrets the configuration refers to.
     pub secret_names: Vec<String>,
     /// What a plugin could not apply, for the control plane to log and show.
@@ -73,8 +74,9 @@ pub struct ResourceSet {
 pub struct ProxyResources {
     pub listeners: Vec<Value>,
     pub clusters: Vec<Value>,
-    /// `ClusterLoadAssignment`s, one per EDS cluster.
-    pub endpoints: Vec<Value>,
+    /// `ClusterLoadAssignment`s, one per EDS cluster: shared, as the proxies of a snapshot
+    /// that call one service get one and the same.
+    pub endpoints: Vec<Arc<Value>>,
     /// Names of the SDS secrets the configuration refers to.
     pub secret_names: Vec<String>,
     /// What a plugin could not apply (the rest of the configuration stands).
@@ -90,7 +92,7 @@ impl ResourceSet {
         self.clusters.push((origin, cluster));
     }
 
-    pub fn add_endpoints(&mut self, origin: Origin, assignment: Value) {
+    pub fn add_endpoints(&mut self, origin: Origin, assignment: Arc<Value>) {
         self.endpoints.push((origin, assignment));
     }
 
@@ -128,7 +130,7 @@ impl ResourceSet {
     }
 
     /// Replaces the load assignment generated for `origin`.
-    pub fn replace_endpoints(&mut self, origin: Origin, assignment: Value) {
+    pub fn replace_endpoints(&mut self, origin: Origin, assignment: Arc<Value>) {
         if let Some((_, e)) = self.endpoints.iter_mut().find(|(o, _)| *o == origin) {
             *e = assignment;
         }
@@ -136,7 +138,9 @@ impl ResourceSet {
 
     /// The finished configuration, in the order it was generated.
     pub fn into_resources(self) -> ProxyResources {
-        let values = |v: Vec<(Origin, Value)>| v.into_iter().map(|(_, x)| x).collect();
+        fn values<T>(v: Vec<(Origin, T)>) -> Vec<T> {
+            v.into_iter().map(|(_, x)| x).collect()
+        }
         ProxyResources {
             listeners: values(self.listeners),
             clusters: values(self.clusters),

@@ -5,6 +5,8 @@
 mod common;
 
 use common::{allow_all, check_schema, config, mesh, permission};
+use std::borrow::Borrow;
+
 use serde_json::{Value, json};
 use xds::generator::{egress, ingress};
 use xds::{MeshContext, Policy, RemoteIngress};
@@ -248,13 +250,14 @@ fn lb_policy(
 fn backend_view(m: &MeshContext) -> Value {
     let r = xds::sidecar(m, "web-1").expect("generate");
     check_schema(&r);
-    let find = |items: &[Value], field: &str| {
+    fn find<T: std::borrow::Borrow<Value>>(items: &[T], field: &str) -> Value {
         items
             .iter()
-            .find(|i| i[field] == "backend")
+            .map(Borrow::borrow)
+            .find(|i: &&Value| i[field] == "backend")
             .cloned()
             .expect("backend")
-    };
+    }
     let listener = r
         .listeners
         .iter()
@@ -477,4 +480,73 @@ fn subset_outbounds_across_zones() {
 
     let wide = groups(&cluster_of(10004));
     assert!(wide.iter().all(|g| g.get("priority").is_none()), "{wide:?}");
+}
+
+/// A snapshot's proxies share resolved destinations and endpoint layouts; what each gets must
+/// be exactly what it gets computing everything alone, in every context above, with and
+/// without a caller-dependent layout (affinity tags), and the second proxy must reuse the
+/// first one's work.
+#[test]
+fn shared_work_changes_no_proxy_config() {
+    let mut with_lb = zone_1_with_three_remote_zones();
+    with_lb.policies.set(vec![lb_policy(
+        "disabled",
+        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {
+            "localityAwareness": {"disabled": true}, "loadBalancer": {"type": "LeastRequest"}}}]}),
+    )]);
+    let mut with_affinity = zone_1_with_three_remote_zones();
+    with_affinity.policies.set(vec![lb_policy(
+        "affinity",
+        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {
+            "localityAwareness": {"localZone": {"affinityTags": [{"key": "version"}]}}}}]}),
+    )]);
+    // Proxies selected by different policies must not share each other's rules.
+    let mut with_timeouts = zone_1_view();
+    let mut web_2 = with_timeouts.dataplane("web-1").expect("web-1").clone();
+    web_2.name = "web-2".into();
+    with_timeouts.dataplanes.push(web_2);
+    let timeout = |name: &str, spec: Value| -> Policy<model::specs::policy::MeshTimeoutSpec> {
+        Policy::new(
+            name,
+            serde_json::from_value(spec).expect("MeshTimeout spec"),
+        )
+    };
+    with_timeouts.policies.set(vec![
+        timeout(
+            "all",
+            json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+                "default": {"connectionTimeout": "3s", "http": {"requestTimeout": "10s"}}}]}),
+        ),
+        timeout(
+            "web-1-only",
+            json!({"targetRef": {"kind": "Dataplane", "name": "web-1"}, "to": [{"targetRef": {"kind": "Mesh"},
+                "default": {"http": {"requestTimeout": "2s"}}}]}),
+        ),
+    ]);
+    for (what, alone) in [
+        ("timeouts", with_timeouts),
+        ("plain", mesh("tcp", false, vec![])),
+        ("mtls", mesh("http", true, vec![allow_all()])),
+        ("zone-1", zone_1_view()),
+        ("lb", with_lb),
+        ("affinity", with_affinity),
+    ] {
+        let mut shared = alone.clone();
+        let work = std::sync::Arc::new(xds::SharedWork::default());
+        shared.shared = Some(work.clone());
+        let names: Vec<String> = alone.dataplanes.iter().map(|d| d.name.clone()).collect();
+        for name in names.iter().chain(&names) {
+            let want = xds::sidecar(&alone, name).expect("alone");
+            let got = xds::sidecar(&shared, name).expect("shared");
+            assert_eq!(got.listeners, want.listeners, "{what}: {name} listeners");
+            assert_eq!(got.clusters, want.clusters, "{what}: {name} clusters");
+            assert_eq!(got.endpoints, want.endpoints, "{what}: {name} endpoints");
+        }
+        // web-1 calls backend in every context: its destination was resolved for all.
+        assert_ne!(
+            format!("{work:?}"),
+            "SharedWork { destinations: 0, assignments: 0 }",
+            "{what}: nothing was shared"
+        );
+    }
 }

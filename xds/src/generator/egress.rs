@@ -76,8 +76,9 @@ pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshContext]) -> ProxyRe
                     })
                 })
                 .collect();
-            out.endpoints
-                .push(json!({"cluster_name": cluster, "endpoints": groups}));
+            out.endpoints.push(std::sync::Arc::new(
+                json!({"cluster_name": cluster, "endpoints": groups}),
+            ));
         }
     }
     out.listeners.extend(zone_proxy_listener(listener, chains));

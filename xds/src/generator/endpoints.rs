@@ -8,12 +8,43 @@
 //! and `failoverThreshold` says how unhealthy a priority may get before traffic spills over.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use model::specs::policy::{LocalityAwareness, ToZoneType};
 use serde_json::{Value, json};
 
+use crate::context::MeshContext;
 use crate::envoy::endpoints::lb_endpoint;
-use crate::resources::{LocalEndpoint, RemoteZone};
+use crate::resources::{Destination, LocalEndpoint, RemoteZone};
+
+/// The `ClusterLoadAssignment` of `dest` for a caller with `caller_tags`, laid out once per
+/// snapshot for all callers when the layout does not depend on the caller (no affinity tags).
+pub fn destination_assignment(
+    mesh: &MeshContext,
+    dest: &Destination,
+    la: &LocalityAwareness,
+    caller_tags: &BTreeMap<String, String>,
+) -> Arc<Value> {
+    let layout = || {
+        load_assignment(
+            &dest.cluster,
+            la,
+            &mesh.local_zone,
+            caller_tags,
+            &dest.endpoints,
+            &dest.remote,
+        )
+    };
+    let by_caller = la
+        .local_zone
+        .as_ref()
+        .and_then(|z| z.affinity_tags.as_ref())
+        .is_some_and(|t| !t.is_empty());
+    match (&mesh.shared, serde_json::to_string(la)) {
+        (Some(shared), Ok(key)) if !by_caller => shared.assignment(&dest.cluster, key, layout),
+        _ => Arc::new(layout()),
+    }
+}
 
 /// The `ClusterLoadAssignment` of `cluster`, shaped by `la`, for a caller with `caller_tags`
 /// (its inbound tags and labels) in `local_zone`.

@@ -54,7 +54,8 @@ pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshContext]) -> ProxyRe
             let cluster = destination_cluster(&mesh.mesh, &dest);
             chains.push(sni_chain(&sni, &cluster));
             out.clusters.push(eds_cluster(&cluster));
-            out.endpoints.push(single_group(&cluster, &endpoints));
+            out.endpoints
+                .push(std::sync::Arc::new(single_group(&cluster, &endpoints)));
         }
     }
     out.listeners.extend(zone_proxy_listener(listener, chains));

@@ -5,6 +5,7 @@
 //! by the plugins, on the [`ResourceSet`] built here.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use model::labels::{PROTOCOL_TAG, SERVICE_TAG};
 use model::specs::dataplane::{Inbound, InboundState, Outbound};
@@ -20,7 +21,7 @@ use crate::envoy::listener::{inbound_listener, listener};
 use crate::envoy::names::{identity_secret_name, mesh_ca_secret_name, service_sni, spiffe_id};
 use crate::envoy::tls::{inbound_mtls, outbound_mtls};
 use crate::generator::common::{MAX_SUBSET_TAGS, endpoint_address, inbound_address, inbound_ready};
-use crate::generator::endpoints::load_assignment;
+use crate::generator::endpoints::destination_assignment;
 use crate::resources::{Destination, LocalEndpoint, Origin, RemoteZone, ResourceSet};
 
 /// The tags an outbound selects destinations by (`backendRef` to a MeshService by name is
@@ -194,7 +195,10 @@ fn outbound_resources(
         "" => "127.0.0.1",
         a => a,
     };
-    let dest = resolve(mesh, tags);
+    let dest = match &mesh.shared {
+        Some(shared) => shared.destination(&tags, || resolve(mesh, tags.clone())),
+        None => Arc::new(resolve(mesh, tags)),
+    };
     let destination = match out
         .destinations
         .iter()
@@ -214,13 +218,11 @@ fn outbound_resources(
             out.add_cluster(Origin::Destination(d), cluster);
             out.add_endpoints(
                 Origin::Destination(d),
-                load_assignment(
-                    &dest.cluster,
+                destination_assignment(
+                    mesh,
+                    &dest,
                     &LocalityAwareness::default(),
-                    &mesh.local_zone,
                     &proxy.caller_tags(),
-                    &dest.endpoints,
-                    &dest.remote,
                 ),
             );
             out.destinations.push(dest);

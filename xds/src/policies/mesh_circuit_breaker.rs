@@ -30,7 +30,7 @@ impl super::PolicyPlugin for Plugin {
         let inbound: Vec<Option<Applied<CircuitBreakerConf>>> =
             super::inbound_confs(self.kind(), rs, &matching.matched, proxy);
         let outbound: Vec<Option<Applied<CircuitBreakerConf>>> =
-            super::destination_confs(self.kind(), rs, &matching.matched);
+            super::destination_confs(self.kind(), rs, mesh, &matching.matched);
         let targets = inbound
             .into_iter()
             .enumerate()

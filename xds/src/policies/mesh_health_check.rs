@@ -36,7 +36,7 @@ impl super::PolicyPlugin for Plugin {
             return;
         }
         let confs: Vec<Option<Applied<HealthCheckConf>>> =
-            super::destination_confs(self.kind(), rs, &matching.matched);
+            super::destination_confs(self.kind(), rs, mesh, &matching.matched);
         let protocols: Vec<Protocol> = rs.destinations.iter().map(|d| d.protocol).collect();
         for (d, conf) in confs.into_iter().enumerate() {
             let (Some(Applied { conf, .. }), Some(mut cluster)) =

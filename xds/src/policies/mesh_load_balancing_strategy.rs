@@ -12,12 +12,13 @@ use model::specs::policy::{
     HashPolicy, HashPolicyType, LoadBalancer, LoadBalancerType, LoadBalancingConf,
     LocalityAwareness,
 };
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::context::{DataplaneEntry, MeshContext};
-use crate::generator::endpoints::load_assignment;
+use crate::generator::endpoints::destination_assignment;
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::build::to_rule;
+use crate::rules::build::shared_to_rule;
 use crate::rules::matching::{Matched, matched_policies};
 
 pub struct Plugin;
@@ -33,18 +34,11 @@ impl super::PolicyPlugin for Plugin {
         let confs: Vec<Effective> = rs
             .destinations
             .iter()
-            .map(|d| effective(&matching.matched, &d.service))
+            .map(|d| effective(mesh, &matching.matched, &d.service))
             .collect();
         for (d, conf) in confs.iter().enumerate() {
             let dest = &rs.destinations[d];
-            let assignment = load_assignment(
-                &dest.cluster,
-                &conf.locality,
-                &mesh.local_zone,
-                &caller_tags,
-                &dest.endpoints,
-                &dest.remote,
-            );
+            let assignment = destination_assignment(mesh, dest, &conf.locality, &caller_tags);
             rs.replace_endpoints(Origin::Destination(d), assignment);
             if let Some(mut cluster) = rs.cluster_mut(Origin::Destination(d)) {
                 cluster.set_fields(cluster_fields(conf));
@@ -83,9 +77,9 @@ struct Effective {
 
 /// The merged `to[]` confs for calls to `service` (Kuma's rules: a later policy in Kuma's
 /// order overrides an earlier one, objects merge field by field, lists are replaced).
-fn effective(matched: &[Matched<'_>], service: &str) -> Effective {
-    let conf: LoadBalancingConf = to_rule(matched, service)
-        .and_then(|r| serde_json::from_value(r.conf).ok())
+fn effective(mesh: &MeshContext, matched: &[Matched<'_>], service: &str) -> Effective {
+    let conf: LoadBalancingConf = shared_to_rule(mesh, matched, service)
+        .and_then(|r| LoadBalancingConf::deserialize(&r.conf).ok())
         .unwrap_or_default();
     Effective {
         locality: conf.locality_awareness.unwrap_or_default(),

@@ -45,7 +45,7 @@ impl super::PolicyPlugin for Plugin {
         let who = format!("MeshProxyPatch {}", policies.join(", "));
         let Some(conf) = super::parse_conf::<ProxyPatchConf>(
             self.kind(),
-            rule.conf,
+            &rule.conf,
             "the proxy",
             &mut rs.warnings,
         ) else {

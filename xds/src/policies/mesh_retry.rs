@@ -34,7 +34,7 @@ impl super::PolicyPlugin for Plugin {
             return;
         }
         let confs: Vec<Option<Applied<RetryConf>>> =
-            super::destination_confs(self.kind(), rs, &matching.matched);
+            super::destination_confs(self.kind(), rs, mesh, &matching.matched);
         let protocols: Vec<Protocol> = rs.destinations.iter().map(|d| d.protocol).collect();
         for (origin, mut listener) in rs.listeners_mut() {
             let Origin::Outbound { destination, .. } = origin else {

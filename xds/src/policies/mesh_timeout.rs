@@ -14,6 +14,7 @@ use std::time::Duration;
 use model::ResourceType;
 use model::duration::parse_duration;
 use model::specs::policy::{TimeoutConf, TimeoutHttp};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::context::{DataplaneEntry, MeshContext, Protocol};
@@ -21,7 +22,7 @@ use crate::envoy::cluster::ClusterMut;
 use crate::envoy::core::duration;
 use crate::envoy::listener::ListenerMut;
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::build::{catch_all, inbound_rules, to_rule};
+use crate::rules::build::{catch_all, inbound_rules, shared_to_rule};
 use crate::rules::matching::matched_policies;
 
 /// Kuma's defaults for what a MeshTimeout leaves unset (`policies/core/defaults`).
@@ -43,11 +44,11 @@ impl super::PolicyPlugin for Plugin {
             return;
         }
         let mut warnings = Vec::new();
-        let mut parse = |conf: Option<Value>, what: &str| -> TimeoutConf {
+        let mut parse = |conf: Option<&Value>, what: &str| -> TimeoutConf {
             let Some(conf) = conf else {
                 return TimeoutConf::default();
             };
-            serde_json::from_value(conf).unwrap_or_else(|e| {
+            TimeoutConf::deserialize(conf).unwrap_or_else(|e| {
                 warnings.push(format!("MeshTimeout for {what} not applied: {e}"));
                 TimeoutConf::default()
             })
@@ -57,7 +58,7 @@ impl super::PolicyPlugin for Plugin {
         for (i, inbound) in proxy.spec.networking.inbound.iter().enumerate() {
             let rules = inbound_rules(&matching.matched, i, true);
             let common = rules.is_empty() || rules.iter().any(|r| r.matches.is_none());
-            let conf = parse(catch_all(&rules).map(|r| r.conf), "inbound");
+            let conf = parse(catch_all(&rules).as_ref().map(|r| &r.conf), "inbound");
             inbound_confs.push((common, conf, Protocol::of_tags(&inbound.tags)));
         }
         // Destinations: the service's `to` rule; clusters take Kuma's defaults without one.
@@ -65,8 +66,8 @@ impl super::PolicyPlugin for Plugin {
             .destinations
             .iter()
             .map(|d| {
-                let rule = to_rule(&matching.matched, &d.service);
-                (rule.map(|r| parse(Some(r.conf), &d.service)), d.protocol)
+                let rule = shared_to_rule(mesh, &matching.matched, &d.service);
+                (rule.map(|r| parse(Some(&r.conf), &d.service)), d.protocol)
             })
             .collect();
         rs.warnings.extend(warnings);

@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::context::{DataplaneEntry, MeshContext};
 use crate::resources::ResourceSet;
 use crate::rules::Matched;
-use crate::rules::build::{catch_all, inbound_rules, to_rule};
+use crate::rules::build::{catch_all, inbound_rules, shared_to_rule};
 
 pub trait PolicyPlugin: Sync {
     /// The policy type this plugin translates.
@@ -66,11 +66,11 @@ pub fn apply_all(rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntr
 /// why in `warnings` (the proxy's other configuration stands).
 fn parse_conf<T: DeserializeOwned>(
     kind: ResourceType,
-    conf: Value,
+    conf: &Value,
     what: &str,
     warnings: &mut Vec<String>,
 ) -> Option<T> {
-    serde_json::from_value(conf)
+    T::deserialize(conf)
         .map_err(|e| warnings.push(format!("{kind:?} for {what} not applied: {e}")))
         .ok()
 }
@@ -90,6 +90,7 @@ fn named(rule: &crate::rules::Rule) -> String {
 fn destination_confs<T: DeserializeOwned>(
     kind: ResourceType,
     rs: &mut ResourceSet,
+    mesh: &MeshContext,
     matched: &[Matched<'_>],
 ) -> Vec<Option<Applied<T>>> {
     let mut warnings = Vec::new();
@@ -97,10 +98,10 @@ fn destination_confs<T: DeserializeOwned>(
         .destinations
         .iter()
         .map(|d| {
-            let rule = to_rule(matched, &d.service)?;
+            let rule = shared_to_rule(mesh, matched, &d.service)?;
             let policies = named(&rule);
             let what = format!("{} (from {policies})", d.service);
-            let conf = parse_conf(kind, rule.conf, &what, &mut warnings)?;
+            let conf = parse_conf(kind, &rule.conf, &what, &mut warnings)?;
             Some(Applied { conf, policies })
         })
         .collect();
@@ -135,7 +136,7 @@ fn inbound_confs<T: DeserializeOwned>(
             let rule = catch_all(&rules)?;
             let policies = named(&rule);
             let what = format!("inbound {i} (from {policies})");
-            let conf = parse_conf(kind, rule.conf, &what, &mut warnings)?;
+            let conf = parse_conf(kind, &rule.conf, &what, &mut warnings)?;
             Some(Applied { conf, policies })
         })
         .collect();

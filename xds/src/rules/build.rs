@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::matching::Matched;
 use super::merge::merge_all;
+use crate::context::MeshContext;
 
 /// A policy (and which of its entries) a rule came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -112,6 +113,25 @@ pub fn to_rule(matched: &[Matched<'_>], service: &str) -> Option<Rule> {
         conf: merge_all(confs)?,
         origins: dedup_by_policy(origins),
     })
+}
+
+/// [`to_rule`], computed once per snapshot for all the proxies the same policies select.
+pub fn shared_to_rule(
+    mesh: &MeshContext,
+    matched: &[Matched<'_>],
+    service: &str,
+) -> Option<std::sync::Arc<Rule>> {
+    match &mesh.shared {
+        Some(shared) => {
+            // Addresses identify the policies: they live in the context as long as the memo.
+            let policies = matched
+                .iter()
+                .map(|m| std::ptr::from_ref(m.policy) as usize)
+                .collect();
+            shared.to_rule(policies, service, || to_rule(matched, service))
+        }
+        None => to_rule(matched, service).map(std::sync::Arc::new),
+    }
 }
 
 /// How specific a rule's match is: SPIFFE id (exact over prefix) first, then SNI.

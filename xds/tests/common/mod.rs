@@ -105,7 +105,7 @@ pub fn envoy_validates(name: &str, r: &ProxyResources) {
                 .endpoints
                 .iter()
                 .find(|e| e["cluster_name"] == obj["name"])
-                .cloned()
+                .map(|e| Value::clone(e))
                 .unwrap_or_else(|| json!({"cluster_name": obj["name"]}));
             obj.insert("load_assignment".into(), assignment);
         }

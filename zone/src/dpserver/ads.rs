@@ -28,6 +28,7 @@ use xds::wire;
 
 use crate::dpserver::auth::ProxyAuth;
 use crate::dpserver::cache::{MeshSnapshot, ZoneProxies, ZoneView};
+use crate::dpserver::encoded::{self, Encoded, EncodedCache};
 use crate::dpserver::insight::{CertState, StreamRecord};
 
 /// Which proxy a configuration is for: what it is built from differs.
@@ -346,8 +347,8 @@ struct ProxyStream {
     subscriptions: HashMap<String, Subscription>,
     /// What Envoy holds: type -> name -> version.
     sent: HashMap<String, HashMap<String, String>>,
-    /// The current configuration: type -> name -> (version, encoded message).
-    config: HashMap<String, BTreeMap<String, (String, Vec<u8>)>>,
+    /// The current configuration: type -> name -> encoded message.
+    config: Config,
     nonce: u64,
     record: StreamRecord,
     cert: Option<IssuedCert>,
@@ -361,15 +362,6 @@ enum StreamError {
     Closed,
     #[error("{0}")]
     Status(#[from] Status),
-}
-
-fn content_version(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
 }
 
 impl ProxyStream {
@@ -492,17 +484,17 @@ impl ProxyStream {
         let current = self.config.get(type_url).unwrap_or(&empty);
         let sent = self.sent.entry(type_url.to_string()).or_default();
         let mut resources = Vec::new();
-        for (name, (version, bytes)) in current {
+        for (name, encoded) in current {
             if !(sub.wildcard || sub.names.contains(name)) {
                 continue;
             }
-            if sent.get(name) != Some(version) {
+            if sent.get(name) != Some(&encoded.version) {
                 resources.push(XdsResource {
                     name: name.clone(),
-                    version: version.clone(),
+                    version: encoded.version.clone(),
                     resource: Some(envoy_types::pb::google::protobuf::Any {
                         type_url: type_url.to_string(),
-                        value: bytes.clone(),
+                        value: encoded.bytes.clone(),
                     }),
                     ..Default::default()
                 });
@@ -617,10 +609,11 @@ impl ProxyStream {
             }
             self.warnings = resources.warnings.clone();
         }
-        let mut config = encode(&resources)?;
+        let mut config = encode(&resources, Some(&snapshot.encoded))?;
         if snapshot.context.mtls {
             let secrets = self.certificate(&snapshot)?;
-            let mut add = adder(&mut config);
+            // The proxy's own key: never in a cache other proxies read.
+            let mut add = adder(&mut config, None);
             add(wire::SECRET, "name", &secrets)?;
         } else {
             self.cert = None;
@@ -644,7 +637,7 @@ impl ProxyStream {
                     .get(&self.name)
                     .ok_or(BuildError::NoZoneProxy(model::ResourceType::ZoneEgress))?;
                 let listener = listener(&spec.networking.address, spec.networking.port);
-                encode(&xds::generator::egress::generate(&listener, &meshes))
+                encode(&xds::generator::egress::generate(&listener, &meshes), None)
             }
             _ => {
                 let spec = zp
@@ -652,7 +645,7 @@ impl ProxyStream {
                     .get(&self.name)
                     .ok_or(BuildError::NoZoneProxy(model::ResourceType::ZoneIngress))?;
                 let listener = listener(&spec.networking.address, spec.networking.port);
-                encode(&xds::generator::ingress::generate(&listener, &meshes))
+                encode(&xds::generator::ingress::generate(&listener, &meshes), None)
             }
         }
     }
@@ -671,33 +664,62 @@ fn listener(address: &str, port: u32) -> xds::ZoneProxyListener {
     }
 }
 
-/// type -> name -> (version, encoded message).
-type Config = HashMap<String, BTreeMap<String, (String, Vec<u8>)>>;
+/// type -> name -> encoded message.
+type Config = HashMap<String, BTreeMap<String, Arc<Encoded>>>;
 
-fn adder(config: &mut Config) -> impl FnMut(&str, &str, &[Value]) -> Result<(), BuildError> + '_ {
+/// Adds resources of one type, encoded through `shared` (the mesh's cache) when given.
+fn adder<'a>(
+    config: &'a mut Config,
+    shared: Option<&'a EncodedCache>,
+) -> impl FnMut(&str, &str, &[Value]) -> Result<(), BuildError> + 'a {
     move |type_url: &str, name_field: &str, values: &[Value]| -> Result<(), BuildError> {
         for v in values {
             let name = v[name_field].as_str().unwrap_or_default().to_string();
-            let bytes = wire::encode(type_url, v).map_err(|source| BuildError::Encode {
+            let encoded = match shared {
+                Some(cache) => cache.encode(type_url, v),
+                None => encoded::encode_alone(type_url, v),
+            }
+            .map_err(|source| BuildError::Encode {
                 name: name.clone(),
                 source,
             })?;
             config
                 .entry(type_url.to_string())
                 .or_default()
-                .insert(name, (content_version(&bytes), bytes));
+                .insert(name, encoded);
         }
         Ok(())
     }
 }
 
-fn encode(resources: &xds::ProxyResources) -> Result<Config, BuildError> {
+fn encode(
+    resources: &xds::ProxyResources,
+    shared: Option<&EncodedCache>,
+) -> Result<Config, BuildError> {
     let mut config = Config::new();
     {
-        let mut add = adder(&mut config);
+        let mut add = adder(&mut config, shared);
         add(wire::LISTENER, "name", &resources.listeners)?;
         add(wire::CLUSTER, "name", &resources.clusters)?;
-        add(wire::ENDPOINTS, "cluster_name", &resources.endpoints)?;
+    }
+    let mut endpoints = BTreeMap::new();
+    for assignment in &resources.endpoints {
+        let name = assignment["cluster_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let encoded = match shared {
+            Some(cache) => cache.encode_shared(wire::ENDPOINTS, assignment),
+            None => encoded::encode_alone(wire::ENDPOINTS, assignment),
+        }
+        .map_err(|source| BuildError::Encode {
+            name: name.clone(),
+            source,
+        })?;
+        endpoints.insert(name, encoded);
+    }
+    if !endpoints.is_empty() {
+        config.insert(wire::ENDPOINTS.to_string(), endpoints);
     }
     Ok(config)
 }
@@ -765,6 +787,7 @@ mod tests {
             spec: Default::default(),
             context: Default::default(),
             ca: Ok(None),
+            encoded: Default::default(),
         })
     }
 

@@ -18,6 +18,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 use xds::{DataplaneEntry, MeshContext, Policies, RawPolicy, RemoteIngress};
 
+use crate::dpserver::encoded::EncodedCache;
 use crate::dpserver::snapshot::{mtls_enabled, remote_ingress, zone_egress};
 
 /// A mesh as every proxy of it sees it.
@@ -27,6 +28,8 @@ pub struct MeshSnapshot {
     pub context: MeshContext,
     /// The CA of the enabled mTLS backend: `None` without mTLS.
     pub ca: Result<Option<MeshCa>, Arc<MeshCaError>>,
+    /// Encoded resources the mesh's proxies share (one cache for all the mesh's snapshots).
+    pub encoded: Arc<EncodedCache>,
 }
 
 /// The zone's own ZoneIngresses and ZoneEgresses, and other zones' ingresses.
@@ -223,6 +226,7 @@ impl Supervisor {
             policies: Policies::default(),
             zone_proxies,
             ca: Ok(None),
+            encoded: Arc::default(),
         };
         let handle = tokio::spawn(state.run(inbox.clone(), self.view.clone()));
         self.meshes.insert(name, MeshTask { inbox, handle });
@@ -374,6 +378,7 @@ struct MeshState {
     policies: Policies,
     zone_proxies: Arc<ZoneProxies>,
     ca: Result<Option<MeshCa>, Arc<MeshCaError>>,
+    encoded: Arc<EncodedCache>,
 }
 
 impl MeshState {
@@ -412,6 +417,8 @@ impl MeshState {
                     continue;
                 }
             }
+            // Proxies rebuild from the new snapshot: what none of them uses any more ages out.
+            self.encoded.turn();
             let snapshot = Arc::new(self.snapshot());
             let name = self.name.clone();
             view.send_modify(|v| {
@@ -576,11 +583,14 @@ impl MeshState {
                 true => zp.local_egresses.clone(),
                 false => Vec::new(),
             },
+            // A snapshot is never changed once published, so its proxies share work.
+            shared: Some(Arc::default()),
         };
         MeshSnapshot {
             spec: self.spec.clone(),
             context,
             ca: self.ca.clone(),
+            encoded: self.encoded.clone(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod ads;
 pub mod auth;
 pub mod bootstrap;
 pub mod cache;
+pub mod encoded;
 pub mod insight;
 pub mod snapshot;
 
