@@ -2,7 +2,9 @@
 //! policies by type, other zones' ingresses) and the zone proxies' listeners.
 
 use std::any::Any;
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use model::ResourceType;
@@ -256,6 +258,21 @@ fn locked_mut<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The value of `key` in `map`, computed by `compute` (outside the lock) the first time.
+fn memoized<K, Q, V>(map: &RwLock<HashMap<K, V>>, key: &Q, compute: impl FnOnce() -> V) -> V
+where
+    K: Borrow<Q> + Hash + Eq,
+    Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+    V: Clone,
+{
+    if let Some(v) = locked(map).get(key) {
+        return v.clone();
+    }
+    let v = compute();
+    locked_mut(map).insert(key.to_owned(), v.clone());
+    v
+}
+
 impl SharedWork {
     /// The destination `tags` resolve to, computed by `resolve` the first time.
     pub(crate) fn destination(
@@ -263,12 +280,7 @@ impl SharedWork {
         tags: &BTreeMap<String, String>,
         resolve: impl FnOnce() -> Destination,
     ) -> Arc<Destination> {
-        if let Some(d) = locked(&self.destinations).get(tags) {
-            return d.clone();
-        }
-        let d = Arc::new(resolve());
-        locked_mut(&self.destinations).insert(tags.clone(), d.clone());
-        d
+        memoized(&self.destinations, tags, || Arc::new(resolve()))
     }
 
     /// The `to` rule for calls to `service` of proxies the same policies select (`policies`:
@@ -280,12 +292,7 @@ impl SharedWork {
         merge: impl FnOnce() -> Option<Rule>,
     ) -> Option<Arc<Rule>> {
         let key = (policies, service.to_string());
-        if let Some(r) = locked(&self.to_rules).get(&key) {
-            return r.clone();
-        }
-        let r = merge().map(Arc::new);
-        locked_mut(&self.to_rules).insert(key, r.clone());
-        r
+        memoized(&self.to_rules, &key, || merge().map(Arc::new))
     }
 
     /// The load assignment of `cluster` under a locality awareness (`la`, as JSON text),
@@ -297,12 +304,7 @@ impl SharedWork {
         layout: impl FnOnce() -> Value,
     ) -> Arc<Value> {
         let key = (cluster.to_string(), la);
-        if let Some(a) = locked(&self.assignments).get(&key) {
-            return a.clone();
-        }
-        let a = Arc::new(layout());
-        locked_mut(&self.assignments).insert(key, a.clone());
-        a
+        memoized(&self.assignments, &key, || Arc::new(layout()))
     }
 }
 

@@ -40,8 +40,9 @@ pub fn destination_assignment(
         .as_ref()
         .and_then(|z| z.affinity_tags.as_ref())
         .is_some_and(|t| !t.is_empty());
-    match (&mesh.shared, serde_json::to_string(la)) {
-        (Some(shared), Ok(key)) if !by_caller => shared.assignment(&dest.cluster, key, layout),
+    let shared = mesh.shared.as_ref().filter(|_| !by_caller);
+    match shared.map(|s| (s, serde_json::to_string(la))) {
+        Some((shared, Ok(key))) => shared.assignment(&dest.cluster, key, layout),
         _ => Arc::new(layout()),
     }
 }

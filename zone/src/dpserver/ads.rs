@@ -7,6 +7,7 @@
 //! Envoy's reason; Envoy keeps the last configuration it accepted and nothing is resent until
 //! the configuration changes again.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use store::SharedStore;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use xds::wire;
+use xds::wire::{self, WireError};
 
 use crate::dpserver::auth::ProxyAuth;
 use crate::dpserver::cache::{MeshSnapshot, ZoneProxies, ZoneView};
@@ -613,8 +614,13 @@ impl ProxyStream {
         if snapshot.context.mtls {
             let secrets = self.certificate(&snapshot)?;
             // The proxy's own key: never in a cache other proxies read.
-            let mut add = adder(&mut config, None);
-            add(wire::SECRET, "name", &secrets)?;
+            add(
+                &mut config,
+                wire::SECRET,
+                "name",
+                &secrets,
+                encoded::encode_alone,
+            )?;
         } else {
             self.cert = None;
             self.record.cert = None;
@@ -667,60 +673,65 @@ fn listener(address: &str, port: u32) -> xds::ZoneProxyListener {
 /// type -> name -> encoded message.
 type Config = HashMap<String, BTreeMap<String, Arc<Encoded>>>;
 
-/// Adds resources of one type, encoded through `shared` (the mesh's cache) when given.
-fn adder<'a>(
-    config: &'a mut Config,
-    shared: Option<&'a EncodedCache>,
-) -> impl FnMut(&str, &str, &[Value]) -> Result<(), BuildError> + 'a {
-    move |type_url: &str, name_field: &str, values: &[Value]| -> Result<(), BuildError> {
-        for v in values {
-            let name = v[name_field].as_str().unwrap_or_default().to_string();
-            let encoded = match shared {
-                Some(cache) => cache.encode(type_url, v),
-                None => encoded::encode_alone(type_url, v),
-            }
-            .map_err(|source| BuildError::Encode {
-                name: name.clone(),
-                source,
-            })?;
-            config
-                .entry(type_url.to_string())
-                .or_default()
-                .insert(name, encoded);
-        }
-        Ok(())
+/// Adds resources of one type to `config`, each encoded by `encode`.
+fn add<T: Borrow<Value>>(
+    config: &mut Config,
+    type_url: &str,
+    name_field: &str,
+    items: &[T],
+    encode: impl Fn(&str, &T) -> Result<Arc<Encoded>, WireError>,
+) -> Result<(), BuildError> {
+    for item in items {
+        let name = item.borrow()[name_field]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let encoded = encode(type_url, item).map_err(|source| BuildError::Encode {
+            name: name.clone(),
+            source,
+        })?;
+        config
+            .entry(type_url.to_string())
+            .or_default()
+            .insert(name, encoded);
     }
+    Ok(())
 }
 
+/// The proxy's resources encoded through `shared` (the mesh's cache) when given.
 fn encode(
     resources: &xds::ProxyResources,
     shared: Option<&EncodedCache>,
 ) -> Result<Config, BuildError> {
+    let by_content = |type_url: &str, v: &Value| match shared {
+        Some(cache) => cache.encode(type_url, v),
+        None => encoded::encode_alone(type_url, v),
+    };
     let mut config = Config::new();
-    {
-        let mut add = adder(&mut config, shared);
-        add(wire::LISTENER, "name", &resources.listeners)?;
-        add(wire::CLUSTER, "name", &resources.clusters)?;
-    }
-    let mut endpoints = BTreeMap::new();
-    for assignment in &resources.endpoints {
-        let name = assignment["cluster_name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let encoded = match shared {
-            Some(cache) => cache.encode_shared(wire::ENDPOINTS, assignment),
-            None => encoded::encode_alone(wire::ENDPOINTS, assignment),
-        }
-        .map_err(|source| BuildError::Encode {
-            name: name.clone(),
-            source,
-        })?;
-        endpoints.insert(name, encoded);
-    }
-    if !endpoints.is_empty() {
-        config.insert(wire::ENDPOINTS.to_string(), endpoints);
-    }
+    add(
+        &mut config,
+        wire::LISTENER,
+        "name",
+        &resources.listeners,
+        by_content,
+    )?;
+    add(
+        &mut config,
+        wire::CLUSTER,
+        "name",
+        &resources.clusters,
+        by_content,
+    )?;
+    add(
+        &mut config,
+        wire::ENDPOINTS,
+        "cluster_name",
+        &resources.endpoints,
+        |type_url, assignment| match shared {
+            Some(cache) => cache.encode_shared(type_url, assignment),
+            None => encoded::encode_alone(type_url, assignment),
+        },
+    )?;
     Ok(config)
 }
 

@@ -75,15 +75,23 @@ pub fn content_version(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
+impl Encoded {
+    /// `json` encoded as `type_url`; `keep` is what lookups compare against (nothing for a
+    /// resource never looked up).
+    fn new(type_url: &str, json: &Value, keep: Value) -> Result<Arc<Encoded>, WireError> {
+        let bytes = wire::encode(type_url, json)?;
+        Ok(Arc::new(Encoded {
+            version: content_version(&bytes),
+            bytes,
+            type_url: type_url.to_string(),
+            json: keep,
+        }))
+    }
+}
+
 /// Encodes without sharing (what no other proxy can have, such as its secrets).
 pub fn encode_alone(type_url: &str, json: &Value) -> Result<Arc<Encoded>, WireError> {
-    let bytes = wire::encode(type_url, json)?;
-    Ok(Arc::new(Encoded {
-        version: content_version(&bytes),
-        bytes,
-        type_url: type_url.to_string(),
-        json: Value::Null,
-    }))
+    Encoded::new(type_url, json, Value::Null)
 }
 
 impl EncodedCache {
@@ -120,13 +128,7 @@ impl EncodedCache {
             }
         }
         // Encoded outside the lock: other proxies' lookups do not wait for it.
-        let bytes = wire::encode(type_url, json)?;
-        let e = Arc::new(Encoded {
-            version: content_version(&bytes),
-            bytes,
-            type_url: type_url.to_string(),
-            json: json.clone(),
-        });
+        let e = Encoded::new(type_url, json, json.clone())?;
         let mut g = self.lock();
         let bucket = g.current.entry(key).or_default();
         // Another proxy may have encoded the same resource meanwhile: keep one.
