@@ -76,6 +76,7 @@ fn xds_bench() {
         "floor_p99_ms",
         "eds_p99_ms",
         "policy_p99_ms",
+        "targeted_policy_p99_ms",
         "first_config_p99_ms",
         "store_reads_per_change",
     ] {

@@ -5,7 +5,7 @@ use std::any::Any;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use model::ResourceType;
 use model::labels::{PROTOCOL_TAG, SERVICE_TAG};
@@ -17,7 +17,7 @@ use crate::resources::Destination;
 use crate::rules::Rule;
 
 /// One Dataplane of the mesh, as the generators see it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DataplaneEntry {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -59,7 +59,7 @@ impl<S> Policy<S> {
 }
 
 /// A stored policy before parsing.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RawPolicy {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -110,6 +110,42 @@ impl Policies {
     /// The policies of `kind` as stored, in name order (none if that type was not loaded).
     pub fn raw(&self, kind: ResourceType) -> &[RawPolicy] {
         self.by_kind.get(&kind).map_or(&[], |p| p.raw.as_slice())
+    }
+
+    /// The policies that differ between `previous` and this set (added, removed or changed,
+    /// as they were and as they are) with their type; a type loaded again with the same
+    /// policies contributes none.
+    pub fn changed_since<'a>(
+        &'a self,
+        previous: &'a Policies,
+    ) -> Vec<(ResourceType, &'a RawPolicy)> {
+        let mut changed = Vec::new();
+        let kinds: std::collections::BTreeSet<_> =
+            self.by_kind.keys().chain(previous.by_kind.keys()).collect();
+        for kind in kinds {
+            let (now, before) = (self.by_kind.get(kind), previous.by_kind.get(kind));
+            if let (Some(a), Some(b)) = (now, before)
+                && Arc::ptr_eq(&a.raw, &b.raw)
+            {
+                continue;
+            }
+            let by_name = |p: Option<&'a OfKind>| -> BTreeMap<&'a str, &'a RawPolicy> {
+                p.map(|p| p.raw.iter().map(|r| (r.name.as_str(), r)).collect())
+                    .unwrap_or_default()
+            };
+            let (now, before) = (by_name(now), by_name(before));
+            for (name, policy) in &now {
+                if before.get(name) != Some(policy) {
+                    changed.push((*kind, *policy));
+                }
+            }
+            for (name, policy) in &before {
+                if now.get(name) != Some(policy) {
+                    changed.push((*kind, *policy));
+                }
+            }
+        }
+        changed
     }
 
     pub fn set<S: PolicySpec>(&mut self, policies: Vec<Policy<S>>) {
@@ -233,6 +269,8 @@ pub struct SharedWork {
     destinations: RwLock<HashMap<BTreeMap<String, String>, Arc<Destination>>>,
     assignments: RwLock<HashMap<(String, String), Arc<Value>>>,
     to_rules: RwLock<HashMap<PoliciesAndService, Option<Arc<Rule>>>>,
+    /// Where each Dataplane is in the context's list, by name.
+    dataplane_index: OnceLock<HashMap<String, usize>>,
 }
 
 /// The addresses of the policies that select a proxy, in order, and a destination service.
@@ -310,7 +348,28 @@ impl SharedWork {
 
 impl MeshContext {
     pub fn dataplane(&self, name: &str) -> Option<&DataplaneEntry> {
-        self.dataplanes.iter().find(|d| d.name == name)
+        match &self.shared {
+            // Every proxy of a snapshot looks itself up: one index instead of a scan each.
+            Some(shared) => {
+                let index = shared.dataplane_index.get_or_init(|| {
+                    let names = self.dataplanes.iter().enumerate();
+                    names.map(|(i, d)| (d.name.clone(), i)).collect()
+                });
+                index.get(name).and_then(|i| self.dataplanes.get(*i))
+            }
+            None => self.dataplanes.iter().find(|d| d.name == name),
+        }
+    }
+
+    /// Whether the mesh's settings and the zone proxies are as in `previous` (its Dataplanes
+    /// and policies may differ).
+    pub(crate) fn same_settings(&self, previous: &MeshContext) -> bool {
+        self.mesh == previous.mesh
+            && self.mtls == previous.mtls
+            && self.local_zone == previous.local_zone
+            && self.zone_egress == previous.zone_egress
+            && self.local_egresses == previous.local_egresses
+            && self.remote_ingresses == previous.remote_ingresses
     }
 }
 
@@ -323,7 +382,7 @@ pub struct ZoneProxyListener {
 
 /// A ZoneIngress of another zone as sidecars dial it: its advertised address (an IP; the
 /// control plane resolves host names) and port, and what it serves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RemoteIngress {
     pub zone: String,
     pub address: String,

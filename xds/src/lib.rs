@@ -18,7 +18,7 @@ pub use context::{
     DataplaneEntry, MeshContext, Policies, Policy, RawPolicy, RemoteIngress, SharedWork,
     ZoneProxyListener,
 };
-pub use resources::ProxyResources;
+pub use resources::{EndpointPlan, ProxyResources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
@@ -36,4 +36,54 @@ pub fn sidecar(mesh: &MeshContext, proxy_name: &str) -> Result<ProxyResources, X
     let mut rs = generator::sidecar::generate(mesh, proxy);
     policies::apply_all(&mut rs, mesh, proxy);
     Ok(rs.into_resources())
+}
+
+/// The load assignments of sidecar `proxy_name` in `mesh`, laid out again as `plan` (from its
+/// configuration in `previous`) says, when nothing its listeners and clusters are generated
+/// from changed between the two contexts: the mesh's settings, the proxy itself, every policy
+/// that selects it (before or after the change), and each destination's cluster, service and
+/// protocol. Its configuration then differs at most in endpoints. `None` when that cannot be
+/// shown: generate the whole configuration again.
+///
+/// What else a proxy's listeners and clusters read of other Dataplanes or of policies that do
+/// not select it must be checked here: today the MeshTLS conf a destination's instances offer
+/// (while the mesh has MeshTLS policies, everything is generated again).
+pub fn refresh_endpoints(
+    previous: &MeshContext,
+    mesh: &MeshContext,
+    proxy_name: &str,
+    plan: &EndpointPlan,
+) -> Option<Vec<std::sync::Arc<serde_json::Value>>> {
+    use model::ResourceType::MeshTLS;
+    let assignments = plan.assignments.as_ref()?;
+    if !mesh.same_settings(previous)
+        || !mesh.policies.raw(MeshTLS).is_empty()
+        || !previous.policies.raw(MeshTLS).is_empty()
+    {
+        return None;
+    }
+    let proxy = mesh.dataplane(proxy_name)?;
+    if previous.dataplane(proxy_name) != Some(proxy) {
+        return None;
+    }
+    for (_, policy) in mesh.policies.changed_since(&previous.policies) {
+        // One that fails to resolve for the proxy shows in its warnings: that counts too.
+        let matching = rules::matching::matched_policies(std::slice::from_ref(policy), proxy);
+        if !matching.matched.is_empty() || !matching.warnings.is_empty() {
+            return None;
+        }
+    }
+    let caller_tags = proxy.caller_tags();
+    assignments
+        .iter()
+        .map(|(before, locality)| {
+            let now = generator::sidecar::resolved(mesh, before.tags.clone());
+            let same_shape = now.cluster == before.cluster
+                && now.service == before.service
+                && now.protocol == before.protocol;
+            same_shape.then(|| {
+                generator::endpoints::destination_assignment(mesh, &now, locality, &caller_tags)
+            })
+        })
+        .collect()
 }

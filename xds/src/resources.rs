@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use model::specs::policy::LocalityAwareness;
 use serde_json::Value;
 
 use crate::context::Protocol;
@@ -38,7 +39,7 @@ pub struct LocalEndpoint {
 
 /// Another zone that runs a destination: where its traffic goes (its ingress, or this zone's
 /// egresses) and how many instances it has.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RemoteZone {
     pub zone: String,
     pub via: Vec<(String, u32)>,
@@ -46,7 +47,7 @@ pub struct RemoteZone {
 }
 
 /// A destination outbounds send to: one cluster.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Destination {
     pub cluster: String,
     pub service: String,
@@ -63,6 +64,9 @@ pub struct ResourceSet {
     /// `ClusterLoadAssignment`s, one per EDS cluster.
     endpoints: Vec<(Origin, Arc<Value>)>,
     pub destinations: Vec<Arc<Destination>>,
+    /// How each destination's endpoints are laid out, by destination (the default until a
+    /// MeshLoadBalancingStrategy says otherwise).
+    localities: Vec<LocalityAwareness>,
     /// Names of the SDS secrets the configuration refers to.
     pub secret_names: Vec<String>,
     /// What a plugin could not apply, for the control plane to log and show.
@@ -81,6 +85,16 @@ pub struct ProxyResources {
     pub secret_names: Vec<String>,
     /// What a plugin could not apply (the rest of the configuration stands).
     pub warnings: Vec<String>,
+    /// How `endpoints` were laid out, to lay them out again from a later context.
+    pub plan: EndpointPlan,
+}
+
+/// What each of a proxy's load assignments was laid out from: its destination and the
+/// locality awareness applied to it, in the order of [`ProxyResources::endpoints`]. `None`
+/// when an assignment did not come from a destination, which a plan cannot redo.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointPlan {
+    pub(crate) assignments: Option<Vec<(Arc<Destination>, LocalityAwareness)>>,
 }
 
 impl ResourceSet {
@@ -129,10 +143,35 @@ impl ResourceSet {
             .retain(|(_, e)| clusters.iter().any(|(_, c)| c["name"] == e["cluster_name"]));
     }
 
-    /// Replaces the load assignment generated for `origin`.
-    pub fn replace_endpoints(&mut self, origin: Origin, assignment: Arc<Value>) {
+    /// Adds destination `d`'s cluster and its load assignment, laid out by `locality`.
+    pub fn add_destination(
+        &mut self,
+        destination: Arc<Destination>,
+        cluster: Value,
+        locality: LocalityAwareness,
+        assignment: Arc<Value>,
+    ) -> usize {
+        let d = self.destinations.len();
+        self.add_cluster(Origin::Destination(d), cluster);
+        self.add_endpoints(Origin::Destination(d), assignment);
+        self.destinations.push(destination);
+        self.localities.push(locality);
+        d
+    }
+
+    /// Replaces destination `d`'s load assignment with one laid out by `locality`.
+    pub fn lay_out_endpoints(
+        &mut self,
+        d: usize,
+        locality: &LocalityAwareness,
+        assignment: Arc<Value>,
+    ) {
+        let origin = Origin::Destination(d);
         if let Some((_, e)) = self.endpoints.iter_mut().find(|(o, _)| *o == origin) {
             *e = assignment;
+        }
+        if let Some(l) = self.localities.get_mut(d) {
+            *l = locality.clone();
         }
     }
 
@@ -141,12 +180,24 @@ impl ResourceSet {
         fn values<T>(v: Vec<(Origin, T)>) -> Vec<T> {
             v.into_iter().map(|(_, x)| x).collect()
         }
+        let assignments = self
+            .endpoints
+            .iter()
+            .map(|(origin, _)| match origin {
+                Origin::Destination(d) => Some((
+                    self.destinations.get(*d)?.clone(),
+                    self.localities.get(*d)?.clone(),
+                )),
+                _ => None,
+            })
+            .collect();
         ProxyResources {
             listeners: values(self.listeners),
             clusters: values(self.clusters),
             endpoints: values(self.endpoints),
             secret_names: self.secret_names,
             warnings: self.warnings,
+            plan: EndpointPlan { assignments },
         }
     }
 }

@@ -550,3 +550,130 @@ fn shared_work_changes_no_proxy_config() {
         );
     }
 }
+
+/// When only other Dataplanes, or policies that select other proxies, change, a proxy's
+/// endpoints laid out again from its plan are exactly what generating everything again gives,
+/// and its listeners and clusters are indeed unchanged; whatever could change them (the proxy
+/// itself, a policy selecting it, a destination's protocol, MeshTLS) asks for a whole
+/// generation instead.
+#[test]
+fn endpoints_refresh_like_a_full_generation() {
+    let mut with_affinity = zone_1_with_three_remote_zones();
+    with_affinity.policies.set(vec![lb_policy(
+        "affinity",
+        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {
+            "localityAwareness": {"localZone": {"affinityTags": [{"key": "version"}]}}}}]}),
+    )]);
+    let backend = |name: &str, address: &str, protocol: &str, ready: bool| {
+        common::dataplane(
+            name,
+            json!({"networking": {"address": address, "inbound": [{"port": 20081,
+                "servicePort": 8081, "health": {"ready": ready},
+                "tags": {"kuma.io/service": "backend", "kuma.io/protocol": protocol, "version": "v1"}}]}}),
+        )
+    };
+    let snapshot = |mut m: MeshContext| {
+        m.shared = Some(std::sync::Arc::default());
+        m
+    };
+    let mut refreshed = 0;
+    // Whether backend is TCP already (zone-1's ingresses advertise it without a protocol).
+    for (what, before, backend_tcp) in [
+        ("plain", mesh("tcp", false, vec![]), true),
+        ("mtls", mesh("http", true, vec![allow_all()]), false),
+        ("zone-1", zone_1_view(), true),
+        ("affinity", with_affinity, false),
+    ] {
+        let protocol = if before.mtls { "http" } else { "tcp" };
+        let added = {
+            let mut m = before.clone();
+            m.dataplanes
+                .push(backend("backend-9", "10.0.0.9", protocol, true));
+            m
+        };
+        let down = {
+            let mut m = before.clone();
+            m.dataplanes.retain(|d| d.name != "backend-1");
+            m.dataplanes
+                .push(backend("backend-1", "10.0.0.2", protocol, false));
+            m
+        };
+        let other_protocol = {
+            let mut m = before.clone();
+            m.dataplanes
+                .push(backend("backend-9", "10.0.0.9", "grpc", true));
+            m
+        };
+        let proxy_changed = {
+            let mut m = added.clone();
+            let web = m
+                .dataplanes
+                .iter_mut()
+                .find(|d| d.name == "web-1")
+                .expect("web-1");
+            web.labels.insert("team".into(), "a".into());
+            m
+        };
+        let policy_changed = {
+            let mut m = added.clone();
+            m.policies.set(vec![lb_policy(
+                "random",
+                json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+                    "default": {"loadBalancer": {"type": "Random"}}}]}),
+            )]);
+            m
+        };
+        // Selects only backend-1: web-1's listeners and clusters stay as they were.
+        let other_proxy_policy = {
+            let mut m = added.clone();
+            let mut lbs = m
+                .policies
+                .of::<model::specs::policy::MeshLoadBalancingStrategySpec>()
+                .to_vec();
+            lbs.push(lb_policy(
+                "backend-1-only",
+                json!({"targetRef": {"kind": "Dataplane", "name": "backend-1"},
+                    "to": [{"targetRef": {"kind": "Mesh"}, "default": {"loadBalancer": {"type": "Random"}}}]}),
+            ));
+            m.policies.set(lbs);
+            m
+        };
+        let with_tls = {
+            let mut m = added.clone();
+            m.policies.set(vec![Policy::new(
+                "tls",
+                serde_json::from_value::<model::specs::policy::MeshTlsSpec>(json!({
+                    "targetRef": {"kind": "Mesh"},
+                    "from": [{"targetRef": {"kind": "Mesh"}, "default": {"mode": "Permissive"}}]}))
+                .expect("MeshTLS spec"),
+            )]);
+            m
+        };
+        let before = snapshot(before);
+        let first = xds::sidecar(&before, "web-1").expect("generate");
+        for (change, after, expect_refresh) in [
+            ("an instance added", added, true),
+            ("an instance down", down, true),
+            // Disagreeing protocols make TCP: a change only where backend was not TCP already.
+            ("protocols disagree", other_protocol, backend_tcp),
+            ("the proxy changed", proxy_changed, false),
+            ("a policy changed", policy_changed, false),
+            ("another proxy's policy", other_proxy_policy, true),
+            ("MeshTLS in the mesh", with_tls, false),
+        ] {
+            let after = snapshot(after);
+            let full = xds::sidecar(&after, "web-1").expect("generate");
+            match xds::refresh_endpoints(&before, &after, "web-1", &first.plan) {
+                Some(endpoints) => {
+                    assert!(expect_refresh, "{what}, {change}: laid out again");
+                    refreshed += 1;
+                    assert_eq!(endpoints, full.endpoints, "{what}, {change}: endpoints");
+                    assert_eq!(full.listeners, first.listeners, "{what}, {change}");
+                    assert_eq!(full.clusters, first.clusters, "{what}, {change}");
+                }
+                None => assert!(!expect_refresh, "{what}, {change}: not laid out again"),
+            }
+        }
+    }
+    assert_eq!(refreshed, 14);
+}

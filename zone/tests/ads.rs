@@ -62,8 +62,7 @@ async fn start() -> Fixture {
             zone_keys: None,
         }),
         "cp-1".into(),
-        String::new(),
-        true,
+        zone::dpserver::cache::start(store.clone(), String::new(), true),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());

@@ -271,13 +271,22 @@ pub async fn run(
         }));
     }
     if let Some(listener) = listeners.dp_server {
+        let dp_config = dp_server_config(&config, &store, &me, &hostname, &instance_id).await?;
+        // One snapshot cache for the proxies' configuration and the ingresses' service counts.
+        // A federated zone uses the CAs global creates.
+        let view = zone::dpserver::cache::start(
+            store.clone(),
+            dp_config.zone.clone(),
+            !dp_config.federated,
+        );
         if !config.multizone.zone.name.is_empty() {
-            let (store, stop) = (store.clone(), stopping.clone());
+            let (store, stop, view) = (store.clone(), stopping.clone(), view.clone());
             let zone = config.multizone.zone.name.clone();
             components.start(Component::leader_only("zone-ingress-services", move || {
                 let work = zone::ingress::keep_available_services(
                     store.clone(),
                     zone.clone(),
+                    view.clone(),
                     stop.clone(),
                 );
                 async move {
@@ -286,10 +295,10 @@ pub async fn run(
                 }
             }));
         }
-        let dp_config = dp_server_config(&config, &store, &me, &hostname, &instance_id).await?;
         let work = zone::dpserver::serve(
             listener,
             store.clone(),
+            view,
             dp_config,
             tunnels,
             stopping.clone(),

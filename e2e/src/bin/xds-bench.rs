@@ -336,17 +336,30 @@ fn rss_kb(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Waits until every proxy reports a response of `type_url` naming `resource` after `since`;
-/// returns each proxy's latency.
+/// Which proxies a change must reach.
+#[derive(Clone, Copy)]
+enum Reach {
+    /// The first N.
+    All(usize),
+    /// This one alone.
+    One(usize),
+}
+
+/// Waits until every proxy `reach` names reports a response of `type_url` naming `resource`
+/// after `since`; returns each proxy's latency.
 async fn wait_every(
     events: &mut mpsc::UnboundedReceiver<Event>,
-    proxies: usize,
+    reach: Reach,
     type_url: &str,
     resource: &str,
     since: Instant,
 ) -> Result<Vec<Duration>> {
     let mut seen: HashMap<usize, Duration> = HashMap::new();
     let deadline = since + Duration::from_secs(60);
+    let (proxies, wanted) = match reach {
+        Reach::All(n) => (n, None),
+        Reach::One(p) => (1, Some(p)),
+    };
     while seen.len() < proxies {
         let ev = tokio::time::timeout_at(deadline, events.recv())
             .await
@@ -360,7 +373,11 @@ async fn wait_every(
                 type_url: t,
                 names,
                 at,
-            } if t == type_url && at >= since && names.iter().any(|n| n == resource) => {
+            } if t == type_url
+                && at >= since
+                && wanted.is_none_or(|w| w == proxy)
+                && names.iter().any(|n| n == resource) =>
+            {
                 seen.entry(proxy).or_insert(at - since);
             }
             Event::Failed { proxy, error } => bail!("proxy {proxy}: {error}"),
@@ -524,7 +541,8 @@ async fn main() -> Result<()> {
             &dataplane(&name, &address, TARGET, &[]),
         )
         .await?;
-        eds_latency.extend(wait_every(&mut events, args.proxies, EDS, TARGET, since).await?);
+        eds_latency
+            .extend(wait_every(&mut events, Reach::All(args.proxies), EDS, TARGET, since).await?);
         while events.try_recv().is_ok() {}
     }
     eds_latency.sort();
@@ -546,10 +564,34 @@ async fn main() -> Result<()> {
                             "default": {"loadBalancer": {"type": lb}}}]}}),
         )
         .await?;
-        policy_latency.extend(wait_every(&mut events, args.proxies, CDS, TARGET, since).await?);
+        policy_latency
+            .extend(wait_every(&mut events, Reach::All(args.proxies), CDS, TARGET, since).await?);
         while events.try_recv().is_ok() {}
     }
     policy_latency.sort();
+
+    // A policy for one proxy (overriding (b)'s mesh-wide one): the others, but the one it
+    // selected before, need not generate anything.
+    eprintln!(
+        "(f) {} MeshLoadBalancingStrategy writes for one proxy each",
+        args.changes
+    );
+    let mut targeted_latency = Vec::new();
+    for n in 0..args.changes {
+        let p = (n * 37) % args.proxies;
+        let since = Instant::now();
+        zone.put(
+            "/meshes/default/meshloadbalancingstrategies/bench-one",
+            &json!({"type": "MeshLoadBalancingStrategy", "name": "bench-one", "mesh": "default",
+                "spec": {"targetRef": {"kind": "Dataplane", "name": format!("proxy-{p}")},
+                    "to": [{"targetRef": {"kind": "MeshService", "name": TARGET},
+                            "default": {"loadBalancer": {"type": "RoundRobin"}}}]}}),
+        )
+        .await?;
+        targeted_latency.extend(wait_every(&mut events, Reach::One(p), CDS, TARGET, since).await?);
+        while events.try_recv().is_ok() {}
+    }
+    targeted_latency.sort();
 
     println!(
         "xds-bench: {} proxies, {} services, {} outbounds each, store {store_name}",
@@ -561,6 +603,7 @@ async fn main() -> Result<()> {
         ("(a) Dataplane added -> every proxy's EDS", &eds_latency),
         ("(b) policy written -> every proxy's CDS", &policy_latency),
         ("(c) proxy connects -> first full config", &first_config),
+        ("(f) policy for one proxy -> its CDS", &targeted_latency),
     ] {
         println!(
             "{label:<46} {:>9.2} {:>9.2} {:>9.2}",
@@ -593,6 +636,8 @@ async fn main() -> Result<()> {
             "policy_p50_ms": pct(&policy_latency, 0.5),
             "policy_p99_ms": pct(&policy_latency, 0.99),
             "policy_max_ms": pct(&policy_latency, 1.0),
+            "targeted_policy_p50_ms": pct(&targeted_latency, 0.5),
+            "targeted_policy_p99_ms": pct(&targeted_latency, 0.99),
             "first_config_p50_ms": pct(&first_config, 0.5),
             "first_config_p99_ms": pct(&first_config, 0.99),
             "rss_per_proxy_kb": rss_per_proxy_kb,

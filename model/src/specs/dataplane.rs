@@ -9,7 +9,7 @@ use super::{validate_address, validate_tags};
 use crate::labels::SERVICE_TAG;
 use crate::validate::{Validate, ValidationError, Validator, validate_as};
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DataplaneSpec {
     pub networking: Networking,
@@ -22,7 +22,7 @@ pub struct DataplaneSpec {
     pub envoy: Option<Value>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Networking {
     #[serde(default)]
@@ -41,7 +41,7 @@ pub struct Networking {
     pub admin: Option<Admin>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Inbound {
     pub port: u32,
@@ -73,14 +73,14 @@ pub enum InboundState {
     Ignored,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Health {
     #[serde(default)]
     pub ready: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Outbound {
     pub port: u32,
@@ -92,7 +92,7 @@ pub struct Outbound {
     pub backend_ref: Option<BackendRef>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendRef {
     pub kind: String,
@@ -113,7 +113,7 @@ pub enum GatewayType {
     Builtin,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Gateway {
     #[serde(rename = "type", default)]
@@ -122,7 +122,7 @@ pub struct Gateway {
     pub tags: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Admin {
     pub port: u32,

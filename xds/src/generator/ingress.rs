@@ -64,7 +64,9 @@ pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshContext]) -> ProxyRe
 
 /// What a zone's ingresses advertise: per mesh and distinct inbound tag set, how many ready
 /// local instances there are. Kept in `ZoneIngress.availableServices` for other zones.
-pub fn available_services(meshes: &[MeshContext]) -> Vec<model::specs::zone::AvailableService> {
+pub fn available_services<'a>(
+    meshes: impl IntoIterator<Item = &'a MeshContext>,
+) -> Vec<model::specs::zone::AvailableService> {
     let mut counts: BTreeMap<(String, BTreeMap<String, String>), u32> = BTreeMap::new();
     for mesh in meshes {
         for dp in &mesh.dataplanes {

@@ -137,6 +137,15 @@ fn resolve(mesh: &MeshContext, tags: BTreeMap<String, String>) -> Destination {
     }
 }
 
+/// The destination `tags` resolve to in `mesh`, resolved once per snapshot when its proxies
+/// share work.
+pub(crate) fn resolved(mesh: &MeshContext, tags: BTreeMap<String, String>) -> Arc<Destination> {
+    match &mesh.shared {
+        Some(shared) => shared.destination(&tags, || resolve(mesh, tags.clone())),
+        None => Arc::new(resolve(mesh, tags)),
+    }
+}
+
 fn inbound_resources(
     mesh: &MeshContext,
     proxy: &DataplaneEntry,
@@ -195,10 +204,7 @@ fn outbound_resources(
         "" => "127.0.0.1",
         a => a,
     };
-    let dest = match &mesh.shared {
-        Some(shared) => shared.destination(&tags, || resolve(mesh, tags.clone())),
-        None => Arc::new(resolve(mesh, tags)),
-    };
+    let dest = resolved(mesh, tags);
     let destination = match out
         .destinations
         .iter()
@@ -206,7 +212,6 @@ fn outbound_resources(
     {
         Some(d) => d,
         None => {
-            let d = out.destinations.len();
             let mut cluster = eds_cluster(&dest.cluster);
             if dest.protocol.needs_http2_upstream() {
                 use_http2_upstream(&mut cluster);
@@ -215,18 +220,9 @@ fn outbound_resources(
                 let sni = service_sni(&dest.service, &mesh.mesh, &dest.tags);
                 set_transport_socket(&mut cluster, outbound_mtls(&mesh.mesh, &dest.service, &sni));
             }
-            out.add_cluster(Origin::Destination(d), cluster);
-            out.add_endpoints(
-                Origin::Destination(d),
-                destination_assignment(
-                    mesh,
-                    &dest,
-                    &LocalityAwareness::default(),
-                    &proxy.caller_tags(),
-                ),
-            );
-            out.destinations.push(dest);
-            d
+            let locality = LocalityAwareness::default();
+            let assignment = destination_assignment(mesh, &dest, &locality, &proxy.caller_tags());
+            out.add_destination(dest, cluster, locality, assignment)
         }
     };
     let dest = &out.destinations[destination];

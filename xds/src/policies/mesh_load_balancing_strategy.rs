@@ -39,7 +39,7 @@ impl super::PolicyPlugin for Plugin {
         for (d, conf) in confs.iter().enumerate() {
             let dest = &rs.destinations[d];
             let assignment = destination_assignment(mesh, dest, &conf.locality, &caller_tags);
-            rs.replace_endpoints(Origin::Destination(d), assignment);
+            rs.lay_out_endpoints(d, &conf.locality, assignment);
             if let Some(mut cluster) = rs.cluster_mut(Origin::Destination(d)) {
                 cluster.set_fields(cluster_fields(conf));
             }

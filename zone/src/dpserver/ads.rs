@@ -100,17 +100,14 @@ pub struct AdsServer {
 }
 
 impl AdsServer {
-    /// An ADS server for the proxies of `zone` (empty on a standalone control plane), with its
-    /// snapshot cache. `generates_ca` is false on a federated zone, which uses the builtin CAs
-    /// global creates.
+    /// An ADS server for proxies whose configuration comes from `view` (the zone's snapshot
+    /// cache, [`crate::dpserver::cache::start`]).
     pub fn new(
         store: SharedStore,
         auth: Arc<dyn ProxyAuth>,
         cp_instance_id: String,
-        zone: String,
-        generates_ca: bool,
+        view: watch::Receiver<ZoneView>,
     ) -> Self {
-        let view = crate::dpserver::cache::start(store.clone(), zone, generates_ca);
         AdsServer {
             store,
             auth,
@@ -209,6 +206,7 @@ impl AggregatedDiscoveryService for AdsServer {
             record,
             cert: None,
             warnings: Vec::new(),
+            built_from: None,
         };
         tokio::spawn(async move {
             let result = stream.run(first, requests).await;
@@ -355,6 +353,11 @@ struct ProxyStream {
     cert: Option<IssuedCert>,
     /// What policy plugins could not apply, as last logged: logged again only when it changes.
     warnings: Vec<String>,
+    /// The snapshot a sidecar's current configuration was generated from, and how its
+    /// endpoints were laid out: when the next snapshot changes nothing else the configuration
+    /// comes from (other Dataplanes, policies for other proxies), only the endpoints are laid
+    /// out again ([`xds::refresh_endpoints`]).
+    built_from: Option<(Arc<MeshSnapshot>, xds::EndpointPlan)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -572,6 +575,23 @@ impl ProxyStream {
     /// stays.
     fn recompute(&mut self) {
         self.seen = self.fingerprint();
+        if let Some(endpoints) = self.refreshed_endpoints() {
+            match endpoints {
+                Ok(endpoints) => {
+                    let config = self.config.entry(wire::ENDPOINTS.to_string()).or_default();
+                    if *config != endpoints {
+                        *config = endpoints;
+                        self.record.generation += 1;
+                    }
+                }
+                Err(e) => {
+                    let error = model::error_chain(&e);
+                    tracing::warn!(mesh = %self.mesh, name = %self.name, %error, "endpoints not recomputed; the last ones stay")
+                }
+            }
+            return;
+        }
+        self.built_from = None;
         match self.build() {
             Ok(config) => {
                 if config != self.config {
@@ -588,6 +608,34 @@ impl ProxyStream {
                 tracing::warn!(mesh = %self.mesh, name = %self.name, %error, "configuration not recomputed; the last one stays")
             }
         }
+    }
+
+    /// The sidecar's endpoints laid out again from the latest snapshot, when that is all that
+    /// changed since its configuration was generated (and its certificate stands); `None`
+    /// when the whole configuration must be generated again.
+    fn refreshed_endpoints(
+        &mut self,
+    ) -> Option<Result<BTreeMap<String, Arc<Encoded>>, BuildError>> {
+        let (before, plan) = self.built_from.take()?;
+        let now = self.seen.meshes.first()?.clone();
+        if now.context.mtls {
+            let ca = now.ca.as_ref().ok()?.as_ref()?;
+            let cert = self.cert.as_ref()?;
+            if cert.ca_pem != ca.ca.cert_pem || cert.backend != ca.backend {
+                return None;
+            }
+        }
+        let endpoints = xds::refresh_endpoints(&before.context, &now.context, &self.name, &plan)?;
+        let mut config = Config::new();
+        let encoded = add(
+            &mut config,
+            wire::ENDPOINTS,
+            "cluster_name",
+            &endpoints,
+            |type_url, assignment| now.encoded.encode_shared(type_url, assignment),
+        );
+        self.built_from = Some((now, plan));
+        Some(encoded.map(|()| config.remove(wire::ENDPOINTS).unwrap_or_default()))
     }
 
     fn build(&mut self) -> Result<Config, BuildError> {
@@ -611,6 +659,7 @@ impl ProxyStream {
             self.warnings = resources.warnings.clone();
         }
         let mut config = encode(&resources, Some(&snapshot.encoded))?;
+        let plan = resources.plan;
         if snapshot.context.mtls {
             let secrets = self.certificate(&snapshot)?;
             // The proxy's own key: never in a cache other proxies read.
@@ -625,6 +674,7 @@ impl ProxyStream {
             self.cert = None;
             self.record.cert = None;
         }
+        self.built_from = Some((snapshot, plan));
         Ok(config)
     }
 

@@ -41,10 +41,12 @@ pub enum DpServerError {
     Serve(#[source] tonic::transport::Error),
 }
 
-/// Serves bootstrap (HTTP/1.1 and HTTP/2) and ADS (gRPC) on one TLS port until `shutdown`.
+/// Serves bootstrap (HTTP/1.1 and HTTP/2) and ADS (gRPC) on one TLS port until `shutdown`,
+/// with configuration from `view` (the zone's snapshot cache).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: store::SharedStore,
+    view: watch::Receiver<cache::ZoneView>,
     config: DpServerConfig,
     tunnels: Arc<admin::AdminTunnels>,
     mut shutdown: watch::Receiver<bool>,
@@ -70,8 +72,7 @@ pub async fn serve(
         store.clone(),
         auth.clone(),
         config.cp_instance_id.clone(),
-        config.zone.clone(),
-        !config.federated,
+        view,
     );
     let admin = admin::AdminService {
         store: store.clone(),

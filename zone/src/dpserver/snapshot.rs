@@ -1,12 +1,8 @@
-//! Reading a mesh's parts from the store: what the snapshot cache and the ingress bookkeeping
-//! share.
+//! What the snapshot cache reads off a mesh's spec and other zones' ingresses.
 
-use model::ResourceType;
-use model::specs::dataplane::DataplaneSpec;
 use model::specs::mesh::MeshSpec;
 use model::specs::zone::ZoneIngressSpec;
-use store::{ListQuery, SharedStore, StoreError};
-use xds::{DataplaneEntry, MeshContext, RemoteIngress};
+use xds::RemoteIngress;
 
 pub(crate) fn mtls_enabled(spec: &MeshSpec) -> bool {
     spec.mtls_enabled()
@@ -59,43 +55,4 @@ async fn resolve(host: &str, port: u32) -> Option<String> {
     // Prefer IPv4, and one stable choice across recomputations.
     addrs.sort_by_key(|ip| (ip.is_ipv6(), *ip));
     addrs.first().map(ToString::to_string)
-}
-
-/// Every mesh's Dataplanes in this zone (with mTLS state, no policies): what the zone's
-/// ingresses serve and advertise. A Dataplane whose spec does not parse is left out.
-pub async fn load_all(
-    store: &SharedStore,
-    local_zone: &str,
-) -> Result<Vec<MeshContext>, StoreError> {
-    let mut out = Vec::new();
-    for m in store.list(&ListQuery::all(ResourceType::Mesh)).await?.items {
-        let spec: MeshSpec = serde_json::from_value(m.spec).unwrap_or_default();
-        let mesh = m.meta.name;
-        let mut dataplanes = Vec::new();
-        for r in store
-            .list(&ListQuery::in_mesh(ResourceType::Dataplane, &mesh))
-            .await?
-            .items
-        {
-            match serde_json::from_value::<DataplaneSpec>(r.spec) {
-                Ok(spec) => dataplanes.push(DataplaneEntry {
-                    name: r.meta.name,
-                    labels: r.meta.labels,
-                    spec,
-                }),
-                Err(e) => {
-                    tracing::warn!(%mesh, dataplane = %r.meta.name, error = %e, "dataplane spec does not parse; left out")
-                }
-            }
-        }
-        out.push(MeshContext {
-            mtls: mtls_enabled(&spec),
-            zone_egress: zone_egress(&spec),
-            mesh,
-            dataplanes,
-            local_zone: local_zone.to_string(),
-            ..Default::default()
-        });
-    }
-    Ok(out)
 }
