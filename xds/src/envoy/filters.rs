@@ -34,7 +34,10 @@ pub fn http_connection_manager(
         hcm["forward_client_cert_details"] = json!("SANITIZE_SET");
         hcm["set_current_client_cert_details"] = json!({"uri": true});
     }
-    json!({"name": HCM, "typed_config": hcm})
+    // Moved in, not copied as `json!` would.
+    let mut filter = json!({"name": HCM, "typed_config": null});
+    filter["typed_config"] = hcm;
+    filter
 }
 
 pub fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {

@@ -13,28 +13,30 @@ pub fn listener(
     direction: &str,
     chains: Vec<Value>,
 ) -> Value {
-    json!({
+    let listener = json!({
         "name": name,
         "address": socket_address(address, port),
         "traffic_direction": direction,
-        "filter_chains": chains
-    })
+        "filter_chains": null
+    });
+    with_chains(listener, chains)
 }
 
 /// A sidecar's inbound listener, which does not share its port (`enable_reuse_port: false`).
 pub fn inbound_listener(name: &str, address: &str, port: u32, chains: Vec<Value>) -> Value {
-    json!({
+    let listener = json!({
         "name": name,
         "address": socket_address(address, port),
         "traffic_direction": "INBOUND",
         "enable_reuse_port": false,
-        "filter_chains": chains
-    })
+        "filter_chains": null
+    });
+    with_chains(listener, chains)
 }
 
 /// A listener that reads each connection's SNI (TLS inspector) to pick its filter chain.
 pub fn sni_listener(name: &str, address: &str, port: u32, chains: Vec<Value>) -> Value {
-    json!({
+    let listener = json!({
         "name": name,
         "address": socket_address(address, port),
         "traffic_direction": "INBOUND",
@@ -42,8 +44,22 @@ pub fn sni_listener(name: &str, address: &str, port: u32, chains: Vec<Value>) ->
             "name": "envoy.filters.listener.tls_inspector",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
         }],
-        "filter_chains": chains
-    })
+        "filter_chains": null
+    });
+    with_chains(listener, chains)
+}
+
+/// A filter chain of `filters`, moved in (`json!` would copy them).
+pub fn filter_chain(filters: Vec<Value>) -> Value {
+    let mut chain = serde_json::Map::new();
+    chain.insert("filters".into(), Value::Array(filters));
+    Value::Object(chain)
+}
+
+/// `listener` with `chains` moved in: `json!` would copy them, and they are most of it.
+fn with_chains(mut listener: Value, chains: Vec<Value>) -> Value {
+    listener["filter_chains"] = Value::Array(chains);
+    listener
 }
 
 /// A filter chain that passes TLS connections for `sni`, still encrypted, to `cluster`.

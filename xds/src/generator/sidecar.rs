@@ -10,14 +10,13 @@ use std::sync::Arc;
 use model::labels::{PROTOCOL_TAG, SERVICE_TAG};
 use model::specs::dataplane::{Inbound, InboundState, Outbound};
 use model::specs::policy::LocalityAwareness;
-use serde_json::json;
 
 use crate::context::{DataplaneEntry, MeshContext, Protocol};
 use crate::envoy::cluster::{
     eds_cluster, set_transport_socket, static_cluster, use_http2_upstream,
 };
 use crate::envoy::filters::{http_connection_manager, tcp_proxy};
-use crate::envoy::listener::{inbound_listener, listener};
+use crate::envoy::listener::{filter_chain, inbound_listener, listener};
 use crate::envoy::names::{identity_secret_name, mesh_ca_secret_name, service_sni, spiffe_id};
 use crate::envoy::tls::{inbound_mtls, outbound_mtls};
 use crate::generator::common::{MAX_SUBSET_TAGS, endpoint_address, inbound_address, inbound_ready};
@@ -182,7 +181,7 @@ fn inbound_resources(
     } else {
         tcp_proxy(&local_cluster, &local_cluster)
     };
-    let mut chain = json!({"filters": [filter]});
+    let mut chain = filter_chain(vec![filter]);
     if mesh.mtls {
         chain["transport_socket"] = inbound_mtls(&mesh.mesh);
     }
@@ -237,7 +236,7 @@ fn outbound_resources(
         tcp_proxy(&dest.cluster, &dest.cluster)
     };
     let listener_name = format!("outbound:{address}:{}", outbound.port);
-    let chains = vec![json!({"filters": [filter]})];
+    let chains = vec![filter_chain(vec![filter])];
     out.add_listener(
         Origin::Outbound {
             outbound: index,
