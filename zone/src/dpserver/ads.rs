@@ -399,14 +399,14 @@ impl ProxyStream {
                     if self.fingerprint() == self.seen {
                         continue;
                     }
-                    self.recompute();
-                    self.push_all().await?;
+                    let changed = self.recompute();
+                    self.push_types(changed).await?;
                 }
                 () = tokio::time::sleep_until(rotate_at) => {
                     tracing::info!(mesh = %self.mesh, name = %self.name, "rotating the proxy certificate");
                     self.cert = None;
-                    self.recompute();
-                    self.push_all().await?;
+                    let changed = self.recompute();
+                    self.push_types(changed).await?;
                 }
                 _ = flush.tick() => self.flush_insight().await,
             }
@@ -472,8 +472,9 @@ impl ProxyStream {
         Ok(())
     }
 
-    async fn push_all(&mut self) -> Result<(), StreamError> {
-        for type_url in ORDER {
+    /// Sends what changed of `types` (in [`ORDER`]).
+    async fn push_types(&mut self, types: &[&str]) -> Result<(), StreamError> {
+        for type_url in types {
             self.push(type_url).await?;
         }
         Ok(())
@@ -571,9 +572,9 @@ impl ProxyStream {
         }
     }
 
-    /// Rebuilds the proxy's configuration from the latest snapshots; on failure the last one
-    /// stays.
-    fn recompute(&mut self) {
+    /// Rebuilds the proxy's configuration from the latest snapshots (on failure the last one
+    /// stays) and says which types may have changed.
+    fn recompute(&mut self) -> &'static [&'static str] {
         self.seen = self.fingerprint();
         if let Some(endpoints) = self.refreshed_endpoints() {
             match endpoints {
@@ -582,6 +583,7 @@ impl ProxyStream {
                     if *config != endpoints {
                         *config = endpoints;
                         self.record.generation += 1;
+                        return &[wire::ENDPOINTS];
                     }
                 }
                 Err(e) => {
@@ -589,7 +591,7 @@ impl ProxyStream {
                     tracing::warn!(mesh = %self.mesh, name = %self.name, %error, "endpoints not recomputed; the last ones stay")
                 }
             }
-            return;
+            return &[];
         }
         self.built_from = None;
         match self.build() {
@@ -597,6 +599,7 @@ impl ProxyStream {
                 if config != self.config {
                     self.record.generation += 1;
                     self.config = config;
+                    return &ORDER;
                 }
             }
             // Only while the cache loads at start-up (a proxy is admitted only with its mesh).
@@ -608,6 +611,7 @@ impl ProxyStream {
                 tracing::warn!(mesh = %self.mesh, name = %self.name, %error, "configuration not recomputed; the last one stays")
             }
         }
+        &[]
     }
 
     /// The sidecar's endpoints laid out again from the latest snapshot, when that is all that
