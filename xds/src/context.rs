@@ -113,12 +113,9 @@ impl Policies {
     }
 
     /// The policies that differ between `previous` and this set (added, removed or changed,
-    /// as they were and as they are) with their type; a type loaded again with the same
-    /// policies contributes none.
-    pub fn changed_since<'a>(
-        &'a self,
-        previous: &'a Policies,
-    ) -> Vec<(ResourceType, &'a RawPolicy)> {
+    /// as they were and as they are); a type loaded again with the same policies contributes
+    /// none.
+    pub fn changed_since<'a>(&'a self, previous: &'a Policies) -> Vec<&'a RawPolicy> {
         let mut changed = Vec::new();
         let kinds: std::collections::BTreeSet<_> =
             self.by_kind.keys().chain(previous.by_kind.keys()).collect();
@@ -136,12 +133,12 @@ impl Policies {
             let (now, before) = (by_name(now), by_name(before));
             for (name, policy) in &now {
                 if before.get(name) != Some(policy) {
-                    changed.push((*kind, *policy));
+                    changed.push(*policy);
                 }
             }
             for (name, policy) in &before {
                 if now.get(name) != Some(policy) {
-                    changed.push((*kind, *policy));
+                    changed.push(*policy);
                 }
             }
         }

@@ -143,7 +143,8 @@ impl ResourceSet {
             .retain(|(_, e)| clusters.iter().any(|(_, c)| c["name"] == e["cluster_name"]));
     }
 
-    /// Adds destination `d`'s cluster and its load assignment, laid out by `locality`.
+    /// Adds a destination with its cluster and its load assignment (laid out by `locality`);
+    /// returns its index in [`ResourceSet::destinations`].
     pub fn add_destination(
         &mut self,
         destination: Arc<Destination>,
