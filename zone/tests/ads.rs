@@ -244,6 +244,48 @@ async fn sends_changes_only_and_survives_a_nack() {
             .len(),
         2
     );
+    assert!(
+        envoy.quiet(Duration::from_millis(300)).await,
+        "a new instance changes endpoints only: nothing else is pushed"
+    );
+
+    // A policy for another proxy changes nothing of web-1's; one for web-1 changes its clusters.
+    let timeout = |name: &str, target: serde_json::Value| {
+        Resource::new(
+            ResourceType::MeshTimeout,
+            "default",
+            name,
+            json!({"targetRef": target, "to": [{"targetRef": {"kind": "Mesh"},
+                "default": {"connectionTimeout": "7s"}}]}),
+        )
+    };
+    f.store
+        .create(timeout(
+            "backend-only",
+            json!({"kind": "Dataplane", "name": "backend-1"}),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        envoy.quiet(Duration::from_millis(300)).await,
+        "a policy for another proxy pushed something"
+    );
+    f.store
+        .create(timeout(
+            "web-only",
+            json!({"kind": "Dataplane", "name": "web-1"}),
+        ))
+        .await
+        .unwrap();
+    let update = envoy.next().await;
+    assert_eq!(update.type_url, wire::CLUSTER);
+    let backend = update
+        .resources
+        .iter()
+        .find(|r| r.name == "backend")
+        .expect("the backend cluster");
+    let value = wire::decode(wire::CLUSTER, &backend.resource.as_ref().unwrap().value).unwrap();
+    assert_eq!(value["connect_timeout"], "7s");
 
     // The insight records the open stream (counters are flushed every 10 s).
     tokio::time::sleep(Duration::from_millis(100)).await;
