@@ -77,7 +77,7 @@ pub fn refresh_endpoints(
     assignments
         .iter()
         .map(|(before, locality)| {
-            let now = generator::sidecar::resolved(mesh, before.tags.clone());
+            let now = generator::sidecar::resolved(mesh, &before.tags);
             let same_shape = now.cluster == before.cluster
                 && now.service == before.service
                 && now.protocol == before.protocol;

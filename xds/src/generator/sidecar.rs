@@ -138,10 +138,11 @@ fn resolve(mesh: &MeshContext, tags: BTreeMap<String, String>) -> Destination {
 
 /// The destination `tags` resolve to in `mesh`, resolved once per snapshot when its proxies
 /// share work.
-pub(crate) fn resolved(mesh: &MeshContext, tags: BTreeMap<String, String>) -> Arc<Destination> {
+pub(crate) fn resolved(mesh: &MeshContext, tags: &BTreeMap<String, String>) -> Arc<Destination> {
     match &mesh.shared {
-        Some(shared) => shared.destination(&tags, || resolve(mesh, tags.clone())),
-        None => Arc::new(resolve(mesh, tags)),
+        // Cloned only the first time: every later proxy finds the resolved destination.
+        Some(shared) => shared.destination(tags, || resolve(mesh, tags.clone())),
+        None => Arc::new(resolve(mesh, tags.clone())),
     }
 }
 
@@ -203,7 +204,7 @@ fn outbound_resources(
         "" => "127.0.0.1",
         a => a,
     };
-    let dest = resolved(mesh, tags);
+    let dest = resolved(mesh, &tags);
     let destination = match out
         .destinations
         .iter()

@@ -308,6 +308,13 @@ struct IssuedCert {
     rotate_at: tokio::time::Instant,
 }
 
+impl IssuedCert {
+    /// Whether the mesh's current CA (and backend) issued it.
+    fn issued_by(&self, ca: &security::ca::MeshCa) -> bool {
+        self.ca_pem == ca.ca.cert_pem && self.backend == ca.backend
+    }
+}
+
 /// The snapshots a configuration was last computed from. It holds them, not their addresses: a freed
 /// snapshot's address can be reused by the next one, which would then look unchanged.
 #[derive(Default)]
@@ -624,8 +631,7 @@ impl ProxyStream {
         let now = self.seen.meshes.first()?.clone();
         if now.context.mtls {
             let ca = now.ca.as_ref().ok()?.as_ref()?;
-            let cert = self.cert.as_ref()?;
-            if cert.ca_pem != ca.ca.cert_pem || cert.backend != ca.backend {
+            if !self.cert.as_ref()?.issued_by(ca) {
                 return None;
             }
         }
@@ -804,9 +810,10 @@ impl ProxyStream {
             .dataplane(&self.name)
             .ok_or(BuildError::ProxyGone)?;
         let uris = xds::generator::sidecar::identity_uris(&self.mesh, proxy);
-        let current = self.cert.as_ref().is_some_and(|c| {
-            c.ca_pem == ca.ca.cert_pem && c.uris == uris && c.backend == ca.backend
-        });
+        let current = self
+            .cert
+            .as_ref()
+            .is_some_and(|c| c.issued_by(ca) && c.uris == uris);
         if !current {
             let pair = ca
                 .ca
