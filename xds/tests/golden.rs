@@ -4,12 +4,12 @@
 
 mod common;
 
-use common::{allow_all, check_schema, config, mesh, permission};
+use common::{allow_all, check_schema, config, mesh, permission, remote_ingress};
 use std::borrow::Borrow;
 
 use serde_json::{Value, json};
 use xds::generator::{egress, ingress};
-use xds::{MeshContext, Policy, RemoteIngress};
+use xds::{MeshContext, Policy};
 
 #[test]
 fn plain_tcp() {
@@ -70,15 +70,6 @@ fn identity_names_every_service_and_tag() {
             "kuma://version/v1"
         ]
     );
-}
-
-fn remote_ingress(zone: &str, address: &str, services: Value) -> RemoteIngress {
-    RemoteIngress {
-        zone: zone.into(),
-        address: address.into(),
-        port: 10001,
-        services: serde_json::from_value(services).expect("available services"),
-    }
 }
 
 /// zone-1's view: backend runs here (two ready instances) and in zone-2 and zone-3, whose
@@ -576,6 +567,18 @@ fn endpoints_refresh_like_a_full_generation() {
         m.shared = Some(std::sync::Arc::default());
         m
     };
+    // Routes split backend's traffic over its versions: each version is a destination too.
+    let mut routed = mesh("http", true, vec![allow_all()]);
+    routed.policies.set(vec![Policy::new(
+        "split",
+        serde_json::from_value::<model::specs::policy::MeshHttpRouteSpec>(json!({
+            "targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "default": {"backendRefs": [
+                    {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}, "weight": 90},
+                    {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}, "weight": 10}]}}]}]}))
+        .expect("MeshHTTPRoute spec"),
+    )]);
     let mut refreshed = 0;
     // Whether backend is TCP already (zone-1's ingresses advertise it without a protocol).
     for (what, before, backend_tcp) in [
@@ -583,6 +586,7 @@ fn endpoints_refresh_like_a_full_generation() {
         ("mtls", mesh("http", true, vec![allow_all()]), false),
         ("zone-1", zone_1_view(), true),
         ("affinity", with_affinity, false),
+        ("routes", routed, false),
     ] {
         let protocol = if before.mtls { "http" } else { "tcp" };
         let added = {
@@ -675,5 +679,5 @@ fn endpoints_refresh_like_a_full_generation() {
             }
         }
     }
-    assert_eq!(refreshed, 14);
+    assert_eq!(refreshed, 17);
 }

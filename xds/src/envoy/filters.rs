@@ -48,6 +48,23 @@ pub fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
     }})
 }
 
+/// A TCP proxy splitting connections over `splits` (cluster, weight); one cluster is a plain
+/// [`tcp_proxy`].
+pub fn tcp_proxy_split(stat_prefix: &str, splits: &[(String, u32)]) -> Value {
+    if let [(cluster, _)] = splits {
+        return tcp_proxy(stat_prefix, cluster);
+    }
+    let clusters: Vec<Value> = splits
+        .iter()
+        .map(|(name, weight)| json!({"name": name, "weight": weight}))
+        .collect();
+    json!({"name": TCP_PROXY, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": stat_name(stat_prefix),
+        "weighted_clusters": {"clusters": clusters}
+    }})
+}
+
 pub const HCM: &str = "envoy.filters.network.http_connection_manager";
 pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 pub const ROUTER: &str = "envoy.filters.http.router";

@@ -208,6 +208,26 @@ impl ListenerMut<'_> {
             .collect()
     }
 
+    /// Replaces the routes of every virtual host of the listener's HTTP connection managers.
+    pub fn set_routes(&mut self, routes: &[Value]) {
+        for hcm in self.typed_configs(HCM) {
+            let Some(rc) = hcm.get_mut("route_config") else {
+                continue;
+            };
+            for host in array_mut(rc, "virtual_hosts") {
+                host["routes"] = Value::Array(routes.to_vec());
+            }
+        }
+    }
+
+    /// Makes every filter chain carry `filter` alone (a TCP route turning an HTTP outbound
+    /// into a TCP one).
+    pub fn replace_network_filters(&mut self, filter: &Value) {
+        for filters in self.filter_lists() {
+            *filters = vec![filter.clone()];
+        }
+    }
+
     /// Puts `filter` into every HTTP connection manager just before its router, after the
     /// filters already there (plugins run in Kuma's order, and so do their filters).
     pub fn insert_http_filter_before_router(&mut self, filter: Value) {

@@ -7,4 +7,5 @@ pub mod endpoints;
 pub mod filters;
 pub mod listener;
 pub mod names;
+pub mod routes;
 pub mod tls;

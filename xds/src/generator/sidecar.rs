@@ -18,6 +18,7 @@ use crate::envoy::cluster::{
 use crate::envoy::filters::{http_connection_manager, tcp_proxy};
 use crate::envoy::listener::{filter_chain, inbound_listener, listener};
 use crate::envoy::names::{identity_secret_name, mesh_ca_secret_name, service_sni, spiffe_id};
+use crate::envoy::routes::subset_cluster_name;
 use crate::envoy::tls::{inbound_mtls, outbound_mtls};
 use crate::generator::common::{MAX_SUBSET_TAGS, endpoint_address, inbound_address, inbound_ready};
 use crate::generator::endpoints::destination_assignment;
@@ -34,20 +35,14 @@ fn outbound_tags(outbound: &Outbound) -> Option<BTreeMap<String, String>> {
         .then(|| BTreeMap::from([(SERVICE_TAG.to_string(), r.name.clone())]))
 }
 
-/// A cluster per distinct destination: the service name, or the name with a hash of the extra
-/// tags when an outbound selects a subset.
+/// A cluster per distinct destination: the service name, or Kuma's name for a subset when an
+/// outbound selects more than the service.
 fn cluster_name(tags: &BTreeMap<String, String>) -> String {
     let service = tags.get(SERVICE_TAG).map(String::as_str).unwrap_or("");
     if tags.len() == 1 {
         return service.to_string();
     }
-    let text: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.join(",").bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{service}-{h:016x}")
+    subset_cluster_name(service, tags)
 }
 
 /// Whether `tags` (an outbound's) select `candidate` (an inbound's or an available service's).
@@ -146,6 +141,35 @@ pub(crate) fn resolved(mesh: &MeshContext, tags: &BTreeMap<String, String>) -> A
     }
 }
 
+/// The index in `out` of the destination `tags` resolve to, added with its cluster and load
+/// assignment the first time a proxy's outbounds or routes send to it.
+pub(crate) fn destination_for(
+    mesh: &MeshContext,
+    proxy: &DataplaneEntry,
+    tags: &BTreeMap<String, String>,
+    out: &mut ResourceSet,
+) -> usize {
+    let dest = resolved(mesh, tags);
+    if let Some(d) = out
+        .destinations
+        .iter()
+        .position(|d| d.cluster == dest.cluster)
+    {
+        return d;
+    }
+    let mut cluster = eds_cluster(&dest.cluster);
+    if dest.protocol.needs_http2_upstream() {
+        use_http2_upstream(&mut cluster);
+    }
+    if mesh.mtls {
+        let sni = service_sni(&dest.service, &mesh.mesh, &dest.tags);
+        set_transport_socket(&mut cluster, outbound_mtls(&mesh.mesh, &dest.service, &sni));
+    }
+    let locality = LocalityAwareness::default();
+    let assignment = destination_assignment(mesh, &dest, &locality, &proxy.caller_tags());
+    out.add_destination(dest, cluster, locality, assignment)
+}
+
 fn inbound_resources(
     mesh: &MeshContext,
     proxy: &DataplaneEntry,
@@ -204,27 +228,7 @@ fn outbound_resources(
         "" => "127.0.0.1",
         a => a,
     };
-    let dest = resolved(mesh, &tags);
-    let destination = match out
-        .destinations
-        .iter()
-        .position(|d| d.cluster == dest.cluster)
-    {
-        Some(d) => d,
-        None => {
-            let mut cluster = eds_cluster(&dest.cluster);
-            if dest.protocol.needs_http2_upstream() {
-                use_http2_upstream(&mut cluster);
-            }
-            if mesh.mtls {
-                let sni = service_sni(&dest.service, &mesh.mesh, &dest.tags);
-                set_transport_socket(&mut cluster, outbound_mtls(&mesh.mesh, &dest.service, &sni));
-            }
-            let locality = LocalityAwareness::default();
-            let assignment = destination_assignment(mesh, &dest, &locality, &proxy.caller_tags());
-            out.add_destination(dest, cluster, locality, assignment)
-        }
-    };
+    let destination = destination_for(mesh, proxy, &tags, out);
     let dest = &out.destinations[destination];
     let filter = if dest.protocol.is_http() {
         http_connection_manager(

@@ -7,10 +7,12 @@ mod json_patch;
 mod mesh_circuit_breaker;
 mod mesh_fault_injection;
 mod mesh_health_check;
+mod mesh_http_route;
 mod mesh_load_balancing_strategy;
 mod mesh_proxy_patch;
 mod mesh_rate_limit;
 mod mesh_retry;
+mod mesh_tcp_route;
 mod mesh_timeout;
 mod mesh_tls;
 mod mesh_traffic_permission;
@@ -38,6 +40,8 @@ pub trait PolicyPlugin: Sync {
 /// 1000, MeshTrafficPermission 1100, MeshHealthCheck 1200, MeshCircuitBreaker 1300,
 /// MeshRetry 1400, MeshMetric 1500, MeshProxyPatch 9999).
 pub static PLUGINS: &[&dyn PolicyPlugin] = &[
+    &mesh_http_route::Plugin,
+    &mesh_tcp_route::Plugin,
     &mesh_tls::Plugin,
     &mesh_load_balancing_strategy::Plugin,
     &mesh_fault_injection::Plugin,

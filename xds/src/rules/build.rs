@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::matching::Matched;
-use super::merge::merge_all;
+use super::merge::{merge, merge_all};
 use crate::context::MeshContext;
 
 /// A policy (and which of its entries) a rule came from.
@@ -104,6 +104,82 @@ pub fn to_rule(matched: &[Matched<'_>], service: &str) -> Option<Rule> {
                 continue;
             };
             if covers(&target, service) {
+                confs.push(conf.clone());
+                origins.push(origin(m, i));
+            }
+        }
+    }
+    Some(Rule {
+        conf: merge_all(confs)?,
+        origins: dedup_by_policy(origins),
+    })
+}
+
+/// One MeshHTTPRoute rule for calls to a service, after merging: its `matches` and its
+/// `default` (filters and backendRefs), and the policy whose rule won.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteRule {
+    pub matches: Value,
+    pub conf: Value,
+    pub origin: Origin,
+}
+
+/// The MeshHTTPRoute rules for calls to `service`, as Kuma merges them (`mergeValuesByKey`):
+/// every covering `to[]` entry's rules, the most specific policy's first in the order written;
+/// rules with equal `matches` are one rule whose `default` is merged, the more specific
+/// policy's fields winning (lists replaced whole).
+pub fn http_route_rules(matched: &[Matched<'_>], service: &str) -> Vec<RouteRule> {
+    let mut merged: Vec<RouteRule> = Vec::new();
+    for m in matched {
+        for (i, entry) in entries(&m.policy.spec, "to").iter().enumerate() {
+            if !entry_target(entry).is_some_and(|t| covers(&t, service)) {
+                continue;
+            }
+            // Reversed in, reversed out: a policy's own rules keep the order written.
+            for rule in entries(entry, "rules").iter().rev() {
+                let matches = rule
+                    .get("matches")
+                    .cloned()
+                    .unwrap_or_else(|| Value::Array(Vec::new()));
+                let conf = rule
+                    .get("default")
+                    .cloned()
+                    .unwrap_or_else(|| Value::Object(Default::default()));
+                let origin = origin(m, i);
+                match merged.iter().position(|r| r.matches == matches) {
+                    Some(p) => {
+                        let mut r = merged.remove(p);
+                        merge(&mut r.conf, conf);
+                        r.origin = origin;
+                        merged.push(r);
+                    }
+                    None => merged.push(RouteRule {
+                        matches,
+                        conf,
+                        origin,
+                    }),
+                }
+            }
+        }
+    }
+    merged.reverse();
+    merged
+}
+
+/// The MeshTCPRoute conf for calls to `service`: each covering `to[]` entry's first rule's
+/// `default`, merged (the most specific policy's backendRefs win whole).
+pub fn tcp_route_rule(matched: &[Matched<'_>], service: &str) -> Option<Rule> {
+    let mut confs = Vec::new();
+    let mut origins = Vec::new();
+    for m in matched {
+        for (i, entry) in entries(&m.policy.spec, "to").iter().enumerate() {
+            if !entry_target(entry).is_some_and(|t| covers(&t, service)) {
+                continue;
+            }
+            if let Some(conf) = entries(entry, "rules")
+                .first()
+                .and_then(|r| r.get("default"))
+            {
                 confs.push(conf.clone());
                 origins.push(origin(m, i));
             }

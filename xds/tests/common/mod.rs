@@ -6,13 +6,23 @@
 use model::specs::dataplane::DataplaneSpec;
 use model::specs::policy::MeshTrafficPermissionSpec;
 use serde_json::{Value, json};
-use xds::{DataplaneEntry, MeshContext, Policies, Policy, ProxyResources, wire};
+use xds::{DataplaneEntry, MeshContext, Policies, Policy, ProxyResources, RemoteIngress, wire};
 
 pub fn dataplane(name: &str, spec: Value) -> DataplaneEntry {
     DataplaneEntry {
         name: name.into(),
         labels: Default::default(),
         spec: serde_json::from_value::<DataplaneSpec>(spec).expect("dataplane spec"),
+    }
+}
+
+/// Another zone's ingress at `address`, serving `services` (Kuma's `availableServices`).
+pub fn remote_ingress(zone: &str, address: &str, services: Value) -> RemoteIngress {
+    RemoteIngress {
+        zone: zone.into(),
+        address: address.into(),
+        port: 10001,
+        services: serde_json::from_value(services).expect("available services"),
     }
 }
 
