@@ -6,4 +6,5 @@ pub mod common;
 pub mod egress;
 pub mod endpoints;
 pub mod ingress;
+pub mod routes;
 pub mod sidecar;

@@ -6,9 +6,10 @@ use model::ResourceType;
 use model::specs::policy::TcpRouteConf;
 
 use super::PolicyPlugin;
-use super::mesh_http_route::{outbounds, routes_service, splits};
+use super::mesh_http_route::{outbounds, routes_service};
 use crate::context::{DataplaneEntry, MeshContext};
 use crate::envoy::filters::tcp_proxy_split;
+use crate::generator::routes::splits;
 use crate::resources::ResourceSet;
 use crate::rules::build::tcp_route_rule;
 use crate::rules::matched_policies;

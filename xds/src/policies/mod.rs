@@ -150,7 +150,7 @@ fn inbound_confs<T: DeserializeOwned>(
 
 /// A percentage as Envoy's `FractionalPercent`, as Kuma's `ConvertPercentage` writes it:
 /// whole percentages over a hundred, others in millionths so decimals keep their precision.
-fn fractional_percent(percent: f64) -> Value {
+pub(crate) fn fractional_percent(percent: f64) -> Value {
     let percent = percent.clamp(0.0, 100.0);
     if percent.fract() == 0.0 {
         return serde_json::json!({"numerator": percent as u64, "denominator": "HUNDRED"});

@@ -129,10 +129,19 @@ pub struct RouteRule {
 /// rules with equal `matches` are one rule whose `default` is merged, the more specific
 /// policy's fields winning (lists replaced whole).
 pub fn http_route_rules(matched: &[Matched<'_>], service: &str) -> Vec<RouteRule> {
+    route_rules_where(matched, |target, _| covers(target, service))
+}
+
+/// [`http_route_rules`] of the `to[]` entries `keep` accepts (by their `targetRef` and the
+/// entry itself), e.g. a gateway's routes for one hostname.
+pub fn route_rules_where(
+    matched: &[Matched<'_>],
+    keep: impl Fn(&TargetRef, &Value) -> bool,
+) -> Vec<RouteRule> {
     let mut merged: Vec<RouteRule> = Vec::new();
     for m in matched {
         for (i, entry) in entries(&m.policy.spec, "to").iter().enumerate() {
-            if !entry_target(entry).is_some_and(|t| covers(&t, service)) {
+            if !entry_target(entry).is_some_and(|t| keep(&t, entry)) {
                 continue;
             }
             // Reversed in, reversed out: a policy's own rules keep the order written.
@@ -169,11 +178,19 @@ pub fn http_route_rules(matched: &[Matched<'_>], service: &str) -> Vec<RouteRule
 /// The MeshTCPRoute conf for calls to `service`: each covering `to[]` entry's first rule's
 /// `default`, merged (the most specific policy's backendRefs win whole).
 pub fn tcp_route_rule(matched: &[Matched<'_>], service: &str) -> Option<Rule> {
+    tcp_route_rule_where(matched, |target| covers(target, service))
+}
+
+/// [`tcp_route_rule`] of the `to[]` entries whose `targetRef` `keep` accepts.
+pub fn tcp_route_rule_where(
+    matched: &[Matched<'_>],
+    keep: impl Fn(&TargetRef) -> bool,
+) -> Option<Rule> {
     let mut confs = Vec::new();
     let mut origins = Vec::new();
     for m in matched {
         for (i, entry) in entries(&m.policy.spec, "to").iter().enumerate() {
-            if !entry_target(entry).is_some_and(|t| covers(&t, service)) {
+            if !entry_target(entry).is_some_and(|t| keep(&t)) {
                 continue;
             }
             if let Some(conf) = entries(entry, "rules")
