@@ -96,6 +96,65 @@ pub fn server_config(pair: &CertPair) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// A gateway's certificate as Kuma keeps it in a mesh Secret: one PEM document holding the
+/// private key and the certificate chain (leaf first; RSA or ECDSA). Checked as a TLS server
+/// would load it: the certificates parse, a key is there, and the key is the leaf's.
+pub fn pem_bundle(bundle: &str) -> Result<CertPair, TlsError> {
+    let pem = |message: &str| TlsError::Pem {
+        what: "certificate bundle",
+        path: "<secret>".into(),
+        message: message.to_string(),
+    };
+    let mut certs = Vec::new();
+    let mut key = None;
+    for block in pem_blocks(bundle) {
+        if block.contains("-----BEGIN CERTIFICATE-----") {
+            certs.push(block);
+        } else if block.contains("PRIVATE KEY-----") && key.is_none() {
+            key = Some(block);
+        }
+    }
+    if certs.is_empty() {
+        return Err(pem("no certificate found"));
+    }
+    let key = key.ok_or_else(|| pem("no private key found"))?;
+    let chain = certs.concat();
+    let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem(&e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| pem(&e.to_string()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = rustls::sign::CertifiedKey::from_der(ders, key_der, &provider)
+        .map_err(TlsError::Config)?;
+    // `from_der` lets a key whose public half it cannot derive pass; a gateway must not.
+    certified.keys_match().map_err(TlsError::Config)?;
+    Ok(CertPair {
+        cert_pem: chain,
+        key_pem: key.to_string(),
+    })
+}
+
+/// The `-----BEGIN ...-----` to `-----END ...-----` blocks of a PEM document, each with its
+/// trailing newline.
+fn pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim_end();
+        if line.starts_with("-----BEGIN ") {
+            current = Some(String::new());
+        }
+        if let Some(block) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+            if line.starts_with("-----END ") {
+                blocks.extend(current.take());
+            }
+        }
+    }
+    blocks
+}
+
 /// Accepts any server certificate (signatures over the handshake are still checked), for
 /// `KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY`: traffic is encrypted but the peer is not
 /// authenticated, which Kuma's federation guide accepts for a global with a self-signed cert.
@@ -168,6 +227,26 @@ mod tests {
     fn self_signed_makes_a_server_config() {
         let pair = self_signed(&["localhost".to_string()]).unwrap();
         server_config(&pair).unwrap();
+    }
+
+    #[test]
+    fn a_gateway_bundle_is_key_and_chain_that_agree() {
+        let pair = self_signed(&["foo.example.com".to_string()]).unwrap();
+        let bundle = format!("{}\n{}", pair.key_pem, pair.cert_pem);
+        let split = pem_bundle(&bundle).unwrap();
+        assert!(split.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(split.key_pem.contains("PRIVATE KEY-----"));
+        server_config(&split).unwrap();
+
+        let other = self_signed(&["bar.example.com".to_string()]).unwrap();
+        let mismatched = format!("{}{}", other.key_pem, pair.cert_pem);
+        let err = pem_bundle(&mismatched).unwrap_err().to_string();
+        assert!(err.contains("do not form"), "{err}");
+        let no_key = pem_bundle(&pair.cert_pem).unwrap_err().to_string();
+        assert!(no_key.contains("no private key"), "{no_key}");
+        let no_cert = pem_bundle(&pair.key_pem).unwrap_err().to_string();
+        assert!(no_cert.contains("no certificate"), "{no_cert}");
+        assert!(pem_bundle("not pem at all").is_err());
     }
 
     #[test]

@@ -251,6 +251,11 @@ pub struct MeshContext {
     pub zone_egress: bool,
     /// This zone's egresses (address, port) sidecars dial when `zone_egress` is on.
     pub local_egresses: Vec<(String, u32)>,
+    /// The mesh's MeshGateways: what builtin gateway Dataplanes serve.
+    pub gateways: Vec<GatewayEntry>,
+    /// The certificates gateway listeners name (`tls.certificates[].secret`), by Secret name,
+    /// as read from the mesh's Secrets.
+    pub gateway_certificates: BTreeMap<String, GatewayCertificate>,
     /// Work every proxy generated from this context can share. Only for a context that is not
     /// changed once built (the zone's mesh snapshots): what is shared is computed from the
     /// context as it was first read. `None` computes everything for each proxy.
@@ -368,6 +373,22 @@ impl MeshContext {
             && self.local_egresses == previous.local_egresses
             && self.remote_ingresses == previous.remote_ingresses
     }
+}
+
+/// A MeshGateway of the mesh.
+#[derive(Debug, Clone)]
+pub struct GatewayEntry {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: model::specs::gateway::MeshGatewaySpec,
+}
+
+/// A certificate a gateway listener terminates TLS with: PEM chain (leaf first) and key, or
+/// why the Secret cannot serve (missing, not PEM, no key, key and certificate disagree).
+#[derive(Debug, Clone, PartialEq)]
+pub enum GatewayCertificate {
+    Valid { chain_pem: String, key_pem: String },
+    Invalid { reason: String },
 }
 
 /// Where a zone proxy (ingress or egress) listens.

@@ -15,8 +15,8 @@ pub mod rules;
 pub mod wire;
 
 pub use context::{
-    DataplaneEntry, MeshContext, Policies, Policy, RawPolicy, RemoteIngress, SharedWork,
-    ZoneProxyListener,
+    DataplaneEntry, GatewayCertificate, GatewayEntry, MeshContext, Policies, Policy, RawPolicy,
+    RemoteIngress, SharedWork, ZoneProxyListener,
 };
 pub use resources::{EndpointPlan, ProxyResources};
 
@@ -28,12 +28,17 @@ pub enum XdsError {
     Wire(#[from] wire::WireError),
 }
 
-/// The configuration of sidecar `proxy_name` in `mesh`: generated, then every policy applied.
+/// The configuration of Dataplane `proxy_name` in `mesh` (a sidecar, or a builtin gateway):
+/// generated, then every policy applied.
 pub fn sidecar(mesh: &MeshContext, proxy_name: &str) -> Result<ProxyResources, XdsError> {
     let proxy = mesh
         .dataplane(proxy_name)
         .ok_or_else(|| XdsError::UnknownProxy(proxy_name.to_string(), mesh.mesh.clone()))?;
-    let mut rs = generator::sidecar::generate(mesh, proxy);
+    let mut rs = if generator::gateway::is_builtin(proxy) {
+        generator::gateway::generate(mesh, proxy)
+    } else {
+        generator::sidecar::generate(mesh, proxy)
+    };
     policies::apply_all(&mut rs, mesh, proxy);
     Ok(rs.into_resources())
 }
@@ -63,7 +68,9 @@ pub fn refresh_endpoints(
         return None;
     }
     let proxy = mesh.dataplane(proxy_name)?;
-    if previous.dataplane(proxy_name) != Some(proxy) {
+    // A gateway reads its MeshGateway, its certificates and the routes attached to the
+    // MeshGateway (not to it): none of that is compared here.
+    if previous.dataplane(proxy_name) != Some(proxy) || generator::gateway::is_builtin(proxy) {
         return None;
     }
     for policy in mesh.policies.changed_since(&previous.policies) {

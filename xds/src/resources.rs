@@ -24,6 +24,8 @@ pub enum Origin {
     Destination(usize),
     /// A zone ingress's or egress's passthrough.
     ZoneProxy,
+    /// A builtin gateway's listener on a port.
+    Gateway { port: u32 },
     /// Added by a MeshProxyPatch.
     Patch,
 }
@@ -69,6 +71,9 @@ pub struct ResourceSet {
     localities: Vec<LocalityAwareness>,
     /// Names of the SDS secrets the configuration refers to.
     pub secret_names: Vec<String>,
+    /// SDS secrets the configuration itself carries (a gateway's certificates from mesh
+    /// Secrets); the proxy's identity is issued by the control plane, not here.
+    pub secrets: Vec<Value>,
     /// What a plugin could not apply, for the control plane to log and show.
     pub warnings: Vec<String>,
 }
@@ -83,6 +88,8 @@ pub struct ProxyResources {
     pub endpoints: Vec<Arc<Value>>,
     /// Names of the SDS secrets the configuration refers to.
     pub secret_names: Vec<String>,
+    /// SDS secrets the configuration carries (a gateway's certificates).
+    pub secrets: Vec<Value>,
     /// What a plugin could not apply (the rest of the configuration stands).
     pub warnings: Vec<String>,
     /// How `endpoints` were laid out, to lay them out again from a later context.
@@ -197,6 +204,7 @@ impl ResourceSet {
             clusters: values(self.clusters),
             endpoints: values(self.endpoints),
             secret_names: self.secret_names,
+            secrets: self.secrets,
             warnings: self.warnings,
             plan: EndpointPlan { assignments },
         }

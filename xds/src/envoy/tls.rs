@@ -60,3 +60,39 @@ pub fn secrets(mesh: &str, cert_chain_pem: &str, key_pem: &str, ca_pem: &str) ->
         }),
     ]
 }
+
+/// SDS name of the certificate a gateway serves from the mesh Secret `secret`.
+pub fn gateway_certificate_name(secret: &str) -> String {
+    format!("gateway_cert:secret:{secret}")
+}
+
+/// A gateway listener's TLS termination with the certificates named `secrets` (one per key
+/// type at most, as Kuma allows), offering `alpn` to clients.
+pub fn gateway_termination(secrets: &[String], alpn: &[&str]) -> Value {
+    let certificates: Vec<Value> = secrets
+        .iter()
+        .map(|s| sds(gateway_certificate_name(s)))
+        .collect();
+    let mut common = json!({
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+        "tls_certificate_sds_secret_configs": certificates
+    });
+    if !alpn.is_empty() {
+        common["alpn_protocols"] = json!(alpn);
+    }
+    json!({"name": TLS_SOCKET, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": common
+    }})
+}
+
+/// The SDS secret of a gateway certificate: the chain (leaf first) and its key.
+pub fn gateway_certificate(secret: &str, chain_pem: &str, key_pem: &str) -> Value {
+    json!({
+        "name": gateway_certificate_name(secret),
+        "tls_certificate": {
+            "certificate_chain": {"inline_string": chain_pem},
+            "private_key": {"inline_string": key_pem},
+        }
+    })
+}

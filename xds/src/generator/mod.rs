@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod common;
 pub mod egress;
 pub mod endpoints;
+pub mod gateway;
 pub mod ingress;
 pub mod routes;
 pub mod sidecar;

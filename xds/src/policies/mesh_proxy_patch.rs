@@ -110,6 +110,8 @@ fn origin_name(origin: Origin) -> &'static str {
         Origin::Inbound(_) => "inbound",
         Origin::Outbound { .. } | Origin::Destination(_) => "outbound",
         Origin::ZoneProxy => "ingress",
+        // Kuma's `OriginGateway`.
+        Origin::Gateway { .. } => "gateway",
         Origin::Patch => "",
     }
 }

@@ -85,7 +85,7 @@ struct Applied<T> {
     policies: String,
 }
 
-fn named(rule: &crate::rules::Rule) -> String {
+pub(crate) fn named(rule: &crate::rules::Rule) -> String {
     let names: Vec<&str> = rule.origins.iter().map(|o| o.name.as_str()).collect();
     names.join(", ")
 }

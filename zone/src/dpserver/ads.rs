@@ -669,6 +669,14 @@ impl ProxyStream {
             self.warnings = resources.warnings.clone();
         }
         let mut config = encode(&resources, Some(&snapshot.encoded))?;
+        // A gateway's certificates: private keys, so encoded for this proxy alone.
+        add(
+            &mut config,
+            wire::SECRET,
+            "name",
+            &resources.secrets,
+            encoded::encode_alone,
+        )?;
         let plan = resources.plan;
         if snapshot.context.mtls {
             let secrets = self.certificate(&snapshot)?;

@@ -16,7 +16,10 @@ use security::ca::{MeshCa, MeshCaError};
 use store::{ListQuery, SharedStore, StoreError};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
-use xds::{DataplaneEntry, MeshContext, Policies, RawPolicy, RemoteIngress};
+use xds::{
+    DataplaneEntry, GatewayCertificate, GatewayEntry, MeshContext, Policies, RawPolicy,
+    RemoteIngress,
+};
 
 use crate::dpserver::encoded::EncodedCache;
 use crate::dpserver::snapshot::{mtls_enabled, remote_ingress, zone_egress};
@@ -133,7 +136,10 @@ fn route(kind: ResourceType) -> Route {
         ResourceType::ZoneIngress | ResourceType::ZoneEgress => Route::ZoneProxy,
         // Dataplanes are endpoints and identities, Secrets hold the mesh's CA, and every policy
         // type can shape configuration.
-        ResourceType::Dataplane | ResourceType::Secret => Route::InMesh,
+        // MeshGateways shape builtin gateways, whose certificates are Secrets too.
+        ResourceType::Dataplane | ResourceType::Secret | ResourceType::MeshGateway => {
+            Route::InMesh
+        }
         kind if kind.descriptor().is_policy => Route::InMesh,
         _ => Route::Ignored,
     }
@@ -222,6 +228,8 @@ impl Supervisor {
             generates_ca: self.generates_ca,
             spec: MeshSpec::default(),
             dataplanes: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            gateway_certificates: BTreeMap::new(),
             raw_policies: BTreeMap::new(),
             policies: Policies::default(),
             zone_proxies,
@@ -374,6 +382,9 @@ struct MeshState {
     generates_ca: bool,
     spec: MeshSpec,
     dataplanes: BTreeMap<String, DataplaneEntry>,
+    gateways: BTreeMap<String, GatewayEntry>,
+    /// The certificates the gateways name, by Secret name.
+    gateway_certificates: BTreeMap<String, GatewayCertificate>,
     raw_policies: BTreeMap<ResourceType, BTreeMap<String, RawPolicy>>,
     policies: Policies,
     zone_proxies: Arc<ZoneProxies>,
@@ -451,6 +462,17 @@ impl MeshState {
         for r in items {
             self.put_dataplane(r);
         }
+        self.gateways.clear();
+        let items = self
+            .store
+            .list(&ListQuery::in_mesh(ResourceType::MeshGateway, &self.name))
+            .await
+            .map_err(|e| read("the gateways", e))?
+            .items;
+        for r in items {
+            self.put_gateway(r);
+        }
+        self.load_gateway_certificates().await?;
         self.raw_policies.clear();
         self.policies = Policies::default();
         for kind in xds::policies::kinds() {
@@ -474,6 +496,7 @@ impl MeshState {
     async fn apply(&mut self, keys: HashSet<ResourceKey>) -> Result<(), CacheError> {
         let mut reparse = HashSet::new();
         let mut ca = false;
+        let mut certificates = false;
         for key in keys {
             let current = match self.store.get(&key).await {
                 Ok(r) => Some(r),
@@ -493,7 +516,19 @@ impl MeshState {
                         self.dataplanes.remove(&key.name);
                     }
                 },
-                ResourceType::Secret => ca = true,
+                ResourceType::Secret => {
+                    ca = true;
+                    certificates |= self.gateway_certificates.contains_key(&key.name);
+                }
+                ResourceType::MeshGateway => {
+                    match current {
+                        Some(r) => self.put_gateway(r),
+                        None => {
+                            self.gateways.remove(&key.name);
+                        }
+                    }
+                    certificates = true;
+                }
                 kind if self.raw_policies.contains_key(&kind) => {
                     let raws = self.raw_policies.entry(kind).or_default();
                     match current {
@@ -512,6 +547,56 @@ impl MeshState {
         if ca {
             self.load_ca().await;
         }
+        if certificates {
+            self.load_gateway_certificates().await?;
+        }
+        Ok(())
+    }
+
+    /// A MeshGateway whose spec does not parse is left out (its gateways serve nothing).
+    fn put_gateway(&mut self, r: Resource) {
+        let name = r.meta.name;
+        match serde_json::from_value(r.spec) {
+            Ok(spec) => {
+                let entry = GatewayEntry {
+                    name: name.clone(),
+                    labels: r.meta.labels,
+                    spec,
+                };
+                self.gateways.insert(name, entry);
+            }
+            Err(e) => {
+                tracing::warn!(mesh = %self.name, gateway = %name, error = %e, "MeshGateway spec does not parse; left out");
+                self.gateways.remove(&name);
+            }
+        }
+    }
+
+    /// Reads every Secret a gateway listener names as its certificate (one read each): a
+    /// missing or unusable one is kept with the reason, which the gateway reports.
+    async fn load_gateway_certificates(&mut self) -> Result<(), CacheError> {
+        let names: std::collections::BTreeSet<String> = self
+            .gateways
+            .values()
+            .filter_map(|g| g.spec.conf.as_ref())
+            .flat_map(|c| c.listeners.iter())
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| t.certificates.iter())
+            .filter_map(|c| c.secret.clone())
+            .collect();
+        let mut certificates = BTreeMap::new();
+        for name in names {
+            let key = ResourceKey::new(ResourceType::Secret, &self.name, &name);
+            let certificate = match self.store.get(&key).await {
+                Ok(r) => gateway_certificate(r.spec),
+                Err(StoreError::NotFound(_)) => GatewayCertificate::Invalid {
+                    reason: "does not exist".into(),
+                },
+                Err(e) => return Err(CacheError::Store(key.to_string(), e)),
+            };
+            certificates.insert(name, certificate);
+        }
+        self.gateway_certificates = certificates;
         Ok(())
     }
 
@@ -583,6 +668,8 @@ impl MeshState {
                 true => zp.local_egresses.clone(),
                 false => Vec::new(),
             },
+            gateways: self.gateways.values().cloned().collect(),
+            gateway_certificates: self.gateway_certificates.clone(),
             // A snapshot is never changed once published, so its proxies share work.
             shared: Some(Arc::default()),
         };
@@ -592,6 +679,30 @@ impl MeshState {
             ca: self.ca.clone(),
             encoded: self.encoded.clone(),
         }
+    }
+}
+
+/// A gateway certificate from a Secret's spec: base64 of one PEM document with the key and
+/// the chain.
+fn gateway_certificate(spec: serde_json::Value) -> GatewayCertificate {
+    let invalid = |reason: String| GatewayCertificate::Invalid { reason };
+    let secret: model::specs::secret::SecretSpec = match serde_json::from_value(spec) {
+        Ok(s) => s,
+        Err(e) => return invalid(format!("does not parse: {e}")),
+    };
+    let bytes = match secret.bytes() {
+        Ok(b) => b,
+        Err(e) => return invalid(format!("is not base64: {e}")),
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
+        return invalid("is not PEM text".into());
+    };
+    match security::tls::pem_bundle(&text) {
+        Ok(pair) => GatewayCertificate::Valid {
+            chain_pem: pair.cert_pem,
+            key_pem: pair.key_pem,
+        },
+        Err(e) => invalid(model::error_chain(&e)),
     }
 }
 

@@ -1,0 +1,273 @@
+//! Golden files of the builtin gateway (`tests/snapshots/gateway__*.snap`): every listener
+//! protocol, hostnames merged on one port, TLS termination with certificates from mesh
+//! Secrets, passthrough, routes attached to the MeshGateway (in this zone and through another
+//! zone's ingress), each configuration also validated by Envoy itself.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{allow_all, check_schema, dataplane, envoy_validates, mesh, remote_ingress};
+use model::specs::policy::{MeshHttpRouteSpec, MeshTcpRouteSpec, PolicySpec};
+use serde_json::{Value, json};
+use xds::{GatewayCertificate, GatewayEntry, MeshContext, Policy};
+
+fn policy<S: PolicySpec>(name: &str, spec: Value) -> Policy<S> {
+    if let Err(e) = model::specs::policy::validate::<S>(&spec) {
+        panic!("{name} does not validate: {e}");
+    }
+    Policy::new(
+        name,
+        serde_json::from_value(spec).unwrap_or_else(|e| panic!("{name}: {e}")),
+    )
+}
+
+fn gateway(name: &str, spec: Value) -> GatewayEntry {
+    let errors = model::ResourceType::MeshGateway
+        .descriptor()
+        .validate;
+    if let Err(e) = errors(&spec) {
+        panic!("MeshGateway {name} does not validate: {e}");
+    }
+    GatewayEntry {
+        name: name.into(),
+        labels: BTreeMap::new(),
+        spec: serde_json::from_value(spec).expect("MeshGateway spec"),
+    }
+}
+
+fn valid(tag: &str) -> GatewayCertificate {
+    GatewayCertificate::Valid {
+        chain_pem: format!("-----BEGIN CERTIFICATE-----\n{tag}\n-----END CERTIFICATE-----\n"),
+        key_pem: format!("-----BEGIN PRIVATE KEY-----\n{tag}\n-----END PRIVATE KEY-----\n"),
+    }
+}
+
+/// The shared fixture plus `edge-1`, a builtin gateway tagged `kuma.io/service: edge`, the
+/// MeshGateway `edge` selecting it, and `db`, which runs only in zone-2.
+fn gateway_mesh() -> MeshContext {
+    let mut m = mesh("http", true, vec![allow_all()]);
+    m.local_zone = "zone-1".into();
+    m.remote_ingresses = vec![remote_ingress(
+        "zone-2",
+        "192.168.2.1",
+        json!([{"tags": {"kuma.io/service": "db", "kuma.io/protocol": "http"}, "instances": 1, "mesh": "default"}]),
+    )];
+    m.dataplanes.push(dataplane(
+        "edge-1",
+        json!({"networking": {"address": "10.0.0.9",
+            "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "edge"}}}}),
+    ));
+    m.gateways = vec![gateway(
+        "edge",
+        json!({"selectors": [{"match": {"kuma.io/service": "edge"}}],
+            "conf": {"listeners": [
+                {"port": 8080, "protocol": "HTTP", "hostname": "foo.example.com"},
+                {"port": 8080, "protocol": "HTTP", "hostname": "*.example.org"},
+                {"port": 8443, "protocol": "HTTPS", "hostname": "foo.example.com",
+                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "foo-cert"}, {"secret": "foo-ecdsa"}]}},
+                {"port": 8443, "protocol": "HTTPS", "hostname": "bad.example.com",
+                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "bad-cert"}]}},
+                {"port": 8443, "protocol": "HTTPS", "hostname": "gone.example.com",
+                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "missing-cert"}]}},
+                {"port": 9000, "protocol": "TCP"},
+                {"port": 9443, "protocol": "TLS", "hostname": "db.example.com", "tls": {"mode": "PASSTHROUGH"}}
+            ]}}),
+    )];
+    m.gateway_certificates = BTreeMap::from([
+        ("foo-cert".to_string(), valid("rsa")),
+        ("foo-ecdsa".to_string(), valid("ecdsa")),
+        (
+            "bad-cert".to_string(),
+            GatewayCertificate::Invalid {
+                reason: "key and certificate do not match".into(),
+            },
+        ),
+    ]);
+    let http: Vec<Policy<MeshHttpRouteSpec>> = vec![
+        policy(
+            "edge-foo",
+            json!({"targetRef": {"kind": "MeshGateway", "name": "edge"},
+                "to": [{"targetRef": {"kind": "Mesh"}, "hostnames": ["foo.example.com"], "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                     "default": {"backendRefs": [{"kind": "MeshService", "name": "backend"}]}},
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/db"}}],
+                     "default": {"backendRefs": [{"kind": "MeshService", "name": "db"}]}}]}]}),
+        ),
+        policy(
+            "edge-any",
+            json!({"targetRef": {"kind": "MeshGateway", "name": "edge"},
+                "to": [{"targetRef": {"kind": "Mesh"}, "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+                     "default": {"backendRefs": [{"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}}]}},
+                    {"matches": [{"path": {"type": "Exact", "value": "/moved"}}],
+                     "default": {"filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "foo.example.com", "statusCode": 308}}]}}]}]}),
+        ),
+    ];
+    let tcp: Vec<Policy<MeshTcpRouteSpec>> = vec![policy(
+        "edge-tcp",
+        json!({"targetRef": {"kind": "MeshGateway", "name": "edge"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "rules": [{"default": {"backendRefs": [
+                {"kind": "MeshService", "name": "backend"}]}}]}]}),
+    )];
+    m.policies.set(http);
+    m.policies.set(tcp);
+    m
+}
+
+fn listener<'r>(r: &'r xds::ProxyResources, name: &str) -> &'r Value {
+    r.listeners
+        .iter()
+        .find(|l| l["name"] == name)
+        .unwrap_or_else(|| panic!("no listener {name}: {:?}", names(&r.listeners)))
+}
+
+fn names(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|i| i["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The virtual hosts of an HCM, as (name, route prefixes or paths).
+fn hosts(hcm: &Value) -> Vec<(String, Vec<String>)> {
+    hcm["typed_config"]["route_config"]["virtual_hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let routes = h["routes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    let m = &r["match"];
+                    m["path"]
+                        .as_str()
+                        .map(|p| format!("={p}"))
+                        .or_else(|| m["prefix"].as_str().map(|p| format!("{p}*")))
+                        .unwrap_or_default()
+                })
+                .collect();
+            (h["name"].as_str().unwrap_or_default().to_string(), routes)
+        })
+        .collect()
+}
+
+#[test]
+fn builtin_gateway_listeners() {
+    let m = gateway_mesh();
+    let r = xds::sidecar(&m, "edge-1").expect("generate");
+    check_schema(&r);
+    envoy_validates("gateway", &r);
+    insta::assert_yaml_snapshot!(
+        "gateway_edge",
+        json!({"listeners": r.listeners, "clusters": r.clusters, "endpoints": r.endpoints,
+               "secrets": r.secrets, "secret_names": r.secret_names, "warnings": r.warnings})
+    );
+
+    assert_eq!(
+        names(&r.listeners),
+        vec!["edge:HTTP:8080", "edge:HTTPS:8443", "edge:TCP:9000", "edge:TLS:9443"]
+    );
+    // Two hostnames on one HTTP port: one connection manager, a virtual host each; the
+    // route for foo.example.com only is not on *.example.org.
+    let http = listener(&r, "edge:HTTP:8080");
+    let chains = http["filter_chains"].as_array().expect("chains");
+    assert_eq!(chains.len(), 1);
+    // Equal-length prefixes keep the merged order: the more specific policy (by Kuma's
+    // tie-break, the smaller name, edge-any) first.
+    assert_eq!(
+        hosts(&chains[0]["filters"][0]),
+        vec![
+            (
+                "foo.example.com".to_string(),
+                vec![
+                    "=/moved".to_string(),
+                    "=/v2".into(),
+                    "/v2/*".into(),
+                    "=/db".into(),
+                    "/db/*".into(),
+                    "/*".into()
+                ]
+            ),
+            (
+                "*.example.org".to_string(),
+                vec!["=/moved".to_string(), "=/v2".into(), "/v2/*".into()]
+            ),
+        ]
+    );
+    // HTTPS: one chain per servable hostname, by SNI, terminating with its certificates.
+    let https = listener(&r, "edge:HTTPS:8443");
+    let chains = https["filter_chains"].as_array().expect("chains");
+    assert_eq!(chains.len(), 1, "bad and missing certificates are not served");
+    assert_eq!(
+        chains[0]["filter_chain_match"]["server_names"],
+        json!(["foo.example.com"])
+    );
+    let sds = &chains[0]["transport_socket"]["typed_config"]["common_tls_context"]
+        ["tls_certificate_sds_secret_configs"];
+    assert_eq!(
+        names(sds.as_array().expect("certificates")),
+        vec!["gateway_cert:secret:foo-cert", "gateway_cert:secret:foo-ecdsa"]
+    );
+    assert_eq!(
+        names(&r.secrets),
+        vec!["gateway_cert:secret:foo-cert", "gateway_cert:secret:foo-ecdsa"]
+    );
+    let warnings = r.warnings.join("\n");
+    assert!(
+        warnings.contains("bad.example.com") && warnings.contains("do not match"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("gone.example.com") && warnings.contains("does not exist"),
+        "{warnings}"
+    );
+    // TLS passthrough by SNI, with no termination.
+    let tls = listener(&r, "edge:TLS:9443");
+    assert_eq!(
+        tls["filter_chains"][0]["filter_chain_match"]["server_names"],
+        json!(["db.example.com"])
+    );
+    assert!(tls["filter_chains"][0].get("transport_socket").is_none());
+    // db is reached through zone-2's ingress, with the mesh's mTLS.
+    let db = r
+        .endpoints
+        .iter()
+        .find(|e| e["cluster_name"] == "db")
+        .expect("db endpoints");
+    assert_eq!(
+        db["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"],
+        "192.168.2.1"
+    );
+    let db_cluster = r.clusters.iter().find(|c| c["name"] == "db").expect("db");
+    assert_eq!(
+        db_cluster["transport_socket"]["typed_config"]["sni"],
+        "db{mesh=default}"
+    );
+}
+
+/// A gateway no MeshGateway selects serves nothing and says so; sidecars are untouched by
+/// gateways, and a gateway is never refreshed by endpoints alone (it reads its MeshGateway,
+/// certificates and routes, which the refresh does not compare).
+#[test]
+fn unselected_gateway_and_refresh() {
+    let mut m = gateway_mesh();
+    let web_before = xds::sidecar(&m, "web-1").expect("web");
+    let first = xds::sidecar(&m, "edge-1").expect("edge");
+    assert_eq!(
+        xds::refresh_endpoints(&m, &m, "edge-1", &first.plan),
+        None,
+        "a gateway is generated again"
+    );
+    m.gateways.clear();
+    let r = xds::sidecar(&m, "edge-1").expect("generate");
+    assert!(r.listeners.is_empty());
+    assert!(
+        r.warnings.iter().any(|w| w.contains("no MeshGateway")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(xds::sidecar(&m, "web-1").expect("web"), web_before);
+}
