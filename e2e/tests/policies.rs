@@ -603,6 +603,161 @@ fn policies_take_effect_in_real_envoy() {
     mesh_traffic_permission_rules(&f);
     mesh_http_route(&f);
     mesh_tcp_route(&f);
+    builtin_gateway(&f);
+}
+
+/// A certificate and key for `host` from `kumactl generate tls-certificate`, as files in
+/// `dir` named after `tag`: (certificate file, key + certificate PEM as a gateway Secret
+/// holds it).
+fn certificate(dir: &std::path::Path, host: &str, tag: &str) -> (std::path::PathBuf, String) {
+    let (key, cert) = (
+        dir.join(format!("{tag}-key.pem")),
+        dir.join(format!("{tag}-cert.pem")),
+    );
+    let out = std::process::Command::new(e2e::binary("kumactl"))
+        .args(["generate", "tls-certificate", "--type=server"])
+        .arg(format!("--hostname={host}"))
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--cert-file")
+        .arg(&cert)
+        .output()
+        .expect("kumactl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("PEM file");
+    (cert.clone(), format!("{}{}", read(&key), read(&cert)))
+}
+
+fn put_secret(f: &Fixture, name: &str, pem: &str) {
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD.encode(pem);
+    f.env.put(
+        &format!("/meshes/default/secrets/{name}"),
+        json!({"type": "Secret", "name": name, "mesh": "default", "data": data}),
+    );
+}
+
+/// curl of `https://<host>:<port><path>` resolved to 127.0.0.1 and trusting `ca`: the body,
+/// or `None` when the connection or TLS handshake fails.
+fn curl_https(host: &str, port: u16, ca: &std::path::Path, path: &str) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5", "--resolve"])
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(ca)
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl (Debian's curl) must be installed");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn instance_of(body: Option<String>) -> Option<String> {
+    let v: Value = serde_json::from_str(&body?).ok()?;
+    v["instance"].as_str().map(str::to_string)
+}
+
+/// The builtin gateway: a MeshGateway on a BUILTIN Dataplane serving HTTP and, for
+/// foo.example.com, HTTPS with a certificate from `kumactl generate tls-certificate` kept in a
+/// mesh Secret; a MeshHTTPRoute on the gateway sends `/` to backend and `/v2` to version v2.
+/// A listener whose Secret's key does not match its certificate is not served while the
+/// others are; a new Secret value is served without restarting Envoy.
+fn builtin_gateway(f: &Fixture) {
+    let dir = f.env.dir.join("gateway-certs");
+    std::fs::create_dir_all(&dir).expect("certificate dir");
+    let (foo_ca, foo_pem) = certificate(&dir, "foo.example.com", "foo");
+    let (_, other_pem) = certificate(&dir, "bar.example.com", "other");
+    put_secret(f, "foo-cert", &foo_pem);
+    // bar's Secret: another certificate's key in front of foo's certificate.
+    let other_key = &other_pem[..other_pem.find("-----BEGIN CERTIFICATE-----").unwrap_or(0)];
+    let foo_cert = &foo_pem[foo_pem.find("-----BEGIN CERTIFICATE-----").unwrap_or(0)..];
+    put_secret(f, "bar-cert", &format!("{other_key}{foo_cert}"));
+    let (http, https) = (free_port(), free_port());
+    f.env.put(
+        "/meshes/default/meshgateways/edge",
+        json!({"type": "MeshGateway", "name": "edge", "mesh": "default",
+            "selectors": [{"match": {"kuma.io/service": "edge"}}],
+            "conf": {"listeners": [
+                {"port": http, "protocol": "HTTP"},
+                {"port": https, "protocol": "HTTPS", "hostname": "foo.example.com",
+                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "foo-cert"}]}},
+                {"port": https, "protocol": "HTTPS", "hostname": "bar.example.com",
+                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "bar-cert"}]}}]}}),
+    );
+    f.apply(
+        "MeshHTTPRoute",
+        "edge-routes",
+        json!({"targetRef": {"kind": "MeshGateway", "name": "edge"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                 "default": {"backendRefs": [{"kind": "MeshService", "name": "backend"}]}},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+                 "default": {"backendRefs": [{"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}}]}}]}]}),
+    );
+    let mut gateway = f.env.kuma_dp(
+        e2e::proxies::ProxyType::Dataplane,
+        "edge-1",
+        "type: Dataplane\nname: {{ name }}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: edge\n",
+        &f.env.token("edge-1", "default"),
+    );
+    within(
+        Duration::from_secs(30),
+        "the gateway serves HTTP",
+        || call(http).is_some(),
+        || format!("{}\n{}", f.logs(), gateway.logs()),
+    );
+    let over_https = |ca: &std::path::Path, path: &str| {
+        instance_of(curl_https("foo.example.com", https, ca, path))
+    };
+    within(
+        Duration::from_secs(10),
+        "the gateway serves foo.example.com over HTTPS",
+        || over_https(&foo_ca, "/v2/x").as_deref() == Some("backend-2"),
+        || format!("{}\n{}", f.logs(), gateway.logs()),
+    );
+    assert!(
+        (0..5).all(|_| over_https(&foo_ca, "/v2").as_deref() == Some("backend-2")),
+        "/v2 goes to v2 over HTTPS"
+    );
+    assert!(
+        curl_https("bar.example.com", https, &foo_ca, "/").is_none(),
+        "bar.example.com's mismatched Secret is not served"
+    );
+    assert!(
+        f.logs().contains("bar.example.com") && f.logs().contains("not served"),
+        "the reason is logged"
+    );
+
+    // Rotation: a new certificate in the same Secret, served by the same Envoy.
+    let (new_ca, new_pem) = certificate(&dir, "foo.example.com", "foo-2");
+    put_secret(f, "foo-cert", &new_pem);
+    within(
+        Duration::from_secs(10),
+        "the rotated certificate is served",
+        || over_https(&new_ca, "/").is_some() && over_https(&foo_ca, "/").is_none(),
+        || format!("{}\n{}", f.logs(), gateway.logs()),
+    );
+    assert!(call(http).is_some(), "HTTP still served");
+    assert!(
+        gateway.wait(Duration::from_millis(200)).is_none(),
+        "the gateway's kuma-dp kept running through the rotation"
+    );
+    assert_eq!(
+        gateway.logs().matches("starting Envoy").count(),
+        1,
+        "Envoy was not restarted for the new certificate"
+    );
+    drop(gateway);
+    f.remove("MeshHTTPRoute", "edge-routes");
+    f.env.delete("/meshes/default/meshgateways/edge");
+    f.env.delete("/meshes/default/secrets/foo-cert");
+    f.env.delete("/meshes/default/secrets/bar-cert");
+    f.back_to_normal();
 }
 
 /// curl through web's outbound: `args` before the URL of `path`; what `--write-out` and the

@@ -20,7 +20,7 @@ pub struct CertificateAuthority {
     pub key_pem: String,
 }
 
-fn validity(params: &mut CertificateParams, lifetime: Duration) {
+pub(crate) fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = std::time::SystemTime::now();
     // Backdated a little for peers whose clocks run behind.
     params.not_before = (now - Duration::from_secs(300)).into();

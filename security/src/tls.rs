@@ -26,6 +26,12 @@ pub enum TlsError {
     Generate(#[source] rcgen::Error),
     #[error("certificate and key do not form a usable TLS configuration: {0}")]
     Config(#[source] rustls::Error),
+    #[error("the private key is not the key of the (first) certificate")]
+    KeyMismatch,
+    #[error("cannot generate an RSA key: {0}")]
+    Rsa(#[source] rsa::Error),
+    #[error("cannot encode the RSA key: {0}")]
+    Pkcs8(#[source] rsa::pkcs8::Error),
 }
 
 /// A certificate chain and key, both PEM.
@@ -42,6 +48,64 @@ pub fn self_signed(hostnames: &[String]) -> Result<CertPair, TlsError> {
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "kuma-control-plane");
+    let cert = params.self_signed(&key).map_err(TlsError::Generate)?;
+    Ok(CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// What a generated certificate is for (its extended key usage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertUsage {
+    Server,
+    Client,
+}
+
+/// The key a generated certificate carries: RSA 2048 (Kuma's default) or ECDSA P-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Rsa,
+    Ecdsa,
+}
+
+/// A self-signed certificate for `hostnames` (its SANs; the first is the common name), valid
+/// for `lifetime`, as `kumactl generate tls-certificate` makes one for a gateway listener.
+pub fn self_signed_certificate(
+    usage: CertUsage,
+    key_type: KeyType,
+    hostnames: &[String],
+    lifetime: std::time::Duration,
+) -> Result<CertPair, TlsError> {
+    let key = match key_type {
+        KeyType::Ecdsa => rcgen::KeyPair::generate().map_err(TlsError::Generate)?,
+        KeyType::Rsa => {
+            use rsa::pkcs8::EncodePrivateKey;
+            let mut rng = rand::thread_rng();
+            let rsa_key = rsa::RsaPrivateKey::new(&mut rng, 2048).map_err(TlsError::Rsa)?;
+            let pem = rsa_key
+                .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+                .map_err(TlsError::Pkcs8)?;
+            rcgen::KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256)
+                .map_err(TlsError::Generate)?
+        }
+    };
+    let mut params =
+        rcgen::CertificateParams::new(hostnames.to_vec()).map_err(TlsError::Generate)?;
+    if let Some(first) = hostnames.first() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, first.as_str());
+    }
+    params.extended_key_usages = vec![match usage {
+        CertUsage::Server => rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        CertUsage::Client => rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    crate::ca::validity(&mut params, lifetime);
     let cert = params.self_signed(&key).map_err(TlsError::Generate)?;
     Ok(CertPair {
         cert_pem: cert.pem(),
@@ -124,10 +188,13 @@ pub fn pem_bundle(bundle: &str) -> Result<CertPair, TlsError> {
         .map_err(|e| pem(&e.to_string()))?;
     let key_der = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| pem(&e.to_string()))?;
     let provider = rustls::crypto::ring::default_provider();
-    let certified = rustls::sign::CertifiedKey::from_der(ders, key_der, &provider)
-        .map_err(TlsError::Config)?;
+    let certified =
+        rustls::sign::CertifiedKey::from_der(ders, key_der, &provider).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch,
+            e => TlsError::Config(e),
+        })?;
     // `from_der` lets a key whose public half it cannot derive pass; a gateway must not.
-    certified.keys_match().map_err(TlsError::Config)?;
+    certified.keys_match().map_err(|_| TlsError::KeyMismatch)?;
     Ok(CertPair {
         cert_pem: chain,
         key_pem: key.to_string(),
@@ -241,12 +308,36 @@ mod tests {
         let other = self_signed(&["bar.example.com".to_string()]).unwrap();
         let mismatched = format!("{}{}", other.key_pem, pair.cert_pem);
         let err = pem_bundle(&mismatched).unwrap_err().to_string();
-        assert!(err.contains("do not form"), "{err}");
+        assert!(err.contains("not the key of"), "{err}");
         let no_key = pem_bundle(&pair.cert_pem).unwrap_err().to_string();
         assert!(no_key.contains("no private key"), "{no_key}");
         let no_cert = pem_bundle(&pair.key_pem).unwrap_err().to_string();
         assert!(no_cert.contains("no certificate"), "{no_cert}");
         assert!(pem_bundle("not pem at all").is_err());
+    }
+
+    #[test]
+    fn generated_certificates_serve_their_hostnames() {
+        use x509_parser::prelude::*;
+        let hosts = vec!["foo.example.com".to_string(), "bar.example.com".to_string()];
+        for key_type in [KeyType::Rsa, KeyType::Ecdsa] {
+            let pair = self_signed_certificate(
+                CertUsage::Server,
+                key_type,
+                &hosts,
+                std::time::Duration::from_secs(86400),
+            )
+            .unwrap();
+            let bundle = format!("{}{}", pair.key_pem, pair.cert_pem);
+            pem_bundle(&bundle).unwrap();
+            let (_, pem) = parse_x509_pem(pair.cert_pem.as_bytes()).unwrap();
+            let cert = pem.parse_x509().unwrap();
+            let sans = cert.subject_alternative_name().unwrap().unwrap();
+            assert_eq!(sans.value.general_names.len(), 2, "{key_type:?}");
+            let rsa = pair.key_pem.contains("BEGIN PRIVATE KEY")
+                && cert.public_key().algorithm.algorithm.to_id_string() == "1.2.840.113549.1.1.1";
+            assert_eq!(rsa, key_type == KeyType::Rsa);
+        }
     }
 
     #[test]

@@ -81,6 +81,11 @@ fn inbound_json(proxy: &DataplaneEntry, i: usize) -> Value {
     v
 }
 
+/// Whether warning `w` is about policy type `name` (it starts with the type's name).
+fn of_type(w: &str, name: &str) -> bool {
+    w.starts_with(name) && w[name.len()..].starts_with([' ', ':'])
+}
+
 /// `GET /meshes/{mesh}/dataplanes/{name}/_rules`.
 pub fn rules(mesh: &MeshContext, proxy: &DataplaneEntry) -> Value {
     let m = mesh.mesh.as_str();
@@ -95,6 +100,7 @@ pub fn rules(mesh: &MeshContext, proxy: &DataplaneEntry) -> Value {
         .filter_map(|o| o.tags.get("kuma.io/service").map(String::as_str))
         .collect();
     let mut entries = Vec::new();
+    let mut shown = BTreeSet::new();
     for kind in policy_kinds() {
         let matching = matched_policies(mesh.policies.raw(kind), proxy);
         if matching.matched.is_empty() && matching.warnings.is_empty() {
@@ -141,19 +147,26 @@ pub fn rules(mesh: &MeshContext, proxy: &DataplaneEntry) -> Value {
                 json!({"conf": rule.conf, "origin": origin_metas(kind, m, &rule.origins)});
         }
         let mut warnings = matching.warnings.clone();
-        warnings.extend(
-            plugin_warnings
-                .iter()
-                .filter(|w| w.starts_with(name) && w[name.len()..].starts_with([' ', ':']))
-                .cloned(),
-        );
+        for w in &plugin_warnings {
+            if of_type(w, name) {
+                warnings.push(w.clone());
+                shown.insert(w.as_str());
+            }
+        }
         entry["warnings"] = json!(warnings);
         entries.push(entry);
     }
+    // What no listed type owns (a gateway's listener that is not served, a route attached
+    // to its MeshGateway): beside the rules, so it is never hidden.
+    let others: Vec<&String> = plugin_warnings
+        .iter()
+        .filter(|w| !shown.contains(w.as_str()))
+        .collect();
     json!({
         "resource": meta(ResourceType::Dataplane, m, &proxy.name, &proxy.labels),
         "rules": entries,
         "httpMatches": [],
+        "warnings": others,
     })
 }
 

@@ -23,9 +23,7 @@ fn policy<S: PolicySpec>(name: &str, spec: Value) -> Policy<S> {
 }
 
 fn gateway(name: &str, spec: Value) -> GatewayEntry {
-    let errors = model::ResourceType::MeshGateway
-        .descriptor()
-        .validate;
+    let errors = model::ResourceType::MeshGateway.descriptor().validate;
     if let Err(e) = errors(&spec) {
         panic!("MeshGateway {name} does not validate: {e}");
     }
@@ -61,18 +59,18 @@ fn gateway_mesh() -> MeshContext {
     m.gateways = vec![gateway(
         "edge",
         json!({"selectors": [{"match": {"kuma.io/service": "edge"}}],
-            "conf": {"listeners": [
-                {"port": 8080, "protocol": "HTTP", "hostname": "foo.example.com"},
-                {"port": 8080, "protocol": "HTTP", "hostname": "*.example.org"},
-                {"port": 8443, "protocol": "HTTPS", "hostname": "foo.example.com",
-                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "foo-cert"}, {"secret": "foo-ecdsa"}]}},
-                {"port": 8443, "protocol": "HTTPS", "hostname": "bad.example.com",
-                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "bad-cert"}]}},
-                {"port": 8443, "protocol": "HTTPS", "hostname": "gone.example.com",
-                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "missing-cert"}]}},
-                {"port": 9000, "protocol": "TCP"},
-                {"port": 9443, "protocol": "TLS", "hostname": "db.example.com", "tls": {"mode": "PASSTHROUGH"}}
-            ]}}),
+        "conf": {"listeners": [
+            {"port": 8080, "protocol": "HTTP", "hostname": "foo.example.com"},
+            {"port": 8080, "protocol": "HTTP", "hostname": "*.example.org"},
+            {"port": 8443, "protocol": "HTTPS", "hostname": "foo.example.com",
+             "tls": {"mode": "TERMINATE", "certificates": [{"secret": "foo-cert"}, {"secret": "foo-ecdsa"}]}},
+            {"port": 8443, "protocol": "HTTPS", "hostname": "bad.example.com",
+             "tls": {"mode": "TERMINATE", "certificates": [{"secret": "bad-cert"}]}},
+            {"port": 8443, "protocol": "HTTPS", "hostname": "gone.example.com",
+             "tls": {"mode": "TERMINATE", "certificates": [{"secret": "missing-cert"}]}},
+            {"port": 9000, "protocol": "TCP"},
+            {"port": 9443, "protocol": "TLS", "hostname": "db.example.com", "tls": {"mode": "PASSTHROUGH"}}
+        ]}}),
     )];
     m.gateway_certificates = BTreeMap::from([
         ("foo-cert".to_string(), valid("rsa")),
@@ -168,7 +166,12 @@ fn builtin_gateway_listeners() {
 
     assert_eq!(
         names(&r.listeners),
-        vec!["edge:HTTP:8080", "edge:HTTPS:8443", "edge:TCP:9000", "edge:TLS:9443"]
+        vec![
+            "edge:HTTP:8080",
+            "edge:HTTPS:8443",
+            "edge:TCP:9000",
+            "edge:TLS:9443"
+        ]
     );
     // Two hostnames on one HTTP port: one connection manager, a virtual host each; the
     // route for foo.example.com only is not on *.example.org.
@@ -200,20 +203,29 @@ fn builtin_gateway_listeners() {
     // HTTPS: one chain per servable hostname, by SNI, terminating with its certificates.
     let https = listener(&r, "edge:HTTPS:8443");
     let chains = https["filter_chains"].as_array().expect("chains");
-    assert_eq!(chains.len(), 1, "bad and missing certificates are not served");
+    assert_eq!(
+        chains.len(),
+        1,
+        "bad and missing certificates are not served"
+    );
     assert_eq!(
         chains[0]["filter_chain_match"]["server_names"],
         json!(["foo.example.com"])
     );
-    let sds = &chains[0]["transport_socket"]["typed_config"]["common_tls_context"]
-        ["tls_certificate_sds_secret_configs"];
+    let sds = &chains[0]["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificate_sds_secret_configs"];
     assert_eq!(
         names(sds.as_array().expect("certificates")),
-        vec!["gateway_cert:secret:foo-cert", "gateway_cert:secret:foo-ecdsa"]
+        vec![
+            "gateway_cert:secret:foo-cert",
+            "gateway_cert:secret:foo-ecdsa"
+        ]
     );
     assert_eq!(
         names(&r.secrets),
-        vec!["gateway_cert:secret:foo-cert", "gateway_cert:secret:foo-ecdsa"]
+        vec![
+            "gateway_cert:secret:foo-cert",
+            "gateway_cert:secret:foo-ecdsa"
+        ]
     );
     let warnings = r.warnings.join("\n");
     assert!(
@@ -224,6 +236,10 @@ fn builtin_gateway_listeners() {
         warnings.contains("gone.example.com") && warnings.contains("does not exist"),
         "{warnings}"
     );
+    // `_rules` shows why a listener is not served.
+    let inspected = xds::inspect::rules(&m, m.dataplane("edge-1").expect("edge-1"));
+    let shown = inspected["warnings"].to_string();
+    assert!(shown.contains("bad.example.com"), "{inspected}");
     // TLS passthrough by SNI, with no termination.
     let tls = listener(&r, "edge:TLS:9443");
     assert_eq!(

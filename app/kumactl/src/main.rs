@@ -236,6 +236,30 @@ enum EnvoyView {
 
 #[derive(Subcommand)]
 enum GenerateCommand {
+    /// A self-signed TLS certificate and its key, e.g. for a gateway listener's Secret
+    /// (made here; the control plane is not asked).
+    #[command(name = "tls-certificate")]
+    TlsCertificate {
+        /// What the certificate is for.
+        #[arg(long = "type", value_parser = ["server", "client"])]
+        cert_type: String,
+        /// Host names the certificate is for (repeatable or comma-separated; the first is
+        /// its common name). A server certificate needs at least one.
+        #[arg(long = "hostname", value_delimiter = ',')]
+        hostnames: Vec<String>,
+        /// Where the private key is written (`-` for standard output).
+        #[arg(long, default_value = "key.pem")]
+        key_file: String,
+        /// Where the certificate is written (`-` for standard output).
+        #[arg(long, default_value = "cert.pem")]
+        cert_file: String,
+        /// The key's algorithm.
+        #[arg(long, default_value = "rsa", value_parser = ["rsa", "ecdsa"])]
+        key_type: String,
+        /// How long the certificate is valid, as a duration.
+        #[arg(long, default_value = "87600h")]
+        valid_for: String,
+    },
     /// A token for the API server (admin only).
     #[command(name = "user-token")]
     User {
@@ -278,6 +302,53 @@ enum GenerateCommand {
         #[arg(long, default_value = "87600h")]
         valid_for: String,
     },
+}
+
+/// `kumactl generate tls-certificate`: a self-signed certificate and key written to the
+/// given files (`-`: standard output, key first).
+fn generate_tls_certificate(
+    cert_type: &str,
+    hostnames: &[String],
+    key_type: &str,
+    valid_for: &str,
+    key_file: &str,
+    cert_file: &str,
+) -> Result<()> {
+    use security::tls::{CertUsage, KeyType};
+    let usage = match cert_type {
+        "server" => CertUsage::Server,
+        _ => CertUsage::Client,
+    };
+    let hostnames: Vec<String> = hostnames
+        .iter()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if usage == CertUsage::Server && hostnames.is_empty() {
+        bail!("--hostname: a server certificate needs at least one host name");
+    }
+    for h in &hostnames {
+        if h.parse::<std::net::IpAddr>().is_err()
+            && model::specs::gateway::check_gateway_hostname(h).is_err()
+        {
+            bail!("--hostname {h:?}: not a valid host name");
+        }
+    }
+    let lifetime = model::duration::parse_duration(valid_for)
+        .map_err(|e| anyhow::anyhow!("--valid-for {valid_for:?}: {e}"))?;
+    let key_type = match key_type {
+        "ecdsa" => KeyType::Ecdsa,
+        _ => KeyType::Rsa,
+    };
+    let pair = security::tls::self_signed_certificate(usage, key_type, &hostnames, lifetime)?;
+    for (file, pem) in [(key_file, &pair.key_pem), (cert_file, &pair.cert_pem)] {
+        if file == "-" {
+            print!("{pem}");
+        } else {
+            std::fs::write(file, pem).with_context(|| format!("writing {file}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// `--tag` values as Kuma's kumactl reads them: `k=v1,v2`, several flags for several tags,
@@ -527,6 +598,18 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Inspect { command } => inspect(&connect(&config)?, command).await?,
         Command::Generate { command } => {
             let (path, body) = match command {
+                GenerateCommand::TlsCertificate {
+                    cert_type,
+                    hostnames,
+                    key_file,
+                    cert_file,
+                    key_type,
+                    valid_for,
+                } => {
+                    return generate_tls_certificate(
+                        &cert_type, &hostnames, &key_type, &valid_for, &key_file, &cert_file,
+                    );
+                }
                 GenerateCommand::User {
                     name,
                     groups,

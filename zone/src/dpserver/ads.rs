@@ -664,7 +664,7 @@ impl ProxyStream {
         let resources = xds::sidecar(&snapshot.context, &self.name)?;
         if resources.warnings != self.warnings {
             for warning in &resources.warnings {
-                tracing::warn!(mesh = %self.mesh, name = %self.name, %warning, "policy not applied to this proxy; the rest of its configuration stands");
+                tracing::warn!(mesh = %self.mesh, name = %self.name, %warning, "part of this proxy's configuration not applied; the rest stands");
             }
             self.warnings = resources.warnings.clone();
         }

@@ -137,9 +137,7 @@ fn route(kind: ResourceType) -> Route {
         // Dataplanes are endpoints and identities, Secrets hold the mesh's CA, and every policy
         // type can shape configuration.
         // MeshGateways shape builtin gateways, whose certificates are Secrets too.
-        ResourceType::Dataplane | ResourceType::Secret | ResourceType::MeshGateway => {
-            Route::InMesh
-        }
+        ResourceType::Dataplane | ResourceType::Secret | ResourceType::MeshGateway => Route::InMesh,
         kind if kind.descriptor().is_policy => Route::InMesh,
         _ => Route::Ignored,
     }
