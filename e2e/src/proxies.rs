@@ -329,3 +329,45 @@ impl Cp {
         Proc::start(&mut cmd, self.dir.join(format!("kuma-dp-{name}.log")))
     }
 }
+
+/// A certificate and key for `host` from `kumactl generate tls-certificate`, as files in
+/// `dir` named after `tag`: (certificate file, key + certificate PEM as a gateway Secret
+/// holds it).
+pub fn certificate(dir: &std::path::Path, host: &str, tag: &str) -> (std::path::PathBuf, String) {
+    let (key, cert) = (
+        dir.join(format!("{tag}-key.pem")),
+        dir.join(format!("{tag}-cert.pem")),
+    );
+    let out = std::process::Command::new(crate::binary("kumactl"))
+        .args(["generate", "tls-certificate", "--type=server"])
+        .arg(format!("--hostname={host}"))
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--cert-file")
+        .arg(&cert)
+        .output()
+        .expect("kumactl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("PEM file");
+    (cert.clone(), format!("{}{}", read(&key), read(&cert)))
+}
+
+/// curl of `https://<host>:<port><path>` resolved to 127.0.0.1 and trusting `ca`: the body,
+/// or `None` when the connection or TLS handshake fails.
+pub fn curl_https(host: &str, port: u16, ca: &std::path::Path, path: &str) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5", "--resolve"])
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(ca)
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl (Debian's curl) must be installed");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -5,11 +5,12 @@
 //! end to end, and through zone-1's egress once the mesh asks for it; a local instance takes the
 //! traffic over, hands it back when it stops and takes it again when it returns; calls keep
 //! working with zone-2's control plane killed; disabling zone-2 on global removes its endpoints
-//! from zone-1.
+//! from zone-1. A builtin gateway in zone-1 (HTTP and HTTPS) routes to both zones, and a
+//! delegated gateway's outbound reaches zone-2.
 
 use std::time::Duration;
 
-use e2e::proxies::{Cp, ProxyType, call, envoy, within};
+use e2e::proxies::{Cp, ProxyType, call, certificate, curl_https, envoy, within};
 use e2e::{ControlPlane, free_port};
 use serde_json::json;
 
@@ -226,6 +227,94 @@ fn cross_zone_traffic_through_the_ingress() {
     assert!(clusters.contains("default:backend::"), "{clusters}");
     let unknown = e2e::kumactl(&cfg, &["inspect", "dataplane", "nope", "--type=stats"]);
     assert!(!unknown.status.success(), "inspecting a missing dataplane");
+
+    // (a2) Gateways in zone-1, configured on global. A builtin gateway serves HTTP and HTTPS
+    // (certificate in a Secret created on global): `/web` goes to web in zone-1, the rest to
+    // backend in zone-2 through its ingress. A delegated gateway (an API gateway's sidecar:
+    // no inbound, outbounds only) reaches backend in zone-2 with the mesh's mTLS.
+    let certs = global_cp.work_dir.join("gateway-certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, pem) = certificate(&certs, "shop.example.com", "shop");
+    {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode(&pem);
+        global.put(
+            "/meshes/default/secrets/shop-cert",
+            json!({"type": "Secret", "name": "shop-cert", "mesh": "default", "data": data}),
+        );
+    }
+    let (gw_http, gw_https) = (free_port(), free_port());
+    global.put(
+        "/meshes/default/meshgateways/edge",
+        json!({"type": "MeshGateway", "name": "edge", "mesh": "default",
+            "selectors": [{"match": {"kuma.io/service": "edge"}}],
+            "conf": {"listeners": [
+                {"port": gw_http, "protocol": "HTTP"},
+                {"port": gw_https, "protocol": "HTTPS", "hostname": "shop.example.com",
+                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "shop-cert"}]}}]}}),
+    );
+    global.put(
+        "/meshes/default/meshhttproutes/edge-routes",
+        json!({"type": "MeshHTTPRoute", "name": "edge-routes", "mesh": "default", "spec": {
+            "targetRef": {"kind": "MeshGateway", "name": "edge"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                 "default": {"backendRefs": [{"kind": "MeshService", "name": "backend"}]}},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/web"}}],
+                 "default": {"backendRefs": [{"kind": "MeshService", "name": "web"}]}}]}]}}),
+    );
+    let gateway = zone1.kuma_dp(
+        ProxyType::Dataplane,
+        "edge-1",
+        "type: Dataplane\nname: {{ name }}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: edge\n",
+        &global.token("edge-1", "default"),
+    );
+    let zone_of = |body: Option<String>| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(&body?).ok()?;
+        v["zone"].as_str().map(str::to_string)
+    };
+    let http_zone = |path: &str| zone_of(e2e::http_body(gw_http, path));
+    within(
+        Duration::from_secs(60),
+        "the gateway in zone-1 routes / to zone-2 and /web to zone-1",
+        || {
+            http_zone("/").as_deref() == Some("zone-2")
+                && http_zone("/web/x").as_deref() == Some("zone-1")
+        },
+        || format!("{}\n--- gateway:\n{}", logs(), gateway.logs()),
+    );
+    within(
+        Duration::from_secs(20),
+        "the gateway serves shop.example.com over HTTPS",
+        || {
+            zone_of(curl_https("shop.example.com", gw_https, &ca, "/")).as_deref() == Some("zone-2")
+                && zone_of(curl_https("shop.example.com", gw_https, &ca, "/web")).as_deref()
+                    == Some("zone-1")
+        },
+        || format!("{}\n--- gateway:\n{}", logs(), gateway.logs()),
+    );
+    let delegated_outbound = free_port();
+    let delegated = zone1.kuma_dp(
+        ProxyType::Dataplane,
+        "kong-1",
+        &format!("type: Dataplane\nname: {{{{ name }}}}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  gateway:\n    type: DELEGATED\n    tags:\n      kuma.io/service: kong\n  outbound:\n  - port: {delegated_outbound}\n    tags:\n      kuma.io/service: backend\n"),
+        &global.token("kong-1", "default"),
+    );
+    within(
+        Duration::from_secs(30),
+        "the delegated gateway reaches backend in zone-2",
+        || {
+            call(delegated_outbound).is_some_and(|b| {
+                b["zone"] == "zone-2"
+                    && b["headers"]["x-forwarded-client-cert"]
+                        .as_str()
+                        .is_some_and(|x| x.contains("URI=spiffe://default/kong"))
+            })
+        },
+        || format!("{}\n--- kong-1:\n{}", logs(), delegated.logs()),
+    );
+    drop(delegated);
+    drop(gateway);
 
     // (b) With routing.zoneEgress the call leaves zone-1 through its egress, which passes it on
     // by SNI: the backend still sees the caller's identity, and the egress counts connections.

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use e2e::proxies::{Cp, Proc, call, envoy, within};
+use e2e::proxies::{Cp, Proc, call, certificate, curl_https, envoy, within};
 use e2e::{ControlPlane, free_port, http_response, kumactl, kumactl_config};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -606,32 +606,6 @@ fn policies_take_effect_in_real_envoy() {
     builtin_gateway(&f);
 }
 
-/// A certificate and key for `host` from `kumactl generate tls-certificate`, as files in
-/// `dir` named after `tag`: (certificate file, key + certificate PEM as a gateway Secret
-/// holds it).
-fn certificate(dir: &std::path::Path, host: &str, tag: &str) -> (std::path::PathBuf, String) {
-    let (key, cert) = (
-        dir.join(format!("{tag}-key.pem")),
-        dir.join(format!("{tag}-cert.pem")),
-    );
-    let out = std::process::Command::new(e2e::binary("kumactl"))
-        .args(["generate", "tls-certificate", "--type=server"])
-        .arg(format!("--hostname={host}"))
-        .arg("--key-file")
-        .arg(&key)
-        .arg("--cert-file")
-        .arg(&cert)
-        .output()
-        .expect("kumactl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("PEM file");
-    (cert.clone(), format!("{}{}", read(&key), read(&cert)))
-}
-
 fn put_secret(f: &Fixture, name: &str, pem: &str) {
     use base64::Engine;
     let data = base64::engine::general_purpose::STANDARD.encode(pem);
@@ -639,22 +613,6 @@ fn put_secret(f: &Fixture, name: &str, pem: &str) {
         &format!("/meshes/default/secrets/{name}"),
         json!({"type": "Secret", "name": name, "mesh": "default", "data": data}),
     );
-}
-
-/// curl of `https://<host>:<port><path>` resolved to 127.0.0.1 and trusting `ca`: the body,
-/// or `None` when the connection or TLS handshake fails.
-fn curl_https(host: &str, port: u16, ca: &std::path::Path, path: &str) -> Option<String> {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "5", "--resolve"])
-        .arg(format!("{host}:{port}:127.0.0.1"))
-        .arg("--cacert")
-        .arg(ca)
-        .arg(format!("https://{host}:{port}{path}"))
-        .output()
-        .expect("curl (Debian's curl) must be installed");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn instance_of(body: Option<String>) -> Option<String> {

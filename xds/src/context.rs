@@ -383,6 +383,19 @@ pub struct GatewayEntry {
     pub spec: model::specs::gateway::MeshGatewaySpec,
 }
 
+impl GatewayEntry {
+    /// Whether a `targetRef` naming `name` means this gateway: its name, or the name it was
+    /// given where it was created (a copy synced from global carries a hashed name and the
+    /// original in `kuma.io/display-name`, which routes written there refer to).
+    pub fn is_named(&self, name: &str) -> bool {
+        self.name == name
+            || self
+                .labels
+                .get(model::labels::DISPLAY_NAME)
+                .is_some_and(|d| d == name)
+    }
+}
+
 /// A certificate a gateway listener terminates TLS with: PEM chain (leaf first) and key, or
 /// why the Secret cannot serve (missing, not PEM, no key, key and certificate disagree).
 #[derive(Debug, Clone, PartialEq)]

@@ -287,3 +287,26 @@ fn unselected_gateway_and_refresh() {
     );
     assert_eq!(xds::sidecar(&m, "web-1").expect("web"), web_before);
 }
+
+/// On a zone, a MeshGateway created on global has a hashed name and keeps the original in
+/// `kuma.io/display-name`; routes written on global name the original, and still attach.
+#[test]
+fn routes_attach_to_a_gateway_synced_from_global() {
+    let mut m = gateway_mesh();
+    let local = xds::sidecar(&m, "edge-1").expect("generate");
+    let g = &mut m.gateways[0];
+    g.name = "edge-54dbd4c66zwbcf9c".into();
+    g.labels
+        .insert("kuma.io/display-name".into(), "edge".into());
+    g.labels.insert("kuma.io/origin".into(), "global".into());
+    let synced = xds::sidecar(&m, "edge-1").expect("generate");
+    let routes = |r: &xds::ProxyResources| -> Vec<Value> {
+        r.listeners
+            .iter()
+            .flat_map(|l| l["filter_chains"].as_array().cloned().unwrap_or_default())
+            .map(|c| c["filters"][0]["typed_config"]["route_config"]["virtual_hosts"].clone())
+            .collect()
+    };
+    assert_eq!(routes(&synced), routes(&local));
+    assert!(!routes(&synced).is_empty());
+}

@@ -233,7 +233,7 @@ impl PortBuild<'_> {
                 let top: TargetRef =
                     serde_json::from_value(p.spec.get("targetRef")?.clone()).ok()?;
                 let selects = top.kind == TargetRefKind::MeshGateway
-                    && top.name_str() == self.gateway.name
+                    && self.gateway.is_named(top.name_str())
                     && top.tags.iter().all(|(k, v)| tags.get(k) == Some(v));
                 selects.then_some(Matched {
                     policy: p,
