@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The local demo: one global and two zone control planes on the memory store, synced over KDS
 # with TLS, and cross-zone traffic: `web` in zone-1 calls `backend`, which runs only in zone-2,
-# through zone-2's ingress, with mTLS end to end (real Envoy behind kuma-dp). Ctrl-C stops it
-# all. Ports: global 5681 (API/GUI) and 5685 (KDS); zone-1 6681; zone-2 7681; web's outbound to
-# backend 8080. Logs go to .demo/ in the repository.
+# through zone-2's ingress, with mTLS end to end (real Envoy behind kuma-dp); a MeshTimeout
+# taking effect; a builtin gateway in zone-1 serving HTTPS. Ctrl-C stops it all. Ports: global
+# 5681 (API/GUI) and 5685 (KDS); zone-1 6681; zone-2 7681; web's outbound to backend 8080; the
+# gateway 8443. Logs go to .demo/ in the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,7 +88,7 @@ for port in 6681 7681; do
   done
 done
 token zone ingress-2 '{"zone": "zone-2", "scope": ["ingress"], "validFor": "720h"}'
-for dp in web backend; do
+for dp in web backend edge; do
   token dataplane "$dp" "{\"name\": \"$dp\", \"mesh\": \"default\"}"
 done
 
@@ -150,6 +151,42 @@ else
   policy_line="MeshTimeout backend-1s applied on global; it had not reached web yet (see $DIR/zone-1.log)"
 fi
 
+# The builtin gateway: an edge proxy in zone-1 serving https://shop.example.com:8443 with a
+# certificate from kumactl generate tls-certificate (kept in a mesh Secret created on global),
+# routing / to backend in zone-2 through its ingress and /web to web in zone-1.
+"$TARGET/kumactl" generate tls-certificate --type=server --hostname=shop.example.com \
+  --key-file "$DIR/shop-key.pem" --cert-file "$DIR/shop-cert.pem"
+shop_pem=$(cat "$DIR/shop-key.pem" "$DIR/shop-cert.pem" | base64 -w0)
+curl -fs -X PUT http://127.0.0.1:5681/meshes/default/secrets/shop-cert -H 'content-type: application/json' \
+  -d "{\"type\": \"Secret\", \"name\": \"shop-cert\", \"mesh\": \"default\", \"data\": \"$shop_pem\"}" >/dev/null
+curl -fs -X PUT http://127.0.0.1:5681/meshes/default/meshgateways/edge -H 'content-type: application/json' \
+  -d '{"type": "MeshGateway", "name": "edge", "mesh": "default", "selectors": [{"match": {"kuma.io/service": "edge"}}],
+       "conf": {"listeners": [{"port": 8443, "protocol": "HTTPS", "hostname": "shop.example.com",
+         "tls": {"mode": "TERMINATE", "certificates": [{"secret": "shop-cert"}]}}]}}' >/dev/null
+curl -fs -X PUT http://127.0.0.1:5681/meshes/default/meshhttproutes/edge-routes -H 'content-type: application/json' \
+  -d '{"type": "MeshHTTPRoute", "name": "edge-routes", "mesh": "default", "spec": {
+       "targetRef": {"kind": "MeshGateway", "name": "edge"},
+       "to": [{"targetRef": {"kind": "Mesh"}, "rules": [
+         {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "default": {"backendRefs": [{"kind": "MeshService", "name": "backend"}]}},
+         {"matches": [{"path": {"type": "PathPrefix", "value": "/web"}}], "default": {"backendRefs": [{"kind": "MeshService", "name": "web"}]}}]}]}}' >/dev/null
+kuma_dp edge dataplane 6678 zone-1 9904 'type: Dataplane
+mesh: default
+name: edge
+networking:
+  address: 127.0.0.1
+  gateway: {type: BUILTIN, tags: {kuma.io/service: edge}}'
+gateway=no
+for _ in $(seq 1 100); do
+  if curl -fs --resolve shop.example.com:8443:127.0.0.1 --cacert "$DIR/shop-cert.pem" \
+      https://shop.example.com:8443/ 2>/dev/null | grep -q '"zone":"zone-2"'; then gateway=yes; break; fi
+  sleep 0.2
+done
+if [ "$gateway" = yes ]; then
+  gateway_line="edge gateway (zone-1) serves https://shop.example.com:8443: / -> backend (zone-2), /web -> web (zone-1)"
+else
+  gateway_line="edge gateway started; it did not answer on 8443 yet (see $DIR/kuma-dp-edge.log)"
+fi
+
 cat <<MSG
 
 Multi-zone demo running (memory stores; everything is lost on exit):
@@ -159,9 +196,11 @@ Multi-zone demo running (memory stores; everything is lost on exit):
   logs     $DIR/*.log
   traffic  web (zone-1) -> backend (zone-2 only), through zone-2's ingress, mTLS end to end
   policy   $policy_line
+  gateway  $gateway_line
 
 Try:
   curl -s localhost:8080/                # answered by backend-zone-2; see x-forwarded-client-cert
+  curl -s --resolve shop.example.com:8443:127.0.0.1 --cacert $DIR/shop-cert.pem https://shop.example.com:8443/web
   export PATH="$PWD/target/debug:\$PATH"
   kumactl config control-planes add --name global --address http://localhost:5681 --overwrite
   kumactl inspect zones                  # both Online, with their CP version
