@@ -11,7 +11,7 @@ use model::specs::mesh::MeshSpec;
 use model::{ResourceKey, ResourceType};
 use serde::Deserialize;
 use store::ListQuery;
-use xds::{DataplaneEntry, MeshContext, RawPolicy};
+use xds::{DataplaneEntry, GatewayCertificate, GatewayEntry, MeshContext, RawPolicy};
 
 use crate::SharedState;
 use crate::error::ApiError;
@@ -45,10 +45,41 @@ async fn mesh_context(state: &SharedState, mesh: &str) -> Result<MeshContext, Ap
             })
         })
         .collect();
+    let gateways: Vec<GatewayEntry> = state
+        .store
+        .list(&ListQuery::in_mesh(ResourceType::MeshGateway, mesh))
+        .await
+        .map_err(store_err)?
+        .items
+        .into_iter()
+        .filter_map(|r| {
+            Some(GatewayEntry {
+                spec: serde_json::from_value(r.spec).ok()?,
+                name: r.meta.name,
+                labels: r.meta.labels,
+            })
+        })
+        .collect();
+    // A gateway's warnings name the certificates it cannot serve: read them as the data
+    // plane server does.
+    let mut gateway_certificates = std::collections::BTreeMap::new();
+    for secret in xds::context::certificate_secrets(&gateways) {
+        let key = ResourceKey::new(ResourceType::Secret, mesh, &secret);
+        let certificate = match state.store.get(&key).await {
+            Ok(r) => GatewayCertificate::checked(
+                security::tls::gateway_secret(r.spec).map(|p| (p.cert_pem, p.key_pem)),
+            ),
+            Err(store::StoreError::NotFound(_)) => GatewayCertificate::missing(),
+            Err(e) => return Err(store_err(e)),
+        };
+        gateway_certificates.insert(secret, certificate);
+    }
     let mut context = MeshContext {
         mesh: mesh.to_string(),
         mtls: spec.mtls_enabled(),
         dataplanes,
+        gateways,
+        gateway_certificates,
         ..Default::default()
     };
     for kind in ResourceType::all().filter(|k| k.descriptor().is_policy) {
@@ -119,7 +150,7 @@ pub async fn policy_dataplanes(
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let kind = resolve_type(&plural, true)?;
-    if !kind.descriptor().is_policy {
+    if !kind.descriptor().is_policy && kind != ResourceType::MeshGateway {
         return Err(ApiError::bad_request(
             TITLE,
             "policyType",
@@ -135,7 +166,11 @@ pub async fn policy_dataplanes(
         .await
         .map_err(|e| ApiError::from_store(TITLE, e))?;
     let context = mesh_context(&state, &mesh).await?;
-    let selected: Vec<_> = xds::inspect::selected_dataplanes(&context, kind, &name)
+    let selected = match kind {
+        ResourceType::MeshGateway => xds::inspect::gateway_dataplanes(&context, &name),
+        _ => xds::inspect::selected_dataplanes(&context, kind, &name),
+    };
+    let selected: Vec<_> = selected
         .into_iter()
         .filter(|dp| {
             page.name

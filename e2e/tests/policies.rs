@@ -690,6 +690,21 @@ fn builtin_gateway(f: &Fixture) {
         f.logs().contains("bar.example.com") && f.logs().contains("not served"),
         "the reason is logged"
     );
+    let config = f.env.dir.join("kumactl-gateway.config");
+    kumactl_config(&config, "policies", &f.env.api);
+    let rules = kumactl(&config, &["inspect", "dataplane", "edge-1", "--type=rules"]);
+    let rules = e2e::stdout(&rules);
+    assert!(
+        rules.contains("bar.example.com") && rules.contains("not the key of"),
+        "_rules shows why bar.example.com is not served: {rules}"
+    );
+    let served = kumactl(&config, &["inspect", "meshgateway", "edge"]);
+    assert!(
+        served.status.success() && e2e::stdout(&served).contains("edge-1"),
+        "kumactl inspect meshgateway lists its gateway: {}{}",
+        e2e::stdout(&served),
+        e2e::stderr(&served)
+    );
 
     // Rotation: a new certificate in the same Secret, served by the same Envoy.
     let (new_ca, new_pem) = certificate(&dir, "foo.example.com", "foo-2");

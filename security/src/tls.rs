@@ -201,6 +201,23 @@ pub fn pem_bundle(bundle: &str) -> Result<CertPair, TlsError> {
     })
 }
 
+/// A gateway certificate from a mesh Secret's `spec` (base64 `data` of one PEM document with
+/// the key and the chain), checked as [`pem_bundle`] checks it.
+pub fn gateway_secret(spec: serde_json::Value) -> Result<CertPair, TlsError> {
+    let secret = |message: String| TlsError::Pem {
+        what: "Secret",
+        path: "data".into(),
+        message,
+    };
+    let spec: model::specs::secret::SecretSpec =
+        serde_json::from_value(spec).map_err(|e| secret(e.to_string()))?;
+    let bytes = spec
+        .bytes()
+        .map_err(|e| secret(format!("not base64: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|_| secret("not PEM text".into()))?;
+    pem_bundle(&text)
+}
+
 /// The `-----BEGIN ...-----` to `-----END ...-----` blocks of a PEM document, each with its
 /// trailing newline.
 fn pem_blocks(text: &str) -> Vec<String> {

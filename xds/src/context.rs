@@ -404,6 +404,39 @@ pub enum GatewayCertificate {
     Invalid { reason: String },
 }
 
+impl GatewayCertificate {
+    /// A certificate as checked when its Secret was read: the chain and key, or why not.
+    pub fn checked<E: std::error::Error>(pair: Result<(String, String), E>) -> Self {
+        match pair {
+            Ok((chain_pem, key_pem)) => GatewayCertificate::Valid { chain_pem, key_pem },
+            Err(e) => GatewayCertificate::Invalid {
+                reason: model::error_chain(&e),
+            },
+        }
+    }
+
+    /// A Secret a gateway names that is not there.
+    pub fn missing() -> Self {
+        GatewayCertificate::Invalid {
+            reason: "does not exist".into(),
+        }
+    }
+}
+
+/// The mesh Secrets the gateways' listeners name as certificates.
+pub fn certificate_secrets<'a>(
+    gateways: impl IntoIterator<Item = &'a GatewayEntry>,
+) -> std::collections::BTreeSet<String> {
+    gateways
+        .into_iter()
+        .filter_map(|g| g.spec.conf.as_ref())
+        .flat_map(|c| c.listeners.iter())
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| t.certificates.iter())
+        .filter_map(|c| c.secret.clone())
+        .collect()
+}
+
 /// Where a zone proxy (ingress or egress) listens.
 #[derive(Debug, Clone)]
 pub struct ZoneProxyListener {

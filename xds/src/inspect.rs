@@ -208,6 +208,16 @@ pub fn selected_dataplanes<'m>(
         .collect()
 }
 
+/// The builtin gateways MeshGateway `gateway` serves (for each, it is the one that selects
+/// it), for `_resources/dataplanes` of a MeshGateway.
+pub fn gateway_dataplanes<'m>(mesh: &'m MeshContext, gateway: &str) -> Vec<&'m DataplaneEntry> {
+    use crate::generator::gateway::{is_builtin, select};
+    mesh.dataplanes
+        .iter()
+        .filter(|dp| is_builtin(dp) && select(mesh, dp).is_some_and(|g| g.name == gateway))
+        .collect()
+}
+
 /// `Meta` of a dataplane, for `_resources/dataplanes` answers.
 pub fn dataplane_meta(mesh: &str, dp: &DataplaneEntry) -> Value {
     meta(ResourceType::Dataplane, mesh, &dp.name, &dp.labels)

@@ -236,6 +236,11 @@ fn builtin_gateway_listeners() {
         warnings.contains("gone.example.com") && warnings.contains("does not exist"),
         "{warnings}"
     );
+    let served: Vec<&str> = xds::inspect::gateway_dataplanes(&m, "edge")
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(served, vec!["edge-1"]);
     // `_rules` shows why a listener is not served.
     let inspected = xds::inspect::rules(&m, m.dataplane("edge-1").expect("edge-1"));
     let shown = inspected["warnings"].to_string();

@@ -906,12 +906,13 @@ async fn print_envoy_view(
     Ok(())
 }
 
-/// `kumactl inspect <policy-type> NAME [-m|--mesh MESH]`: one row per selected dataplane.
+/// `kumactl inspect <policy-type> NAME [-m|--mesh MESH]`: one row per selected dataplane
+/// (for a MeshGateway, the builtin gateways it serves).
 async fn inspect_policy(client: &Client, args: &[String]) -> Result<()> {
-    let usage = "usage: kumactl inspect <policy-type> NAME [-m MESH]";
+    let usage = "usage: kumactl inspect <policy-type|meshgateway> NAME [-m MESH]";
     let (word, rest) = args.split_first().context(usage)?;
     let kind = resolve_kind(word)?;
-    if !kind.descriptor().is_policy {
+    if !kind.descriptor().is_policy && kind != model::ResourceType::MeshGateway {
         bail!("{word} is not a policy type; {usage}");
     }
     let mut mesh = "default".to_string();

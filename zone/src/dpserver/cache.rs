@@ -573,23 +573,15 @@ impl MeshState {
     /// Reads every Secret a gateway listener names as its certificate (one read each): a
     /// missing or unusable one is kept with the reason, which the gateway reports.
     async fn load_gateway_certificates(&mut self) -> Result<(), CacheError> {
-        let names: std::collections::BTreeSet<String> = self
-            .gateways
-            .values()
-            .filter_map(|g| g.spec.conf.as_ref())
-            .flat_map(|c| c.listeners.iter())
-            .filter_map(|l| l.tls.as_ref())
-            .flat_map(|t| t.certificates.iter())
-            .filter_map(|c| c.secret.clone())
-            .collect();
+        let names = xds::context::certificate_secrets(self.gateways.values());
         let mut certificates = BTreeMap::new();
         for name in names {
             let key = ResourceKey::new(ResourceType::Secret, &self.name, &name);
             let certificate = match self.store.get(&key).await {
-                Ok(r) => gateway_certificate(r.spec),
-                Err(StoreError::NotFound(_)) => GatewayCertificate::Invalid {
-                    reason: "does not exist".into(),
-                },
+                Ok(r) => GatewayCertificate::checked(
+                    security::tls::gateway_secret(r.spec).map(|p| (p.cert_pem, p.key_pem)),
+                ),
+                Err(StoreError::NotFound(_)) => GatewayCertificate::missing(),
                 Err(e) => return Err(CacheError::Store(key.to_string(), e)),
             };
             certificates.insert(name, certificate);
@@ -677,30 +669,6 @@ impl MeshState {
             ca: self.ca.clone(),
             encoded: self.encoded.clone(),
         }
-    }
-}
-
-/// A gateway certificate from a Secret's spec: base64 of one PEM document with the key and
-/// the chain.
-fn gateway_certificate(spec: serde_json::Value) -> GatewayCertificate {
-    let invalid = |reason: String| GatewayCertificate::Invalid { reason };
-    let secret: model::specs::secret::SecretSpec = match serde_json::from_value(spec) {
-        Ok(s) => s,
-        Err(e) => return invalid(format!("does not parse: {e}")),
-    };
-    let bytes = match secret.bytes() {
-        Ok(b) => b,
-        Err(e) => return invalid(format!("is not base64: {e}")),
-    };
-    let Ok(text) = String::from_utf8(bytes) else {
-        return invalid("is not PEM text".into());
-    };
-    match security::tls::pem_bundle(&text) {
-        Ok(pair) => GatewayCertificate::Valid {
-            chain_pem: pair.cert_pem,
-            key_pem: pair.key_pem,
-        },
-        Err(e) => invalid(model::error_chain(&e)),
     }
 }
 
