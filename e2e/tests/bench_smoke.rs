@@ -61,6 +61,8 @@ fn xds_bench() {
             "3",
             "--floor",
             "10",
+            "--gateway-routes",
+            "10",
         ])
         .output()
         .unwrap();
@@ -77,6 +79,7 @@ fn xds_bench() {
         "eds_p99_ms",
         "policy_p99_ms",
         "targeted_policy_p99_ms",
+        "gateway_route_p99_ms",
         "first_config_p99_ms",
         "store_reads_per_change",
     ] {

@@ -315,3 +315,31 @@ fn routes_attach_to_a_gateway_synced_from_global() {
     assert_eq!(routes(&synced), routes(&local));
     assert!(!routes(&synced).is_empty());
 }
+
+/// Mesh-wide policies select builtin gateways too (as Kuma's do): a MeshCircuitBreaker's
+/// thresholds reach the clusters of the gateway's backends; one for sidecars only does not.
+#[test]
+fn mesh_wide_cluster_policies_reach_gateway_backends() {
+    use model::specs::policy::MeshCircuitBreakerSpec;
+    let breaker = |name: &str, top: Value| -> Policy<MeshCircuitBreakerSpec> {
+        policy(
+            name,
+            json!({"targetRef": top, "to": [{"targetRef": {"kind": "Mesh"},
+                "default": {"connectionLimits": {"maxConnections": 7}}}]}),
+        )
+    };
+    let thresholds = |m: &MeshContext| {
+        let r = xds::sidecar(m, "edge-1").expect("generate");
+        let backend = r.clusters.iter().find(|c| c["name"] == "backend").cloned();
+        backend.map(|c| c["circuit_breakers"]["thresholds"][0]["max_connections"].clone())
+    };
+    let mut m = gateway_mesh();
+    m.policies
+        .set(vec![breaker("all", json!({"kind": "Mesh"}))]);
+    assert_eq!(thresholds(&m), Some(json!(7)));
+    m.policies.set(vec![breaker(
+        "sidecars",
+        json!({"kind": "Mesh", "proxyTypes": ["Sidecar"]}),
+    )]);
+    assert_eq!(thresholds(&m), Some(Value::Null));
+}

@@ -10,8 +10,10 @@
 //!
 //! Figures: (a) a Dataplane added -> every proxy has its new EDS; (b) a policy written ->
 //! every selected proxy has its new CDS; (c) a proxy connecting -> its first full
-//! configuration; (d) control-plane RSS per connected proxy; (e) store reads per change; and
-//! the floor: one request/response round trip on an open ADS stream.
+//! configuration; (d) control-plane RSS per connected proxy; (e) store reads per change; (f) a
+//! policy for one proxy -> its CDS; (g) a MeshHTTPRoute changed -> a builtin gateway with
+//! `--gateway-routes` routes attached has its new listener; and the floor: one
+//! request/response round trip on an open ADS stream.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -45,6 +47,7 @@ struct Args {
     changes: usize,
     postgres: bool,
     floor_samples: usize,
+    gateway_routes: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -55,6 +58,7 @@ fn parse_args() -> Result<Args> {
         changes: 20,
         postgres: false,
         floor_samples: 200,
+        gateway_routes: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +74,7 @@ fn parse_args() -> Result<Args> {
             "--outbounds" => args.outbounds = value("--outbounds")?.max(1),
             "--changes" => args.changes = value("--changes")?.max(1),
             "--floor" => args.floor_samples = value("--floor")?.max(10),
+            "--gateway-routes" => args.gateway_routes = value("--gateway-routes")?.max(1),
             "--store" => match it.next().as_deref() {
                 Some("memory") => args.postgres = false,
                 Some("postgres") => args.postgres = true,
@@ -77,7 +82,7 @@ fn parse_args() -> Result<Args> {
             },
             "-h" | "--help" => {
                 println!(
-                    "xds-bench [--proxies N] [--services N] [--outbounds N] [--changes N] [--floor N] [--store memory|postgres]"
+                    "xds-bench [--proxies N] [--services N] [--outbounds N] [--changes N] [--floor N] [--gateway-routes N] [--store memory|postgres]"
                 );
                 std::process::exit(0);
             }
@@ -387,6 +392,96 @@ async fn wait_every(
     Ok(seen.into_values().collect())
 }
 
+/// The listener of the bench's gateway (routes are inline in it, so a route change is LDS).
+const GATEWAY_LISTENER: &str = "bench-gw:HTTP:8080";
+
+fn gateway_route(i: usize, services: usize, version: usize) -> Value {
+    json!({"type": "MeshHTTPRoute", "name": format!("gw-route-{i}"), "mesh": "default",
+        "spec": {"targetRef": {"kind": "MeshGateway", "name": "bench-gw"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": format!("/r{i}")}}],
+                 "default": {
+                    "filters": [{"type": "RequestHeaderModifier",
+                        "requestHeaderModifier": {"set": [{"name": "x-route-version", "value": version.to_string()}]}}],
+                    "backendRefs": [{"kind": "MeshService", "name": format!("svc-{}", 1 + i % (services.max(2) - 1))}]}}]}]}})
+}
+
+/// (g): a builtin gateway (one more simulated proxy) with `gateway_routes` MeshHTTPRoutes
+/// attached; each change rewrites one route, timed until the gateway has its new listener.
+async fn gateway_routes(
+    zone: &Zone,
+    ca_pem: &str,
+    args: &Args,
+    events_tx: &mpsc::UnboundedSender<Event>,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+) -> Result<Vec<Duration>> {
+    eprintln!(
+        "(g) a gateway with {} routes; {} route changes",
+        args.gateway_routes, args.changes
+    );
+    zone.put(
+        "/meshes/default/meshgateways/bench-gw",
+        &json!({"type": "MeshGateway", "name": "bench-gw", "mesh": "default",
+            "selectors": [{"match": {"kuma.io/service": "bench-gw"}}],
+            "conf": {"listeners": [{"port": 8080, "protocol": "HTTP"}]}}),
+    )
+    .await?;
+    for i in 0..args.gateway_routes {
+        zone.put(
+            &format!("/meshes/default/meshhttproutes/gw-route-{i}"),
+            &gateway_route(i, args.services, 0),
+        )
+        .await?;
+    }
+    let name = "bench-gw-1";
+    zone.put(
+        &format!("/meshes/default/dataplanes/{name}"),
+        &json!({"type": "Dataplane", "name": name, "mesh": "default",
+            "networking": {"address": "10.4.0.1",
+                "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "bench-gw"}}}}),
+    )
+    .await?;
+    let gateway = args.proxies;
+    let channel = connect(zone.cp.dp_port, ca_pem).await?;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(run_proxy(
+        gateway,
+        channel,
+        name.to_string(),
+        zone.token(name).await?,
+        tx,
+        rx,
+        events_tx.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("the gateway was not configured in 60 s"))?
+            .context("every proxy stopped")?
+        {
+            Event::Configured { proxy, .. } if proxy == gateway => break,
+            Event::Failed { proxy, error } => bail!("proxy {proxy}: {error}"),
+            _ => {}
+        }
+    }
+    let mut latency = Vec::new();
+    for n in 0..args.changes {
+        let i = (n * 13) % args.gateway_routes;
+        let since = Instant::now();
+        zone.put(
+            &format!("/meshes/default/meshhttproutes/gw-route-{i}"),
+            &gateway_route(i, args.services, n + 1),
+        )
+        .await?;
+        latency
+            .extend(wait_every(events, Reach::One(gateway), LDS, GATEWAY_LISTENER, since).await?);
+        while events.try_recv().is_ok() {}
+    }
+    latency.sort();
+    Ok(latency)
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let args = parse_args()?;
@@ -593,6 +688,8 @@ async fn main() -> Result<()> {
     }
     targeted_latency.sort();
 
+    let gateway_latency = gateway_routes(&zone, &ca_pem, &args, &events_tx, &mut events).await?;
+
     println!(
         "xds-bench: {} proxies, {} services, {} outbounds each, store {store_name}",
         args.proxies, args.services, args.outbounds
@@ -604,6 +701,7 @@ async fn main() -> Result<()> {
         ("(b) policy written -> every proxy's CDS", &policy_latency),
         ("(c) proxy connects -> first full config", &first_config),
         ("(f) policy for one proxy -> its CDS", &targeted_latency),
+        ("(g) MeshHTTPRoute -> the gateway's LDS", &gateway_latency),
     ] {
         println!(
             "{label:<46} {:>9.2} {:>9.2} {:>9.2}",
@@ -638,6 +736,10 @@ async fn main() -> Result<()> {
             "policy_max_ms": pct(&policy_latency, 1.0),
             "targeted_policy_p50_ms": pct(&targeted_latency, 0.5),
             "targeted_policy_p99_ms": pct(&targeted_latency, 0.99),
+            "gateway_routes": args.gateway_routes,
+            "gateway_route_p50_ms": pct(&gateway_latency, 0.5),
+            "gateway_route_p99_ms": pct(&gateway_latency, 0.99),
+            "gateway_route_max_ms": pct(&gateway_latency, 1.0),
             "first_config_p50_ms": pct(&first_config, 0.5),
             "first_config_p99_ms": pct(&first_config, 0.99),
             "rss_per_proxy_kb": rss_per_proxy_kb,

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use model::labels::{DISPLAY_NAME, ORIGIN, SERVICE_TAG, ZONE};
-use model::specs::dataplane::GatewayType;
 use model::specs::targetref::{ProxyType, TargetRef, TargetRefKind};
 
 use super::order::{self, POLICY_ROLE};
@@ -86,16 +85,18 @@ fn proxy_type(proxy: &DataplaneEntry) -> ProxyType {
     }
 }
 
-fn delegated(proxy: &DataplaneEntry, selector: &BTreeMap<String, String>) -> bool {
+/// Whether `proxy` is a gateway (delegated or builtin: no inbounds, the proxy as a whole is
+/// what a policy selects) whose tags `selector` matches.
+fn gateway(proxy: &DataplaneEntry, selector: &BTreeMap<String, String>) -> bool {
     proxy
         .spec
         .networking
         .gateway
         .as_ref()
-        .is_some_and(|g| g.gateway_type == GatewayType::Delegated && tags_match(selector, &g.tags))
+        .is_some_and(|g| tags_match(selector, &g.tags))
 }
 
-/// Inbounds whose tags `selector` matches, and whether a delegated gateway is selected.
+/// Inbounds whose tags `selector` matches, and whether a gateway is selected.
 fn by_tags(proxy: &DataplaneEntry, selector: &BTreeMap<String, String>) -> (Vec<usize>, bool) {
     let inbounds = proxy
         .spec
@@ -106,7 +107,7 @@ fn by_tags(proxy: &DataplaneEntry, selector: &BTreeMap<String, String>) -> (Vec<
         .filter(|(_, i)| tags_match(selector, &i.tags))
         .map(|(n, _)| n)
         .collect();
-    (inbounds, delegated(proxy, selector))
+    (inbounds, gateway(proxy, selector))
 }
 
 /// The Dataplane kind: by name (in the policy's zone and namespace), by labels, or every
@@ -151,16 +152,10 @@ fn by_dataplane_ref(
         .filter(|(_, i)| section.is_empty() || i.name == section || i.port.to_string() == section)
         .map(|(n, _)| n)
         .collect();
-    let delegated = proxy
-        .spec
-        .networking
-        .gateway
-        .as_ref()
-        .is_some_and(|g| g.gateway_type == GatewayType::Delegated);
-    (inbounds, delegated)
+    (inbounds, proxy.spec.networking.gateway.is_some())
 }
 
-/// What `top` selects of `proxy`: its inbounds, and whether a delegated gateway is selected.
+/// What `top` selects of `proxy`: its inbounds, and whether a gateway is selected.
 fn select(
     policy: &RawPolicy,
     top: &TargetRef,
@@ -183,7 +178,8 @@ fn select(
             by_tags(proxy, &selector)
         }
         TargetRefKind::Dataplane => by_dataplane_ref(policy, top, proxy),
-        // Builtin gateways' listeners come with the gateway support; nothing selects them yet.
+        // Which MeshGateway serves a builtin gateway is known to the gateway generator, which
+        // reads the routes attached to it; other policy types do not select by it yet.
         TargetRefKind::MeshGateway => (Vec::new(), false),
         TargetRefKind::MeshHTTPRoute => {
             return Err(format!(
@@ -216,7 +212,7 @@ pub fn matched_policies<'a>(policies: &'a [RawPolicy], proxy: &DataplaneEntry) -
             }
         };
         match select(policy, &top, proxy) {
-            Ok((inbounds, delegated)) if !inbounds.is_empty() || delegated => {
+            Ok((inbounds, gateway)) if !inbounds.is_empty() || gateway => {
                 out.matched.push(Matched {
                     policy,
                     top,
