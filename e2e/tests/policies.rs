@@ -830,6 +830,36 @@ fn mesh_http_route(f: &Fixture) {
     );
     assert_eq!(rewritten["headers"]["x-routed"], "api", "{rewritten}");
     assert_eq!(rewritten["instance"], "backend-1", "{rewritten}");
+
+    // A per-route MeshTimeout (Kuma's form: top-level targetRef the MeshHTTPRoute) cuts the
+    // slow route's calls at 1 s and leaves the outbound's other routes alone.
+    f.apply(
+        "MeshHTTPRoute",
+        "slow-route",
+        json!({"targetRef": {"kind": "MeshService", "name": "web"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/slow"}}],
+                 "default": {"backendRefs": [v("v1")]}}]}]}),
+    );
+    f.apply(
+        "MeshTimeout",
+        "slow-route-1s",
+        json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "slow-route"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "1s"}}}]}),
+    );
+    within(
+        Duration::from_secs(10),
+        "the per-route timeout cuts /slow at 1 s",
+        || f.get("/slow?delay=2s").0 == Some(504),
+        || f.logs(),
+    );
+    assert_eq!(
+        f.get("/other?delay=2s").0,
+        Some(200),
+        "the outbound's other routes keep no timeout"
+    );
+    f.remove("MeshTimeout", "slow-route-1s");
+    f.remove("MeshHTTPRoute", "slow-route");
     f.remove("MeshHTTPRoute", "backend-routes");
     f.back_to_normal();
 }

@@ -79,6 +79,10 @@ pub fn refresh_endpoints(
         if !matching.matched.is_empty() || !matching.warnings.is_empty() {
             return None;
         }
+        // A per-route policy selects no proxy as a whole but may shape its routes.
+        if rules::matching::names_a_route(policy) {
+            return None;
+        }
     }
     let caller_tags = proxy.caller_tags();
     assignments

@@ -653,6 +653,18 @@ fn endpoints_refresh_like_a_full_generation() {
             )]);
             m
         };
+        // A per-route policy (top-level MeshHTTPRoute) selects no proxy as a whole.
+        let per_route = {
+            let mut m = added.clone();
+            m.policies.set(vec![Policy::new(
+                "per-route",
+                serde_json::from_value::<model::specs::policy::MeshTimeoutSpec>(json!({
+                    "targetRef": {"kind": "MeshHTTPRoute", "name": "split"},
+                    "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "2s"}}}]}))
+                .expect("MeshTimeout spec"),
+            )]);
+            m
+        };
         let before = snapshot(before);
         let first = xds::sidecar(&before, "web-1").expect("generate");
         for (change, after, expect_refresh) in [
@@ -664,6 +676,7 @@ fn endpoints_refresh_like_a_full_generation() {
             ("a policy changed", policy_changed, false),
             ("another proxy's policy", other_proxy_policy, true),
             ("MeshTLS in the mesh", with_tls, false),
+            ("a per-route policy", per_route, false),
         ] {
             let after = snapshot(after);
             let full = xds::sidecar(&after, "web-1").expect("generate");

@@ -356,3 +356,61 @@ fn subset_cluster_names_are_stable() {
     assert_eq!(subset("v1"), V1);
     assert_eq!(subset("v2"), V2);
 }
+
+/// Kuma's per-route form: a MeshTimeout and a MeshRetry whose top-level `targetRef` is a
+/// MeshHTTPRoute apply to the routes that route's rules made (by Kuma's route name), merged
+/// over the outbound's own conf; the outbound's other routes keep the outbound's conf.
+#[test]
+fn per_route_timeout_and_retry() {
+    use model::specs::policy::{MeshRetrySpec, MeshTimeoutSpec};
+    let route = http_route(
+        "route-web",
+        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/slow"}}],
+             "default": {"backendRefs": [{"kind": "MeshService", "name": "backend"}]}}]}]}),
+    );
+    let timeouts: Vec<Policy<MeshTimeoutSpec>> = vec![
+        policy(
+            "everything",
+            json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+                "default": {"http": {"requestTimeout": "15s", "streamIdleTimeout": "30m"}}}]}),
+        ),
+        policy(
+            "slow-route",
+            json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "route-web"},
+                "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "2s"}}}]}),
+        ),
+    ];
+    let retries: Vec<Policy<MeshRetrySpec>> = vec![policy(
+        "slow-retries",
+        json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "route-web"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"numRetries": 7}}}]}),
+    )];
+    let mut m = with(mesh("http", false, vec![]), vec![route]);
+    m.policies.set(timeouts);
+    m.policies.set(retries);
+    let r = generated(&m, "per-route");
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let routes = backend_routes(&r);
+    let by_path: Vec<(String, Value, Value)> = summary(&routes)
+        .into_iter()
+        .zip(&routes)
+        .map(|((path, _), r)| {
+            (
+                path,
+                r["route"]["timeout"].clone(),
+                r["route"]["retry_policy"]["num_retries"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_path,
+        vec![
+            ("=/slow".to_string(), json!("2s"), json!(7)),
+            ("/slow/*".to_string(), json!("2s"), json!(7)),
+            ("/*".to_string(), json!("15s"), Value::Null),
+        ]
+    );
+    // Stream idle comes from the outbound's conf, under the route's own.
+    assert_eq!(routes[0]["route"]["idle_timeout"], "1800s");
+}

@@ -228,6 +228,17 @@ impl ListenerMut<'_> {
         }
     }
 
+    /// The route actions of the HTTP routes named `name` on the listener.
+    pub fn route_actions_named(&mut self, name: &str) -> Vec<&mut Map<String, Value>> {
+        self.typed_configs(HCM)
+            .filter_map(|hcm| hcm.get_mut("route_config"))
+            .flat_map(|rc| array_mut(rc, "virtual_hosts"))
+            .flat_map(|host| array_mut(host, "routes"))
+            .filter(|route| route["name"] == name)
+            .filter_map(|route| route.get_mut("route").and_then(Value::as_object_mut))
+            .collect()
+    }
+
     /// Puts `filter` into every HTTP connection manager just before its router, after the
     /// filters already there (plugins run in Kuma's order, and so do their filters).
     pub fn insert_http_filter_before_router(&mut self, filter: Value) {

@@ -30,7 +30,9 @@ impl super::PolicyPlugin for Plugin {
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
         let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
-        if matching.matched.is_empty() {
+        let per_route: Vec<(Origin, String, RetryConf)> =
+            super::per_route_confs(self.kind(), rs, mesh, proxy, &matching.matched);
+        if matching.matched.is_empty() && per_route.is_empty() {
             return;
         }
         let confs: Vec<Option<Applied<RetryConf>>> =
@@ -62,6 +64,24 @@ impl super::PolicyPlugin for Plugin {
                             action.insert("retry_policy".into(), policy.clone());
                         }
                     }
+                }
+            }
+        }
+        // Routes a per-route MeshRetry names: the outbound's conf with the route's over it.
+        for (origin, mut listener) in rs.listeners_mut() {
+            let Origin::Outbound { destination, .. } = origin else {
+                continue;
+            };
+            for (_, route, conf) in per_route.iter().filter(|(o, _, _)| *o == origin) {
+                let policy = match protocols[destination] {
+                    Protocol::Grpc => conf.grpc.as_ref().and_then(grpc_policy),
+                    _ => conf.http.as_ref().and_then(http_policy),
+                };
+                for action in listener.route_actions_named(route) {
+                    match &policy {
+                        Some(p) => action.insert("retry_policy".into(), p.clone()),
+                        None => action.remove("retry_policy"),
+                    };
                 }
             }
         }

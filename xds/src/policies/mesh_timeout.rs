@@ -40,7 +40,9 @@ impl super::PolicyPlugin for Plugin {
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
         let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
-        if matching.matched.is_empty() {
+        let per_route: Vec<(Origin, String, TimeoutConf)> =
+            super::per_route_confs(self.kind(), rs, mesh, proxy, &matching.matched);
+        if matching.matched.is_empty() && per_route.is_empty() {
             return;
         }
         let mut warnings = Vec::new();
@@ -81,6 +83,14 @@ impl super::PolicyPlugin for Plugin {
                 Origin::Outbound { destination, .. } => {
                     if let Some((Some(conf), _)) = dest_confs.get(destination) {
                         configure_listener(&mut listener, conf);
+                    }
+                    // Routes a per-route MeshTimeout names: the outbound's conf with the
+                    // route's over it.
+                    for (_, route, conf) in per_route.iter().filter(|(o, _, _)| *o == origin) {
+                        let http = conf.http.clone().unwrap_or_default();
+                        for action in listener.route_actions_named(route) {
+                            configure_route(action, &http);
+                        }
                     }
                 }
                 _ => {}

@@ -148,6 +148,143 @@ fn inbound_confs<T: DeserializeOwned>(
     confs
 }
 
+/// A conf for the routes one MeshHTTPRoute rule made on outbounds to `service` (Kuma's
+/// legacy per-route form: a policy whose top-level `targetRef` is that MeshHTTPRoute).
+struct RouteScoped {
+    service: String,
+    /// Kuma's route name: the hash of the rule's matches.
+    route: String,
+    conf: Value,
+}
+
+/// The per-route confs of `kind` for `proxy`: each policy whose top-level `targetRef` names a
+/// MeshHTTPRoute that selects the proxy applies its `to[]` confs to that route's rules, for
+/// the services the route's `to[]` entries cover; in policy order (the last one wins).
+fn route_scoped(
+    kind: ResourceType,
+    mesh: &MeshContext,
+    proxy: &DataplaneEntry,
+) -> Vec<RouteScoped> {
+    use model::specs::targetref::{TargetRef, TargetRefKind};
+    let mut scoped: Vec<(&crate::context::RawPolicy, TargetRef)> = mesh
+        .policies
+        .raw(kind)
+        .iter()
+        .filter_map(|p| {
+            let top: TargetRef = serde_json::from_value(p.spec.get("targetRef")?.clone()).ok()?;
+            (top.kind == TargetRefKind::MeshHTTPRoute).then_some((p, top))
+        })
+        .collect();
+    if scoped.is_empty() {
+        return Vec::new();
+    }
+    scoped.sort_by(|a, b| crate::rules::order::compare((a.0, &a.1), (b.0, &b.1)));
+    let routes =
+        crate::rules::matched_policies(mesh.policies.raw(ResourceType::MeshHTTPRoute), proxy);
+    let mut out = Vec::new();
+    for (policy, top) in scoped {
+        let Some(route) = routes.matched.iter().find(|m| {
+            m.policy.name == top.name_str()
+                || crate::rules::order::display_name(m.policy) == top.name_str()
+        }) else {
+            continue;
+        };
+        let confs = policy
+            .spec
+            .get("to")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("default").cloned());
+        let Some(conf) = crate::rules::merge::merge_all(confs) else {
+            continue;
+        };
+        for entry in route
+            .policy
+            .spec
+            .get("to")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(service) = entry
+                .get("targetRef")
+                .and_then(|t| t.get("name"))
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            for rule in entry
+                .get("rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Ok(matches) = serde_json::from_value::<Vec<model::specs::policy::HttpRouteMatch>>(
+                    rule.get("matches").cloned().unwrap_or_default(),
+                ) else {
+                    continue;
+                };
+                out.push(RouteScoped {
+                    service: service.to_string(),
+                    route: crate::envoy::routes::route_name(&matches),
+                    conf: conf.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// For each outbound listener of `rs`, the routes per-route policies of `kind` configure:
+/// (listener origin, route name, the outbound's conf with the per-route confs merged over it).
+fn per_route_confs<T: DeserializeOwned>(
+    kind: ResourceType,
+    rs: &mut ResourceSet,
+    mesh: &MeshContext,
+    proxy: &DataplaneEntry,
+    matched: &[Matched<'_>],
+) -> Vec<(crate::resources::Origin, String, T)> {
+    let scoped = route_scoped(kind, mesh, proxy);
+    if scoped.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    let outbounds: Vec<(crate::resources::Origin, usize)> = rs
+        .listeners_mut()
+        .filter_map(|(o, _)| match o {
+            crate::resources::Origin::Outbound { destination, .. } => Some((o, destination)),
+            _ => None,
+        })
+        .collect();
+    for (origin, d) in outbounds {
+        let service = rs.destinations[d].service.clone();
+        let base = shared_to_rule(mesh, matched, &service).map(|r| r.conf.clone());
+        let mut by_route: Vec<(String, Value)> = Vec::new();
+        for s in scoped.iter().filter(|s| s.service == service) {
+            match by_route.iter_mut().find(|(r, _)| *r == s.route) {
+                Some((_, conf)) => crate::rules::merge(conf, s.conf.clone()),
+                None => {
+                    let mut conf = base
+                        .clone()
+                        .unwrap_or_else(|| Value::Object(Default::default()));
+                    crate::rules::merge(&mut conf, s.conf.clone());
+                    by_route.push((s.route.clone(), conf));
+                }
+            }
+        }
+        for (route, conf) in by_route {
+            let what = format!("{service} route {route}");
+            if let Some(parsed) = parse_conf(kind, &conf, &what, &mut warnings) {
+                out.push((origin, route, parsed));
+            }
+        }
+    }
+    rs.warnings.extend(warnings);
+    out
+}
+
 /// A percentage as Envoy's `FractionalPercent`, as Kuma's `ConvertPercentage` writes it:
 /// whole percentages over a hundred, others in millionths so decimals keep their precision.
 pub(crate) fn fractional_percent(percent: f64) -> Value {

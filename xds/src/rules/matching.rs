@@ -181,14 +181,16 @@ fn select(
         // Which MeshGateway serves a builtin gateway is known to the gateway generator, which
         // reads the routes attached to it; other policy types do not select by it yet.
         TargetRefKind::MeshGateway => (Vec::new(), false),
-        TargetRefKind::MeshHTTPRoute => {
-            return Err(format!(
-                "couldn't resolve MeshHTTPRoute targetRef with name '{}'",
-                top.name_str()
-            ));
-        }
+        // Kuma's per-route form: the plugins that support it apply it to the route's rules
+        // (`policies::route_scoped`); it selects no proxy as a whole.
+        TargetRefKind::MeshHTTPRoute => (Vec::new(), false),
         other => return Err(format!("unsupported targetRef kind '{}'", other.as_str())),
     })
+}
+
+/// Whether `policy`'s top-level `targetRef` is a MeshHTTPRoute (Kuma's per-route form).
+pub fn names_a_route(policy: &RawPolicy) -> bool {
+    top_target(&policy.spec).is_ok_and(|t| t.kind == TargetRefKind::MeshHTTPRoute)
 }
 
 /// The policies in `policies` that select `proxy`, least specific first (the last one wins).
