@@ -13,13 +13,7 @@ use serde_json::{Value, json};
 use xds::{GatewayCertificate, GatewayEntry, MeshContext, Policy};
 
 fn policy<S: PolicySpec>(name: &str, spec: Value) -> Policy<S> {
-    if let Err(e) = model::specs::policy::validate::<S>(&spec) {
-        panic!("{name} does not validate: {e}");
-    }
-    Policy::new(
-        name,
-        serde_json::from_value(spec).unwrap_or_else(|e| panic!("{name}: {e}")),
-    )
+    common::validated(name, spec)
 }
 
 fn gateway(name: &str, spec: Value) -> GatewayEntry {

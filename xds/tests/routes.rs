@@ -10,14 +10,7 @@ use serde_json::{Value, json};
 use xds::{MeshContext, Policy};
 
 fn policy<S: PolicySpec>(name: &str, spec: Value) -> Policy<S> {
-    // What the API would refuse must not be tested here as if it were accepted.
-    if let Err(e) = model::specs::policy::validate::<S>(&spec) {
-        panic!("{name} does not validate: {e}");
-    }
-    Policy::new(
-        name,
-        serde_json::from_value(spec).unwrap_or_else(|e| panic!("{name}: {e}")),
-    )
+    common::validated(name, spec)
 }
 
 fn http_route(name: &str, spec: Value) -> Policy<MeshHttpRouteSpec> {

@@ -22,7 +22,7 @@ use crate::envoy::tls::{gateway_certificate, gateway_termination};
 use crate::generator::routes::{build_routes, splits};
 use crate::resources::{Origin, ResourceSet};
 use crate::rules::Matched;
-use crate::rules::build::{route_rules_where, tcp_route_rule_where};
+use crate::rules::build::{entries, route_rules_where, tcp_route_rule_where};
 use crate::rules::order;
 
 /// Whether `proxy` is a builtin gateway.
@@ -320,14 +320,7 @@ impl PortBuild<'_> {
         let listener_host = l.hostname_or_wildcard();
         let mut hosts: BTreeSet<String> = BTreeSet::from([listener_host.to_string()]);
         for m in &matched {
-            for entry in m
-                .policy
-                .spec
-                .get("to")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for entry in entries(&m.policy.spec, "to") {
                 for h in entry_hostnames(entry) {
                     if let Some(n) = narrower(listener_host, h) {
                         hosts.insert(n);

@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::context::{DataplaneEntry, MeshContext};
 use crate::resources::ResourceSet;
 use crate::rules::Matched;
-use crate::rules::build::{catch_all, inbound_rules, shared_to_rule};
+use crate::rules::build::{catch_all, entries, inbound_rules, shared_to_rule};
 
 pub trait PolicyPlugin: Sync {
     /// The policy type this plugin translates.
@@ -189,24 +189,13 @@ fn route_scoped(
         }) else {
             continue;
         };
-        let confs = policy
-            .spec
-            .get("to")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+        let confs = entries(&policy.spec, "to")
+            .iter()
             .filter_map(|e| e.get("default").cloned());
         let Some(conf) = crate::rules::merge::merge_all(confs) else {
             continue;
         };
-        for entry in route
-            .policy
-            .spec
-            .get("to")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for entry in entries(&route.policy.spec, "to") {
             let Some(service) = entry
                 .get("targetRef")
                 .and_then(|t| t.get("name"))
@@ -214,12 +203,7 @@ fn route_scoped(
             else {
                 continue;
             };
-            for rule in entry
-                .get("rules")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for rule in entries(entry, "rules") {
                 let Ok(matches) = serde_json::from_value::<Vec<model::specs::policy::HttpRouteMatch>>(
                     rule.get("matches").cloned().unwrap_or_default(),
                 ) else {

@@ -48,7 +48,8 @@ fn origin(m: &Matched<'_>, rule_index: usize) -> Origin {
     }
 }
 
-fn entries<'v>(spec: &'v Value, section: &str) -> &'v [Value] {
+/// The entries of a policy's `section` (`to`, `from`, `rules`), none when it has none.
+pub(crate) fn entries<'v>(spec: &'v Value, section: &str) -> &'v [Value] {
     spec.get(section)
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice)

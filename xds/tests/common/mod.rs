@@ -168,3 +168,15 @@ pub fn envoy_or_skip(what: &str) -> Option<std::ffi::OsString> {
     }
     envoy
 }
+
+/// A policy as the API would accept it: its spec must validate (what the API would refuse
+/// must not be tested as if it were accepted).
+pub fn validated<S: model::specs::policy::PolicySpec>(name: &str, spec: Value) -> Policy<S> {
+    if let Err(e) = model::specs::policy::validate::<S>(&spec) {
+        panic!("{name} does not validate: {e}");
+    }
+    Policy::new(
+        name,
+        serde_json::from_value(spec).unwrap_or_else(|e| panic!("{name}: {e}")),
+    )
+}
