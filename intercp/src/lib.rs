@@ -163,7 +163,9 @@ pub async fn serve(
         .add_service(service)
         .add_service(forward)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // Without TCP_NODELAY a response larger than a segment waits for the peer's
+            // delayed ACK (about 40 ms) before its last segment leaves.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 let _ = shutdown.wait_for(|s| *s).await;
             },

@@ -161,8 +161,11 @@ async fn start_zone(store_env: &[(String, String)]) -> Result<Zone> {
     env.extend(store_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut cp = ControlPlane::start("xds-bench", &env);
     tokio::task::block_in_place(|| cp.wait_ready(Duration::from_secs(120)));
+    // The API closes a keep-alive connection idle for 10 s (its header read timeout): a
+    // pooled one must not be reused after the bench's 10 s idle window.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()?;
     let zone = Zone { cp, http };
     // The default mesh comes from the leader's defaults, right after start.

@@ -119,10 +119,14 @@ pub async fn serve(
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // Without TCP_NODELAY a response larger than a segment waits for the peer's
+            // delayed ACK (about 40 ms) before its last segment leaves; the builder's TCP
+            // options do not reach an incoming stream we hand it, so they are set here.
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(30))),
             async move {
                 let _ = shutdown.wait_for(|s| *s).await;
             },
