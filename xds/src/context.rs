@@ -273,6 +273,9 @@ pub struct SharedWork {
     to_rules: RwLock<HashMap<PoliciesAndService, Option<Arc<Rule>>>>,
     /// Where each Dataplane is in the context's list, by name.
     dataplane_index: OnceLock<HashMap<String, usize>>,
+    /// The policies that changed since a previous snapshot, and that snapshot (weakly: its
+    /// allocation, so its address, stays reserved while the memo names it).
+    changed: RwLock<Option<(std::sync::Weak<SharedWork>, Arc<Vec<RawPolicy>>)>>,
 }
 
 /// The addresses of the policies that select a proxy, in order, and a destination service.
@@ -314,6 +317,23 @@ where
 }
 
 impl SharedWork {
+    /// The policies that differ between the snapshot `previous` shares work for and this
+    /// one, computed by `diff` the first time (every proxy of the mesh asks the same).
+    pub(crate) fn changed_since(
+        &self,
+        previous: &Arc<SharedWork>,
+        diff: impl FnOnce() -> Vec<RawPolicy>,
+    ) -> Arc<Vec<RawPolicy>> {
+        if let Some((p, changed)) = locked(&self.changed).as_ref()
+            && std::sync::Weak::ptr_eq(p, &Arc::downgrade(previous))
+        {
+            return changed.clone();
+        }
+        let changed = Arc::new(diff());
+        *locked_mut(&self.changed) = Some((Arc::downgrade(previous), changed.clone()));
+        changed
+    }
+
     /// The destination `tags` resolve to, computed by `resolve` the first time.
     pub(crate) fn destination(
         &self,
@@ -360,6 +380,22 @@ impl MeshContext {
                 index.get(name).and_then(|i| self.dataplanes.get(*i))
             }
             None => self.dataplanes.iter().find(|d| d.name == name),
+        }
+    }
+
+    /// The policies that differ from `previous`'s (added, removed or changed, as they were
+    /// and as they are), once per pair of snapshots when both share work.
+    pub(crate) fn policies_changed_since(&self, previous: &MeshContext) -> Arc<Vec<RawPolicy>> {
+        let diff = || {
+            self.policies
+                .changed_since(&previous.policies)
+                .into_iter()
+                .cloned()
+                .collect()
+        };
+        match (&self.shared, &previous.shared) {
+            (Some(now), Some(before)) => now.changed_since(before, diff),
+            _ => Arc::new(diff()),
         }
     }
 

@@ -73,7 +73,7 @@ pub fn refresh_endpoints(
     if previous.dataplane(proxy_name) != Some(proxy) || generator::gateway::is_builtin(proxy) {
         return None;
     }
-    for policy in mesh.policies.changed_since(&previous.policies) {
+    for policy in mesh.policies_changed_since(previous).iter() {
         // One that fails to resolve for the proxy shows in its warnings: that counts too.
         let matching = rules::matching::matched_policies(std::slice::from_ref(policy), proxy);
         if !matching.matched.is_empty() || !matching.warnings.is_empty() {
