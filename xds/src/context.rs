@@ -275,8 +275,11 @@ pub struct SharedWork {
     dataplane_index: OnceLock<HashMap<String, usize>>,
     /// The policies that changed since a previous snapshot, and that snapshot (weakly: its
     /// allocation, so its address, stays reserved while the memo names it).
-    changed: RwLock<Option<(std::sync::Weak<SharedWork>, Arc<Vec<RawPolicy>>)>>,
+    changed: RwLock<Option<ChangedSince>>,
 }
+
+/// A previous snapshot's shared work and the policies changed since it.
+type ChangedSince = (std::sync::Weak<SharedWork>, Arc<Vec<RawPolicy>>);
 
 /// The addresses of the policies that select a proxy, in order, and a destination service.
 type PoliciesAndService = (Vec<usize>, String);
