@@ -3,7 +3,8 @@
 //! binaries the tests use), brings `docker-compose.yml` up, checks both zones Online on global
 //! and cross-zone calls, cuts zone-1 off global's network for 30 s while policies change on
 //! global (zone-1's own traffic must keep working), reconnects, checks zone-1 converges with
-//! nothing lost, and tears everything down, leaving no container, network or volume.
+//! nothing lost, and tears everything down, leaving no container, network or volume. zone-1's
+//! edge gateway serves HTTPS for a hostname, routing a path to zone-2.
 //! Skipped, saying so, where no Docker engine answers.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use e2e::proxies::curl_https;
 use e2e::{free_port, http_body, http_response};
 use serde_json::Value;
 
@@ -59,6 +61,7 @@ struct Lab {
     zone1: u16,
     local: u16,
     remote: u16,
+    gateway: u16,
 }
 
 impl Lab {
@@ -242,7 +245,8 @@ fn compose_lab_survives_a_cut_zone() {
         String::from_utf8_lossy(&build.stderr)
     );
 
-    let (global, zone1, zone2, local, remote) = (
+    let (global, zone1, zone2, local, remote, gateway) = (
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -256,6 +260,7 @@ fn compose_lab_survives_a_cut_zone() {
         ("KUMA_LAB_ZONE_2_PORT", zone2.to_string()),
         ("KUMA_LAB_WEB_PORT", local.to_string()),
         ("KUMA_LAB_WEB_REMOTE_PORT", remote.to_string()),
+        ("KUMA_LAB_GATEWAY_PORT", gateway.to_string()),
     ];
     let lab = Lab {
         compose,
@@ -267,6 +272,7 @@ fn compose_lab_survives_a_cut_zone() {
         zone1,
         local,
         remote,
+        gateway,
     };
     // Leftovers of an interrupted run would clash with the fixed subnets.
     let _ = lab.run(&["down", "-v", "--remove-orphans"], None);
@@ -299,6 +305,44 @@ fn compose_lab_survives_a_cut_zone() {
         || (0..5).all(|_| zone_of_call(lab.local).as_deref() == Some("zone-1")),
     );
     eprintln!("lab serving traffic {:?} after up", started.elapsed());
+
+    // The edge gateway in zone-1 serves https://shop.lab.example with the certificate the
+    // set-up made (read back from global's Secret, inside global where the API trusts it):
+    // / stays in zone-1, /remote reaches zone-2.
+    let secret: Value = serde_json::from_str(&lab.kumactl_on_global(
+        &["get", "secret", "shop-cert", "-m", "default", "-o", "json"],
+        None,
+    ))
+    .expect("the gateway's Secret as JSON");
+    let pem = {
+        use base64::Engine;
+        let data = secret["data"].as_str().expect("Secret data");
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .expect("base64"),
+        )
+        .expect("PEM")
+    };
+    let cert = &pem[pem
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate")..];
+    let ca = std::env::temp_dir().join(format!("kuma-lab-shop-{}.pem", std::process::id()));
+    std::fs::write(&ca, cert).unwrap();
+    let zone_over_https = |path: &str| -> Option<String> {
+        let body = curl_https("shop.lab.example", lab.gateway, &ca, path)?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["zone"].as_str().map(str::to_string)
+    };
+    lab.within(
+        Duration::from_secs(60),
+        "the edge gateway serves shop.lab.example over HTTPS",
+        || {
+            zone_over_https("/").as_deref() == Some("zone-1")
+                && zone_over_https("/remote").as_deref() == Some("zone-2")
+        },
+    );
+    let _ = std::fs::remove_file(&ca);
     let (_, body) = http_response(lab.remote, "/").unwrap();
     assert!(body.contains("URI=spiffe://default/web"), "{body}");
 
