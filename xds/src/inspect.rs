@@ -11,9 +11,9 @@ use model::ResourceType;
 use serde_json::{Value, json};
 
 use crate::context::{DataplaneEntry, MeshContext};
-use crate::rules::Origin;
-use crate::rules::build::{catch_all, inbound_rules, single_item, to_rule};
+use crate::rules::build::{catch_all, inbound_rules, single_item, tcp_route_rule, to_rule};
 use crate::rules::matching::{Matching, matched_policies};
+use crate::rules::{Origin, Rule};
 
 /// Kuma's `Meta` of a resource.
 fn meta(kind: ResourceType, mesh: &str, name: &str, labels: &BTreeMap<String, String>) -> Value {
@@ -81,6 +81,29 @@ fn inbound_json(proxy: &DataplaneEntry, i: usize) -> Value {
     v
 }
 
+/// A service's MeshHTTPRoute rules as one rule: `{rules: [{matches, default}]}` in the
+/// merged order, with the policies they came from.
+fn route_rule(matched: &[crate::rules::Matched<'_>], service: &str) -> Option<Rule> {
+    let rules = crate::rules::build::http_route_rules(matched, service);
+    if rules.is_empty() {
+        return None;
+    }
+    let mut origins: Vec<Origin> = Vec::new();
+    for r in &rules {
+        if !origins.iter().any(|o| o.name == r.origin.name) {
+            origins.push(r.origin.clone());
+        }
+    }
+    let rules: Vec<Value> = rules
+        .into_iter()
+        .map(|r| json!({"matches": r.matches, "default": r.conf}))
+        .collect();
+    Some(Rule {
+        conf: json!({"rules": rules}),
+        origins,
+    })
+}
+
 /// Whether warning `w` is about policy type `name` (it starts with the type's name).
 fn of_type(w: &str, name: &str) -> bool {
     w.starts_with(name) && w[name.len()..].starts_with([' ', ':'])
@@ -112,7 +135,11 @@ pub fn rules(mesh: &MeshContext, proxy: &DataplaneEntry) -> Value {
             let to: Vec<Value> = services
                 .iter()
                 .filter_map(|s| {
-                    let rule = to_rule(&matching.matched, s)?;
+                    let rule = match kind {
+                        ResourceType::MeshHTTPRoute => route_rule(&matching.matched, s)?,
+                        ResourceType::MeshTCPRoute => tcp_route_rule(&matching.matched, s)?,
+                        _ => to_rule(&matching.matched, s)?,
+                    };
                     Some(json!({
                         "matchers": [{"key": "kuma.io/service", "value": s, "not": false}],
                         "conf": rule.conf,

@@ -219,6 +219,23 @@ fn routes_merge_as_kuma_merges_them() {
         routes[4]["name"], "9Zuf5Tg79OuZcQITwBbQykxAk2u4fRKrwYn3//AL4Yo=",
         "Kuma's name of the catch-all"
     );
+    // `_rules` shows the merged rules of the backend outbound, and both routes as origins.
+    let inspected = xds::inspect::rules(&m, m.dataplane("web-1").expect("web-1"));
+    let entry = inspected["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e["type"] == "MeshHTTPRoute"))
+        .cloned()
+        .expect("a MeshHTTPRoute entry");
+    let backend = entry["toRules"]
+        .as_array()
+        .and_then(|t| {
+            t.iter()
+                .find(|r| r["matchers"][0]["value"] == "backend")
+                .cloned()
+        })
+        .expect("backend's route rules");
+    assert_eq!(backend["conf"]["rules"].as_array().map(Vec::len), Some(3));
+    assert_eq!(backend["origin"].as_array().map(Vec::len), Some(2));
 }
 
 /// A backend that runs only in another zone is reached through that zone's ingress, with
