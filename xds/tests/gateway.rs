@@ -247,20 +247,7 @@ fn builtin_gateway_listeners() {
     );
     assert!(tls["filter_chains"][0].get("transport_socket").is_none());
     // db is reached through zone-2's ingress, with the mesh's mTLS.
-    let db = r
-        .endpoints
-        .iter()
-        .find(|e| e["cluster_name"] == "db")
-        .expect("db endpoints");
-    assert_eq!(
-        db["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"],
-        "192.168.2.1"
-    );
-    let db_cluster = r.clusters.iter().find(|c| c["name"] == "db").expect("db");
-    assert_eq!(
-        db_cluster["transport_socket"]["typed_config"]["sni"],
-        "db{mesh=default}"
-    );
+    common::assert_through_ingress(&r, "db", "192.168.2.1");
 }
 
 /// A gateway no MeshGateway selects serves nothing and says so; sidecars are untouched by

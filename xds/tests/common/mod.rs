@@ -180,3 +180,27 @@ pub fn validated<S: model::specs::policy::PolicySpec>(name: &str, spec: Value) -
         serde_json::from_value(spec).unwrap_or_else(|e| panic!("{name}: {e}")),
     )
 }
+
+/// `r` reaches `cluster` (a service that runs only in another zone) through the ingress at
+/// `ingress`, with the mesh's mTLS and the service's SNI.
+pub fn assert_through_ingress(r: &ProxyResources, cluster: &str, ingress: &str) {
+    let assignment = r
+        .endpoints
+        .iter()
+        .find(|e| e["cluster_name"] == cluster)
+        .unwrap_or_else(|| panic!("no load assignment for {cluster}"));
+    assert_eq!(
+        assignment["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"],
+        ingress,
+        "{cluster} through the ingress: {assignment}"
+    );
+    let c = r
+        .clusters
+        .iter()
+        .find(|c| c["name"] == cluster)
+        .unwrap_or_else(|| panic!("no cluster {cluster}"));
+    assert_eq!(
+        c["transport_socket"]["typed_config"]["sni"],
+        format!("{cluster}{{mesh=default}}")
+    );
+}
