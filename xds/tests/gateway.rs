@@ -324,3 +324,46 @@ fn mesh_wide_cluster_policies_reach_gateway_backends() {
     )]);
     assert_eq!(thresholds(&m), Some(Value::Null));
 }
+
+/// A gateway route takes the `to` conf of the service it sends to, as a sidecar's outbound
+/// does: a MeshTimeout and a MeshRetry for backend set the timeout and retries of the routes
+/// to backend; the route to db, which no rule covers, keeps Envoy's defaults.
+#[test]
+fn gateway_routes_take_their_backends_timeouts_and_retries() {
+    use model::specs::policy::{MeshRetrySpec, MeshTimeoutSpec};
+    let mut m = gateway_mesh();
+    let timeout: Policy<MeshTimeoutSpec> = policy(
+        "backend-3s",
+        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+            "default": {"http": {"requestTimeout": "3s"}}}]}),
+    );
+    let retry: Policy<MeshRetrySpec> = policy(
+        "backend-retries",
+        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+            "default": {"http": {"numRetries": 4}}}]}),
+    );
+    m.policies.set(vec![timeout]);
+    m.policies.set(vec![retry]);
+    let r = xds::sidecar(&m, "edge-1").expect("generate");
+    check_schema(&r);
+    let http = listener(&r, "edge:HTTP:8080");
+    let routes = http["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+        ["virtual_hosts"][0]["routes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let of = |cluster: &str| {
+        routes
+            .iter()
+            .find(|r| r["route"]["cluster"] == cluster)
+            .map(|r| {
+                (
+                    r["route"]["timeout"].clone(),
+                    r["route"]["retry_policy"]["num_retries"].clone(),
+                )
+            })
+            .unwrap_or_else(|| panic!("no route to {cluster}"))
+    };
+    assert_eq!(of("backend"), (json!("3s"), json!(4)));
+    assert_eq!(of("db"), (json!("0s"), Value::Null));
+}

@@ -228,6 +228,28 @@ impl ListenerMut<'_> {
         }
     }
 
+    /// Every route action on the listener with the clusters it sends to (one, or those of a
+    /// weighted split).
+    pub fn route_actions_with_clusters(&mut self) -> Vec<(Vec<String>, &mut Map<String, Value>)> {
+        self.route_actions()
+            .into_iter()
+            .map(|action| {
+                let clusters = match action.get("cluster").and_then(Value::as_str) {
+                    Some(c) => vec![c.to_string()],
+                    None => action
+                        .get("weighted_clusters")
+                        .and_then(|w| w.get("clusters"))
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c["name"].as_str().map(str::to_string))
+                        .collect(),
+                };
+                (clusters, action)
+            })
+            .collect()
+    }
+
     /// The route actions of the HTTP routes named `name` on the listener.
     pub fn route_actions_named(&mut self, name: &str) -> Vec<&mut Map<String, Value>> {
         self.typed_configs(HCM)

@@ -67,6 +67,23 @@ impl super::PolicyPlugin for Plugin {
                 }
             }
         }
+        // A gateway route takes the `to` conf of the service it sends to.
+        let gateway_routes = super::gateway_route_destinations(rs);
+        for (origin, mut listener) in rs.listeners_mut() {
+            let mut actions = listener.route_actions_with_clusters();
+            for (_, i, d) in gateway_routes.iter().filter(|(o, _, _)| *o == origin) {
+                let Some(Some(Applied { conf, .. })) = confs.get(*d) else {
+                    continue;
+                };
+                let policy = match protocols[*d] {
+                    Protocol::Grpc => conf.grpc.as_ref().and_then(grpc_policy),
+                    _ => conf.http.as_ref().and_then(http_policy),
+                };
+                if let (Some(p), Some((_, action))) = (policy, actions.get_mut(*i)) {
+                    action.insert("retry_policy".into(), p);
+                }
+            }
+        }
         // Routes a per-route MeshRetry names: the outbound's conf with the route's over it.
         for (origin, mut listener) in rs.listeners_mut() {
             let Origin::Outbound { destination, .. } = origin else {

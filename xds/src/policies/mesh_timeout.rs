@@ -73,11 +73,24 @@ impl super::PolicyPlugin for Plugin {
             })
             .collect();
         rs.warnings.extend(warnings);
+        let gateway_routes = super::gateway_route_destinations(rs);
         for (origin, mut listener) in rs.listeners_mut() {
             match origin {
                 Origin::Inbound(i) => {
                     if let Some((true, conf, _)) = inbound_confs.get(i) {
                         configure_listener(&mut listener, conf);
+                    }
+                }
+                Origin::Gateway { .. } => {
+                    // A gateway route takes the `to` conf of the service it sends to.
+                    let routes = gateway_routes.iter().filter(|(o, _, _)| *o == origin);
+                    let mut actions = listener.route_actions_with_clusters();
+                    for (_, i, d) in routes {
+                        if let (Some((_, action)), Some((Some(conf), _))) =
+                            (actions.get_mut(*i), dest_confs.get(*d))
+                        {
+                            configure_route(action, &conf.http.clone().unwrap_or_default());
+                        }
                     }
                 }
                 Origin::Outbound { destination, .. } => {

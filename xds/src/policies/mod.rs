@@ -148,6 +148,42 @@ fn inbound_confs<T: DeserializeOwned>(
     confs
 }
 
+/// For each route of the proxy's gateway listeners, the destination whose `to` conf applies
+/// there: the one service every cluster of the route belongs to (a route split over several
+/// services gets none), as (listener origin, route action index, destination index).
+fn gateway_route_destinations(
+    rs: &mut ResourceSet,
+) -> Vec<(crate::resources::Origin, usize, usize)> {
+    let by_cluster: std::collections::HashMap<String, usize> = rs
+        .destinations
+        .iter()
+        .enumerate()
+        .map(|(d, dest)| (dest.cluster.clone(), d))
+        .collect();
+    let services: Vec<String> = rs.destinations.iter().map(|d| d.service.clone()).collect();
+    let mut out = Vec::new();
+    for (origin, mut listener) in rs.listeners_mut() {
+        if !matches!(origin, crate::resources::Origin::Gateway { .. }) {
+            continue;
+        }
+        for (i, (clusters, _)) in listener
+            .route_actions_with_clusters()
+            .into_iter()
+            .enumerate()
+        {
+            let ds: Vec<usize> = clusters
+                .iter()
+                .filter_map(|c| by_cluster.get(c).copied())
+                .collect();
+            let Some(&first) = ds.first() else { continue };
+            if ds.len() == clusters.len() && ds.iter().all(|d| services[*d] == services[first]) {
+                out.push((origin, i, first));
+            }
+        }
+    }
+    out
+}
+
 /// A conf for the routes one MeshHTTPRoute rule made on outbounds to `service` (Kuma's
 /// legacy per-route form: a policy whose top-level `targetRef` is that MeshHTTPRoute).
 struct RouteScoped {
