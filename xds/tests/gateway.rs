@@ -347,11 +347,12 @@ fn gateway_routes_take_their_backends_timeouts_and_retries() {
     let r = xds::sidecar(&m, "edge-1").expect("generate");
     check_schema(&r);
     let http = listener(&r, "edge:HTTP:8080");
-    let routes = http["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
-        ["virtual_hosts"][0]["routes"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let routes =
+        http["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+            ["routes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
     let of = |cluster: &str| {
         routes
             .iter()
