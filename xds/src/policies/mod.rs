@@ -154,6 +154,13 @@ fn inbound_confs<T: DeserializeOwned>(
 fn gateway_route_destinations(
     rs: &mut ResourceSet,
 ) -> Vec<(crate::resources::Origin, usize, usize)> {
+    // Sidecars (nearly every proxy) have no gateway listener: nothing to index.
+    if !rs
+        .listeners_mut()
+        .any(|(o, _)| matches!(o, crate::resources::Origin::Gateway { .. }))
+    {
+        return Vec::new();
+    }
     let by_cluster: std::collections::HashMap<String, usize> = rs
         .destinations
         .iter()
