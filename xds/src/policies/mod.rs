@@ -278,14 +278,7 @@ fn per_route_confs<T: DeserializeOwned>(
     }
     let mut out = Vec::new();
     let mut warnings = Vec::new();
-    let outbounds: Vec<(crate::resources::Origin, usize)> = rs
-        .listeners_mut()
-        .filter_map(|(o, _)| match o {
-            crate::resources::Origin::Outbound { destination, .. } => Some((o, destination)),
-            _ => None,
-        })
-        .collect();
-    for (origin, d) in outbounds {
+    for (origin, d) in mesh_http_route::outbounds(rs) {
         let service = rs.destinations[d].service.clone();
         let base = shared_to_rule(mesh, matched, &service).map(|r| r.conf.clone());
         let mut by_route: Vec<(String, Value)> = Vec::new();
