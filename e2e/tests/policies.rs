@@ -641,7 +641,7 @@ fn builtin_gateway(f: &Fixture) {
         json!({"type": "MeshGateway", "name": "edge", "mesh": "default",
             "selectors": [{"match": {"kuma.io/service": "edge"}}],
             "conf": {"listeners": [
-                {"port": http, "protocol": "HTTP"},
+                {"port": http, "protocol": "HTTP", "tags": {"listener": "plain"}},
                 {"port": https, "protocol": "HTTPS", "hostname": "foo.example.com",
                  "tls": {"mode": "TERMINATE", "certificates": [{"secret": "foo-cert"}]}},
                 {"port": https, "protocol": "HTTPS", "hostname": "bar.example.com",
@@ -725,6 +725,27 @@ fn builtin_gateway(f: &Fixture) {
         1,
         "Envoy was not restarted for the new certificate"
     );
+
+    // A rate limit for the listener tagged `listener: plain` (HTTP): its third request in a
+    // minute is refused; the HTTPS listener is not limited.
+    f.apply(
+        "MeshRateLimit",
+        "edge-plain-2",
+        json!({"targetRef": {"kind": "MeshGateway", "name": "edge", "tags": {"listener": "plain"}},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"local": {"http": {
+                "requestRate": {"num": 2, "interval": "60s"}, "onRateLimit": {"status": 429}}}}}]}),
+    );
+    within(
+        Duration::from_secs(10),
+        "the HTTP listener is rate limited",
+        || http_response(http, "/").is_some_and(|(status, _)| status == 429),
+        || format!("{}\n{}", f.logs(), gateway.logs()),
+    );
+    assert!(
+        (0..5).all(|_| over_https(&new_ca, "/").is_some()),
+        "the HTTPS listener is not limited"
+    );
+    f.remove("MeshRateLimit", "edge-plain-2");
     drop(gateway);
     f.remove("MeshHTTPRoute", "edge-routes");
     f.env.delete("/meshes/default/meshgateways/edge");

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::context::{DataplaneEntry, MeshContext};
 use crate::rules::build::{catch_all, inbound_rules, single_item, tcp_route_rule, to_rule};
-use crate::rules::matching::{Matching, matched_policies};
+use crate::rules::matching::{Matching, matched_in, matched_with_gateway, serving_gateway};
 use crate::rules::{Origin, Rule};
 
 /// Kuma's `Meta` of a resource.
@@ -125,7 +125,7 @@ pub fn rules(mesh: &MeshContext, proxy: &DataplaneEntry) -> Value {
     let mut entries = Vec::new();
     let mut shown = BTreeSet::new();
     for kind in policy_kinds() {
-        let matching = matched_policies(mesh.policies.raw(kind), proxy);
+        let matching = matched_in(mesh, kind, proxy);
         if matching.matched.is_empty() && matching.warnings.is_empty() {
             continue;
         }
@@ -203,7 +203,7 @@ pub fn policies(mesh: &MeshContext, proxy: &DataplaneEntry) -> Value {
     let m = mesh.mesh.as_str();
     let mut out = Vec::new();
     for kind in policy_kinds() {
-        let matching = matched_policies(mesh.policies.raw(kind), proxy);
+        let matching = matched_in(mesh, kind, proxy);
         if matching.matched.is_empty() {
             continue;
         }
@@ -231,7 +231,11 @@ pub fn selected_dataplanes<'m>(
     let one = std::slice::from_ref(p);
     mesh.dataplanes
         .iter()
-        .filter(|dp| !matched_policies(one, dp).matched.is_empty())
+        .filter(|dp| {
+            !matched_with_gateway(one, dp, serving_gateway(mesh, dp))
+                .matched
+                .is_empty()
+        })
         .collect()
 }
 

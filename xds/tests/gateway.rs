@@ -54,15 +54,15 @@ fn gateway_mesh() -> MeshContext {
         "edge",
         json!({"selectors": [{"match": {"kuma.io/service": "edge"}}],
         "conf": {"listeners": [
-            {"port": 8080, "protocol": "HTTP", "hostname": "foo.example.com"},
-            {"port": 8080, "protocol": "HTTP", "hostname": "*.example.org"},
+            {"port": 8080, "protocol": "HTTP", "hostname": "foo.example.com", "tags": {"port": "http"}},
+            {"port": 8080, "protocol": "HTTP", "hostname": "*.example.org", "tags": {"port": "http"}},
             {"port": 8443, "protocol": "HTTPS", "hostname": "foo.example.com",
              "tls": {"mode": "TERMINATE", "certificates": [{"secret": "foo-cert"}, {"secret": "foo-ecdsa"}]}},
             {"port": 8443, "protocol": "HTTPS", "hostname": "bad.example.com",
              "tls": {"mode": "TERMINATE", "certificates": [{"secret": "bad-cert"}]}},
             {"port": 8443, "protocol": "HTTPS", "hostname": "gone.example.com",
              "tls": {"mode": "TERMINATE", "certificates": [{"secret": "missing-cert"}]}},
-            {"port": 9000, "protocol": "TCP"},
+            {"port": 9000, "protocol": "TCP", "tags": {"port": "tcp"}},
             {"port": 9443, "protocol": "TLS", "hostname": "db.example.com", "tls": {"mode": "PASSTHROUGH"}}
         ]}}),
     )];
@@ -367,4 +367,140 @@ fn gateway_routes_take_their_backends_timeouts_and_retries() {
     };
     assert_eq!(of("backend"), (json!("3s"), json!(4)));
     assert_eq!(of("db"), (json!("0s"), Value::Null));
+}
+
+/// Policies select a gateway's listeners by their tags (the Dataplane's gateway tags, the
+/// MeshGateway's and the listener's own, as Kuma's table overlays them): a MeshTimeout and a
+/// MeshRateLimit for the listeners tagged `port: http` shape port 8080 only; a TCP rate limit
+/// for `port: tcp` limits the TCP listener's connections; a mesh-wide MeshFaultInjection's
+/// `to` faults reach every HTTP listener; a Dataplane-kind policy never selects a builtin
+/// gateway (Kuma: its listeners are the MeshGateway's). Envoy accepts the result.
+#[test]
+fn gateway_policies_select_listeners_by_tags() {
+    use model::specs::policy::{MeshFaultInjectionSpec, MeshRateLimitSpec, MeshTimeoutSpec};
+    let mut m = gateway_mesh();
+    let on_http = json!({"kind": "MeshGateway", "name": "edge", "tags": {"port": "http"}});
+    let timeouts: Vec<Policy<MeshTimeoutSpec>> = vec![
+        policy(
+            "http-3s",
+            json!({"targetRef": on_http, "to": [{"targetRef": {"kind": "Mesh"},
+                "default": {"http": {"requestTimeout": "3s"}}}]}),
+        ),
+        policy(
+            "tcp-idle",
+            json!({"targetRef": {"kind": "MeshGateway", "name": "edge", "tags": {"port": "tcp"}},
+                "rules": [{"default": {"idleTimeout": "20s"}}]}),
+        ),
+        policy(
+            "http-headers",
+            json!({"targetRef": on_http,
+                "rules": [{"default": {"http": {"requestHeadersTimeout": "2s", "streamIdleTimeout": "7s"}}}]}),
+        ),
+        policy(
+            "by-dataplane",
+            json!({"targetRef": {"kind": "Dataplane", "name": "edge-1"}, "to": [{"targetRef": {"kind": "Mesh"},
+                "default": {"http": {"requestTimeout": "9s"}}}]}),
+        ),
+    ];
+    let limits: Vec<Policy<MeshRateLimitSpec>> = vec![
+        policy(
+            "http-5rps",
+            json!({"targetRef": on_http, "to": [{"targetRef": {"kind": "Mesh"},
+                "default": {"local": {"http": {"requestRate": {"num": 5, "interval": "1s"},
+                    "onRateLimit": {"status": 423}}}}}]}),
+        ),
+        policy(
+            "tcp-2cps",
+            json!({"targetRef": {"kind": "MeshGateway", "name": "edge", "tags": {"port": "tcp"}},
+                "to": [{"targetRef": {"kind": "Mesh"},
+                "default": {"local": {"tcp": {"connectionRate": {"num": 2, "interval": "1s"}}}}}]}),
+        ),
+    ];
+    let faults: Vec<Policy<MeshFaultInjectionSpec>> = vec![policy(
+        "abort-half",
+        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+            "default": {"http": [{"abort": {"httpStatus": 503, "percentage": 50}}]}}]}),
+    )];
+    m.policies.set(timeouts);
+    m.policies.set(limits);
+    m.policies.set(faults);
+    let r = xds::sidecar(&m, "edge-1").expect("generate");
+    check_schema(&r);
+    envoy_validates("gateway-policies", &r);
+
+    let hcms = |name: &str| -> Vec<Value> {
+        listener(&r, name)["filter_chains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["filters"].as_array()?.last().cloned())
+            .map(|f| f["typed_config"].clone())
+            .collect()
+    };
+    let routes = |name: &str| -> Vec<Value> {
+        hcms(name)
+            .iter()
+            .flat_map(|h| {
+                h["route_config"]["virtual_hosts"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .flat_map(|vh| vh["routes"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    let filters = |hcm: &Value| -> Vec<String> {
+        hcm["http_filters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let http = routes("edge:HTTP:8080");
+    assert!(!http.is_empty());
+    for route in &http {
+        if route["route"].is_object() {
+            assert_eq!(route["route"]["timeout"], "3s", "{route}");
+        }
+        let limit = &route["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"];
+        assert_eq!(limit["token_bucket"]["max_tokens"], 5, "{route}");
+        assert_eq!(limit["status"]["code"], 423);
+    }
+    for hcm in hcms("edge:HTTP:8080") {
+        // The listener's own rule, and Kuma's gateway default for what it leaves out.
+        assert_eq!(hcm["request_headers_timeout"], "2s");
+        assert_eq!(hcm["stream_idle_timeout"], "7s");
+        assert_eq!(hcm["common_http_protocol_options"]["idle_timeout"], "300s");
+        assert_eq!(
+            filters(&hcm),
+            [
+                "envoy.filters.http.fault.0",
+                "envoy.filters.http.local_ratelimit",
+                "envoy.filters.http.router"
+            ]
+        );
+    }
+    // Port 8443's listeners carry other tags: neither the timeout nor the limit is theirs,
+    // and the Dataplane-kind policy (9s) reaches no listener.
+    let https = routes("edge:HTTPS:8443");
+    assert!(!https.is_empty());
+    for route in &https {
+        assert_ne!(route["route"]["timeout"], "3s", "{route}");
+        assert_ne!(route["route"]["timeout"], "9s", "{route}");
+        assert!(route.get("typed_per_filter_config").is_none(), "{route}");
+    }
+    for hcm in hcms("edge:HTTPS:8443") {
+        assert_eq!(hcm["request_headers_timeout"], "0.5s");
+        assert_eq!(
+            filters(&hcm),
+            ["envoy.filters.http.fault.0", "envoy.filters.http.router"]
+        );
+    }
+    let tcp = &listener(&r, "edge:TCP:9000")["filter_chains"][0]["filters"];
+    assert_eq!(tcp[0]["name"], "envoy.filters.network.local_ratelimit");
+    assert_eq!(tcp[0]["typed_config"]["token_bucket"]["max_tokens"], 2);
+    assert_eq!(tcp[1]["typed_config"]["idle_timeout"], "20s");
+    let tls = &listener(&r, "edge:TLS:9443")["filter_chains"][0]["filters"];
+    assert_eq!(tls[0]["name"], "envoy.filters.network.tcp_proxy");
 }

@@ -208,6 +208,16 @@ impl ListenerMut<'_> {
             .collect()
     }
 
+    /// Every HTTP route of the listener (match, action and per-filter configs).
+    pub fn routes(&mut self) -> Vec<&mut Map<String, Value>> {
+        self.typed_configs(HCM)
+            .filter_map(|hcm| hcm.get_mut("route_config"))
+            .flat_map(|rc| array_mut(rc, "virtual_hosts"))
+            .flat_map(|host| array_mut(host, "routes"))
+            .filter_map(Value::as_object_mut)
+            .collect()
+    }
+
     /// Replaces the routes of every virtual host of the listener's HTTP connection managers.
     pub fn set_routes(&mut self, routes: &[Value]) {
         for hcm in self.typed_configs(HCM) {

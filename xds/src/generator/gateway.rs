@@ -23,6 +23,7 @@ use crate::generator::routes::{build_routes, splits};
 use crate::resources::{Origin, ResourceSet};
 use crate::rules::Matched;
 use crate::rules::build::{entries, route_rules_where, tcp_route_rule_where};
+use crate::rules::matching::listener_tags;
 use crate::rules::order;
 
 /// Whether `proxy` is a builtin gateway.
@@ -94,13 +95,6 @@ pub fn generate(mesh: &MeshContext, proxy: &DataplaneEntry) -> ResourceSet {
         "" => "0.0.0.0",
         a => a,
     };
-    let gateway_tags = proxy
-        .spec
-        .networking
-        .gateway
-        .as_ref()
-        .map(|g| g.tags.clone())
-        .unwrap_or_default();
     let mut certificates = BTreeSet::new();
     for (port, group) in by_port {
         let Some(protocol) = group[0].protocol else {
@@ -110,7 +104,6 @@ pub fn generate(mesh: &MeshContext, proxy: &DataplaneEntry) -> ResourceSet {
             mesh,
             proxy,
             gateway,
-            gateway_tags: &gateway_tags,
             port,
             protocol,
         };
@@ -212,18 +205,15 @@ struct PortBuild<'a> {
     mesh: &'a MeshContext,
     proxy: &'a DataplaneEntry,
     gateway: &'a GatewayEntry,
-    gateway_tags: &'a BTreeMap<String, String>,
     port: u32,
     protocol: ListenerProtocol,
 }
 
 impl PortBuild<'_> {
     /// The routes of `kind` attached to listener `l`: top-level `targetRef` this MeshGateway,
-    /// with any `tags` there matching the listener's (its own overlaid on the gateway's), in
-    /// Kuma's policy order.
+    /// with any `tags` there matching the listener's, in Kuma's policy order.
     fn attached(&self, kind: model::ResourceType, l: &Listener) -> Vec<Matched<'_>> {
-        let mut tags = self.gateway_tags.clone();
-        tags.extend(l.tags.clone());
+        let tags = listener_tags(self.proxy, self.gateway, l);
         let mut matched: Vec<Matched<'_>> = self
             .mesh
             .policies
@@ -239,6 +229,7 @@ impl PortBuild<'_> {
                     policy: p,
                     top,
                     inbounds: Vec::new(),
+                    listeners: vec![l.port],
                 })
             })
             .collect();

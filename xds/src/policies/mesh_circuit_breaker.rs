@@ -13,7 +13,7 @@ use crate::context::{DataplaneEntry, MeshContext};
 use crate::envoy::cluster::ClusterMut;
 use crate::envoy::core::duration;
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::matching::matched_policies;
+use crate::rules::matching::matched_in;
 
 pub struct Plugin;
 
@@ -23,7 +23,7 @@ impl super::PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        let matching = matched_in(mesh, self.kind(), proxy);
         if matching.matched.is_empty() {
             return;
         }

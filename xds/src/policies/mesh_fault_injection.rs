@@ -1,7 +1,9 @@
 //! MeshFaultInjection (Kuma's `pkg/plugins/policies/meshfaultinjection`): on HTTP inbounds,
 //! one `envoy.filters.http.fault` filter per fault of the inbound's catch-all rule (abort with
 //! a status, fixed delay, response bandwidth limit, each for a percentage of requests), before
-//! the router. TCP inbounds have no faults to inject.
+//! the router. TCP inbounds have no faults to inject. On a builtin gateway's HTTP and HTTPS
+//! listeners, the faults of the `to[]` entries for the whole mesh of the policies selecting
+//! the listener (Kuma's gateway rules).
 
 use model::ResourceType;
 use model::duration::parse_duration;
@@ -12,7 +14,7 @@ use super::Applied;
 use crate::context::{DataplaneEntry, MeshContext};
 use crate::envoy::core::duration;
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::matching::matched_policies;
+use crate::rules::matching::matched_in;
 
 pub struct Plugin;
 
@@ -22,18 +24,27 @@ impl super::PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        let matching = matched_in(mesh, self.kind(), proxy);
         if matching.matched.is_empty() {
             return;
         }
         let confs: Vec<Option<Applied<FaultInjectionConf>>> =
             super::inbound_confs(self.kind(), rs, &matching.matched, proxy);
+        let gateway: std::collections::BTreeMap<u32, Applied<FaultInjectionConf>> =
+            super::gateway_listener_confs(self.kind(), rs, &matching.matched);
         let mut warnings = Vec::new();
         for (origin, mut listener) in rs.listeners_mut() {
-            let Origin::Inbound(i) = origin else {
-                continue;
+            let (applied, what) = match origin {
+                Origin::Inbound(i) => (
+                    confs.get(i).and_then(Option::as_ref),
+                    format!("inbound {i}"),
+                ),
+                Origin::Gateway { port } => {
+                    (gateway.get(&port), format!("gateway listener {port}"))
+                }
+                _ => continue,
             };
-            let Some(Some(Applied { conf, policies })) = confs.get(i) else {
+            let Some(Applied { conf, policies }) = applied else {
                 continue;
             };
             if !listener.is_http() {
@@ -46,7 +57,7 @@ impl super::PolicyPlugin for Plugin {
                         "typed_config": config,
                     })),
                     Err(why) => warnings.push(format!(
-                        "MeshFaultInjection fault {n} on inbound {i} (from {policies}) not applied: {why}"
+                        "MeshFaultInjection fault {n} on {what} (from {policies}) not applied: {why}"
                     )),
                 }
             }

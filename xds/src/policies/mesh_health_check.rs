@@ -15,7 +15,7 @@ use super::Applied;
 use crate::context::{DataplaneEntry, MeshContext, Protocol};
 use crate::envoy::core::{duration, header_value_options};
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::matching::matched_policies;
+use crate::rules::matching::matched_in;
 
 /// Kuma's defaults (`meshhealthcheck/plugin/xds`).
 const INTERVAL: Duration = Duration::from_secs(60);
@@ -31,7 +31,7 @@ impl super::PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        let matching = matched_in(mesh, self.kind(), proxy);
         if matching.matched.is_empty() {
             return;
         }

@@ -10,7 +10,7 @@ use crate::context::{DataplaneEntry, MeshContext};
 use crate::generator::routes::build_routes;
 use crate::resources::{Origin, ResourceSet};
 use crate::rules::build::http_route_rules;
-use crate::rules::{Matched, matched_policies};
+use crate::rules::{Matched, matching::matched_in};
 
 pub struct Plugin;
 
@@ -20,7 +20,7 @@ impl PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        let matching = matched_in(mesh, self.kind(), proxy);
         if matching.matched.is_empty() {
             return;
         }

@@ -19,7 +19,7 @@ use crate::context::{DataplaneEntry, MeshContext};
 use crate::generator::endpoints::destination_assignment;
 use crate::resources::{Origin, ResourceSet};
 use crate::rules::build::shared_to_rule;
-use crate::rules::matching::{Matched, matched_policies};
+use crate::rules::matching::{Matched, matched_in};
 
 pub struct Plugin;
 
@@ -29,7 +29,7 @@ impl super::PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        let matching = matched_in(mesh, self.kind(), proxy);
         let caller_tags = proxy.caller_tags();
         let confs: Vec<Effective> = rs
             .destinations

@@ -21,7 +21,7 @@ use crate::context::{DataplaneEntry, MeshContext};
 use crate::envoy::filters::HCM;
 use crate::resources::{Origin, ResourceSet};
 use crate::rules::build::single_item;
-use crate::rules::matching::matched_policies;
+use crate::rules::matching::matched_in;
 use crate::wire;
 
 const FILTER: &str = "type.googleapis.com/envoy.config.listener.v3.Filter";
@@ -37,7 +37,7 @@ impl super::PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        let matching = matched_in(mesh, self.kind(), proxy);
         let Some(rule) = single_item(&matching.matched) else {
             return;
         };

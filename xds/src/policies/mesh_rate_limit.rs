@@ -2,6 +2,9 @@
 //! by the inbound's catch-all rule: HTTP requests through `envoy.filters.http.local_ratelimit`
 //! (a token bucket of `num` requests per `interval`, answering `onRateLimit.status`, 429 by
 //! default, with its headers), TCP connections through `envoy.filters.network.local_ratelimit`.
+//! On a builtin gateway's listeners, by the `to[]` entries for the whole mesh of the policies
+//! selecting the listener (Kuma's gateway rules): as Kuma does, every HTTP route gets a bucket
+//! of its own (a per-route config of the filter), a TCP or TLS listener one for connections.
 
 use model::ResourceType;
 use model::duration::parse_duration;
@@ -11,9 +14,10 @@ use serde_json::{Value, json};
 use super::Applied;
 use crate::context::{DataplaneEntry, MeshContext};
 use crate::envoy::core::{duration, header_value_options};
+use crate::envoy::listener::ListenerMut;
 use crate::envoy::names::stat_name;
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::matching::matched_policies;
+use crate::rules::matching::matched_in;
 
 pub struct Plugin;
 
@@ -23,14 +27,22 @@ impl super::PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        let matching = matched_in(mesh, self.kind(), proxy);
         if matching.matched.is_empty() {
             return;
         }
         let confs: Vec<Option<Applied<RateLimitConf>>> =
             super::inbound_confs(self.kind(), rs, &matching.matched, proxy);
+        let gateway: std::collections::BTreeMap<u32, Applied<RateLimitConf>> =
+            super::gateway_listener_confs(self.kind(), rs, &matching.matched);
         let mut warnings = Vec::new();
         for (origin, mut listener) in rs.listeners_mut() {
+            if let Origin::Gateway { port } = origin
+                && let Some(applied) = gateway.get(&port)
+            {
+                limit_gateway(&mut listener, applied, port, &mut warnings);
+                continue;
+            }
             let Origin::Inbound(i) = origin else {
                 continue;
             };
@@ -64,6 +76,53 @@ impl super::PolicyPlugin for Plugin {
     }
 }
 
+/// A gateway listener's limits: a bucket per HTTP route, or one for TCP connections.
+fn limit_gateway(
+    listener: &mut ListenerMut<'_>,
+    Applied { conf, policies }: &Applied<RateLimitConf>,
+    port: u32,
+    warnings: &mut Vec<String>,
+) {
+    let Some(local) = conf.local.as_ref() else {
+        return;
+    };
+    let prefix = stat_name(listener.name());
+    if listener.is_http() {
+        let Some(http) = local.http.as_ref().filter(|h| h.disabled != Some(true)) else {
+            return;
+        };
+        let Some(filter) = http_filter(http, &prefix) else {
+            warnings.push(format!(
+                "MeshRateLimit on gateway listener {port} (from {policies}) not applied: http.requestRate needs num and interval"
+            ));
+            return;
+        };
+        // Without a bucket of its own the listener's filter only enforces routes' buckets.
+        listener.insert_http_filter_before_router(json!({
+            "name": HTTP_FILTER,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": format!("rate_limit_{prefix}"),
+            }
+        }));
+        for route in listener.routes() {
+            let configs = route
+                .entry("typed_per_filter_config")
+                .or_insert_with(|| json!({}));
+            configs[HTTP_FILTER] = filter["typed_config"].clone();
+        }
+    } else if let Some(tcp) = local.tcp.as_ref().filter(|t| t.disabled != Some(true)) {
+        match tcp_filter(tcp, &prefix) {
+            Some(filter) => listener.prepend_network_filter(filter),
+            None => warnings.push(format!(
+                "MeshRateLimit on gateway listener {port} (from {policies}) not applied: tcp.connectionRate needs num and interval"
+            )),
+        }
+    }
+}
+
+const HTTP_FILTER: &str = "envoy.filters.http.local_ratelimit";
+
 /// A token bucket refilled with `num` tokens every `interval`.
 fn token_bucket(rate: Option<&Rate>) -> Option<Value> {
     let rate = rate?;
@@ -96,7 +155,7 @@ fn http_filter(http: &LocalHttpRateLimit, prefix: &str) -> Option<Value> {
     if !headers.is_empty() {
         config["response_headers_to_add"] = json!(headers);
     }
-    Some(json!({"name": "envoy.filters.http.local_ratelimit", "typed_config": config}))
+    Some(json!({"name": HTTP_FILTER, "typed_config": config}))
 }
 
 fn tcp_filter(tcp: &LocalTcpRateLimit, prefix: &str) -> Option<Value> {

@@ -14,7 +14,7 @@ use super::Applied;
 use crate::context::{DataplaneEntry, MeshContext, Protocol};
 use crate::envoy::core::duration;
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::matching::matched_policies;
+use crate::rules::matching::matched_in;
 
 /// Kuma's `retryOn` when a policy lists none.
 const HTTP_RETRY_ON: &str = "gateway-error,connect-failure,refused-stream";
@@ -29,7 +29,7 @@ impl super::PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        let matching = matched_in(mesh, self.kind(), proxy);
         let per_route: Vec<(Origin, String, RetryConf)> =
             super::per_route_confs(self.kind(), rs, mesh, proxy, &matching.matched);
         if matching.matched.is_empty() && per_route.is_empty() {
@@ -67,19 +67,19 @@ impl super::PolicyPlugin for Plugin {
                 }
             }
         }
-        // A gateway route takes the `to` conf of the service it sends to.
-        let gateway_routes = super::gateway_route_destinations(rs);
+        // A gateway route takes the `to` conf of the service it sends to, from the
+        // policies selecting its listener.
+        let gateway_routes: Vec<super::GatewayRoute<RetryConf>> =
+            super::gateway_route_confs(self.kind(), rs, mesh, &matching.matched);
         for (origin, mut listener) in rs.listeners_mut() {
             let mut actions = listener.route_actions_with_clusters();
-            for (_, i, d) in gateway_routes.iter().filter(|(o, _, _)| *o == origin) {
-                let Some(Some(Applied { conf, .. })) = confs.get(*d) else {
-                    continue;
-                };
-                let policy = match protocols[*d] {
+            for route in gateway_routes.iter().filter(|r| r.listener == origin) {
+                let conf = &route.conf;
+                let policy = match protocols[route.destination] {
                     Protocol::Grpc => conf.grpc.as_ref().and_then(grpc_policy),
                     _ => conf.http.as_ref().and_then(http_policy),
                 };
-                if let (Some(p), Some((_, action))) = (policy, actions.get_mut(*i)) {
+                if let (Some(p), Some((_, action))) = (policy, actions.get_mut(route.action)) {
                     action.insert("retry_policy".into(), p);
                 }
             }

@@ -12,7 +12,7 @@ use crate::envoy::filters::tcp_proxy_split;
 use crate::generator::routes::splits;
 use crate::resources::ResourceSet;
 use crate::rules::build::tcp_route_rule;
-use crate::rules::matched_policies;
+use crate::rules::matching::matched_in;
 
 pub struct Plugin;
 
@@ -26,11 +26,11 @@ impl PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        let matching = matched_in(mesh, self.kind(), proxy);
         if matching.matched.is_empty() {
             return;
         }
-        let http = matched_policies(mesh.policies.raw(ResourceType::MeshHTTPRoute), proxy);
+        let http = matched_in(mesh, ResourceType::MeshHTTPRoute, proxy);
         let mut routed = Vec::new();
         for (origin, destination) in outbounds(rs) {
             let dest = &rs.destinations[destination];

@@ -8,6 +8,10 @@
 //!   application cluster's connect, idle, max stream and max connection durations.
 //! - Outbounds (the `to[]` rules of the destination service): the same on the outbound
 //!   listener, when a rule covers the destination; the destination cluster always.
+//! - Builtin gateway listeners (the policies selecting the listener): the connection manager's
+//!   idle, request-headers and stream-idle timeouts (and a request timeout when set) or the TCP
+//!   proxy's idle timeout from the listener's catch-all rule, Kuma's gateway defaults
+//!   elsewhere; each route the `to` conf of the service it sends to.
 
 use std::time::Duration;
 
@@ -22,14 +26,18 @@ use crate::envoy::cluster::ClusterMut;
 use crate::envoy::core::duration;
 use crate::envoy::listener::ListenerMut;
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::build::{catch_all, inbound_rules, shared_to_rule};
-use crate::rules::matching::matched_policies;
+use crate::rules::build::{catch_all, inbound_rules, listener_rules, shared_to_rule};
+use crate::rules::matching::matched_in;
 
 /// Kuma's defaults for what a MeshTimeout leaves unset (`policies/core/defaults`).
 const CONNECT: Duration = Duration::from_secs(5);
 const IDLE: Duration = Duration::from_secs(3600);
 const STREAM_IDLE: Duration = Duration::from_secs(30 * 60);
 const REQUEST: Duration = Duration::from_secs(15);
+/// Kuma's gateway listener defaults (`DefaultGateway*Timeout`).
+const GATEWAY_IDLE: Duration = Duration::from_secs(300);
+const GATEWAY_STREAM_IDLE: Duration = Duration::from_secs(5);
+const GATEWAY_REQUEST_HEADERS: Duration = Duration::from_millis(500);
 
 pub struct Plugin;
 
@@ -39,7 +47,7 @@ impl super::PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        let matching = matched_in(mesh, self.kind(), proxy);
         let per_route: Vec<(Origin, String, TimeoutConf)> =
             super::per_route_confs(self.kind(), rs, mesh, proxy, &matching.matched);
         if matching.matched.is_empty() && per_route.is_empty() {
@@ -73,7 +81,8 @@ impl super::PolicyPlugin for Plugin {
             })
             .collect();
         rs.warnings.extend(warnings);
-        let gateway_routes = super::gateway_route_destinations(rs);
+        let gateway_routes: Vec<super::GatewayRoute<TimeoutConf>> =
+            super::gateway_route_confs(self.kind(), rs, mesh, &matching.matched);
         for (origin, mut listener) in rs.listeners_mut() {
             match origin {
                 Origin::Inbound(i) => {
@@ -81,15 +90,18 @@ impl super::PolicyPlugin for Plugin {
                         configure_listener(&mut listener, conf);
                     }
                 }
-                Origin::Gateway { .. } => {
-                    // A gateway route takes the `to` conf of the service it sends to.
-                    let routes = gateway_routes.iter().filter(|(o, _, _)| *o == origin);
+                Origin::Gateway { port } => {
+                    let rules = listener_rules(&matching.matched, port, true);
+                    if rules.is_empty() || rules.iter().any(|r| r.matches.is_none()) {
+                        let conf = catch_all(&rules)
+                            .and_then(|r| TimeoutConf::deserialize(&r.conf).ok())
+                            .unwrap_or_default();
+                        configure_gateway_listener(&mut listener, &conf);
+                    }
                     let mut actions = listener.route_actions_with_clusters();
-                    for (_, i, d) in routes {
-                        if let (Some((_, action)), Some((Some(conf), _))) =
-                            (actions.get_mut(*i), dest_confs.get(*d))
-                        {
-                            configure_route(action, &conf.http.clone().unwrap_or_default());
+                    for route in gateway_routes.iter().filter(|r| r.listener == origin) {
+                        if let Some((_, action)) = actions.get_mut(route.action) {
+                            configure_route(action, &route.conf.http.clone().unwrap_or_default());
                         }
                     }
                 }
@@ -153,6 +165,40 @@ fn configure_listener(listener: &mut ListenerMut<'_>, conf: &TimeoutConf) {
         tcp.insert(
             "idle_timeout".into(),
             json!(or_default(&conf.idle_timeout, IDLE)),
+        );
+    }
+}
+
+/// A gateway listener's connection manager or TCP proxy.
+fn configure_gateway_listener(listener: &mut ListenerMut<'_>, conf: &TimeoutConf) {
+    let http = conf.http.clone().unwrap_or_default();
+    for hcm in listener.http_connection_managers() {
+        hcm.insert(
+            "common_http_protocol_options".into(),
+            json!({"idle_timeout": or_default(&conf.idle_timeout, GATEWAY_IDLE)}),
+        );
+        hcm.insert(
+            "request_headers_timeout".into(),
+            json!(or_default(
+                &http.request_headers_timeout,
+                GATEWAY_REQUEST_HEADERS
+            )),
+        );
+        hcm.insert(
+            "stream_idle_timeout".into(),
+            json!(or_default(&http.stream_idle_timeout, GATEWAY_STREAM_IDLE)),
+        );
+        if http.request_timeout.is_some() {
+            hcm.insert(
+                "request_timeout".into(),
+                json!(or_default(&http.request_timeout, REQUEST)),
+            );
+        }
+    }
+    for tcp in listener.tcp_proxies() {
+        tcp.insert(
+            "idle_timeout".into(),
+            json!(or_default(&conf.idle_timeout, GATEWAY_IDLE)),
         );
     }
 }

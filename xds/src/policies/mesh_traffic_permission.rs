@@ -27,7 +27,7 @@ use crate::context::{DataplaneEntry, MeshContext};
 use crate::envoy::names::{spiffe_id, stat_name};
 use crate::resources::{Origin, ResourceSet};
 use crate::rules::build::{catch_all, inbound_rules};
-use crate::rules::matching::{Matched, matched_policies};
+use crate::rules::matching::{Matched, matched_in};
 
 pub struct Plugin;
 
@@ -41,7 +41,7 @@ impl super::PolicyPlugin for Plugin {
         if !mesh.mtls {
             return;
         }
-        let matching = matched_policies(mesh.policies.raw(self.kind()), proxy);
+        let matching = matched_in(mesh, self.kind(), proxy);
         let mut rs_warnings = Vec::new();
         for (origin, mut listener) in rs.listeners_mut() {
             let Origin::Inbound(i) = origin else { continue };

@@ -148,17 +148,74 @@ fn inbound_confs<T: DeserializeOwned>(
     confs
 }
 
-/// For each route of the proxy's gateway listeners, the destination whose `to` conf applies
-/// there: the one service every cluster of the route belongs to (a route split over several
-/// services gets none), as (listener origin, route action index, destination index).
-fn gateway_route_destinations(
+/// The policies of `matched` that select the builtin gateway's listeners on `port`.
+fn on_listener<'m>(matched: &[Matched<'m>], port: u32) -> Vec<Matched<'m>> {
+    matched
+        .iter()
+        .filter(|m| m.selects_listener(port))
+        .cloned()
+        .collect()
+}
+
+/// The ports of the proxy's gateway listeners (none for a sidecar).
+fn gateway_ports(rs: &mut ResourceSet) -> Vec<u32> {
+    rs.listeners_mut()
+        .filter_map(|(o, _)| match o {
+            crate::resources::Origin::Gateway { port } => Some(port),
+            _ => None,
+        })
+        .collect()
+}
+
+/// For each port of the proxy's gateway listeners, the conf of the `to[]` entries for the
+/// whole mesh (`targetRef.kind: Mesh`, what Kuma's gateway rules give the Mesh element) of
+/// the policies that select the listener.
+fn gateway_listener_confs<T: DeserializeOwned>(
+    kind: ResourceType,
     rs: &mut ResourceSet,
-) -> Vec<(crate::resources::Origin, usize, usize)> {
+    matched: &[Matched<'_>],
+) -> std::collections::BTreeMap<u32, Applied<T>> {
+    let mut warnings = Vec::new();
+    let mut out = std::collections::BTreeMap::new();
+    for port in gateway_ports(rs) {
+        let on = on_listener(matched, port);
+        let Some(rule) = crate::rules::build::to_rule_where(&on, |t| {
+            t.kind == model::specs::targetref::TargetRefKind::Mesh
+        }) else {
+            continue;
+        };
+        let policies = named(&rule);
+        let what = format!("gateway listener {port} (from {policies})");
+        if let Some(conf) = parse_conf(kind, &rule.conf, &what, &mut warnings) {
+            out.insert(port, Applied { conf, policies });
+        }
+    }
+    rs.warnings.extend(warnings);
+    out
+}
+
+/// A conf for one route of a gateway listener.
+struct GatewayRoute<T> {
+    listener: crate::resources::Origin,
+    /// The route's index among the listener's route actions.
+    action: usize,
+    /// The destination the route sends to.
+    destination: usize,
+    conf: T,
+}
+
+/// For each route of the proxy's gateway listeners that sends to one service (every cluster
+/// of a split that service's), the `to` conf for that service among the policies selecting
+/// the listener, as a sidecar's outbound to it would take.
+fn gateway_route_confs<T: DeserializeOwned>(
+    kind: ResourceType,
+    rs: &mut ResourceSet,
+    mesh: &MeshContext,
+    matched: &[Matched<'_>],
+) -> Vec<GatewayRoute<T>> {
+    use crate::resources::Origin;
     // Sidecars (nearly every proxy) have no gateway listener: nothing to index.
-    if !rs
-        .listeners_mut()
-        .any(|(o, _)| matches!(o, crate::resources::Origin::Gateway { .. }))
-    {
+    if matched.is_empty() || gateway_ports(rs).is_empty() {
         return Vec::new();
     }
     let by_cluster: std::collections::HashMap<String, usize> = rs
@@ -168,11 +225,11 @@ fn gateway_route_destinations(
         .map(|(d, dest)| (dest.cluster.clone(), d))
         .collect();
     let services: Vec<String> = rs.destinations.iter().map(|d| d.service.clone()).collect();
-    let mut out = Vec::new();
+    let mut routes = Vec::new();
     for (origin, mut listener) in rs.listeners_mut() {
-        if !matches!(origin, crate::resources::Origin::Gateway { .. }) {
+        let Origin::Gateway { port } = origin else {
             continue;
-        }
+        };
         for (i, (clusters, _)) in listener
             .route_actions_with_clusters()
             .into_iter()
@@ -184,10 +241,36 @@ fn gateway_route_destinations(
                 .collect();
             let Some(&first) = ds.first() else { continue };
             if ds.len() == clusters.len() && ds.iter().all(|d| services[*d] == services[first]) {
-                out.push((origin, i, first));
+                routes.push((origin, port, i, first));
             }
         }
     }
+    let mut warnings = Vec::new();
+    let mut out = Vec::new();
+    let mut by_listener: std::collections::BTreeMap<u32, Vec<Matched<'_>>> =
+        std::collections::BTreeMap::new();
+    for (listener, port, action, destination) in routes {
+        let on = by_listener
+            .entry(port)
+            .or_insert_with(|| on_listener(matched, port));
+        let service = &services[destination];
+        let Some(rule) = shared_to_rule(mesh, on, service) else {
+            continue;
+        };
+        let what = format!(
+            "{service} on gateway listener {port} (from {})",
+            named(&rule)
+        );
+        if let Some(conf) = parse_conf(kind, &rule.conf, &what, &mut warnings) {
+            out.push(GatewayRoute {
+                listener,
+                action,
+                destination,
+                conf,
+            });
+        }
+    }
+    rs.warnings.extend(warnings);
     out
 }
 
@@ -222,8 +305,7 @@ fn route_scoped(
         return Vec::new();
     }
     scoped.sort_by(|a, b| crate::rules::order::compare((a.0, &a.1), (b.0, &b.1)));
-    let routes =
-        crate::rules::matched_policies(mesh.policies.raw(ResourceType::MeshHTTPRoute), proxy);
+    let routes = crate::rules::matching::matched_in(mesh, ResourceType::MeshHTTPRoute, proxy);
     let mut out = Vec::new();
     for (policy, top) in scoped {
         let Some(route) = routes.matched.iter().find(|m| {

@@ -90,6 +90,12 @@ fn dedup_by_policy(origins: Vec<Origin>) -> Vec<Origin> {
 /// entry order. A policy with a `to[]` entry for a MeshHTTPRoute is left out entirely, as
 /// Kuma's legacy rules do (its route rules apply per route).
 pub fn to_rule(matched: &[Matched<'_>], service: &str) -> Option<Rule> {
+    to_rule_where(matched, |target| covers(target, service))
+}
+
+/// [`to_rule`] of the `to[]` entries whose `targetRef` `keep` accepts (a gateway listener's
+/// conf for the whole mesh, say).
+pub fn to_rule_where(matched: &[Matched<'_>], keep: impl Fn(&TargetRef) -> bool) -> Option<Rule> {
     let mut confs = Vec::new();
     let mut origins = Vec::new();
     for m in matched {
@@ -104,7 +110,7 @@ pub fn to_rule(matched: &[Matched<'_>], service: &str) -> Option<Rule> {
             let (Some(target), Some(conf)) = (entry_target(entry), entry.get("default")) else {
                 continue;
             };
-            if covers(&target, service) {
+            if keep(&target) {
                 confs.push(conf.clone());
                 origins.push(origin(m, i));
             }
@@ -254,8 +260,22 @@ pub fn inbound_rules(
     inbound: usize,
     from_as_rules: bool,
 ) -> Vec<InboundRule> {
+    incoming_rules(matched, |m| m.inbounds.contains(&inbound), from_as_rules)
+}
+
+/// [`inbound_rules`] for the builtin gateway's listeners on `port` (Kuma's gateway
+/// `InboundRules`: what applies to the traffic the listener takes in).
+pub fn listener_rules(matched: &[Matched<'_>], port: u32, from_as_rules: bool) -> Vec<InboundRule> {
+    incoming_rules(matched, |m| m.selects_listener(port), from_as_rules)
+}
+
+fn incoming_rules(
+    matched: &[Matched<'_>],
+    selects: impl Fn(&Matched<'_>) -> bool,
+    from_as_rules: bool,
+) -> Vec<InboundRule> {
     let mut out = Vec::new();
-    for m in matched.iter().filter(|m| m.inbounds.contains(&inbound)) {
+    for m in matched.iter().filter(|m| selects(m)) {
         let rules = entries(&m.policy.spec, "rules");
         let from = entries(&m.policy.spec, "from");
         let (section, as_rules) = if !rules.is_empty() {
