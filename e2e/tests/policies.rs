@@ -381,6 +381,56 @@ fn mesh_rate_limit(f: &Fixture) {
     f.back_to_normal();
 }
 
+/// MeshAccessLog on web's outbound to backend: a file backend (Envoy writes the line) and a
+/// TCP backend (Envoy writes to kuma-dp's pipe, kuma-dp sends the JSON line to a listener
+/// this test runs), each with Kuma's placeholders filled in.
+fn mesh_access_log(f: &Fixture) {
+    use std::io::BufRead;
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").expect("a TCP log sink");
+    let address = sink.local_addr().expect("sink address").to_string();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for stream in sink.incoming().flatten() {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let file = f.env.dir.join("web-outbound-access.log");
+    f.apply(
+        "MeshAccessLog",
+        "web-logs",
+        json!({"targetRef": {"kind": "MeshService", "name": "web"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"backends": [
+                {"type": "File", "file": {"path": file.display().to_string(), "format": {"type": "Plain",
+                    "plain": "%KUMA_SOURCE_SERVICE%->%KUMA_DESTINATION_SERVICE% %RESPONSE_CODE% %REQ(:PATH)%"}}},
+                {"type": "Tcp", "tcp": {"address": address, "format": {"type": "Json", "json": [
+                    {"key": "path", "value": "%REQ(:PATH)%"},
+                    {"key": "mesh", "value": "%KUMA_MESH%"}]}}}]}}]}),
+    );
+    within(
+        Duration::from_secs(20),
+        "web's outbound logs a request to the file",
+        || {
+            f.get("/logged");
+            std::fs::read_to_string(&file).is_ok_and(|log| log.contains("web->backend 200 /logged"))
+        },
+        || f.logs(),
+    );
+    let forwarded = (0..50)
+        .filter_map(|_| lines.recv_timeout(Duration::from_millis(200)).ok())
+        .find(|l| l.contains("/logged"));
+    let line: Value = serde_json::from_str(&forwarded.expect("kuma-dp forwarded the TCP log line"))
+        .expect("the forwarded line is JSON");
+    assert_eq!(line, json!({"path": "/logged", "mesh": "default"}));
+    f.remove("MeshAccessLog", "web-logs");
+}
+
 /// MeshProxyPatch: a cluster patch shows in web's Envoy config dump (read through the control
 /// plane), and an HTTP filter added on web's outbound changes its traffic.
 fn mesh_proxy_patch(f: &Fixture) {
@@ -597,6 +647,7 @@ fn policies_take_effect_in_real_envoy() {
     mesh_health_check(&f);
     mesh_fault_injection(&f);
     mesh_rate_limit(&f);
+    mesh_access_log(&f);
     mesh_proxy_patch(&f);
     inspect_rules(&f);
     mesh_tls(&f);

@@ -18,7 +18,7 @@ pub use context::{
     DataplaneEntry, GatewayCertificate, GatewayEntry, MeshContext, Policies, Policy, RawPolicy,
     RemoteIngress, SharedWork, ZoneProxyListener,
 };
-pub use resources::{EndpointPlan, ProxyResources};
+pub use resources::{EndpointPlan, ProxyEnv, ProxyResources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
@@ -31,6 +31,15 @@ pub enum XdsError {
 /// The configuration of Dataplane `proxy_name` in `mesh` (a sidecar, or a builtin gateway):
 /// generated, then every policy applied.
 pub fn sidecar(mesh: &MeshContext, proxy_name: &str) -> Result<ProxyResources, XdsError> {
+    sidecar_in(mesh, proxy_name, &ProxyEnv::default())
+}
+
+/// [`sidecar`] for a proxy whose kuma-dp described its host as `env`.
+pub fn sidecar_in(
+    mesh: &MeshContext,
+    proxy_name: &str,
+    env: &ProxyEnv,
+) -> Result<ProxyResources, XdsError> {
     let proxy = mesh
         .dataplane(proxy_name)
         .ok_or_else(|| XdsError::UnknownProxy(proxy_name.to_string(), mesh.mesh.clone()))?;
@@ -39,6 +48,7 @@ pub fn sidecar(mesh: &MeshContext, proxy_name: &str) -> Result<ProxyResources, X
     } else {
         generator::sidecar::generate(mesh, proxy)
     };
+    rs.env = env.clone();
     policies::apply_all(&mut rs, mesh, proxy);
     Ok(rs.into_resources())
 }

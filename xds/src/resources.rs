@@ -59,8 +59,27 @@ pub struct Destination {
     pub remote: Vec<RemoteZone>,
 }
 
+/// What a proxy's kuma-dp told the control plane about its host (Envoy node metadata) that
+/// the proxy's configuration depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyEnv {
+    /// kuma-dp's working directory (`workdir`), where its sockets and pipes live; the
+    /// system's temporary directory when kuma-dp did not say.
+    pub workdir: Option<String>,
+}
+
+impl ProxyEnv {
+    /// The pipe kuma-dp forwards TCP access logs from.
+    pub fn access_log_pipe(&self, name: &str, mesh: &str) -> String {
+        let dir = self.workdir.as_deref().unwrap_or("/tmp");
+        model::proxy_paths::access_log_pipe(dir, name, mesh)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ResourceSet {
+    /// The proxy's host, as its kuma-dp described it.
+    pub env: ProxyEnv,
     listeners: Vec<(Origin, Value)>,
     clusters: Vec<(Origin, Value)>,
     /// `ClusterLoadAssignment`s, one per EDS cluster.
@@ -124,6 +143,13 @@ impl ResourceSet {
     /// The listeners, with what each came from, for a plugin to edit.
     pub fn listeners_mut(&mut self) -> impl Iterator<Item = (Origin, ListenerMut<'_>)> {
         self.listeners.iter_mut().map(|(o, l)| (*o, ListenerMut(l)))
+    }
+
+    pub fn listener_mut(&mut self, origin: Origin) -> Option<ListenerMut<'_>> {
+        self.listeners
+            .iter_mut()
+            .find(|(o, _)| *o == origin)
+            .map(|(_, l)| ListenerMut(l))
     }
 
     pub fn cluster_mut(&mut self, origin: Origin) -> Option<ClusterMut<'_>> {

@@ -377,7 +377,9 @@ fn gateway_routes_take_their_backends_timeouts_and_retries() {
 /// gateway (Kuma: its listeners are the MeshGateway's). Envoy accepts the result.
 #[test]
 fn gateway_policies_select_listeners_by_tags() {
-    use model::specs::policy::{MeshFaultInjectionSpec, MeshRateLimitSpec, MeshTimeoutSpec};
+    use model::specs::policy::{
+        MeshAccessLogSpec, MeshFaultInjectionSpec, MeshRateLimitSpec, MeshTimeoutSpec,
+    };
     let mut m = gateway_mesh();
     let on_http = json!({"kind": "MeshGateway", "name": "edge", "tags": {"port": "http"}});
     let timeouts: Vec<Policy<MeshTimeoutSpec>> = vec![
@@ -423,7 +425,14 @@ fn gateway_policies_select_listeners_by_tags() {
     )];
     m.policies.set(timeouts);
     m.policies.set(limits);
+    let logs: Vec<Policy<MeshAccessLogSpec>> = vec![policy(
+        "gateway-logs",
+        json!({"targetRef": {"kind": "MeshGateway", "name": "edge"}, "to": [{"targetRef": {"kind": "Mesh"},
+            "default": {"backends": [{"type": "File", "file": {"path": "/tmp/gateway.log",
+                "format": {"type": "Plain", "plain": "%KUMA_SOURCE_SERVICE%->%KUMA_DESTINATION_SERVICE% %RESPONSE_CODE%"}}}]}}]}),
+    )];
     m.policies.set(faults);
+    m.policies.set(logs);
     let r = xds::sidecar(&m, "edge-1").expect("generate");
     check_schema(&r);
     envoy_validates("gateway-policies", &r);
@@ -501,6 +510,20 @@ fn gateway_policies_select_listeners_by_tags() {
     assert_eq!(tcp[0]["name"], "envoy.filters.network.local_ratelimit");
     assert_eq!(tcp[0]["typed_config"]["token_bucket"]["max_tokens"], 2);
     assert_eq!(tcp[1]["typed_config"]["idle_timeout"], "20s");
+    // MeshAccessLog: every listener of the gateway logs, as the gateway's service to any.
+    for hcm in hcms("edge:HTTP:8080")
+        .into_iter()
+        .chain(hcms("edge:HTTPS:8443"))
+    {
+        assert_eq!(
+            hcm["access_log"][0]["typed_config"]["log_format"]["text_format_source"]["inline_string"],
+            "edge->* %RESPONSE_CODE%\n"
+        );
+    }
+    assert_eq!(
+        tcp[1]["typed_config"]["access_log"][0]["typed_config"]["path"],
+        "/tmp/gateway.log"
+    );
     let tls = &listener(&r, "edge:TLS:9443")["filter_chains"][0]["filters"];
     assert_eq!(tls[0]["name"], "envoy.filters.network.tcp_proxy");
 }

@@ -3,6 +3,8 @@
 //! supervises it: SIGTERM/SIGINT drain Envoy's listeners and stop it, then the Dataplane is
 //! deregistered; if Envoy dies on its own, kuma-dp exits non-zero.
 
+mod access_logs;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -346,6 +348,10 @@ async fn run(args: RunArgs) -> Result<()> {
         bail!("--cp-address must be https://host:port (the data plane server always uses TLS)");
     }
     let client = http_client(&args)?;
+    let dir = match &args.config_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("kuma-dp-{mesh}-{name}-{}", std::process::id())),
+    };
     let request = json!({
         "mesh": mesh,
         "name": name,
@@ -354,6 +360,7 @@ async fn run(args: RunArgs) -> Result<()> {
         "dataplaneResource": resource.as_ref().map(|r| r.to_string()).unwrap_or_default(),
         "version": {"kumaDp": {"version": VERSION, "gitTag": "", "gitCommit": "", "buildDate": ""},
                     "envoy": envoy_version(&envoy).await},
+        "workdir": dir.display().to_string(),
     });
     let answer = call_with_retries(
         &client,
@@ -374,11 +381,14 @@ async fn run(args: RunArgs) -> Result<()> {
         .as_u64()
         .unwrap_or(9901);
 
-    let dir = match &args.config_dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("kuma-dp-{mesh}-{name}-{}", std::process::id())),
-    };
     write_private(&dir, "bootstrap.yaml", &bootstrap)?;
+    // Before Envoy starts: a logger opening a missing path would make a plain file there.
+    let access_logs = if zone_proxy {
+        None
+    } else {
+        let pipe = model::proxy_paths::access_log_pipe(&dir.display().to_string(), &name, &mesh);
+        Some(access_logs::start(Path::new(&pipe))?)
+    };
     let config_path = dir.join("bootstrap.yaml");
     tracing::info!(%mesh, %name, envoy = %envoy.display(), bootstrap = %config_path.display(), "starting Envoy");
     let mut child = tokio::process::Command::new(&envoy)
@@ -394,6 +404,9 @@ async fn run(args: RunArgs) -> Result<()> {
             &args.drain_time.as_secs().max(1).to_string(),
         ])
         .args(["--drain-strategy", "immediate"])
+        // Access logs reach their files and kuma-dp's pipe within a second (Envoy's default
+        // is every 10 s).
+        .args(["--file-flush-interval-msec", "1000"])
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting Envoy ({})", envoy.display()))?;
@@ -425,6 +438,9 @@ async fn run(args: RunArgs) -> Result<()> {
         () = stop => Ok(()),
     };
     tunnel.abort();
+    if let Some(task) = access_logs {
+        task.abort();
+    }
     if outcome.is_ok() {
         tracing::info!("stopping: draining Envoy's listeners");
         stop_envoy(admin_port, args.drain_time, &mut child).await;

@@ -291,6 +291,15 @@ impl ListenerMut<'_> {
         self.typed_configs(HCM).next().is_some()
     }
 
+    /// The connection managers and TCP proxies of the listener: what carries access logs.
+    pub fn access_log_owners(&mut self) -> Vec<&mut Map<String, Value>> {
+        self.filter_lists()
+            .flat_map(|f| f.iter_mut())
+            .filter(|f| matches!(f.get("name").and_then(Value::as_str), Some(HCM | TCP_PROXY)))
+            .filter_map(|f| f.get_mut("typed_config").and_then(Value::as_object_mut))
+            .collect()
+    }
+
     /// The TCP proxies of the listener.
     pub fn tcp_proxies(&mut self) -> Vec<&mut Map<String, Value>> {
         self.typed_configs(TCP_PROXY)

@@ -4,6 +4,7 @@
 //! policy is adding a module here and an entry to [`PLUGINS`].
 
 mod json_patch;
+mod mesh_access_log;
 mod mesh_circuit_breaker;
 mod mesh_fault_injection;
 mod mesh_health_check;
@@ -44,6 +45,7 @@ pub static PLUGINS: &[&dyn PolicyPlugin] = &[
     &mesh_tcp_route::Plugin,
     &mesh_tls::Plugin,
     &mesh_load_balancing_strategy::Plugin,
+    &mesh_access_log::Plugin,
     &mesh_fault_injection::Plugin,
     &mesh_rate_limit::Plugin,
     &mesh_timeout::Plugin,

@@ -206,6 +206,13 @@ impl AggregatedDiscoveryService for AdsServer {
             record,
             cert: None,
             warnings: Vec::new(),
+            env: xds::ProxyEnv {
+                workdir: metadata
+                    .get("workdir")
+                    .and_then(Value::as_str)
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_string),
+            },
             built_from: None,
         };
         tokio::spawn(async move {
@@ -360,6 +367,8 @@ struct ProxyStream {
     cert: Option<IssuedCert>,
     /// What policy plugins could not apply, as last logged: logged again only when it changes.
     warnings: Vec<String>,
+    /// The proxy's host as its kuma-dp described it (where its access-log pipe is).
+    env: xds::ProxyEnv,
     /// The snapshot a sidecar's current configuration was generated from, and how its
     /// endpoints were laid out: when the next snapshot changes nothing else the configuration
     /// comes from (other Dataplanes, policies for other proxies), only the endpoints are laid
@@ -661,7 +670,7 @@ impl ProxyStream {
             .get(&self.mesh)
             .cloned()
             .ok_or(BuildError::NoMesh)?;
-        let resources = xds::sidecar(&snapshot.context, &self.name)?;
+        let resources = xds::sidecar_in(&snapshot.context, &self.name, &self.env)?;
         if resources.warnings != self.warnings {
             for warning in &resources.warnings {
                 tracing::warn!(mesh = %self.mesh, name = %self.name, %warning, "part of this proxy's configuration not applied; the rest stands");

@@ -54,6 +54,9 @@ pub struct BootstrapRequest {
     pub dataplane_resource: String,
     #[serde(default)]
     pub version: Value,
+    /// kuma-dp's working directory: its pipes and sockets (the access-log pipe) live there.
+    #[serde(default)]
+    pub workdir: String,
 }
 
 /// Kuma's error body, with the field at fault.
@@ -325,6 +328,9 @@ fn bootstrap_answer(
     };
     let mut metadata = serde_json::Map::new();
     metadata.insert("version".into(), req.version.clone());
+    if !req.workdir.is_empty() {
+        metadata.insert("workdir".into(), json!(req.workdir));
+    }
     let bootstrap =
         xds::generator::bootstrap::generate(&xds::generator::bootstrap::BootstrapParams {
             mesh: req.mesh.clone(),

@@ -1,0 +1,33 @@
+//! Where a proxy's kuma-dp keeps the pipes and sockets the control plane points Envoy at:
+//! both sides compute the same path from kuma-dp's working directory (sent to the control
+//! plane as the `workdir` node metadata) and the proxy's name and mesh, as Kuma's do.
+
+/// The pipe kuma-dp forwards TCP access logs from (Kuma's `AccessLogSocketName`):
+/// `<workdir>/kuma-al-<name>-<mesh>`, cut to 98 bytes as Kuma cuts it for the length limit
+/// of a socket path, then `.sock`.
+pub fn access_log_pipe(workdir: &str, name: &str, mesh: &str) -> String {
+    let mut path = format!("{}/kuma-al-{name}-{mesh}", workdir.trim_end_matches('/'));
+    let mut cut = path.len().min(98);
+    while !path.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    path.truncate(cut);
+    path.push_str(".sock");
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_paths_are_cut_as_kuma_cuts_them() {
+        assert_eq!(
+            access_log_pipe("/tmp/", "web-1", "default"),
+            "/tmp/kuma-al-web-1-default.sock"
+        );
+        let long = access_log_pipe(&"/d".repeat(60), "web", "default");
+        assert_eq!(long.len(), 98 + ".sock".len());
+        assert!(long.ends_with(".sock"));
+    }
+}
