@@ -92,6 +92,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/{plural}/{name}/stats", get(inspect::stats))
         .route("/{plural}/{name}/clusters", get(inspect::clusters))
         .route("/{plural}", get(resources::list_top))
+        .route("/{plural}/_overview", get(resources::list_overview_top))
+        .route(
+            "/{plural}/{name}/_overview",
+            get(resources::get_overview_top),
+        )
         .route(
             "/{plural}/{name}",
             get(resources::get_top)
@@ -99,6 +104,10 @@ pub fn router(state: SharedState) -> Router {
                 .delete(resources::delete_top),
         )
         .route("/meshes/{mesh}/{plural}", get(resources::list_in_mesh))
+        .route(
+            "/meshes/{mesh}/{plural}/_overview",
+            get(resources::list_overview_in_mesh),
+        )
         .route(
             "/meshes/{mesh}/{plural}/{name}",
             get(resources::get_in_mesh)

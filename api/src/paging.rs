@@ -21,17 +21,23 @@ pub fn parse_list_query(
     mesh: Option<String>,
     params: &HashMap<String, String>,
 ) -> Result<ListQuery, ApiError> {
-    let size = match params.get("size") {
+    // Kuma's page size errors: detail "Invalid page size", the reason on `size`.
+    let bad_size = |reason: String| {
+        let mut e = ApiError::bad_request(TITLE, "size", reason);
+        e.detail = "Invalid page size".into();
+        e
+    };
+    let size = match params.get("size").filter(|s| !s.is_empty()) {
         None => DEFAULT_PAGE_SIZE,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    TITLE,
-                    "size",
-                    format!("must be a number between 1 and {MAX_PAGE_SIZE}"),
-                ));
+        Some(s) => match s.parse::<i64>() {
+            Err(_) => return Err(bad_size("invalid format".into())),
+            Ok(n) if n <= 0 => return Err(bad_size("must be greater than 0".into())),
+            Ok(n) if n > MAX_PAGE_SIZE as i64 => {
+                return Err(bad_size(format!(
+                    "invalid page size of {n}. Maximum page size is {MAX_PAGE_SIZE}"
+                )));
             }
+            Ok(n) => n as usize,
         },
     };
     let offset = match params.get("offset") {
@@ -41,14 +47,39 @@ pub fn parse_list_query(
             .parse::<usize>()
             .map_err(|_| ApiError::bad_request(TITLE, "offset", "Invalid format"))?,
     };
+    // Kuma's filters: `filter[labels.<key>]=<value>` (equality) only; any other filter is
+    // refused naming the parameter, under the route's path as Kuma names it.
+    let route = match &mesh {
+        Some(_) => format!("/meshes/{{mesh}}/{}", kind.descriptor().plural),
+        None => format!("/{}", kind.descriptor().plural),
+    };
     let mut labels = BTreeMap::new();
-    for (k, v) in params {
-        if let Some(label) = k
-            .strip_prefix("filter[labels.")
-            .and_then(|r| r.strip_suffix(']'))
-        {
-            labels.insert(label.to_string(), v.clone());
+    let mut violations = Vec::new();
+    let mut keys: Vec<&String> = params.keys().filter(|k| k.starts_with("filter[")).collect();
+    keys.sort();
+    for k in keys {
+        let reason = match k.strip_prefix("filter[labels.") {
+            None => Some("filters are only supported on labels"),
+            Some(rest) => match rest.find(']') {
+                Some(end) if end + 1 == rest.len() => {
+                    labels.insert(rest[..end].to_string(), params[k].clone());
+                    None
+                }
+                _ => Some("advanced filters are not supported"),
+            },
+        };
+        if let Some(reason) = reason {
+            violations.push(model::validate::Violation {
+                field: format!("{route}.{k}"),
+                reason: reason.into(),
+            });
         }
+    }
+    if !violations.is_empty() {
+        return Err(ApiError::invalid(
+            TITLE,
+            model::ValidationError { violations },
+        ));
     }
     Ok(ListQuery {
         kind,

@@ -63,7 +63,7 @@ pub async fn not_found() -> ApiError {
 
 /// What the URL names: a known type in the right scope.
 pub(crate) fn resolve_type(plural: &str, in_mesh: bool) -> Result<ResourceType, ApiError> {
-    let kind = ResourceType::from_plural(plural).ok_or_else(|| {
+    let kind = ResourceType::from_api_path(plural).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "Not found",
@@ -78,6 +78,27 @@ pub(crate) fn resolve_type(plural: &str, in_mesh: bool) -> Result<ResourceType, 
         ));
     }
     Ok(kind)
+}
+
+/// The type of an overview path: `<plural>+insights`, or Kuma's legacy
+/// `zoneegressoverviews`; `None` for a plain path.
+fn overview_type(segment: &str, in_mesh: bool) -> Option<Result<ResourceType, ApiError>> {
+    if segment == "zoneegressoverviews" && !in_mesh {
+        return Some(Ok(ResourceType::ZoneEgress));
+    }
+    segment
+        .strip_suffix("+insights")
+        .map(|base| resolve_type(base, in_mesh))
+}
+
+/// Listing in a mesh that does not exist is 404, as in Kuma (not an empty list).
+async fn ensure_mesh(state: &SharedState, mesh: &str) -> Result<(), ApiError> {
+    state
+        .store
+        .get(&ResourceKey::new(ResourceType::Mesh, "", mesh))
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::from_store("Failed to retrieve Mesh", e))
 }
 
 /// Secrets are for admins only; the bootstrap admin token additionally only for this host.
@@ -124,12 +145,45 @@ pub async fn list_top(
     headers: HeaderMap,
     caller: axum::Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    if let Some(base) = plural.strip_suffix("+insights") {
-        let kind = resolve_type(base, false)?;
-        return overview::list(&state, kind, None, &params, &uri, &headers).await;
+    if let Some(kind) = overview_type(&plural, false) {
+        return overview::list(&state, kind?, None, &params, &uri, &headers).await;
     }
     let kind = resolve_type(&plural, false)?;
     list(&state, kind, None, &params, &uri, &headers, &caller).await
+}
+
+/// `GET /{plural}/_overview`: Kuma's overview list (a type with insights).
+pub async fn list_overview_top(
+    State(state): State<SharedState>,
+    Path(plural): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let kind = resolve_type(&plural, false)?;
+    overview::list(&state, kind, None, &params, &uri, &headers).await
+}
+
+/// `GET /meshes/{mesh}/{plural}/_overview`.
+pub async fn list_overview_in_mesh(
+    State(state): State<SharedState>,
+    Path((mesh, plural)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let kind = resolve_type(&plural, true)?;
+    ensure_mesh(&state, &mesh).await?;
+    overview::list(&state, kind, Some(mesh), &params, &uri, &headers).await
+}
+
+/// `GET /{plural}/{name}/_overview`.
+pub async fn get_overview_top(
+    State(state): State<SharedState>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = resolve_type(&plural, false)?;
+    overview::get(&state, kind, "", &name).await
 }
 
 pub async fn list_in_mesh(
@@ -140,11 +194,13 @@ pub async fn list_in_mesh(
     headers: HeaderMap,
     caller: axum::Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    if let Some(base) = plural.strip_suffix("+insights") {
-        let kind = resolve_type(base, true)?;
+    if let Some(kind) = overview_type(&plural, true) {
+        let kind = kind?;
+        ensure_mesh(&state, &mesh).await?;
         return overview::list(&state, kind, Some(mesh), &params, &uri, &headers).await;
     }
     let kind = resolve_type(&plural, true)?;
+    ensure_mesh(&state, &mesh).await?;
     list(&state, kind, Some(mesh), &params, &uri, &headers, &caller).await
 }
 
@@ -190,9 +246,8 @@ pub async fn get_top(
     Path((plural, name)): Path<(String, String)>,
     caller: axum::Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    if let Some(base) = plural.strip_suffix("+insights") {
-        let kind = resolve_type(base, false)?;
-        return overview::get(&state, kind, "", &name).await;
+    if let Some(kind) = overview_type(&plural, false) {
+        return overview::get(&state, kind?, "", &name).await;
     }
     let kind = resolve_type(&plural, false)?;
     if kind.is_mesh_scoped() {
@@ -210,9 +265,8 @@ pub async fn get_in_mesh(
     Path((mesh, plural, name)): Path<(String, String, String)>,
     caller: axum::Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    if let Some(base) = plural.strip_suffix("+insights") {
-        let kind = resolve_type(base, true)?;
-        return overview::get(&state, kind, &mesh, &name).await;
+    if let Some(kind) = overview_type(&plural, true) {
+        return overview::get(&state, kind?, &mesh, &name).await;
     }
     let kind = resolve_type(&plural, true)?;
     get_one(&state, ResourceKey::new(kind, mesh, name), &caller).await

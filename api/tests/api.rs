@@ -804,3 +804,94 @@ async fn zone_issues_dataplane_tokens_with_globals_key_only() {
     .await
     .unwrap();
 }
+
+/// Kuma's API paths and list semantics: the alternative paths (`/global-secrets`,
+/// `/zone-ingresses`), `_overview` lists and the legacy `zoneegressoverviews`; a list in a
+/// mesh that does not exist is 404; a filter other than `filter[labels.<key>]` is 400 naming
+/// the parameter under the route's path; page sizes answer Kuma's reasons.
+#[tokio::test]
+async fn kuma_paths_and_list_semantics() {
+    let s = start().await;
+    let secret = json!({"type": "GlobalSecret", "name": "g1", "data": "c2VjcmV0"});
+    assert_eq!(
+        s.put("/global-secrets/g1", secret).await.0,
+        StatusCode::CREATED
+    );
+    let (st, one) = s.get("/globalsecrets/g1").await;
+    assert_eq!((st, one["name"].clone()), (StatusCode::OK, json!("g1")));
+    let (_, list) = s.get("/global-secrets").await;
+    assert!(
+        list["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|i| i["name"] == "g1")),
+        "{list}"
+    );
+    assert_eq!(s.delete("/global-secrets/g1").await, StatusCode::OK);
+    let (_, list) = s.get("/zone-ingresses").await;
+    assert_eq!(list["total"], 0);
+
+    let dp = json!({"type": "Dataplane", "name": "web-1", "mesh": "default",
+        "networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}});
+    assert_eq!(
+        s.put("/meshes/default/dataplanes/web-1", dp).await.0,
+        StatusCode::CREATED
+    );
+    let (st, list) = s.get("/meshes/default/dataplanes/_overview").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(list["items"][0]["type"], "DataplaneOverview");
+    let (st, list) = s.get("/dataplanes/_overview").await;
+    assert_eq!((st, list["total"].clone()), (StatusCode::OK, json!(1)));
+    let (st, _) = s.get("/zoneegressoverviews").await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = s.get("/zones/_overview").await;
+    assert_eq!(st, StatusCode::OK);
+
+    for path in [
+        "/meshes/nowhere/meshtimeouts",
+        "/meshes/nowhere/dataplanes+insights",
+        "/meshes/nowhere/dataplanes/_overview",
+    ] {
+        let (st, body) = s.get(path).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["title"], "Failed to retrieve Mesh", "{path}");
+    }
+
+    let (st, body) = s
+        .get("/meshes/default/meshtimeouts?filter%5Blabelds.x%5D=1")
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        fields(&body),
+        ["/meshes/{mesh}/meshtimeouts.filter[labelds.x]"]
+    );
+    assert_eq!(
+        body["invalid_parameters"][0]["reason"],
+        "filters are only supported on labels"
+    );
+    let (st, body) = s
+        .get("/meshes/default/meshtimeouts?filter%5Blabels.k%5D%5Beq%5D=1")
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["invalid_parameters"][0]["reason"],
+        "advanced filters are not supported"
+    );
+    for (size, reason) in [
+        ("abc", "invalid format"),
+        ("0", "must be greater than 0"),
+        (
+            "1001",
+            "invalid page size of 1001. Maximum page size is 1000",
+        ),
+    ] {
+        let (st, body) = s
+            .get(&format!("/meshes/default/meshtimeouts?size={size}"))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        assert_eq!(body["detail"], "Invalid page size");
+        assert_eq!(
+            body["invalid_parameters"][0]["reason"], reason,
+            "size={size}"
+        );
+    }
+}

@@ -236,6 +236,21 @@ impl ResourceType {
             .map(|d| d.kind)
     }
 
+    /// By an API path segment: the plural (Kuma's `WsPath`) or Kuma's `AlternativeWsPath`,
+    /// which Kuma's API serves the type under too.
+    pub fn from_api_path(segment: &str) -> Option<ResourceType> {
+        const ALTERNATIVE: [(&str, ResourceType); 2] = [
+            ("global-secrets", ResourceType::GlobalSecret),
+            ("zone-ingresses", ResourceType::ZoneIngress),
+        ];
+        Self::from_plural(segment).or_else(|| {
+            ALTERNATIVE
+                .iter()
+                .find(|(path, _)| *path == segment)
+                .map(|(_, kind)| *kind)
+        })
+    }
+
     /// By any name kumactl accepts: plural, singular, short name or type name (any case).
     pub fn from_cli_name(word: &str) -> Option<ResourceType> {
         let w = word.to_ascii_lowercase();

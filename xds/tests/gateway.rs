@@ -527,3 +527,52 @@ fn gateway_policies_select_listeners_by_tags() {
     let tls = &listener(&r, "edge:TLS:9443")["filter_chains"][0]["filters"];
     assert_eq!(tls[0]["name"], "envoy.filters.network.tcp_proxy");
 }
+
+/// Kuma's per-route form on a gateway: a MeshTimeout and a MeshRetry whose top-level
+/// `targetRef` is a MeshHTTPRoute attached to the gateway shape the routes that route's rules
+/// made (`/v2` here), and no other route.
+#[test]
+fn per_route_policies_reach_gateway_routes() {
+    use model::specs::policy::{MeshRetrySpec, MeshTimeoutSpec};
+    let mut m = gateway_mesh();
+    let timeout: Policy<MeshTimeoutSpec> = policy(
+        "edge-any-7s",
+        json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "edge-any"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "7s"}}}]}),
+    );
+    let retry: Policy<MeshRetrySpec> = policy(
+        "edge-any-retries",
+        json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "edge-any"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"numRetries": 6}}}]}),
+    );
+    m.policies.set(vec![timeout]);
+    m.policies.set(vec![retry]);
+    let r = xds::sidecar(&m, "edge-1").expect("generate");
+    check_schema(&r);
+    envoy_validates("gateway-per-route", &r);
+    let http = listener(&r, "edge:HTTP:8080");
+    let mut v2 = 0;
+    for host in
+        http["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+    {
+        for route in host["routes"].as_array().into_iter().flatten() {
+            let path = route["match"]["path"]
+                .as_str()
+                .or(route["match"]["prefix"].as_str())
+                .or(route["match"]["path_separated_prefix"].as_str())
+                .unwrap_or_default();
+            if path.starts_with("/v2") {
+                v2 += 1;
+                assert_eq!(route["route"]["timeout"], "7s", "{route}");
+                assert_eq!(route["route"]["retry_policy"]["num_retries"], 6, "{route}");
+            } else if route["route"].is_object() {
+                assert_ne!(route["route"]["timeout"], "7s", "{route}");
+                assert!(route["route"].get("retry_policy").is_none(), "{route}");
+            }
+        }
+    }
+    assert!(v2 > 0, "the /v2 routes are there");
+}

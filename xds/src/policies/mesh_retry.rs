@@ -86,11 +86,13 @@ impl super::PolicyPlugin for Plugin {
         }
         // Routes a per-route MeshRetry names: the outbound's conf with the route's over it.
         for (origin, mut listener) in rs.listeners_mut() {
-            let Origin::Outbound { destination, .. } = origin else {
-                continue;
+            let protocol = match origin {
+                Origin::Outbound { destination, .. } => protocols[destination],
+                Origin::Gateway { .. } => Protocol::Http,
+                _ => continue,
             };
             for (_, route, conf) in per_route.iter().filter(|(o, _, _)| *o == origin) {
-                let policy = match protocols[destination] {
+                let policy = match protocol {
                     Protocol::Grpc => conf.grpc.as_ref().and_then(grpc_policy),
                     _ => conf.http.as_ref().and_then(http_policy),
                 };

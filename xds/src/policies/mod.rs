@@ -279,7 +279,8 @@ fn gateway_route_confs<T: DeserializeOwned>(
 /// A conf for the routes one MeshHTTPRoute rule made on outbounds to `service` (Kuma's
 /// legacy per-route form: a policy whose top-level `targetRef` is that MeshHTTPRoute).
 struct RouteScoped {
-    service: String,
+    /// The outbounds' service; `None` for a gateway's routes (`to[].targetRef.kind: Mesh`).
+    service: Option<String>,
     /// Kuma's route name: the hash of the rule's matches.
     route: String,
     conf: Value,
@@ -323,12 +324,15 @@ fn route_scoped(
             continue;
         };
         for entry in entries(&route.policy.spec, "to") {
-            let Some(service) = entry
-                .get("targetRef")
-                .and_then(|t| t.get("name"))
-                .and_then(Value::as_str)
-            else {
-                continue;
+            let target = entry.get("targetRef");
+            let service = match target.and_then(|t| t.get("name")).and_then(Value::as_str) {
+                Some(name) => Some(name.to_string()),
+                None if route.top.kind == TargetRefKind::MeshGateway
+                    && target.and_then(|t| t.get("kind")) == Some(&Value::from("Mesh")) =>
+                {
+                    None
+                }
+                None => continue,
             };
             for rule in entries(entry, "rules") {
                 let Ok(matches) = serde_json::from_value::<Vec<model::specs::policy::HttpRouteMatch>>(
@@ -337,7 +341,7 @@ fn route_scoped(
                     continue;
                 };
                 out.push(RouteScoped {
-                    service: service.to_string(),
+                    service: service.clone(),
                     route: crate::envoy::routes::route_name(&matches),
                     conf: conf.clone(),
                 });
@@ -366,7 +370,10 @@ fn per_route_confs<T: DeserializeOwned>(
         let service = rs.destinations[d].service.clone();
         let base = shared_to_rule(mesh, matched, &service).map(|r| r.conf.clone());
         let mut by_route: Vec<(String, Value)> = Vec::new();
-        for s in scoped.iter().filter(|s| s.service == service) {
+        for s in scoped
+            .iter()
+            .filter(|s| s.service.as_deref() == Some(service.as_str()))
+        {
             match by_route.iter_mut().find(|(r, _)| *r == s.route) {
                 Some((_, conf)) => crate::rules::merge(conf, s.conf.clone()),
                 None => {
@@ -382,6 +389,29 @@ fn per_route_confs<T: DeserializeOwned>(
             let what = format!("{service} route {route}");
             if let Some(parsed) = parse_conf(kind, &conf, &what, &mut warnings) {
                 out.push((origin, route, parsed));
+            }
+        }
+    }
+    // A gateway's routes (every listener carrying them: routes are found by name), each
+    // with the per-route confs merged in policy order.
+    let mut gateway_routes: Vec<(String, Value)> = Vec::new();
+    for s in scoped.iter().filter(|s| s.service.is_none()) {
+        match gateway_routes.iter_mut().find(|(r, _)| *r == s.route) {
+            Some((_, conf)) => crate::rules::merge(conf, s.conf.clone()),
+            None => gateway_routes.push((s.route.clone(), s.conf.clone())),
+        }
+    }
+    if !gateway_routes.is_empty() {
+        for port in gateway_ports(rs) {
+            for (route, conf) in &gateway_routes {
+                let what = format!("gateway listener {port} route {route}");
+                if let Some(parsed) = parse_conf(kind, conf, &what, &mut warnings) {
+                    out.push((
+                        crate::resources::Origin::Gateway { port },
+                        route.clone(),
+                        parsed,
+                    ));
+                }
             }
         }
     }
