@@ -68,11 +68,13 @@ pub struct ProxyPath {
 
 impl ProxyPath {
     fn proxy(&self) -> Result<ProxyRef<'_>, ApiError> {
-        let kind = match self.plural.as_str() {
-            "" => ResourceType::Dataplane,
-            "zoneingresses" => ResourceType::ZoneIngress,
-            "zoneegresses" => ResourceType::ZoneEgress,
-            other => {
+        let kind = match (
+            self.plural.as_str(),
+            ResourceType::from_api_path(&self.plural),
+        ) {
+            ("", _) => ResourceType::Dataplane,
+            (_, Some(kind @ (ResourceType::ZoneIngress | ResourceType::ZoneEgress))) => kind,
+            (other, _) => {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "Not found",

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use model::{Resource, ResourceKey, ResourceType, Scope};
 use security::user::ADMIN_TOKEN_SECRET;
 use serde_json::{Value, json};
-use store::StoreError;
+use store::{ListQuery, StoreError};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -396,14 +396,11 @@ async fn put(
     {
         return Err(ApiError::method_not_allowed(reason));
     }
-    if let Some(current) = &existing
-        && current.label(model::labels::ZONE) != resource.label(model::labels::ZONE)
-    {
-        return Err(ApiError::bad_request(
-            TITLE_PUT,
-            "labels[\"kuma.io/zone\"]",
-            "cannot be changed",
-        ));
+    if let Some(current) = &existing {
+        keep_identity_labels(current, &mut resource)?;
+        if current.kind == ResourceType::Mesh {
+            keep_mesh_ca(current, &resource)?;
+        }
     }
     match existing.ok_or(StoreError::NotFound(key.clone())) {
         Ok(current) => {
@@ -432,6 +429,51 @@ async fn put(
             Ok(StatusCode::CREATED.into_response())
         }
         Err(e) => Err(ApiError::from_store(TITLE_PUT, e)),
+    }
+}
+
+/// Kuma's immutable labels: where a resource came from (`kuma.io/origin`, `kuma.io/zone`)
+/// and the name it was given there (`kuma.io/display-name`). An update that leaves one out
+/// keeps the stored value (Kuma computes it again on every write); one that changes it is
+/// refused with Kuma's reason.
+fn keep_identity_labels(current: &Resource, update: &mut Resource) -> Result<(), ApiError> {
+    use model::labels::{DISPLAY_NAME, ORIGIN, ZONE};
+    let mut v = model::Validator::new();
+    for label in [ORIGIN, ZONE, DISPLAY_NAME] {
+        let Some(was) = current.label(label) else {
+            continue;
+        };
+        match update.label(label) {
+            None => {
+                update.meta.labels.insert(label.into(), was.into());
+            }
+            Some(now) if now != was => v.violation_at(
+                &format!("labels[{label:?}]"),
+                format!("is immutable, cannot be changed from {was:?} to {now:?}"),
+            ),
+            Some(_) => {}
+        }
+    }
+    v.finish()
+        .map_err(|e| ApiError::invalid("Could not update a resource", e))
+}
+
+/// Kuma refuses to switch a mesh's CA while mTLS is on: proxies would lose trust in each
+/// other mid-flight. mTLS goes off first, then the CA changes.
+fn keep_mesh_ca(current: &Resource, update: &Resource) -> Result<(), ApiError> {
+    let backend = |r: &Resource| -> Option<String> {
+        serde_json::from_value::<model::specs::mesh::MeshSpec>(r.spec.clone())
+            .ok()
+            .filter(model::specs::mesh::MeshSpec::mtls_enabled)
+            .and_then(|m| m.mtls.map(|t| t.enabled_backend))
+    };
+    match (backend(current), backend(update)) {
+        (Some(was), Some(now)) if was != now => Err(ApiError::bad_request(
+            "Could not update a resource",
+            "mtls.enabledBackend",
+            "Changing CA when mTLS is enabled is forbidden. Disable mTLS first and then change the CA",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -493,6 +535,23 @@ async fn delete(
         crate::federation::write_refusal(state.federation, key.kind, Some(&existing))
     {
         return Err(ApiError::method_not_allowed(reason));
+    }
+    if key.kind == ResourceType::Mesh {
+        // As Kuma: a mesh with proxies in it stays (deleting it would cut them off).
+        let mut query = ListQuery::in_mesh(ResourceType::Dataplane, &key.name);
+        query.size = Some(1);
+        let proxies = state
+            .store
+            .list(&query)
+            .await
+            .map_err(|e| ApiError::from_store(TITLE_DELETE, e))?;
+        if proxies.total > 0 {
+            return Err(ApiError::bad_request(
+                TITLE_DELETE,
+                "mesh",
+                "unable to delete mesh, there are still some dataplanes attached",
+            ));
+        }
     }
     state
         .store

@@ -895,3 +895,83 @@ async fn kuma_paths_and_list_semantics() {
         );
     }
 }
+
+/// Kuma's immutable labels: an update that changes `kuma.io/display-name` (or origin, zone)
+/// is 400 with Kuma's reason and changes nothing; one that leaves it out keeps it.
+#[tokio::test]
+async fn identity_labels_are_immutable() {
+    let s = start().await;
+    let mut t = timeout("t-labels");
+    t["labels"] = json!({"kuma.io/display-name": "orig", "team": "a"});
+    assert_eq!(
+        s.put("/meshes/default/meshtimeouts/t-labels", t.clone())
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let mut other = t.clone();
+    other["labels"]["kuma.io/display-name"] = json!("other");
+    let (st, body) = s.put("/meshes/default/meshtimeouts/t-labels", other).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(fields(&body), ["labels[\"kuma.io/display-name\"]"]);
+    assert_eq!(
+        body["invalid_parameters"][0]["reason"],
+        "is immutable, cannot be changed from \"orig\" to \"other\""
+    );
+    let mut without = t.clone();
+    without["labels"] = json!({"team": "b"});
+    assert_eq!(
+        s.put("/meshes/default/meshtimeouts/t-labels", without)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, stored) = s.get("/meshes/default/meshtimeouts/t-labels").await;
+    assert_eq!(stored["labels"]["kuma.io/display-name"], "orig");
+    assert_eq!(stored["labels"]["team"], "b");
+}
+
+/// As Kuma: a mesh with Dataplanes in it is not deleted (400 naming `mesh`), and a mesh's CA
+/// does not change while mTLS is on (400 naming `mtls.enabledBackend`).
+#[tokio::test]
+async fn mesh_deletion_and_ca_changes_are_guarded() {
+    let s = start().await;
+    let ca = |name: &str| {
+        json!({"type": "Mesh", "name": "guarded", "mtls": {"enabledBackend": name, "backends": [
+            {"name": "ca-1", "type": "builtin"}, {"name": "ca-2", "type": "builtin"}]}})
+    };
+    assert_eq!(
+        s.put("/meshes/guarded", ca("ca-1")).await.0,
+        StatusCode::CREATED
+    );
+    let (st, body) = s.put("/meshes/guarded", ca("ca-2")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(fields(&body), ["mtls.enabledBackend"]);
+    let (_, mesh) = s.get("/meshes/guarded").await;
+    assert_eq!(mesh["mtls"]["enabledBackend"], "ca-1");
+
+    let dp = json!({"type": "Dataplane", "name": "web-1", "mesh": "guarded",
+        "networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}});
+    assert_eq!(
+        s.put("/meshes/guarded/dataplanes/web-1", dp).await.0,
+        StatusCode::CREATED
+    );
+    let r = s
+        .http
+        .delete(format!("{}/meshes/guarded", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["invalid_parameters"][0]["reason"],
+        "unable to delete mesh, there are still some dataplanes attached"
+    );
+    assert_eq!(s.get("/meshes/guarded").await.0, StatusCode::OK);
+    assert_eq!(
+        s.delete("/meshes/guarded/dataplanes/web-1").await,
+        StatusCode::OK
+    );
+    assert_eq!(s.delete("/meshes/guarded").await, StatusCode::OK);
+}

@@ -304,7 +304,12 @@ impl Cp {
 
     /// kuma-dp of `proxy` type with the resource in `yaml` (`{{ name }}` is `name`).
     pub fn kuma_dp(&self, proxy: ProxyType, name: &str, yaml: &str, token: &Path) -> Proc {
-        let file = self.dir.join(format!("{name}.yaml"));
+        // A zone ingress and a zone egress may share a name: their files must not.
+        let files = match proxy {
+            ProxyType::Dataplane => name.to_string(),
+            other => format!("{}-{name}", other.arg()),
+        };
+        let file = self.dir.join(format!("{files}.yaml"));
         std::fs::write(&file, yaml).expect("dataplane file");
         let mut cmd = Command::new(binary("kuma-dp"));
         cmd.arg("run")
@@ -324,9 +329,9 @@ impl Cp {
             .arg("--binary-path")
             .arg(&self.envoy)
             .arg("--config-dir")
-            .arg(self.dir.join(format!("envoy-{name}")))
+            .arg(self.dir.join(format!("envoy-{files}")))
             .args(["--drain-time", "1s"]);
-        Proc::start(&mut cmd, self.dir.join(format!("kuma-dp-{name}.log")))
+        Proc::start(&mut cmd, self.dir.join(format!("kuma-dp-{files}.log")))
     }
 }
 

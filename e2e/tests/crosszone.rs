@@ -110,10 +110,12 @@ fn cross_zone_traffic_through_the_ingress() {
         );
     }
 
-    // An ingress in each zone (zone tokens with scope ingress), an egress in zone-1.
+    // An ingress in each zone (zone tokens with scope ingress), an egress in zone-1. Zone-1's
+    // ingress and egress share a name, as Kuma allows: each keeps its own admin tunnel (the
+    // egress's stats below are read through it).
     let _ingress1 = zone1.kuma_dp(
         ProxyType::Ingress,
-        "ingress-1",
+        "zone-proxy-1",
         &ingress_yaml(free_port()),
         &global.zone_token("zone-1", "ingress"),
     );
@@ -125,7 +127,7 @@ fn cross_zone_traffic_through_the_ingress() {
     );
     let egress = zone1.kuma_dp(
         ProxyType::Egress,
-        "egress-1",
+        "zone-proxy-1",
         &egress_yaml(free_port()),
         &global.zone_token("zone-1", "egress"),
     );
@@ -153,7 +155,7 @@ fn cross_zone_traffic_through_the_ingress() {
     );
     let logs = || {
         format!(
-            "{}\n--- kuma-dp web-1:\n{}\n--- kuma-dp egress-1:\n{}",
+            "{}\n--- kuma-dp web-1:\n{}\n--- kuma-dp egress zone-proxy-1:\n{}",
             logs(),
             web.logs(),
             egress.logs()
@@ -321,7 +323,7 @@ fn cross_zone_traffic_through_the_ingress() {
     // Envoy writes the cluster `default:backend` as `default_backend` in stat names.
     let egress_cx = "cluster.default_backend.upstream_cx_total";
     let egress_bytes = "tcp.default_backend.downstream_cx_rx_bytes_total";
-    let egress_path = "/zoneegresses/egress-1";
+    let egress_path = "/zoneegresses/zone-proxy-1";
     global.put("/meshes/default", mesh(true));
     within(
         Duration::from_secs(30),

@@ -34,6 +34,21 @@ pub enum TokenError {
     Store(#[from] StoreError),
 }
 
+/// What can go wrong with a signing key's PEM.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPemError {
+    #[error("the key is not UTF-8 text")]
+    NotText,
+    #[error("not a PEM-encoded RSA private key (PKCS#1 or PKCS#8): {0}")]
+    NotPrivateKey(#[source] rsa::pkcs8::Error),
+    #[error("could not generate an RSA key: {0}")]
+    Generate(#[source] rsa::Error),
+    #[error("could not encode the key as PEM: {0}")]
+    Encode(#[source] rsa::pkcs1::Error),
+    #[error("not a usable RSA key: {0}")]
+    Decoding(#[source] jsonwebtoken::errors::Error),
+}
+
 /// Where a family of signing keys and its revocation list are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyScope {
@@ -154,15 +169,15 @@ impl SigningKeys {
 
     async fn create_key(&self, serial: u64) -> Result<(), TokenError> {
         let name = self.key_name(serial);
-        let pem = tokio::task::spawn_blocking(generate_rsa_pem)
+        let pem = tokio::task::spawn_blocking(new_signing_key_pem)
             .await
             .map_err(|e| TokenError::BadKey {
                 name: name.clone(),
                 message: e.to_string(),
             })?
-            .map_err(|message| TokenError::BadKey {
+            .map_err(|e| TokenError::BadKey {
                 name: name.clone(),
-                message,
+                message: e.to_string(),
             })?;
         let spec = serde_json::to_value(SecretSpec::from_bytes(pem.as_bytes())).map_err(|e| {
             TokenError::BadKey {
@@ -201,7 +216,7 @@ impl SigningKeys {
                 name: self.key_name(serial),
                 message,
             };
-            let public = public_pem(&pem).map_err(bad)?;
+            let public = public_pem(&pem).map_err(|e| bad(e.to_string()))?;
             let spec = serde_json::to_value(SecretSpec::from_bytes(public.as_bytes()))
                 .map_err(|e| bad(e.to_string()))?;
             let resource = Resource::new(self.scope.kind(), self.scope.mesh(), &name, spec);
@@ -260,9 +275,9 @@ impl SigningKeys {
         {
             return Ok(key.clone());
         }
-        let key = public_decoding_key(&pem).map_err(|message| TokenError::BadKey {
+        let key = public_decoding_key(&pem).map_err(|e| TokenError::BadKey {
             name: self.key_name(serial),
-            message,
+            message: e.to_string(),
         })?;
         self.cache
             .lock()
@@ -377,34 +392,36 @@ pub trait HasTokenId {
     fn token_id(&self) -> &str;
 }
 
-fn generate_rsa_pem() -> Result<String, String> {
+/// A new token signing key: RSA 2048, PKCS#1 PEM, as Kuma makes them (and `kumactl generate
+/// signing-key` prints).
+pub fn new_signing_key_pem() -> Result<String, KeyPemError> {
     let mut rng = rand::thread_rng();
-    let key = rsa::RsaPrivateKey::new(&mut rng, RSA_BITS).map_err(|e| e.to_string())?;
+    let key = rsa::RsaPrivateKey::new(&mut rng, RSA_BITS).map_err(KeyPemError::Generate)?;
     key.to_pkcs1_pem(LineEnding::LF)
         .map(|p| p.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(KeyPemError::Encode)
 }
 
 /// The public half of a signing key, as PKCS#1 PEM: what zones receive to verify tokens
 /// global signed.
-pub fn public_pem(private_pem: &[u8]) -> Result<String, String> {
+pub fn public_pem(private_pem: &[u8]) -> Result<String, KeyPemError> {
     use rsa::pkcs1::DecodeRsaPrivateKey;
     use rsa::pkcs8::DecodePrivateKey;
-    let text = std::str::from_utf8(private_pem).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(private_pem).map_err(|_| KeyPemError::NotText)?;
     let key = rsa::RsaPrivateKey::from_pkcs1_pem(text)
         .or_else(|_| rsa::RsaPrivateKey::from_pkcs8_pem(text))
-        .map_err(|e| e.to_string())?;
+        .map_err(KeyPemError::NotPrivateKey)?;
     key.to_public_key()
         .to_pkcs1_pem(LineEnding::LF)
-        .map_err(|e| e.to_string())
+        .map_err(KeyPemError::Encode)
 }
 
 /// A decoding key from a private key's PEM or, for published public keys, a public one.
-fn public_decoding_key(pem: &[u8]) -> Result<DecodingKey, String> {
+fn public_decoding_key(pem: &[u8]) -> Result<DecodingKey, KeyPemError> {
     if std::str::from_utf8(pem).is_ok_and(|t| t.contains("PUBLIC KEY-----")) {
-        return DecodingKey::from_rsa_pem(pem).map_err(|e| e.to_string());
+        return DecodingKey::from_rsa_pem(pem).map_err(KeyPemError::Decoding);
     }
-    DecodingKey::from_rsa_pem(public_pem(pem)?.as_bytes()).map_err(|e| e.to_string())
+    DecodingKey::from_rsa_pem(public_pem(pem)?.as_bytes()).map_err(KeyPemError::Decoding)
 }
 
 #[cfg(test)]

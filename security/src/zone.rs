@@ -61,6 +61,29 @@ pub async fn publish_public_keys(store: SharedStore) -> Result<usize, TokenError
         .await
 }
 
+/// Keeps the public half of every zone token signing key published (global's leader): at
+/// once when called, then whenever a signing key is created or replaced, e.g. by an operator
+/// rotating keys with `kumactl generate signing-key`. KDS carries what is published to every
+/// zone as soon as it is stored. Returns when the store goes away.
+pub async fn keep_public_keys_published(store: SharedStore) -> Result<(), TokenError> {
+    // Subscribed before the first pass, so no key created meanwhile goes unseen.
+    let mut events = store.subscribe();
+    loop {
+        let written = publish_public_keys(store.clone()).await?;
+        if written > 0 {
+            tracing::info!(written, "published zone token signing keys' public halves");
+        }
+        let new_key = |e: &store::ChangeEvent| {
+            e.key.kind == model::ResourceType::GlobalSecret
+                && e.key.name.starts_with(SIGNING_KEY_PREFIX)
+                && e.op != store::Operation::Delete
+        };
+        if !store::next_change(&mut events, new_key).await {
+            return Ok(());
+        }
+    }
+}
+
 /// An empty scope means every scope, as `kumactl generate zone-token` without `--scope`.
 pub async fn issue_zone_token(
     keys: &SigningKeys,
@@ -146,6 +169,41 @@ mod tests {
         let spec: model::specs::secret::SecretSpec = serde_json::from_value(r.spec).unwrap();
         let pem = String::from_utf8(spec.bytes().unwrap()).unwrap();
         assert!(pem.starts_with("-----BEGIN RSA PUBLIC KEY-----"), "{pem}");
+    }
+
+    /// A signing key added while global runs (an operator rotating) has its public half
+    /// published on the change, with no restart: a token it signs verifies with what zones
+    /// receive.
+    #[tokio::test]
+    async fn a_new_signing_key_is_published_at_once() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let keys = zone_signing_keys(store.clone());
+        keys.ensure_key().await.unwrap();
+        let mut events = store.subscribe();
+        let publisher = tokio::spawn(keep_public_keys_published(store.clone()));
+        let published = |serial: u64| {
+            let name = format!("{PUBLIC_KEY_PREFIX}{serial}");
+            move |e: &store::ChangeEvent| e.key.name == name && e.op == store::Operation::Create
+        };
+        let within = Duration::from_secs(10);
+        assert!(
+            tokio::time::timeout(within, store::next_change(&mut events, published(1)))
+                .await
+                .unwrap()
+        );
+        assert_eq!(keys.rotate().await.unwrap(), 2);
+        assert!(
+            tokio::time::timeout(within, store::next_change(&mut events, published(2)))
+                .await
+                .unwrap()
+        );
+        let token = issue_zone_token(&keys, "zone-1", &[], Duration::from_secs(60))
+            .await
+            .unwrap();
+        verify_zone_token(&zone_public_keys(store.clone()), &token, "zone-1", SCOPE_CP)
+            .await
+            .unwrap();
+        publisher.abort();
     }
 
     #[tokio::test]

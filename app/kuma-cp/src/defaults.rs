@@ -91,13 +91,7 @@ pub async fn ensure(
             .await
             .map_err(|e| DefaultsError::Keys("creating the zone token signing key", e))?;
     }
-    if config.mode == Mode::Global {
-        security::zone::publish_public_keys(store.clone())
-            .await
-            .map_err(|e| {
-                DefaultsError::Keys("publishing the zone token signing keys' public halves", e)
-            })?;
-    }
+    // The zone-key-publisher component publishes the keys' public halves (run.rs).
     if config.api_server.authn.tokens.bootstrap_admin_token
         && security::user::bootstrap_admin_token(store, user_keys)
             .await

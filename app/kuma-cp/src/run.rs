@@ -160,6 +160,12 @@ pub async fn run(
             }
         }));
     }
+    if config.mode == Mode::Global {
+        let store = store.clone();
+        components.start(Component::leader_only("zone-key-publisher", move || {
+            security::zone::keep_public_keys_published(store.clone())
+        }));
+    }
     {
         let store = store.clone();
         components.start(Component::leader_only("insight-gc", move || {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use base64::Engine;
 use clap::{Parser, Subcommand, ValueEnum};
 use model::specs::insight::InsightSpec;
 use model::{Resource, ResourceType, Timestamp};
@@ -259,6 +260,21 @@ enum GenerateCommand {
         /// How long the certificate is valid, as a duration.
         #[arg(long, default_value = "87600h")]
         valid_for: String,
+    },
+    /// A private key for signing tokens (RSA 2048, PKCS#1), e.g. to rotate a token signing
+    /// key by hand (made here; the control plane is not asked).
+    #[command(name = "signing-key")]
+    SigningKey {
+        /// `pem-base64` (what a GlobalSecret's `data` holds) or `pem`.
+        #[arg(long, default_value = "pem-base64", value_parser = ["pem-base64", "pem"])]
+        format: String,
+    },
+    /// The public key of a signing key, for validating its tokens elsewhere.
+    #[command(name = "public-key")]
+    PublicKey {
+        /// File with the PEM-encoded private signing key.
+        #[arg(long)]
+        signing_key_path: PathBuf,
     },
     /// A token for the API server (admin only).
     #[command(name = "user-token")]
@@ -609,6 +625,31 @@ async fn run(cli: Cli) -> Result<()> {
                     return generate_tls_certificate(
                         &cert_type, &hostnames, &key_type, &valid_for, &key_file, &cert_file,
                     );
+                }
+                GenerateCommand::SigningKey { format } => {
+                    let pem = security::tokens::new_signing_key_pem()
+                        .context("could not generate signing key")?;
+                    match format.as_str() {
+                        "pem" => print!("{pem}"),
+                        _ => print!("{}", base64::engine::general_purpose::STANDARD.encode(pem)),
+                    }
+                    return Ok(());
+                }
+                GenerateCommand::PublicKey { signing_key_path } => {
+                    let key = std::fs::read(&signing_key_path).with_context(|| {
+                        format!(
+                            "could not read a signing key file {}",
+                            signing_key_path.display()
+                        )
+                    })?;
+                    let public = security::tokens::public_pem(&key).with_context(|| {
+                        format!(
+                            "{} is not a PEM-encoded signing key",
+                            signing_key_path.display()
+                        )
+                    })?;
+                    print!("{public}");
+                    return Ok(());
                 }
                 GenerateCommand::User {
                     name,

@@ -182,3 +182,60 @@ async fn generate_dataplane_token_bad_flags_fail_clearly() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
+
+/// `generate signing-key` (Kuma's formats) and `generate public-key` from it; a file that is
+/// not a signing key is a non-zero exit naming it. No control plane is asked.
+#[test]
+fn signing_key_and_its_public_key() {
+    use base64::Engine;
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kumactl"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let encoded = run(&["generate", "signing-key"]);
+    assert!(encoded.status.success(), "{}", stderr(&encoded));
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(&encoded.stdout)
+        .expect("pem-base64 is base64");
+    assert!(String::from_utf8_lossy(&pem).starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+
+    let dir = std::env::temp_dir().join(format!("kumactl-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key.pem");
+    let plain = run(&["generate", "signing-key", "--format=pem"]);
+    std::fs::write(&key_file, &plain.stdout).unwrap();
+    let public = run(&[
+        "generate",
+        "public-key",
+        "--signing-key-path",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(public.status.success(), "{}", stderr(&public));
+    let public_pem = String::from_utf8_lossy(&public.stdout).into_owned();
+    assert!(
+        public_pem.starts_with("-----BEGIN RSA PUBLIC KEY-----"),
+        "{public_pem}"
+    );
+    assert_eq!(
+        public_pem,
+        security::tokens::public_pem(&plain.stdout).unwrap(),
+        "the public half of the key given"
+    );
+
+    std::fs::write(&key_file, "not a key").unwrap();
+    let bad = run(&[
+        "generate",
+        "public-key",
+        "--signing-key-path",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("is not a PEM-encoded signing key"),
+        "{}",
+        stderr(&bad)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -27,9 +27,13 @@ struct Session {
     pending: Pending,
 }
 
+/// A proxy's tunnel is keyed by its type too: a zone ingress and a zone egress may share a
+/// name (both in no mesh).
+type TunnelKey = (model::ResourceType, String, String);
+
 #[derive(Default)]
 pub struct AdminTunnels {
-    sessions: Mutex<HashMap<(String, String), Session>>,
+    sessions: Mutex<HashMap<TunnelKey, Session>>,
     next: AtomicU64,
 }
 
@@ -48,7 +52,7 @@ impl AdminTunnels {
         let sender = {
             let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let session = sessions
-                .get(&(mesh.to_string(), name.to_string()))
+                .get(&(proxy.kind, mesh.to_string(), name.to_string()))
                 .ok_or_else(|| AdminError::NotConnected {
                     proxy: proxy.to_string(),
                 })?;
@@ -142,6 +146,11 @@ impl DataplaneAdminService for AdminService {
             &proxy_type,
         )
         .await?;
+        let key: TunnelKey = (
+            crate::dpserver::auth::proxy_resource_type(&proxy_type),
+            mesh.clone(),
+            name.clone(),
+        );
         let (tx, rx) = mpsc::channel(8);
         let pending: Pending = Arc::default();
         let id = self.tunnels.next.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +159,7 @@ impl DataplaneAdminService for AdminService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(
-                (mesh.clone(), name.clone()),
+                key.clone(),
                 Session {
                     id,
                     requests: tx,
@@ -171,11 +180,8 @@ impl DataplaneAdminService for AdminService {
             }
             let mut sessions = tunnels.sessions.lock().unwrap_or_else(|p| p.into_inner());
             // A newer stream of the same proxy may have replaced this one.
-            if sessions
-                .get(&(mesh.clone(), name.clone()))
-                .is_some_and(|s| s.id == id)
-            {
-                sessions.remove(&(mesh, name));
+            if sessions.get(&key).is_some_and(|s| s.id == id) {
+                sessions.remove(&key);
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
