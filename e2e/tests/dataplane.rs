@@ -168,11 +168,18 @@ fn sidecars_with_real_envoy() {
     };
     assert_eq!(online("backend-2"), Some(true));
 
-    // Envoy killed: kuma-dp exits non-zero, and the proxy is Offline within 30 s.
-    // Only Envoy's arguments name the bootstrap file (kuma-dp's name the folder).
-    let bootstrap = env.dir.join("envoy-backend-2").join("bootstrap.yaml");
+    // Envoy killed: kuma-dp exits non-zero, and the proxy is Offline within 30 s. Envoy's
+    // command line starts with its binary (its guard's with kuma-dp's).
+    let envoy_of = |name: &str| {
+        let bootstrap = env.dir.join(format!("envoy-{name}")).join("bootstrap.yaml");
+        format!(
+            "^{} --config-path {}",
+            env.envoy.display(),
+            bootstrap.display()
+        )
+    };
     let _ = Command::new("pkill")
-        .args(["-KILL", "-f", &bootstrap.display().to_string()])
+        .args(["-KILL", "-f", &envoy_of("backend-2")])
         .status();
     let status = second
         .wait(Duration::from_secs(10))
@@ -207,6 +214,31 @@ fn sidecars_with_real_envoy() {
         "{}",
         impostor.logs()
     );
+
+    // kuma-dp killed with SIGKILL: its Envoy does not outlive it (the guard between them sees
+    // kuma-dp's end of a pipe close and stops Envoy).
+    let third_token = env.token("backend-3", "default");
+    let third = env.sidecar("backend-3", "backend", free_port(), None, &third_token);
+    let running = |name: &str| {
+        Command::new("pgrep")
+            .args(["-f", &envoy_of(name)])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    within(
+        Duration::from_secs(30),
+        "backend-3's Envoy runs",
+        || running("backend-3"),
+        || third.logs(),
+    );
+    third.signal("-KILL");
+    within(
+        Duration::from_secs(10),
+        "backend-3's Envoy stops with its killed kuma-dp",
+        || !running("backend-3"),
+        || third.logs(),
+    );
+    drop(third);
 
     // Clean shutdown: Envoy drained and stopped, the Dataplane deregistered.
     web.signal("-TERM");

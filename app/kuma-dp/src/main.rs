@@ -4,6 +4,7 @@
 //! deregistered; if Envoy dies on its own, kuma-dp exits non-zero.
 
 mod access_logs;
+mod envoy_guard;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,6 +30,13 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the version.
     Version,
+    /// Run Envoy and stop it when the kuma-dp that started this is gone (internal: `run`
+    /// starts Envoy through it).
+    #[command(hide = true)]
+    EnvoyGuard {
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -105,6 +113,25 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("kuma-dp {VERSION}");
             Ok(())
+        }
+        Command::EnvoyGuard { command } => {
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")
+                .and_then(|rt| {
+                    let outcome = rt.block_on(envoy_guard::run(command));
+                    // Its stdin read blocks a thread until kuma-dp is gone: not waited for.
+                    rt.shutdown_background();
+                    outcome
+                });
+            return match outcome {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -391,7 +418,13 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let config_path = dir.join("bootstrap.yaml");
     tracing::info!(%mesh, %name, envoy = %envoy.display(), bootstrap = %config_path.display(), "starting Envoy");
-    let mut child = tokio::process::Command::new(&envoy)
+    // Envoy runs under kuma-dp's guard, which stops it when kuma-dp is gone, even killed: its
+    // stdin is a pipe only this process writes (`guard_pipe`, held until the end).
+    let me = std::env::current_exe().context("finding kuma-dp's own binary")?;
+    let mut child = tokio::process::Command::new(me)
+        .arg("envoy-guard")
+        .arg("--")
+        .arg(&envoy)
         .arg("--config-path")
         .arg(&config_path)
         .args([
@@ -407,9 +440,12 @@ async fn run(args: RunArgs) -> Result<()> {
         // Access logs reach their files and kuma-dp's pipe within a second (Envoy's default
         // is every 10 s).
         .args(["--file-flush-interval-msec", "1000"])
-        .kill_on_drop(true)
+        .stdin(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("starting Envoy ({})", envoy.display()))?;
+    // Out of `child`: waiting on a child closes its stdin, which the guard would take for
+    // kuma-dp's end.
+    let mut guard_pipe = child.stdin.take();
 
     let ca_pem = match &args.ca_cert_file {
         Some(path) => Some(
@@ -443,7 +479,7 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     if outcome.is_ok() {
         tracing::info!("stopping: draining Envoy's listeners");
-        stop_envoy(admin_port, args.drain_time, &mut child).await;
+        stop_envoy(admin_port, args.drain_time, &mut child, &mut guard_pipe).await;
     }
     // Deregister only on a clean stop: a crashed proxy stays, and shows Offline.
     if outcome.is_ok() {
@@ -593,7 +629,12 @@ fn write_private(dir: &Path, file: &str, bytes: &[u8]) -> Result<()> {
 
 /// Drains listeners, gives connections `drain` to finish, then asks Envoy to exit; kills it if
 /// it does not.
-async fn stop_envoy(admin_port: u64, drain: Duration, child: &mut tokio::process::Child) {
+async fn stop_envoy(
+    admin_port: u64,
+    drain: Duration,
+    child: &mut tokio::process::Child,
+    guard_pipe: &mut Option<tokio::process::ChildStdin>,
+) {
     let admin = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build();
@@ -609,10 +650,17 @@ async fn stop_envoy(admin_port: u64, drain: Duration, child: &mut tokio::process
         }
         let _ = admin.post(format!("{base}/quitquitquit")).send().await;
     }
-    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-        Ok(_) => {}
-        Err(_) => {
-            tracing::warn!("Envoy did not exit; killing it");
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Envoy did not exit; killing it");
+        // Closing the guard's stdin makes it kill Envoy; killing the guard itself would not.
+        drop(guard_pipe.take());
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
             let _ = child.kill().await;
         }
     }
@@ -627,7 +675,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).expect("parse").command {
             Command::Run(a) => *a,
-            Command::Version => unreachable!(),
+            _ => unreachable!(),
         }
     }
 
