@@ -111,12 +111,7 @@ impl Selection {
 }
 
 fn is_delegated(proxy: &DataplaneEntry) -> bool {
-    proxy
-        .spec
-        .networking
-        .gateway
-        .as_ref()
-        .is_some_and(|g| g.gateway_type != model::specs::dataplane::GatewayType::Builtin)
+    proxy.spec.networking.gateway.is_some() && !crate::generator::gateway::is_builtin(proxy)
 }
 
 /// The tags a builtin gateway's listener is selected by (Kuma's table): the Dataplane's
@@ -194,13 +189,7 @@ fn by_tags(
 /// Dataplane; then the inbounds its sectionName names (an inbound's name, else its port).
 /// As in Kuma, it never selects a builtin gateway (its listeners are the MeshGateway's).
 fn by_dataplane_ref(policy: &RawPolicy, top: &TargetRef, proxy: &DataplaneEntry) -> Selection {
-    if proxy
-        .spec
-        .networking
-        .gateway
-        .as_ref()
-        .is_some_and(|g| g.gateway_type == model::specs::dataplane::GatewayType::Builtin)
-    {
+    if crate::generator::gateway::is_builtin(proxy) {
         return Selection::default();
     }
     let name = top.name_str();
