@@ -112,40 +112,29 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Version => {
             println!("kuma-dp {VERSION}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::EnvoyGuard { command } => {
-            let outcome = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the runtime")
-                .and_then(|rt| {
-                    let outcome = rt.block_on(envoy_guard::run(command));
-                    // Its stdin read blocks a thread until kuma-dp is gone: not waited for.
-                    rt.shutdown_background();
-                    outcome
-                });
-            return match outcome {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("Error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Command::EnvoyGuard { command } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|rt| {
+                let outcome = rt.block_on(envoy_guard::run(command));
+                // Its stdin read blocks a thread until kuma-dp is gone: not waited for.
+                rt.shutdown_background();
+                outcome
+            }),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the runtime")
-            .and_then(|rt| rt.block_on(run(*args))),
+            .and_then(|rt| rt.block_on(run(*args)))
+            .map(|()| ExitCode::SUCCESS),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    result.unwrap_or_else(|e| {
+        eprintln!("Error: {e:#}");
+        ExitCode::FAILURE
+    })
 }
 
 /// The Dataplane as text (template filled) and as JSON, with flags applied.

@@ -200,12 +200,7 @@ impl ListenerMut<'_> {
 
     /// The route actions of every HTTP route on the listener.
     pub fn route_actions(&mut self) -> Vec<&mut Map<String, Value>> {
-        self.typed_configs(HCM)
-            .filter_map(|hcm| hcm.get_mut("route_config"))
-            .flat_map(|rc| array_mut(rc, "virtual_hosts"))
-            .flat_map(|host| array_mut(host, "routes"))
-            .filter_map(|route| route.get_mut("route").and_then(Value::as_object_mut))
-            .collect()
+        self.routes().into_iter().filter_map(action_of).collect()
     }
 
     /// Every HTTP route of the listener (match, action and per-filter configs).
@@ -262,12 +257,10 @@ impl ListenerMut<'_> {
 
     /// The route actions of the HTTP routes named `name` on the listener.
     pub fn route_actions_named(&mut self, name: &str) -> Vec<&mut Map<String, Value>> {
-        self.typed_configs(HCM)
-            .filter_map(|hcm| hcm.get_mut("route_config"))
-            .flat_map(|rc| array_mut(rc, "virtual_hosts"))
-            .flat_map(|host| array_mut(host, "routes"))
-            .filter(|route| route["name"] == name)
-            .filter_map(|route| route.get_mut("route").and_then(Value::as_object_mut))
+        self.routes()
+            .into_iter()
+            .filter(|route| route.get("name").and_then(Value::as_str) == Some(name))
+            .filter_map(action_of)
             .collect()
     }
 
@@ -306,6 +299,11 @@ impl ListenerMut<'_> {
             .filter_map(Value::as_object_mut)
             .collect()
     }
+}
+
+/// A route's action (`route`), if it forwards (a redirect or direct response has none).
+fn action_of(route: &mut Map<String, Value>) -> Option<&mut Map<String, Value>> {
+    route.get_mut("route").and_then(Value::as_object_mut)
 }
 
 /// The elements of the list at `key`, if `value` has one.

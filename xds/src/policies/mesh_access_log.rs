@@ -21,7 +21,7 @@ use super::Applied;
 use crate::context::{DataplaneEntry, MeshContext, Protocol};
 use crate::envoy::listener::ListenerMut;
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::build::{catch_all, inbound_rules, listener_rules, shared_to_rule};
+use crate::rules::build::{catch_all, listener_rules, shared_to_rule};
 use crate::rules::matching::matched_in;
 
 const DEFAULT_TCP: &str = "[%START_TIME%] %RESPONSE_FLAGS% %KUMA_MESH% %KUMA_SOURCE_ADDRESS_WITHOUT_PORT%(%KUMA_SOURCE_SERVICE%)->%UPSTREAM_HOST%(%KUMA_DESTINATION_SERVICE%) took %DURATION%ms, sent %BYTES_SENT% bytes, received: %BYTES_RECEIVED% bytes";
@@ -47,7 +47,7 @@ struct LogTarget {
 struct KumaValues<'a> {
     mesh: &'a str,
     zone: &'a str,
-    workload: String,
+    workload: &'a str,
     source_ip: &'a str,
     source_service: &'a str,
     destination_service: &'a str,
@@ -64,7 +64,7 @@ impl KumaValues<'_> {
             .replace("%KUMA_MESH%", self.mesh)
             .replace("%KUMA_TRAFFIC_DIRECTION%", self.direction)
             .replace("%KUMA_ZONE%", self.zone)
-            .replace("%KUMA_WORKLOAD%", &self.workload)
+            .replace("%KUMA_WORKLOAD%", self.workload)
     }
 }
 
@@ -99,37 +99,26 @@ impl super::PolicyPlugin for Plugin {
         let mut warnings = Vec::new();
         let mut attach = Vec::new();
         // Inbounds: the caller is unknown to the proxy (Kuma's `unknown`).
-        for (i, inbound) in proxy.spec.networking.inbound.iter().enumerate() {
-            let rules = inbound_rules(&matching.matched, i, true);
-            let Some(rule) = catch_all(&rules) else {
+        let inbound: Vec<Option<Applied<AccessLogConf>>> =
+            super::inbound_confs(self.kind(), rs, &matching.matched, proxy);
+        for (i, applied) in inbound.into_iter().enumerate() {
+            let Some(Applied { conf, policies }) = applied else {
                 continue;
             };
-            let what = format!("inbound {i} (from {})", super::named(&rule));
-            let Some(conf) =
-                super::parse_conf::<AccessLogConf>(self.kind(), &rule.conf, &what, &mut warnings)
-            else {
-                continue;
-            };
-            let service = inbound.tags.get(SERVICE_TAG).map_or("", String::as_str);
+            let tags = &proxy.spec.networking.inbound[i].tags;
+            let service = tags.get(SERVICE_TAG).map_or("", String::as_str);
             attach.push(LogTarget {
                 origin: Origin::Inbound(i),
                 conf,
-                what,
-                protocol: Protocol::of_tags(&inbound.tags),
+                what: format!("inbound {i} (from {policies})"),
+                protocol: Protocol::of_tags(tags),
                 source: "unknown".into(),
                 destination: service.into(),
                 direction: "INBOUND",
             });
         }
         // Outbounds: from this proxy's service to the destination's.
-        let outbounds: Vec<(Origin, usize)> = rs
-            .listeners_mut()
-            .filter_map(|(o, _)| match o {
-                Origin::Outbound { destination, .. } => Some((o, destination)),
-                _ => None,
-            })
-            .collect();
-        for (origin, d) in outbounds {
+        for (origin, d) in super::mesh_http_route::outbounds(rs) {
             let destination = rs.destinations[d].clone();
             let Some(rule) = shared_to_rule(mesh, &matching.matched, &destination.service) else {
                 continue;
@@ -205,7 +194,7 @@ impl super::PolicyPlugin for Plugin {
             let values = KumaValues {
                 mesh: &mesh.mesh,
                 zone,
-                workload: workload.clone(),
+                workload: &workload,
                 source_ip: &proxy.spec.networking.address,
                 source_service: &target.source,
                 destination_service: &target.destination,

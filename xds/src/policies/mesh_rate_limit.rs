@@ -37,50 +37,33 @@ impl super::PolicyPlugin for Plugin {
             super::gateway_listener_confs(self.kind(), rs, &matching.matched);
         let mut warnings = Vec::new();
         for (origin, mut listener) in rs.listeners_mut() {
-            if let Origin::Gateway { port } = origin
-                && let Some(applied) = gateway.get(&port)
-            {
-                limit_gateway(&mut listener, applied, port, &mut warnings);
-                continue;
-            }
-            let Origin::Inbound(i) = origin else {
-                continue;
-            };
-            let Some(Some(Applied { conf, policies })) = confs.get(i) else {
-                continue;
-            };
-            let Some(local) = conf.local.as_ref() else {
-                continue;
-            };
-            let prefix = stat_name(listener.name());
-            if listener.is_http() {
-                let Some(http) = local.http.as_ref().filter(|h| h.disabled != Some(true)) else {
-                    continue;
-                };
-                match http_filter(http, &prefix) {
-                    Some(filter) => listener.insert_http_filter_before_router(filter),
-                    None => warnings.push(format!(
-                        "MeshRateLimit on inbound {i} (from {policies}) not applied: http.requestRate needs num and interval"
-                    )),
+            // Kuma gives a gateway's HTTP routes a bucket each; an inbound has one for all.
+            let (applied, what, per_route) = match origin {
+                Origin::Inbound(i) => (
+                    confs.get(i).and_then(Option::as_ref),
+                    format!("inbound {i}"),
+                    false,
+                ),
+                Origin::Gateway { port } => {
+                    (gateway.get(&port), format!("gateway listener {port}"), true)
                 }
-            } else if let Some(tcp) = local.tcp.as_ref().filter(|t| t.disabled != Some(true)) {
-                match tcp_filter(tcp, &prefix) {
-                    Some(filter) => listener.prepend_network_filter(filter),
-                    None => warnings.push(format!(
-                        "MeshRateLimit on inbound {i} (from {policies}) not applied: tcp.connectionRate needs num and interval"
-                    )),
-                }
+                _ => continue,
+            };
+            if let Some(applied) = applied {
+                limit(&mut listener, applied, &what, per_route, &mut warnings);
             }
         }
         rs.warnings.extend(warnings);
     }
 }
 
-/// A gateway listener's limits: a bucket per HTTP route, or one for TCP connections.
-fn limit_gateway(
+/// A listener's limits: HTTP requests (one bucket, or one per route with `per_route`) or TCP
+/// connections.
+fn limit(
     listener: &mut ListenerMut<'_>,
     Applied { conf, policies }: &Applied<RateLimitConf>,
-    port: u32,
+    what: &str,
+    per_route: bool,
     warnings: &mut Vec<String>,
 ) {
     let Some(local) = conf.local.as_ref() else {
@@ -93,10 +76,14 @@ fn limit_gateway(
         };
         let Some(filter) = http_filter(http, &prefix) else {
             warnings.push(format!(
-                "MeshRateLimit on gateway listener {port} (from {policies}) not applied: http.requestRate needs num and interval"
+                "MeshRateLimit on {what} (from {policies}) not applied: http.requestRate needs num and interval"
             ));
             return;
         };
+        if !per_route {
+            listener.insert_http_filter_before_router(filter);
+            return;
+        }
         // Without a bucket of its own the listener's filter only enforces routes' buckets.
         listener.insert_http_filter_before_router(json!({
             "name": HTTP_FILTER,
@@ -115,7 +102,7 @@ fn limit_gateway(
         match tcp_filter(tcp, &prefix) {
             Some(filter) => listener.prepend_network_filter(filter),
             None => warnings.push(format!(
-                "MeshRateLimit on gateway listener {port} (from {policies}) not applied: tcp.connectionRate needs num and interval"
+                "MeshRateLimit on {what} (from {policies}) not applied: tcp.connectionRate needs num and interval"
             )),
         }
     }

@@ -104,28 +104,21 @@ impl super::PolicyPlugin for Plugin {
                             configure_route(action, &route.conf.http.clone().unwrap_or_default());
                         }
                     }
-                    // Routes a per-route MeshTimeout names, over what they have.
-                    for (_, route, conf) in per_route.iter().filter(|(o, _, _)| *o == origin) {
-                        let http = conf.http.clone().unwrap_or_default();
-                        for action in listener.route_actions_named(route) {
-                            configure_route(action, &http);
-                        }
-                    }
                 }
                 Origin::Outbound { destination, .. } => {
                     if let Some((Some(conf), _)) = dest_confs.get(destination) {
                         configure_listener(&mut listener, conf);
                     }
-                    // Routes a per-route MeshTimeout names: the outbound's conf with the
-                    // route's over it.
-                    for (_, route, conf) in per_route.iter().filter(|(o, _, _)| *o == origin) {
-                        let http = conf.http.clone().unwrap_or_default();
-                        for action in listener.route_actions_named(route) {
-                            configure_route(action, &http);
-                        }
-                    }
                 }
                 _ => {}
+            }
+            // Routes a per-route MeshTimeout names (outbound or gateway routes), over what
+            // they have.
+            for (_, route, conf) in per_route.iter().filter(|(o, _, _)| *o == origin) {
+                let http = conf.http.clone().unwrap_or_default();
+                for action in listener.route_actions_named(route) {
+                    configure_route(action, &http);
+                }
             }
         }
         for (i, (common, conf, protocol)) in inbound_confs.iter().enumerate() {

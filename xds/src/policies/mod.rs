@@ -353,7 +353,7 @@ fn route_scoped(
 
 /// For each outbound listener of `rs`, the routes per-route policies of `kind` configure:
 /// (listener origin, route name, the outbound's conf with the per-route confs merged over it).
-fn per_route_confs<T: DeserializeOwned>(
+fn per_route_confs<T: DeserializeOwned + Clone>(
     kind: ResourceType,
     rs: &mut ResourceSet,
     mesh: &MeshContext,
@@ -369,54 +369,55 @@ fn per_route_confs<T: DeserializeOwned>(
     for (origin, d) in mesh_http_route::outbounds(rs) {
         let service = rs.destinations[d].service.clone();
         let base = shared_to_rule(mesh, matched, &service).map(|r| r.conf.clone());
-        let mut by_route: Vec<(String, Value)> = Vec::new();
-        for s in scoped
+        let of_service = scoped
             .iter()
-            .filter(|s| s.service.as_deref() == Some(service.as_str()))
-        {
-            match by_route.iter_mut().find(|(r, _)| *r == s.route) {
-                Some((_, conf)) => crate::rules::merge(conf, s.conf.clone()),
-                None => {
-                    let mut conf = base
-                        .clone()
-                        .unwrap_or_else(|| Value::Object(Default::default()));
-                    crate::rules::merge(&mut conf, s.conf.clone());
-                    by_route.push((s.route.clone(), conf));
-                }
-            }
-        }
-        for (route, conf) in by_route {
+            .filter(|s| s.service.as_deref() == Some(service.as_str()));
+        for (route, conf) in merged_by_route(of_service, base) {
             let what = format!("{service} route {route}");
             if let Some(parsed) = parse_conf(kind, &conf, &what, &mut warnings) {
                 out.push((origin, route, parsed));
             }
         }
     }
-    // A gateway's routes (every listener carrying them: routes are found by name), each
-    // with the per-route confs merged in policy order.
-    let mut gateway_routes: Vec<(String, Value)> = Vec::new();
-    for s in scoped.iter().filter(|s| s.service.is_none()) {
-        match gateway_routes.iter_mut().find(|(r, _)| *r == s.route) {
-            Some((_, conf)) => crate::rules::merge(conf, s.conf.clone()),
-            None => gateway_routes.push((s.route.clone(), s.conf.clone())),
-        }
-    }
+    // A gateway's routes, on every listener (routes are found by name there).
+    let gateway_routes = merged_by_route(scoped.iter().filter(|s| s.service.is_none()), None);
     if !gateway_routes.is_empty() {
-        for port in gateway_ports(rs) {
-            for (route, conf) in &gateway_routes {
-                let what = format!("gateway listener {port} route {route}");
-                if let Some(parsed) = parse_conf(kind, conf, &what, &mut warnings) {
-                    out.push((
-                        crate::resources::Origin::Gateway { port },
-                        route.clone(),
-                        parsed,
-                    ));
-                }
+        let ports = gateway_ports(rs);
+        for (route, conf) in gateway_routes {
+            let what = format!("gateway route {route}");
+            let Some(parsed) = parse_conf::<T>(kind, &conf, &what, &mut warnings) else {
+                continue;
+            };
+            for &port in &ports {
+                let origin = crate::resources::Origin::Gateway { port };
+                out.push((origin, route.clone(), parsed.clone()));
             }
         }
     }
     rs.warnings.extend(warnings);
     out
+}
+
+/// Per-route confs merged by route, in policy order, each over `base` (the conf the routes'
+/// outbound has, if any).
+fn merged_by_route<'s>(
+    scoped: impl Iterator<Item = &'s RouteScoped>,
+    base: Option<Value>,
+) -> Vec<(String, Value)> {
+    let mut by_route: Vec<(String, Value)> = Vec::new();
+    for s in scoped {
+        match by_route.iter_mut().find(|(r, _)| *r == s.route) {
+            Some((_, conf)) => crate::rules::merge(conf, s.conf.clone()),
+            None => {
+                let mut conf = base
+                    .clone()
+                    .unwrap_or_else(|| Value::Object(Default::default()));
+                crate::rules::merge(&mut conf, s.conf.clone());
+                by_route.push((s.route.clone(), conf));
+            }
+        }
+    }
+    by_route
 }
 
 /// A percentage as Envoy's `FractionalPercent`, as Kuma's `ConvertPercentage` writes it:
