@@ -27,6 +27,7 @@ mod paging;
 mod resources;
 mod rules;
 pub mod serve;
+mod service_insights;
 mod tokens;
 
 pub use auth::AuthConfig;
@@ -65,6 +66,9 @@ pub struct ApiState {
     pub auth: AuthConfig,
     pub metrics: ApiMetrics,
     pub federation: federation::Federation,
+    /// This zone's name on a zone or standalone control plane (`None` on global): resources
+    /// written here are labelled as this zone's.
+    pub local_zone: Option<String>,
     /// Reaches proxies' Envoy admin; `None` where no proxies connect (global).
     pub proxy_admin: Option<kds::inspect::SharedProxyAdmin>,
 }
@@ -102,6 +106,14 @@ pub fn router(state: SharedState) -> Router {
             get(resources::get_top)
                 .put(resources::put_top)
                 .delete(resources::delete_top),
+        )
+        .route(
+            "/meshes/{mesh}/service-insights",
+            get(service_insights::list),
+        )
+        .route(
+            "/meshes/{mesh}/service-insights/{service}",
+            get(service_insights::get),
         )
         .route("/meshes/{mesh}/{plural}", get(resources::list_in_mesh))
         .route(

@@ -112,7 +112,13 @@ fn retries() -> Value {
 
 /// Creates what a new mesh gets. Each step tolerates an existing resource, so a retried or
 /// concurrent creation is harmless.
-pub async fn ensure(store: &SharedStore, mesh: &Resource) -> Result<(), MeshDefaultsError> {
+/// `local_zone` is this zone's name on a zone or standalone control plane: the policies are
+/// labelled as written there, as Kuma labels its defaults.
+pub async fn ensure(
+    store: &SharedStore,
+    mesh: &Resource,
+    local_zone: Option<&str>,
+) -> Result<(), MeshDefaultsError> {
     let name = mesh.meta.name.as_str();
     security::dataplane::dataplane_signing_keys(store.clone(), name)
         .ensure_key()
@@ -126,7 +132,8 @@ pub async fn ensure(store: &SharedStore, mesh: &Resource) -> Result<(), MeshDefa
         tracing::info!(mesh = name, "skipping all default policies");
         return Ok(());
     }
-    for policy in default_policies(name) {
+    for mut policy in default_policies(name) {
+        model::labels::compute(&mut policy, local_zone);
         let (kind, policy_name) = (policy.kind, policy.meta.name.clone());
         if skipped.iter().any(|s| s == kind.name()) {
             tracing::info!(mesh = name, "skipping default {kind} {policy_name:?}");
@@ -197,10 +204,16 @@ mod tests {
         for name in ["a", "b"] {
             store.create(mesh(name, json!([]))).await.expect("mesh");
         }
-        ensure(&store, &mesh("a", json!(["MeshTimeout", "MeshRetry"])))
+        ensure(
+            &store,
+            &mesh("a", json!(["MeshTimeout", "MeshRetry"])),
+            None,
+        )
+        .await
+        .expect("a");
+        ensure(&store, &mesh("b", json!(["*"])), None)
             .await
-            .expect("a");
-        ensure(&store, &mesh("b", json!(["*"]))).await.expect("b");
+            .expect("b");
         assert_eq!(
             names_in(&store, ResourceType::MeshCircuitBreaker).await,
             ["mesh-circuit-breaker-all-a"]
@@ -219,7 +232,9 @@ mod tests {
             "{secrets:?}"
         );
         // A retried creation tolerates the defaults that exist and adds the missing ones.
-        ensure(&store, &mesh("a", json!([]))).await.expect("again");
+        ensure(&store, &mesh("a", json!([])), None)
+            .await
+            .expect("again");
         assert_eq!(names_in(&store, ResourceType::MeshTimeout).await.len(), 2);
     }
 }

@@ -15,12 +15,28 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
 const TITLE: &str = "Could not retrieve resources";
 
-/// Parses `size`, `offset`, `name` and `filter[labels.<key>]` into a store query.
-pub fn parse_list_query(
-    kind: ResourceType,
-    mesh: Option<String>,
-    params: &HashMap<String, String>,
-) -> Result<ListQuery, ApiError> {
+/// A page as Kuma's `size` and `offset` ask for it.
+pub struct Page {
+    pub size: usize,
+    pub offset: usize,
+}
+
+impl Page {
+    /// The items of this page, and the offset of the next one if there is more.
+    pub fn cut<T>(&self, items: Vec<T>) -> (Vec<T>, Option<usize>) {
+        let total = items.len();
+        let end = self.offset.saturating_add(self.size).min(total);
+        let page = items
+            .into_iter()
+            .skip(self.offset)
+            .take(self.size)
+            .collect();
+        (page, (end < total).then_some(end))
+    }
+}
+
+/// Parses `size` and `offset` with Kuma's defaults, bounds and error messages.
+pub fn parse_page(params: &HashMap<String, String>) -> Result<Page, ApiError> {
     // Kuma's page size errors: detail "Invalid page size", the reason on `size`.
     let bad_size = |reason: String| {
         let mut e = ApiError::bad_request(TITLE, "size", reason);
@@ -47,6 +63,16 @@ pub fn parse_list_query(
             .parse::<usize>()
             .map_err(|_| ApiError::bad_request(TITLE, "offset", "Invalid format"))?,
     };
+    Ok(Page { size, offset })
+}
+
+/// Parses `size`, `offset`, `name` and `filter[labels.<key>]` into a store query.
+pub fn parse_list_query(
+    kind: ResourceType,
+    mesh: Option<String>,
+    params: &HashMap<String, String>,
+) -> Result<ListQuery, ApiError> {
+    let Page { size, offset } = parse_page(params)?;
     // Kuma's filters: `filter[labels.<key>]=<value>` (equality) only; any other filter is
     // refused naming the parameter, under the route's path as Kuma names it.
     let route = match &mesh {

@@ -92,7 +92,7 @@ fn overview_type(segment: &str, in_mesh: bool) -> Option<Result<ResourceType, Ap
 }
 
 /// Listing in a mesh that does not exist is 404, as in Kuma (not an empty list).
-async fn ensure_mesh(state: &SharedState, mesh: &str) -> Result<(), ApiError> {
+pub(crate) async fn ensure_mesh(state: &SharedState, mesh: &str) -> Result<(), ApiError> {
     state
         .store
         .get(&ResourceKey::new(ResourceType::Mesh, "", mesh))
@@ -396,6 +396,7 @@ async fn put(
     {
         return Err(ApiError::method_not_allowed(reason));
     }
+    model::labels::compute(&mut resource, state.local_zone.as_deref());
     if let Some(current) = &existing {
         keep_identity_labels(current, &mut resource)?;
         if current.kind == ResourceType::Mesh {
@@ -422,7 +423,7 @@ async fn put(
                 .await
                 .map_err(|e| ApiError::from_store("Could not create a resource", e))?;
             if created.kind == ResourceType::Mesh {
-                crate::mesh_defaults::ensure(&state.store, &created)
+                crate::mesh_defaults::ensure(&state.store, &created, state.local_zone.as_deref())
                     .await
                     .map_err(mesh_defaults_error)?;
             }

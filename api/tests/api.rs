@@ -53,6 +53,7 @@ async fn start_in_mode(store: SharedStore, auth: AuthConfig, mode: &str) -> Serv
         auth,
         metrics: api::ApiMetrics::detached(),
         federation: api::federation::Federation::None,
+        local_zone: (mode != "global").then(|| "default".to_string()),
         proxy_admin: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -142,6 +143,108 @@ async fn index_config_and_resource_types() {
     assert!(mt["policy"].is_object());
     let (st, _) = s.get("/gui").await;
     assert_eq!(st, StatusCode::OK);
+}
+
+/// Kuma's computed labels on a standalone (zone) control plane, written with the resource.
+#[tokio::test]
+async fn labels_are_computed_on_write() {
+    let s = start().await;
+    s.put("/meshes/default/meshtimeouts/t1", timeout("t1"))
+        .await;
+    let (_, body) = s.get("/meshes/default/meshtimeouts/t1").await;
+    assert_eq!(
+        body["labels"],
+        json!({"kuma.io/mesh": "default", "kuma.io/origin": "zone", "kuma.io/zone": "default",
+            "kuma.io/env": "universal"})
+    );
+    let gw = json!({"type": "Dataplane", "name": "gw-1", "mesh": "default",
+        "networking": {"address": "10.0.0.9", "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "edge"}}}});
+    s.put("/meshes/default/dataplanes/gw-1", gw).await;
+    let (_, body) = s.get("/meshes/default/dataplanes/gw-1").await;
+    assert_eq!(body["labels"]["kuma.io/proxy-type"], "gateway");
+    // A label the writer set is kept; an update leaving the computed ones out keeps them.
+    let mut mine = timeout("t2");
+    mine["labels"] = json!({"team": "a"});
+    s.put("/meshes/default/meshtimeouts/t2", mine.clone()).await;
+    s.put("/meshes/default/meshtimeouts/t2", mine).await;
+    let (_, body) = s.get("/meshes/default/meshtimeouts/t2").await;
+    assert_eq!(body["labels"]["team"], "a");
+    assert_eq!(body["labels"]["kuma.io/origin"], "zone");
+}
+
+/// Kuma's service insights: per service, online/offline proxies and a status, with the `type`
+/// and `name` filters.
+#[tokio::test]
+async fn service_insights() {
+    let s = start().await;
+    for (name, service) in [("web-1", "web"), ("web-2", "web"), ("db-1", "db")] {
+        let dp = json!({"type": "Dataplane", "name": name, "mesh": "default",
+            "networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": service}}]}});
+        assert_eq!(
+            s.put(&format!("/meshes/default/dataplanes/{name}"), dp)
+                .await
+                .0,
+            StatusCode::CREATED
+        );
+    }
+    let gw = json!({"type": "Dataplane", "name": "edge-1", "mesh": "default",
+        "networking": {"address": "10.0.0.9", "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "edge"}}}});
+    s.put("/meshes/default/dataplanes/edge-1", gw).await;
+    // web-1 is connected; web-2 and db-1 never were.
+    s.store
+        .create(Resource::new(
+            ResourceType::DataplaneInsight,
+            "default",
+            "web-1",
+            json!({
+            "subscriptions": [{"id": "1", "controlPlaneInstanceId": "cp",
+                "connectTime": model::Timestamp::now().to_string()}],
+            "mTLS": {"issuedBackend": "ca-1"}}),
+        ))
+        .await
+        .unwrap();
+    let (st, list) = s.get("/meshes/default/service-insights").await;
+    assert_eq!(st, StatusCode::OK, "{list}");
+    assert_eq!(list["total"], 3);
+    let by_name = |name: &str| {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let web = by_name("web");
+    assert_eq!(web["type"], "ServiceInsight");
+    assert_eq!(web["status"], "partially_degraded");
+    assert_eq!(
+        web["dataplanes"],
+        json!({"total": 2, "online": 1, "offline": 1})
+    );
+    assert_eq!(web["issuedBackends"], json!({"ca-1": 1}));
+    assert_eq!(web["addressPort"], "web.mesh:80");
+    assert_eq!(by_name("db")["status"], "offline");
+    assert_eq!(by_name("edge")["serviceType"], "gateway_builtin");
+
+    let (_, gateways) = s
+        .get("/meshes/default/service-insights?type=gateway_builtin,gateway_delegated")
+        .await;
+    assert_eq!(gateways["total"], 1);
+    let (_, named) = s.get("/meshes/default/service-insights?name=we").await;
+    assert_eq!(named["total"], 1);
+    let (_, page) = s.get("/meshes/default/service-insights?size=2").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert!(page["next"].as_str().unwrap().contains("offset=2"));
+    let (st, bad) = s.get("/meshes/default/service-insights?type=sidecar").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(bad["detail"], "unsupported service type");
+    let (st, _) = s.get("/meshes/nope/service-insights").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, one) = s.get("/meshes/default/service-insights/db").await;
+    assert_eq!(one["dataplanes"]["total"], 1);
+    let (_, none) = s.get("/meshes/default/service-insights/ghost").await;
+    assert_eq!(none["dataplanes"]["total"], 0);
 }
 
 #[tokio::test]

@@ -110,6 +110,38 @@ fn cross_zone_traffic_through_the_ingress() {
         );
     }
 
+    // A MeshService made in zone-2 reaches zone-1 through global named and labelled as Kuma's
+    // sync names it: `<name>-<hash of mesh, name, zone>`, global's origin, zone-2's zone label
+    // and the labels zone-2 computed when it was written.
+    zone2.put(
+        "/meshes/default/meshservices/redis",
+        json!({"type": "MeshService", "mesh": "default", "name": "redis",
+            "spec": {"selector": {"dataplaneTags": {"kuma.io/service": "redis"}},
+                "ports": [{"port": 6379, "targetPort": 6379, "appProtocol": "tcp"}]}}),
+    );
+    let synced_name = model::name::hashed_name("default", "redis", Some("zone-2"), None);
+    let path = format!("/meshes/default/meshservices/{synced_name}");
+    within(
+        Duration::from_secs(20),
+        "zone-2's MeshService reaches zone-1",
+        || zone1.get(&path).is_some(),
+        logs,
+    );
+    let on_zone1 = zone1.get(&path).unwrap();
+    assert_eq!(
+        on_zone1["labels"],
+        json!({"kuma.io/origin": "global", "kuma.io/zone": "zone-2", "kuma.io/env": "universal",
+            "kuma.io/mesh": "default", "kuma.io/display-name": "redis"}),
+        "{on_zone1}"
+    );
+    let on_global = global.get(&path).unwrap();
+    assert_eq!(on_global["labels"]["kuma.io/origin"], "zone", "{on_global}");
+    assert_eq!(
+        zone2.get("/meshes/default/meshservices/redis").unwrap()["labels"],
+        json!({"kuma.io/origin": "zone", "kuma.io/zone": "zone-2", "kuma.io/env": "universal",
+            "kuma.io/mesh": "default"})
+    );
+
     // An ingress in each zone (zone tokens with scope ingress), an egress in zone-1. Zone-1's
     // ingress and egress share a name, as Kuma allows: each keeps its own admin tunnel (the
     // egress's stats below are read through it).

@@ -339,3 +339,114 @@ fn inspect_is_forwarded_to_the_replica_holding_the_stream() {
         .unwrap();
     assert!(!r.status().is_success(), "{}", r.status());
 }
+
+/// Two global replicas on one Postgres, a zone connected to one of them: a proxy of that zone
+/// (a sidecar and a zone ingress) is inspected through the other global replica, which
+/// forwards over inter-CP to the replica holding the zone's KDS stream.
+#[test]
+fn global_inspect_is_forwarded_to_the_replica_holding_the_zone() {
+    use e2e::proxies::ProxyType;
+    use store::testing::postgres::{TEST_USER, TestPostgres};
+    let Some(envoy) = envoy("global_inspect_is_forwarded_to_the_replica_holding_the_zone") else {
+        return;
+    };
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = pg.create_database("global_forward");
+    let mut env = e2e::postgres_env(pg.port, TEST_USER, &db);
+    let out = e2e::migrate(&env);
+    assert!(out.status.success(), "{}", e2e::stderr(&out));
+    env.push(("KUMA_MODE".into(), "global".into()));
+    let kds_port = free_port().to_string();
+    let mut env_a: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env_b = env_a.clone();
+    env_a.push(("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds_port));
+    let mut holder = ControlPlane::start("gfwd-a", &env_a);
+    let mut other = ControlPlane::start("gfwd-b", &env_b);
+    holder.wait_ready(Duration::from_secs(60));
+    other.wait_ready(Duration::from_secs(60));
+    let a = Cp {
+        api: holder.api(),
+        dp_port: 0,
+        ca: Default::default(),
+        dir: holder.work_dir.clone(),
+        envoy: envoy.clone(),
+    };
+    let b_api = other.api();
+    let address = format!("grpcs://127.0.0.1:{kds_port}");
+    let token = a.zone_token("zone-1", "cp").display().to_string();
+    let mut zone_cp = ControlPlane::start(
+        "gfwd-zone-1",
+        &[
+            ("KUMA_MODE", "zone"),
+            ("KUMA_MULTIZONE_ZONE_NAME", "zone-1"),
+            ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
+            ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),
+            ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", &token),
+        ],
+    );
+    zone_cp.wait_ready(Duration::from_secs(60));
+    let zone = Cp::of(&zone_cp, envoy);
+    let logs = || {
+        format!(
+            "--- a:\n{}\n--- b:\n{}\n--- zone-1:\n{}",
+            holder.logs(),
+            other.logs(),
+            zone_cp.logs()
+        )
+    };
+    within(
+        Duration::from_secs(20),
+        "the default mesh reaches the zone",
+        || zone.get("/meshes/default").is_some(),
+        logs,
+    );
+
+    let app_port = free_port();
+    let _app = zone.echo("backend-1", app_port, None);
+    let _dp = zone.sidecar(
+        "backend-1",
+        "backend",
+        app_port,
+        None,
+        &zone.token("backend-1", "default"),
+    );
+    let ingress_port = free_port();
+    let _ingress = zone.kuma_dp(
+        ProxyType::Ingress,
+        "ingress-1",
+        &format!(
+            "type: ZoneIngress\nname: {{{{ name }}}}\nnetworking:\n  address: 127.0.0.1\n  port: {ingress_port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {ingress_port}\n"
+        ),
+        &a.zone_token("zone-1", "ingress"),
+    );
+    let on_global = |proxy_path: &str| {
+        client()
+            .get(format!("{b_api}{proxy_path}"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.text().ok())
+    };
+    let dataplane = model::name::hashed_name("default", "backend-1", Some("zone-1"), None);
+    within(
+        Duration::from_secs(40),
+        "a zone sidecar's config dump through the global replica without the zone",
+        || {
+            on_global(&format!("/meshes/default/dataplanes/{dataplane}/xds"))
+                .is_some_and(|t| t.contains("inbound:127.0.0.1:"))
+        },
+        logs,
+    );
+    let ingress = model::name::hashed_name("", "ingress-1", Some("zone-1"), None);
+    within(
+        Duration::from_secs(40),
+        "a zone ingress's stats through the global replica without the zone",
+        || {
+            on_global(&format!("/zoneingresses/{ingress}/stats"))
+                .is_some_and(|t| t.contains("server.live"))
+        },
+        logs,
+    );
+}

@@ -7,7 +7,6 @@ use std::time::Duration;
 use kds::inspect::{
     AdminAnswer, AdminCall, AdminError, AdminOp, ProxyAdmin, ProxyRef, ZoneAdminStreams,
 };
-use model::ResourceKey;
 use store::SharedStore;
 
 /// How long global waits for a zone to answer: the zone may itself forward to the replica
@@ -27,18 +26,7 @@ impl ProxyAdmin for ZoneProxies {
         op: AdminOp,
         query: &str,
     ) -> Result<AdminAnswer, AdminError> {
-        let key = ResourceKey::new(proxy.kind, proxy.mesh, proxy.name);
-        let r = self
-            .store
-            .get(&key)
-            .await
-            .map_err(|source| AdminError::Store {
-                what: proxy.to_string(),
-                source,
-            })?;
-        let zone = kds::rules::zone_of(&r).ok_or_else(|| AdminError::NoZone {
-            proxy: proxy.to_string(),
-        })?;
+        let (r, zone) = kds::inspect::proxy_in_zone(&self.store, proxy).await?;
         let call = AdminCall {
             kind: proxy.kind,
             mesh: proxy.mesh.to_string(),
@@ -50,7 +38,7 @@ impl ProxyAdmin for ZoneProxies {
         };
         let body = self
             .streams
-            .call(zone, op, call, ZONE_INSPECT_TIMEOUT)
+            .call(&zone, op, call, ZONE_INSPECT_TIMEOUT)
             .await?;
         Ok(AdminAnswer {
             status: 200,

@@ -19,36 +19,72 @@ use crate::catalog::read_catalog;
 use crate::tls::channel;
 use crate::{MAX_ADMIN_ANSWER, Me, Tls};
 
+/// Which stream a replica needs to reach a proxy, and so which replica holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Zone or standalone: the proxy's own admin stream, held by the replica its xDS
+    /// subscription (in its insight) is with.
+    ProxyStream,
+    /// Global: the inspect stream of the proxy's zone, held by the global replica the zone's
+    /// KDS subscription (in its ZoneInsight) is with.
+    ZoneStream,
+}
+
 /// Reaches a proxy's Envoy admin from any replica: through the stream this replica holds, or
-/// by forwarding to the replica its insight names as the one it is connected to.
+/// by forwarding to the replica that holds it.
 pub struct ReplicaProxyAdmin {
     store: SharedStore,
     tls: Arc<Tls>,
     me: Me,
-    /// The proxies whose admin stream this replica holds.
+    /// The proxies (or zones) whose stream this replica holds.
     local: SharedProxyAdmin,
+    way: Way,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl ReplicaProxyAdmin {
-    pub fn new(store: SharedStore, tls: Arc<Tls>, me: Me, local: SharedProxyAdmin) -> Self {
+    pub fn new(
+        store: SharedStore,
+        tls: Arc<Tls>,
+        me: Me,
+        local: SharedProxyAdmin,
+        way: Way,
+    ) -> Self {
         ReplicaProxyAdmin {
             store,
             tls,
             me,
             local,
+            way,
             channels: Mutex::default(),
         }
     }
 
-    /// The replica the proxy's newest open xDS subscription is with, if it is another one.
+    /// The insight naming the replica that holds the way to `proxy`.
+    async fn holder_insight(
+        &self,
+        proxy: ProxyRef<'_>,
+    ) -> Result<(ResourceKey, ResourceType), AdminError> {
+        match self.way {
+            Way::ProxyStream => {
+                let insight = proxy
+                    .kind
+                    .owned_insight()
+                    .unwrap_or(ResourceType::DataplaneInsight);
+                Ok((ResourceKey::new(insight, proxy.mesh, proxy.name), insight))
+            }
+            Way::ZoneStream => {
+                let (_, zone) = kds::inspect::proxy_in_zone(&self.store, proxy).await?;
+                let insight = ResourceType::ZoneInsight;
+                Ok((ResourceKey::new(insight, "", zone), insight))
+            }
+        }
+    }
+
+    /// The replica holding the stream to the proxy (or its zone), if it is another one.
     async fn holder(&self, proxy: ProxyRef<'_>) -> Result<Instance, AdminError> {
         let who = proxy.to_string();
-        let insight = proxy
-            .kind
-            .owned_insight()
-            .unwrap_or(ResourceType::DataplaneInsight);
-        let key = ResourceKey::new(insight, proxy.mesh, proxy.name);
+        let (key, insight) = self.holder_insight(proxy).await?;
         let spec = match self.store.get(&key).await {
             Ok(r) => serde_json::from_value::<model::specs::insight::InsightSpec>(r.spec)
                 .map_err(|source| AdminError::Insight { insight, source })?,
@@ -69,7 +105,10 @@ impl ReplicaProxyAdmin {
             .subscriptions
             .last()
             .filter(|s| s.disconnect_time.is_none())
-            .map(|s| s.control_plane_instance_id.clone())
+            .map(|s| match self.way {
+                Way::ProxyStream => s.control_plane_instance_id.clone(),
+                Way::ZoneStream => s.global_instance_id.clone().unwrap_or_default(),
+            })
         else {
             return Err(AdminError::Disconnected { proxy: who });
         };
@@ -116,6 +155,7 @@ impl ReplicaProxyAdmin {
             name: proxy.name.into(),
             path: op.path().into(),
             query: query.into(),
+            resource_type: proxy.kind.name().into(),
         };
         let answer = client
             .forward(request)
@@ -149,7 +189,9 @@ impl ProxyAdmin for ReplicaProxyAdmin {
         query: &str,
     ) -> Result<AdminAnswer, AdminError> {
         match self.local.get(proxy, op, query).await {
-            Err(AdminError::NotConnected { .. }) => self.forward(proxy, op, query).await,
+            Err(AdminError::NotConnected { .. } | AdminError::NoZoneStream { .. }) => {
+                self.forward(proxy, op, query).await
+            }
             other => other,
         }
     }

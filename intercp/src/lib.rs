@@ -192,16 +192,31 @@ impl InterCpEnvoyAdminForwardService for ForwardService {
                 r.path,
             )));
         };
-        if r.mesh.is_empty() || r.name.is_empty() || r.mesh.len() > 253 || r.name.len() > 253 {
+        // The forwarding side names the proxy as its API did; only Dataplanes have a mesh.
+        let kind = match r.resource_type.as_str() {
+            "" => ResourceType::Dataplane,
+            name => match ResourceType::from_name(name) {
+                Some(
+                    k @ (ResourceType::Dataplane
+                    | ResourceType::ZoneIngress
+                    | ResourceType::ZoneEgress),
+                ) => k,
+                _ => {
+                    return Err(tonic::Status::invalid_argument(format!(
+                        "resource_type {name:?} is not Dataplane, ZoneIngress or ZoneEgress"
+                    )));
+                }
+            },
+        };
+        let mesh_ok = match kind {
+            ResourceType::Dataplane => !r.mesh.is_empty() && r.mesh.len() <= 253,
+            _ => r.mesh.is_empty(),
+        };
+        if !mesh_ok || r.name.is_empty() || r.name.len() > 253 {
             return Err(tonic::Status::invalid_argument(
-                "mesh and name must be 1 to 253 characters",
+                "name must be 1 to 253 characters, and mesh too for a Dataplane (none otherwise)",
             ));
         }
-        // The forwarding side names the proxy as its API did; only Dataplanes have a mesh.
-        let kind = match r.mesh.as_str() {
-            "" => ResourceType::ZoneIngress,
-            _ => ResourceType::Dataplane,
-        };
         let proxy = ProxyRef {
             kind,
             mesh: &r.mesh,

@@ -462,6 +462,24 @@ pub async fn answer<Req: RequestMessage, Resp: ResponseMessage>(
     }
 }
 
+/// A zone proxy or Dataplane as global stores it, and the zone it came from.
+pub async fn proxy_in_zone(
+    store: &store::SharedStore,
+    proxy: ProxyRef<'_>,
+) -> Result<(model::Resource, String), AdminError> {
+    let key = model::ResourceKey::new(proxy.kind, proxy.mesh, proxy.name);
+    let r = store.get(&key).await.map_err(|source| AdminError::Store {
+        what: proxy.to_string(),
+        source,
+    })?;
+    let zone = crate::rules::zone_of(&r)
+        .ok_or_else(|| AdminError::NoZone {
+            proxy: proxy.to_string(),
+        })?
+        .to_string();
+    Ok((r, zone))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

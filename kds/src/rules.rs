@@ -146,17 +146,15 @@ fn hashed(r: &Resource) -> String {
     )
 }
 
-/// How global's resource looks on a zone.
+/// How global's resource looks on a zone. As in Kuma, everything a zone receives is global's
+/// (`kuma.io/origin: global`), other zones' resources included: their `kuma.io/zone` says
+/// where they came from. Status stays behind: a zone computes its own.
 pub fn to_zone(r: &Resource) -> Resource {
     let mut out = r.clone();
     out.meta
         .labels
-        .entry(ORIGIN.to_string())
-        .or_insert_with(|| ORIGIN_GLOBAL.to_string());
-    if r.kind == ResourceType::MeshService {
-        // A zone computes its own status for the services it sees.
-        out.status = None;
-    }
+        .insert(ORIGIN.to_string(), ORIGIN_GLOBAL.to_string());
+    out.status = None;
     if !keeps_name(r.kind) {
         out.meta
             .labels

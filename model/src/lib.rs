@@ -40,4 +40,53 @@ pub mod labels {
     pub const ENV: &str = "kuma.io/env";
     pub const SERVICE_TAG: &str = "kuma.io/service";
     pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
+    pub const PROXY_TYPE: &str = "kuma.io/proxy-type";
+
+    use crate::descriptor::kds::PROVIDED_BY_ZONE;
+    use crate::{Resource, ResourceType};
+
+    /// The labels Kuma's control plane computes when a resource is written (Kuma's
+    /// `resource_labels.Compute`): `kuma.io/mesh` on mesh-scoped resources; on a zone control
+    /// plane (`local_zone`; Kuma's standalone is a zone too), what the zone itself provides is
+    /// marked as this zone's (`kuma.io/origin: zone`, `kuma.io/zone`, `kuma.io/env`); proxies
+    /// carry their kind in `kuma.io/proxy-type`. Labels the writer already set are kept,
+    /// except the proxy type, which follows the spec.
+    pub fn compute(r: &mut Resource, local_zone: Option<&str>) {
+        let labels = &mut r.meta.labels;
+        if r.kind.is_mesh_scoped() {
+            let mesh = if r.meta.mesh.is_empty() {
+                "default"
+            } else {
+                &r.meta.mesh
+            };
+            labels
+                .entry(MESH.to_string())
+                .or_insert_with(|| mesh.to_string());
+        }
+        if let Some(zone) = local_zone
+            && r.kind.descriptor().has_flag(PROVIDED_BY_ZONE)
+        {
+            let origin = labels
+                .entry(ORIGIN.to_string())
+                .or_insert_with(|| "zone".to_string());
+            if origin != "global" {
+                labels
+                    .entry(ZONE.to_string())
+                    .or_insert_with(|| zone.to_string());
+                labels
+                    .entry(ENV.to_string())
+                    .or_insert_with(|| "universal".to_string());
+            }
+        }
+        let proxy_type = match r.kind {
+            ResourceType::Dataplane if r.spec["networking"]["gateway"]["type"] == "BUILTIN" => {
+                "gateway"
+            }
+            ResourceType::Dataplane => "sidecar",
+            ResourceType::ZoneIngress => "zoneingress",
+            ResourceType::ZoneEgress => "zoneegress",
+            _ => return,
+        };
+        labels.insert(PROXY_TYPE.to_string(), proxy_type.to_string());
+    }
 }

@@ -62,6 +62,10 @@ pub struct Config {
     pub multizone: MultizoneConfig,
     pub general: GeneralConfig,
     pub defaults: DefaultsConfig,
+    /// Kuma's keys that were set but are not implemented yet, by the name they were set under
+    /// (YAML path or env variable); kuma-cp warns about each once at start-up.
+    #[serde(skip)]
+    pub unsupported_kuma_keys: Vec<String>,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             multizone: MultizoneConfig::default(),
             general: GeneralConfig::default(),
             defaults: DefaultsConfig::default(),
+            unsupported_kuma_keys: Vec::new(),
         }
     }
 }
@@ -457,6 +462,115 @@ const ENV_ALIASES: &[(&str, &str)] = &[(
     "KUMA_DEFAULTS_SKIP_MESH_CREATION",
 )];
 
+/// Kuma's own configuration keys: a Kuma user's file or environment must never stop kuma-cp.
+const KUMA_KEYS: &str = include_str!("kuma-cp-keys.txt");
+
+/// One of Kuma's configuration keys: its YAML path, its env variable and Kuma's default.
+struct KumaKey {
+    path: &'static str,
+    env: &'static str,
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the tests load Kuma's defaults as a Kuma user's file"
+        )
+    )]
+    default: &'static str,
+}
+
+fn kuma_keys() -> impl Iterator<Item = KumaKey> {
+    KUMA_KEYS
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ' ');
+            Some(KumaKey {
+                path: parts.next()?,
+                env: parts.next()?,
+                default: parts.next().unwrap_or(""),
+            })
+        })
+}
+
+/// Where a key of a user's file stands against ours and Kuma's.
+enum KeyStanding {
+    /// kuma-cp reads it (or something below it).
+    Ours,
+    /// Kuma's key that kuma-cp does not implement yet: accepted, warned about, dropped.
+    KumaOnly,
+    /// Neither ours nor Kuma's leaf, but above some of Kuma's keys: look inside.
+    KumaSection,
+    Unknown,
+}
+
+fn standing(path: &str, ours: &BTreeMap<String, (Vec<String>, Value)>) -> KeyStanding {
+    let below = format!("{path}.");
+    let ours_has = ours.values().any(|(segs, _)| {
+        let joined = segs.join(".");
+        joined == path || joined.starts_with(&below)
+    });
+    if ours_has {
+        KeyStanding::Ours
+    } else if kuma_keys().any(|k| k.path == path) {
+        KeyStanding::KumaOnly
+    } else if kuma_keys().any(|k| k.path.starts_with(&below)) {
+        KeyStanding::KumaSection
+    } else {
+        KeyStanding::Unknown
+    }
+}
+
+/// Drops Kuma's keys that kuma-cp does not implement from a user's file (recording them), and
+/// refuses keys neither has, with the closest known key as a hint.
+fn sift_file_keys(
+    doc: &mut Value,
+    prefix: &str,
+    ours: &BTreeMap<String, (Vec<String>, Value)>,
+    unsupported: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let Value::Object(map) = doc else {
+        return Ok(());
+    };
+    let mut dropped = Vec::new();
+    for (key, child) in map.iter_mut() {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let standing = standing(&path, ours);
+        match standing {
+            KeyStanding::Ours | KeyStanding::KumaSection if child.is_object() => {
+                sift_file_keys(child, &path, ours, unsupported)?;
+                if matches!(standing, KeyStanding::KumaSection) {
+                    dropped.push(key.clone());
+                }
+            }
+            KeyStanding::Ours => {}
+            KeyStanding::KumaOnly => {
+                unsupported.push(path);
+                dropped.push(key.clone());
+            }
+            KeyStanding::KumaSection | KeyStanding::Unknown => {
+                let known = ours
+                    .values()
+                    .map(|(segs, _)| segs.join("."))
+                    .chain(kuma_keys().map(|k| k.path.to_string()))
+                    .collect::<Vec<_>>();
+                let hint = closest(&path, known.iter())
+                    .map(|k| format!(" (did you mean {k}?)"))
+                    .unwrap_or_default();
+                return Err(ConfigError::Unknown { key: path, hint });
+            }
+        }
+    }
+    for key in dropped {
+        map.remove(&key);
+    }
+    Ok(())
+}
+
 /// `KUMA_*` variables that belong to other programs (kuma-dp, kumactl) or are read outside the
 /// configuration (the log filter, before the configuration is loaded), and are ignored here.
 const FOREIGN_ENV_PREFIXES: &[&str] = &[
@@ -549,6 +663,8 @@ impl Config {
                 key: "<defaults>".into(),
                 message: e.to_string(),
             })?;
+        let table = env_table();
+        let mut unsupported = Vec::new();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_string(),
@@ -559,9 +675,10 @@ impl Config {
                     path: path.to_string(),
                     message: e.to_string(),
                 })?;
+            let mut from_file = from_file;
+            sift_file_keys(&mut from_file, "", &table, &mut unsupported)?;
             merge(&mut doc, from_file);
         }
-        let table = env_table();
         for (name, raw) in env {
             if !name.starts_with("KUMA_") {
                 continue;
@@ -569,8 +686,17 @@ impl Config {
             let canonical = ENV_ALIASES
                 .iter()
                 .find(|(a, _)| a == name)
-                .map_or(name.as_str(), |(_, c)| c);
-            match table.get(canonical) {
+                .map(|(_, c)| c.to_string())
+                .or_else(|| {
+                    // Kuma's env name for a key we read under another name (Kuma's env names do
+                    // not always follow the YAML path).
+                    let kuma = kuma_keys().find(|k| k.env == name)?;
+                    let derived =
+                        env_name(&kuma.path.split('.').map(String::from).collect::<Vec<_>>());
+                    table.contains_key(&derived).then_some(derived)
+                })
+                .unwrap_or_else(|| name.clone());
+            match table.get(&canonical) {
                 Some((path, like)) => {
                     let value =
                         parse_env_value(raw, like).map_err(|message| ConfigError::Invalid {
@@ -579,9 +705,15 @@ impl Config {
                         })?;
                     set_path(&mut doc, path, value);
                 }
+                None if kuma_keys().any(|k| k.env == name) => unsupported.push(name.clone()),
                 None if FOREIGN_ENV_PREFIXES.iter().any(|p| name.starts_with(p)) => {}
                 None => {
-                    let hint = closest(canonical, table.keys())
+                    let known = table
+                        .keys()
+                        .cloned()
+                        .chain(kuma_keys().map(|k| k.env.to_string()))
+                        .collect::<Vec<_>>();
+                    let hint = closest(&canonical, known.iter())
                         .map(|k| format!(" (did you mean {k}?)"))
                         .unwrap_or_default();
                     return Err(ConfigError::Unknown {
@@ -608,7 +740,10 @@ impl Config {
             }
         })?;
         config.validate()?;
-        Ok(config)
+        Ok(Config {
+            unsupported_kuma_keys: unsupported,
+            ..config
+        })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -656,7 +791,11 @@ impl Config {
                 "tlsCertFile and tlsKeyFile have to be specified together",
             );
         }
-        if !matches!(dp.authn.dp_proxy.auth_type.as_str(), "dpToken" | "none") {
+        // Empty, as in Kuma's defaults, is the environment's default: dpToken on universal.
+        if !matches!(
+            dp.authn.dp_proxy.auth_type.as_str(),
+            "" | "dpToken" | "none"
+        ) {
             return invalid(
                 "dpServer.authn.dpProxy.type (KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE)",
                 "must be \"dpToken\" or \"none\"",
@@ -896,6 +1035,8 @@ fn merge(base: &mut Value, overlay: Value) {
             for (k, v) in o {
                 match b.get_mut(&k) {
                     Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                    // `key:` with nothing after it keeps the default, as in Kuma's own file.
+                    Some(_) if v.is_null() => {}
                     _ => {
                         b.insert(k, v);
                     }
@@ -1075,6 +1216,146 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("htp"), "{e}");
+    }
+
+    /// Kuma's defaults as a YAML file, the way a Kuma user's `kuma-cp.yaml` starts out.
+    fn kumas_defaults_document() -> Value {
+        let mut doc = Value::Object(Default::default());
+        for key in kuma_keys() {
+            let value: Value = serde_saphyr::from_str(key.default).unwrap_or(Value::Null);
+            let path: Vec<String> = key.path.split('.').map(String::from).collect();
+            set_path(&mut doc, &path, value);
+        }
+        doc
+    }
+
+    fn as_env_value(v: &Value) -> Option<String> {
+        match v {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            Value::Array(items) => Some(
+                items
+                    .iter()
+                    .filter_map(as_env_value)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            Value::Object(_) => None,
+            other => Some(other.to_string()),
+        }
+    }
+
+    #[test]
+    fn kumas_own_defaults_file_loads_and_names_what_is_not_implemented() {
+        let dir = std::env::temp_dir().join(format!("kcp-config-k-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kuma-cp.defaults.yaml");
+        let yaml = serde_saphyr::to_string(&kumas_defaults_document()).unwrap();
+        std::fs::write(&file, yaml).unwrap();
+        let c = Config::load(Some(file.to_str().unwrap()), &[]).unwrap();
+        // Kuma's default mode is zone (standalone is its deprecated spelling).
+        assert_eq!(c.mode, Mode::Zone);
+        assert_eq!(c.api_server.http.port, 5681);
+        let table = env_table();
+        let not_ours: Vec<&str> = kuma_keys()
+            .filter(|k| matches!(standing(k.path, &table), KeyStanding::KumaOnly))
+            .map(|k| k.path)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut warned = c.unsupported_kuma_keys.clone();
+        warned.sort();
+        assert_eq!(warned, not_ours);
+        assert!(
+            warned.iter().any(|k| k == "tracing.openTelemetry.endpoint"),
+            "{warned:?}"
+        );
+        assert!(!warned.iter().any(|k| k == "apiServer.http.port"));
+    }
+
+    #[test]
+    fn every_kuma_env_variable_is_read_or_named_as_not_implemented() {
+        let table = env_table();
+        for key in kuma_keys() {
+            let default: Value = serde_saphyr::from_str(key.default).unwrap_or(Value::Null);
+            let raw = as_env_value(&default).unwrap_or_else(|| "x".into());
+            let loaded = Config::load(None, &env(&[(key.env, &raw)]));
+            match standing(key.path, &table) {
+                KeyStanding::KumaOnly => {
+                    let c = loaded.unwrap_or_else(|e| panic!("{}: {e}", key.env));
+                    assert_eq!(c.unsupported_kuma_keys, vec![key.env.to_string()]);
+                }
+                _ if default.is_null() || default.is_object() => {}
+                _ => {
+                    let c = loaded.unwrap_or_else(|e| panic!("{}={raw}: {e}", key.env));
+                    assert!(c.unsupported_kuma_keys.is_empty(), "{}", key.env);
+                    let mut at = serde_json::to_value(&c).unwrap();
+                    for seg in key.path.split('.') {
+                        at = at[seg].clone();
+                    }
+                    assert_eq!(
+                        as_env_value(&at),
+                        Some(raw),
+                        "{} sets {}",
+                        key.env,
+                        key.path
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kumas_documented_universal_env_loads() {
+        let postgres = [
+            ("KUMA_ENVIRONMENT", "universal"),
+            ("KUMA_STORE_TYPE", "postgres"),
+            ("KUMA_STORE_POSTGRES_HOST", "db"),
+            ("KUMA_STORE_POSTGRES_PORT", "5432"),
+            ("KUMA_STORE_POSTGRES_USER", "kuma"),
+            ("KUMA_STORE_POSTGRES_PASSWORD", "kuma"),
+            ("KUMA_STORE_POSTGRES_DB_NAME", "kuma"),
+        ];
+        let mut global = env(&postgres);
+        global.extend(env(&[("KUMA_MODE", "global")]));
+        assert_eq!(Config::load(None, &global).unwrap().mode, Mode::Global);
+        let mut zone = env(&postgres);
+        zone.extend(env(&[
+            ("KUMA_MODE", "zone"),
+            ("KUMA_MULTIZONE_ZONE_NAME", "zone-1"),
+            ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", "grpcs://global:5685"),
+            ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),
+            ("KUMA_DP_SERVER_HDS_ENABLED", "false"),
+            (
+                "KUMA_XDS_SERVER_DATAPLANE_CONFIGURATION_REFRESH_INTERVAL",
+                "1s",
+            ),
+        ]));
+        let c = Config::load(None, &zone).unwrap();
+        assert_eq!(c.multizone.zone.name, "zone-1");
+        assert_eq!(
+            c.unsupported_kuma_keys,
+            [
+                "KUMA_DP_SERVER_HDS_ENABLED",
+                "KUMA_XDS_SERVER_DATAPLANE_CONFIGURATION_REFRESH_INTERVAL"
+            ]
+        );
+        let standalone = env(&[
+            ("KUMA_MODE", "standalone"),
+            ("KUMA_ENVIRONMENT", "universal"),
+        ]);
+        assert_eq!(
+            Config::load(None, &standalone).unwrap().mode,
+            Mode::Standalone
+        );
+        // A key neither Kuma nor kuma-cp has is still an error, with the closest key as a hint.
+        let e = Config::load(None, &env(&[("KUMA_TRACING_OPENTELEMETRY_ENDPOIT", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("did you mean KUMA_TRACING_OPENTELEMETRY_ENDPOINT"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -35,19 +35,14 @@ pub async fn ensure(
     // A zone connected to global gets its meshes from global.
     let federated_zone =
         config.mode == Mode::Zone && !config.multizone.zone.global_address.is_empty();
+    let local_zone = (config.mode != Mode::Global).then_some(config.multizone.zone.name.as_str());
     if !config.defaults.skip_mesh_creation && !federated_zone {
-        match store
-            .create(Resource::new(
-                ResourceType::Mesh,
-                "",
-                "default",
-                serde_json::json!({}),
-            ))
-            .await
-        {
+        let mut mesh = Resource::new(ResourceType::Mesh, "", "default", serde_json::json!({}));
+        model::labels::compute(&mut mesh, local_zone);
+        match store.create(mesh).await {
             Ok(mesh) => {
                 tracing::info!("created Mesh \"default\"");
-                api::mesh_defaults::ensure(store, &mesh)
+                api::mesh_defaults::ensure(store, &mesh, local_zone)
                     .await
                     .map_err(DefaultsError::MeshDefaults)?;
                 // As Kuma does for the default mesh: traffic keeps flowing when mTLS is turned
@@ -57,15 +52,14 @@ pub async fn ensure(
                     "targetRef": {"kind": "Mesh"},
                     "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]
                 });
-                match store
-                    .create(Resource::new(
-                        ResourceType::MeshTrafficPermission,
-                        "default",
-                        DEFAULT_ALLOW_ALL,
-                        allow_all,
-                    ))
-                    .await
-                {
+                let mut allow_all = Resource::new(
+                    ResourceType::MeshTrafficPermission,
+                    "default",
+                    DEFAULT_ALLOW_ALL,
+                    allow_all,
+                );
+                model::labels::compute(&mut allow_all, local_zone);
+                match store.create(allow_all).await {
                     Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
                     Err(e) => {
                         return Err(DefaultsError::Store(

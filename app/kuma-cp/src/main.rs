@@ -64,6 +64,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for key in &config.unsupported_kuma_keys {
+        tracing::warn!(key = %key, "Kuma configuration key is not supported yet; its value is ignored");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

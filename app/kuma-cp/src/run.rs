@@ -191,6 +191,16 @@ pub async fn run(
     let tls = Arc::new(intercp::issue_tls(&ca, &me)?);
     let seen = intercp::Seen::default();
     let tunnels = Arc::new(zone::dpserver::admin::AdminTunnels::default());
+    // What this replica reaches by itself: the proxies' admin streams it holds (zone,
+    // standalone), or the inspect streams of the zones connected to it (global).
+    let zone_streams = Arc::new(ZoneAdminStreams::default());
+    let local_admin: SharedProxyAdmin = match config.mode {
+        Mode::Global => Arc::new(global::inspect::ZoneProxies {
+            store: store.clone(),
+            streams: zone_streams.clone(),
+        }),
+        _ => tunnels.clone(),
+    };
     {
         let (tls, me, leader, seen, stop) = (
             tls.clone(),
@@ -199,7 +209,7 @@ pub async fn run(
             seen.clone(),
             stopping.clone(),
         );
-        let local: SharedProxyAdmin = tunnels.clone();
+        let local = local_admin.clone();
         let listener = listeners.inter_cp;
         components.start(Component::every_replica("inter-cp-server", async move {
             intercp::serve(listener, &tls, me, leader, seen, local, stop).await
@@ -229,40 +239,35 @@ pub async fn run(
         }));
     }
 
-    // Proxies' Envoy admin: through the admin streams on zones and standalone (this replica's
-    // or the one holding the proxy), through the zones' inspect streams on global.
-    let proxy_admin: Option<SharedProxyAdmin> = match config.mode {
-        Mode::Global => None,
-        _ => Some(Arc::new(intercp::forward::ReplicaProxyAdmin::new(
-            store.clone(),
-            tls.clone(),
-            me.clone(),
-            tunnels.clone(),
-        ))),
+    // Proxies' Envoy admin from any replica: through what this replica holds, else forwarded
+    // over inter-CP to the replica holding the proxy's stream (zone, standalone) or its
+    // zone's inspect stream (global).
+    let way = match config.mode {
+        Mode::Global => intercp::forward::Way::ZoneStream,
+        _ => intercp::forward::Way::ProxyStream,
     };
-    let api_proxy_admin = match config.mode {
-        Mode::Global => {
-            let streams = Arc::new(ZoneAdminStreams::default());
-            if let Some(listener) = listeners.kds {
-                start_global(
-                    &mut components,
-                    &config,
-                    &store,
-                    listener,
-                    &hostname,
-                    &instance_id,
-                    streams.clone(),
-                );
-            }
-            Some(Arc::new(global::inspect::ZoneProxies {
-                store: store.clone(),
-                streams,
-            }) as SharedProxyAdmin)
-        }
-        _ => proxy_admin.clone(),
-    };
+    let proxy_admin: SharedProxyAdmin = Arc::new(intercp::forward::ReplicaProxyAdmin::new(
+        store.clone(),
+        tls.clone(),
+        me.clone(),
+        local_admin,
+        way,
+    ));
+    if config.mode == Mode::Global
+        && let Some(listener) = listeners.kds
+    {
+        start_global(
+            &mut components,
+            &config,
+            &store,
+            listener,
+            &hostname,
+            &instance_id,
+            zone_streams,
+        );
+    }
     if let Some(zone_config) = zone_client {
-        let (store, stop, admin) = (store.clone(), stopping.clone(), proxy_admin.clone());
+        let (store, stop, admin) = (store.clone(), stopping.clone(), Some(proxy_admin.clone()));
         components.start(Component::leader_only("kds-zone-client", move || {
             let work = zone::kds_client::run(
                 store.clone(),
@@ -341,7 +346,8 @@ pub async fn run(
             }
             _ => api::federation::Federation::None,
         },
-        proxy_admin: api_proxy_admin,
+        local_zone: (config.mode != Mode::Global).then(|| config.multizone.zone.name.clone()),
+        proxy_admin: Some(proxy_admin.clone()),
     });
     let router = api::router(state);
     let http = &config.api_server.http;

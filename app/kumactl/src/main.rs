@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use model::specs::insight::InsightSpec;
 use model::{Resource, ResourceType, Timestamp};
 use serde_json::{Value, json};
@@ -110,6 +110,19 @@ enum Command {
     },
     /// Print client and server versions.
     Version,
+    /// Print a shell completion script, e.g. `source <(kumactl completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+/// The shells Kuma's kumactl completes for.
+#[derive(Clone, Copy, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
@@ -210,6 +223,13 @@ enum InspectCommand {
         /// With config-dump: include the endpoints (EDS).
         #[arg(long)]
         include_eds: bool,
+    },
+    /// Services of a mesh: how many of their proxies are online.
+    Services {
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Dataplanes with online status and connection details.
     Dataplanes {
@@ -465,6 +485,19 @@ async fn run(cli: Cli) -> Result<()> {
         .unwrap_or_else(cpconfig::default_path);
     let timeout = model::duration::parse_duration(&cli.api_timeout)
         .map_err(|e| anyhow::anyhow!("--api-timeout: {e}"))?;
+    if let Command::Completion { shell } = cli.command {
+        let shell = match shell {
+            CompletionShell::Bash => clap_complete::Shell::Bash,
+            CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            CompletionShell::Fish => clap_complete::Shell::Fish,
+        };
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "kumactl", &mut script);
+        return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.context("writing the completion script"),
+        };
+    }
     let mut config = KumactlConfig::load(&config_path)?;
     let connect = |config: &KumactlConfig| -> Result<Client> {
         Client::new(&config.current()?.coordinates.api_server, timeout)
@@ -698,6 +731,8 @@ async fn run(cli: Cli) -> Result<()> {
             format,
             include_admin,
         } => export::export(&connect(&config)?, profile, &format, include_admin).await?,
+        // Answered before the configuration is read: completion needs no control plane.
+        Command::Completion { .. } => {}
         Command::Version => {
             println!("Client: kumactl {VERSION}");
             match connect(&config)?.get_json("/").await {
@@ -808,16 +843,7 @@ fn print_items(
 fn resource_rows(kind: ResourceType, items: &[Value]) -> (Vec<&'static str>, Vec<Vec<String>>) {
     match kind {
         ResourceType::Mesh => {
-            let header = vec![
-                "NAME",
-                "mTLS",
-                "METRICS",
-                "LOGGING",
-                "TRACING",
-                "LOCALITY",
-                "ZONEEGRESS",
-                "AGE",
-            ];
+            let header = vec!["NAME", "mTLS", "LOCALITY", "ZONEEGRESS", "AGE"];
             let rows = items
                 .iter()
                 .map(|m| {
@@ -839,9 +865,6 @@ fn resource_rows(kind: ResourceType, items: &[Value]) -> (Vec<&'static str>, Vec
                     vec![
                         m["name"].as_str().unwrap_or("").to_string(),
                         backend("mtls", "enabledBackend"),
-                        backend("metrics", "enabledBackend"),
-                        backend("logging", "defaultBackend"),
-                        backend("tracing", "defaultBackend"),
                         table::on_off(
                             m["routing"]["localityAwareLoadBalancing"]
                                 .as_bool()
@@ -1110,6 +1133,22 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
                 &list,
                 zone_inspect_row,
             );
+        }
+        InspectCommand::Services { mesh, output } => {
+            let list = client
+                .get_json(&format!("/meshes/{mesh}/service-insights?size=1000"))
+                .await?;
+            if output != Output::Table {
+                return print_items(ResourceType::Dataplane, &[], output, Some(&list), None);
+            }
+            print_table(&["SERVICE", "STATUS", "DATAPLANES"], &list, |s| {
+                let count = |field: &str| s["dataplanes"][field].as_u64().unwrap_or(0);
+                vec![
+                    s["name"].as_str().unwrap_or("").to_string(),
+                    s["status"].as_str().unwrap_or("").to_string(),
+                    format!("{}/{}", count("online"), count("total")),
+                ]
+            });
         }
         InspectCommand::Dataplanes { mesh, output } => {
             let path = match &mesh {

@@ -52,6 +52,7 @@ async fn start() -> Server {
         auth: AuthConfig::default(),
         metrics: api::ApiMetrics::detached(),
         federation: api::federation::Federation::None,
+        local_zone: Some("default".into()),
         proxy_admin: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -238,4 +239,53 @@ fn signing_key_and_its_public_key() {
         stderr(&bad)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `kumactl inspect services` prints Kuma's SERVICE / STATUS / DATAPLANES table from the
+/// control plane's service insights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_services_as_kuma_prints_it() {
+    let s = start().await;
+    s.store
+        .create(Resource::new(
+            ResourceType::Dataplane,
+            "default",
+            "web-1",
+            json!({"networking": {"address": "10.0.0.1",
+                "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}}),
+        ))
+        .await
+        .unwrap();
+    let out = s.kumactl(&["inspect", "services"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["SERVICE", "STATUS", "DATAPLANES"]);
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row, ["web", "offline", "0/1"]);
+}
+
+/// `kumactl completion bash|zsh|fish` prints a script naming kumactl's commands; another shell
+/// is refused naming the ones there are. No control plane is asked.
+#[test]
+fn completion_scripts() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kumactl"))
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            script.contains("kumactl") && script.contains("inspect"),
+            "{shell}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kumactl"))
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bash, zsh, fish"), "{}", stderr(&out));
 }

@@ -35,8 +35,17 @@ pub struct Networking {
     pub outbound: Vec<Outbound>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Gateway>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Kuma reads protobuf JSON, which takes the proto field name as well.
+    #[serde(
+        default,
+        alias = "transparent_proxying",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub transparent_proxying: Option<Value>,
+    /// Kuma 2.14's zone ingress and egress listeners on a Dataplane: stored and synced, not
+    /// served yet (docs/api.md, compatibility).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<Admin>,
 }

@@ -110,7 +110,12 @@ pub struct DataSource {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListenerResources {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Kuma reads protobuf JSON, which takes the proto field name as well.
+    #[serde(
+        default,
+        alias = "connection_limit",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub connection_limit: Option<u32>,
 }
 

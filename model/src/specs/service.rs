@@ -103,8 +103,9 @@ pub struct MeshServiceSelector {
     pub dataplane_tags: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane_ref: Option<DataplaneRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dataplane: Option<LabelSelector>,
+    /// Kuma 2.14's `dataplaneLabels`; `dataplane` is the spelling of earlier 2.x releases.
+    #[serde(default, alias = "dataplane", skip_serializing_if = "Option::is_none")]
+    pub dataplane_labels: Option<LabelSelector>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -142,14 +143,14 @@ impl Validate for MeshServiceSpec {
                 let defined = [
                     sel.dataplane_tags.is_some(),
                     sel.dataplane_ref.is_some(),
-                    sel.dataplane.is_some(),
+                    sel.dataplane_labels.is_some(),
                 ]
                 .iter()
                 .filter(|x| **x)
                 .count();
                 if defined > 1 {
                     v.violation(
-                        "at most one of dataplaneTags, dataplaneRef, dataplane can be defined",
+                        "at most one of dataplaneTags, dataplaneRef, dataplaneLabels can be defined",
                     );
                 }
                 if let Some(tags) = &sel.dataplane_tags {
@@ -158,7 +159,7 @@ impl Validate for MeshServiceSpec {
                 if let Some(r) = &sel.dataplane_ref {
                     v.field("dataplaneRef", |v| v.require_non_empty("name", &r.name));
                 }
-                check_match_labels(v, "dataplane", &sel.dataplane);
+                check_match_labels(v, "dataplaneLabels", &sel.dataplane_labels);
             });
         }
         check_ports(v, &self.ports);

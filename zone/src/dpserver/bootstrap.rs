@@ -293,7 +293,8 @@ pub async fn bootstrap(
     if let Err(r) = check_token(&state, &req, Some(&spec)).await {
         return r;
     }
-    if let Some(d) = given {
+    if let Some(mut d) = given {
+        model::labels::compute(&mut d, Some(state.zone.as_str()).filter(|z| !z.is_empty()));
         let (spec, labels) = (d.spec.clone(), d.meta.labels.clone());
         if let Err(e) = store::upsert(state.store.as_ref(), d, |r| {
             r.spec = spec.clone();
@@ -441,7 +442,8 @@ async fn zone_proxy_bootstrap(
     if let Err(r) = check_token(state, req, None).await {
         return r;
     }
-    if let Some(r) = given {
+    if let Some(mut r) = given {
+        model::labels::compute(&mut r, Some(state.zone.as_str()).filter(|z| !z.is_empty()));
         // availableServices is the control plane's to keep; a restarting proxy keeps it.
         let networking = r.spec["networking"].clone();
         let zone = state.zone.clone();

@@ -43,6 +43,8 @@ pub enum PassthroughProtocol {
     Grpcs,
     Http,
     Http2,
+    /// Kuma 2.14's MySQL protocol match.
+    Mysql,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
