@@ -66,9 +66,14 @@ pub struct ApiState {
     pub auth: AuthConfig,
     pub metrics: ApiMetrics,
     pub federation: federation::Federation,
-    /// This zone's name on a zone or standalone control plane (`None` on global): resources
-    /// written here are labelled as this zone's.
+    /// This zone's name on a zone control plane (`None` on global and standalone): resources
+    /// written here are labelled as this zone's. A standalone's are labelled when it joins a
+    /// federation, under the zone name it joins with.
     pub local_zone: Option<String>,
+    /// Kuma's check that, on a zone under a global, a zone's own policies carry
+    /// `kuma.io/origin: zone` (`KUMA_MULTIZONE_ZONE_DISABLE_ORIGIN_LABEL_VALIDATION` turns it
+    /// off).
+    pub origin_label_validation: bool,
     /// Reaches proxies' Envoy admin; `None` where no proxies connect (global).
     pub proxy_admin: Option<kds::inspect::SharedProxyAdmin>,
 }

@@ -14,7 +14,7 @@ use store::{ListQuery, StoreError};
 
 use crate::SharedState;
 use crate::error::ApiError;
-use crate::paging::{next_link, parse_list_query};
+use crate::paging::{DataplaneFilter, list_page, next_link, parse_list_query};
 
 /// How long a subscription may stay silent before it counts as offline.
 pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
@@ -107,10 +107,9 @@ pub async fn list(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     overview_names(kind).ok_or_else(|| no_overview(kind))?;
+    let filter = DataplaneFilter::from_request(kind, mesh.is_some(), uri)?;
     let query = parse_list_query(kind, mesh, params)?;
-    let page = state
-        .store
-        .list(&query)
+    let page = list_page(&state.store, &query, filter.as_ref())
         .await
         .map_err(|e| ApiError::from_store("Could not retrieve resources", e))?;
     let mut items = Vec::with_capacity(page.items.len());

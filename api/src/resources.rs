@@ -16,7 +16,7 @@ use store::{ListQuery, StoreError};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::overview;
-use crate::paging::{DEFAULT_PAGE_SIZE, next_link, parse_list_query};
+use crate::paging::{DEFAULT_PAGE_SIZE, DataplaneFilter, list_page, next_link, parse_list_query};
 use crate::{MAX_BODY_BYTES, SharedState};
 
 const TITLE_GET: &str = "Could not retrieve a resource";
@@ -214,10 +214,9 @@ async fn list(
     caller: &Caller,
 ) -> Result<Response, ApiError> {
     check_read_access(caller, None, kind)?;
+    let filter = DataplaneFilter::from_request(kind, mesh.is_some(), uri)?;
     let query = parse_list_query(kind, mesh, params)?;
-    let page = state
-        .store
-        .list(&query)
+    let page = list_page(&state.store, &query, filter.as_ref())
         .await
         .map_err(|e| ApiError::from_store(TITLE_LIST, e))?;
     let items: Vec<Value> = page
@@ -396,6 +395,7 @@ async fn put(
     {
         return Err(ApiError::method_not_allowed(reason));
     }
+    check_reserved_labels(state, &resource)?;
     model::labels::compute(&mut resource, state.local_zone.as_deref());
     if let Some(current) = &existing {
         keep_identity_labels(current, &mut resource)?;
@@ -431,6 +431,82 @@ async fn put(
         }
         Err(e) => Err(ApiError::from_store(TITLE_PUT, e)),
     }
+}
+
+/// Kuma's rules for the labels a writer sets (its `validateLabels` and the Dataplane workload
+/// check), on the labels as sent, before the computed ones are added.
+fn check_reserved_labels(state: &SharedState, r: &Resource) -> Result<(), ApiError> {
+    use crate::federation::Federation;
+    use model::descriptor::Layout;
+    use model::labels::{MESH, ORIGIN, ZONE};
+    let key = |label: &str| format!("labels[{label:?}]");
+    let mut v = model::Validator::new();
+    let origin = r.label(ORIGIN);
+    if let Some(o) = origin.filter(|o| !matches!(*o, "zone" | "global")) {
+        v.violation_at(&key(ORIGIN), format!("unknown resource origin {o:?}"));
+    }
+    match state.federation {
+        Federation::Global if origin.is_some_and(|o| o != "global") => {
+            v.violation_at(&key(ORIGIN), "the origin label must be set to 'global'");
+        }
+        // On a zone under a global, Kuma asks a zone's own policies to say so, so that a
+        // manifest meant for global is not applied to a zone by mistake.
+        Federation::Zone
+            if state.origin_label_validation
+                && r.kind.descriptor().layout == Layout::Spec
+                && origin != Some("zone") =>
+        {
+            v.violation_at(&key(ORIGIN), "the origin label must be set to 'zone'");
+        }
+        _ => {}
+    }
+    if let Some(zone) = &state.local_zone
+        && origin != Some("global")
+    {
+        if r.label(ZONE).is_some_and(|z| z != zone) {
+            v.violation_at(&key(ZONE), format!("{ZONE} label should have {zone} value"));
+        }
+        if r.kind.is_mesh_scoped() && r.label(MESH).is_some_and(|m| m != r.meta.mesh) {
+            v.violation_at(
+                &key(MESH),
+                format!("{MESH} label must not differ from mesh set on resource"),
+            );
+        }
+    }
+    v.finish().map_err(|e| ApiError::invalid(TITLE_PUT, e))?;
+    if r.kind == ResourceType::Dataplane
+        && let Some(workload) = r.label(WORKLOAD).filter(|w| !w.is_empty())
+    {
+        // (Global refuses Dataplane writes before this, as Kuma's global refuses the label.)
+        if is_dns1035_label(workload) {
+            return Ok(());
+        }
+        let detail = format!(
+            "{}: must be a valid DNS-1035 label (at most 63 characters, matching regex \
+             [a-z]([-a-z0-9]*[a-z0-9])?)",
+            key(WORKLOAD)
+        );
+        let mut e = ApiError::bad_request("Invalid workload label", &key(WORKLOAD), detail.clone());
+        e.detail = detail;
+        return Err(e);
+    }
+    Ok(())
+}
+
+const WORKLOAD: &str = "kuma.io/workload";
+
+/// Kubernetes' DNS-1035 label: what Kuma requires of `kuma.io/workload`.
+fn is_dns1035_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .last()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// Kuma's immutable labels: where a resource came from (`kuma.io/origin`, `kuma.io/zone`)

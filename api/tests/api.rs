@@ -47,13 +47,18 @@ async fn start_in_mode(store: SharedStore, auth: AuthConfig, mode: &str) -> Serv
             cluster_id: "c".into(),
             gui: "/gui".into(),
             based_on_kuma: "2.14.0".into(),
-            mode: mode.into(),
+            mode: mode.trim_start_matches("federated-").into(),
         },
         config: json!({"store": {"postgres": {"password": "*****"}}}),
         auth,
         metrics: api::ApiMetrics::detached(),
-        federation: api::federation::Federation::None,
-        local_zone: (mode != "global").then(|| "default".to_string()),
+        federation: match mode {
+            "global" => api::federation::Federation::Global,
+            "federated-zone" => api::federation::Federation::Zone,
+            _ => api::federation::Federation::None,
+        },
+        local_zone: mode.ends_with("zone").then(|| "zone-1".to_string()),
+        origin_label_validation: true,
         proxy_admin: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,16 +150,16 @@ async fn index_config_and_resource_types() {
     assert_eq!(st, StatusCode::OK);
 }
 
-/// Kuma's computed labels on a standalone (zone) control plane, written with the resource.
+/// Kuma's computed labels on a zone control plane, written with the resource.
 #[tokio::test]
 async fn labels_are_computed_on_write() {
-    let s = start().await;
+    let s = start_in_mode(Arc::new(MemoryStore::new()), AuthConfig::default(), "zone").await;
     s.put("/meshes/default/meshtimeouts/t1", timeout("t1"))
         .await;
     let (_, body) = s.get("/meshes/default/meshtimeouts/t1").await;
     assert_eq!(
         body["labels"],
-        json!({"kuma.io/mesh": "default", "kuma.io/origin": "zone", "kuma.io/zone": "default",
+        json!({"kuma.io/mesh": "default", "kuma.io/origin": "zone", "kuma.io/zone": "zone-1",
             "kuma.io/env": "universal"})
     );
     let gw = json!({"type": "Dataplane", "name": "gw-1", "mesh": "default",
@@ -170,6 +175,165 @@ async fn labels_are_computed_on_write() {
     let (_, body) = s.get("/meshes/default/meshtimeouts/t2").await;
     assert_eq!(body["labels"]["team"], "a");
     assert_eq!(body["labels"]["kuma.io/origin"], "zone");
+}
+
+/// Kuma's rules for reserved labels a writer sets, each answered 400 on the label's path.
+#[tokio::test]
+async fn reserved_labels_follow_kumas_rules() {
+    let reason = |body: &Value, field: &str| -> String {
+        body["invalid_parameters"]
+            .as_array()
+            .and_then(|v| v.iter().find(|p| p["field"] == field))
+            .map(|p| p["reason"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("no {field} in {body}"))
+    };
+    let labelled = |name: &str, labels: Value| {
+        let mut t = timeout(name);
+        t["labels"] = labels;
+        t
+    };
+    let zone = start_in_mode(Arc::new(MemoryStore::new()), AuthConfig::default(), "zone").await;
+    for (labels, field, why) in [
+        (
+            json!({"kuma.io/origin": "mars"}),
+            "kuma.io/origin",
+            "unknown resource origin \"mars\"",
+        ),
+        (
+            json!({"kuma.io/zone": "zone-9"}),
+            "kuma.io/zone",
+            "kuma.io/zone label should have zone-1 value",
+        ),
+        (
+            json!({"kuma.io/mesh": "other"}),
+            "kuma.io/mesh",
+            "kuma.io/mesh label must not differ from mesh set on resource",
+        ),
+    ] {
+        let (st, body) = zone
+            .put("/meshes/default/meshtimeouts/t1", labelled("t1", labels))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(reason(&body, &format!("labels[{field:?}]")), why);
+    }
+    let dp = |workload: &str| {
+        json!({"type": "Dataplane", "name": "web-1", "mesh": "default",
+            "labels": {"kuma.io/workload": workload},
+            "networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}})
+    };
+    let (st, body) = zone
+        .put("/meshes/default/dataplanes/web-1", dp("Web_1"))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(body["title"], "Invalid workload label");
+    assert!(
+        body["detail"].as_str().unwrap().contains("DNS-1035"),
+        "{body}"
+    );
+    let (st, _) = zone
+        .put("/meshes/default/dataplanes/web-1", dp("web"))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+
+    // Under a global, a zone's own policy has to say it is the zone's.
+    let federated = start_in_mode(
+        Arc::new(MemoryStore::new()),
+        AuthConfig::default(),
+        "federated-zone",
+    )
+    .await;
+    let (st, body) = federated
+        .put("/meshes/default/meshtimeouts/t1", timeout("t1"))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reason(&body, "labels[\"kuma.io/origin\"]"),
+        "the origin label must be set to 'zone'"
+    );
+    let (st, _) = federated
+        .put(
+            "/meshes/default/meshtimeouts/t1",
+            labelled("t1", json!({"kuma.io/origin": "zone"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+
+    let global = start_in_mode(
+        Arc::new(MemoryStore::new()),
+        AuthConfig::default(),
+        "global",
+    )
+    .await;
+    let (st, body) = global
+        .put(
+            "/meshes/default/meshtimeouts/t1",
+            labelled("t1", json!({"kuma.io/origin": "zone"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reason(&body, "labels[\"kuma.io/origin\"]"),
+        "the origin label must be set to 'global'"
+    );
+}
+
+/// Kuma's Dataplane list parameters `gateway` and `tag` (fuzzy), with paging over matches.
+#[tokio::test]
+async fn dataplane_list_gateway_and_tag_parameters() {
+    let s = start().await;
+    for (name, service, version) in [
+        ("web-1", "web", "v1"),
+        ("web-2", "web", "v2"),
+        ("db-1", "db", "v1"),
+    ] {
+        let dp = json!({"type": "Dataplane", "name": name, "mesh": "default",
+            "networking": {"address": "10.0.0.1", "inbound": [{"port": 80,
+                "tags": {"kuma.io/service": service, "version": version}}]}});
+        s.put(&format!("/meshes/default/dataplanes/{name}"), dp)
+            .await;
+    }
+    let gw = json!({"type": "Dataplane", "name": "edge-1", "mesh": "default",
+        "networking": {"address": "10.0.0.9", "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "edge"}}}});
+    s.put("/meshes/default/dataplanes/edge-1", gw).await;
+    let names = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, body) = s.get("/meshes/default/dataplanes?gateway=true").await;
+    assert_eq!(names(&body), ["edge-1"]);
+    let (_, body) = s.get("/meshes/default/dataplanes?gateway=builtin").await;
+    assert_eq!(names(&body), ["edge-1"]);
+    let (_, body) = s.get("/meshes/default/dataplanes?gateway=delegated").await;
+    assert_eq!(body["total"], 0);
+    let (_, body) = s.get("/meshes/default/dataplanes?gateway=false").await;
+    assert_eq!(body["total"], 3);
+    let (_, body) = s
+        .get("/meshes/default/dataplanes?tag=kuma.io/service:we")
+        .await;
+    assert_eq!(names(&body), ["web-1", "web-2"]);
+    let (_, body) = s
+        .get("/meshes/default/dataplanes?tag=kuma.io/service:web&tag=version:v2")
+        .await;
+    assert_eq!(names(&body), ["web-2"]);
+    let (_, body) = s
+        .get("/meshes/default/dataplanes+insights?tag=version:v1&size=1")
+        .await;
+    assert_eq!(body["total"], 2);
+    assert_eq!(body["items"].as_array().unwrap().len(), 1);
+    assert!(
+        body["next"].as_str().unwrap().contains("offset=1"),
+        "{body}"
+    );
+    let (st, body) = s.get("/meshes/default/dataplanes?gateway=maybe").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["invalid_parameters"][0]["field"],
+        "/meshes/{mesh}/dataplanes.gateway"
+    );
 }
 
 /// Kuma's service insights: per service, online/offline proxies and a status, with the `type`

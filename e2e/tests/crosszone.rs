@@ -116,6 +116,7 @@ fn cross_zone_traffic_through_the_ingress() {
     zone2.put(
         "/meshes/default/meshservices/redis",
         json!({"type": "MeshService", "mesh": "default", "name": "redis",
+            "labels": {"kuma.io/origin": "zone"},
             "spec": {"selector": {"dataplaneTags": {"kuma.io/service": "redis"}},
                 "ports": [{"port": 6379, "targetPort": 6379, "appProtocol": "tcp"}]}}),
     );

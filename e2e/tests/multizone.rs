@@ -415,10 +415,13 @@ fn scenario(global_store: &[(String, String)], durable: bool) {
     }
 
     // A policy applied on zone-1 reaches global with its zone, and not zone-2.
+    // As Kuma asks on a zone under a global, it says it is the zone's own.
+    let mut own = timeout("default-timeout-zone-1");
+    own["labels"] = json!({"kuma.io/origin": "zone"});
     put(
         &zone1,
         "/meshes/default/meshtimeouts/default-timeout-zone-1",
-        timeout("default-timeout-zone-1"),
+        own,
     );
     eventually(
         &global,

@@ -229,6 +229,39 @@ mod tests {
         assert_eq!(to_zone(&r).meta.name, r.meta.name);
     }
 
+    /// As Kuma's sync names them: a zone's MeshService reaches other zones with global's hashed
+    /// name, `kuma.io/origin: global` and the zone it came from; global's MeshExternalService
+    /// and MeshMultiZoneService reach zones hashed without a zone, status left behind.
+    #[test]
+    fn services_reach_zones_as_kuma_names_them() {
+        let mut svc = Resource::new(ResourceType::MeshService, "default", "redis", json!({}));
+        svc.status = Some(json!({"vips": [{"ip": "241.0.0.1"}]}));
+        let on_global = to_global(&svc, "zone-2");
+        let on_zone1 = to_zone(&on_global);
+        assert_eq!(
+            on_zone1.meta.name,
+            hashed_name("default", "redis", Some("zone-2"), None)
+        );
+        assert_eq!(on_zone1.meta.name, on_global.meta.name);
+        assert_eq!(on_zone1.label(ORIGIN), Some("global"));
+        assert_eq!(on_zone1.label(ZONE), Some("zone-2"));
+        assert_eq!(on_zone1.label(DISPLAY_NAME), Some("redis"));
+        assert!(on_zone1.status.is_none());
+        for kind in [
+            ResourceType::MeshExternalService,
+            ResourceType::MeshMultiZoneService,
+        ] {
+            let r = to_zone(&Resource::new(kind, "default", "ext", json!({})));
+            assert_eq!(
+                r.meta.name,
+                hashed_name("default", "ext", None, None),
+                "{kind}"
+            );
+            assert_eq!(r.label(ORIGIN), Some("global"));
+            assert_eq!(r.label(DISPLAY_NAME), Some("ext"));
+        }
+    }
+
     #[test]
     fn mesh_and_secrets_keep_their_names() {
         let mesh = Resource::new(ResourceType::Mesh, "", "default", json!({}));

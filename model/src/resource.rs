@@ -260,6 +260,16 @@ impl Resource {
                     v.key(k, |v| {
                         v.violation("label value must be at most 63 characters long")
                     });
+                } else if !is_label_value(val) {
+                    // Kubernetes' rule and message, which Kuma applies on universal too.
+                    v.key(k, |v| {
+                        v.violation(
+                            "a valid label must be an empty string or consist of alphanumeric \
+                             characters, '-', '_' or '.', and must start and end with an \
+                             alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', \
+                             regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
+                        )
+                    });
                 }
             }
         });
@@ -406,6 +416,16 @@ pub fn parse_resource_text(text: &str) -> Result<Value, DecodeError> {
 /// YAML as kumactl prints it.
 pub fn to_yaml(value: &Value) -> String {
     serde_saphyr::to_string(value).unwrap_or_else(|e| format!("# cannot render YAML: {e}\n"))
+}
+
+/// A Kubernetes label value: empty, or alphanumerics with `-`, `_`, `.` inside.
+fn is_label_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let inner_ok = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+    bytes.is_empty()
+        || (bytes[0].is_ascii_alphanumeric()
+            && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+            && bytes.iter().all(inner_ok))
 }
 
 #[cfg(test)]

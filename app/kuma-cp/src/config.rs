@@ -365,6 +365,7 @@ impl Default for MultizoneConfig {
                 name: "default".into(),
                 global_address: String::new(),
                 kds: ZoneKdsConfig::default(),
+                disable_origin_label_validation: false,
             },
         }
     }
@@ -424,6 +425,10 @@ pub struct ZoneConfig {
     pub name: String,
     pub global_address: String,
     pub kds: ZoneKdsConfig,
+    /// Kuma's switch for the check that a federated zone's own policies are labelled
+    /// `kuma.io/origin: zone` when written.
+    #[serde(default)]
+    pub disable_origin_label_validation: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

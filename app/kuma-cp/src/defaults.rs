@@ -35,7 +35,9 @@ pub async fn ensure(
     // A zone connected to global gets its meshes from global.
     let federated_zone =
         config.mode == Mode::Zone && !config.multizone.zone.global_address.is_empty();
-    let local_zone = (config.mode != Mode::Global).then_some(config.multizone.zone.name.as_str());
+    // Kuma's computed labels name the zone on a zone control plane; a standalone's resources
+    // get them when it joins a federation under its zone name.
+    let local_zone = (config.mode == Mode::Zone).then_some(config.multizone.zone.name.as_str());
     if !config.defaults.skip_mesh_creation && !federated_zone {
         let mut mesh = Resource::new(ResourceType::Mesh, "", "default", serde_json::json!({}));
         model::labels::compute(&mut mesh, local_zone);

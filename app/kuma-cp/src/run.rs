@@ -346,7 +346,8 @@ pub async fn run(
             }
             _ => api::federation::Federation::None,
         },
-        local_zone: (config.mode != Mode::Global).then(|| config.multizone.zone.name.clone()),
+        local_zone: (config.mode == Mode::Zone).then(|| config.multizone.zone.name.clone()),
+        origin_label_validation: !config.multizone.zone.disable_origin_label_validation,
         proxy_admin: Some(proxy_admin.clone()),
     });
     let router = api::router(state);
@@ -556,6 +557,7 @@ async fn dp_server_config(
         cp_instance_id: instance_id.to_string(),
         zone: config.multizone.zone.name.clone(),
         federated: config.mode == Mode::Zone && !config.multizone.zone.global_address.is_empty(),
+        label_zone: (config.mode == Mode::Zone).then(|| config.multizone.zone.name.clone()),
     })
 }
 

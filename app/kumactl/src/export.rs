@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 use clap::ValueEnum;
 use model::descriptor::kds::{CONSUMED_BY_ZONE, PROVIDED_BY_GLOBAL};
-use model::labels::{ORIGIN, ZONE};
+use model::labels::{DISPLAY_NAME, ENV, ORIGIN, ZONE};
 use model::{Resource, ResourceType};
 use serde_json::{Value, json};
 
@@ -107,12 +107,19 @@ pub async fn export(
                 Ok(r) => r,
                 Err(e) => bail!("the control plane returned a {kind} kumactl cannot read: {e}"),
             };
-            // Copies of another control plane's resources belong to it, not to this export.
-            if r.label(ORIGIN) == Some("global") || r.label(ZONE).is_some() {
+            // Copies of another control plane's resources belong to it, not to this export:
+            // global's (which include other zones', as Kuma sends them) and, from before
+            // that, other zones' copies renamed by the sync (they carry a display name).
+            let synced_copy = r.label(ZONE).is_some() && r.label(DISPLAY_NAME).is_some();
+            if r.label(ORIGIN) == Some("global") || synced_copy {
                 skipped += 1;
                 continue;
             }
-            r.meta.labels.remove(ORIGIN);
+            // Where it was written is for the control plane that takes it to compute (as
+            // Kuma's export drops the origin); a zone label would mark it as a zone's on global.
+            for label in [ORIGIN, ZONE, ENV] {
+                r.meta.labels.remove(label);
+            }
             let name = r.meta.name.as_str();
             if kind == ResourceType::GlobalSecret && NEVER_EXPORTED.contains(&name) {
                 continue;

@@ -52,7 +52,8 @@ async fn start() -> Server {
         auth: AuthConfig::default(),
         metrics: api::ApiMetrics::detached(),
         federation: api::federation::Federation::None,
-        local_zone: Some("default".into()),
+        local_zone: None,
+        origin_label_validation: true,
         proxy_admin: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -36,6 +36,8 @@ pub struct BootstrapState {
     pub ca_pem: String,
     /// This control plane's zone, written into the ZoneIngress/ZoneEgress its proxies register.
     pub zone: String,
+    /// The zone for the computed labels of registered proxies (none on standalone).
+    pub label_zone: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,7 +296,7 @@ pub async fn bootstrap(
         return r;
     }
     if let Some(mut d) = given {
-        model::labels::compute(&mut d, Some(state.zone.as_str()).filter(|z| !z.is_empty()));
+        model::labels::compute(&mut d, state.label_zone.as_deref());
         let (spec, labels) = (d.spec.clone(), d.meta.labels.clone());
         if let Err(e) = store::upsert(state.store.as_ref(), d, |r| {
             r.spec = spec.clone();
@@ -443,7 +445,7 @@ async fn zone_proxy_bootstrap(
         return r;
     }
     if let Some(mut r) = given {
-        model::labels::compute(&mut r, Some(state.zone.as_str()).filter(|z| !z.is_empty()));
+        model::labels::compute(&mut r, state.label_zone.as_deref());
         // availableServices is the control plane's to keep; a restarting proxy keeps it.
         let networking = r.spec["networking"].clone();
         let zone = state.zone.clone();

@@ -30,6 +30,10 @@ pub struct DpServerConfig {
     pub zone: String,
     /// A zone connected to global: zone tokens are checked with the public keys global
     /// published, not with keys of its own.
+    /// The zone named in the labels of what proxies register (`kuma.io/zone`): this zone on a
+    /// zone control plane; none on standalone, whose resources are labelled when it joins a
+    /// federation under its zone name.
+    pub label_zone: Option<String>,
     pub federated: bool,
 }
 
@@ -86,6 +90,7 @@ pub async fn serve(
         dp_server_port: config.port,
         ca_pem: config.ca_pem.clone(),
         zone: config.zone.clone(),
+        label_zone: config.label_zone.clone(),
     }))
     .layer(
         tower::ServiceBuilder::new()
