@@ -20,6 +20,9 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/transport_sockets/tls/v3/tls.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
+    "envoy/config/trace/v3/zipkin.proto",
+    "envoy/config/trace/v3/datadog.proto",
+    "envoy/config/trace/v3/opentelemetry.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
     // Before fault.proto: its package `envoy.extensions.filters.common` would capture the
     // rate limits' relative `common.ratelimit` references (protobuf resolves innermost scope

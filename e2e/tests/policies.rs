@@ -431,6 +431,149 @@ fn mesh_access_log(f: &Fixture) {
     f.remove("MeshAccessLog", "web-logs");
 }
 
+/// A Zipkin collector for the test: takes `POST /api/v2/spans` (Zipkin's JSON v2, as Envoy's
+/// tracer sends it over HTTP/1.1 keep-alive) and hands each body's spans over.
+fn zipkin_collector() -> (u16, std::sync::mpsc::Receiver<Value>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a collector port");
+    let port = listener.local_addr().expect("collector address").port();
+    let (spans_tx, spans) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let spans_tx = spans_tx.clone();
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().expect("a second handle");
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let (mut length, mut chunked) = (0usize, false);
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                            if name.eq_ignore_ascii_case("transfer-encoding") {
+                                chunked = value.trim().eq_ignore_ascii_case("chunked");
+                            }
+                        }
+                    }
+                    let mut body = Vec::new();
+                    if chunked {
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let size = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+                            let mut chunk = vec![0; size + 2];
+                            if reader.read_exact(&mut chunk).is_err() {
+                                return;
+                            }
+                            if size == 0 {
+                                break;
+                            }
+                            body.extend_from_slice(&chunk[..size]);
+                        }
+                    } else {
+                        body.resize(length, 0);
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                    }
+
+                    if let Ok(Value::Array(list)) = serde_json::from_slice(&body) {
+                        for span in list {
+                            let _ = spans_tx.send(span);
+                        }
+                    }
+                    if writer
+                        .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, spans)
+}
+
+/// MeshTrace with a Zipkin backend: a request through web's outbound to backend leaves a
+/// client span (web's sidecar) and a server span (backend's) of one trace at the collector,
+/// with the policy's tags and Kuma's `kuma.mesh`.
+fn mesh_trace(f: &Fixture) {
+    let (port, spans) = zipkin_collector();
+    f.apply(
+        "MeshTrace",
+        "trace-all",
+        json!({"targetRef": {"kind": "Mesh"}, "default": {
+            "backends": [{"type": "Zipkin", "zipkin": {
+                "url": format!("http://127.0.0.1:{port}/api/v2/spans"), "traceId128bit": true}}],
+            "sampling": {"overall": 100, "random": "100"},
+            "tags": [{"name": "team", "literal": "payments"},
+                {"name": "client", "header": {"name": "x-client", "default": "none"}}]}}),
+    );
+    let mut seen: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let shared_trace = loop {
+        f.get("/traced");
+        while let Ok(span) = spans.recv_timeout(Duration::from_millis(500)) {
+            seen.push(span);
+        }
+        let traced: Vec<&Value> = seen
+            .iter()
+            .filter(|s| {
+                s["tags"]["http.url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with("/traced"))
+            })
+            .collect();
+        let shared = traced.iter().find_map(|client| {
+            (client["kind"] == "CLIENT").then_some(())?;
+            let server = traced
+                .iter()
+                .find(|s| s["kind"] == "SERVER" && s["traceId"] == client["traceId"])?;
+            Some(((*client).clone(), (*server).clone()))
+        });
+        if let Some(pair) = shared {
+            break pair;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no client and server span of one trace at the collector; saw {seen:?}\nweb's tracing stats:\n{}\n{}",
+            f.env
+                .get_text("/meshes/default/dataplanes/web-1/stats")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("zipkin") || l.contains("tracing"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            f.logs()
+        );
+    };
+    let (client, server) = shared_trace;
+    assert_eq!(
+        client["traceId"].as_str().map(str::len),
+        Some(32),
+        "128-bit trace ids"
+    );
+    for span in [&client, &server] {
+        assert_eq!(span["tags"]["team"], "payments", "{span}");
+        assert_eq!(span["tags"]["client"], "none", "{span}");
+        assert_eq!(span["tags"]["kuma.mesh"], "default", "{span}");
+    }
+    f.remove("MeshTrace", "trace-all");
+    f.back_to_normal();
+}
+
 /// MeshProxyPatch: a cluster patch shows in web's Envoy config dump (read through the control
 /// plane), and an HTTP filter added on web's outbound changes its traffic.
 fn mesh_proxy_patch(f: &Fixture) {
@@ -648,6 +791,7 @@ fn policies_take_effect_in_real_envoy() {
     mesh_fault_injection(&f);
     mesh_rate_limit(&f);
     mesh_access_log(&f);
+    mesh_trace(&f);
     mesh_proxy_patch(&f);
     inspect_rules(&f);
     mesh_tls(&f);

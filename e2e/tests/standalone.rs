@@ -393,6 +393,42 @@ fn bad_configuration_stops_start_up_naming_the_key() {
     }
 }
 
+/// A Kuma user's environment starts kuma-cp: Kuma's documented universal variables, and Kuma
+/// keys kuma-cp does not implement yet, each named in one warning.
+#[test]
+fn kumas_own_environment_starts_with_a_warning_per_unsupported_key() {
+    let mut cp = ControlPlane::start(
+        "kumaenv",
+        &[
+            ("KUMA_MODE", "standalone"),
+            ("KUMA_ENVIRONMENT", "universal"),
+            (
+                "KUMA_XDS_SERVER_DATAPLANE_CONFIGURATION_REFRESH_INTERVAL",
+                "1s",
+            ),
+            ("KUMA_DP_SERVER_HDS_ENABLED", "false"),
+            ("KUMA_STORE_POSTGRES_TLS_ROOT_CERT_PATH", ""),
+        ],
+    );
+    cp.wait_ready(Duration::from_secs(60));
+    let logs = cp.logs();
+    for key in [
+        "KUMA_XDS_SERVER_DATAPLANE_CONFIGURATION_REFRESH_INTERVAL",
+        "KUMA_DP_SERVER_HDS_ENABLED",
+    ] {
+        let warnings = logs
+            .lines()
+            .filter(|l| l.contains("not supported yet") && l.contains(key))
+            .count();
+        assert_eq!(warnings, 1, "{key}:\n{logs}");
+    }
+    // Kuma's name for a key kuma-cp implements is read, not warned about.
+    assert!(
+        !logs.contains("KUMA_STORE_POSTGRES_TLS_ROOT_CERT_PATH"),
+        "{logs}"
+    );
+}
+
 #[test]
 fn a_taken_port_is_reported() {
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();

@@ -28,6 +28,8 @@ pub enum Origin {
     Gateway { port: u32 },
     /// Added by a MeshProxyPatch.
     Patch,
+    /// Added by a policy for a backend it sends to (a tracing collector).
+    Policy(model::ResourceType),
 }
 
 /// One local instance of a destination: where it is and the tags and labels locality

@@ -7,7 +7,7 @@ use common::{allow_all, check_schema, config, envoy_validates, mesh};
 use model::specs::policy::{
     MeshAccessLogSpec, MeshCircuitBreakerSpec, MeshFaultInjectionSpec, MeshHealthCheckSpec,
     MeshProxyPatchSpec, MeshRateLimitSpec, MeshRetrySpec, MeshTimeoutSpec, MeshTlsSpec,
-    MeshTrafficPermissionSpec,
+    MeshTraceSpec, MeshTrafficPermissionSpec,
 };
 use serde_json::{Value, json};
 use xds::{MeshContext, Policy};
@@ -709,4 +709,73 @@ fn access_log_backends() {
     let logs = &inbound["filter_chains"][0]["filters"][0]["typed_config"]["access_log"];
     assert_eq!(logs.as_array().map(Vec::len), Some(1));
     assert_eq!(logs[0]["typed_config"]["path"], "/dev/stdout");
+}
+
+/// MeshTrace: Kuma's tracing on every connection manager (web's outbounds, backend's inbound),
+/// sampling, the policy's tags then `kuma.mesh` and `kuma.zone`, and a cluster to the collector;
+/// Zipkin, Datadog (split service: one service name per direction and destination) and
+/// OpenTelemetry over gRPC. Each configuration is validated by Envoy.
+#[test]
+fn trace_backends() {
+    let traced = |backend: Value| {
+        with(
+            mesh("http", false, vec![]),
+            vec![policy::<MeshTraceSpec>(
+                "trace",
+                json!({"targetRef": {"kind": "Mesh"}, "default": {"backends": [backend],
+                    "sampling": {"overall": 80, "client": "50.5", "random": 10},
+                    "tags": [{"name": "team", "literal": "a"},
+                             {"name": "client", "header": {"name": "x-client", "default": "none"}}]}}),
+            )],
+        )
+    };
+    let zipkin = traced(json!({"type": "Zipkin", "zipkin": {
+        "url": "http://jaeger-collector.observability:9411/api/v2/spans", "traceId128bit": true}}));
+    let client = checked(&zipkin, "web-1", "trace-zipkin-client");
+    let hcm = &listener(&client, "outbound:127.0.0.1:10001")["filter_chains"][0]["filters"][0]["typed_config"];
+    insta::assert_yaml_snapshot!("trace_zipkin_outbound", hcm["tracing"]);
+    insta::assert_yaml_snapshot!("trace_zipkin_cluster", cluster(&client, "meshtrace:zipkin"));
+    let server = checked(&zipkin, "backend-1", "trace-zipkin-server");
+    let inbound = &listener(&server, "inbound:10.0.0.2:20081")["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_eq!(inbound["tracing"], hcm["tracing"]);
+
+    let datadog = traced(json!({"type": "Datadog", "datadog": {
+        "url": "http://127.0.0.1:8126", "splitService": true}}));
+    let client = checked(&datadog, "web-1", "trace-datadog-client");
+    let provider = &listener(&client, "outbound:127.0.0.1:10001")["filter_chains"][0]["filters"][0]
+        ["typed_config"]["tracing"]["provider"];
+    assert_eq!(
+        provider["typed_config"]["service_name"],
+        "web_outbound_backend"
+    );
+    let server = checked(&datadog, "backend-1", "trace-datadog-server");
+    let provider = &listener(&server, "inbound:10.0.0.2:20081")["filter_chains"][0]["filters"][0]["typed_config"]
+        ["tracing"]["provider"];
+    assert_eq!(provider["typed_config"]["service_name"], "backend_inbound");
+
+    let otel = traced(
+        json!({"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector:4317"}}),
+    );
+    let client = checked(&otel, "web-1", "trace-otel-client");
+    let hcm = &listener(&client, "outbound:127.0.0.1:10001")["filter_chains"][0]["filters"][0]["typed_config"];
+    insta::assert_yaml_snapshot!("trace_otel_provider", hcm["tracing"]["provider"]);
+    let collector = cluster(&client, "meshtrace:opentelemetry");
+    assert!(
+        collector["typed_extension_protocol_options"].is_object(),
+        "{collector}"
+    );
+
+    // A backend that cannot be reached leaves the proxy untraced and says why.
+    let bad = traced(json!({"type": "Zipkin", "zipkin": {"url": "jaeger:9411"}}));
+    let r = xds::sidecar(&bad, "web-1").expect("generate");
+    assert!(
+        r.warnings.iter().any(|w| w.contains("MeshTrace")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(
+        !r.listeners
+            .iter()
+            .any(|l| l.to_string().contains("tracing"))
+    );
 }

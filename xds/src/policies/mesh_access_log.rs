@@ -18,6 +18,7 @@ use model::specs::policy::{AccessLogBackend, AccessLogBackendType, AccessLogConf
 use serde_json::{Map, Value, json};
 
 use super::Applied;
+use super::mesh_trace::identifying_service;
 use crate::context::{DataplaneEntry, MeshContext, Protocol};
 use crate::envoy::listener::ListenerMut;
 use crate::resources::{Origin, ResourceSet};
@@ -229,20 +230,6 @@ impl super::PolicyPlugin for Plugin {
         }
         rs.warnings.extend(warnings);
     }
-}
-
-/// The service a proxy speaks as (Kuma's `IdentifyingName`): its first inbound's, or its
-/// gateway's.
-fn identifying_service(proxy: &DataplaneEntry) -> String {
-    let networking = &proxy.spec.networking;
-    networking
-        .inbound
-        .first()
-        .map(|i| &i.tags)
-        .or(networking.gateway.as_ref().map(|g| &g.tags))
-        .and_then(|tags| tags.get(SERVICE_TAG))
-        .cloned()
-        .unwrap_or_default()
 }
 
 fn backend_type(b: &AccessLogBackend) -> Option<AccessLogBackendType> {

@@ -16,6 +16,7 @@ mod mesh_retry;
 mod mesh_tcp_route;
 mod mesh_timeout;
 mod mesh_tls;
+mod mesh_trace;
 mod mesh_traffic_permission;
 
 use model::ResourceType;
@@ -46,6 +47,7 @@ pub static PLUGINS: &[&dyn PolicyPlugin] = &[
     &mesh_tls::Plugin,
     &mesh_load_balancing_strategy::Plugin,
     &mesh_access_log::Plugin,
+    &mesh_trace::Plugin,
     &mesh_fault_injection::Plugin,
     &mesh_rate_limit::Plugin,
     &mesh_timeout::Plugin,
