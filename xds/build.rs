@@ -24,6 +24,7 @@ const ROOTS: &[&str] = &[
     "envoy/config/trace/v3/datadog.proto",
     "envoy/config/trace/v3/opentelemetry.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    "envoy/extensions/access_loggers/open_telemetry/v3/logs_service.proto",
     // Before fault.proto: its package `envoy.extensions.filters.common` would capture the
     // rate limits' relative `common.ratelimit` references (protobuf resolves innermost scope
     // first among the files loaded so far).

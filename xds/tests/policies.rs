@@ -627,8 +627,7 @@ fn traffic_permission_rules_form() {
 /// MeshAccessLog: a file logger with Kuma's default HTTP line on backend's inbound (the
 /// caller unknown, Kuma's placeholders filled in); on web's outbound to backend a JSON file
 /// line and a TCP backend, which Envoy writes to kuma-dp's pipe (in the proxy's workdir) as
-/// `{"address", "message"}`; on a TCP mesh Kuma's default TCP line. An OpenTelemetry backend
-/// is not translated yet: a warning, the other backends stand.
+/// `{"address", "message"}`; on a TCP mesh Kuma's default TCP line; OpenTelemetry backends.
 #[test]
 fn access_log_backends() {
     let spec = json!({"targetRef": {"kind": "Mesh"},
@@ -686,18 +685,29 @@ fn access_log_backends() {
     let proxy = &listener(&server, "inbound:10.0.0.2:20081")["filter_chains"][0]["filters"][0]["typed_config"];
     insta::assert_yaml_snapshot!("access_log_inbound_tcp", proxy["access_log"]);
 
+    // OpenTelemetry: Envoy's OTLP logger to a collector cluster per endpoint, Kuma's default
+    // line as the body unless one is given, attributes with the placeholders filled in; a
+    // backendRef (MeshOpenTelemetryBackend) is a warning and the other backends stand.
     let otel = with(
         mesh("http", false, vec![]),
         vec![policy::<MeshAccessLogSpec>(
             "otel",
             json!({"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [
-                {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector:4317"}},
+                {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector:4317",
+                    "attributes": [{"key": "mesh", "value": "%KUMA_MESH%"}]}},
+                {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector:4317",
+                    "body": {"kvlistValue": "%REQ(:PATH)%", "n": 1}}},
+                {"type": "OpenTelemetry", "openTelemetry": {"backendRef": {"kind": "MeshOpenTelemetryBackend", "name": "x"}}},
                 {"type": "File", "file": {"path": "/dev/stdout"}}]}}]}),
         )],
     );
     let r = xds::sidecar(&otel, "backend-1").expect("generate");
+    check_schema(&r);
+    envoy_validates("access-log-otel", &r);
     assert!(
-        r.warnings.iter().any(|w| w.contains("OpenTelemetry")),
+        r.warnings
+            .iter()
+            .any(|w| w.contains("MeshOpenTelemetryBackend")),
         "{:?}",
         r.warnings
     );
@@ -707,8 +717,24 @@ fn access_log_backends() {
         .find(|l| l["name"] == "inbound:10.0.0.2:20081")
         .expect("inbound");
     let logs = &inbound["filter_chains"][0]["filters"][0]["typed_config"]["access_log"];
-    assert_eq!(logs.as_array().map(Vec::len), Some(1));
-    assert_eq!(logs[0]["typed_config"]["path"], "/dev/stdout");
+    assert_eq!(logs.as_array().map(Vec::len), Some(3));
+    assert_eq!(logs[2]["typed_config"]["path"], "/dev/stdout");
+    insta::assert_yaml_snapshot!("access_log_otel", logs[0]);
+    assert_eq!(
+        logs[1]["typed_config"]["body"]["kvlist_value"]["values"][0]["value"],
+        json!({"string_value": "%REQ(:PATH)%"})
+    );
+    let clusters: Vec<&Value> = r
+        .clusters
+        .iter()
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("meshaccesslog:"))
+        })
+        .collect();
+    assert_eq!(clusters.len(), 1, "one cluster per distinct endpoint");
+    assert_eq!(clusters[0]["name"], "meshaccesslog:opentelemetry:0");
 }
 
 /// MeshTrace: Kuma's tracing on every connection manager (web's outbounds, backend's inbound),

@@ -8,9 +8,10 @@
 //!
 //! Backends: `file` (Envoy writes the file), `tcp` (Envoy writes `{"address", "message"}`
 //! lines to kuma-dp's pipe, which forwards each message to the address, as Kuma's kuma-dp
-//! does). Formats: plain (Kuma's default line by protocol when none is given) or JSON, with
-//! Kuma's `%KUMA_*%` placeholders filled in here. OpenTelemetry backends are not translated
-//! yet (a warning names them).
+//! does), `openTelemetry` (Envoy's OpenTelemetry logger over gRPC to the endpoint, a cluster
+//! `meshaccesslog:opentelemetry:<n>` per distinct endpoint, the body and attributes as OTLP
+//! values). Formats: plain (Kuma's default line by protocol when none is given) or JSON, with
+//! Kuma's `%KUMA_*%` placeholders filled in here.
 
 use model::ResourceType;
 use model::labels::{SERVICE_TAG, ZONE};
@@ -191,6 +192,8 @@ impl super::PolicyPlugin for Plugin {
                 }
             }
         }
+        // An OpenTelemetry collector's cluster per distinct endpoint, numbered as Kuma does.
+        let mut collectors: Vec<String> = Vec::new();
         for target in attach {
             let values = KumaValues {
                 mesh: &mesh.mesh,
@@ -210,16 +213,18 @@ impl super::PolicyPlugin for Plugin {
                 .backends
                 .iter()
                 .flatten()
-                .filter_map(|b| match logger(b, default_format, &values, &pipe) {
-                    Ok(l) => Some(l),
-                    Err(why) => {
-                        warnings.push(format!(
-                            "MeshAccessLog backend on {} not applied: {why}",
-                            target.what
-                        ));
-                        None
-                    }
-                })
+                .filter_map(
+                    |b| match logger(b, default_format, &values, &pipe, &mut collectors) {
+                        Ok(l) => Some(l),
+                        Err(why) => {
+                            warnings.push(format!(
+                                "MeshAccessLog backend on {} not applied: {why}",
+                                target.what
+                            ));
+                            None
+                        }
+                    },
+                )
                 .collect();
             if loggers.is_empty() {
                 continue;
@@ -228,7 +233,44 @@ impl super::PolicyPlugin for Plugin {
                 add_loggers(&mut listener, &loggers);
             }
         }
+        for (i, endpoint) in collectors.iter().enumerate() {
+            let name = collector_name(i);
+            if rs.has_cluster(&name) {
+                continue;
+            }
+            match super::mesh_trace::host_port(endpoint, 4317) {
+                Ok((host, port)) => {
+                    let mut cluster =
+                        super::mesh_trace::collector_cluster(&name, host, port, false);
+                    crate::envoy::cluster::use_http2_upstream(&mut cluster);
+                    rs.add_cluster(Origin::Policy(self.kind()), cluster);
+                }
+                Err(why) => warnings.push(format!("MeshAccessLog OpenTelemetry endpoint: {why}")),
+            }
+        }
         rs.warnings.extend(warnings);
+    }
+}
+
+fn collector_name(index: usize) -> String {
+    format!("meshaccesslog:opentelemetry:{index}")
+}
+
+/// A JSON value as OpenTelemetry's `AnyValue`, strings with Kuma's placeholders filled in.
+/// Envoy's logger formats only strings, lists and key-value lists: a number or a boolean is
+/// sent as its text.
+fn any_value(value: &Value, values: &KumaValues<'_>) -> Value {
+    match value {
+        Value::String(s) => json!({"string_value": values.interpolate(s)}),
+        Value::Bool(_) | Value::Number(_) => json!({"string_value": value.to_string()}),
+        Value::Array(items) => {
+            json!({"array_value": {"values": items.iter().map(|v| any_value(v, values)).collect::<Vec<_>>()}})
+        }
+        Value::Object(fields) => json!({"kvlist_value": {"values": fields
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": any_value(v, values)}))
+            .collect::<Vec<_>>()}}),
+        Value::Null => json!({"string_value": ""}),
     }
 }
 
@@ -282,12 +324,14 @@ fn log_format(
     out
 }
 
-/// One Envoy access logger for `backend`.
+/// One Envoy access logger for `backend`; an OpenTelemetry one names its collector's cluster
+/// by the endpoint's place in `collectors`.
 fn logger(
     backend: &AccessLogBackend,
     default_format: &str,
     values: &KumaValues<'_>,
     pipe: &str,
+    collectors: &mut Vec<String>,
 ) -> Result<Value, &'static str> {
     let (path, format) = match backend_type(backend) {
         Some(AccessLogBackendType::File) => {
@@ -309,7 +353,41 @@ fn logger(
             (pipe.to_string(), format)
         }
         Some(AccessLogBackendType::OpenTelemetry) => {
-            return Err("OpenTelemetry backends are not supported yet");
+            let otel = backend
+                .open_telemetry
+                .as_ref()
+                .ok_or("type OpenTelemetry needs openTelemetry")?;
+            let endpoint = otel.endpoint.as_deref().filter(|e| !e.is_empty()).ok_or(
+                "openTelemetry.backendRef (MeshOpenTelemetryBackend) is not supported yet",
+            )?;
+            let index = collectors
+                .iter()
+                .position(|c| c == endpoint)
+                .unwrap_or_else(|| {
+                    collectors.push(endpoint.to_string());
+                    collectors.len() - 1
+                });
+            let body = otel
+                .body
+                .clone()
+                .unwrap_or_else(|| Value::String(default_format.to_string()));
+            let attributes: Vec<Value> = otel
+                .attributes
+                .iter()
+                .flatten()
+                .map(|kv| json!({"key": kv.key, "value": any_value(&json!(kv.value), values)}))
+                .collect();
+            return Ok(
+                json!({"name": "envoy.access_loggers.open_telemetry", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": collector_name(index)}},
+                    "log_name": "MeshAccessLog",
+                    "body": any_value(&body, values),
+                    "attributes": {"values": attributes},
+                    "resource_attributes": {"values": [
+                        {"key": "kuma.mesh", "value": {"string_value": values.mesh}}]},
+                }}),
+            );
         }
         None => return Err("the backend names no type (file, tcp or openTelemetry)"),
     };

@@ -185,7 +185,7 @@ fn split_url(url: &str) -> Result<(bool, &str, u32, &str), String> {
 }
 
 /// `host:port` (or a bracketed IPv6 address); `default_port` when there is none.
-fn host_port(authority: &str, default_port: u32) -> Result<(&str, u32), String> {
+pub(crate) fn host_port(authority: &str, default_port: u32) -> Result<(&str, u32), String> {
     let (host, port) = match authority.rsplit_once(':') {
         // A bare IPv6 address: its colons are not a port separator.
         Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, None),
@@ -208,7 +208,7 @@ fn host_port(authority: &str, default_port: u32) -> Result<(&str, u32), String> 
 }
 
 /// The collector's cluster, resolved by DNS as Kuma's is (an IP address resolves to itself).
-fn collector_cluster(name: &str, host: &str, port: u32, tls: bool) -> Value {
+pub(crate) fn collector_cluster(name: &str, host: &str, port: u32, tls: bool) -> Value {
     let mut cluster = json!({
         "name": name,
         "alt_stat_name": name.replace(':', "_"),
