@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "kuma/system/v1alpha1/inter_cp.proto",
         "kuma/mesh/v1alpha1/kds.proto",
         "kuma/mesh/v1alpha1/dp_admin.proto",
+        "opentelemetry/trace_service.proto",
+        "opentelemetry/logs_service.proto",
     ];
     println!("cargo:rerun-if-changed=protos");
     let fds = protox::compile(protos, ["protos"])?;

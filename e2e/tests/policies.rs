@@ -574,6 +574,197 @@ fn mesh_trace(f: &Fixture) {
     f.back_to_normal();
 }
 
+/// What the test's OTLP collector received.
+#[derive(Clone)]
+struct OtlpSink {
+    spans: std::sync::mpsc::Sender<proto::kuma::otlp::Span>,
+    logs: std::sync::mpsc::Sender<proto::kuma::otlp::LogRecord>,
+}
+
+#[tonic::async_trait]
+impl proto::opentelemetry::proto::collector::trace::v1::trace_service_server::TraceService
+    for OtlpSink
+{
+    async fn export(
+        &self,
+        request: tonic::Request<proto::kuma::otlp::ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<proto::kuma::otlp::ExportTraceServiceResponse>, tonic::Status> {
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    let _ = self.spans.send(span);
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::opentelemetry::proto::collector::logs::v1::logs_service_server::LogsService
+    for OtlpSink
+{
+    async fn export(
+        &self,
+        request: tonic::Request<proto::kuma::otlp::ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<proto::kuma::otlp::ExportLogsServiceResponse>, tonic::Status> {
+        for resource in request.into_inner().resource_logs {
+            for scope in resource.scope_logs {
+                for record in scope.log_records {
+                    let _ = self.logs.send(record);
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+type Received<T> = std::sync::mpsc::Receiver<T>;
+
+/// An OTLP/gRPC collector for the test (traces and logs), on its own runtime and thread.
+fn otlp_collector() -> (
+    u16,
+    Received<proto::kuma::otlp::Span>,
+    Received<proto::kuma::otlp::LogRecord>,
+) {
+    use proto::opentelemetry::proto::collector::{
+        logs::v1::logs_service_server::LogsServiceServer,
+        trace::v1::trace_service_server::TraceServiceServer,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a collector port");
+    let port = listener.local_addr().expect("collector address").port();
+    listener.set_nonblocking(true).expect("non-blocking");
+    let (spans_tx, spans) = std::sync::mpsc::channel();
+    let (logs_tx, logs) = std::sync::mpsc::channel();
+    let sink = OtlpSink {
+        spans: spans_tx,
+        logs: logs_tx,
+    };
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let _ = tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(sink.clone()))
+                .add_service(LogsServiceServer::new(sink))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+    });
+    (port, spans, logs)
+}
+
+/// An OTLP value's text, looking into lists.
+fn otlp_text(value: Option<&proto::kuma::otlp::AnyValue>) -> String {
+    use proto::kuma::otlp::any_value::Value;
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::KvlistValue(list)) => list
+            .values
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, otlp_text(kv.value.as_ref())))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Some(Value::ArrayValue(list)) => list
+            .values
+            .iter()
+            .map(|v| otlp_text(Some(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+/// MeshTrace and MeshAccessLog with OpenTelemetry backends: over OTLP/gRPC to a collector in the
+/// test, a client span (web) and a server span (backend) of one trace, and an access-log
+/// record of web's outbound with Kuma's placeholders filled in.
+fn opentelemetry_backends(f: &Fixture) {
+    let (port, spans, logs) = otlp_collector();
+    let endpoint = format!("127.0.0.1:{port}");
+    f.apply(
+        "MeshTrace",
+        "trace-otel",
+        json!({"targetRef": {"kind": "Mesh"}, "default": {
+            "backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": endpoint}}]}}),
+    );
+    f.apply(
+        "MeshAccessLog",
+        "logs-otel",
+        json!({"targetRef": {"kind": "MeshService", "name": "web"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"backends": [
+                {"type": "OpenTelemetry", "openTelemetry": {"endpoint": endpoint,
+                    "attributes": [{"key": "route", "value": "%KUMA_SOURCE_SERVICE%->%KUMA_DESTINATION_SERVICE%"}]}}]}}]}),
+    );
+    let mentions = |span: &proto::kuma::otlp::Span| {
+        span.attributes
+            .iter()
+            .any(|kv| otlp_text(kv.value.as_ref()).contains("/otlp"))
+    };
+    let mut seen = Vec::new();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        f.get("/otlp");
+        while let Ok(span) = spans.recv_timeout(Duration::from_millis(300)) {
+            seen.push(span);
+        }
+        while let Ok(record) = logs.try_recv() {
+            records.push(record);
+        }
+        // OTLP span kinds: 2 server, 3 client.
+        let traced: Vec<&proto::kuma::otlp::Span> = seen.iter().filter(|s| mentions(s)).collect();
+        let shared = traced.iter().any(|client| {
+            client.kind == 3
+                && traced
+                    .iter()
+                    .any(|server| server.kind == 2 && server.trace_id == client.trace_id)
+        });
+        let logged = records
+            .iter()
+            .any(|r| otlp_text(r.body.as_ref()).contains("/otlp"));
+        if shared && logged {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "over OTLP: a shared trace {shared}, an access-log record {logged}; {} spans, {} records\n{}\n{}",
+            seen.len(),
+            records.len(),
+            f.env
+                .get_text("/meshes/default/dataplanes/web-1/stats")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("meshaccesslog") || l.contains("access_log"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            std::fs::read_to_string(f.env.dir.join("kuma-dp-web-1.log"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("warn") || l.contains("error") || l.contains("access"))
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    let record = records
+        .iter()
+        .find(|r| otlp_text(r.body.as_ref()).contains("/otlp"))
+        .expect("the record");
+    let route = record
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "route")
+        .map(|kv| otlp_text(kv.value.as_ref()));
+    assert_eq!(route.as_deref(), Some("web->backend"));
+    f.remove("MeshAccessLog", "logs-otel");
+    f.remove("MeshTrace", "trace-otel");
+    f.back_to_normal();
+}
+
 /// MeshProxyPatch: a cluster patch shows in web's Envoy config dump (read through the control
 /// plane), and an HTTP filter added on web's outbound changes its traffic.
 fn mesh_proxy_patch(f: &Fixture) {
@@ -792,6 +983,7 @@ fn policies_take_effect_in_real_envoy() {
     mesh_rate_limit(&f);
     mesh_access_log(&f);
     mesh_trace(&f);
+    opentelemetry_backends(&f);
     mesh_proxy_patch(&f);
     inspect_rules(&f);
     mesh_tls(&f);

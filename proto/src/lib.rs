@@ -15,6 +15,32 @@ pub mod kuma {
             tonic::include_proto!("kuma.mesh.v1alpha1");
         }
     }
+    /// OTLP messages, reduced to what is read of them (see `otlp_messages.proto`).
+    pub mod otlp {
+        #![allow(clippy::all, clippy::pedantic, missing_docs)]
+        tonic::include_proto!("kuma.otlp");
+    }
+}
+
+/// OTLP's collector services under their real gRPC names: what receives the traces and logs
+/// Envoy exports (the tests' collectors).
+pub mod opentelemetry {
+    pub mod proto {
+        pub mod collector {
+            pub mod trace {
+                pub mod v1 {
+                    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+                    tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+                }
+            }
+            pub mod logs {
+                pub mod v1 {
+                    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+                    tonic::include_proto!("opentelemetry.proto.collector.logs.v1");
+                }
+            }
+        }
+    }
 }
 
 /// Encoded `FileDescriptorSet` of Kuma's legacy resource messages (`kuma.mesh.v1alpha1.Mesh`,

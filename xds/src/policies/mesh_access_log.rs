@@ -380,7 +380,9 @@ fn logger(
             return Ok(
                 json!({"name": "envoy.access_loggers.open_telemetry", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
-                    "grpc_service": {"envoy_grpc": {"cluster_name": collector_name(index)}},
+                    // The collector's own address as `:authority`: Envoy's default, the cluster
+                // name, is not a valid authority, and strict HTTP/2 servers reset the stream.
+                "grpc_service": {"envoy_grpc": {"cluster_name": collector_name(index), "authority": endpoint}},
                     "log_name": "MeshAccessLog",
                     "body": any_value(&body, values),
                     "attributes": {"values": attributes},

@@ -30,13 +30,10 @@ enum Tracer {
     /// Envoy's ZipkinConfig, the same on every listener.
     Zipkin(Value),
     /// Kuma's split service names a Datadog service per direction and destination.
-    Datadog {
-        service: String,
-        split: bool,
-    },
-    OpenTelemetry {
-        service: String,
-    },
+    Datadog { service: String, split: bool },
+    /// `authority`: the collector's address, sent as `:authority` (Envoy's default is the
+    /// cluster name, which strict HTTP/2 servers may refuse as an authority).
+    OpenTelemetry { service: String, authority: String },
 }
 
 impl Tracer {
@@ -58,10 +55,10 @@ impl Tracer {
                     "service_name": service_name,
                 }})
             }
-            Tracer::OpenTelemetry { service } => {
+            Tracer::OpenTelemetry { service, authority } => {
                 json!({"name": "envoy.tracers.opentelemetry", "typed_config": {
                     "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
-                    "grpc_service": {"envoy_grpc": {"cluster_name": OPENTELEMETRY}},
+                    "grpc_service": {"envoy_grpc": {"cluster_name": OPENTELEMETRY, "authority": authority}},
                     "service_name": service,
                 }})
             }
@@ -311,7 +308,10 @@ fn collector(backend: &TraceBackend, proxy: &DataplaneEntry) -> Result<Collector
             use_http2_upstream(&mut cluster);
             Ok(Collector {
                 cluster,
-                tracer: Tracer::OpenTelemetry { service },
+                tracer: Tracer::OpenTelemetry {
+                    service,
+                    authority: format!("{host}:{port}"),
+                },
             })
         }
         None => Err("the backend names no type (zipkin, datadog or openTelemetry)".into()),
