@@ -50,3 +50,8 @@ fn check(doc: &str) -> usize {
 fn gateway_examples_validate() {
     assert!(check("gateway.md") >= 7, "the gateway page's resources");
 }
+
+#[test]
+fn observability_examples_validate() {
+    assert!(check("observability.md") >= 3, "the observability page's resources");
+}
