@@ -53,5 +53,8 @@ fn gateway_examples_validate() {
 
 #[test]
 fn observability_examples_validate() {
-    assert!(check("observability.md") >= 3, "the observability page's resources");
+    assert!(
+        check("observability.md") >= 3,
+        "the observability page's resources"
+    );
 }

@@ -80,6 +80,18 @@ impl super::PolicyPlugin for Plugin {
                 (rule.map(|r| parse(Some(&r.conf), &d.service)), d.protocol)
             })
             .collect();
+        // Gateway listeners: the listener's catch-all rule, or Kuma's gateway defaults.
+        let mut gateway_confs = std::collections::BTreeMap::new();
+        for port in super::gateway_ports(rs) {
+            let rules = listener_rules(&matching.matched, port, true);
+            if rules.is_empty() || rules.iter().any(|r| r.matches.is_none()) {
+                let what = format!("gateway listener {port}");
+                gateway_confs.insert(
+                    port,
+                    parse(catch_all(&rules).as_ref().map(|r| &r.conf), &what),
+                );
+            }
+        }
         rs.warnings.extend(warnings);
         let gateway_routes: Vec<super::GatewayRoute<TimeoutConf>> =
             super::gateway_route_confs(self.kind(), rs, mesh, &matching.matched);
@@ -91,12 +103,8 @@ impl super::PolicyPlugin for Plugin {
                     }
                 }
                 Origin::Gateway { port } => {
-                    let rules = listener_rules(&matching.matched, port, true);
-                    if rules.is_empty() || rules.iter().any(|r| r.matches.is_none()) {
-                        let conf = catch_all(&rules)
-                            .and_then(|r| TimeoutConf::deserialize(&r.conf).ok())
-                            .unwrap_or_default();
-                        configure_gateway_listener(&mut listener, &conf);
+                    if let Some(conf) = gateway_confs.get(&port) {
+                        configure_gateway_listener(&mut listener, conf);
                     }
                     let mut actions = listener.route_actions_with_clusters();
                     for route in gateway_routes.iter().filter(|r| r.listener == origin) {
