@@ -92,7 +92,7 @@ fn overview_type(segment: &str, in_mesh: bool) -> Option<Result<ResourceType, Ap
 }
 
 /// Listing in a mesh that does not exist is 404, as in Kuma (not an empty list).
-pub(crate) async fn ensure_mesh(state: &SharedState, mesh: &str) -> Result<(), ApiError> {
+async fn ensure_mesh(state: &SharedState, mesh: &str) -> Result<(), ApiError> {
     state
         .store
         .get(&ResourceKey::new(ResourceType::Mesh, "", mesh))
@@ -438,7 +438,7 @@ async fn put(
 fn check_reserved_labels(state: &SharedState, r: &Resource) -> Result<(), ApiError> {
     use crate::federation::Federation;
     use model::descriptor::Layout;
-    use model::labels::{MESH, ORIGIN, ZONE};
+    use model::labels::{MESH, ORIGIN, WORKLOAD, ZONE};
     let key = |label: &str| format!("labels[{label:?}]");
     let mut v = model::Validator::new();
     let origin = r.label(ORIGIN);
@@ -492,8 +492,6 @@ fn check_reserved_labels(state: &SharedState, r: &Resource) -> Result<(), ApiErr
     }
     Ok(())
 }
-
-const WORKLOAD: &str = "kuma.io/workload";
 
 /// Kubernetes' DNS-1035 label: what Kuma requires of `kuma.io/workload`.
 fn is_dns1035_label(s: &str) -> bool {

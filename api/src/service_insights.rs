@@ -17,7 +17,6 @@ use crate::SharedState;
 use crate::error::ApiError;
 use crate::overview::STALE_AFTER;
 use crate::paging::{next_link, parse_page};
-use crate::resources::ensure_mesh;
 
 /// Kuma's `ServiceInsight.Service.Type` names, as the `type` filter spells them.
 const SERVICE_TYPES: [&str; 4] = [
@@ -190,7 +189,9 @@ pub async fn list(
     uri: OriginalUri,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    ensure_mesh(&state, &mesh).await?;
+    // Reading the mesh's services reads the mesh first: a missing mesh is 404 before any
+    // parameter is looked at, as Kuma answers.
+    let services = services(&state, &mesh).await?;
     let page = parse_page(&params)?;
     let mut wanted = BTreeSet::new();
     for t in params
@@ -215,8 +216,7 @@ pub async fn list(
         wanted.insert(t);
     }
     let name_contains = params.get("name").map(String::as_str).unwrap_or("");
-    let items: Vec<Value> = services(&state, &mesh)
-        .await?
+    let items: Vec<Value> = services
         .into_iter()
         .filter(|(name, stat)| {
             name.contains(name_contains)
@@ -235,7 +235,6 @@ pub async fn get(
     State(state): State<SharedState>,
     Path((mesh, service)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    ensure_mesh(&state, &mesh).await?;
     let mut all = services(&state, &mesh).await?;
     let stat = all.remove(&service).unwrap_or(ServiceStat {
         service_type: "internal",

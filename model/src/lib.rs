@@ -41,6 +41,7 @@ pub mod labels {
     pub const SERVICE_TAG: &str = "kuma.io/service";
     pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
     pub const PROXY_TYPE: &str = "kuma.io/proxy-type";
+    pub const WORKLOAD: &str = "kuma.io/workload";
 
     use crate::descriptor::kds::PROVIDED_BY_ZONE;
     use crate::{Resource, ResourceType};

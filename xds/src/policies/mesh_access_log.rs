@@ -14,7 +14,7 @@
 //! Kuma's `%KUMA_*%` placeholders filled in here.
 
 use model::ResourceType;
-use model::labels::{SERVICE_TAG, ZONE};
+use model::labels::{SERVICE_TAG, WORKLOAD, ZONE};
 use model::specs::policy::{AccessLogBackend, AccessLogBackendType, AccessLogConf, LogFormat};
 use serde_json::{Map, Value, json};
 
@@ -86,7 +86,7 @@ impl super::PolicyPlugin for Plugin {
             .get(ZONE)
             .map(String::as_str)
             .unwrap_or(&mesh.local_zone);
-        let workload = match proxy.labels.get("kuma.io/workload") {
+        let workload = match proxy.labels.get(WORKLOAD) {
             Some(w) => format!(
                 "kri_wl_{}_{zone}_{}_{w}_",
                 mesh.mesh,
