@@ -34,13 +34,14 @@ wait_ready() { # port name
 }
 
 # Each control plane gets its own port block: API = base+1, HTTPS = +2, diagnostics = +0,
-# inter-CP = +3, data plane server = -3.
+# inter-CP = +3, MADS = +4, data plane server = -2.
 start() { # name base extra-env...
   local name=$1 base=$2; shift 2
   mkdir -p "$DIR/$name"
   env KUMA_API_SERVER_HTTP_PORT=$((base + 1)) KUMA_API_SERVER_HTTPS_PORT=$((base + 2)) \
       KUMA_DIAGNOSTICS_SERVER_PORT=$base KUMA_INTER_CP_SERVER_PORT=$((base + 3)) \
-      KUMA_DP_SERVER_PORT=$((base - 2)) KUMA_GENERAL_WORK_DIR="$DIR/$name" \
+      KUMA_DP_SERVER_PORT=$((base - 2)) KUMA_MONITORING_ASSIGNMENT_SERVER_PORT=$((base + 4)) \
+      KUMA_GENERAL_WORK_DIR="$DIR/$name" \
       "$@" "$BIN" run >"$DIR/$name.log" 2>&1 &
   pids+=($!)
   wait_ready "$base" "$name"

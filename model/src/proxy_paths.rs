@@ -6,7 +6,23 @@
 /// `<workdir>/kuma-al-<name>-<mesh>`, cut to 98 bytes as Kuma cuts it for the length limit
 /// of a socket path, then `.sock`.
 pub fn access_log_pipe(workdir: &str, name: &str, mesh: &str) -> String {
-    let mut path = format!("{}/kuma-al-{name}-{mesh}", workdir.trim_end_matches('/'));
+    socket_path(workdir, &format!("kuma-al-{name}-{mesh}"))
+}
+
+/// The socket kuma-dp serves a proxy's merged metrics on, which Envoy's Prometheus listener
+/// forwards scrapes to (Kuma's `MetricsHijackerSocketName`): `<workdir>/kuma-mh-<name>-<mesh>`.
+pub fn metrics_hijacker_socket(workdir: &str, name: &str, mesh: &str) -> String {
+    socket_path(workdir, &format!("kuma-mh-{name}-{mesh}"))
+}
+
+/// The socket Envoy serves MeshMetric's configuration for kuma-dp on (Kuma's
+/// `MeshMetricsDynamicConfigurationSocketName`).
+pub fn mesh_metric_config_socket(workdir: &str) -> String {
+    socket_path(workdir, "kuma-mesh-metric-config")
+}
+
+fn socket_path(workdir: &str, stem: &str) -> String {
+    let mut path = format!("{}/{stem}", workdir.trim_end_matches('/'));
     let mut cut = path.len().min(98);
     while !path.is_char_boundary(cut) {
         cut -= 1;

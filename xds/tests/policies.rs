@@ -6,8 +6,8 @@ mod common;
 use common::{allow_all, check_schema, config, envoy_validates, mesh};
 use model::specs::policy::{
     MeshAccessLogSpec, MeshCircuitBreakerSpec, MeshFaultInjectionSpec, MeshHealthCheckSpec,
-    MeshProxyPatchSpec, MeshRateLimitSpec, MeshRetrySpec, MeshTimeoutSpec, MeshTlsSpec,
-    MeshTraceSpec, MeshTrafficPermissionSpec,
+    MeshMetricSpec, MeshProxyPatchSpec, MeshRateLimitSpec, MeshRetrySpec, MeshTimeoutSpec,
+    MeshTlsSpec, MeshTraceSpec, MeshTrafficPermissionSpec,
 };
 use serde_json::{Value, json};
 use xds::{MeshContext, Policy};
@@ -735,6 +735,88 @@ fn access_log_backends() {
         .collect();
     assert_eq!(clusters.len(), 1, "one cluster per distinct endpoint");
     assert_eq!(clusters[0]["name"], "meshaccesslog:opentelemetry:0");
+}
+
+/// MeshMetric: a Prometheus listener per backend on the proxy's address, routing its path to
+/// kuma-dp's socket (rewritten to `/meshmetric`), and the dynamic configuration listener kuma-dp
+/// reads the merged conf from: applications, profiles and the proxy's labels, with an ETag.
+#[test]
+fn metric_prometheus_backends() {
+    let m = with(
+        mesh("http", true, vec![allow_all()]),
+        vec![policy::<MeshMetricSpec>(
+            "metrics",
+            json!({"targetRef": {"kind": "Mesh"}, "default": {
+            "sidecar": {"includeUnused": true, "profiles": {"appendProfiles": [{"name": "Basic"}],
+                "include": [{"type": "Prefix", "match": "envoy_http_"}]}},
+            "applications": [{"name": "app", "port": 8080}],
+            "backends": [
+                {"type": "Prometheus", "prometheus": {"port": 5670, "path": "/metrics"}},
+                {"type": "Prometheus", "prometheus": {"clientId": "team-b", "port": 5671, "path": "/stats"}}
+            ]}}),
+        )],
+    );
+    // Envoy's validate mode binds the pipes' paths: a directory that exists.
+    let workdir = std::env::temp_dir().join(format!("mesh-metric-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir).expect("workdir");
+    let env = xds::ProxyEnv {
+        workdir: Some(workdir.display().to_string()),
+    };
+    let r = xds::sidecar_in(&m, "web-1", &env).expect("generate");
+    check_schema(&r);
+    envoy_validates("mesh-metric", &r);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let _ = std::fs::remove_dir_all(&workdir);
+    let named = |name: &str| {
+        r.listeners
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .clone()
+    };
+    let default = named("_kuma:metrics:prometheus:default-backend");
+    assert_eq!(default["address"]["socket_address"]["port_value"], 5670);
+    let route = &default["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+        [0]["routes"][0];
+    assert_eq!(route["match"]["prefix"], "/metrics");
+    assert_eq!(route["route"]["cluster"], "_kuma:metrics:hijacker");
+    assert_eq!(route["route"]["prefix_rewrite"], "/meshmetric");
+    let team_b = named("_kuma:metrics:prometheus:team-b");
+    assert_eq!(team_b["address"]["socket_address"]["port_value"], 5671);
+    let hijacker = r
+        .clusters
+        .iter()
+        .find(|c| c["name"] == "_kuma:metrics:hijacker")
+        .expect("hijacker cluster");
+    assert_eq!(
+        hijacker["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
+            ["path"],
+        format!("{}/kuma-mh-web-1-default.sock", workdir.display())
+    );
+    let mut dynconf = named("_kuma:dynamicconfig");
+    assert_eq!(
+        dynconf["address"]["pipe"]["path"],
+        format!("{}/kuma-mesh-metric-config.sock", workdir.display())
+    );
+    dynconf["address"]["pipe"]["path"] = json!("<workdir>/kuma-mesh-metric-config.sock");
+    let routes = &dynconf["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+        [0]["routes"];
+    let body: Value = serde_json::from_str(
+        routes[1]["direct_response"]["body"]["inline_string"]
+            .as_str()
+            .expect("config body"),
+    )
+    .expect("JSON config");
+    // The ETag kuma-dp sends back gets a 304.
+    assert_eq!(
+        routes[0]["match"]["headers"][0]["string_match"]["exact"],
+        routes[1]["response_headers_to_add"][0]["header"]["value"]
+    );
+    insta::assert_yaml_snapshot!("metric_dataplane_config", body);
+
+    // Without a MeshMetric there is no metrics listener at all.
+    let plain = config(&mesh("http", true, vec![allow_all()]), "web-1");
+    assert!(!plain.to_string().contains("_kuma:metrics"), "{plain}");
 }
 
 /// MeshTrace: Kuma's tracing on every connection manager (web's outbounds, backend's inbound),

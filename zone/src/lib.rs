@@ -6,3 +6,4 @@
 pub mod dpserver;
 pub mod ingress;
 pub mod kds_client;
+pub mod mads;

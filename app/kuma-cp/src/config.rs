@@ -57,6 +57,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub api_server: ApiServerConfig,
     pub diagnostics: DiagnosticsConfig,
+    pub monitoring_assignment_server: MonitoringAssignmentServerConfig,
     pub dp_server: DpServerConfig,
     pub inter_cp: InterCpConfig,
     pub multizone: MultizoneConfig,
@@ -76,6 +77,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             api_server: ApiServerConfig::default(),
             diagnostics: DiagnosticsConfig { server_port: 5680 },
+            monitoring_assignment_server: MonitoringAssignmentServerConfig::default(),
             dp_server: DpServerConfig::default(),
             inter_cp: InterCpConfig::default(),
             multizone: MultizoneConfig::default(),
@@ -266,6 +268,34 @@ impl Default for TokensConfig {
         TokensConfig {
             bootstrap_admin_token: true,
         }
+    }
+}
+
+/// Kuma's `monitoringAssignmentServer` (MADS, Prometheus's service discovery): on zone and
+/// standalone control planes, as in Kuma.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MonitoringAssignmentServerConfig {
+    pub enabled: bool,
+    pub port: u16,
+    /// How long a long-polling client waits for a change when it does not say (`30s`).
+    pub default_fetch_timeout: String,
+}
+
+impl Default for MonitoringAssignmentServerConfig {
+    fn default() -> Self {
+        MonitoringAssignmentServerConfig {
+            enabled: true,
+            port: 5676,
+            default_fetch_timeout: "30s".into(),
+        }
+    }
+}
+
+impl MonitoringAssignmentServerConfig {
+    pub fn default_fetch_timeout(&self) -> std::time::Duration {
+        model::duration::parse_duration(&self.default_fetch_timeout)
+            .unwrap_or(std::time::Duration::from_secs(30))
     }
 }
 
@@ -789,6 +819,14 @@ impl Config {
             );
         }
         self.validate_store()?;
+        if let Err(e) = model::duration::parse_duration(
+            &self.monitoring_assignment_server.default_fetch_timeout,
+        ) {
+            return invalid(
+                "monitoringAssignmentServer.defaultFetchTimeout (KUMA_MONITORING_ASSIGNMENT_SERVER_DEFAULT_FETCH_TIMEOUT)",
+                &e.to_string(),
+            );
+        }
         let dp = &self.dp_server;
         if dp.tls_cert_file.is_empty() != dp.tls_key_file.is_empty() {
             return invalid(

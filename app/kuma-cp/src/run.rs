@@ -306,6 +306,21 @@ pub async fn run(
                 }
             }));
         }
+        if let Some(listener) = listeners.mads {
+            let assignments = zone::mads::start(view.clone());
+            let router = zone::mads::router(
+                assignments,
+                config.monitoring_assignment_server.default_fetch_timeout(),
+            );
+            tracing::info!(
+                port = config.monitoring_assignment_server.port,
+                "monitoring assignment server listening (MADS v1, /http_sd)"
+            );
+            components.start(Component::every_replica(
+                "mads-server",
+                serve(listener, router, stopping.clone()),
+            ));
+        }
         let work = zone::dpserver::serve(
             listener,
             store.clone(),
@@ -390,6 +405,8 @@ struct Listeners {
     kds: Option<TcpListener>,
     /// Standalone and zone only: proxies connect here, never to global.
     dp_server: Option<TcpListener>,
+    /// Standalone and zone only, as in Kuma: Prometheus's service discovery.
+    mads: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -425,6 +442,13 @@ impl Listeners {
             dp_server: match global {
                 true => None,
                 false => Some(bind("0.0.0.0", config.dp_server.port, "dpServer.port").await?),
+            },
+            mads: match (global, config.monitoring_assignment_server.enabled) {
+                (false, true) => {
+                    let port = config.monitoring_assignment_server.port;
+                    Some(bind("0.0.0.0", port, "monitoringAssignmentServer.port").await?)
+                }
+                _ => None,
             },
         })
     }

@@ -28,6 +28,10 @@ async fn start(extra: &[(&str, String)]) -> InProcess {
             free_port().to_string(),
         ),
         ("KUMA_DP_SERVER_PORT".into(), free_port().to_string()),
+        (
+            "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT".into(),
+            free_port().to_string(),
+        ),
         ("KUMA_INTER_CP_SERVER_PORT".into(), free_port().to_string()),
         (
             "KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS".into(),

@@ -5,6 +5,7 @@
 
 mod access_logs;
 mod envoy_guard;
+mod metrics;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -405,6 +406,20 @@ async fn run(args: RunArgs) -> Result<()> {
         let pipe = model::proxy_paths::access_log_pipe(&dir.display().to_string(), &name, &mesh);
         Some(access_logs::start(Path::new(&pipe))?)
     };
+    // Served whether or not a MeshMetric selects the proxy yet: one that starts to later
+    // finds kuma-dp ready, with no restart.
+    let metrics = if zone_proxy {
+        None
+    } else {
+        let workdir = dir.display().to_string();
+        let socket = model::proxy_paths::metrics_hijacker_socket(&workdir, &name, &mesh);
+        let config = model::proxy_paths::mesh_metric_config_socket(&workdir);
+        Some(metrics::start(
+            Path::new(&socket),
+            PathBuf::from(config),
+            admin_port,
+        )?)
+    };
     let config_path = dir.join("bootstrap.yaml");
     tracing::info!(%mesh, %name, envoy = %envoy.display(), bootstrap = %config_path.display(), "starting Envoy");
     // Envoy runs under kuma-dp's guard, which stops it when kuma-dp is gone, even killed: its
@@ -463,7 +478,7 @@ async fn run(args: RunArgs) -> Result<()> {
         () = stop => Ok(()),
     };
     tunnel.abort();
-    if let Some(task) = access_logs {
+    for task in [access_logs, metrics].into_iter().flatten() {
         task.abort();
     }
     if outcome.is_ok() {

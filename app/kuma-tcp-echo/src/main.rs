@@ -5,7 +5,8 @@
 //! timeout, retry and circuit-breaker policies can be seen working: `?delay=500ms` answers
 //! late, `?status=503` answers with that status, and `?fail=2&key=k` answers 503 to the first
 //! two requests that carry key `k` and 200 afterwards; `&only=NAME` keeps the trouble to the
-//! instance called NAME (so one of several instances can look unhealthy).
+//! instance called NAME (so one of several instances can look unhealthy). `GET /metrics` answers
+//! the app's own metrics (`echo_requests_total`) in Prometheus's text format.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -159,6 +160,7 @@ async fn run(cli: Cli) -> std::io::Result<()> {
             instance,
             zone: cli.zone.clone(),
             failures: Default::default(),
+            requests: AtomicU64::new(0),
         });
         serve_http(listener, identity, &cli, shutdown).await;
     } else {
@@ -251,6 +253,9 @@ struct Identity {
     zone: String,
     /// `?fail=N&key=K`: how many requests of each key were answered so far.
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Requests answered, served on `GET /metrics` (an application's own metrics, for
+    /// MeshMetric's `applications` to merge).
+    requests: AtomicU64,
 }
 
 /// Longest `?delay=` honoured: a test's slow answer, not a way to hold connections forever.
@@ -365,6 +370,10 @@ async fn answer(
     body_timeout: Duration,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
+    if parts.method == http::Method::GET && parts.uri.path() == "/metrics" {
+        return Ok(metrics(&identity));
+    }
+    identity.requests.fetch_add(1, Ordering::Relaxed);
     let read = tokio::time::timeout(body_timeout, Limited::new(body, max_body).collect()).await;
     let mut status = match read {
         Ok(Ok(_)) => StatusCode::OK,
@@ -430,6 +439,23 @@ async fn answer(
         resp.headers_mut().insert("x-echo-instance", v);
     }
     Ok(resp)
+}
+
+/// The app's own metrics in Prometheus's text format.
+fn metrics(identity: &Identity) -> Response<Full<Bytes>> {
+    let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    let text = format!(
+        "# HELP echo_requests_total Requests answered.\n# TYPE echo_requests_total counter\necho_requests_total{{instance=\"{}\",zone=\"{}\"}} {}\n",
+        escape(&identity.instance),
+        escape(&identity.zone),
+        identity.requests.load(Ordering::Relaxed)
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
 }
 
 /// When a byte last moved on a connection, for the idle timeout.
@@ -552,6 +578,7 @@ mod tests {
             instance: "i".into(),
             zone: String::new(),
             failures: Default::default(),
+            requests: AtomicU64::new(0),
         };
         let t = trouble(Some("fail=2&key=k"));
         let (n, key) = t.fail.unwrap();

@@ -15,8 +15,6 @@ use crate::envoy::cluster::use_http2_upstream;
 use crate::envoy::core::CONNECT_TIMEOUT;
 use crate::envoy::endpoints::lb_endpoint;
 use crate::resources::{Origin, ResourceSet};
-use crate::rules::build::single_item;
-use crate::rules::matching::matched_in;
 
 pub struct Plugin;
 
@@ -76,24 +74,22 @@ impl super::PolicyPlugin for Plugin {
     }
 
     fn apply(&self, rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-        let matching = matched_in(mesh, self.kind(), proxy);
-        let Some(rule) = single_item(&matching.matched) else {
+        let Some(applied) = super::proxy_conf::<TraceConf>(self.kind(), rs, mesh, proxy) else {
             return;
         };
-        let what = format!("the proxy (from {})", super::named(&rule));
-        let mut warnings = Vec::new();
-        let conf = super::parse_conf::<TraceConf>(self.kind(), &rule.conf, &what, &mut warnings);
-        let collector = conf.as_ref().and_then(|conf| {
-            let backend = conf.backends.as_ref()?.first()?;
-            collector(backend, proxy)
-                .map_err(|why| {
-                    warnings.push(format!("MeshTrace backend for {what} not applied: {why}"))
-                })
-                .ok()
-        });
-        rs.warnings.extend(warnings);
-        let (Some(conf), Some(collector)) = (conf, collector) else {
+        let conf = applied.conf;
+        let Some(backend) = conf.backends.as_ref().and_then(|b| b.first()) else {
             return;
+        };
+        let collector = match collector(backend, proxy) {
+            Ok(c) => c,
+            Err(why) => {
+                rs.warnings.push(format!(
+                    "MeshTrace backend for the proxy (from {}) not applied: {why}",
+                    applied.policies
+                ));
+                return;
+            }
         };
         let zone = proxy
             .labels

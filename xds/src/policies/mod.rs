@@ -10,6 +10,7 @@ mod mesh_fault_injection;
 mod mesh_health_check;
 mod mesh_http_route;
 mod mesh_load_balancing_strategy;
+pub mod mesh_metric;
 mod mesh_proxy_patch;
 mod mesh_rate_limit;
 mod mesh_retry;
@@ -55,6 +56,7 @@ pub static PLUGINS: &[&dyn PolicyPlugin] = &[
     &mesh_health_check::Plugin,
     &mesh_circuit_breaker::Plugin,
     &mesh_retry::Plugin,
+    &mesh_metric::Plugin,
     &mesh_proxy_patch::Plugin,
 ];
 
@@ -81,6 +83,23 @@ fn parse_conf<T: DeserializeOwned>(
     T::deserialize(conf)
         .map_err(|e| warnings.push(format!("{kind:?} for {what} not applied: {e}")))
         .ok()
+}
+
+/// The merged conf of the policies of `kind` that configure `proxy` as a whole (a top-level
+/// `targetRef` and a `default`: MeshTrace, MeshMetric), if any; one that does not parse is a
+/// warning.
+fn proxy_conf<T: DeserializeOwned>(
+    kind: ResourceType,
+    rs: &mut ResourceSet,
+    mesh: &MeshContext,
+    proxy: &DataplaneEntry,
+) -> Option<Applied<T>> {
+    let matching = crate::rules::matching::matched_in(mesh, kind, proxy);
+    let rule = crate::rules::build::single_item(&matching.matched)?;
+    let policies = named(&rule);
+    let what = format!("the proxy (from {policies})");
+    let conf = parse_conf(kind, &rule.conf, &what, &mut rs.warnings)?;
+    Some(Applied { conf, policies })
 }
 
 /// A merged conf and the policies it came from (for warnings that name them).

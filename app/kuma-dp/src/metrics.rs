@@ -1,0 +1,811 @@
+//! The metrics hijacker (Kuma's kuma-dp `metrics`): Envoy's MeshMetric Prometheus listener
+//! forwards every scrape to this server, on a socket in kuma-dp's working directory. Each
+//! scrape reads MeshMetric's configuration from Envoy's `_kuma:dynamicconfig` listener (a 304
+//! while it is unchanged), scrapes Envoy's statistics and the configured applications at
+//! once, keeps the Envoy metrics the sidecar profiles select, labels every sample with the
+//! proxy's labels, and answers the merge in Prometheus's text format.
+//!
+//! An application that times out, refuses or answers garbage is left out of that scrape and
+//! counted (`kuma_dp_application_scrape_failures_total`); the proxy's own metrics are still
+//! served.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use model::specs::policy::{MetricProfileName, MetricSelector, MetricSelectorType, MetricSidecar};
+use serde::Deserialize;
+
+/// How long one application may take to answer a scrape.
+const APPLICATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy's own statistics are local; a slower answer is a stuck Envoy.
+const ENVOY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest exposition read from Envoy or an application (a larger one is not metrics).
+const MAX_EXPOSITION: usize = 64 << 20;
+/// The largest configuration read from Envoy's dynamic configuration listener.
+const MAX_CONFIG: usize = 1 << 20;
+
+/// MeshMetric's configuration for this proxy, as the control plane renders it.
+#[derive(Debug, Default, Deserialize)]
+struct DpConfig {
+    observability: Observability,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Observability {
+    metrics: Metrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Metrics {
+    #[serde(default)]
+    applications: Vec<Application>,
+    #[serde(default)]
+    sidecar: Option<MetricSidecar>,
+    #[serde(default)]
+    extra_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Application {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    path: String,
+    port: u32,
+    #[serde(default)]
+    address: String,
+}
+
+/// What one configuration means for a scrape, worked out once per configuration.
+struct Plan {
+    applications: Vec<Application>,
+    profile: Profile,
+    include_unused: bool,
+    /// `name="value"` pairs, label names made valid for Prometheus.
+    labels: Vec<(String, String)>,
+}
+
+impl Plan {
+    fn new(config: DpConfig) -> Plan {
+        let metrics = config.observability.metrics;
+        Plan {
+            profile: Profile::new(metrics.sidecar.as_ref()),
+            include_unused: metrics
+                .sidecar
+                .as_ref()
+                .and_then(|s| s.include_unused)
+                .unwrap_or(false),
+            labels: metrics
+                .extra_labels
+                .into_iter()
+                .map(|(k, v)| (label_name(&k), v))
+                .collect(),
+            applications: metrics.applications,
+        }
+    }
+}
+
+struct State {
+    config_socket: PathBuf,
+    envoy_admin: String,
+    http: reqwest::Client,
+    /// The last configuration read and its ETag.
+    config: Mutex<Option<(String, Arc<Plan>)>>,
+    application_failures: AtomicU64,
+}
+
+/// Serves merged metrics on `socket` (replacing what is there) until the task is dropped.
+pub fn start(
+    socket: &Path,
+    config_socket: PathBuf,
+    admin_port: u64,
+) -> Result<tokio::task::JoinHandle<()>> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", socket.display())),
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("listening on the metrics socket {}", socket.display()))?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .context("building the metrics scrape client")?;
+    let state = Arc::new(State {
+        config_socket,
+        envoy_admin: format!("http://127.0.0.1:{admin_port}"),
+        http,
+        config: Mutex::new(None),
+        application_failures: AtomicU64::new(0),
+    });
+    tracing::info!(socket = %socket.display(), "serving merged metrics for Envoy's Prometheus listener");
+    Ok(tokio::spawn(accept(listener, state)))
+}
+
+async fn accept(listener: tokio::net::UnixListener, state: Arc<State>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting on the metrics socket failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "metrics connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/meshmetric" {
+        return text(StatusCode::NOT_FOUND, "not found\n".into());
+    }
+    let plan = match configuration(state).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "reading MeshMetric's configuration from Envoy failed");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("MeshMetric configuration unavailable: {e:#}\n"),
+            );
+        }
+    };
+    let envoy = scrape_envoy(state, plan.include_unused);
+    let applications = futures::future::join_all(
+        plan.applications
+            .iter()
+            .map(|app| scrape_application(state, app)),
+    );
+    let (envoy, applications) = tokio::join!(envoy, applications);
+    let envoy = match envoy {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "scraping Envoy's statistics failed");
+            return text(StatusCode::BAD_GATEWAY, format!("Envoy: {e:#}\n"));
+        }
+    };
+    let mut out = String::with_capacity(envoy.len());
+    filter_and_label(&envoy, Some(&plan.profile), &plan.labels, &mut out);
+    for (app, body) in plan.applications.iter().zip(applications) {
+        match body {
+            Ok(body) => filter_and_label(&body, None, &plan.labels, &mut out),
+            Err(e) => {
+                state.application_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    application = app.name.as_deref().unwrap_or(""),
+                    port = app.port,
+                    error = %format!("{e:#}"),
+                    "scraping an application failed; its metrics are left out of this scrape"
+                );
+            }
+        }
+    }
+    let failures = state.application_failures.load(Ordering::Relaxed);
+    out.push_str(
+        "# HELP kuma_dp_application_scrape_failures_total Application scrapes kuma-dp could not include.\n",
+    );
+    out.push_str("# TYPE kuma_dp_application_scrape_failures_total counter\n");
+    push_sample(
+        "kuma_dp_application_scrape_failures_total",
+        &failures.to_string(),
+        &plan.labels,
+        &mut out,
+    );
+    text(StatusCode::OK, out)
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// The current configuration: the cached one when Envoy answers 304.
+async fn configuration(state: &State) -> Result<Arc<Plan>> {
+    let cached = state
+        .config
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let stream = tokio::net::UnixStream::connect(&state.config_socket)
+        .await
+        .with_context(|| format!("connecting to {}", state.config_socket.display()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake with Envoy's configuration listener")?;
+    tokio::spawn(connection);
+    let mut request = Request::get("/meshmetric").header(hyper::header::HOST, "kuma-dp");
+    if let Some((etag, _)) = &cached {
+        request = request.header(hyper::header::IF_NONE_MATCH, etag.as_str());
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .context("building the configuration request")?;
+    let response = tokio::time::timeout(ENVOY_TIMEOUT, sender.send_request(request))
+        .await
+        .context("Envoy's configuration listener did not answer")??;
+    match (response.status(), cached) {
+        (StatusCode::NOT_MODIFIED, Some((_, plan))) => return Ok(plan),
+        (StatusCode::OK, _) => {}
+        (status, _) => bail!("Envoy's configuration listener answered {status}"),
+    }
+    let etag = response
+        .headers()
+        .get(hyper::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = Limited::new(response.into_body(), MAX_CONFIG)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the configuration: {e}"))?
+        .to_bytes();
+    let config: DpConfig =
+        serde_json::from_slice(&body).context("MeshMetric's configuration is not valid")?;
+    let plan = Arc::new(Plan::new(config));
+    *state.config.lock().unwrap_or_else(|p| p.into_inner()) = Some((etag, plan.clone()));
+    Ok(plan)
+}
+
+async fn scrape_envoy(state: &State, include_unused: bool) -> Result<String> {
+    let query = if include_unused {
+        "text_readouts"
+    } else {
+        "usedonly&text_readouts"
+    };
+    let url = format!("{}/stats/prometheus?{query}", state.envoy_admin);
+    fetch(&state.http, &url, ENVOY_TIMEOUT).await
+}
+
+async fn scrape_application(state: &State, app: &Application) -> Result<String> {
+    let host = match app.address.as_str() {
+        "" => "127.0.0.1",
+        a => a,
+    };
+    let path = match app.path.as_str() {
+        "" => "/metrics",
+        p => p,
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let url = format!("http://{host}:{}{path}", app.port);
+    fetch(&state.http, &url, APPLICATION_TIMEOUT).await
+}
+
+async fn fetch(http: &reqwest::Client, url: &str, timeout: Duration) -> Result<String> {
+    let response = http
+        .get(url)
+        // The text format: what this merge reads and writes.
+        .header(reqwest::header::ACCEPT, "text/plain;version=0.0.4")
+        .timeout(timeout)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    if !response.status().is_success() {
+        bail!("GET {url} answered {}", response.status());
+    }
+    if response
+        .content_length()
+        .is_some_and(|l| l > MAX_EXPOSITION as u64)
+    {
+        bail!("GET {url}: the answer is larger than {MAX_EXPOSITION} bytes");
+    }
+    let body = response
+        .bytes()
+        .await
+        .with_context(|| format!("reading GET {url}"))?;
+    if body.len() > MAX_EXPOSITION {
+        bail!("GET {url}: the answer is larger than {MAX_EXPOSITION} bytes");
+    }
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| anyhow::anyhow!("GET {url}: the answer is not UTF-8 text"))?;
+    check_exposition(&text).with_context(|| format!("GET {url}"))?;
+    Ok(text)
+}
+
+/// Refuses what is not Prometheus's text format (an HTML page, JSON), so garbage is not
+/// merged into the proxy's metrics.
+fn check_exposition(text: &str) -> Result<()> {
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, _, rest)) = split_sample(line) else {
+            bail!("line {} is not a Prometheus sample", n + 1);
+        };
+        let value = rest.split_whitespace().next().unwrap_or("");
+        let number =
+            value.parse::<f64>().is_ok() || matches!(value, "NaN" | "+Inf" | "-Inf" | "Inf");
+        if name.is_empty() || !number {
+            bail!("line {} is not a Prometheus sample", n + 1);
+        }
+    }
+    Ok(())
+}
+
+/// A selector over metric names (Kuma's `selectorToFilterFunction`).
+enum Selector {
+    Always,
+    Never,
+    Contains(String),
+    Prefix(String),
+    Exact(String),
+    Regex(regex::Regex),
+}
+
+impl Selector {
+    fn of(s: &MetricSelector) -> Selector {
+        let m = s.match_value.clone();
+        match s.selector_type {
+            MetricSelectorType::Contains => Selector::Contains(m),
+            MetricSelectorType::Prefix => Selector::Prefix(m),
+            MetricSelectorType::Exact => Selector::Exact(m),
+            // As Kuma's: an invalid expression selects nothing.
+            MetricSelectorType::Regex => regex::Regex::new(&m)
+                .map(Selector::Regex)
+                .unwrap_or(Selector::Never),
+        }
+    }
+
+    fn selects(&self, value: &str) -> bool {
+        match self {
+            Selector::Always => true,
+            Selector::Never => false,
+            Selector::Contains(m) => value.contains(m.as_str()),
+            Selector::Prefix(m) => value.starts_with(m.as_str()),
+            Selector::Exact(m) => value == m,
+            Selector::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// Kuma's Basic profile: the golden signals, what Kuma's dashboards show, and DNS.
+const BASIC_CONTAINS: &[&str] = &[
+    "rq_time",
+    "cx_length_ms",
+    "cx_count",
+    "_rq",
+    "bytes",
+    "timeout",
+    "health_check",
+    "lb_healthy_panic",
+    "cx_destroy",
+    "error",
+    "fail",
+    "reset",
+    "eject",
+    "overflow",
+    "cancelled",
+    "max_duration_reached",
+    "no_cluster",
+    "no_route",
+    "no_filter_chain",
+    "reject",
+    "denied",
+    "days_until_first_cert_expiring",
+    "rbac",
+    "cx_active",
+    "cx_connect",
+    "circuit_breakers",
+    "cx_total",
+    "ssl_handshake",
+    "ssl_context_update_by_sds",
+];
+const BASIC_EXACT: &[&str] = &[
+    "envoy_cluster_membership_degraded",
+    "envoy_cluster_membership_healthy",
+    "envoy_cluster_ssl_handshake",
+    "envoy_cluster_membership_total",
+];
+const BASIC_PREFIX: &[&str] = &[
+    "envoy_server",
+    "envoy_control_plane",
+    "envoy_dns_filter",
+    "envoy_dns_cares",
+    "kuma_dp_dns",
+];
+/// Labels naming the cluster, connection manager or listener a sample is about.
+const ENTITY_LABELS: &[&str] = &[
+    "envoy_cluster_name",
+    "envoy_http_conn_manager_prefix",
+    "envoy_listener_address",
+];
+/// The control plane's own clusters and listeners as Envoy names them in statistics (`:`
+/// becomes `_`): the Basic profile leaves their samples out.
+const INTERNAL_PREFIXES: &[&str] = &["_kuma", "kuma_", "meshtrace_", "meshaccesslog_"];
+const INTERNAL_EXACT: &[&str] = &["ads_cluster", "access_log_sink"];
+
+fn basic() -> Vec<Selector> {
+    let contains = BASIC_CONTAINS
+        .iter()
+        .map(|m| Selector::Contains(m.to_string()));
+    let exact = BASIC_EXACT.iter().map(|m| Selector::Exact(m.to_string()));
+    let prefix = BASIC_PREFIX.iter().map(|m| Selector::Prefix(m.to_string()));
+    contains.chain(exact).chain(prefix).collect()
+}
+
+/// Which of Envoy's metric families a scrape keeps (Kuma's `ProfileMutatorGenerator`).
+struct Profile {
+    selectors: Vec<Selector>,
+    exclude: Vec<Selector>,
+    include: Vec<Selector>,
+    /// Basic (the broadest profile asked for): internal clusters' samples are left out.
+    drops_internal: bool,
+}
+
+impl Profile {
+    fn new(sidecar: Option<&MetricSidecar>) -> Profile {
+        let profiles = sidecar.and_then(|s| s.profiles.as_ref());
+        let mut names: Vec<MetricProfileName> = profiles
+            .and_then(|p| p.append_profiles.as_ref())
+            .map(|a| a.iter().map(|p| p.name).collect())
+            .unwrap_or_default();
+        if names.is_empty() {
+            names.push(MetricProfileName::Basic);
+        }
+        // The broadest first: All contains Basic contains None.
+        let rank = |n: &MetricProfileName| match n {
+            MetricProfileName::All => 0,
+            MetricProfileName::Basic => 1,
+            MetricProfileName::None => 2,
+        };
+        names.sort_by_key(rank);
+        let selectors = match names[0] {
+            MetricProfileName::All => vec![Selector::Always],
+            MetricProfileName::Basic => basic(),
+            MetricProfileName::None => vec![Selector::Never],
+        };
+        let list = |l: Option<&Vec<MetricSelector>>| -> Vec<Selector> {
+            l.map(|l| l.iter().map(Selector::of).collect())
+                .unwrap_or_default()
+        };
+        Profile {
+            selectors,
+            exclude: list(profiles.and_then(|p| p.exclude.as_ref())),
+            include: list(profiles.and_then(|p| p.include.as_ref())),
+            drops_internal: names[0] == MetricProfileName::Basic,
+        }
+    }
+
+    /// Whether the family named `name` is kept (include wins over exclude).
+    fn keeps(&self, name: &str) -> bool {
+        if self.include.iter().any(|s| s.selects(name)) {
+            return true;
+        }
+        if self.exclude.iter().any(|s| s.selects(name)) {
+            return false;
+        }
+        self.selectors.iter().any(|s| s.selects(name))
+    }
+
+    fn keeps_sample(&self, labels: &[(&str, &str)]) -> bool {
+        !self.drops_internal
+            || !labels.iter().any(|(k, v)| {
+                ENTITY_LABELS.contains(k)
+                    && (INTERNAL_EXACT.contains(v)
+                        || INTERNAL_PREFIXES.iter().any(|p| v.starts_with(p)))
+            })
+    }
+}
+
+/// One metric family's lines while it is read: written out only if a sample survives.
+#[derive(Default)]
+struct Family<'a> {
+    name: &'a str,
+    kept: bool,
+    comments: Vec<&'a str>,
+    samples: Vec<&'a str>,
+}
+
+/// Appends `text` to `out`: the families `profile` keeps (every family without one), each
+/// sample with `extra` labels it does not carry itself. `# EOF` (OpenMetrics) is dropped, as
+/// the merge goes on after it.
+fn filter_and_label(
+    text: &str,
+    profile: Option<&Profile>,
+    extra: &[(String, String)],
+    out: &mut String,
+) {
+    let mut family = Family::default();
+    let flush = |family: &mut Family<'_>, out: &mut String| {
+        if family.kept && !family.samples.is_empty() {
+            for c in &family.comments {
+                out.push_str(c);
+                out.push('\n');
+            }
+            for s in &family.samples {
+                let Some((name, labels, rest)) = split_sample(s) else {
+                    continue;
+                };
+                let mut line = String::with_capacity(s.len() + 64);
+                line.push_str(name);
+                line.push('{');
+                let mut first = true;
+                for (k, v) in &labels {
+                    if !first {
+                        line.push(',');
+                    }
+                    first = false;
+                    line.push_str(k);
+                    line.push_str("=\"");
+                    line.push_str(v);
+                    line.push('"');
+                }
+                for (k, v) in extra {
+                    if labels.iter().any(|(have, _)| have == k) {
+                        continue;
+                    }
+                    if !first {
+                        line.push(',');
+                    }
+                    first = false;
+                    line.push_str(k);
+                    line.push_str("=\"");
+                    push_escaped(v, &mut line);
+                    line.push('"');
+                }
+                line.push('}');
+                line.push_str(rest);
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        *family = Family::default();
+    };
+    for line in text.lines() {
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() || trimmed == "# EOF" {
+            continue;
+        }
+        if let Some(comment) = trimmed.strip_prefix('#') {
+            let mut words = comment.split_whitespace();
+            let (Some(kind), Some(name)) = (words.next(), words.next()) else {
+                continue;
+            };
+            if !matches!(kind, "HELP" | "TYPE") {
+                continue;
+            }
+            if name != family.name {
+                flush(&mut family, out);
+                family.name = name;
+                family.kept = profile.is_none_or(|p| p.keeps(name));
+            }
+            family.comments.push(trimmed);
+            continue;
+        }
+        let Some((name, labels, _)) = split_sample(trimmed) else {
+            continue;
+        };
+        if family.name.is_empty() || !name.starts_with(family.name) {
+            flush(&mut family, out);
+            family.name = name;
+            family.kept = profile.is_none_or(|p| p.keeps(name));
+        }
+        if family.kept && profile.is_none_or(|p| p.keeps_sample(&labels)) {
+            family.samples.push(trimmed);
+        }
+    }
+    flush(&mut family, out);
+}
+
+fn push_sample(name: &str, value: &str, labels: &[(String, String)], out: &mut String) {
+    let line = format!("{name} {value}");
+    let mut sample = String::new();
+    filter_and_label(&line, None, labels, &mut sample);
+    out.push_str(&sample);
+}
+
+/// A sample: its name, its labels and the rest of its line.
+type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+
+/// A sample line as its name, its labels (values as written, escapes kept) and the rest
+/// (value, timestamp), or `None` when the label block does not close.
+fn split_sample(line: &str) -> Option<Sample<'_>> {
+    let end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+    let name = &line[..end];
+    let rest = &line[end..];
+    let Some(block) = rest.strip_prefix('{') else {
+        return Some((name, Vec::new(), rest));
+    };
+    let mut labels = Vec::new();
+    let mut i = 0;
+    let bytes = block.as_bytes();
+    loop {
+        while i < bytes.len() && matches!(bytes[i], b' ' | b',') {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            return None;
+        }
+        if bytes[i] == b'}' {
+            return Some((name, labels, &block[i + 1..]));
+        }
+        let eq = block[i..].find('=')? + i;
+        let key = block[i..eq].trim();
+        if bytes.get(eq + 1) != Some(&b'"') {
+            return None;
+        }
+        let start = eq + 2;
+        let mut j = start;
+        while j < bytes.len() && bytes[j] != b'"' {
+            j += if bytes[j] == b'\\' { 2 } else { 1 };
+        }
+        if j >= bytes.len() {
+            return None;
+        }
+        labels.push((key, &block[start..j]));
+        i = j + 1;
+    }
+}
+
+fn push_escaped(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A Prometheus label name: anything but `[a-zA-Z0-9_]` becomes `_` (`kuma.workload` is
+/// `kuma_workload`).
+fn label_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// The sample names of an exposition and how many samples each has.
+    fn families(text: &str) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some((name, _, _)) = split_sample(line) {
+                *out.entry(name.to_string()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    const ENVOY: &str = "\
+# TYPE envoy_cluster_upstream_rq_total counter
+envoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"} 7
+envoy_cluster_upstream_rq_total{envoy_cluster_name=\"ads_cluster\"} 3
+envoy_cluster_upstream_rq_total{envoy_cluster_name=\"_kuma_metrics_hijacker\"} 1
+# TYPE envoy_cluster_lb_subsets_active gauge
+envoy_cluster_lb_subsets_active{envoy_cluster_name=\"backend\"} 0
+# TYPE envoy_server_live gauge
+envoy_server_live{} 1
+# TYPE envoy_cluster_upstream_rq_time histogram
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"backend\",le=\"0.5\"} 2
+envoy_cluster_upstream_rq_time_sum{envoy_cluster_name=\"backend\"} 1.5
+envoy_cluster_upstream_rq_time_count{envoy_cluster_name=\"backend\"} 2
+";
+
+    fn sidecar(yaml: &str) -> MetricSidecar {
+        serde_saphyr::from_str(yaml).expect("a valid sidecar")
+    }
+
+    fn run(profile: &Profile, labels: &[(String, String)]) -> String {
+        let mut out = String::new();
+        filter_and_label(ENVOY, Some(profile), labels, &mut out);
+        out
+    }
+
+    #[test]
+    fn basic_profile_keeps_golden_signals_without_internal_clusters() {
+        let out = run(&Profile::new(None), &[]);
+        let f = families(&out);
+        assert_eq!(f.get("envoy_cluster_upstream_rq_total"), Some(&1), "{out}");
+        assert!(
+            !out.contains("ads_cluster") && !out.contains("hijacker"),
+            "{out}"
+        );
+        assert!(f.contains_key("envoy_server_live"), "{out}");
+        assert!(
+            f.contains_key("envoy_cluster_upstream_rq_time_bucket"),
+            "{out}"
+        );
+        assert!(!f.contains_key("envoy_cluster_lb_subsets_active"), "{out}");
+        // A family whose samples all go loses its TYPE line too.
+        let only_internal = "# TYPE envoy_cluster_upstream_rq_total counter\nenvoy_cluster_upstream_rq_total{envoy_cluster_name=\"ads_cluster\"} 3\n";
+        let mut out = String::new();
+        filter_and_label(only_internal, Some(&Profile::new(None)), &[], &mut out);
+        assert_eq!(out, "");
+    }
+
+    #[test]
+    fn profiles_include_and_exclude_as_kuma_orders_them() {
+        let all = Profile::new(Some(&sidecar("profiles: {appendProfiles: [{name: All}]}")));
+        let f = families(&run(&all, &[]));
+        assert_eq!(f.get("envoy_cluster_upstream_rq_total"), Some(&3));
+        assert!(f.contains_key("envoy_cluster_lb_subsets_active"));
+
+        let none = Profile::new(Some(&sidecar(
+            "profiles: {appendProfiles: [{name: None}], include: [{type: Regex, match: '^envoy_server_.*'}]}",
+        )));
+        let f = families(&run(&none, &[]));
+        assert_eq!(f.keys().collect::<Vec<_>>(), vec!["envoy_server_live"]);
+
+        let picky = Profile::new(Some(&sidecar(
+            "profiles: {appendProfiles: [{name: All}], exclude: [{type: Prefix, match: envoy_cluster_}], include: [{type: Exact, match: envoy_cluster_lb_subsets_active}]}",
+        )));
+        let f = families(&run(&picky, &[]));
+        let mut names: Vec<_> = f.keys().cloned().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["envoy_cluster_lb_subsets_active", "envoy_server_live"]
+        );
+    }
+
+    #[test]
+    fn samples_get_the_extra_labels_they_lack() {
+        let labels = vec![
+            ("mesh".to_string(), "default".to_string()),
+            ("kuma_workload".to_string(), "a \"b\"".to_string()),
+        ];
+        let mut out = String::new();
+        let app = "# HELP app_requests_total Requests.\n# TYPE app_requests_total counter\napp_requests_total{code=\"200\",mesh=\"own\"} 42 1700000000\nup 1\n# EOF\n";
+        filter_and_label(app, None, &labels, &mut out);
+        assert_eq!(
+            out,
+            "# HELP app_requests_total Requests.\n# TYPE app_requests_total counter\n\
+             app_requests_total{code=\"200\",mesh=\"own\",kuma_workload=\"a \\\"b\\\"\"} 42 1700000000\n\
+             up{mesh=\"default\",kuma_workload=\"a \\\"b\\\"\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn garbage_is_not_an_exposition() {
+        assert!(check_exposition(ENVOY).is_ok());
+        assert!(check_exposition("<html><body>hi</body></html>").is_err());
+        assert!(check_exposition("{\"a\": 1}").is_err());
+        assert!(check_exposition("metric{a=\"unterminated} 1").is_err());
+        assert_eq!(label_name("kuma.io/service"), "kuma_io_service");
+        assert_eq!(label_name("1abc"), "_1abc");
+    }
+}

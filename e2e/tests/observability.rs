@@ -1,0 +1,314 @@
+#![allow(clippy::unwrap_used)]
+//! MeshMetric and the monitoring assignment server with a real Prometheus (Debian's package,
+//! which has no `kuma_sd_configs`: it discovers targets through each zone's `/http_sd`). A
+//! global and two zones, an echo app behind a sidecar in each, MeshMetrics applied on global:
+//! Prometheus lists every proxy as a healthy target, and queries return Envoy's metrics and the
+//! app's own (`echo_requests_total`, merged by kuma-dp) labelled with the proxy. A proxy
+//! started after Prometheus shows up too, and a MADS client long-polling as Prometheus's
+//! `kuma_sd_configs` does hears of it at once.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use e2e::proxies::{Cp, Proc, client, envoy, installed, start_global, start_zone, within};
+use e2e::{free_port, http_response};
+use serde_json::{Value, json};
+
+/// A MeshMetric for the proxies of `service`: Prometheus on `port`, the app on `app_port`.
+fn mesh_metric(service: &str, port: u16, app_port: u16) -> Value {
+    json!({"type": "MeshMetric", "mesh": "default", "name": format!("metrics-{service}"),
+    "spec": {
+        "targetRef": {"kind": "MeshSubset", "tags": {"kuma.io/service": service}},
+        "default": {
+            "sidecar": {"profiles": {"appendProfiles": [{"name": "Basic"}]}},
+            "applications": [{"name": "echo", "port": app_port, "path": "/metrics"}],
+            "backends": [{"type": "Prometheus", "prometheus": {"port": port, "path": "/metrics"}}]
+        }
+    }})
+}
+
+/// Prometheus's query API: the result vector of `query`.
+fn query(port: u16, query: &str) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{port}/api/v1/query");
+    client()
+        .get(url)
+        .query(&[("query", query)])
+        .send()
+        .ok()
+        .and_then(|r| r.json::<Value>().ok())
+        .and_then(|v| v["data"]["result"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Prometheus's healthy targets, by the `dataplane` name the service discovery gave them.
+fn healthy_targets(port: u16) -> Vec<String> {
+    let Some((200, body)) = http_response(port, "/api/v1/targets?state=active") else {
+        return Vec::new();
+    };
+    let body: Value = serde_json::from_str(&body).unwrap_or_default();
+    body["data"]["activeTargets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["health"] == "up")
+        .filter_map(|t| t["discoveredLabels"]["__meta_kuma_dataplane"].as_str())
+        .map(str::to_string)
+        .collect()
+}
+
+/// One MADS fetch as Prometheus's `kuma_sd_configs` sends it (protobuf JSON, camelCase names,
+/// its headers and `fetch-timeout`): the status and the body.
+fn mads_fetch(port: u16, version: &str, fetch_timeout: &str) -> (u16, Value) {
+    let body = json!({"versionInfo": version, "node": {"id": "prometheus-e2e"},
+        "typeUrl": "type.googleapis.com/kuma.observability.v1.MonitoringAssignment",
+        "resourceNames": []});
+    let r = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .post(format!(
+            "http://127.0.0.1:{port}/v3/discovery:monitoringassignments?fetch-timeout={fetch_timeout}"
+        ))
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json")
+        .header("User-Agent", "Prometheus/2.42.0")
+        .header("X-Prometheus-Refresh-Interval-Seconds", "30")
+        .body(body.to_string())
+        .send()
+        .expect("MADS fetch");
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+fn dataplanes_in(response: &Value) -> Vec<String> {
+    response["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["targets"][0]["name"].as_str())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn prometheus_scrapes_every_proxy_through_the_service_discovery() {
+    let Some(envoy) = envoy("prometheus_scrapes_every_proxy_through_the_service_discovery") else {
+        return;
+    };
+    let Some(prometheus) = installed(
+        "prometheus",
+        "apt-get install prometheus",
+        "prometheus_scrapes_every_proxy_through_the_service_discovery",
+    ) else {
+        return;
+    };
+    let (global_cp, kds_port) = start_global();
+    let global = Cp::global(&global_cp, envoy.clone());
+    let zone1_cp = start_zone("zone-1", kds_port, &global.zone_token("zone-1", "cp"));
+    let zone2_cp = start_zone("zone-2", kds_port, &global.zone_token("zone-2", "cp"));
+    let (zone1, zone2) = (
+        Cp::of(&zone1_cp, envoy.clone()),
+        Cp::of(&zone2_cp, envoy.clone()),
+    );
+
+    global.put(
+        "/meshes/default",
+        json!({"type": "Mesh", "name": "default",
+            "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
+    );
+    // One echo app and sidecar per zone, each with its own Prometheus port (they share 127.0.0.1).
+    let (web_app_port, web_metrics) = (free_port(), free_port());
+    let (backend_app_port, backend_metrics) = (free_port(), free_port());
+    let (late_app_port, late_metrics) = (free_port(), free_port());
+    global.put(
+        "/meshes/default/meshmetrics/metrics-web",
+        mesh_metric("web", web_metrics, web_app_port),
+    );
+    global.put(
+        "/meshes/default/meshmetrics/metrics-backend",
+        mesh_metric("backend", backend_metrics, backend_app_port),
+    );
+    global.put(
+        "/meshes/default/meshmetrics/metrics-late",
+        mesh_metric("late", late_metrics, late_app_port),
+    );
+    let _web_app = zone1.echo("web-1", web_app_port, Some("zone-1"));
+    let web = zone1.sidecar(
+        "web-1",
+        "web",
+        web_app_port,
+        None,
+        &global.token("web-1", "default"),
+    );
+    let _backend_app = zone2.echo("backend-1", backend_app_port, Some("zone-2"));
+    let backend = zone2.sidecar(
+        "backend-1",
+        "backend",
+        backend_app_port,
+        None,
+        &global.token("backend-1", "default"),
+    );
+    let logs = || {
+        format!(
+            "--- global:\n{}\n--- zone-1:\n{}\n--- zone-2:\n{}\n--- web-1:\n{}\n--- backend-1:\n{}",
+            global_cp.logs(),
+            zone1_cp.logs(),
+            zone2_cp.logs(),
+            web.logs(),
+            backend.logs()
+        )
+    };
+
+    // Each proxy serves the merge itself: Envoy's Basic profile, the app's counter, labels.
+    within(
+        Duration::from_secs(60),
+        "web-1 serves merged metrics on its MeshMetric port",
+        || {
+            http_response(web_metrics, "/metrics").is_some_and(|(status, body)| {
+                status == 200
+                    && body.contains("envoy_server_live{")
+                    && body.contains("echo_requests_total{")
+            })
+        },
+        logs,
+    );
+    let (_, merged) = http_response(web_metrics, "/metrics").unwrap();
+    let app_line = merged
+        .lines()
+        .find(|l| l.starts_with("echo_requests_total{"))
+        .unwrap();
+    for label in [
+        "mesh=\"default\"",
+        "zone=\"zone-1\"",
+        "dataplane=\"web-1\"",
+        "kuma_io_service=\"web\"",
+        "kuma_proxy_role=\"sidecar\"",
+    ] {
+        assert!(app_line.contains(label), "{label} missing: {app_line}");
+    }
+    assert!(
+        !merged.contains("envoy_cluster_name=\"ads_cluster\""),
+        "the Basic profile leaves the control plane's own clusters out:\n{merged}"
+    );
+
+    // Prometheus, started now, finds both zones' proxies through their zones' /http_sd.
+    let prom_port = free_port();
+    let prom_dir = global_cp.work_dir.join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n\
+         - job_name: zone-1\n  http_sd_configs:\n  - url: http://127.0.0.1:{}/http_sd\n    refresh_interval: 1s\n\
+         - job_name: zone-2\n  http_sd_configs:\n  - url: http://127.0.0.1:{}/http_sd\n    refresh_interval: 1s\n",
+        zone1_cp.mads_port, zone2_cp.mads_port
+    );
+    std::fs::write(prom_dir.join("prometheus.yml"), config).unwrap();
+    let _prometheus = Proc::start(
+        Command::new(&prometheus)
+            .arg(format!(
+                "--config.file={}",
+                prom_dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                prom_dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
+        prom_dir.join("prometheus.log"),
+    );
+    let prom_log = prom_dir.join("prometheus.log");
+    let logs = || {
+        format!(
+            "{}\n--- prometheus:\n{}",
+            logs(),
+            std::fs::read_to_string(&prom_log).unwrap_or_default()
+        )
+    };
+    within(
+        Duration::from_secs(60),
+        "Prometheus scrapes web-1 (zone-1) and backend-1 (zone-2)",
+        || {
+            let up = healthy_targets(prom_port);
+            up.contains(&"web-1".to_string()) && up.contains(&"backend-1".to_string())
+        },
+        logs,
+    );
+    // Traffic to the app, then its counter through Prometheus.
+    for _ in 0..3 {
+        let _ = http_response(web_app_port, "/");
+    }
+    within(
+        Duration::from_secs(30),
+        "Prometheus has web-1's app counter and backend-1's Envoy metrics",
+        || {
+            let app = query(
+                prom_port,
+                "echo_requests_total{dataplane=\"web-1\",mesh=\"default\"}",
+            );
+            let envoy = query(
+                prom_port,
+                "envoy_server_live{dataplane=\"backend-1\",zone=\"zone-2\"}",
+            );
+            app.first()
+                .and_then(|s| s["value"][1].as_str())
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v >= 3.0)
+                && envoy.first().is_some_and(|s| s["value"][1] == "1")
+        },
+        logs,
+    );
+
+    // MADS as Prometheus's kuma_sd_configs speaks it: the current assignments, then a long
+    // poll that a proxy started meanwhile ends.
+    let (status, first) = mads_fetch(zone1_cp.mads_port, "", "2m0s");
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(dataplanes_in(&first), vec!["web-1".to_string()]);
+    assert_eq!(first["resources"][0]["mesh"], "default");
+    assert_eq!(first["resources"][0]["service"], "web");
+    assert_eq!(
+        first["resources"][0]["targets"][0]["address"],
+        format!("127.0.0.1:{web_metrics}")
+    );
+    let version = first["version_info"].as_str().unwrap().to_string();
+    let (status, _) = mads_fetch(zone1_cp.mads_port, &version, "500ms");
+    assert_eq!(status, 304, "nothing changed: Not Modified");
+    let mads_port = zone1_cp.mads_port;
+    let poll = std::thread::spawn(move || {
+        let (status, body) = mads_fetch(mads_port, &version, "60s");
+        (status, body, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let _late_app = zone1.echo("late-1", late_app_port, Some("zone-1"));
+    let late_started = Instant::now();
+    let late = zone1.sidecar(
+        "late-1",
+        "late",
+        late_app_port,
+        None,
+        &global.token("late-1", "default"),
+    );
+    let (status, body, answered) = poll.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut names = dataplanes_in(&body);
+    names.sort();
+    assert_eq!(names, vec!["late-1".to_string(), "web-1".to_string()]);
+    eprintln!(
+        "MADS long poll answered {:?} after kuma-dp late-1 was started",
+        answered - late_started
+    );
+
+    // And Prometheus scrapes the proxy that started after it.
+    within(
+        Duration::from_secs(60),
+        "Prometheus scrapes late-1, started after it",
+        || healthy_targets(prom_port).contains(&"late-1".to_string()),
+        || format!("{}\n--- late-1:\n{}", logs(), late.logs()),
+    );
+    within(
+        Duration::from_secs(30),
+        "late-1's Envoy metrics are queryable",
+        || !query(prom_port, "envoy_server_live{dataplane=\"late-1\"}").is_empty(),
+        logs,
+    );
+}
