@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use store::{SharedStore, StoreError};
 use tokio::sync::oneshot;
 
+use kds::metrics::KdsMetrics;
 use kds::sync::{StreamStats, TypeCounts};
 
 /// Subscriptions kept per zone; older ones are dropped.
@@ -42,15 +43,23 @@ pub struct ZoneInsights {
     global_instance_id: String,
     flush_interval: Duration,
     open: Mutex<HashMap<ConnectionKey, Weak<Session>>>,
+    metrics: Option<KdsMetrics>,
 }
 
 impl ZoneInsights {
-    pub fn new(store: SharedStore, global_instance_id: String, flush_interval: Duration) -> Self {
+    /// `metrics`: where the zones' streams' figures go on `/metrics`, if anywhere.
+    pub fn new(
+        store: SharedStore,
+        global_instance_id: String,
+        flush_interval: Duration,
+        metrics: Option<KdsMetrics>,
+    ) -> Self {
         ZoneInsights {
             store,
             global_instance_id,
             flush_interval,
             open: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -65,7 +74,10 @@ impl ZoneInsights {
         }
         let (closed_tx, closed_rx) = oneshot::channel();
         let session = Arc::new(Session {
-            stats: Arc::new(StreamStats::default()),
+            stats: Arc::new(match &self.metrics {
+                Some(m) => StreamStats::metered(m.clone(), peer.zone.clone()),
+                None => StreamStats::default(),
+            }),
             _closed: closed_tx,
         });
         open.insert(key, Arc::downgrade(&session));

@@ -38,6 +38,8 @@ pub struct KdsServerConfig {
     pub tls_key_file: String,
     /// Zones must present a zone token signed by global.
     pub zone_tokens: bool,
+    /// Where the streams' figures go on `/metrics` (`None`: nowhere).
+    pub metrics: Option<kds::metrics::KdsMetrics>,
 }
 
 /// Who this global replica is: the name its KDS certificate carries, its instance id and the
@@ -99,6 +101,7 @@ pub async fn serve_kds(
             store.clone(),
             identity.instance_id.clone(),
             ZONE_INSIGHT_FLUSH_INTERVAL,
+            config.metrics.clone(),
         )),
         to_zones: Arc::new(kds_server::zone_wire_forms()),
         inspect,

@@ -57,6 +57,7 @@ async fn start_global() -> Global {
             store.clone(),
             "global-1".into(),
             Duration::from_secs(1),
+            None,
         )),
         to_zones: Arc::new(global::kds_server::zone_wire_forms()),
         inspect: Default::default(),
@@ -401,6 +402,7 @@ async fn garbage_and_oversized_resources_do_not_stop_a_zone() {
         max_message: MAX_MESSAGE,
         root_ca_pem: None,
         tls_skip_verify: false,
+        metrics: None,
         token: Some(zone::kds_client::ZoneToken::Inline(
             token(&g, "zone-1").await,
         )),

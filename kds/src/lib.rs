@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod inspect;
+pub mod metrics;
 pub mod rules;
 pub mod sync;
 

@@ -17,6 +17,9 @@ use store::{ListQuery, SharedStore, StoreError};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::codec;
+use crate::metrics::{KdsMetrics, TypeLabels, ZoneLabels};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// How long a burst of changes is gathered before one response goes out.
 pub const DEBOUNCE: Duration = Duration::from_millis(2);
@@ -144,35 +147,163 @@ impl TypeCounts {
     }
 }
 
+/// Deltas sent and not yet answered, with the moment their oldest change happened; a peer that
+/// never answers cannot grow it past this.
+const MAX_IN_FLIGHT: usize = 4096;
+
 #[derive(Debug, Default)]
 struct StatsInner {
     per_type: BTreeMap<&'static str, TypeCounts>,
     last_update: Option<model::Timestamp>,
+    /// Nonce of each delta this side sent and the peer has not answered -> when the change it
+    /// carries happened.
+    in_flight: HashMap<String, tokio::time::Instant>,
 }
 
-/// Live counters of one connection's streams, read by insights and logs.
+/// Where a stream's figures go on `/metrics`, and under which zone.
+#[derive(Debug)]
+struct Meter {
+    metrics: KdsMetrics,
+    zone: String,
+}
+
+impl Meter {
+    fn labels(&self, kind: ResourceType) -> TypeLabels {
+        TypeLabels {
+            zone: self.zone.clone(),
+            resource_type: kind.name(),
+        }
+    }
+}
+
+/// Live counters of one connection's streams, read by insights, logs and `/metrics`.
 #[derive(Debug, Default)]
 pub struct StreamStats {
     inner: Mutex<StatsInner>,
+    meter: Option<Meter>,
 }
 
 impl StreamStats {
-    fn record(&self, kind: ResourceType, f: impl FnOnce(&mut TypeCounts)) {
+    /// Counters that also go to `metrics`, labelled with `zone`.
+    pub fn metered(metrics: KdsMetrics, zone: impl Into<String>) -> Self {
+        StreamStats {
+            inner: Mutex::default(),
+            meter: Some(Meter {
+                metrics,
+                zone: zone.into(),
+            }),
+        }
+    }
+
+    fn record(&self, kind: ResourceType, f: impl FnOnce(&mut StatsInner, &'static str)) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(inner.per_type.entry(kind.name()).or_default());
+        f(&mut inner, kind.name());
         inner.last_update = Some(model::Timestamp::now());
     }
 
-    fn sent(&self, kind: ResourceType) {
-        self.record(kind, |c| c.responses_sent += 1);
+    fn count(&self, kind: ResourceType, f: impl FnOnce(&mut TypeCounts)) {
+        self.record(kind, |inner, name| {
+            f(inner.per_type.entry(name).or_default())
+        });
     }
 
+    fn meter(
+        &self,
+        kind: ResourceType,
+        family: impl FnOnce(&KdsMetrics) -> &Family<TypeLabels, Counter>,
+    ) {
+        if let Some(m) = &self.meter {
+            family(&m.metrics).get_or_create(&m.labels(kind)).inc();
+        }
+    }
+
+    /// The peer subscribed to `kind`: its counters start at zero, so they exist (and
+    /// `increase()` over them works) before the first delta.
+    fn sending(&self, kind: ResourceType) {
+        if let Some(m) = &self.meter {
+            let labels = m.labels(kind);
+            for family in [&m.metrics.sent, &m.metrics.acked, &m.metrics.nacked] {
+                let _ = family.get_or_create(&labels);
+            }
+            let _ = m.metrics.lag.get_or_create(&ZoneLabels {
+                zone: m.zone.clone(),
+            });
+        }
+    }
+
+    /// This side subscribed to `kind` from the peer (see [`StreamStats::sending`]).
+    fn receiving(&self, kind: ResourceType) {
+        if let Some(m) = &self.meter {
+            let labels = m.labels(kind);
+            for family in [&m.metrics.received, &m.metrics.refused] {
+                let _ = family.get_or_create(&labels);
+            }
+        }
+    }
+
+    /// This side sent a delta (`nonce`) carrying changes made at `origin`.
+    fn delta_sent(&self, kind: ResourceType, nonce: &str, origin: tokio::time::Instant) {
+        self.record(kind, |inner, name| {
+            inner.per_type.entry(name).or_default().responses_sent += 1;
+            if inner.in_flight.len() >= MAX_IN_FLIGHT {
+                inner.in_flight.clear();
+            }
+            inner.in_flight.insert(nonce.to_string(), origin);
+        });
+        self.meter(kind, |m| &m.sent);
+    }
+
+    /// The peer acknowledged the delta `nonce` this side sent.
+    fn peer_acknowledged(&self, kind: ResourceType, nonce: &str) {
+        let mut origin = None;
+        self.record(kind, |inner, name| {
+            inner
+                .per_type
+                .entry(name)
+                .or_default()
+                .responses_acknowledged += 1;
+            origin = inner.in_flight.remove(nonce);
+        });
+        self.meter(kind, |m| &m.acked);
+        if let (Some(m), Some(origin)) = (&self.meter, origin) {
+            m.metrics
+                .lag
+                .get_or_create(&ZoneLabels {
+                    zone: m.zone.clone(),
+                })
+                .observe(origin.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The peer rejected the delta `nonce` this side sent.
+    fn peer_rejected(&self, kind: ResourceType, nonce: &str) {
+        self.record(kind, |inner, name| {
+            inner.per_type.entry(name).or_default().responses_rejected += 1;
+            inner.in_flight.remove(nonce);
+        });
+        self.meter(kind, |m| &m.nacked);
+    }
+
+    /// A delta the peer sent arrived.
+    fn delta_received(&self, kind: ResourceType) {
+        self.count(kind, |c| c.responses_sent += 1);
+        self.meter(kind, |m| &m.received);
+    }
+
+    /// This side acknowledged a delta the peer sent.
     fn acknowledged(&self, kind: ResourceType) {
-        self.record(kind, |c| c.responses_acknowledged += 1);
+        self.count(kind, |c| c.responses_acknowledged += 1);
     }
 
-    fn rejected(&self, kind: ResourceType) {
-        self.record(kind, |c| c.responses_rejected += 1);
+    /// This side rejected a delta the peer sent.
+    fn refused(&self, kind: ResourceType) {
+        self.count(kind, |c| c.responses_rejected += 1);
+        self.meter(kind, |m| &m.refused);
+    }
+
+    /// A resource too large to send (counted with the rejections, as the peer never gets it).
+    fn unsendable(&self, kind: ResourceType) {
+        self.count(kind, |c| c.responses_rejected += 1);
     }
 
     pub fn per_type(&self) -> BTreeMap<&'static str, TypeCounts> {
@@ -257,7 +388,8 @@ pub async fn run_sender(
                     k.descriptor().has_flag(model::descriptor::kds::SYNCED_ACROSS_ZONES)
                 }));
                 expand_resync(&store, &mut resync, &mut pending, &sent).await?;
-                flush_pending(&store, &types, &outbound, &mut pending, &mut sent, &mut responder).await?;
+                let now = tokio::time::Instant::now();
+                flush_pending(&store, &types, &outbound, &mut pending, &mut sent, &mut responder, now).await?;
             }
             req = requests.next() => {
                 let req = match req {
@@ -270,16 +402,17 @@ pub async fn run_sender(
                     continue;
                 };
                 if let Some(err) = &req.error_detail {
-                    stats.rejected(kind);
+                    stats.peer_rejected(kind, &req.response_nonce);
                     tracing::warn!(%peer, %kind, nonce = %req.response_nonce, reason = %err.message, "peer rejected resources (NACK)");
                     continue;
                 }
                 if !req.response_nonce.is_empty() {
-                    stats.acknowledged(kind);
+                    stats.peer_acknowledged(kind, &req.response_nonce);
                     continue;
                 }
                 // A new subscription: the full state of the type.
                 subscribed.insert(kind);
+                stats.sending(kind);
                 sent.retain(|k, _| k.kind != kind);
                 let mut all = Vec::new();
                 for r in store.list(&ListQuery::all(kind)).await?.items {
@@ -289,9 +422,11 @@ pub async fn run_sender(
                         all.push(x);
                     }
                 }
-                responder.send_split(kind, all, vec![], true).await?;
+                let now = tokio::time::Instant::now();
+                responder.send_split(kind, all, vec![], true, now).await?;
             }
             ev = events.recv() => {
+                let changed_at = tokio::time::Instant::now();
                 let mut note = |ev: store::ChangeEvent| {
                     if subscribed.contains(&ev.key.kind) {
                         pending.entry(ev.key.kind).or_default().insert(ev.key);
@@ -312,7 +447,7 @@ pub async fn run_sender(
                     note(ev);
                 }
                 expand_resync(&store, &mut resync, &mut pending, &sent).await?;
-                flush_pending(&store, &types, &outbound, &mut pending, &mut sent, &mut responder).await?;
+                flush_pending(&store, &types, &outbound, &mut pending, &mut sent, &mut responder, changed_at).await?;
             }
         }
     }
@@ -349,6 +484,7 @@ async fn flush_pending(
     pending: &mut HashMap<ResourceType, HashSet<ResourceKey>>,
     sent: &mut SentState,
     responder: &mut Responder<'_, impl Outgoing<DeltaDiscoveryResponse>>,
+    changed_at: tokio::time::Instant,
 ) -> Result<(), SyncError> {
     for &kind in types {
         let Some(keys) = pending.remove(&kind) else {
@@ -368,7 +504,9 @@ async fn flush_pending(
         }
         let (changed, removed) = delta(sent, current);
         if !changed.is_empty() || !removed.is_empty() {
-            responder.send_split(kind, changed, removed, false).await?;
+            responder
+                .send_split(kind, changed, removed, false, changed_at)
+                .await?;
         }
     }
     Ok(())
@@ -411,6 +549,7 @@ impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
         resources: Vec<XdsResource>,
         removed: Vec<String>,
         full_state: bool,
+        changed_at: tokio::time::Instant,
     ) -> Result<(), SyncError> {
         let stats = self.stats;
         // Bytes per response, leaving room for the envelope.
@@ -423,7 +562,7 @@ impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
                 // The peer could not decode it and would drop the whole stream: refuse it here,
                 // loudly, and keep syncing everything else.
                 tracing::error!(%kind, name = %r.name, bytes = len, limit = budget, "resource is larger than a KDS message may be; not sent");
-                stats.rejected(kind);
+                stats.unsendable(kind);
                 continue;
             }
             if size + len > budget && batches.last().is_some_and(|b| !b.is_empty()) {
@@ -452,10 +591,11 @@ impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
                 },
                 ..Default::default()
             };
+            let nonce = resp.nonce.clone();
             if !self.out.put(resp).await {
                 return Err(SyncError::Closed);
             }
-            stats.sent(kind);
+            stats.delta_sent(kind, &nonce, changed_at);
         }
         Ok(())
     }
@@ -481,6 +621,7 @@ pub async fn run_receiver(
     use futures::StreamExt;
     let StreamLabel { peer, stats } = label;
     for kind in &types {
+        stats.receiving(*kind);
         let req = DeltaDiscoveryRequest {
             node: Some(Node {
                 id: node_id.clone(),
@@ -553,7 +694,7 @@ pub async fn run_receiver(
                 prune(&store, kind, &keep, inbound.as_ref()).await?;
             }
         }
-        stats.sent(kind);
+        stats.delta_received(kind);
         let reply = if errors.is_empty() {
             stats.acknowledged(kind);
             DeltaDiscoveryRequest {
@@ -562,7 +703,7 @@ pub async fn run_receiver(
                 ..Default::default()
             }
         } else {
-            stats.rejected(kind);
+            stats.refused(kind);
             tracing::warn!(%peer, %kind, errors = ?errors, "rejected resources from the peer (NACK)");
             nack(&resp, &node_id, errors.join("; "))
         };
@@ -681,6 +822,43 @@ mod tests {
 
         forms.forget(&r.key());
         assert_eq!(forms.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metered_streams_count_per_zone_and_measure_the_lag_to_the_ack() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = KdsMetrics::register(&mut registry);
+        let stats = StreamStats::metered(metrics, "zone-1");
+        let kind = ResourceType::MeshTimeout;
+        stats.sending(kind);
+        stats.receiving(ResourceType::Dataplane);
+        let changed_at = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(30)).await;
+        stats.delta_sent(kind, "1", changed_at);
+        stats.delta_sent(kind, "2", tokio::time::Instant::now());
+        stats.peer_acknowledged(kind, "1");
+        stats.peer_rejected(kind, "2");
+        // An ACK for a nonce never sent (or already answered) counts, without a lag.
+        stats.peer_acknowledged(kind, "1");
+        stats.delta_received(ResourceType::Dataplane);
+        stats.refused(ResourceType::Dataplane);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "kds_responses_sent_total{zone=\"zone-1\",resource_type=\"MeshTimeout\"} 2",
+            "kds_responses_acked_total{zone=\"zone-1\",resource_type=\"MeshTimeout\"} 2",
+            "kds_responses_nacked_total{zone=\"zone-1\",resource_type=\"MeshTimeout\"} 1",
+            "kds_responses_received_total{zone=\"zone-1\",resource_type=\"Dataplane\"} 1",
+            "kds_responses_refused_total{zone=\"zone-1\",resource_type=\"Dataplane\"} 1",
+            "kds_sync_lag_seconds_count{zone=\"zone-1\"} 1",
+            "kds_sync_lag_seconds_sum{zone=\"zone-1\"} 0.03",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        let totals = stats.per_type()[kind.name()];
+        assert_eq!(totals.responses_sent, 2);
+        assert_eq!(totals.responses_acknowledged, 2);
+        assert_eq!(totals.responses_rejected, 1);
     }
 
     #[test]

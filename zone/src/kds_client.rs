@@ -64,6 +64,8 @@ pub struct ZoneClientConfig {
     /// `grpcs://` without checking global's certificate (encrypted, not authenticated).
     pub tls_skip_verify: bool,
     pub token: Option<ZoneToken>,
+    /// Where the streams' figures go on `/metrics` (`None`: nowhere).
+    pub metrics: Option<kds::metrics::KdsMetrics>,
 }
 
 /// Where the zone token comes from. A file is read on every connection attempt, so a rotated
@@ -267,7 +269,10 @@ async fn session(
         .map_err(|s| ClientError::Refused("zone->global", s))?
         .into_inner();
     tracing::info!(zone = %config.zone, global = %config.global_address, "connected to global");
-    let stats = Arc::new(sync::StreamStats::default());
+    let stats = Arc::new(match &config.metrics {
+        Some(m) => sync::StreamStats::metered(m.clone(), config.zone.clone()),
+        None => sync::StreamStats::default(),
+    });
     let inbound = Arc::new(FromGlobal {
         zone: config.zone.clone(),
     });

@@ -27,6 +27,16 @@ use zone::dpserver::auth::TokenAuth;
 struct Fixture {
     store: SharedStore,
     address: String,
+    /// Where the server's figures go.
+    registry: prometheus_client::registry::Registry,
+}
+
+impl Fixture {
+    fn metrics(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text
+    }
 }
 
 async fn start() -> Fixture {
@@ -64,6 +74,10 @@ async fn start() -> Fixture {
         "cp-1".into(),
         zone::dpserver::cache::start(store.clone(), String::new(), true),
     );
+    let mut registry = prometheus_client::registry::Registry::default();
+    let server = server.metered(Some(zone::dpserver::metrics::XdsMetrics::register(
+        &mut registry,
+    )));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(
@@ -71,7 +85,11 @@ async fn start() -> Fixture {
             .add_service(AggregatedDiscoveryServiceServer::new(server))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    Fixture { store, address }
+    Fixture {
+        store,
+        address,
+        registry,
+    }
 }
 
 async fn token(store: &SharedStore, name: &str, mesh: &str) -> String {
@@ -248,6 +266,15 @@ async fn sends_changes_only_and_survives_a_nack() {
         envoy.quiet(Duration::from_millis(300)).await,
         "a new instance changes endpoints only: nothing else is pushed"
     );
+    let metrics = f.metrics();
+    for line in [
+        "xds_connected_proxies 1",
+        "xds_responses_nacked_total{resource_type=\"lds\"} 1",
+        "xds_responses_sent_total{resource_type=\"eds\"} 2",
+        "xds_push_duration_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
 
     // A policy for another proxy changes nothing of web-1's; one for web-1 changes its clusters.
     let timeout = |name: &str, target: serde_json::Value| {
@@ -301,6 +328,16 @@ async fn sends_changes_only_and_survives_a_nack() {
     let sub = &insight.spec["subscriptions"][0];
     assert_eq!(sub["controlPlaneInstanceId"], "cp-1");
     assert!(sub["disconnectTime"].is_null());
+
+    // Gone, and no longer counted as connected.
+    drop(envoy);
+    for _ in 0..100 {
+        if f.metrics().contains("xds_connected_proxies 0") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the proxy is still counted as connected:\n{}", f.metrics());
 }
 
 /// Passes bytes through untouched, so a test can put garbage on the wire.

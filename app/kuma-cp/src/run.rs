@@ -89,6 +89,8 @@ pub async fn run(
     let backend = backend::build(&config, &stopping).await?;
     let store: SharedStore = Arc::new(MeteredStore::new(backend.store.clone(), &mut registry));
     let api_metrics = api::api_metrics(&mut registry);
+    let kds_metrics = kds::metrics::KdsMetrics::register(&mut registry);
+    let xds_metrics = zone::dpserver::metrics::XdsMetrics::register(&mut registry);
     let leader_gauge = Gauge::<i64>::default();
     registry.register(
         "leader",
@@ -97,7 +99,7 @@ pub async fn run(
     );
     let listeners = Listeners::bind(&config).await?;
     let zone_client = match (config.mode, config.multizone.zone.global_address.is_empty()) {
-        (Mode::Zone, false) => Some(zone_client_config(&config)?),
+        (Mode::Zone, false) => Some(zone_client_config(&config, kds_metrics.clone())?),
         _ => None,
     };
     let me = intercp::Me {
@@ -261,9 +263,13 @@ pub async fn run(
             &config,
             &store,
             listener,
-            &hostname,
-            &instance_id,
+            global::GlobalIdentity {
+                hostname: hostname.clone(),
+                instance_id: instance_id.clone(),
+                version: VERSION.into(),
+            },
             zone_streams,
+            kds_metrics.clone(),
         );
     }
     if let Some(zone_config) = zone_client {
@@ -282,7 +288,8 @@ pub async fn run(
         }));
     }
     if let Some(listener) = listeners.dp_server {
-        let dp_config = dp_server_config(&config, &store, &me, &hostname, &instance_id).await?;
+        let mut dp_config = dp_server_config(&config, &store, &me, &hostname, &instance_id).await?;
+        dp_config.metrics = Some(xds_metrics.clone());
         // One snapshot cache for the proxies' configuration and the ingresses' service counts.
         // A federated zone uses the CAs global creates.
         let view = zone::dpserver::cache::start(
@@ -460,9 +467,9 @@ fn start_global(
     config: &Config,
     store: &SharedStore,
     listener: TcpListener,
-    hostname: &str,
-    instance_id: &str,
+    identity: global::GlobalIdentity,
     streams: Arc<ZoneAdminStreams>,
+    metrics: kds::metrics::KdsMetrics,
 ) {
     let kds = &config.multizone.global.kds;
     let kds_config = global::KdsServerConfig {
@@ -472,11 +479,7 @@ fn start_global(
         tls_cert_file: kds.tls_cert_file.clone(),
         tls_key_file: kds.tls_key_file.clone(),
         zone_tokens: kds.auth.auth_type == "zoneToken",
-    };
-    let identity = global::GlobalIdentity {
-        hostname: hostname.to_string(),
-        instance_id: instance_id.to_string(),
-        version: VERSION.into(),
+        metrics: Some(metrics),
     };
     let (store_kds, stop) = (store.clone(), components.shutdown_signal());
     components.start(Component::every_replica("kds-server", async move {
@@ -492,7 +495,10 @@ fn start_global(
     }));
 }
 
-fn zone_client_config(config: &Config) -> Result<zone::kds_client::ZoneClientConfig, RunError> {
+fn zone_client_config(
+    config: &Config,
+    metrics: kds::metrics::KdsMetrics,
+) -> Result<zone::kds_client::ZoneClientConfig, RunError> {
     use zone::kds_client::ZoneToken;
     let zone = &config.multizone.zone;
     if zone.kds.tls_skip_verify && zone.global_address.starts_with("grpcs://") {
@@ -516,6 +522,7 @@ fn zone_client_config(config: &Config) -> Result<zone::kds_client::ZoneClientCon
         max_message: config.multizone.global.kds.max_msg_size,
         root_ca_pem,
         tls_skip_verify: zone.kds.tls_skip_verify,
+        metrics: Some(metrics),
         token: match (&zone.kds.auth.cp_token_path, &zone.kds.auth.cp_token_inline) {
             (path, _) if !path.is_empty() => Some(ZoneToken::File(path.clone())),
             (_, inline) if !inline.is_empty() => Some(ZoneToken::Inline(inline.clone())),
@@ -582,6 +589,7 @@ async fn dp_server_config(
         zone: config.multizone.zone.name.clone(),
         federated: config.mode == Mode::Zone && !config.multizone.zone.global_address.is_empty(),
         label_zone: (config.mode == Mode::Zone).then(|| config.multizone.zone.name.clone()),
+        metrics: None,
     })
 }
 

@@ -215,6 +215,7 @@ async fn start_zone(global: &Global, name: &str) -> Result<Zone> {
         max_message: 10 * 1024 * 1024,
         root_ca_pem: Some(global.root_ca.clone()),
         tls_skip_verify: false,
+        metrics: None,
         token: Some(zone::kds_client::ZoneToken::Inline(
             global.zone_token(name).await?,
         )),

@@ -31,6 +31,7 @@ use crate::dpserver::auth::ProxyAuth;
 use crate::dpserver::cache::{MeshSnapshot, ZoneProxies, ZoneView};
 use crate::dpserver::encoded::{self, Encoded, EncodedCache};
 use crate::dpserver::insight::{CertState, StreamRecord};
+use crate::dpserver::metrics::{Connected, XdsMetrics};
 
 /// Which proxy a configuration is for: what it is built from differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,7 @@ pub struct AdsServer {
     cp_instance_id: String,
     /// What every stream's configuration is computed from.
     view: watch::Receiver<ZoneView>,
+    metrics: Option<XdsMetrics>,
 }
 
 impl AdsServer {
@@ -113,7 +115,14 @@ impl AdsServer {
             auth,
             cp_instance_id,
             view,
+            metrics: None,
         }
+    }
+
+    /// The server with its streams' figures going to `metrics`.
+    pub fn metered(mut self, metrics: Option<XdsMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -214,8 +223,10 @@ impl AggregatedDiscoveryService for AdsServer {
                     .map(str::to_string),
             },
             built_from: None,
+            metrics: self.metrics.clone(),
         };
         tokio::spawn(async move {
+            let _connected = Connected::new(&stream.metrics);
             let result = stream.run(first, requests).await;
             stream.record.disconnect_time = Some(Timestamp::now());
             if let Err(e) = crate::dpserver::insight::write(&stream.store, &stream.record).await {
@@ -374,6 +385,7 @@ struct ProxyStream {
     /// comes from (other Dataplanes, policies for other proxies), only the endpoints are laid
     /// out again ([`xds::refresh_endpoints`]).
     built_from: Option<(Arc<MeshSnapshot>, xds::EndpointPlan)>,
+    metrics: Option<XdsMetrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -415,8 +427,12 @@ impl ProxyStream {
                     if self.fingerprint() == self.seen {
                         continue;
                     }
+                    let started = tokio::time::Instant::now();
                     let changed = self.recompute();
                     self.push_types(changed).await?;
+                    if let (Some(m), false) = (&self.metrics, changed.is_empty()) {
+                        m.push.observe(started.elapsed().as_secs_f64());
+                    }
                 }
                 () = tokio::time::sleep_until(rotate_at) => {
                     tracing::info!(mesh = %self.mesh, name = %self.name, "rotating the proxy certificate");
@@ -440,6 +456,7 @@ impl ProxyStream {
         let counts = self.record.counts.entry(short_name(&type_url)).or_default();
         if let Some(err) = &req.error_detail {
             counts.rejected += 1;
+            XdsMetrics::observe(&self.metrics, |m| &m.nacked, short_name(&type_url));
             tracing::warn!(mesh = %self.mesh, name = %self.name, type_url = %type_url, nonce = %req.response_nonce, reason = %err.message, "Envoy rejected the configuration (NACK); it keeps the last one it accepted");
             // Envoy holds the older versions; nothing is resent until the configuration changes.
             if let Some(sent) = self.sent.get_mut(&type_url) {
@@ -447,6 +464,7 @@ impl ProxyStream {
             }
         } else if !req.response_nonce.is_empty() {
             counts.acknowledged += 1;
+            XdsMetrics::observe(&self.metrics, |m| &m.acked, short_name(&type_url));
         }
         let first_for_type = !self.subscriptions.contains_key(&type_url);
         let sub = self.subscriptions.entry(type_url.clone()).or_default();
@@ -558,6 +576,7 @@ impl ProxyStream {
             .entry(short_name(type_url))
             .or_default()
             .sent += 1;
+        XdsMetrics::observe(&self.metrics, |m| &m.sent, short_name(type_url));
         if !replaced_clusters.is_empty() {
             // An updated cluster warms until its endpoints arrive, and Envoy does not ask for
             // a name it already subscribes to: send them again right after.

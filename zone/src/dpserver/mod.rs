@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod encoded;
 pub mod insight;
+pub mod metrics;
 pub mod snapshot;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct DpServerConfig {
     /// federation under its zone name.
     pub label_zone: Option<String>,
     pub federated: bool,
+    /// Where the proxies' streams' figures go on `/metrics` (`None`: nowhere).
+    pub metrics: Option<metrics::XdsMetrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +80,8 @@ pub async fn serve(
         auth.clone(),
         config.cp_instance_id.clone(),
         view,
-    );
+    )
+    .metered(config.metrics.clone());
     let admin = admin::AdminService {
         store: store.clone(),
         auth: auth.clone(),
