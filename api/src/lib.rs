@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use security::SigningKeys;
 use store::SharedStore;
+use tracing::Instrument;
 
 pub mod auth;
 pub mod diagnostics;
@@ -178,8 +179,27 @@ async fn record_metrics(State(state): State<SharedState>, req: Request, next: Ne
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_string();
+    // One span per request, continuing the caller's trace (W3C `traceparent`) when it sends one.
+    let span = tracing::info_span!(
+        "api request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        store::trace::continue_from(&span, parent);
+    }
     let start = tokio::time::Instant::now();
-    let resp = with_timeout(REQUEST_TIMEOUT, next.run(req)).await;
+    let resp = with_timeout(REQUEST_TIMEOUT, next.run(req))
+        .instrument(span.clone())
+        .await;
+    span.record("http.response.status_code", resp.status().as_u16());
     state
         .metrics
         .observe(&method, &route, resp.status().as_u16(), start.elapsed());

@@ -207,9 +207,9 @@ impl Cp {
         }
     }
 
-    /// Global's view for the tests: its API and work directory (tokens are written there);
-    /// no proxy connects to it.
-    pub fn global(cp: &crate::ControlPlane, envoy: PathBuf) -> Cp {
+    /// A control plane no proxy of the test connects to (global, or a zone only read): its
+    /// API and work directory (tokens are written there).
+    pub fn api_only(cp: &crate::ControlPlane, envoy: PathBuf) -> Cp {
         Cp {
             api: cp.api(),
             dp_port: 0,

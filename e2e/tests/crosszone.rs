@@ -49,7 +49,7 @@ fn cross_zone_traffic_through_the_ingress() {
         return;
     };
     let (global_cp, kds_port) = start_global();
-    let global = Cp::global(&global_cp, envoy.clone());
+    let global = Cp::api_only(&global_cp, envoy.clone());
     let zone1_cp = start_zone("zone-1", kds_port, &global.zone_token("zone-1", "cp"));
     let zone2_cp = start_zone("zone-2", kds_port, &global.zone_token("zone-2", "cp"));
     let zone2_log = zone2_cp.log.clone();

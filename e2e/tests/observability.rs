@@ -7,6 +7,7 @@
 //! started after Prometheus shows up too, and a MADS client long-polling as Prometheus's
 //! `kuma_sd_configs` does hears of it at once.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -105,7 +106,7 @@ fn prometheus_scrapes_every_proxy_through_the_service_discovery() {
         return;
     };
     let (global_cp, kds_port) = start_global();
-    let global = Cp::global(&global_cp, envoy.clone());
+    let global = Cp::api_only(&global_cp, envoy.clone());
     let zone1_cp = start_zone("zone-1", kds_port, &global.zone_token("zone-1", "cp"));
     let zone2_cp = start_zone("zone-2", kds_port, &global.zone_token("zone-2", "cp"));
     let (zone1, zone2) = (
@@ -310,5 +311,160 @@ fn prometheus_scrapes_every_proxy_through_the_service_discovery() {
         "late-1's Envoy metrics are queryable",
         || !query(prom_port, "envoy_server_live{dataplane=\"late-1\"}").is_empty(),
         logs,
+    );
+}
+
+/// A span's id or trace id as hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first span `spans` receives within `limit` that `pick` accepts; every span seen is kept
+/// in `seen` for the failure message.
+fn wait_span(
+    spans: &e2e::otlp::Received<proto::kuma::otlp::Span>,
+    seen: &mut Vec<String>,
+    limit: Duration,
+    pick: impl Fn(&proto::kuma::otlp::Span) -> bool,
+) -> Option<proto::kuma::otlp::Span> {
+    let deadline = Instant::now() + limit;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(span) = spans.recv_timeout(left) else {
+            break;
+        };
+        seen.push(format!(
+            "{} trace={} span={} parent={}",
+            span.name,
+            hex(&span.trace_id),
+            hex(&span.span_id),
+            hex(&span.parent_span_id)
+        ));
+        if pick(&span) {
+            return Some(span);
+        }
+    }
+    None
+}
+
+/// The control plane's own OpenTelemetry: `kumactl apply` inside a trace (`TRACEPARENT`) on
+/// global; global exports the API request's span as a child of the caller's, and the KDS delta
+/// that carries the policy to the zone as a child of the request; the zone exports its receipt
+/// of that delta as a child of global's send. Each control plane exports to its own collector
+/// over OTLP/gRPC, with Kuma's key on global and the standard variable on the zone.
+#[test]
+fn the_control_plane_traces_an_apply_across_global_and_a_zone() {
+    let (global_collector, global_spans, _) = e2e::otlp::otlp_collector();
+    let (zone_collector, zone_spans, _) = e2e::otlp::otlp_collector();
+    let kds_port = free_port();
+    let kds = kds_port.to_string();
+    let global_endpoint = format!("127.0.0.1:{global_collector}");
+    let mut global_cp = e2e::ControlPlane::start(
+        "global",
+        &[
+            ("KUMA_MODE", "global"),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds),
+            ("KUMA_TRACING_OPENTELEMETRY_ENDPOINT", &global_endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    global_cp.wait_ready(Duration::from_secs(60));
+    let global = Cp::api_only(&global_cp, PathBuf::new());
+    let token = global.zone_token("zone-1", "cp").display().to_string();
+    let zone_endpoint = format!("http://127.0.0.1:{zone_collector}");
+    let mut zone_cp = e2e::ControlPlane::start(
+        "zone-1",
+        &[
+            ("KUMA_MODE", "zone"),
+            ("KUMA_MULTIZONE_ZONE_NAME", "zone-1"),
+            (
+                "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS",
+                &format!("grpcs://127.0.0.1:{kds_port}"),
+            ),
+            ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),
+            ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", &token),
+            ("KUMA_TRACING_OPENTELEMETRY_ENABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &zone_endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    zone_cp.wait_ready(Duration::from_secs(60));
+    let zone = Cp::api_only(&zone_cp, PathBuf::new());
+    let logs = || {
+        format!(
+            "--- global:\n{}\n--- zone-1:\n{}",
+            global_cp.logs(),
+            zone_cp.logs()
+        )
+    };
+    within(
+        Duration::from_secs(30),
+        "the default mesh reaches zone-1",
+        || zone.get("/meshes/default").is_some(),
+        logs,
+    );
+
+    let config = global_cp.work_dir.join("kumactl.config");
+    e2e::kumactl_config(&config, "global", &global_cp.api());
+    let policy = global_cp.work_dir.join("timeout.yaml");
+    std::fs::write(
+        &policy,
+        "type: MeshTimeout\nmesh: default\nname: traced-timeout\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      connectionTimeout: 7s\n",
+    )
+    .unwrap();
+    let (trace_id, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let apply = Command::new(e2e::binary("kumactl"))
+        .arg("--config-file")
+        .arg(&config)
+        .args(["apply", "-f"])
+        .arg(&policy)
+        .env("TRACEPARENT", format!("00-{trace_id}-{caller_span}-01"))
+        .output()
+        .unwrap();
+    assert!(
+        apply.status.success(),
+        "kumactl apply: {}",
+        e2e::stderr(&apply)
+    );
+
+    let mut seen = Vec::new();
+    let in_trace = |s: &proto::kuma::otlp::Span| hex(&s.trace_id) == trace_id;
+    let request = wait_span(&global_spans, &mut seen, Duration::from_secs(20), |s| {
+        in_trace(s) && s.name.starts_with("PUT ") && hex(&s.parent_span_id) == caller_span
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no API span continuing the caller's; global sent {seen:#?}\n{}",
+            logs()
+        )
+    });
+    assert_eq!(request.name, "PUT /meshes/{mesh}/{plural}/{name}");
+    let send = wait_span(&global_spans, &mut seen, Duration::from_secs(20), |s| {
+        in_trace(s) && s.name == "kds send MeshTimeout"
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no KDS send in the trace; global sent {seen:#?}\n{}",
+            logs()
+        )
+    });
+    assert_eq!(
+        hex(&send.parent_span_id),
+        hex(&request.span_id),
+        "the KDS send is a child of the API request"
+    );
+    let mut seen = Vec::new();
+    let receive = wait_span(&zone_spans, &mut seen, Duration::from_secs(20), |s| {
+        in_trace(s) && s.name == "kds receive MeshTimeout"
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no KDS receive in the trace on zone-1; it sent {seen:#?}\n{}",
+            logs()
+        )
+    });
+    assert_eq!(
+        hex(&receive.parent_span_id),
+        hex(&send.span_id),
+        "the zone's receipt is a child of global's send"
     );
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{Metadata, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource,
 };
@@ -15,6 +15,7 @@ use envoy_types::pb::google::rpc::Status;
 use model::{Resource, ResourceKey, ResourceType};
 use store::{ListQuery, SharedStore, StoreError};
 use tokio::sync::{broadcast, mpsc};
+use tracing::Instrument;
 
 use crate::codec;
 use crate::metrics::{KdsMetrics, TypeLabels, ZoneLabels};
@@ -344,6 +345,67 @@ struct Responder<'a, R> {
     nonce: u64,
     max_message: usize,
     stats: &'a StreamStats,
+    peer: &'a str,
+}
+
+/// One span per KDS delta, sent or received.
+fn delta_span(
+    direction: &'static str,
+    peer: &str,
+    kind: ResourceType,
+    resources: usize,
+    removed: usize,
+) -> tracing::Span {
+    tracing::info_span!(
+        "kds delta",
+        otel.name = %format!("{direction} {}", kind.name()),
+        otel.kind = if direction == "kds send" { "producer" } else { "consumer" },
+        kds.peer = %peer,
+        kds.resource_type = kind.name(),
+        kds.resources = resources,
+        kds.removed = removed,
+    )
+}
+
+/// Where a delta's resources carry the `traceparent` of the span that sent them (Envoy's
+/// `Resource.metadata`, meant for such debugging data; Kuma's receivers ignore it).
+const TRACE_METADATA: &str = "kuma.trace";
+
+fn trace_metadata(traceparent: &str) -> Metadata {
+    let fields = HashMap::from([(
+        "traceparent".to_string(),
+        envoy_types::pb::google::protobuf::Value {
+            kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                traceparent.to_string(),
+            )),
+        },
+    )]);
+    Metadata {
+        filter_metadata: HashMap::from([(
+            TRACE_METADATA.to_string(),
+            envoy_types::pb::google::protobuf::Struct { fields },
+        )]),
+        ..Default::default()
+    }
+}
+
+/// The `traceparent` a received delta's resources carry, if any.
+fn sent_traceparent(resp: &DeltaDiscoveryResponse) -> Option<&str> {
+    resp.resources.iter().find_map(|r| {
+        let field = r
+            .metadata
+            .as_ref()?
+            .filter_metadata
+            .get(TRACE_METADATA)?
+            .fields
+            .get("traceparent")?;
+        match &field.kind {
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => {
+                Some(s.as_str())
+            }
+            _ => None,
+        }
+    })
 }
 
 /// Serves `types` to a peer: full state first, then changes as the store reports them.
@@ -367,8 +429,9 @@ pub async fn run_sender(
         nonce: 0,
         max_message,
         stats: &stats,
+        peer: &peer,
     };
-    let mut pending: HashMap<ResourceType, HashSet<ResourceKey>> = HashMap::new();
+    let mut pending = Pending::default();
     let mut resync: HashSet<ResourceType> = HashSet::new();
     let mut refilter = outbound.refilter.clone();
     loop {
@@ -423,13 +486,17 @@ pub async fn run_sender(
                     }
                 }
                 let now = tokio::time::Instant::now();
-                responder.send_split(kind, all, vec![], true, now).await?;
+                let span = delta_span("kds send", &peer, kind, all.len(), 0);
+                responder.send_split(kind, all, vec![], true, now).instrument(span).await?;
             }
             ev = events.recv() => {
                 let changed_at = tokio::time::Instant::now();
                 let mut note = |ev: store::ChangeEvent| {
                     if subscribed.contains(&ev.key.kind) {
-                        pending.entry(ev.key.kind).or_default().insert(ev.key);
+                        if let Some(cause) = ev.cause {
+                            pending.causes.insert(ev.key.clone(), cause);
+                        }
+                        pending.keys.entry(ev.key.kind).or_default().insert(ev.key);
                     }
                 };
                 match ev {
@@ -453,15 +520,23 @@ pub async fn run_sender(
     }
 }
 
+/// Changes not sent yet: the keys by type, and the trace of each change made in this process
+/// with tracing on.
+#[derive(Default)]
+struct Pending {
+    keys: HashMap<ResourceType, HashSet<ResourceKey>>,
+    causes: HashMap<ResourceKey, Arc<str>>,
+}
+
 /// Every key of each type to resync, stored or held by the peer, becomes pending.
 async fn expand_resync(
     store: &SharedStore,
     resync: &mut HashSet<ResourceType>,
-    pending: &mut HashMap<ResourceType, HashSet<ResourceKey>>,
+    pending: &mut Pending,
     sent: &SentState,
 ) -> Result<(), SyncError> {
     for kind in resync.drain() {
-        let keys = pending.entry(kind).or_default();
+        let keys = pending.keys.entry(kind).or_default();
         keys.extend(
             store
                 .list(&ListQuery::all(kind))
@@ -481,16 +556,19 @@ async fn flush_pending(
     store: &SharedStore,
     types: &[ResourceType],
     outbound: &Outbound,
-    pending: &mut HashMap<ResourceType, HashSet<ResourceKey>>,
+    pending: &mut Pending,
     sent: &mut SentState,
     responder: &mut Responder<'_, impl Outgoing<DeltaDiscoveryResponse>>,
     changed_at: tokio::time::Instant,
 ) -> Result<(), SyncError> {
     for &kind in types {
-        let Some(keys) = pending.remove(&kind) else {
+        let Some(keys) = pending.keys.remove(&kind) else {
             continue;
         };
         let mut current = Vec::with_capacity(keys.len());
+        // The delta continues the trace of (the first traced of) the changes it carries.
+        let cause = keys.iter().find_map(|k| pending.causes.remove(k));
+        pending.causes.retain(|k, _| !keys.contains(k));
         for key in keys {
             let wire = match store.get(&key).await {
                 Ok(r) => (outbound.wanted)(&r).then(|| outbound.wire.encode(&r)),
@@ -504,8 +582,19 @@ async fn flush_pending(
         }
         let (changed, removed) = delta(sent, current);
         if !changed.is_empty() || !removed.is_empty() {
+            let span = delta_span(
+                "kds send",
+                responder.peer,
+                kind,
+                changed.len(),
+                removed.len(),
+            );
+            if let Some(cause) = &cause {
+                store::trace::continue_from(&span, cause);
+            }
             responder
                 .send_split(kind, changed, removed, false, changed_at)
+                .instrument(span)
                 .await?;
         }
     }
@@ -546,12 +635,19 @@ impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
     async fn send_split(
         &mut self,
         kind: ResourceType,
-        resources: Vec<XdsResource>,
+        mut resources: Vec<XdsResource>,
         removed: Vec<String>,
         full_state: bool,
         changed_at: tokio::time::Instant,
     ) -> Result<(), SyncError> {
         let stats = self.stats;
+        // Sent within the delta's span: the receiver continues its trace.
+        if let Some(traceparent) = store::trace::current() {
+            let metadata = trace_metadata(&traceparent);
+            for r in &mut resources {
+                r.metadata = Some(metadata.clone());
+            }
+        }
         // Bytes per response, leaving room for the envelope.
         let budget = self.max_message.saturating_sub(64 * 1024).max(1024);
         let mut batches: Vec<Vec<XdsResource>> = vec![vec![]];
@@ -653,60 +749,76 @@ pub async fn run_receiver(
             }
             continue;
         };
-        let mut errors = Vec::new();
-        let mut accepted = Vec::new();
-        for x in &resp.resources {
-            let checked = codec::from_xds_resource(kind, x)
-                .map_err(Rejection::from)
-                .and_then(|r| {
-                    r.validate().map_err(|source| Rejection::Invalid {
-                        name: x.name.clone(),
-                        source,
-                    })?;
-                    inbound.accept(r).map_err(Rejection::from)
-                });
-            match checked {
-                Ok(r) => accepted.push(r),
-                Err(e) => errors.push(e.to_string()),
+        let span = delta_span(
+            "kds receive",
+            &peer,
+            kind,
+            resp.resources.len(),
+            resp.removed_resources.len(),
+        );
+        if let Some(parent) = sent_traceparent(&resp) {
+            store::trace::continue_from(&span, parent);
+        }
+        // Applied within the delta's span: what the changes cause continues its trace.
+        let reply = async {
+            let mut errors = Vec::new();
+            let mut accepted = Vec::new();
+            for x in &resp.resources {
+                let checked = codec::from_xds_resource(kind, x)
+                    .map_err(Rejection::from)
+                    .and_then(|r| {
+                        r.validate().map_err(|source| Rejection::Invalid {
+                            name: x.name.clone(),
+                            source,
+                        })?;
+                        inbound.accept(r).map_err(Rejection::from)
+                    });
+                match checked {
+                    Ok(r) => accepted.push(r),
+                    Err(e) => errors.push(e.to_string()),
+                }
             }
-        }
-        for r in &accepted {
-            apply(&store, r.clone()).await?;
-        }
-        for key in &resp.removed_resources {
-            if let Some((name, mesh)) = crate::rules::split_key(key) {
-                let k = ResourceKey::new(kind, mesh, name);
-                if let Ok(local) = store.get(&k).await
-                    && inbound.owned_by_peer(&local)
-                {
-                    match store.delete(&k).await {
-                        Ok(()) | Err(StoreError::NotFound(_)) => {}
-                        Err(e) => return Err(e.into()),
+            for r in &accepted {
+                apply(&store, r.clone()).await?;
+            }
+            for key in &resp.removed_resources {
+                if let Some((name, mesh)) = crate::rules::split_key(key) {
+                    let k = ResourceKey::new(kind, mesh, name);
+                    if let Ok(local) = store.get(&k).await
+                        && inbound.owned_by_peer(&local)
+                    {
+                        match store.delete(&k).await {
+                            Ok(()) | Err(StoreError::NotFound(_)) => {}
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                 }
             }
-        }
-        if let Some(keys) = assembling.get_mut(&kind) {
-            keys.extend(accepted.iter().map(Resource::key));
-            if resp.system_version_info != FULL_STATE_CONTINUES
-                && let Some(keep) = assembling.remove(&kind)
-            {
-                prune(&store, kind, &keep, inbound.as_ref()).await?;
+            if let Some(keys) = assembling.get_mut(&kind) {
+                keys.extend(accepted.iter().map(Resource::key));
+                if resp.system_version_info != FULL_STATE_CONTINUES
+                    && let Some(keep) = assembling.remove(&kind)
+                {
+                    prune(&store, kind, &keep, inbound.as_ref()).await?;
+                }
             }
+            stats.delta_received(kind);
+            let reply = if errors.is_empty() {
+                stats.acknowledged(kind);
+                DeltaDiscoveryRequest {
+                    type_url: resp.type_url.clone(),
+                    response_nonce: resp.nonce.clone(),
+                    ..Default::default()
+                }
+            } else {
+                stats.refused(kind);
+                tracing::warn!(%peer, %kind, errors = ?errors, "rejected resources from the peer (NACK)");
+                nack(&resp, &node_id, errors.join("; "))
+            };
+            Ok::<_, SyncError>(reply)
         }
-        stats.delta_received(kind);
-        let reply = if errors.is_empty() {
-            stats.acknowledged(kind);
-            DeltaDiscoveryRequest {
-                type_url: resp.type_url.clone(),
-                response_nonce: resp.nonce.clone(),
-                ..Default::default()
-            }
-        } else {
-            stats.refused(kind);
-            tracing::warn!(%peer, %kind, errors = ?errors, "rejected resources from the peer (NACK)");
-            nack(&resp, &node_id, errors.join("; "))
-        };
+        .instrument(span)
+        .await?;
         if !requests.put(reply).await {
             return Err(SyncError::Closed);
         }

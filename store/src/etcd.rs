@@ -796,7 +796,12 @@ struct Watcher {
 impl Watcher {
     fn emit(&self, op: Operation, key: ResourceKey, version: u64) {
         // No receivers is fine: nobody is listening yet.
-        let _ = self.events.send(ChangeEvent { op, key, version });
+        let _ = self.events.send(ChangeEvent {
+            op,
+            key,
+            version,
+            cause: None,
+        });
     }
 
     async fn run(mut self) {

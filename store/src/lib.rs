@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 pub mod leader;
 pub mod memory;
 pub mod metered;
+pub mod trace;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -71,6 +72,9 @@ pub struct ChangeEvent {
     pub key: ResourceKey,
     /// The version after the change (for deletes, the last version the resource had).
     pub version: u64,
+    /// The W3C `traceparent` of the span that made the change, when it was made by this
+    /// process with tracing on: what reacts to the change (a KDS send) continues that trace.
+    pub cause: Option<std::sync::Arc<str>>,
 }
 
 /// Waits for a change that `relevant` picks, or for a lag (after which anything may have

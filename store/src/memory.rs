@@ -47,7 +47,12 @@ impl MemoryStore {
 
     fn emit(&self, op: Operation, key: ResourceKey, version: u64) {
         // No receivers is fine: nobody is listening yet.
-        let _ = self.events.send(ChangeEvent { op, key, version });
+        let _ = self.events.send(ChangeEvent {
+            op,
+            key,
+            version,
+            cause: crate::trace::current(),
+        });
     }
 }
 

@@ -460,7 +460,12 @@ fn apply_event(
         Operation::Create | Operation::Update => seen.insert(key.clone(), version) != Some(version),
     };
     if fresh {
-        let _ = events.send(ChangeEvent { op, key, version });
+        let _ = events.send(ChangeEvent {
+            op,
+            key,
+            version,
+            cause: None,
+        });
     }
 }
 

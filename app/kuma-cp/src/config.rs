@@ -63,6 +63,7 @@ pub struct Config {
     pub multizone: MultizoneConfig,
     pub general: GeneralConfig,
     pub defaults: DefaultsConfig,
+    pub tracing: TracingConfig,
     /// Kuma's keys that were set but are not implemented yet, by the name they were set under
     /// (YAML path or env variable); kuma-cp warns about each once at start-up.
     #[serde(skip)]
@@ -83,6 +84,7 @@ impl Default for Config {
             multizone: MultizoneConfig::default(),
             general: GeneralConfig::default(),
             defaults: DefaultsConfig::default(),
+            tracing: TracingConfig::default(),
             unsupported_kuma_keys: Vec::new(),
         }
     }
@@ -269,6 +271,23 @@ impl Default for TokensConfig {
             bootstrap_admin_token: true,
         }
     }
+}
+
+/// Kuma's `tracing`: the control plane's own spans over OTLP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TracingConfig {
+    pub open_telemetry: OpenTelemetryTracingConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OpenTelemetryTracingConfig {
+    /// Export spans to the collector the standard `OTEL_EXPORTER_OTLP_*` variables name.
+    pub enabled: bool,
+    /// Kuma's deprecated way: the collector's `host:port` (OTLP/gRPC, plaintext); setting it
+    /// turns tracing on.
+    pub endpoint: String,
 }
 
 /// Kuma's `monitoringAssignmentServer` (MADS, Prometheus's service discovery): on zone and
@@ -1310,7 +1329,7 @@ mod tests {
         warned.sort();
         assert_eq!(warned, not_ours);
         assert!(
-            warned.iter().any(|k| k == "tracing.openTelemetry.endpoint"),
+            warned.iter().any(|k| k == "metrics.openTelemetry.enabled"),
             "{warned:?}"
         );
         assert!(!warned.iter().any(|k| k == "apiServer.http.port"));

@@ -8,6 +8,7 @@ pub mod components;
 pub mod config;
 pub mod defaults;
 mod run;
+pub mod telemetry;
 
 pub use config::{Config, ConfigError, Mode};
 pub use run::{RunError, run};

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kuma_cp::telemetry::Telemetry;
 use kuma_cp::{Config, VERSION};
 
 #[derive(Parser)]
@@ -55,18 +56,15 @@ fn main() -> ExitCode {
             command: MigrateCommand::Up { config_file },
         } => (config_file, "info".to_string(), true),
     };
-    init_tracing(&log_level);
     let env: Vec<(String, String)> = std::env::vars().collect();
     let config = match Config::load(config_file.as_deref(), &env) {
         Ok(c) => c,
         Err(e) => {
+            init_tracing(&log_level, None);
             eprintln!("kuma-cp: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
-    for key in &config.unsupported_kuma_keys {
-        tracing::warn!(key = %key, "Kuma configuration key is not supported yet; its value is ignored");
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,6 +75,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The exporter's gRPC channel lives on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        match Telemetry::start(&config, &env) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("kuma-cp: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    init_tracing(&log_level, telemetry.as_ref());
+    for key in &config.unsupported_kuma_keys {
+        tracing::warn!(key = %key, "Kuma configuration key is not supported yet; its value is ignored");
+    }
+    if telemetry.is_some() {
+        tracing::info!("exporting the control plane's spans over OTLP");
+    }
     let result = runtime.block_on(async {
         if migrate {
             let done = kuma_cp::backend::migrate_up(&config).await?;
@@ -87,6 +103,10 @@ fn main() -> ExitCode {
         kuma_cp::run(config, stop).await?;
         Ok::<(), anyhow::Error>(())
     });
+    if let Some(t) = telemetry {
+        let _runtime = runtime.enter();
+        t.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -97,12 +117,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(level: &str) {
+/// Logs to stdout at `level` (or `KUMA_LOG_LEVEL_FILTER`), and exports spans at INFO and above
+/// when `telemetry` is on (whatever the log level).
+fn init_tracing(level: &str, telemetry: Option<&Telemetry>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUMA_LOG_LEVEL_FILTER")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+        .with_filter(filter);
+    let spans = telemetry.map(|t| {
+        t.layer()
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    tracing_subscriber::registry().with(logs).with(spans).init();
 }

@@ -59,6 +59,17 @@ impl Client {
         if server.skip_verify {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
+        // OpenTelemetry's environment carrier: a script running kumactl inside a trace passes
+        // it on, and the control plane's spans for these requests join that trace.
+        if let Ok(traceparent) = std::env::var("TRACEPARENT")
+            && let Ok(value) = reqwest::header::HeaderValue::from_str(traceparent.trim())
+        {
+            let headers = reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::HeaderName::from_static("traceparent"),
+                value,
+            )]);
+            builder = builder.default_headers(headers);
+        }
         let token = match server.auth_type.as_str() {
             "" => None,
             "tokens" => Some(

@@ -32,6 +32,7 @@ use crate::dpserver::cache::{MeshSnapshot, ZoneProxies, ZoneView};
 use crate::dpserver::encoded::{self, Encoded, EncodedCache};
 use crate::dpserver::insight::{CertState, StreamRecord};
 use crate::dpserver::metrics::{Connected, XdsMetrics};
+use tracing::Instrument;
 
 /// Which proxy a configuration is for: what it is built from differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,8 +430,18 @@ impl ProxyStream {
                     }
                     let started = tokio::time::Instant::now();
                     let changed = self.recompute();
-                    self.push_types(changed).await?;
-                    if let (Some(m), false) = (&self.metrics, changed.is_empty()) {
+                    if changed.is_empty() {
+                        continue;
+                    }
+                    let types: Vec<&str> = changed.iter().map(|t| short_name(t)).collect();
+                    let span = tracing::info_span!(
+                        "xds push",
+                        mesh = %self.mesh,
+                        proxy = %self.name,
+                        xds.types = %types.join(","),
+                    );
+                    self.push_types(changed).instrument(span).await?;
+                    if let Some(m) = &self.metrics {
                         m.push.observe(started.elapsed().as_secs_f64());
                     }
                 }
