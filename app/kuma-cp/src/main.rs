@@ -129,9 +129,18 @@ fn init_tracing(level: &str, telemetry: Option<&Telemetry>) {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_filter(filter);
+    // Spans at INFO and above; inside them, only warnings and errors become span events (the
+    // INFO log lines are the log's, and would cost every span a formatted event).
     let spans = telemetry.map(|t| {
         t.layer()
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                let most_verbose = if meta.is_span() {
+                    tracing::Level::INFO
+                } else {
+                    tracing::Level::WARN
+                };
+                *meta.level() <= most_verbose
+            }))
     });
     tracing_subscriber::registry().with(logs).with(spans).init();
 }

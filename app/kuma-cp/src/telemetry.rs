@@ -92,7 +92,13 @@ impl Telemetry {
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
-        tracing_opentelemetry::layer().with_tracer(self.provider.tracer("kuma-cp"))
+        // Busy/idle time would read the clock on every poll of every instrumented future;
+        // code locations and thread names are not what operators read these spans for.
+        tracing_opentelemetry::layer()
+            .with_tracer(self.provider.tracer("kuma-cp"))
+            .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
     }
 
     /// Sends what is queued and stops the exporter.

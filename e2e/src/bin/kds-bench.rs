@@ -29,6 +29,8 @@ struct Args {
     rss_dataplanes: usize,
     floor_samples: usize,
     slow_zone: bool,
+    /// Global exports its spans over OTLP to a collector in this process.
+    otlp: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -40,6 +42,7 @@ fn parse_args() -> Result<Args> {
         rss_dataplanes: 1000,
         floor_samples: 1000,
         slow_zone: false,
+        otlp: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Args> {
             "--rss-dataplanes" => args.rss_dataplanes = value("--rss-dataplanes")?,
             "--floor" => args.floor_samples = value("--floor")?.max(10),
             "--slow-zone" => args.slow_zone = true,
+            "--otlp" => args.otlp = true,
             "--store" => match it.next().as_deref() {
                 Some("memory") => args.postgres = false,
                 Some("postgres") => args.postgres = true,
@@ -63,7 +67,7 @@ fn parse_args() -> Result<Args> {
             },
             "-h" | "--help" => {
                 println!(
-                    "kds-bench [--zones N] [--writes N] [--resync N] [--rss-dataplanes N] [--floor N] [--slow-zone] [--store memory|postgres]"
+                    "kds-bench [--zones N] [--writes N] [--resync N] [--rss-dataplanes N] [--floor N] [--slow-zone] [--otlp] [--store memory|postgres]"
                 );
                 std::process::exit(0);
             }
@@ -143,7 +147,10 @@ impl Global {
     }
 }
 
-async fn start_global(postgres_env: &[(String, String)]) -> Result<Global> {
+/// Spans global exported to the bench's collector (`--otlp`).
+static SPANS_RECEIVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+async fn start_global(postgres_env: &[(String, String)], otlp: bool) -> Result<Global> {
     let kds_port = e2e::free_port();
     let port = kds_port.to_string();
     let mut env: Vec<(&str, &str)> = vec![
@@ -151,6 +158,17 @@ async fn start_global(postgres_env: &[(String, String)]) -> Result<Global> {
         ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &port),
         ("KUMA_LOG_LEVEL_FILTER", "warn"),
     ];
+    let collector;
+    if otlp {
+        let (port, spans, _logs) = e2e::otlp::otlp_collector();
+        std::thread::spawn(move || {
+            for _ in spans {
+                SPANS_RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        collector = format!("127.0.0.1:{port}");
+        env.push(("KUMA_TRACING_OPENTELEMETRY_ENDPOINT", &collector));
+    }
     env.extend(postgres_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut cp = ControlPlane::start("bench-global", &env);
     tokio::task::block_in_place(|| cp.wait_ready(Duration::from_secs(120)));
@@ -565,7 +583,7 @@ async fn main() -> Result<()> {
         "starting global ({})",
         if args.postgres { "postgres" } else { "memory" }
     );
-    let global = start_global(&pg_env).await?;
+    let global = start_global(&pg_env, args.otlp).await?;
 
     eprintln!("floor: unary gRPC round trips");
     let floor = floor(&global, args.floor_samples).await?;
@@ -660,6 +678,12 @@ async fn main() -> Result<()> {
             ""
         }
     );
+    if args.otlp {
+        println!(
+            "OTLP: global exported {} spans to the bench's collector",
+            SPANS_RECEIVED.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     let g2z_all: Vec<Duration> = {
         let mut v: Vec<Duration> = paced.iter().chain(&bursts).copied().collect();
         v.sort();
@@ -686,6 +710,8 @@ async fn main() -> Result<()> {
             "floor_p99_ms": floor_p99,
             "slow_zone": args.slow_zone,
             "g2z_rss_growth_mb": g2z_growth,
+            "otlp": args.otlp,
+            "otlp_spans": SPANS_RECEIVED.load(std::sync::atomic::Ordering::Relaxed),
         })
     );
     Ok(())

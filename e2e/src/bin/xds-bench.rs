@@ -12,7 +12,9 @@
 //! every selected proxy has its new CDS; (c) a proxy connecting -> its first full
 //! configuration; (d) control-plane RSS per connected proxy; (e) store reads per change; (f) a
 //! policy for one proxy -> its CDS; (g) a MeshHTTPRoute changed -> a builtin gateway with
-//! `--gateway-routes` routes attached has its new listener; and the floor: one
+//! `--gateway-routes` routes attached has its new listener; (h) a Dataplane added -> a MADS
+//! client long-polling as Prometheus does has it in its next response; (i) one MADS response
+//! listing every proxy's Prometheus target (a MeshMetric selects them all); and the floor: one
 //! request/response round trip on an open ADS stream.
 
 use std::collections::{HashMap, HashSet};
@@ -485,6 +487,94 @@ async fn gateway_routes(
     Ok(latency)
 }
 
+/// One MADS request as Prometheus's `kuma_sd_configs` sends it: (status, body, when it answered).
+async fn mads_fetch(
+    http: &reqwest::Client,
+    port: u16,
+    version: &str,
+    fetch_timeout: &str,
+) -> Result<(u16, Value, Instant)> {
+    let r = http
+        .post(format!(
+            "http://127.0.0.1:{port}/v3/discovery:monitoringassignments?fetch-timeout={fetch_timeout}"
+        ))
+        .json(&json!({"versionInfo": version, "node": {"id": "xds-bench"},
+            "typeUrl": "type.googleapis.com/kuma.observability.v1.MonitoringAssignment"}))
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let body = r.json().await.unwrap_or(Value::Null);
+    Ok((status, body, Instant::now()))
+}
+
+/// (h) and (i): a MeshMetric selecting every proxy, then MADS as Prometheus uses it.
+async fn mads(
+    zone: &Zone,
+    args: &Args,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+) -> Result<(Vec<Duration>, Vec<Duration>, usize)> {
+    eprintln!("(h), (i) MADS with a MeshMetric on every proxy");
+    zone.put(
+        "/meshes/default/meshmetrics/bench",
+        &json!({"type": "MeshMetric", "name": "bench", "mesh": "default",
+            "spec": {"targetRef": {"kind": "Mesh"}, "default": {"backends": [
+                {"type": "Prometheus", "prometheus": {"port": 5670, "path": "/metrics"}}]}}}),
+    )
+    .await?;
+    // Every proxy gets its metrics listener; let that settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while events.try_recv().is_ok() {}
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let port = zone.cp.mads_port;
+    let mut fetches = Vec::new();
+    let mut targets = 0;
+    for _ in 0..args.changes {
+        let since = Instant::now();
+        let (status, body, at) = mads_fetch(&http, port, "", "0s").await?;
+        if status != 200 {
+            bail!("MADS fetch answered {status}: {body}");
+        }
+        targets = body["resources"].as_array().map_or(0, Vec::len);
+        fetches.push(at - since);
+    }
+    fetches.sort();
+    let mut polls = Vec::new();
+    for n in 0..args.changes {
+        let (_, current, _) = mads_fetch(&http, port, "", "0s").await?;
+        let version = current["version_info"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let poll = tokio::spawn({
+            let http = http.clone();
+            async move { mads_fetch(&http, port, &version, "30s").await }
+        });
+        // The poll is waiting before the change is made.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let name = format!("mads-extra-{n}");
+        let address = format!("10.4.{}.{}", n / 250, n % 250 + 1);
+        let since = Instant::now();
+        zone.put(
+            &format!("/meshes/default/dataplanes/{name}"),
+            &dataplane(&name, &address, "mads", &[]),
+        )
+        .await?;
+        let (status, body, at) = poll.await??;
+        let listed = body["resources"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|a| a["targets"][0]["name"] == name.as_str()));
+        if status != 200 || !listed {
+            bail!("the MADS long poll answered {status} without {name}: {body}");
+        }
+        polls.push(at - since);
+        while events.try_recv().is_ok() {}
+    }
+    polls.sort();
+    Ok((polls, fetches, targets))
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let args = parse_args()?;
@@ -692,6 +782,8 @@ async fn main() -> Result<()> {
     targeted_latency.sort();
 
     let gateway_latency = gateway_routes(&zone, &ca_pem, &args, &events_tx, &mut events).await?;
+    let (mads_poll_latency, mads_fetch_latency, mads_targets) =
+        mads(&zone, &args, &mut events).await?;
 
     println!(
         "xds-bench: {} proxies, {} services, {} outbounds each, store {store_name}",
@@ -705,6 +797,11 @@ async fn main() -> Result<()> {
         ("(c) proxy connects -> first full config", &first_config),
         ("(f) policy for one proxy -> its CDS", &targeted_latency),
         ("(g) MeshHTTPRoute -> the gateway's LDS", &gateway_latency),
+        (
+            "(h) Dataplane added -> MADS long poll answers",
+            &mads_poll_latency,
+        ),
+        ("(i) MADS fetch of every target", &mads_fetch_latency),
     ] {
         println!(
             "{label:<46} {:>9.2} {:>9.2} {:>9.2}",
@@ -721,8 +818,9 @@ async fn main() -> Result<()> {
     println!(
         "(e) store reads per Dataplane change: {reads_per_change:.1} ({raw_reads_per_change:.1} with the insight flushes of the same time, {idle_per_second:.1} reads/s idle)"
     );
+    println!("(i) one MADS response listed {mads_targets} targets");
     println!(
-        "Kuma regenerates every proxy's configuration every 1 s (dataplaneConfigurationRefreshInterval)."
+        "Kuma regenerates every proxy's configuration every 1 s (dataplaneConfigurationRefreshInterval), and MADS assignments every 1 s (assignmentRefreshInterval)."
     );
     println!(
         "{}",
@@ -743,6 +841,11 @@ async fn main() -> Result<()> {
             "gateway_route_p50_ms": pct(&gateway_latency, 0.5),
             "gateway_route_p99_ms": pct(&gateway_latency, 0.99),
             "gateway_route_max_ms": pct(&gateway_latency, 1.0),
+            "mads_poll_p50_ms": pct(&mads_poll_latency, 0.5),
+            "mads_poll_p99_ms": pct(&mads_poll_latency, 0.99),
+            "mads_fetch_p50_ms": pct(&mads_fetch_latency, 0.5),
+            "mads_fetch_p99_ms": pct(&mads_fetch_latency, 0.99),
+            "mads_targets": mads_targets,
             "first_config_p50_ms": pct(&first_config, 0.5),
             "first_config_p99_ms": pct(&first_config, 0.99),
             "rss_per_proxy_kb": rss_per_proxy_kb,
