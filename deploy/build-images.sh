@@ -9,7 +9,8 @@
 #   BIN_DIR=dir deploy/build-images.sh    # binaries already built elsewhere
 #
 # Images (tag $TAG, default "dev"): kuma-lab/kuma-cp (with kumactl, for `docker exec`),
-# kuma-lab/kuma-dp (with Envoy), kuma-lab/kumactl, kuma-lab/demo-app, kuma-lab/etcd.
+# kuma-lab/kuma-dp (with Envoy), kuma-lab/kumactl, kuma-lab/demo-app, kuma-lab/etcd,
+# kuma-lab/prometheus (Debian's, with deploy/prometheus/prometheus.yml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,7 +50,8 @@ fi
 source scripts/envoy.sh
 envoy="$ENVOY_BINARY"
 
-# Debian packages, unpacked here rather than installed: busybox-static, and etcd-server.
+# Debian packages, unpacked here rather than installed: busybox-static, etcd-server and
+# prometheus.
 debs="$work/debs"
 mkdir -p "$debs"
 fetch_deb() { # package -> unpacked tree in $debs/<package>
@@ -63,6 +65,7 @@ fetch_deb() { # package -> unpacked tree in $debs/<package>
 }
 fetch_deb busybox-static
 fetch_deb etcd-server
+fetch_deb prometheus
 busybox="$debs/busybox-static/bin/busybox"
 # The CA roots: the host's bundle, else the one Debian's ca-certificates package would build.
 roots="$work/ca-certificates.crt"
@@ -73,6 +76,7 @@ else
   cat "$debs"/ca-certificates/usr/share/ca-certificates/mozilla/*.crt > "$roots"
 fi
 etcd="$debs/etcd-server/usr/bin/etcd"
+prometheus="$debs/prometheus/usr/bin/prometheus"
 
 # Copies a binary to <rootfs><dest> with every shared library it loads, at the same paths.
 add_binary() {
@@ -143,4 +147,11 @@ add_binary "$r" "$etcd" /usr/bin/etcd
 mkdir -p "$r/var/lib/etcd"
 image etcd "$r" 'ENTRYPOINT ["/usr/bin/etcd"]'
 
-log "images built: kuma-lab/{kuma-cp,kuma-dp,kumactl,demo-app,etcd}:$TAG"
+r="$(new_rootfs prometheus)"
+add_binary "$r" "$prometheus" /usr/bin/prometheus
+install -D -m 0644 deploy/prometheus/prometheus.yml "$r/etc/prometheus/prometheus.yml"
+mkdir -p "$r/prometheus"
+image prometheus "$r" 'ENTRYPOINT ["/usr/bin/prometheus"]' \
+  'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus", "--web.listen-address=0.0.0.0:9090"]'
+
+log "images built: kuma-lab/{kuma-cp,kuma-dp,kumactl,demo-app,etcd,prometheus}:$TAG"

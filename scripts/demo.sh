@@ -152,6 +152,25 @@ else
   policy_line="MeshTimeout backend-1s applied on global; it had not reached web yet (see $DIR/zone-1.log)"
 fi
 
+# Metrics: a MeshMetric (applied on global) gives web's sidecar a Prometheus endpoint on 5670
+# that merges Envoy's figures with the demo app's own /metrics, labelled with the proxy; zone-1's
+# monitoring assignment server (6684) lists it for Prometheus.
+curl -fs -X PUT http://127.0.0.1:5681/meshes/default/meshmetrics/web-metrics -H 'content-type: application/json' \
+  -d '{"type": "MeshMetric", "name": "web-metrics", "mesh": "default", "spec": {
+       "targetRef": {"kind": "MeshSubset", "tags": {"kuma.io/service": "web"}},
+       "default": {"applications": [{"name": "demo-app", "port": 9001, "path": "/metrics"}],
+         "backends": [{"type": "Prometheus", "prometheus": {"port": 5670, "path": "/metrics"}}]}}}' >/dev/null
+metrics=no
+for _ in $(seq 1 100); do
+  if curl -fs http://127.0.0.1:5670/metrics 2>/dev/null | grep -q '^echo_requests_total{'; then metrics=yes; break; fi
+  sleep 0.2
+done
+if [ "$metrics" = yes ]; then
+  metrics_line="MeshMetric web-metrics: curl -s localhost:5670/metrics (Envoy + the app, labelled); targets: curl -s localhost:6684/http_sd"
+else
+  metrics_line="MeshMetric web-metrics applied; web's endpoint on 5670 did not answer yet (see $DIR/kuma-dp-web.log)"
+fi
+
 # The builtin gateway: an edge proxy in zone-1 serving https://shop.example.com:8443 with a
 # certificate from kumactl generate tls-certificate (kept in a mesh Secret created on global),
 # routing / to backend in zone-2 through its ingress and /web to web in zone-1.
@@ -198,9 +217,12 @@ Multi-zone demo running (memory stores; everything is lost on exit):
   traffic  web (zone-1) -> backend (zone-2 only), through zone-2's ingress, mTLS end to end
   policy   $policy_line
   gateway  $gateway_line
+  metrics  $metrics_line
 
 Try:
   curl -s localhost:8080/                # answered by backend-zone-2; see x-forwarded-client-cert
+  curl -s localhost:5670/metrics | grep -E '^(echo_requests_total|envoy_cluster_upstream_rq_total)'
+  curl -s localhost:6684/http_sd         # zone-1's Prometheus targets (MADS: POST /v3/discovery:monitoringassignments)
   curl -s --resolve shop.example.com:8443:127.0.0.1 --cacert $DIR/shop-cert.pem https://shop.example.com:8443/web
   export PATH="$PWD/target/debug:\$PATH"
   kumactl config control-planes add --name global --address http://localhost:5681 --overwrite

@@ -4,7 +4,8 @@
 //! and cross-zone calls, cuts zone-1 off global's network for 30 s while policies change on
 //! global (zone-1's own traffic must keep working), reconnects, checks zone-1 converges with
 //! nothing lost, and tears everything down, leaving no container, network or volume. zone-1's
-//! edge gateway serves HTTPS for a hostname, routing a path to zone-2.
+//! edge gateway serves HTTPS for a hostname, routing a path to zone-2. The lab's Prometheus
+//! scrapes the three control planes and, through the zones' service discovery, every proxy.
 //! Skipped, saying so, where no Docker engine answers.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,6 +63,7 @@ struct Lab {
     local: u16,
     remote: u16,
     gateway: u16,
+    prometheus: u16,
 }
 
 impl Lab {
@@ -187,6 +189,35 @@ fn online_zones(global: u16) -> BTreeSet<String> {
 }
 
 /// Which zone answered a call through web's sidecar, if the call succeeded.
+/// What the lab's Prometheus scrapes successfully: control planes by `kuma_cp`, proxies by
+/// `dataplane`.
+fn prometheus_up(port: u16) -> BTreeSet<String> {
+    // Prometheus answers in chunks, which the plain GET helper does not read.
+    let Some(targets) = e2e::proxies::client()
+        .get(format!(
+            "http://127.0.0.1:{port}/api/v1/targets?state=active"
+        ))
+        .send()
+        .ok()
+        .and_then(|r| r.json::<Value>().ok())
+    else {
+        return BTreeSet::new();
+    };
+    targets["data"]["activeTargets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["health"] == "up")
+        .filter_map(|t| {
+            let labels = &t["labels"];
+            labels["kuma_cp"]
+                .as_str()
+                .or_else(|| labels["dataplane"].as_str())
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 fn zone_of_call(port: u16) -> Option<String> {
     let (status, body) = http_response(port, "/")?;
     let v: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
@@ -245,7 +276,8 @@ fn compose_lab_survives_a_cut_zone() {
         String::from_utf8_lossy(&build.stderr)
     );
 
-    let (global, zone1, zone2, local, remote, gateway) = (
+    let (global, zone1, zone2, local, remote, gateway, prometheus) = (
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -261,6 +293,7 @@ fn compose_lab_survives_a_cut_zone() {
         ("KUMA_LAB_WEB_PORT", local.to_string()),
         ("KUMA_LAB_WEB_REMOTE_PORT", remote.to_string()),
         ("KUMA_LAB_GATEWAY_PORT", gateway.to_string()),
+        ("KUMA_LAB_PROMETHEUS_PORT", prometheus.to_string()),
     ];
     let lab = Lab {
         compose,
@@ -273,6 +306,7 @@ fn compose_lab_survives_a_cut_zone() {
         local,
         remote,
         gateway,
+        prometheus,
     };
     // Leftovers of an interrupted run would clash with the fixed subnets.
     let _ = lab.run(&["down", "-v", "--remove-orphans"], None);
@@ -298,6 +332,23 @@ fn compose_lab_survives_a_cut_zone() {
         Duration::from_secs(120),
         "cross-zone calls from zone-1 reach zone-2",
         || (0..5).all(|_| zone_of_call(lab.remote).as_deref() == Some("zone-2")),
+    );
+    let expected: BTreeSet<String> = [
+        "global",
+        "zone-1",
+        "zone-2",
+        "web",
+        "backend-1",
+        "backend-2",
+        "edge",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    lab.within(
+        Duration::from_secs(120),
+        "the lab's Prometheus scrapes every control plane and proxy",
+        || prometheus_up(lab.prometheus).is_superset(&expected),
     );
     lab.within(
         Duration::from_secs(30),

@@ -45,10 +45,17 @@ fn query(port: u16, query: &str) -> Vec<Value> {
 
 /// Prometheus's healthy targets, by the `dataplane` name the service discovery gave them.
 fn healthy_targets(port: u16) -> Vec<String> {
-    let Some((200, body)) = http_response(port, "/api/v1/targets?state=active") else {
+    // Prometheus answers in chunks, which the plain GET helper does not read.
+    let Some(body) = client()
+        .get(format!(
+            "http://127.0.0.1:{port}/api/v1/targets?state=active"
+        ))
+        .send()
+        .ok()
+        .and_then(|r| r.json::<Value>().ok())
+    else {
         return Vec::new();
     };
-    let body: Value = serde_json::from_str(&body).unwrap_or_default();
     body["data"]["activeTargets"]
         .as_array()
         .into_iter()
