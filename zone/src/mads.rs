@@ -267,9 +267,12 @@ async fn fetch_assignments(
             .for_client(&client)
             .cloned()
             .unwrap_or_else(|| (empty_version(), Vec::new()));
-        // A zero timeout is a plain fetch: the current state, changed or not.
-        if version != request.version_info || timeout.is_zero() {
+        if version != request.version_info {
             return discovery_response(&version, &targets);
+        }
+        // A zero timeout is a plain fetch: up to date is Not Modified at once, as in Kuma.
+        if timeout.is_zero() {
+            return StatusCode::NOT_MODIFIED.into_response();
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => continue,
@@ -445,7 +448,14 @@ mod tests {
         );
         let version = body["version_info"].as_str().unwrap().to_string();
 
-        // Up to date: nothing new within the timeout is a 304.
+        // Up to date: a plain fetch is a 304 at once, a poll after its timeout.
+        let (status, _) = post(
+            &base,
+            "?fetch-timeout=0s",
+            prometheus_request(&version).to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
         let (status, _) = post(
             &base,
             "?fetch-timeout=200ms",
