@@ -214,6 +214,27 @@ pub fn http_body(port: u16, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
+/// The active targets a Prometheus on `port` last scraped successfully (its
+/// `/api/v1/targets` entries), none while it does not answer.
+pub fn prometheus_healthy_targets(port: u16) -> Vec<serde_json::Value> {
+    // Prometheus answers in chunks, which `http_response` does not read.
+    let body: serde_json::Value = crate::proxies::client()
+        .get(format!(
+            "http://127.0.0.1:{port}/api/v1/targets?state=active"
+        ))
+        .send()
+        .ok()
+        .and_then(|r| r.json().ok())
+        .unwrap_or_default();
+    body["data"]["activeTargets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["health"] == "up")
+        .cloned()
+        .collect()
+}
+
 /// Writes a kumactl config file at `config_file` pointing at the API `address` as `name`.
 pub fn kumactl_config(config_file: &Path, name: &str, address: &str) {
     let add = kumactl(

@@ -188,26 +188,11 @@ fn online_zones(global: u16) -> BTreeSet<String> {
         .collect()
 }
 
-/// Which zone answered a call through web's sidecar, if the call succeeded.
 /// What the lab's Prometheus scrapes successfully: control planes by `kuma_cp`, proxies by
 /// `dataplane`.
 fn prometheus_up(port: u16) -> BTreeSet<String> {
-    // Prometheus answers in chunks, which the plain GET helper does not read.
-    let Some(targets) = e2e::proxies::client()
-        .get(format!(
-            "http://127.0.0.1:{port}/api/v1/targets?state=active"
-        ))
-        .send()
-        .ok()
-        .and_then(|r| r.json::<Value>().ok())
-    else {
-        return BTreeSet::new();
-    };
-    targets["data"]["activeTargets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|t| t["health"] == "up")
+    e2e::prometheus_healthy_targets(port)
+        .iter()
         .filter_map(|t| {
             let labels = &t["labels"];
             labels["kuma_cp"]
@@ -218,6 +203,7 @@ fn prometheus_up(port: u16) -> BTreeSet<String> {
         .collect()
 }
 
+/// Which zone answered a call through web's sidecar, if the call succeeded.
 fn zone_of_call(port: u16) -> Option<String> {
     let (status, body) = http_response(port, "/")?;
     let v: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;

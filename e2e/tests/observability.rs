@@ -45,22 +45,8 @@ fn query(port: u16, query: &str) -> Vec<Value> {
 
 /// Prometheus's healthy targets, by the `dataplane` name the service discovery gave them.
 fn healthy_targets(port: u16) -> Vec<String> {
-    // Prometheus answers in chunks, which the plain GET helper does not read.
-    let Some(body) = client()
-        .get(format!(
-            "http://127.0.0.1:{port}/api/v1/targets?state=active"
-        ))
-        .send()
-        .ok()
-        .and_then(|r| r.json::<Value>().ok())
-    else {
-        return Vec::new();
-    };
-    body["data"]["activeTargets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|t| t["health"] == "up")
+    e2e::prometheus_healthy_targets(port)
+        .iter()
         .filter_map(|t| t["discoveredLabels"]["__meta_kuma_dataplane"].as_str())
         .map(str::to_string)
         .collect()
