@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "kuma/mesh/v1alpha1/dp_admin.proto",
         "opentelemetry/trace_service.proto",
         "opentelemetry/logs_service.proto",
+        "opentelemetry/metrics_service.proto",
     ];
     println!("cargo:rerun-if-changed=protos");
     let fds = protox::compile(protos, ["protos"])?;

@@ -46,7 +46,26 @@ impl Diagnostics {
         }
     }
 
-    pub fn router(self) -> Router {
+    /// The metrics in Prometheus's text format (OpenMetrics), resource counts read now.
+    pub async fn exposition(&self) -> Result<String, std::fmt::Error> {
+        // Counted at scrape time: a size-0 page only asks the store for its total.
+        for kind in ResourceType::all() {
+            let mut q = ListQuery::all(kind);
+            q.size = Some(0);
+            if let Ok(page) = self.store.list(&q).await {
+                self.resource_counts
+                    .get_or_create(&TypeLabels {
+                        resource_type: kind.name(),
+                    })
+                    .set(page.total as i64);
+            }
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/healthy", get(|| async { "OK" }))
             .route("/ready", get(ready))
@@ -56,7 +75,7 @@ impl Diagnostics {
                     crate::with_timeout(std::time::Duration::from_secs(30), next.run(req))
                 },
             ))
-            .with_state(Arc::new(self))
+            .with_state(self)
     }
 }
 
@@ -80,22 +99,10 @@ async fn ready(State(d): State<Arc<Diagnostics>>) -> Response {
 }
 
 async fn metrics(State(d): State<Arc<Diagnostics>>) -> Response {
-    // Counted at scrape time: a size-0 page only asks the store for its total.
-    for kind in ResourceType::all() {
-        let mut q = ListQuery::all(kind);
-        q.size = Some(0);
-        if let Ok(page) = d.store.list(&q).await {
-            d.resource_counts
-                .get_or_create(&TypeLabels {
-                    resource_type: kind.name(),
-                })
-                .set(page.total as i64);
-        }
-    }
-    let mut out = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &d.registry) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
-    }
+    let out = match d.exposition().await {
+        Ok(out) => out,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
     (
         [(
             header::CONTENT_TYPE,

@@ -343,11 +343,14 @@ fn wait_span(
 /// global; global exports the API request's span as a child of the caller's, and the KDS delta
 /// that carries the policy to the zone as a child of the request; the zone exports its receipt
 /// of that delta as a child of global's send. Each control plane exports to its own collector
-/// over OTLP/gRPC, with Kuma's key on global and the standard variable on the zone.
+/// over OTLP/gRPC, with Kuma's key on global and the standard variable on the zone. Global also
+/// pushes its metrics there (`metrics.openTelemetry`), the apply's KDS counters among them.
 #[test]
 fn the_control_plane_traces_an_apply_across_global_and_a_zone() {
-    let (global_collector, global_spans, _) = e2e::otlp::otlp_collector();
-    let (zone_collector, zone_spans, _) = e2e::otlp::otlp_collector();
+    let global_otlp = e2e::otlp::otlp_collector();
+    let zone_otlp = e2e::otlp::otlp_collector();
+    let (global_collector, global_spans) = (global_otlp.port, &global_otlp.spans);
+    let (zone_collector, zone_spans) = (zone_otlp.port, &zone_otlp.spans);
     let kds_port = free_port();
     let kds = kds_port.to_string();
     let global_endpoint = format!("127.0.0.1:{global_collector}");
@@ -358,6 +361,13 @@ fn the_control_plane_traces_an_apply_across_global_and_a_zone() {
             ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &kds),
             ("KUMA_TRACING_OPENTELEMETRY_ENDPOINT", &global_endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            // And its metrics, pushed to the same collector.
+            ("KUMA_METRICS_OPENTELEMETRY_ENABLED", "true"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                &format!("http://{global_endpoint}"),
+            ),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
         ],
     );
     global_cp.wait_ready(Duration::from_secs(60));
@@ -421,7 +431,7 @@ fn the_control_plane_traces_an_apply_across_global_and_a_zone() {
 
     let mut seen = Vec::new();
     let in_trace = |s: &proto::kuma::otlp::Span| hex(&s.trace_id) == trace_id;
-    let request = wait_span(&global_spans, &mut seen, Duration::from_secs(20), |s| {
+    let request = wait_span(global_spans, &mut seen, Duration::from_secs(20), |s| {
         in_trace(s) && s.name.starts_with("PUT ") && hex(&s.parent_span_id) == caller_span
     })
     .unwrap_or_else(|| {
@@ -431,7 +441,7 @@ fn the_control_plane_traces_an_apply_across_global_and_a_zone() {
         )
     });
     assert_eq!(request.name, "PUT /meshes/{mesh}/{plural}/{name}");
-    let send = wait_span(&global_spans, &mut seen, Duration::from_secs(20), |s| {
+    let send = wait_span(global_spans, &mut seen, Duration::from_secs(20), |s| {
         in_trace(s) && s.name == "kds send MeshTimeout"
     })
     .unwrap_or_else(|| {
@@ -446,7 +456,7 @@ fn the_control_plane_traces_an_apply_across_global_and_a_zone() {
         "the KDS send is a child of the API request"
     );
     let mut seen = Vec::new();
-    let receive = wait_span(&zone_spans, &mut seen, Duration::from_secs(20), |s| {
+    let receive = wait_span(zone_spans, &mut seen, Duration::from_secs(20), |s| {
         in_trace(s) && s.name == "kds receive MeshTimeout"
     })
     .unwrap_or_else(|| {
@@ -459,5 +469,50 @@ fn the_control_plane_traces_an_apply_across_global_and_a_zone() {
         hex(&receive.parent_span_id),
         hex(&send.span_id),
         "the zone's receipt is a child of global's send"
+    );
+
+    // Global's /metrics over OTLP too: the KDS counters of this very apply, as a cumulative sum.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut names = std::collections::BTreeSet::new();
+    let sent = loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no kds_responses_sent for MeshTimeout over OTLP; metrics seen: {names:?}\n{}",
+                    logs()
+                )
+            });
+        let Ok(resource) = global_otlp.metrics.recv_timeout(left) else {
+            continue;
+        };
+        let attributes = resource.resource.map(|r| r.attributes).unwrap_or_default();
+        assert_eq!(
+            e2e::otlp::attribute(&attributes, "service.name"),
+            Some("kuma-cp")
+        );
+        assert_eq!(
+            e2e::otlp::attribute(&attributes, "kuma.mode"),
+            Some("global")
+        );
+        let metrics = resource.scope_metrics.into_iter().flat_map(|s| s.metrics);
+        let found = metrics
+            .inspect(|m| {
+                names.insert(m.name.clone());
+            })
+            .find(|m| m.name == "kds_responses_sent");
+        let Some(proto::kuma::otlp::metric::Data::Sum(sum)) = found.and_then(|m| m.data) else {
+            continue;
+        };
+        if let Some(point) = sum.data_points.into_iter().find(|p| {
+            e2e::otlp::attribute(&p.attributes, "resource_type") == Some("MeshTimeout")
+                && e2e::otlp::attribute(&p.attributes, "zone") == Some("zone-1")
+        }) {
+            break point;
+        }
+    };
+    assert!(
+        matches!(sent.value, Some(proto::kuma::otlp::number_data_point::Value::AsDouble(v)) if v >= 1.0),
+        "{sent:?}"
     );
 }

@@ -597,12 +597,14 @@ fn otlp_text(value: Option<&proto::kuma::otlp::AnyValue>) -> String {
     }
 }
 
-/// MeshTrace and MeshAccessLog with OpenTelemetry backends: over OTLP/gRPC to a collector in the
-/// test, a client span (web) and a server span (backend) of one trace, and an access-log
-/// record of web's outbound with Kuma's placeholders filled in.
+/// MeshTrace, MeshAccessLog and MeshMetric with OpenTelemetry backends: over OTLP/gRPC to a
+/// collector in the test, a client span (web) and a server span (backend) of one trace, an
+/// access-log record of web's outbound with Kuma's placeholders filled in, and web's metrics
+/// pushed by its kuma-dp through Envoy.
 fn opentelemetry_backends(f: &Fixture) {
-    let (port, spans, logs) = otlp_collector();
-    let endpoint = format!("127.0.0.1:{port}");
+    let collector = otlp_collector();
+    let (spans, logs) = (&collector.spans, &collector.logs);
+    let endpoint = format!("127.0.0.1:{}", collector.port);
     f.apply(
         "MeshTrace",
         "trace-otel",
@@ -680,6 +682,66 @@ fn opentelemetry_backends(f: &Fixture) {
     assert_eq!(route.as_deref(), Some("web->backend"));
     f.remove("MeshAccessLog", "logs-otel");
     f.remove("MeshTrace", "trace-otel");
+
+    // MeshMetric: kuma-dp pushes web's merged metrics through Envoy's socket to the collector.
+    f.apply(
+        "MeshMetric",
+        "metrics-otel",
+        json!({"targetRef": {"kind": "MeshSubset", "tags": {"kuma.io/service": "web"}}, "default": {
+            "backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": endpoint, "refreshInterval": "500ms"}}]}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut names = std::collections::BTreeSet::new();
+    let (resource, live) = loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no envoy_server_live from web-1 over OTLP; metrics seen: {names:?}\n{}",
+                    std::fs::read_to_string(f.env.dir.join("kuma-dp-web-1.log"))
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|l| l.contains("WARN") || l.contains("OpenTelemetry"))
+                        .take(30)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            });
+        let Ok(resource) = collector.metrics.recv_timeout(left) else {
+            continue;
+        };
+        let metrics: Vec<_> = resource
+            .scope_metrics
+            .iter()
+            .flat_map(|s| s.metrics.iter())
+            .cloned()
+            .collect();
+        names.extend(metrics.iter().map(|m| m.name.clone()));
+        if let Some(live) = metrics.into_iter().find(|m| m.name == "envoy_server_live") {
+            break (
+                resource.resource.map(|r| r.attributes).unwrap_or_default(),
+                live,
+            );
+        }
+    };
+    assert_eq!(e2e::otlp::attribute(&resource, "service.name"), Some("web"));
+    let Some(proto::kuma::otlp::metric::Data::Gauge(gauge)) = live.data else {
+        panic!("envoy_server_live is a gauge: {live:?}");
+    };
+    let point = &gauge.data_points[0];
+    assert_eq!(
+        e2e::otlp::attribute(&point.attributes, "dataplane"),
+        Some("web-1")
+    );
+    assert_eq!(
+        e2e::otlp::attribute(&point.attributes, "mesh"),
+        Some("default")
+    );
+    assert!(
+        names.contains("kuma_dp_opentelemetry_export_failures_total"),
+        "{names:?}"
+    );
+    f.remove("MeshMetric", "metrics-otel");
     f.back_to_normal();
 }
 

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod descriptor;
 pub mod duration;
 pub mod name;
+pub mod prometheus;
 pub mod proxy_paths;
 pub mod resource;
 pub mod specs;

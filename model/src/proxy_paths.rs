@@ -21,6 +21,16 @@ pub fn mesh_metric_config_socket(workdir: &str) -> String {
     socket_path(workdir, "kuma-mesh-metric-config")
 }
 
+/// The socket Envoy takes a MeshMetric OpenTelemetry backend's pushes on, for kuma-dp to
+/// export to (Kuma's `OpenTelemetrySocketName`): `<workdir>/kuma-otel-<backend>`.
+pub fn mesh_metric_otel_socket(workdir: &str, backend: &str) -> String {
+    socket_path(workdir, &format!("kuma-otel-{backend}"))
+}
+
+/// The file-name prefix of [`mesh_metric_otel_socket`]'s sockets, for kuma-dp watching its
+/// working directory for them.
+pub const MESH_METRIC_OTEL_SOCKET_PREFIX: &str = "kuma-otel-";
+
 fn socket_path(workdir: &str, stem: &str) -> String {
     let mut path = format!("{}/{stem}", workdir.trim_end_matches('/'));
     let mut cut = path.len().min(98);

@@ -23,7 +23,8 @@ pub mod kuma {
 }
 
 /// OTLP's collector services under their real gRPC names: what receives the traces and logs
-/// Envoy exports (the tests' collectors).
+/// Envoy exports (the tests' collectors), and the metrics service kuma-dp and the control
+/// plane push to.
 pub mod opentelemetry {
     pub mod proto {
         pub mod collector {
@@ -37,6 +38,12 @@ pub mod opentelemetry {
                 pub mod v1 {
                     #![allow(clippy::all, clippy::pedantic, missing_docs)]
                     tonic::include_proto!("opentelemetry.proto.collector.logs.v1");
+                }
+            }
+            pub mod metrics {
+                pub mod v1 {
+                    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+                    tonic::include_proto!("opentelemetry.proto.collector.metrics.v1");
                 }
             }
         }

@@ -36,6 +36,22 @@ fn with_timeouts(mut m: MeshContext, timeouts: Vec<Policy<MeshTimeoutSpec>>) -> 
     m
 }
 
+/// `proxy`'s resources generated for a kuma-dp whose working directory is a fresh temporary
+/// one (Envoy's validate mode binds the pipes there, so it must exist), checked against the
+/// schema and validated by Envoy as `name`; the directory's path, removed again.
+fn in_workdir(m: &MeshContext, proxy: &str, name: &str) -> (xds::ProxyResources, String) {
+    let workdir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir).expect("workdir");
+    let env = xds::ProxyEnv {
+        workdir: Some(workdir.display().to_string()),
+    };
+    let r = xds::sidecar_in(m, proxy, &env).expect("generate");
+    check_schema(&r);
+    envoy_validates(name, &r);
+    let _ = std::fs::remove_dir_all(&workdir);
+    (r, workdir.display().to_string())
+}
+
 fn checked(m: &MeshContext, proxy: &str, name: &str) -> Value {
     let r = xds::sidecar(m, proxy).expect("generate");
     check_schema(&r);
@@ -647,14 +663,7 @@ fn access_log_backends() {
     let hcm = &listener(&server, "inbound:10.0.0.2:20081")["filter_chains"][0]["filters"][0]["typed_config"];
     insta::assert_yaml_snapshot!("access_log_inbound_http", hcm["access_log"]);
     // Envoy's validate mode opens the pipe's path: a directory that exists.
-    let workdir = std::env::temp_dir().join(format!("access-log-{}", std::process::id()));
-    std::fs::create_dir_all(&workdir).expect("workdir");
-    let env = xds::ProxyEnv {
-        workdir: Some(workdir.display().to_string()),
-    };
-    let r = xds::sidecar_in(&http, "web-1", &env).expect("generate");
-    check_schema(&r);
-    envoy_validates("access-log-client", &r);
+    let (r, workdir) = in_workdir(&http, "web-1", "access-log-client");
     let outbound = r
         .listeners
         .iter()
@@ -663,9 +672,8 @@ fn access_log_backends() {
     let logs = &outbound["filter_chains"][0]["filters"][0]["typed_config"]["access_log"];
     assert_eq!(
         logs[1]["typed_config"]["path"],
-        format!("{}/kuma-al-web-1-default.sock", workdir.display())
+        format!("{workdir}/kuma-al-web-1-default.sock")
     );
-    let _ = std::fs::remove_dir_all(&workdir);
     let mut logs = logs.clone();
     logs[1]["typed_config"]["path"] = json!("<workdir>/kuma-al-web-1-default.sock");
     insta::assert_yaml_snapshot!("access_log_outbound_http", logs);
@@ -756,17 +764,8 @@ fn metric_prometheus_backends() {
             ]}}),
         )],
     );
-    // Envoy's validate mode binds the pipes' paths: a directory that exists.
-    let workdir = std::env::temp_dir().join(format!("mesh-metric-{}", std::process::id()));
-    std::fs::create_dir_all(&workdir).expect("workdir");
-    let env = xds::ProxyEnv {
-        workdir: Some(workdir.display().to_string()),
-    };
-    let r = xds::sidecar_in(&m, "web-1", &env).expect("generate");
-    check_schema(&r);
-    envoy_validates("mesh-metric", &r);
+    let (r, workdir) = in_workdir(&m, "web-1", "mesh-metric");
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-    let _ = std::fs::remove_dir_all(&workdir);
     let named = |name: &str| {
         r.listeners
             .iter()
@@ -791,12 +790,12 @@ fn metric_prometheus_backends() {
     assert_eq!(
         hijacker["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
             ["path"],
-        format!("{}/kuma-mh-web-1-default.sock", workdir.display())
+        format!("{workdir}/kuma-mh-web-1-default.sock")
     );
     let mut dynconf = named("_kuma:dynamicconfig");
     assert_eq!(
         dynconf["address"]["pipe"]["path"],
-        format!("{}/kuma-mesh-metric-config.sock", workdir.display())
+        format!("{workdir}/kuma-mesh-metric-config.sock")
     );
     dynconf["address"]["pipe"]["path"] = json!("<workdir>/kuma-mesh-metric-config.sock");
     let routes = &dynconf["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
@@ -817,6 +816,103 @@ fn metric_prometheus_backends() {
     // Without a MeshMetric there is no metrics listener at all.
     let plain = config(&mesh("http", true, vec![allow_all()]), "web-1");
     assert!(!plain.to_string().contains("_kuma:metrics"), "{plain}");
+}
+
+/// MeshMetric's OpenTelemetry backends: per backend a pipe listener in kuma-dp's working
+/// directory (`kuma-otel-<endpoint as a name>.sock`) forwarding gRPC to a cluster at the
+/// collector, and the backend in kuma-dp's configuration with its socket and interval; no
+/// Prometheus listener or hijacker cluster when there is no Prometheus backend. Validated by
+/// Envoy.
+#[test]
+fn metric_opentelemetry_backends() {
+    let m = with(
+        mesh("http", true, vec![allow_all()]),
+        vec![policy::<MeshMetricSpec>(
+            "metrics",
+            json!({"targetRef": {"kind": "Mesh"}, "default": {
+            "backends": [
+                {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector.observability:4317", "refreshInterval": "10s"}},
+                {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "127.0.0.1"}},
+                {"type": "OpenTelemetry", "openTelemetry": {"backendRef": {"kind": "MeshOpenTelemetryBackend", "name": "otel"}}}
+            ]}}),
+        )],
+    );
+    let (r, workdir) = in_workdir(&m, "web-1", "mesh-metric-otel");
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(
+        r.warnings[0].contains("backendRef (MeshOpenTelemetryBackend) is not supported yet"),
+        "{:?}",
+        r.warnings
+    );
+    let text = serde_json::to_string(&r.listeners).expect("json");
+    assert!(!text.contains("_kuma:metrics:prometheus"), "{text}");
+    assert!(
+        !r.clusters
+            .iter()
+            .any(|c| c["name"] == "_kuma:metrics:hijacker")
+    );
+    let named = |name: &str| {
+        r.listeners
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .clone()
+    };
+    let name = "_kuma:metrics:opentelemetry:otel-collector.observability-4317";
+    let listener = named(name);
+    assert_eq!(
+        listener["address"]["pipe"]["path"],
+        format!("{workdir}/kuma-otel-otel-collector.observability-4317.sock")
+    );
+    let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_eq!(hcm["codec_type"], "HTTP2");
+    assert_eq!(
+        hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+        name
+    );
+    let cluster = r
+        .clusters
+        .iter()
+        .find(|c| c["name"] == name)
+        .expect("collector cluster");
+    let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"];
+    assert_eq!(address["address"], "otel-collector.observability");
+    assert_eq!(address["port_value"], 4317);
+    assert!(
+        cluster["typed_extension_protocol_options"]
+            .to_string()
+            .contains("http2_protocol_options"),
+        "{cluster}"
+    );
+    let default_port = r
+        .clusters
+        .iter()
+        .find(|c| c["name"] == "_kuma:metrics:opentelemetry:127.0.0.1")
+        .expect("second collector");
+    assert_eq!(
+        default_port["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+            ["port_value"],
+        4317
+    );
+    let dynconf = named("_kuma:dynamicconfig");
+    let routes = &dynconf["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+        [0]["routes"];
+    let body: Value = serde_json::from_str(
+        routes[1]["direct_response"]["body"]["inline_string"]
+            .as_str()
+            .expect("config body"),
+    )
+    .expect("JSON config");
+    let mut backends = body["observability"]["metrics"]["backends"].clone();
+    for backend in backends.as_array_mut().expect("backends") {
+        let socket = backend["openTelemetry"]["endpoint"]
+            .as_str()
+            .expect("socket")
+            .replace(&workdir, "<workdir>");
+        backend["openTelemetry"]["endpoint"] = json!(socket);
+    }
+    insta::assert_yaml_snapshot!("metric_opentelemetry_backends", backends);
 }
 
 /// MeshTrace: Kuma's tracing on every connection manager (web's outbounds, backend's inbound),

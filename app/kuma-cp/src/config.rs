@@ -64,6 +64,7 @@ pub struct Config {
     pub general: GeneralConfig,
     pub defaults: DefaultsConfig,
     pub tracing: TracingConfig,
+    pub metrics: MetricsConfig,
     /// Kuma's keys that were set but are not implemented yet, by the name they were set under
     /// (YAML path or env variable); kuma-cp warns about each once at start-up.
     #[serde(skip)]
@@ -85,6 +86,7 @@ impl Default for Config {
             general: GeneralConfig::default(),
             defaults: DefaultsConfig::default(),
             tracing: TracingConfig::default(),
+            metrics: MetricsConfig::default(),
             unsupported_kuma_keys: Vec::new(),
         }
     }
@@ -288,6 +290,22 @@ pub struct OpenTelemetryTracingConfig {
     /// Kuma's deprecated way: the collector's `host:port` (OTLP/gRPC, plaintext); setting it
     /// turns tracing on.
     pub endpoint: String,
+}
+
+/// Kuma's `metrics`, of which kuma-cp reads the OpenTelemetry push (the rest is Kuma's
+/// per-resource metric tuning, accepted with a warning).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub open_telemetry: OpenTelemetryMetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OpenTelemetryMetricsConfig {
+    /// Push `/metrics` over OTLP/gRPC to the collector the standard `OTEL_EXPORTER_OTLP_*`
+    /// variables name, every `OTEL_METRIC_EXPORT_INTERVAL` milliseconds (60 s by default).
+    pub enabled: bool,
 }
 
 /// Kuma's `monitoringAssignmentServer` (MADS, Prometheus's service discovery): on zone and
@@ -1329,9 +1347,10 @@ mod tests {
         warned.sort();
         assert_eq!(warned, not_ours);
         assert!(
-            warned.iter().any(|k| k == "metrics.openTelemetry.enabled"),
+            warned.iter().any(|k| k == "metrics.dataplane.idleTimeout"),
             "{warned:?}"
         );
+        assert!(!warned.iter().any(|k| k == "metrics.openTelemetry.enabled"));
         assert!(!warned.iter().any(|k| k == "apiServer.http.port"));
     }
 

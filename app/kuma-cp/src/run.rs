@@ -61,6 +61,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Component(#[from] ManagerError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// Runs the control plane `config` describes until `stop` resolves, then drains and stops
@@ -116,16 +118,28 @@ pub async fn run(
     let mut components = Manager::new(leader_rx.clone(), shutdown.clone());
     let started = Arc::new(AtomicBool::new(false));
     // The unmetered backend, so scrapes do not count themselves as store traffic.
-    let diagnostics =
-        api::diagnostics::Diagnostics::new(registry, backend.store.clone(), started.clone());
+    let diagnostics = Arc::new(api::diagnostics::Diagnostics::new(
+        registry,
+        backend.store.clone(),
+        started.clone(),
+    ));
     components.start(Component::every_replica(
         "diagnostics",
         serve(
             listeners.diagnostics,
-            diagnostics.router(),
+            diagnostics.clone().router(),
             stopping.clone(),
         ),
     ));
+    // OpenTelemetry's own variables (`OTEL_EXPORTER_OTLP_*`), read as its SDKs read them.
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(push) = crate::telemetry::MetricsPush::from_config(&config, &env)? {
+        let stopping = stopping.clone();
+        components.start(Component::every_replica("metrics-otlp", async move {
+            push.run(diagnostics, stopping).await;
+            Ok::<(), ComponentError>(())
+        }));
+    }
 
     wait_for_store(&store, stopping.clone()).await?;
     if let Some(pool) = &backend.postgres {

@@ -18,6 +18,10 @@ use crate::config::{Config, Mode};
 pub enum TelemetryError {
     #[error("tracing.openTelemetry: building the OTLP exporter")]
     Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    #[error("metrics.openTelemetry: the collector endpoint")]
+    MetricsEndpoint(#[source] bin_support::otlp_metrics::ExportError),
+    #[error("OTEL_METRIC_EXPORT_INTERVAL: {0:?} is not a number of milliseconds")]
+    MetricsInterval(String),
 }
 
 /// The tracer provider while tracing is on; [`Telemetry::shutdown`] flushes what is queued.
@@ -109,6 +113,110 @@ impl Telemetry {
     }
 }
 
+/// The control plane's `/metrics` pushed over OTLP/gRPC (Kuma's `metrics.openTelemetry`):
+/// every `OTEL_METRIC_EXPORT_INTERVAL` milliseconds (60 s by default, as OpenTelemetry's SDKs)
+/// to `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// (`http://localhost:4317` by default), and once more when the control plane stops. The
+/// Prometheus endpoint stays; both read the same registry.
+pub struct MetricsPush {
+    exporter: bin_support::otlp_metrics::MetricsExporter,
+    interval: std::time::Duration,
+    resource: Vec<proto::kuma::otlp::KeyValue>,
+}
+
+impl MetricsPush {
+    /// `None` unless `metrics.openTelemetry.enabled`. Must run inside the Tokio runtime.
+    pub fn from_config(
+        config: &Config,
+        env: &[(String, String)],
+    ) -> Result<Option<MetricsPush>, TelemetryError> {
+        if !config.metrics.open_telemetry.enabled {
+            return Ok(None);
+        }
+        let var = |name: &str| {
+            env.iter()
+                .find(|(k, v)| k == name && !v.is_empty())
+                .map(|(_, v)| v.as_str())
+        };
+        let endpoint = var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .unwrap_or("http://localhost:4317");
+        let interval = match var("OTEL_METRIC_EXPORT_INTERVAL") {
+            None => std::time::Duration::from_secs(60),
+            Some(ms) => ms
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(std::time::Duration::from_millis)
+                .ok_or_else(|| TelemetryError::MetricsInterval(ms.to_string()))?,
+        };
+        let exporter = bin_support::otlp_metrics::MetricsExporter::tcp(endpoint)
+            .map_err(TelemetryError::MetricsEndpoint)?;
+        let mut resource = vec![
+            bin_support::otlp_metrics::attribute("service.name", "kuma-cp"),
+            bin_support::otlp_metrics::attribute("kuma.mode", config.mode.as_str()),
+        ];
+        if config.mode == Mode::Zone {
+            resource.push(bin_support::otlp_metrics::attribute(
+                "kuma.zone",
+                config.multizone.zone.name.clone(),
+            ));
+        }
+        Ok(Some(MetricsPush {
+            exporter,
+            interval,
+            resource,
+        }))
+    }
+
+    /// Pushes until `stopping` turns true, then once more. A collector that is down is
+    /// logged once per outage; the next interval tries again.
+    pub async fn run(
+        mut self,
+        diagnostics: std::sync::Arc<api::diagnostics::Diagnostics>,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use bin_support::otlp_metrics::{metrics_from_exposition, request, unix_nanos};
+        tracing::info!(collector = %self.exporter.target(), interval = ?self.interval, "pushing the control plane's metrics over OTLP");
+        let started = unix_nanos(std::time::SystemTime::now());
+        let mut failing = false;
+        loop {
+            let stop = tokio::select! {
+                () = tokio::time::sleep(self.interval) => false,
+                _ = stopping.wait_for(|s| *s) => true,
+            };
+            match diagnostics.exposition().await {
+                Ok(text) => {
+                    let now = unix_nanos(std::time::SystemTime::now());
+                    let metrics = metrics_from_exposition(&text, started, now);
+                    match self
+                        .exporter
+                        .export(request(self.resource.clone(), metrics))
+                        .await
+                    {
+                        Ok(()) if failing => {
+                            tracing::info!(
+                                "the OTLP collector takes the control plane's metrics again"
+                            );
+                            failing = false;
+                        }
+                        Ok(()) => {}
+                        Err(e) if !failing => {
+                            tracing::warn!(error = %model::error_chain(&e), "pushing the control plane's metrics over OTLP failed; retrying every interval");
+                            failing = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "encoding the control plane's metrics failed"),
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +226,26 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn metrics_are_pushed_only_when_kuma_turns_them_on() {
+        let load = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs)).unwrap();
+        assert!(MetricsPush::from_config(&load(&[]), &[]).unwrap().is_none());
+        let on = load(&[("KUMA_METRICS_OPENTELEMETRY_ENABLED", "true")]);
+        let push = MetricsPush::from_config(
+            &on,
+            &env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
+            ]),
+        )
+        .unwrap()
+        .expect("on");
+        assert_eq!(push.exporter.target(), "http://collector:4317");
+        assert_eq!(push.interval, std::time::Duration::from_millis(1500));
+        let bad = MetricsPush::from_config(&on, &env(&[("OTEL_METRIC_EXPORT_INTERVAL", "1m")]));
+        assert!(matches!(bad, Err(TelemetryError::MetricsInterval(_))));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod access_logs;
 mod envoy_guard;
 mod metrics;
+mod otel_metrics;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -417,6 +418,7 @@ async fn run(args: RunArgs) -> Result<()> {
         Some(metrics::start(
             Path::new(&socket),
             PathBuf::from(config),
+            &dir,
             admin_port,
         )?)
     };

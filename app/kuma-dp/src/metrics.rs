@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use model::prometheus::{label_name, push_escaped, sample_value, split_sample};
 use model::specs::policy::{MetricProfileName, MetricSelector, MetricSelectorType, MetricSidecar};
 use serde::Deserialize;
 
@@ -53,7 +54,41 @@ struct Metrics {
     sidecar: Option<MetricSidecar>,
     #[serde(default)]
     extra_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    backends: Vec<Backend>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Backend {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    open_telemetry: Option<OtelBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OtelBackend {
+    endpoint: PathBuf,
+    #[serde(default)]
+    refresh_interval: Option<String>,
+}
+
+/// An OpenTelemetry backend kuma-dp pushes to: Envoy's socket for it, and how often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OtelTarget {
+    pub name: String,
+    pub socket: PathBuf,
+    pub interval: Duration,
+}
+
+/// How often to push when the control plane does not say (Kuma's default).
+const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest push interval honoured: a collector is not a busy loop.
+const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Deserialize)]
 struct Application {
@@ -67,18 +102,40 @@ struct Application {
 }
 
 /// What one configuration means for a scrape, worked out once per configuration.
-struct Plan {
+pub(crate) struct Plan {
     applications: Vec<Application>,
     profile: Profile,
     include_unused: bool,
     /// `name="value"` pairs, label names made valid for Prometheus.
-    labels: Vec<(String, String)>,
+    pub labels: Vec<(String, String)>,
+    pub otel: Vec<OtelTarget>,
 }
 
 impl Plan {
     fn new(config: DpConfig) -> Plan {
         let metrics = config.observability.metrics;
+        let otel = metrics
+            .backends
+            .iter()
+            .filter(|b| b.kind == "OpenTelemetry")
+            .filter_map(|b| {
+                let otel = b.open_telemetry.as_ref()?;
+                let interval = match otel.refresh_interval.as_deref() {
+                    None | Some("") => DEFAULT_PUSH_INTERVAL,
+                    Some(text) => model::duration::parse_duration(text).unwrap_or_else(|e| {
+                        tracing::warn!(backend = b.name.as_deref().unwrap_or(""), interval = text, error = %e, "MeshMetric OpenTelemetry refreshInterval is not a duration; pushing every minute");
+                        DEFAULT_PUSH_INTERVAL
+                    }),
+                };
+                Some(OtelTarget {
+                    name: b.name.clone().unwrap_or_default(),
+                    socket: otel.endpoint.clone(),
+                    interval: interval.max(MIN_PUSH_INTERVAL),
+                })
+            })
+            .collect();
         Plan {
+            otel,
             profile: Profile::new(metrics.sidecar.as_ref()),
             include_unused: metrics
                 .sidecar
@@ -95,19 +152,28 @@ impl Plan {
     }
 }
 
-struct State {
+pub(crate) struct State {
     config_socket: PathBuf,
     envoy_admin: String,
     http: reqwest::Client,
     /// The last configuration read and its ETag.
     config: Mutex<Option<(String, Arc<Plan>)>>,
     application_failures: AtomicU64,
+    export_failures: AtomicU64,
 }
 
-/// Serves merged metrics on `socket` (replacing what is there) until the task is dropped.
+impl State {
+    pub(crate) fn count_export_failure(&self) {
+        self.export_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves merged metrics on `socket` (replacing what is there), and pushes them to the
+/// OpenTelemetry backends Envoy opens sockets for in `workdir`, until the task is aborted.
 pub fn start(
     socket: &Path,
     config_socket: PathBuf,
+    workdir: &Path,
     admin_port: u64,
 ) -> Result<tokio::task::JoinHandle<()>> {
     match std::fs::remove_file(socket) {
@@ -127,9 +193,17 @@ pub fn start(
         http,
         config: Mutex::new(None),
         application_failures: AtomicU64::new(0),
+        export_failures: AtomicU64::new(0),
     });
     tracing::info!(socket = %socket.display(), "serving merged metrics for Envoy's Prometheus listener");
-    Ok(tokio::spawn(accept(listener, state)))
+    let watch = crate::otel_metrics::SocketWatch::new(workdir)
+        .with_context(|| format!("watching {} for OpenTelemetry sockets", workdir.display()))?;
+    Ok(tokio::spawn(async move {
+        tokio::join!(
+            accept(listener, state.clone()),
+            crate::otel_metrics::supervise(state, watch)
+        );
+    }))
 }
 
 async fn accept(listener: tokio::net::UnixListener, state: Arc<State>) {
@@ -173,6 +247,18 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
             );
         }
     };
+    match merged(state, &plan).await {
+        Ok(body) => text(StatusCode::OK, body),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "scraping Envoy's statistics failed");
+            text(StatusCode::BAD_GATEWAY, format!("Envoy: {e:#}\n"))
+        }
+    }
+}
+
+/// Envoy's statistics the profiles keep and the applications' metrics, labelled, in
+/// Prometheus's text format; an error only when Envoy does not answer.
+pub(crate) async fn merged(state: &State, plan: &Plan) -> Result<String> {
     let envoy = scrape_envoy(state, plan.include_unused);
     let applications = futures::future::join_all(
         plan.applications
@@ -180,13 +266,7 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
             .map(|app| scrape_application(state, app)),
     );
     let (envoy, applications) = tokio::join!(envoy, applications);
-    let envoy = match envoy {
-        Ok(body) => body,
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "scraping Envoy's statistics failed");
-            return text(StatusCode::BAD_GATEWAY, format!("Envoy: {e:#}\n"));
-        }
-    };
+    let envoy = envoy?;
     let mut out = String::with_capacity(envoy.len());
     filter_and_label(&envoy, Some(&plan.profile), &plan.labels, &mut out);
     for (app, body) in plan.applications.iter().zip(applications) {
@@ -203,18 +283,23 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
             }
         }
     }
-    let failures = state.application_failures.load(Ordering::Relaxed);
-    out.push_str(
-        "# HELP kuma_dp_application_scrape_failures_total Application scrapes kuma-dp could not include.\n",
-    );
-    out.push_str("# TYPE kuma_dp_application_scrape_failures_total counter\n");
-    push_sample(
-        "kuma_dp_application_scrape_failures_total",
-        &failures.to_string(),
-        &plan.labels,
-        &mut out,
-    );
-    text(StatusCode::OK, out)
+    for (name, help, count) in [
+        (
+            "kuma_dp_application_scrape_failures_total",
+            "Application scrapes kuma-dp could not include.",
+            &state.application_failures,
+        ),
+        (
+            "kuma_dp_opentelemetry_export_failures_total",
+            "Metric pushes to MeshMetric OpenTelemetry backends that failed.",
+            &state.export_failures,
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        let value = count.load(Ordering::Relaxed).to_string();
+        push_sample(name, &value, &plan.labels, &mut out);
+    }
+    Ok(out)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -228,7 +313,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 /// The current configuration: the cached one when Envoy answers 304.
-async fn configuration(state: &State) -> Result<Arc<Plan>> {
+pub(crate) async fn configuration(state: &State) -> Result<Arc<Plan>> {
     let cached = state
         .config
         .lock()
@@ -344,10 +429,7 @@ fn check_exposition(text: &str) -> Result<()> {
         let Some((name, _, rest)) = split_sample(line) else {
             bail!("line {} is not a Prometheus sample", n + 1);
         };
-        let value = rest.split_whitespace().next().unwrap_or("");
-        let number =
-            value.parse::<f64>().is_ok() || matches!(value, "NaN" | "+Inf" | "-Inf" | "Inf");
-        if name.is_empty() || !number {
+        if name.is_empty() || sample_value(rest).is_none() {
             bail!("line {} is not a Prometheus sample", n + 1);
         }
     }
@@ -626,73 +708,6 @@ fn push_sample(name: &str, value: &str, labels: &[(String, String)], out: &mut S
     out.push_str(&sample);
 }
 
-/// A sample: its name, its labels and the rest of its line.
-type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
-
-/// A sample line as its name, its labels (values as written, escapes kept) and the rest
-/// (value, timestamp), or `None` when the label block does not close.
-fn split_sample(line: &str) -> Option<Sample<'_>> {
-    let end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
-    let name = &line[..end];
-    let rest = &line[end..];
-    let Some(block) = rest.strip_prefix('{') else {
-        return Some((name, Vec::new(), rest));
-    };
-    let mut labels = Vec::new();
-    let mut i = 0;
-    let bytes = block.as_bytes();
-    loop {
-        while i < bytes.len() && matches!(bytes[i], b' ' | b',') {
-            i += 1;
-        }
-        if i >= bytes.len() {
-            return None;
-        }
-        if bytes[i] == b'}' {
-            return Some((name, labels, &block[i + 1..]));
-        }
-        let eq = block[i..].find('=')? + i;
-        let key = block[i..eq].trim();
-        if bytes.get(eq + 1) != Some(&b'"') {
-            return None;
-        }
-        let start = eq + 2;
-        let mut j = start;
-        while j < bytes.len() && bytes[j] != b'"' {
-            j += if bytes[j] == b'\\' { 2 } else { 1 };
-        }
-        if j >= bytes.len() {
-            return None;
-        }
-        labels.push((key, &block[start..j]));
-        i = j + 1;
-    }
-}
-
-fn push_escaped(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// A Prometheus label name: anything but `[a-zA-Z0-9_]` becomes `_` (`kuma.workload` is
-/// `kuma_workload`).
-fn label_name(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -805,7 +820,5 @@ envoy_cluster_upstream_rq_time_count{envoy_cluster_name=\"backend\"} 2
         assert!(check_exposition("<html><body>hi</body></html>").is_err());
         assert!(check_exposition("{\"a\": 1}").is_err());
         assert!(check_exposition("metric{a=\"unterminated} 1").is_err());
-        assert_eq!(label_name("kuma.io/service"), "kuma_io_service");
-        assert_eq!(label_name("1abc"), "_1abc");
     }
 }

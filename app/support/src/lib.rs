@@ -1,4 +1,6 @@
-//! What the binaries' entry points share.
+//! What the binaries share: the shutdown signal, and metrics pushed over OTLP.
+
+pub mod otlp_metrics;
 
 use std::future::Future;
 

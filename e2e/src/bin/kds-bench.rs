@@ -160,7 +160,7 @@ async fn start_global(postgres_env: &[(String, String)], otlp: bool) -> Result<G
     ];
     let collector;
     if otlp {
-        let (port, spans, _logs) = e2e::otlp::otlp_collector();
+        let e2e::otlp::Collector { port, spans, .. } = e2e::otlp::otlp_collector();
         std::thread::spawn(move || {
             for _ in spans {
                 SPANS_RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -6,16 +6,24 @@
 //! to do from Envoy's `_kuma:dynamicconfig` listener (`/meshmetric`), which this plugin fills
 //! with the merged conf, as Kuma's kuma-dp does.
 //!
-//! kuma-dp fetches that configuration on every scrape (a local round trip, answered 304 while
-//! unchanged), so a policy change takes effect on the next scrape without a refresh timer.
+//! An OpenTelemetry backend is a pipe listener `_kuma:metrics:opentelemetry:<backend>` in
+//! kuma-dp's working directory (`kuma-otel-<backend>.sock`) that forwards OTLP/gRPC to a
+//! cluster of the same name at the collector; kuma-dp pushes the same merged metrics into it
+//! every `refreshInterval` (1 minute by default).
+//!
+//! kuma-dp fetches that configuration on every scrape and every push (a local round trip,
+//! answered 304 while unchanged), and learns of a new OpenTelemetry backend when Envoy creates
+//! its socket, so a policy change takes effect without a refresh timer.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use model::ResourceType;
 use model::labels::{SERVICE_TAG, WORKLOAD, ZONE};
+use model::prometheus::label_name;
 use model::specs::policy::{
-    MetricBackendType, MetricConf, MetricSidecar, PrometheusBackend, PrometheusTlsMode,
+    MetricBackendType, MetricConf, MetricSidecar, OtelMetricBackend, PrometheusBackend,
+    PrometheusTlsMode,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -37,6 +45,12 @@ pub const DYNAMIC_CONFIG_LISTENER: &str = "_kuma:dynamicconfig";
 pub const MESH_METRIC_PATH: &str = "/meshmetric";
 /// The backend name of a Prometheus backend without a `clientId`.
 pub const DEFAULT_BACKEND: &str = "default-backend";
+/// The listener and cluster of an OpenTelemetry backend are `<this>:<backend name>`.
+pub const OPENTELEMETRY_PREFIX: &str = "_kuma:metrics:opentelemetry";
+/// OTLP/gRPC's port, when an endpoint names none.
+const OTLP_GRPC_PORT: u32 = 4317;
+/// How often kuma-dp pushes when a backend does not say (Kuma's default, as Go writes it).
+const DEFAULT_REFRESH_INTERVAL: &str = "1m0s";
 pub const DEFAULT_PORT: u32 = 5670;
 pub const DEFAULT_PATH: &str = "/metrics";
 
@@ -52,15 +66,19 @@ impl super::PolicyPlugin for Plugin {
         let conf = applied.conf;
         let what = format!("the proxy (from {})", applied.policies);
         let prometheus: Vec<&PrometheusBackend> = prometheus_backends(&conf).collect();
-        if prometheus.is_empty() {
-            if conf.backends.as_ref().is_some_and(|b| !b.is_empty()) {
-                rs.warnings.push(format!(
-                    "MeshMetric OpenTelemetry backends for {what} are not pushed yet: only Prometheus backends are served"
-                ));
+        let workdir = rs.env.workdir.clone().unwrap_or_else(|| "/tmp".into());
+        let mut otel = Vec::new();
+        for backend in otel_backends(&conf) {
+            match OtelExport::new(backend, &workdir) {
+                Ok(export) => otel.push(export),
+                Err(why) => rs.warnings.push(format!(
+                    "MeshMetric OpenTelemetry backend for {what} not applied: {why}"
+                )),
             }
+        }
+        if prometheus.is_empty() && otel.is_empty() {
             return;
         }
-        let workdir = rs.env.workdir.clone().unwrap_or_else(|| "/tmp".into());
         let socket = model::proxy_paths::metrics_hijacker_socket(&workdir, &proxy.name, &mesh.mesh);
         let address = proxy.spec.networking.address.clone();
         for backend in &prometheus {
@@ -78,8 +96,24 @@ impl super::PolicyPlugin for Plugin {
             let listener = scrape_listener(&name, &address, port, path);
             rs.add_listener(Origin::Policy(self.kind()), listener);
         }
-        rs.add_cluster(Origin::Policy(self.kind()), hijacker_cluster(&socket));
-        let config = dataplane_config(&conf, mesh, proxy);
+        if !prometheus.is_empty() {
+            rs.add_cluster(Origin::Policy(self.kind()), hijacker_cluster(&socket));
+        }
+        for export in &otel {
+            let name = format!("{OPENTELEMETRY_PREFIX}:{}", export.name);
+            if rs.has_cluster(&name) {
+                continue;
+            }
+            let mut cluster =
+                super::mesh_trace::collector_cluster(&name, &export.host, export.port, false);
+            crate::envoy::cluster::use_http2_upstream(&mut cluster);
+            rs.add_cluster(Origin::Policy(self.kind()), cluster);
+            rs.add_listener(
+                Origin::Policy(self.kind()),
+                otel_listener(&name, &export.socket),
+            );
+        }
+        let config = dataplane_config(&conf, !prometheus.is_empty(), &otel, mesh, proxy);
         let body = serde_json::to_string(&config).unwrap_or_default();
         let pipe = model::proxy_paths::mesh_metric_config_socket(&workdir);
         rs.add_listener(
@@ -87,6 +121,86 @@ impl super::PolicyPlugin for Plugin {
             dynamic_config_listener(&pipe, &body),
         );
     }
+}
+
+/// An OpenTelemetry backend as kuma-dp exports to it: through a socket Envoy listens on,
+/// which forwards to the collector (Kuma's `_kuma:metrics:opentelemetry:<name>`).
+struct OtelExport {
+    /// Kuma's backend name: the endpoint without `/`, `:` as `-`.
+    name: String,
+    host: String,
+    port: u32,
+    socket: String,
+    refresh_interval: String,
+}
+
+impl OtelExport {
+    fn new(backend: &OtelMetricBackend, workdir: &str) -> Result<OtelExport, String> {
+        if backend.endpoint.is_empty() {
+            return Err(if backend.backend_ref.is_some() {
+                "openTelemetry.backendRef (MeshOpenTelemetryBackend) is not supported yet".into()
+            } else {
+                "openTelemetry.endpoint is empty".into()
+            });
+        }
+        let authority = backend
+            .endpoint
+            .split_once("://")
+            .map_or(backend.endpoint.as_str(), |(_, rest)| rest)
+            .trim_end_matches('/');
+        let (host, port) = super::mesh_trace::host_port(authority, OTLP_GRPC_PORT)?;
+        let name = backend.endpoint.replace('/', "").replace(':', "-");
+        Ok(OtelExport {
+            socket: model::proxy_paths::mesh_metric_otel_socket(workdir, &name),
+            host: host.to_string(),
+            port,
+            refresh_interval: backend
+                .refresh_interval
+                .clone()
+                .unwrap_or_else(|| DEFAULT_REFRESH_INTERVAL.into()),
+            name,
+        })
+    }
+}
+
+fn otel_backends(conf: &MetricConf) -> impl Iterator<Item = &OtelMetricBackend> {
+    conf.backends
+        .iter()
+        .flatten()
+        .filter(|b| b.backend_type == MetricBackendType::OpenTelemetry)
+        .filter_map(|b| b.open_telemetry.as_ref())
+}
+
+/// The pipe kuma-dp pushes OTLP/gRPC into; Envoy forwards every call to the collector.
+fn otel_listener(name: &str, socket: &str) -> Value {
+    let mut filter = http_manager(
+        name,
+        json!({
+            "validate_clusters": false,
+            "virtual_hosts": [{
+                "name": name,
+                "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": name}}]
+            }]
+        }),
+    );
+    filter["typed_config"]["codec_type"] = json!("HTTP2");
+    json!({
+        "name": name,
+        "address": {"pipe": {"path": socket}},
+        "filter_chains": [{"filters": [filter]}]
+    })
+}
+
+/// An HTTP connection manager filter with only the router, serving `route_config`.
+fn http_manager(stat_prefix: &str, route_config: Value) -> Value {
+    json!({"name": HCM, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_name(stat_prefix),
+        "http_filters": [{"name": ROUTER, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        "route_config": route_config
+    }})
 }
 
 fn prometheus_backends(conf: &MetricConf) -> impl Iterator<Item = &PrometheusBackend> {
@@ -104,12 +218,9 @@ pub fn client_id(backend: &PrometheusBackend) -> &str {
 
 /// The listener Prometheus scrapes: `path` (and below) goes to kuma-dp as `/meshmetric`.
 fn scrape_listener(name: &str, address: &str, port: u32, path: &str) -> Value {
-    let hcm = json!({
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": stat_name(name),
-        "http_filters": [{"name": ROUTER, "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-        "route_config": {
+    let mut filter = http_manager(
+        name,
+        json!({
             "validate_clusters": false,
             "virtual_hosts": [{
                 "name": name,
@@ -119,11 +230,11 @@ fn scrape_listener(name: &str, address: &str, port: u32, path: &str) -> Value {
                     "route": {"cluster": HIJACKER_CLUSTER, "prefix_rewrite": MESH_METRIC_PATH}
                 }]
             }]
-        },
-        // Kuma's setting: only loopback is internal (Envoy warns when this is left unset).
-        "internal_address_config": {"cidr_ranges": [{"address_prefix": "127.0.0.1", "prefix_len": 32}]}
-    });
-    let filter = json!({"name": HCM, "typed_config": hcm});
+        }),
+    );
+    // Kuma's setting: only loopback is internal (Envoy warns when this is left unset).
+    filter["typed_config"]["internal_address_config"] =
+        json!({"cidr_ranges": [{"address_prefix": "127.0.0.1", "prefix_len": 32}]});
     inbound_listener(name, address, port, vec![filter_chain(vec![filter])])
 }
 
@@ -146,12 +257,9 @@ fn dynamic_config_listener(pipe: &str, body: &str) -> Value {
     let mut hasher = std::hash::DefaultHasher::new();
     body.hash(&mut hasher);
     let etag = format!("{:016x}", hasher.finish());
-    let hcm = json!({
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": stat_name(DYNAMIC_CONFIG_LISTENER),
-        "http_filters": [{"name": ROUTER, "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-        "route_config": {
+    let filter = http_manager(
+        DYNAMIC_CONFIG_LISTENER,
+        json!({
             "max_direct_response_body_size_bytes": body.len().max(4096),
             "virtual_hosts": [{
                 "name": DYNAMIC_CONFIG_LISTENER,
@@ -171,12 +279,12 @@ fn dynamic_config_listener(pipe: &str, body: &str) -> Value {
                     }
                 ]
             }]
-        }
-    });
+        }),
+    );
     json!({
         "name": DYNAMIC_CONFIG_LISTENER,
         "address": {"pipe": {"path": pipe}},
-        "filter_chains": [{"filters": [{"name": HCM, "typed_config": hcm}]}]
+        "filter_chains": [{"filters": [filter]}]
     })
 }
 
@@ -212,6 +320,8 @@ struct Application {
 
 fn dataplane_config<'a>(
     conf: &'a MetricConf,
+    prometheus: bool,
+    otel: &[OtelExport],
     mesh: &MeshContext,
     proxy: &DataplaneEntry,
 ) -> DataplaneConfig<'a> {
@@ -226,11 +336,22 @@ fn dataplane_config<'a>(
             address: a.address.clone().unwrap_or_default(),
         })
         .collect();
+    let mut backends = Vec::new();
+    if prometheus {
+        backends.push(json!({"type": "Prometheus", "name": null}));
+    }
+    for export in otel {
+        backends.push(json!({
+            "type": "OpenTelemetry",
+            "name": export.name,
+            "openTelemetry": {"endpoint": export.socket, "refreshInterval": export.refresh_interval}
+        }));
+    }
     DataplaneConfig {
         observability: Observability {
             metrics: Metrics {
                 applications,
-                backends: vec![json!({"type": "Prometheus", "name": null})],
+                backends,
                 sidecar: conf.sidecar.as_ref(),
                 extra_labels: extra_labels(mesh, proxy),
             },
@@ -268,9 +389,9 @@ fn extra_labels(mesh: &MeshContext, proxy: &DataplaneEntry) -> BTreeMap<String, 
         }
     }
     for (key, values) in &tags {
-        labels.insert(sanitize_label(key), values[0].to_string());
+        labels.insert(label_name(key), values[0].to_string());
         labels.insert(
-            sanitize_label(&format!("{key}s")),
+            label_name(&format!("{key}s")),
             format!(",{},", values.join(",")),
         );
     }
@@ -302,11 +423,4 @@ pub fn identifying_service(proxy: &DataplaneEntry) -> Option<&str> {
         .find_map(|i| i.tags.get(SERVICE_TAG))
         .or_else(|| networking.gateway.as_ref()?.tags.get(SERVICE_TAG))
         .map(String::as_str)
-}
-
-/// A Prometheus label name from a tag: anything but `[a-zA-Z0-9_]` becomes `_`.
-pub fn sanitize_label(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
 }
