@@ -307,6 +307,71 @@ fn prometheus_scrapes_every_proxy_through_the_service_discovery() {
     );
 }
 
+/// The Mesh's legacy Prometheus backend (`spec.metrics`, before MeshMetric): a sidecar started
+/// after it is enabled serves Envoy's statistics and its app's own (`aggregate`, handed to
+/// kuma-dp in the bootstrap) on the backend's port, and the zone's service discovery lists it
+/// with the Dataplane's tags as labels.
+#[test]
+fn the_meshs_legacy_prometheus_backend_serves_envoy_and_the_app() {
+    let Some(envoy) = envoy("the_meshs_legacy_prometheus_backend_serves_envoy_and_the_app") else {
+        return;
+    };
+    let mut cp = e2e::ControlPlane::start("legacy-metrics", &[]);
+    cp.wait_ready(Duration::from_secs(60));
+    let env = Cp::of(&cp, envoy);
+    let (app_port, metrics_port) = (free_port(), free_port());
+    env.put(
+        "/meshes/default",
+        json!({"type": "Mesh", "name": "default",
+            "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]},
+            "metrics": {"enabledBackend": "prometheus-1", "backends": [{"name": "prometheus-1", "type": "prometheus",
+                "conf": {"port": metrics_port, "path": "/metrics", "skipMTLS": true,
+                    "aggregate": [{"name": "echo", "port": app_port, "path": "/metrics"}]}}]}}),
+    );
+    let _app = env.echo("web-1", app_port, None);
+    let web = env.sidecar(
+        "web-1",
+        "web",
+        app_port,
+        None,
+        &env.token("web-1", "default"),
+    );
+    let logs = || format!("{}\n--- web-1:\n{}", cp.logs(), web.logs());
+    within(
+        Duration::from_secs(60),
+        "web-1 serves Envoy's and the app's metrics on the Mesh's Prometheus port",
+        || {
+            // The app counts this scrape's own request only once it has been asked.
+            let _ = http_response(app_port, "/");
+            http_response(metrics_port, "/metrics").is_some_and(|(status, body)| {
+                status == 200
+                    && body.contains("envoy_server_live")
+                    && body.contains("echo_requests_total")
+            })
+        },
+        logs,
+    );
+    let sd: Value = client()
+        .get(format!("http://127.0.0.1:{}/http_sd", cp.mads_port))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap();
+    let group = sd
+        .as_array()
+        .and_then(|groups| {
+            groups
+                .iter()
+                .find(|g| g["labels"]["__meta_kuma_dataplane"] == "web-1")
+        })
+        .unwrap_or_else(|| panic!("web-1 is not discovered: {sd}"));
+    assert_eq!(group["targets"][0], format!("127.0.0.1:{metrics_port}"));
+    assert_eq!(group["labels"]["__meta_kuma_label_kuma_io_service"], "web");
+    assert_eq!(
+        group["labels"]["__meta_kuma_label_kuma_io_services"],
+        ",web,"
+    );
+}
+
 /// A span's id or trace id as hex.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -256,6 +256,8 @@ pub struct MeshContext {
     /// The certificates gateway listeners name (`tls.certificates[].secret`), by Secret name,
     /// as read from the mesh's Secrets.
     pub gateway_certificates: BTreeMap<String, GatewayCertificate>,
+    /// The Mesh's enabled legacy Prometheus backend (`spec.metrics`), if any.
+    pub legacy_metrics: Option<model::specs::mesh::PrometheusMetricsConf>,
     /// Work every proxy generated from this context can share. Only for a context that is not
     /// changed once built (the zone's mesh snapshots): what is shared is computed from the
     /// context as it was first read. `None` computes everything for each proxy.

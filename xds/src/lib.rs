@@ -49,6 +49,7 @@ pub fn sidecar_in(
         generator::sidecar::generate(mesh, proxy)
     };
     rs.env = env.clone();
+    policies::mesh_metric::legacy_endpoint(&mut rs, mesh, proxy);
     policies::apply_all(&mut rs, mesh, proxy);
     Ok(rs.into_resources())
 }

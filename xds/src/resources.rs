@@ -30,6 +30,8 @@ pub enum Origin {
     Patch,
     /// Added by a policy for a backend it sends to (a tracing collector).
     Policy(model::ResourceType),
+    /// The Mesh's legacy Prometheus metrics endpoint (`spec.metrics`).
+    MeshMetrics,
 }
 
 /// One local instance of a destination: where it is and the tags and labels locality
@@ -136,6 +138,12 @@ impl ResourceSet {
 
     pub fn add_endpoints(&mut self, origin: Origin, assignment: Arc<Value>) {
         self.endpoints.push((origin, assignment));
+    }
+
+    /// Drops every listener and cluster `origin` added.
+    pub fn remove_origin(&mut self, origin: Origin) {
+        self.listeners.retain(|(o, _)| *o != origin);
+        self.clusters.retain(|(o, _)| *o != origin);
     }
 
     pub fn has_cluster(&self, name: &str) -> bool {

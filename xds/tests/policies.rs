@@ -818,6 +818,128 @@ fn metric_prometheus_backends() {
     assert!(!plain.to_string().contains("_kuma:metrics"), "{plain}");
 }
 
+/// The Mesh's legacy Prometheus backend (`spec.metrics`): `kuma:metrics:prometheus` on the
+/// proxy's address forwarding to kuma-dp's hijacker with Envoy's query (`usedonly`, `filter`),
+/// behind the mesh's mTLS unless `skipMTLS`; `activeMTLSBackend` lets the proxy's own address
+/// in without a certificate; a Dataplane's `metrics` overrides the port; a MeshMetric with
+/// backends replaces it all. Validated by Envoy.
+#[test]
+fn legacy_mesh_metrics() {
+    let legacy = |conf: Value, mtls: bool| {
+        let mut m = mesh("http", mtls, vec![allow_all()]);
+        let spec: model::specs::mesh::MeshSpec = serde_json::from_value(json!({"metrics": {
+            "enabledBackend": "prometheus-1",
+            "backends": [{"name": "prometheus-1", "type": "prometheus", "conf": conf}]}}))
+        .expect("mesh spec");
+        m.legacy_metrics = spec.prometheus_metrics().map(|c| c.expect("conf"));
+        m
+    };
+    let listener_of = |r: &xds::ProxyResources| {
+        r.listeners
+            .iter()
+            .find(|l| l["name"] == "kuma:metrics:prometheus")
+            .cloned()
+            .expect("the legacy listener")
+    };
+    let plain = legacy(
+        json!({"skipMTLS": true, "path": "/stats", "envoy": {"usedOnly": true, "filterRegex": "http|tcp"}}),
+        true,
+    );
+    let (r, workdir) = in_workdir(&plain, "web-1", "legacy-metrics-plain");
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let listener = listener_of(&r);
+    assert_eq!(listener["address"]["socket_address"]["address"], "10.0.0.1");
+    assert_eq!(listener["address"]["socket_address"]["port_value"], 5670);
+    let chain = &listener["filter_chains"][0];
+    assert!(chain.get("transport_socket").is_none(), "{chain}");
+    let route =
+        &chain["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0];
+    assert_eq!(route["match"]["prefix"], "/stats");
+    assert_eq!(route["route"]["cluster"], "kuma:metrics:hijacker");
+    assert_eq!(
+        route["route"]["prefix_rewrite"],
+        "/?filter=http|tcp&usedonly"
+    );
+    let cluster = r
+        .clusters
+        .iter()
+        .find(|c| c["name"] == "kuma:metrics:hijacker")
+        .expect("hijacker cluster");
+    assert_eq!(
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
+            ["path"],
+        format!("{workdir}/kuma-mh-web-1-default.sock")
+    );
+
+    // The mesh's mTLS: a mesh certificate is required.
+    let secured = legacy(json!({}), true);
+    let (r, _) = in_workdir(&secured, "web-1", "legacy-metrics-mtls");
+    let listener = listener_of(&r);
+    let chains = listener["filter_chains"].as_array().expect("chains");
+    assert_eq!(chains.len(), 1);
+    assert_eq!(
+        chains[0]["transport_socket"]["typed_config"]["require_client_certificate"],
+        true
+    );
+    // activeMTLSBackend: the proxy's own address in plaintext, others with a certificate.
+    let active = legacy(json!({"tls": {"mode": "activeMTLSBackend"}}), true);
+    let (r, _) = in_workdir(&active, "web-1", "legacy-metrics-active");
+    let listener = listener_of(&r);
+    let chains = listener["filter_chains"].as_array().expect("chains");
+    assert_eq!(chains.len(), 2);
+    assert_eq!(
+        chains[0]["filter_chain_match"]["source_prefix_ranges"][0]["address_prefix"],
+        "10.0.0.1"
+    );
+    assert!(chains[0].get("transport_socket").is_none());
+    assert!(chains[1].get("transport_socket").is_some());
+    // Without mTLS there is nothing to secure with.
+    let (r, _) = in_workdir(&legacy(json!({}), false), "web-1", "legacy-metrics-no-mtls");
+    assert!(
+        listener_of(&r)["filter_chains"][0]
+            .get("transport_socket")
+            .is_none()
+    );
+
+    // A Dataplane's own metrics override the Mesh's.
+    let mut overridden = legacy(json!({"skipMTLS": true}), true);
+    let web = overridden
+        .dataplanes
+        .iter_mut()
+        .find(|d| d.name == "web-1")
+        .expect("web-1");
+    web.spec.metrics = Some(json!({"type": "prometheus", "conf": {"port": 9999}}));
+    let (r, _) = in_workdir(&overridden, "web-1", "legacy-metrics-override");
+    assert_eq!(
+        listener_of(&r)["address"]["socket_address"]["port_value"],
+        9999
+    );
+
+    // A MeshMetric with backends takes over.
+    let mut both = legacy(json!({"skipMTLS": true}), true);
+    both.policies.set(vec![policy::<MeshMetricSpec>(
+        "metrics",
+        json!({"targetRef": {"kind": "Mesh"}, "default": {
+            "backends": [{"type": "Prometheus", "prometheus": {"port": 5671}}]}}),
+    )]);
+    let (r, _) = in_workdir(&both, "web-1", "legacy-metrics-replaced");
+    assert!(
+        !r.listeners
+            .iter()
+            .any(|l| l["name"] == "kuma:metrics:prometheus")
+    );
+    assert!(
+        !r.clusters
+            .iter()
+            .any(|c| c["name"] == "kuma:metrics:hijacker")
+    );
+    assert!(
+        r.listeners
+            .iter()
+            .any(|l| l["name"] == "_kuma:metrics:prometheus:default-backend")
+    );
+}
+
 /// MeshMetric's OpenTelemetry backends: per backend a pipe listener in kuma-dp's working
 /// directory (`kuma-otel-<endpoint as a name>.sock`) forwarding gRPC to a cluster at the
 /// collector, and the backend in kuma-dp's configuration with its socket and interval; no

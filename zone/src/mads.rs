@@ -27,7 +27,9 @@ use model::specs::policy::{MetricBackendType, MetricConf};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
-use xds::policies::mesh_metric::{DEFAULT_PATH, DEFAULT_PORT, identifying_service};
+use xds::policies::mesh_metric::{
+    DEFAULT_PATH, DEFAULT_PORT, dataplane_labels, identifying_service,
+};
 use xds::rules::build::single_item;
 use xds::rules::matching::matched_in;
 
@@ -52,10 +54,16 @@ pub struct Target {
     pub scheme: &'static str,
     pub address: String,
     pub metrics_path: String,
+    /// The target's own labels (Kuma's `DataplaneLabels` for the Mesh's legacy backend; none
+    /// for MeshMetric, whose labels kuma-dp puts on every sample).
+    pub labels: BTreeMap<String, String>,
 }
 
-/// A target and the client (`clientId`) it is for.
+/// A target and the client (`clientId`) it is for; [`EVERY_CLIENT`] for the Mesh's legacy
+/// backend, which has no clients.
 type ClientTarget = (String, Target);
+
+const EVERY_CLIENT: &str = "";
 
 /// Every client's targets, each list with its version (a hash of its content, so replicas and
 /// restarts agree on it).
@@ -110,20 +118,32 @@ pub fn start(mut view: watch::Receiver<ZoneView>) -> watch::Receiver<Arc<Assignm
 /// The Prometheus endpoints of a mesh's proxies, by client.
 fn targets(snapshot: &MeshSnapshot) -> Vec<ClientTarget> {
     let context = &snapshot.context;
-    if context.policies.raw(ResourceType::MeshMetric).is_empty() {
+    let mesh_metrics = !context.policies.raw(ResourceType::MeshMetric).is_empty();
+    if !mesh_metrics && context.legacy_metrics.is_none() {
         return Vec::new();
     }
     let mut out = Vec::new();
     for proxy in &context.dataplanes {
-        let matching = matched_in(context, ResourceType::MeshMetric, proxy);
-        let Some(rule) = single_item(&matching.matched) else {
-            continue;
-        };
-        // A conf that does not parse configures no listener either (the xDS plugin warns).
-        let Ok(conf) = MetricConf::deserialize(&rule.conf) else {
-            continue;
-        };
         let service = identifying_service(proxy).unwrap_or("unknown");
+        let conf = match mesh_metrics {
+            true => {
+                let matching = matched_in(context, ResourceType::MeshMetric, proxy);
+                // A conf that does not parse configures no listener either (the xDS plugin
+                // warns).
+                single_item(&matching.matched).and_then(|r| MetricConf::deserialize(&r.conf).ok())
+            }
+            false => None,
+        };
+        // As in xDS: a MeshMetric with backends replaces the Mesh's legacy endpoint.
+        let conf = match conf {
+            Some(conf) if conf.backends.as_ref().is_some_and(|b| !b.is_empty()) => conf,
+            _ => {
+                if let Some(target) = legacy_target(context, proxy, service) {
+                    out.push((EVERY_CLIENT.to_string(), target));
+                }
+                continue;
+            }
+        };
         for backend in conf.backends.iter().flatten() {
             let (MetricBackendType::Prometheus, Some(prometheus)) =
                 (backend.backend_type, &backend.prometheus)
@@ -132,12 +152,7 @@ fn targets(snapshot: &MeshSnapshot) -> Vec<ClientTarget> {
             };
             let client = prometheus.client_id.as_deref().unwrap_or(DEFAULT_CLIENT);
             let port = prometheus.port.unwrap_or(DEFAULT_PORT);
-            let address = &proxy.spec.networking.address;
-            let address = if address.contains(':') {
-                format!("[{address}]:{port}")
-            } else {
-                format!("{address}:{port}")
-            };
+            let address = host_port(&proxy.spec.networking.address, port);
             out.push((
                 client.to_string(),
                 Target {
@@ -151,6 +166,7 @@ fn targets(snapshot: &MeshSnapshot) -> Vec<ClientTarget> {
                         .path
                         .clone()
                         .unwrap_or_else(|| DEFAULT_PATH.into()),
+                    labels: BTreeMap::new(),
                 },
             ));
         }
@@ -158,13 +174,56 @@ fn targets(snapshot: &MeshSnapshot) -> Vec<ClientTarget> {
     out
 }
 
+/// A proxy's target for the Mesh's legacy Prometheus backend (Kuma's v1
+/// `MonitoringAssignmentsGenerator`), with the Dataplane's override applied.
+fn legacy_target(
+    context: &xds::context::MeshContext,
+    proxy: &xds::context::DataplaneEntry,
+    service: &str,
+) -> Option<Target> {
+    let conf = context.legacy_metrics.as_ref()?;
+    let conf = conf
+        .with_dataplane(proxy.spec.metrics.as_ref())
+        .unwrap_or_else(|_| conf.clone());
+    let address = &proxy.spec.networking.address;
+    Some(Target {
+        mesh: context.mesh.clone(),
+        service: service.to_string(),
+        name: proxy.name.clone(),
+        // providedTLS falls back to plaintext here (see the xDS side), so the scheme stays.
+        scheme: "http",
+        address: host_port(address, conf.port),
+        metrics_path: conf.path.clone(),
+        labels: dataplane_labels(context, proxy),
+    })
+}
+
+fn host_port(address: &str, port: u32) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
 fn collect<'a>(targets: impl Iterator<Item = &'a ClientTarget>) -> Assignments {
     let mut by_client: BTreeMap<String, Vec<Target>> = BTreeMap::new();
+    let mut everyone = Vec::new();
     for (client, target) in targets {
+        if client == EVERY_CLIENT {
+            everyone.push(target);
+            continue;
+        }
         by_client
             .entry(client.clone())
             .or_default()
             .push(target.clone());
+    }
+    if !everyone.is_empty() {
+        by_client.entry(DEFAULT_CLIENT.to_string()).or_default();
+        for targets in by_client.values_mut() {
+            targets.extend(everyone.iter().map(|t| (*t).clone()));
+        }
     }
     Assignments {
         by_client: by_client
@@ -303,8 +362,9 @@ fn discovery_response(version: &str, targets: &[Target]) -> Response {
                     "scheme": t.scheme,
                     "address": t.address,
                     "metrics_path": t.metrics_path,
-                    // As Kuma's: MeshMetric labels are added by kuma-dp to every sample.
-                    "labels": {},
+                    // As Kuma's: MeshMetric labels are added by kuma-dp to every sample, the
+                    // legacy backend's are the target's.
+                    "labels": t.labels,
                 }],
                 "labels": {},
             })
@@ -340,17 +400,19 @@ async fn http_sd(State(mads): State<Mads>, Query(query): Query<HttpSdQuery>) -> 
         .iter()
         .filter(|t| query.mesh.as_deref().is_none_or(|m| m == t.mesh))
         .map(|t| {
-            json!({
-                "targets": [t.address],
-                "labels": {
-                    "__meta_kuma_mesh": t.mesh,
-                    "__meta_kuma_service": t.service,
-                    "__meta_kuma_dataplane": t.name,
-                    "__scheme__": t.scheme,
-                    "__metrics_path__": t.metrics_path,
-                    "instance": t.name,
-                },
-            })
+            let mut labels = json!({
+                "__meta_kuma_mesh": t.mesh,
+                "__meta_kuma_service": t.service,
+                "__meta_kuma_dataplane": t.name,
+                "__scheme__": t.scheme,
+                "__metrics_path__": t.metrics_path,
+                "instance": t.name,
+            });
+            // Prometheus's kuma_sd_configs names a target's own labels so.
+            for (k, v) in &t.labels {
+                labels[format!("__meta_kuma_label_{k}")] = json!(v);
+            }
+            json!({"targets": [t.address], "labels": labels})
         })
         .collect();
     axum::Json(groups).into_response()
@@ -368,6 +430,7 @@ mod tests {
             scheme: "http",
             address: format!("127.0.0.1:{port}"),
             metrics_path: "/metrics".into(),
+            labels: BTreeMap::new(),
         }
     }
 
@@ -520,5 +583,38 @@ mod tests {
             (DEFAULT_CLIENT, target("default", "web-1", 5670)),
         ]);
         assert_eq!(all, again);
+    }
+
+    #[test]
+    fn the_meshs_legacy_backend_is_every_clients_with_the_dataplanes_labels() {
+        let spec = serde_json::from_value(json!({
+            "networking": {"address": "10.0.0.7", "inbound": [
+                {"port": 8080, "tags": {"kuma.io/service": "web", "version": "v1"}}]},
+            "metrics": {"type": "prometheus", "conf": {"port": 1234}}}))
+        .unwrap();
+        let context = xds::context::MeshContext {
+            mesh: "default".into(),
+            legacy_metrics: Some(serde_json::from_value(json!({"path": "/stats"})).unwrap()),
+            dataplanes: vec![xds::context::DataplaneEntry {
+                name: "web-1".into(),
+                labels: BTreeMap::new(),
+                spec,
+            }],
+            ..Default::default()
+        };
+        let legacy = legacy_target(&context, &context.dataplanes[0], "web").unwrap();
+        assert_eq!(legacy.address, "10.0.0.7:1234");
+        assert_eq!(legacy.metrics_path, "/stats");
+        assert_eq!(legacy.labels["version"], "v1");
+        assert_eq!(legacy.labels["kuma_io_services"], ",web,");
+        let entries = [
+            (EVERY_CLIENT.to_string(), legacy),
+            ("team-b".to_string(), target("default", "api-1", 5671)),
+        ];
+        let all = collect(entries.iter());
+        assert_eq!(all.for_client("team-b").unwrap().1.len(), 2);
+        let default = &all.for_client("anyone").unwrap().1;
+        assert_eq!(default.len(), 1);
+        assert_eq!(default[0].name, "web-1");
     }
 }

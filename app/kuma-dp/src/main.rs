@@ -415,11 +415,16 @@ async fn run(args: RunArgs) -> Result<()> {
         let workdir = dir.display().to_string();
         let socket = model::proxy_paths::metrics_hijacker_socket(&workdir, &name, &mesh);
         let config = model::proxy_paths::mesh_metric_config_socket(&workdir);
+        // The Mesh's legacy Prometheus backend's applications, as Kuma hands them over.
+        let aggregate = answer["kumaSidecarConfiguration"]["metrics"]["aggregate"].clone();
+        let aggregate = metrics::legacy_applications(aggregate)
+            .context("the bootstrap answer's metrics.aggregate")?;
         Some(metrics::start(
             Path::new(&socket),
             PathBuf::from(config),
             &dir,
             admin_port,
+            aggregate,
         )?)
     };
     let config_path = dir.join("bootstrap.yaml");

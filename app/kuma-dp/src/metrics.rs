@@ -91,7 +91,7 @@ const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(60);
 const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Deserialize)]
-struct Application {
+pub(crate) struct Application {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -154,6 +154,9 @@ impl Plan {
 
 pub(crate) struct State {
     config_socket: PathBuf,
+    /// The Mesh's legacy Prometheus backend's applications (Kuma's `aggregate`), from the
+    /// bootstrap.
+    legacy_applications: Vec<Application>,
     envoy_admin: String,
     http: reqwest::Client,
     /// The last configuration read and its ETag.
@@ -175,6 +178,7 @@ pub fn start(
     config_socket: PathBuf,
     workdir: &Path,
     admin_port: u64,
+    legacy_applications: Vec<Application>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     match std::fs::remove_file(socket) {
         Ok(()) => {}
@@ -189,6 +193,7 @@ pub fn start(
         .context("building the metrics scrape client")?;
     let state = Arc::new(State {
         config_socket,
+        legacy_applications,
         envoy_admin: format!("http://127.0.0.1:{admin_port}"),
         http,
         config: Mutex::new(None),
@@ -233,9 +238,24 @@ async fn accept(listener: tokio::net::UnixListener, state: Arc<State>) {
     }
 }
 
+/// The applications of the bootstrap answer's `kumaSidecarConfiguration.metrics.aggregate`.
+pub(crate) fn legacy_applications(aggregate: serde_json::Value) -> Result<Vec<Application>> {
+    if aggregate.is_null() {
+        return Ok(Vec::new());
+    }
+    Ok(serde_json::from_value(aggregate)?)
+}
+
 async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() != "/meshmetric" {
-        return text(StatusCode::NOT_FOUND, "not found\n".into());
+        // The Mesh's legacy endpoint: Envoy rewrote the scrape to `/?usedonly&filter=...`.
+        return match legacy(state, req.uri().query().unwrap_or("")).await {
+            Ok(body) => text(StatusCode::OK, body),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "scraping Envoy's statistics failed");
+                text(StatusCode::BAD_GATEWAY, format!("Envoy: {e:#}\n"))
+            }
+        };
     }
     let plan = match configuration(state).await {
         Ok(plan) => plan,
@@ -256,22 +276,65 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
     }
 }
 
+/// What the Mesh's legacy endpoint serves (Kuma's hijacker without MeshMetric): Envoy's
+/// statistics as `query` asks (`usedonly`, `filter`), and the aggregate applications', as
+/// they are (MADS labels the target).
+async fn legacy(state: &State, query: &str) -> Result<String> {
+    let mut envoy_query = vec!["text_readouts".to_string()];
+    for pair in query.split('&') {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if matches!(key, "usedonly" | "filter") {
+            envoy_query.push(pair.to_string());
+        }
+    }
+    let url = format!(
+        "{}/stats/prometheus?{}",
+        state.envoy_admin,
+        envoy_query.join("&")
+    );
+    let envoy = fetch(&state.http, &url, ENVOY_TIMEOUT);
+    let mut out = combine(state, envoy, &state.legacy_applications, None, &[]).await?;
+    append_failure_counters(state, &[], &mut out);
+    Ok(out)
+}
+
 /// Envoy's statistics the profiles keep and the applications' metrics, labelled, in
 /// Prometheus's text format; an error only when Envoy does not answer.
 pub(crate) async fn merged(state: &State, plan: &Plan) -> Result<String> {
     let envoy = scrape_envoy(state, plan.include_unused);
-    let applications = futures::future::join_all(
-        plan.applications
+    let mut out = combine(
+        state,
+        envoy,
+        &plan.applications,
+        Some(&plan.profile),
+        &plan.labels,
+    )
+    .await?;
+    append_failure_counters(state, &plan.labels, &mut out);
+    Ok(out)
+}
+
+/// Envoy's exposition (kept as `profile` says) and the applications' (left out when they
+/// fail, counted), each sample with `labels`.
+async fn combine(
+    state: &State,
+    envoy: impl std::future::Future<Output = Result<String>>,
+    applications: &[Application],
+    profile: Option<&Profile>,
+    labels: &[(String, String)],
+) -> Result<String> {
+    let scrapes = futures::future::join_all(
+        applications
             .iter()
             .map(|app| scrape_application(state, app)),
     );
-    let (envoy, applications) = tokio::join!(envoy, applications);
+    let (envoy, scrapes) = tokio::join!(envoy, scrapes);
     let envoy = envoy?;
     let mut out = String::with_capacity(envoy.len());
-    filter_and_label(&envoy, Some(&plan.profile), &plan.labels, &mut out);
-    for (app, body) in plan.applications.iter().zip(applications) {
+    filter_and_label(&envoy, profile, labels, &mut out);
+    for (app, body) in applications.iter().zip(scrapes) {
         match body {
-            Ok(body) => filter_and_label(&body, None, &plan.labels, &mut out),
+            Ok(body) => filter_and_label(&body, None, labels, &mut out),
             Err(e) => {
                 state.application_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -283,6 +346,10 @@ pub(crate) async fn merged(state: &State, plan: &Plan) -> Result<String> {
             }
         }
     }
+    Ok(out)
+}
+
+fn append_failure_counters(state: &State, labels: &[(String, String)], out: &mut String) {
     for (name, help, count) in [
         (
             "kuma_dp_application_scrape_failures_total",
@@ -297,9 +364,8 @@ pub(crate) async fn merged(state: &State, plan: &Plan) -> Result<String> {
     ] {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
         let value = count.load(Ordering::Relaxed).to_string();
-        push_sample(name, &value, &plan.labels, &mut out);
+        push_sample(name, &value, labels, out);
     }
-    Ok(out)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

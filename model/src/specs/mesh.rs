@@ -35,6 +35,149 @@ impl MeshSpec {
             .as_ref()
             .is_some_and(|m| !m.enabled_backend.is_empty())
     }
+
+    /// The enabled legacy `metrics` backend's Prometheus configuration (Kuma's
+    /// `GetEnabledMetricsBackend`), with Kuma's defaults filled in; `None` when no backend is
+    /// enabled. A `conf` that does not read as one is `Err`.
+    pub fn prometheus_metrics(&self) -> Option<Result<PrometheusMetricsConf, serde_json::Error>> {
+        let metrics = self.metrics.as_ref()?;
+        if metrics.enabled_backend.is_empty() {
+            return None;
+        }
+        let backend = metrics
+            .backends
+            .iter()
+            .find(|b| b.name == metrics.enabled_backend)?;
+        if !matches!(backend.backend_type.as_str(), "" | "prometheus") {
+            return None;
+        }
+        let conf = backend
+            .conf
+            .clone()
+            .unwrap_or(Value::Object(Default::default()));
+        Some(serde_json::from_value(conf))
+    }
+}
+
+/// A legacy Prometheus metrics backend (Kuma's `PrometheusMetricsBackendConfig`): the Mesh's,
+/// possibly overridden per Dataplane (`spec.metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusMetricsConf {
+    #[serde(default = "default_prometheus_port")]
+    pub port: u32,
+    #[serde(default = "default_prometheus_path")]
+    pub path: String,
+    /// Labels Kuma adds to the MADS target (kept for compatibility; Kuma's v1 MADS ignores them).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Serve the endpoint in plaintext even when the mesh has mTLS.
+    #[serde(default, rename = "skipMTLS")]
+    pub skip_mtls: bool,
+    /// Applications' own endpoints merged into the proxy's metrics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregate: Vec<PrometheusAggregate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy: Option<PrometheusEnvoy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PrometheusTlsConf>,
+}
+
+fn default_prometheus_port() -> u32 {
+    5670
+}
+
+fn default_prometheus_path() -> String {
+    "/metrics".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusAggregate {
+    pub name: String,
+    #[serde(default = "default_prometheus_path")]
+    pub path: String,
+    #[serde(default)]
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    /// Kuma's `enabled` (a BoolValue): absent means enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusEnvoy {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub filter_regex: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_only: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PrometheusTlsMode {
+    ActiveMTLSBackend,
+    #[serde(rename = "providedTLS")]
+    ProvidedTls,
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrometheusTlsConf {
+    pub mode: PrometheusTlsMode,
+}
+
+impl PrometheusMetricsConf {
+    /// The Mesh's configuration with a Dataplane's `spec.metrics` over it (Kuma's
+    /// `GetPrometheusConfig`): the Dataplane's fields win, aggregates merge by name.
+    pub fn with_dataplane(
+        &self,
+        dataplane_metrics: Option<&Value>,
+    ) -> Result<PrometheusMetricsConf, serde_json::Error> {
+        let Some(metrics) = dataplane_metrics else {
+            return Ok(self.clone());
+        };
+        if !matches!(
+            metrics.get("type").and_then(Value::as_str),
+            Some("prometheus")
+        ) {
+            return Ok(self.clone());
+        }
+        let Some(Value::Object(over)) = metrics.get("conf") else {
+            return Ok(self.clone());
+        };
+        let mut merged = serde_json::to_value(self)?;
+        let mut aggregate = self.aggregate.clone();
+        if let Value::Object(base) = &mut merged {
+            for (key, value) in over {
+                if key == "aggregate" {
+                    let theirs: Vec<PrometheusAggregate> = serde_json::from_value(value.clone())?;
+                    for a in theirs {
+                        match aggregate.iter_mut().find(|mine| mine.name == a.name) {
+                            Some(mine) => *mine = a,
+                            None => aggregate.push(a),
+                        }
+                    }
+                } else if let (Some(Value::Object(into)), Value::Object(from)) =
+                    (base.get_mut(key), value)
+                {
+                    into.extend(from.clone());
+                } else {
+                    base.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        let mut conf: PrometheusMetricsConf = serde_json::from_value(merged)?;
+        conf.aggregate = aggregate;
+        Ok(conf)
+    }
+
+    /// The aggregates kuma-dp scrapes: those not switched off.
+    pub fn enabled_aggregates(&self) -> impl Iterator<Item = &PrometheusAggregate> {
+        self.aggregate.iter().filter(|a| a.enabled != Some(false))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -407,5 +550,36 @@ mod tests {
     fn rejects_unknown_top_level_field() {
         let e = validate(&json!({"mtsl": {}})).unwrap_err();
         assert!(e.violations[0].reason.contains("unknown field"));
+    }
+
+    #[test]
+    fn legacy_prometheus_metrics_merge_a_dataplanes_override_as_kuma_does() {
+        let spec: MeshSpec = serde_json::from_value(json!({"metrics": {
+            "enabledBackend": "prometheus-1",
+            "backends": [{"name": "prometheus-1", "type": "prometheus", "conf": {
+                "skipMTLS": true, "envoy": {"usedOnly": true},
+                "aggregate": [{"name": "app", "port": 8080}, {"name": "sidecar", "port": 9000, "path": "/stats"}]}}]}}))
+        .unwrap();
+        let mesh = spec.prometheus_metrics().expect("enabled").expect("parses");
+        assert_eq!((mesh.port, mesh.path.as_str()), (5670, "/metrics"));
+        assert!(mesh.skip_mtls);
+        let dataplane = json!({"type": "prometheus", "conf": {"port": 1234, "envoy": {"filterRegex": "http"},
+            "aggregate": [{"name": "app", "port": 8081, "enabled": false}, {"name": "extra", "port": 7000}]}});
+        let merged = mesh.with_dataplane(Some(&dataplane)).unwrap();
+        assert_eq!((merged.port, merged.path.as_str()), (1234, "/metrics"));
+        let envoy = merged.envoy.clone().unwrap();
+        assert_eq!(
+            (envoy.filter_regex.as_str(), envoy.used_only),
+            ("http", Some(true))
+        );
+        let enabled: Vec<(&str, u32)> = merged
+            .enabled_aggregates()
+            .map(|a| (a.name.as_str(), a.port))
+            .collect();
+        assert_eq!(enabled, vec![("sidecar", 9000), ("extra", 7000)]);
+        let disabled: MeshSpec = serde_json::from_value(json!({"metrics": {
+            "backends": [{"name": "prometheus-1", "type": "prometheus"}]}}))
+        .unwrap();
+        assert!(disabled.prometheus_metrics().is_none());
     }
 }

@@ -21,6 +21,7 @@ use std::hash::{Hash, Hasher};
 use model::ResourceType;
 use model::labels::{SERVICE_TAG, WORKLOAD, ZONE};
 use model::prometheus::label_name;
+use model::specs::mesh::PrometheusTlsMode as LegacyTlsMode;
 use model::specs::policy::{
     MetricBackendType, MetricConf, MetricSidecar, OtelMetricBackend, PrometheusBackend,
     PrometheusTlsMode,
@@ -79,6 +80,8 @@ impl super::PolicyPlugin for Plugin {
         if prometheus.is_empty() && otel.is_empty() {
             return;
         }
+        // As Kuma: a MeshMetric with backends replaces the Mesh's legacy endpoint.
+        rs.remove_origin(Origin::MeshMetrics);
         let socket = model::proxy_paths::metrics_hijacker_socket(&workdir, &proxy.name, &mesh.mesh);
         let address = proxy.spec.networking.address.clone();
         for backend in &prometheus {
@@ -121,6 +124,116 @@ impl super::PolicyPlugin for Plugin {
             dynamic_config_listener(&pipe, &body),
         );
     }
+}
+
+/// The legacy endpoint's listener and cluster (Kuma's `kuma:metrics:prometheus`, served by
+/// kuma-dp's hijacker like MeshMetric's).
+pub const LEGACY_LISTENER: &str = "kuma:metrics:prometheus";
+pub const LEGACY_HIJACKER_CLUSTER: &str = "kuma:metrics:hijacker";
+
+/// The Mesh's legacy Prometheus backend (`spec.metrics`, with the Dataplane's `spec.metrics`
+/// over it; Kuma's `PrometheusEndpointGenerator`): a listener on the proxy's address and
+/// `port` whose `path` goes to kuma-dp as `/?usedonly&filter=...`, so kuma-dp answers with
+/// Envoy's statistics (and the `aggregate` applications, which it learns at bootstrap).
+/// Behind the mesh's mTLS unless `skipMTLS` (Prometheus then presents a mesh certificate);
+/// `tls.mode: activeMTLSBackend` also lets the proxy's own address in without one.
+pub fn legacy_endpoint(rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
+    let Some(base) = &mesh.legacy_metrics else {
+        return;
+    };
+    let conf = match base.with_dataplane(proxy.spec.metrics.as_ref()) {
+        Ok(conf) => conf,
+        Err(e) => {
+            rs.warnings.push(format!(
+                "the Dataplane's metrics do not read as a Prometheus backend ({e}); the Mesh's are served"
+            ));
+            base.clone()
+        }
+    };
+    let networking = &proxy.spec.networking;
+    if networking
+        .inbound
+        .iter()
+        .any(|i| i.port == conf.port || i.service_port == Some(conf.port))
+    {
+        rs.warnings.push(format!(
+            "the Mesh's Prometheus endpoint is not served: port {} is an inbound's",
+            conf.port
+        ));
+        return;
+    }
+    let mut query = Vec::new();
+    if let Some(envoy) = &conf.envoy {
+        if !envoy.filter_regex.is_empty() {
+            query.push(format!("filter={}", query_escape(&envoy.filter_regex)));
+        }
+        if envoy.used_only == Some(true) {
+            query.push("usedonly".into());
+        }
+    }
+    let rewrite = match query.is_empty() {
+        true => "/".to_string(),
+        false => format!("/?{}", query.join("&")),
+    };
+    let route_config = json!({
+        "validate_clusters": false,
+        "virtual_hosts": [{
+            "name": LEGACY_LISTENER,
+            "domains": ["*"],
+            "routes": [{
+                "match": {"prefix": conf.path},
+                "route": {"cluster": LEGACY_HIJACKER_CLUSTER, "prefix_rewrite": rewrite}
+            }]
+        }]
+    });
+    let filter = http_manager(LEGACY_LISTENER, route_config);
+    let tls_mode = conf.tls.as_ref().map(|t| t.mode);
+    let chains = match (mesh.mtls, tls_mode) {
+        (true, None) if !conf.skip_mtls => {
+            let mut chain = filter_chain(vec![filter]);
+            chain["transport_socket"] = crate::envoy::tls::inbound_mtls(&mesh.mesh);
+            vec![chain]
+        }
+        (true, Some(LegacyTlsMode::ActiveMTLSBackend)) => {
+            // The proxy's own address scrapes in plaintext (a node-local agent); anyone else
+            // presents a mesh certificate.
+            let mut local = filter_chain(vec![filter.clone()]);
+            local["filter_chain_match"] = json!({"source_prefix_ranges": [
+                {"address_prefix": networking.address, "prefix_len": if networking.address.contains(':') { 128 } else { 32 }}
+            ]});
+            let mut secured = filter_chain(vec![filter]);
+            secured["transport_socket"] = crate::envoy::tls::inbound_mtls(&mesh.mesh);
+            vec![local, secured]
+        }
+        (_, Some(LegacyTlsMode::ProvidedTls)) => {
+            rs.warnings.push(
+                "the Mesh's Prometheus endpoint: tls.mode providedTLS needs kuma-dp's metrics certificate, which it did not send; served without TLS, as Kuma does".into(),
+            );
+            vec![filter_chain(vec![filter])]
+        }
+        _ => vec![filter_chain(vec![filter])],
+    };
+    let listener = inbound_listener(LEGACY_LISTENER, &networking.address, conf.port, chains);
+    let workdir = rs.env.workdir.clone().unwrap_or_else(|| "/tmp".into());
+    let socket = model::proxy_paths::metrics_hijacker_socket(&workdir, &proxy.name, &mesh.mesh);
+    let mut cluster = hijacker_cluster(&socket);
+    cluster["name"] = json!(LEGACY_HIJACKER_CLUSTER);
+    cluster["alt_stat_name"] = json!(stat_name(LEGACY_HIJACKER_CLUSTER));
+    cluster["load_assignment"]["cluster_name"] = json!(LEGACY_HIJACKER_CLUSTER);
+    rs.add_listener(Origin::MeshMetrics, listener);
+    rs.add_cluster(Origin::MeshMetrics, cluster);
+}
+
+/// A query parameter value with what would end or confuse it escaped.
+fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' | '#' | '%' | '+' | ' ' | '?' | '=' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// An OpenTelemetry backend as kuma-dp exports to it: through a socket Envoy listens on,
@@ -377,6 +490,21 @@ fn extra_labels(mesh: &MeshContext, proxy: &DataplaneEntry) -> BTreeMap<String, 
     if let Some(w) = workload {
         labels.insert("kuma.workload".into(), w.clone());
     }
+    labels.extend(dataplane_labels(mesh, proxy));
+    labels.insert("dataplane".into(), proxy.name.clone());
+    if workload.is_none()
+        && let Some(service) = identifying_service(proxy)
+    {
+        labels.insert("service".into(), service.to_string());
+    }
+    labels
+}
+
+/// A proxy's labels as Kuma's MADS gives them (`DataplaneLabels`): each tag (made a label name)
+/// with its first value and its plural with every value (`,a,b,`), and `kuma_io_mesh_gateway`
+/// on a builtin gateway.
+pub fn dataplane_labels(mesh: &MeshContext, proxy: &DataplaneEntry) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
     let mut tags: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     let inbound_tags = proxy.spec.networking.inbound.iter().map(|i| &i.tags);
     let gateway_tags = proxy.spec.networking.gateway.iter().map(|g| &g.tags);
@@ -400,12 +528,6 @@ fn extra_labels(mesh: &MeshContext, proxy: &DataplaneEntry) -> BTreeMap<String, 
             .map(|g| g.name.clone())
             .unwrap_or_default();
         labels.insert("kuma_io_mesh_gateway".into(), gateway);
-    }
-    labels.insert("dataplane".into(), proxy.name.clone());
-    if workload.is_none()
-        && let Some(service) = identifying_service(proxy)
-    {
-        labels.insert("service".into(), service.to_string());
     }
     labels
 }

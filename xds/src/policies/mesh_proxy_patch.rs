@@ -113,6 +113,8 @@ fn origin_name(origin: Origin) -> &'static str {
         // Kuma's `OriginGateway`.
         Origin::Gateway { .. } => "gateway",
         Origin::Patch => "",
+        // Kuma's `OriginPrometheus`.
+        Origin::MeshMetrics => "prometheus",
         Origin::Policy(model::ResourceType::MeshTrace) => "meshtrace",
         Origin::Policy(_) => "",
     }

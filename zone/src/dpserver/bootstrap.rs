@@ -314,7 +314,40 @@ pub async fn bootstrap(
         .first()
         .map(|i| i.service().to_string())
         .unwrap_or_else(|| "dataplane".into());
-    bootstrap_answer(&state, &req, host, service, admin_port)
+    let aggregate = match legacy_aggregate(&state, &req.mesh, &spec).await {
+        Ok(a) => a,
+        Err(e) => return store_error(e),
+    };
+    let mut answer = bootstrap_answer(&state, &req, host, service, admin_port);
+    answer["kumaSidecarConfiguration"]["metrics"]["aggregate"] = aggregate;
+    Json(answer).into_response()
+}
+
+/// The applications kuma-dp merges into the Mesh's legacy Prometheus endpoint (Kuma hands
+/// them over in the bootstrap answer, so a change reaches a proxy when it restarts, as in
+/// Kuma).
+async fn legacy_aggregate(
+    state: &BootstrapState,
+    mesh: &str,
+    dataplane: &DataplaneSpec,
+) -> Result<Value, StoreError> {
+    let key = ResourceKey::new(ResourceType::Mesh, "", mesh);
+    let spec: model::specs::mesh::MeshSpec = match state.store.get(&key).await {
+        Ok(r) => serde_json::from_value(r.spec).unwrap_or_default(),
+        Err(StoreError::NotFound(_)) => return Ok(json!([])),
+        Err(e) => return Err(e),
+    };
+    let Some(Ok(conf)) = spec.prometheus_metrics() else {
+        return Ok(json!([]));
+    };
+    let conf = conf
+        .with_dataplane(dataplane.metrics.as_ref())
+        .unwrap_or(conf);
+    let apps: Vec<Value> = conf
+        .enabled_aggregates()
+        .map(|a| json!({"name": a.name, "path": a.path, "address": a.address, "port": a.port}))
+        .collect();
+    Ok(Value::Array(apps))
 }
 
 /// Envoy's bootstrap for the proxy `req` names, in Kuma's answer shape.
@@ -324,7 +357,7 @@ fn bootstrap_answer(
     cp_host: String,
     service: String,
     admin_port: u32,
-) -> Response {
+) -> Value {
     let proxy_type = match req.proxy_type.as_str() {
         "" => "dataplane".to_string(),
         t => t.to_string(),
@@ -349,11 +382,10 @@ fn bootstrap_answer(
         });
     tracing::info!(mesh = %req.mesh, name = %req.name, %proxy_type, "bootstrap served");
     let bytes = serde_json::to_vec_pretty(&bootstrap).unwrap_or_default();
-    Json(json!({
+    json!({
         "bootstrap": base64::engine::general_purpose::STANDARD.encode(bytes),
         "kumaSidecarConfiguration": {"networking": {"isUsingTransparentProxy": false}, "metrics": {"aggregate": []}}
-    }))
-    .into_response()
+    })
 }
 
 /// The address the proxy reached us on is the one Envoy will dial: HTTP/2 carries it as the
@@ -462,7 +494,14 @@ async fn zone_proxy_bootstrap(
         .as_u64()
         .and_then(|p| u32::try_from(p).ok())
         .unwrap_or(9901);
-    bootstrap_answer(state, req, host, req.proxy_type.clone(), admin_port)
+    Json(bootstrap_answer(
+        state,
+        req,
+        host,
+        req.proxy_type.clone(),
+        admin_port,
+    ))
+    .into_response()
 }
 
 pub async fn deregister(

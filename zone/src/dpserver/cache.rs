@@ -660,6 +660,7 @@ impl MeshState {
             },
             gateways: self.gateways.values().cloned().collect(),
             gateway_certificates: self.gateway_certificates.clone(),
+            legacy_metrics: legacy_metrics(&self.name, &self.spec),
             // A snapshot is never changed once published, so its proxies share work.
             shared: Some(Arc::default()),
         };
@@ -668,6 +669,21 @@ impl MeshState {
             context,
             ca: self.ca.clone(),
             encoded: self.encoded.clone(),
+        }
+    }
+}
+
+/// The Mesh's enabled legacy Prometheus backend; one whose `conf` does not read is left out
+/// (and logged), as no proxy could be given it.
+fn legacy_metrics(
+    mesh: &str,
+    spec: &MeshSpec,
+) -> Option<model::specs::mesh::PrometheusMetricsConf> {
+    match spec.prometheus_metrics()? {
+        Ok(conf) => Some(conf),
+        Err(e) => {
+            tracing::warn!(%mesh, error = %e, "the Mesh's enabled metrics backend does not read as Prometheus's; not served");
+            None
         }
     }
 }
