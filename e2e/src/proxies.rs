@@ -355,6 +355,18 @@ impl Cp {
 
     /// kuma-dp of `proxy` type with the resource in `yaml` (`{{ name }}` is `name`).
     pub fn kuma_dp(&self, proxy: ProxyType, name: &str, yaml: &str, token: &Path) -> Proc {
+        self.kuma_dp_with(proxy, name, yaml, token, &[])
+    }
+
+    /// [`Cp::kuma_dp`] with more arguments to `kuma-dp run`.
+    pub fn kuma_dp_with(
+        &self,
+        proxy: ProxyType,
+        name: &str,
+        yaml: &str,
+        token: &Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> Proc {
         // A zone ingress and a zone egress may share a name: their files must not.
         let files = match proxy {
             ProxyType::Dataplane => name.to_string(),
@@ -381,7 +393,8 @@ impl Cp {
             .arg(&self.envoy)
             .arg("--config-dir")
             .arg(self.dir.join(format!("envoy-{files}")))
-            .args(["--drain-time", "1s"]);
+            .args(["--drain-time", "1s"])
+            .args(extra);
         Proc::start(&mut cmd, self.dir.join(format!("kuma-dp-{files}.log")))
     }
 }

@@ -310,7 +310,8 @@ fn prometheus_scrapes_every_proxy_through_the_service_discovery() {
 /// The Mesh's legacy Prometheus backend (`spec.metrics`, before MeshMetric): a sidecar started
 /// after it is enabled serves Envoy's statistics and its app's own (`aggregate`, handed to
 /// kuma-dp in the bootstrap) on the backend's port, and the zone's service discovery lists it
-/// with the Dataplane's tags as labels.
+/// with the Dataplane's tags as labels. A Dataplane overriding it with `tls.mode: providedTLS`
+/// serves the certificate its kuma-dp was given.
 #[test]
 fn the_meshs_legacy_prometheus_backend_serves_envoy_and_the_app() {
     let Some(envoy) = envoy("the_meshs_legacy_prometheus_backend_serves_envoy_and_the_app") else {
@@ -369,6 +370,40 @@ fn the_meshs_legacy_prometheus_backend_serves_envoy_and_the_app() {
     assert_eq!(
         group["labels"]["__meta_kuma_label_kuma_io_services"],
         ",web,"
+    );
+
+    // A Dataplane asking for providedTLS gets kuma-dp's own certificate on its endpoint.
+    let (cert, _) = e2e::proxies::certificate(&env.dir, "metrics.local", "metrics");
+    let key = env.dir.join("metrics-key.pem");
+    let tls_port = free_port();
+    let yaml = format!(
+        "type: Dataplane\nname: {{{{ name }}}}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {app_port}\n    tags:\n      kuma.io/service: web\nmetrics:\n  type: prometheus\n  conf:\n    port: {tls_port}\n    tls:\n      mode: providedTLS\n",
+        free_port()
+    );
+    let web2 = env.kuma_dp_with(
+        e2e::proxies::ProxyType::Dataplane,
+        "web-2",
+        &yaml,
+        &env.token("web-2", "default"),
+        &[
+            "--metrics-cert-path".as_ref(),
+            cert.as_os_str(),
+            "--metrics-key-path".as_ref(),
+            key.as_os_str(),
+        ],
+    );
+    within(
+        Duration::from_secs(60),
+        "web-2 serves its metrics over TLS with kuma-dp's certificate",
+        || {
+            e2e::proxies::curl_https("metrics.local", tls_port, &cert, "/metrics")
+                .is_some_and(|body| body.contains("envoy_server_live"))
+        },
+        || format!("{}\n--- web-2:\n{}", cp.logs(), web2.logs()),
+    );
+    assert!(
+        http_response(tls_port, "/metrics").is_none_or(|(status, _)| status != 200),
+        "plaintext is refused"
     );
 }
 

@@ -70,6 +70,9 @@ pub struct ProxyEnv {
     /// kuma-dp's working directory (`workdir`), where its sockets and pipes live; the
     /// system's temporary directory when kuma-dp did not say.
     pub workdir: Option<String>,
+    /// The certificate and key files (on the proxy's host) kuma-dp has for the metrics
+    /// listener (Kuma's `metricsCertPath`, `metricsKeyPath`).
+    pub metrics_certificate: Option<(String, String)>,
 }
 
 impl ProxyEnv {

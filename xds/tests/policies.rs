@@ -40,11 +40,30 @@ fn with_timeouts(mut m: MeshContext, timeouts: Vec<Policy<MeshTimeoutSpec>>) -> 
 /// one (Envoy's validate mode binds the pipes there, so it must exist), checked against the
 /// schema and validated by Envoy as `name`; the directory's path, removed again.
 fn in_workdir(m: &MeshContext, proxy: &str, name: &str) -> (xds::ProxyResources, String) {
+    in_workdir_with(m, proxy, name, false)
+}
+
+/// [`in_workdir`], kuma-dp having a metrics certificate (written to the working directory)
+/// when `metrics_certificate`.
+fn in_workdir_with(
+    m: &MeshContext,
+    proxy: &str,
+    name: &str,
+    metrics_certificate: bool,
+) -> (xds::ProxyResources, String) {
     let workdir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&workdir).expect("workdir");
-    let env = xds::ProxyEnv {
+    let mut env = xds::ProxyEnv {
         workdir: Some(workdir.display().to_string()),
+        ..Default::default()
     };
+    if metrics_certificate {
+        let pair = security::tls::self_signed(&["web-1".into()]).expect("certificate");
+        let (cert, key) = (workdir.join("metrics.crt"), workdir.join("metrics.key"));
+        std::fs::write(&cert, pair.cert_pem).expect("cert file");
+        std::fs::write(&key, pair.key_pem).expect("key file");
+        env.metrics_certificate = Some((cert.display().to_string(), key.display().to_string()));
+    }
     let r = xds::sidecar_in(m, proxy, &env).expect("generate");
     check_schema(&r);
     envoy_validates(name, &r);
@@ -816,6 +835,81 @@ fn metric_prometheus_backends() {
     // Without a MeshMetric there is no metrics listener at all.
     let plain = config(&mesh("http", true, vec![allow_all()]), "web-1");
     assert!(!plain.to_string().contains("_kuma:metrics"), "{plain}");
+}
+
+/// MeshMetric's Prometheus TLS modes: ProvidedTLS serves kuma-dp's certificate files (plaintext
+/// and a warning when kuma-dp has none, as Kuma), ActiveMTLSBackend requires a mesh certificate
+/// (a warning when the mesh has no mTLS). Validated by Envoy, which reads the files.
+#[test]
+fn metric_prometheus_tls_modes() {
+    let with_mode = |mode: &str, mtls: bool| {
+        with(
+            mesh("http", mtls, vec![allow_all()]),
+            vec![policy::<MeshMetricSpec>(
+                "metrics",
+                json!({"targetRef": {"kind": "Mesh"}, "default": {"backends": [
+                    {"type": "Prometheus", "prometheus": {"port": 5670, "tls": {"mode": mode}}}]}}),
+            )],
+        )
+    };
+    let chain = |r: &xds::ProxyResources| {
+        r.listeners
+            .iter()
+            .find(|l| l["name"] == "_kuma:metrics:prometheus:default-backend")
+            .expect("the listener")["filter_chains"][0]
+            .clone()
+    };
+    let (r, workdir) = in_workdir_with(
+        &with_mode("ProvidedTLS", false),
+        "web-1",
+        "metric-provided-tls",
+        true,
+    );
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let tls =
+        &chain(&r)["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0];
+    assert_eq!(
+        tls["certificate_chain"]["filename"],
+        format!("{workdir}/metrics.crt")
+    );
+    assert_eq!(
+        tls["private_key"]["filename"],
+        format!("{workdir}/metrics.key")
+    );
+
+    let (r, _) = in_workdir(
+        &with_mode("ProvidedTLS", false),
+        "web-1",
+        "metric-provided-none",
+    );
+    assert!(chain(&r).get("transport_socket").is_none());
+    assert!(
+        r.warnings[0].contains("--metrics-cert-path"),
+        "{:?}",
+        r.warnings
+    );
+
+    let (r, _) = in_workdir(
+        &with_mode("ActiveMTLSBackend", true),
+        "web-1",
+        "metric-active",
+    );
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(
+        chain(&r)["transport_socket"]["typed_config"]["require_client_certificate"],
+        true
+    );
+    let (r, _) = in_workdir(
+        &with_mode("ActiveMTLSBackend", false),
+        "web-1",
+        "metric-active-off",
+    );
+    assert!(chain(&r).get("transport_socket").is_none());
+    assert!(
+        r.warnings[0].contains("mTLS, which is off"),
+        "{:?}",
+        r.warnings
+    );
 }
 
 /// The Mesh's legacy Prometheus backend (`spec.metrics`): `kuma:metrics:prometheus` on the

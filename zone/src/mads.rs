@@ -23,7 +23,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use model::ResourceType;
-use model::specs::policy::{MetricBackendType, MetricConf};
+use model::specs::policy::{MetricBackendType, MetricConf, PrometheusTlsMode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -159,8 +159,12 @@ fn targets(snapshot: &MeshSnapshot) -> Vec<ClientTarget> {
                     mesh: context.mesh.clone(),
                     service: service.to_string(),
                     name: proxy.name.clone(),
-                    // The listener is plaintext whatever the TLS mode (see the xDS plugin).
-                    scheme: "http",
+                    // Kuma's: only ProvidedTLS is scraped over TLS (ActiveMTLSBackend is for a
+                    // Prometheus in the mesh, whose own sidecar speaks mTLS).
+                    scheme: match prometheus.tls.as_ref().map(|t| t.mode) {
+                        Some(PrometheusTlsMode::ProvidedTLS) => "https",
+                        _ => "http",
+                    },
                     address,
                     metrics_path: prometheus
                         .path
@@ -190,8 +194,10 @@ fn legacy_target(
         mesh: context.mesh.clone(),
         service: service.to_string(),
         name: proxy.name.clone(),
-        // providedTLS falls back to plaintext here (see the xDS side), so the scheme stays.
-        scheme: "http",
+        scheme: match conf.tls.as_ref().map(|t| t.mode) {
+            Some(model::specs::mesh::PrometheusTlsMode::ProvidedTls) => "https",
+            _ => "http",
+        },
         address: host_port(address, conf.port),
         metrics_path: conf.path.clone(),
         labels: dataplane_labels(context, proxy),

@@ -53,6 +53,21 @@ struct RunArgs {
     /// CA that signed the data plane server's certificate (kuma-cp writes it to its workDir).
     #[arg(long, env = "KUMA_CONTROL_PLANE_CA_CERT_FILE")]
     ca_cert_file: Option<PathBuf>,
+    /// A certificate (PEM) the MeshMetric Prometheus listener serves with `tls.mode:
+    /// ProvidedTLS`; with --metrics-key-path.
+    #[arg(
+        long,
+        env = "KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH",
+        requires = "metrics_key_path"
+    )]
+    metrics_cert_path: Option<PathBuf>,
+    /// The key of --metrics-cert-path.
+    #[arg(
+        long,
+        env = "KUMA_DATAPLANE_RUNTIME_METRICS_KEY_PATH",
+        requires = "metrics_cert_path"
+    )]
+    metrics_key_path: Option<PathBuf>,
     /// File holding the dataplane token (`kumactl generate dataplane-token`).
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_TOKEN_PATH")]
     dataplane_token_file: Option<PathBuf>,
@@ -379,6 +394,10 @@ async fn run(args: RunArgs) -> Result<()> {
         "version": {"kumaDp": {"version": VERSION, "gitTag": "", "gitCommit": "", "buildDate": ""},
                     "envoy": envoy_version(&envoy).await},
         "workdir": dir.display().to_string(),
+        "metricsResources": {
+            "certPath": args.metrics_cert_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            "keyPath": args.metrics_key_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        },
     });
     let answer = call_with_retries(
         &client,

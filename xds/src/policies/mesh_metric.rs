@@ -86,17 +86,27 @@ impl super::PolicyPlugin for Plugin {
         let address = proxy.spec.networking.address.clone();
         for backend in &prometheus {
             let name = format!("{PROMETHEUS_LISTENER_PREFIX}:{}", client_id(backend));
-            if let Some(tls) = &backend.tls
-                && tls.mode != PrometheusTlsMode::Disabled
-            {
-                rs.warnings.push(format!(
-                    "MeshMetric backend {name} for {what}: TLS mode {:?} is not implemented, the endpoint is served without TLS (as Kuma does when no certificate is configured)",
-                    tls.mode
-                ));
-            }
+            let transport = match backend.tls.as_ref().map(|t| t.mode) {
+                None | Some(PrometheusTlsMode::Disabled) => None,
+                Some(PrometheusTlsMode::ProvidedTLS) => {
+                    provided_tls(rs, &format!("MeshMetric backend {name} for {what}"))
+                }
+                Some(PrometheusTlsMode::ActiveMTLSBackend) if mesh.mtls => {
+                    Some(crate::envoy::tls::inbound_mtls(&mesh.mesh))
+                }
+                Some(PrometheusTlsMode::ActiveMTLSBackend) => {
+                    rs.warnings.push(format!(
+                        "MeshMetric backend {name} for {what}: TLS mode ActiveMTLSBackend needs the mesh's mTLS, which is off; served without TLS"
+                    ));
+                    None
+                }
+            };
             let port = backend.port.unwrap_or(DEFAULT_PORT);
             let path = backend.path.as_deref().unwrap_or(DEFAULT_PATH);
-            let listener = scrape_listener(&name, &address, port, path);
+            let mut listener = scrape_listener(&name, &address, port, path);
+            if let Some(transport) = transport {
+                listener["filter_chains"][0]["transport_socket"] = transport;
+            }
             rs.add_listener(Origin::Policy(self.kind()), listener);
         }
         if !prometheus.is_empty() {
@@ -206,10 +216,11 @@ pub fn legacy_endpoint(rs: &mut ResourceSet, mesh: &MeshContext, proxy: &Datapla
             vec![local, secured]
         }
         (_, Some(LegacyTlsMode::ProvidedTls)) => {
-            rs.warnings.push(
-                "the Mesh's Prometheus endpoint: tls.mode providedTLS needs kuma-dp's metrics certificate, which it did not send; served without TLS, as Kuma does".into(),
-            );
-            vec![filter_chain(vec![filter])]
+            let mut chain = filter_chain(vec![filter]);
+            if let Some(transport) = provided_tls(rs, "the Mesh's Prometheus endpoint") {
+                chain["transport_socket"] = transport;
+            }
+            vec![chain]
         }
         _ => vec![filter_chain(vec![filter])],
     };
@@ -222,6 +233,30 @@ pub fn legacy_endpoint(rs: &mut ResourceSet, mesh: &MeshContext, proxy: &Datapla
     cluster["load_assignment"]["cluster_name"] = json!(LEGACY_HIJACKER_CLUSTER);
     rs.add_listener(Origin::MeshMetrics, listener);
     rs.add_cluster(Origin::MeshMetrics, cluster);
+}
+
+/// TLS with the certificate kuma-dp was given for its metrics listener (`--metrics-cert-path`,
+/// `--metrics-key-path`, read by Envoy from the proxy's host); without one, plaintext and a
+/// warning, as Kuma falls back.
+fn provided_tls(rs: &mut ResourceSet, what: &str) -> Option<Value> {
+    let Some((cert, key)) = rs.env.metrics_certificate.clone() else {
+        rs.warnings.push(format!(
+            "{what}: TLS mode ProvidedTLS needs kuma-dp's --metrics-cert-path and --metrics-key-path, which it was not given; served without TLS, as Kuma does"
+        ));
+        return None;
+    };
+    Some(
+        json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": cert},
+                    "private_key": {"filename": key}
+                }]
+            }
+        }}),
+    )
 }
 
 /// A query parameter value with what would end or confuse it escaped.

@@ -197,6 +197,13 @@ impl AggregatedDiscoveryService for AdsServer {
             cert: None,
             generation: 0,
         };
+        let text = |key: &str| {
+            metadata
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
         let mut stream = ProxyStream {
             store: self.store.clone(),
             view: self.view.clone(),
@@ -217,11 +224,8 @@ impl AggregatedDiscoveryService for AdsServer {
             cert: None,
             warnings: Vec::new(),
             env: xds::ProxyEnv {
-                workdir: metadata
-                    .get("workdir")
-                    .and_then(Value::as_str)
-                    .filter(|w| !w.is_empty())
-                    .map(str::to_string),
+                workdir: text("workdir"),
+                metrics_certificate: text("metricsCertPath").zip(text("metricsKeyPath")),
             },
             built_from: None,
             metrics: self.metrics.clone(),

@@ -59,6 +59,18 @@ pub struct BootstrapRequest {
     /// kuma-dp's working directory: its pipes and sockets (the access-log pipe) live there.
     #[serde(default)]
     pub workdir: String,
+    /// The certificate and key kuma-dp has for the metrics listener (`ProvidedTLS`).
+    #[serde(default)]
+    pub metrics_resources: MetricsResources,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsResources {
+    #[serde(default)]
+    pub cert_path: String,
+    #[serde(default)]
+    pub key_path: String,
 }
 
 /// Kuma's error body, with the field at fault.
@@ -366,6 +378,12 @@ fn bootstrap_answer(
     metadata.insert("version".into(), req.version.clone());
     if !req.workdir.is_empty() {
         metadata.insert("workdir".into(), json!(req.workdir));
+    }
+    // Kuma's node metadata keys, read back by the data plane server.
+    let metrics = &req.metrics_resources;
+    if !metrics.cert_path.is_empty() && !metrics.key_path.is_empty() {
+        metadata.insert("metricsCertPath".into(), json!(metrics.cert_path));
+        metadata.insert("metricsKeyPath".into(), json!(metrics.key_path));
     }
     let bootstrap =
         xds::generator::bootstrap::generate(&xds::generator::bootstrap::BootstrapParams {
