@@ -430,6 +430,47 @@ fn mesh_access_log(f: &Fixture) {
         .expect("the forwarded line is JSON");
     assert_eq!(line, json!({"path": "/logged", "mesh": "default"}));
     f.remove("MeshAccessLog", "web-logs");
+
+    // A file Envoy cannot open: Envoy rejects the listeners (keeping the ones it has, so
+    // traffic flows on), and the reason shows on web-1's insight until the policy is fixed.
+    f.apply(
+        "MeshAccessLog",
+        "unwritable",
+        json!({"targetRef": {"kind": "MeshService", "name": "web"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [
+                {"type": "File", "file": {"path": "/proc/no-such-dir/access.log"}}]}}]}),
+    );
+    let rejection = || {
+        f.env
+            .get("/meshes/default/dataplanes+insights/web-1")
+            .map(|o| o["dataplaneInsight"]["metadata"]["lastRejection"].clone())
+            .filter(|r| !r.is_null())
+    };
+    within(
+        Duration::from_secs(20),
+        "web-1's insight says why Envoy rejected its listeners",
+        || {
+            rejection().is_some_and(|r| {
+                r["type"] == "lds"
+                    && r["reason"]
+                        .as_str()
+                        .is_some_and(|why| why.contains("/proc/no-such-dir/access.log"))
+            })
+        },
+        || f.logs(),
+    );
+    assert_eq!(
+        f.get("/").0,
+        Some(200),
+        "traffic flows on the last listeners"
+    );
+    f.remove("MeshAccessLog", "unwritable");
+    within(
+        Duration::from_secs(20),
+        "the rejection clears once Envoy accepts the listeners again",
+        || rejection().is_none(),
+        || f.logs(),
+    );
 }
 
 /// A Zipkin collector for the test: takes `POST /api/v2/spans` (Zipkin's JSON v2, as Envoy's

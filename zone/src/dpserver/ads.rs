@@ -30,7 +30,7 @@ use xds::wire::{self, WireError};
 use crate::dpserver::auth::ProxyAuth;
 use crate::dpserver::cache::{MeshSnapshot, ZoneProxies, ZoneView};
 use crate::dpserver::encoded::{self, Encoded, EncodedCache};
-use crate::dpserver::insight::{CertState, StreamRecord};
+use crate::dpserver::insight::{CertState, Rejection, StreamRecord};
 use crate::dpserver::metrics::{Connected, XdsMetrics};
 use tracing::Instrument;
 
@@ -196,6 +196,7 @@ impl AggregatedDiscoveryService for AdsServer {
             counts: BTreeMap::new(),
             cert: None,
             generation: 0,
+            rejection: None,
         };
         let text = |key: &str| {
             metadata
@@ -469,17 +470,34 @@ impl ProxyStream {
     async fn handle(&mut self, req: DeltaDiscoveryRequest) -> Result<(), StreamError> {
         let type_url = req.type_url.clone();
         let counts = self.record.counts.entry(short_name(&type_url)).or_default();
+        let kind = short_name(&type_url);
         if let Some(err) = &req.error_detail {
             counts.rejected += 1;
-            XdsMetrics::observe(&self.metrics, |m| &m.nacked, short_name(&type_url));
+            XdsMetrics::observe(&self.metrics, |m| &m.nacked, kind);
             tracing::warn!(mesh = %self.mesh, name = %self.name, type_url = %type_url, nonce = %req.response_nonce, reason = %err.message, "Envoy rejected the configuration (NACK); it keeps the last one it accepted");
             // Envoy holds the older versions; nothing is resent until the configuration changes.
             if let Some(sent) = self.sent.get_mut(&type_url) {
                 sent.clear();
             }
+            // On the insight at once: an operator looking at the proxy sees why.
+            self.record.rejection = Some(Rejection {
+                kind,
+                reason: err.message.clone(),
+                time: Timestamp::now(),
+            });
+            self.flush_insight().await;
         } else if !req.response_nonce.is_empty() {
             counts.acknowledged += 1;
-            XdsMetrics::observe(&self.metrics, |m| &m.acked, short_name(&type_url));
+            XdsMetrics::observe(&self.metrics, |m| &m.acked, kind);
+            if self
+                .record
+                .rejection
+                .as_ref()
+                .is_some_and(|r| r.kind == kind)
+            {
+                self.record.rejection = None;
+                self.flush_insight().await;
+            }
         }
         let first_for_type = !self.subscriptions.contains_key(&type_url);
         let sub = self.subscriptions.entry(type_url.clone()).or_default();

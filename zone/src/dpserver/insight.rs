@@ -56,7 +56,23 @@ pub struct StreamRecord {
     pub cert: Option<CertState>,
     /// Bumped whenever the configuration sent changes.
     pub generation: u64,
+    /// The last configuration Envoy rejected and why, until it accepts that type again.
+    pub rejection: Option<Rejection>,
 }
+
+/// A NACK's reason (an access-log file Envoy cannot open, a certificate file missing, ...),
+/// shown on the insight as `metadata.lastRejection`: Kuma's subscriptions only count
+/// rejections, and `metadata` is the one free-form field of Kuma's DataplaneInsight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// Kuma's short name of the xDS type: `lds`, `cds`, ...
+    pub kind: &'static str,
+    pub reason: String,
+    pub time: Timestamp,
+}
+
+/// The key of [`Rejection`] in the insight's `metadata`.
+pub const LAST_REJECTION: &str = "lastRejection";
 
 impl StreamRecord {
     fn subscription(&self, now: Timestamp) -> Subscription {
@@ -134,6 +150,22 @@ pub async fn write(store: &SharedStore, record: &StreamRecord) -> Result<(), Sto
         if let Some(m) = &mtls {
             spec.mtls = Some(m.clone());
         }
+        let mut metadata = match spec.metadata.take() {
+            Some(Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        match &record.rejection {
+            Some(r) => {
+                metadata.insert(
+                    LAST_REJECTION.into(),
+                    json!({"type": r.kind, "reason": r.reason, "time": r.time.to_string()}),
+                );
+            }
+            None => {
+                metadata.remove(LAST_REJECTION);
+            }
+        }
+        spec.metadata = (!metadata.is_empty()).then_some(Value::Object(metadata));
         r.spec = serde_json::to_value(&spec).unwrap_or_else(|_| json!({}));
     })
     .await
