@@ -196,6 +196,54 @@ fn cross_zone_traffic_through_the_ingress() {
         .collect();
     assert!(zone2_services.contains(&json!("backend")), "{ingress:?}");
 
+    // MeshTrace across the ingress: web's client span in zone-1 and backend's server span in
+    // zone-2 share one trace (the ingress passes the trace context through, untouched).
+    let collector = e2e::otlp::otlp_collector();
+    global.put(
+        "/meshes/default/meshtraces/cross-zone",
+        json!({"type": "MeshTrace", "mesh": "default", "name": "cross-zone", "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": {
+                "endpoint": format!("127.0.0.1:{}", collector.port)}}]}}}),
+    );
+    let zone_of = |span: &proto::kuma::otlp::Span| {
+        e2e::otlp::attribute(&span.attributes, "kuma.zone").map(str::to_string)
+    };
+    let mut spans = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let shared = loop {
+        let _ = call(outbound);
+        while let Ok(span) = collector.spans.recv_timeout(Duration::from_millis(300)) {
+            spans.push(span);
+        }
+        // OTLP span kinds: 2 server, 3 client.
+        let pair = spans.iter().find_map(|client| {
+            (client.kind == 3 && zone_of(client).as_deref() == Some("zone-1")).then_some(())?;
+            spans
+                .iter()
+                .find(|server| {
+                    server.kind == 2
+                        && server.trace_id == client.trace_id
+                        && zone_of(server).as_deref() == Some("zone-2")
+                })
+                .map(|server| server.trace_id.clone())
+        });
+        if let Some(trace) = pair {
+            break trace;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no trace shared by web (zone-1) and backend (zone-2); {} spans: {:?}",
+            spans.len(),
+            spans
+                .iter()
+                .map(|s| (s.kind, zone_of(s), s.name.clone()))
+                .collect::<Vec<_>>()
+        );
+    };
+    assert_eq!(shared.len(), 16, "a W3C trace id");
+    global.delete("/meshes/default/meshtraces/cross-zone");
+
     // Inspect through global: kumactl pointed at global fetches the config dump of zone-1's
     // web-1 over KDS (global names it with its zone's hash suffix), and the API on global
     // reaches zone-2's ingress the same way.

@@ -20,8 +20,8 @@ macro_rules! conformance_tests {
             create_then_get, create_duplicate_fails, create_requires_mesh, update_bumps_version,
             stale_update_conflicts, update_and_delete_missing, list_is_ordered_and_paged,
             list_filters, list_across_meshes, global_scoped_ignore_mesh, delete_mesh_cascades,
-            delete_owner_removes_insight, events_follow_writes, concurrent_updates_one_wins,
-            content_round_trips);
+            delete_owner_removes_insight, events_follow_writes, events_carry_the_writes_trace,
+            concurrent_updates_one_wins, content_round_trips);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -419,6 +419,45 @@ pub async fn events_follow_writes(store: SharedStore) {
     store.delete(&created.key()).await.expect("delete");
     let ev = next_event_in_mesh(&mut rx, "c-events").await;
     assert_eq!((ev.op, ev.key), (Operation::Delete, created.key()));
+}
+
+/// A write made in a trace (an API request's span) gives its change event that trace as its
+/// cause, whatever the backend's events come from (Postgres's NOTIFY, etcd's watch); a write
+/// outside one gives none.
+pub async fn events_carry_the_writes_trace(store: SharedStore) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing::Instrument;
+    use tracing_subscriber::layer::SubscriberExt;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("conformance")));
+    // The test's own future runs on this thread: its spans and the store's reads of them see
+    // this subscriber.
+    let _default = tracing::subscriber::set_default(subscriber);
+    let mut rx = store.subscribe();
+    fresh_mesh(&store, "c-trace").await;
+    let span = tracing::info_span!("api request");
+    let expected = crate::trace::traceparent(&span).expect("a span in a trace");
+    let created = store
+        .create(timeout("c-trace", "t1"))
+        .instrument(span)
+        .await
+        .expect("create");
+    loop {
+        let ev = next_event_in_mesh(&mut rx, "c-trace").await;
+        if ev.key == created.key() {
+            assert_eq!(ev.cause.as_deref(), Some(&*expected), "{ev:?}");
+            break;
+        }
+    }
+    let updated = store.update(created).await.expect("update");
+    loop {
+        let ev = next_event_in_mesh(&mut rx, "c-trace").await;
+        if ev.key == updated.key() && ev.version == updated.meta.version {
+            assert_eq!(ev.cause, None, "an untraced write has no cause");
+            break;
+        }
+    }
 }
 
 pub async fn concurrent_updates_one_wins(store: SharedStore) {

@@ -43,6 +43,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::leader::{LeaderElector, LeaseTiming};
+use crate::trace::PendingCauses;
 use crate::{
     ChangeEvent, ListPage, ListQuery, Operation, ResourceStore, Result, StoreError, paginate,
 };
@@ -453,6 +454,7 @@ pub struct EtcdStore {
     request_timeout: Duration,
     max_value_bytes: usize,
     events: broadcast::Sender<ChangeEvent>,
+    causes: PendingCauses,
     _watcher: AbortOnDrop,
 }
 
@@ -466,7 +468,9 @@ impl EtcdStore {
             .max_decoding_message_size(MAX_DECODING_BYTES);
         let layout = Layout::new(&config.key_prefix);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let causes = PendingCauses::default();
         let mut watcher = Watcher {
+            causes: causes.clone(),
             kv: kv.clone(),
             watch: client
                 .watch_client()
@@ -493,6 +497,7 @@ impl EtcdStore {
             request_timeout: config.request_timeout,
             max_value_bytes: config.max_value_bytes,
             events,
+            causes,
             _watcher: AbortOnDrop(task.abort_handle()),
         })
     }
@@ -621,6 +626,7 @@ impl ResourceStore for EtcdStore {
     async fn create(&self, mut resource: Resource) -> Result<Resource> {
         let key = normalized_key(&mut resource);
         let etcd_key = self.layout.key(&key);
+        let pending = self.causes.expect(&key);
         let now = Timestamp::now();
         resource.meta.version = 1;
         resource.meta.creation_time = now;
@@ -651,6 +657,7 @@ impl ResourceStore for EtcdStore {
             .or_else(otherwise);
         let resp = self.txn(txn).await?;
         if resp.succeeded() {
+            pending.committed();
             return Ok(resource);
         }
         let responses = resp.op_responses();
@@ -665,6 +672,7 @@ impl ResourceStore for EtcdStore {
     async fn update(&self, mut resource: Resource) -> Result<Resource> {
         let key = normalized_key(&mut resource);
         let etcd_key = self.layout.key(&key);
+        let pending = self.causes.expect(&key);
         let expected = resource.meta.version;
         // A lost race re-reads; after a few the caller gets the conflict it would get anyway.
         for _ in 0..4 {
@@ -697,6 +705,7 @@ impl ResourceStore for EtcdStore {
                 .or_else(vec![TxnOp::get(etcd_key.clone(), None)]);
             let resp = self.txn(txn).await?;
             if resp.succeeded() {
+                pending.committed();
                 return Ok(resource);
             }
             let responses = resp.op_responses();
@@ -723,6 +732,7 @@ impl ResourceStore for EtcdStore {
     async fn delete(&self, key: &ResourceKey) -> Result<()> {
         let key = ResourceKey::new(key.kind, key.mesh.clone(), key.name.clone());
         let etcd_key = self.layout.key(&key);
+        let pending = self.causes.expect(&key);
         let mut ops = vec![TxnOp::delete(etcd_key.clone(), None)];
         if key.kind == ResourceType::Mesh {
             for kind in ResourceType::all().filter(|k| k.is_mesh_scoped()) {
@@ -743,6 +753,7 @@ impl ResourceStore for EtcdStore {
             )])
             .and_then(ops);
         if self.txn(txn).await?.succeeded() {
+            pending.committed();
             Ok(())
         } else {
             Err(StoreError::NotFound(key))
@@ -781,6 +792,7 @@ struct Seen {
 
 /// The single watch of one store instance, and the index that lets it catch up after a gap.
 struct Watcher {
+    causes: PendingCauses,
     kv: KvClient,
     watch: WatchClient,
     layout: Layout,
@@ -796,11 +808,12 @@ struct Watcher {
 impl Watcher {
     fn emit(&self, op: Operation, key: ResourceKey, version: u64) {
         // No receivers is fine: nobody is listening yet.
+        let cause = self.causes.take(&key);
         let _ = self.events.send(ChangeEvent {
             op,
             key,
             version,
-            cause: None,
+            cause,
         });
     }
 

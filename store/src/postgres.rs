@@ -18,6 +18,7 @@ use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 use tokio::sync::{broadcast, watch};
 
 use crate::leader::{LeaderElector, LeaseTiming};
+use crate::trace::PendingCauses;
 use crate::{ChangeEvent, ListPage, ListQuery, Operation, ResourceStore, Result, StoreError};
 
 const EVENT_CHANNEL: &str = "kuma_resource_events";
@@ -127,6 +128,7 @@ fn nanos(t: Timestamp) -> i64 {
 pub struct PostgresStore {
     pool: PgPool,
     events: broadcast::Sender<ChangeEvent>,
+    causes: PendingCauses,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -149,10 +151,16 @@ impl PostgresStore {
 
     pub fn from_pool(pool: PgPool) -> PostgresStore {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let listener = tokio::spawn(listen_for_changes(pool.clone(), events.clone()));
+        let causes = PendingCauses::default();
+        let listener = tokio::spawn(listen_for_changes(
+            pool.clone(),
+            events.clone(),
+            causes.clone(),
+        ));
         PostgresStore {
             pool,
             events,
+            causes,
             listener,
         }
     }
@@ -306,6 +314,7 @@ impl ResourceStore for PostgresStore {
         let key = resource.key();
         let (spec, status, labels) = encode(&resource)?;
         let now = Timestamp::now();
+        let pending = self.causes.expect(&key);
         let mut tx = self
             .pool
             .begin()
@@ -333,6 +342,7 @@ impl ResourceStore for PostgresStore {
             Err(e) => return Err(unavailable("create", e)),
         }
         tx.commit().await.map_err(|e| unavailable("create", e))?;
+        pending.committed();
         resource.meta.version = 1;
         resource.meta.creation_time = Timestamp(nanos(now) as i128);
         resource.meta.modification_time = resource.meta.creation_time;
@@ -343,6 +353,7 @@ impl ResourceStore for PostgresStore {
         let key = resource.key();
         let (spec, status, labels) = encode(&resource)?;
         let now = nanos(Timestamp::now());
+        let pending = self.causes.expect(&key);
         let row = sqlx::query(
             "UPDATE resources SET version = version + 1, spec = $5, status = $6, labels = $7, \
              modification_time = GREATEST($8, modification_time) \
@@ -369,6 +380,7 @@ impl ResourceStore for PostgresStore {
                 actual: current.meta.version,
             });
         };
+        pending.committed();
         let get_err = |e: sqlx::Error| unavailable("update", e);
         resource.meta.version = row.try_get::<i64, _>("version").map_err(get_err)? as u64;
         resource.meta.creation_time =
@@ -381,6 +393,7 @@ impl ResourceStore for PostgresStore {
     }
 
     async fn delete(&self, key: &ResourceKey) -> Result<()> {
+        let pending = self.causes.expect(key);
         let mut tx = self
             .pool
             .begin()
@@ -413,7 +426,9 @@ impl ResourceStore for PostgresStore {
                 .await
                 .map_err(|e| unavailable("delete", e))?;
         }
-        tx.commit().await.map_err(|e| unavailable("delete", e))
+        tx.commit().await.map_err(|e| unavailable("delete", e))?;
+        pending.committed();
+        Ok(())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
@@ -451,6 +466,7 @@ type Seen = HashMap<ResourceKey, u64>;
 fn apply_event(
     seen: &mut Seen,
     events: &broadcast::Sender<ChangeEvent>,
+    causes: &PendingCauses,
     op: Operation,
     key: ResourceKey,
     version: u64,
@@ -460,11 +476,12 @@ fn apply_event(
         Operation::Create | Operation::Update => seen.insert(key.clone(), version) != Some(version),
     };
     if fresh {
+        let cause = causes.take(&key);
         let _ = events.send(ChangeEvent {
             op,
             key,
             version,
-            cause: None,
+            cause,
         });
     }
 }
@@ -493,14 +510,19 @@ async fn snapshot(pool: &PgPool) -> std::result::Result<Seen, sqlx::Error> {
 }
 
 /// Announces differences between what was seen and what is stored now.
-fn reconcile(seen: &mut Seen, now: Seen, events: &broadcast::Sender<ChangeEvent>) {
+fn reconcile(
+    seen: &mut Seen,
+    now: Seen,
+    events: &broadcast::Sender<ChangeEvent>,
+    causes: &PendingCauses,
+) {
     let gone: Vec<(ResourceKey, u64)> = seen
         .iter()
         .filter(|(k, _)| !now.contains_key(*k))
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     for (key, version) in gone {
-        apply_event(seen, events, Operation::Delete, key, version);
+        apply_event(seen, events, causes, Operation::Delete, key, version);
     }
     for (key, version) in now {
         let op = if seen.contains_key(&key) {
@@ -508,11 +530,15 @@ fn reconcile(seen: &mut Seen, now: Seen, events: &broadcast::Sender<ChangeEvent>
         } else {
             Operation::Create
         };
-        apply_event(seen, events, op, key, version);
+        apply_event(seen, events, causes, op, key, version);
     }
 }
 
-async fn listen_for_changes(pool: PgPool, events: broadcast::Sender<ChangeEvent>) {
+async fn listen_for_changes(
+    pool: PgPool,
+    events: broadcast::Sender<ChangeEvent>,
+    causes: PendingCauses,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut seen: Option<Seen> = None;
     loop {
@@ -538,7 +564,7 @@ async fn listen_for_changes(pool: PgPool, events: broadcast::Sender<ChangeEvent>
                     tracing::info!(
                         "postgres event listener reconnected; reconciling missed changes"
                     );
-                    reconcile(s, now, &events);
+                    reconcile(s, now, &events, &causes);
                 }
                 None => seen = Some(now),
             },
@@ -565,6 +591,7 @@ async fn listen_for_changes(pool: PgPool, events: broadcast::Sender<ChangeEvent>
                         apply_event(
                             state,
                             &events,
+                            &causes,
                             op,
                             ResourceKey::new(kind, n.mesh, n.name),
                             n.version,

@@ -93,6 +93,7 @@ pub async fn run(
     let api_metrics = api::api_metrics(&mut registry);
     let kds_metrics = kds::metrics::KdsMetrics::register(&mut registry);
     let xds_metrics = zone::dpserver::metrics::XdsMetrics::register(&mut registry);
+    crate::telemetry::register_metrics(&mut registry);
     let leader_gauge = Gauge::<i64>::default();
     registry.register(
         "leader",

@@ -24,6 +24,68 @@ pub enum TelemetryError {
     MetricsInterval(String),
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct SignalLabels {
+    signal: &'static str,
+}
+
+/// Exports the collector did not take (down, slow, refusing), by signal (`traces`,
+/// `metrics`): what was in them is dropped, never retried into a growing queue. Process-wide,
+/// as the span exporter starts before the metrics registry exists.
+static EXPORT_FAILURES: std::sync::LazyLock<
+    prometheus_client::metrics::family::Family<
+        SignalLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Adds `otlp_export_failures_total` to `registry`.
+pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
+    registry.register(
+        "otlp_export_failures",
+        "OTLP exports the collector did not take (their content is dropped), by signal",
+        EXPORT_FAILURES.clone(),
+    );
+}
+
+fn count_failure(signal: &'static str) {
+    EXPORT_FAILURES
+        .get_or_create(&SignalLabels { signal })
+        .inc();
+}
+
+/// The OTLP span exporter, counting the batches it could not deliver.
+#[derive(Debug)]
+struct CountingExporter(opentelemetry_otlp::SpanExporter);
+
+impl opentelemetry_sdk::trace::SpanExporter for CountingExporter {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let result = self.0.export(batch).await;
+        if result.is_err() {
+            count_failure("traces");
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
 /// The tracer provider while tracing is on; [`Telemetry::shutdown`] flushes what is queued.
 pub struct Telemetry {
     provider: SdkTracerProvider,
@@ -83,7 +145,7 @@ impl Telemetry {
             .with_attributes(attributes)
             .build();
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_batch_exporter(CountingExporter(exporter))
             .with_resource(resource)
             .build();
         Ok(Some(Telemetry { provider }))
@@ -201,11 +263,13 @@ impl MetricsPush {
                             failing = false;
                         }
                         Ok(()) => {}
-                        Err(e) if !failing => {
-                            tracing::warn!(error = %model::error_chain(&e), "pushing the control plane's metrics over OTLP failed; retrying every interval");
-                            failing = true;
+                        Err(e) => {
+                            count_failure("metrics");
+                            if !failing {
+                                tracing::warn!(error = %model::error_chain(&e), "pushing the control plane's metrics over OTLP failed; retrying every interval");
+                                failing = true;
+                            }
                         }
-                        Err(_) => {}
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "encoding the control plane's metrics failed"),
@@ -246,6 +310,59 @@ mod tests {
         assert_eq!(push.interval, std::time::Duration::from_millis(1500));
         let bad = MetricsPush::from_config(&on, &env(&[("OTEL_METRIC_EXPORT_INTERVAL", "1m")]));
         assert!(matches!(bad, Err(TelemetryError::MetricsInterval(_))));
+    }
+
+    #[tokio::test]
+    async fn a_collector_that_is_down_costs_a_counted_failure_not_a_wait() {
+        let on = Config::load(
+            None,
+            &env(&[("KUMA_METRICS_OPENTELEMETRY_ENABLED", "true")]),
+        )
+        .unwrap();
+        // A port nothing listens on: the connection is refused at once.
+        let closed = store::testing::free_port();
+        let push = MetricsPush::from_config(
+            &on,
+            &env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    &format!("http://127.0.0.1:{closed}"),
+                ),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "20"),
+            ]),
+        )
+        .unwrap()
+        .expect("on");
+        let mut registry = prometheus_client::registry::Registry::default();
+        register_metrics(&mut registry);
+        let diagnostics = std::sync::Arc::new(api::diagnostics::Diagnostics::new(
+            registry,
+            std::sync::Arc::new(store::memory::MemoryStore::new()),
+            std::sync::Arc::default(),
+        ));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let pushing = tokio::spawn(push.run(diagnostics.clone(), stopping));
+        let failed = "otlp_export_failures_total{signal=\"metrics\"}";
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = diagnostics.exposition().await.unwrap();
+            if text
+                .lines()
+                .any(|l| l.starts_with(failed) && !l.ends_with(" 0"))
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no failure counted:\n{text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(15), pushing)
+            .await
+            .expect("the push stops when asked, its last export bounded")
+            .unwrap();
     }
 
     #[test]
