@@ -438,13 +438,18 @@ impl ProxyStream {
                     if changed.is_empty() {
                         continue;
                     }
-                    let types: Vec<&str> = changed.iter().map(|t| short_name(t)).collect();
                     let span = tracing::info_span!(
                         "xds push",
                         mesh = %self.mesh,
                         proxy = %self.name,
-                        xds.types = %types.join(","),
+                        xds.types = tracing::field::Empty,
                     );
+                    // Only when the span is recorded (tracing on): no list built per push
+                    // otherwise.
+                    if !span.is_disabled() {
+                        let types: Vec<&str> = changed.iter().map(|t| short_name(t)).collect();
+                        span.record("xds.types", types.join(","));
+                    }
                     self.push_types(changed).instrument(span).await?;
                     if let Some(m) = &self.metrics {
                         m.push.observe(started.elapsed().as_secs_f64());
