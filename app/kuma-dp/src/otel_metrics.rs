@@ -29,6 +29,8 @@ use crate::metrics::{OtelTarget, State, configuration, merged};
 /// arrive in one listener update, but not at the same instant).
 const CONFIGURATION_GRACE: Duration = Duration::from_secs(2);
 const CONFIGURATION_RETRY: Duration = Duration::from_millis(50);
+/// Pushes skipped for an unreadable configuration before a pusher takes its backend for gone.
+const UNREADABLE_PUSHES: u32 = 3;
 
 /// Sockets created in kuma-dp's working directory: a thread blocks on inotify (no polling)
 /// and hands the names of new OpenTelemetry sockets over; it ends with the watch.
@@ -157,9 +159,22 @@ async fn push(state: Arc<State>, target: OtelTarget) {
     let mut exporter = MetricsExporter::unix(target.socket.clone());
     let started = unix_nanos(SystemTime::now());
     let mut failing = false;
+    let mut interval = target.interval;
+    let mut unreadable = 0;
     loop {
         let plan = match configuration(&state).await {
-            Ok(plan) => plan,
+            Ok(plan) => {
+                unreadable = 0;
+                plan
+            }
+            // Envoy replaces the configuration listener on a listener update: a refused read
+            // may be that moment. Only a configuration gone for several pushes ends them.
+            Err(e) if unreadable + 1 < UNREADABLE_PUSHES => {
+                unreadable += 1;
+                tracing::debug!(backend = %target.name, error = %format!("{e:#}"), "MeshMetric's configuration could not be read; skipping this push");
+                tokio::time::sleep(interval).await;
+                continue;
+            }
             Err(e) => {
                 tracing::info!(backend = %target.name, error = %format!("{e:#}"), "MeshMetric's configuration is gone; stopping the OpenTelemetry pushes");
                 return;
@@ -169,7 +184,7 @@ async fn push(state: Arc<State>, target: OtelTarget) {
             tracing::info!(backend = %target.name, "the MeshMetric OpenTelemetry backend was removed; stopping its pushes");
             return;
         };
-        let interval = current.interval;
+        interval = current.interval;
         match merged(&state, &plan).await {
             Ok(text) => {
                 let metrics =
