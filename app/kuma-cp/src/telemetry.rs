@@ -41,6 +41,11 @@ static EXPORT_FAILURES: std::sync::LazyLock<
 
 /// Adds `otlp_export_failures_total` to `registry`.
 pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
+    // At zero from the start: a rate over the first failure then sees it, and the family is
+    // exported before anything failed.
+    for signal in ["traces", "metrics"] {
+        drop(EXPORT_FAILURES.get_or_create(&SignalLabels { signal }));
+    }
     registry.register(
         "otlp_export_failures",
         "OTLP exports the collector did not take (their content is dropped), by signal",
