@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use xds::policies::mesh_metric::{
-    DEFAULT_PATH, DEFAULT_PORT, dataplane_labels, identifying_service,
+    DEFAULT_PATH, DEFAULT_PORT, dataplane_labels, identifying_service, legacy_conf,
 };
 use xds::rules::build::single_item;
 use xds::rules::matching::matched_in;
@@ -185,10 +185,9 @@ fn legacy_target(
     proxy: &xds::context::DataplaneEntry,
     service: &str,
 ) -> Option<Target> {
-    let conf = context.legacy_metrics.as_ref()?;
-    let conf = conf
-        .with_dataplane(proxy.spec.metrics.as_ref())
-        .unwrap_or_else(|_| conf.clone());
+    // Its warnings are the xDS side's to give.
+    let (conf, _) = legacy_conf(context, proxy);
+    let conf = conf?;
     let address = &proxy.spec.networking.address;
     Some(Target {
         mesh: context.mesh.clone(),
@@ -609,6 +608,15 @@ mod tests {
             ..Default::default()
         };
         let legacy = legacy_target(&context, &context.dataplanes[0], "web").unwrap();
+        // A proxy whose inbound has the backend's port serves no endpoint, so is not listed.
+        let clash = xds::context::DataplaneEntry {
+            name: "clash-1".into(),
+            labels: BTreeMap::new(),
+            spec: serde_json::from_value(json!({"networking": {"address": "10.0.0.8",
+                "inbound": [{"port": 5670, "tags": {"kuma.io/service": "clash"}}]}}))
+            .unwrap(),
+        };
+        assert!(legacy_target(&context, &clash, "clash").is_none());
         assert_eq!(legacy.address, "10.0.0.7:1234");
         assert_eq!(legacy.metrics_path, "/stats");
         assert_eq!(legacy.labels["version"], "v1");

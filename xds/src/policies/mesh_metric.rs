@@ -148,30 +148,12 @@ pub const LEGACY_HIJACKER_CLUSTER: &str = "kuma:metrics:hijacker";
 /// Behind the mesh's mTLS unless `skipMTLS` (Prometheus then presents a mesh certificate);
 /// `tls.mode: activeMTLSBackend` also lets the proxy's own address in without one.
 pub fn legacy_endpoint(rs: &mut ResourceSet, mesh: &MeshContext, proxy: &DataplaneEntry) {
-    let Some(base) = &mesh.legacy_metrics else {
+    let (conf, warnings) = legacy_conf(mesh, proxy);
+    rs.warnings.extend(warnings);
+    let Some(conf) = conf else {
         return;
-    };
-    let conf = match base.with_dataplane(proxy.spec.metrics.as_ref()) {
-        Ok(conf) => conf,
-        Err(e) => {
-            rs.warnings.push(format!(
-                "the Dataplane's metrics do not read as a Prometheus backend ({e}); the Mesh's are served"
-            ));
-            base.clone()
-        }
     };
     let networking = &proxy.spec.networking;
-    if networking
-        .inbound
-        .iter()
-        .any(|i| i.port == conf.port || i.service_port == Some(conf.port))
-    {
-        rs.warnings.push(format!(
-            "the Mesh's Prometheus endpoint is not served: port {} is an inbound's",
-            conf.port
-        ));
-        return;
-    }
     let mut query = Vec::new();
     if let Some(envoy) = &conf.envoy {
         if !envoy.filter_regex.is_empty() {
@@ -257,6 +239,46 @@ fn provided_tls(rs: &mut ResourceSet, what: &str) -> Option<Value> {
             }
         }}),
     )
+}
+
+/// The Mesh's legacy Prometheus configuration as it applies to `proxy` (the Dataplane's
+/// `spec.metrics` over the Mesh's), and what to warn about; `None` when the proxy serves no
+/// legacy endpoint (none enabled, or its port is one of the proxy's inbounds). MADS lists
+/// exactly the proxies this serves.
+pub fn legacy_conf(
+    mesh: &MeshContext,
+    proxy: &DataplaneEntry,
+) -> (
+    Option<model::specs::mesh::PrometheusMetricsConf>,
+    Vec<String>,
+) {
+    let mut warnings = Vec::new();
+    let Some(base) = &mesh.legacy_metrics else {
+        return (None, warnings);
+    };
+    let conf = match base.with_dataplane(proxy.spec.metrics.as_ref()) {
+        Ok(conf) => conf,
+        Err(e) => {
+            warnings.push(format!(
+                "the Dataplane's metrics do not read as a Prometheus backend ({e}); the Mesh's are served"
+            ));
+            base.clone()
+        }
+    };
+    if proxy
+        .spec
+        .networking
+        .inbound
+        .iter()
+        .any(|i| i.port == conf.port || i.service_port == Some(conf.port))
+    {
+        warnings.push(format!(
+            "the Mesh's Prometheus endpoint is not served: port {} is an inbound's",
+            conf.port
+        ));
+        return (None, warnings);
+    }
+    (Some(conf), warnings)
 }
 
 /// A query parameter value with what would end or confuse it escaped.
