@@ -15,6 +15,10 @@ pub fn metrics_hijacker_socket(workdir: &str, name: &str, mesh: &str) -> String 
     socket_path(workdir, &format!("kuma-mh-{name}-{mesh}"))
 }
 
+/// The path of MeshMetric's configuration on that socket (Kuma's `dpapi.PATH`), and the path
+/// Envoy rewrites MeshMetric scrapes to on their way to kuma-dp.
+pub const MESH_METRIC_PATH: &str = "/meshmetric";
+
 /// The socket Envoy serves MeshMetric's configuration for kuma-dp on (Kuma's
 /// `MeshMetricsDynamicConfigurationSocketName`).
 pub fn mesh_metric_config_socket(workdir: &str) -> String {

@@ -78,8 +78,12 @@ pub struct ProxyEnv {
 impl ProxyEnv {
     /// The pipe kuma-dp forwards TCP access logs from.
     pub fn access_log_pipe(&self, name: &str, mesh: &str) -> String {
-        let dir = self.workdir.as_deref().unwrap_or("/tmp");
-        model::proxy_paths::access_log_pipe(dir, name, mesh)
+        model::proxy_paths::access_log_pipe(self.workdir(), name, mesh)
+    }
+
+    /// kuma-dp's working directory, or `/tmp` when kuma-dp did not say.
+    pub fn workdir(&self) -> &str {
+        self.workdir.as_deref().unwrap_or("/tmp")
     }
 }
 

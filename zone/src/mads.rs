@@ -23,12 +23,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use model::ResourceType;
-use model::specs::policy::{MetricBackendType, MetricConf, PrometheusTlsMode};
+use model::specs::policy::{MetricConf, PrometheusTlsMode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use xds::policies::mesh_metric::{
     DEFAULT_PATH, DEFAULT_PORT, dataplane_labels, identifying_service, legacy_conf,
+    prometheus_backends,
 };
 use xds::rules::build::single_item;
 use xds::rules::matching::matched_in;
@@ -144,12 +145,7 @@ fn targets(snapshot: &MeshSnapshot) -> Vec<ClientTarget> {
                 continue;
             }
         };
-        for backend in conf.backends.iter().flatten() {
-            let (MetricBackendType::Prometheus, Some(prometheus)) =
-                (backend.backend_type, &backend.prometheus)
-            else {
-                continue;
-            };
+        for prometheus in prometheus_backends(&conf) {
             let client = prometheus.client_id.as_deref().unwrap_or(DEFAULT_CLIENT);
             let port = prometheus.port.unwrap_or(DEFAULT_PORT);
             let address = host_port(&proxy.spec.networking.address, port);

@@ -96,6 +96,13 @@ pub struct Telemetry {
     provider: SdkTracerProvider,
 }
 
+/// The value of the variable `name` in `env`, unless unset or empty.
+fn env_var<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| v.as_str())
+}
+
 /// Where spans go, if tracing is on: `Some(None)` leaves the endpoint to the standard
 /// `OTEL_EXPORTER_OTLP_*` variables.
 fn endpoint(config: &Config, env: &[(String, String)]) -> Option<Option<String>> {
@@ -108,10 +115,12 @@ fn endpoint(config: &Config, env: &[(String, String)]) -> Option<Option<String>>
         };
         return Some(Some(endpoint));
     }
-    let standard = env.iter().any(|(k, v)| {
-        (k == "OTEL_EXPORTER_OTLP_ENDPOINT" || k == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            && !v.is_empty()
-    });
+    let standard = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| env_var(env, name).is_some());
     (otel.enabled || standard).then_some(None)
 }
 
@@ -200,11 +209,7 @@ impl MetricsPush {
         if !config.metrics.open_telemetry.enabled {
             return Ok(None);
         }
-        let var = |name: &str| {
-            env.iter()
-                .find(|(k, v)| k == name && !v.is_empty())
-                .map(|(_, v)| v.as_str())
-        };
+        let var = |name: &str| env_var(env, name);
         let endpoint = var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
             .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .unwrap_or("http://localhost:4317");
@@ -237,16 +242,13 @@ impl MetricsPush {
     }
 
     /// Pushes until `stopping` turns true, then once more. A collector that is down is
-    /// logged once per outage; the next interval tries again.
+    /// logged once per outage and counted; the next interval tries again.
     pub async fn run(
         mut self,
         diagnostics: std::sync::Arc<api::diagnostics::Diagnostics>,
         mut stopping: tokio::sync::watch::Receiver<bool>,
     ) {
-        use bin_support::otlp_metrics::{metrics_from_exposition, request, unix_nanos};
         tracing::info!(collector = %self.exporter.target(), interval = ?self.interval, "pushing the control plane's metrics over OTLP");
-        let started = unix_nanos(std::time::SystemTime::now());
-        let mut failing = false;
         loop {
             let stop = tokio::select! {
                 () = tokio::time::sleep(self.interval) => false,
@@ -254,27 +256,9 @@ impl MetricsPush {
             };
             match diagnostics.exposition().await {
                 Ok(text) => {
-                    let now = unix_nanos(std::time::SystemTime::now());
-                    let metrics = metrics_from_exposition(&text, started, now);
-                    match self
-                        .exporter
-                        .export(request(self.resource.clone(), metrics))
-                        .await
-                    {
-                        Ok(()) if failing => {
-                            tracing::info!(
-                                "the OTLP collector takes the control plane's metrics again"
-                            );
-                            failing = false;
-                        }
-                        Ok(()) => {}
-                        Err(e) => {
-                            count_failure("metrics");
-                            if !failing {
-                                tracing::warn!(error = %model::error_chain(&e), "pushing the control plane's metrics over OTLP failed; retrying every interval");
-                                failing = true;
-                            }
-                        }
+                    let resource = self.resource.clone();
+                    if !self.exporter.push_exposition(&text, resource).await {
+                        count_failure("metrics");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "encoding the control plane's metrics failed"),

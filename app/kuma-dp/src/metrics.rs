@@ -22,6 +22,7 @@ use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use model::prometheus::{label_name, push_escaped, sample_value, split_sample};
+use model::proxy_paths::MESH_METRIC_PATH;
 use model::specs::policy::{MetricProfileName, MetricSelector, MetricSelectorType, MetricSidecar};
 use serde::Deserialize;
 
@@ -247,27 +248,23 @@ pub(crate) fn legacy_applications(aggregate: serde_json::Value) -> Result<Vec<Ap
 }
 
 async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    if req.uri().path() != "/meshmetric" {
-        // The Mesh's legacy endpoint: Envoy rewrote the scrape to `/?usedonly&filter=...`.
-        return match legacy(state, req.uri().query().unwrap_or("")).await {
-            Ok(body) => text(StatusCode::OK, body),
+    let body = if req.uri().path() == MESH_METRIC_PATH {
+        let plan = match configuration(state).await {
+            Ok(plan) => plan,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "scraping Envoy's statistics failed");
-                text(StatusCode::BAD_GATEWAY, format!("Envoy: {e:#}\n"))
+                tracing::warn!(error = %format!("{e:#}"), "reading MeshMetric's configuration from Envoy failed");
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("MeshMetric configuration unavailable: {e:#}\n"),
+                );
             }
         };
-    }
-    let plan = match configuration(state).await {
-        Ok(plan) => plan,
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "reading MeshMetric's configuration from Envoy failed");
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("MeshMetric configuration unavailable: {e:#}\n"),
-            );
-        }
+        merged(state, &plan).await
+    } else {
+        // The Mesh's legacy endpoint: Envoy rewrote the scrape to `/?usedonly&filter=...`.
+        legacy(state, req.uri().query().unwrap_or("")).await
     };
-    match merged(state, &plan).await {
+    match body {
         Ok(body) => text(StatusCode::OK, body),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "scraping Envoy's statistics failed");
@@ -392,7 +389,7 @@ pub(crate) async fn configuration(state: &State) -> Result<Arc<Plan>> {
         .await
         .context("HTTP handshake with Envoy's configuration listener")?;
     tokio::spawn(connection);
-    let mut request = Request::get("/meshmetric").header(hyper::header::HOST, "kuma-dp");
+    let mut request = Request::get(MESH_METRIC_PATH).header(hyper::header::HOST, "kuma-dp");
     if let Some((etag, _)) = &cached {
         request = request.header(hyper::header::IF_NONE_MATCH, etag.as_str());
     }

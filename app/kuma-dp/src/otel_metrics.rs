@@ -14,12 +14,10 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bin_support::otlp_metrics::{
-    MetricsExporter, attribute, metrics_from_exposition, request, unix_nanos,
-};
+use bin_support::otlp_metrics::{MetricsExporter, attribute};
 use model::proxy_paths::MESH_METRIC_OTEL_SOCKET_PREFIX;
 use rustix::fs::inotify;
 
@@ -157,8 +155,6 @@ fn resource(labels: &[(String, String)]) -> Vec<proto::kuma::otlp::KeyValue> {
 /// Pushes to one backend every interval (the first at once) while the configuration lists it.
 async fn push(state: Arc<State>, target: OtelTarget) {
     let mut exporter = MetricsExporter::unix(target.socket.clone());
-    let started = unix_nanos(SystemTime::now());
-    let mut failing = false;
     let mut interval = target.interval;
     let mut unreadable = 0;
     loop {
@@ -187,24 +183,11 @@ async fn push(state: Arc<State>, target: OtelTarget) {
         interval = current.interval;
         match merged(&state, &plan).await {
             Ok(text) => {
-                let metrics =
-                    metrics_from_exposition(&text, started, unix_nanos(SystemTime::now()));
-                match exporter
-                    .export(request(resource(&plan.labels), metrics))
+                if !exporter
+                    .push_exposition(&text, resource(&plan.labels))
                     .await
                 {
-                    Ok(()) if failing => {
-                        tracing::info!(backend = %target.name, "the OpenTelemetry backend takes metrics again");
-                        failing = false;
-                    }
-                    Ok(()) => {}
-                    Err(e) => {
-                        state.count_export_failure();
-                        if !failing {
-                            tracing::warn!(backend = %target.name, error = %model::error_chain(&e), "pushing metrics to the OpenTelemetry backend failed; retrying every interval");
-                            failing = true;
-                        }
-                    }
+                    state.count_export_failure();
                 }
             }
             Err(e) => {

@@ -48,7 +48,7 @@ pub fn attribute(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
 }
 
 /// One export: `metrics` under a resource with `resource` attributes and Kuma's scope.
-pub fn request(resource: Vec<KeyValue>, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+fn request(resource: Vec<KeyValue>, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(Resource {
@@ -311,11 +311,7 @@ fn histogram_points(family: &Family, start_unix_nano: u64) -> Vec<HistogramDataP
 
 /// The metrics of a Prometheus text exposition. `start_unix_nano` is when counting started
 /// (the process's start); samples without a timestamp are stamped `now_unix_nano`.
-pub fn metrics_from_exposition(
-    text: &str,
-    start_unix_nano: u64,
-    now_unix_nano: u64,
-) -> Vec<Metric> {
+fn metrics_from_exposition(text: &str, start_unix_nano: u64, now_unix_nano: u64) -> Vec<Metric> {
     let mut out = Vec::new();
     for family in families(text, now_unix_nano) {
         if family.samples.is_empty() {
@@ -366,17 +362,20 @@ pub fn metrics_from_exposition(
 }
 
 /// Nanoseconds since the Unix epoch, as OTLP stamps points.
-pub fn unix_nanos(at: std::time::SystemTime) -> u64 {
+fn unix_nanos(at: std::time::SystemTime) -> u64 {
     at.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// An OTLP/gRPC metrics client. The connection is made on first use and remade after a
 /// failure, so a collector that is down costs a failed export, never a blocked caller.
-#[derive(Clone)]
 pub struct MetricsExporter {
     client: MetricsServiceClient<tonic::transport::Channel>,
     target: String,
+    /// When counting started: the start of every cumulative point pushed.
+    started_unix_nano: u64,
+    /// Whether the last push failed (an outage is logged at its start and end only).
+    failing: bool,
 }
 
 impl MetricsExporter {
@@ -391,10 +390,7 @@ impl MetricsExporter {
             .map_err(|e| ExportError::Endpoint(endpoint.to_string(), e))?
             .connect_timeout(EXPORT_TIMEOUT)
             .connect_lazy();
-        Ok(MetricsExporter {
-            client: MetricsServiceClient::new(channel),
-            target: uri,
-        })
+        Ok(MetricsExporter::new(channel, uri))
     }
 
     /// A collector behind a Unix socket (Envoy's MeshMetric OpenTelemetry listener).
@@ -411,9 +407,39 @@ impl MetricsExporter {
         let channel = tonic::transport::Endpoint::from_static("http://localhost")
             .connect_timeout(EXPORT_TIMEOUT)
             .connect_with_connector_lazy(connector);
+        MetricsExporter::new(channel, target)
+    }
+
+    fn new(channel: tonic::transport::Channel, target: String) -> MetricsExporter {
         MetricsExporter {
             client: MetricsServiceClient::new(channel),
             target,
+            started_unix_nano: unix_nanos(std::time::SystemTime::now()),
+            failing: false,
+        }
+    }
+
+    /// Pushes the metrics of a Prometheus exposition about `resource`; false when the
+    /// collector did not take them (they are dropped). The first failure of an outage and
+    /// the recovery are logged, not every failed push.
+    pub async fn push_exposition(&mut self, exposition: &str, resource: Vec<KeyValue>) -> bool {
+        let now = unix_nanos(std::time::SystemTime::now());
+        let metrics = metrics_from_exposition(exposition, self.started_unix_nano, now);
+        match self.export(request(resource, metrics)).await {
+            Ok(()) => {
+                if self.failing {
+                    tracing::info!(collector = %self.target, "the OTLP collector takes metrics again");
+                    self.failing = false;
+                }
+                true
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(error = %model::error_chain(&e), "pushing metrics over OTLP failed; retrying every interval");
+                    self.failing = true;
+                }
+                false
+            }
         }
     }
 
@@ -422,10 +448,7 @@ impl MetricsExporter {
         &self.target
     }
 
-    pub async fn export(
-        &mut self,
-        request: ExportMetricsServiceRequest,
-    ) -> Result<(), ExportError> {
+    async fn export(&mut self, request: ExportMetricsServiceRequest) -> Result<(), ExportError> {
         match tokio::time::timeout(EXPORT_TIMEOUT, self.client.export(request)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(status)) => Err(ExportError::Rejected {

@@ -43,7 +43,7 @@ pub const HIJACKER_CLUSTER: &str = "_kuma:metrics:hijacker";
 pub const DYNAMIC_CONFIG_LISTENER: &str = "_kuma:dynamicconfig";
 /// The path of MeshMetric's configuration on the dynamic configuration listener, and the path
 /// scrapes are rewritten to on their way to kuma-dp.
-pub const MESH_METRIC_PATH: &str = "/meshmetric";
+pub const MESH_METRIC_PATH: &str = model::proxy_paths::MESH_METRIC_PATH;
 /// The backend name of a Prometheus backend without a `clientId`.
 pub const DEFAULT_BACKEND: &str = "default-backend";
 /// The listener and cluster of an OpenTelemetry backend are `<this>:<backend name>`.
@@ -67,7 +67,7 @@ impl super::PolicyPlugin for Plugin {
         let conf = applied.conf;
         let what = format!("the proxy (from {})", applied.policies);
         let prometheus: Vec<&PrometheusBackend> = prometheus_backends(&conf).collect();
-        let workdir = rs.env.workdir.clone().unwrap_or_else(|| "/tmp".into());
+        let workdir = rs.env.workdir().to_string();
         let mut otel = Vec::new();
         for backend in otel_backends(&conf) {
             match OtelExport::new(backend, &workdir) {
@@ -110,7 +110,10 @@ impl super::PolicyPlugin for Plugin {
             rs.add_listener(Origin::Policy(self.kind()), listener);
         }
         if !prometheus.is_empty() {
-            rs.add_cluster(Origin::Policy(self.kind()), hijacker_cluster(&socket));
+            rs.add_cluster(
+                Origin::Policy(self.kind()),
+                hijacker_cluster(HIJACKER_CLUSTER, &socket),
+            );
         }
         for export in &otel {
             let name = format!("{OPENTELEMETRY_PREFIX}:{}", export.name);
@@ -167,18 +170,15 @@ pub fn legacy_endpoint(rs: &mut ResourceSet, mesh: &MeshContext, proxy: &Datapla
         true => "/".to_string(),
         false => format!("/?{}", query.join("&")),
     };
-    let route_config = json!({
-        "validate_clusters": false,
-        "virtual_hosts": [{
-            "name": LEGACY_LISTENER,
-            "domains": ["*"],
-            "routes": [{
-                "match": {"prefix": conf.path},
-                "route": {"cluster": LEGACY_HIJACKER_CLUSTER, "prefix_rewrite": rewrite}
-            }]
-        }]
-    });
-    let filter = http_manager(LEGACY_LISTENER, route_config);
+    let filter = http_manager(
+        LEGACY_LISTENER,
+        forward_to(
+            LEGACY_LISTENER,
+            &conf.path,
+            LEGACY_HIJACKER_CLUSTER,
+            Some(&rewrite),
+        ),
+    );
     let tls_mode = conf.tls.as_ref().map(|t| t.mode);
     let chains = match (mesh.mtls, tls_mode) {
         (true, None) if !conf.skip_mtls => {
@@ -207,14 +207,13 @@ pub fn legacy_endpoint(rs: &mut ResourceSet, mesh: &MeshContext, proxy: &Datapla
         _ => vec![filter_chain(vec![filter])],
     };
     let listener = inbound_listener(LEGACY_LISTENER, &networking.address, conf.port, chains);
-    let workdir = rs.env.workdir.clone().unwrap_or_else(|| "/tmp".into());
-    let socket = model::proxy_paths::metrics_hijacker_socket(&workdir, &proxy.name, &mesh.mesh);
-    let mut cluster = hijacker_cluster(&socket);
-    cluster["name"] = json!(LEGACY_HIJACKER_CLUSTER);
-    cluster["alt_stat_name"] = json!(stat_name(LEGACY_HIJACKER_CLUSTER));
-    cluster["load_assignment"]["cluster_name"] = json!(LEGACY_HIJACKER_CLUSTER);
+    let socket =
+        model::proxy_paths::metrics_hijacker_socket(rs.env.workdir(), &proxy.name, &mesh.mesh);
     rs.add_listener(Origin::MeshMetrics, listener);
-    rs.add_cluster(Origin::MeshMetrics, cluster);
+    rs.add_cluster(
+        Origin::MeshMetrics,
+        hijacker_cluster(LEGACY_HIJACKER_CLUSTER, &socket),
+    );
 }
 
 /// TLS with the certificate kuma-dp was given for its metrics listener (`--metrics-cert-path`,
@@ -343,22 +342,34 @@ fn otel_backends(conf: &MetricConf) -> impl Iterator<Item = &OtelMetricBackend> 
 
 /// The pipe kuma-dp pushes OTLP/gRPC into; Envoy forwards every call to the collector.
 fn otel_listener(name: &str, socket: &str) -> Value {
-    let mut filter = http_manager(
-        name,
-        json!({
-            "validate_clusters": false,
-            "virtual_hosts": [{
-                "name": name,
-                "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": name}}]
-            }]
-        }),
-    );
+    let mut filter = http_manager(name, forward_to(name, "/", name, None));
     filter["typed_config"]["codec_type"] = json!("HTTP2");
+    pipe_listener(name, socket, filter)
+}
+
+/// A listener on the pipe `path` (in kuma-dp's working directory) with one filter.
+fn pipe_listener(name: &str, path: &str, filter: Value) -> Value {
     json!({
         "name": name,
-        "address": {"pipe": {"path": socket}},
+        "address": {"pipe": {"path": path}},
         "filter_chains": [{"filters": [filter]}]
+    })
+}
+
+/// A route configuration sending every request under `prefix` to `cluster`, the prefix
+/// rewritten to `rewrite` if given.
+fn forward_to(name: &str, prefix: &str, cluster: &str, rewrite: Option<&str>) -> Value {
+    let mut route = json!({"cluster": cluster});
+    if let Some(rewrite) = rewrite {
+        route["prefix_rewrite"] = json!(rewrite);
+    }
+    json!({
+        "validate_clusters": false,
+        "virtual_hosts": [{
+            "name": name,
+            "domains": ["*"],
+            "routes": [{"match": {"prefix": prefix}, "route": route}]
+        }]
     })
 }
 
@@ -373,7 +384,8 @@ fn http_manager(stat_prefix: &str, route_config: Value) -> Value {
     }})
 }
 
-fn prometheus_backends(conf: &MetricConf) -> impl Iterator<Item = &PrometheusBackend> {
+/// A conf's Prometheus backends (what MADS lists, too).
+pub fn prometheus_backends(conf: &MetricConf) -> impl Iterator<Item = &PrometheusBackend> {
     conf.backends
         .iter()
         .flatten()
@@ -390,17 +402,7 @@ pub fn client_id(backend: &PrometheusBackend) -> &str {
 fn scrape_listener(name: &str, address: &str, port: u32, path: &str) -> Value {
     let mut filter = http_manager(
         name,
-        json!({
-            "validate_clusters": false,
-            "virtual_hosts": [{
-                "name": name,
-                "domains": ["*"],
-                "routes": [{
-                    "match": {"prefix": path},
-                    "route": {"cluster": HIJACKER_CLUSTER, "prefix_rewrite": MESH_METRIC_PATH}
-                }]
-            }]
-        }),
+        forward_to(name, path, HIJACKER_CLUSTER, Some(MESH_METRIC_PATH)),
     );
     // Kuma's setting: only loopback is internal (Envoy warns when this is left unset).
     filter["typed_config"]["internal_address_config"] =
@@ -408,14 +410,16 @@ fn scrape_listener(name: &str, address: &str, port: u32, path: &str) -> Value {
     inbound_listener(name, address, port, vec![filter_chain(vec![filter])])
 }
 
-fn hijacker_cluster(socket: &str) -> Value {
+/// The cluster `name` to kuma-dp's metrics socket (MeshMetric's and the legacy endpoint's
+/// differ only in name, as in Kuma).
+fn hijacker_cluster(name: &str, socket: &str) -> Value {
     json!({
-        "name": HIJACKER_CLUSTER,
-        "alt_stat_name": stat_name(HIJACKER_CLUSTER),
+        "name": name,
+        "alt_stat_name": stat_name(name),
         "type": "STATIC",
         "connect_timeout": CONNECT_TIMEOUT,
         "load_assignment": {
-            "cluster_name": HIJACKER_CLUSTER,
+            "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket}}}}]}]
         }
     })
@@ -451,11 +455,7 @@ fn dynamic_config_listener(pipe: &str, body: &str) -> Value {
             }]
         }),
     );
-    json!({
-        "name": DYNAMIC_CONFIG_LISTENER,
-        "address": {"pipe": {"path": pipe}},
-        "filter_chains": [{"filters": [filter]}]
-    })
+    pipe_listener(DYNAMIC_CONFIG_LISTENER, pipe, filter)
 }
 
 /// What kuma-dp is told (Kuma's `dpapi.MeshMetricDpConfig`, the same JSON).
