@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "kuma/system/v1alpha1/inter_cp.proto",
         "kuma/mesh/v1alpha1/kds.proto",
         "kuma/mesh/v1alpha1/dp_admin.proto",
+        "kuma/raft/v1/raft.proto",
         "opentelemetry/trace_service.proto",
         "opentelemetry/logs_service.proto",
         "opentelemetry/metrics_service.proto",

@@ -15,6 +15,12 @@ pub mod kuma {
             tonic::include_proto!("kuma.mesh.v1alpha1");
         }
     }
+    pub mod raft {
+        pub mod v1 {
+            #![allow(clippy::all, clippy::pedantic, missing_docs)]
+            tonic::include_proto!("kuma.raft.v1");
+        }
+    }
     /// OTLP messages, reduced to what is read of them (see `otlp_messages.proto`).
     pub mod otlp {
         #![allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -37,8 +37,8 @@ use etcd_client::{
     Identity, KeyValue, KvClient, LeaseClient, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
     WatchClient, WatchOptions,
 };
-use model::{Meta, Resource, ResourceKey, ResourceType, Timestamp};
-use serde_json::{Map, Value};
+use model::{Resource, ResourceKey, ResourceType, Timestamp};
+use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
@@ -317,80 +317,16 @@ fn version_of(kv: &KeyValue) -> u64 {
     u64::try_from(kv.version()).unwrap_or(0)
 }
 
-/// The stored record: everything of a resource except what the key and etcd already say.
 fn encode(resource: &Resource) -> Vec<u8> {
-    let mut record = Map::new();
-    record.insert("spec".into(), resource.spec.clone());
-    if let Some(status) = &resource.status {
-        record.insert("status".into(), status.clone());
-    }
-    let labels = resource
-        .meta
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    record.insert("labels".into(), Value::Object(labels));
-    // Nanoseconds as a string: i128 does not fit a JSON number losslessly everywhere.
-    record.insert(
-        "creationTime".into(),
-        Value::String(resource.meta.creation_time.0.to_string()),
-    );
-    record.insert(
-        "modificationTime".into(),
-        Value::String(resource.meta.modification_time.0.to_string()),
-    );
-    Value::Object(record).to_string().into_bytes()
+    crate::record::encode(resource).to_string().into_bytes()
 }
 
 fn decode(key: ResourceKey, kv: &KeyValue) -> Result<Resource> {
-    let corrupt = |message: String| StoreError::Corrupt {
+    let value: Value = serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
         key: key.clone(),
-        message,
-    };
-    let value: Value = serde_json::from_slice(kv.value())
-        .map_err(|e| corrupt(format!("value is not JSON: {e}")))?;
-    let Value::Object(mut record) = value else {
-        return Err(corrupt("value is not a JSON object".into()));
-    };
-    let time = |record: &Map<String, Value>, field: &str| -> Result<Timestamp> {
-        record
-            .get(field)
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<i128>().ok())
-            .map(Timestamp)
-            .ok_or_else(|| corrupt(format!("{field} is missing or not a nanosecond count")))
-    };
-    let creation_time = time(&record, "creationTime")?;
-    let modification_time = time(&record, "modificationTime")?;
-    let labels = match record.remove("labels") {
-        None | Some(Value::Null) => Default::default(),
-        Some(Value::Object(map)) => map
-            .into_iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k, s)),
-                _ => Err(corrupt(format!("label {k:?} is not a string"))),
-            })
-            .collect::<Result<_>>()?,
-        Some(_) => return Err(corrupt("labels is not an object".into())),
-    };
-    let spec = record
-        .remove("spec")
-        .ok_or_else(|| corrupt("spec is missing".into()))?;
-    let status = record.remove("status").filter(|s| !s.is_null());
-    Ok(Resource {
-        kind: key.kind,
-        meta: Meta {
-            name: key.name,
-            mesh: key.mesh,
-            version: version_of(kv),
-            labels,
-            creation_time,
-            modification_time,
-        },
-        spec,
-        status,
-    })
+        message: format!("value is not JSON: {e}"),
+    })?;
+    crate::record::decode(key, version_of(kv), value)
 }
 
 /// Reads every key in `[start, end)` as of one revision, in pages. Returns the revision.

@@ -12,12 +12,16 @@ use tokio::sync::broadcast;
 pub mod leader;
 pub mod memory;
 pub mod metered;
+#[cfg(any(feature = "etcd", feature = "raft"))]
+mod record;
 pub mod trace;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "raft")]
+pub mod raft;
 
 #[cfg(feature = "testing")]
 pub mod conformance;
@@ -197,6 +201,38 @@ pub trait ResourceStore: Send + Sync + 'static {
 
     /// Short name of the backend for logs and metrics.
     fn backend(&self) -> &'static str;
+
+    /// The replication state of a store that replicates itself among the control plane's
+    /// replicas (raft); `None` for the others.
+    async fn cluster_status(&self) -> Result<Option<ClusterStatus>> {
+        Ok(None)
+    }
+}
+
+/// A self-replicating store's members as its leader sees them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// The leader's applied index: entries up to it are committed and visible.
+    pub commit_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub members: Vec<ClusterMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMember {
+    pub node_id: u64,
+    pub address: String,
+    /// `leader`, `follower` (a voter) or `learner` (catching up, not voting yet).
+    pub role: String,
+    /// The last log index the leader knows this member holds.
+    pub matched_index: Option<u64>,
+    /// Entries this member is behind the leader's log.
+    pub lag: Option<u64>,
 }
 
 pub type SharedStore = Arc<dyn ResourceStore>;

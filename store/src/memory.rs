@@ -16,7 +16,7 @@ const EVENT_BUFFER: usize = 16 * 1024;
 
 pub struct MemoryStore {
     // A std lock is right here: no critical section awaits, and each is a few map operations.
-    resources: RwLock<BTreeMap<ResourceKey, Resource>>,
+    resources: RwLock<Resources>,
     events: broadcast::Sender<ChangeEvent>,
 }
 
@@ -30,18 +30,18 @@ impl MemoryStore {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         MemoryStore {
-            resources: RwLock::new(BTreeMap::new()),
+            resources: RwLock::new(Resources::default()),
             events,
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ResourceKey, Resource>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Resources> {
         // A panic while holding the lock cannot leave a half-applied write (each write is a
         // single insert/remove), so a poisoned lock is still consistent.
         self.resources.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ResourceKey, Resource>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Resources> {
         self.resources.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -60,20 +60,27 @@ fn mesh_key(mesh: &str) -> ResourceKey {
     ResourceKey::new(ResourceType::Mesh, "", mesh)
 }
 
-#[async_trait]
-impl ResourceStore for MemoryStore {
-    async fn get(&self, key: &ResourceKey) -> Result<Resource> {
-        self.read()
+/// A change a write made, for its event.
+pub(crate) type Change = (Operation, ResourceKey, u64);
+
+/// The resources of one store in key order, and the writes on them: the memory store's whole
+/// state, and the raft state machine's, which applies the same writes from its log.
+#[derive(Default)]
+pub(crate) struct Resources(pub(crate) BTreeMap<ResourceKey, Resource>);
+
+impl Resources {
+    pub(crate) fn get(&self, key: &ResourceKey) -> Result<Resource> {
+        self.0
             .get(key)
             .cloned()
             .ok_or_else(|| StoreError::NotFound(key.clone()))
     }
 
-    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
-        let map = self.read();
+    pub(crate) fn list(&self, query: &ListQuery) -> ListPage {
         // Keys sort by (kind, mesh, name), so a range scan yields the stable order directly.
         // Only the requested page is cloned: counting a large type (`?size=1`) stays cheap.
-        let matching: Vec<&Resource> = map
+        let matching: Vec<&Resource> = self
+            .0
             .range(
                 ResourceKey {
                     kind: query.kind,
@@ -87,36 +94,41 @@ impl ResourceStore for MemoryStore {
             .collect();
         let total = matching.len();
         let (start, end) = page_range(total, query.offset, query.size);
-        Ok(ListPage {
+        ListPage {
             items: matching[start..end].iter().map(|r| (*r).clone()).collect(),
             total,
             next_offset: (end < total).then_some(end),
-        })
+        }
     }
 
-    async fn create(&self, mut resource: Resource) -> Result<Resource> {
+    /// `now` comes from the caller so that replicas applying the same write agree on it.
+    pub(crate) fn create(
+        &mut self,
+        mut resource: Resource,
+        now: Timestamp,
+    ) -> Result<(Resource, Change)> {
         let key = resource.key();
-        let mut map = self.write();
-        if key.kind.is_mesh_scoped() && !map.contains_key(&mesh_key(&key.mesh)) {
+        if key.kind.is_mesh_scoped() && !self.0.contains_key(&mesh_key(&key.mesh)) {
             return Err(StoreError::MeshNotFound(key.mesh));
         }
-        if map.contains_key(&key) {
+        if self.0.contains_key(&key) {
             return Err(StoreError::AlreadyExists(key));
         }
-        let now = Timestamp::now();
         resource.meta.version = 1;
         resource.meta.creation_time = now;
         resource.meta.modification_time = now;
-        map.insert(key.clone(), resource.clone());
-        drop(map);
-        self.emit(Operation::Create, key, 1);
-        Ok(resource)
+        self.0.insert(key.clone(), resource.clone());
+        Ok((resource, (Operation::Create, key, 1)))
     }
 
-    async fn update(&self, mut resource: Resource) -> Result<Resource> {
+    pub(crate) fn update(
+        &mut self,
+        mut resource: Resource,
+        now: Timestamp,
+    ) -> Result<(Resource, Change)> {
         let key = resource.key();
-        let mut map = self.write();
-        let current = map
+        let current = self
+            .0
             .get(&key)
             .ok_or_else(|| StoreError::NotFound(key.clone()))?;
         if current.meta.version != resource.meta.version {
@@ -128,40 +140,67 @@ impl ResourceStore for MemoryStore {
         }
         resource.meta.version = current.meta.version + 1;
         resource.meta.creation_time = current.meta.creation_time;
-        resource.meta.modification_time = Timestamp::now().max(current.meta.modification_time);
+        resource.meta.modification_time = now.max(current.meta.modification_time);
         let version = resource.meta.version;
-        map.insert(key.clone(), resource.clone());
-        drop(map);
-        self.emit(Operation::Update, key, version);
-        Ok(resource)
+        self.0.insert(key.clone(), resource.clone());
+        Ok((resource, (Operation::Update, key, version)))
     }
 
-    async fn delete(&self, key: &ResourceKey) -> Result<()> {
-        let mut map = self.write();
-        let removed = map
+    /// Removes `key` and what it owns (a Mesh's resources, an owner's insight).
+    pub(crate) fn delete(&mut self, key: &ResourceKey) -> Result<Vec<Change>> {
+        let removed = self
+            .0
             .remove(key)
             .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-        let mut events = vec![(key.clone(), removed.meta.version)];
+        let mut changes = vec![(Operation::Delete, key.clone(), removed.meta.version)];
         if key.kind == ResourceType::Mesh {
-            let owned: Vec<ResourceKey> = map
+            let owned: Vec<ResourceKey> = self
+                .0
                 .keys()
                 .filter(|k| k.kind.is_mesh_scoped() && k.mesh == key.name)
                 .cloned()
                 .collect();
             for k in owned {
-                if let Some(r) = map.remove(&k) {
-                    events.push((k, r.meta.version));
+                if let Some(r) = self.0.remove(&k) {
+                    changes.push((Operation::Delete, k, r.meta.version));
                 }
             }
         } else if let Some(insight) = key.kind.owned_insight() {
             let k = ResourceKey::new(insight, key.mesh.clone(), key.name.clone());
-            if let Some(r) = map.remove(&k) {
-                events.push((k, r.meta.version));
+            if let Some(r) = self.0.remove(&k) {
+                changes.push((Operation::Delete, k, r.meta.version));
             }
         }
-        drop(map);
-        for (k, version) in events {
-            self.emit(Operation::Delete, k, version);
+        Ok(changes)
+    }
+}
+
+#[async_trait]
+impl ResourceStore for MemoryStore {
+    async fn get(&self, key: &ResourceKey) -> Result<Resource> {
+        self.read().get(key)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        Ok(self.read().list(query))
+    }
+
+    async fn create(&self, resource: Resource) -> Result<Resource> {
+        let (resource, (op, key, version)) = self.write().create(resource, Timestamp::now())?;
+        self.emit(op, key, version);
+        Ok(resource)
+    }
+
+    async fn update(&self, resource: Resource) -> Result<Resource> {
+        let (resource, (op, key, version)) = self.write().update(resource, Timestamp::now())?;
+        self.emit(op, key, version);
+        Ok(resource)
+    }
+
+    async fn delete(&self, key: &ResourceKey) -> Result<()> {
+        let changes = self.write().delete(key)?;
+        for (op, k, version) in changes {
+            self.emit(op, k, version);
         }
         Ok(())
     }

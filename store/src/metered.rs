@@ -129,4 +129,8 @@ impl ResourceStore for MeteredStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+
+    async fn cluster_status(&self) -> Result<Option<crate::ClusterStatus>> {
+        self.inner.cluster_status().await
+    }
 }

@@ -1,0 +1,383 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::{Resource, ResourceKey, ResourceType};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::*;
+use crate::{ListQuery, Operation, ResourceStore, SharedStore, StoreError};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "kuma-raft-{name}-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub(crate) struct TestCluster {
+    pub stores: Vec<RaftStore>,
+    pub configs: Vec<RaftConfig>,
+    pub shutdowns: Vec<watch::Sender<bool>>,
+}
+
+fn configs(n: u64, dir: &std::path::Path) -> Vec<RaftConfig> {
+    let ports: BTreeMap<u64, u16> = (1..=n).map(|id| (id, free_port())).collect();
+    let peers: BTreeMap<u64, String> = ports
+        .iter()
+        .map(|(id, port)| (*id, format!("127.0.0.1:{port}")))
+        .collect();
+    (1..=n)
+        .map(|id| {
+            let mut c = RaftConfig::new(id, peers.clone(), dir.join(format!("node-{id}")));
+            c.listen = SocketAddr::from(([127, 0, 0, 1], ports[&id]));
+            c.tls = RaftTls::JoinToken("test-join-token-0123456789".into());
+            c.cluster_id = "test".into();
+            c.timing = RaftTiming {
+                heartbeat: Duration::from_millis(50),
+                election_min: Duration::from_millis(300),
+                election_max: Duration::from_millis(450),
+            };
+            c
+        })
+        .collect()
+}
+
+async fn start_all(configs: Vec<RaftConfig>) -> TestCluster {
+    let mut stores = Vec::new();
+    let mut shutdowns = Vec::new();
+    for c in &configs {
+        let (tx, rx) = watch::channel(false);
+        stores.push(RaftStore::start(c.clone(), rx).await.unwrap());
+        shutdowns.push(tx);
+    }
+    let cluster = TestCluster {
+        stores,
+        configs,
+        shutdowns,
+    };
+    cluster.wait_leader().await;
+    cluster
+}
+
+impl TestCluster {
+    pub async fn start(n: u64) -> TestCluster {
+        start_all(configs(n, &scratch_dir("cluster"))).await
+    }
+
+    pub async fn wait_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(i) = self.stores.iter().position(|s| s.node.is_leader()) {
+                // Every replica must know it before the cluster is usable everywhere.
+                if self.stores.iter().all(|s| s.node.leader().is_some()) {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no raft leader within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A follower's handle, the cluster running for the rest of the test: the conformance
+    /// suite then exercises forwarding too.
+    pub async fn into_follower(self) -> SharedStore {
+        let leader = self.wait_leader().await;
+        let store = self.stores[(leader + 1) % self.stores.len()].clone();
+        // A dropped shutdown sender stops the replicas.
+        std::mem::forget(self.shutdowns);
+        Arc::new(store)
+    }
+
+    async fn follower(&self) -> RaftStore {
+        let leader = self.wait_leader().await;
+        self.stores[(leader + 1) % self.stores.len()].clone()
+    }
+
+    async fn stop(self) -> Vec<RaftConfig> {
+        for s in &self.shutdowns {
+            s.send(true).unwrap();
+        }
+        let nodes: Vec<std::sync::Weak<Node>> = self
+            .stores
+            .iter()
+            .map(|s| Arc::downgrade(&s.node))
+            .collect();
+        drop(self.stores);
+        // The data directories are free once every task holding a replica has ended.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while nodes.iter().any(|n| n.strong_count() > 0) {
+            assert!(Instant::now() < deadline, "replicas did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.configs
+    }
+}
+
+mod conformance {
+    crate::conformance_tests!(super::TestCluster::start(3).await.into_follower().await);
+}
+
+fn mesh(name: &str) -> Resource {
+    Resource::new(ResourceType::Mesh, "", name, json!({}))
+}
+
+fn timeout(mesh: &str, name: &str) -> Resource {
+    Resource::new(
+        ResourceType::MeshTimeout,
+        mesh,
+        name,
+        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "20s"}}]}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_publishes_the_events_in_log_order() {
+    let cluster = TestCluster::start(3).await;
+    let mut receivers: Vec<_> = cluster.stores.iter().map(|s| s.subscribe()).collect();
+    let writer = &cluster.stores[0];
+    writer.create(mesh("ev")).await.unwrap();
+    for i in 0..5 {
+        writer
+            .create(timeout("ev", &format!("t{i}")))
+            .await
+            .unwrap();
+    }
+    writer
+        .delete(&ResourceKey::new(ResourceType::Mesh, "", "ev"))
+        .await
+        .unwrap();
+    for rx in &mut receivers {
+        let mut seen = Vec::new();
+        while seen.len() < 12 {
+            let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("an event within 5 s")
+                .unwrap();
+            seen.push((ev.op, ev.key.name.clone()));
+        }
+        assert_eq!(seen[0], (Operation::Create, "ev".to_string()));
+        let created: Vec<_> = seen[1..6].iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(created, ["t0", "t1", "t2", "t3", "t4"]);
+        assert_eq!(seen[6], (Operation::Delete, "ev".to_string()));
+        assert!(seen[7..].iter().all(|(op, _)| *op == Operation::Delete));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cluster_recovers_from_snapshot_and_log() {
+    let dir = scratch_dir("restart");
+    let mut configs = configs(3, &dir);
+    for c in &mut configs {
+        c.snapshot_every = 20;
+    }
+    let cluster = start_all(configs).await;
+    let store = cluster.stores[1].clone();
+    store.create(mesh("r")).await.unwrap();
+    for i in 0..50 {
+        store.create(timeout("r", &format!("t{i}"))).await.unwrap();
+    }
+    let mut t7 = store
+        .get(&ResourceKey::new(ResourceType::MeshTimeout, "r", "t7"))
+        .await
+        .unwrap();
+    t7.meta.labels.insert("edited".into(), "yes".into());
+    store.update(t7).await.unwrap();
+    let m = cluster.stores[0].node.metrics();
+    assert!(m.snapshot.is_some(), "a snapshot was taken: {m:?}");
+    drop(store);
+    let configs = cluster.stop().await;
+
+    let cluster = start_all(configs).await;
+    for s in &cluster.stores {
+        let page = s
+            .list(&ListQuery::in_mesh(ResourceType::MeshTimeout, "r"))
+            .await
+            .unwrap();
+        assert_eq!(page.total, 50);
+        let t7 = s
+            .stale_reads()
+            .get(&ResourceKey::new(ResourceType::MeshTimeout, "r", "t7"))
+            .await
+            .unwrap();
+        assert_eq!(t7.meta.version, 2);
+        assert_eq!(
+            t7.meta.labels.get("edited").map(String::as_str),
+            Some("yes")
+        );
+    }
+    // And it keeps serving writes.
+    cluster.stores[2]
+        .create(timeout("r", "after"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_catches_up_from_a_snapshot_and_a_dead_one_is_removed() {
+    let dir = scratch_dir("membership");
+    let mut all = configs(4, &dir);
+    for c in &mut all {
+        c.snapshot_every = 10;
+    }
+    // Three form the cluster; the fourth joins later.
+    let mut fourth = all.pop().unwrap();
+    let three: BTreeMap<u64, String> = all
+        .iter()
+        .map(|c| (c.node_id, c.peers[&c.node_id].clone()))
+        .collect();
+    for c in &mut all {
+        c.peers = three.clone();
+    }
+    let mut cluster = start_all(all).await;
+    let store = cluster.stores[0].clone();
+    store.create(mesh("m")).await.unwrap();
+    for i in 0..40 {
+        store.create(timeout("m", &format!("t{i}"))).await.unwrap();
+    }
+    fourth.join = true;
+    fourth.peers.extend(three.clone());
+    let (tx, rx) = watch::channel(false);
+    let joined = RaftStore::start(fourth, rx).await.unwrap();
+    let mut events = joined.subscribe();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = store.cluster_status().await.unwrap().unwrap();
+        if status
+            .members
+            .iter()
+            .any(|m| m.node_id == 4 && m.role == "follower")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 did not join: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = joined
+        .list(&ListQuery::in_mesh(ResourceType::MeshTimeout, "m"))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 40);
+    // What it learned from the snapshot arrived as events.
+    let first = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+    assert!(
+        first.is_ok(),
+        "the joined replica published what it installed"
+    );
+
+    // Node 3 dies; the operator removes it; writes go on with 1, 2 and 4.
+    cluster.shutdowns[2].send(true).unwrap();
+    let removed = joined.admin(AdminRequest::Remove { id: 3 }).await.unwrap();
+    assert!(
+        removed.members.iter().all(|m| m.node_id != 3),
+        "{removed:?}"
+    );
+    joined.create(timeout("m", "after-removal")).await.unwrap();
+    cluster.shutdowns.push(tx);
+    cluster.stores.push(joined);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_misconfiguration_are_refused_with_the_reason() {
+    let cluster = TestCluster::start(3).await;
+    let store = cluster.follower().await;
+    store.create(mesh("big")).await.unwrap();
+    let huge = Resource::new(
+        ResourceType::MeshTimeout,
+        "big",
+        "huge",
+        json!({"blob": "x".repeat(2 * 1024 * 1024)}),
+    );
+    match store.create(huge).await {
+        Err(StoreError::TooLarge { limit, .. }) => assert_eq!(limit, 1024 * 1024),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+
+    // A second process on a running replica's data directory.
+    let mut again = cluster.configs[0].clone();
+    again.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let err = RaftStore::start(again, watch::channel(false).1)
+        .await
+        .err()
+        .expect("a second replica on one data directory is refused");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+
+    // Another cluster's data directory.
+    drop(store);
+    let configs = cluster.stop().await;
+    let mut other = configs[0].clone();
+    other.cluster_id = "another".into();
+    let err = RaftStore::start(other, watch::channel(false).1)
+        .await
+        .err()
+        .expect("another cluster's data directory is refused");
+    assert!(err.to_string().contains("data directory"), "{err}");
+    let source = std::error::Error::source(&err).map(|s| s.to_string());
+    assert!(format!("{err} {source:?}").contains("another"), "{err}");
+
+    // A corrupt data file stops the replica with the file's name.
+    let path = configs[1].data_dir.join("raft.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[len / 4..len / 2] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let err = RaftStore::start(configs[1].clone(), watch::channel(false).1).await;
+    match err {
+        Ok(_) => panic!("a corrupt data file was accepted"),
+        Err(e) => {
+            let text = format!("{e}: {:?}", std::error::Error::source(&e));
+            assert!(text.contains("raft.redb"), "{text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_join_token_cannot_take_part() {
+    let dir = scratch_dir("token");
+    let mut configs = configs(3, &dir);
+    configs[2].tls = RaftTls::JoinToken("a-different-token-0123456789".into());
+    let mut stores = Vec::new();
+    let mut shutdowns = Vec::new();
+    for c in &configs {
+        let (tx, rx) = watch::channel(false);
+        stores.push(RaftStore::start(c.clone(), rx).await.unwrap());
+        shutdowns.push(tx);
+    }
+    // Nodes 1 and 2 form a quorum; node 3 never learns of a leader.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stores[..2].iter().any(|s| s.node.is_leader()) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stores[0].create(mesh("tok")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(stores[2].node.leader().is_none());
+    assert!(matches!(
+        stores[2]
+            .stale_reads()
+            .get(&ResourceKey::new(ResourceType::Mesh, "", "tok"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
