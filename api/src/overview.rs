@@ -211,9 +211,14 @@ pub async fn control_planes(State(state): State<SharedState>) -> Result<Json<Val
         Err(e) => return Err(ApiError::from_store("Could not retrieve control planes", e)),
     };
     let items: Vec<Value> = catalog.instances.iter().map(|i| json!(i)).collect();
-    Ok(Json(
-        json!({"total": items.len(), "items": items, "next": null}),
-    ))
+    let mut answer = json!({"total": items.len(), "items": items, "next": null});
+    // A store replicated among the replicas (raft) adds its members' view.
+    match state.store.cluster_status().await {
+        Ok(Some(raft)) => answer["raft"] = json!(raft),
+        Ok(None) => {}
+        Err(e) => answer["raft"] = json!({"error": e.to_string()}),
+    }
+    Ok(Json(answer))
 }
 
 /// Online/offline/partially degraded counts, as Kuma's `FullStatus`.

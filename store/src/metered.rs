@@ -35,6 +35,15 @@ pub struct MeteredStore {
 }
 
 impl MeteredStore {
+    /// Another store counted in the same metrics (the same store read another way).
+    pub fn sharing(&self, inner: SharedStore) -> Self {
+        MeteredStore {
+            inner,
+            ops: self.ops.clone(),
+            latency: self.latency.clone(),
+        }
+    }
+
     pub fn new(inner: SharedStore, registry: &mut Registry) -> Self {
         let ops = Family::<OpLabels, Counter>::default();
         let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(

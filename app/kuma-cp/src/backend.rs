@@ -16,6 +16,10 @@ pub enum BackendError {
     StoppedWaiting,
     #[error("migrating the Postgres schema")]
     Migrate(#[source] store::StoreError),
+    #[error("store.raft")]
+    RaftConfig(#[source] crate::config::ConfigError),
+    #[error("starting the raft store")]
+    Raft(#[source] store::raft::RaftStoreError),
 }
 
 /// The election all replicas of one control plane campaign in.
@@ -23,6 +27,11 @@ pub const LEADER_ELECTION: &str = "kuma-cp-leader";
 
 pub struct Backend {
     pub store: SharedStore,
+    /// The same store for readers that tolerate reading this replica's applied state (xDS,
+    /// KDS senders reacting to its events): raft's stale reads, the store itself elsewhere.
+    pub local_reads: SharedStore,
+    /// Set for raft: its failure stops the control plane.
+    pub raft: Option<store::raft::RaftStore>,
     pub elector: Arc<dyn LeaderElector>,
     /// Set for Postgres, whose schema is checked once the database answers.
     pub postgres: Option<sqlx_pool::Pool>,
@@ -39,11 +48,16 @@ pub async fn build(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Backend, BackendError> {
     match config.store.store_type {
-        StoreType::Memory => Ok(Backend {
-            store: Arc::new(MemoryStore::new()),
-            elector: Arc::new(AlwaysLeader),
-            postgres: None,
-        }),
+        StoreType::Memory => {
+            let store: SharedStore = Arc::new(MemoryStore::new());
+            Ok(Backend {
+                local_reads: store.clone(),
+                store,
+                raft: None,
+                elector: Arc::new(AlwaysLeader),
+                postgres: None,
+            })
+        }
         StoreType::Postgres => {
             let store = store::postgres::PostgresStore::connect(&config.postgres());
             let pool = store.pool().clone();
@@ -52,13 +66,29 @@ pub async fn build(
                 LEADER_ELECTION,
                 LeaseTiming::default(),
             );
+            let store: SharedStore = Arc::new(store);
             Ok(Backend {
-                store: Arc::new(store),
+                local_reads: store.clone(),
+                store,
+                raft: None,
                 elector,
                 postgres: Some(pool),
             })
         }
         StoreType::Etcd => build_etcd(config, shutdown.clone()).await,
+        StoreType::Raft => {
+            let raft_config = config.raft().map_err(BackendError::RaftConfig)?;
+            let store = store::raft::RaftStore::start(raft_config, shutdown.clone())
+                .await
+                .map_err(BackendError::Raft)?;
+            Ok(Backend {
+                local_reads: Arc::new(store.stale_reads()),
+                elector: Arc::new(store.leader_elector()),
+                store: Arc::new(store.clone()),
+                raft: Some(store),
+                postgres: None,
+            })
+        }
     }
 }
 
@@ -86,8 +116,11 @@ async fn build_etcd(
         }
     };
     let elector = Arc::new(store.leader_elector(LEADER_ELECTION, LeaseTiming::default()));
+    let store: SharedStore = Arc::new(store);
     Ok(Backend {
-        store: Arc::new(store),
+        local_reads: store.clone(),
+        store,
+        raft: None,
         elector,
         postgres: None,
     })

@@ -47,6 +47,8 @@ pub enum StoreType {
     Memory,
     Postgres,
     Etcd,
+    /// Replicated among the control plane's own replicas (ours; Kuma has no such store).
+    Raft,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +101,7 @@ pub struct StoreConfig {
     pub store_type: StoreType,
     pub postgres: PostgresStoreConfig,
     pub etcd: EtcdStoreConfig,
+    pub raft: RaftStoreConfig,
 }
 
 impl Default for StoreConfig {
@@ -107,6 +110,47 @@ impl Default for StoreConfig {
             store_type: StoreType::Memory,
             postgres: PostgresStoreConfig::default(),
             etcd: EtcdStoreConfig::default(),
+            raft: RaftStoreConfig::default(),
+        }
+    }
+}
+
+/// `store.raft` (`KUMA_STORE_RAFT_*`): this replica's place in the replicated store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RaftStoreConfig {
+    /// This replica's node id, 1 or more, unique in the cluster.
+    pub node_id: u64,
+    /// The initial members as `1=host:port,2=host:port,3=host:port` (raft addresses), this
+    /// replica among them.
+    pub peers: String,
+    pub data_dir: String,
+    /// The port raft's RPCs listen on (all interfaces).
+    pub port: u16,
+    /// Every replica of one cluster names the same id.
+    pub cluster_id: String,
+    /// Replicas derive their mutual TLS from this shared secret (at least 16 characters)...
+    pub join_token: String,
+    /// ...or read it from files (the leaf must name `kuma-raft`).
+    pub tls: TlsFilesConfig,
+    /// Join a running cluster through `peers` instead of forming one.
+    pub join: bool,
+    /// Seconds a write or a linearizable read waits for the cluster before answering 503.
+    pub request_timeout: u64,
+}
+
+impl Default for RaftStoreConfig {
+    fn default() -> Self {
+        RaftStoreConfig {
+            node_id: 0,
+            peers: String::new(),
+            data_dir: "/var/lib/kuma-cp/raft".into(),
+            port: 5684,
+            cluster_id: "kuma".into(),
+            join_token: String::new(),
+            tls: TlsFilesConfig::default(),
+            join: false,
+            request_timeout: 5,
         }
     }
 }
@@ -170,7 +214,7 @@ pub struct EtcdStoreConfig {
     pub password: String,
     /// Seconds to wait when dialing.
     pub dial_timeout: u64,
-    pub tls: EtcdTlsConfig,
+    pub tls: TlsFilesConfig,
 }
 
 impl Default for EtcdStoreConfig {
@@ -181,14 +225,14 @@ impl Default for EtcdStoreConfig {
             username: String::new(),
             password: String::new(),
             dial_timeout: 5,
-            tls: EtcdTlsConfig::default(),
+            tls: TlsFilesConfig::default(),
         }
     }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct EtcdTlsConfig {
+pub struct TlsFilesConfig {
     pub ca_path: String,
     pub cert_path: String,
     pub key_path: String,
@@ -984,6 +1028,7 @@ impl Config {
                 }
                 Ok(())
             }
+            StoreType::Raft => self.raft().map(|_| ()),
             StoreType::Postgres => {
                 let pg = &self.store.postgres;
                 let mode: store::postgres::TlsMode =
@@ -1086,6 +1131,111 @@ impl Config {
             dial_timeout: std::time::Duration::from_secs(e.dial_timeout.max(1)),
             ..store::etcd::EtcdConfig::default()
         }
+    }
+
+    /// The raft store's settings, checked.
+    pub fn raft(&self) -> Result<store::raft::RaftConfig, ConfigError> {
+        let r = &self.store.raft;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if r.node_id == 0 {
+            return Err(invalid(
+                "store.raft.nodeId (KUMA_STORE_RAFT_NODE_ID)",
+                "a node id of 1 or more is needed".into(),
+            ));
+        }
+        let peers = store::raft::RaftConfig::parse_peers(&r.peers)
+            .map_err(|m| invalid("store.raft.peers (KUMA_STORE_RAFT_PEERS)", m))?;
+        if !peers.contains_key(&r.node_id) {
+            return Err(invalid(
+                "store.raft.peers (KUMA_STORE_RAFT_PEERS)",
+                format!(
+                    "it must list this replica (node {}) with its own raft address",
+                    r.node_id
+                ),
+            ));
+        }
+        if peers.contains_key(&0) {
+            return Err(invalid(
+                "store.raft.peers (KUMA_STORE_RAFT_PEERS)",
+                "node ids start at 1".into(),
+            ));
+        }
+        if r.cluster_id.is_empty() || !r.cluster_id.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(invalid(
+                "store.raft.clusterId (KUMA_STORE_RAFT_CLUSTER_ID)",
+                "it must be printable ASCII without spaces".into(),
+            ));
+        }
+        if r.data_dir.is_empty() {
+            return Err(invalid(
+                "store.raft.dataDir (KUMA_STORE_RAFT_DATA_DIR)",
+                "a directory is needed".into(),
+            ));
+        }
+        let files = [&r.tls.ca_path, &r.tls.cert_path, &r.tls.key_path];
+        let tls = match (r.join_token.is_empty(), files.iter().all(|f| f.is_empty())) {
+            (false, true) if r.join_token.len() < 16 => {
+                return Err(invalid(
+                    "store.raft.joinToken (KUMA_STORE_RAFT_JOIN_TOKEN)",
+                    "it must be at least 16 characters".into(),
+                ));
+            }
+            (false, true) => store::raft::RaftTls::JoinToken(r.join_token.clone()),
+            (true, false) => {
+                if let Some(missing) = [
+                    (
+                        "store.raft.tls.caPath (KUMA_STORE_RAFT_TLS_CA_PATH)",
+                        &r.tls.ca_path,
+                    ),
+                    (
+                        "store.raft.tls.certPath (KUMA_STORE_RAFT_TLS_CERT_PATH)",
+                        &r.tls.cert_path,
+                    ),
+                    (
+                        "store.raft.tls.keyPath (KUMA_STORE_RAFT_TLS_KEY_PATH)",
+                        &r.tls.key_path,
+                    ),
+                ]
+                .into_iter()
+                .find(|(_, p)| !std::path::Path::new(p.as_str()).is_file())
+                {
+                    return Err(invalid(
+                        missing.0,
+                        format!(
+                            "file {:?} does not exist (caPath, certPath and keyPath go together)",
+                            missing.1
+                        ),
+                    ));
+                }
+                store::raft::RaftTls::Files {
+                    ca: r.tls.ca_path.clone().into(),
+                    cert: r.tls.cert_path.clone().into(),
+                    key: r.tls.key_path.clone().into(),
+                }
+            }
+            (false, false) => {
+                return Err(invalid(
+                    "store.raft.joinToken (KUMA_STORE_RAFT_JOIN_TOKEN)",
+                    "give either a join token or TLS files, not both".into(),
+                ));
+            }
+            (true, true) => {
+                return Err(invalid(
+                    "store.raft.joinToken (KUMA_STORE_RAFT_JOIN_TOKEN)",
+                    "replicas authenticate each other with mutual TLS: give a join token shared by all replicas, or store.raft.tls.* files".into(),
+                ));
+            }
+        };
+        let mut config = store::raft::RaftConfig::new(r.node_id, peers, r.data_dir.clone().into());
+        config.listen = std::net::SocketAddr::from(([0, 0, 0, 0], r.port));
+        config.cluster_id = r.cluster_id.clone();
+        config.tls = tls;
+        config.join = r.join;
+        config.request_timeout = std::time::Duration::from_secs(r.request_timeout.max(1));
+        Ok(config)
     }
 
     /// The configuration as `/config` shows it: secrets replaced.

@@ -29,8 +29,38 @@ enum Command {
         #[command(subcommand)]
         command: MigrateCommand,
     },
+    /// The raft store's membership (KUMA_STORE_TYPE=raft), through any replica.
+    Raft {
+        #[command(subcommand)]
+        command: RaftCommand,
+        /// YAML configuration file; `KUMA_*` environment variables override it. Its
+        /// `store.raft` block gives the cluster id and credentials.
+        #[arg(short = 'c', long, global = true)]
+        config_file: Option<String>,
+        /// A replica's raft address (host:port); this configuration's own by default.
+        #[arg(long, global = true)]
+        address: Option<String>,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum RaftCommand {
+    /// Each member's role, matched log index and lag, as the leader sees them.
+    Status,
+    /// Add a replica (started with KUMA_STORE_RAFT_JOIN=true, or not started yet) as a voter.
+    Add {
+        /// Its node id.
+        id: u64,
+        /// Its raft address, host:port.
+        address: String,
+    },
+    /// Remove a replica (a dead one, or one being retired).
+    Remove {
+        /// Its node id.
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -44,6 +74,11 @@ enum MigrateCommand {
 
 fn main() -> ExitCode {
     let (config_file, log_level, migrate) = match Cli::parse().command {
+        Command::Raft {
+            command,
+            config_file,
+            address,
+        } => return raft_admin(command, config_file, address),
         Command::Version => {
             println!("kuma-cp version {VERSION} (Kuma {VERSION} compatible)");
             return ExitCode::SUCCESS;
@@ -111,6 +146,70 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            eprintln!("kuma-cp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `kuma-cp raft ...`: one admin request, its answer as a table.
+fn raft_admin(
+    command: RaftCommand,
+    config_file: Option<String>,
+    address: Option<String>,
+) -> ExitCode {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let raft = match Config::load(config_file.as_deref(), &env).map(|c| c.raft()) {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) | Err(e) => {
+            eprintln!("kuma-cp: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let address = address
+        .or_else(|| raft.peers.get(&raft.node_id).cloned())
+        .unwrap_or_default();
+    let request = match command {
+        RaftCommand::Status => store::raft::AdminRequest::Status,
+        RaftCommand::Add { id, address } => store::raft::AdminRequest::Add { id, address },
+        RaftCommand::Remove { id } => store::raft::AdminRequest::Remove { id },
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(store::raft::admin_call(&raft, &address, &request))
+                .map_err(anyhow::Error::from)
+        });
+    match answer {
+        Ok(status) => {
+            println!(
+                "cluster {} term {} leader {} commit index {}",
+                status.cluster_id,
+                status.term,
+                status.leader.map_or("none".into(), |l| l.to_string()),
+                status.commit_index.map_or("-".into(), |i| i.to_string()),
+            );
+            println!(
+                "{:<6} {:<28} {:<9} {:>8} {:>6}",
+                "NODE", "ADDRESS", "ROLE", "MATCHED", "LAG"
+            );
+            for m in &status.members {
+                let num = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+                println!(
+                    "{:<6} {:<28} {:<9} {:>8} {:>6}",
+                    m.node_id,
+                    m.address,
+                    m.role,
+                    num(m.matched_index),
+                    num(m.lag)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
             eprintln!("kuma-cp: {e:#}");
             ExitCode::FAILURE
         }

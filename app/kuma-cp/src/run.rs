@@ -89,7 +89,9 @@ pub async fn run(
 
     let mut registry = Registry::default();
     let backend = backend::build(&config, &stopping).await?;
-    let store: SharedStore = Arc::new(MeteredStore::new(backend.store.clone(), &mut registry));
+    let metered = MeteredStore::new(backend.store.clone(), &mut registry);
+    let local_reads: SharedStore = Arc::new(metered.sharing(backend.local_reads.clone()));
+    let store: SharedStore = Arc::new(metered);
     let api_metrics = api::api_metrics(&mut registry);
     let kds_metrics = kds::metrics::KdsMetrics::register(&mut registry);
     let xds_metrics = zone::dpserver::metrics::XdsMetrics::register(&mut registry);
@@ -142,6 +144,18 @@ pub async fn run(
         }));
     }
 
+    if let Some(raft) = backend.raft.clone() {
+        let mut stop = stopping.clone();
+        components.start(Component::every_replica("raft-store", async move {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => Ok(()),
+                reason = raft.stopped() => {
+                    Err::<(), ComponentError>(format!("the raft store stopped: {reason}").into())
+                }
+            }
+        }));
+    }
     wait_for_store(&store, stopping.clone()).await?;
     if let Some(pool) = &backend.postgres {
         store::postgres::check_schema(pool)
@@ -276,7 +290,7 @@ pub async fn run(
         start_global(
             &mut components,
             &config,
-            &store,
+            &local_reads,
             listener,
             global::GlobalIdentity {
                 hostname: hostname.clone(),
@@ -288,7 +302,11 @@ pub async fn run(
         );
     }
     if let Some(zone_config) = zone_client {
-        let (store, stop, admin) = (store.clone(), stopping.clone(), Some(proxy_admin.clone()));
+        let (store, stop, admin) = (
+            local_reads.clone(),
+            stopping.clone(),
+            Some(proxy_admin.clone()),
+        );
         components.start(Component::leader_only("kds-zone-client", move || {
             let work = zone::kds_client::run(
                 store.clone(),
@@ -308,7 +326,7 @@ pub async fn run(
         // One snapshot cache for the proxies' configuration and the ingresses' service counts.
         // A federated zone uses the CAs global creates.
         let view = zone::dpserver::cache::start(
-            store.clone(),
+            local_reads.clone(),
             dp_config.zone.clone(),
             !dp_config.federated,
         );
@@ -345,7 +363,7 @@ pub async fn run(
         }
         let work = zone::dpserver::serve(
             listener,
-            store.clone(),
+            local_reads.clone(),
             view,
             dp_config,
             tunnels,

@@ -937,6 +937,48 @@ fn resource_rows(kind: ResourceType, items: &[Value]) -> (Vec<&'static str>, Vec
 }
 
 /// A proxy's Envoy config dump, stats or clusters, under the proxy's API path `base`.
+/// The raft store's members under the replicas, when the control plane runs on one.
+fn print_raft_members(raft: &serde_json::Value) {
+    let Some(members) = raft["members"].as_array() else {
+        return;
+    };
+    let num = |v: &serde_json::Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
+    println!(
+        "\nraft cluster {} term {} leader {} commit index {}",
+        raft["clusterId"].as_str().unwrap_or(""),
+        num(&raft["term"]),
+        num(&raft["leader"]),
+        num(&raft["commitIndex"]),
+    );
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            vec![
+                num(&m["nodeId"]),
+                m["address"].as_str().unwrap_or("").to_string(),
+                m["role"].as_str().unwrap_or("").to_string(),
+                num(&raft["term"]),
+                num(&m["matchedIndex"]),
+                num(&m["lag"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "RAFT NODE",
+                "RAFT ADDRESS",
+                "ROLE",
+                "TERM",
+                "MATCHED INDEX",
+                "LAG"
+            ],
+            &rows
+        )
+    );
+}
+
 async fn print_envoy_view(
     client: &Client,
     base: &str,
@@ -1072,6 +1114,7 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<()> {
                     &rows
                 )
             );
+            print_raft_members(&list["raft"]);
         }
         InspectCommand::Meshes { output } => {
             let insights = client.get_json("/mesh-insights").await?;

@@ -89,6 +89,7 @@ impl LeaderElector for RaftLeaderElector {
                         tracing::info!(
                             instance = instance_id,
                             node_id = self.id,
+                            term = leading.map_or(0, |(term, _)| term),
                             leader = acting,
                             "control plane leadership (raft)"
                         );

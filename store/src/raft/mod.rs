@@ -46,11 +46,12 @@ mod types;
 
 pub use elector::RaftLeaderElector;
 pub use log::LogError;
+pub use network::RpcError;
 pub use tls::{RaftTls, TlsError};
 pub use types::NodeId;
 
 use log::LogStore;
-use network::{Caller, Method, Peers, RpcError};
+use network::{Caller, Method, Peers};
 use state::{Shared, StateMachine};
 use types::{Command, Outcome, Raft, WireKey, WireResource};
 
@@ -870,6 +871,52 @@ fn check_identity(
             Ok(id)
         }
     }
+}
+
+/// The node id an operator's tool (`kuma-cp raft ...`) calls with: never a member's.
+pub const ADMIN_CALLER: NodeId = 0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminCallError {
+    #[error("raft TLS (KUMA_STORE_RAFT_JOIN_TOKEN or KUMA_STORE_RAFT_TLS_*)")]
+    Tls(#[source] TlsError),
+    #[error("calling the replica at {address}")]
+    Call {
+        address: String,
+        #[source]
+        source: RpcError,
+    },
+    #[error("the cluster refused: {0}")]
+    Refused(String),
+}
+
+/// Sends a membership request or asks for the status, through the replica at `address`, with
+/// this configuration's cluster id and credentials.
+pub async fn admin_call(
+    config: &RaftConfig,
+    address: &str,
+    request: &AdminRequest,
+) -> std::result::Result<ClusterStatus, AdminCallError> {
+    let material = tls::TlsMaterial::load(&config.tls).map_err(AdminCallError::Tls)?;
+    let peers = Peers::new(
+        material.client(),
+        Caller {
+            cluster_id: config.cluster_id.clone(),
+            node_id: ADMIN_CALLER,
+            instance: format!("admin-{:016x}", rand::random::<u64>()),
+        },
+    );
+    let answer: std::result::Result<ClusterStatus, Redirect> = peers
+        .call_json(address, Method::Admin, request, config.request_timeout * 12)
+        .await
+        .map_err(|source| AdminCallError::Call {
+            address: address.to_string(),
+            source,
+        })?;
+    answer.map_err(|r| match r {
+        Redirect::Unavailable(m) => AdminCallError::Refused(m),
+        Redirect::NotLeader => AdminCallError::Refused("no leader".into()),
+    })
 }
 
 /// Asks the running cluster (through any of `peers`) to add this replica, until it is a member.

@@ -75,8 +75,9 @@ fn header<'a>(request: &'a Request<RaftPayload>, name: &str) -> Result<&'a str, 
 }
 
 impl Service {
-    /// Refuses another cluster's replicas and a second process using a live node's id.
-    fn admit(&self, request: &Request<RaftPayload>) -> Result<(), Status> {
+    /// Refuses another cluster's replicas and a second process using a live node's id; an
+    /// operator's tool (node id 0) may only make admin requests.
+    fn admit(&self, request: &Request<RaftPayload>, admin: bool) -> Result<(), Status> {
         let cluster = header(request, CLUSTER_HEADER)?;
         if cluster != self.node.cluster_id {
             return Err(Status::permission_denied(format!(
@@ -88,6 +89,15 @@ impl Service {
             .parse()
             .map_err(|_| Status::permission_denied("the node id header is not a number"))?;
         let instance = header(request, INSTANCE_HEADER)?;
+        if node_id == super::ADMIN_CALLER {
+            return if admin {
+                Ok(())
+            } else {
+                Err(Status::permission_denied(
+                    "node id 0 may only make admin requests",
+                ))
+            };
+        }
         if node_id == self.node.id {
             return Err(Status::permission_denied(format!(
                 "node id {node_id} is this replica's own: two replicas are configured with the same KUMA_STORE_RAFT_NODE_ID"
@@ -112,7 +122,11 @@ impl Service {
     }
 
     fn decode<T: DeserializeOwned>(&self, request: Request<RaftPayload>) -> Result<T, Status> {
-        self.admit(&request)?;
+        self.admit(&request, false)?;
+        Self::payload(request)
+    }
+
+    fn payload<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
         serde_json::from_slice(&request.into_inner().payload)
             .map_err(|e| Status::invalid_argument(format!("the raft message is not valid: {e}")))
     }
@@ -163,7 +177,8 @@ impl RaftService for Service {
     }
 
     async fn admin(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let admin: AdminRequest = self.decode(request)?;
+        self.admit(&request, true)?;
+        let admin: AdminRequest = Self::payload(request)?;
         let answer = match self.node.admin(admin).await {
             Ok(status) => Ok(status),
             Err(e) => Err(super::Redirect::Unavailable(e.to_string())),
