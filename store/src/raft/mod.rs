@@ -320,8 +320,18 @@ impl Node {
         }
     }
 
+    fn check_running(&self) -> Result<()> {
+        match &self.raft.metrics().borrow().running_state {
+            Ok(()) => Ok(()),
+            Err(e) => Err(unavailable(format!(
+                "raft has stopped on this replica: {e}"
+            ))),
+        }
+    }
+
     /// Commits `command` wherever the leader is, and returns once this replica has applied it.
     async fn write(&self, command: Command) -> Result<Outcome> {
+        self.check_running()?;
         let deadline = Instant::now() + self.request_timeout;
         loop {
             match self.leader() {
@@ -388,6 +398,7 @@ impl Node {
 
     /// Waits until this replica's state reflects every write acknowledged before the call.
     async fn read_barrier(&self) -> Result<()> {
+        self.check_running()?;
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let index = match self.leader() {
@@ -807,9 +818,7 @@ impl ResourceStore for RaftStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        if let Err(e) = &self.node.raft.metrics().borrow().running_state {
-            return Err(unavailable(format!("raft has stopped: {e}")));
-        }
+        self.node.check_running()?;
         match self.node.leader() {
             Some(_) => Ok(()),
             None => Err(self.node.no_leader()),

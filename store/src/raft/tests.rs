@@ -13,23 +13,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::{ListQuery, Operation, ResourceStore, SharedStore, StoreError};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "kuma-raft-{name}-{}-{:x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::testing::{free_port, temp_dir as scratch_dir};
 
 pub(crate) struct TestCluster {
     pub stores: Vec<RaftStore>,
@@ -380,4 +364,121 @@ async fn a_replica_with_another_join_token_cannot_take_part() {
             .await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cas_histories_are_linearizable_across_a_leader_stop() {
+    use crate::testing::linearizable::{Call, CasOp, CasRet, Versioned, check};
+
+    let cluster = TestCluster::start(3).await;
+    let keys: Vec<ResourceKey> = (0..3)
+        .map(|i| ResourceKey::new(ResourceType::MeshTimeout, "lin", format!("k{i}")))
+        .collect();
+    cluster.stores[0].create(mesh("lin")).await.unwrap();
+    for k in &keys {
+        let mut r = timeout("lin", &k.name);
+        r.meta.labels.insert("value".into(), "init".into());
+        cluster.stores[0].create(r).await.unwrap();
+    }
+    let start = Instant::now();
+    let nanos = move || u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let leader = cluster.wait_leader().await;
+    let calls_made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client in 0..4usize {
+        let stores = cluster.stores.clone();
+        let keys = keys.clone();
+        let calls_made = calls_made.clone();
+        clients.push(tokio::spawn(async move {
+            let mut history: Vec<(usize, Call<CasOp, CasRet>)> = Vec::new();
+            let mut known: Vec<u64> = vec![1; keys.len()];
+            for n in 0..40usize {
+                let k = (client + n) % keys.len();
+                let store = &stores[(client + n / 3) % stores.len()];
+                calls_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let invoked = nanos();
+                if n % 2 == 0 {
+                    match store.get(&keys[k]).await {
+                        Ok(r) => {
+                            known[k] = r.meta.version;
+                            let value = r.meta.labels.get("value").cloned().unwrap_or_default();
+                            history.push((
+                                k,
+                                Call {
+                                    op: CasOp::Read,
+                                    ret: Some(CasRet::Read {
+                                        version: r.meta.version,
+                                        value,
+                                    }),
+                                    invoked,
+                                    returned: Some(nanos()),
+                                },
+                            ));
+                        }
+                        // A failed read changed nothing.
+                        Err(_) => {}
+                    }
+                } else {
+                    let value = format!("c{client}-{n}");
+                    let mut r = timeout("lin", &keys[k].name);
+                    r.meta.version = known[k];
+                    r.meta.labels.insert("value".into(), value.clone());
+                    let op = CasOp::Cas {
+                        expected: known[k],
+                        value,
+                    };
+                    let (ret, returned) = match store.update(r).await {
+                        Ok(r) => {
+                            known[k] = r.meta.version;
+                            (
+                                Some(CasRet::Updated {
+                                    version: r.meta.version,
+                                }),
+                                Some(nanos()),
+                            )
+                        }
+                        Err(StoreError::Conflict { actual, .. }) => {
+                            known[k] = actual;
+                            (Some(CasRet::Conflict), Some(nanos()))
+                        }
+                        Err(_) => (None, None),
+                    };
+                    history.push((
+                        k,
+                        Call {
+                            op,
+                            ret,
+                            invoked,
+                            returned,
+                        },
+                    ));
+                }
+            }
+            history
+        }));
+    }
+    // The leader stops while the clients run: after a quarter of their calls.
+    while calls_made.load(std::sync::atomic::Ordering::Relaxed) < 40 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    cluster.shutdowns[leader].send(true).unwrap();
+    let mut per_key: Vec<Vec<Call<CasOp, CasRet>>> = vec![Vec::new(); keys.len()];
+    for c in clients {
+        for (k, call) in c.await.unwrap() {
+            per_key[k].push(call);
+        }
+    }
+    let init = Versioned {
+        version: 1,
+        value: "init".into(),
+    };
+    let unknown = per_key.iter().flatten().filter(|c| c.ret.is_none()).count();
+    let total: usize = per_key.iter().map(Vec::len).sum();
+    eprintln!("{total} calls recorded, {unknown} with an unknown outcome");
+    for (k, history) in per_key.iter().enumerate() {
+        assert!(history.len() > 10, "key {k}: too few calls recorded");
+        if let Err(e) = check(&init, history) {
+            panic!("key {k}: {e}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::process::Child;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod linearizable;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
