@@ -54,6 +54,14 @@ pub async fn authenticate(
             };
             match security::user::authenticate(&state.user_keys, token).await {
                 Ok(user) => user,
+                // The token may be fine: the keys to check it could not be read. 503 says
+                // "try again", where 401 would send the caller to get a new token.
+                Err(security::tokens::TokenError::Store(
+                    e @ store::StoreError::Unavailable { .. },
+                )) => {
+                    return ApiError::from_store("Could not verify the user token", e)
+                        .into_response();
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, ?peer, "rejected user token");
                     return ApiError::unauthenticated(format!("invalid user token: {e}"))

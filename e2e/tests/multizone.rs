@@ -287,6 +287,57 @@ fn global_on_postgres_and_two_zones_sync_both_ways() {
     scenario(&env, true);
 }
 
+/// Global as three replicas on the raft store (loopback ports): the scenario talks to replica
+/// 1, kills and restarts it; replicas 2 and 3 keep the cluster's quorum throughout.
+#[test]
+fn global_on_three_raft_replicas_and_two_zones_sync_both_ways() {
+    let dir = store::testing::temp_dir("kuma-e2e-raft-global");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let env = |id: usize| -> Vec<(String, String)> {
+        [
+            ("KUMA_STORE_TYPE", "raft".to_string()),
+            ("KUMA_STORE_RAFT_NODE_ID", id.to_string()),
+            ("KUMA_STORE_RAFT_PEERS", peers.clone()),
+            ("KUMA_STORE_RAFT_PORT", ports[id - 1].to_string()),
+            (
+                "KUMA_STORE_RAFT_DATA_DIR",
+                dir.join(format!("node-{id}")).display().to_string(),
+            ),
+            (
+                "KUMA_STORE_RAFT_JOIN_TOKEN",
+                "multizone-raft-token-0123".into(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    };
+    let mut others: Vec<ControlPlane> = [2, 3]
+        .into_iter()
+        .map(|id| {
+            let mut e = env(id);
+            e.push(("KUMA_MODE".into(), "global".into()));
+            let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            ControlPlane::start(&format!("global-{id}"), &e)
+        })
+        .collect();
+    scenario(&env(1), true);
+    for other in &mut others {
+        assert!(
+            other.child.try_wait().unwrap().is_none(),
+            "a global replica exited:\n{}",
+            other.logs()
+        );
+        other.wait_ready(Duration::from_secs(10));
+    }
+}
+
 /// The multi-zone story end to end. `durable`: global's store survives its restart, so its
 /// certificate, zone-token signing key and zone resources come back with it.
 fn scenario(global_store: &[(String, String)], durable: bool) {

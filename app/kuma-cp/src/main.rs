@@ -223,7 +223,8 @@ fn init_tracing(level: &str, telemetry: Option<&Telemetry>) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUMA_LOG_LEVEL_FILTER")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        // openraft narrates every election and vote at INFO; its warnings are what matter.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn")));
     let logs = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))

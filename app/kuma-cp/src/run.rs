@@ -120,10 +120,11 @@ pub async fn run(
     let (leader_tx, leader_rx) = watch::channel(false);
     let mut components = Manager::new(leader_rx.clone(), shutdown.clone());
     let started = Arc::new(AtomicBool::new(false));
-    // The unmetered backend, so scrapes do not count themselves as store traffic.
+    // The unmetered backend, so scrapes do not count themselves as store traffic; read
+    // locally, so a scrape answers at once even while raft elects a leader.
     let diagnostics = Arc::new(api::diagnostics::Diagnostics::new(
         registry,
-        backend.store.clone(),
+        backend.local_reads.clone(),
         started.clone(),
     ));
     components.start(Component::every_replica(

@@ -262,6 +262,11 @@ impl Node {
             .membership()
             .voter_ids()
             .count();
+        if voters == 0 {
+            return unavailable(
+                "this replica is not a member of a raft cluster yet (it is joining, or waiting for the initial members)".into(),
+            );
+        }
         unavailable(format!(
             "no raft leader is known: this replica cannot reach a quorum of the {voters} voting members"
         ))
@@ -277,10 +282,9 @@ impl Node {
                 "this replica leads raft term {} but has not heard from a quorum for {ms} ms: it may be partitioned from the others",
                 m.current_term
             ))),
-            None => Err(unavailable(format!(
-                "this replica leads raft term {} but no quorum has acknowledged it yet",
-                m.current_term
-            ))),
+            // Just elected: the quorum that voted for it is the contact; the write waits for
+            // its first heartbeat round like any other.
+            None => Ok(()),
         }
     }
 
