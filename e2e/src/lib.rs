@@ -49,6 +49,15 @@ pub fn binary(name: &str) -> PathBuf {
 
 pub use store::testing::free_port;
 
+/// Percentile `p` (0 to 1) of sorted samples, in milliseconds; NaN when there are none.
+pub fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
 pub struct ControlPlane {
     pub child: Child,
     pub api_port: u16,

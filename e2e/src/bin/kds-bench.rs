@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use e2e::ControlPlane;
+use e2e::{ControlPlane, pct};
 use model::{Resource, ResourceType};
 use proto::envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -75,15 +75,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(args)
-}
-
-/// Percentile of sorted samples, in milliseconds.
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
 struct Global {

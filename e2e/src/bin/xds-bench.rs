@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use e2e::ControlPlane;
+use e2e::{ControlPlane, pct};
 use proto::envoy_types::pb::envoy::config::core::v3::Node;
 use proto::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use proto::envoy_types::pb::envoy::service::discovery::v3::{
@@ -93,15 +93,6 @@ fn parse_args() -> Result<Args> {
     }
     args.outbounds = args.outbounds.min(args.services);
     Ok(args)
-}
-
-/// Percentile of sorted samples, in milliseconds.
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
 struct Zone {

@@ -85,6 +85,12 @@ impl TestEtcd {
     /// Starts a server and waits until it answers. `None` (after a loud skip, or a panic in
     /// CI) when no etcd binary is installed.
     pub fn new() -> Option<TestEtcd> {
+        Self::cluster(1).map(|mut members| members.remove(0))
+    }
+
+    /// `n` members forming one cluster, each on its own ports and data directory, started and
+    /// healthy. `None` as for [`TestEtcd::new`].
+    pub fn cluster(n: usize) -> Option<Vec<TestEtcd>> {
         let Some(bin) = find_binary() else {
             unavailable(
                 "etcd",
@@ -93,65 +99,95 @@ impl TestEtcd {
             return None;
         };
         remove_stale_dirs();
-        let dir = temp_dir(DIR_PREFIX);
-        let data_dir = dir.join("data");
-        let log = dir.join("etcd.log");
-        let client_port = free_port();
-        let mut peer_port = free_port();
-        while peer_port == client_port {
-            peer_port = free_port();
-        }
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut args: Vec<String> = Vec::new();
-        let program = match go_arch() {
-            Some(arch) => {
-                args.push(format!("ETCD_UNSUPPORTED_ARCH={arch}"));
-                args.push(bin);
-                "env".to_string()
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| {
+                let client = free_port();
+                let mut peer = free_port();
+                while peer == client {
+                    peer = free_port();
+                }
+                (client, peer)
+            })
+            .collect();
+        let name = |i: usize| {
+            if n == 1 {
+                "test".to_string()
+            } else {
+                format!("m{i}")
             }
-            None => bin,
         };
-        args.extend(
-            [
-                "--name",
-                "test",
-                "--data-dir",
-                &data_dir.display().to_string(),
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-                "--initial-cluster",
-                &format!("test={peer_url}"),
-                "--initial-cluster-state",
-                "new",
-                // A single member elects itself after one election timeout: keep it short.
-                "--heartbeat-interval",
-                "50",
-                "--election-timeout",
-                "300",
-                "--logger",
-                "zap",
-                "--log-level",
-                "warn",
-            ]
-            .map(String::from),
-        );
-        let etcd = TestEtcd {
-            program,
-            args,
-            client_port,
-            data_dir,
-            log,
-            child: Mutex::new(ChildGuard(None)),
-        };
-        etcd.start();
-        Some(etcd)
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("{}=http://127.0.0.1:{peer}", name(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members: Vec<TestEtcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client_port, peer_port))| {
+                let dir = temp_dir(DIR_PREFIX);
+                let data_dir = dir.join("data");
+                let log = dir.join("etcd.log");
+                let client_url = format!("http://127.0.0.1:{client_port}");
+                let peer_url = format!("http://127.0.0.1:{peer_port}");
+                let mut args: Vec<String> = Vec::new();
+                let program = match go_arch() {
+                    Some(arch) => {
+                        args.push(format!("ETCD_UNSUPPORTED_ARCH={arch}"));
+                        args.push(bin.clone());
+                        "env".to_string()
+                    }
+                    None => bin.clone(),
+                };
+                args.extend(
+                    [
+                        "--name",
+                        &name(i),
+                        "--data-dir",
+                        &data_dir.display().to_string(),
+                        "--listen-client-urls",
+                        &client_url,
+                        "--advertise-client-urls",
+                        &client_url,
+                        "--listen-peer-urls",
+                        &peer_url,
+                        "--initial-advertise-peer-urls",
+                        &peer_url,
+                        "--initial-cluster",
+                        &initial_cluster,
+                        "--initial-cluster-state",
+                        "new",
+                        // One member elects itself after one election timeout: keep it short.
+                        "--heartbeat-interval",
+                        "50",
+                        "--election-timeout",
+                        "300",
+                        "--logger",
+                        "zap",
+                        "--log-level",
+                        "warn",
+                    ]
+                    .map(String::from),
+                );
+                TestEtcd {
+                    program,
+                    args,
+                    client_port: *client_port,
+                    data_dir,
+                    log,
+                    child: Mutex::new(ChildGuard(None)),
+                }
+            })
+            .collect();
+        // Members wait for each other before answering: spawn all, then wait for each.
+        for m in &members {
+            m.spawn();
+        }
+        for m in &members {
+            m.wait_healthy(Duration::from_secs(30));
+        }
+        Some(members)
     }
 
     /// The client URL, for `EtcdConfig::endpoints`.
@@ -170,15 +206,21 @@ impl TestEtcd {
     /// (Re)starts the server on the same ports and data directory and waits until it is
     /// healthy. Does nothing if it is running.
     pub fn start(&self) {
+        if self.spawn() {
+            self.wait_healthy(Duration::from_secs(30));
+        }
+    }
+
+    /// Starts the process unless it runs; whether it was started.
+    fn spawn(&self) -> bool {
         let mut child = self.lock();
         if child.0.is_some() {
-            return;
+            return false;
         }
         let spawned = spawn_tied_to_test(&self.program, &self.args, None, &self.log)
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program));
         child.0 = Some(spawned);
-        drop(child);
-        self.wait_healthy(Duration::from_secs(30));
+        true
     }
 
     /// Stops the server and waits until its client port is closed.

@@ -20,6 +20,8 @@ pub struct TestPostgres {
     log: PathBuf,
     pub port: u16,
     as_user: Option<&'static str>,
+    /// fsync on commit, as in production; tests run without it.
+    durable: bool,
     server: ChildGuard,
 }
 
@@ -39,8 +41,19 @@ fn find_bin_dir() -> Option<PathBuf> {
 }
 
 impl TestPostgres {
-    /// Starts a cluster, or reports it unavailable (skip outside CI, panic in CI).
+    /// Starts a cluster, or reports it unavailable (skip outside CI, panic in CI). It does
+    /// not fsync: tests need no durability across a machine crash.
     pub fn start() -> Option<TestPostgres> {
+        Self::start_with(false)
+    }
+
+    /// As [`TestPostgres::start`], committing with fsync as a production server does (for
+    /// benchmarks beside stores that fsync).
+    pub fn start_durable() -> Option<TestPostgres> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Option<TestPostgres> {
         let Some(bin) = find_bin_dir() else {
             unavailable(
                 "PostgreSQL server",
@@ -90,6 +103,7 @@ impl TestPostgres {
             log,
             port: free_port(),
             as_user,
+            durable,
             server: ChildGuard(None),
         };
         pg.start_server();
@@ -97,6 +111,9 @@ impl TestPostgres {
     }
 
     fn start_server(&mut self) {
+        let sync = if self.durable { "on" } else { "off" };
+        let fsync = format!("fsync={sync}");
+        let synchronous_commit = format!("synchronous_commit={sync}");
         let args: Vec<String> = [
             "-D",
             &self.data.display().to_string(),
@@ -107,9 +124,9 @@ impl TestPostgres {
             "-c",
             "listen_addresses=127.0.0.1",
             "-c",
-            "fsync=off",
+            &fsync,
             "-c",
-            "synchronous_commit=off",
+            &synchronous_commit,
             "-c",
             "max_connections=300",
         ]
