@@ -87,6 +87,8 @@ pub struct Peers {
     tls: ClientTlsConfig,
     me: Arc<Caller>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// When a peer's TLS refusal was last logged: it repeats every retry, the log need not.
+    tls_refusals: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
 }
 
 impl Peers {
@@ -95,7 +97,27 @@ impl Peers {
             tls,
             me: Arc::new(me),
             channels: Arc::new(Mutex::new(HashMap::new())),
+            tls_refusals: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Says once in a while that `addr` and this replica do not trust each other, which no
+    /// retry fixes: the likely cause is a different join token or CA.
+    fn report_tls_refusal(&self, addr: &str, error: &RpcError) {
+        let chain = model::error_chain(error);
+        if !chain.contains("certificate") && !chain.contains("handshake") {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let mut last = self.tls_refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if last
+            .get(addr)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(30))
+        {
+            return;
+        }
+        last.insert(addr.to_string(), now);
+        tracing::error!(peer = addr, error = %chain, "the TLS handshake with a raft peer fails: do all replicas have the same KUMA_STORE_RAFT_JOIN_TOKEN (or CA)?");
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, RpcError> {
@@ -219,6 +241,7 @@ impl PeerConnection {
             ))),
             Err(RpcError::Codec(e)) => Err(RPCError::Network(NetworkError::new(&e))),
             Err(e) => {
+                self.peers.report_tls_refusal(&self.addr, &e);
                 if let RpcError::Status { status, .. } = &e
                     && status.code() == tonic::Code::PermissionDenied
                 {

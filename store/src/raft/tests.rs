@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -477,4 +478,137 @@ async fn concurrent_cas_histories_are_linearizable_across_a_leader_stop() {
             panic!("key {k}: {e}");
         }
     }
+}
+
+/// openraft's own storage suite against the redb log store and the state machine.
+struct SuiteBuilder;
+
+impl openraft::testing::StoreBuilder<types::TypeConfig, LogStore, StateMachine, PathBuf>
+    for SuiteBuilder
+{
+    async fn build(
+        &self,
+    ) -> std::result::Result<(PathBuf, LogStore, StateMachine), openraft::StorageError<NodeId>>
+    {
+        let dir = scratch_dir("suite");
+        let file = LogStore::open(&dir.join("raft.redb"))
+            .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
+        let sm = StateMachine::open(Shared::new(), file.clone())?;
+        Ok((dir, file, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() {
+    openraft::testing::Suite::test_all(SuiteBuilder).unwrap();
+}
+
+/// A CA and a leaf naming `kuma-raft` for both server and client use, as PEM files.
+fn tls_files(dir: &std::path::Path) -> RaftTls {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["kuma-raft".to_string()]).unwrap();
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    RaftTls::Files {
+        ca: ca_path,
+        cert: cert_path,
+        key: key_path,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_authenticate_with_certificate_files_too() {
+    let dir = scratch_dir("files");
+    let tls = tls_files(&dir);
+    let mut configs = configs(3, &dir);
+    for c in &mut configs {
+        c.tls = tls.clone();
+    }
+    let cluster = start_all(configs).await;
+    let store = cluster.follower().await;
+    store.create(mesh("files")).await.unwrap();
+    assert!(
+        cluster.stores[0]
+            .stale_reads()
+            .get(&ResourceKey::new(ResourceType::Mesh, "", "files"))
+            .await
+            .is_ok()
+            || cluster.stores[0]
+                .get(&ResourceKey::new(ResourceType::Mesh, "", "files"))
+                .await
+                .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_live_nodes_id_is_refused() {
+    let cluster = TestCluster::start(3).await;
+    cluster.stores[0].create(mesh("dup")).await.unwrap();
+    // The leader replicates to the followers; another process claims to be the leader.
+    let leader = cluster.stores[cluster.wait_leader().await].node_id();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let follower_addr = cluster.configs[0].peers[&follower].clone();
+    let material = tls::TlsMaterial::load(&cluster.configs[0].tls).unwrap();
+    let claiming = |node_id| {
+        network::Peers::new(
+            material.client(),
+            network::Caller {
+                cluster_id: cluster.configs[0].cluster_id.clone(),
+                node_id,
+                instance: "another-data-directory".into(),
+            },
+        )
+    };
+    let vote = |peers: network::Peers| {
+        let addr = follower_addr.clone();
+        async move {
+            peers
+                .call(
+                    &addr,
+                    network::Method::Vote,
+                    b"{}".to_vec(),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap_err()
+                .to_string()
+        }
+    };
+    let refused = vote(claiming(leader)).await;
+    assert!(refused.contains("in use by another replica"), "{refused}");
+    // ...or to be the replica it talks to.
+    let refused = vote(claiming(follower)).await;
+    assert!(refused.contains("this replica's own"), "{refused}");
+    // Another cluster's replica is refused too, saying which.
+    let stranger = network::Peers::new(
+        material.client(),
+        network::Caller {
+            cluster_id: "elsewhere".into(),
+            node_id: 7,
+            instance: "x".into(),
+        },
+    );
+    let refused = vote(stranger).await;
+    assert!(refused.contains("\"elsewhere\""), "{refused}");
+    // And the cluster is undisturbed.
+    cluster.stores[2].create(mesh("dup-2")).await.unwrap();
 }
