@@ -314,6 +314,34 @@ pub fn postgres_env(port: u16, user: &str, db: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// `KUMA_STORE_RAFT_*` for `n` kuma-cp replicas forming one raft store on loopback ports, each
+/// with its data directory under `dir`: the environment of replica `i` is element `i`.
+pub fn raft_replicas_env(n: usize, dir: &Path, token: &str) -> Vec<Vec<(String, String)>> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    (0..n)
+        .map(|i| {
+            let data_dir = dir.join(format!("raft-node-{}", i + 1));
+            [
+                ("KUMA_STORE_TYPE", "raft".to_string()),
+                ("KUMA_STORE_RAFT_NODE_ID", (i + 1).to_string()),
+                ("KUMA_STORE_RAFT_PEERS", peers.clone()),
+                ("KUMA_STORE_RAFT_PORT", ports[i].to_string()),
+                ("KUMA_STORE_RAFT_DATA_DIR", data_dir.display().to_string()),
+                ("KUMA_STORE_RAFT_JOIN_TOKEN", token.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+        })
+        .collect()
+}
+
 /// `kuma-cp migrate up` with exactly `env`.
 pub fn migrate(env: &[(String, String)]) -> Output {
     let mut cmd = Command::new(binary("kuma-cp"));

@@ -106,40 +106,25 @@ impl Lan {
         cmd
     }
 
+    /// Runs iptables inside `host`'s namespace.
+    fn iptables(&self, host: usize, args: &[&str]) {
+        let mut all = vec!["ip", "netns", "exec", &self.hosts[host], "iptables"];
+        all.extend_from_slice(args);
+        must(&all);
+    }
+
     /// Cuts `host` off from the other hosts (both ways); the test still reaches it.
     pub fn partition(&self, host: usize) {
         for other in (0..self.hosts.len()).filter(|o| *o != host) {
             let ip = self.ip(other);
-            for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
-                must(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &self.hosts[host],
-                    "iptables",
-                    "-A",
-                    chain,
-                    dir,
-                    &ip,
-                    "-j",
-                    "DROP",
-                ]);
-            }
+            self.iptables(host, &["-A", "INPUT", "-s", &ip, "-j", "DROP"]);
+            self.iptables(host, &["-A", "OUTPUT", "-d", &ip, "-j", "DROP"]);
         }
     }
 
     pub fn heal(&self, host: usize) {
-        for chain in ["INPUT", "OUTPUT"] {
-            must(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.hosts[host],
-                "iptables",
-                "-F",
-                chain,
-            ]);
-        }
+        self.iptables(host, &["-F", "INPUT"]);
+        self.iptables(host, &["-F", "OUTPUT"]);
     }
 }
 

@@ -292,32 +292,8 @@ fn global_on_postgres_and_two_zones_sync_both_ways() {
 #[test]
 fn global_on_three_raft_replicas_and_two_zones_sync_both_ways() {
     let dir = store::testing::temp_dir("kuma-e2e-raft-global");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let env = |id: usize| -> Vec<(String, String)> {
-        [
-            ("KUMA_STORE_TYPE", "raft".to_string()),
-            ("KUMA_STORE_RAFT_NODE_ID", id.to_string()),
-            ("KUMA_STORE_RAFT_PEERS", peers.clone()),
-            ("KUMA_STORE_RAFT_PORT", ports[id - 1].to_string()),
-            (
-                "KUMA_STORE_RAFT_DATA_DIR",
-                dir.join(format!("node-{id}")).display().to_string(),
-            ),
-            (
-                "KUMA_STORE_RAFT_JOIN_TOKEN",
-                "multizone-raft-token-0123".into(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    };
+    let envs = e2e::raft_replicas_env(3, &dir, "multizone-raft-token-0123");
+    let env = |id: usize| envs[id - 1].clone();
     let mut others: Vec<ControlPlane> = [2, 3]
         .into_iter()
         .map(|id| {

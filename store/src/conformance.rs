@@ -34,11 +34,13 @@ macro_rules! conformance_tests {
     };
 }
 
-fn mesh(name: &str) -> Resource {
+/// A Mesh named `name`, for the suite and backends' own tests.
+pub fn mesh(name: &str) -> Resource {
     Resource::new(ResourceType::Mesh, "", name, json!({}))
 }
 
-fn timeout(mesh: &str, name: &str) -> Resource {
+/// A MeshTimeout in `mesh`.
+pub fn timeout(mesh: &str, name: &str) -> Resource {
     Resource::new(
         ResourceType::MeshTimeout,
         mesh,

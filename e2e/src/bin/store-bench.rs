@@ -57,9 +57,6 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// Environment variables for a `kuma-cp`.
-type Env = Vec<(String, String)>;
-
 const MESH: &str = "bench";
 const TOKEN: &str = "store-bench-join-token-0123456789";
 
@@ -223,33 +220,6 @@ fn failovers(
     Ok(times)
 }
 
-fn raft_env(dir: &std::path::Path) -> (Env, impl Fn(usize) -> Env) {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let env = vec![
-        ("KUMA_STORE_TYPE".to_string(), "raft".to_string()),
-        ("KUMA_STORE_RAFT_PEERS".into(), peers),
-        ("KUMA_STORE_RAFT_JOIN_TOKEN".into(), TOKEN.into()),
-    ];
-    let dir = dir.to_path_buf();
-    let per = move |i: usize| {
-        vec![
-            ("KUMA_STORE_RAFT_NODE_ID".to_string(), (i + 1).to_string()),
-            ("KUMA_STORE_RAFT_PORT".into(), ports[i].to_string()),
-            (
-                "KUMA_STORE_RAFT_DATA_DIR".into(),
-                dir.join(format!("cp-raft-{i}")).display().to_string(),
-            ),
-        ]
-    };
-    (env, per)
-}
-
 fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
     v.sort();
     v
@@ -328,8 +298,9 @@ async fn main() -> Result<()> {
             args.failovers
         );
         let rounds = args.failovers;
-        let (env, per) = raft_env(&dir);
-        let raft_times = tokio::task::block_in_place(|| failovers("raft", &env, rounds, per))?;
+        let envs = e2e::raft_replicas_env(3, &dir, TOKEN);
+        let raft_times =
+            tokio::task::block_in_place(|| failovers("raft", &[], rounds, |i| envs[i].clone()))?;
         if let Some(f) = results.get_mut("raft (via leader)") {
             f.failovers = raft_times;
         }

@@ -43,14 +43,20 @@ fn configs(n: u64, dir: &std::path::Path) -> Vec<RaftConfig> {
         .collect()
 }
 
-async fn start_all(configs: Vec<RaftConfig>) -> TestCluster {
+/// Starts every replica without waiting for a leader.
+async fn start_each(configs: &[RaftConfig]) -> (Vec<RaftStore>, Vec<watch::Sender<bool>>) {
     let mut stores = Vec::new();
     let mut shutdowns = Vec::new();
-    for c in &configs {
+    for c in configs {
         let (tx, rx) = watch::channel(false);
         stores.push(RaftStore::start(c.clone(), rx).await.unwrap());
         shutdowns.push(tx);
     }
+    (stores, shutdowns)
+}
+
+async fn start_all(configs: Vec<RaftConfig>) -> TestCluster {
+    let (stores, shutdowns) = start_each(&configs).await;
     let cluster = TestCluster {
         stores,
         configs,
@@ -118,18 +124,7 @@ mod conformance {
     crate::conformance_tests!(super::TestCluster::start(3).await.into_follower().await);
 }
 
-fn mesh(name: &str) -> Resource {
-    Resource::new(ResourceType::Mesh, "", name, json!({}))
-}
-
-fn timeout(mesh: &str, name: &str) -> Resource {
-    Resource::new(
-        ResourceType::MeshTimeout,
-        mesh,
-        name,
-        json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "20s"}}]}),
-    )
-}
+use crate::conformance::{mesh, timeout};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_publishes_the_events_in_log_order() {
@@ -341,13 +336,7 @@ async fn a_replica_with_another_join_token_cannot_take_part() {
     let dir = scratch_dir("token");
     let mut configs = configs(3, &dir);
     configs[2].tls = RaftTls::JoinToken("a-different-token-0123456789".into());
-    let mut stores = Vec::new();
-    let mut shutdowns = Vec::new();
-    for c in &configs {
-        let (tx, rx) = watch::channel(false);
-        stores.push(RaftStore::start(c.clone(), rx).await.unwrap());
-        shutdowns.push(tx);
-    }
+    let (stores, _shutdowns) = start_each(&configs).await;
     // Nodes 1 and 2 form a quorum; node 3 never learns of a leader.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !stores[..2].iter().any(|s| s.node.is_leader()) {
