@@ -53,6 +53,25 @@ fn timeout_policy(name: &str, value: &str) -> Value {
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "20s"}}]}})
 }
 
+/// Creates or replaces policy `name` through the API at `base`.
+fn put_at(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    name: &str,
+    value: &str,
+) -> Result<(), String> {
+    let resp = http
+        .put(format!("{base}/meshes/{MESH}/meshtimeouts/{name}"))
+        .json(&timeout_policy(name, value))
+        .send()
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    match status {
+        200 | 201 => Ok(()),
+        _ => Err(format!("{status} {}", resp.text().unwrap_or_default())),
+    }
+}
+
 impl Cluster {
     fn new(n: u64) -> Cluster {
         let lan = Lan::create(n as usize);
@@ -203,17 +222,7 @@ impl Cluster {
     }
 
     fn put(&self, i: usize, name: &str, value: &str) -> Result<(), String> {
-        let resp = self
-            .http
-            .put(self.url(i, 5681, &format!("/meshes/{MESH}/meshtimeouts/{name}")))
-            .json(&timeout_policy(name, value))
-            .send()
-            .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        match status {
-            200 | 201 => Ok(()),
-            _ => Err(format!("{status} {}", resp.text().unwrap_or_default())),
-        }
+        put_at(&self.http, &self.url(i, 5681, ""), name, value)
     }
 
     fn read(&self, i: usize, name: &str) -> Result<Option<String>, String> {
@@ -462,49 +471,60 @@ fn the_leader_killed_during_1000_writes_loses_no_acknowledged_write() {
     cluster.wait_ready(Duration::from_secs(60));
     cluster.create_mesh();
 
+    // Two writers run throughout; the leader is killed once 300 writes are acknowledged.
+    let bases: Vec<String> = (0..3).map(|i| cluster.url(i, 5681, "")).collect();
+    let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = (0..2usize)
+        .map(|w| {
+            let (http, bases, progress) = (cluster.http.clone(), bases.clone(), progress.clone());
+            std::thread::spawn(move || {
+                let (mut acked, mut refused) = (BTreeSet::new(), 0);
+                for n in (w..1000).step_by(2) {
+                    let name = format!("w-{n}");
+                    // A refused write is retried on the next replica (PUT is an upsert, so a
+                    // retry of a write that did land is no duplicate).
+                    for attempt in 0..50 {
+                        match put_at(&http, &bases[(n + attempt) % bases.len()], &name, "v") {
+                            Ok(()) => {
+                                acked.insert(name.clone());
+                                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                break;
+                            }
+                            Err(_) => {
+                                refused += 1;
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        }
+                    }
+                }
+                (acked, refused)
+            })
+        })
+        .collect();
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < 300 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let killed = Instant::now();
+    cluster.kill(leader);
+    let next = cluster.wait_leader(Duration::from_secs(10));
+    let failover = killed.elapsed();
+    eprintln!(
+        "killed node {} (the leader) with writes in flight; node {} leads after {failover:?}",
+        cluster.replicas[leader].node_id, cluster.replicas[next].node_id,
+    );
     let mut acked = BTreeSet::new();
     let mut failed = 0;
-    let mut failover = None;
-    for n in 0..1000 {
-        let name = format!("w-{n}");
-        if n == 300 {
-            let leader = cluster.wait_leader(Duration::from_secs(10));
-            let killed = Instant::now();
-            cluster.kill(leader);
-            let next = cluster.wait_leader(Duration::from_secs(10));
-            failover = Some(killed.elapsed());
-            eprintln!(
-                "killed node {} (the leader); node {} leads after {:?}",
-                cluster.replicas[leader].node_id,
-                cluster.replicas[next].node_id,
-                killed.elapsed()
-            );
-        }
-        let alive = cluster.alive();
-        // Each write goes to the next live replica; a refused one is retried elsewhere (PUT
-        // is an upsert, so a retry of a write that did land is not a duplicate).
-        for attempt in 0..20 {
-            match cluster.put(alive[(n + attempt) % alive.len()], &name, "v") {
-                Ok(()) => {
-                    acked.insert(name.clone());
-                    break;
-                }
-                Err(e) => {
-                    failed += 1;
-                    if attempt == 0 {
-                        eprintln!("write {name} refused: {e}");
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
+    for w in writers {
+        let (a, r) = w.join().unwrap();
+        acked.extend(a);
+        failed += r;
     }
     eprintln!(
         "{} writes acknowledged, {failed} attempts refused during the failover",
         acked.len()
     );
     assert_eq!(acked.len(), 1000, "every write was eventually acknowledged");
-    let failover = failover.unwrap();
     assert!(
         failover < Duration::from_secs(5),
         "new leader after {failover:?}"
@@ -715,9 +735,11 @@ fn register_histories_through_the_api_are_linearizable_across_a_leader_kill() {
     let base = Instant::now();
     let nanos = move || u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let keys = ["reg-0", "reg-1"];
+    let calls_made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut clients = Vec::new();
     for client in 0..4usize {
         let cluster = cluster.clone();
+        let calls_made = calls_made.clone();
         clients.push(std::thread::spawn(move || {
             let mut history = Vec::new();
             for n in 0..60usize {
@@ -730,6 +752,7 @@ fn register_histories_through_the_api_are_linearizable_across_a_leader_kill() {
                     let path = format!("/meshes/{MESH}/meshtimeouts/{key}");
                     (c.http.clone(), c.url(target, 5681, &path))
                 };
+                calls_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let invoked = nanos();
                 if n % 3 == 0 {
                     let value = format!("c{client}-{n}");
@@ -781,18 +804,28 @@ fn register_histories_through_the_api_are_linearizable_across_a_leader_kill() {
             history
         }));
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    {
+    // The leader dies once a quarter of the calls are made, the clients still running.
+    while calls_made.load(std::sync::atomic::Ordering::Relaxed) < 60 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let killed_at = {
         let mut c = cluster.lock().unwrap();
         let leader = c.wait_leader(Duration::from_secs(10));
         c.kill(leader);
-    }
+        nanos()
+    };
     let mut per_key: BTreeMap<&str, Vec<Call<RegisterOp, RegisterRet>>> = BTreeMap::new();
     for c in clients {
         for (key, call) in c.join().unwrap() {
             per_key.entry(key).or_default().push(call);
         }
     }
+    let after_kill = per_key
+        .values()
+        .flatten()
+        .filter(|c| c.invoked > killed_at)
+        .count();
+    assert!(after_kill > 20, "only {after_kill} calls after the kill");
     for (key, history) in &per_key {
         let unknown = history.iter().filter(|c| c.ret.is_none()).count();
         eprintln!(

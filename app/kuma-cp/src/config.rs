@@ -1157,6 +1157,19 @@ impl Config {
                 ),
             ));
         }
+        if let Some(port) = peers[&r.node_id]
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            && port != r.port
+        {
+            return Err(invalid(
+                "store.raft.port (KUMA_STORE_RAFT_PORT)",
+                format!(
+                    "it is {} but store.raft.peers gives this replica (node {}) port {port}: the others could not reach it",
+                    r.port, r.node_id
+                ),
+            ));
+        }
         if peers.contains_key(&0) {
             return Err(invalid(
                 "store.raft.peers (KUMA_STORE_RAFT_PEERS)",

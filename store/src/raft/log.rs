@@ -153,7 +153,9 @@ impl LogStore {
         txn.commit().map_err(|e| w(&e))
     }
 
-    /// The snapshot's description and body, written together.
+    /// The snapshot's description and body, written together, unless the stored snapshot is
+    /// as new or newer: a snapshot built from older state can finish after one installed from
+    /// the leader, and the log before the newer one may already be gone.
     pub fn save_snapshot(&self, meta: &SnapshotMeta, body: &[u8]) -> Result<(), SError> {
         let w = |e: &dyn ToString| {
             self.io(
@@ -166,6 +168,13 @@ impl LogStore {
         let txn = self.db.begin_write().map_err(|e| w(&e))?;
         {
             let mut table = txn.open_table(META).map_err(|e| w(&e))?;
+            let stored: Option<SnapshotMeta> = table
+                .get(SNAPSHOT_META)
+                .map_err(|e| w(&e))?
+                .and_then(|raw| serde_json::from_slice(raw.value()).ok());
+            if stored.is_some_and(|s| s.last_log_id >= meta.last_log_id) {
+                return Ok(());
+            }
             table
                 .insert(SNAPSHOT_META, raw_meta.as_slice())
                 .map_err(|e| w(&e))?;

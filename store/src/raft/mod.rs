@@ -93,6 +93,8 @@ pub struct RaftConfig {
     pub request_timeout: Duration,
     /// Entries applied since the last snapshot before the next one (and log compaction).
     pub snapshot_every: u64,
+    /// Entries kept before a snapshot when the log is compacted, for followers a little behind.
+    pub keep_after_snapshot: u64,
 }
 
 impl RaftConfig {
@@ -109,6 +111,7 @@ impl RaftConfig {
             max_entry_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(5),
             snapshot_every: 10_000,
+            keep_after_snapshot: 1000,
         }
     }
 
@@ -294,7 +297,7 @@ impl Node {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(unavailable("raft has stopped on this replica".into())),
             Err(_) => Err(unavailable(format!(
-                "this replica has not applied log entry {index} within {:?}: it is behind the leader",
+                "log entry {index} is committed but this replica has not applied it within {:?} (it is behind the leader): a write is done, but not yet visible here",
                 self.request_timeout
             ))),
         }
@@ -441,7 +444,13 @@ impl Node {
 
     /// Membership changes and status, on the leader (forwarded there by any replica).
     async fn admin(&self, request: AdminRequest) -> Result<ClusterStatus> {
-        let deadline = Instant::now() + self.request_timeout * 6;
+        // Adding a member waits for it to catch up; the status is asked by pages and tools
+        // that should not hang while an election runs.
+        let deadline = Instant::now()
+            + match request {
+                AdminRequest::Status => Duration::from_secs(2),
+                _ => self.request_timeout * 6,
+            };
         loop {
             match self.leader() {
                 Some((id, _)) if id == self.id => {
@@ -484,6 +493,14 @@ impl Node {
         };
         match request {
             AdminRequest::Add { id, address } => {
+                let m = self.metrics();
+                if let Some(node) = m.membership_config.membership().get_node(&id) {
+                    // A member that lost its data must not come back as the voter it was.
+                    return Err(unavailable(format!(
+                        "node {id} is already a member (at {}): to replace it, remove it first with `kuma-cp raft remove {id}`",
+                        node.addr
+                    )));
+                }
                 self.raft
                     .add_learner(id, BasicNode::new(address), true)
                     .await
@@ -514,6 +531,36 @@ impl Node {
             AdminRequest::Status => {}
         }
         Ok(self.status_as_leader())
+    }
+
+    /// This replica's own view, when the leader cannot be asked: members and roles from the
+    /// membership it knows, no replication progress.
+    fn status_local(&self) -> ClusterStatus {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        ClusterStatus {
+            cluster_id: self.cluster_id.clone(),
+            leader: m.current_leader,
+            term: m.current_term,
+            commit_index: m.last_applied.map(|l| l.index),
+            last_log_index: m.last_log_index,
+            members: membership
+                .nodes()
+                .map(|(id, node)| ClusterMember {
+                    node_id: *id,
+                    address: node.addr.clone(),
+                    role: match (m.current_leader == Some(*id), voters.contains(id)) {
+                        (true, _) => "leader",
+                        (false, true) => "follower",
+                        (false, false) => "learner",
+                    }
+                    .to_string(),
+                    matched_index: None,
+                    lag: None,
+                })
+                .collect(),
+        }
     }
 
     fn status_as_leader(&self) -> ClusterStatus {
@@ -615,7 +662,7 @@ impl RaftStore {
             election_timeout_min: config.timing.election_min.as_millis() as u64,
             election_timeout_max: config.timing.election_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: config.keep_after_snapshot,
             max_payload_entries: 64,
             ..Default::default()
         }
@@ -834,7 +881,13 @@ impl ResourceStore for RaftStore {
     }
 
     async fn cluster_status(&self) -> Result<Option<ClusterStatus>> {
-        self.node.admin(AdminRequest::Status).await.map(Some)
+        match self.node.admin(AdminRequest::Status).await {
+            Ok(status) => Ok(Some(status)),
+            Err(e) => {
+                tracing::debug!(error = %e, "raft status from the leader; showing this replica's view");
+                Ok(Some(self.node.status_local()))
+            }
+        }
     }
 }
 

@@ -143,7 +143,10 @@ impl StateMachine {
         })
     }
 
-    fn apply_command(data: &mut Data, command: Command) -> (Outcome, Vec<Change>) {
+    fn apply_command(
+        data: &mut Data,
+        command: Command,
+    ) -> Result<(Outcome, Vec<Change>), StoreError> {
         let result = match command {
             Command::Create { resource, now, .. } => resource
                 .into_resource()
@@ -158,8 +161,13 @@ impl StateMachine {
                 .and_then(|k| data.resources.delete(&k))
                 .map(|changes| (Outcome::Deleted, changes)),
         };
-        result
-            .unwrap_or_else(|e: StoreError| (Outcome::Refused(Refusal::from_error(e)), Vec::new()))
+        match result {
+            Ok(applied) => Ok(applied),
+            // Only a replica of a newer version writes a type this one does not know; applying
+            // the entry as refused here while others apply it would fork the replicas' states.
+            Err(e @ StoreError::Unavailable { .. }) => Err(e),
+            Err(e) => Ok((Outcome::Refused(Refusal::from_error(e)), Vec::new())),
+        }
     }
 }
 
@@ -185,7 +193,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => Outcome::Nothing,
                 EntryPayload::Normal(command) => {
                     let cause: Option<Arc<str>> = command.cause().map(Arc::from);
-                    let (outcome, applied) = Self::apply_command(&mut data, command);
+                    let (outcome, applied) =
+                        Self::apply_command(&mut data, command).map_err(|e| {
+                            StorageIOError::apply(
+                                entry.log_id,
+                                AnyError::error(format!(
+                                    "{e}: upgrade this replica to the version of the others"
+                                )),
+                            )
+                        })?;
                     changes.extend(applied.into_iter().map(|c| (c, cause.clone())));
                     outcome
                 }
@@ -273,31 +289,34 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
-        let (body, meta) = {
-            let data = self.shared.read();
-            let body = SnapshotBody {
-                last_applied: data.last_applied,
-                membership: data.membership.clone(),
-                resources: data.resources.0.values().map(WireResource::new).collect(),
+        let (shared, file) = (self.shared.clone(), self.file.clone());
+        // Encoding every resource takes a while on a large store: off the async workers.
+        let (meta, body) = tokio::task::spawn_blocking(move || {
+            let (body, meta) = {
+                let data = shared.read();
+                let body = SnapshotBody {
+                    last_applied: data.last_applied,
+                    membership: data.membership.clone(),
+                    resources: data.resources.0.values().map(WireResource::new).collect(),
+                };
+                let id = match data.last_applied {
+                    Some(l) => {
+                        format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index)
+                    }
+                    None => "empty".to_string(),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: data.last_applied,
+                    last_membership: data.membership.clone(),
+                    snapshot_id: id,
+                };
+                (body, meta)
             };
-            let id = match data.last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
-                None => "empty".to_string(),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: data.last_applied,
-                last_membership: data.membership.clone(),
-                snapshot_id: id,
-            };
-            (body, meta)
-        };
-        let body = serde_json::to_vec(&body)
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
-        let file = self.file.clone();
-        let stored_meta = meta.clone();
-        // Durable before raft may purge the log entries it replaces.
-        let body = tokio::task::spawn_blocking(move || {
-            file.save_snapshot(&stored_meta, &body).map(|()| body)
+            let body = serde_json::to_vec(&body)
+                .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
+            // Durable before raft may purge the log entries it replaces.
+            file.save_snapshot(&meta, &body)?;
+            Ok::<_, SError>((meta, body))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))??;
