@@ -49,6 +49,24 @@ pub fn binary(name: &str) -> PathBuf {
 
 pub use store::testing::free_port;
 
+/// A blocking HTTP client whose requests time out after `timeout`.
+pub fn blocking_http(timeout: Duration) -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .build()
+        .expect("an HTTP client with default settings builds")
+}
+
+/// The number following flag `name` on a bench's command line.
+pub fn flag_number(args: &mut impl Iterator<Item = String>, name: &str) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    args.next()
+        .with_context(|| format!("{name} needs a value"))?
+        .parse()
+        .with_context(|| format!("{name} must be a number"))
+}
+
 /// Percentile `p` (0 to 1) of sorted samples, in milliseconds; NaN when there are none.
 pub fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {

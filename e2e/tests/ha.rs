@@ -19,11 +19,7 @@ fn start(name: &str, env: &[(String, String)]) -> ControlPlane {
 }
 
 fn http() -> reqwest::blocking::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    e2e::blocking_http(Duration::from_secs(10))
 }
 
 fn leaders(cps: &[ControlPlane]) -> Vec<usize> {

@@ -9,11 +9,7 @@ use e2e::{ControlPlane, free_port};
 use serde_json::{Value, json};
 
 fn http() -> reqwest::blocking::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    e2e::blocking_http(Duration::from_secs(10))
 }
 
 type CertFiles = (std::path::PathBuf, std::path::PathBuf);

@@ -40,11 +40,7 @@ struct Cluster {
 }
 
 fn http() -> reqwest::blocking::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap()
+    e2e::blocking_http(Duration::from_secs(15))
 }
 
 fn timeout_policy(name: &str, value: &str) -> Value {

@@ -42,22 +42,34 @@ pub mod sqlx_pool {
     pub type Pool = sqlx::PgPool;
 }
 
+impl Backend {
+    /// A store every replica reads and writes alike (memory, Postgres, etcd).
+    fn shared(
+        store: SharedStore,
+        elector: Arc<dyn LeaderElector>,
+        postgres: Option<sqlx_pool::Pool>,
+    ) -> Backend {
+        Backend {
+            local_reads: store.clone(),
+            store,
+            raft: None,
+            elector,
+            postgres,
+        }
+    }
+}
+
 /// The store and elector `config` names; `shutdown` ends a wait for a store not up yet.
 pub async fn build(
     config: &Config,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Backend, BackendError> {
     match config.store.store_type {
-        StoreType::Memory => {
-            let store: SharedStore = Arc::new(MemoryStore::new());
-            Ok(Backend {
-                local_reads: store.clone(),
-                store,
-                raft: None,
-                elector: Arc::new(AlwaysLeader),
-                postgres: None,
-            })
-        }
+        StoreType::Memory => Ok(Backend::shared(
+            Arc::new(MemoryStore::new()),
+            Arc::new(AlwaysLeader),
+            None,
+        )),
         StoreType::Postgres => {
             let store = store::postgres::PostgresStore::connect(&config.postgres());
             let pool = store.pool().clone();
@@ -66,14 +78,7 @@ pub async fn build(
                 LEADER_ELECTION,
                 LeaseTiming::default(),
             );
-            let store: SharedStore = Arc::new(store);
-            Ok(Backend {
-                local_reads: store.clone(),
-                store,
-                raft: None,
-                elector,
-                postgres: Some(pool),
-            })
+            Ok(Backend::shared(Arc::new(store), elector, Some(pool)))
         }
         StoreType::Etcd => build_etcd(config, shutdown.clone()).await,
         StoreType::Raft => {
@@ -116,14 +121,7 @@ async fn build_etcd(
         }
     };
     let elector = Arc::new(store.leader_elector(LEADER_ELECTION, LeaseTiming::default()));
-    let store: SharedStore = Arc::new(store);
-    Ok(Backend {
-        local_reads: store.clone(),
-        store,
-        raft: None,
-        elector,
-        postgres: None,
-    })
+    Ok(Backend::shared(Arc::new(store), elector, None))
 }
 
 #[cfg(not(feature = "etcd"))]

@@ -46,12 +46,7 @@ fn parse_args() -> Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = |name: &str| -> Result<usize> {
-            it.next()
-                .with_context(|| format!("{name} needs a value"))?
-                .parse()
-                .with_context(|| format!("{name} must be a number"))
-        };
+        let mut value = |name: &str| e2e::flag_number(&mut it, name);
         match flag.as_str() {
             "--zones" => args.zones = value("--zones")?.max(1),
             "--writes" => args.writes = value("--writes")?.max(10),

@@ -278,12 +278,16 @@ impl Node {
     /// A leader that has not heard from a quorum for longer than an election takes may have
     /// been replaced; it refuses at once rather than let the write wait for a quorum.
     fn check_quorum_contact(&self) -> Result<()> {
-        let m = self.metrics();
-        match m.millis_since_quorum_ack {
+        // On every write: read the two fields, not a copy of all the metrics.
+        let (since_ack, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.millis_since_quorum_ack, m.current_term)
+        };
+        match since_ack {
             Some(ms) if ms <= self.timing.election_max.as_millis() as u64 => Ok(()),
             Some(ms) => Err(unavailable(format!(
-                "this replica leads raft term {} but has not heard from a quorum for {ms} ms: it may be partitioned from the others",
-                m.current_term
+                "this replica leads raft term {term} but has not heard from a quorum for {ms} ms: it may be partitioned from the others"
             ))),
             // Just elected: the quorum that voted for it is the contact; the write waits for
             // its first heartbeat round like any other.
@@ -530,40 +534,13 @@ impl Node {
             }
             AdminRequest::Status => {}
         }
-        Ok(self.status_as_leader())
+        Ok(self.status())
     }
 
-    /// This replica's own view, when the leader cannot be asked: members and roles from the
-    /// membership it knows, no replication progress.
-    fn status_local(&self) -> ClusterStatus {
-        let m = self.metrics();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        ClusterStatus {
-            cluster_id: self.cluster_id.clone(),
-            leader: m.current_leader,
-            term: m.current_term,
-            commit_index: m.last_applied.map(|l| l.index),
-            last_log_index: m.last_log_index,
-            members: membership
-                .nodes()
-                .map(|(id, node)| ClusterMember {
-                    node_id: *id,
-                    address: node.addr.clone(),
-                    role: match (m.current_leader == Some(*id), voters.contains(id)) {
-                        (true, _) => "leader",
-                        (false, true) => "follower",
-                        (false, false) => "learner",
-                    }
-                    .to_string(),
-                    matched_index: None,
-                    lag: None,
-                })
-                .collect(),
-        }
-    }
-
-    fn status_as_leader(&self) -> ClusterStatus {
+    /// The members as this replica sees them. The leader knows what each member holds (its
+    /// replication progress); any other replica, asked when the leader cannot be, gives the
+    /// membership and roles only.
+    fn status(&self) -> ClusterStatus {
         let m = self.metrics();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -571,23 +548,20 @@ impl Node {
         let members = membership
             .nodes()
             .map(|(id, node)| {
-                let matched = if *id == self.id {
-                    m.last_log_index
-                } else {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(id))
-                        .and_then(|l| l.map(|l| l.index))
-                };
+                let matched = m.replication.as_ref().and_then(|r| {
+                    if *id == self.id {
+                        m.last_log_index
+                    } else {
+                        r.get(id).and_then(|l| l.map(|l| l.index))
+                    }
+                });
                 ClusterMember {
                     node_id: *id,
                     address: node.addr.clone(),
-                    role: if *id == self.id {
-                        "leader"
-                    } else if voters.contains(id) {
-                        "follower"
-                    } else {
-                        "learner"
+                    role: match (m.current_leader == Some(*id), voters.contains(id)) {
+                        (true, _) => "leader",
+                        (false, true) => "follower",
+                        (false, false) => "learner",
                     }
                     .to_string(),
                     matched_index: matched,
@@ -597,7 +571,7 @@ impl Node {
             .collect();
         ClusterStatus {
             cluster_id: self.cluster_id.clone(),
-            leader: Some(self.id),
+            leader: m.current_leader,
             term: m.current_term,
             commit_index: m.last_applied.map(|l| l.index),
             last_log_index: m.last_log_index,
@@ -835,7 +809,7 @@ impl ResourceStore for RaftStore {
         let command = Command::Create {
             resource: WireResource::new(&resource),
             now: Command::now(),
-            cause: crate::trace::current().map(|c| c.to_string()),
+            cause: Command::current_cause(),
         };
         self.write_resource(command, &key).await
     }
@@ -845,7 +819,7 @@ impl ResourceStore for RaftStore {
         let command = Command::Update {
             resource: WireResource::new(&resource),
             now: Command::now(),
-            cause: crate::trace::current().map(|c| c.to_string()),
+            cause: Command::current_cause(),
         };
         self.write_resource(command, &key).await
     }
@@ -853,7 +827,7 @@ impl ResourceStore for RaftStore {
     async fn delete(&self, key: &ResourceKey) -> Result<()> {
         let command = Command::Delete {
             key: WireKey::new(key),
-            cause: crate::trace::current().map(|c| c.to_string()),
+            cause: Command::current_cause(),
         };
         match self.node.write(command).await? {
             Outcome::Deleted => Ok(()),
@@ -885,7 +859,7 @@ impl ResourceStore for RaftStore {
             Ok(status) => Ok(Some(status)),
             Err(e) => {
                 tracing::debug!(error = %e, "raft status from the leader; showing this replica's view");
-                Ok(Some(self.node.status_local()))
+                Ok(Some(self.node.status()))
             }
         }
     }

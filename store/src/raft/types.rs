@@ -116,6 +116,11 @@ impl Command {
         Timestamp::now().0.to_string()
     }
 
+    /// The traceparent of the span making the write, for its events on every replica.
+    pub fn current_cause() -> Option<String> {
+        crate::trace::current().map(|c| c.to_string())
+    }
+
     pub fn cause(&self) -> Option<&str> {
         match self {
             Command::Create { cause, .. }
