@@ -18,6 +18,7 @@ use tracing::Instrument;
 pub mod auth;
 pub mod diagnostics;
 pub mod error;
+pub mod events;
 pub mod federation;
 mod gui;
 pub mod inspect;
@@ -95,6 +96,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/mesh-insights", get(overview::mesh_insights))
         .route("/global-insight", get(overview::global_insight))
         .route("/control-planes", get(overview::control_planes))
+        .route("/events", get(events::stream))
         .route("/mesh-insights/{mesh}", get(overview::mesh_insight))
         .route("/gui", get(gui::page))
         .route("/gui/", get(gui::page))

@@ -1242,3 +1242,88 @@ async fn mesh_deletion_and_ca_changes_are_guarded() {
     );
     assert_eq!(s.delete("/meshes/guarded").await, StatusCode::OK);
 }
+
+/// Reads server-sent events off a response: (event name, data) per event.
+struct EventReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl EventReader {
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(event) = api::events::take_event(&mut self.buffer) {
+                return event.unwrap();
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("an event within 10 s")
+                .unwrap()
+                .expect("the stream stays open");
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_change_stream_reports_writes_by_type_and_mesh() {
+    let s = start().await;
+    let (st, body) = s.get("/events?types=Dataplane,Bogus").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&body), ["types"]);
+
+    let response = s
+        .http
+        .get(format!("{}/events?types=MeshTimeout&mesh=default", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut events = EventReader {
+        response,
+        buffer: String::new(),
+    };
+    assert_eq!(events.next().await.0, "ready");
+    // Another type and another mesh's policy are left out; the policy and its removal come.
+    s.put("/meshes/other", json!({"type": "Mesh", "name": "other"}))
+        .await;
+    let mut elsewhere = timeout("elsewhere");
+    elsewhere["mesh"] = json!("other");
+    s.put("/meshes/other/meshtimeouts/elsewhere", elsewhere)
+        .await;
+    assert_eq!(
+        s.put("/meshes/default/meshtimeouts/t1", timeout("t1"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let (name, data) = events.next().await;
+    assert_eq!(name, "change");
+    assert_eq!(
+        data,
+        json!({"operation": "Create", "type": "MeshTimeout", "mesh": "default", "name": "t1", "version": 1})
+    );
+    assert_eq!(
+        s.delete("/meshes/default/meshtimeouts/t1").await,
+        StatusCode::OK
+    );
+    let (_, data) = events.next().await;
+    assert_eq!(data["operation"], "Delete");
+
+    // Secrets' changes are an admin's to follow.
+    let anonymous = start_with(
+        Arc::new(MemoryStore::new()),
+        AuthConfig {
+            localhost_is_admin: false,
+        },
+    )
+    .await;
+    assert_eq!(
+        anonymous.get("/events?types=Secret").await.0,
+        StatusCode::FORBIDDEN
+    );
+}

@@ -22,6 +22,10 @@ fn kds_bench() {
             "20",
             "--floor",
             "20",
+            // A raft store keeps global's keys across the storm's kill -9 and restart.
+            "--store",
+            "raft",
+            "--reconnect-storm",
         ])
         .output()
         .unwrap();
@@ -39,6 +43,9 @@ fn kds_bench() {
         "resync_10k_s",
         "rss_mb_100x1000",
         "floor_p99_ms",
+        "global_cpu_us_per_delivery",
+        "storm_converged_s",
+        "storm_peak_rss_mb",
     ] {
         assert!(last[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {last}");
     }
@@ -48,6 +55,12 @@ fn kds_bench() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--zones must be a number"));
+    let storm_on_memory = std::process::Command::new(env!("CARGO_BIN_EXE_kds-bench"))
+        .args(["--reconnect-storm"])
+        .output()
+        .unwrap();
+    assert!(!storm_on_memory.status.success());
+    assert!(String::from_utf8_lossy(&storm_on_memory.stderr).contains("--store raft or postgres"));
 }
 
 fn xds_bench() {

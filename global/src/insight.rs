@@ -32,6 +32,9 @@ pub struct ZonePeer {
 /// Held by each stream of a connection; when the last one is dropped the subscription closes.
 pub struct Session {
     pub stats: Arc<StreamStats>,
+    /// The zone's last health check, written with the subscription's next flush: one insight
+    /// write per zone per flush interval, not one more per health check.
+    health_check: Arc<Mutex<Option<Timestamp>>>,
     _closed: oneshot::Sender<()>,
 }
 
@@ -78,6 +81,7 @@ impl ZoneInsights {
                 Some(m) => StreamStats::metered(m.clone(), peer.zone.clone()),
                 None => StreamStats::default(),
             }),
+            health_check: Arc::default(),
             _closed: closed_tx,
         });
         open.insert(key, Arc::downgrade(&session));
@@ -100,10 +104,28 @@ impl ZoneInsights {
             peer.zone.clone(),
             subscription,
             session.stats.clone(),
+            session.health_check.clone(),
             self.flush_interval,
             closed_rx,
         ));
         session
+    }
+
+    /// Notes a health check from `peer`'s connection for its subscription's next flush; false
+    /// when that connection has no open subscription (the caller writes it itself).
+    pub fn health_checked(&self, peer: &ZonePeer) -> bool {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(session) = open
+            .get(&(peer.zone.clone(), peer.address))
+            .and_then(Weak::upgrade)
+        else {
+            return false;
+        };
+        *session
+            .health_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Timestamp::now());
+        true
     }
 }
 
@@ -112,12 +134,17 @@ async fn keep_subscription(
     zone: String,
     mut sub: Subscription,
     stats: Arc<StreamStats>,
+    health_check: Arc<Mutex<Option<Timestamp>>>,
     every: Duration,
     mut closed: oneshot::Receiver<()>,
 ) {
     loop {
         sub.status = Some(status_json(&stats));
-        if let Err(e) = write(&store, &zone, &sub).await {
+        let checked = health_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Err(e) = write(&store, &zone, &sub, checked).await {
             tracing::warn!(%zone, error = %e, "could not record the zone's insight");
         }
         if sub.disconnect_time.is_some() {
@@ -156,8 +183,16 @@ fn status_json(stats: &StreamStats) -> Value {
 
 /// Upserts `sub` into the zone's insight. Earlier subscriptions left open are closed, as Kuma
 /// does: a zone keeps one connection, so an older open one is from a global that died.
-async fn write(store: &SharedStore, zone: &str, sub: &Subscription) -> Result<(), StoreError> {
+async fn write(
+    store: &SharedStore,
+    zone: &str,
+    sub: &Subscription,
+    health_checked: Option<Timestamp>,
+) -> Result<(), StoreError> {
     modify(store, zone, |spec| {
+        if let Some(time) = health_checked {
+            spec.health_check = Some(health_check_json(time));
+        }
         let now = Timestamp::now();
         for old in spec.subscriptions.iter_mut() {
             if old.id != sub.id && old.disconnect_time.is_none() {
@@ -177,9 +212,13 @@ async fn write(store: &SharedStore, zone: &str, sub: &Subscription) -> Result<()
 /// Records a zone's health check (`GlobalKDSService.HealthCheck`).
 pub async fn record_health_check(store: &SharedStore, zone: &str) -> Result<(), StoreError> {
     modify(store, zone, |spec| {
-        spec.health_check = Some(json!({"time": Timestamp::now().to_string()}));
+        spec.health_check = Some(health_check_json(Timestamp::now()));
     })
     .await
+}
+
+fn health_check_json(time: Timestamp) -> Value {
+    json!({"time": time.to_string()})
 }
 
 /// Read-modify-write of a ZoneInsight with optimistic concurrency: replicas and the health

@@ -46,6 +46,57 @@ pub struct GlobalKds {
     pub to_zones: Arc<sync::WireForms>,
     /// Zones' inspect streams, through which global's API reaches their proxies.
     pub inspect: Arc<ZoneAdminStreams>,
+    /// How fast new sync streams are let in, so a reconnect storm spreads out.
+    pub admission: AdmissionGate,
+    /// The store's changes of what zones receive, shared by every zone's stream.
+    pub to_zones_changes: Arc<sync::ChangeFeed>,
+}
+
+/// New sync streams a global replica admits per second, and how many at once after a quiet
+/// spell. A zone opens two; its full resyncs are most of what a connecting zone costs. When a
+/// thousand zones reconnect at once (global restarted), those beyond the burst are told to come
+/// back, and their jittered backoff (1 s doubling to 1 min, plus up to half) spreads them out.
+pub const ADMISSIONS_PER_SECOND: f64 = 200.0;
+pub const ADMISSION_BURST: f64 = 400.0;
+
+/// A token bucket in front of the sync streams.
+pub struct AdmissionGate {
+    rate: f64,
+    burst: f64,
+    bucket: std::sync::Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl Default for AdmissionGate {
+    fn default() -> Self {
+        AdmissionGate::new(ADMISSIONS_PER_SECOND, ADMISSION_BURST)
+    }
+}
+
+impl AdmissionGate {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        AdmissionGate {
+            rate,
+            burst,
+            bucket: std::sync::Mutex::new((burst, tokio::time::Instant::now())),
+        }
+    }
+
+    /// Takes one admission, or says why not.
+    fn admit(&self) -> Result<(), Status> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let (tokens, last) = *bucket;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
+        if tokens < 1.0 {
+            *bucket = (tokens, now);
+            return Err(Status::unavailable(format!(
+                "global is admitting zone streams at its limit ({} per second); retry with backoff",
+                self.rate
+            )));
+        }
+        *bucket = (tokens - 1.0, now);
+        Ok(())
+    }
 }
 
 /// The wire forms zones receive, shared by every zone's stream.
@@ -185,25 +236,28 @@ impl GlobalKds {
         }
     }
 
-    /// Ends a zone's streams when it is disabled or deleted.
-    fn watch_zone(&self, zone: String, tx: impl Fn() + Send + 'static) {
-        let mut events = self.store.subscribe();
+    /// Ends a zone's streams when it is disabled or deleted; stops watching once the stream
+    /// (whose responses go through `stream`) has ended.
+    fn watch_zone<T: Send + 'static>(&self, zone: String, stream: mpsc::Sender<Result<T, Status>>) {
         let zones = self.zones.clone();
+        let mut closings = zones.closings();
+        let closed_before = zones.times_closed(&zone);
         tokio::spawn(async move {
             loop {
-                match events.recv().await {
-                    Ok(ev) if ev.key.kind == ResourceType::Zone && ev.key.name == zone => {
-                        // Let the switches catch up with the same event first.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        if !zones.enabled(&zone) || ev.op == store::Operation::Delete {
-                            tracing::info!(%zone, "zone disabled or removed: closing its streams");
-                            tx();
-                            return;
-                        }
-                    }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                tokio::select! {
+                    () = stream.closed() => return,
+                    open = closings.changed() => if open.is_err() { return },
                 }
+                let reason = if !zones.enabled(&zone) {
+                    "zone disabled on global"
+                } else if zones.times_closed(&zone) != closed_before {
+                    "zone deleted on global"
+                } else {
+                    continue;
+                };
+                tracing::info!(%zone, reason, "closing the zone's streams");
+                let _ = stream.try_send(Err(Status::permission_denied(reason)));
+                return;
             }
         });
     }
@@ -261,6 +315,7 @@ impl KdsSyncService for GlobalKds {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
+        self.admission.admit()?;
         let peer = self.admit(&request).await?;
         let session = self.insights.join(&peer);
         let zone = peer.zone;
@@ -273,12 +328,10 @@ impl KdsSyncService for GlobalKds {
             }),
             wire: self.to_zones.clone(),
             refilter: Some(self.zones.changes()),
+            changes: self.to_zones_changes.clone(),
         };
         let (store, max, stream) = (self.store.clone(), self.max_message, request.into_inner());
-        let closer = tx.clone();
-        self.watch_zone(zone.clone(), move || {
-            let _ = closer.try_send(Err(Status::permission_denied("zone disabled on global")));
-        });
+        self.watch_zone(zone.clone(), tx.clone());
         tokio::spawn(async move {
             let peer = format!("zone {zone} (global->zone)");
             match sync::run_sender(
@@ -307,15 +360,13 @@ impl KdsSyncService for GlobalKds {
         &self,
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
+        self.admission.admit()?;
         let peer = self.admit(&request).await?;
         let session = self.insights.join(&peer);
         let zone = peer.zone;
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
-        let closer = tx.clone();
-        self.watch_zone(zone.clone(), move || {
-            let _ = closer.try_send(Err(Status::permission_denied("zone disabled on global")));
-        });
+        self.watch_zone(zone.clone(), tx.clone());
         let stream = request.into_inner();
         tokio::spawn(async move {
             let peer = format!("zone {zone} (zone->global)");
@@ -392,7 +443,9 @@ impl GlobalKdsService for GlobalKds {
     ) -> Result<Response<ZoneHealthCheckResponse>, Status> {
         let peer = self.admit(&request).await?;
         tracing::debug!(zone = %peer.zone, "zone health check");
-        if let Err(e) = crate::insight::record_health_check(&self.store, &peer.zone).await {
+        if !self.insights.health_checked(&peer)
+            && let Err(e) = crate::insight::record_health_check(&self.store, &peer.zone).await
+        {
             tracing::warn!(zone = %peer.zone, error = %e, "could not record the zone's health check");
         }
         let interval = prost_types::Duration {
@@ -402,5 +455,29 @@ impl GlobalKdsService for GlobalKds {
         Ok(Response::new(ZoneHealthCheckResponse {
             interval: Some(interval),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_lets_a_burst_in_then_the_rate() {
+        let gate = AdmissionGate::new(10.0, 5.0);
+        for _ in 0..5 {
+            gate.admit().unwrap();
+        }
+        let refused = gate.admit().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(
+            refused.message().contains("10 per second"),
+            "{}",
+            refused.message()
+        );
+        tokio::time::advance(Duration::from_millis(250)).await;
+        gate.admit().unwrap();
+        gate.admit().unwrap();
+        assert!(gate.admit().is_err());
     }
 }

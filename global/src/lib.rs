@@ -105,6 +105,8 @@ pub async fn serve_kds(
         )),
         to_zones: Arc::new(kds_server::zone_wire_forms()),
         inspect,
+        admission: Default::default(),
+        to_zones_changes: kds::sync::ChangeFeed::follow(&store, &kds::rules::zone_subscriptions()),
     });
     let max = config.max_message;
     let mut builder = Server::builder()

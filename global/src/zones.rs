@@ -4,70 +4,184 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use model::ResourceType;
-use store::{ListQuery, SharedStore};
+use model::{ResourceKey, ResourceType};
+use store::{ListQuery, SharedStore, StoreError};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
 /// Zones' `enabled` switches, kept current from store events so filters stay synchronous.
+///
+/// Two signals, so that a thousand zones registering cost nothing per connected zone: `changed`
+/// fires only when some zone's effective switch flips (every stream then re-filters what
+/// depends on other zones), `closing` only when a zone is disabled or deleted (streams check
+/// whether it is theirs). A new, enabled zone fires neither: absent already meant enabled.
 pub struct ZoneSwitches {
     enabled: RwLock<HashMap<String, bool>>,
-    /// Bumped after every refresh, so streams re-filter what depends on other zones only once
-    /// the new switches are in place.
-    changed: tokio::sync::watch::Sender<u64>,
+    /// How many times each zone was disabled or deleted.
+    closed: RwLock<HashMap<String, u64>>,
+    changed: watch::Sender<u64>,
+    closing: watch::Sender<u64>,
 }
 
 impl Default for ZoneSwitches {
     fn default() -> Self {
         ZoneSwitches {
             enabled: RwLock::default(),
-            changed: tokio::sync::watch::Sender::new(0),
+            closed: RwLock::default(),
+            changed: watch::Sender::new(0),
+            closing: watch::Sender::new(0),
         }
     }
 }
 
+fn switch_of(zone: &model::Resource) -> bool {
+    zone.spec
+        .get("enabled")
+        .and_then(|e| e.as_bool())
+        .unwrap_or(true)
+}
+
 impl ZoneSwitches {
-    /// Fires after each change to the switches.
-    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// Fires after each change to the effective switches.
+    pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
+    /// Fires after a zone was disabled or deleted.
+    pub fn closings(&self) -> watch::Receiver<u64> {
+        self.closing.subscribe()
+    }
+
     pub fn enabled(&self, zone: &str) -> bool {
-        self.enabled
+        self.read().get(zone).copied().unwrap_or(true)
+    }
+
+    /// How many times `zone` was disabled or deleted: a stream compares it with the count when
+    /// it began.
+    pub fn times_closed(&self, zone: &str) -> u64 {
+        self.closed
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(zone)
             .copied()
-            .unwrap_or(true)
+            .unwrap_or(0)
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, bool>> {
+        self.enabled.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets one zone's switch (`None`: the zone is gone) and fires what the change calls for.
+    fn set(&self, zone: &str, switch: Option<bool>) {
+        let before = {
+            let mut map = self.enabled.write().unwrap_or_else(|p| p.into_inner());
+            match switch {
+                Some(on) => map.insert(zone.to_string(), on),
+                None => map.remove(zone),
+            }
+        };
+        if before.unwrap_or(true) != switch.unwrap_or(true) {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        let disabled = switch == Some(false) && before != Some(false);
+        let deleted = switch.is_none() && before.is_some();
+        if disabled || deleted {
+            *self
+                .closed
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(zone.to_string())
+                .or_default() += 1;
+            self.closing.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Reads every zone again (at start, and after missing events).
     async fn refresh(&self, store: &SharedStore) {
-        if let Ok(page) = store.list(&ListQuery::all(ResourceType::Zone)).await {
-            let map = page
-                .items
-                .iter()
-                .map(|z| {
-                    (
-                        z.meta.name.clone(),
-                        z.spec
-                            .get("enabled")
-                            .and_then(|e| e.as_bool())
-                            .unwrap_or(true),
-                    )
-                })
-                .collect();
-            let mut enabled = self.enabled.write().unwrap_or_else(|p| p.into_inner());
-            if *enabled != map {
-                *enabled = map;
-                self.changed.send_modify(|n| *n += 1);
+        let Ok(page) = store.list(&ListQuery::all(ResourceType::Zone)).await else {
+            return;
+        };
+        let now: HashMap<String, bool> = page
+            .items
+            .iter()
+            .map(|z| (z.meta.name.clone(), switch_of(z)))
+            .collect();
+        let gone: Vec<String> = self
+            .read()
+            .keys()
+            .filter(|z| !now.contains_key(*z))
+            .cloned()
+            .collect();
+        for zone in gone {
+            self.set(&zone, None);
+        }
+        for (zone, on) in now {
+            if self.read().get(&zone) != Some(&on) {
+                self.set(&zone, Some(on));
             }
         }
     }
 
-    /// Keeps the switches current for as long as the store lives.
+    /// Keeps the switches current for as long as the store lives: one read per changed zone.
     pub async fn follow(self: Arc<Self>, store: SharedStore) {
         let mut events = store.subscribe();
         self.refresh(&store).await;
-        while store::next_change(&mut events, |ev| ev.key.kind == ResourceType::Zone).await {
-            self.refresh(&store).await;
+        loop {
+            match events.recv().await {
+                Ok(ev) if ev.key.kind == ResourceType::Zone => {
+                    let key = ResourceKey::new(ResourceType::Zone, "", &ev.key.name);
+                    match store.get(&key).await {
+                        Ok(z) => self.set(&ev.key.name, Some(switch_of(&z))),
+                        Err(StoreError::NotFound(_)) => self.set(&ev.key.name, None),
+                        Err(e) => {
+                            tracing::warn!(zone = %ev.key.name, error = %e, "could not read the zone's switch");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => self.refresh(&store).await,
+                Err(RecvError::Closed) => return,
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_flips_and_removals_fire() {
+        let switches = ZoneSwitches::default();
+        let (changes, closings) = (switches.changes(), switches.closings());
+        switches.set("zone-1", Some(true));
+        assert!(!changes.has_changed().unwrap() && !closings.has_changed().unwrap());
+        assert!(switches.enabled("zone-1"));
+
+        switches.set("zone-1", Some(false));
+        assert_eq!(
+            (*switches.changed.borrow(), *switches.closing.borrow()),
+            (1, 1)
+        );
+        assert!(!switches.enabled("zone-1"));
+        assert_eq!(switches.times_closed("zone-1"), 1);
+
+        // Deleting a disabled zone: it is enabled again (absent), and gone.
+        switches.set("zone-1", None);
+        assert_eq!(
+            (*switches.changed.borrow(), *switches.closing.borrow()),
+            (2, 2)
+        );
+        assert!(switches.enabled("zone-1"));
+        assert_eq!(switches.times_closed("zone-1"), 2);
+
+        // Deleting an enabled zone closes its streams without re-filtering anyone's.
+        switches.set("zone-2", Some(true));
+        switches.set("zone-2", None);
+        assert_eq!(
+            (*switches.changed.borrow(), *switches.closing.borrow()),
+            (2, 3)
+        );
+        assert_eq!(switches.times_closed("zone-2"), 1);
     }
 }

@@ -61,6 +61,8 @@ async fn start_global() -> Global {
         )),
         to_zones: Arc::new(global::kds_server::zone_wire_forms()),
         inspect: Default::default(),
+        admission: Default::default(),
+        to_zones_changes: kds::sync::ChangeFeed::follow(&store, &kds::rules::zone_subscriptions()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());

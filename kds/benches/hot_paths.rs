@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the KDS hot paths, so a regression shows in `cargo bench -p kds`:
 //! encoding and decoding resources (JSON-spec and legacy protobuf types), KDS name hashing,
-//! the per-change delta against what a peer holds, and the shared wire-form cache.
+//! the per-change delta against what a peer holds, and the shared wire-form cache; and the
+//! whole send path in process: a store write on one side until ten receivers (the real sender
+//! and receiver halves of KDS, over channels instead of gRPC) have applied it to their stores.
 
 use std::hint::black_box;
 
@@ -123,5 +125,104 @@ fn wire_cache(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codec_paths, naming, deltas, wire_cache);
+/// Takes everything, as a zone takes what global sends.
+struct TakeAll;
+
+impl kds::sync::Inbound for TakeAll {
+    fn accept(&self, r: Resource) -> Result<Resource, rules::Refusal> {
+        Ok(r)
+    }
+    fn owned_by_peer(&self, _: &Resource) -> bool {
+        true
+    }
+}
+
+fn send_path(c: &mut Criterion) {
+    use std::sync::Arc;
+    use store::{MemoryStore, SharedStore};
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    const ZONES: usize = 10;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let origin: SharedStore = Arc::new(MemoryStore::new());
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<()>();
+    rt.block_on(async {
+        let mesh = Resource::new(ResourceType::Mesh, "", "default", json!({}));
+        origin.create(mesh.clone()).await.expect("mesh");
+        origin.create(timeout(0)).await.expect("policy");
+        let wire = Arc::new(WireForms::new(|r: &Resource| r.clone()));
+        let changes = kds::sync::ChangeFeed::follow(
+            &origin,
+            &[ResourceType::Mesh, ResourceType::MeshTimeout],
+        );
+        for zone in 0..ZONES {
+            let local: SharedStore = Arc::new(MemoryStore::new());
+            let (to_receiver, responses) = mpsc::channel(64);
+            let (to_sender, requests) = mpsc::channel(64);
+            let outbound = kds::sync::Outbound {
+                wanted: Arc::new(|_: &Resource| true),
+                wire: wire.clone(),
+                refilter: None,
+                changes: changes.clone(),
+            };
+            let types = vec![ResourceType::Mesh, ResourceType::MeshTimeout];
+            let label = |peer: String| kds::sync::StreamLabel {
+                peer,
+                stats: Arc::default(),
+            };
+            tokio::spawn(kds::sync::run_sender(
+                origin.clone(),
+                types.clone(),
+                outbound,
+                ReceiverStream::new(requests),
+                to_receiver,
+                label(format!("zone-{zone}")),
+                kds::sync::DEFAULT_MAX_MESSAGE,
+            ));
+            let mut events = local.subscribe();
+            tokio::spawn(kds::sync::run_receiver(
+                local.clone(),
+                types,
+                Arc::new(TakeAll),
+                format!("zone-{zone}"),
+                ReceiverStream::new(responses),
+                to_sender,
+                label("origin".into()),
+            ));
+            let arrived_tx = arrived_tx.clone();
+            tokio::spawn(async move {
+                while let Ok(ev) = events.recv().await {
+                    if ev.key.kind == ResourceType::MeshTimeout {
+                        let _ = arrived_tx.send(());
+                    }
+                }
+            });
+        }
+        // Every zone holds the first version before the timing starts.
+        for _ in 0..ZONES {
+            arrived.recv().await;
+        }
+    });
+    let mut n = 0u64;
+    c.bench_function("send path: a write until 10 receivers applied it", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                n += 1;
+                let mut r = origin.get(&timeout(0).key()).await.expect("the policy");
+                r.spec["to"][0]["default"]["idleTimeout"] = json!(format!("{n}s"));
+                origin.update(r).await.expect("update");
+                for _ in 0..ZONES {
+                    arrived.recv().await;
+                }
+            })
+        })
+    });
+}
+
+criterion_group!(benches, codec_paths, naming, deltas, wire_cache, send_path);
 criterion_main!(benches);

@@ -20,10 +20,11 @@ use tracing::Instrument;
 use crate::codec;
 use crate::metrics::{KdsMetrics, TypeLabels, ZoneLabels};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 
-/// How long a burst of changes is gathered before one response goes out.
-pub const DEBOUNCE: Duration = Duration::from_millis(2);
+/// How long a sender waits for the peer to answer a delta before it sends the next one of the
+/// same type anyway. Peers answer every delta (Kuma's do too); this only bounds what a peer that
+/// stopped answering costs in latency, it is never on the path of a healthy stream.
+pub const ANSWER_PATIENCE: Duration = Duration::from_secs(5);
 /// `system_version_info` of a full-state response that more responses complete.
 pub const FULL_STATE_CONTINUES: &str = "kuma-rs/full-state-continues";
 /// Responses are split to stay under this many bytes of resources.
@@ -72,6 +73,59 @@ impl<T: Send> Outgoing<T> for mpsc::Sender<Result<T, tonic::Status>> {
     }
 }
 
+/// A store change as a sender sees it: one event, or word that events were missed (the
+/// sender then recomputes what its peer lacks).
+#[derive(Debug, Clone)]
+pub enum Change {
+    Event(store::ChangeEvent),
+    Missed,
+}
+
+/// Change events buffered per feed before a slow reader lags (and resyncs).
+const FEED_BUFFER: usize = 16 * 1024;
+
+/// The store's changes of the synced types only, shared by every stream of one direction.
+/// Without it each stream would wake for every write to the store: on a global with a thousand
+/// zones, every ZoneInsight flush and every zone's Dataplane would wake a thousand senders
+/// that then ignore it. One task filters; the streams wake only for what they may send.
+pub struct ChangeFeed {
+    tx: broadcast::Sender<Change>,
+}
+
+impl ChangeFeed {
+    /// Starts following `store` for `types`; stops when the last handle is dropped or the store
+    /// goes away. Must be called within a Tokio runtime.
+    pub fn follow(store: &SharedStore, types: &[ResourceType]) -> Arc<ChangeFeed> {
+        let (tx, _) = broadcast::channel(FEED_BUFFER);
+        let feed = Arc::new(ChangeFeed { tx });
+        let mut events = store.subscribe();
+        let wanted: HashSet<ResourceType> = types.iter().copied().collect();
+        let handle = Arc::downgrade(&feed);
+        tokio::spawn(async move {
+            loop {
+                let change = match events.recv().await {
+                    Ok(ev) if wanted.contains(&ev.key.kind) => Change::Event(ev),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => Change::Missed,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(feed) = handle.upgrade() else {
+                    return;
+                };
+                // No receiver is fine: no stream is open.
+                let _ = feed.tx.send(change);
+            }
+        });
+        feed
+    }
+
+    /// Changes from now on. A change already in the store is seen by a listing made after
+    /// this call, so subscribe first, then list.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.tx.subscribe()
+    }
+}
+
 /// What a sender sends: which stored resources this peer gets, and the shared wire form.
 #[derive(Clone)]
 pub struct Outbound {
@@ -80,6 +134,8 @@ pub struct Outbound {
     /// Fires when `wanted` changed its mind about resources that did not change themselves (a
     /// zone was disabled): the types synced across zones are filtered again.
     pub refilter: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The store's changes of (at least) the types sent.
+    pub changes: Arc<ChangeFeed>,
 }
 
 /// Stored resources as peers see them (renamed, relabelled, encoded), made once per resource
@@ -158,7 +214,19 @@ struct StatsInner {
     last_update: Option<model::Timestamp>,
     /// Nonce of each delta this side sent and the peer has not answered -> when the change it
     /// carries happened.
-    in_flight: HashMap<String, tokio::time::Instant>,
+    in_flight: HashMap<u64, tokio::time::Instant>,
+    /// Each type's counters on `/metrics`, looked up once: a delta then costs an atomic add,
+    /// not a label lookup (this runs once per zone per change).
+    meters: HashMap<ResourceType, TypeMeters>,
+}
+
+#[derive(Debug)]
+struct TypeMeters {
+    sent: Counter,
+    acked: Counter,
+    nacked: Counter,
+    received: Counter,
+    refused: Counter,
 }
 
 /// Where a stream's figures go on `/metrics`, and under which zone.
@@ -166,13 +234,22 @@ struct StatsInner {
 struct Meter {
     metrics: KdsMetrics,
     zone: String,
+    lag: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Meter {
-    fn labels(&self, kind: ResourceType) -> TypeLabels {
-        TypeLabels {
+    fn type_meters(&self, kind: ResourceType) -> TypeMeters {
+        let labels = TypeLabels {
             zone: self.zone.clone(),
             resource_type: kind.name(),
+        };
+        let m = &self.metrics;
+        TypeMeters {
+            sent: m.sent.get_or_create(&labels).clone(),
+            acked: m.acked.get_or_create(&labels).clone(),
+            nacked: m.nacked.get_or_create(&labels).clone(),
+            received: m.received.get_or_create(&labels).clone(),
+            refused: m.refused.get_or_create(&labels).clone(),
         }
     }
 }
@@ -187,124 +264,128 @@ pub struct StreamStats {
 impl StreamStats {
     /// Counters that also go to `metrics`, labelled with `zone`.
     pub fn metered(metrics: KdsMetrics, zone: impl Into<String>) -> Self {
+        let zone = zone.into();
+        let lag = metrics
+            .lag
+            .get_or_create(&ZoneLabels { zone: zone.clone() })
+            .clone();
         StreamStats {
             inner: Mutex::default(),
-            meter: Some(Meter {
-                metrics,
-                zone: zone.into(),
-            }),
+            meter: Some(Meter { metrics, zone, lag }),
         }
     }
 
-    fn record(&self, kind: ResourceType, f: impl FnOnce(&mut StatsInner, &'static str)) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut inner, kind.name());
-        inner.last_update = Some(model::Timestamp::now());
-    }
-
-    fn count(&self, kind: ResourceType, f: impl FnOnce(&mut TypeCounts)) {
-        self.record(kind, |inner, name| {
-            f(inner.per_type.entry(name).or_default())
-        });
-    }
-
-    fn meter(
+    /// Updates the counts of `kind`, the deltas in flight and `kind`'s meters (when metered)
+    /// under one lock.
+    fn record(
         &self,
         kind: ResourceType,
-        family: impl FnOnce(&KdsMetrics) -> &Family<TypeLabels, Counter>,
+        f: impl FnOnce(&mut TypeCounts, &mut HashMap<u64, tokio::time::Instant>, Option<&TypeMeters>),
     ) {
-        if let Some(m) = &self.meter {
-            family(&m.metrics).get_or_create(&m.labels(kind)).inc();
-        }
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *guard;
+        let meters = self.meter.as_ref().map(|m| {
+            &*inner
+                .meters
+                .entry(kind)
+                .or_insert_with(|| m.type_meters(kind))
+        });
+        let counts = inner.per_type.entry(kind.name()).or_default();
+        f(counts, &mut inner.in_flight, meters);
+        inner.last_update = Some(model::Timestamp::now());
     }
 
     /// The peer subscribed to `kind`: its counters start at zero, so they exist (and
     /// `increase()` over them works) before the first delta.
     fn sending(&self, kind: ResourceType) {
-        if let Some(m) = &self.meter {
-            let labels = m.labels(kind);
-            for family in [&m.metrics.sent, &m.metrics.acked, &m.metrics.nacked] {
-                let _ = family.get_or_create(&labels);
-            }
-            let _ = m.metrics.lag.get_or_create(&ZoneLabels {
-                zone: m.zone.clone(),
-            });
-        }
+        self.start_meters(kind);
     }
 
     /// This side subscribed to `kind` from the peer (see [`StreamStats::sending`]).
     fn receiving(&self, kind: ResourceType) {
+        self.start_meters(kind);
+    }
+
+    fn start_meters(&self, kind: ResourceType) {
         if let Some(m) = &self.meter {
-            let labels = m.labels(kind);
-            for family in [&m.metrics.received, &m.metrics.refused] {
-                let _ = family.get_or_create(&labels);
-            }
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            inner
+                .meters
+                .entry(kind)
+                .or_insert_with(|| m.type_meters(kind));
         }
     }
 
     /// This side sent a delta (`nonce`) carrying changes made at `origin`.
-    fn delta_sent(&self, kind: ResourceType, nonce: &str, origin: tokio::time::Instant) {
-        self.record(kind, |inner, name| {
-            inner.per_type.entry(name).or_default().responses_sent += 1;
-            if inner.in_flight.len() >= MAX_IN_FLIGHT {
-                inner.in_flight.clear();
+    fn delta_sent(&self, kind: ResourceType, nonce: u64, origin: tokio::time::Instant) {
+        self.record(kind, |counts, in_flight, meters| {
+            counts.responses_sent += 1;
+            if in_flight.len() >= MAX_IN_FLIGHT {
+                in_flight.clear();
             }
-            inner.in_flight.insert(nonce.to_string(), origin);
+            in_flight.insert(nonce, origin);
+            if let Some(m) = meters {
+                m.sent.inc();
+            }
         });
-        self.meter(kind, |m| &m.sent);
     }
 
     /// The peer acknowledged the delta `nonce` this side sent.
     fn peer_acknowledged(&self, kind: ResourceType, nonce: &str) {
         let mut origin = None;
-        self.record(kind, |inner, name| {
-            inner
-                .per_type
-                .entry(name)
-                .or_default()
-                .responses_acknowledged += 1;
-            origin = inner.in_flight.remove(nonce);
+        self.record(kind, |counts, in_flight, meters| {
+            counts.responses_acknowledged += 1;
+            origin = nonce.parse().ok().and_then(|n| in_flight.remove(&n));
+            if let Some(m) = meters {
+                m.acked.inc();
+            }
         });
-        self.meter(kind, |m| &m.acked);
         if let (Some(m), Some(origin)) = (&self.meter, origin) {
-            m.metrics
-                .lag
-                .get_or_create(&ZoneLabels {
-                    zone: m.zone.clone(),
-                })
-                .observe(origin.elapsed().as_secs_f64());
+            m.lag.observe(origin.elapsed().as_secs_f64());
         }
     }
 
     /// The peer rejected the delta `nonce` this side sent.
     fn peer_rejected(&self, kind: ResourceType, nonce: &str) {
-        self.record(kind, |inner, name| {
-            inner.per_type.entry(name).or_default().responses_rejected += 1;
-            inner.in_flight.remove(nonce);
+        self.record(kind, |counts, in_flight, meters| {
+            counts.responses_rejected += 1;
+            if let Ok(n) = nonce.parse() {
+                in_flight.remove(&n);
+            }
+            if let Some(m) = meters {
+                m.nacked.inc();
+            }
         });
-        self.meter(kind, |m| &m.nacked);
     }
 
     /// A delta the peer sent arrived.
     fn delta_received(&self, kind: ResourceType) {
-        self.count(kind, |c| c.responses_sent += 1);
-        self.meter(kind, |m| &m.received);
+        self.record(kind, |counts, _, meters| {
+            counts.responses_sent += 1;
+            if let Some(m) = meters {
+                m.received.inc();
+            }
+        });
     }
 
     /// This side acknowledged a delta the peer sent.
     fn acknowledged(&self, kind: ResourceType) {
-        self.count(kind, |c| c.responses_acknowledged += 1);
+        self.record(kind, |counts, _, _| counts.responses_acknowledged += 1);
     }
 
     /// This side rejected a delta the peer sent.
     fn refused(&self, kind: ResourceType) {
-        self.count(kind, |c| c.responses_rejected += 1);
-        self.meter(kind, |m| &m.refused);
+        self.record(kind, |counts, _, meters| {
+            counts.responses_rejected += 1;
+            if let Some(m) = meters {
+                m.refused.inc();
+            }
+        });
     }
 
     /// A resource too large to send (counted with the rejections, as the peer never gets it).
     fn unsendable(&self, kind: ResourceType) {
-        self.count(kind, |c| c.responses_rejected += 1);
+        self.record(kind, |counts, _, _| counts.responses_rejected += 1);
     }
 
     pub fn per_type(&self) -> BTreeMap<&'static str, TypeCounts> {
@@ -339,13 +420,15 @@ pub struct StreamLabel {
     pub stats: Arc<StreamStats>,
 }
 
-/// Numbering and sizing of outgoing responses on one stream.
+/// Numbering and sizing of outgoing responses on one stream, and which the peer has yet to
+/// answer.
 struct Responder<'a, R> {
     out: &'a R,
     nonce: u64,
     max_message: usize,
     stats: &'a StreamStats,
     peer: &'a str,
+    unanswered: Unanswered,
 }
 
 /// One span per KDS delta, sent or received.
@@ -418,10 +501,13 @@ pub async fn run_sender(
     label: StreamLabel,
     max_message: usize,
 ) -> Result<(), SyncError> {
-    use futures::StreamExt;
+    use futures::{FutureExt, StreamExt};
+    use tokio_stream::wrappers::{BroadcastStream, WatchStream, errors::BroadcastStreamRecvError};
     let StreamLabel { peer, stats } = label;
-    // Subscribe before the first listing so no change falls between the two.
-    let mut events = store.subscribe();
+    // Subscribe before the first listing so no change falls between the two. As streams, the
+    // waits persist across the loop's turns: a plain `recv()` would register and deregister
+    // this stream with the feed (a lock shared by every stream) on every turn.
+    let mut events = BroadcastStream::new(outbound.changes.subscribe());
     let mut subscribed: HashSet<ResourceType> = HashSet::new();
     let mut sent = SentState::new();
     let mut responder = Responder {
@@ -430,18 +516,36 @@ pub async fn run_sender(
         max_message,
         stats: &stats,
         peer: &peer,
+        unanswered: Unanswered::default(),
     };
     let mut pending = Pending::default();
     let mut resync: HashSet<ResourceType> = HashSet::new();
-    let mut refilter = outbound.refilter.clone();
+    let mut refilter = outbound.refilter.clone().map(WatchStream::from_changes);
+    // Flow control instead of a debounce: a type with nothing unanswered sends a change at
+    // once; changes arriving while its last delta is unanswered gather into the next one,
+    // which leaves when the peer answers. Idle streams pay no delay, busy ones batch.
     loop {
         let refiltered = async {
             match refilter.as_mut() {
-                Some(rx) => rx.changed().await.is_ok(),
+                Some(changes) => changes.next().await.is_some(),
+                None => std::future::pending().await,
+            }
+        };
+        // Only armed while a change waits behind a delta the peer has not answered.
+        let patience = responder.unanswered.give_up_at(&pending);
+        let out_of_patience = async {
+            match patience {
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
+            () = out_of_patience => {
+                tracing::warn!(%peer, "the peer has not answered a delta for {ANSWER_PATIENCE:?}; sending the next one anyway");
+                responder.unanswered.forget_older_than(tokio::time::Instant::now() - ANSWER_PATIENCE);
+                let now = tokio::time::Instant::now();
+                flush_pending(&store, &types, &outbound, &mut pending, &mut sent, &mut responder, now).await?;
+            }
             open = refiltered => {
                 if !open {
                     refilter = None;
@@ -464,13 +568,21 @@ pub async fn run_sender(
                     tracing::warn!(%peer, type_url = %req.type_url, "subscription to a type this side does not provide");
                     continue;
                 };
-                if let Some(err) = &req.error_detail {
-                    stats.peer_rejected(kind, &req.response_nonce);
-                    tracing::warn!(%peer, %kind, nonce = %req.response_nonce, reason = %err.message, "peer rejected resources (NACK)");
+                if !req.response_nonce.is_empty() {
+                    if let Some(err) = &req.error_detail {
+                        stats.peer_rejected(kind, &req.response_nonce);
+                        tracing::warn!(%peer, %kind, nonce = %req.response_nonce, reason = %err.message, "peer rejected resources (NACK)");
+                    } else {
+                        stats.peer_acknowledged(kind, &req.response_nonce);
+                    }
+                    // What gathered while the peer was busy goes now, as one delta.
+                    if responder.unanswered.answered(kind, &req.response_nonce) && pending.keys.contains_key(&kind) {
+                        flush_pending(&store, &types, &outbound, &mut pending, &mut sent, &mut responder, tokio::time::Instant::now()).await?;
+                    }
                     continue;
                 }
-                if !req.response_nonce.is_empty() {
-                    stats.peer_acknowledged(kind, &req.response_nonce);
+                if req.error_detail.is_some() {
+                    tracing::warn!(%peer, %kind, "a NACK without a nonce; ignored");
                     continue;
                 }
                 // A new subscription: the full state of the type.
@@ -487,31 +599,44 @@ pub async fn run_sender(
                 }
                 let now = tokio::time::Instant::now();
                 let span = delta_span("kds send", &peer, kind, all.len(), 0);
+                // The full state supersedes whatever of this type was waiting.
+                pending.keys.remove(&kind);
+                pending.since.remove(&kind);
                 responder.send_split(kind, all, vec![], true, now).instrument(span).await?;
+                // Sending woke the connection's writer into this worker's LIFO slot, where no
+                // other worker can take it: without a yield, the next type's full state (maybe
+                // 100,000 resources listed and encoded without an await that blocks) would run
+                // first, and this one would leave only after it.
+                tokio::task::yield_now().await;
             }
-            ev = events.recv() => {
+            ev = events.next() => {
                 let changed_at = tokio::time::Instant::now();
-                let mut note = |ev: store::ChangeEvent| {
+                let mut note = |change: Change| {
+                    let Change::Event(ev) = change else {
+                        // Events were lost before this stream's feed: recompute everything.
+                        resync.extend(subscribed.iter().copied());
+                        return;
+                    };
                     if subscribed.contains(&ev.key.kind) {
                         if let Some(cause) = ev.cause {
                             pending.causes.insert(ev.key.clone(), cause);
                         }
+                        pending.since.entry(ev.key.kind).or_insert(changed_at);
                         pending.keys.entry(ev.key.kind).or_default().insert(ev.key);
                     }
                 };
                 match ev {
-                    Ok(ev) => note(ev),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Some(Ok(change)) => note(change),
+                    Some(Err(BroadcastStreamRecvError::Lagged(n))) => {
                         // Too far behind to trust the events: recompute every subscribed type.
                         tracing::warn!(%peer, missed = n, "change events lagged; resyncing");
-                        resync.extend(subscribed.iter().copied());
+                        note(Change::Missed);
                     }
-                    Err(broadcast::error::RecvError::Closed) => return Err(SyncError::Closed),
+                    None => return Err(SyncError::Closed),
                 }
-                // Gather the rest of a burst, then answer once per type.
-                tokio::time::sleep(DEBOUNCE).await;
-                while let Ok(ev) = events.try_recv() {
-                    note(ev);
+                // What is already queued goes in the same delta; nothing waits for more.
+                while let Some(Some(ev)) = events.next().now_or_never() {
+                    note(ev.unwrap_or(Change::Missed));
                 }
                 expand_resync(&store, &mut resync, &mut pending, &sent).await?;
                 flush_pending(&store, &types, &outbound, &mut pending, &mut sent, &mut responder, changed_at).await?;
@@ -526,6 +651,68 @@ pub async fn run_sender(
 struct Pending {
     keys: HashMap<ResourceType, HashSet<ResourceKey>>,
     causes: HashMap<ResourceKey, Arc<str>>,
+    /// When the oldest change of each type began waiting: the delta that carries it is timed
+    /// from then.
+    since: HashMap<ResourceType, tokio::time::Instant>,
+}
+
+/// Deltas sent on a stream that the peer has not answered (ACK or NACK), by type.
+#[derive(Default)]
+struct Unanswered {
+    by_type: HashMap<ResourceType, HashMap<u64, tokio::time::Instant>>,
+}
+
+impl Unanswered {
+    fn sent(&mut self, kind: ResourceType, nonces: Vec<u64>, at: tokio::time::Instant) {
+        if nonces.is_empty() {
+            return;
+        }
+        let waiting = self.by_type.entry(kind).or_default();
+        waiting.extend(nonces.into_iter().map(|n| (n, at)));
+        // A peer that skips answers cannot grow this past a bound.
+        if waiting.len() > MAX_IN_FLIGHT {
+            waiting.clear();
+        }
+    }
+
+    /// Records the answer to `nonce`; true once nothing of `kind` is unanswered.
+    fn answered(&mut self, kind: ResourceType, nonce: &str) -> bool {
+        match self.by_type.get_mut(&kind) {
+            Some(waiting) => {
+                if let Ok(n) = nonce.parse() {
+                    waiting.remove(&n);
+                }
+                if waiting.is_empty() {
+                    self.by_type.remove(&kind);
+                    true
+                } else {
+                    false
+                }
+            }
+            None => true,
+        }
+    }
+
+    fn busy(&self, kind: ResourceType) -> bool {
+        self.by_type.contains_key(&kind)
+    }
+
+    /// When to stop waiting for the peer, if a pending change is held back by it.
+    fn give_up_at(&self, pending: &Pending) -> Option<tokio::time::Instant> {
+        pending
+            .keys
+            .keys()
+            .filter_map(|kind| self.by_type.get(kind)?.values().min().copied())
+            .min()
+            .map(|oldest| oldest + ANSWER_PATIENCE)
+    }
+
+    fn forget_older_than(&mut self, cutoff: tokio::time::Instant) {
+        self.by_type.retain(|_, waiting| {
+            waiting.retain(|_, at| *at > cutoff);
+            !waiting.is_empty()
+        });
+    }
 }
 
 /// Every key of each type to resync, stored or held by the peer, becomes pending.
@@ -562,6 +749,14 @@ async fn flush_pending(
     changed_at: tokio::time::Instant,
 ) -> Result<(), SyncError> {
     for &kind in types {
+        if !pending.keys.contains_key(&kind) {
+            continue;
+        }
+        let since = *pending.since.entry(kind).or_insert(changed_at);
+        if responder.unanswered.busy(kind) {
+            continue;
+        }
+        pending.since.remove(&kind);
         let Some(keys) = pending.keys.remove(&kind) else {
             continue;
         };
@@ -593,7 +788,7 @@ async fn flush_pending(
                 store::trace::continue_from(&span, cause);
             }
             responder
-                .send_split(kind, changed, removed, false, changed_at)
+                .send_split(kind, changed, removed, false, since)
                 .instrument(span)
                 .await?;
         }
@@ -631,6 +826,43 @@ pub fn delta(
     (changed, removed)
 }
 
+/// What one entry adds to a response: its encoding, its field tag and length prefix.
+fn encoded_entry_len(bytes: usize) -> usize {
+    bytes + 1 + prost::length_delimiter_len(bytes)
+}
+
+/// Splits `resources` into responses of at most `budget` encoded bytes each, the last with
+/// room for the `removed` names too; a resource that fits no response goes to `refuse`.
+fn batches(
+    resources: Vec<XdsResource>,
+    removed: &[String],
+    budget: usize,
+    mut refuse: impl FnMut(&XdsResource, usize),
+) -> Vec<Vec<XdsResource>> {
+    let mut batches: Vec<Vec<XdsResource>> = vec![vec![]];
+    let mut size = 0;
+    for r in resources {
+        let len = encoded_entry_len(prost::Message::encoded_len(&r));
+        if len > budget {
+            refuse(&r, len);
+            continue;
+        }
+        if size + len > budget && batches.last().is_some_and(|b| !b.is_empty()) {
+            batches.push(vec![]);
+            size = 0;
+        }
+        size += len;
+        if let Some(b) = batches.last_mut() {
+            b.push(r);
+        }
+    }
+    let removed_len: usize = removed.iter().map(|n| encoded_entry_len(n.len())).sum();
+    if size + removed_len > budget && batches.last().is_some_and(|b| !b.is_empty()) {
+        batches.push(vec![]);
+    }
+    batches
+}
+
 impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
     async fn send_split(
         &mut self,
@@ -650,27 +882,14 @@ impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
         }
         // Bytes per response, leaving room for the envelope.
         let budget = self.max_message.saturating_sub(64 * 1024).max(1024);
-        let mut batches: Vec<Vec<XdsResource>> = vec![vec![]];
-        let mut size = 0;
-        for r in resources {
-            let len = r.resource.as_ref().map_or(0, |a| a.value.len()) + r.name.len() + 64;
-            if len > budget {
-                // The peer could not decode it and would drop the whole stream: refuse it here,
-                // loudly, and keep syncing everything else.
-                tracing::error!(%kind, name = %r.name, bytes = len, limit = budget, "resource is larger than a KDS message may be; not sent");
-                stats.unsendable(kind);
-                continue;
-            }
-            if size + len > budget && batches.last().is_some_and(|b| !b.is_empty()) {
-                batches.push(vec![]);
-                size = 0;
-            }
-            size += len;
-            if let Some(b) = batches.last_mut() {
-                b.push(r);
-            }
-        }
+        let batches = batches(resources, &removed, budget, |r, bytes| {
+            // The peer could not decode it and would drop the whole stream: refuse it here,
+            // loudly, and keep syncing everything else.
+            tracing::error!(%kind, name = %r.name, bytes, limit = budget, "resource is larger than a KDS message may be; not sent");
+            stats.unsendable(kind);
+        });
         let last = batches.len() - 1;
+        let mut nonces = Vec::with_capacity(batches.len());
         for (i, batch) in batches.into_iter().enumerate() {
             self.nonce += 1;
             let resp = DeltaDiscoveryResponse {
@@ -687,12 +906,14 @@ impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
                 },
                 ..Default::default()
             };
-            let nonce = resp.nonce.clone();
             if !self.out.put(resp).await {
                 return Err(SyncError::Closed);
             }
-            stats.delta_sent(kind, &nonce, changed_at);
+            stats.delta_sent(kind, self.nonce, changed_at);
+            nonces.push(self.nonce);
         }
+        self.unanswered
+            .sent(kind, nonces, tokio::time::Instant::now());
         Ok(())
     }
 }
@@ -946,8 +1167,8 @@ mod tests {
         stats.receiving(ResourceType::Dataplane);
         let changed_at = tokio::time::Instant::now();
         tokio::time::advance(Duration::from_millis(30)).await;
-        stats.delta_sent(kind, "1", changed_at);
-        stats.delta_sent(kind, "2", tokio::time::Instant::now());
+        stats.delta_sent(kind, 1, changed_at);
+        stats.delta_sent(kind, 2, tokio::time::Instant::now());
         stats.peer_acknowledged(kind, "1");
         stats.peer_rejected(kind, "2");
         // An ACK for a nonce never sent (or already answered) counts, without a lag.
@@ -971,6 +1192,195 @@ mod tests {
         assert_eq!(totals.responses_sent, 2);
         assert_eq!(totals.responses_acknowledged, 2);
         assert_eq!(totals.responses_rejected, 1);
+    }
+
+    /// A sender over channels, as a stream would run it, for the `MeshTimeout` type.
+    struct SenderUnderTest {
+        store: SharedStore,
+        requests: mpsc::Sender<Result<DeltaDiscoveryRequest, tonic::Status>>,
+        responses: mpsc::Receiver<DeltaDiscoveryResponse>,
+    }
+
+    impl SenderUnderTest {
+        async fn start() -> Self {
+            let store: SharedStore = Arc::new(store::MemoryStore::new());
+            store
+                .create(Resource::new(
+                    ResourceType::Mesh,
+                    "",
+                    "default",
+                    serde_json::json!({}),
+                ))
+                .await
+                .unwrap();
+            let (requests, rx) = mpsc::channel(16);
+            let (tx, responses) = mpsc::channel(16);
+            let outbound = Outbound {
+                wanted: Arc::new(|_: &Resource| true),
+                wire: Arc::new(WireForms::new(|r: &Resource| r.clone())),
+                refilter: None,
+                changes: ChangeFeed::follow(&store, &[ResourceType::MeshTimeout]),
+            };
+            tokio::spawn(run_sender(
+                store.clone(),
+                vec![ResourceType::MeshTimeout],
+                outbound,
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                tx,
+                StreamLabel {
+                    peer: "test".into(),
+                    stats: Arc::default(),
+                },
+                DEFAULT_MAX_MESSAGE,
+            ));
+            let mut s = SenderUnderTest {
+                store,
+                requests,
+                responses,
+            };
+            s.request(DeltaDiscoveryRequest {
+                type_url: ResourceType::MeshTimeout.name().into(),
+                resource_names_subscribe: vec!["*".into()],
+                ..Default::default()
+            })
+            .await;
+            let full = s.next().await;
+            s.answer(&full, false).await;
+            s
+        }
+
+        async fn request(&mut self, req: DeltaDiscoveryRequest) {
+            self.requests.send(Ok(req)).await.unwrap();
+        }
+
+        async fn answer(&mut self, resp: &DeltaDiscoveryResponse, nack: bool) {
+            self.request(DeltaDiscoveryRequest {
+                type_url: resp.type_url.clone(),
+                response_nonce: resp.nonce.clone(),
+                error_detail: nack.then(|| Status {
+                    code: 3,
+                    message: "no".into(),
+                    details: vec![],
+                }),
+                ..Default::default()
+            })
+            .await;
+        }
+
+        async fn write(&self, name: &str) {
+            self.store
+                .create(Resource::new(
+                    ResourceType::MeshTimeout,
+                    "default",
+                    name,
+                    serde_json::json!({"targetRef": {"kind": "Mesh"}}),
+                ))
+                .await
+                .unwrap();
+        }
+
+        async fn next(&mut self) -> DeltaDiscoveryResponse {
+            tokio::time::timeout(Duration::from_secs(60), self.responses.recv())
+                .await
+                .expect("a delta")
+                .expect("the sender runs")
+        }
+
+        /// Lets every task run until it waits on something, without moving the clock.
+        async fn settle(&mut self) -> Option<DeltaDiscoveryResponse> {
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            self.responses.try_recv().ok()
+        }
+    }
+
+    fn names(resp: &DeltaDiscoveryResponse) -> Vec<&str> {
+        let mut v: Vec<&str> = resp.resources.iter().map(|r| r.name.as_str()).collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_stream_sends_at_once_and_a_busy_one_gathers_until_the_peer_answers() {
+        let mut s = SenderUnderTest::start().await;
+        // Idle: the change goes without the clock moving at all.
+        s.write("a").await;
+        let first = s.settle().await.expect("sent at once, with no timer");
+        assert_eq!(names(&first), ["a.default"]);
+
+        // Unanswered: later changes wait, however long, and then leave as one delta.
+        s.write("b").await;
+        s.write("c").await;
+        assert!(
+            s.settle().await.is_none(),
+            "nothing goes while a delta is unanswered"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(s.settle().await.is_none());
+        s.answer(&first, false).await;
+        let second = s.settle().await.expect("sent when the peer answered");
+        assert_eq!(names(&second), ["b.default", "c.default"]);
+
+        // A NACK is an answer too.
+        s.write("d").await;
+        assert!(s.settle().await.is_none());
+        s.answer(&second, true).await;
+        assert_eq!(
+            names(&s.settle().await.expect("sent after the NACK")),
+            ["d.default"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_answering_delays_changes_by_the_patience_only() {
+        let mut s = SenderUnderTest::start().await;
+        s.write("a").await;
+        let _unanswered = s.next().await;
+        s.write("b").await;
+        assert!(s.settle().await.is_none());
+        let waited = tokio::time::Instant::now();
+        let late = s.next().await;
+        assert_eq!(names(&late), ["b.default"]);
+        assert!(waited.elapsed() <= ANSWER_PATIENCE);
+    }
+
+    #[test]
+    fn responses_stay_within_the_budget_by_their_real_encoding() {
+        // Resources whose names, versions and type URLs are a large part of their size, as
+        // small policies are: estimating from the payload alone overshot the budget.
+        let resource = |n: usize| XdsResource {
+            name: format!("timeout-{n}-0123456789abcdef.default"),
+            version: format!("{n:064}"),
+            resource: Some(envoy_types::pb::google::protobuf::Any {
+                type_url: "type.googleapis.com/kuma.mesh.v1alpha1.KumaResource".into(),
+                value: vec![7; 40],
+            }),
+            ..Default::default()
+        };
+        let budget = 16 * 1024;
+        let removed: Vec<String> = (0..200).map(|n| format!("gone-{n}.default")).collect();
+        let mut refused = vec![];
+        let mut huge = resource(0);
+        huge.resource.as_mut().unwrap().value = vec![0; budget];
+        let mut all: Vec<XdsResource> = (1..=2000).map(resource).collect();
+        all.insert(5, huge);
+        let split = batches(all, &removed, budget, |r, _| refused.push(r.name.clone()));
+        assert_eq!(refused, ["timeout-0-0123456789abcdef.default"]);
+        assert!(split.len() > 10);
+        assert_eq!(split.iter().map(Vec::len).sum::<usize>(), 2000);
+        let last = split.len() - 1;
+        for (i, batch) in split.into_iter().enumerate() {
+            let resp = DeltaDiscoveryResponse {
+                resources: batch,
+                removed_resources: if i == last { removed.clone() } else { vec![] },
+                ..Default::default()
+            };
+            assert!(
+                prost::Message::encoded_len(&resp) <= budget,
+                "response {i} over budget"
+            );
+        }
     }
 
     #[test]

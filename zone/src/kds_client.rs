@@ -297,6 +297,7 @@ async fn session(
         wanted: Arc::new(move |r: &Resource| rules::zone_sends_to_global(r, &zone)),
         wire: Arc::new(wire),
         refilter: None,
+        changes: sync::ChangeFeed::follow(&store, &zone_provided_types()),
     };
     let send = sync::run_sender(
         store,

@@ -21,10 +21,31 @@ use serde_json::{Value, json};
 use store::{MemoryStore, SharedStore};
 use tokio::sync::{mpsc, watch};
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StoreKind {
+    Memory,
+    Postgres,
+    /// One raft replica with its data in global's work directory: kept across a restart
+    /// without an external database.
+    Raft,
+}
+
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Postgres => "postgres",
+            StoreKind::Raft => "raft",
+        }
+    }
+}
+
 struct Args {
     zones: usize,
     writes: usize,
-    postgres: bool,
+    store: StoreKind,
+    /// After the other phases: kill -9 global, restart it, and time every zone's return.
+    reconnect_storm: bool,
     resync: usize,
     rss_dataplanes: usize,
     floor_samples: usize,
@@ -37,7 +58,8 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         zones: 10,
         writes: 1000,
-        postgres: false,
+        store: StoreKind::Memory,
+        reconnect_storm: false,
         resync: 10_000,
         rss_dataplanes: 1000,
         floor_samples: 1000,
@@ -55,19 +77,28 @@ fn parse_args() -> Result<Args> {
             "--floor" => args.floor_samples = value("--floor")?.max(10),
             "--slow-zone" => args.slow_zone = true,
             "--otlp" => args.otlp = true,
-            "--store" => match it.next().as_deref() {
-                Some("memory") => args.postgres = false,
-                Some("postgres") => args.postgres = true,
-                other => bail!("--store must be memory or postgres, not {other:?}"),
-            },
+            "--reconnect-storm" => args.reconnect_storm = true,
+            "--store" => {
+                args.store = match it.next().as_deref() {
+                    Some("memory") => StoreKind::Memory,
+                    Some("postgres") => StoreKind::Postgres,
+                    Some("raft") => StoreKind::Raft,
+                    other => bail!("--store must be memory, postgres or raft, not {other:?}"),
+                }
+            }
             "-h" | "--help" => {
                 println!(
-                    "kds-bench [--zones N] [--writes N] [--resync N] [--rss-dataplanes N] [--floor N] [--slow-zone] [--otlp] [--store memory|postgres]"
+                    "kds-bench [--zones N] [--writes N] [--resync N] [--rss-dataplanes N] [--floor N] [--slow-zone] [--otlp] [--store memory|postgres|raft] [--reconnect-storm]"
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown flag {other:?} (see --help)"),
         }
+    }
+    if args.reconnect_storm && args.store == StoreKind::Memory {
+        bail!(
+            "--reconnect-storm restarts global, which must keep its zone-token keys: use --store raft or postgres"
+        );
     }
     Ok(args)
 }
@@ -75,6 +106,8 @@ fn parse_args() -> Result<Args> {
 struct Global {
     cp: ControlPlane,
     kds_port: u16,
+    /// What global was started with, to start it again the same way.
+    env: Vec<(String, String)>,
     http: reqwest::Client,
     root_ca: String,
 }
@@ -104,16 +137,6 @@ impl Global {
         Ok(())
     }
 
-    async fn status(&self, path: &str) -> Result<u16> {
-        Ok(self
-            .http
-            .get(self.url(path))
-            .send()
-            .await?
-            .status()
-            .as_u16())
-    }
-
     async fn total(&self, path: &str) -> Result<u64> {
         let v: Value = self.http.get(self.url(path)).send().await?.json().await?;
         Ok(v["total"].as_u64().unwrap_or(0))
@@ -136,7 +159,7 @@ impl Global {
 /// Spans global exported to the bench's collector (`--otlp`).
 static SPANS_RECEIVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-async fn start_global(postgres_env: &[(String, String)], otlp: bool) -> Result<Global> {
+async fn start_global(store_env: &[(String, String)], otlp: bool) -> Result<Global> {
     let kds_port = e2e::free_port();
     let port = kds_port.to_string();
     let mut env: Vec<(&str, &str)> = vec![
@@ -155,15 +178,19 @@ async fn start_global(postgres_env: &[(String, String)], otlp: bool) -> Result<G
         collector = format!("127.0.0.1:{port}");
         env.push(("KUMA_TRACING_OPENTELEMETRY_ENDPOINT", &collector));
     }
-    env.extend(postgres_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let mut cp = ControlPlane::start("bench-global", &env);
-    tokio::task::block_in_place(|| cp.wait_ready(Duration::from_secs(120)));
+    env.extend(store_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let cp = launch_global(&env);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
     let mut global = Global {
         cp,
         kds_port,
+        env,
         http,
         root_ca: String::new(),
     };
@@ -203,6 +230,81 @@ async fn start_global(postgres_env: &[(String, String)], otlp: bool) -> Result<G
     Ok(global)
 }
 
+fn launch_global(env: &[(String, String)]) -> ControlPlane {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut cp = ControlPlane::start("bench-global", &env);
+    tokio::task::block_in_place(|| cp.wait_ready(Duration::from_secs(120)));
+    cp
+}
+
+/// Figures of a reconnect storm.
+struct Storm {
+    /// From global answering ready again to every zone being back in sync both ways.
+    converged: Duration,
+    peak_rss_mb: f64,
+    zones: usize,
+}
+
+/// Kills global (-9) while every zone is connected, lets each zone register one more dataplane
+/// meanwhile, restarts global on the same store and port, writes one policy, and waits until
+/// every zone has the policy and global has every zone's new dataplane: all zones reconnect at
+/// once, which global's admission limit and the zones' jittered backoff spread out.
+async fn reconnect_storm(global: &mut Global, zones: &[Zone]) -> Result<Storm> {
+    let before = global.total("/meshes/default/dataplanes?size=1").await?;
+    global.cp.sigkill();
+    for z in zones {
+        let dp = Resource::new(
+            ResourceType::Dataplane,
+            "default",
+            "storm",
+            json!({"networking": {"address": "10.2.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "storm"}}]}}),
+        );
+        z.store.create(dp).await?;
+    }
+    let env = global.env.clone();
+    global.cp = tokio::task::spawn_blocking(move || launch_global(&env)).await?;
+    let restarted = Instant::now();
+    global
+        .put(
+            "/meshes/default/meshtimeouts/storm",
+            &timeout_policy("storm", "default"),
+        )
+        .await?;
+    let pid = global.cp.child.id();
+    let mut peak_rss_mb = rss_mb(pid);
+    let want = before + zones.len() as u64;
+    let key = model::ResourceKey::new(
+        ResourceType::MeshTimeout,
+        "default",
+        model::name::hashed_name("default", "storm", None, None),
+    );
+    let mut zones_done = vec![false; zones.len()];
+    loop {
+        peak_rss_mb = peak_rss_mb.max(rss_mb(pid));
+        for (z, done) in zones.iter().zip(zones_done.iter_mut()) {
+            if !*done {
+                *done = z.store.get(&key).await.is_ok();
+            }
+        }
+        let have = global.total("/meshes/default/dataplanes?size=1").await?;
+        if have >= want && zones_done.iter().all(|d| *d) {
+            break;
+        }
+        if restarted.elapsed() > Duration::from_secs(600) {
+            let missing = zones_done.iter().filter(|d| !**d).count();
+            bail!(
+                "after 10 minutes, {missing} zones lack global's policy and global has {have} of {want} dataplanes"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Storm {
+        converged: restarted.elapsed(),
+        peak_rss_mb,
+        zones: zones.len(),
+    })
+}
+
 /// A simulated zone: the real zone KDS client feeding its own memory store.
 struct Zone {
     name: String,
@@ -211,7 +313,10 @@ struct Zone {
 }
 
 async fn start_zone(global: &Global, name: &str) -> Result<Zone> {
-    let store: SharedStore = Arc::new(MemoryStore::new());
+    start_zone_with(global, name, Arc::new(MemoryStore::new())).await
+}
+
+async fn start_zone_with(global: &Global, name: &str, store: SharedStore) -> Result<Zone> {
     let config = zone::kds_client::ZoneClientConfig {
         zone: name.to_string(),
         global_address: format!("grpcs://127.0.0.1:{}", global.kds_port),
@@ -354,8 +459,52 @@ async fn g2z(
     Ok(latencies)
 }
 
-/// Zone-to-global latency: a Dataplane created in a zone's store until global's API has it.
+/// Global's change stream (`GET /events`), read as server-sent events: each change's
+/// (operation, name) as it arrives.
+struct GlobalEvents {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl GlobalEvents {
+    async fn open(global: &Global, types: &str) -> Result<GlobalEvents> {
+        // Its own client: the shared one times requests out after 30 s.
+        let response = reqwest::Client::new()
+            .get(global.url(&format!("/events?types={types}")))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("GET /events: {}", response.status());
+        }
+        let mut events = GlobalEvents {
+            response,
+            buffer: String::new(),
+        };
+        // `ready` means global's subscription is in place: nothing after it is missed.
+        while events.next().await?.0 != "ready" {}
+        Ok(events)
+    }
+
+    /// The next event: its name and data.
+    async fn next(&mut self) -> Result<(String, Value)> {
+        loop {
+            if let Some(event) = api::events::take_event(&mut self.buffer) {
+                return Ok(event?);
+            }
+            let chunk = self
+                .response
+                .chunk()
+                .await?
+                .context("global closed its event stream")?;
+            self.buffer.push_str(std::str::from_utf8(&chunk)?);
+        }
+    }
+}
+
+/// Zone-to-global latency: a Dataplane created in a zone's store until global's change stream
+/// reports its copy stored (no polling: global's own event, over a connection already open).
 async fn z2g(global: &Global, zone: &Zone, samples: usize) -> Result<Vec<Duration>> {
+    let mut events = GlobalEvents::open(global, "Dataplane").await?;
     let mut latencies = Vec::with_capacity(samples);
     for n in 0..samples {
         let name = format!("z2g-{n}");
@@ -366,14 +515,15 @@ async fn z2g(global: &Global, zone: &Zone, samples: usize) -> Result<Vec<Duratio
             json!({"networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "bench"}}]}}),
         );
         let on_global = model::name::hashed_name("default", &name, Some(&zone.name), None);
-        let path = format!("/meshes/default/dataplanes/{on_global}");
         let start = Instant::now();
         zone.store.create(dp).await?;
-        while global.status(&path).await? != 200 {
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("{name} never reached global");
+        loop {
+            let (event, data) = tokio::time::timeout(Duration::from_secs(30), events.next())
+                .await
+                .with_context(|| format!("{name} never reached global"))??;
+            if event == "change" && data["operation"] == "Create" && data["name"] == on_global {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         latencies.push(start.elapsed());
     }
@@ -409,18 +559,33 @@ async fn resync(global: &Global, count: usize) -> Result<Duration> {
     while let Some(r) = tasks.join_next().await {
         r??;
     }
+    // Arrivals counted from the zone store's own events (polling a list of 100,000 would
+    // compete with the very writes it waits for); a lag is settled by one count.
+    let local: SharedStore = Arc::new(MemoryStore::new());
+    let mut events = local.subscribe();
     let start = Instant::now();
-    let zone = start_zone(global, "resync-zone").await?;
-    let mut q = store::ListQuery::in_mesh(ResourceType::MeshTimeout, "resync");
-    q.size = Some(0);
-    loop {
-        if zone.store.list(&q).await?.total as usize >= count {
-            break;
+    let zone = start_zone_with(global, "resync-zone", local.clone()).await?;
+    let mut arrived = 0usize;
+    let deadline = start + Duration::from_secs(120);
+    while arrived < count {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .with_context(|| format!("resync of {count} resources took over 2 minutes"))?;
+        match event {
+            Ok(ev)
+                if ev.key.kind == ResourceType::MeshTimeout
+                    && ev.op == store::Operation::Create =>
+            {
+                arrived += 1;
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                let mut q = store::ListQuery::in_mesh(ResourceType::MeshTimeout, "resync");
+                q.size = Some(0);
+                arrived = local.list(&q).await?.total as usize;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => bail!("the zone store closed"),
         }
-        if start.elapsed() > Duration::from_secs(120) {
-            bail!("resync of {count} resources took over 2 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let took = start.elapsed();
     drop(zone);
@@ -506,6 +671,39 @@ async fn floor(global: &Global, samples: usize) -> Result<Vec<Duration>> {
     Ok(latencies)
 }
 
+/// CPU time a process has used (user + system), from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; the kernel
+    // reports them in USER_HZ, which is 100 on every Linux architecture that matters here.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Global's store writes so far (creates, updates, deletes), from its `/metrics`.
+fn store_writes(global: &Global) -> f64 {
+    let text = e2e::http_body(global.cp.diag_port, "/metrics").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("store_operations_total{"))
+        .filter(|l| {
+            ["create", "update", "delete"]
+                .iter()
+                .any(|op| l.contains(&format!("operation=\"{op}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -551,7 +749,10 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut _pg = None;
-    let pg_env = if args.postgres {
+    let raft_dir = std::env::temp_dir().join(format!("kds-bench-raft-{}", std::process::id()));
+    let store_env = if args.store == StoreKind::Raft {
+        e2e::raft_replicas_env(1, &raft_dir, "kds-bench-raft-token").remove(0)
+    } else if args.store == StoreKind::Postgres {
         let pg = store::testing::postgres::TestPostgres::start()
             .context("--store postgres needs a local PostgreSQL (initdb, pg_ctl)")?;
         let db = pg.create_database("bench");
@@ -565,11 +766,8 @@ async fn main() -> Result<()> {
     } else {
         vec![]
     };
-    eprintln!(
-        "starting global ({})",
-        if args.postgres { "postgres" } else { "memory" }
-    );
-    let global = start_global(&pg_env, args.otlp).await?;
+    eprintln!("starting global ({})", args.store.name());
+    let mut global = start_global(&store_env, args.otlp).await?;
 
     eprintln!("floor: unary gRPC round trips");
     let floor = floor(&global, args.floor_samples).await?;
@@ -602,10 +800,21 @@ async fn main() -> Result<()> {
         None
     };
     let rss_before_g2z = rss_mb(global.cp.child.id());
+    let pid = global.cp.child.id();
+    let (cpu_before, writes_before, g2z_start) =
+        (cpu_time(pid), store_writes(&global), Instant::now());
     eprintln!("g2z: {} paced writes", args.writes);
     let paced = g2z(&global, &zones, args.writes, 1, "paced").await?;
     eprintln!("g2z: {} writes in bursts of 50", args.writes);
     let bursts = g2z(&global, &zones, args.writes, 50, "burst").await?;
+    // Global's CPU for the whole fan-out (API, store, every zone's stream) per change delivered
+    // to one zone: comparable between runs however busy the machine is.
+    let deliveries = (2 * args.writes * zones.len()) as f64;
+    let cpu_per_delivery_us = (cpu_time(pid) - cpu_before).as_secs_f64() * 1e6 / deliveries;
+    // Global's own writes meanwhile (zone insights, mostly), net of the bench's policies.
+    let background_writes_per_s =
+        (store_writes(&global) - writes_before - (2 * args.writes) as f64).max(0.0)
+            / g2z_start.elapsed().as_secs_f64();
     // Compared between runs with and without --slow-zone: what global holds for a zone it
     // cannot send to.
     let g2z_growth = rss_mb(global.cp.child.id()) - rss_before_g2z;
@@ -619,6 +828,15 @@ async fn main() -> Result<()> {
             args.rss_dataplanes
         );
         Some(rss(&global, &zones, args.rss_dataplanes).await?)
+    } else {
+        None
+    };
+    let storm = if args.reconnect_storm {
+        eprintln!(
+            "reconnect storm: kill -9 global, restart, {} zones return at once",
+            zones.len()
+        );
+        Some(reconnect_storm(&mut global, &zones).await?)
     } else {
         None
     };
@@ -641,6 +859,12 @@ async fn main() -> Result<()> {
     row("g2z paced", &paced);
     row("g2z bursts of 50", &bursts);
     row("z2g", &up);
+    println!(
+        "global CPU per delivered change: {cpu_per_delivery_us:.1} us ({} zones x {} writes)",
+        zones.len(),
+        2 * args.writes
+    );
+    println!("global's own store writes during g2z: {background_writes_per_s:.1}/s");
     if let Some(t) = resync_took {
         println!(
             "resync {} resources      {:.2} s",
@@ -654,6 +878,14 @@ async fn main() -> Result<()> {
             zones.len(),
             args.rss_dataplanes,
             took.as_secs_f64()
+        );
+    }
+    if let Some(s) = &storm {
+        println!(
+            "reconnect storm: {} zones back in sync both ways {:.1} s after global restarted; global peak RSS {:.0} MB",
+            s.zones,
+            s.converged.as_secs_f64(),
+            s.peak_rss_mb
         );
     }
     println!(
@@ -679,7 +911,7 @@ async fn main() -> Result<()> {
         "{}",
         json!({
             "zones": args.zones,
-            "store": if args.postgres { "postgres" } else { "memory" },
+            "store": args.store.name(),
             "writes": args.writes * 2,
             "g2z_p50_ms": pct(&g2z_all, 0.5),
             "g2z_p99_ms": pct(&g2z_all, 0.99),
@@ -688,6 +920,11 @@ async fn main() -> Result<()> {
             "g2z_burst_p99_ms": pct(&bursts, 0.99),
             "z2g_p50_ms": pct(&up, 0.5),
             "z2g_p99_ms": pct(&up, 0.99),
+            "z2g_max_ms": pct(&up, 1.0),
+            "g2z_paced_p50_ms": pct(&paced, 0.5),
+            "g2z_burst_p50_ms": pct(&bursts, 0.5),
+            "global_cpu_us_per_delivery": cpu_per_delivery_us,
+            "global_background_writes_per_s": background_writes_per_s,
             "resync_10k_s": resync_took.map(|t| t.as_secs_f64()),
             "resync_resources": args.resync,
             "rss_mb_100x1000": rss.map(|(mb, _)| mb),
@@ -697,6 +934,8 @@ async fn main() -> Result<()> {
             "slow_zone": args.slow_zone,
             "g2z_rss_growth_mb": g2z_growth,
             "otlp": args.otlp,
+            "storm_converged_s": storm.as_ref().map(|s| s.converged.as_secs_f64()),
+            "storm_peak_rss_mb": storm.as_ref().map(|s| s.peak_rss_mb),
             "otlp_spans": SPANS_RECEIVED.load(std::sync::atomic::Ordering::Relaxed),
         })
     );
