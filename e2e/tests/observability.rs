@@ -412,31 +412,45 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The first span `spans` receives within `limit` that `pick` accepts; every span seen is kept
-/// in `seen` for the failure message.
+/// The first span, among those already received or arriving within `limit`, that `pick`
+/// accepts. Spans are exported as they end, so a child (a KDS send made while the API request
+/// was still answering) can arrive before its parent: every search looks at all of them.
 fn wait_span(
     spans: &e2e::otlp::Received<proto::kuma::otlp::Span>,
-    seen: &mut Vec<String>,
+    seen: &mut Vec<proto::kuma::otlp::Span>,
     limit: Duration,
     pick: impl Fn(&proto::kuma::otlp::Span) -> bool,
 ) -> Option<proto::kuma::otlp::Span> {
+    if let Some(span) = seen.iter().find(|s| pick(s)) {
+        return Some(span.clone());
+    }
     let deadline = Instant::now() + limit;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         let Ok(span) = spans.recv_timeout(left) else {
             break;
         };
-        seen.push(format!(
-            "{} trace={} span={} parent={}",
-            span.name,
-            hex(&span.trace_id),
-            hex(&span.span_id),
-            hex(&span.parent_span_id)
-        ));
+        seen.push(span.clone());
         if pick(&span) {
             return Some(span);
         }
     }
     None
+}
+
+/// What a collector received, for a failure message.
+fn describe(spans: &[proto::kuma::otlp::Span]) -> Vec<String> {
+    spans
+        .iter()
+        .map(|span| {
+            format!(
+                "{} trace={} span={} parent={}",
+                span.name,
+                hex(&span.trace_id),
+                hex(&span.span_id),
+                hex(&span.parent_span_id)
+            )
+        })
+        .collect()
 }
 
 /// The control plane's own OpenTelemetry: `kumactl apply` inside a trace (`TRACEPARENT`) on
@@ -536,7 +550,8 @@ fn the_control_plane_traces_an_apply_across_global_and_a_zone() {
     })
     .unwrap_or_else(|| {
         panic!(
-            "no API span continuing the caller's; global sent {seen:#?}\n{}",
+            "no API span continuing the caller's; global sent {:#?}\n{}",
+            describe(&seen),
             logs()
         )
     });
@@ -546,7 +561,8 @@ fn the_control_plane_traces_an_apply_across_global_and_a_zone() {
     })
     .unwrap_or_else(|| {
         panic!(
-            "no KDS send in the trace; global sent {seen:#?}\n{}",
+            "no KDS send in the trace; global sent {:#?}\n{}",
+            describe(&seen),
             logs()
         )
     });
@@ -561,7 +577,8 @@ fn the_control_plane_traces_an_apply_across_global_and_a_zone() {
     })
     .unwrap_or_else(|| {
         panic!(
-            "no KDS receive in the trace on zone-1; it sent {seen:#?}\n{}",
+            "no KDS receive in the trace on zone-1; it sent {:#?}\n{}",
+            describe(&seen),
             logs()
         )
     });
