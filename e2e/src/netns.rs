@@ -122,6 +122,34 @@ impl Lan {
         }
     }
 
+    /// Leaves `host` one way out: TCP to `ip:port` (a forward proxy). It still answers
+    /// connections made to it (the test's), and reaches its own loopback.
+    pub fn only_egress_to(&self, host: usize, ip: &str, port: u16) {
+        let port = port.to_string();
+        self.iptables(host, &["-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"]);
+        self.iptables(
+            host,
+            &[
+                "-A",
+                "OUTPUT",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        );
+        self.iptables(
+            host,
+            &[
+                "-A", "OUTPUT", "-p", "tcp", "-d", ip, "--dport", &port, "-j", "ACCEPT",
+            ],
+        );
+        // Refused at once rather than dropped: a direct dial fails fast and visibly.
+        self.iptables(host, &["-A", "OUTPUT", "-j", "REJECT"]);
+    }
+
     pub fn heal(&self, host: usize) {
         self.iptables(host, &["-F", "INPUT"]);
         self.iptables(host, &["-F", "OUTPUT"]);

@@ -403,6 +403,7 @@ async fn garbage_and_oversized_resources_do_not_stop_a_zone() {
         cp_version: "2.14.0".into(),
         max_message: MAX_MESSAGE,
         root_ca_pem: None,
+        proxy_url: None,
         tls_skip_verify: false,
         metrics: None,
         token: Some(zone::kds_client::ZoneToken::Inline(

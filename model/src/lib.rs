@@ -24,8 +24,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
+        let message = c.to_string();
+        // Wrappers that show their source's message and also return it as the source (hyper's,
+        // `#[error(transparent)]`) would print it twice.
+        if !out.ends_with(&message) {
+            out.push_str(": ");
+            out.push_str(&message);
+        }
         cause = c.source();
     }
     out
@@ -90,5 +95,28 @@ pub mod labels {
             _ => return,
         };
         labels.insert(PROXY_TYPE.to_string(), proxy_type.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("root cause")]
+    struct Root;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Repeats(#[source] Root);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot connect")]
+    struct Outer(#[source] Repeats);
+
+    #[test]
+    fn a_cause_repeating_its_wrapper_is_shown_once() {
+        assert_eq!(
+            super::error_chain(&Outer(Repeats(Root))),
+            "cannot connect: root cause"
+        );
     }
 }

@@ -32,6 +32,20 @@ pub enum TlsError {
     Rsa(#[source] rsa::Error),
     #[error("cannot encode the RSA key: {0}")]
     Pkcs8(#[source] rsa::pkcs8::Error),
+    #[error(
+        "no trusted root certificate found on this host (searched: {searched}); give the CA instead"
+    )]
+    NoSystemRoots { searched: String },
+}
+
+/// Whom a TLS client trusts to sign its server's certificate.
+#[derive(Debug, Clone, Copy)]
+pub enum TrustRoots<'a> {
+    /// The CA certificates of this PEM document only.
+    Pem(&'a str),
+    /// The host's trust store (`SSL_CERT_FILE` / `SSL_CERT_DIR` where set, else the system's),
+    /// for a server with a publicly signed certificate.
+    System,
 }
 
 /// A certificate chain and key, both PEM.
@@ -288,6 +302,61 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// A gRPC (HTTP/2) client configuration that verifies the server's certificate against
+/// `roots`.
+pub fn grpc_client_config(roots: TrustRoots<'_>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    match roots {
+        TrustRoots::Pem(pem) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| TlsError::Pem {
+                        what: "CA certificate",
+                        path: "<pem>".into(),
+                        message: e.to_string(),
+                    })?;
+            if certs.is_empty() {
+                return Err(TlsError::Pem {
+                    what: "CA certificate",
+                    path: "<pem>".into(),
+                    message: "no certificate found".into(),
+                });
+            }
+            for cert in certs {
+                store.add(cert).map_err(TlsError::Config)?;
+            }
+        }
+        TrustRoots::System => {
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                tracing::warn!(%error, "skipping part of the host's trust store");
+            }
+            // A store holding one unparsable certificate among hundreds is still usable.
+            let (added, _ignored) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let searched = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+                    .iter()
+                    .filter_map(|v| std::env::var(v).ok().map(|p| format!("{v}={p}")))
+                    .chain(std::iter::once(
+                        "the system's certificate bundle".to_string(),
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(TlsError::NoSystemRoots { searched });
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A gRPC (HTTP/2) client configuration that does not verify the server's certificate.

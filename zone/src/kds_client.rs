@@ -19,6 +19,8 @@ use kds::inspect::{self, AdminOp, SharedProxyAdmin};
 use kds::rules::{self, Refusal};
 use kds::sync::{self, Inbound, SyncError};
 
+use crate::kds_dial::{self, ForwardProxy, ProxyConfigError};
+
 /// Why a connection to global ended or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -34,12 +36,14 @@ pub enum ClientError {
     Scheme(String),
     #[error("multizone.zone.globalAddress: {0:?} is not a valid address")]
     Address(String, #[source] tonic::transport::Error),
+    #[error("multizone.zone.kds.rootCaFile: cannot verify global with it")]
+    RootCa(#[source] security::tls::TlsError),
     #[error(
-        "a grpcs:// address needs the CA of global's certificate (multizone.zone.kds.rootCaFile)"
+        "grpcs:// without multizone.zone.kds.rootCaFile verifies global against this host's trust store"
     )]
-    NoRootCa,
-    #[error("TLS settings for global")]
-    Tls(#[source] tonic::transport::Error),
+    SystemRoots(#[source] security::tls::TlsError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyConfigError),
     #[error("TLS without verification")]
     SkipVerify(#[source] security::tls::TlsError),
     #[error("cannot connect to global")]
@@ -64,6 +68,8 @@ pub struct ZoneClientConfig {
     /// `grpcs://` without checking global's certificate (encrypted, not authenticated).
     pub tls_skip_verify: bool,
     pub token: Option<ZoneToken>,
+    /// `multizone.zone.kds.proxyUrl`; `None`: the environment's `HTTPS_PROXY`, if any.
+    pub proxy_url: Option<String>,
     /// Where the streams' figures go on `/metrics` (`None`: nowhere).
     pub metrics: Option<kds::metrics::KdsMetrics>,
 }
@@ -137,44 +143,34 @@ pub fn zone_provided_types() -> Vec<ResourceType> {
         .collect()
 }
 
-/// How to reach global: tonic's own TLS with a root CA, or our connector when the
-/// certificate is not to be verified.
+/// How to reach global: TCP (through a forward proxy where one is set), TLS for `grpcs://`,
+/// then HTTP/2. The connector does both TCP and TLS, so tonic sees a plain `http://` URI.
 struct Dialer {
     endpoint: Endpoint,
-    skip_verify: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// `host:port` of global, an IPv6 host in brackets (as CONNECT wants it).
+    target: String,
+    host: String,
+    port: u16,
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    proxy: Option<ForwardProxy>,
 }
 
 impl Dialer {
     async fn connect(&self) -> Result<Channel, ClientError> {
-        let Some(tls) = self.skip_verify.clone() else {
-            return self.endpoint.connect().await.map_err(ClientError::Connect);
-        };
-        let connector = tower::service_fn(move |uri: tonic::codegen::http::Uri| {
-            let tls = tls.clone();
-            let handshake = async move {
-                let host = uri
-                    .host()
-                    .unwrap_or_default()
-                    .trim_matches(['[', ']'])
-                    .to_string();
-                let port = uri.port_u16().unwrap_or(5685);
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-                let name = rustls_pki_types::ServerName::try_from(host)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-                let stream = tokio_rustls::TlsConnector::from(tls)
-                    .connect(name, tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            };
+        let (tls, proxy) = (self.tls.clone(), self.proxy.clone());
+        let (target, host, port) = (self.target.clone(), self.host.clone(), self.port);
+        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+            let (tls, proxy) = (tls.clone(), proxy.clone());
+            let (target, host) = (target.clone(), host.clone());
             async move {
-                tokio::time::timeout(Duration::from_secs(10), handshake)
+                let open = kds_dial::open(&target, &host, port, proxy.as_ref(), tls);
+                let io = tokio::time::timeout(kds_dial::DIAL_TIMEOUT, open)
                     .await
-                    .map_err(|_| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "TLS handshake with global timed out",
-                        )
-                    })?
+                    .map_err(|_| kds_dial::DialError::Timeout {
+                        target: target.clone(),
+                        after: kds_dial::DIAL_TIMEOUT,
+                    })??;
+                Ok::<_, kds_dial::DialError>(hyper_util::rt::TokioIo::new(io))
             }
         });
         self.endpoint
@@ -186,43 +182,53 @@ impl Dialer {
 
 fn dialer(config: &ZoneClientConfig) -> Result<Dialer, ClientError> {
     let address = &config.global_address;
-    let (url, host, tls) = if let Some(rest) = address.strip_prefix("grpcs://") {
-        (
-            format!("https://{rest}"),
-            rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string(),
-            true,
-        )
+    let (rest, tls) = if let Some(rest) = address.strip_prefix("grpcs://") {
+        (rest, true)
     } else if let Some(rest) = address.strip_prefix("grpc://") {
-        (format!("http://{rest}"), String::new(), false)
+        (rest, false)
     } else {
         return Err(ClientError::Scheme(address.clone()));
     };
-    let endpoint_of = |url: String| {
-        Endpoint::from_shared(url).map_err(|e| ClientError::Address(address.clone(), e))
+    let endpoint = Endpoint::from_shared(format!("http://{rest}"))
+        .map_err(|e| ClientError::Address(address.clone(), e))?;
+    let uri = endpoint.uri();
+    let bracketed = uri.host().unwrap_or_default().to_string();
+    let host = bracketed.trim_matches(['[', ']']).to_string();
+    let port = uri.port_u16().unwrap_or(5685);
+    let tls = match (tls, config.tls_skip_verify, &config.root_ca_pem) {
+        (false, _, _) => None,
+        (true, true, _) => {
+            Some(security::tls::skip_verify_grpc_client_config().map_err(ClientError::SkipVerify)?)
+        }
+        (true, false, Some(pem)) => Some(
+            security::tls::grpc_client_config(security::tls::TrustRoots::Pem(pem))
+                .map_err(ClientError::RootCa)?,
+        ),
+        // No CA given: the host's trust store, as Kuma does (a hosted manager's certificate
+        // is publicly signed).
+        (true, false, None) => Some(
+            security::tls::grpc_client_config(security::tls::TrustRoots::System)
+                .map_err(ClientError::SystemRoots)?,
+        ),
     };
-    let mut skip_verify = None;
-    let mut endpoint = if tls && config.tls_skip_verify {
-        // The connector does TLS itself; tonic must see a plain URI.
-        skip_verify =
-            Some(security::tls::skip_verify_grpc_client_config().map_err(ClientError::SkipVerify)?);
-        endpoint_of(url.replacen("https://", "http://", 1))?
-    } else {
-        endpoint_of(url)?
+    let proxy = match &config.proxy_url {
+        Some(url) => Some(ForwardProxy::parse("multizone.zone.kds.proxyUrl", url)?),
+        None => ForwardProxy::from_env(&host, port)?,
     };
-    if tls && skip_verify.is_none() {
-        let ca = config.root_ca_pem.as_ref().ok_or(ClientError::NoRootCa)?;
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-            .domain_name(host.trim_start_matches('[').trim_end_matches(']'));
-        endpoint = endpoint.tls_config(tls).map_err(ClientError::Tls)?;
+    if let Some(proxy) = &proxy {
+        tracing::info!(%proxy, global = %address, "dialing global through a forward proxy");
     }
     Ok(Dialer {
         endpoint: endpoint
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(kds_dial::DIAL_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(15))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true),
-        skip_verify,
+        target: format!("{bracketed}:{port}"),
+        host,
+        port,
+        tls,
+        proxy,
     })
 }
 

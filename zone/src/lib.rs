@@ -6,4 +6,5 @@
 pub mod dpserver;
 pub mod ingress;
 pub mod kds_client;
+pub mod kds_dial;
 pub mod mads;

@@ -549,6 +549,9 @@ pub struct ZoneKdsConfig {
     pub root_ca_file: String,
     pub tls_skip_verify: bool,
     pub auth: ZoneKdsAuthConfig,
+    /// Forward proxy to dial global through (`http://[user:password@]host:port`, HTTP
+    /// CONNECT); empty: `HTTPS_PROXY` / `NO_PROXY` from the environment, as gRPC reads them.
+    pub proxy_url: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -946,14 +949,18 @@ impl Config {
                     "give the zone token either inline or as cpTokenPath, not both",
                 );
             }
-            if address.starts_with("grpcs://")
-                && self.multizone.zone.kds.root_ca_file.is_empty()
-                && !self.multizone.zone.kds.tls_skip_verify
+            // Without rootCaFile a grpcs:// global is verified against the host's trust store,
+            // as Kuma does: a hosted manager's certificate is publicly signed.
+            let proxy_url = &self.multizone.zone.kds.proxy_url;
+            if !proxy_url.is_empty()
+                && let Err(e) = zone::kds_dial::ForwardProxy::parse(
+                    "multizone.zone.kds.proxyUrl (KUMA_MULTIZONE_ZONE_KDS_PROXY_URL)",
+                    proxy_url,
+                )
             {
                 return invalid(
-                    "multizone.zone.kds.rootCaFile (KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE)",
-                    "a grpcs:// global address needs the CA that signed global's KDS certificate \
-                     (or KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY=true to encrypt without verifying it)",
+                    "multizone.zone.kds.proxyUrl (KUMA_MULTIZONE_ZONE_KDS_PROXY_URL)",
+                    &model::error_chain(&e),
                 );
             }
         }
@@ -1265,6 +1272,15 @@ fn redact(v: &mut Value) {
             let lower = k.to_ascii_lowercase();
             if child.is_string() && SECRET_KEYS.iter().any(|s| lower.ends_with(s)) && child != "" {
                 *child = Value::String("*****".into());
+            } else if lower == "proxyurl"
+                && let Some(url) = child.as_str().filter(|u| !u.is_empty())
+            {
+                // Which proxy is worth showing; its credentials are not.
+                *child = Value::String(
+                    zone::kds_dial::ForwardProxy::parse("proxyUrl", url)
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|_| "*****".into()),
+                );
             } else {
                 redact(child);
             }
@@ -1341,10 +1357,23 @@ mod tests {
             e.extend(env(extra));
             Config::load(None, &e)
         };
-        let err = zone(&[]).unwrap_err().to_string();
+        // No CA: the host's trust store verifies global.
+        zone(&[]).unwrap();
+        let err = zone(&[("KUMA_MULTIZONE_ZONE_KDS_PROXY_URL", "socks5://proxy:1080")])
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE"),
+            err.contains("KUMA_MULTIZONE_ZONE_KDS_PROXY_URL") && err.contains("http://"),
             "{err}"
+        );
+        let c = zone(&[(
+            "KUMA_MULTIZONE_ZONE_KDS_PROXY_URL",
+            "http://zone:hunter2@proxy:3128",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.redacted()["multizone"]["zone"]["kds"]["proxyUrl"],
+            "http://proxy:3128"
         );
         let c = zone(&[
             ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),

@@ -556,6 +556,7 @@ fn zone_client_config(
         max_message: config.multizone.global.kds.max_msg_size,
         root_ca_pem,
         tls_skip_verify: zone.kds.tls_skip_verify,
+        proxy_url: Some(zone.kds.proxy_url.clone()).filter(|u| !u.is_empty()),
         metrics: Some(metrics),
         token: match (&zone.kds.auth.cp_token_path, &zone.kds.auth.cp_token_inline) {
             (path, _) if !path.is_empty() => Some(ZoneToken::File(path.clone())),

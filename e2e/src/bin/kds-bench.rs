@@ -323,6 +323,7 @@ async fn start_zone_with(global: &Global, name: &str, store: SharedStore) -> Res
         cp_version: env!("CARGO_PKG_VERSION").into(),
         max_message: 10 * 1024 * 1024,
         root_ca_pem: Some(global.root_ca.clone()),
+        proxy_url: None,
         tls_skip_verify: false,
         metrics: None,
         token: Some(zone::kds_client::ZoneToken::Inline(
