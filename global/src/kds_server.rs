@@ -236,31 +236,65 @@ impl GlobalKds {
         }
     }
 
-    /// Ends a zone's streams when it is disabled or deleted; stops watching once the stream
-    /// (whose responses go through `stream`) has ended.
-    fn watch_zone<T: Send + 'static>(&self, zone: String, stream: mpsc::Sender<Result<T, Status>>) {
+    /// Resolves, with the reason, when the zone is disabled or deleted on global.
+    fn closing(&self, zone: &str) -> impl Future<Output = &'static str> + Send + 'static {
         let zones = self.zones.clone();
         let mut closings = zones.closings();
-        let closed_before = zones.times_closed(&zone);
-        tokio::spawn(async move {
+        let closed_before = zones.times_closed(zone);
+        let zone = zone.to_string();
+        async move {
             loop {
-                tokio::select! {
-                    () = stream.closed() => return,
-                    open = closings.changed() => if open.is_err() { return },
+                // Checked before the first wait: a zone disabled while its stream was being
+                // admitted is closed too.
+                if !zones.enabled(&zone) {
+                    return "zone disabled on global";
                 }
-                let reason = if !zones.enabled(&zone) {
-                    "zone disabled on global"
-                } else if zones.times_closed(&zone) != closed_before {
-                    "zone deleted on global"
-                } else {
-                    continue;
-                };
-                tracing::info!(%zone, reason, "closing the zone's streams");
-                let _ = stream.try_send(Err(Status::permission_denied(reason)));
-                return;
+                if zones.times_closed(&zone) != closed_before {
+                    return "zone deleted on global";
+                }
+                if closings.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
             }
-        });
+        }
     }
+}
+
+/// Runs one of a zone's sync streams until it ends, the zone is closed on global, or it fails;
+/// then ends the response stream with a status the zone sees (so it reconnects or stops),
+/// rather than leaving it open and silent.
+fn serve_stream<T: Send + 'static>(
+    peer: String,
+    responses: mpsc::Sender<Result<T, Status>>,
+    sync: impl Future<Output = Result<(), sync::SyncError>> + Send + 'static,
+    closing: impl Future<Output = &'static str> + Send + 'static,
+    session: Arc<crate::insight::Session>,
+) {
+    tokio::spawn(async move {
+        let ending = tokio::select! {
+            r = sync => match r {
+                Ok(()) => {
+                    tracing::info!(%peer, "stream ended");
+                    None
+                }
+                Err(e) => {
+                    tracing::info!(%peer, error = %model::error_chain(&e), "stream ended");
+                    Some(Status::unavailable(format!("global ended the stream: {e}")))
+                }
+            },
+            reason = closing => {
+                tracing::info!(%peer, reason, "closing the zone's stream");
+                Some(Status::permission_denied(reason))
+            }
+        };
+        // The sync's own handle on the stream is gone now; this is the last one. A zone that
+        // reads nothing gets the stream ended without the status after a while.
+        if let Some(status) = ending {
+            let _ = tokio::time::timeout(Duration::from_secs(5), responses.send(Err(status))).await;
+        }
+        drop(responses);
+        drop(session);
+    });
 }
 
 struct FromZone {
@@ -315,8 +349,10 @@ impl KdsSyncService for GlobalKds {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
-        self.admission.admit()?;
+        // Authenticated first: streams with no valid token must not use up the admissions
+        // real zones need.
         let peer = self.admit(&request).await?;
+        self.admission.admit()?;
         let session = self.insights.join(&peer);
         let zone = peer.zone;
         let (tx, rx) = mpsc::channel(64);
@@ -331,28 +367,20 @@ impl KdsSyncService for GlobalKds {
             changes: self.to_zones_changes.clone(),
         };
         let (store, max, stream) = (self.store.clone(), self.max_message, request.into_inner());
-        self.watch_zone(zone.clone(), tx.clone());
-        tokio::spawn(async move {
-            let peer = format!("zone {zone} (global->zone)");
-            match sync::run_sender(
-                store,
-                rules::zone_subscriptions(),
-                outbound,
-                stream,
-                tx,
-                sync::StreamLabel {
-                    peer: peer.clone(),
-                    stats: session.stats.clone(),
-                },
-                max,
-            )
-            .await
-            {
-                Ok(()) => tracing::info!(%peer, "stream ended"),
-                Err(e) => tracing::info!(%peer, error = %e, "stream ended"),
-            }
-            drop(session);
-        });
+        let peer = format!("zone {zone} (global->zone)");
+        let sync = sync::run_sender(
+            store,
+            rules::zone_subscriptions(),
+            outbound,
+            stream,
+            tx.clone(),
+            sync::StreamLabel {
+                peer: peer.clone(),
+                stats: session.stats.clone(),
+            },
+            max,
+        );
+        serve_stream(peer, tx, sync, self.closing(&zone), session);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -360,36 +388,27 @@ impl KdsSyncService for GlobalKds {
         &self,
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
-        self.admission.admit()?;
+        // Authenticated first: streams with no valid token must not use up the admissions
+        // real zones need.
         let peer = self.admit(&request).await?;
+        self.admission.admit()?;
         let session = self.insights.join(&peer);
         let zone = peer.zone;
         let (tx, rx) = mpsc::channel(64);
-        let store = self.store.clone();
-        self.watch_zone(zone.clone(), tx.clone());
-        let stream = request.into_inner();
-        tokio::spawn(async move {
-            let peer = format!("zone {zone} (zone->global)");
-            let inbound = Arc::new(FromZone { zone: zone.clone() });
-            match sync::run_receiver(
-                store,
-                rules::global_subscriptions(),
-                inbound,
-                "global".into(),
-                stream,
-                tx,
-                sync::StreamLabel {
-                    peer: peer.clone(),
-                    stats: session.stats.clone(),
-                },
-            )
-            .await
-            {
-                Ok(()) => tracing::info!(%peer, "stream ended"),
-                Err(e) => tracing::info!(%peer, error = %e, "stream ended"),
-            }
-            drop(session);
-        });
+        let peer = format!("zone {zone} (zone->global)");
+        let sync = sync::run_receiver(
+            self.store.clone(),
+            rules::global_subscriptions(),
+            Arc::new(FromZone { zone: zone.clone() }),
+            "global".into(),
+            request.into_inner(),
+            tx.clone(),
+            sync::StreamLabel {
+                peer: peer.clone(),
+                stats: session.stats.clone(),
+            },
+        );
+        serve_stream(peer, tx, sync, self.closing(&zone), session);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -96,10 +96,17 @@ impl ZoneSwitches {
         }
     }
 
-    /// Reads every zone again (at start, and after missing events).
+    /// Reads every zone again (at start, and after missing events or a failed read), until
+    /// the store answers: a switch left stale would keep a disabled zone's streams open.
     async fn refresh(&self, store: &SharedStore) {
-        let Ok(page) = store.list(&ListQuery::all(ResourceType::Zone)).await else {
-            return;
+        let page = loop {
+            match store.list(&ListQuery::all(ResourceType::Zone)).await {
+                Ok(page) => break page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the zones' switches; retrying in 1 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
         };
         let now: HashMap<String, bool> = page
             .items
@@ -134,7 +141,8 @@ impl ZoneSwitches {
                         Ok(z) => self.set(&ev.key.name, Some(switch_of(&z))),
                         Err(StoreError::NotFound(_)) => self.set(&ev.key.name, None),
                         Err(e) => {
-                            tracing::warn!(zone = %ev.key.name, error = %e, "could not read the zone's switch");
+                            tracing::warn!(zone = %ev.key.name, error = %e, "could not read the zone's switch; reading every zone again");
+                            self.refresh(&store).await;
                         }
                     }
                 }

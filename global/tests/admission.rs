@@ -39,6 +39,10 @@ struct Global {
 }
 
 async fn start_global() -> Global {
+    start_global_admitting(Default::default()).await
+}
+
+async fn start_global_admitting(admission: global::kds_server::AdmissionGate) -> Global {
     let store: SharedStore = Arc::new(MemoryStore::new());
     store
         .create(Resource::new(ResourceType::Mesh, "", "default", json!({})))
@@ -61,7 +65,7 @@ async fn start_global() -> Global {
         )),
         to_zones: Arc::new(global::kds_server::zone_wire_forms()),
         inspect: Default::default(),
-        admission: Default::default(),
+        admission,
         to_zones_changes: kds::sync::ChangeFeed::follow(&store, &kds::rules::zone_subscriptions()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -201,6 +205,37 @@ async fn tokens_are_checked_before_anything_is_written() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     assert!(err.message().contains("revoked"), "{err}");
+}
+
+#[tokio::test]
+async fn unauthenticated_streams_do_not_use_up_the_admissions_of_real_zones() {
+    // One admission a minute, after a burst of two.
+    let g = start_global_admitting(global::kds_server::AdmissionGate::new(1.0 / 60.0, 2.0)).await;
+    let open = |token: Option<String>| {
+        let g = &g;
+        async move {
+            let (_tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(1);
+            KdsSyncServiceClient::new(channel(g).await)
+                .global_to_zone_sync(request(
+                    ReceiverStream::new(rx),
+                    "zone-1",
+                    "2.14.0",
+                    token.as_deref(),
+                ))
+                .await
+                .map(|_| ())
+        }
+    };
+    for _ in 0..5 {
+        let refused = open(Some("not-a-jwt".into())).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    }
+    let good = token(&g, "zone-1").await;
+    open(Some(good.clone())).await.unwrap();
+    open(Some(good.clone())).await.unwrap();
+    // The gate still works for real zones.
+    let held = open(Some(good)).await.unwrap_err();
+    assert_eq!(held.code(), tonic::Code::Unavailable, "{held}");
 }
 
 #[tokio::test]
@@ -387,7 +422,7 @@ async fn garbage_and_oversized_resources_do_not_stop_a_zone() {
     .await;
     assert!(closed.is_ok(), "the garbage connection was kept open");
 
-    let big = "x".repeat(16 * 1024);
+    let big = "x".repeat(MAX_MESSAGE + 1024);
     for (name, data) in [("huge", big.as_str()), ("small", "hello")] {
         let spec = serde_json::to_value(SecretSpec::from_bytes(data.as_bytes())).unwrap();
         g.store

@@ -90,6 +90,8 @@ const FEED_BUFFER: usize = 16 * 1024;
 /// that then ignore it. One task filters; the streams wake only for what they may send.
 pub struct ChangeFeed {
     tx: broadcast::Sender<Change>,
+    /// Dropped with the feed: its task stops at once, even on a store that stays quiet.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl ChangeFeed {
@@ -97,13 +99,18 @@ impl ChangeFeed {
     /// goes away. Must be called within a Tokio runtime.
     pub fn follow(store: &SharedStore, types: &[ResourceType]) -> Arc<ChangeFeed> {
         let (tx, _) = broadcast::channel(FEED_BUFFER);
-        let feed = Arc::new(ChangeFeed { tx });
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let feed = Arc::new(ChangeFeed { tx, _stop: stop });
         let mut events = store.subscribe();
         let wanted: HashSet<ResourceType> = types.iter().copied().collect();
         let handle = Arc::downgrade(&feed);
         tokio::spawn(async move {
             loop {
-                let change = match events.recv().await {
+                let received = tokio::select! {
+                    received = events.recv() => received,
+                    _ = &mut stopped => return,
+                };
+                let change = match received {
                     Ok(ev) if wanted.contains(&ev.key.kind) => Change::Event(ev),
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(_)) => Change::Missed,
@@ -575,8 +582,9 @@ pub async fn run_sender(
                     } else {
                         stats.peer_acknowledged(kind, &req.response_nonce);
                     }
-                    // What gathered while the peer was busy goes now, as one delta.
-                    if responder.unanswered.answered(kind, &req.response_nonce) && pending.keys.contains_key(&kind) {
+                    // What gathered while the peer was busy goes now, as one delta (and what waited
+                    // for a mesh this answer confirms).
+                    if responder.unanswered.answered(kind, &req.response_nonce) && !pending.keys.is_empty() {
                         flush_pending(&store, &types, &outbound, &mut pending, &mut sent, &mut responder, tokio::time::Instant::now()).await?;
                     }
                     continue;
@@ -738,7 +746,8 @@ async fn expand_resync(
 }
 
 /// Sends what changed among the `pending` keys, in subscription order, so a Mesh reaches the
-/// peer before what lives in it.
+/// peer before what lives in it; while a Mesh change waits for the peer's answer, the meshes'
+/// resources wait with it.
 async fn flush_pending(
     store: &SharedStore,
     types: &[ResourceType],
@@ -754,6 +763,11 @@ async fn flush_pending(
         }
         let since = *pending.since.entry(kind).or_insert(changed_at);
         if responder.unanswered.busy(kind) {
+            continue;
+        }
+        // A mesh's resources wait for the mesh itself: the peer drops (and ACKs) a resource
+        // whose mesh it does not have yet, and would never ask for it again.
+        if kind != ResourceType::Mesh && pending.keys.contains_key(&ResourceType::Mesh) {
             continue;
         }
         pending.since.remove(&kind);
@@ -880,8 +894,10 @@ impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
                 r.metadata = Some(metadata.clone());
             }
         }
-        // Bytes per response, leaving room for the envelope.
-        let budget = self.max_message.saturating_sub(64 * 1024).max(1024);
+        // Bytes per response, leaving room for the envelope (type URL, nonce, removed names'
+        // framing): a sixteenth of the limit, at most 64 KiB.
+        let envelope = (self.max_message / 16).min(64 * 1024);
+        let budget = self.max_message.saturating_sub(envelope).max(1024);
         let batches = batches(resources, &removed, budget, |r, bytes| {
             // The peer could not decode it and would drop the whole stream: refuse it here,
             // loudly, and keep syncing everything else.
@@ -1203,6 +1219,11 @@ mod tests {
 
     impl SenderUnderTest {
         async fn start() -> Self {
+            Self::start_with(&[ResourceType::MeshTimeout]).await
+        }
+
+        /// A sender of `types`, each subscribed and its full state answered.
+        async fn start_with(types: &[ResourceType]) -> Self {
             let store: SharedStore = Arc::new(store::MemoryStore::new());
             store
                 .create(Resource::new(
@@ -1219,11 +1240,11 @@ mod tests {
                 wanted: Arc::new(|_: &Resource| true),
                 wire: Arc::new(WireForms::new(|r: &Resource| r.clone())),
                 refilter: None,
-                changes: ChangeFeed::follow(&store, &[ResourceType::MeshTimeout]),
+                changes: ChangeFeed::follow(&store, types),
             };
             tokio::spawn(run_sender(
                 store.clone(),
-                vec![ResourceType::MeshTimeout],
+                types.to_vec(),
                 outbound,
                 tokio_stream::wrappers::ReceiverStream::new(rx),
                 tx,
@@ -1238,14 +1259,16 @@ mod tests {
                 requests,
                 responses,
             };
-            s.request(DeltaDiscoveryRequest {
-                type_url: ResourceType::MeshTimeout.name().into(),
-                resource_names_subscribe: vec!["*".into()],
-                ..Default::default()
-            })
-            .await;
-            let full = s.next().await;
-            s.answer(&full, false).await;
+            for kind in types {
+                s.request(DeltaDiscoveryRequest {
+                    type_url: kind.name().into(),
+                    resource_names_subscribe: vec!["*".into()],
+                    ..Default::default()
+                })
+                .await;
+                let full = s.next().await;
+                s.answer(&full, false).await;
+            }
             s
         }
 
@@ -1268,12 +1291,28 @@ mod tests {
         }
 
         async fn write(&self, name: &str) {
+            self.write_in("default", name).await;
+        }
+
+        async fn write_in(&self, mesh: &str, name: &str) {
             self.store
                 .create(Resource::new(
                     ResourceType::MeshTimeout,
-                    "default",
+                    mesh,
                     name,
                     serde_json::json!({"targetRef": {"kind": "Mesh"}}),
+                ))
+                .await
+                .unwrap();
+        }
+
+        async fn create_mesh(&self, name: &str) {
+            self.store
+                .create(Resource::new(
+                    ResourceType::Mesh,
+                    "",
+                    name,
+                    serde_json::json!({}),
                 ))
                 .await
                 .unwrap();
@@ -1330,6 +1369,31 @@ mod tests {
             names(&s.settle().await.expect("sent after the NACK")),
             ["d.default"]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_meshs_resources_never_overtake_the_mesh() {
+        let mut s =
+            SenderUnderTest::start_with(&[ResourceType::Mesh, ResourceType::MeshTimeout]).await;
+        s.create_mesh("a").await;
+        let first = s.settle().await.expect("an idle stream sends at once");
+        assert_eq!(names(&first), ["a."]);
+        // Mesh "b" waits behind the unanswered "a"; its policy, of an idle type, waits too: the
+        // peer would drop a policy whose mesh it lacks, and never be sent it again.
+        s.create_mesh("b").await;
+        s.write_in("b", "t").await;
+        assert!(
+            s.settle().await.is_none(),
+            "the policy of mesh b went before mesh b"
+        );
+        s.answer(&first, false).await;
+        let mesh = s.settle().await.expect("mesh b, once a is answered");
+        assert_eq!((mesh.type_url.as_str(), names(&mesh)), ("Mesh", vec!["b."]));
+        let policy = s
+            .settle()
+            .await
+            .expect("then its policy, on the same stream");
+        assert_eq!(names(&policy), ["t.b"]);
     }
 
     #[tokio::test(start_paused = true)]

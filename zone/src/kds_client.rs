@@ -180,6 +180,12 @@ impl Dialer {
     }
 }
 
+/// Whether the client can dial global as configured (address, TLS trust, proxy), without
+/// dialing.
+pub fn check(config: &ZoneClientConfig) -> Result<(), ClientError> {
+    dialer(config).map(|_| ())
+}
+
 fn dialer(config: &ZoneClientConfig) -> Result<Dialer, ClientError> {
     let address = &config.global_address;
     let (rest, tls) = if let Some(rest) = address.strip_prefix("grpcs://") {
@@ -215,9 +221,6 @@ fn dialer(config: &ZoneClientConfig) -> Result<Dialer, ClientError> {
         Some(url) => Some(ForwardProxy::parse("multizone.zone.kds.proxyUrl", url)?),
         None => ForwardProxy::from_env(&host, port)?,
     };
-    if let Some(proxy) = &proxy {
-        tracing::info!(%proxy, global = %address, "dialing global through a forward proxy");
-    }
     Ok(Dialer {
         endpoint: endpoint
             .connect_timeout(kds_dial::DIAL_TIMEOUT)
@@ -423,7 +426,12 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let dialer = match dialer(&config) {
-        Ok(d) => d,
+        Ok(d) => {
+            if let Some(proxy) = &d.proxy {
+                tracing::info!(%proxy, global = %config.global_address, "dialing global through a forward proxy");
+            }
+            d
+        }
         Err(e) => {
             tracing::error!(error = %model::error_chain(&e), "cannot reach global");
             return;

@@ -51,8 +51,6 @@ pub enum TunnelError {
     NotHttp { proxy: String, target: String },
     #[error("forward proxy {proxy}: its answer to CONNECT {target} exceeds {MAX_ANSWER} bytes")]
     AnswerTooLong { proxy: String, target: String },
-    #[error("forward proxy {proxy} sent data into the tunnel to {target} before the client did")]
-    EarlyData { proxy: String, target: String },
     #[error("forward proxy {proxy}: reading its answer to CONNECT {target}")]
     Read {
         proxy: String,
@@ -98,6 +96,7 @@ impl ForwardProxy {
     /// `http://host:port`, as gRPC and curl read it.
     pub fn parse(setting: &'static str, raw: &str) -> Result<ForwardProxy, ProxyConfigError> {
         let raw = raw.trim();
+        let shown = without_credentials(raw);
         let with_scheme = if raw.contains("://") {
             raw.to_string()
         } else {
@@ -105,13 +104,13 @@ impl ForwardProxy {
         };
         let url = url::Url::parse(&with_scheme).map_err(|source| ProxyConfigError::Url {
             setting,
-            url: raw.to_string(),
+            url: shown.clone(),
             source,
         })?;
         if url.scheme() != "http" {
             return Err(ProxyConfigError::Scheme {
                 setting,
-                url: raw.to_string(),
+                url: shown.clone(),
             });
         }
         let host = match url.host() {
@@ -120,7 +119,7 @@ impl ForwardProxy {
             None => {
                 return Err(ProxyConfigError::NoHost {
                     setting,
-                    url: raw.to_string(),
+                    url: shown.clone(),
                 });
             }
         };
@@ -160,6 +159,10 @@ impl ForwardProxy {
         let Some((setting, url)) = read(["HTTPS_PROXY", "https_proxy"]) else {
             return Ok(None);
         };
+        // As Go's proxy lookup: a global on this host is never dialed through a proxy.
+        if is_loopback(host) {
+            return Ok(None);
+        }
         if let Some((_, exempt)) = read(["NO_PROXY", "no_proxy"])
             && no_proxy_exempts(&exempt, host, port)
         {
@@ -190,27 +193,21 @@ impl ForwardProxy {
         tcp.write_all(request.as_bytes())
             .await
             .map_err(read_error)?;
-        // The answer's head ends at the first empty line; nothing may follow it, because the
-        // server behind the tunnel speaks only after the client's TLS hello.
-        let mut answer = Vec::with_capacity(512);
-        let mut chunk = [0u8; 1024];
-        let head_len = loop {
-            let n = tcp.read(&mut chunk).await.map_err(read_error)?;
-            if n == 0 {
-                return Err(read_error(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-            answer.extend_from_slice(&chunk[..n]);
-            if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-            if answer.len() > MAX_ANSWER {
+        // Read a byte at a time up to the empty line that ends the answer's head: what follows
+        // is already the server's (a plaintext HTTP/2 server speaks first), so none of it may
+        // be consumed here. A hundred-odd reads, once per connection.
+        let mut answer = Vec::with_capacity(256);
+        while !answer.ends_with(b"\r\n\r\n") {
+            if answer.len() >= MAX_ANSWER {
                 return Err(TunnelError::AnswerTooLong {
                     proxy: proxy(),
                     target: target.to_string(),
                 });
             }
-        };
-        let head = String::from_utf8_lossy(&answer[..head_len]);
+            let byte = tcp.read_u8().await.map_err(read_error)?;
+            answer.push(byte);
+        }
+        let head = String::from_utf8_lossy(&answer);
         let status_line = head.lines().next().unwrap_or_default().trim();
         let code = status_line
             .strip_prefix("HTTP/1.")
@@ -238,13 +235,23 @@ impl ForwardProxy {
                 hint,
             });
         }
-        if answer.len() > head_len {
-            return Err(TunnelError::EarlyData {
-                proxy: proxy(),
-                target: target.to_string(),
-            });
-        }
         Ok(tcp)
+    }
+}
+
+/// A proxy URL as errors may show it: whatever precedes the last `@` of its authority (user
+/// and password) is cut, even from a URL too broken to parse.
+fn without_credentials(raw: &str) -> String {
+    let (scheme, rest) = raw.split_once("://").unwrap_or(("", raw));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let host_part = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    if scheme.is_empty() {
+        host_part.to_string()
+    } else {
+        format!("{scheme}://{host_part}")
     }
 }
 
@@ -285,6 +292,12 @@ pub fn no_proxy_exempts(list: &str, host: &str, port: u16) -> bool {
             !name.is_empty()
                 && ((!subdomains_only && host == name) || host.ends_with(&format!(".{name}")))
         })
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_matches(['[', ']']);
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `host:port` into its parts; an IPv6 address without brackets has no port.
@@ -412,8 +425,13 @@ mod tests {
             "[::1]"
         );
 
-        let https = ForwardProxy::parse("KUMA_X", "https://proxy:443").unwrap_err();
+        let https = ForwardProxy::parse("KUMA_X", "https://u:pw@proxy:443").unwrap_err();
         assert!(https.to_string().starts_with("KUMA_X: "), "{https}");
+        let broken = ForwardProxy::parse("KUMA_X", "http://u:p#w@proxy:3128/x").unwrap_err();
+        for e in [https, broken] {
+            let chain = model::error_chain(&e);
+            assert!(!chain.contains("pw") && !chain.contains("p#w"), "{chain}");
+        }
         assert!(matches!(
             ForwardProxy::parse("test", "http://"),
             Err(ProxyConfigError::Url { .. } | ProxyConfigError::NoHost { .. })
@@ -486,10 +504,11 @@ mod tests {
             proxy.tunnel("g:1").await,
             Err(TunnelError::NotHttp { .. })
         ));
-        let (proxy, _) = fake_proxy("HTTP/1.1 200 OK\r\n\r\nsurprise").await;
-        assert!(matches!(
-            proxy.tunnel("g:1").await,
-            Err(TunnelError::EarlyData { .. })
-        ));
+        // A plaintext server behind the tunnel may speak first; its bytes stay in the stream.
+        let (proxy, _) = fake_proxy("HTTP/1.1 200 OK\r\n\r\nserver speaks").await;
+        let mut tunnel = proxy.tunnel("g:1").await.unwrap();
+        let mut first = String::new();
+        tunnel.read_to_string(&mut first).await.unwrap();
+        assert_eq!(first, "server speaks");
     }
 }

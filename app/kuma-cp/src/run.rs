@@ -53,6 +53,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the zone cannot dial global as configured")]
+    ZoneClient(#[source] zone::kds_client::ClientError),
     #[error("general.workDir: writing {path}")]
     WorkDir {
         path: String,
@@ -549,7 +551,7 @@ fn zone_client_config(
             })?,
         ),
     };
-    Ok(zone::kds_client::ZoneClientConfig {
+    let client = zone::kds_client::ZoneClientConfig {
         zone: zone.name.clone(),
         global_address: zone.global_address.clone(),
         cp_version: VERSION.into(),
@@ -563,7 +565,11 @@ fn zone_client_config(
             (_, inline) if !inline.is_empty() => Some(ZoneToken::Inline(inline.clone())),
             _ => None,
         },
-    })
+    };
+    // A proxy setting or trust store the zone cannot use stops start-up here, rather than
+    // leaving a zone that runs but never reaches global.
+    zone::kds_client::check(&client).map_err(RunError::ZoneClient)?;
+    Ok(client)
 }
 
 /// The data plane server's certificate: from files, or issued to this replica by the cluster's
