@@ -244,8 +244,8 @@ impl GlobalKds {
         let zone = zone.to_string();
         async move {
             loop {
-                // Checked before the first wait: a zone disabled while its stream was being
-                // admitted is closed too.
+                // Checked before the first wait: a switch that flipped before this watch began
+                // counts too.
                 if !zones.enabled(&zone) {
                     return "zone disabled on global";
                 }
@@ -349,6 +349,9 @@ impl KdsSyncService for GlobalKds {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
+        // Watched from before admission: a zone disabled or deleted while its stream is being
+        // admitted gets that stream closed too.
+        let closing = self.closing(&client_id(&request)?);
         // Authenticated first: streams with no valid token must not use up the admissions
         // real zones need.
         let peer = self.admit(&request).await?;
@@ -380,7 +383,7 @@ impl KdsSyncService for GlobalKds {
             },
             max,
         );
-        serve_stream(peer, tx, sync, self.closing(&zone), session);
+        serve_stream(peer, tx, sync, closing, session);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -388,6 +391,9 @@ impl KdsSyncService for GlobalKds {
         &self,
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
+        // Watched from before admission: a zone disabled or deleted while its stream is being
+        // admitted gets that stream closed too.
+        let closing = self.closing(&client_id(&request)?);
         // Authenticated first: streams with no valid token must not use up the admissions
         // real zones need.
         let peer = self.admit(&request).await?;
@@ -408,7 +414,7 @@ impl KdsSyncService for GlobalKds {
                 stats: session.stats.clone(),
             },
         );
-        serve_stream(peer, tx, sync, self.closing(&zone), session);
+        serve_stream(peer, tx, sync, closing, session);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
