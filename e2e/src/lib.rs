@@ -176,10 +176,7 @@ impl ControlPlane {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("kuma-cp exited early with {status}:\n{}", self.logs());
             }
-            if http_get_at(&self.ip, self.diag_port, "/ready")
-                .and_then(|raw| raw.split_whitespace().nth(1)?.parse().ok())
-                == Some(200)
-            {
+            if http_status_at(&self.ip, self.diag_port, "/ready") == Some(200) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -251,7 +248,11 @@ fn http_get_at(ip: &str, port: u16, path: &str) -> Option<String> {
 }
 
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    http_get(port, path)?
+    http_status_at("127.0.0.1", port, path)
+}
+
+fn http_status_at(ip: &str, port: u16, path: &str) -> Option<u16> {
+    http_get_at(ip, port, path)?
         .split_whitespace()
         .nth(1)?
         .parse()

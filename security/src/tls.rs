@@ -141,22 +141,27 @@ pub fn load_pair(cert_path: &str, key_path: &str) -> Result<CertPair, TlsError> 
     })
 }
 
-pub fn server_config(pair: &CertPair) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Pem {
-                what: "certificate",
-                path: "<pem>".into(),
-                message: e.to_string(),
-            })?;
+/// The certificates of a PEM document, at least one.
+fn pem_certificates(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let invalid = |message: String| TlsError::Pem {
+        what,
+        path: "<pem>".into(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid(e.to_string()))?;
     if certs.is_empty() {
-        return Err(TlsError::Pem {
-            what: "certificate",
-            path: "<pem>".into(),
-            message: "no certificate found".into(),
-        });
+        return Err(invalid("no certificate found".into()));
     }
+    Ok(certs)
+}
+
+pub fn server_config(pair: &CertPair) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = pem_certificates(&pair.cert_pem, "certificate")?;
     let key =
         PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).map_err(|e| TlsError::Pem {
             what: "key",
@@ -310,22 +315,7 @@ pub fn grpc_client_config(roots: TrustRoots<'_>) -> Result<Arc<rustls::ClientCon
     let mut store = rustls::RootCertStore::empty();
     match roots {
         TrustRoots::Pem(pem) => {
-            let certs: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(pem.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| TlsError::Pem {
-                        what: "CA certificate",
-                        path: "<pem>".into(),
-                        message: e.to_string(),
-                    })?;
-            if certs.is_empty() {
-                return Err(TlsError::Pem {
-                    what: "CA certificate",
-                    path: "<pem>".into(),
-                    message: "no certificate found".into(),
-                });
-            }
-            for cert in certs {
+            for cert in pem_certificates(pem, "CA certificate")? {
                 store.add(cert).map_err(TlsError::Config)?;
             }
         }

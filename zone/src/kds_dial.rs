@@ -66,8 +66,7 @@ const MAX_ANSWER: usize = 16 * 1024;
 /// A forward proxy that tunnels TCP with HTTP CONNECT.
 #[derive(Clone)]
 pub struct ForwardProxy {
-    /// The URL without credentials, for logs and errors.
-    shown: String,
+    /// An IPv6 address in brackets.
     host: String,
     port: u16,
     /// `Proxy-Authorization` header value, when the URL carries credentials.
@@ -78,15 +77,16 @@ impl std::fmt::Debug for ForwardProxy {
     // Never prints the credentials.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ForwardProxy")
-            .field("url", &self.shown)
+            .field("url", &self.to_string())
             .field("authenticates", &self.authorization.is_some())
             .finish()
     }
 }
 
+/// The URL without credentials, for logs and errors.
 impl std::fmt::Display for ForwardProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.shown)
+        write!(f, "http://{}:{}", self.host, self.port)
     }
 }
 
@@ -139,7 +139,6 @@ impl ForwardProxy {
             )
         });
         Ok(ForwardProxy {
-            shown: format!("http://{host}:{port}"),
             host,
             port,
             authorization,
@@ -173,7 +172,7 @@ impl ForwardProxy {
 
     /// A TCP connection to `target` (`host:port`, an IPv6 host in brackets) through the proxy.
     pub async fn tunnel(&self, target: &str) -> Result<TcpStream, TunnelError> {
-        let proxy = || self.shown.clone();
+        let proxy = || self.to_string();
         let mut tcp = TcpStream::connect((self.host.trim_matches(['[', ']']), self.port))
             .await
             .map_err(|source| TunnelError::Connect {
