@@ -15,12 +15,16 @@ use crate::{SharedState, is_local};
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub localhost_is_admin: bool,
+    /// Callers without a token may read (Kuma's default); a hosted manager's control planes
+    /// answer only to their own tokens.
+    pub anonymous_reads: bool,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             localhost_is_admin: true,
+            anonymous_reads: true,
         }
     }
 }
@@ -70,6 +74,12 @@ pub async fn authenticate(
             }
         }
         None if local && state.auth.localhost_is_admin => User::admin(),
+        None if !state.auth.anonymous_reads => {
+            return ApiError::unauthenticated(
+                "this API needs a token: pass 'Authorization: Bearer <token>' (kumactl: --auth-type=tokens --auth-conf token=...)",
+            )
+            .into_response();
+        }
         None => User::anonymous(),
     };
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);

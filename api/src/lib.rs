@@ -9,13 +9,14 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use prometheus_client::registry::Registry;
 use security::SigningKeys;
 use store::SharedStore;
 use tracing::Instrument;
 
 pub mod auth;
+pub mod control_planes;
 pub mod diagnostics;
 pub mod error;
 pub mod events;
@@ -78,12 +79,32 @@ pub struct ApiState {
     pub origin_label_validation: bool,
     /// Reaches proxies' Envoy admin; `None` where no proxies connect (global).
     pub proxy_admin: Option<kds::inspect::SharedProxyAdmin>,
+    /// The hosted manager's control plane this API serves (its zone tokens name it); empty
+    /// for a control plane of its own.
+    pub control_plane: String,
+    /// A hosted manager's control planes (`/v0/mesh/control-planes`); `None` elsewhere.
+    pub control_planes: Option<Arc<dyn control_planes::ControlPlanes>>,
 }
 
 pub type SharedState = Arc<ApiState>;
 
 pub fn router(state: SharedState) -> Router {
-    Router::new()
+    // A hosted manager's control planes authenticate their own callers.
+    let control_plane_apis = Router::new()
+        .route(
+            "/v0/mesh/control-planes/{id}/api",
+            any(control_planes::control_plane_api),
+        )
+        .route(
+            "/v0/mesh/control-planes/{id}/api/",
+            any(control_planes::control_plane_api),
+        )
+        .route(
+            "/v0/mesh/control-planes/{id}/api/{*rest}",
+            any(control_planes::control_plane_api),
+        )
+        .with_state(state.clone());
+    let main = Router::new()
         .route("/", get(resources::index))
         .route("/config", get(resources::config))
         .route("/_resources", get(resources::resource_types))
@@ -97,6 +118,22 @@ pub fn router(state: SharedState) -> Router {
         .route("/global-insight", get(overview::global_insight))
         .route("/control-planes", get(overview::control_planes))
         .route("/events", get(events::stream))
+        .route(
+            "/v0/mesh/control-planes",
+            get(control_planes::list).post(control_planes::create),
+        )
+        .route(
+            "/v0/mesh/control-planes/{id}",
+            get(control_planes::get).delete(control_planes::delete),
+        )
+        .route(
+            "/v0/mesh/control-planes/{id}/zone-tokens",
+            post(control_planes::zone_token),
+        )
+        .route(
+            "/v0/mesh/control-planes/{id}/personal-access-tokens",
+            post(control_planes::personal_access_token),
+        )
         .route("/mesh-insights/{mesh}", get(overview::mesh_insight))
         .route("/gui", get(gui::page))
         .route("/gui/", get(gui::page))
@@ -171,7 +208,8 @@ pub fn router(state: SharedState) -> Router {
             state.clone(),
             record_metrics,
         ))
-        .with_state(state)
+        .with_state(state);
+    control_plane_apis.merge(main)
 }
 
 async fn record_metrics(State(state): State<SharedState>, req: Request, next: Next) -> Response {

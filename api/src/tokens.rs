@@ -66,7 +66,18 @@ pub async fn issue_user_token(
     caller: axum::Extension<Caller>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: UserTokenRequest = admin_request(&caller, "user tokens", body).await?;
+    user_token(&state.user_keys, &caller, body, &[]).await
+}
+
+/// A user token signed with `keys` (this control plane's, or one of a hosted manager's
+/// control planes'); `default_groups` when the request names none.
+pub(crate) async fn user_token(
+    keys: &security::SigningKeys,
+    caller: &Caller,
+    body: Body,
+    default_groups: &[&str],
+) -> Result<Response, ApiError> {
+    let req: UserTokenRequest = admin_request(caller, "user tokens", body).await?;
     let mut v = model::Validator::new();
     if req.name.trim().is_empty() {
         v.violation_at("name", "cannot be empty");
@@ -74,10 +85,14 @@ pub async fn issue_user_token(
     let valid_for = check_valid_for(&mut v, &req.valid_for);
     v.finish()
         .map_err(|e| ApiError::invalid("Invalid request", e))?;
+    let groups = match req.groups.is_empty() {
+        true => default_groups.iter().map(|g| g.to_string()).collect(),
+        false => req.groups,
+    };
     let token = security::user::issue_user_token(
-        &state.user_keys,
+        keys,
         req.name.trim(),
-        &req.groups,
+        &groups,
         valid_for.unwrap_or_default(),
     )
     .await
@@ -108,7 +123,18 @@ pub async fn issue_zone_token(
             "zone tokens are issued by the global control plane; run this against global",
         ));
     }
-    let req: ZoneTokenRequest = admin_request(&caller, "zone tokens", body).await?;
+    zone_token(&state.zone_keys, &state.control_plane, &caller, body).await
+}
+
+/// A zone token signed with `keys`, naming `control_plane` when it is one of a hosted
+/// manager's (empty otherwise).
+pub(crate) async fn zone_token(
+    keys: &security::SigningKeys,
+    control_plane: &str,
+    caller: &Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: ZoneTokenRequest = admin_request(caller, "zone tokens", body).await?;
     let mut v = model::Validator::new();
     if let Some(reason) = model::name::name_violation(&req.zone) {
         v.violation_at("zone", reason);
@@ -127,8 +153,9 @@ pub async fn issue_zone_token(
     let valid_for = check_valid_for(&mut v, &req.valid_for);
     v.finish()
         .map_err(|e| ApiError::invalid("Invalid request", e))?;
-    let token = security::zone::issue_zone_token(
-        &state.zone_keys,
+    let token = security::zone::issue_control_plane_zone_token(
+        keys,
+        control_plane,
         &req.zone,
         &req.scope,
         valid_for.unwrap_or_default(),

@@ -60,6 +60,8 @@ async fn start_in_mode(store: SharedStore, auth: AuthConfig, mode: &str) -> Serv
         local_zone: mode.ends_with("zone").then(|| "zone-1".to_string()),
         origin_label_validation: true,
         proxy_admin: None,
+        control_plane: String::new(),
+        control_planes: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -696,6 +698,7 @@ async fn tokens_and_anonymous_access() {
         Arc::new(MemoryStore::new()),
         AuthConfig {
             localhost_is_admin: false,
+            anonymous_reads: true,
         },
     )
     .await;
@@ -869,6 +872,7 @@ async fn dataplane_tokens() {
         Arc::new(MemoryStore::new()),
         AuthConfig {
             localhost_is_admin: false,
+            anonymous_reads: true,
         },
     )
     .await;
@@ -1319,6 +1323,7 @@ async fn the_change_stream_reports_writes_by_type_and_mesh() {
         Arc::new(MemoryStore::new()),
         AuthConfig {
             localhost_is_admin: false,
+            anonymous_reads: true,
         },
     )
     .await;

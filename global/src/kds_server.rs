@@ -246,6 +246,9 @@ impl GlobalKds {
             loop {
                 // Checked before the first wait: a switch that flipped before this watch began
                 // counts too.
+                if zones.is_shut() {
+                    return "control plane deleted on the manager";
+                }
                 if !zones.enabled(&zone) {
                     return "zone disabled on global";
                 }

@@ -8,14 +8,17 @@ pub mod insight;
 pub mod inspect;
 pub mod kds_server;
 pub mod mesh_ca;
+pub mod tenants;
 pub mod zones;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kds::inspect::ZoneAdminStreams;
-use proto::kuma::mesh::v1alpha1::global_kds_service_server::GlobalKdsServiceServer;
-use proto::kuma::mesh::v1alpha1::kds_sync_service_server::KdsSyncServiceServer;
+use proto::kuma::mesh::v1alpha1::global_kds_service_server::{
+    GlobalKdsService, GlobalKdsServiceServer,
+};
+use proto::kuma::mesh::v1alpha1::kds_sync_service_server::{KdsSyncService, KdsSyncServiceServer};
 use store::SharedStore;
 use tokio::sync::watch;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -78,19 +81,31 @@ pub async fn serve_kds(
     listener: tokio::net::TcpListener,
     identity: &GlobalIdentity,
     inspect: Arc<ZoneAdminStreams>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), GlobalError> {
+    if !config.zone_tokens {
+        tracing::warn!(
+            "multizone.global.kds.auth.type is none: any zone that reaches the KDS port is accepted"
+        );
+    }
+    let service = kds_service(config, store.clone(), identity, inspect);
+    serve_kds_service(config, &store, listener, identity, service, shutdown).await
+}
+
+/// One global's KDS (a hosted manager has one per control plane): its zones' switches, tokens,
+/// insights and the change feed every zone's stream shares.
+pub fn kds_service(
+    config: &KdsServerConfig,
+    store: SharedStore,
+    identity: &GlobalIdentity,
+    inspect: Arc<ZoneAdminStreams>,
+) -> Arc<kds_server::GlobalKds> {
     let zones = Arc::new(zones::ZoneSwitches::default());
     tokio::spawn(zones.clone().follow(store.clone()));
     let zone_tokens = config
         .zone_tokens
         .then(|| Arc::new(security::zone::zone_signing_keys(store.clone())));
-    if zone_tokens.is_none() {
-        tracing::warn!(
-            "multizone.global.kds.auth.type is none: any zone that reaches the KDS port is accepted"
-        );
-    }
-    let service = Arc::new(kds_server::GlobalKds {
+    Arc::new(kds_server::GlobalKds {
         store: store.clone(),
         zones,
         max_message: config.max_message,
@@ -107,13 +122,28 @@ pub async fn serve_kds(
         inspect,
         admission: Default::default(),
         to_zones_changes: kds::sync::ChangeFeed::follow(&store, &kds::rules::zone_subscriptions()),
-    });
+    })
+}
+
+/// Serves `service` (one global's KDS, or a hosted manager's, which hands each stream to its
+/// control plane's) on `listener` until `shutdown`. `store` keeps the generated certificate.
+pub async fn serve_kds_service<S>(
+    config: &KdsServerConfig,
+    store: &SharedStore,
+    listener: tokio::net::TcpListener,
+    identity: &GlobalIdentity,
+    service: Arc<S>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), GlobalError>
+where
+    S: KdsSyncService + GlobalKdsService,
+{
     let max = config.max_message;
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
     if config.tls {
-        let pair = certificate::server_cert(config, &store, &identity.hostname).await?;
+        let pair = certificate::server_cert(config, store, &identity.hostname).await?;
         builder = builder
             .tls_config(
                 ServerTlsConfig::new().identity(Identity::from_pem(pair.cert_pem, pair.key_pem)),

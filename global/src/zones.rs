@@ -21,6 +21,8 @@ pub struct ZoneSwitches {
     closed: RwLock<HashMap<String, u64>>,
     changed: watch::Sender<u64>,
     closing: watch::Sender<u64>,
+    /// Every zone's streams are to end: the control plane itself was deleted.
+    shut: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ZoneSwitches {
@@ -30,6 +32,7 @@ impl Default for ZoneSwitches {
             closed: RwLock::default(),
             changed: watch::Sender::new(0),
             closing: watch::Sender::new(0),
+            shut: Default::default(),
         }
     }
 }
@@ -50,6 +53,17 @@ impl ZoneSwitches {
     /// Fires after a zone was disabled or deleted.
     pub fn closings(&self) -> watch::Receiver<u64> {
         self.closing.subscribe()
+    }
+
+    /// Ends every zone's streams, now and from now on: a hosted manager deleted this control
+    /// plane.
+    pub fn shut(&self) {
+        self.shut.store(true, std::sync::atomic::Ordering::Release);
+        self.closing.send_modify(|n| *n += 1);
+    }
+
+    pub fn is_shut(&self) -> bool {
+        self.shut.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn enabled(&self, zone: &str) -> bool {

@@ -152,6 +152,7 @@ async fn tokens_are_checked_before_anything_is_written() {
         .keys
         .sign(&ZoneClaims {
             zone: "zone-1".into(),
+            control_plane: String::new(),
             scope: vec!["cp".into()],
             jti: "expired".into(),
             iat: 1,

@@ -23,6 +23,14 @@ pub struct ZoneClaims {
     pub zone: String,
     #[serde(rename = "Scope", default)]
     pub scope: Vec<String>,
+    /// The hosted manager's control plane (tenant) the token belongs to; empty for a global of
+    /// its own.
+    #[serde(
+        rename = "ControlPlane",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub control_plane: String,
     pub jti: String,
     pub iat: u64,
     pub nbf: u64,
@@ -91,6 +99,17 @@ pub async fn issue_zone_token(
     scope: &[String],
     valid_for: Duration,
 ) -> Result<String, TokenError> {
+    issue_control_plane_zone_token(keys, "", zone, scope, valid_for).await
+}
+
+/// A zone token of one of a hosted manager's control planes (`keys` are that control plane's).
+pub async fn issue_control_plane_zone_token(
+    keys: &SigningKeys,
+    control_plane: &str,
+    zone: &str,
+    scope: &[String],
+    valid_for: Duration,
+) -> Result<String, TokenError> {
     let now = crate::unix_now();
     let scope = if scope.is_empty() {
         SCOPES.iter().map(|s| s.to_string()).collect()
@@ -100,6 +119,7 @@ pub async fn issue_zone_token(
     let claims = ZoneClaims {
         zone: zone.to_string(),
         scope,
+        control_plane: control_plane.to_string(),
         jti: crate::random_uuid(),
         iat: now,
         // Backdated like user tokens so a zone whose clock is a little behind accepts it.
@@ -107,6 +127,15 @@ pub async fn issue_zone_token(
         exp: now + valid_for.as_secs(),
     };
     keys.sign(&claims).await
+}
+
+/// The control plane a zone token says it belongs to, read before anything is verified: a
+/// hosted manager picks the control plane whose keys then verify the token. A forged claim
+/// only picks keys that cannot verify it.
+pub fn claimed_control_plane(token: &str) -> Result<String, TokenError> {
+    jsonwebtoken::dangerous::insecure_decode_claims::<ZoneClaims>(token)
+        .map(|claims| claims.control_plane)
+        .map_err(TokenError::Malformed)
 }
 
 /// Checks signature, expiry, revocation, that the token names `zone` and allows `scope`.
@@ -175,6 +204,36 @@ mod tests {
     /// published on the change, with no restart: a token it signs verifies with what zones
     /// receive.
     #[tokio::test]
+    async fn a_token_names_its_control_plane_and_only_its_keys_verify_it() {
+        let hour = Duration::from_secs(3600);
+        let (a, b) = (
+            zone_signing_keys(Arc::new(MemoryStore::new())),
+            zone_signing_keys(Arc::new(MemoryStore::new())),
+        );
+        a.ensure_key().await.unwrap();
+        b.ensure_key().await.unwrap();
+        let token = issue_control_plane_zone_token(&a, "cp-a", "zone-1", &[], hour)
+            .await
+            .unwrap();
+        assert_eq!(claimed_control_plane(&token).unwrap(), "cp-a");
+        let claims = verify_zone_token(&a, &token, "zone-1", SCOPE_CP)
+            .await
+            .unwrap();
+        assert_eq!(claims.control_plane, "cp-a");
+        // Both key sets have serial 1, so only the signature tells them apart.
+        assert!(matches!(
+            verify_zone_token(&b, &token, "zone-1", SCOPE_CP).await,
+            Err(ZoneTokenError::Token(TokenError::Invalid(_)))
+        ));
+        let own = issue_zone_token(&a, "zone-1", &[], hour).await.unwrap();
+        assert_eq!(claimed_control_plane(&own).unwrap(), "");
+        assert!(matches!(
+            claimed_control_plane("not-a-token"),
+            Err(TokenError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn a_new_signing_key_is_published_at_once() {
         let store: SharedStore = Arc::new(MemoryStore::new());
         let keys = zone_signing_keys(store.clone());
@@ -233,6 +292,7 @@ mod tests {
         let expired = keys
             .sign(&ZoneClaims {
                 zone: "zone-1".into(),
+                control_plane: String::new(),
                 scope: vec!["cp".into()],
                 jti: "old".into(),
                 iat: 1,

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod metered;
 #[cfg(any(feature = "etcd", feature = "raft"))]
 mod record;
+pub mod tenant;
 pub mod trace;
 
 #[cfg(feature = "etcd")]

@@ -303,3 +303,32 @@ async fn one_leader_and_fast_handover() {
         .unwrap();
     eprintln!("takeover after a clean shutdown: {:?}", start.elapsed());
 }
+
+/// A hosted manager's tenants on one database: the suite through one tenant's scope, while
+/// another tenant's scope on a second replica writes the suite's own names.
+mod tenant_scope {
+    use super::*;
+    use store::tenant::TenantStores;
+
+    async fn scope_beside_a_neighbour() -> Option<SharedStore> {
+        let url = fresh_db("tenant").await?;
+        let (ours, theirs) = (store_on(&url).await, store_on(&url).await);
+        let neighbour = TenantStores::new(theirs).scope("neighbour");
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                for name in ["c-create", "c-dup", "c-update", "c-events", "c-list"] {
+                    let _ = neighbour.create(mesh(name)).await;
+                    let _ = neighbour
+                        .create(store::conformance::timeout(name, "t1"))
+                        .await;
+                    let _ = neighbour
+                        .delete(&ResourceKey::new(ResourceType::Mesh, "", name))
+                        .await;
+                }
+            }
+        });
+        Some(TenantStores::new(ours).scope("tenant-1"))
+    }
+
+    store::conformance_tests!(skip_unless!(scope_beside_a_neighbour().await));
+}

@@ -67,6 +67,7 @@ pub struct Config {
     pub defaults: DefaultsConfig,
     pub tracing: TracingConfig,
     pub metrics: MetricsConfig,
+    pub multitenancy: MultitenancyConfig,
     /// Kuma's keys that were set but are not implemented yet, by the name they were set under
     /// (YAML path or env variable); kuma-cp warns about each once at start-up.
     #[serde(skip)]
@@ -89,6 +90,7 @@ impl Default for Config {
             defaults: DefaultsConfig::default(),
             tracing: TracingConfig::default(),
             metrics: MetricsConfig::default(),
+            multitenancy: MultitenancyConfig::default(),
             unsupported_kuma_keys: Vec::new(),
         }
     }
@@ -317,6 +319,14 @@ impl Default for TokensConfig {
             bootstrap_admin_token: true,
         }
     }
+}
+
+/// `multitenancy` (ours; Kuma only has hooks for it): a global that hosts many tenants'
+/// control planes behind one KDS endpoint, managed at `/v0/mesh/control-planes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MultitenancyConfig {
+    pub enabled: bool,
 }
 
 /// Kuma's `tracing`: the control plane's own spans over OTLP.
@@ -896,6 +906,18 @@ impl Config {
                 );
             }
         }
+        if self.multitenancy.enabled && self.mode != Mode::Global {
+            return invalid(
+                "multitenancy.enabled (KUMA_MULTITENANCY_ENABLED)",
+                "a hosted manager is a global control plane: set mode global (KUMA_MODE=global)",
+            );
+        }
+        if self.multitenancy.enabled && self.multizone.global.kds.auth.auth_type != "zoneToken" {
+            return invalid(
+                "multizone.global.kds.auth.type (KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE)",
+                "a hosted manager tells its control planes' zones apart by their zone tokens: it must be zoneToken",
+            );
+        }
         if self.api_server.authn.authn_type != "tokens" {
             return invalid(
                 "apiServer.authn.type (KUMA_API_SERVER_AUTHN_TYPE)",
@@ -1344,6 +1366,29 @@ mod tests {
         assert_eq!(c.dp_server.port, 5678);
         assert_eq!(c.inter_cp.server.port, 5683);
         assert_eq!(c.multizone.global.kds.grpc_port, 5685);
+    }
+
+    #[test]
+    fn multitenancy_needs_a_global_with_zone_tokens() {
+        let load = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs));
+        let c = load(&[
+            ("KUMA_MODE", "global"),
+            ("KUMA_MULTITENANCY_ENABLED", "true"),
+        ])
+        .unwrap();
+        assert!(c.multitenancy.enabled);
+        let err = load(&[("KUMA_MULTITENANCY_ENABLED", "true")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KUMA_MULTITENANCY_ENABLED"), "{err}");
+        let err = load(&[
+            ("KUMA_MODE", "global"),
+            ("KUMA_MULTITENANCY_ENABLED", "true"),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE", "none"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("KUMA_MULTIZONE_GLOBAL_KDS_AUTH_TYPE"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod defaults;
 mod run;
 pub mod telemetry;
+pub mod tenancy;
 
 pub use config::{Config, ConfigError, Mode};
 pub use run::{RunError, run};

@@ -92,8 +92,16 @@ pub async fn run(
     let mut registry = Registry::default();
     let backend = backend::build(&config, &stopping).await?;
     let metered = MeteredStore::new(backend.store.clone(), &mut registry);
-    let local_reads: SharedStore = Arc::new(metered.sharing(backend.local_reads.clone()));
-    let store: SharedStore = Arc::new(metered);
+    let mut local_reads: SharedStore = Arc::new(metered.sharing(backend.local_reads.clone()));
+    let mut store: SharedStore = Arc::new(metered);
+    // A hosted manager's own parts (its API, defaults, catalog) see only its own scope; each
+    // control plane sees its own.
+    let hosted = config.multitenancy.enabled;
+    let tenant_stores = hosted.then(|| store::tenant::TenantStores::new(store.clone()));
+    if let Some(tenants) = &tenant_stores {
+        store = tenants.root();
+        local_reads = store.clone();
+    }
     let api_metrics = api::api_metrics(&mut registry);
     let kds_metrics = kds::metrics::KdsMetrics::register(&mut registry);
     let xds_metrics = zone::dpserver::metrics::XdsMetrics::register(&mut registry);
@@ -184,7 +192,9 @@ pub async fn run(
     ));
     let user_keys = Arc::new(security::user::user_signing_keys(store.clone()));
     {
-        let (config, store, keys) = (config.clone(), store.clone(), user_keys.clone());
+        let (mut config, store, keys) = (config.clone(), store.clone(), user_keys.clone());
+        // A hosted manager's own scope holds its control planes' records, not meshes.
+        config.defaults.skip_mesh_creation |= hosted;
         components.start(Component::leader_only("defaults", move || {
             let (config, store, keys) = (config.clone(), store.clone(), keys.clone());
             async move {
@@ -287,22 +297,48 @@ pub async fn run(
         local_admin,
         way,
     ));
-    if config.mode == Mode::Global
-        && let Some(listener) = listeners.kds
-    {
-        start_global(
+    let mut control_planes: Option<Arc<dyn api::control_planes::ControlPlanes>> = None;
+    let identity = global::GlobalIdentity {
+        hostname: hostname.clone(),
+        instance_id: instance_id.clone(),
+        version: VERSION.into(),
+    };
+    match (tenant_stores, listeners.kds) {
+        (Some(tenant_stores), Some(listener)) => {
+            let shared = crate::tenancy::Shared {
+                config: config.clone(),
+                kds: kds_server_config(&config, kds_metrics.clone()),
+                identity: identity.clone(),
+                api_info: server_info(&config, &hostname, &instance_id, &cluster_id),
+                api_metrics: api_metrics.clone(),
+                shown_config: shown_config(&config, &instance_id),
+                leader: leader_rx.clone(),
+            };
+            let tenants = global::tenants::Tenants::new(
+                tenant_stores,
+                crate::tenancy::factory(Arc::new(shared)),
+            );
+            control_planes = Some(Arc::new(crate::tenancy::Management(tenants.clone())));
+            start_manager(
+                &mut components,
+                &config,
+                &store,
+                listener,
+                identity,
+                tenants,
+                kds_metrics.clone(),
+            );
+        }
+        (None, Some(listener)) => start_global(
             &mut components,
             &config,
             &local_reads,
             listener,
-            global::GlobalIdentity {
-                hostname: hostname.clone(),
-                instance_id: instance_id.clone(),
-                version: VERSION.into(),
-            },
+            identity,
             zone_streams,
             kds_metrics.clone(),
-        );
+        ),
+        (_, None) => {}
     }
     if let Some(zone_config) = zone_client {
         let (store, stop, admin) = (
@@ -375,26 +411,15 @@ pub async fn run(
         components.start(Component::every_replica("dp-server", work));
     }
 
-    let mut shown_config = config.redacted();
-    shown_config["instanceId"] = serde_json::Value::String(instance_id.clone());
     let state = Arc::new(api::ApiState {
         store: store.clone(),
         user_keys,
         zone_keys: Arc::new(security::zone::zone_signing_keys(store.clone())),
-        info: api::ServerInfo {
-            hostname: hostname.clone(),
-            tagline: "Kuma".into(),
-            product: "Kuma".into(),
-            version: VERSION.into(),
-            instance_id,
-            cluster_id,
-            gui: "/gui".into(),
-            based_on_kuma: VERSION.into(),
-            mode: config.mode.as_str().into(),
-        },
-        config: shown_config,
+        info: server_info(&config, &hostname, &instance_id, &cluster_id),
+        config: shown_config(&config, &instance_id),
         auth: api::AuthConfig {
             localhost_is_admin: config.api_server.authn.localhost_is_admin,
+            anonymous_reads: true,
         },
         metrics: api_metrics,
         federation: match config.mode {
@@ -407,6 +432,8 @@ pub async fn run(
         local_zone: (config.mode == Mode::Zone).then(|| config.multizone.zone.name.clone()),
         origin_label_validation: !config.multizone.zone.disable_origin_label_validation,
         proxy_admin: Some(proxy_admin.clone()),
+        control_plane: String::new(),
+        control_planes,
     });
     let router = api::router(state);
     let http = &config.api_server.http;
@@ -497,6 +524,72 @@ impl Listeners {
     }
 }
 
+fn server_info(
+    config: &Config,
+    hostname: &str,
+    instance_id: &str,
+    cluster_id: &str,
+) -> api::ServerInfo {
+    api::ServerInfo {
+        hostname: hostname.to_string(),
+        tagline: "Kuma".into(),
+        product: "Kuma".into(),
+        version: VERSION.into(),
+        instance_id: instance_id.to_string(),
+        cluster_id: cluster_id.to_string(),
+        gui: "/gui".into(),
+        based_on_kuma: VERSION.into(),
+        mode: config.mode.as_str().into(),
+    }
+}
+
+/// The configuration `/config` shows: secrets redacted, this replica's id added.
+fn shown_config(config: &Config, instance_id: &str) -> serde_json::Value {
+    let mut shown = config.redacted();
+    shown["instanceId"] = serde_json::Value::String(instance_id.to_string());
+    shown
+}
+
+fn kds_server_config(
+    config: &Config,
+    metrics: kds::metrics::KdsMetrics,
+) -> global::KdsServerConfig {
+    let kds = &config.multizone.global.kds;
+    global::KdsServerConfig {
+        port: kds.grpc_port,
+        max_message: kds.max_msg_size,
+        tls: kds.tls_enabled,
+        tls_cert_file: kds.tls_cert_file.clone(),
+        tls_key_file: kds.tls_key_file.clone(),
+        zone_tokens: kds.auth.auth_type == "zoneToken",
+        metrics: Some(metrics),
+    }
+}
+
+/// A hosted manager's every-replica parts: the control planes kept in step with their
+/// records, and the one KDS endpoint that hands each zone to its control plane.
+fn start_manager(
+    components: &mut Manager,
+    config: &Config,
+    store: &SharedStore,
+    listener: TcpListener,
+    identity: global::GlobalIdentity,
+    tenants: Arc<global::tenants::Tenants<crate::tenancy::ControlPlaneRuntime>>,
+    metrics: kds::metrics::KdsMetrics,
+) {
+    let kds_config = kds_server_config(config, metrics);
+    let follow = tenants.clone().follow();
+    components.start(Component::every_replica("control-planes", async move {
+        follow.await;
+        Ok::<(), ComponentError>(())
+    }));
+    let (store, stop) = (store.clone(), components.shutdown_signal());
+    let service = Arc::new(global::tenants::ManagerKds { tenants });
+    components.start(Component::every_replica("kds-server", async move {
+        global::serve_kds_service(&kds_config, &store, listener, &identity, service, stop).await
+    }));
+}
+
 /// Global's every-replica KDS server and leader-only mesh CAs.
 fn start_global(
     components: &mut Manager,
@@ -507,16 +600,7 @@ fn start_global(
     streams: Arc<ZoneAdminStreams>,
     metrics: kds::metrics::KdsMetrics,
 ) {
-    let kds = &config.multizone.global.kds;
-    let kds_config = global::KdsServerConfig {
-        port: kds.grpc_port,
-        max_message: kds.max_msg_size,
-        tls: kds.tls_enabled,
-        tls_cert_file: kds.tls_cert_file.clone(),
-        tls_key_file: kds.tls_key_file.clone(),
-        zone_tokens: kds.auth.auth_type == "zoneToken",
-        metrics: Some(metrics),
-    };
+    let kds_config = kds_server_config(config, metrics);
     let (store_kds, stop) = (store.clone(), components.shutdown_signal());
     components.start(Component::every_replica("kds-server", async move {
         global::serve_kds(&kds_config, store_kds, listener, &identity, streams, stop).await

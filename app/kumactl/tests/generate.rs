@@ -55,6 +55,8 @@ async fn start() -> Server {
         local_zone: None,
         origin_label_validation: true,
         proxy_admin: None,
+        control_plane: String::new(),
+        control_planes: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
