@@ -201,6 +201,12 @@ pub async fn personal_access_token(
     crate::tokens::user_token(&keys.user, &caller, body, &[ADMIN_GROUP]).await
 }
 
+fn not_this_control_planes() -> ApiError {
+    ApiError::unauthenticated(
+        "a valid token of this control plane is needed: pass 'Authorization: Bearer <token>'",
+    )
+}
+
 /// `/v0/mesh/control-planes/{id}/api/...`: the control plane's own API, which authenticates
 /// the caller with the control plane's own tokens. The manager's admin credentials do not
 /// reach it, so this path is outside the manager's authentication.
@@ -214,9 +220,7 @@ pub async fn control_plane_api(
     let Some(api) = manager.api(&id) else {
         // The answer a token of another control plane gets from an existing one: a caller
         // learns nothing of control planes it has no token for.
-        return Err(ApiError::unauthenticated(
-            "invalid user token: it is not one of this control plane's",
-        ));
+        return Err(not_this_control_planes());
     };
     let rest = params.get("rest").map(String::as_str).unwrap_or("");
     let query = req
@@ -234,6 +238,11 @@ pub async fn control_plane_api(
     // A fresh request: the manager's route parameters must not reach the control plane's
     // routes. Only who is calling goes along.
     let peer = req.extensions().get::<crate::serve::Peer>().copied();
+    // Links the control plane's API writes (a list's `next`) keep the full path.
+    let original = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .cloned();
     let (parts, body) = req.into_parts();
     let mut inner = Request::new(body);
     *inner.method_mut() = parts.method;
@@ -243,9 +252,18 @@ pub async fn control_plane_api(
     if let Some(peer) = peer {
         inner.extensions_mut().insert(peer);
     }
+    if let Some(original) = original {
+        inner.extensions_mut().insert(original);
+    }
     // A Router never fails: its errors are responses.
-    match api.oneshot(inner).await {
-        Ok(resp) => Ok(resp),
+    let resp = match api.oneshot(inner).await {
+        Ok(resp) => resp,
         Err(never) => match never {},
+    };
+    // Every refusal reads the same, so it tells nothing of why (an unknown control plane,
+    // another one's token, none).
+    match resp.status() {
+        StatusCode::UNAUTHORIZED => Err(not_this_control_planes()),
+        _ => Ok(resp),
     }
 }

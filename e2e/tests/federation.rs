@@ -562,3 +562,217 @@ fn a_hosted_manager_keeps_its_control_planes_apart() {
     );
     assert_eq!(status, 200);
 }
+
+/// What a load balancer in front of a manager's replicas does for the test: each connection
+/// goes to the first replica that accepts it.
+fn forward_to_first_live(backends: Vec<u16>) -> u16 {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("the forwarder's port");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let backends = backends.clone();
+            std::thread::spawn(move || {
+                let Some(server) = backends
+                    .iter()
+                    .find_map(|b| TcpStream::connect(("127.0.0.1", *b)).ok())
+                else {
+                    return;
+                };
+                let (Ok(mut client_in), Ok(mut server_in)) =
+                    (client.try_clone(), server.try_clone())
+                else {
+                    return;
+                };
+                let (mut client_out, mut server_out) = (client, server);
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_in, &mut server_out);
+                    let _ = server_out.shutdown(Shutdown::Both);
+                });
+                let _ = std::io::copy(&mut server_in, &mut client_out);
+                let _ = client_out.shutdown(Shutdown::Both);
+                let _ = up.join();
+            });
+        }
+    });
+    port
+}
+
+/// Two manager replicas on one Postgres, behind one address: the zone's replica is killed
+/// with SIGKILL; the zone reconnects to the other, which serves the control plane (its API,
+/// its KDS, and, once the dead replica's lease runs out, its leader work), and nothing is lost.
+#[test]
+fn a_hosted_managers_replicas_share_its_control_planes() {
+    let Some(pg) = store::testing::postgres::TestPostgres::start() else {
+        return;
+    };
+    let db = pg.create_database("hosted");
+    let store_env = e2e::postgres_env(pg.port, store::testing::postgres::TEST_USER, &db);
+    let migrated = e2e::migrate(&store_env);
+    assert!(migrated.status.success(), "{}", e2e::stderr(&migrated));
+    let dir = store::testing::temp_dir("kuma-e2e-hosted-ha");
+    let cert = security::tls::self_signed(&["127.0.0.1".to_string()]).expect("a certificate");
+    let (cert_file, key_file) = (dir.join("kds.crt"), dir.join("kds.key"));
+    std::fs::write(&cert_file, &cert.cert_pem).expect("certificate");
+    std::fs::write(&key_file, &cert.key_pem).expect("key");
+    let (cert_path, key_path) = (
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+    );
+    let kds_ports = [e2e::free_port(), e2e::free_port()];
+    let mut replicas: Vec<ControlPlane> = kds_ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let port = port.to_string();
+            let mut env: Vec<(&str, &str)> = store_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            env.extend([
+                ("KUMA_MODE", "global"),
+                ("KUMA_MULTITENANCY_ENABLED", "true"),
+                ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", port.as_str()),
+                (
+                    "KUMA_MULTIZONE_GLOBAL_KDS_TLS_CERT_FILE",
+                    cert_path.as_str(),
+                ),
+                ("KUMA_MULTIZONE_GLOBAL_KDS_TLS_KEY_FILE", key_path.as_str()),
+            ]);
+            let mut cp = ControlPlane::start(&format!("manager-{}", i + 1), &env);
+            cp.wait_ready(Duration::from_secs(60));
+            cp
+        })
+        .collect();
+    let (first, second) = (
+        Manager {
+            api: replicas[0].api(),
+        },
+        Manager {
+            api: replicas[1].api(),
+        },
+    );
+    let id = first.create("tenant-a");
+    // The second replica serves it too: it issues its tokens.
+    let token = second.token(
+        &id,
+        "zone-tokens",
+        json!({"zone": "zone-1", "scope": ["cp"], "validFor": "24h"}),
+    );
+    let pat = second.token(
+        &id,
+        "personal-access-tokens",
+        json!({"name": "alice", "validFor": "1h"}),
+    );
+    let balancer = forward_to_first_live(kds_ports.to_vec());
+    let global_address = format!("grpcs://127.0.0.1:{balancer}");
+    let mut zone_cp = ControlPlane::start(
+        "zone-1",
+        &[
+            ("KUMA_MODE", "zone"),
+            ("KUMA_MULTIZONE_ZONE_NAME", "zone-1"),
+            ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &global_address),
+            ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_INLINE", token.trim()),
+            ("SSL_CERT_FILE", &cert_path),
+        ],
+    );
+    zone_cp.wait_ready(Duration::from_secs(60));
+    let zone = Cp::api_only(&zone_cp, PathBuf::new());
+    let logs = |replicas: &[ControlPlane]| {
+        let mut all = String::new();
+        for (i, r) in replicas.iter().enumerate() {
+            all.push_str(&format!("--- manager-{}:\n{}\n", i + 1, r.logs()));
+        }
+        all + "--- zone-1:\n" + &zone_cp.logs()
+    };
+    let timeout_policy = |name: &str| {
+        json!({
+            "type": "MeshTimeout", "mesh": "default", "name": name,
+            "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+                "default": {"connectionTimeout": "3s"}}]}
+        })
+    };
+    let put = |manager: &Manager, path: &str, body: serde_json::Value| {
+        let (status, answer) = manager.call(
+            reqwest::Method::PUT,
+            &id,
+            path,
+            Some(pat.trim()),
+            Some(body),
+        );
+        assert!(
+            status == 200 || status == 201,
+            "PUT {path}: {status} {answer}"
+        );
+    };
+    put(
+        &first,
+        "/meshes/default/meshtimeouts/before",
+        timeout_policy("before"),
+    );
+    within(
+        Duration::from_secs(60),
+        "the policy written before the failure reaches the zone",
+        || timeouts(&zone).contains(&"before".into()),
+        || logs(&replicas),
+    );
+
+    replicas[0].sigkill();
+    put(
+        &second,
+        "/meshes/default/meshtimeouts/after",
+        timeout_policy("after"),
+    );
+    zone.put(
+        "/meshes/default/dataplanes/web",
+        json!({"type": "Dataplane", "mesh": "default", "name": "web",
+            "networking": {"address": "10.1.1.1", "inbound": [{"port": 80,
+                "tags": {"kuma.io/service": "web"}}]}}),
+    );
+    within(
+        Duration::from_secs(60),
+        "the zone reconnects through the other replica and converges both ways",
+        || {
+            let (_, dataplanes) = second.call(
+                reqwest::Method::GET,
+                &id,
+                "/meshes/default/dataplanes",
+                Some(pat.trim()),
+                None,
+            );
+            timeouts(&zone).contains(&"after".into()) && dataplanes["total"] == 1
+        },
+        || logs(&replicas),
+    );
+    // The leader work moved: a new mesh with builtin mTLS gets its CA from the survivor.
+    put(
+        &second,
+        "/meshes/secure",
+        json!({"type": "Mesh", "name": "secure", "mtls": {"enabledBackend": "ca-1",
+            "backends": [{"name": "ca-1", "type": "builtin"}]}}),
+    );
+    within(
+        Duration::from_secs(60),
+        "the surviving replica creates the new mesh's CA",
+        || {
+            let (_, secrets) = second.call(
+                reqwest::Method::GET,
+                &id,
+                "/meshes/secure/secrets",
+                Some(pat.trim()),
+                None,
+            );
+            secrets["total"].as_u64().unwrap_or(0) >= 1
+        },
+        || logs(&replicas),
+    );
+    let (status, _) = second.call(
+        reqwest::Method::GET,
+        &id,
+        "/meshes/default/meshtimeouts/before",
+        Some(pat.trim()),
+        None,
+    );
+    assert_eq!(status, 200, "{}", logs(&replicas));
+    assert!(timeouts(&zone).contains(&"before".into()));
+}

@@ -433,8 +433,31 @@ impl GlobalKds {
     ) -> Result<Response<AdminStream<Req>>, Status> {
         let peer = self.admit(&request).await?;
         tracing::debug!(zone = %peer.zone, op = op.path(), "zone opened an inspect stream");
-        let out = self.inspect.serve(peer.zone, op, request.into_inner());
-        Ok(Response::new(ReceiverStream::new(out)))
+        let closing = self.closing(&peer.zone);
+        let mut served = self.inspect.serve(peer.zone, op, request.into_inner());
+        // Ended with the zone's other streams when the zone is closed on global (or its
+        // control plane deleted on a manager).
+        let (out, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            tokio::pin!(closing);
+            loop {
+                tokio::select! {
+                    next = served.recv() => match next {
+                        Some(message) => {
+                            if out.send(message).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    },
+                    reason = &mut closing => {
+                        let _ = out.send(Err(Status::permission_denied(reason))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 

@@ -10,8 +10,9 @@
 //! [`ManagerKds`] hands the zone's streams to that control plane's KDS, which verifies the
 //! token with that control plane's own keys.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -85,8 +86,15 @@ pub type RuntimeFactory<R> = Box<dyn Fn(&ControlPlane, SharedStore) -> R + Send 
 pub struct Tenants<R> {
     stores: Arc<TenantStores>,
     live: RwLock<HashMap<String, Arc<R>>>,
+    /// Control planes this replica saw deleted.
+    deleted: RwLock<HashSet<String>>,
     factory: RuntimeFactory<R>,
 }
+
+/// How often a replica sweeps deleted control planes' leftovers.
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 fn record_name(id: &str) -> String {
     format!("{RECORD_PREFIX}{id}")
@@ -140,6 +148,7 @@ impl<R: TenantRuntime> Tenants<R> {
         Arc::new(Tenants {
             stores,
             live: RwLock::new(HashMap::new()),
+            deleted: RwLock::new(HashSet::new()),
             factory,
         })
     }
@@ -158,22 +167,70 @@ impl<R: TenantRuntime> Tenants<R> {
     }
 
     /// Keeps this replica's runtimes in step with the records until the store goes away: one
-    /// for each record, started when it appears (on any replica), dropped when it goes.
+    /// for each record, started when it appears (on any replica), dropped when it goes. A
+    /// failed read is retried with backoff; what deleted control planes left behind (a purge
+    /// that failed or was cut short, a write racing it) is swept now and then.
     pub async fn follow(self: Arc<Self>) {
         let mut events = self.base().subscribe();
+        let mut retry = RETRY_FIRST;
+        let mut swept = tokio::time::Instant::now();
+        self.sweep().await;
         loop {
-            if let Err(e) = self.reconcile_all().await {
-                tracing::warn!(error = %model::error_chain(&e), "reading the control planes failed; retrying on the next change");
-            }
+            let wait = match self.reconcile_all().await {
+                Ok(()) => {
+                    retry = RETRY_FIRST;
+                    SWEEP_EVERY.saturating_sub(swept.elapsed())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %model::error_chain(&e), retry_in = ?retry, "reading the control planes failed");
+                    retry = (retry * 2).min(RETRY_MAX);
+                    retry / 2
+                }
+            };
             let record = |e: &store::ChangeEvent| {
                 e.key.kind == ResourceType::Config && e.key.name.starts_with(RECORD_PREFIX)
             };
-            if !store::next_change(&mut events, record).await {
-                return;
+            tokio::select! {
+                open = store::next_change(&mut events, record) => if !open { return },
+                () = tokio::time::sleep(wait) => {}
+            }
+            if swept.elapsed() >= SWEEP_EVERY {
+                self.sweep().await;
+                swept = tokio::time::Instant::now();
             }
         }
     }
 
+    /// Purges the data of tenants that have no record. Data is scanned before records are
+    /// read: a record is written before any of its tenant's data, so a control plane being
+    /// created meanwhile is seen and kept.
+    async fn sweep(&self) {
+        let with_data = match self.stores.tenants_with_data().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeping deleted control planes' data: listing failed");
+                return;
+            }
+        };
+        let Ok(records) = self.records().await else {
+            return;
+        };
+        for id in with_data {
+            if records.iter().any(|cp| cp.id == id) {
+                continue;
+            }
+            self.tombstone(&id);
+            match self.stores.purge(&id).await {
+                Ok(n) => tracing::info!(%id, resources = n, "swept a deleted control plane's data"),
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "sweeping a deleted control plane's data failed")
+                }
+            }
+        }
+    }
+
+    /// The control planes' records; a malformed one is logged and left out, so it cannot stop
+    /// the others from being served.
     async fn records(&self) -> Result<Vec<ControlPlane>, TenantError> {
         let page = self
             .base()
@@ -183,11 +240,18 @@ impl<R: TenantRuntime> Tenants<R> {
             })
             .await
             .map_err(TenantError::Store)?;
-        page.items
+        Ok(page
+            .items
             .into_iter()
             .filter(|r| r.meta.name.starts_with(RECORD_PREFIX) && !r.meta.name.contains('/'))
-            .map(decode)
-            .collect()
+            .filter_map(|r| match decode(r) {
+                Ok(cp) => Some(cp),
+                Err(e) => {
+                    tracing::warn!(error = %model::error_chain(&e), "a control plane record cannot be read; it is not served");
+                    None
+                }
+            })
+            .collect())
     }
 
     async fn reconcile_all(&self) -> Result<(), TenantError> {
@@ -211,6 +275,15 @@ impl<R: TenantRuntime> Tenants<R> {
     }
 
     fn start(&self, cp: &ControlPlane) {
+        if self
+            .deleted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&cp.id)
+        {
+            // A read from before its deletion: ids are never reused, so it stays deleted.
+            return;
+        }
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         if live.contains_key(&cp.id) {
             return;
@@ -220,9 +293,18 @@ impl<R: TenantRuntime> Tenants<R> {
         tracing::info!(id = %cp.id, name = %cp.name, "serving control plane");
     }
 
+    /// Remembers that `id` was deleted, so no late read of its record starts it again.
+    fn tombstone(&self, id: &str) {
+        self.deleted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+    }
+
     /// Drops the runtime and whatever of the control plane's data is left (a write its
     /// runtime made while the deleting replica purged it).
     async fn stop(&self, id: &str) {
+        self.tombstone(id);
         let runtime = self
             .live
             .write()
@@ -235,7 +317,7 @@ impl<R: TenantRuntime> Tenants<R> {
         tracing::info!(%id, "control plane deleted; its zones are disconnected");
         drop(runtime);
         if let Err(e) = self.stores.purge(id).await {
-            tracing::warn!(%id, error = %e, "removing a deleted control plane's resources failed");
+            tracing::warn!(%id, error = %e, "removing a deleted control plane's resources failed; the next sweep retries");
         }
     }
 
@@ -413,7 +495,6 @@ impl<R: TenantRuntime> GlobalKdsService for ManagerKds<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     struct Runtime(Arc<GlobalKds>);
 
@@ -521,6 +602,36 @@ mod tests {
             .unwrap();
         assert_eq!(meshes.total, 0, "{:?}", meshes.items);
         assert!(tenants.get(&b.id).is_some());
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_deleted_control_planes_are_swept() {
+        let (stores, tenants) = manager();
+        let mesh = || Resource::new(ResourceType::Mesh, "", "default", serde_json::json!({}));
+        // A purge that never finished: data without a record.
+        stores.scope("gone").create(mesh()).await.unwrap();
+        let kept = tenants.create("kept", "", BTreeMap::new()).await.unwrap();
+        stores.scope(&kept.id).create(mesh()).await.unwrap();
+        tokio::spawn(tenants.clone().follow());
+        let meshes = || async {
+            let all = stores
+                .base()
+                .list(&ListQuery::all(ResourceType::Mesh))
+                .await
+                .unwrap();
+            all.items
+                .into_iter()
+                .map(|m| m.meta.name)
+                .collect::<Vec<_>>()
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while meshes().await.len() != 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(meshes().await, [format!("{}/default", kept.id)]);
     }
 
     #[tokio::test]

@@ -114,6 +114,10 @@ impl ZoneSwitches {
     /// the store answers: a switch left stale would keep a disabled zone's streams open.
     async fn refresh(&self, store: &SharedStore) {
         let page = loop {
+            if self.is_shut() {
+                // Deleted with its control plane: its store will not answer again.
+                return;
+            }
             match store.list(&ListQuery::all(ResourceType::Zone)).await {
                 Ok(page) => break page,
                 Err(e) => {
@@ -148,6 +152,9 @@ impl ZoneSwitches {
         let mut events = store.subscribe();
         self.refresh(&store).await;
         loop {
+            if self.is_shut() {
+                return;
+            }
             match events.recv().await {
                 Ok(ev) if ev.key.kind == ResourceType::Zone => {
                     let key = ResourceKey::new(ResourceType::Zone, "", &ev.key.name);

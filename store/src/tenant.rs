@@ -165,6 +165,21 @@ impl TenantStores {
     }
 }
 
+impl TenantStores {
+    /// Every tenant that has data in the backend (a full scan of every type).
+    pub async fn tenants_with_data(&self) -> Result<std::collections::BTreeSet<String>> {
+        let mut ids = std::collections::BTreeSet::new();
+        for kind in ResourceType::all() {
+            for r in self.base.list(&ListQuery::all(kind)).await?.items {
+                if let Some((tenant, _)) = split_key(&r.key()) {
+                    ids.insert(tenant.to_string());
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
 /// The tenant a backend key belongs to and the key as the tenant sees it; `None` for the
 /// manager's own keys.
 fn split_key(key: &ResourceKey) -> Option<(&str, ResourceKey)> {
@@ -233,8 +248,28 @@ impl TenantStore {
         }
     }
 
-    /// The error with the tenant's own names in it.
+    fn is_own(&self, key: &ResourceKey) -> bool {
+        split_key(key).is_some_and(|(tenant, _)| tenant == self.tenant)
+    }
+
+    /// The error with the tenant's own names in it; one about another tenant's data (a corrupt
+    /// row met while listing) names nothing of it.
     fn error_from_base(&self, e: StoreError) -> StoreError {
+        let foreign = match &e {
+            StoreError::NotFound(key)
+            | StoreError::AlreadyExists(key)
+            | StoreError::Conflict { key, .. }
+            | StoreError::TooLarge { key, .. }
+            | StoreError::Corrupt { key, .. } => !self.is_own(key),
+            StoreError::MeshNotFound(mesh) => !mesh.starts_with(&self.prefix),
+            StoreError::Unavailable { .. } => false,
+        };
+        if foreign {
+            return StoreError::Unavailable {
+                message: "the store failed on data outside this tenant".into(),
+                source: None,
+            };
+        }
         match e {
             StoreError::NotFound(key) => StoreError::NotFound(self.key_from_base(key)),
             StoreError::AlreadyExists(key) => StoreError::AlreadyExists(self.key_from_base(key)),
@@ -378,8 +413,9 @@ impl ResourceStore for TenantStore {
         self.base.backend()
     }
 
+    /// The backend's replication is the manager's business, not a tenant's.
     async fn cluster_status(&self) -> Result<Option<ClusterStatus>> {
-        self.base.cluster_status().await
+        Ok(None)
     }
 }
 

@@ -33,9 +33,16 @@ pub struct Backend {
     /// Set for raft: its failure stops the control plane.
     pub raft: Option<store::raft::RaftStore>,
     pub elector: Arc<dyn LeaderElector>,
+    /// Electors of other elections on the same backend, by name: a hosted manager elects a
+    /// leader per control plane, so their leader work spreads over the replicas and moves
+    /// when one is lost.
+    pub elections: Elections,
     /// Set for Postgres, whose schema is checked once the database answers.
     pub postgres: Option<sqlx_pool::Pool>,
 }
+
+/// An elector for the named election.
+pub type Elections = Arc<dyn Fn(&str) -> Arc<dyn LeaderElector> + Send + Sync>;
 
 /// Keeps the sqlx type out of the rest of the binary.
 pub mod sqlx_pool {
@@ -47,6 +54,7 @@ impl Backend {
     fn shared(
         store: SharedStore,
         elector: Arc<dyn LeaderElector>,
+        elections: Elections,
         postgres: Option<sqlx_pool::Pool>,
     ) -> Backend {
         Backend {
@@ -54,6 +62,7 @@ impl Backend {
             store,
             raft: None,
             elector,
+            elections,
             postgres,
         }
     }
@@ -68,6 +77,7 @@ pub async fn build(
         StoreType::Memory => Ok(Backend::shared(
             Arc::new(MemoryStore::new()),
             Arc::new(AlwaysLeader),
+            Arc::new(|_: &str| Arc::new(AlwaysLeader) as Arc<dyn LeaderElector>),
             None,
         )),
         StoreType::Postgres => {
@@ -78,7 +88,22 @@ pub async fn build(
                 LEADER_ELECTION,
                 LeaseTiming::default(),
             );
-            Ok(Backend::shared(Arc::new(store), elector, Some(pool)))
+            let elections = {
+                let pool = pool.clone();
+                Arc::new(move |name: &str| {
+                    store::postgres::PostgresLeaderElector::new(
+                        pool.clone(),
+                        name,
+                        LeaseTiming::default(),
+                    ) as Arc<dyn LeaderElector>
+                })
+            };
+            Ok(Backend::shared(
+                Arc::new(store),
+                elector,
+                elections,
+                Some(pool),
+            ))
         }
         StoreType::Etcd => build_etcd(config, shutdown.clone()).await,
         StoreType::Raft => {
@@ -86,9 +111,16 @@ pub async fn build(
             let store = store::raft::RaftStore::start(raft_config, shutdown.clone())
                 .await
                 .map_err(BackendError::Raft)?;
+            // Raft has one leader: every election follows it.
+            let elector: Arc<dyn LeaderElector> = Arc::new(store.leader_elector());
+            let elections = {
+                let store = store.clone();
+                Arc::new(move |_: &str| Arc::new(store.leader_elector()) as Arc<dyn LeaderElector>)
+            };
             Ok(Backend {
                 local_reads: Arc::new(store.stale_reads()),
-                elector: Arc::new(store.leader_elector()),
+                elector,
+                elections,
                 store: Arc::new(store.clone()),
                 raft: Some(store),
                 postgres: None,
@@ -120,8 +152,15 @@ async fn build_etcd(
             }
         }
     };
+    let store = Arc::new(store);
     let elector = Arc::new(store.leader_elector(LEADER_ELECTION, LeaseTiming::default()));
-    Ok(Backend::shared(Arc::new(store), elector, None))
+    let elections = {
+        let store = store.clone();
+        Arc::new(move |name: &str| {
+            Arc::new(store.leader_elector(name, LeaseTiming::default())) as Arc<dyn LeaderElector>
+        })
+    };
+    Ok(Backend::shared(store, elector, elections, None))
 }
 
 #[cfg(not(feature = "etcd"))]

@@ -311,8 +311,7 @@ pub async fn run(
                 identity: identity.clone(),
                 api_info: server_info(&config, &hostname, &instance_id, &cluster_id),
                 api_metrics: api_metrics.clone(),
-                shown_config: shown_config(&config, &instance_id),
-                leader: leader_rx.clone(),
+                elections: backend.elections.clone(),
             };
             let tenants = global::tenants::Tenants::new(
                 tenant_stores,
@@ -417,9 +416,10 @@ pub async fn run(
         zone_keys: Arc::new(security::zone::zone_signing_keys(store.clone())),
         info: server_info(&config, &hostname, &instance_id, &cluster_id),
         config: shown_config(&config, &instance_id),
+        // A hosted manager's own API lists its customers' control planes: tokens only.
         auth: api::AuthConfig {
             localhost_is_admin: config.api_server.authn.localhost_is_admin,
-            anonymous_reads: true,
+            anonymous_reads: !hosted,
         },
         metrics: api_metrics,
         federation: match config.mode {

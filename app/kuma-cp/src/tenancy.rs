@@ -41,6 +41,9 @@ impl Drop for ControlPlaneRuntime {
     }
 }
 
+/// A control plane's leader election is this followed by its id.
+pub const CONTROL_PLANE_ELECTION_PREFIX: &str = "kuma-cp-leader-cp-";
+
 /// What every control plane on this replica shares.
 pub struct Shared {
     pub config: Config,
@@ -48,9 +51,8 @@ pub struct Shared {
     pub identity: global::GlobalIdentity,
     pub api_info: api::ServerInfo,
     pub api_metrics: api::ApiMetrics,
-    pub shown_config: serde_json::Value,
-    /// This replica's leadership: the leader runs every control plane's leader-only work.
-    pub leader: watch::Receiver<bool>,
+    /// Each control plane's leader among the replicas is elected on its own.
+    pub elections: crate::backend::Elections,
 }
 
 pub fn factory(shared: Arc<Shared>) -> RuntimeFactory<ControlPlaneRuntime> {
@@ -76,7 +78,8 @@ fn runtime(shared: &Shared, cp: &ControlPlane, store: SharedStore) -> ControlPla
             cluster_id: cp.id.clone(),
             ..shared.api_info.clone()
         },
-        config: shared.shown_config.clone(),
+        // The manager's own settings (its store, its addresses) are not a tenant's business.
+        config: serde_json::json!({"mode": "global", "controlPlaneId": cp.id}),
         // Tenants answer only to their own tokens: being on the manager's host makes no one
         // a tenant's admin.
         auth: api::AuthConfig {
@@ -100,7 +103,13 @@ fn runtime(shared: &Shared, cp: &ControlPlane, store: SharedStore) -> ControlPla
     let mut config = shared.config.clone();
     config.api_server.authn.tokens.bootstrap_admin_token = false;
     let (keys, id) = (user_keys.clone(), cp.id.clone());
-    tokio::spawn(while_leader(shared.leader.clone(), stopped, move |stop| {
+    let (leader_tx, leader) = watch::channel(false);
+    let elector = (shared.elections)(&format!("{CONTROL_PLANE_ELECTION_PREFIX}{}", cp.id));
+    let (instance, campaign_stop) = (shared.identity.instance_id.clone(), stopped.clone());
+    tokio::spawn(async move {
+        elector.campaign(&instance, leader_tx, campaign_stop).await;
+    });
+    tokio::spawn(while_leader(leader, stopped, move |stop| {
         leader_work(
             config.clone(),
             store.clone(),
