@@ -718,6 +718,8 @@ fn a_hosted_managers_replicas_share_its_control_planes() {
     );
 
     replicas[0].sigkill();
+    let survivor_get =
+        |path: &str| second.call(reqwest::Method::GET, &id, path, Some(pat.trim()), None);
     put(
         &second,
         "/meshes/default/meshtimeouts/after",
@@ -733,14 +735,8 @@ fn a_hosted_managers_replicas_share_its_control_planes() {
         Duration::from_secs(60),
         "the zone reconnects through the other replica and converges both ways",
         || {
-            let (_, dataplanes) = second.call(
-                reqwest::Method::GET,
-                &id,
-                "/meshes/default/dataplanes",
-                Some(pat.trim()),
-                None,
-            );
-            timeouts(&zone).contains(&"after".into()) && dataplanes["total"] == 1
+            timeouts(&zone).contains(&"after".into())
+                && survivor_get("/meshes/default/dataplanes").1["total"] == 1
         },
         || logs(&replicas),
     );
@@ -755,24 +751,14 @@ fn a_hosted_managers_replicas_share_its_control_planes() {
         Duration::from_secs(60),
         "the surviving replica creates the new mesh's CA",
         || {
-            let (_, secrets) = second.call(
-                reqwest::Method::GET,
-                &id,
-                "/meshes/secure/secrets",
-                Some(pat.trim()),
-                None,
-            );
-            secrets["total"].as_u64().unwrap_or(0) >= 1
+            survivor_get("/meshes/secure/secrets").1["total"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
         },
         || logs(&replicas),
     );
-    let (status, _) = second.call(
-        reqwest::Method::GET,
-        &id,
-        "/meshes/default/meshtimeouts/before",
-        Some(pat.trim()),
-        None,
-    );
+    let (status, _) = survivor_get("/meshes/default/meshtimeouts/before");
     assert_eq!(status, 200, "{}", logs(&replicas));
     assert!(timeouts(&zone).contains(&"before".into()));
 }
