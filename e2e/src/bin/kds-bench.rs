@@ -52,6 +52,9 @@ struct Args {
     slow_zone: bool,
     /// Global exports its spans over OTLP to a collector in this process.
     otlp: bool,
+    /// A hosted manager with this many control planes, each with `zones` zones (0: one
+    /// global of its own).
+    tenants: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -65,6 +68,7 @@ fn parse_args() -> Result<Args> {
         floor_samples: 1000,
         slow_zone: false,
         otlp: false,
+        tenants: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -77,6 +81,7 @@ fn parse_args() -> Result<Args> {
             "--floor" => args.floor_samples = value("--floor")?.max(10),
             "--slow-zone" => args.slow_zone = true,
             "--otlp" => args.otlp = true,
+            "--tenants" => args.tenants = value("--tenants")?,
             "--reconnect-storm" => args.reconnect_storm = true,
             "--store" => {
                 args.store = match it.next().as_deref() {
@@ -88,7 +93,7 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "kds-bench [--zones N] [--writes N] [--resync N] [--rss-dataplanes N] [--floor N] [--slow-zone] [--otlp] [--store memory|postgres|raft] [--reconnect-storm]"
+                    "kds-bench [--zones N] [--writes N] [--resync N] [--rss-dataplanes N] [--floor N] [--slow-zone] [--otlp] [--store memory|postgres|raft] [--reconnect-storm] [--tenants T]"
                 );
                 std::process::exit(0);
             }
@@ -103,22 +108,49 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
+#[derive(Clone)]
 struct Global {
-    cp: ControlPlane,
+    /// Shared by a hosted manager's control planes' views.
+    cp: Arc<ControlPlane>,
     kds_port: u16,
     /// What global was started with, to start it again the same way.
     env: Vec<(String, String)>,
     http: reqwest::Client,
     root_ca: String,
+    /// Where its Kuma API is: global's own, or one of a manager's control planes'.
+    base: String,
+    /// A manager's control plane answers only to its own tokens.
+    bearer: Option<String>,
 }
 
 impl Global {
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.cp.api())
+        format!("{}{path}", self.base)
+    }
+
+    fn authed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.bearer {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// A manager's control plane `id`, through its own API with `token`.
+    fn control_plane(&self, id: &str, token: &str) -> Global {
+        Global {
+            env: Vec::new(),
+            base: format!("{}/v0/mesh/control-planes/{id}/api", self.cp.api()),
+            bearer: Some(token.trim().to_string()),
+            ..self.clone()
+        }
     }
 
     async fn put(&self, path: &str, body: &Value) -> Result<()> {
-        let r = self.http.put(self.url(path)).json(body).send().await?;
+        let r = self
+            .authed(self.http.put(self.url(path)))
+            .json(body)
+            .send()
+            .await?;
         if !r.status().is_success() {
             bail!(
                 "PUT {path}: {} {}",
@@ -130,7 +162,7 @@ impl Global {
     }
 
     async fn delete(&self, path: &str) -> Result<()> {
-        let r = self.http.delete(self.url(path)).send().await?;
+        let r = self.authed(self.http.delete(self.url(path))).send().await?;
         if !r.status().is_success() {
             bail!("DELETE {path}: {}", r.status());
         }
@@ -138,14 +170,18 @@ impl Global {
     }
 
     async fn total(&self, path: &str) -> Result<u64> {
-        let v: Value = self.http.get(self.url(path)).send().await?.json().await?;
+        let v: Value = self
+            .authed(self.http.get(self.url(path)))
+            .send()
+            .await?
+            .json()
+            .await?;
         Ok(v["total"].as_u64().unwrap_or(0))
     }
 
     async fn zone_token(&self, zone: &str) -> Result<String> {
         let r = self
-            .http
-            .post(self.url("/tokens/zone"))
+            .authed(self.http.post(self.url("/tokens/zone")))
             .json(&json!({"zone": zone, "scope": ["cp"], "validFor": "24h"}))
             .send()
             .await?;
@@ -159,7 +195,7 @@ impl Global {
 /// Spans global exported to the bench's collector (`--otlp`).
 static SPANS_RECEIVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-async fn start_global(store_env: &[(String, String)], otlp: bool) -> Result<Global> {
+async fn start_global(store_env: &[(String, String)], otlp: bool, hosted: bool) -> Result<Global> {
     let kds_port = e2e::free_port();
     let port = kds_port.to_string();
     let mut env: Vec<(&str, &str)> = vec![
@@ -167,6 +203,9 @@ async fn start_global(store_env: &[(String, String)], otlp: bool) -> Result<Glob
         ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", &port),
         ("KUMA_LOG_LEVEL_FILTER", "warn"),
     ];
+    if hosted {
+        env.push(("KUMA_MULTITENANCY_ENABLED", "true"));
+    }
     let collector;
     if otlp {
         let e2e::otlp::Collector { port, spans, .. } = e2e::otlp::otlp_collector();
@@ -183,16 +222,18 @@ async fn start_global(store_env: &[(String, String)], otlp: bool) -> Result<Glob
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let cp = launch_global(&env);
+    let cp = Arc::new(launch_global(&env));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
     let mut global = Global {
+        base: cp.api(),
         cp,
         kds_port,
         env,
         http,
         root_ca: String::new(),
+        bearer: None,
     };
     // The generated KDS certificate, read as an operator on global's host would.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -251,7 +292,9 @@ struct Storm {
 /// once, which global's admission limit and the zones' jittered backoff spread out.
 async fn reconnect_storm(global: &mut Global, zones: &[Zone]) -> Result<Storm> {
     let before = global.total("/meshes/default/dataplanes?size=1").await?;
-    global.cp.sigkill();
+    Arc::get_mut(&mut global.cp)
+        .context("global is shared; the storm runs without --tenants")?
+        .sigkill();
     for z in zones {
         let dp = Resource::new(
             ResourceType::Dataplane,
@@ -262,7 +305,7 @@ async fn reconnect_storm(global: &mut Global, zones: &[Zone]) -> Result<Storm> {
         z.store.create(dp).await?;
     }
     let env = global.env.clone();
-    global.cp = tokio::task::spawn_blocking(move || launch_global(&env)).await?;
+    global.cp = Arc::new(tokio::task::spawn_blocking(move || launch_global(&env)).await?);
     let restarted = Instant::now();
     global
         .put(
@@ -415,7 +458,26 @@ async fn g2z(
     burst: usize,
     tag: &str,
 ) -> Result<Vec<Duration>> {
-    let mut arrivals = watch_arrivals(zones);
+    g2z_watched(
+        global,
+        zones,
+        &mut watch_arrivals(zones),
+        writes,
+        burst,
+        tag,
+    )
+    .await
+}
+
+/// [`g2z`] with the zones' arrivals already being watched.
+async fn g2z_watched(
+    global: &Global,
+    zones: &[Zone],
+    arrivals: &mut mpsc::UnboundedReceiver<(usize, String, Instant)>,
+    writes: usize,
+    burst: usize,
+    tag: &str,
+) -> Result<Vec<Duration>> {
     let mut acked: HashMap<String, Instant> = HashMap::new();
     let mut last: HashMap<String, (usize, Instant)> = HashMap::new();
     let mut latencies = Vec::with_capacity(writes);
@@ -470,8 +532,8 @@ struct GlobalEvents {
 impl GlobalEvents {
     async fn open(global: &Global, types: &str) -> Result<GlobalEvents> {
         // Its own client: the shared one times requests out after 30 s.
-        let response = reqwest::Client::new()
-            .get(global.url(&format!("/events?types={types}")))
+        let response = global
+            .authed(reqwest::Client::new().get(global.url(&format!("/events?types={types}"))))
             .send()
             .await?;
         if !response.status().is_success() {
@@ -533,7 +595,7 @@ async fn z2g(global: &Global, zone: &Zone, samples: usize) -> Result<Vec<Duratio
 }
 
 /// A zone holding nothing connects while global has `count` policies: time until it has them.
-async fn resync(global: &Global, count: usize) -> Result<Duration> {
+async fn resync(global: &Global, count: usize, zone_name: &str) -> Result<Duration> {
     global
         .put("/meshes/resync", &json!({"type": "Mesh", "name": "resync"}))
         .await?;
@@ -542,11 +604,18 @@ async fn resync(global: &Global, count: usize) -> Result<Duration> {
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in names.chunks(names.len().div_ceil(8).max(1)) {
         let chunk = chunk.to_vec();
-        let (http, base) = (global.http.clone(), global.cp.api());
+        let put = |name: &str| {
+            global.authed(
+                global
+                    .http
+                    .put(global.url(&format!("/meshes/resync/meshtimeouts/{name}"))),
+            )
+        };
+        let requests: Vec<(String, reqwest::RequestBuilder)> =
+            chunk.iter().map(|name| (name.clone(), put(name))).collect();
         tasks.spawn(async move {
-            for name in chunk {
-                let r = http
-                    .put(format!("{base}/meshes/resync/meshtimeouts/{name}"))
+            for (name, request) in requests {
+                let r = request
                     .json(&timeout_policy(&name, "resync"))
                     .send()
                     .await?;
@@ -565,7 +634,7 @@ async fn resync(global: &Global, count: usize) -> Result<Duration> {
     let local: SharedStore = Arc::new(MemoryStore::new());
     let mut events = local.subscribe();
     let start = Instant::now();
-    let zone = start_zone_with(global, "resync-zone", local.clone()).await?;
+    let zone = start_zone_with(global, zone_name, local.clone()).await?;
     let mut arrived = 0usize;
     let deadline = start + Duration::from_secs(120);
     while arrived < count {
@@ -768,14 +837,18 @@ async fn main() -> Result<()> {
         vec![]
     };
     eprintln!("starting global ({})", args.store.name());
-    let mut global = start_global(&store_env, args.otlp).await?;
+    if args.tenants > 0 {
+        let global = start_global(&store_env, args.otlp, true).await?;
+        return hosted(&global, &args).await;
+    }
+    let mut global = start_global(&store_env, args.otlp, false).await?;
 
     eprintln!("floor: unary gRPC round trips");
     let floor = floor(&global, args.floor_samples).await?;
 
     let resync_took = if args.resync > 0 {
         eprintln!("resync: {} resources to a fresh zone", args.resync);
-        Some(resync(&global, args.resync).await?)
+        Some(resync(&global, args.resync, "resync-zone").await?)
     } else {
         None
     };
@@ -938,6 +1011,236 @@ async fn main() -> Result<()> {
             "storm_converged_s": storm.as_ref().map(|s| s.converged.as_secs_f64()),
             "storm_peak_rss_mb": storm.as_ref().map(|s| s.peak_rss_mb),
             "otlp_spans": SPANS_RECEIVED.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    );
+    Ok(())
+}
+
+/// `writes` writes in bursts of `burst`, each burst to the next control plane in turn, timed
+/// until that control plane's zones all have it.
+async fn rounds(
+    planes: &mut [ControlPlaneUnderTest],
+    writes: usize,
+    burst: usize,
+    tag: &str,
+) -> Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(writes);
+    let mut written = 0;
+    let mut turn = 0;
+    while written < writes {
+        let n = planes.len();
+        let plane = &mut planes[turn % n];
+        let tag = format!("{tag}-{turn}");
+        latencies.extend(
+            g2z_watched(
+                &plane.api,
+                &plane.zones,
+                &mut plane.arrivals,
+                burst,
+                burst,
+                &tag,
+            )
+            .await?,
+        );
+        written += burst;
+        turn += 1;
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// One of a hosted manager's control planes, its zones and their arrivals.
+struct ControlPlaneUnderTest {
+    api: Global,
+    zones: Vec<Zone>,
+    arrivals: mpsc::UnboundedReceiver<(usize, String, Instant)>,
+}
+
+/// POSTs to the manager's management API (as its admin, from its host), retrying while a new
+/// control plane's keys are still being created.
+async fn manage(global: &Global, path: &str, body: Value) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = global
+            .http
+            .post(format!("{}{path}", global.cp.api()))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        let text = r.text().await?;
+        if status.is_success() {
+            return Ok(text);
+        }
+        if !status.is_server_error() || Instant::now() > deadline {
+            bail!("POST {path}: {status} {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `--tenants T`: a hosted manager with T control planes of `--zones` zones each. Writes go to
+/// the control planes in turn, each timed until that control plane's zones all have it; then
+/// one control plane's full resync, alone and while another control plane takes a write storm.
+async fn hosted(manager: &Global, args: &Args) -> Result<()> {
+    eprintln!(
+        "hosted manager: {} control planes x {} zones",
+        args.tenants, args.zones
+    );
+    let mut planes = Vec::with_capacity(args.tenants);
+    for t in 0..args.tenants {
+        let created: Value = serde_json::from_str(
+            &manage(
+                manager,
+                "/v0/mesh/control-planes",
+                json!({"name": format!("tenant-{t}")}),
+            )
+            .await?,
+        )?;
+        let id = created["id"].as_str().context("a control plane's id")?;
+        let token = manage(
+            manager,
+            &format!("/v0/mesh/control-planes/{id}/personal-access-tokens"),
+            json!({"name": "bench", "validFor": "24h"}),
+        )
+        .await?;
+        let api = manager.control_plane(id, &token);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while api.zone_token("probe").await.is_err() {
+            if Instant::now() > deadline {
+                bail!("control plane {id} never issued a zone token");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut zones = Vec::with_capacity(args.zones);
+        for n in 0..args.zones {
+            zones.push(start_zone(&api, &format!("zone-{n}")).await?);
+        }
+        planes.push(ControlPlaneUnderTest {
+            api,
+            arrivals: watch_arrivals(&zones),
+            zones,
+        });
+    }
+    for plane in &planes {
+        wait_all(
+            &plane.zones,
+            ResourceType::Mesh,
+            "",
+            "default",
+            Duration::from_secs(300),
+        )
+        .await?;
+    }
+    let pid = manager.cp.child.id();
+    let rss_connected = rss_mb(pid);
+    let cpu_before = cpu_time(pid);
+    eprintln!(
+        "g2z: {} paced writes across the control planes",
+        args.writes
+    );
+    let paced = rounds(&mut planes, args.writes, 1, "paced").await?;
+    eprintln!("g2z: {} writes in bursts of 50", args.writes);
+    let bursts = rounds(&mut planes, args.writes, 50, "burst").await?;
+    let deliveries = (2 * args.writes * args.zones) as f64;
+    let cpu_per_delivery_us = (cpu_time(pid) - cpu_before).as_secs_f64() * 1e6 / deliveries;
+    let rss_after = rss_mb(pid);
+
+    // One control plane's resync, alone, then while another takes a write storm.
+    let (quiet, stormy) = if args.resync > 0 && planes.len() > 1 {
+        let samples = 3;
+        let mut quiet = Vec::with_capacity(samples);
+        for k in 0..samples {
+            eprintln!("resync {} (quiet) {k}", args.resync);
+            quiet.push(resync(&planes[0].api, args.resync, &format!("resync-quiet-{k}")).await?);
+        }
+        let (stop, stopped) = watch::channel(false);
+        let storm = {
+            let api = planes[1].api.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !*stopped.borrow() {
+                    let name = format!("storm-{}", n % 500);
+                    if let Err(e) = api
+                        .put(
+                            &format!("/meshes/default/meshtimeouts/{name}"),
+                            &timeout_policy(&name, "default"),
+                        )
+                        .await
+                    {
+                        eprintln!("storm write failed: {e}");
+                    }
+                    n += 1;
+                }
+                n
+            })
+        };
+        let storm_started = Instant::now();
+        let mut stormy = Vec::with_capacity(samples);
+        for k in 0..samples {
+            eprintln!(
+                "resync {} (another control plane's write storm) {k}",
+                args.resync
+            );
+            stormy.push(resync(&planes[0].api, args.resync, &format!("resync-storm-{k}")).await?);
+        }
+        let _ = stop.send(true);
+        let storm_writes = storm.await?;
+        eprintln!(
+            "storm: {:.0} writes/s on another control plane",
+            storm_writes as f64 / storm_started.elapsed().as_secs_f64()
+        );
+        quiet.sort();
+        stormy.sort();
+        (quiet, stormy)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+
+    println!(
+        "{:<32} {:>8} {:>8} {:>8}",
+        "latency (ms)", "p50", "p99", "max"
+    );
+    let row = |what: &str, s: &[Duration]| {
+        println!(
+            "{what:<32} {:>8.2} {:>8.2} {:>8.2}",
+            pct(s, 0.5),
+            pct(s, 0.99),
+            pct(s, 1.0)
+        )
+    };
+    row("g2z paced", &paced);
+    row("g2z bursts of 50", &bursts);
+    if !quiet.is_empty() {
+        row(&format!("resync {} alone", args.resync), &quiet);
+        row(&format!("resync {} beside a storm", args.resync), &stormy);
+    }
+    println!(
+        "manager RSS: {rss_connected:.0} MB with {} zones connected, {rss_after:.0} MB after g2z",
+        args.tenants * args.zones
+    );
+    println!(
+        "manager CPU per delivered change: {cpu_per_delivery_us:.1} us ({} zones per control plane x {} writes)",
+        args.zones,
+        2 * args.writes
+    );
+    let ms = |d: Option<&Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+    println!(
+        "{}",
+        json!({
+            "tenants": args.tenants,
+            "zones_per_tenant": args.zones,
+            "writes": 2 * args.writes,
+            "g2z_paced_p50_ms": pct(&paced, 0.5),
+            "g2z_paced_p99_ms": pct(&paced, 0.99),
+            "g2z_burst_p50_ms": pct(&bursts, 0.5),
+            "g2z_burst_p99_ms": pct(&bursts, 0.99),
+            "rss_mb_connected": rss_connected,
+            "rss_mb_after": rss_after,
+            "cpu_us_per_delivery": cpu_per_delivery_us,
+            "resync_resources": args.resync,
+            "resync_alone_max_ms": ms(quiet.last()),
+            "resync_beside_storm_max_ms": ms(stormy.last()),
         })
     );
     Ok(())
