@@ -1155,12 +1155,14 @@ async fn hosted(manager: &Global, args: &Args) -> Result<()> {
             quiet.push(resync(&planes[0].api, args.resync, &format!("resync-quiet-{k}")).await?);
         }
         let (stop, stopped) = watch::channel(false);
-        let storm = {
-            let api = planes[1].api.clone();
-            tokio::spawn(async move {
+        // Eight writers, as many as the resync's own, so the storm is not the smaller load.
+        let mut storm = tokio::task::JoinSet::new();
+        for writer in 0..8 {
+            let (api, stopped) = (planes[1].api.clone(), stopped.clone());
+            storm.spawn(async move {
                 let mut n = 0u64;
                 while !*stopped.borrow() {
-                    let name = format!("storm-{}", n % 500);
+                    let name = format!("storm-{writer}-{}", n % 100);
                     if let Err(e) = api
                         .put(
                             &format!("/meshes/default/meshtimeouts/{name}"),
@@ -1173,8 +1175,8 @@ async fn hosted(manager: &Global, args: &Args) -> Result<()> {
                     n += 1;
                 }
                 n
-            })
-        };
+            });
+        }
         let storm_started = Instant::now();
         let mut stormy = Vec::with_capacity(samples);
         for k in 0..samples {
@@ -1185,7 +1187,10 @@ async fn hosted(manager: &Global, args: &Args) -> Result<()> {
             stormy.push(resync(&planes[0].api, args.resync, &format!("resync-storm-{k}")).await?);
         }
         let _ = stop.send(true);
-        let storm_writes = storm.await?;
+        let mut storm_writes = 0;
+        while let Some(writes) = storm.join_next().await {
+            storm_writes += writes?;
+        }
         eprintln!(
             "storm: {:.0} writes/s on another control plane",
             storm_writes as f64 / storm_started.elapsed().as_secs_f64()
