@@ -173,13 +173,18 @@ impl<R: TenantRuntime> Tenants<R> {
     pub async fn follow(self: Arc<Self>) {
         let mut events = self.base().subscribe();
         let mut retry = RETRY_FIRST;
-        let mut swept = tokio::time::Instant::now();
-        self.sweep().await;
+        // Swept once the records are served (a full scan must not delay that), then now and
+        // then.
+        let mut swept: Option<tokio::time::Instant> = None;
         loop {
             let wait = match self.reconcile_all().await {
                 Ok(()) => {
                     retry = RETRY_FIRST;
-                    SWEEP_EVERY.saturating_sub(swept.elapsed())
+                    if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+                        self.sweep().await;
+                        swept = Some(tokio::time::Instant::now());
+                    }
+                    SWEEP_EVERY.saturating_sub(swept.map_or(Duration::ZERO, |at| at.elapsed()))
                 }
                 Err(e) => {
                     tracing::warn!(error = %model::error_chain(&e), retry_in = ?retry, "reading the control planes failed");
@@ -193,10 +198,6 @@ impl<R: TenantRuntime> Tenants<R> {
             tokio::select! {
                 open = store::next_change(&mut events, record) => if !open { return },
                 () = tokio::time::sleep(wait) => {}
-            }
-            if swept.elapsed() >= SWEEP_EVERY {
-                self.sweep().await;
-                swept = tokio::time::Instant::now();
             }
         }
     }
