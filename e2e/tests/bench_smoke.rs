@@ -49,6 +49,37 @@ fn kds_bench() {
     ] {
         assert!(last[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {last}");
     }
+    // A hosted manager's control planes, each with its zones.
+    let hosted = std::process::Command::new(env!("CARGO_BIN_EXE_kds-bench"))
+        .args([
+            "--tenants",
+            "2",
+            "--zones",
+            "2",
+            "--writes",
+            "10",
+            "--resync",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&hosted.stdout);
+    assert!(
+        hosted.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&hosted.stderr)
+    );
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["tenants"], 2);
+    for key in [
+        "g2z_paced_p99_ms",
+        "g2z_burst_p99_ms",
+        "rss_mb_connected",
+        "resync_alone_max_ms",
+        "resync_beside_storm_max_ms",
+    ] {
+        assert!(last[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {last}");
+    }
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_kds-bench"))
         .args(["--zones", "many"])
         .output()

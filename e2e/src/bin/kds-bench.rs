@@ -100,6 +100,9 @@ fn parse_args() -> Result<Args> {
             other => bail!("unknown flag {other:?} (see --help)"),
         }
     }
+    if args.reconnect_storm && args.tenants > 0 {
+        bail!("--reconnect-storm restarts a global of its own; it does not run with --tenants");
+    }
     if args.reconnect_storm && args.store == StoreKind::Memory {
         bail!(
             "--reconnect-storm restarts global, which must keep its zone-token keys: use --store raft or postgres"
@@ -306,6 +309,8 @@ async fn reconnect_storm(global: &mut Global, zones: &[Zone]) -> Result<Storm> {
     }
     let env = global.env.clone();
     global.cp = Arc::new(tokio::task::spawn_blocking(move || launch_global(&env)).await?);
+    // The restarted process listens on ports of its own.
+    global.base = global.cp.api();
     let restarted = Instant::now();
     global
         .put(
