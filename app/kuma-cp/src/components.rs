@@ -26,7 +26,7 @@ pub enum Placement {
     LeaderOnly,
 }
 
-type Work = BoxFuture<'static, Result<(), ComponentError>>;
+pub(crate) type Work = BoxFuture<'static, Result<(), ComponentError>>;
 
 enum Start {
     Once(Work),
@@ -203,7 +203,7 @@ impl Manager {
 
 /// One leader-only component's life: each term it runs (retried on failure) until the term
 /// ends, and it is dropped, that is cancelled, as soon as leadership is lost.
-async fn follow_leadership(
+pub(crate) async fn follow_leadership(
     name: &'static str,
     make: Box<dyn Fn() -> Work + Send + Sync>,
     mut leader: watch::Receiver<bool>,

@@ -2,7 +2,6 @@
 //! control planes (`global::tenants` keeps the set), and the management API's view of them.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,54 +108,30 @@ fn runtime(shared: &Shared, cp: &ControlPlane, store: SharedStore) -> ControlPla
     tokio::spawn(async move {
         elector.campaign(&instance, leader_tx, campaign_stop).await;
     });
-    tokio::spawn(while_leader(leader, stopped, move |stop| {
-        leader_work(
+    let work_stop = stopped.clone();
+    let make: Box<dyn Fn() -> crate::components::Work + Send + Sync> = Box::new(move || {
+        Box::pin(leader_work(
             config.clone(),
             store.clone(),
             keys.clone(),
             id.clone(),
-            stop,
-        )
-    }));
+            work_stop.clone(),
+        ))
+    });
+    // As a leader-only component: each term it runs, retried on failure, dropped when the
+    // term ends.
+    tokio::spawn(crate::components::follow_leadership(
+        "control-plane-leader-work",
+        make,
+        leader,
+        stopped,
+    ));
     ControlPlaneRuntime {
         kds,
         api,
         user_keys,
         zone_keys,
         stop,
-    }
-}
-
-/// Runs `work` whenever this replica leads, until `stop`; `work` is told to stop when the
-/// lead is lost.
-async fn while_leader<F, W>(
-    mut leader: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-    work: W,
-) where
-    W: Fn(watch::Receiver<bool>) -> F,
-    F: Future<Output = ()>,
-{
-    loop {
-        tokio::select! {
-            r = leader.wait_for(|l| *l) => if r.is_err() { return },
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let (lost, lost_rx) = watch::channel(false);
-        tokio::select! {
-            () = work(lost_rx) => {}
-            _ = leader.wait_for(|l| !*l) => {}
-            _ = stop.wait_for(|s| *s) => {}
-        }
-        let _ = lost.send(true);
-        if *stop.borrow() {
-            return;
-        }
-        // Work that ended by itself (a store that went away) is not restarted at once.
-        tokio::select! {
-            _ = leader.wait_for(|l| !*l) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
     }
 }
 
@@ -169,13 +144,15 @@ async fn leader_work(
     user_keys: Arc<SigningKeys>,
     id: String,
     stop: watch::Receiver<bool>,
-) {
-    let mut delay = Duration::from_millis(200);
-    while let Err(e) = defaults::ensure(&config, &store, &user_keys).await {
-        tracing::warn!(control_plane = %id, error = %model::error_chain(&e), "creating the control plane's defaults failed; retrying");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
+) -> Result<(), crate::components::ComponentError> {
+    defaults::ensure(&config, &store, &user_keys)
+        .await
+        .map_err(|e| {
+            format!(
+                "control plane {id}: creating its defaults: {}",
+                model::error_chain(&e)
+            )
+        })?;
     let publish = {
         let store = store.clone();
         async move {
@@ -189,6 +166,7 @@ async fn leader_work(
         global::mesh_ca::keep_mesh_cas(store.clone(), stop),
         defaults::collect_orphaned_insights(store, Duration::from_secs(30)),
     );
+    Ok(())
 }
 
 /// The management API's view of the control planes.
