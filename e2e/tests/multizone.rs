@@ -782,3 +782,136 @@ fn standalone_federates_with_global_and_keeps_its_resources() {
         "the zone lost its own admin token"
     );
 }
+
+/// The MeshService era across zones: a mesh with `meshServices.mode: Exclusive` on global; a
+/// Dataplane registered on zone-1 becomes a MeshService there with a VIP and its local
+/// hostname; global holds zone-1's copy with zone-1's status; zone-2 gets the service with a
+/// VIP from its own pool and the cross-zone hostname Kuma's `synced-universal-mesh-service`
+/// generator (created on global) names it with, and keeps that status when global's copy
+/// changes.
+#[test]
+fn mesh_services_are_generated_and_named_in_every_zone() {
+    let kds_port = free_port();
+    let global = start_global(kds_port, &[], None);
+    let cert = kds_cert_files(&global);
+    let dir = cert.0.parent().unwrap().to_path_buf();
+    let (token1, token2) = (dir.join("zone-1.token"), dir.join("zone-2.token"));
+    issue_token(&global, "zone-1", &token1);
+    issue_token(&global, "zone-2", &token2);
+    let zone1 = start_zone("zone-1", kds_port, Some(&cert.0), Some(&token1), &[]);
+    let zone2 = start_zone("zone-2", kds_port, Some(&cert.0), Some(&token2), &[]);
+    let t = Duration::from_secs(15);
+
+    put(
+        &global,
+        "/meshes/services",
+        json!({"type": "Mesh", "name": "services", "meshServices": {"mode": "Exclusive"}}),
+    );
+    eventually(&zone1, "/meshes", t, "the mesh on zone-1", |i| {
+        names(i).contains(&"services".to_string())
+    });
+    put(
+        &zone1,
+        "/meshes/services/dataplanes/backend-1",
+        json!({"type": "Dataplane", "name": "backend-1", "mesh": "services",
+        "networking": {"address": "10.0.0.1", "inbound": [
+            {"port": 8080, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}]}}),
+    );
+    eventually(
+        &zone1,
+        "/meshes/services/meshservices",
+        t,
+        "backend generated on zone-1 with a VIP and its local hostname",
+        |i| {
+            i.len() == 1
+                && i[0]["name"] == "backend"
+                && i[0]["labels"]["kuma.io/managed-by"] == "meshservice-generator"
+                && i[0]["spec"]["ports"]
+                    == json!([{"name": "8080", "port": 8080, "targetPort": 8080, "appProtocol": "http"}])
+                && i[0]["status"]["vips"] == json!([{"ip": "241.0.0.1"}])
+                && i[0]["status"]["addresses"][0]["hostname"] == "backend.svc.mesh.local"
+                && i[0]["status"]["dataplaneProxies"]["total"] == 1
+        },
+    );
+    eventually(
+        &global,
+        "/meshes/services/meshservices",
+        t,
+        "zone-1's MeshService on global, with zone-1's status",
+        |i| {
+            i.len() == 1
+                && i[0]["labels"]["kuma.io/display-name"] == "backend"
+                && i[0]["labels"]["kuma.io/zone"] == "zone-1"
+                && i[0]["status"]["vips"] == json!([{"ip": "241.0.0.1"}])
+        },
+    );
+    // zone-2 has a service of its own, so the synced one's VIP is not the same by chance.
+    put(
+        &zone2,
+        "/meshes/services/dataplanes/web-1",
+        json!({"type": "Dataplane", "name": "web-1", "mesh": "services",
+        "networking": {"address": "10.0.0.2", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}}),
+    );
+    eventually_json(
+        &zone2,
+        "/meshes/services/meshservices/web",
+        t,
+        "web on zone-2",
+        |d| d["status"]["vips"][0]["ip"].is_string(),
+    );
+    let synced_status = |i: &[Value]| {
+        i.iter()
+            .find(|s| s["labels"]["kuma.io/zone"] == "zone-1")
+            .map(|s| s["status"].clone())
+    };
+    eventually(
+        &zone2,
+        "/meshes/services/meshservices",
+        t,
+        "zone-1's backend on zone-2 with zone-2's VIP and the cross-zone hostname",
+        |i| {
+            synced_status(i).is_some_and(|s| {
+                s["addresses"][0]["hostname"] == "backend.svc.zone-1.mesh.local"
+                    && s["addresses"][0]["hostnameGeneratorRef"]["coreName"]
+                        .as_str()
+                        .is_some_and(|g| g.starts_with("synced-universal-mesh-service"))
+                    && s["vips"][0]["ip"]
+                        .as_str()
+                        .is_some_and(|ip| ip.starts_with("241."))
+            })
+        },
+    );
+    let before = synced_status(&list(&zone2, "/meshes/services/meshservices")).unwrap();
+    let web_vip =
+        get(&zone2, "/meshes/services/meshservices/web")["status"]["vips"][0]["ip"].clone();
+    assert_ne!(
+        before["vips"][0]["ip"], web_vip,
+        "two services, two VIPs on zone-2"
+    );
+
+    // A second backend instance changes zone-1's status; global's copy follows, and zone-2
+    // keeps the VIP and hostname it gave the service.
+    put(
+        &zone1,
+        "/meshes/services/dataplanes/backend-2",
+        json!({"type": "Dataplane", "name": "backend-2", "mesh": "services",
+        "networking": {"address": "10.0.0.3", "inbound": [
+            {"port": 8080, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}]}}),
+    );
+    eventually(
+        &global,
+        "/meshes/services/meshservices",
+        t,
+        "global's copy counts two proxies",
+        |i| {
+            i.iter().any(|s| {
+                s["labels"]["kuma.io/display-name"] == "backend"
+                    && s["status"]["dataplaneProxies"]["total"] == 2
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let after = synced_status(&list(&zone2, "/meshes/services/meshservices")).unwrap();
+    assert_eq!(after["vips"], before["vips"], "zone-2 kept its VIP");
+    assert_eq!(after["addresses"], before["addresses"]);
+}

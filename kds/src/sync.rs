@@ -939,6 +939,11 @@ impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
 pub trait Inbound: Send + Sync {
     fn accept(&self, r: Resource) -> Result<Resource, crate::rules::Refusal>;
     fn owned_by_peer(&self, r: &Resource) -> bool;
+    /// A zone keeps the status it computed for what global sends (VIPs, hostnames): global's
+    /// copy carries none (Kuma's `IgnoreStatusChange` on the zone side).
+    fn keeps_local_status(&self) -> bool {
+        false
+    }
 }
 
 /// Subscribes to `types` and keeps the local store in step with the peer.
@@ -1016,7 +1021,7 @@ pub async fn run_receiver(
                 }
             }
             for r in &accepted {
-                apply(&store, r.clone()).await?;
+                apply(&store, r.clone(), inbound.keeps_local_status()).await?;
             }
             for key in &resp.removed_resources {
                 if let Some((name, mesh)) = crate::rules::split_key(key) {
@@ -1081,10 +1086,13 @@ fn nack(resp: &DeltaDiscoveryResponse, node_id: &str, message: String) -> DeltaD
 }
 
 /// Creates or updates a copy, writing only when spec, labels or status changed.
-async fn apply(store: &SharedStore, r: Resource) -> Result<(), SyncError> {
+async fn apply(store: &SharedStore, mut r: Resource, keep_status: bool) -> Result<(), SyncError> {
     loop {
         match store.get(&r.key()).await {
             Ok(current) => {
+                if keep_status {
+                    r.status = current.status.clone();
+                }
                 if current.spec == r.spec
                     && current.meta.labels == r.meta.labels
                     && current.status == r.status

@@ -124,6 +124,10 @@ impl Inbound for FromGlobal {
         Ok(r)
     }
 
+    fn keeps_local_status(&self) -> bool {
+        true
+    }
+
     fn owned_by_peer(&self, r: &Resource) -> bool {
         match r.label(ORIGIN) {
             Some(rules::ORIGIN_GLOBAL) => true,

@@ -8,3 +8,4 @@ pub mod ingress;
 pub mod kds_client;
 pub mod kds_dial;
 pub mod mads;
+pub mod services;

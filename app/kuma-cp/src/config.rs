@@ -68,6 +68,8 @@ pub struct Config {
     pub tracing: TracingConfig,
     pub metrics: MetricsConfig,
     pub multitenancy: MultitenancyConfig,
+    pub ipam: IpamConfig,
+    pub mesh_service: MeshServiceConfig,
     /// Kuma's keys that were set but are not implemented yet, by the name they were set under
     /// (YAML path or env variable); kuma-cp warns about each once at start-up.
     #[serde(skip)]
@@ -91,6 +93,8 @@ impl Default for Config {
             tracing: TracingConfig::default(),
             metrics: MetricsConfig::default(),
             multitenancy: MultitenancyConfig::default(),
+            ipam: IpamConfig::default(),
+            mesh_service: MeshServiceConfig::default(),
             unsupported_kuma_keys: Vec::new(),
         }
     }
@@ -583,6 +587,65 @@ pub struct GeneralConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DefaultsConfig {
     pub skip_mesh_creation: bool,
+    /// Kuma's default HostnameGenerators (`local-universal-mesh-service`, ...) are not created.
+    pub skip_hostname_generators: bool,
+}
+
+/// Kuma's `ipam` block: where VIPs come from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct IpamConfig {
+    pub mesh_service: CidrConfig,
+    pub mesh_external_service: CidrConfig,
+    pub mesh_multi_zone_service: CidrConfig,
+}
+
+impl Default for IpamConfig {
+    fn default() -> Self {
+        let cidr = |c: &str| CidrConfig { cidr: c.into() };
+        IpamConfig {
+            mesh_service: cidr("241.0.0.0/8"),
+            mesh_external_service: cidr("242.0.0.0/8"),
+            mesh_multi_zone_service: cidr("243.0.0.0/8"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CidrConfig {
+    pub cidr: String,
+}
+
+/// Kuma's `meshService` block.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MeshServiceConfig {
+    /// Kuma's generation timer. MeshServices follow Dataplanes as they change here, so the
+    /// only meaning left is Kuma's: `0s` turns generation off.
+    pub generation_interval: String,
+    /// How long a generated MeshService stays after its last Dataplane went away.
+    pub deletion_grace_period: String,
+}
+
+impl Default for MeshServiceConfig {
+    fn default() -> Self {
+        MeshServiceConfig {
+            generation_interval: "2s".into(),
+            deletion_grace_period: "1h".into(),
+        }
+    }
+}
+
+impl MeshServiceConfig {
+    pub fn generation_enabled(&self) -> bool {
+        model::duration::parse_duration(&self.generation_interval).is_ok_and(|d| !d.is_zero())
+    }
+
+    pub fn deletion_grace_period(&self) -> std::time::Duration {
+        model::duration::parse_duration(&self.deletion_grace_period)
+            .unwrap_or(std::time::Duration::from_secs(3600))
+    }
 }
 
 /// Env names that mean the same as a derived one (the issue tracker's and older spellings).
@@ -925,6 +988,38 @@ impl Config {
             );
         }
         self.validate_store()?;
+        for (key, cidr) in [
+            (
+                "ipam.meshService.cidr (KUMA_IPAM_MESH_SERVICE_CIDR)",
+                &self.ipam.mesh_service.cidr,
+            ),
+            (
+                "ipam.meshExternalService.cidr (KUMA_IPAM_MESH_EXTERNAL_SERVICE_CIDR)",
+                &self.ipam.mesh_external_service.cidr,
+            ),
+            (
+                "ipam.meshMultiZoneService.cidr (KUMA_IPAM_MESH_MULTI_ZONE_SERVICE_CIDR)",
+                &self.ipam.mesh_multi_zone_service.cidr,
+            ),
+        ] {
+            if let Err(e) = zone::services::ipam::Pool::new(cidr) {
+                return invalid(key, &e.to_string());
+            }
+        }
+        for (key, value) in [
+            (
+                "meshService.generationInterval (KUMA_MESH_SERVICE_GENERATION_INTERVAL)",
+                &self.mesh_service.generation_interval,
+            ),
+            (
+                "meshService.deletionGracePeriod (KUMA_MESH_SERVICE_DELETION_GRACE_PERIOD)",
+                &self.mesh_service.deletion_grace_period,
+            ),
+        ] {
+            if let Err(e) = model::duration::parse_duration(value) {
+                return invalid(key, &e.to_string());
+            }
+        }
         if let Err(e) = model::duration::parse_duration(
             &self.monitoring_assignment_server.default_fetch_timeout,
         ) {
@@ -1509,6 +1604,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("KUMA_API_SERVER_HTTP_PORT"), "{e}");
+        let e = Config::load(None, &env(&[("KUMA_IPAM_MESH_SERVICE_CIDR", "241.0.0.0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("KUMA_IPAM_MESH_SERVICE_CIDR") && e.contains("no /prefix length"),
+            "{e}"
+        );
+        let e = Config::load(
+            None,
+            &env(&[("KUMA_MESH_SERVICE_DELETION_GRACE_PERIOD", "soon")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("KUMA_MESH_SERVICE_DELETION_GRACE_PERIOD"), "{e}");
+        let c = Config::load(
+            None,
+            &env(&[("KUMA_MESH_SERVICE_GENERATION_INTERVAL", "0s")]),
+        )
+        .unwrap();
+        assert!(
+            !c.mesh_service.generation_enabled(),
+            "Kuma's 0s turns generation off"
+        );
         let e = Config::load(None, &env(&[("KUMA_MODE", "galactic")]))
             .unwrap_err()
             .to_string();

@@ -99,6 +99,7 @@ pub async fn ensure(
             config.api_server.http.port
         );
     }
+    ensure_hostname_generators(config, store).await?;
     let spec = serde_json::to_value(ConfigSpec {
         config: security::random_uuid(),
     })
@@ -115,6 +116,85 @@ pub async fn ensure(
         Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
         Err(e) => Err(DefaultsError::Store("the cluster id", e)),
     }
+}
+
+/// Kuma's default HostnameGenerators (its `pkg/defaults/hostname_generator.go`): on global,
+/// names for what other zones provide (`backend.svc.zone-2.mesh.local`); on a zone or a
+/// standalone control plane, names for its own services (`backend.svc.mesh.local`). An
+/// existing generator of the same name is left as the operator made it.
+async fn ensure_hostname_generators(
+    config: &Config,
+    store: &SharedStore,
+) -> Result<(), DefaultsError> {
+    if config.defaults.skip_hostname_generators {
+        return Ok(());
+    }
+    let synced = |labels: serde_json::Value| serde_json::json!({"matchLabels": labels});
+    let generators: Vec<(&str, serde_json::Value, bool)> = if config.mode == Mode::Global {
+        vec![
+            (
+                "synced-mesh-multi-zone-service",
+                serde_json::json!({"template": "{{ .DisplayName }}.mzsvc.mesh.local",
+                    "selector": {"meshMultiZoneService": synced(serde_json::json!({"kuma.io/origin": "global"}))}}),
+                false,
+            ),
+            (
+                "synced-kube-mesh-service",
+                serde_json::json!({"template": "{{ .DisplayName }}.{{ .Namespace }}.svc.{{ .Zone }}.mesh.local",
+                    "selector": {"meshService": synced(serde_json::json!({
+                        "kuma.io/origin": "global", "k8s.kuma.io/is-headless-service": "false", "kuma.io/env": "kubernetes"}))}}),
+                false,
+            ),
+            (
+                "synced-headless-kube-mesh-service",
+                serde_json::json!({"template": "{{ label \"statefulset.kubernetes.io/pod-name\" }}.{{ label \"k8s.kuma.io/service-name\" }}.{{ .Namespace }}.svc.{{ .Zone }}.mesh.local",
+                    "selector": {"meshService": synced(serde_json::json!({
+                        "kuma.io/origin": "global", "k8s.kuma.io/is-headless-service": "true", "kuma.io/env": "kubernetes"}))}}),
+                false,
+            ),
+            (
+                "synced-universal-mesh-service",
+                serde_json::json!({"template": "{{ .DisplayName }}.svc.{{ .Zone }}.mesh.local",
+                    "selector": {"meshService": synced(serde_json::json!({"kuma.io/origin": "global", "kuma.io/env": "universal"}))}}),
+                false,
+            ),
+            (
+                "synced-mesh-external-service",
+                serde_json::json!({"template": "{{ .DisplayName }}.extsvc.mesh.local",
+                    "selector": {"meshExternalService": synced(serde_json::json!({"kuma.io/origin": "global"}))}}),
+                false,
+            ),
+        ]
+    } else {
+        vec![
+            (
+                "local-mesh-external-service",
+                serde_json::json!({"template": "{{ .DisplayName }}.extsvc.mesh.local",
+                    "selector": {"meshExternalService": synced(serde_json::json!({"kuma.io/origin": "zone"}))}}),
+                true,
+            ),
+            (
+                "local-universal-mesh-service",
+                serde_json::json!({"template": "{{ .DisplayName }}.svc.mesh.local",
+                    "selector": {"meshService": synced(serde_json::json!({"kuma.io/origin": "zone"}))}}),
+                true,
+            ),
+        ]
+    };
+    for (name, spec, zone_labelled) in generators {
+        let mut r = Resource::new(ResourceType::HostnameGenerator, "", name, spec);
+        if zone_labelled {
+            r.meta
+                .labels
+                .insert(model::labels::ORIGIN.into(), "zone".into());
+        }
+        match store.create(r).await {
+            Ok(_) => tracing::info!(name, "created HostnameGenerator"),
+            Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(DefaultsError::Store("a default HostnameGenerator", e)),
+        }
+    }
+    Ok(())
 }
 
 /// Waits until the leader has stored the cluster id; every replica needs it before serving.

@@ -195,6 +195,7 @@ pub async fn run(
         let (mut config, store, keys) = (config.clone(), store.clone(), user_keys.clone());
         // A hosted manager's own scope holds its control planes' records, not meshes.
         config.defaults.skip_mesh_creation |= hosted;
+        config.defaults.skip_hostname_generators |= hosted;
         components.start(Component::leader_only("defaults", move || {
             let (config, store, keys) = (config.clone(), store.clone(), keys.clone());
             async move {
@@ -378,6 +379,27 @@ pub async fn run(
                     view.clone(),
                     stop.clone(),
                 );
+                async move {
+                    work.await;
+                    Ok::<(), ComponentError>(())
+                }
+            }));
+        }
+        // MeshServices, VIPs and hostnames are a zone's (Kuma runs them on zones only).
+        {
+            let services = zone::services::ServicesConfig {
+                zone: config.multizone.zone.name.clone(),
+                cidrs: [
+                    config.ipam.mesh_service.cidr.clone(),
+                    config.ipam.mesh_external_service.cidr.clone(),
+                    config.ipam.mesh_multi_zone_service.cidr.clone(),
+                ],
+                generate: config.mesh_service.generation_enabled(),
+                deletion_grace_period: config.mesh_service.deletion_grace_period(),
+            };
+            let (store, stop) = (store.clone(), stopping.clone());
+            components.start(Component::leader_only("mesh-services", move || {
+                let work = zone::services::run(store.clone(), services.clone(), stop.clone());
                 async move {
                     work.await;
                     Ok::<(), ComponentError>(())
