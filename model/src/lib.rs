@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod descriptor;
+pub mod dpapi;
 pub mod duration;
 pub mod name;
 pub mod prometheus;

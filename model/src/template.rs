@@ -14,7 +14,8 @@ pub enum TemplateError {
 }
 
 /// Replaces `{{ key }}` (spaces optional) with the values given; an unknown key is an error
-/// rather than a silent empty string.
+/// rather than a silent empty string. What cannot be a variable's name (`{{ .DisplayName }}`,
+/// `{{ label "team" }}`: a HostnameGenerator's Go template) is left as it is.
 pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -23,6 +24,11 @@ pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String,
         let after = &rest[start + 2..];
         let end = after.find("}}").ok_or(TemplateError::Unclosed)?;
         let key = after[..end].trim();
+        if !is_variable(key) {
+            out.push_str(&rest[start..start + 2 + end + 2]);
+            rest = &after[end + 2..];
+            continue;
+        }
         let value = vars
             .get(key)
             .ok_or_else(|| TemplateError::Missing(key.to_string()))?;
@@ -31,6 +37,16 @@ pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String,
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// A `-v` name as kumactl's (mustache) templates take it: `name`, `a.b`, `my-var`.
+fn is_variable(key: &str) -> bool {
+    key.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// `key=value` pairs as given on the command line.
@@ -62,6 +78,12 @@ mod tests {
             Err(TemplateError::Missing("missing".into()))
         );
         assert_eq!(substitute("{{ name", &vars), Err(TemplateError::Unclosed));
+        // A HostnameGenerator's Go template is the control plane's to evaluate.
+        let generator = r#"template: "{{ .DisplayName }}.{{ label "team" }}.{{ name }}""#;
+        assert_eq!(
+            substitute(generator, &vars).unwrap(),
+            r#"template: "{{ .DisplayName }}.{{ label "team" }}.web""#
+        );
         assert!(parse_vars(&["novalue".to_string()]).is_err());
     }
 }

@@ -258,6 +258,9 @@ pub struct MeshContext {
     pub gateway_certificates: BTreeMap<String, GatewayCertificate>,
     /// The Mesh's enabled legacy Prometheus backend (`spec.metrics`), if any.
     pub legacy_metrics: Option<model::specs::mesh::PrometheusMetricsConf>,
+    /// The mesh's MeshServices, MeshExternalServices and MeshMultiZoneServices with their VIP
+    /// and hostnames in this zone, by kind and name.
+    pub services: Vec<ServiceEntry>,
     /// Work every proxy generated from this context can share. Only for a context that is not
     /// changed once built (the zone's mesh snapshots): what is shared is computed from the
     /// context as it was first read. `None` computes everything for each proxy.
@@ -413,6 +416,69 @@ impl MeshContext {
             && self.zone_egress == previous.zone_egress
             && self.local_egresses == previous.local_egresses
             && self.remote_ingresses == previous.remote_ingresses
+            && self.services == previous.services
+    }
+}
+
+/// The hostnames a service's status gives it (`status.addresses[].hostname`).
+pub fn status_hostnames(status: Option<&Value>) -> Vec<String> {
+    status
+        .and_then(|s| s.get("addresses"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.get("hostname")?.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A MeshService, MeshExternalService or MeshMultiZoneService as proxies see it: what it is
+/// called in this zone and the VIP it answers on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub kind: ResourceType,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<u32>,
+    pub vip: Option<String>,
+    pub hostnames: Vec<String>,
+}
+
+impl ServiceEntry {
+    /// What a stored service gives proxies; its status's proxy counts and conditions, which
+    /// change often and shape no proxy's configuration, are left behind.
+    pub fn from_resource(r: &model::Resource) -> ServiceEntry {
+        let status = r.status.as_ref();
+        let vip = status.and_then(|s| match r.kind {
+            ResourceType::MeshExternalService => s.pointer("/vip/ip"),
+            _ => s.pointer("/vips/0/ip"),
+        });
+        let hostnames = status_hostnames(status);
+        let ports = r
+            .spec
+            .get("ports")
+            .and_then(Value::as_array)
+            .map(|p| {
+                p.iter()
+                    .filter_map(|x| x.get("port")?.as_u64())
+                    .filter_map(|p| u32::try_from(p).ok())
+                    .collect()
+            })
+            .or_else(|| {
+                // A MeshExternalService has one port, under `match`.
+                let port = r.spec.pointer("/match/port")?.as_u64()?;
+                Some(u32::try_from(port).ok().into_iter().collect())
+            })
+            .unwrap_or_default();
+        ServiceEntry {
+            kind: r.kind,
+            name: r.meta.name.clone(),
+            labels: r.meta.labels.clone(),
+            ports,
+            vip: vip.and_then(Value::as_str).map(String::from),
+            hostnames,
+        }
     }
 }
 

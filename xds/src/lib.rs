@@ -49,6 +49,9 @@ pub fn sidecar_in(
         generator::sidecar::generate(mesh, proxy)
     };
     rs.env = env.clone();
+    if !generator::gateway::is_builtin(proxy) {
+        generator::dns::add(&mut rs, mesh, proxy);
+    }
     policies::mesh_metric::legacy_endpoint(&mut rs, mesh, proxy);
     policies::apply_all(&mut rs, mesh, proxy);
     Ok(rs.into_resources())

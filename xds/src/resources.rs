@@ -32,6 +32,8 @@ pub enum Origin {
     Policy(model::ResourceType),
     /// The Mesh's legacy Prometheus metrics endpoint (`spec.metrics`).
     MeshMetrics,
+    /// The dynamic configuration kuma-dp reads (DNS records).
+    DynamicConfig,
 }
 
 /// One local instance of a destination: where it is and the tags and labels locality

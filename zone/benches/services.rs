@@ -30,11 +30,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
+    // `cargo test` runs this too (without `--bench`): a quick smoke run then.
+    let benching = std::env::args().any(|a| a == "--bench");
     let services: usize = std::env::args()
         .skip_while(|a| a != "--services")
         .nth(1)
         .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(if benching { 10_000 } else { 200 });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

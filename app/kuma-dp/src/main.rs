@@ -4,6 +4,8 @@
 //! deregistered; if Envoy dies on its own, kuma-dp exits non-zero.
 
 mod access_logs;
+mod dns;
+mod dynconf;
 mod envoy_guard;
 mod metrics;
 mod otel_metrics;
@@ -113,6 +115,22 @@ struct RunArgs {
     /// Envoy's log level.
     #[arg(long, default_value = "info")]
     envoy_log_level: String,
+    /// Run the embedded DNS proxy, which answers the mesh's hostnames (sidecars whose
+    /// Dataplane has `networking.transparentProxying`).
+    #[arg(long, env = "KUMA_DNS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    dns_enabled: bool,
+    /// The embedded DNS proxy's port on 127.0.0.1 (where a transparent proxy redirects DNS).
+    #[arg(long, env = "KUMA_DNS_PROXY_PORT", default_value_t = 15053)]
+    dns_proxy_port: u16,
+    /// How often the DNS records are read again from Envoy (a 304 when unchanged). Kuma's
+    /// default is 1s; ours is short so a new service resolves within 100 ms.
+    #[arg(
+        long,
+        env = "KUMA_DATAPLANE_RUNTIME_DYNAMIC_CONFIGURATION_REFRESH_INTERVAL",
+        default_value = "50ms",
+        value_parser = model::duration::parse_duration
+    )]
+    dynamic_config_refresh_interval: Duration,
 }
 
 fn main() -> ExitCode {
@@ -446,6 +464,24 @@ async fn run(args: RunArgs) -> Result<()> {
             aggregate,
         )?)
     };
+    // Without a transparent proxy the application's DNS never reaches kuma-dp, and several
+    // sidecars on one host would contend for the port.
+    let transparent = resource
+        .as_ref()
+        .is_some_and(|r| r.pointer("/networking/transparentProxying").is_some());
+    let dns = if zone_proxy || !args.dns_enabled || !transparent {
+        None
+    } else {
+        let config = model::proxy_paths::mesh_metric_config_socket(&dir.display().to_string());
+        Some(
+            dns::start(
+                ([127, 0, 0, 1], args.dns_proxy_port).into(),
+                PathBuf::from(config),
+                args.dynamic_config_refresh_interval,
+            )
+            .await?,
+        )
+    };
     let config_path = dir.join("bootstrap.yaml");
     tracing::info!(%mesh, %name, envoy = %envoy.display(), bootstrap = %config_path.display(), "starting Envoy");
     // Envoy runs under kuma-dp's guard, which stops it when kuma-dp is gone, even killed: its
@@ -504,7 +540,7 @@ async fn run(args: RunArgs) -> Result<()> {
         () = stop => Ok(()),
     };
     tunnel.abort();
-    for task in [access_logs, metrics].into_iter().flatten() {
+    for task in [access_logs, metrics, dns].into_iter().flatten() {
         task.abort();
     }
     if outcome.is_ok() {

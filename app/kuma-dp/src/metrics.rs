@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use model::prometheus::{label_name, push_escaped, sample_value, split_sample};
@@ -382,39 +382,20 @@ pub(crate) async fn configuration(state: &State) -> Result<Arc<Plan>> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let stream = tokio::net::UnixStream::connect(&state.config_socket)
-        .await
-        .with_context(|| format!("connecting to {}", state.config_socket.display()))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP handshake with Envoy's configuration listener")?;
-    tokio::spawn(connection);
-    let mut request = Request::get(MESH_METRIC_PATH).header(hyper::header::HOST, "kuma-dp");
-    if let Some((etag, _)) = &cached {
-        request = request.header(hyper::header::IF_NONE_MATCH, etag.as_str());
-    }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .context("building the configuration request")?;
-    let response = tokio::time::timeout(ENVOY_TIMEOUT, sender.send_request(request))
-        .await
-        .context("Envoy's configuration listener did not answer")??;
-    match (response.status(), cached) {
-        (StatusCode::NOT_MODIFIED, Some((_, plan))) => return Ok(plan),
-        (StatusCode::OK, _) => {}
-        (status, _) => bail!("Envoy's configuration listener answered {status}"),
-    }
-    let etag = response
-        .headers()
-        .get(hyper::header::ETAG)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = Limited::new(response.into_body(), MAX_CONFIG)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the configuration: {e}"))?
-        .to_bytes();
+    let etag = cached.as_ref().map(|(etag, _)| etag.as_str());
+    let (etag, body) =
+        match crate::dynconf::fetch(&state.config_socket, MESH_METRIC_PATH, etag, MAX_CONFIG)
+            .await?
+        {
+            crate::dynconf::Fetched::Changed { etag, body } => (etag, body),
+            crate::dynconf::Fetched::Unchanged => match cached {
+                Some((_, plan)) => return Ok(plan),
+                None => bail!("Envoy's configuration listener answered 304 to a first request"),
+            },
+            crate::dynconf::Fetched::Missing => {
+                bail!("Envoy's configuration listener has no MeshMetric configuration")
+            }
+        };
     let config: DpConfig =
         serde_json::from_slice(&body).context("MeshMetric's configuration is not valid")?;
     let plan = Arc::new(Plan::new(config));

@@ -3,6 +3,8 @@
 
 pub mod bootstrap;
 pub mod common;
+pub mod dns;
+pub mod dynconf;
 pub mod egress;
 pub mod endpoints;
 pub mod gateway;

@@ -16,7 +16,6 @@
 //! its socket, so a policy change takes effect without a refresh timer.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 
 use model::ResourceType;
 use model::labels::{SERVICE_TAG, WORKLOAD, ZONE};
@@ -40,7 +39,7 @@ pub struct Plugin;
 
 pub const PROMETHEUS_LISTENER_PREFIX: &str = "_kuma:metrics:prometheus";
 pub const HIJACKER_CLUSTER: &str = "_kuma:metrics:hijacker";
-pub const DYNAMIC_CONFIG_LISTENER: &str = "_kuma:dynamicconfig";
+pub const DYNAMIC_CONFIG_LISTENER: &str = crate::generator::dynconf::LISTENER;
 /// The path of MeshMetric's configuration on the dynamic configuration listener, and the path
 /// scrapes are rewritten to on their way to kuma-dp.
 pub const MESH_METRIC_PATH: &str = model::proxy_paths::MESH_METRIC_PATH;
@@ -131,10 +130,11 @@ impl super::PolicyPlugin for Plugin {
         }
         let config = dataplane_config(&conf, !prometheus.is_empty(), &otel, mesh, proxy);
         let body = serde_json::to_string(&config).unwrap_or_default();
-        let pipe = model::proxy_paths::mesh_metric_config_socket(&workdir);
-        rs.add_listener(
+        crate::generator::dynconf::add_route(
+            rs,
             Origin::Policy(self.kind()),
-            dynamic_config_listener(&pipe, &body),
+            MESH_METRIC_PATH,
+            &body,
         );
     }
 }
@@ -423,39 +423,6 @@ fn hijacker_cluster(name: &str, socket: &str) -> Value {
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket}}}}]}]
         }
     })
-}
-
-/// The listener kuma-dp reads MeshMetric's configuration from: `body` at `/meshmetric`, with
-/// an ETag so an unchanged configuration costs kuma-dp a 304.
-fn dynamic_config_listener(pipe: &str, body: &str) -> Value {
-    let mut hasher = std::hash::DefaultHasher::new();
-    body.hash(&mut hasher);
-    let etag = format!("{:016x}", hasher.finish());
-    let filter = http_manager(
-        DYNAMIC_CONFIG_LISTENER,
-        json!({
-            "max_direct_response_body_size_bytes": body.len().max(4096),
-            "virtual_hosts": [{
-                "name": DYNAMIC_CONFIG_LISTENER,
-                "domains": ["*"],
-                "routes": [
-                    {
-                        "match": {"path": MESH_METRIC_PATH, "headers": [
-                            {"name": "If-None-Match", "string_match": {"exact": etag}}
-                        ]},
-                        "direct_response": {"status": 304}
-                    },
-                    {
-                        "name": format!("{DYNAMIC_CONFIG_LISTENER}:{MESH_METRIC_PATH}"),
-                        "match": {"path": MESH_METRIC_PATH},
-                        "direct_response": {"status": 200, "body": {"inline_string": body}},
-                        "response_headers_to_add": [{"header": {"key": "Etag", "value": etag}}]
-                    }
-                ]
-            }]
-        }),
-    );
-    pipe_listener(DYNAMIC_CONFIG_LISTENER, pipe, filter)
 }
 
 /// What kuma-dp is told (Kuma's `dpapi.MeshMetricDpConfig`, the same JSON).

@@ -115,6 +115,8 @@ fn origin_name(origin: Origin) -> &'static str {
         Origin::Patch => "",
         // Kuma's `OriginPrometheus`.
         Origin::MeshMetrics => "prometheus",
+        // Kuma's dynconf `OriginDynamicConfig`.
+        Origin::DynamicConfig => "dynamic-config",
         Origin::Policy(model::ResourceType::MeshTrace) => "meshtrace",
         Origin::Policy(_) => "",
     }

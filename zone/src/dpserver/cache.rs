@@ -23,6 +23,8 @@ use xds::{
 
 use crate::dpserver::encoded::EncodedCache;
 use crate::dpserver::snapshot::{mtls_enabled, remote_ingress, zone_egress};
+use crate::services::reconcile::SERVICE_KINDS;
+use xds::context::ServiceEntry;
 
 /// A mesh as every proxy of it sees it.
 #[derive(Debug)]
@@ -138,6 +140,7 @@ fn route(kind: ResourceType) -> Route {
         // type can shape configuration.
         // MeshGateways shape builtin gateways, whose certificates are Secrets too.
         ResourceType::Dataplane | ResourceType::Secret | ResourceType::MeshGateway => Route::InMesh,
+        kind if SERVICE_KINDS.contains(&kind) => Route::InMesh,
         kind if kind.descriptor().is_policy => Route::InMesh,
         _ => Route::Ignored,
     }
@@ -230,6 +233,7 @@ impl Supervisor {
             gateway_certificates: BTreeMap::new(),
             raw_policies: BTreeMap::new(),
             policies: Policies::default(),
+            services: BTreeMap::new(),
             zone_proxies,
             ca: Ok(None),
             encoded: Arc::default(),
@@ -385,6 +389,9 @@ struct MeshState {
     gateway_certificates: BTreeMap<String, GatewayCertificate>,
     raw_policies: BTreeMap<ResourceType, BTreeMap<String, RawPolicy>>,
     policies: Policies,
+    /// What proxies read of the mesh's services (VIPs, hostnames): their proxy counts change
+    /// with every connection and are not kept, so such a change publishes nothing.
+    services: BTreeMap<(ResourceType, String), ServiceEntry>,
     zone_proxies: Arc<ZoneProxies>,
     ca: Result<Option<MeshCa>, Arc<MeshCaError>>,
     encoded: Arc<EncodedCache>,
@@ -413,6 +420,7 @@ impl MeshState {
             } else {
                 inbox.notify.notified().await;
                 let pending = inbox.take();
+                let zone_proxies_changed = pending.zone_proxies.is_some();
                 if let Some(z) = pending.zone_proxies {
                     self.zone_proxies = z;
                 }
@@ -420,10 +428,14 @@ impl MeshState {
                     resync = true;
                     continue;
                 }
-                if let Err(e) = self.apply(pending.keys).await {
-                    tracing::warn!(mesh = %self.name, error = %model::error_chain(&e), "reading a change failed; reloading the mesh");
-                    resync = true;
-                    continue;
+                match self.apply(pending.keys).await {
+                    Ok(changed) if !changed && !zone_proxies_changed => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(mesh = %self.name, error = %model::error_chain(&e), "reading a change failed; reloading the mesh");
+                        resync = true;
+                        continue;
+                    }
                 }
             }
             // Proxies rebuild from the new snapshot: what none of them uses any more ages out.
@@ -471,6 +483,19 @@ impl MeshState {
             self.put_gateway(r);
         }
         self.load_gateway_certificates().await?;
+        self.services.clear();
+        for kind in SERVICE_KINDS {
+            let items = self
+                .store
+                .list(&ListQuery::in_mesh(kind, &self.name))
+                .await
+                .map_err(|e| read(kind.name(), e))?
+                .items;
+            for r in items {
+                self.services
+                    .insert((kind, r.meta.name.clone()), ServiceEntry::from_resource(&r));
+            }
+        }
         self.raw_policies.clear();
         self.policies = Policies::default();
         for kind in xds::policies::kinds() {
@@ -490,8 +515,10 @@ impl MeshState {
         Ok(())
     }
 
-    /// Applies a batch of changed keys, reading each once.
-    async fn apply(&mut self, keys: HashSet<ResourceKey>) -> Result<(), CacheError> {
+    /// Applies a batch of changed keys, reading each once; `false` when nothing proxies read
+    /// changed.
+    async fn apply(&mut self, keys: HashSet<ResourceKey>) -> Result<bool, CacheError> {
+        let mut changed = false;
         let mut reparse = HashSet::new();
         let mut ca = false;
         let mut certificates = false;
@@ -501,6 +528,19 @@ impl MeshState {
                 Err(StoreError::NotFound(_)) => None,
                 Err(e) => return Err(CacheError::Store(key.to_string(), e)),
             };
+            if SERVICE_KINDS.contains(&key.kind) {
+                let slot = (key.kind, key.name.clone());
+                let entry = current.as_ref().map(ServiceEntry::from_resource);
+                if self.services.get(&slot) != entry.as_ref() {
+                    changed = true;
+                    match entry {
+                        Some(e) => self.services.insert(slot, e),
+                        None => self.services.remove(&slot),
+                    };
+                }
+                continue;
+            }
+            changed = true;
             match key.kind {
                 ResourceType::Mesh => {
                     if let Some(r) = current {
@@ -548,7 +588,7 @@ impl MeshState {
         if certificates {
             self.load_gateway_certificates().await?;
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// A MeshGateway whose spec does not parse is left out (its gateways serve nothing).
@@ -661,6 +701,7 @@ impl MeshState {
             gateways: self.gateways.values().cloned().collect(),
             gateway_certificates: self.gateway_certificates.clone(),
             legacy_metrics: legacy_metrics(&self.name, &self.spec),
+            services: self.services.values().cloned().collect(),
             // A snapshot is never changed once published, so its proxies share work.
             shared: Some(Arc::default()),
         };

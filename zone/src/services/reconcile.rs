@@ -339,19 +339,6 @@ impl MeshState {
         terms
     }
 
-    fn held_hostnames(r: &Resource) -> Vec<String> {
-        r.status
-            .as_ref()
-            .and_then(|s| s.get("addresses"))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.get("hostname")?.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     fn collides(r: &Resource) -> bool {
         r.status
             .as_ref()
@@ -378,7 +365,7 @@ impl MeshState {
                 }
             }
         }
-        for h in Self::held_hostnames(r) {
+        for h in xds::context::status_hostnames(r.status.as_ref()) {
             let slot = (r.kind, h);
             if add {
                 self.holders.insert(slot, key.clone());
