@@ -28,6 +28,9 @@ const MAX_RECORDS: usize = 16 << 20;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest DNS message over UDP with EDNS.
 const MAX_MESSAGE: usize = 4096;
+/// Questions forwarded to the host's resolver at once; beyond, a question is dropped (its
+/// client asks again) rather than opening sockets without bound.
+const MAX_FORWARDS: usize = 512;
 
 /// The names kuma-dp answers itself: lowercase, without the root's dot.
 #[derive(Debug, Default)]
@@ -207,6 +210,7 @@ async fn follow(config_socket: PathBuf, table: SharedTable, refresh: Duration) {
 }
 
 async fn serve(socket: Arc<UdpSocket>, table: SharedTable, upstream: Option<SocketAddr>) {
+    let forwards = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS));
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let (n, client) = match socket.recv_from(&mut buf).await {
@@ -225,8 +229,16 @@ async fn serve(socket: Arc<UdpSocket>, table: SharedTable, upstream: Option<Sock
             }
             Reply::Drop => {}
             Reply::Forward => {
+                let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                    tracing::debug!(%client, "too many DNS questions in flight upstream; one dropped");
+                    continue;
+                };
                 let query = buf[..n].to_vec();
-                tokio::spawn(forward(socket.clone(), query, client, upstream));
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    forward(socket, query, client, upstream).await;
+                    drop(permit);
+                });
             }
         }
     }

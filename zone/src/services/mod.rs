@@ -132,7 +132,8 @@ impl Controller {
             self.pass().await?;
             let first = match self.wake_at {
                 Some(at) => {
-                    let wait = Timestamp::now().elapsed_until(at);
+                    // Just past the end, so the grace period has ended when the pass looks.
+                    let wait = Timestamp::now().elapsed_until(at) + Duration::from_millis(1);
                     tokio::select! {
                         ev = events.recv() => Some(ev),
                         () = tokio::time::sleep(wait) => None,
