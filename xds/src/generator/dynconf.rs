@@ -6,8 +6,7 @@ use std::hash::{Hash, Hasher};
 
 use serde_json::{Value, json};
 
-use crate::envoy::filters::{HCM, ROUTER};
-use crate::envoy::names::stat_name;
+use crate::policies::mesh_metric::{http_manager, pipe_listener};
 use crate::resources::{Origin, ResourceSet};
 
 pub const LISTENER: &str = "_kuma:dynamicconfig";
@@ -66,18 +65,9 @@ fn routes(path: &str, body: &str) -> Vec<Value> {
 }
 
 fn listener(pipe: &str, routes: Vec<Value>, body_len: usize) -> Value {
-    json!({
-        "name": LISTENER,
-        "address": {"pipe": {"path": pipe}},
-        "filter_chains": [{"filters": [{"name": HCM, "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": stat_name(LISTENER),
-            "http_filters": [{"name": ROUTER, "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-            "route_config": {
-                "max_direct_response_body_size_bytes": body_len.max(MIN_BODY_LIMIT),
-                "virtual_hosts": [{"name": LISTENER, "domains": ["*"], "routes": routes}]
-            }
-        }}]}]
-    })
+    let route_config = json!({
+        "max_direct_response_body_size_bytes": body_len.max(MIN_BODY_LIMIT),
+        "virtual_hosts": [{"name": LISTENER, "domains": ["*"], "routes": routes}]
+    });
+    pipe_listener(LISTENER, pipe, http_manager(LISTENER, route_config))
 }

@@ -348,7 +348,7 @@ fn otel_listener(name: &str, socket: &str) -> Value {
 }
 
 /// A listener on the pipe `path` (in kuma-dp's working directory) with one filter.
-fn pipe_listener(name: &str, path: &str, filter: Value) -> Value {
+pub(crate) fn pipe_listener(name: &str, path: &str, filter: Value) -> Value {
     json!({
         "name": name,
         "address": {"pipe": {"path": path}},
@@ -374,7 +374,7 @@ fn forward_to(name: &str, prefix: &str, cluster: &str, rewrite: Option<&str>) ->
 }
 
 /// An HTTP connection manager filter with only the router, serving `route_config`.
-fn http_manager(stat_prefix: &str, route_config: Value) -> Value {
+pub(crate) fn http_manager(stat_prefix: &str, route_config: Value) -> Value {
     json!({"name": HCM, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": stat_name(stat_prefix),
