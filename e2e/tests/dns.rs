@@ -72,7 +72,10 @@ fn sidecars_resolve_mesh_service_hostnames_through_kuma_dp() {
 
     let dns_port = free_port();
     let yaml = format!(
-        "type: Dataplane\nname: {{{{ name }}}}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: client\n  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n",
+        "type: Dataplane\nname: {{{{ name }}}}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: client\n  transparentProxying:\n    redirectPortInbound: {}\n    redirectPortOutbound: {}\n",
+        free_port(),
+        free_port(),
+        // Its passthrough listeners bind on the host: ports no one else holds.
         free_port(),
         free_port()
     );

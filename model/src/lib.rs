@@ -49,6 +49,7 @@ pub mod labels {
     pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
     pub const PROXY_TYPE: &str = "kuma.io/proxy-type";
     pub const WORKLOAD: &str = "kuma.io/workload";
+    pub const KUBE_NAMESPACE: &str = "k8s.kuma.io/namespace";
 
     use crate::descriptor::kds::PROVIDED_BY_ZONE;
     use crate::{Resource, ResourceType};

@@ -10,7 +10,11 @@ use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use model::ResourceType;
 use model::labels::{PROTOCOL_TAG, SERVICE_TAG};
 use model::specs::dataplane::DataplaneSpec;
+use model::specs::mesh::MeshServicesMode;
 use model::specs::policy::PolicySpec;
+use model::specs::service::{
+    MeshExternalServiceSpec, MeshMultiZoneServiceSpec, MeshServiceSpec, ServicePort,
+};
 use serde_json::Value;
 
 use crate::resources::Destination;
@@ -261,6 +265,11 @@ pub struct MeshContext {
     /// The mesh's MeshServices, MeshExternalServices and MeshMultiZoneServices with their VIP
     /// and hostnames in this zone, by kind and name.
     pub services: Vec<ServiceEntry>,
+    /// The Mesh's `meshServices.mode` (absent: Kuma's `Disabled`).
+    pub mesh_services: Option<MeshServicesMode>,
+    /// The Mesh's `networking.outbound.passthrough`: whether a transparently proxied
+    /// application may reach what the mesh does not know (absent: Kuma's default, yes).
+    pub passthrough: Option<bool>,
     /// Work every proxy generated from this context can share. Only for a context that is not
     /// changed once built (the zone's mesh snapshots): what is shared is computed from the
     /// context as it was first read. `None` computes everything for each proxy.
@@ -274,6 +283,8 @@ pub struct MeshContext {
 #[derive(Default)]
 pub struct SharedWork {
     destinations: RwLock<HashMap<BTreeMap<String, String>, Arc<Destination>>>,
+    /// Destinations of services' ports, by cluster name.
+    service_destinations: RwLock<HashMap<String, Arc<Destination>>>,
     assignments: RwLock<HashMap<(String, String), Arc<Value>>>,
     to_rules: RwLock<HashMap<PoliciesAndService, Option<Arc<Rule>>>>,
     /// Where each Dataplane is in the context's list, by name.
@@ -351,6 +362,16 @@ impl SharedWork {
         memoized(&self.destinations, tags, || Arc::new(resolve()))
     }
 
+    /// The destination of a service's port (its cluster `cluster`), computed by `resolve`
+    /// the first time.
+    pub(crate) fn service_destination(
+        &self,
+        cluster: &str,
+        resolve: impl FnOnce() -> Destination,
+    ) -> Arc<Destination> {
+        memoized(&self.service_destinations, cluster, || Arc::new(resolve()))
+    }
+
     /// The `to` rule for calls to `service` of proxies the same policies select (`policies`:
     /// their addresses in this context, in order), computed by `merge` the first time.
     pub(crate) fn to_rule(
@@ -417,6 +438,18 @@ impl MeshContext {
             && self.local_egresses == previous.local_egresses
             && self.remote_ingresses == previous.remote_ingresses
             && self.services == previous.services
+            && self.mesh_services == previous.mesh_services
+            && self.passthrough == previous.passthrough
+    }
+
+    /// The Mesh's `meshServices.mode`.
+    pub fn mesh_services_mode(&self) -> MeshServicesMode {
+        self.mesh_services.unwrap_or(MeshServicesMode::Disabled)
+    }
+
+    /// Whether traffic to destinations the mesh does not know passes through.
+    pub fn allows_passthrough(&self) -> bool {
+        self.passthrough != Some(false)
     }
 }
 
@@ -434,15 +467,29 @@ pub fn status_hostnames(status: Option<&Value>) -> Vec<String> {
 }
 
 /// A MeshService, MeshExternalService or MeshMultiZoneService as proxies see it: what it is
-/// called in this zone and the VIP it answers on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// called in this zone, the VIP it answers on, and what its outbounds send to.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceEntry {
     pub kind: ResourceType,
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    pub ports: Vec<u32>,
+    pub ports: Vec<ServicePort>,
     pub vip: Option<String>,
     pub hostnames: Vec<String>,
+    /// What the service selects (a MeshService's Dataplanes, a MeshMultiZoneService's
+    /// MeshServices) or where it is (a MeshExternalService's endpoints); `None` when the
+    /// spec does not parse.
+    pub spec: Option<Arc<ServiceSpec>>,
+    /// The `kuma.io/service` identities its instances present (a MeshService's status).
+    pub identities: Vec<String>,
+}
+
+/// A service's parsed spec, by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServiceSpec {
+    Mesh(MeshServiceSpec),
+    MultiZone(MeshMultiZoneServiceSpec),
+    External(Box<MeshExternalServiceSpec>),
 }
 
 impl ServiceEntry {
@@ -455,20 +502,40 @@ impl ServiceEntry {
             _ => s.pointer("/vips/0/ip"),
         });
         let hostnames = status_hostnames(status);
-        let ports = r
-            .spec
-            .get("ports")
+        let spec = match r.kind {
+            ResourceType::MeshService => serde_json::from_value(r.spec.clone())
+                .ok()
+                .map(ServiceSpec::Mesh),
+            ResourceType::MeshMultiZoneService => serde_json::from_value(r.spec.clone())
+                .ok()
+                .map(ServiceSpec::MultiZone),
+            ResourceType::MeshExternalService => serde_json::from_value(r.spec.clone())
+                .ok()
+                .map(|s| ServiceSpec::External(Box::new(s))),
+            _ => None,
+        };
+        let ports = match &spec {
+            Some(ServiceSpec::Mesh(s)) => s.ports.clone(),
+            Some(ServiceSpec::MultiZone(s)) => s.ports.clone(),
+            // A MeshExternalService has one port, under `match`.
+            Some(ServiceSpec::External(s)) => s
+                .match_
+                .iter()
+                .map(|m| ServicePort {
+                    port: m.port,
+                    ..ServicePort::default()
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let identities = status
+            .and_then(|s| s.get("identities"))
             .and_then(Value::as_array)
-            .map(|p| {
-                p.iter()
-                    .filter_map(|x| x.get("port")?.as_u64())
-                    .filter_map(|p| u32::try_from(p).ok())
+            .map(|ids| {
+                ids.iter()
+                    .filter(|i| i.get("type").and_then(Value::as_str) == Some("ServiceTag"))
+                    .filter_map(|i| i.get("value")?.as_str().map(String::from))
                     .collect()
-            })
-            .or_else(|| {
-                // A MeshExternalService has one port, under `match`.
-                let port = r.spec.pointer("/match/port")?.as_u64()?;
-                Some(u32::try_from(port).ok().into_iter().collect())
             })
             .unwrap_or_default();
         ServiceEntry {
@@ -478,7 +545,49 @@ impl ServiceEntry {
             ports,
             vip: vip.and_then(Value::as_str).map(String::from),
             hostnames,
+            spec: spec.map(Arc::new),
+            identities,
         }
+    }
+
+    /// The name it was given where it was created (a synced copy's `kuma.io/display-name`).
+    pub fn display_name(&self) -> &str {
+        self.labels
+            .get(model::labels::DISPLAY_NAME)
+            .map_or(&self.name, String::as_str)
+    }
+
+    /// The zone it runs in (`kuma.io/zone`); empty for one created on global or standalone.
+    pub fn zone(&self) -> &str {
+        self.labels
+            .get(model::labels::ZONE)
+            .map_or("", String::as_str)
+    }
+
+    /// Whether it was created in this zone (not synced from global or another zone).
+    pub fn is_local(&self) -> bool {
+        self.labels
+            .get(model::labels::ORIGIN)
+            .is_none_or(|o| o == "zone")
+    }
+
+    /// Kuma's name for its outbound cluster on `port` (`destinationname` without unified
+    /// naming): `<mesh>_<name>_<namespace>_<zone>_<msvc|mzsvc|extsvc>_<port>`.
+    pub fn cluster_name(&self, mesh: &str, port: u32) -> String {
+        let short = match self.kind {
+            ResourceType::MeshMultiZoneService => "mzsvc",
+            ResourceType::MeshExternalService => "extsvc",
+            _ => "msvc",
+        };
+        let namespace = self
+            .labels
+            .get(model::labels::KUBE_NAMESPACE)
+            .map_or("", String::as_str);
+        format!(
+            "{mesh}_{}_{namespace}_{}_{short}_{port}",
+            self.display_name(),
+            self.zone()
+        )
     }
 }
 

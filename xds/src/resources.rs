@@ -17,9 +17,15 @@ use crate::envoy::listener::ListenerMut;
 pub enum Origin {
     /// The proxy's `networking.inbound[i]`: its listener and its application's cluster.
     Inbound(usize),
-    /// The proxy's `networking.outbound[outbound]`, whose traffic goes to
+    /// The proxy's `networking.outbound[outbound]` (`None`: a service's port on its VIP,
+    /// reached through the transparent proxy), whose traffic goes to
     /// [`ResourceSet::destinations`]`[destination]`.
-    Outbound { outbound: usize, destination: usize },
+    Outbound {
+        outbound: Option<usize>,
+        destination: usize,
+    },
+    /// The transparent proxy's passthrough listeners and clusters.
+    Transparent,
     /// [`ResourceSet::destinations`]`[i]`: its cluster and endpoints.
     Destination(usize),
     /// A zone ingress's or egress's passthrough.
@@ -63,6 +69,11 @@ pub struct Destination {
     pub protocol: Protocol,
     pub endpoints: Vec<LocalEndpoint>,
     pub remote: Vec<RemoteZone>,
+    /// The SNI its connections carry, when not the `kuma.io/service` one built from
+    /// `service` and `tags` (a MeshService's: Kuma's hashed name other zones' ingresses route).
+    pub sni: Option<String>,
+    /// The `kuma.io/service` identities its instances may present; empty: `service`.
+    pub identities: Vec<String>,
 }
 
 /// What a proxy's kuma-dp told the control plane about its host (Envoy node metadata) that

@@ -10,14 +10,16 @@ use serde_json::{Value, json};
 use xds::context::ServiceEntry;
 
 fn service(kind: ResourceType, name: &str, vip: Option<&str>, hostnames: &[&str]) -> ServiceEntry {
-    ServiceEntry {
-        kind,
-        name: name.into(),
-        labels: Default::default(),
-        ports: vec![8080],
-        vip: vip.map(String::from),
-        hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
-    }
+    let mut r = model::Resource::new(kind, "default", name, json!({"ports": [{"port": 8080}]}));
+    let addresses: Vec<Value> = hostnames.iter().map(|h| json!({"hostname": h})).collect();
+    r.status = Some(match (kind, vip) {
+        (ResourceType::MeshExternalService, Some(ip)) => {
+            json!({"vip": {"ip": ip}, "addresses": addresses})
+        }
+        (_, Some(ip)) => json!({"vips": [{"ip": ip}], "addresses": addresses}),
+        (_, None) => json!({"addresses": addresses}),
+    });
+    ServiceEntry::from_resource(&r)
 }
 
 fn served(listener: &Value, path: &str) -> Option<String> {

@@ -155,3 +155,53 @@ async fn services_follow_dataplanes_with_vips_hostnames_and_status() {
     stop_tx.send(true).unwrap();
     controller.await.unwrap();
 }
+
+/// A mesh that generates nothing and has no MeshService does not read its Dataplanes' changes;
+/// a MeshService applied later still counts every proxy it selects, including those that
+/// changed meanwhile.
+#[tokio::test]
+async fn a_mesh_without_services_lists_its_proxies_once_it_needs_them() {
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    store
+        .create(Resource::new(ResourceType::Mesh, "", "default", json!({})))
+        .await
+        .unwrap();
+    let (_stop, stopped) = watch::channel(false);
+    tokio::spawn(run(store.clone(), config(Duration::from_secs(60)), stopped));
+    store.create(dataplane("web-1", "web", 8080)).await.unwrap();
+    let mut second = store
+        .create(dataplane("web-2", "other", 8080))
+        .await
+        .unwrap();
+    // Changed while the mesh needed no proxies: the later MeshService must see it as it is now.
+    second.spec["networking"]["inbound"][0]["tags"]["kuma.io/service"] = json!("web");
+    store.update(second).await.unwrap();
+    store
+        .create(Resource::new(
+            ResourceType::MeshService,
+            "default",
+            "web",
+            json!({"selector": {"dataplaneTags": {"kuma.io/service": "web"}},
+                   "ports": [{"port": 8080, "targetPort": 8080, "appProtocol": "http"}]}),
+        ))
+        .await
+        .unwrap();
+    until(
+        &store,
+        "the user's MeshService counting both proxies",
+        |all| {
+            let total = status(all, "web")?
+                .pointer("/dataplaneProxies/total")?
+                .as_u64()?;
+            (total == 2).then_some(())
+        },
+    )
+    .await;
+    // Nothing was generated in a Disabled mesh.
+    let all = store
+        .list(&ListQuery::all(ResourceType::MeshService))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(all.len(), 1, "{all:#?}");
+}

@@ -16,6 +16,7 @@ mod client;
 mod cpconfig;
 mod export;
 mod table;
+mod transparent;
 
 use client::Client;
 use cpconfig::{ApiServer, ControlPlane, Coordinates, KumactlConfig};
@@ -108,6 +109,16 @@ enum Command {
         #[arg(short = 'a', long)]
         include_admin: bool,
     },
+    /// Install what runs beside the control plane and its proxies.
+    Install {
+        #[command(subcommand)]
+        command: InstallCommand,
+    },
+    /// Remove what `install` installed.
+    Uninstall {
+        #[command(subcommand)]
+        command: UninstallCommand,
+    },
     /// Print client and server versions.
     Version,
     /// Print a shell completion script, e.g. `source <(kumactl completion bash)`.
@@ -115,6 +126,208 @@ enum Command {
         #[arg(value_enum)]
         shell: CompletionShell,
     },
+}
+
+#[derive(Subcommand)]
+enum InstallCommand {
+    /// iptables rules (nat table) sending this host's TCP through Envoy and its DNS to
+    /// kuma-dp, except the traffic of the user kuma-dp runs as (run as root, e.g. in the
+    /// application's network namespace).
+    #[command(name = "transparent-proxy")]
+    TransparentProxy(Box<TransparentProxyArgs>),
+}
+
+#[derive(Subcommand)]
+enum UninstallCommand {
+    /// Remove the transparent proxy's iptables rules, leaving every other rule as it was.
+    #[command(name = "transparent-proxy")]
+    TransparentProxy {
+        /// Print what would be removed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Kuma's flags for `install transparent-proxy`. Those for what is not implemented (eBPF,
+/// firewalld, IPv6 redirection, iptables logging) are accepted with a warning.
+#[derive(clap::Args)]
+struct TransparentProxyArgs {
+    /// The user (name or UID) kuma-dp and Envoy run as; Kuma's default: UID 5678 or the
+    /// user `kuma-dp`.
+    #[arg(long, alias = "kuma-dp-uid")]
+    kuma_dp_user: Option<String>,
+    /// Redirect incoming TCP to Envoy (turn off for a gateway).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    redirect_inbound: bool,
+    /// Envoy's inbound passthrough port (the Dataplane's `redirectPortInbound`).
+    #[arg(long, default_value_t = 15006)]
+    redirect_inbound_port: u16,
+    /// Envoy's outbound passthrough port (the Dataplane's `redirectPortOutbound`).
+    #[arg(long, default_value_t = 15001)]
+    redirect_outbound_port: u16,
+    /// Inbound ports left alone (comma-separated).
+    #[arg(long)]
+    exclude_inbound_ports: Vec<String>,
+    /// Outbound ports left alone (comma-separated).
+    #[arg(long)]
+    exclude_outbound_ports: Vec<String>,
+    /// Sources (IPv4 addresses or CIDRs) whose incoming traffic is left alone.
+    #[arg(long)]
+    exclude_inbound_ips: Vec<String>,
+    /// Destinations (IPv4 addresses or CIDRs) whose traffic is left alone.
+    #[arg(long)]
+    exclude_outbound_ips: Vec<String>,
+    /// Send DNS queries to the servers of /etc/resolv.conf to kuma-dp's DNS proxy.
+    #[arg(long)]
+    redirect_dns: bool,
+    /// Send every DNS query (UDP 53) to kuma-dp's DNS proxy.
+    #[arg(long)]
+    redirect_all_dns_traffic: bool,
+    /// kuma-dp's DNS proxy port.
+    #[arg(long, default_value_t = 15053)]
+    redirect_dns_port: u16,
+    /// `ipv4` or `dualstack` (IPv6 traffic is not redirected yet).
+    #[arg(long, default_value = "dualstack", value_parser = ["ipv4", "dualstack"])]
+    ip_family_mode: String,
+    /// Print the rules, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the rules applied.
+    #[arg(long)]
+    verbose: bool,
+    #[arg(long, hide = true)]
+    ebpf_enabled: bool,
+    #[arg(long, hide = true)]
+    store_firewalld: bool,
+    #[arg(long, hide = true)]
+    drop_invalid_packets: bool,
+    #[arg(long, hide = true)]
+    iptables_logs: bool,
+    #[arg(long, hide = true)]
+    disable_comments: bool,
+    #[arg(long, hide = true)]
+    vnet: Vec<String>,
+    #[arg(long, hide = true)]
+    exclude_outbound_ports_for_uids: Vec<String>,
+    #[arg(long, hide = true)]
+    wait: Option<u32>,
+    #[arg(long, hide = true)]
+    wait_interval: Option<u32>,
+    #[arg(long, hide = true)]
+    max_retries: Option<u32>,
+    #[arg(long, hide = true)]
+    sleep_between_retries: Option<String>,
+}
+
+impl TransparentProxyArgs {
+    /// Kuma's flags this does not implement, as given.
+    fn unimplemented(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        for (set, flag) in [
+            (self.ebpf_enabled, "--ebpf-enabled"),
+            (self.store_firewalld, "--store-firewalld"),
+            (self.drop_invalid_packets, "--drop-invalid-packets"),
+            (self.iptables_logs, "--iptables-logs"),
+            (self.disable_comments, "--disable-comments"),
+            (!self.vnet.is_empty(), "--vnet"),
+            (
+                !self.exclude_outbound_ports_for_uids.is_empty(),
+                "--exclude-outbound-ports-for-uids",
+            ),
+            (self.wait.is_some(), "--wait"),
+            (self.wait_interval.is_some(), "--wait-interval"),
+            (self.max_retries.is_some(), "--max-retries"),
+            (
+                self.sleep_between_retries.is_some(),
+                "--sleep-between-retries",
+            ),
+        ] {
+            if set {
+                given.push(flag);
+            }
+        }
+        given
+    }
+
+    fn config(&self) -> Result<transparent::Config> {
+        use transparent::{DnsRedirect, parse_ips, parse_ports};
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let dns = if self.redirect_all_dns_traffic {
+            DnsRedirect::All
+        } else if self.redirect_dns {
+            let resolv = std::fs::read_to_string("/etc/resolv.conf")
+                .context("--redirect-dns: reading /etc/resolv.conf")?;
+            let servers = transparent::nameservers(&resolv);
+            if servers.is_empty() {
+                bail!(
+                    "--redirect-dns: /etc/resolv.conf lists no IPv4 nameserver; use --redirect-all-dns-traffic"
+                );
+            }
+            DnsRedirect::To(servers)
+        } else {
+            DnsRedirect::Off
+        };
+        Ok(transparent::Config {
+            kuma_dp_uid: transparent::resolve_uid(self.kuma_dp_user.as_deref(), &passwd)?,
+            redirect_inbound: self.redirect_inbound,
+            inbound_port: self.redirect_inbound_port,
+            outbound_port: self.redirect_outbound_port,
+            exclude_inbound_ports: parse_ports(
+                "--exclude-inbound-ports",
+                &self.exclude_inbound_ports,
+            )?,
+            exclude_outbound_ports: parse_ports(
+                "--exclude-outbound-ports",
+                &self.exclude_outbound_ports,
+            )?,
+            exclude_inbound_ips: parse_ips("--exclude-inbound-ips", &self.exclude_inbound_ips)?,
+            exclude_outbound_ips: parse_ips("--exclude-outbound-ips", &self.exclude_outbound_ips)?,
+            dns,
+            dns_port: self.redirect_dns_port,
+        })
+    }
+}
+
+fn install_transparent_proxy(args: &TransparentProxyArgs) -> Result<()> {
+    for flag in args.unimplemented() {
+        eprintln!("warning: {flag} is Kuma's and not implemented here; it is ignored");
+    }
+    if args.ip_family_mode == "dualstack" {
+        eprintln!("warning: --ip-family-mode dualstack: only IPv4 traffic is redirected");
+    }
+    let config = args.config()?;
+    if args.dry_run {
+        print!("{}", transparent::rules(&config));
+        return Ok(());
+    }
+    let rules = transparent::install(&config)?;
+    if args.verbose {
+        print!("{rules}");
+    }
+    println!(
+        "transparent proxy installed (kuma-dp UID {})",
+        config.kuma_dp_uid
+    );
+    Ok(())
+}
+
+fn uninstall_transparent_proxy(dry_run: bool) -> Result<()> {
+    if dry_run {
+        let saved = std::process::Command::new("iptables-save")
+            .args(["-t", "nat"])
+            .output()
+            .context("running iptables-save")?;
+        match transparent::removal(&String::from_utf8_lossy(&saved.stdout)) {
+            Some(r) => print!("{r}"),
+            None => println!("no transparent proxy rules installed"),
+        }
+        return Ok(());
+    }
+    match transparent::uninstall()? {
+        true => println!("transparent proxy uninstalled"),
+        false => println!("no transparent proxy rules installed; nothing changed"),
+    }
+    Ok(())
 }
 
 /// The shells Kuma's kumactl completes for.
@@ -733,6 +946,12 @@ async fn run(cli: Cli) -> Result<()> {
         } => export::export(&connect(&config)?, profile, &format, include_admin).await?,
         // Answered before the configuration is read: completion needs no control plane.
         Command::Completion { .. } => {}
+        Command::Install {
+            command: InstallCommand::TransparentProxy(args),
+        } => install_transparent_proxy(&args)?,
+        Command::Uninstall {
+            command: UninstallCommand::TransparentProxy { dry_run },
+        } => uninstall_transparent_proxy(dry_run)?,
         Command::Version => {
             println!("Client: kumactl {VERSION}");
             match connect(&config)?.get_json("/").await {

@@ -304,3 +304,54 @@ mod tests {
         assert!(e.violations[0].reason.contains("networking"), "{e}");
     }
 }
+
+/// What a Dataplane's `networking.transparentProxying` says, as the control plane reads it
+/// (the stored value stays as given, so keys added by a newer Kuma survive a round trip).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransparentProxying {
+    /// Where iptables sends the application's outgoing TCP: Envoy's `outbound:passthrough`
+    /// listener (Kuma's 15001). Zero: outgoing traffic is not redirected.
+    #[serde(default, alias = "redirect_port_outbound")]
+    pub redirect_port_outbound: u32,
+    /// Where iptables sends incoming TCP: Envoy's `inbound:passthrough` listener (15006).
+    #[serde(default, alias = "redirect_port_inbound")]
+    pub redirect_port_inbound: u32,
+    /// Kuma's legacy list of `kuma.io/service` names this proxy may reach.
+    #[serde(default, alias = "reachable_services")]
+    pub reachable_services: Vec<String>,
+    /// The MeshServices, MeshExternalServices and MeshMultiZoneServices this proxy reaches;
+    /// absent: all of them (unless the mesh's `meshServices.mode` is `ReachableBackends`).
+    #[serde(default, alias = "reachable_backends")]
+    pub reachable_backends: Option<ReachableBackends>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ReachableBackends {
+    #[serde(default)]
+    pub refs: Vec<ReachableBackendRef>,
+}
+
+/// One reachable backend: by name, or every one of `kind` carrying `labels`; `port` narrows
+/// it to one port.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ReachableBackendRef {
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+}
+
+impl Networking {
+    /// The transparent proxy settings, when the Dataplane has them in a readable form.
+    pub fn transparent_proxy(&self) -> Option<TransparentProxying> {
+        let value = self.transparent_proxying.as_ref()?;
+        serde_json::from_value(value.clone()).ok()
+    }
+}

@@ -12,14 +12,14 @@ use crate::validate::{Validate, ValidationError, Validator, validate_as};
 /// Application protocols Kuma knows (`kuma.io/protocol` values).
 const APP_PROTOCOLS: &[&str] = &["tcp", "tls", "http", "http2", "grpc", "kafka"];
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,7 +83,7 @@ fn check_match_labels(v: &mut Validator, name: &str, selector: &Option<LabelSele
 // MeshService
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,7 +96,7 @@ pub struct MeshServiceSpec {
     pub state: Option<MeshServiceState>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshServiceSelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,7 +108,7 @@ pub struct MeshServiceSelector {
     pub dataplane_labels: Option<LabelSelector>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DataplaneRef {
     #[serde(default)]
@@ -121,7 +121,7 @@ pub enum MeshServiceIdentityType {
     SpiffeID,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshServiceIdentity {
     #[serde(rename = "type")]
@@ -181,7 +181,7 @@ pub fn validate_mesh_service(spec: &Value) -> Result<(), ValidationError> {
 // MeshMultiZoneService
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshMultiZoneServiceSpec {
     #[serde(default)]
@@ -190,7 +190,7 @@ pub struct MeshMultiZoneServiceSpec {
     pub ports: Vec<ServicePort>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MultiZoneSelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,7 +218,7 @@ pub fn validate_mesh_multi_zone_service(spec: &Value) -> Result<(), ValidationEr
 // MeshExternalService
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshExternalServiceSpec {
     #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
@@ -247,7 +247,7 @@ pub enum ExternalProtocol {
     Http2,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExternalMatch {
     #[serde(rename = "type", default)]
@@ -259,7 +259,7 @@ pub struct ExternalMatch {
 }
 
 /// A plugin's configuration; `config` is free-form.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Extension {
     #[serde(rename = "type", default)]
@@ -268,7 +268,7 @@ pub struct Extension {
     pub config: Option<Value>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExternalEndpoint {
     #[serde(default)]
@@ -279,7 +279,7 @@ pub struct ExternalEndpoint {
     pub priority: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExternalTls {
     #[serde(default)]
@@ -300,7 +300,7 @@ pub enum VerificationMode {
     Secured,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Verification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -324,7 +324,7 @@ pub enum SanMatchType {
     Prefix,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SanMatch {
     #[serde(rename = "type", default)]
@@ -335,7 +335,7 @@ pub struct SanMatch {
 
 /// Legacy (`secret`, `inline`, `inlineString`) and newer (`type` + `secretRef`/`insecureInline`)
 /// data source shapes; the newer sub-objects stay opaque.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VerificationDataSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -507,7 +507,7 @@ pub fn validate_mesh_external_service(spec: &Value) -> Result<(), ValidationErro
 // HostnameGenerator
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostnameGeneratorSpec {
     #[serde(default)]
@@ -518,7 +518,7 @@ pub struct HostnameGeneratorSpec {
     pub extension: Option<Extension>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostnameGeneratorSelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -25,9 +25,13 @@ pub fn inbound_mtls(mesh: &str) -> Value {
     }})
 }
 
-/// An outbound's: the proxy's identity, and `service`'s identity expected of the other end;
-/// `sni` routes the connection at other zones' ingresses.
-pub fn outbound_mtls(mesh: &str, service: &str, sni: &str) -> Value {
+/// An outbound's: the proxy's identity, and one of `services`' identities expected of the
+/// other end; `sni` routes the connection at other zones' ingresses.
+pub fn outbound_mtls(mesh: &str, services: &[String], sni: &str) -> Value {
+    let sans: Vec<Value> = services
+        .iter()
+        .map(|s| json!({"san_type": "URI", "matcher": {"exact": spiffe_id(mesh, s)}}))
+        .collect();
     json!({"name": TLS_SOCKET, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "sni": sni,
@@ -35,9 +39,7 @@ pub fn outbound_mtls(mesh: &str, service: &str, sni: &str) -> Value {
             "alpn_protocols": ["kuma"],
             "tls_certificate_sds_secret_configs": [sds(identity_secret_name(mesh))],
             "combined_validation_context": {
-                "default_validation_context": {"match_typed_subject_alt_names": [
-                    {"san_type": "URI", "matcher": {"exact": spiffe_id(mesh, service)}}
-                ]},
+                "default_validation_context": {"match_typed_subject_alt_names": sans},
                 "validation_context_sds_secret_config": sds(mesh_ca_secret_name(mesh))
             }
         }

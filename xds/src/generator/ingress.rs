@@ -57,6 +57,18 @@ pub fn generate(listener: &ZoneProxyListener, meshes: &[MeshContext]) -> ProxyRe
             out.endpoints
                 .push(std::sync::Arc::new(single_group(&cluster, &endpoints)));
         }
+        // This zone's MeshServices, by the SNI other zones' sidecars give them.
+        for (sni, dest) in super::services::local_service_destinations(mesh) {
+            let endpoints: Vec<(String, u32)> = dest
+                .endpoints
+                .iter()
+                .map(|e| (e.address.clone(), e.port))
+                .collect();
+            chains.push(sni_chain(&sni, &dest.cluster));
+            out.clusters.push(eds_cluster(&dest.cluster));
+            out.endpoints
+                .push(std::sync::Arc::new(single_group(&dest.cluster, &endpoints)));
+        }
     }
     out.listeners.extend(zone_proxy_listener(listener, chains));
     out

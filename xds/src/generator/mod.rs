@@ -10,4 +10,6 @@ pub mod endpoints;
 pub mod gateway;
 pub mod ingress;
 pub mod routes;
+pub mod services;
 pub mod sidecar;
+pub mod transparent;

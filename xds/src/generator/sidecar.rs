@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use model::labels::{PROTOCOL_TAG, SERVICE_TAG};
 use model::specs::dataplane::{Inbound, InboundState, Outbound};
 use model::specs::policy::LocalityAwareness;
@@ -128,6 +130,8 @@ fn resolve(mesh: &MeshContext, tags: BTreeMap<String, String>) -> Destination {
         endpoints,
         remote,
         protocol,
+        sni: None,
+        identities: Vec::new(),
     }
 }
 
@@ -157,13 +161,30 @@ pub(crate) fn destination_for(
     {
         return d;
     }
+    add_destination(mesh, proxy, dest, out)
+}
+
+/// Adds `dest` with its cluster and load assignment; its index in `out`.
+pub(crate) fn add_destination(
+    mesh: &MeshContext,
+    proxy: &DataplaneEntry,
+    dest: Arc<Destination>,
+    out: &mut ResourceSet,
+) -> usize {
     let mut cluster = eds_cluster(&dest.cluster);
     if dest.protocol.needs_http2_upstream() {
         use_http2_upstream(&mut cluster);
     }
     if mesh.mtls {
-        let sni = service_sni(&dest.service, &mesh.mesh, &dest.tags);
-        set_transport_socket(&mut cluster, outbound_mtls(&mesh.mesh, &dest.service, &sni));
+        let sni = match &dest.sni {
+            Some(sni) => sni.clone(),
+            None => service_sni(&dest.service, &mesh.mesh, &dest.tags),
+        };
+        let identities = match dest.identities.is_empty() {
+            true => std::slice::from_ref(&dest.service),
+            false => dest.identities.as_slice(),
+        };
+        set_transport_socket(&mut cluster, outbound_mtls(&mesh.mesh, identities, &sni));
     }
     let locality = LocalityAwareness::default();
     let assignment = destination_assignment(mesh, &dest, &locality, &proxy.caller_tags());
@@ -210,10 +231,13 @@ fn inbound_resources(
     if mesh.mtls {
         chain["transport_socket"] = inbound_mtls(&mesh.mesh);
     }
-    out.add_listener(
-        origin,
-        inbound_listener(&listener_name, address, port, vec![chain]),
-    );
+    let mut l = inbound_listener(&listener_name, address, port, vec![chain]);
+    if crate::generator::transparent::redirects_inbound(proxy).is_some() {
+        // iptables brings its traffic to the inbound passthrough listener, which hands it
+        // here; bound, it would take the application's own port.
+        l["bind_to_port"] = Value::Bool(false);
+    }
+    out.add_listener(origin, l);
 }
 
 fn outbound_resources(
@@ -229,7 +253,25 @@ fn outbound_resources(
         a => a,
     };
     let destination = destination_for(mesh, proxy, &tags, out);
-    let dest = &out.destinations[destination];
+    let listener_name = format!("outbound:{address}:{}", outbound.port);
+    let l = outbound_listener(
+        &listener_name,
+        address,
+        outbound.port,
+        &out.destinations[destination],
+    );
+    out.add_listener(
+        Origin::Outbound {
+            outbound: Some(index),
+            destination,
+        },
+        l,
+    );
+}
+
+/// An outbound listener on `address:port` sending to `dest`: HTTP routes for an HTTP
+/// destination, a TCP proxy otherwise.
+pub(crate) fn outbound_listener(name: &str, address: &str, port: u32, dest: &Destination) -> Value {
     let filter = if dest.protocol.is_http() {
         http_connection_manager(
             &dest.cluster,
@@ -240,15 +282,13 @@ fn outbound_resources(
     } else {
         tcp_proxy(&dest.cluster, &dest.cluster)
     };
-    let listener_name = format!("outbound:{address}:{}", outbound.port);
-    let chains = vec![filter_chain(vec![filter])];
-    out.add_listener(
-        Origin::Outbound {
-            outbound: index,
-            destination,
-        },
-        listener(&listener_name, address, outbound.port, "OUTBOUND", chains),
-    );
+    listener(
+        name,
+        address,
+        port,
+        "OUTBOUND",
+        vec![filter_chain(vec![filter])],
+    )
 }
 
 /// The configuration of `proxy`, before policies.
@@ -266,6 +306,8 @@ pub fn generate(mesh: &MeshContext, proxy: &DataplaneEntry) -> ResourceSet {
             outbound_resources(mesh, proxy, i, outbound, tags, &mut out);
         }
     }
+    crate::generator::services::add_outbounds(mesh, proxy, &mut out);
+    crate::generator::transparent::add(mesh, proxy, &mut out);
     if mesh.mtls {
         out.secret_names = vec![
             identity_secret_name(&mesh.mesh),

@@ -117,6 +117,8 @@ fn origin_name(origin: Origin) -> &'static str {
         Origin::MeshMetrics => "prometheus",
         // Kuma's dynconf `OriginDynamicConfig`.
         Origin::DynamicConfig => "dynamic-config",
+        // Kuma's `OriginTransparent`.
+        Origin::Transparent => "transparent",
         Origin::Policy(model::ResourceType::MeshTrace) => "meshtrace",
         Origin::Policy(_) => "",
     }

@@ -184,6 +184,16 @@ pub fn validated<S: model::specs::policy::PolicySpec>(name: &str, spec: Value) -
 /// `r` reaches `cluster` (a service that runs only in another zone) through the ingress at
 /// `ingress`, with the mesh's mTLS and the service's SNI.
 pub fn assert_through_ingress(r: &ProxyResources, cluster: &str, ingress: &str) {
+    assert_through_ingress_with_sni(r, cluster, ingress, &format!("{cluster}{{mesh=default}}"));
+}
+
+/// [`assert_through_ingress`] with the SNI `sni` (a MeshService's, Kuma's hashed one).
+pub fn assert_through_ingress_with_sni(
+    r: &ProxyResources,
+    cluster: &str,
+    ingress: &str,
+    sni: &str,
+) {
     let assignment = r
         .endpoints
         .iter()
@@ -199,8 +209,5 @@ pub fn assert_through_ingress(r: &ProxyResources, cluster: &str, ingress: &str) 
         .iter()
         .find(|c| c["name"] == cluster)
         .unwrap_or_else(|| panic!("no cluster {cluster}"));
-    assert_eq!(
-        c["transport_socket"]["typed_config"]["sni"],
-        format!("{cluster}{{mesh=default}}")
-    );
+    assert_eq!(c["transport_socket"]["typed_config"]["sni"], sni);
 }

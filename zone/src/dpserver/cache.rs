@@ -702,6 +702,13 @@ impl MeshState {
             gateway_certificates: self.gateway_certificates.clone(),
             legacy_metrics: legacy_metrics(&self.name, &self.spec),
             services: self.services.values().cloned().collect(),
+            mesh_services: self.spec.mesh_services.as_ref().and_then(|m| m.mode),
+            passthrough: self
+                .spec
+                .networking
+                .as_ref()
+                .and_then(|n| n.outbound.as_ref())
+                .and_then(|o| o.passthrough),
             // A snapshot is never changed once published, so its proxies share work.
             shared: Some(Arc::default()),
         };

@@ -180,6 +180,19 @@ impl Controller {
                 };
             }
             for (key, op) in changed {
+                let unneeded = matches!(
+                    key.kind,
+                    ResourceType::Dataplane | ResourceType::DataplaneInsight
+                ) && op != Operation::Delete
+                    && self
+                        .meshes
+                        .get(&key.mesh)
+                        .is_some_and(|m| !m.needs_proxies());
+                if unneeded {
+                    self.versions.remove(&key);
+                    self.mesh(&key.mesh).mark_proxies_stale();
+                    continue;
+                }
                 self.read(&key, op).await?;
             }
         }
@@ -230,7 +243,6 @@ impl Controller {
 
     /// Holds `r`; `echo` is the controller's own write, which changes nothing the pass that
     /// made it did not already account for.
-    /// Holds `r`; `echo` is the controller's own write.
     fn put(&mut self, r: Resource, echo: bool) {
         let key = r.key();
         self.versions.insert(key.clone(), r.meta.version);
@@ -311,8 +323,41 @@ impl Controller {
         self.sorted_generators = gens;
     }
 
+    /// Lists again the Dataplanes and insights of a mesh that did not need them and now does
+    /// (it gained a MeshService or a generating mode).
+    async fn refresh_proxies(&mut self, mesh: &str) -> Result<(), ServicesError> {
+        let mut proxies = Vec::new();
+        let mut insights = Vec::new();
+        for kind in [ResourceType::Dataplane, ResourceType::DataplaneInsight] {
+            let listed = self
+                .store
+                .list(&ListQuery::in_mesh(kind, mesh))
+                .await
+                .map_err(|e| ServicesError::Read(format!("the {kind}s of mesh {mesh}"), e))?;
+            for r in listed.items {
+                self.versions.insert(r.key(), r.meta.version);
+                if kind == ResourceType::Dataplane {
+                    proxies.extend(Proxy::from_resource(&r));
+                } else {
+                    insights.push((r.meta.name.clone(), InsightFacts::from_resource(&r)));
+                }
+            }
+        }
+        self.mesh(mesh).replace_proxies(proxies, insights);
+        Ok(())
+    }
+
     /// Recomputes what changed and writes what differs.
     async fn pass(&mut self) -> Result<(), ServicesError> {
+        let stale: Vec<String> = self
+            .meshes
+            .iter()
+            .filter(|(_, m)| m.proxies_stale())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for mesh in stale {
+            self.refresh_proxies(&mesh).await?;
+        }
         if std::mem::take(&mut self.generators_changed) {
             self.sort_generators();
             for mesh in self.meshes.values_mut() {

@@ -152,6 +152,9 @@ pub struct MeshState {
     in_grace: BTreeMap<ResourceKey, Timestamp>,
     dirty_all: bool,
     dirty: BTreeSet<ResourceKey>,
+    /// Dataplanes or insights changed while nothing here needed them (see
+    /// [`MeshState::needs_proxies`]): the held ones are stale and are listed again once needed.
+    proxies_stale: bool,
 }
 
 impl MeshState {
@@ -165,6 +168,58 @@ impl MeshState {
 
     fn mode(&self) -> MeshServicesMode {
         self.mode.unwrap_or(MeshServicesMode::Disabled)
+    }
+
+    /// Whether the mesh's Dataplanes and insights shape anything: it generates services, or
+    /// has MeshServices whose status counts proxies. A mesh that needs none is spared reading
+    /// every Dataplane change (the snapshot cache reads it already).
+    pub fn needs_proxies(&self) -> bool {
+        self.mode() != MeshServicesMode::Disabled
+            || self
+                .services
+                .keys()
+                .any(|k| k.kind == ResourceType::MeshService)
+    }
+
+    /// A Dataplane or insight changed and was not read (the mesh did not need it).
+    pub fn mark_proxies_stale(&mut self) {
+        self.proxies_stale = true;
+    }
+
+    /// Whether the held Dataplanes must be listed again before this mesh is reconciled.
+    pub fn proxies_stale(&self) -> bool {
+        self.proxies_stale && self.needs_proxies()
+    }
+
+    /// Replaces the held Dataplanes and insights with a fresh listing.
+    pub fn replace_proxies(&mut self, proxies: Vec<Proxy>, insights: Vec<(String, InsightFacts)>) {
+        let listed: BTreeSet<&str> = proxies.iter().map(|p| p.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .proxies
+            .keys()
+            .filter(|n| !listed.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove_proxy(&name);
+        }
+        for p in proxies {
+            self.put_proxy(p);
+        }
+        let listed: BTreeSet<&str> = insights.iter().map(|(n, _)| n.as_str()).collect();
+        let gone: Vec<String> = self
+            .insights
+            .keys()
+            .filter(|n| !listed.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove_insight(&name);
+        }
+        for (name, facts) in insights {
+            self.put_insight(&name, facts);
+        }
+        self.proxies_stale = false;
     }
 
     pub fn is_dirty(&self) -> bool {

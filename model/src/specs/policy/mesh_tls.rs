@@ -22,7 +22,7 @@ pub enum TlsVersion {
     TLS13,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsVersionRange {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,331 @@
+//! Outbounds from services (Kuma 2.x's VIP outbounds): a transparently proxied sidecar gets a
+//! listener on every port of every MeshService it may reach, on the service's VIP, that the
+//! `outbound:passthrough` listener hands the application's redirected connections to. A
+//! MeshService of this zone sends to the Dataplanes its selector picks (the inbound its port's
+//! `targetPort` names); one synced from another zone sends to that zone's ingresses, with
+//! Kuma's hashed SNI the ingress routes on. `reachableBackends` and the mesh's
+//! `meshServices.mode` restrict which services a proxy gets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use model::ResourceType;
+use model::specs::dataplane::{Inbound, TransparentProxying};
+use model::specs::mesh::MeshServicesMode;
+use model::specs::policy::IntOrString;
+use model::specs::service::{MeshServiceSpec, ServicePort};
+
+use crate::context::{DataplaneEntry, MeshContext, Protocol, ServiceEntry, ServiceSpec};
+use crate::generator::common::{endpoint_address, inbound_ready};
+use crate::generator::sidecar::{add_destination, outbound_listener};
+use crate::resources::{Destination, LocalEndpoint, Origin, RemoteZone, ResourceSet};
+
+/// Kuma's SNI for a port of a MeshService, MeshExternalService or MeshMultiZoneService
+/// (`tls.SNIForResource`, format "a"): what other zones' ingresses route on.
+pub fn resource_sni(name: &str, mesh: &str, kind: ResourceType, port: u32) -> String {
+    let abbreviation = match kind {
+        ResourceType::MeshExternalService => "mes",
+        ResourceType::MeshMultiZoneService => "mzms",
+        _ => "ms",
+    };
+    let hash = fnv1a64(format!("{name};{mesh};").as_bytes());
+    format!(
+        "a{hash:016x}.{}.{port}.{}.{abbreviation}",
+        dns_label(name),
+        dns_label(mesh)
+    )
+}
+
+/// A name cut to fit a DNS label, as Kuma cuts it (62 characters and an `x`).
+fn dns_label(s: &str) -> String {
+    const LIMIT: usize = 63;
+    if s.len() > LIMIT - 1 {
+        let mut cut = LIMIT - 1;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}x", &s[..cut])
+    } else {
+        s.to_string()
+    }
+}
+
+/// FNV-1a, 64 bits: the hash Kuma's SNI carries.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The name a MeshService's SNI carries (Kuma's `SNIName` without a system namespace): a
+/// copy synced from elsewhere is known by the name and namespace it was created with.
+pub fn sni_name(service: &ServiceEntry) -> String {
+    let namespace = service.labels.get(model::labels::KUBE_NAMESPACE);
+    let origin = service
+        .labels
+        .get(model::labels::ORIGIN)
+        .map(String::as_str);
+    match (origin, namespace) {
+        (Some("global"), Some(ns)) => format!("{}.{ns}", service.display_name()),
+        (Some("global"), None) => service.display_name().to_string(),
+        (Some("zone"), Some(ns)) => format!("{}.{ns}", service.name),
+        _ => service.name.clone(),
+    }
+}
+
+/// Whether `inbound` of a Dataplane serves `port` of a MeshService: the inbound its
+/// `targetPort` names (a number is the inbound's port, a name the inbound's name), or the
+/// service port itself when there is no `targetPort`.
+pub fn serves_port(inbound: &Inbound, port: &ServicePort) -> bool {
+    match &port.target_port {
+        Some(IntOrString::String(name)) if name.parse::<u32>().is_err() => inbound.name == *name,
+        Some(number) => number.as_f64() == Some(f64::from(inbound.port)),
+        None => inbound.port == port.port,
+    }
+}
+
+/// Whether a MeshService's selector picks `inbound` of `dp`.
+pub fn selects(spec: &MeshServiceSpec, dp: &DataplaneEntry, inbound: &Inbound) -> bool {
+    let Some(selector) = &spec.selector else {
+        return false;
+    };
+    if let Some(r) = &selector.dataplane_ref {
+        return r.name == dp.name;
+    }
+    if let Some(labels) = &selector.dataplane_labels {
+        return labels
+            .match_labels
+            .iter()
+            .all(|(k, v)| dp.labels.get(k) == Some(v));
+    }
+    selector
+        .dataplane_tags
+        .as_ref()
+        .is_some_and(|tags| tags.iter().all(|(k, v)| inbound.tags.get(k) == Some(v)))
+}
+
+fn protocol_of(port: &ServicePort) -> Protocol {
+    Protocol::from_tag(port.app_protocol.as_ref())
+}
+
+/// Where a port of a MeshService sends: this zone's instances, or its zone's ingresses.
+fn resolve_mesh_service(
+    mesh: &MeshContext,
+    service: &ServiceEntry,
+    port: &ServicePort,
+) -> Destination {
+    let mut endpoints = Vec::new();
+    let mut remote = Vec::new();
+    let zone = service.zone();
+    let local = service.is_local() || zone.is_empty() || zone == mesh.local_zone;
+    match service.spec.as_deref() {
+        Some(ServiceSpec::Mesh(spec)) if local => {
+            for dp in &mesh.dataplanes {
+                for inbound in &dp.spec.networking.inbound {
+                    if !selects(spec, dp, inbound) || !serves_port(inbound, port) {
+                        continue;
+                    }
+                    if inbound_ready(inbound) {
+                        let mut tags = dp.labels.clone();
+                        tags.extend(inbound.tags.clone());
+                        endpoints.push(LocalEndpoint {
+                            address: endpoint_address(dp, inbound).to_string(),
+                            port: inbound.port,
+                            tags,
+                        });
+                    }
+                }
+            }
+        }
+        // Another zone's instances are reached through its ingresses, which only route
+        // mTLS (the SNI names the service).
+        Some(ServiceSpec::Mesh(_)) if mesh.mtls => {
+            let via: Vec<(String, u32)> = if mesh.zone_egress {
+                mesh.local_egresses.clone()
+            } else {
+                mesh.remote_ingresses
+                    .iter()
+                    .filter(|i| i.zone == zone)
+                    .map(|i| (i.address.clone(), i.port))
+                    .collect()
+            };
+            if !via.is_empty() {
+                remote.push(RemoteZone {
+                    zone: zone.to_string(),
+                    via,
+                    instances: 1,
+                });
+            }
+        }
+        _ => {}
+    }
+    endpoints.sort();
+    endpoints.dedup_by(|a, b| (&a.address, a.port) == (&b.address, b.port));
+    Destination {
+        cluster: service.cluster_name(&mesh.mesh, port.port),
+        service: service.display_name().to_string(),
+        tags: BTreeMap::new(),
+        protocol: protocol_of(port),
+        endpoints,
+        remote,
+        sni: Some(resource_sni(
+            &sni_name(service),
+            &mesh.mesh,
+            service.kind,
+            port.port,
+        )),
+        identities: match service.identities.is_empty() {
+            true => vec![service.display_name().to_string()],
+            false => service.identities.clone(),
+        },
+    }
+}
+
+/// Every port of this zone's MeshServices with the SNI other zones reach it by: what a zone
+/// ingress routes.
+pub fn local_service_destinations(mesh: &MeshContext) -> Vec<(String, Destination)> {
+    let mut out = Vec::new();
+    for service in &mesh.services {
+        let local = service.zone().is_empty() || service.zone() == mesh.local_zone;
+        if service.kind != ResourceType::MeshService || !service.is_local() || !local {
+            continue;
+        }
+        for port in &service.ports {
+            let dest = resolve_mesh_service(mesh, service, port);
+            if let Some(sni) = dest.sni.clone() {
+                out.push((sni, dest));
+            }
+        }
+    }
+    out
+}
+
+/// The destination of `port` of `service`, resolved once per snapshot.
+fn service_destination(
+    mesh: &MeshContext,
+    service: &ServiceEntry,
+    port: &ServicePort,
+) -> Arc<Destination> {
+    let resolve = || resolve_mesh_service(mesh, service, port);
+    match &mesh.shared {
+        Some(shared) => {
+            shared.service_destination(&service.cluster_name(&mesh.mesh, port.port), resolve)
+        }
+        None => Arc::new(resolve()),
+    }
+}
+
+/// The ports of `service` a proxy with `tp` reaches: all of them unless `reachableBackends`
+/// lists others (or lists none, or the mesh wants them listed).
+fn reachable_ports<'a>(
+    mesh: &MeshContext,
+    tp: &TransparentProxying,
+    service: &'a ServiceEntry,
+) -> Vec<&'a ServicePort> {
+    let Some(backends) = &tp.reachable_backends else {
+        // Kuma: a proxy that lists `reachableServices` (legacy) or a mesh in
+        // `ReachableBackends` mode gets no service it did not list.
+        let listed_only = !tp.reachable_services.is_empty()
+            || mesh.mesh_services_mode() == MeshServicesMode::ReachableBackends;
+        return match listed_only {
+            true => Vec::new(),
+            false => service.ports.iter().collect(),
+        };
+    };
+    let kind = service.kind.to_string();
+    let mut ports: Vec<&ServicePort> = Vec::new();
+    for r in backends.refs.iter().filter(|r| r.kind == kind) {
+        let named = !r.name.is_empty();
+        let matches = match named {
+            true => r.name == service.name || r.name == service.display_name(),
+            false => r
+                .labels
+                .iter()
+                .all(|(k, v)| service.labels.get(k) == Some(v)),
+        };
+        if !matches {
+            continue;
+        }
+        for p in &service.ports {
+            if r.port.is_none_or(|want| want == p.port) && !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+    }
+    ports
+}
+
+/// The listeners and clusters of the services `proxy` reaches, when it is transparently
+/// proxied and the mesh uses MeshServices.
+pub fn add_outbounds(mesh: &MeshContext, proxy: &DataplaneEntry, out: &mut ResourceSet) {
+    let Some(tp) = proxy.spec.networking.transparent_proxy() else {
+        return;
+    };
+    if tp.redirect_port_outbound == 0 || mesh.mesh_services_mode() == MeshServicesMode::Disabled {
+        return;
+    }
+    for service in &mesh.services {
+        // MeshMultiZoneServices and MeshExternalServices get theirs with their own work.
+        if service.kind != ResourceType::MeshService {
+            continue;
+        }
+        let Some(vip) = service.vip.as_deref() else {
+            continue;
+        };
+        for port in reachable_ports(mesh, &tp, service) {
+            // A service the proxy itself serves on the same address and port (Kuma skips it).
+            let own = proxy.spec.networking.inbound.iter().any(|i| {
+                i.port == port.port && crate::generator::common::inbound_address(proxy, i) == vip
+            });
+            if own {
+                continue;
+            }
+            let dest = service_destination(mesh, service, port);
+            let destination = match out
+                .destinations
+                .iter()
+                .position(|d| d.cluster == dest.cluster)
+            {
+                Some(d) => d,
+                None => add_destination(mesh, proxy, dest, out),
+            };
+            let name = format!("outbound:{vip}:{}", port.port);
+            let mut l = outbound_listener(&name, vip, port.port, &out.destinations[destination]);
+            // Reached through the passthrough listener's original destination, never bound.
+            l["bind_to_port"] = serde_json::Value::Bool(false);
+            out.add_listener(
+                Origin::Outbound {
+                    outbound: None,
+                    destination,
+                },
+                l,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_is_kumas() {
+        // Kuma's own test vectors (pkg/xds/envoy/tls/sni_test.go).
+        assert_eq!(
+            resource_sni("backend", "demo", ResourceType::MeshService, 8080),
+            "ae10a8071b8a8eeb8.backend.8080.demo.ms"
+        );
+        assert_eq!(
+            resource_sni("backend", "demo", ResourceType::MeshMultiZoneService, 8080),
+            "ae10a8071b8a8eeb8.backend.8080.demo.mzms"
+        );
+        // Known vector of FNV-1a 64.
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let long = "x".repeat(70);
+        let sni = resource_sni(&long, "m", ResourceType::MeshMultiZoneService, 80);
+        assert!(
+            sni.contains(&format!(".{}x.80.m.mzms", "x".repeat(62))),
+            "{sni}"
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Outbounds from MeshServices: a transparently proxied sidecar gets a listener on each port of
+//! each MeshService it may reach, on the service's VIP (unbound, reached through the
+//! outbound passthrough listener), whose cluster sends to the Dataplanes the service selects in
+//! this zone, or to the ingress of the zone it runs in with Kuma's SNI, which that zone's
+//! ingress routes. `reachableBackends` and `meshServices.mode` restrict them; policies keyed to
+//! the MeshService apply. Every configuration is also validated by Envoy.
+
+mod common;
+
+use model::specs::mesh::MeshServicesMode;
+use model::{Resource, ResourceType};
+use serde_json::{Value, json};
+use xds::context::{ServiceEntry, ZoneProxyListener};
+use xds::generator::services::resource_sni;
+
+const BACKEND_CLUSTER: &str = "default_backend___msvc_20081";
+
+/// A MeshService as the zone's controller leaves it: selector, ports and VIP.
+fn backend(labels: &[(&str, &str)], name: &str, vip: &str) -> ServiceEntry {
+    let mut r = Resource::new(
+        ResourceType::MeshService,
+        "default",
+        name,
+        json!({"selector": {"dataplaneTags": {"kuma.io/service": "backend"}},
+               "ports": [{"port": 20081, "targetPort": 20081, "appProtocol": "http"}]}),
+    );
+    for (k, v) in labels {
+        r.meta.labels.insert(k.to_string(), v.to_string());
+    }
+    r.status = Some(json!({"vips": [{"ip": vip}],
+        "addresses": [{"hostname": "backend.svc.mesh.local"}],
+        "identities": [{"type": "ServiceTag", "value": "backend"}]}));
+    ServiceEntry::from_resource(&r)
+}
+
+fn transparent(mesh: &mut xds::MeshContext, extra: Value) {
+    let mut tp = json!({"redirectPortInbound": 15006, "redirectPortOutbound": 15001});
+    if let (Some(tp), Some(extra)) = (tp.as_object_mut(), extra.as_object()) {
+        tp.extend(extra.clone());
+    }
+    mesh.dataplanes[0].spec.networking.transparent_proxying = Some(tp);
+}
+
+fn find<'a>(items: &'a [Value], name: &str) -> Option<&'a Value> {
+    items.iter().find(|i| i["name"] == name)
+}
+
+#[test]
+fn a_transparent_sidecar_reaches_a_local_mesh_service_on_its_vip() {
+    let mut mesh = common::mesh("http", false, vec![common::allow_all()]);
+    mesh.mesh_services = Some(MeshServicesMode::Exclusive);
+    mesh.services = vec![backend(&[], "backend", "241.0.0.1")];
+    transparent(&mut mesh, json!({}));
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    common::check_schema(&r);
+
+    let outbound = find(&r.listeners, "outbound:241.0.0.1:20081").expect("the VIP outbound");
+    assert_eq!(outbound["bind_to_port"], false, "{outbound}");
+    let hcm = &outbound["filter_chains"][0]["filters"][0]["typed_config"];
+    assert_eq!(
+        hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"], BACKEND_CLUSTER,
+        "{outbound}"
+    );
+    let assignment = r
+        .endpoints
+        .iter()
+        .find(|e| e["cluster_name"] == BACKEND_CLUSTER)
+        .expect("the service's endpoints");
+    let addresses: Vec<&str> = assignment["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["lb_endpoints"].as_array().into_iter().flatten())
+        .filter_map(|e| {
+            e.pointer("/endpoint/address/socket_address/address")?
+                .as_str()
+        })
+        .collect();
+    // The Dataplanes the selector picks, on the inbound the port targets; not the unready one.
+    assert_eq!(addresses, ["10.0.0.2", "10.0.0.3"], "{assignment}");
+
+    let passthrough =
+        find(&r.listeners, "outbound:passthrough:ipv4").expect("outbound passthrough");
+    assert_eq!(passthrough["use_original_dst"], true);
+    assert_eq!(
+        passthrough["address"]["socket_address"]["port_value"],
+        15001
+    );
+    let inbound = find(&r.listeners, "inbound:passthrough:ipv4").expect("inbound passthrough");
+    assert_eq!(inbound["address"]["socket_address"]["port_value"], 15006);
+    let cluster =
+        find(&r.clusters, "inbound:passthrough:ipv4").expect("inbound passthrough cluster");
+    assert_eq!(cluster["type"], "ORIGINAL_DST");
+    assert_eq!(
+        cluster["upstream_bind_config"]["source_address"]["address"],
+        "127.0.0.6"
+    );
+    let own = find(&r.listeners, "inbound:10.0.0.1:20080").expect("the proxy's inbound");
+    assert_eq!(own["bind_to_port"], false, "iptables hands it its traffic");
+    // The declared outbound on loopback stays bound: iptables leaves loopback alone.
+    let declared = find(&r.listeners, "outbound:127.0.0.1:10001").expect("declared outbound");
+    assert!(declared.get("bind_to_port").is_none(), "{declared}");
+    common::envoy_validates("mesh-service-outbound", &r);
+
+    // A proxy without a transparent proxy gets neither.
+    let plain = xds::sidecar(&mesh, "backend-1").expect("config");
+    assert!(find(&plain.listeners, "outbound:241.0.0.1:20081").is_none());
+    assert!(find(&plain.listeners, "outbound:passthrough:ipv4").is_none());
+
+    // Nor does anyone in a mesh that does not use MeshServices.
+    mesh.mesh_services = None;
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    assert!(find(&r.listeners, "outbound:241.0.0.1:20081").is_none());
+    assert!(find(&r.listeners, "outbound:passthrough:ipv4").is_some());
+
+    // A mesh that forbids passthrough closes what no outbound takes.
+    mesh.passthrough = Some(false);
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    assert!(find(&r.clusters, "outbound:passthrough:ipv4").is_none());
+    assert!(find(&r.clusters, "outbound:no-destination").is_some());
+    common::envoy_validates("no-passthrough", &r);
+}
+
+#[test]
+fn reachable_backends_and_the_mesh_mode_restrict_the_outbounds() {
+    let mut mesh = common::mesh("http", false, vec![common::allow_all()]);
+    mesh.mesh_services = Some(MeshServicesMode::Everywhere);
+    mesh.services = vec![
+        backend(&[], "backend", "241.0.0.1"),
+        backend(&[("team", "a")], "other", "241.0.0.2"),
+    ];
+    let outbounds = |mesh: &xds::MeshContext| -> Vec<String> {
+        let r = xds::sidecar(mesh, "web-1").expect("config");
+        let mut names: Vec<String> = r
+            .listeners
+            .iter()
+            .filter_map(|l| l["name"].as_str())
+            .filter(|n| n.starts_with("outbound:241."))
+            .map(String::from)
+            .collect();
+        names.sort();
+        names
+    };
+    transparent(&mut mesh, json!({}));
+    assert_eq!(
+        outbounds(&mesh),
+        ["outbound:241.0.0.1:20081", "outbound:241.0.0.2:20081"]
+    );
+    transparent(
+        &mut mesh,
+        json!({"reachableBackends": {"refs": [{"kind": "MeshService", "name": "backend"}]}}),
+    );
+    assert_eq!(outbounds(&mesh), ["outbound:241.0.0.1:20081"]);
+    transparent(
+        &mut mesh,
+        json!({"reachableBackends": {"refs": [{"kind": "MeshService", "labels": {"team": "a"}}]}}),
+    );
+    assert_eq!(outbounds(&mesh), ["outbound:241.0.0.2:20081"]);
+    transparent(
+        &mut mesh,
+        json!({"reachableBackends": {"refs": [{"kind": "MeshService", "name": "backend", "port": 9}]}}),
+    );
+    assert!(outbounds(&mesh).is_empty());
+    // ReachableBackends mode: nothing unless listed.
+    mesh.mesh_services = Some(MeshServicesMode::ReachableBackends);
+    transparent(&mut mesh, json!({}));
+    assert!(outbounds(&mesh).is_empty());
+}
+
+#[test]
+fn a_mesh_service_of_another_zone_goes_through_its_ingress_with_kumas_sni() {
+    // Zone-1's sidecar calls backend, which runs in zone-2 (its copy synced through global).
+    let mut mesh = common::mesh("http", true, vec![common::allow_all()]);
+    mesh.local_zone = "zone-1".into();
+    mesh.mesh_services = Some(MeshServicesMode::Exclusive);
+    mesh.dataplanes.retain(|d| d.name == "web-1");
+    mesh.remote_ingresses = vec![common::remote_ingress("zone-2", "192.168.2.1", json!([]))];
+    let synced = backend(
+        &[
+            ("kuma.io/origin", "global"),
+            ("kuma.io/zone", "zone-2"),
+            ("kuma.io/display-name", "backend"),
+        ],
+        "backend-5x8b7f4c9d",
+        "241.0.0.7",
+    );
+    mesh.services = vec![synced];
+    transparent(&mut mesh, json!({}));
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    common::check_schema(&r);
+    let cluster_name = "default_backend__zone-2_msvc_20081";
+    let sni = resource_sni("backend", "default", ResourceType::MeshService, 20081);
+    common::assert_through_ingress_with_sni(&r, cluster_name, "192.168.2.1", &sni);
+    let cluster = find(&r.clusters, cluster_name).expect("cluster");
+    let tls = &cluster["transport_socket"]["typed_config"];
+    assert_eq!(
+        tls["common_tls_context"]["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]
+            [0]["matcher"]["exact"],
+        "spiffe://default/backend"
+    );
+    common::envoy_validates("mesh-service-cross-zone", &r);
+
+    // Zone-2's ingress routes that SNI to its own instances of backend.
+    let mut zone2 = common::mesh("http", true, vec![common::allow_all()]);
+    zone2.local_zone = "zone-2".into();
+    zone2.services = vec![backend(
+        &[("kuma.io/origin", "zone"), ("kuma.io/zone", "zone-2")],
+        "backend",
+        "241.0.0.1",
+    )];
+    let listener = ZoneProxyListener {
+        address: "192.168.2.1".into(),
+        port: 10001,
+    };
+    let ingress = xds::generator::ingress::generate(&listener, &[zone2]);
+    let chains = ingress.listeners[0]["filter_chains"]
+        .as_array()
+        .expect("chains");
+    let chain = chains
+        .iter()
+        .find(|c| c["filter_chain_match"]["server_names"][0] == sni.as_str())
+        .unwrap_or_else(|| panic!("no chain for {sni}: {chains:#?}"));
+    let target = chain["filters"][0]["typed_config"]["cluster"].as_str();
+    let assignment = ingress
+        .endpoints
+        .iter()
+        .find(|e| Some(e["cluster_name"].as_str().unwrap_or_default()) == target)
+        .expect("the ingress's endpoints for backend");
+    assert_eq!(
+        assignment["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "{assignment}"
+    );
+}
+
+#[test]
+fn a_policy_keyed_to_the_mesh_service_applies_to_its_outbound() {
+    let timeout = common::validated::<model::specs::policy::MeshTimeoutSpec>(
+        "backend-timeout",
+        json!({"targetRef": {"kind": "Mesh"},
+               "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                       "default": {"connectionTimeout": "7s"}}]}),
+    );
+    let mut mesh = common::mesh("http", false, vec![common::allow_all()]);
+    mesh.policies.set(vec![timeout]);
+    mesh.mesh_services = Some(MeshServicesMode::Exclusive);
+    mesh.services = vec![backend(&[], "backend", "241.0.0.1")];
+    transparent(&mut mesh, json!({}));
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    let cluster = find(&r.clusters, BACKEND_CLUSTER).expect("cluster");
+    assert_eq!(cluster["connect_timeout"], "7s", "{cluster}");
+}
