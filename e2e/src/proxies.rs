@@ -55,18 +55,27 @@ pub fn start_global() -> (crate::ControlPlane, u16) {
 /// Zone `name` federated to the global whose KDS is on `kds_port` with the zone token in
 /// `token` (TLS not verified, as Kuma's guide starts), ready.
 pub fn start_zone(name: &str, kds_port: u16, token: &Path) -> crate::ControlPlane {
+    start_zone_with(name, kds_port, token, &[])
+}
+
+/// [`start_zone`] with more environment (`KUMA_...` settings).
+pub fn start_zone_with(
+    name: &str,
+    kds_port: u16,
+    token: &Path,
+    extra: &[(&str, &str)],
+) -> crate::ControlPlane {
     let address = format!("grpcs://127.0.0.1:{kds_port}");
     let token = token.display().to_string();
-    let mut cp = crate::ControlPlane::start(
-        name,
-        &[
-            ("KUMA_MODE", "zone"),
-            ("KUMA_MULTIZONE_ZONE_NAME", name),
-            ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", &address),
-            ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),
-            ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", &token),
-        ],
-    );
+    let mut env = vec![
+        ("KUMA_MODE", "zone"),
+        ("KUMA_MULTIZONE_ZONE_NAME", name),
+        ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", address.as_str()),
+        ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),
+        ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", token.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let mut cp = crate::ControlPlane::start(name, &env);
     cp.wait_ready(Duration::from_secs(60));
     cp
 }

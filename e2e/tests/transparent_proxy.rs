@@ -52,30 +52,31 @@ fn kumactl_in(lan: &Lan, host: usize, args: &[&str]) -> Output {
 }
 
 /// kuma-dp inside `host`'s namespace for a Dataplane at the host's address with one inbound
-/// of `service` on `port`, behind a transparent proxy.
+/// of `service` on `port`, behind a transparent proxy; its control plane (on the test's side)
+/// is reached at the LAN's gateway address.
 fn kuma_dp_in(
     lan: &Lan,
     host: usize,
     cp: &Cp,
-    gateway: &str,
     name: &str,
     service: &str,
     port: u16,
+    token: &Path,
 ) -> Proc {
+    let gateway = lan.gateway();
     let yaml = format!(
         "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: {}\n  inbound:\n  - port: {port}\n    tags:\n      kuma.io/service: {service}\n      kuma.io/protocol: http\n  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n",
         lan.ip(host)
     );
     let file = cp.dir.join(format!("{name}.yaml"));
     std::fs::write(&file, yaml).unwrap();
-    let token = cp.token(name, "default");
     let mut cmd = lan.command(host, &binary("kuma-dp"));
     cmd.arg("run")
         .args(["--cp-address", &format!("https://{gateway}:{}", cp.dp_port)])
         .arg("--ca-cert-file")
         .arg(&cp.ca)
         .arg("--dataplane-token-file")
-        .arg(&token)
+        .arg(token)
         .arg("--dataplane-file")
         .arg(&file)
         .args(["--admin-port", &free_port().to_string()])
@@ -93,16 +94,8 @@ fn an_unmodified_client_reaches_a_mesh_service_by_hostname_through_the_transpare
     let Some(envoy) = envoy(test) else {
         return;
     };
-    for tool in ["ip", "iptables-save", "iptables-restore", "curl", "setpriv"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(std::env::var("CI").is_err(), "CI must have {tool}");
-            eprintln!("SKIPPED {test}: {tool} is not installed");
-            return;
-        }
+    if !tools_present(test) {
+        return;
     }
     let lan = Lan::create(2);
     let (backend, client) = (0, 1);
@@ -168,7 +161,15 @@ fn an_unmodified_client_reaches_a_mesh_service_by_hostname_through_the_transpare
     ];
     let out = kumactl_in(&lan, backend, &install);
     assert!(out.status.success(), "install: {}", e2e::stderr(&out));
-    let backend_dp = kuma_dp_in(&lan, backend, &env, &gateway, "backend-1", "backend", 8080);
+    let backend_dp = kuma_dp_in(
+        &lan,
+        backend,
+        &env,
+        "backend-1",
+        "backend",
+        8080,
+        &env.token("backend-1", "default"),
+    );
 
     // The client: nothing listens on its inbound; it only calls out.
     let before_client = iptables_state(&lan, client);
@@ -176,7 +177,15 @@ fn an_unmodified_client_reaches_a_mesh_service_by_hostname_through_the_transpare
     assert!(out.status.success(), "install: {}", e2e::stderr(&out));
     let installed = iptables_state(&lan, client);
     assert_ne!(installed, before_client);
-    let client_dp = kuma_dp_in(&lan, client, &env, &gateway, "client-1", "client", 9090);
+    let client_dp = kuma_dp_in(
+        &lan,
+        client,
+        &env,
+        "client-1",
+        "client",
+        9090,
+        &env.token("client-1", "default"),
+    );
 
     let logs = || {
         format!(
@@ -187,43 +196,102 @@ fn an_unmodified_client_reaches_a_mesh_service_by_hostname_through_the_transpare
             echo.logs()
         )
     };
-    let curl = |url: &str| -> Output {
-        run_in(
-            &lan,
-            client,
-            "setpriv",
-            &[
-                "--reuid",
-                CLIENT_UID,
-                "--regid",
-                CLIENT_UID,
-                "--clear-groups",
-                "curl",
-                "-sS",
-                "-m",
-                "3",
-                url,
-            ],
-        )
-    };
     let last = std::cell::RefCell::new(String::new());
     let took = within(
         Duration::from_secs(60),
         "curl http://backend.svc.mesh.local:8080 answered by backend-1",
         || {
-            let out = curl("http://backend.svc.mesh.local:8080/");
-            let said = format!("{}{}", e2e::stdout(&out), e2e::stderr(&out));
-            let answered = out.status.success() && said.contains("backend-1");
+            let (ok, said) = curl_as_client(&lan, client, &["http://backend.svc.mesh.local:8080/"]);
+            let answered = ok && said.contains("backend-1");
             *last.borrow_mut() = said;
             answered
         },
         || format!("last curl: {}\n{}", last.borrow(), logs()),
     );
     println!("first answer through both transparent proxies {took:?} after kuma-dp started");
-    // The backend saw the call come from its own Envoy (the inbound passthrough handed it to
-    // the inbound listener, which calls the application on loopback).
-    let out = curl("http://backend.svc.mesh.local:8080/");
-    assert!(out.status.success(), "{}", e2e::stderr(&out));
+    // Envoy carried it (the VIP has no route but through it): the request has the id Envoy's
+    // connection managers add.
+    let (ok, said) = curl_as_client(&lan, client, &["http://backend.svc.mesh.local:8080/"]);
+    assert!(ok && said.contains("x-request-id"), "{said}");
+
+    // A MeshExternalService: an HTTPS server outside the mesh (on the test's side of the LAN)
+    // the client calls in plain HTTP by its hostname; its sidecar originates the TLS and
+    // verifies the server against the CA the service names.
+    let (cert_file, key_and_cert) =
+        e2e::proxies::certificate(&env.dir, "external.example", "external");
+    let key_file = env.dir.join("external-key.pem");
+    let https_port = free_port();
+    let server = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("external says hello to " + self.headers.get("Host", "")).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
+if sys.argv[3] == "tls":
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain(sys.argv[4], sys.argv[5])
+    s.socket = c.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"#;
+    let mut https_cmd = Command::new("python3");
+    https_cmd
+        .args(["-c", server, &gateway, &https_port.to_string(), "tls"])
+        .arg(&cert_file)
+        .arg(&key_file);
+    let _https = Proc::start(&mut https_cmd, env.dir.join("external-https.log"));
+    let ca = std::fs::read_to_string(&cert_file).unwrap();
+    assert!(key_and_cert.contains("BEGIN"));
+    env.put(
+        "/meshes/default/meshexternalservices/external",
+        json!({"type": "MeshExternalService", "name": "external", "mesh": "default",
+            "spec": {"match": {"type": "HostnameGenerator", "port": 80, "protocol": "http"},
+                "endpoints": [{"address": gateway, "port": https_port}],
+                "tls": {"enabled": true, "verification": {
+                    "serverName": "external.example", "caCert": {"inlineString": ca}}}}}),
+    );
+    let last = std::cell::RefCell::new(String::new());
+    within(
+        Duration::from_secs(30),
+        "curl http://external.extsvc.mesh.local answered over TLS by the external server",
+        || {
+            let (ok, said) = curl_as_client(&lan, client, &["http://external.extsvc.mesh.local/"]);
+            let answered = ok && said.contains("external says hello");
+            *last.borrow_mut() = said;
+            answered
+        },
+        || format!("last curl: {}\n{}", last.borrow(), logs()),
+    );
+
+    // MeshPassthrough: of two plain HTTP names on one server outside the mesh, only the one
+    // it matches gets through.
+    let http_port = free_port();
+    let mut http_cmd = Command::new("python3");
+    http_cmd.args(["-c", server, &gateway, &http_port.to_string(), "plain"]);
+    let _http = Proc::start(&mut http_cmd, env.dir.join("external-http.log"));
+    env.put(
+        "/meshes/default/meshpassthroughs/allow-one",
+        json!({"type": "MeshPassthrough", "name": "allow-one", "mesh": "default",
+            "spec": {"targetRef": {"kind": "Mesh"}, "default": {"passthroughMode": "Matched",
+                "appendMatch": [{"type": "Domain", "value": "allowed.example", "port": http_port, "protocol": "http"}]}}}),
+    );
+    let via = |name: &str| -> (bool, String) {
+        let resolve = format!("{name}:{http_port}:{gateway}");
+        let url = format!("http://{name}:{http_port}/");
+        curl_as_client(&lan, client, &["--resolve", &resolve, &url])
+    };
+    within(
+        Duration::from_secs(30),
+        "the matched domain passes through, the other does not",
+        || {
+            let (allowed_ok, allowed) = via("allowed.example");
+            let (other_ok, other) = via("other.example");
+            let denied = !other_ok || !other.contains("external says hello");
+            allowed_ok && allowed.contains("says hello to allowed.example") && denied
+        },
+        logs,
+    );
 
     // A second install finds the rules and changes nothing.
     let out = kumactl_in(&lan, client, &install);
@@ -251,4 +319,206 @@ fn an_unmodified_client_reaches_a_mesh_service_by_hostname_through_the_transpare
         "{}",
         e2e::stdout(&out)
     );
+}
+
+/// curl with `args` as [`CLIENT_UID`] in `host`'s namespace: whether it succeeded, and what
+/// it printed.
+fn curl_as_client(lan: &Lan, host: usize, args: &[&str]) -> (bool, String) {
+    let mut all = vec![
+        "--reuid",
+        CLIENT_UID,
+        "--regid",
+        CLIENT_UID,
+        "--clear-groups",
+        "curl",
+        "-sS",
+        "-m",
+        "3",
+    ];
+    all.extend_from_slice(args);
+    let out = run_in(lan, host, "setpriv", &all);
+    let said = format!("{}{}", e2e::stdout(&out), e2e::stderr(&out));
+    (out.status.success(), said)
+}
+
+/// Whether the tools the namespace tests need are here (CI must have them).
+fn tools_present(test: &str) -> bool {
+    for tool in ["ip", "iptables-save", "iptables-restore", "curl", "setpriv"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(std::env::var("CI").is_err(), "CI must have {tool}");
+            eprintln!("SKIPPED {test}: {tool} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn an_unmodified_client_reaches_another_zones_service_and_a_multi_zone_service_by_hostname() {
+    use e2e::proxies::{ProxyType, start_global, start_zone, start_zone_with};
+    let test = "an_unmodified_client_reaches_another_zones_service";
+    let Some(envoy) = envoy(test) else {
+        return;
+    };
+    if !tools_present(test) {
+        return;
+    }
+    let lan = Lan::create(1);
+    let client = 0;
+    let gateway = lan.gateway();
+    let out = run_in(
+        &lan,
+        client,
+        "ip",
+        &["route", "add", "default", "via", &gateway],
+    );
+    assert!(out.status.success(), "{}", e2e::stderr(&out));
+
+    let (global_cp, kds_port) = start_global();
+    let global = Cp::api_only(&global_cp, envoy.clone());
+    let zone1_cp = start_zone_with(
+        "zone-1",
+        kds_port,
+        &global.zone_token("zone-1", "cp"),
+        &[("KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS", gateway.as_str())],
+    );
+    let zone2_cp = start_zone("zone-2", kds_port, &global.zone_token("zone-2", "cp"));
+    let (zone1, zone2) = (Cp::of(&zone1_cp, envoy.clone()), Cp::of(&zone2_cp, envoy));
+    // Cross-zone traffic rides the mesh's mTLS.
+    global.put(
+        "/meshes/default",
+        json!({"type": "Mesh", "name": "default", "meshServices": {"mode": "Exclusive"},
+            "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
+    );
+    let base_logs = || {
+        format!(
+            "--- global:\n{}\n--- zone-1:\n{}\n--- zone-2:\n{}",
+            global_cp.logs(),
+            zone1_cp.logs(),
+            zone2_cp.logs()
+        )
+    };
+    for zone in [&zone1, &zone2] {
+        within(
+            Duration::from_secs(20),
+            "the mesh CA arrives from global",
+            || {
+                zone.get("/meshes/default/secrets/default.ca-builtin-cert-ca-1")
+                    .is_some()
+            },
+            base_logs,
+        );
+    }
+
+    // Zone-2: backend and an ingress on the LAN's gateway address, which the client's
+    // namespace reaches.
+    let ingress_port = free_port();
+    let ingress_yaml = format!(
+        "type: ZoneIngress\nname: {{{{ name }}}}\nnetworking:\n  address: {gateway}\n  port: {ingress_port}\n  advertisedAddress: {gateway}\n  advertisedPort: {ingress_port}\n"
+    );
+    let ingress = zone2.kuma_dp(
+        ProxyType::Ingress,
+        "ingress-2",
+        &ingress_yaml,
+        &global.zone_token("zone-2", "ingress"),
+    );
+    let app_port = free_port();
+    let _app = zone2.echo("backend-zone-2", app_port, Some("zone-2"));
+    let backend = zone2.sidecar(
+        "backend-zone-2",
+        "backend",
+        app_port,
+        None,
+        &global.token("backend-zone-2", "default"),
+    );
+    // The port the generated MeshService has: the backend's inbound port.
+    let mut service_port = 0;
+    within(
+        Duration::from_secs(30),
+        "zone-2's backend MeshService on zone-1 with its cross-zone hostname",
+        || {
+            let synced = zone1
+                .get("/meshes/default/meshservices")
+                .and_then(|l| l["items"].as_array().cloned())
+                .unwrap_or_default()
+                .into_iter()
+                .find(|s| s["labels"]["kuma.io/display-name"] == "backend");
+            let Some(s) = synced else {
+                return false;
+            };
+            service_port = s["spec"]["ports"][0]["port"].as_u64().unwrap_or(0) as u16;
+            s["status"]["addresses"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|h| h["hostname"] == "backend.svc.zone-2.mesh.local")
+            })
+        },
+        base_logs,
+    );
+    global.put(
+        "/meshes/default/meshmultizoneservices/backend-mz",
+        json!({"type": "MeshMultiZoneService", "name": "backend-mz", "mesh": "default",
+            "spec": {"selector": {"meshService": {"matchLabels": {"kuma.io/display-name": "backend"}}},
+                "ports": [{"port": service_port, "appProtocol": "http"}]}}),
+    );
+
+    // Zone-1: the client in its namespace behind a transparent proxy.
+    let out = kumactl_in(
+        &lan,
+        client,
+        &[
+            "install",
+            "transparent-proxy",
+            "--kuma-dp-user",
+            "0",
+            "--redirect-all-dns-traffic",
+        ],
+    );
+    assert!(out.status.success(), "install: {}", e2e::stderr(&out));
+    let client_dp = kuma_dp_in(
+        &lan,
+        client,
+        &zone1,
+        "client-1",
+        "client",
+        9090,
+        &global.token("client-1", "default"),
+    );
+    let logs = || {
+        format!(
+            "{}\n--- kuma-dp client-1:\n{}\n--- ingress-2:\n{}\n--- backend-zone-2:\n{}",
+            base_logs(),
+            client_dp.logs(),
+            ingress.logs(),
+            backend.logs()
+        )
+    };
+    for (what, url) in [
+        (
+            "another zone's MeshService by its hostname",
+            format!("http://backend.svc.zone-2.mesh.local:{service_port}/"),
+        ),
+        (
+            "a MeshMultiZoneService by its hostname",
+            format!("http://backend-mz.mzsvc.mesh.local:{service_port}/"),
+        ),
+    ] {
+        let last = std::cell::RefCell::new(String::new());
+        within(
+            Duration::from_secs(60),
+            what,
+            || {
+                let (ok, said) = curl_as_client(&lan, client, &[&url]);
+                let answered = ok && said.contains("backend-zone-2");
+                *last.borrow_mut() = said;
+                answered
+            },
+            || format!("{url}: last curl: {}\n{}", last.borrow(), logs()),
+        );
+    }
+    let out = kumactl_in(&lan, client, &["uninstall", "transparent-proxy"]);
+    assert!(out.status.success(), "uninstall: {}", e2e::stderr(&out));
 }

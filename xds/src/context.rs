@@ -265,6 +265,9 @@ pub struct MeshContext {
     /// The mesh's MeshServices, MeshExternalServices and MeshMultiZoneServices with their VIP
     /// and hostnames in this zone, by kind and name.
     pub services: Vec<ServiceEntry>,
+    /// The mesh Secrets MeshExternalServices name for their TLS (`data`, base64), by name;
+    /// `None` for one that does not exist.
+    pub external_secrets: BTreeMap<String, Option<String>>,
     /// The Mesh's `meshServices.mode` (absent: Kuma's `Disabled`).
     pub mesh_services: Option<MeshServicesMode>,
     /// The Mesh's `networking.outbound.passthrough`: whether a transparently proxied
@@ -440,6 +443,7 @@ impl MeshContext {
             && self.services == previous.services
             && self.mesh_services == previous.mesh_services
             && self.passthrough == previous.passthrough
+            && self.external_secrets == previous.external_secrets
     }
 
     /// The Mesh's `meshServices.mode`.
@@ -523,6 +527,9 @@ impl ServiceEntry {
                 .iter()
                 .map(|m| ServicePort {
                     port: m.port,
+                    app_protocol: serde_json::to_value(m.protocol)
+                        .ok()
+                        .and_then(|p| p.as_str().map(String::from)),
                     ..ServicePort::default()
                 })
                 .collect(),

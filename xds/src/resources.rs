@@ -51,6 +51,23 @@ pub struct LocalEndpoint {
     pub tags: BTreeMap<String, String>,
 }
 
+impl LocalEndpoint {
+    /// `inbound` of `dp` as an endpoint, tagged with the Dataplane's labels and the inbound's
+    /// tags (what locality affinity compares).
+    pub fn of(
+        dp: &crate::context::DataplaneEntry,
+        inbound: &model::specs::dataplane::Inbound,
+    ) -> LocalEndpoint {
+        let mut tags = dp.labels.clone();
+        tags.extend(inbound.tags.clone());
+        LocalEndpoint {
+            address: crate::generator::common::endpoint_address(dp, inbound).to_string(),
+            port: inbound.port,
+            tags,
+        }
+    }
+}
+
 /// Another zone that runs a destination: where its traffic goes (its ingress, or this zone's
 /// egresses) and how many instances it has.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +91,9 @@ pub struct Destination {
     pub sni: Option<String>,
     /// The `kuma.io/service` identities its instances may present; empty: `service`.
     pub identities: Vec<String>,
+    /// A MeshExternalService's whole cluster, endpoints inline, or why it has none; its
+    /// cluster is not an EDS one and carries no mesh mTLS.
+    pub external: Option<Result<Value, String>>,
 }
 
 /// What a proxy's kuma-dp told the control plane about its host (Envoy node metadata) that
@@ -213,11 +233,13 @@ impl ResourceSet {
         destination: Arc<Destination>,
         cluster: Value,
         locality: LocalityAwareness,
-        assignment: Arc<Value>,
+        assignment: Option<Arc<Value>>,
     ) -> usize {
         let d = self.destinations.len();
         self.add_cluster(Origin::Destination(d), cluster);
-        self.add_endpoints(Origin::Destination(d), assignment);
+        if let Some(assignment) = assignment {
+            self.add_endpoints(Origin::Destination(d), assignment);
+        }
         self.destinations.push(destination);
         self.localities.push(locality);
         d

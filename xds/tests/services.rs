@@ -252,3 +252,204 @@ fn a_policy_keyed_to_the_mesh_service_applies_to_its_outbound() {
     let cluster = find(&r.clusters, BACKEND_CLUSTER).expect("cluster");
     assert_eq!(cluster["connect_timeout"], "7s", "{cluster}");
 }
+
+/// A MeshMultiZoneService as global syncs it: its selector, ports and this zone's VIP.
+fn multi_zone(vip: &str) -> ServiceEntry {
+    let mut r = Resource::new(
+        ResourceType::MeshMultiZoneService,
+        "default",
+        "backend-mz",
+        json!({"selector": {"meshService": {"matchLabels": {"app": "backend"}}},
+               "ports": [{"port": 20081, "appProtocol": "http"}]}),
+    );
+    r.meta
+        .labels
+        .insert("kuma.io/origin".into(), "global".into());
+    r.status = Some(json!({"vips": [{"ip": vip}]}));
+    ServiceEntry::from_resource(&r)
+}
+
+#[test]
+fn a_multi_zone_service_sends_to_this_zone_first_then_to_other_zones_ingresses() {
+    let mut mesh = common::mesh("http", true, vec![common::allow_all()]);
+    mesh.local_zone = "zone-1".into();
+    mesh.mesh_services = Some(MeshServicesMode::Exclusive);
+    mesh.remote_ingresses = vec![common::remote_ingress("zone-2", "192.168.2.1", json!([]))];
+    mesh.services = vec![
+        backend(
+            &[
+                ("kuma.io/origin", "zone"),
+                ("kuma.io/zone", "zone-1"),
+                ("app", "backend"),
+            ],
+            "backend",
+            "241.0.0.1",
+        ),
+        backend(
+            &[
+                ("kuma.io/origin", "global"),
+                ("kuma.io/zone", "zone-2"),
+                ("kuma.io/display-name", "backend"),
+                ("app", "backend"),
+            ],
+            "backend-zone-2",
+            "241.0.0.2",
+        ),
+        multi_zone("243.0.0.1"),
+    ];
+    transparent(&mut mesh, json!({}));
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    common::check_schema(&r);
+    assert!(find(&r.listeners, "outbound:243.0.0.1:20081").is_some());
+    let cluster = "default_backend-mz___mzsvc_20081";
+    let c = find(&r.clusters, cluster).expect("the MeshMultiZoneService's cluster");
+    let sni = resource_sni(
+        "backend-mz",
+        "default",
+        ResourceType::MeshMultiZoneService,
+        20081,
+    );
+    assert_eq!(c["transport_socket"]["typed_config"]["sni"], sni.as_str());
+    let assignment = r
+        .endpoints
+        .iter()
+        .find(|e| e["cluster_name"] == cluster)
+        .expect("endpoints");
+    let groups = assignment["endpoints"].as_array().expect("groups");
+    // This zone's two ready instances first, zone-2's ingress behind them.
+    assert_eq!(
+        groups[0]["lb_endpoints"].as_array().map(Vec::len),
+        Some(2),
+        "{assignment}"
+    );
+    assert_eq!(groups[0].get("priority"), None, "{assignment}");
+    let remote = &groups[1];
+    assert_eq!(remote["priority"], 1, "{assignment}");
+    assert_eq!(
+        remote["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"],
+        "192.168.2.1"
+    );
+    common::envoy_validates("multi-zone-service", &r);
+
+    // Zone-2's ingress routes the MeshMultiZoneService's SNI to its own backend.
+    let mut zone2 = common::mesh("http", true, vec![common::allow_all()]);
+    zone2.local_zone = "zone-2".into();
+    zone2.services = vec![
+        backend(
+            &[
+                ("kuma.io/origin", "zone"),
+                ("kuma.io/zone", "zone-2"),
+                ("app", "backend"),
+            ],
+            "backend",
+            "241.0.0.9",
+        ),
+        multi_zone("243.0.0.9"),
+    ];
+    let listener = ZoneProxyListener {
+        address: "192.168.2.1".into(),
+        port: 10001,
+    };
+    let ingress = xds::generator::ingress::generate(&listener, &[zone2]);
+    let routed = ingress.listeners[0]["filter_chains"]
+        .as_array()
+        .expect("chains")
+        .iter()
+        .any(|c| c["filter_chain_match"]["server_names"][0] == sni.as_str());
+    assert!(routed, "the ingress routes {sni}");
+}
+
+fn external(spec: Value, vip: &str) -> ServiceEntry {
+    let mut r = Resource::new(
+        ResourceType::MeshExternalService,
+        "default",
+        "httpbin",
+        spec,
+    );
+    r.status =
+        Some(json!({"vip": {"ip": vip}, "addresses": [{"hostname": "httpbin.extsvc.mesh.local"}]}));
+    ServiceEntry::from_resource(&r)
+}
+
+#[test]
+fn a_mesh_external_service_is_reached_directly_with_tls_originated() {
+    let mut mesh = common::mesh("http", true, vec![common::allow_all()]);
+    mesh.mesh_services = Some(MeshServicesMode::Exclusive);
+    mesh.services = vec![external(
+        json!({"match": {"type": "HostnameGenerator", "port": 80, "protocol": "http"},
+               "endpoints": [{"address": "127.0.0.1", "port": 8443}],
+               "tls": {"enabled": true, "verification": {
+                   "serverName": "httpbin.example",
+                   "caCert": {"secret": "httpbin-ca"}}}}),
+        "242.0.0.1",
+    )];
+    mesh.external_secrets = [("httpbin-ca".to_string(), Some("Q0E=".to_string()))].into();
+    transparent(&mut mesh, json!({}));
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    common::check_schema(&r);
+    let l = find(&r.listeners, "outbound:242.0.0.1:80").expect("the external service's outbound");
+    assert!(
+        l["filter_chains"][0]["filters"][0]["name"]
+            .as_str()
+            .is_some_and(|n| n.contains("http_connection_manager"))
+    );
+    let c = find(&r.clusters, "default_httpbin___extsvc_80").expect("cluster");
+    assert_eq!(c["type"], "STATIC");
+    let tls = &c["transport_socket"]["typed_config"];
+    assert_eq!(tls["sni"], "httpbin.example");
+    // The external server's CA, not the mesh's: the mesh's mTLS does not leave the mesh.
+    assert_eq!(
+        tls["common_tls_context"]["validation_context"]["trusted_ca"]["inline_bytes"],
+        "Q0E="
+    );
+    assert!(
+        tls["common_tls_context"]
+            .get("tls_certificate_sds_secret_configs")
+            .is_none()
+    );
+
+    // Its CA Secret missing: no outbound, and the proxy says why.
+    mesh.external_secrets = [("httpbin-ca".to_string(), None)].into();
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    assert!(find(&r.listeners, "outbound:242.0.0.1:80").is_none());
+}
+
+#[test]
+fn mesh_passthrough_lets_through_only_what_it_matches() {
+    let passthrough = common::validated::<model::specs::policy::MeshPassthroughSpec>(
+        "only-some",
+        json!({"targetRef": {"kind": "Mesh"},
+               "default": {"passthroughMode": "Matched", "appendMatch": [
+                   {"type": "Domain", "value": "api.example.com", "port": 443, "protocol": "tls"},
+                   {"type": "Domain", "value": "*.example.org", "protocol": "http"},
+                   {"type": "CIDR", "value": "10.9.0.0/16", "protocol": "tcp"}]}}),
+    );
+    let mut mesh = common::mesh("http", false, vec![common::allow_all()]);
+    mesh.policies.set(vec![passthrough]);
+    transparent(&mut mesh, json!({}));
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    common::check_schema(&r);
+    let l = find(&r.listeners, "outbound:passthrough:ipv4").expect("passthrough");
+    let chains = l["filter_chains"].as_array().expect("chains");
+    assert_eq!(chains.len(), 3, "{l}");
+    let by_sni = chains
+        .iter()
+        .find(|c| c["filter_chain_match"]["server_names"][0] == "api.example.com")
+        .expect("the TLS domain's chain");
+    assert_eq!(by_sni["filter_chain_match"]["destination_port"], 443);
+    let cidr = chains
+        .iter()
+        .find(|c| c["filter_chain_match"]["prefix_ranges"][0]["address_prefix"] == "10.9.0.0")
+        .expect("the CIDR's chain");
+    assert_eq!(
+        cidr["filter_chain_match"]["prefix_ranges"][0]["prefix_len"],
+        16
+    );
+    assert!(find(&r.clusters, "meshpassthrough_tls_api.example.com_443").is_some());
+    assert!(
+        l["listener_filters"]
+            .as_array()
+            .is_some_and(|f| f.len() == 2)
+    );
+    common::envoy_validates("mesh-passthrough", &r);
+}

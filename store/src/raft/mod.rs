@@ -228,6 +228,12 @@ impl Node {
         self.raft.metrics().borrow().clone()
     }
 
+    /// Whether this replica's raft has stopped (it is shutting down, or failed): it leads
+    /// nothing any more, whatever its last metrics say.
+    pub(crate) fn stopped(&self) -> bool {
+        self.raft.metrics().borrow().running_state.is_err()
+    }
+
     /// The leader as this replica knows it, with its raft address.
     fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics();

@@ -181,6 +181,9 @@ impl RaftService for Service {
         let admin: AdminRequest = Self::payload(request)?;
         let answer = match self.node.admin(admin).await {
             Ok(status) => Ok(status),
+            // A leader that is stopping sends the caller on to the next one, which an
+            // election is about to make.
+            Err(_) if self.node.stopped() => Err(super::Redirect::NotLeader),
             Err(e) => Err(super::Redirect::Unavailable(e.to_string())),
         };
         reply(&answer)

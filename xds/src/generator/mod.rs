@@ -7,6 +7,7 @@ pub mod dns;
 pub mod dynconf;
 pub mod egress;
 pub mod endpoints;
+pub mod external;
 pub mod gateway;
 pub mod ingress;
 pub mod routes;

@@ -13,10 +13,10 @@ use model::ResourceType;
 use model::specs::dataplane::{Inbound, TransparentProxying};
 use model::specs::mesh::MeshServicesMode;
 use model::specs::policy::IntOrString;
-use model::specs::service::{MeshServiceSpec, ServicePort};
+use model::specs::service::{MeshMultiZoneServiceSpec, MeshServiceSpec, ServicePort};
 
 use crate::context::{DataplaneEntry, MeshContext, Protocol, ServiceEntry, ServiceSpec};
-use crate::generator::common::{endpoint_address, inbound_ready};
+use crate::generator::common::inbound_ready;
 use crate::generator::sidecar::{add_destination, outbound_listener};
 use crate::resources::{Destination, LocalEndpoint, Origin, RemoteZone, ResourceSet};
 
@@ -60,6 +60,9 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 /// The name a MeshService's SNI carries (Kuma's `SNIName` without a system namespace): a
 /// copy synced from elsewhere is known by the name and namespace it was created with.
 pub fn sni_name(service: &ServiceEntry) -> String {
+    if service.kind != ResourceType::MeshService {
+        return service.display_name().to_string();
+    }
     let namespace = service.labels.get(model::labels::KUBE_NAMESPACE);
     let origin = service
         .labels
@@ -108,56 +111,127 @@ fn protocol_of(port: &ServicePort) -> Protocol {
     Protocol::from_tag(port.app_protocol.as_ref())
 }
 
-/// Where a port of a MeshService sends: this zone's instances, or its zone's ingresses.
-fn resolve_mesh_service(
-    mesh: &MeshContext,
-    service: &ServiceEntry,
-    port: &ServicePort,
-) -> Destination {
-    let mut endpoints = Vec::new();
-    let mut remote = Vec::new();
+/// Whether `service` runs in this zone (created here, or with no zone of its own).
+fn is_here(mesh: &MeshContext, service: &ServiceEntry) -> bool {
     let zone = service.zone();
-    let local = service.is_local() || zone.is_empty() || zone == mesh.local_zone;
+    service.is_local() || zone.is_empty() || zone == mesh.local_zone
+}
+
+/// This zone's ready instances of `port` of a MeshService.
+fn local_endpoints(
+    mesh: &MeshContext,
+    spec: &MeshServiceSpec,
+    port: &ServicePort,
+) -> Vec<LocalEndpoint> {
+    let mut endpoints = Vec::new();
+    for dp in &mesh.dataplanes {
+        for inbound in &dp.spec.networking.inbound {
+            if !selects(spec, dp, inbound) || !serves_port(inbound, port) || !inbound_ready(inbound)
+            {
+                continue;
+            }
+            endpoints.push(LocalEndpoint::of(dp, inbound));
+        }
+    }
+    endpoints
+}
+
+/// The way to another zone's instances: its ingresses (or this zone's egresses), which only
+/// route the mesh's mTLS (the SNI names the service).
+fn remote_via(mesh: &MeshContext, zone: &str) -> Option<RemoteZone> {
+    if !mesh.mtls {
+        return None;
+    }
+    let via: Vec<(String, u32)> = if mesh.zone_egress {
+        mesh.local_egresses.clone()
+    } else {
+        mesh.remote_ingresses
+            .iter()
+            .filter(|i| i.zone == zone)
+            .map(|i| (i.address.clone(), i.port))
+            .collect()
+    };
+    (!via.is_empty()).then(|| RemoteZone {
+        zone: zone.to_string(),
+        via,
+        instances: 1,
+    })
+}
+
+/// The `kuma.io/service` identities a service's instances present.
+fn identities(service: &ServiceEntry) -> Vec<String> {
+    match service.identities.is_empty() {
+        true => vec![service.display_name().to_string()],
+        false => service.identities.clone(),
+    }
+}
+
+/// The MeshServices a MeshMultiZoneService's selector picks (in every zone).
+fn matched_services<'a>(
+    mesh: &'a MeshContext,
+    spec: &'a MeshMultiZoneServiceSpec,
+) -> impl Iterator<Item = &'a ServiceEntry> {
+    let labels = spec.selector.mesh_service.as_ref().map(|s| &s.match_labels);
+    // Labels as global's copy of each MeshService has them: a zone's own copy lacks the
+    // display name global's carries (what selectors usually name).
+    let label = |s: &'a ServiceEntry, k: &str| -> Option<&'a str> {
+        match s.labels.get(k) {
+            Some(v) => Some(v.as_str()),
+            None if k == model::labels::DISPLAY_NAME => Some(s.display_name()),
+            None => None,
+        }
+    };
+    mesh.services.iter().filter(move |s| {
+        s.kind == ResourceType::MeshService
+            && labels.is_some_and(|l| l.iter().all(|(k, v)| label(s, k) == Some(v.as_str())))
+    })
+}
+
+/// Where a port of a service sends: a MeshService to this zone's instances or its zone's
+/// ingresses; a MeshMultiZoneService to every MeshService it selects, this zone's first (the
+/// locality-aware layout puts other zones behind); a MeshExternalService to its endpoints,
+/// in its cluster.
+fn resolve_service(mesh: &MeshContext, service: &ServiceEntry, port: &ServicePort) -> Destination {
+    let mut endpoints = Vec::new();
+    let mut remote: Vec<RemoteZone> = Vec::new();
+    let mut ids = Vec::new();
+    let mut external = None;
     match service.spec.as_deref() {
-        Some(ServiceSpec::Mesh(spec)) if local => {
-            for dp in &mesh.dataplanes {
-                for inbound in &dp.spec.networking.inbound {
-                    if !selects(spec, dp, inbound) || !serves_port(inbound, port) {
-                        continue;
-                    }
-                    if inbound_ready(inbound) {
-                        let mut tags = dp.labels.clone();
-                        tags.extend(inbound.tags.clone());
-                        endpoints.push(LocalEndpoint {
-                            address: endpoint_address(dp, inbound).to_string(),
-                            port: inbound.port,
-                            tags,
-                        });
-                    }
+        Some(ServiceSpec::Mesh(spec)) => {
+            ids = identities(service);
+            match is_here(mesh, service) {
+                true => endpoints = local_endpoints(mesh, spec, port),
+                false => remote.extend(remote_via(mesh, service.zone())),
+            }
+        }
+        Some(ServiceSpec::MultiZone(spec)) => {
+            for ms in matched_services(mesh, spec) {
+                let Some(Some(ServiceSpec::Mesh(ms_spec))) = Some(ms.spec.as_deref()) else {
+                    continue;
+                };
+                let Some(ms_port) = ms.ports.iter().find(|p| p.port == port.port) else {
+                    continue;
+                };
+                ids.extend(identities(ms));
+                if is_here(mesh, ms) {
+                    endpoints.extend(local_endpoints(mesh, ms_spec, ms_port));
+                } else if !remote.iter().any(|r| r.zone == ms.zone()) {
+                    remote.extend(remote_via(mesh, ms.zone()));
                 }
             }
+            ids.sort();
+            ids.dedup();
+            remote.sort_by(|a, b| a.zone.cmp(&b.zone));
         }
-        // Another zone's instances are reached through its ingresses, which only route
-        // mTLS (the SNI names the service).
-        Some(ServiceSpec::Mesh(_)) if mesh.mtls => {
-            let via: Vec<(String, u32)> = if mesh.zone_egress {
-                mesh.local_egresses.clone()
-            } else {
-                mesh.remote_ingresses
-                    .iter()
-                    .filter(|i| i.zone == zone)
-                    .map(|i| (i.address.clone(), i.port))
-                    .collect()
-            };
-            if !via.is_empty() {
-                remote.push(RemoteZone {
-                    zone: zone.to_string(),
-                    via,
-                    instances: 1,
-                });
-            }
+        Some(ServiceSpec::External(spec)) => {
+            let name = service.cluster_name(&mesh.mesh, port.port);
+            external = Some(super::external::cluster(
+                &name,
+                spec,
+                &mesh.external_secrets,
+            ));
         }
-        _ => {}
+        None => {}
     }
     endpoints.sort();
     endpoints.dedup_by(|a, b| (&a.address, a.port) == (&b.address, b.port));
@@ -174,24 +248,27 @@ fn resolve_mesh_service(
             service.kind,
             port.port,
         )),
-        identities: match service.identities.is_empty() {
-            true => vec![service.display_name().to_string()],
-            false => service.identities.clone(),
-        },
+        identities: ids,
+        external: external.map(|r| r.map_err(|e| e.to_string())),
     }
 }
 
-/// Every port of this zone's MeshServices with the SNI other zones reach it by: what a zone
-/// ingress routes.
+/// Every port of this zone's MeshServices, and of the MeshMultiZoneServices that select
+/// them, with the SNI other zones reach it by and this zone's instances: what a zone ingress
+/// routes.
 pub fn local_service_destinations(mesh: &MeshContext) -> Vec<(String, Destination)> {
     let mut out = Vec::new();
     for service in &mesh.services {
-        let local = service.zone().is_empty() || service.zone() == mesh.local_zone;
-        if service.kind != ResourceType::MeshService || !service.is_local() || !local {
+        let routed = match service.kind {
+            ResourceType::MeshService => service.is_local() && is_here(mesh, service),
+            ResourceType::MeshMultiZoneService => true,
+            _ => false,
+        };
+        if !routed {
             continue;
         }
         for port in &service.ports {
-            let dest = resolve_mesh_service(mesh, service, port);
+            let dest = resolve_service(mesh, service, port);
             if let Some(sni) = dest.sni.clone() {
                 out.push((sni, dest));
             }
@@ -206,7 +283,7 @@ fn service_destination(
     service: &ServiceEntry,
     port: &ServicePort,
 ) -> Arc<Destination> {
-    let resolve = || resolve_mesh_service(mesh, service, port);
+    let resolve = || resolve_service(mesh, service, port);
     match &mesh.shared {
         Some(shared) => {
             shared.service_destination(&service.cluster_name(&mesh.mesh, port.port), resolve)
@@ -265,10 +342,6 @@ pub fn add_outbounds(mesh: &MeshContext, proxy: &DataplaneEntry, out: &mut Resou
         return;
     }
     for service in &mesh.services {
-        // MeshMultiZoneServices and MeshExternalServices get theirs with their own work.
-        if service.kind != ResourceType::MeshService {
-            continue;
-        }
         let Some(vip) = service.vip.as_deref() else {
             continue;
         };
@@ -281,6 +354,13 @@ pub fn add_outbounds(mesh: &MeshContext, proxy: &DataplaneEntry, out: &mut Resou
                 continue;
             }
             let dest = service_destination(mesh, service, port);
+            if let Some(Err(e)) = &dest.external {
+                out.warnings.push(format!(
+                    "{} {}: no outbound: {e}",
+                    service.kind, service.name
+                ));
+                continue;
+            }
             let destination = match out
                 .destinations
                 .iter()

@@ -22,7 +22,7 @@ use crate::envoy::listener::{filter_chain, inbound_listener, listener};
 use crate::envoy::names::{identity_secret_name, mesh_ca_secret_name, service_sni, spiffe_id};
 use crate::envoy::routes::subset_cluster_name;
 use crate::envoy::tls::{inbound_mtls, outbound_mtls};
-use crate::generator::common::{MAX_SUBSET_TAGS, endpoint_address, inbound_address, inbound_ready};
+use crate::generator::common::{MAX_SUBSET_TAGS, inbound_address, inbound_ready};
 use crate::generator::endpoints::destination_assignment;
 use crate::resources::{Destination, LocalEndpoint, Origin, RemoteZone, ResourceSet};
 
@@ -65,13 +65,7 @@ fn resolve(mesh: &MeshContext, tags: BTreeMap<String, String>) -> Destination {
             }
             protocols.insert(inbound.tags.get(PROTOCOL_TAG).cloned().unwrap_or_default());
             if inbound_ready(inbound) {
-                let mut tags = dp.labels.clone();
-                tags.extend(inbound.tags.clone());
-                endpoints.push(LocalEndpoint {
-                    address: endpoint_address(dp, inbound).to_string(),
-                    port: inbound.port,
-                    tags,
-                });
+                endpoints.push(LocalEndpoint::of(dp, inbound));
             }
         }
     }
@@ -132,6 +126,7 @@ fn resolve(mesh: &MeshContext, tags: BTreeMap<String, String>) -> Destination {
         protocol,
         sni: None,
         identities: Vec::new(),
+        external: None,
     }
 }
 
@@ -171,6 +166,10 @@ pub(crate) fn add_destination(
     dest: Arc<Destination>,
     out: &mut ResourceSet,
 ) -> usize {
+    if let Some(Ok(cluster)) = &dest.external {
+        let cluster = cluster.clone();
+        return out.add_destination(dest, cluster, LocalityAwareness::default(), None);
+    }
     let mut cluster = eds_cluster(&dest.cluster);
     if dest.protocol.needs_http2_upstream() {
         use_http2_upstream(&mut cluster);
@@ -188,7 +187,7 @@ pub(crate) fn add_destination(
     }
     let locality = LocalityAwareness::default();
     let assignment = destination_assignment(mesh, &dest, &locality, &proxy.caller_tags());
-    out.add_destination(dest, cluster, locality, assignment)
+    out.add_destination(dest, cluster, locality, Some(assignment))
 }
 
 fn inbound_resources(

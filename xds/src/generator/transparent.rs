@@ -19,7 +19,7 @@ pub const OUTBOUND_PASSTHROUGH: &str = "outbound:passthrough:ipv4";
 pub const INBOUND_PASSTHROUGH: &str = "inbound:passthrough:ipv4";
 /// Where traffic no outbound takes goes when the mesh forbids passthrough: a cluster with
 /// no endpoints, so the connection is closed.
-const NO_DESTINATION: &str = "outbound:no-destination";
+pub const NO_DESTINATION: &str = "outbound:no-destination";
 /// The source address of connections the inbound passthrough makes to the application, which
 /// iptables leaves alone (Kuma's `InboundPassthroughSourceAddressCIDRIPv4`).
 pub const INBOUND_PASSTHROUGH_SOURCE: &str = "127.0.0.6";

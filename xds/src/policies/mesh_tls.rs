@@ -81,7 +81,7 @@ fn destination_conf(mesh: &MeshContext, service: &str) -> Option<TlsConf> {
     })
 }
 
-fn envoy_version(v: TlsVersion) -> &'static str {
+pub(crate) fn envoy_version(v: TlsVersion) -> &'static str {
     match v {
         TlsVersion::TLSAuto => "TLS_AUTO",
         TlsVersion::TLS10 => "TLSv1_0",

@@ -11,12 +11,13 @@ mod mesh_health_check;
 mod mesh_http_route;
 mod mesh_load_balancing_strategy;
 pub mod mesh_metric;
+mod mesh_passthrough;
 mod mesh_proxy_patch;
 mod mesh_rate_limit;
 mod mesh_retry;
 mod mesh_tcp_route;
 mod mesh_timeout;
-mod mesh_tls;
+pub(crate) mod mesh_tls;
 mod mesh_trace;
 mod mesh_traffic_permission;
 
@@ -47,6 +48,7 @@ pub static PLUGINS: &[&dyn PolicyPlugin] = &[
     &mesh_tcp_route::Plugin,
     &mesh_tls::Plugin,
     &mesh_load_balancing_strategy::Plugin,
+    &mesh_passthrough::Plugin,
     &mesh_access_log::Plugin,
     &mesh_trace::Plugin,
     &mesh_fault_injection::Plugin,

@@ -231,6 +231,7 @@ impl Supervisor {
             dataplanes: BTreeMap::new(),
             gateways: BTreeMap::new(),
             gateway_certificates: BTreeMap::new(),
+            external_secrets: BTreeMap::new(),
             raw_policies: BTreeMap::new(),
             policies: Policies::default(),
             services: BTreeMap::new(),
@@ -392,6 +393,8 @@ struct MeshState {
     /// What proxies read of the mesh's services (VIPs, hostnames): their proxy counts change
     /// with every connection and are not kept, so such a change publishes nothing.
     services: BTreeMap<(ResourceType, String), ServiceEntry>,
+    /// The Secrets MeshExternalServices name for their TLS, by name (`None`: missing).
+    external_secrets: BTreeMap<String, Option<String>>,
     zone_proxies: Arc<ZoneProxies>,
     ca: Result<Option<MeshCa>, Arc<MeshCaError>>,
     encoded: Arc<EncodedCache>,
@@ -496,6 +499,7 @@ impl MeshState {
                     .insert((kind, r.meta.name.clone()), ServiceEntry::from_resource(&r));
             }
         }
+        self.load_external_secrets().await?;
         self.raw_policies.clear();
         self.policies = Policies::default();
         for kind in xds::policies::kinds() {
@@ -522,6 +526,7 @@ impl MeshState {
         let mut reparse = HashSet::new();
         let mut ca = false;
         let mut certificates = false;
+        let mut external_secrets = false;
         for key in keys {
             let current = match self.store.get(&key).await {
                 Ok(r) => Some(r),
@@ -533,6 +538,7 @@ impl MeshState {
                 let entry = current.as_ref().map(ServiceEntry::from_resource);
                 if self.services.get(&slot) != entry.as_ref() {
                     changed = true;
+                    external_secrets |= key.kind == ResourceType::MeshExternalService;
                     match entry {
                         Some(e) => self.services.insert(slot, e),
                         None => self.services.remove(&slot),
@@ -557,6 +563,7 @@ impl MeshState {
                 ResourceType::Secret => {
                     ca = true;
                     certificates |= self.gateway_certificates.contains_key(&key.name);
+                    external_secrets |= self.external_secrets.contains_key(&key.name);
                 }
                 ResourceType::MeshGateway => {
                     match current {
@@ -587,6 +594,9 @@ impl MeshState {
         }
         if certificates {
             self.load_gateway_certificates().await?;
+        }
+        if external_secrets {
+            self.load_external_secrets().await?;
         }
         Ok(changed)
     }
@@ -627,6 +637,37 @@ impl MeshState {
             certificates.insert(name, certificate);
         }
         self.gateway_certificates = certificates;
+        Ok(())
+    }
+
+    /// Reads every Secret a MeshExternalService's TLS names (one read each).
+    async fn load_external_secrets(&mut self) -> Result<(), CacheError> {
+        let names: std::collections::BTreeSet<String> = self
+            .services
+            .values()
+            .filter_map(|s| match s.spec.as_deref() {
+                Some(xds::context::ServiceSpec::External(spec)) => {
+                    Some(xds::generator::external::secret_names(spec))
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut secrets = BTreeMap::new();
+        for name in names {
+            let key = ResourceKey::new(ResourceType::Secret, &self.name, &name);
+            let data = match self.store.get(&key).await {
+                Ok(r) => r
+                    .spec
+                    .get("data")
+                    .and_then(serde_json::Value::as_str)
+                    .map(String::from),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => return Err(CacheError::Store(key.to_string(), e)),
+            };
+            secrets.insert(name, data);
+        }
+        self.external_secrets = secrets;
         Ok(())
     }
 
@@ -702,6 +743,7 @@ impl MeshState {
             gateway_certificates: self.gateway_certificates.clone(),
             legacy_metrics: legacy_metrics(&self.name, &self.spec),
             services: self.services.values().cloned().collect(),
+            external_secrets: self.external_secrets.clone(),
             mesh_services: self.spec.mesh_services.as_ref().and_then(|m| m.mode),
             passthrough: self
                 .spec

@@ -173,11 +173,17 @@ impl Generator {
     }
 }
 
+/// Whether `selector` picks a service with `labels`. One without `kuma.io/origin` was written
+/// here without Kuma's computed labels (a standalone control plane computes none); Kuma's
+/// non-federated zone labels such a service `zone`, which the default generators select.
 pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     selector
         .match_labels
         .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
+        .all(|(k, v)| match labels.get(k) {
+            Some(have) => have == v,
+            None => k == model::labels::ORIGIN && v == "zone",
+        })
 }
 
 /// Kuma's order: the zone's own generators first, then the oldest, then by name. A hostname
@@ -284,6 +290,26 @@ mod tests {
             eval("Backend.local", &r),
             Err(TemplateError::NotDns { .. })
         ));
+    }
+
+    #[test]
+    fn a_service_without_origin_reads_as_this_zones() {
+        let selector: LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"kuma.io/origin": "zone"}})).unwrap();
+        let labels = |l: &[(&str, &str)]| -> BTreeMap<String, String> {
+            l.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(selects(&selector, &labels(&[])));
+        assert!(selects(&selector, &labels(&[("kuma.io/origin", "zone")])));
+        assert!(!selects(
+            &selector,
+            &labels(&[("kuma.io/origin", "global")])
+        ));
+        let other: LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"team": "a"}})).unwrap();
+        assert!(!selects(&other, &labels(&[])));
     }
 
     #[test]
