@@ -4,10 +4,14 @@
 //! client (`curl http://backend.svc.mesh.local:8080`, run as another user than the proxy) that
 //! reaches the backend's generated MeshService by its hostname: DNS answered by the client's
 //! kuma-dp, the VIP's connection redirected to Envoy's outbound passthrough listener, handed to
-//! the MeshService's outbound, and redirected again into the backend's inbound. `install`
-//! refuses a second time and changes nothing; `uninstall` leaves the namespace's iptables as
-//! they were (`iptables-save` before and after). Needs root, `ip`, `iptables`, `curl`,
-//! `setpriv` and `envoy`; outside CI the test is skipped, loudly, without them.
+//! the MeshService's outbound, and redirected again into the backend's inbound; a MeshHTTPRoute
+//! to the MeshService changes the call; a MeshExternalService (an HTTPS server outside the mesh,
+//! TLS originated by the sidecar) and a MeshPassthrough domain are reached the same way; in
+//! another test, a client in zone-1 reaches zone-2's service and a MeshMultiZoneService by
+//! their hostnames through zone-2's ingress. `install` refuses a second time and changes
+//! nothing; `uninstall` leaves the namespace's iptables as they were (`iptables-save` before
+//! and after). Needs root, `ip`, `iptables`, `curl`, `setpriv` and `envoy`; outside CI the
+//! test is skipped, loudly, without them.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -213,6 +217,27 @@ fn an_unmodified_client_reaches_a_mesh_service_by_hostname_through_the_transpare
     // connection managers add.
     let (ok, said) = curl_as_client(&lan, client, &["http://backend.svc.mesh.local:8080/"]);
     assert!(ok && said.contains("x-request-id"), "{said}");
+
+    // A policy keyed to the MeshService applies to its outbound: a MeshHTTPRoute to
+    // `backend` adds a header the backend echoes back.
+    env.put(
+        "/meshes/default/meshhttproutes/backend-route",
+        json!({"type": "MeshHTTPRoute", "name": "backend-route", "mesh": "default",
+            "spec": {"targetRef": {"kind": "Mesh"},
+                "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                    "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                        "default": {"filters": [{"type": "RequestHeaderModifier",
+                            "requestHeaderModifier": {"add": [{"name": "x-routed", "value": "by-mesh-service"}]}}]}}]}]}}),
+    );
+    within(
+        Duration::from_secs(30),
+        "the MeshHTTPRoute to the MeshService takes effect",
+        || {
+            let (ok, said) = curl_as_client(&lan, client, &["http://backend.svc.mesh.local:8080/"]);
+            ok && said.contains("by-mesh-service")
+        },
+        logs,
+    );
 
     // A MeshExternalService: an HTTPS server outside the mesh (on the test's side of the LAN)
     // the client calls in plain HTTP by its hostname; its sidecar originates the TLS and

@@ -453,3 +453,34 @@ fn mesh_passthrough_lets_through_only_what_it_matches() {
     );
     common::envoy_validates("mesh-passthrough", &r);
 }
+
+#[test]
+fn a_mesh_http_route_to_the_mesh_service_routes_its_vip_outbound() {
+    let route = common::validated::<model::specs::policy::MeshHttpRouteSpec>(
+        "backend-route",
+        json!({"targetRef": {"kind": "Mesh"},
+               "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                       "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                  "default": {"filters": [{"type": "RequestHeaderModifier",
+                                      "requestHeaderModifier": {"add": [{"name": "x-routed", "value": "mesh-service"}]}}]}}]}]}),
+    );
+    let mut mesh = common::mesh("http", false, vec![common::allow_all()]);
+    mesh.policies.set(vec![route]);
+    mesh.mesh_services = Some(MeshServicesMode::Exclusive);
+    mesh.services = vec![backend(&[], "backend", "241.0.0.1")];
+    transparent(&mut mesh, json!({}));
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    common::check_schema(&r);
+    let l = find(&r.listeners, "outbound:241.0.0.1:20081").expect("the VIP outbound");
+    let routes = &l["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+        [0]["routes"];
+    let routed = routes.as_array().into_iter().flatten().find(|r| {
+        r["request_headers_to_add"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|h| h["header"]["key"] == "x-routed"))
+    });
+    let routed = routed.unwrap_or_else(|| panic!("no route adds x-routed: {routes}"));
+    // Still to the MeshService's own cluster.
+    assert_eq!(routed["route"]["cluster"], BACKEND_CLUSTER, "{routed}");
+    common::envoy_validates("mesh-service-route", &r);
+}
