@@ -292,6 +292,8 @@ pub struct SharedWork {
     to_rules: RwLock<HashMap<PoliciesAndService, Option<Arc<Rule>>>>,
     /// Where each Dataplane is in the context's list, by name.
     dataplane_index: OnceLock<HashMap<String, usize>>,
+    /// Which service and port each service outbound cluster is, by cluster name.
+    service_index: OnceLock<HashMap<String, (usize, usize)>>,
     /// The policies that changed since a previous snapshot, and that snapshot (weakly: its
     /// allocation, so its address, stays reserved while the memo names it).
     changed: RwLock<Option<ChangedSince>>,
@@ -413,6 +415,29 @@ impl MeshContext {
             }
             None => self.dataplanes.iter().find(|d| d.name == name),
         }
+    }
+
+    /// The service and port whose outbound cluster is `cluster` (a proxy's destination
+    /// found again in a later snapshot).
+    pub(crate) fn service_port(&self, cluster: &str) -> Option<(&ServiceEntry, &ServicePort)> {
+        let clusters = || {
+            self.services.iter().enumerate().flat_map(|(si, s)| {
+                let ports = s.ports.iter().enumerate();
+                ports.map(move |(pi, p)| (s.cluster_name(&self.mesh, p.port), (si, pi)))
+            })
+        };
+        let at = match &self.shared {
+            // Every proxy of a snapshot looks its destinations up: one index for them all.
+            Some(shared) => shared
+                .service_index
+                .get_or_init(|| clusters().collect())
+                .get(cluster)
+                .copied(),
+            None => clusters().find(|(c, _)| c == cluster).map(|(_, at)| at),
+        };
+        let (si, pi) = at?;
+        let service = self.services.get(si)?;
+        Some((service, service.ports.get(pi)?))
     }
 
     /// The policies that differ from `previous`'s (added, removed or changed, as they were

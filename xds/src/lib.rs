@@ -102,7 +102,11 @@ pub fn refresh_endpoints(
     assignments
         .iter()
         .map(|(before, locality)| {
-            let now = generator::sidecar::resolved(mesh, &before.tags);
+            // A service's port is found by its cluster; the rest by the tags they select.
+            let now = match before.sni.is_some() {
+                true => generator::services::resolved_again(mesh, &before.cluster)?,
+                false => generator::sidecar::resolved(mesh, &before.tags),
+            };
             let same_shape = now.cluster == before.cluster
                 && now.service == before.service
                 && now.protocol == before.protocol;

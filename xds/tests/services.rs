@@ -484,3 +484,38 @@ fn a_mesh_http_route_to_the_mesh_service_routes_its_vip_outbound() {
     assert_eq!(routed["route"]["cluster"], BACKEND_CLUSTER, "{routed}");
     common::envoy_validates("mesh-service-route", &r);
 }
+
+/// A Dataplane change that only moves endpoints refreshes a transparent proxy's service
+/// outbounds without generating its whole configuration again, and gives what a whole
+/// generation would.
+#[test]
+fn a_new_instance_of_a_mesh_service_refreshes_only_endpoints() {
+    let snapshot = |mut m: xds::MeshContext| {
+        m.shared = Some(std::sync::Arc::default());
+        m
+    };
+    let mut before = common::mesh("http", false, vec![common::allow_all()]);
+    before.mesh_services = Some(MeshServicesMode::Exclusive);
+    before.services = vec![backend(&[], "backend", "241.0.0.1")];
+    transparent(&mut before, json!({}));
+    let mut after = before.clone();
+    after.dataplanes.push(common::dataplane(
+        "backend-9",
+        json!({"networking": {"address": "10.0.0.9", "inbound": [{"port": 20081,
+            "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}]}}),
+    ));
+    let (before, after) = (snapshot(before), snapshot(after));
+    let first = xds::sidecar(&before, "web-1").expect("config");
+    let refreshed = xds::refresh_endpoints(&before, &after, "web-1", &first.plan)
+        .expect("only endpoints changed: refreshed, not generated again");
+    let full = xds::sidecar(&after, "web-1").expect("config");
+    assert_eq!(refreshed, full.endpoints);
+    let backend_endpoints = refreshed
+        .iter()
+        .find(|e| e["cluster_name"] == BACKEND_CLUSTER)
+        .expect("the service's endpoints");
+    assert!(
+        backend_endpoints.to_string().contains("10.0.0.9"),
+        "{backend_endpoints}"
+    );
+}

@@ -292,6 +292,13 @@ fn service_destination(
     }
 }
 
+/// The destination of the service port whose cluster is `cluster`, in `mesh` (a snapshot
+/// later than the one the destination was first resolved in); `None` when it is gone.
+pub(crate) fn resolved_again(mesh: &MeshContext, cluster: &str) -> Option<Arc<Destination>> {
+    let (service, port) = mesh.service_port(cluster)?;
+    Some(service_destination(mesh, service, port))
+}
+
 /// The ports of `service` a proxy with `tp` reaches: all of them unless `reachableBackends`
 /// lists others (or lists none, or the mesh wants them listed).
 fn reachable_ports<'a>(
