@@ -339,12 +339,14 @@ fn reachable_ports<'a>(
     ports
 }
 
-/// The listeners and clusters of the services `proxy` reaches, when it is transparently
-/// proxied and the mesh uses MeshServices.
-pub fn add_outbounds(mesh: &MeshContext, proxy: &DataplaneEntry, out: &mut ResourceSet) {
-    let Some(tp) = proxy.spec.networking.transparent_proxy() else {
-        return;
-    };
+/// The listeners and clusters of the services `proxy`, transparently proxied as `tp` says,
+/// reaches when the mesh uses MeshServices.
+pub fn add_outbounds(
+    mesh: &MeshContext,
+    proxy: &DataplaneEntry,
+    tp: &TransparentProxying,
+    out: &mut ResourceSet,
+) {
     if tp.redirect_port_outbound == 0 || mesh.mesh_services_mode() == MeshServicesMode::Disabled {
         return;
     }
@@ -352,7 +354,7 @@ pub fn add_outbounds(mesh: &MeshContext, proxy: &DataplaneEntry, out: &mut Resou
         let Some(vip) = service.vip.as_deref() else {
             continue;
         };
-        for port in reachable_ports(mesh, &tp, service) {
+        for port in reachable_ports(mesh, tp, service) {
             // A service the proxy itself serves on the same address and port (Kuma skips it).
             let own = proxy.spec.networking.inbound.iter().any(|i| {
                 i.port == port.port && crate::generator::common::inbound_address(proxy, i) == vip

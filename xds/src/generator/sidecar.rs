@@ -195,6 +195,7 @@ fn inbound_resources(
     proxy: &DataplaneEntry,
     index: usize,
     inbound: &Inbound,
+    redirected: bool,
     out: &mut ResourceSet,
 ) {
     let origin = Origin::Inbound(index);
@@ -231,7 +232,7 @@ fn inbound_resources(
         chain["transport_socket"] = inbound_mtls(&mesh.mesh);
     }
     let mut l = inbound_listener(&listener_name, address, port, vec![chain]);
-    if crate::generator::transparent::redirects_inbound(proxy).is_some() {
+    if redirected {
         // iptables brings its traffic to the inbound passthrough listener, which hands it
         // here; bound, it would take the application's own port.
         l["bind_to_port"] = Value::Bool(false);
@@ -293,11 +294,14 @@ pub(crate) fn outbound_listener(name: &str, address: &str, port: u32, dest: &Des
 /// The configuration of `proxy`, before policies.
 pub fn generate(mesh: &MeshContext, proxy: &DataplaneEntry) -> ResourceSet {
     let mut out = ResourceSet::default();
+    // Read once: the inbounds, the services' outbounds and the passthrough listeners use it.
+    let tp = proxy.spec.networking.transparent_proxy();
+    let redirected = tp.as_ref().is_some_and(|t| t.redirect_port_inbound != 0);
     for (i, inbound) in proxy.spec.networking.inbound.iter().enumerate() {
         if inbound.state == Some(InboundState::Ignored) {
             continue;
         }
-        inbound_resources(mesh, proxy, i, inbound, &mut out);
+        inbound_resources(mesh, proxy, i, inbound, redirected, &mut out);
     }
     for (i, outbound) in proxy.spec.networking.outbound.iter().enumerate() {
         // A reference that cannot be resolved yet gets no listener rather than failing the proxy.
@@ -305,8 +309,10 @@ pub fn generate(mesh: &MeshContext, proxy: &DataplaneEntry) -> ResourceSet {
             outbound_resources(mesh, proxy, i, outbound, tags, &mut out);
         }
     }
-    crate::generator::services::add_outbounds(mesh, proxy, &mut out);
-    crate::generator::transparent::add(mesh, proxy, &mut out);
+    if let Some(tp) = &tp {
+        crate::generator::services::add_outbounds(mesh, proxy, tp, &mut out);
+        crate::generator::transparent::add(mesh, tp, &mut out);
+    }
     if mesh.mtls {
         out.secret_names = vec![
             identity_secret_name(&mesh.mesh),

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use model::specs::dataplane::TransparentProxying;
 
-use crate::context::{DataplaneEntry, MeshContext};
+use crate::context::MeshContext;
 use crate::envoy::core::CONNECT_TIMEOUT;
 use crate::envoy::filters::tcp_proxy;
 use crate::envoy::listener::{filter_chain, listener};
@@ -48,21 +48,8 @@ fn passthrough_listener(name: &str, port: u32, direction: &str, cluster: &str) -
     l
 }
 
-/// Whether `proxy`'s own listeners stay unbound because iptables redirects to the passthrough
-/// listeners: inbounds when inbound traffic is redirected.
-pub fn redirects_inbound(proxy: &DataplaneEntry) -> Option<TransparentProxying> {
-    proxy
-        .spec
-        .networking
-        .transparent_proxy()
-        .filter(|tp| tp.redirect_port_inbound != 0)
-}
-
-/// Adds the passthrough listeners and clusters of a transparently proxied `proxy`.
-pub fn add(mesh: &MeshContext, proxy: &DataplaneEntry, out: &mut ResourceSet) {
-    let Some(tp) = proxy.spec.networking.transparent_proxy() else {
-        return;
-    };
+/// Adds the passthrough listeners and clusters of a proxy transparently proxied as `tp` says.
+pub fn add(mesh: &MeshContext, tp: &TransparentProxying, out: &mut ResourceSet) {
     if tp.redirect_port_outbound != 0 {
         let cluster = match mesh.allows_passthrough() {
             true => {
