@@ -452,6 +452,19 @@ impl MeshState {
     }
 
     /// Everything of the mesh, read afresh.
+    /// Every resource of `kind` in the mesh; `what` names them in an error.
+    async fn list_in_mesh(
+        &self,
+        kind: ResourceType,
+        what: &str,
+    ) -> Result<Vec<Resource>, CacheError> {
+        self.store
+            .list(&ListQuery::in_mesh(kind, &self.name))
+            .await
+            .map(|page| page.items)
+            .map_err(|e| CacheError::Store(format!("{what} of mesh {}", self.name), e))
+    }
+
     async fn load(&mut self) -> Result<(), CacheError> {
         let mesh = self.name.clone();
         let read = |what: &str, e| CacheError::Store(format!("{what} of mesh {mesh}"), e);
@@ -466,35 +479,23 @@ impl MeshState {
         };
         self.set_spec(r);
         self.dataplanes.clear();
-        let items = self
-            .store
-            .list(&ListQuery::in_mesh(ResourceType::Dataplane, &self.name))
-            .await
-            .map_err(|e| read("the dataplanes", e))?
-            .items;
-        for r in items {
+        for r in self
+            .list_in_mesh(ResourceType::Dataplane, "the dataplanes")
+            .await?
+        {
             self.put_dataplane(r);
         }
         self.gateways.clear();
-        let items = self
-            .store
-            .list(&ListQuery::in_mesh(ResourceType::MeshGateway, &self.name))
-            .await
-            .map_err(|e| read("the gateways", e))?
-            .items;
-        for r in items {
+        for r in self
+            .list_in_mesh(ResourceType::MeshGateway, "the gateways")
+            .await?
+        {
             self.put_gateway(r);
         }
         self.load_gateway_certificates().await?;
         self.services.clear();
         for kind in SERVICE_KINDS {
-            let items = self
-                .store
-                .list(&ListQuery::in_mesh(kind, &self.name))
-                .await
-                .map_err(|e| read(kind.name(), e))?
-                .items;
-            for r in items {
+            for r in self.list_in_mesh(kind, kind.name()).await? {
                 self.services
                     .insert((kind, r.meta.name.clone()), ServiceEntry::from_resource(&r));
             }
@@ -503,12 +504,7 @@ impl MeshState {
         self.raw_policies.clear();
         self.policies = Policies::default();
         for kind in xds::policies::kinds() {
-            let items = self
-                .store
-                .list(&ListQuery::in_mesh(kind, &self.name))
-                .await
-                .map_err(|e| read(kind.name(), e))?
-                .items;
+            let items = self.list_in_mesh(kind, kind.name()).await?;
             let raws = self.raw_policies.entry(kind).or_default();
             for r in items {
                 raws.insert(r.meta.name.clone(), raw_policy(r));

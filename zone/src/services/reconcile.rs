@@ -126,6 +126,18 @@ enum Term {
     Ref(String),
 }
 
+/// The names held in `held` that `listed` does not name.
+fn unlisted<'a, V>(
+    held: &BTreeMap<String, V>,
+    listed: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
+    let listed: BTreeSet<&str> = listed.collect();
+    held.keys()
+        .filter(|n| !listed.contains(n.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// One mesh as the controller holds it, with the indexes that let a change recompute only
 /// the services it can affect.
 #[derive(Debug, Default)]
@@ -193,27 +205,13 @@ impl MeshState {
 
     /// Replaces the held Dataplanes and insights with a fresh listing.
     pub fn replace_proxies(&mut self, proxies: Vec<Proxy>, insights: Vec<(String, InsightFacts)>) {
-        let listed: BTreeSet<&str> = proxies.iter().map(|p| p.name.as_str()).collect();
-        let gone: Vec<String> = self
-            .proxies
-            .keys()
-            .filter(|n| !listed.contains(n.as_str()))
-            .cloned()
-            .collect();
-        for name in gone {
+        for name in unlisted(&self.proxies, proxies.iter().map(|p| p.name.as_str())) {
             self.remove_proxy(&name);
         }
         for p in proxies {
             self.put_proxy(p);
         }
-        let listed: BTreeSet<&str> = insights.iter().map(|(n, _)| n.as_str()).collect();
-        let gone: Vec<String> = self
-            .insights
-            .keys()
-            .filter(|n| !listed.contains(n.as_str()))
-            .cloned()
-            .collect();
-        for name in gone {
+        for name in unlisted(&self.insights, insights.iter().map(|(n, _)| n.as_str())) {
             self.remove_insight(&name);
         }
         for (name, facts) in insights {
