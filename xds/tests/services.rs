@@ -3,7 +3,8 @@
 //! outbound passthrough listener), whose cluster sends to the Dataplanes the service selects in
 //! this zone, or to the ingress of the zone it runs in with Kuma's SNI, which that zone's
 //! ingress routes. `reachableBackends` and `meshServices.mode` restrict them; policies keyed to
-//! the MeshService apply. Every configuration is also validated by Envoy.
+//! the MeshService apply. Every configuration is also validated by Envoy; golden files in
+//! `tests/snapshots/services__*.snap`.
 
 mod common;
 
@@ -101,6 +102,10 @@ fn a_transparent_sidecar_reaches_a_local_mesh_service_on_its_vip() {
     let declared = find(&r.listeners, "outbound:127.0.0.1:10001").expect("declared outbound");
     assert!(declared.get("bind_to_port").is_none(), "{declared}");
     common::envoy_validates("mesh-service-outbound", &r);
+    insta::assert_yaml_snapshot!(
+        "mesh_service_outbound_transparent",
+        json!({"listeners": r.listeners, "clusters": r.clusters, "endpoints": r.endpoints})
+    );
 
     // A proxy without a transparent proxy gets neither.
     let plain = xds::sidecar(&mesh, "backend-1").expect("config");
@@ -407,6 +412,10 @@ fn a_mesh_external_service_is_reached_directly_with_tls_originated() {
             .get("tls_certificate_sds_secret_configs")
             .is_none()
     );
+    insta::assert_yaml_snapshot!(
+        "mesh_external_service_tls",
+        json!({"listener": l, "cluster": c})
+    );
 
     // Its CA Secret missing: no outbound, and the proxy says why.
     mesh.external_secrets = [("httpbin-ca".to_string(), None)].into();
@@ -452,6 +461,19 @@ fn mesh_passthrough_lets_through_only_what_it_matches() {
             .is_some_and(|f| f.len() == 2)
     );
     common::envoy_validates("mesh-passthrough", &r);
+    let passthrough_clusters: Vec<&Value> = r
+        .clusters
+        .iter()
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("meshpassthrough_"))
+        })
+        .collect();
+    insta::assert_yaml_snapshot!(
+        "mesh_passthrough_matched",
+        json!({"listener": l, "clusters": passthrough_clusters})
+    );
 }
 
 #[test]
