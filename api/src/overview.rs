@@ -161,7 +161,7 @@ async fn mesh_insight_value(state: &SharedState, mesh: &Resource) -> Result<Valu
             policies.insert(kind.name().into(), json!({ "total": total }));
         }
     }
-    Ok(json!({
+    let mut insight = json!({
         "type": "MeshInsight",
         "name": name,
         "creationTime": mesh.meta.creation_time.to_string(),
@@ -169,7 +169,72 @@ async fn mesh_insight_value(state: &SharedState, mesh: &Resource) -> Result<Valu
         "lastSync": now.to_string(),
         "dataplanes": {"total": dps.total, "online": online, "offline": dps.total - online},
         "policies": policies,
-    }))
+    });
+    // A global control plane allocates no VIP (each zone does, for itself).
+    if state.info.mode != "global" {
+        let (vips, warnings) = vip_report(state, name).await.map_err(err)?;
+        if !vips.is_empty() {
+            insight["vips"] = Value::Object(vips);
+        }
+        if !warnings.is_empty() {
+            insight["warnings"] = json!(warnings);
+        }
+    }
+    Ok(insight)
+}
+
+/// The CIDR setting each kind of service takes its VIPs from.
+const VIP_POOLS: [(ResourceType, &str); 3] = [
+    (ResourceType::MeshService, "KUMA_IPAM_MESH_SERVICE_CIDR"),
+    (
+        ResourceType::MeshExternalService,
+        "KUMA_IPAM_MESH_EXTERNAL_SERVICE_CIDR",
+    ),
+    (
+        ResourceType::MeshMultiZoneService,
+        "KUMA_IPAM_MESH_MULTI_ZONE_SERVICE_CIDR",
+    ),
+];
+
+/// Per kind of service in `mesh`, how many have a VIP here and how many not; a service the
+/// zone's controller has passed over and left without one is a pool that has run out (its
+/// log names each service), which the mesh reports until the pool is widened or services go.
+async fn vip_report(
+    state: &SharedState,
+    mesh: &str,
+) -> Result<(Map<String, Value>, Vec<String>), StoreError> {
+    let mut vips = Map::new();
+    let mut warnings = Vec::new();
+    for (kind, setting) in VIP_POOLS {
+        let services = state.store.list(&ListQuery::in_mesh(kind, mesh)).await?;
+        if services.items.is_empty() {
+            continue;
+        }
+        let without = services.items.iter().filter(|r| !has_vip(r)).count();
+        vips.insert(
+            kind.name().into(),
+            json!({"total": services.items.len(), "withoutVip": without}),
+        );
+        if without > 0 {
+            warnings.push(format!(
+                "{without} {kind} resource(s) have no VIP: the VIP pool ({setting}) is exhausted, \
+                 or the zone's service controller has not reached them yet"
+            ));
+        }
+    }
+    Ok((vips, warnings))
+}
+
+/// Whether a service's status carries a VIP (`vips[]` or, for a MeshExternalService, `vip`).
+fn has_vip(r: &Resource) -> bool {
+    let Some(status) = &r.status else {
+        return false;
+    };
+    status.pointer("/vip/ip").is_some()
+        || status
+            .get("vips")
+            .and_then(Value::as_array)
+            .is_some_and(|v| !v.is_empty())
 }
 
 pub async fn mesh_insights(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {

@@ -692,6 +692,48 @@ async fn overviews() {
 }
 
 #[tokio::test]
+async fn a_mesh_reports_services_left_without_a_vip() {
+    let s = start().await;
+    let service = |name: &str, status: Value| {
+        let mut r = Resource::new(
+            ResourceType::MeshService,
+            "default",
+            name,
+            json!({"selector": {"dataplaneTags": {"kuma.io/service": name}},
+                   "ports": [{"port": 80}]}),
+        );
+        r.status = Some(status);
+        r
+    };
+    s.store
+        .create(service("with-vip", json!({"vips": [{"ip": "241.0.0.1"}]})))
+        .await
+        .unwrap();
+    let (_, mi) = s.get("/mesh-insights/default").await;
+    assert_eq!(
+        mi["vips"]["MeshService"],
+        json!({"total": 1, "withoutVip": 0})
+    );
+    assert!(mi.get("warnings").is_none(), "{mi}");
+
+    // What an exhausted pool leaves behind: a service the controller gave no VIP.
+    s.store
+        .create(service("without-vip", json!({"vips": []})))
+        .await
+        .unwrap();
+    let (_, mi) = s.get("/mesh-insights/default").await;
+    assert_eq!(
+        mi["vips"]["MeshService"],
+        json!({"total": 2, "withoutVip": 1})
+    );
+    let warning = mi["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("1 MeshService") && warning.contains("KUMA_IPAM_MESH_SERVICE_CIDR"),
+        "{mi}"
+    );
+}
+
+#[tokio::test]
 async fn tokens_and_anonymous_access() {
     // Local callers are not admins here, so this test sees what a remote caller sees.
     let s = start_with(
