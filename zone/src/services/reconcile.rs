@@ -672,7 +672,21 @@ pub fn reconcile(
         .collect();
     generate(mesh, &scope, settings, now, &mut working, &mut out);
     add_hostname_contenders(mesh, generators, &settings.zone, &mut working);
+    // A MeshService that comes, goes or changes its labels changes which ones each
+    // MeshMultiZoneService matches.
+    if scope
+        .iter()
+        .chain(working.keys())
+        .any(|k| k.kind == ResourceType::MeshService)
+    {
+        for (k, r) in &mesh.services {
+            if k.kind == ResourceType::MeshMultiZoneService && !working.contains_key(k) {
+                working.insert(k.clone(), r.clone());
+            }
+        }
+    }
     scope.extend(working.keys().cloned());
+    multi_zone_statuses(mesh, &scope, &mut working);
 
     for kind in SERVICE_KINDS {
         let mut of_kind: Vec<&mut Resource> =
@@ -1044,6 +1058,101 @@ fn assign_hostnames(services: &mut [&mut Resource], generators: &[Generator], zo
     }
 }
 
+/// Each MeshMultiZoneService's `status.meshServices` and its `MeshServicesMatched`
+/// condition, from the MeshServices this zone holds (its own and other zones' copies), as
+/// Kuma's zone status updater computes them; services in `scope` are as `working` leaves them.
+fn multi_zone_statuses(
+    mesh: &MeshState,
+    scope: &BTreeSet<ResourceKey>,
+    working: &mut BTreeMap<ResourceKey, Resource>,
+) {
+    let selectors: Vec<(ResourceKey, serde_json::Map<String, Value>)> = working
+        .values()
+        .filter(|r| r.kind == ResourceType::MeshMultiZoneService)
+        .filter_map(|r| {
+            let labels = r.spec.pointer("/selector/meshService/matchLabels")?;
+            Some((r.key(), labels.as_object()?.clone()))
+        })
+        .collect();
+    if selectors.is_empty() {
+        return;
+    }
+    let stored = mesh
+        .services
+        .iter()
+        .filter(|(k, _)| !scope.contains(k))
+        .map(|(_, r)| r);
+    let services: Vec<&Resource> = stored
+        .chain(working.values())
+        .filter(|r| r.kind == ResourceType::MeshService)
+        .collect();
+    let mut statuses = Vec::with_capacity(selectors.len());
+    for (key, labels) in selectors {
+        let mut matched: Vec<(String, Value)> = services
+            .iter()
+            .filter(|ms| {
+                labels
+                    .iter()
+                    .all(|(k, v)| v.as_str() == service_label(ms, k))
+            })
+            .map(|ms| {
+                let name = ms.label(DISPLAY_NAME).unwrap_or(&ms.meta.name);
+                let namespace = ms.label(model::labels::KUBE_NAMESPACE).unwrap_or_default();
+                let zone = ms.label(ZONE).unwrap_or_default();
+                (
+                    format!("{name}/{namespace}/{zone}/{}", ms.meta.mesh),
+                    json!({"name": name, "namespace": namespace, "zone": zone,
+                           "mesh": ms.meta.mesh}),
+                )
+            })
+            .collect();
+        // Kuma's order: by fully qualified name.
+        matched.sort_by(|a, b| a.0.cmp(&b.0));
+        statuses.push((key, matched.into_iter().map(|(_, m)| m).collect()));
+    }
+    for (key, matched) in statuses {
+        let Some(r) = working.get_mut(&key) else {
+            continue;
+        };
+        set_matched(r, matched);
+    }
+}
+
+/// Sets a MeshMultiZoneService's matched MeshServices and its `MeshServicesMatched` condition,
+/// keeping its other conditions.
+fn set_matched(r: &mut Resource, matched: Vec<Value>) {
+    let found = match matched.len() {
+        0 => json!({"type": "MeshServicesMatched", "status": "False",
+                    "reason": "NoMatchesFound",
+                    "message": "Selector does not match any MeshService in this zone"}),
+        n => json!({"type": "MeshServicesMatched", "status": "True",
+                    "reason": "MatchesFound",
+                    "message": format!("Matched {n} MeshService(s)")}),
+    };
+    let status = status_object(r);
+    let mut conditions: Vec<Value> = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    match conditions
+        .iter_mut()
+        .find(|c| c["type"] == "MeshServicesMatched")
+    {
+        Some(c) => *c = found,
+        None => conditions.push(found),
+    }
+    set_or_remove(status, "meshServices", matched);
+    status.insert("conditions".into(), Value::Array(conditions));
+}
+
+/// A MeshService's label as a MeshMultiZoneService's selector reads it: a zone's own
+/// MeshService is matched by the display name its copy on global carries.
+fn service_label<'a>(ms: &'a Resource, key: &str) -> Option<&'a str> {
+    ms.label(key)
+        .or_else(|| (key == DISPLAY_NAME).then_some(ms.meta.name.as_str()))
+}
+
 fn condition(status: &str, reason: &str, message: &str) -> Value {
     json!({"type": "Generated", "status": status, "reason": reason, "message": message})
 }
@@ -1369,8 +1478,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn disabled_mode_removes_generated_services_and_keeps_users() {
+    /// A mesh whose one Dataplane (`web-1`, service `web`) has had its MeshService generated.
+    fn web_generated() -> (MeshState, Vips) {
         let mut m = mesh(
             MeshServicesMode::Everywhere,
             vec![proxy("web-1", 1, &[("web", 80, "http")])],
@@ -1378,6 +1487,12 @@ mod tests {
         let mut v = vips();
         let out = pass(&mut m, &[], &mut v, 1);
         apply(&mut m, out);
+        (m, v)
+    }
+
+    #[test]
+    fn disabled_mode_removes_generated_services_and_keeps_users() {
+        let (mut m, mut v) = web_generated();
         let mine = Resource::new(
             ResourceType::MeshService,
             "default",
@@ -1563,6 +1678,80 @@ mod tests {
         let out = reconcile(&mut m, &gens, &mut v, &s, Timestamp::from_unix_seconds(7));
         apply(&mut m, out);
         assert_eq!(held(&m, "team-a-copy"), Some(json!("team.svc.mesh.local")));
+    }
+
+    #[test]
+    fn a_multi_zone_service_lists_the_mesh_services_it_matches() {
+        let (mut m, mut v) = web_generated();
+        let mut mz = Resource::new(
+            ResourceType::MeshMultiZoneService,
+            "default",
+            "web-mz",
+            json!({"selector": {"meshService": {"matchLabels": {DISPLAY_NAME: "web"}}},
+                   "ports": [{"port": 80}]}),
+        );
+        mz.meta.labels.insert(ORIGIN.into(), "global".into());
+        m.put_service(mz, false);
+        let mut copy = Resource::new(
+            ResourceType::MeshService,
+            "default",
+            "web-7c9f8b",
+            json!({"selector": {"dataplaneTags": {SERVICE_TAG: "web"}}, "ports": [{"port": 80}]}),
+        );
+        for (k, val) in [(ORIGIN, "global"), (ZONE, "zone-2"), (DISPLAY_NAME, "web")] {
+            copy.meta.labels.insert(k.into(), val.into());
+        }
+        m.put_service(copy.clone(), false);
+        let status_of_mz = |out: &Outcome| -> Value {
+            out.writes
+                .iter()
+                .find_map(|w| match w {
+                    Write::Update(r) | Write::Create(r) if r.meta.name == "web-mz" => {
+                        r.status.clone()
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no write of web-mz: {:?}", out.writes))
+        };
+        let out = pass(&mut m, &[], &mut v, 2);
+        let status = status_of_mz(&out);
+        assert_eq!(
+            status["meshServices"],
+            json!([
+                {"name": "web", "namespace": "", "zone": "zone-1", "mesh": "default"},
+                {"name": "web", "namespace": "", "zone": "zone-2", "mesh": "default"},
+            ])
+        );
+        assert_eq!(status["conditions"][0]["type"], "MeshServicesMatched");
+        assert_eq!(status["conditions"][0]["status"], "True");
+        assert_eq!(
+            status["conditions"][0]["message"],
+            "Matched 2 MeshService(s)"
+        );
+        assert!(status["vips"][0]["ip"].is_string(), "{status}");
+        apply(&mut m, out);
+
+        // Zone-2's copy goes: only this zone's web is left.
+        m.remove_service(&copy.key());
+        let out = pass(&mut m, &[], &mut v, 3);
+        let status = status_of_mz(&out);
+        assert_eq!(status["meshServices"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            status["conditions"][0]["message"],
+            "Matched 1 MeshService(s)"
+        );
+        apply(&mut m, out);
+
+        // Nothing changed since: nothing is written.
+        m.put_proxy(proxy("web-1", 1, &[("web", 80, "http")]));
+        let out = pass(&mut m, &[], &mut v, 4);
+        assert!(
+            out.writes
+                .iter()
+                .all(|w| !matches!(w, Write::Update(r) if r.meta.name == "web-mz")),
+            "{:?}",
+            out.writes
+        );
     }
 
     #[test]
