@@ -269,6 +269,16 @@ impl Cp {
             .and_then(|r| r.text().ok())
     }
 
+    /// A counter from a proxy's Envoy stats (`proxy_path`: `/zoneegresses/NAME`,
+    /// `/meshes/M/dataplanes/NAME`, ...), read through this control plane's API.
+    pub fn stat(&self, proxy_path: &str, name: &str) -> Option<u64> {
+        let stats = self.get_text(&format!("{proxy_path}/stats"))?;
+        stats.lines().find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            (k == name).then(|| v.trim().parse().ok())?
+        })
+    }
+
     /// Issues a token, waiting out a 503 while the signing key is still being created (or,
     /// on a zone, still on its way from global).
     fn write_token(&self, file: &str, body: Value, kind: &str) -> PathBuf {

@@ -34,15 +34,6 @@ fn mesh(zone_egress: bool) -> serde_json::Value {
         "routing": {"zoneEgress": zone_egress}})
 }
 
-/// A counter from a proxy's Envoy stats, read through its zone control plane's API.
-fn stat(cp: &Cp, proxy_path: &str, name: &str) -> Option<u64> {
-    let stats = cp.get_text(&format!("{proxy_path}/stats"))?;
-    stats.lines().find_map(|l| {
-        let (k, v) = l.split_once(": ")?;
-        (k == name).then(|| v.trim().parse().ok())?
-    })
-}
-
 #[test]
 fn cross_zone_traffic_through_the_ingress() {
     let Some(envoy) = envoy("cross_zone_traffic_through_the_ingress") else {
@@ -381,7 +372,7 @@ fn cross_zone_traffic_through_the_ingress() {
         "calls pass through zone-1's egress",
         || {
             call(outbound).is_some_and(|b| b["zone"] == "zone-2")
-                && stat(&zone1, egress_path, egress_cx).is_some_and(|n| n > 0)
+                && zone1.stat(egress_path, egress_cx).is_some_and(|n| n > 0)
         },
         || {
             format!(
@@ -396,7 +387,7 @@ fn cross_zone_traffic_through_the_ingress() {
             )
         },
     );
-    let before = stat(&zone1, egress_path, egress_bytes).unwrap();
+    let before = zone1.stat(egress_path, egress_bytes).unwrap();
     for _ in 0..5 {
         let b = call(outbound).expect("call through the egress");
         assert_eq!(b["zone"], "zone-2");
@@ -406,7 +397,7 @@ fn cross_zone_traffic_through_the_ingress() {
         assert!(xfcc.contains("URI=spiffe://default/web"), "{b}");
     }
     // The sidecar reuses its upstream connection, so count bytes rather than connections.
-    let after = stat(&zone1, egress_path, egress_bytes).unwrap();
+    let after = zone1.stat(egress_path, egress_bytes).unwrap();
     assert!(
         after > before,
         "bytes through the egress: {before} -> {after}"

@@ -8,7 +8,9 @@
 //! to the MeshService changes the call; a MeshExternalService (an HTTPS server outside the mesh,
 //! TLS originated by the sidecar) and a MeshPassthrough domain are reached the same way; in
 //! another test, a client in zone-1 reaches zone-2's service and a MeshMultiZoneService by
-//! their hostnames through zone-2's ingress. `install` refuses a second time and changes
+//! their hostnames through zone-2's ingress, then, once zone-1 has an egress, a
+//! MeshExternalService through that egress (as in Kuma) and, with `routing.zoneEgress`, the
+//! cross-zone calls too (the egress's Envoy stats show it). `install` refuses a second time and changes
 //! nothing; `uninstall` leaves the namespace's iptables as they were (`iptables-save` before
 //! and after). Needs root, `ip`, `iptables`, `curl`, `setpriv` and `envoy`; outside CI the
 //! test is skipped, loudly, without them.
@@ -21,6 +23,23 @@ use e2e::netns::Lan;
 use e2e::proxies::{Cp, Proc, envoy, within};
 use e2e::{ControlPlane, binary, free_port};
 use serde_json::json;
+
+/// A server outside the mesh (`python3 -c EXTERNAL_SERVER ADDRESS PORT tls|plain [CERT KEY]`)
+/// answering every GET with the Host it was asked for.
+const EXTERNAL_SERVER: &str = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("external says hello to " + self.headers.get("Host", "")).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
+if sys.argv[3] == "tls":
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain(sys.argv[4], sys.argv[5])
+    s.socket = c.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"#;
 
 /// The UID curl runs as: not the proxy's (root), so iptables redirects it.
 const CLIENT_UID: &str = "65534";
@@ -200,17 +219,14 @@ fn an_unmodified_client_reaches_a_mesh_service_by_hostname_through_the_transpare
             echo.logs()
         )
     };
-    let last = std::cell::RefCell::new(String::new());
-    let took = within(
+    let took = curl_until(
+        &lan,
+        client,
         Duration::from_secs(60),
-        "curl http://backend.svc.mesh.local:8080 answered by backend-1",
-        || {
-            let (ok, said) = curl_as_client(&lan, client, &["http://backend.svc.mesh.local:8080/"]);
-            let answered = ok && said.contains("backend-1");
-            *last.borrow_mut() = said;
-            answered
-        },
-        || format!("last curl: {}\n{}", last.borrow(), logs()),
+        "http://backend.svc.mesh.local:8080/",
+        "backend-1",
+        || true,
+        logs,
     );
     println!("first answer through both transparent proxies {took:?} after kuma-dp started");
     // Envoy carried it (the VIP has no route but through it): the request has the id Envoy's
@@ -246,20 +262,7 @@ fn an_unmodified_client_reaches_a_mesh_service_by_hostname_through_the_transpare
         e2e::proxies::certificate(&env.dir, "external.example", "external");
     let key_file = env.dir.join("external-key.pem");
     let https_port = free_port();
-    let server = r#"
-import http.server, ssl, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = ("external says hello to " + self.headers.get("Host", "")).encode()
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a): pass
-s = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
-if sys.argv[3] == "tls":
-    c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain(sys.argv[4], sys.argv[5])
-    s.socket = c.wrap_socket(s.socket, server_side=True)
-s.serve_forever()
-"#;
+    let server = EXTERNAL_SERVER;
     let mut https_cmd = Command::new("python3");
     https_cmd
         .args(["-c", server, &gateway, &https_port.to_string(), "tls"])
@@ -276,17 +279,15 @@ s.serve_forever()
                 "tls": {"enabled": true, "verification": {
                     "serverName": "external.example", "caCert": {"inlineString": ca}}}}}),
     );
-    let last = std::cell::RefCell::new(String::new());
-    within(
+    // Answered over TLS by the external server.
+    curl_until(
+        &lan,
+        client,
         Duration::from_secs(30),
-        "curl http://external.extsvc.mesh.local answered over TLS by the external server",
-        || {
-            let (ok, said) = curl_as_client(&lan, client, &["http://external.extsvc.mesh.local/"]);
-            let answered = ok && said.contains("external says hello");
-            *last.borrow_mut() = said;
-            answered
-        },
-        || format!("last curl: {}\n{}", last.borrow(), logs()),
+        "http://external.extsvc.mesh.local/",
+        "external says hello",
+        || true,
+        logs,
     );
 
     // MeshPassthrough: of two plain HTTP names on one server outside the mesh, only the one
@@ -364,6 +365,31 @@ fn curl_as_client(lan: &Lan, host: usize, args: &[&str]) -> (bool, String) {
     let out = run_in(lan, host, "setpriv", &all);
     let said = format!("{}{}", e2e::stdout(&out), e2e::stderr(&out));
     (out.status.success(), said)
+}
+
+/// Curls `url` as the client in `host` until its answer contains `expect` and `also()` holds,
+/// within `limit`; how long that took. Fails with the last answer and `logs()` otherwise.
+fn curl_until(
+    lan: &Lan,
+    host: usize,
+    limit: Duration,
+    url: &str,
+    expect: &str,
+    also: impl Fn() -> bool,
+    logs: impl Fn() -> String,
+) -> Duration {
+    let last = std::cell::RefCell::new(String::new());
+    within(
+        limit,
+        &format!("curl {url} answered with {expect:?}"),
+        || {
+            let (ok, said) = curl_as_client(lan, host, &[url]);
+            let answered = ok && said.contains(expect);
+            *last.borrow_mut() = said;
+            answered && also()
+        },
+        || format!("{url}: last curl: {}\n{}", last.borrow(), logs()),
+    )
 }
 
 /// Whether the tools the namespace tests need are here (CI must have them).
@@ -521,29 +547,98 @@ fn an_unmodified_client_reaches_another_zones_service_and_a_multi_zone_service_b
             backend.logs()
         )
     };
-    for (what, url) in [
+    // Another zone's MeshService, and a MeshMultiZoneService, by their hostnames.
+    let cross_zone = [
         (
-            "another zone's MeshService by its hostname",
             format!("http://backend.svc.zone-2.mesh.local:{service_port}/"),
+            format!("default_backend__zone-2_msvc_{service_port}"),
         ),
         (
-            "a MeshMultiZoneService by its hostname",
             format!("http://backend-mz.mzsvc.mesh.local:{service_port}/"),
+            format!("default_backend-mz___mzsvc_{service_port}"),
         ),
-    ] {
-        let last = std::cell::RefCell::new(String::new());
-        within(
-            Duration::from_secs(60),
-            what,
-            || {
-                let (ok, said) = curl_as_client(&lan, client, &[&url]);
-                let answered = ok && said.contains("backend-zone-2");
-                *last.borrow_mut() = said;
-                answered
-            },
-            || format!("{url}: last curl: {}\n{}", last.borrow(), logs()),
-        );
+    ];
+    for (url, _) in &cross_zone {
+        let limit = Duration::from_secs(60);
+        curl_until(&lan, client, limit, url, "backend-zone-2", || true, logs);
     }
+
+    // Zone-1 gets an egress (on the LAN's gateway, which the client's namespace reaches).
+    // A MeshExternalService now leaves through it, as in Kuma: the egress terminates the
+    // mesh's mTLS with its own certificate of the mesh and originates the external TLS.
+    let egress_port = free_port();
+    let egress_yaml = format!(
+        "type: ZoneEgress\nname: {{{{ name }}}}\nnetworking:\n  address: {gateway}\n  port: {egress_port}\n"
+    );
+    let egress = zone1.kuma_dp(
+        ProxyType::Egress,
+        "egress-1",
+        &egress_yaml,
+        &global.zone_token("zone-1", "egress"),
+    );
+    let egress_path = "/zoneegresses/egress-1";
+    let logs = || format!("{}\n--- egress-1:\n{}", logs(), egress.logs());
+    let env_dir = zone1.dir.clone();
+    let (cert_file, _) = e2e::proxies::certificate(&env_dir, "external.example", "external");
+    let https_port = free_port();
+    let mut https_cmd = Command::new("python3");
+    https_cmd
+        .args([
+            "-c",
+            EXTERNAL_SERVER,
+            &gateway,
+            &https_port.to_string(),
+            "tls",
+        ])
+        .arg(&cert_file)
+        .arg(env_dir.join("external-key.pem"));
+    let _https = Proc::start(&mut https_cmd, env_dir.join("external-https.log"));
+    let ca = std::fs::read_to_string(&cert_file).unwrap();
+    global.put(
+        "/meshes/default/meshexternalservices/external",
+        json!({"type": "MeshExternalService", "name": "external", "mesh": "default",
+            "spec": {"match": {"type": "HostnameGenerator", "port": 80, "protocol": "http"},
+                "endpoints": [{"address": gateway, "port": https_port}],
+                "tls": {"enabled": true, "verification": {
+                    "serverName": "external.example", "caCert": {"inlineString": ca}}}}}),
+    );
+    let through_egress = |cluster: &str| {
+        zone1
+            .stat(egress_path, &format!("cluster.{cluster}.upstream_cx_total"))
+            .is_some_and(|n| n > 0)
+    };
+    curl_until(
+        &lan,
+        client,
+        Duration::from_secs(60),
+        "http://external.extsvc.mesh.local/",
+        "external says hello",
+        || through_egress("default_external___extsvc_80"),
+        logs,
+    );
+
+    // With routing.zoneEgress the cross-zone calls leave through the egress too, which
+    // passes them on to zone-2's ingress by their SNI.
+    global.put(
+        "/meshes/default",
+        json!({"type": "Mesh", "name": "default", "meshServices": {"mode": "Exclusive"},
+            "routing": {"zoneEgress": true},
+            "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
+    );
+    for (url, cluster) in &cross_zone {
+        let limit = Duration::from_secs(60);
+        let via_egress = || through_egress(cluster);
+        curl_until(&lan, client, limit, url, "backend-zone-2", via_egress, logs);
+    }
+
+    // The MeshMultiZoneService's status on zone-1 lists the MeshService it matches.
+    let mz = zone1
+        .get("/meshes/default/meshmultizoneservices")
+        .and_then(|l| l["items"].as_array()?.first().cloned())
+        .expect("the MeshMultiZoneService on zone-1");
+    assert_eq!(mz["status"]["meshServices"][0]["zone"], "zone-2", "{mz}");
+    assert_eq!(mz["status"]["meshServices"][0]["name"], "backend", "{mz}");
+
     let out = kumactl_in(&lan, client, &["uninstall", "transparent-proxy"]);
     assert!(out.status.success(), "uninstall: {}", e2e::stderr(&out));
 }

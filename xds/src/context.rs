@@ -253,8 +253,12 @@ pub struct MeshContext {
     pub remote_ingresses: Vec<RemoteIngress>,
     /// The mesh's `routing.zoneEgress`: cross-zone traffic leaves through this zone's egress.
     pub zone_egress: bool,
-    /// This zone's egresses (address, port) sidecars dial when `zone_egress` is on.
+    /// This zone's egresses (address, port) when the mesh has mTLS: sidecars dial them for
+    /// other zones when `zone_egress` is on, and for MeshExternalServices always (as Kuma).
     pub local_egresses: Vec<(String, u32)>,
+    /// The Mesh's `routing.defaultForbidMeshExternalServiceAccess`: zone egresses refuse
+    /// MeshExternalService traffic.
+    pub forbid_external_access: bool,
     /// The mesh's MeshGateways: what builtin gateway Dataplanes serve.
     pub gateways: Vec<GatewayEntry>,
     /// The certificates gateway listeners name (`tls.certificates[].secret`), by Secret name,
@@ -464,6 +468,7 @@ impl MeshContext {
             && self.local_zone == previous.local_zone
             && self.zone_egress == previous.zone_egress
             && self.local_egresses == previous.local_egresses
+            && self.forbid_external_access == previous.forbid_external_access
             && self.remote_ingresses == previous.remote_ingresses
             && self.services == previous.services
             && self.mesh_services == previous.mesh_services

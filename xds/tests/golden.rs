@@ -189,13 +189,17 @@ fn zone_egress() {
         address: "10.0.0.8".into(),
         port: 10002,
     };
-    let r = egress::generate(&listener, &[default, direct]);
+    let r = egress::generate(&listener, &[default, direct], &Default::default());
     check_schema(&r);
     insta::assert_yaml_snapshot!(
         json!({"listeners": r.listeners, "clusters": r.clusters, "endpoints": r.endpoints})
     );
     assert!(r.secret_names.is_empty(), "the egress holds no mesh secret");
-    assert!(egress::generate(&listener, &[]).listeners.is_empty());
+    assert!(
+        egress::generate(&listener, &[], &Default::default())
+            .listeners
+            .is_empty()
+    );
 }
 
 /// With `routing.zoneEgress`, a sidecar's cross-zone endpoints are this zone's egresses (one

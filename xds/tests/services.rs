@@ -274,8 +274,9 @@ fn multi_zone(vip: &str) -> ServiceEntry {
     ServiceEntry::from_resource(&r)
 }
 
-#[test]
-fn a_multi_zone_service_sends_to_this_zone_first_then_to_other_zones_ingresses() {
+/// Zone-1's mesh with mTLS: backend here and in zone-2 (its copy synced through global, and
+/// zone-2's ingress), and a MeshMultiZoneService over both.
+fn backend_in_two_zones() -> xds::MeshContext {
     let mut mesh = common::mesh("http", true, vec![common::allow_all()]);
     mesh.local_zone = "zone-1".into();
     mesh.mesh_services = Some(MeshServicesMode::Exclusive);
@@ -302,6 +303,12 @@ fn a_multi_zone_service_sends_to_this_zone_first_then_to_other_zones_ingresses()
         ),
         multi_zone("243.0.0.1"),
     ];
+    mesh
+}
+
+#[test]
+fn a_multi_zone_service_sends_to_this_zone_first_then_to_other_zones_ingresses() {
+    let mut mesh = backend_in_two_zones();
     transparent(&mut mesh, json!({}));
     let r = xds::sidecar(&mesh, "web-1").expect("config");
     common::check_schema(&r);
@@ -364,6 +371,94 @@ fn a_multi_zone_service_sends_to_this_zone_first_then_to_other_zones_ingresses()
     assert!(routed, "the ingress routes {sni}");
 }
 
+/// The chain of a zone proxy's listener that matches `sni`, and where its cluster's
+/// endpoints are (address, port, priority).
+fn zone_proxy_route(r: &xds::ProxyResources, sni: &str) -> Vec<(String, u64, u64)> {
+    let chains = r.listeners[0]["filter_chains"].as_array().expect("chains");
+    let chain = chains
+        .iter()
+        .find(|c| c["filter_chain_match"]["server_names"][0] == sni)
+        .unwrap_or_else(|| panic!("no chain for {sni}: {chains:#?}"));
+    let cluster = chain["filters"][0]["typed_config"]["cluster"].clone();
+    let assignment = r
+        .endpoints
+        .iter()
+        .find(|e| e["cluster_name"] == cluster)
+        .unwrap_or_else(|| panic!("no endpoints for {cluster}"));
+    let mut out = Vec::new();
+    for group in assignment["endpoints"].as_array().expect("groups") {
+        for e in group["lb_endpoints"].as_array().expect("endpoints") {
+            let a = &e["endpoint"]["address"]["socket_address"];
+            out.push((
+                a["address"].as_str().unwrap_or_default().to_string(),
+                a["port_value"].as_u64().unwrap_or_default(),
+                group["priority"].as_u64().unwrap_or_default(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn with_zone_egress_cross_zone_service_calls_leave_through_the_egress() {
+    // Zone-1's mesh routes cross-zone traffic through its egress: web-1 calls zone-2's
+    // backend and a MeshMultiZoneService over backend in both zones.
+    let mut mesh = backend_in_two_zones();
+    mesh.zone_egress = true;
+    mesh.local_egresses = vec![("10.1.0.9".into(), 10002)];
+    transparent(&mut mesh, json!({}));
+    mesh.dataplanes.retain(|d| d.name == "web-1");
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    common::check_schema(&r);
+    let ms_sni = resource_sni("backend", "default", ResourceType::MeshService, 20081);
+    let mz_sni = resource_sni(
+        "backend-mz",
+        "default",
+        ResourceType::MeshMultiZoneService,
+        20081,
+    );
+    // The sidecar dials its egress, with the SNI it would give zone-2's ingress.
+    common::assert_through_ingress_with_sni(
+        &r,
+        "default_backend__zone-2_msvc_20081",
+        "10.1.0.9",
+        &ms_sni,
+    );
+
+    let listener = ZoneProxyListener {
+        address: "10.1.0.9".into(),
+        port: 10002,
+    };
+    let egress = xds::generator::egress::generate(
+        &listener,
+        std::slice::from_ref(&mesh),
+        &Default::default(),
+    );
+    common::check_schema(&egress);
+    // The egress passes both on to zone-2's ingress; this zone's own backend is not its
+    // business (sidecars reach it directly).
+    assert_eq!(
+        zone_proxy_route(&egress, &ms_sni),
+        vec![("192.168.2.1".to_string(), 10001, 0)]
+    );
+    assert_eq!(
+        zone_proxy_route(&egress, &mz_sni),
+        vec![("192.168.2.1".to_string(), 10001, 0)]
+    );
+    let chains = egress.listeners[0]["filter_chains"]
+        .as_array()
+        .expect("chains");
+    assert_eq!(
+        chains
+            .iter()
+            .filter(|c| c["filter_chain_match"]["server_names"][0] == ms_sni.as_str())
+            .count(),
+        1,
+        "one chain for backend's SNI, zone-2's"
+    );
+    common::envoy_validates("zone-egress-services", &egress);
+}
+
 fn external(spec: Value, vip: &str) -> ServiceEntry {
     let mut r = Resource::new(
         ResourceType::MeshExternalService,
@@ -421,6 +516,89 @@ fn a_mesh_external_service_is_reached_directly_with_tls_originated() {
     mesh.external_secrets = [("httpbin-ca".to_string(), None)].into();
     let r = xds::sidecar(&mesh, "web-1").expect("config");
     assert!(find(&r.listeners, "outbound:242.0.0.1:80").is_none());
+}
+
+#[test]
+fn with_a_zone_egress_a_mesh_external_service_leaves_through_it() {
+    let spec = json!({"match": {"type": "HostnameGenerator", "port": 80, "protocol": "http"},
+           "endpoints": [{"address": "httpbin.example", "port": 8443}],
+           "tls": {"enabled": true, "verification": {"caCert": {"secret": "httpbin-ca"}}}});
+    let mut mesh = common::mesh("http", true, vec![common::allow_all()]);
+    mesh.mesh_services = Some(MeshServicesMode::Exclusive);
+    mesh.services = vec![external(spec, "242.0.0.1")];
+    mesh.external_secrets = [("httpbin-ca".to_string(), Some("Q0E=".to_string()))].into();
+    mesh.local_egresses = vec![("10.1.0.9".into(), 10002)];
+    transparent(&mut mesh, json!({}));
+    mesh.dataplanes.retain(|d| d.name == "web-1");
+    let sni = resource_sni("httpbin", "default", ResourceType::MeshExternalService, 80);
+
+    // The sidecar: mesh mTLS to its egress, expecting the egress's identity.
+    let r = xds::sidecar(&mesh, "web-1").expect("config");
+    common::check_schema(&r);
+    let cluster = "default_httpbin___extsvc_80";
+    common::assert_through_ingress_with_sni(&r, cluster, "10.1.0.9", &sni);
+    let c = find(&r.clusters, cluster).expect("cluster");
+    assert_eq!(
+        c["transport_socket"]["typed_config"]["common_tls_context"]["combined_validation_context"]
+            ["default_validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+        "spiffe://default/zone-egress"
+    );
+    common::envoy_validates("mesh-external-service-via-egress", &r);
+
+    // The egress: terminates the mesh's mTLS for that SNI and originates the external TLS,
+    // rewriting Host to the external name.
+    let listener = ZoneProxyListener {
+        address: "10.1.0.9".into(),
+        port: 10002,
+    };
+    let identities = std::collections::BTreeSet::from(["default".to_string()]);
+    let egress =
+        xds::generator::egress::generate(&listener, std::slice::from_ref(&mesh), &identities);
+    common::check_schema(&egress);
+    let chains = egress.listeners[0]["filter_chains"]
+        .as_array()
+        .expect("chains");
+    let chain = chains
+        .iter()
+        .find(|c| c["filter_chain_match"]["server_names"][0] == sni.as_str())
+        .expect("the egress's chain for the MeshExternalService");
+    let downstream = &chain["transport_socket"]["typed_config"];
+    assert_eq!(downstream["require_client_certificate"], true);
+    assert_eq!(
+        downstream["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"],
+        xds::envoy::names::identity_secret_name("default")
+    );
+    let route = &chain["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+        [0]["route"];
+    assert_eq!(route["cluster"], cluster);
+    assert_eq!(route["auto_host_rewrite"], true);
+    let c = find(&egress.clusters, cluster).expect("the egress's external cluster");
+    assert_eq!(c["type"], "STRICT_DNS");
+    assert_eq!(
+        c["transport_socket"]["typed_config"]["sni"],
+        "httpbin.example"
+    );
+    insta::assert_yaml_snapshot!(
+        "zone_egress_mesh_external_service",
+        json!({"chain": chain, "cluster": c})
+    );
+    common::envoy_validates("zone-egress-mesh-external-service", &egress);
+
+    // Without a certificate of the mesh the egress routes none of its external services.
+    let none = xds::generator::egress::generate(
+        &listener,
+        std::slice::from_ref(&mesh),
+        &Default::default(),
+    );
+    assert!(none.listeners.is_empty(), "{:?}", none.listeners);
+
+    // The mesh forbids MeshExternalService access: the egress refuses everyone.
+    mesh.forbid_external_access = true;
+    let forbidden =
+        xds::generator::egress::generate(&listener, std::slice::from_ref(&mesh), &identities);
+    let chain = &forbidden.listeners[0]["filter_chains"][0];
+    assert_eq!(chain["filters"][0]["name"], "envoy.filters.network.rbac");
+    assert_eq!(chain["filters"][0]["typed_config"]["rules"], json!({}));
 }
 
 #[test]

@@ -136,13 +136,31 @@ fn local_endpoints(
     endpoints
 }
 
+/// The `kuma.io/service` a zone egress's certificate names (Kuma's `ZoneEgressServiceName`):
+/// what a sidecar expects of the egress it sends MeshExternalService traffic to.
+pub const ZONE_EGRESS_IDENTITY: &str = "zone-egress";
+
+/// Whether a sidecar reaches MeshExternalServices through this zone's egresses.
+fn through_egress(mesh: &MeshContext, sender: Sender) -> bool {
+    sender == Sender::Sidecar && mesh.mtls && !mesh.local_egresses.is_empty()
+}
+
+/// Who sends to a service: a sidecar (which reaches other zones through this zone's egresses
+/// when the mesh says so), or this zone's egress (which passes on what sidecars sent it to
+/// other zones' ingresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    Sidecar,
+    Egress,
+}
+
 /// The way to another zone's instances: its ingresses (or this zone's egresses), which only
 /// route the mesh's mTLS (the SNI names the service).
-fn remote_via(mesh: &MeshContext, zone: &str) -> Option<RemoteZone> {
+fn remote_via(mesh: &MeshContext, zone: &str, sender: Sender) -> Option<RemoteZone> {
     if !mesh.mtls {
         return None;
     }
-    let via: Vec<(String, u32)> = if mesh.zone_egress {
+    let via: Vec<(String, u32)> = if mesh.zone_egress && sender == Sender::Sidecar {
         mesh.local_egresses.clone()
     } else {
         mesh.remote_ingresses
@@ -190,8 +208,13 @@ fn matched_services<'a>(
 /// Where a port of a service sends: a MeshService to this zone's instances or its zone's
 /// ingresses; a MeshMultiZoneService to every MeshService it selects, this zone's first (the
 /// locality-aware layout puts other zones behind); a MeshExternalService to its endpoints,
-/// in its cluster.
-fn resolve_service(mesh: &MeshContext, service: &ServiceEntry, port: &ServicePort) -> Destination {
+/// in its cluster. An egress gets only the other zones' part.
+fn resolve_service(
+    mesh: &MeshContext,
+    service: &ServiceEntry,
+    port: &ServicePort,
+    sender: Sender,
+) -> Destination {
     let mut endpoints = Vec::new();
     let mut remote: Vec<RemoteZone> = Vec::new();
     let mut ids = Vec::new();
@@ -200,8 +223,9 @@ fn resolve_service(mesh: &MeshContext, service: &ServiceEntry, port: &ServicePor
         Some(ServiceSpec::Mesh(spec)) => {
             ids = identities(service);
             match is_here(mesh, service) {
+                true if sender == Sender::Egress => {}
                 true => endpoints = local_endpoints(mesh, spec, port),
-                false => remote.extend(remote_via(mesh, service.zone())),
+                false => remote.extend(remote_via(mesh, service.zone(), sender)),
             }
         }
         Some(ServiceSpec::MultiZone(spec)) => {
@@ -214,14 +238,30 @@ fn resolve_service(mesh: &MeshContext, service: &ServiceEntry, port: &ServicePor
                 };
                 ids.extend(identities(ms));
                 if is_here(mesh, ms) {
-                    endpoints.extend(local_endpoints(mesh, ms_spec, ms_port));
+                    if sender == Sender::Sidecar {
+                        endpoints.extend(local_endpoints(mesh, ms_spec, ms_port));
+                    }
                 } else if !remote.iter().any(|r| r.zone == ms.zone()) {
-                    remote.extend(remote_via(mesh, ms.zone()));
+                    remote.extend(remote_via(mesh, ms.zone(), sender));
                 }
             }
             ids.sort();
             ids.dedup();
             remote.sort_by(|a, b| a.zone.cmp(&b.zone));
+        }
+        // As Kuma: through this zone's egresses when the mesh has mTLS and the zone has one
+        // (the egress originates the TLS); straight to the endpoints otherwise.
+        Some(ServiceSpec::External(_)) if through_egress(mesh, sender) => {
+            ids = vec![ZONE_EGRESS_IDENTITY.to_string()];
+            endpoints = mesh
+                .local_egresses
+                .iter()
+                .map(|(address, port)| LocalEndpoint {
+                    address: address.clone(),
+                    port: *port,
+                    tags: BTreeMap::new(),
+                })
+                .collect();
         }
         Some(ServiceSpec::External(spec)) => {
             let name = service.cluster_name(&mesh.mesh, port.port);
@@ -257,18 +297,39 @@ fn resolve_service(mesh: &MeshContext, service: &ServiceEntry, port: &ServicePor
 /// them, with the SNI other zones reach it by and this zone's instances: what a zone ingress
 /// routes.
 pub fn local_service_destinations(mesh: &MeshContext) -> Vec<(String, Destination)> {
+    sni_destinations(mesh, Sender::Sidecar)
+}
+
+/// Every port of other zones' MeshServices and of the MeshMultiZoneServices with instances
+/// in other zones, with the SNI this zone's sidecars give them and the other zones' ingresses
+/// that serve them: what a zone egress routes (when the mesh sends cross-zone traffic through
+/// egresses, its sidecars dial the egress with the SNI they would give the ingress).
+pub fn remote_service_destinations(mesh: &MeshContext) -> Vec<(String, Destination)> {
+    sni_destinations(mesh, Sender::Egress)
+}
+
+/// The service ports a zone proxy routes by SNI: for an ingress (whose destinations are what
+/// a sidecar here would send to) this zone's MeshServices, for an egress other zones'; both
+/// route every MeshMultiZoneService.
+fn sni_destinations(mesh: &MeshContext, sender: Sender) -> Vec<(String, Destination)> {
     let mut out = Vec::new();
     for service in &mesh.services {
-        let routed = match service.kind {
-            ResourceType::MeshService => service.is_local() && is_here(mesh, service),
-            ResourceType::MeshMultiZoneService => true,
+        let routed = match (service.kind, sender) {
+            (ResourceType::MeshService, Sender::Sidecar) => {
+                service.is_local() && is_here(mesh, service)
+            }
+            (ResourceType::MeshService, Sender::Egress) => !is_here(mesh, service),
+            (ResourceType::MeshMultiZoneService, _) => true,
             _ => false,
         };
         if !routed {
             continue;
         }
         for port in &service.ports {
-            let dest = resolve_service(mesh, service, port);
+            let dest = resolve_service(mesh, service, port, sender);
+            if sender == Sender::Egress && dest.remote.is_empty() {
+                continue;
+            }
             if let Some(sni) = dest.sni.clone() {
                 out.push((sni, dest));
             }
@@ -283,7 +344,7 @@ fn service_destination(
     service: &ServiceEntry,
     port: &ServicePort,
 ) -> Arc<Destination> {
-    let resolve = || resolve_service(mesh, service, port);
+    let resolve = || resolve_service(mesh, service, port, Sender::Sidecar);
     match &mesh.shared {
         Some(shared) => {
             shared.service_destination(&service.cluster_name(&mesh.mesh, port.port), resolve)

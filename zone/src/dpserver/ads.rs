@@ -222,7 +222,7 @@ impl AggregatedDiscoveryService for AdsServer {
             config: HashMap::new(),
             nonce: 0,
             record,
-            cert: None,
+            certs: BTreeMap::new(),
             warnings: Vec::new(),
             env: xds::ProxyEnv {
                 workdir: text("workdir"),
@@ -381,7 +381,9 @@ struct ProxyStream {
     config: Config,
     nonce: u64,
     record: StreamRecord,
-    cert: Option<IssuedCert>,
+    /// The proxy's certificates, by mesh: a sidecar's one, or a zone egress's one per mesh
+    /// whose MeshExternalService traffic it terminates.
+    certs: BTreeMap<String, IssuedCert>,
     /// What policy plugins could not apply, as last logged: logged again only when it changes.
     warnings: Vec<String>,
     /// The proxy's host as its kuma-dp described it (where its access-log pipe is).
@@ -415,9 +417,10 @@ impl ProxyStream {
         flush.tick().await;
         loop {
             let rotate_at = self
-                .cert
-                .as_ref()
+                .certs
+                .values()
                 .map(|c| c.rotate_at)
+                .min()
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 req = requests.next() => match req {
@@ -457,7 +460,8 @@ impl ProxyStream {
                 }
                 () = tokio::time::sleep_until(rotate_at) => {
                     tracing::info!(mesh = %self.mesh, name = %self.name, "rotating the proxy certificate");
-                    self.cert = None;
+                    let now = tokio::time::Instant::now();
+                    self.certs.retain(|_, c| c.rotate_at > now);
                     let changed = self.recompute();
                     self.push_types(changed).await?;
                 }
@@ -697,7 +701,7 @@ impl ProxyStream {
         let now = self.seen.meshes.first()?.clone();
         if now.context.mtls {
             let ca = now.ca.as_ref().ok()?.as_ref()?;
-            if !self.cert.as_ref()?.issued_by(ca) {
+            if !self.certs.get(&self.mesh)?.issued_by(ca) {
                 return None;
             }
         }
@@ -728,12 +732,7 @@ impl ProxyStream {
             .cloned()
             .ok_or(BuildError::NoMesh)?;
         let resources = xds::sidecar_in(&snapshot.context, &self.name, &self.env)?;
-        if resources.warnings != self.warnings {
-            for warning in &resources.warnings {
-                tracing::warn!(mesh = %self.mesh, name = %self.name, %warning, "part of this proxy's configuration not applied; the rest stands");
-            }
-            self.warnings = resources.warnings.clone();
-        }
+        self.log_warnings(&resources.warnings);
         let mut config = encode(&resources, Some(&snapshot.encoded))?;
         // A gateway's certificates: private keys, so encoded for this proxy alone.
         add(
@@ -745,17 +744,15 @@ impl ProxyStream {
         )?;
         let plan = resources.plan;
         if snapshot.context.mtls {
-            let secrets = self.certificate(&snapshot)?;
-            // The proxy's own key: never in a cache other proxies read.
-            add(
-                &mut config,
-                wire::SECRET,
-                "name",
-                &secrets,
-                encoded::encode_alone,
-            )?;
+            let proxy = snapshot
+                .context
+                .dataplane(&self.name)
+                .ok_or(BuildError::ProxyGone)?;
+            let uris = xds::generator::sidecar::identity_uris(&self.mesh, proxy);
+            let secrets = self.certificate(&self.mesh.clone(), &snapshot, uris)?;
+            add_own_secrets(&mut config, &secrets)?;
         } else {
-            self.cert = None;
+            self.certs.clear();
             self.record.cert = None;
         }
         self.built_from = Some((snapshot, plan));
@@ -764,8 +761,9 @@ impl ProxyStream {
 
     /// A zone ingress (SNI passthrough to the local instances of every mesh's services) or a
     /// zone egress (SNI passthrough to other zones' ingresses, for every mesh that routes
-    /// cross-zone traffic through egresses).
-    fn build_zone_proxy(&self) -> Result<Config, BuildError> {
+    /// cross-zone traffic through egresses, and the MeshExternalServices of every mesh with
+    /// mTLS, with a certificate of that mesh).
+    fn build_zone_proxy(&mut self) -> Result<Config, BuildError> {
         let view = self.view.borrow().clone();
         let meshes: Vec<xds::MeshContext> =
             view.meshes.values().map(|m| m.context.clone()).collect();
@@ -777,7 +775,14 @@ impl ProxyStream {
                     .get(&self.name)
                     .ok_or(BuildError::NoZoneProxy(model::ResourceType::ZoneEgress))?;
                 let listener = listener(&spec.networking.address, spec.networking.port);
-                encode(&xds::generator::egress::generate(&listener, &meshes), None)
+                let (identities, secrets, problems) = self.egress_certificates(&view);
+                let mut resources =
+                    xds::generator::egress::generate(&listener, &meshes, &identities);
+                resources.warnings.extend(problems);
+                self.log_warnings(&resources.warnings);
+                let mut config = encode(&resources, None)?;
+                add_own_secrets(&mut config, &secrets)?;
+                Ok(config)
             }
             _ => {
                 let spec = zp
@@ -869,24 +874,29 @@ fn encode(
     Ok(config)
 }
 
+/// Adds a proxy's certificate secrets: its own keys, so never in a cache other proxies read.
+fn add_own_secrets(config: &mut Config, secrets: &[Value]) -> Result<(), BuildError> {
+    add(config, wire::SECRET, "name", secrets, encoded::encode_alone)
+}
+
 impl ProxyStream {
-    /// The proxy's SDS secrets, issuing a certificate when there is none, the CA changed or the
-    /// proxy's identity changed.
-    fn certificate(&mut self, snapshot: &MeshSnapshot) -> Result<Vec<Value>, BuildError> {
+    /// The SDS secrets of the proxy's certificate for `mesh` (with `uris` as its names),
+    /// issuing one when there is none, the mesh's CA changed or the names changed.
+    fn certificate(
+        &mut self,
+        mesh: &str,
+        snapshot: &MeshSnapshot,
+        uris: Vec<String>,
+    ) -> Result<Vec<Value>, BuildError> {
         let ca = snapshot
             .ca
             .as_ref()
             .map_err(|e| BuildError::Ca(e.clone()))?
             .as_ref()
             .ok_or(BuildError::NoBackend)?;
-        let proxy = snapshot
-            .context
-            .dataplane(&self.name)
-            .ok_or(BuildError::ProxyGone)?;
-        let uris = xds::generator::sidecar::identity_uris(&self.mesh, proxy);
         let current = self
-            .cert
-            .as_ref()
+            .certs
+            .get(mesh)
             .is_some_and(|c| c.issued_by(ca) && c.uris == uris);
         if !current {
             let pair = ca
@@ -905,22 +915,66 @@ impl ProxyStream {
                 regenerations,
                 backend: ca.backend.clone(),
             });
-            self.cert = Some(IssuedCert {
-                ca_pem: ca.ca.cert_pem.clone(),
-                uris,
-                backend: ca.backend.clone(),
-                cert_pem: pair.cert_pem,
-                key_pem: pair.key_pem,
-                rotate_at: tokio::time::Instant::now() + rotate_after,
-            });
+            self.certs.insert(
+                mesh.to_string(),
+                IssuedCert {
+                    ca_pem: ca.ca.cert_pem.clone(),
+                    uris,
+                    backend: ca.backend.clone(),
+                    cert_pem: pair.cert_pem,
+                    key_pem: pair.key_pem,
+                    rotate_at: tokio::time::Instant::now() + rotate_after,
+                },
+            );
         }
-        let cert = self.cert.as_ref().ok_or(BuildError::NoCertificate)?;
+        let cert = self.certs.get(mesh).ok_or(BuildError::NoCertificate)?;
         Ok(xds::envoy::tls::secrets(
-            &self.mesh,
+            mesh,
             &cert.cert_pem,
             &cert.key_pem,
             &cert.ca_pem,
         ))
+    }
+
+    /// Logs what could not be applied, when it differs from what was last logged.
+    fn log_warnings(&mut self, warnings: &[String]) {
+        if warnings != self.warnings {
+            for warning in warnings {
+                tracing::warn!(mesh = %self.mesh, name = %self.name, %warning, "part of this proxy's configuration not applied; the rest stands");
+            }
+            self.warnings = warnings.to_vec();
+        }
+    }
+
+    /// A zone egress's certificates: one per mesh whose MeshExternalService traffic it
+    /// terminates, named `zone-egress` in that mesh; the meshes it has one of, their secrets,
+    /// and why a mesh has none. A mesh whose CA cannot issue one is left out (its
+    /// MeshExternalServices are not routed here) rather than failing the others.
+    fn egress_certificates(
+        &mut self,
+        view: &ZoneView,
+    ) -> (BTreeSet<String>, Vec<Value>, Vec<String>) {
+        let mut identities = BTreeSet::new();
+        let mut secrets = Vec::new();
+        let mut problems = Vec::new();
+        for (mesh, snapshot) in &view.meshes {
+            if !xds::generator::egress::terminates_mtls(&snapshot.context) {
+                continue;
+            }
+            let service = xds::generator::services::ZONE_EGRESS_IDENTITY;
+            let uris = vec![xds::envoy::names::spiffe_id(mesh, service)];
+            match self.certificate(mesh, snapshot, uris) {
+                Ok(s) => {
+                    identities.insert(mesh.clone());
+                    secrets.extend(s);
+                }
+                Err(e) => problems.push(format!(
+                    "mesh {mesh}: no certificate for the egress, so its MeshExternalServices are not routed here: {e}"
+                )),
+            }
+        }
+        self.certs.retain(|mesh, _| identities.contains(mesh));
+        (identities, secrets, problems)
     }
 }
 

@@ -731,10 +731,16 @@ impl MeshState {
                 false => Vec::new(),
             },
             zone_egress: egress,
-            local_egresses: match mtls && egress {
+            // Also without `zoneEgress`: MeshExternalServices leave through egresses.
+            local_egresses: match mtls {
                 true => zp.local_egresses.clone(),
                 false => Vec::new(),
             },
+            forbid_external_access: self
+                .spec
+                .routing
+                .as_ref()
+                .is_some_and(|r| r.default_forbid_mesh_external_service_access),
             gateways: self.gateways.values().cloned().collect(),
             gateway_certificates: self.gateway_certificates.clone(),
             legacy_metrics: legacy_metrics(&self.name, &self.spec),
