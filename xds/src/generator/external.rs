@@ -30,6 +30,10 @@ pub enum ExternalError {
     NoSource { field: &'static str },
     #[error("endpoints: none given")]
     NoEndpoints,
+    #[error(
+        "endpoints: unix sockets and host names cannot be mixed (a cluster either resolves names or has fixed addresses)"
+    )]
+    UnixWithHostNames,
 }
 
 /// An Envoy `DataSource` for one of Kuma's data sources; Secrets come from `secrets` (their
@@ -76,6 +80,11 @@ fn data_source(
 
 fn is_ip(address: &str) -> bool {
     address.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// The path of a `unix://` endpoint address (a socket on the proxy's host).
+fn unix_path(address: &str) -> Option<&str> {
+    address.strip_prefix("unix://")
 }
 
 /// The `UpstreamTlsContext` transport socket of a MeshExternalService with TLS enabled.
@@ -184,10 +193,14 @@ pub fn cluster(
     let mut by_priority: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
     for e in endpoints {
         let port = e.port.unwrap_or(default_port);
+        let endpoint = match unix_path(&e.address) {
+            Some(path) => json!({"endpoint": {"address": {"pipe": {"path": path}}}}),
+            None => lb_endpoint(&e.address, port, None),
+        };
         by_priority
             .entry(e.priority.unwrap_or(0))
             .or_default()
-            .push(lb_endpoint(&e.address, port, None));
+            .push(endpoint);
     }
     let groups: Vec<Value> = by_priority
         .into_iter()
@@ -197,7 +210,12 @@ pub fn cluster(
                    "priority": i, "lb_endpoints": lb_endpoints})
         })
         .collect();
-    let all_ips = endpoints.iter().all(|e| is_ip(&e.address));
+    let fixed = |a: &str| is_ip(a) || unix_path(a).is_some();
+    let all_ips = endpoints.iter().all(|e| fixed(&e.address));
+    let any_unix = endpoints.iter().any(|e| unix_path(&e.address).is_some());
+    if any_unix && !all_ips {
+        return Err(ExternalError::UnixWithHostNames);
+    }
     let mut cluster = json!({
         "name": name,
         "type": if all_ips { "STATIC" } else { "STRICT_DNS" },
@@ -211,7 +229,7 @@ pub fn cluster(
         let first_host = endpoints
             .first()
             .map(|e| e.address.as_str())
-            .filter(|a| !is_ip(a));
+            .filter(|a| !fixed(a));
         cluster["transport_socket"] = tls_socket(tls, first_host, secrets)?;
     }
     Ok(cluster)
@@ -297,5 +315,27 @@ mod tests {
                 ["port_value"],
             443
         );
+    }
+
+    #[test]
+    fn a_unix_socket_endpoint_is_a_pipe_in_a_static_cluster() {
+        let s = spec(json!({
+            "match": {"type": "HostnameGenerator", "port": 80, "protocol": "http"},
+            "endpoints": [{"address": "unix:///tmp/example.sock"}, {"address": "10.0.0.9", "port": 80}]
+        }));
+        let c = cluster("z", &s, &BTreeMap::new()).unwrap();
+        assert_eq!(c["type"], "STATIC");
+        let endpoints = &c["load_assignment"]["endpoints"][0]["lb_endpoints"];
+        assert_eq!(
+            endpoints[0]["endpoint"]["address"]["pipe"]["path"],
+            "/tmp/example.sock"
+        );
+        // With a host name as well it cannot be one cluster: refused, naming the field.
+        let s = spec(json!({
+            "match": {"type": "HostnameGenerator", "port": 80, "protocol": "http"},
+            "endpoints": [{"address": "unix:///tmp/example.sock"}, {"address": "example.com"}]
+        }));
+        let e = cluster("z", &s, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().starts_with("endpoints:"), "{e}");
     }
 }
