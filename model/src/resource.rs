@@ -123,12 +123,9 @@ impl Resource {
         let mesh = if kind.is_mesh_scoped() {
             take_string(&mut obj, "mesh", &mut v)
         } else {
-            if obj.get("mesh").is_some_and(|m| !m.is_null() && m != "") {
-                v.violation_at(
-                    "mesh",
-                    format!("{kind} is not mesh-scoped, mesh must not be set"),
-                );
-            }
+            // As Kuma's API does: a `mesh` on a global-scoped resource (Kuma's docs show one on
+            // a HostnameGenerator) is ignored, the resource is stored without one.
+            obj.remove("mesh");
             String::new()
         };
         let labels = match obj.remove("labels") {
