@@ -40,6 +40,18 @@ pub fn http_connection_manager(
     filter
 }
 
+/// Has the catch-all route of an [`http_connection_manager`] filter rewrite `Host` to the
+/// upstream host's name (a `STRICT_DNS` endpoint's), so a server outside the mesh sees its own
+/// name, not the mesh's hostname for it.
+pub fn rewrite_host_to_upstream(hcm: &mut Value) {
+    if let Some(route) = hcm
+        .pointer_mut("/typed_config/route_config/virtual_hosts/0/routes/0/route")
+        .and_then(Value::as_object_mut)
+    {
+        route.insert("auto_host_rewrite".into(), Value::Bool(true));
+    }
+}
+
 pub fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
     json!({"name": TCP_PROXY, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",

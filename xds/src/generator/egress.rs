@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use crate::context::{MeshContext, Protocol, ServiceSpec, ZoneProxyListener};
 use crate::envoy::cluster::eds_cluster;
 use crate::envoy::endpoints::lb_endpoint;
-use crate::envoy::filters::{http_connection_manager, tcp_proxy};
+use crate::envoy::filters::{http_connection_manager, rewrite_host_to_upstream, tcp_proxy};
 use crate::envoy::listener::sni_chain;
 use crate::envoy::names::{service_sni, stat_name};
 use crate::envoy::tls::inbound_mtls;
@@ -116,9 +116,7 @@ fn external_services(mesh: &MeshContext, out: &mut ProxyResources, chains: &mut 
             match Protocol::from_tag(port.app_protocol.as_ref()).is_http() {
                 true => {
                     let mut hcm = http_connection_manager(&name, &name, &name, false);
-                    // The external server sees its own name, not the mesh's hostname.
-                    hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
-                        ["auto_host_rewrite"] = json!(true);
+                    rewrite_host_to_upstream(&mut hcm);
                     filters.push(hcm);
                 }
                 false => filters.push(tcp_proxy(&name, &name)),

@@ -441,6 +441,13 @@ pub fn add_outbounds(
             };
             let name = format!("outbound:{vip}:{}", port.port);
             let mut l = outbound_listener(&name, vip, port.port, &out.destinations[destination]);
+            let d = &out.destinations[destination];
+            if d.external.is_some() && d.protocol.is_http() {
+                // Straight to a server outside the mesh: it sees its own name as Host.
+                if let Some(hcm) = l.pointer_mut("/filter_chains/0/filters/0") {
+                    crate::envoy::filters::rewrite_host_to_upstream(hcm);
+                }
+            }
             // Reached through the passthrough listener's original destination, never bound.
             l["bind_to_port"] = serde_json::Value::Bool(false);
             out.add_listener(
