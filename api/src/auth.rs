@@ -41,6 +41,11 @@ pub async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
+    // The GUI's own files hold no data (its script reads the API with the caller's
+    // credentials): a remote browser needs them to show the sign-in form.
+    if req.method() == Method::GET && crate::gui::is_gui_path(req.uri().path()) {
+        return next.run(req).await;
+    }
     let peer = req.extensions().get::<Peer>().map(|p| p.0);
     let local = is_local(peer);
     let bearer = req

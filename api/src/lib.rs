@@ -137,6 +137,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/mesh-insights/{mesh}", get(overview::mesh_insight))
         .route("/gui", get(gui::page))
         .route("/gui/", get(gui::page))
+        .route("/gui/assets/{name}", get(gui::asset))
+        .route("/gui/{*page}", get(gui::page))
         .route("/{plural}/{name}/xds", get(inspect::config_dump))
         .route("/{plural}/{name}/stats", get(inspect::stats))
         .route("/{plural}/{name}/clusters", get(inspect::clusters))

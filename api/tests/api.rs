@@ -152,6 +152,54 @@ async fn index_config_and_resource_types() {
     assert_eq!(st, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn the_gui_is_served_for_every_page_and_without_credentials() {
+    // A remote browser without a token gets the GUI's files (its sign-in form); the data
+    // stays behind the API's authentication.
+    let s = start_with(
+        Arc::new(MemoryStore::new()),
+        AuthConfig {
+            localhost_is_admin: false,
+            anonymous_reads: false,
+        },
+    )
+    .await;
+    let get = |path: &str| s.http.get(format!("{}{path}", s.base)).send();
+    let r = get("/gui/meshes/default/dataplanes/web-1").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = r.text().await.unwrap();
+    assert!(html.contains(r#"src="../../../assets/app.js""#), "{html}");
+    for (path, kind) in [
+        ("/gui/assets/app.js", "text/javascript"),
+        ("/gui/assets/style.css", "text/css"),
+        ("/gui", "text/html"),
+    ] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        get("/gui/assets/secrets.json").await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get("/meshes").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "the API itself still needs a token"
+    );
+}
+
 /// Kuma's computed labels on a zone control plane, written with the resource.
 #[tokio::test]
 async fn labels_are_computed_on_write() {
