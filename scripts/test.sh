@@ -10,7 +10,7 @@
 # iptables (the raft fault suite runs replicas in network namespaces and partitions them), and
 # tinyproxy (a zone in a namespace with no route but a forward proxy dials global through it),
 # and curl and util-linux's setpriv (an unmodified client behind a transparent proxy, run as
-# another user than the proxy's).
+# another user than the proxy's), and chromium with chromium-driver (the GUI e2e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +28,9 @@ command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
 # The transparent proxy e2e runs curl, as another user, behind the iptables rules.
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+# The GUI e2e drives a real browser: Debian's headless chromium through its WebDriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""

@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests: builds and finds the workspace binaries, picks free loopback
 //! ports, and runs control planes as child processes that are killed when dropped.
 
+pub mod browser;
 pub mod netns;
 pub mod otlp;
 pub mod proxies;
