@@ -131,6 +131,15 @@ impl Browser {
         );
     }
 
+    /// Resizes the window (the viewport the page lays out in).
+    pub fn resize(&self, width: u32, height: u32) {
+        self.command(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        );
+    }
+
     /// A PNG of the viewport, written to `file`.
     pub fn screenshot(&self, file: &Path) -> PathBuf {
         let png = self.command(reqwest::Method::GET, "/screenshot", None);

@@ -3,7 +3,7 @@
 //! standalone control plane with a real sidecar: the home page's onboarding view with no proxy,
 //! the proxy arriving live (no reload), links from the home page to the mesh, to the proxy, to
 //! its Envoy configuration, the texts checked against the API, a filtered list, markup in a
-//! resource shown as text, an unknown page. One screenshot per page under
+//! resource shown as text, a narrow window, an unknown page. One screenshot per page under
 //! `target/gui-screenshots/`. Needs `envoy`, `chromium` and `chromedriver`; outside CI the test
 //! is skipped, loudly, without them.
 
@@ -143,6 +143,19 @@ fn the_gui_shows_the_mesh_and_follows_it_live_in_a_real_browser() {
     browser.open(&format!("{gui}/dataplanes?q=nothing-like-it"));
     browser.wait_for_text("None yet.", wait);
     browser.screenshot(&shots.join("dataplanes.png"));
+
+    // A narrow window: the same page, nothing wider than the window but the tables' own
+    // scrolling areas.
+    browser.resize(420, 800);
+    browser.open(&format!("{gui}/meshes/default"));
+    browser.wait_for_text("Mesh default", wait);
+    assert_eq!(
+        browser.run("return document.documentElement.scrollWidth <= window.innerWidth"),
+        json!(true),
+        "the page scrolls sideways in a narrow window"
+    );
+    browser.screenshot(&shots.join("mesh-narrow.png"));
+    browser.resize(1280, 800);
 
     // A page that does not exist, and an API error, are said so on the page.
     browser.open(&format!("{gui}/meshes/default/dataplanes/nope"));
