@@ -621,9 +621,12 @@ fn the_control_plane_traces_an_apply_across_global_and_a_zone() {
         let Some(proto::kuma::otlp::metric::Data::Sum(sum)) = found.and_then(|m| m.data) else {
             continue;
         };
+        // An export can catch the counter after it was created and before the send was
+        // counted (value 0): wait for the next export then.
         if let Some(point) = sum.data_points.into_iter().find(|p| {
             e2e::otlp::attribute(&p.attributes, "resource_type") == Some("MeshTimeout")
                 && e2e::otlp::attribute(&p.attributes, "zone") == Some("zone-1")
+                && matches!(p.value, Some(proto::kuma::otlp::number_data_point::Value::AsDouble(v)) if v >= 1.0)
         }) {
             break point;
         }
