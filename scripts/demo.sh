@@ -218,6 +218,8 @@ Multi-zone demo running (memory stores; everything is lost on exit):
   policy   $policy_line
   gateway  $gateway_line
   metrics  $metrics_line
+  GUI      http://localhost:5681/gui/meshes/default/topology   (both zones, their services, the route through zone-2's ingress)
+           http://localhost:5681/gui/zones/zone-1 -> web -> its rules and Envoy configuration, read through global
 
 Try:
   curl -s localhost:8080/                # answered by backend-zone-2; see x-forwarded-client-cert

@@ -134,6 +134,7 @@ fn change_event(ev: &store::ChangeEvent) -> Event {
 pub async fn stream(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    stopping: Option<Extension<crate::serve::Stopping>>,
     Query(q): Query<EventsQuery>,
 ) -> Response {
     let filter = match Filter::parse(&q, caller.user.is_admin()) {
@@ -168,7 +169,18 @@ pub async fn stream(
             }
         },
     );
-    Sse::new(futures::StreamExt::chain(ready, changes))
+    // The server stopping ends the stream: the client reconnects, to another replica or to
+    // this one once it is back, and lists again.
+    let stopped = async move {
+        match stopping {
+            Some(Extension(crate::serve::Stopping(mut stopping))) => {
+                let _ = stopping.wait_for(|s| *s).await;
+            }
+            None => futures::future::pending().await,
+        }
+    };
+    let events = futures::StreamExt::take_until(futures::StreamExt::chain(ready, changes), stopped);
+    Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
 }

@@ -1,7 +1,7 @@
 //! Overviews join a resource with its insight (`dataplanes+insights`, `zones+insights`, ...),
 //! and mesh insights count what each mesh holds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::extract::{OriginalUri, Path, State};
@@ -42,6 +42,27 @@ fn no_overview(kind: ResourceType) -> ApiError {
 
 fn zone_disabled(r: &Resource) -> bool {
     r.kind == ResourceType::Zone && r.spec.get("enabled").and_then(Value::as_bool) == Some(false)
+}
+
+/// A mesh CA closer than this to its end is a warning on the mesh (and the GUI's home page):
+/// every proxy certificate it signed stops working with it.
+const CA_EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// A dataplane's insight, `None` before it first connected.
+async fn dataplane_insight(
+    state: &SharedState,
+    dp: &Resource,
+) -> Result<Option<InsightSpec>, StoreError> {
+    let key = ResourceKey::new(
+        ResourceType::DataplaneInsight,
+        dp.meta.mesh.clone(),
+        dp.meta.name.clone(),
+    );
+    match state.store.get(&key).await {
+        Ok(i) => Ok(serde_json::from_value(i.spec).ok()),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether the insight of `owner` says it is connected and heard from recently.
@@ -146,9 +167,26 @@ async fn mesh_insight_value(state: &SharedState, mesh: &Resource) -> Result<Valu
         .map_err(err)?;
     let now = Timestamp::now();
     let mut online = 0;
+    // Kuma's MeshInsight.MTLS: proxies by the backend that issued their certificate.
+    let mut issued: BTreeMap<String, FullStatus> = BTreeMap::new();
     for dp in &dps.items {
-        if is_online(state, dp).await.map_err(err)? {
+        let insight = dataplane_insight(state, dp).await.map_err(err)?;
+        let connected = insight
+            .as_ref()
+            .is_some_and(|i| i.is_online(now, STALE_AFTER));
+        if connected {
             online += 1;
+        }
+        let backend = insight
+            .as_ref()
+            .and_then(|i| i.mtls.as_ref())
+            .and_then(|m| m.get("issuedBackend"))
+            .and_then(Value::as_str);
+        if let Some(backend) = backend {
+            issued
+                .entry(backend.to_string())
+                .or_default()
+                .add(dataplane_health(dp, connected));
         }
     }
     let mut policies = Map::new();
@@ -170,15 +208,43 @@ async fn mesh_insight_value(state: &SharedState, mesh: &Resource) -> Result<Valu
         "dataplanes": {"total": dps.total, "online": online, "offline": dps.total - online},
         "policies": policies,
     });
+    let mut warnings = Vec::new();
+    let mut mtls = json!({
+        "issuedBackends": issued.iter().map(|(b, h)| (b.clone(), h.json())).collect::<Map<_, _>>(),
+    });
+    if let Ok(spec) = serde_json::from_value::<model::specs::mesh::MeshSpec>(mesh.spec.clone()) {
+        match security::ca::mesh_ca_expiry(&state.store, name, &spec).await {
+            Ok(Some((backend, expires))) => {
+                let expires = Timestamp::from_unix_seconds(expires);
+                // An extension to Kuma's MeshInsight: the CA's own certificate ends the mesh.
+                mtls["ca"] = json!({"backend": backend, "expirationTime": expires.to_string()});
+                let left = expires.unix_seconds() - now.unix_seconds();
+                if left < CA_EXPIRY_WARNING.as_secs() as i64 {
+                    warnings.push(if left <= 0 {
+                        format!("the CA of mTLS backend {backend:?} expired at {expires}")
+                    } else {
+                        format!(
+                            "the CA of mTLS backend {backend:?} expires at {expires}, in {}",
+                            model::time::format_age(std::time::Duration::from_secs(left as u64))
+                        )
+                    });
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warnings.push(format!("the mesh's CA cannot be read: {e}")),
+        }
+    }
+    insight["mTLS"] = mtls;
     // A global control plane allocates no VIP (each zone does, for itself).
     if state.info.mode != "global" {
-        let (vips, warnings) = vip_report(state, name).await.map_err(err)?;
+        let (vips, vip_warnings) = vip_report(state, name).await.map_err(err)?;
         if !vips.is_empty() {
             insight["vips"] = Value::Object(vips);
         }
-        if !warnings.is_empty() {
-            insight["warnings"] = json!(warnings);
-        }
+        warnings.extend(vip_warnings);
+    }
+    if !warnings.is_empty() {
+        insight["warnings"] = json!(warnings);
     }
     Ok(insight)
 }

@@ -18,6 +18,12 @@ use tower::ServiceExt;
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+/// Turns true when the server starts to stop: long-lived responses (event streams) end then,
+/// so their clients reconnect (to another replica) at once instead of holding the drain.
+/// Available to handlers as a request extension.
+#[derive(Debug, Clone)]
+pub struct Stopping(pub tokio::sync::watch::Receiver<bool>);
+
 /// A client that does not finish sending headers (or a TLS handshake) in this time is dropped.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, connections get this long to finish before they are cut.
@@ -49,6 +55,7 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -64,8 +71,10 @@ async fn serve(
             () = &mut shutdown => break,
         };
         let router = router.clone();
+        let stopping_rx = stopping_rx.clone();
         let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
             req.extensions_mut().insert(Peer(peer));
+            req.extensions_mut().insert(Stopping(stopping_rx.clone()));
             router.clone().oneshot(req)
         });
         let service = TowerToHyperService::new(service);
@@ -108,6 +117,7 @@ async fn serve(
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()

@@ -782,6 +782,61 @@ async fn a_mesh_reports_services_left_without_a_vip() {
 }
 
 #[tokio::test]
+async fn a_mesh_reports_its_ca_expiry_and_certificates_by_backend() {
+    let s = start().await;
+    // A provided CA that ends in five days: a warning (the GUI's home page shows it).
+    let ca = security::ca::CertificateAuthority::generate("short", Duration::from_secs(5 * 86400))
+        .unwrap();
+    let mesh = json!({"type": "Mesh", "name": "short-lived",
+        "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "provided",
+            "conf": {"cert": {"inlineString": ca.cert_pem}, "key": {"inlineString": ca.key_pem}}}]}});
+    assert_eq!(
+        s.put("/meshes/short-lived", mesh).await.0,
+        StatusCode::CREATED
+    );
+    let dp = json!({"type": "Dataplane", "name": "web-1", "mesh": "short-lived",
+        "networking": {"address": "10.0.0.1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}});
+    assert_eq!(
+        s.put("/meshes/short-lived/dataplanes/web-1", dp).await.0,
+        StatusCode::CREATED
+    );
+    s.store
+        .create(Resource::new(
+            ResourceType::DataplaneInsight,
+            "short-lived",
+            "web-1",
+            json!({
+            "subscriptions": [{"id": "1", "controlPlaneInstanceId": "cp",
+                "connectTime": model::Timestamp::now().to_string()}],
+            "mTLS": {"issuedBackend": "ca-1"}}),
+        ))
+        .await
+        .unwrap();
+    let (_, mi) = s.get("/mesh-insights/short-lived").await;
+    assert_eq!(
+        mi["mTLS"]["issuedBackends"]["ca-1"],
+        json!({"online": 1, "offline": 0, "partiallyDegraded": 0, "total": 1}),
+        "{mi}"
+    );
+    assert_eq!(mi["mTLS"]["ca"]["backend"], "ca-1");
+    let expires = model::Timestamp::parse(mi["mTLS"]["ca"]["expirationTime"].as_str().unwrap())
+        .unwrap()
+        .unix_seconds();
+    let in_five_days = model::Timestamp::now().unix_seconds() + 5 * 86400;
+    assert!((expires - in_five_days).abs() < 60, "{mi}");
+    let warning = mi["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("the CA of mTLS backend \"ca-1\" expires at"),
+        "{mi}"
+    );
+
+    // A CA with years left, or no mTLS: no warning.
+    let (_, mi) = s.get("/mesh-insights/default").await;
+    assert!(mi.get("warnings").is_none(), "{mi}");
+    assert_eq!(mi["mTLS"], json!({"issuedBackends": {}}));
+}
+
+#[tokio::test]
 async fn tokens_and_anonymous_access() {
     // Local callers are not admins here, so this test sees what a remote caller sees.
     let s = start_with(

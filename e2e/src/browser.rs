@@ -102,6 +102,14 @@ impl Browser {
             .to_string()
     }
 
+    /// What the header says of the GUI's event stream ("Live", "Live again", "...lost...").
+    pub fn live_status(&self) -> String {
+        self.run("return document.getElementById('live').innerText")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Waits until `<main>` shows `text`; fails with what it shows instead.
     pub fn wait_for_text(&self, text: &str, limit: Duration) -> Duration {
         let last = std::cell::RefCell::new(String::new());
@@ -129,6 +137,39 @@ impl Browser {
             json!(true),
             "no link {text:?} on the page"
         );
+    }
+
+    /// Presses `keys` one after another on whatever has focus, as a keyboard does (WebDriver's
+    /// codes: `\u{E004}` Tab, `\u{E007}` Enter).
+    pub fn keys(&self, keys: &str) {
+        let actions: Vec<Value> = keys
+            .chars()
+            .flat_map(|k| {
+                [
+                    json!({"type": "keyDown", "value": k.to_string()}),
+                    json!({"type": "keyUp", "value": k.to_string()}),
+                ]
+            })
+            .collect();
+        self.command(
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        );
+    }
+
+    /// The text of the first `<pre>` after the `<h2>` titled `heading` (a YAML block).
+    pub fn block_after(&self, heading: &str) -> String {
+        let script = format!(
+            "const h = [...document.querySelectorAll('main h2')].find(h => h.textContent === {});\
+             let e = h && h.nextElementSibling; while (e && !e.querySelector('pre') && e.tagName !== 'PRE') e = e.nextElementSibling;\
+             return e ? (e.tagName === 'PRE' ? e : e.querySelector('pre')).textContent : null;",
+            json!(heading)
+        );
+        self.run(&script)
+            .as_str()
+            .unwrap_or_else(|| panic!("no block under {heading:?}:\n{}", self.main_text()))
+            .to_string()
     }
 
     /// Resizes the window (the viewport the page lays out in).

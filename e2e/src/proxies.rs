@@ -38,6 +38,21 @@ pub fn installed(program: &str, install: &str, test: &str) -> Option<PathBuf> {
     found
 }
 
+/// A ZoneIngress for `kuma-dp run --proxy-type=ingress` listening on, and advertising,
+/// `address:port` (the name comes from `--name`).
+pub fn ingress_yaml(address: &str, port: u16) -> String {
+    format!(
+        "type: ZoneIngress\nname: {{{{ name }}}}\nnetworking:\n  address: {address}\n  port: {port}\n  advertisedAddress: {address}\n  advertisedPort: {port}\n"
+    )
+}
+
+/// A ZoneEgress listening on `address:port`.
+pub fn egress_yaml(address: &str, port: u16) -> String {
+    format!(
+        "type: ZoneEgress\nname: {{{{ name }}}}\nnetworking:\n  address: {address}\n  port: {port}\n"
+    )
+}
+
 /// A global control plane with KDS on a fresh port, ready, and the port.
 pub fn start_global() -> (crate::ControlPlane, u16) {
     let kds_port = free_port();
@@ -50,6 +65,34 @@ pub fn start_global() -> (crate::ControlPlane, u16) {
     );
     cp.wait_ready(Duration::from_secs(60));
     (cp, kds_port)
+}
+
+/// A global with zone-1 and zone-2 federated to it, all ready: each control plane and what
+/// its proxies (or, for global, the test) use of it.
+pub struct TwoZones {
+    pub global_cp: crate::ControlPlane,
+    pub global: Cp,
+    pub zone1_cp: crate::ControlPlane,
+    pub zone2_cp: crate::ControlPlane,
+    pub zone1: Cp,
+    pub zone2: Cp,
+}
+
+pub fn start_two_zones(envoy: &Path) -> TwoZones {
+    let (global_cp, kds_port) = start_global();
+    let global = Cp::api_only(&global_cp, envoy.to_path_buf());
+    let zone1_cp = start_zone("zone-1", kds_port, &global.zone_token("zone-1", "cp"));
+    let zone2_cp = start_zone("zone-2", kds_port, &global.zone_token("zone-2", "cp"));
+    let zone1 = Cp::of(&zone1_cp, envoy.to_path_buf());
+    let zone2 = Cp::of(&zone2_cp, envoy.to_path_buf());
+    TwoZones {
+        global_cp,
+        global,
+        zone1_cp,
+        zone2_cp,
+        zone1,
+        zone2,
+    }
 }
 
 /// Zone `name` federated to the global whose KDS is on `kds_port` with the zone token in

@@ -12,21 +12,10 @@ use std::time::Duration;
 
 use e2e::free_port;
 use e2e::proxies::{
-    Cp, ProxyType, call, certificate, curl_https, envoy, start_global, start_zone, within,
+    ProxyType, TwoZones, call, certificate, curl_https, egress_yaml, envoy, ingress_yaml,
+    start_two_zones, within,
 };
 use serde_json::json;
-
-fn ingress_yaml(port: u16) -> String {
-    format!(
-        "type: ZoneIngress\nname: {{{{ name }}}}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {port}\n"
-    )
-}
-
-fn egress_yaml(port: u16) -> String {
-    format!(
-        "type: ZoneEgress\nname: {{{{ name }}}}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n"
-    )
-}
 
 fn mesh(zone_egress: bool) -> serde_json::Value {
     json!({"type": "Mesh", "name": "default",
@@ -39,15 +28,15 @@ fn cross_zone_traffic_through_the_ingress() {
     let Some(envoy) = envoy("cross_zone_traffic_through_the_ingress") else {
         return;
     };
-    let (global_cp, kds_port) = start_global();
-    let global = Cp::api_only(&global_cp, envoy.clone());
-    let zone1_cp = start_zone("zone-1", kds_port, &global.zone_token("zone-1", "cp"));
-    let zone2_cp = start_zone("zone-2", kds_port, &global.zone_token("zone-2", "cp"));
+    let TwoZones {
+        global_cp,
+        global,
+        zone1_cp,
+        zone2_cp,
+        zone1,
+        zone2,
+    } = start_two_zones(&envoy);
     let zone2_log = zone2_cp.log.clone();
-    let (zone1, zone2) = (
-        Cp::of(&zone1_cp, envoy.clone()),
-        Cp::of(&zone2_cp, envoy.clone()),
-    );
     let logs = || {
         format!(
             "--- global:\n{}\n--- zone-1:\n{}\n--- zone-2:\n{}",
@@ -110,19 +99,19 @@ fn cross_zone_traffic_through_the_ingress() {
     let _ingress1 = zone1.kuma_dp(
         ProxyType::Ingress,
         "zone-proxy-1",
-        &ingress_yaml(free_port()),
+        &ingress_yaml("127.0.0.1", free_port()),
         &global.zone_token("zone-1", "ingress"),
     );
     let _ingress2 = zone2.kuma_dp(
         ProxyType::Ingress,
         "ingress-2",
-        &ingress_yaml(free_port()),
+        &ingress_yaml("127.0.0.1", free_port()),
         &global.zone_token("zone-2", "ingress"),
     );
     let egress = zone1.kuma_dp(
         ProxyType::Egress,
         "zone-proxy-1",
-        &egress_yaml(free_port()),
+        &egress_yaml("127.0.0.1", free_port()),
         &global.zone_token("zone-1", "egress"),
     );
 

@@ -416,9 +416,7 @@ fn global_inspect_is_forwarded_to_the_replica_holding_the_zone() {
     let _ingress = zone.kuma_dp(
         ProxyType::Ingress,
         "ingress-1",
-        &format!(
-            "type: ZoneIngress\nname: {{{{ name }}}}\nnetworking:\n  address: 127.0.0.1\n  port: {ingress_port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {ingress_port}\n"
-        ),
+        &e2e::proxies::ingress_yaml("127.0.0.1", ingress_port),
         &a.zone_token("zone-1", "ingress"),
     );
     let on_global = |proxy_path: &str| {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use e2e::proxies::{Cp, Proc, client, envoy, installed, start_global, start_zone, within};
+use e2e::proxies::{Cp, Proc, TwoZones, client, envoy, installed, start_two_zones, within};
 use e2e::{free_port, http_response};
 use serde_json::{Value, json};
 
@@ -98,14 +98,14 @@ fn prometheus_scrapes_every_proxy_through_the_service_discovery() {
     ) else {
         return;
     };
-    let (global_cp, kds_port) = start_global();
-    let global = Cp::api_only(&global_cp, envoy.clone());
-    let zone1_cp = start_zone("zone-1", kds_port, &global.zone_token("zone-1", "cp"));
-    let zone2_cp = start_zone("zone-2", kds_port, &global.zone_token("zone-2", "cp"));
-    let (zone1, zone2) = (
-        Cp::of(&zone1_cp, envoy.clone()),
-        Cp::of(&zone2_cp, envoy.clone()),
-    );
+    let TwoZones {
+        global_cp,
+        global,
+        zone1_cp,
+        zone2_cp,
+        zone1,
+        zone2,
+    } = start_two_zones(&envoy);
 
     global.put(
         "/meshes/default",

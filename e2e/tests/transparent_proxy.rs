@@ -468,9 +468,7 @@ fn an_unmodified_client_reaches_another_zones_service_and_a_multi_zone_service_b
     // Zone-2: backend and an ingress on the LAN's gateway address, which the client's
     // namespace reaches.
     let ingress_port = free_port();
-    let ingress_yaml = format!(
-        "type: ZoneIngress\nname: {{{{ name }}}}\nnetworking:\n  address: {gateway}\n  port: {ingress_port}\n  advertisedAddress: {gateway}\n  advertisedPort: {ingress_port}\n"
-    );
+    let ingress_yaml = e2e::proxies::ingress_yaml(&gateway, ingress_port);
     let ingress = zone2.kuma_dp(
         ProxyType::Ingress,
         "ingress-2",
@@ -567,9 +565,7 @@ fn an_unmodified_client_reaches_another_zones_service_and_a_multi_zone_service_b
     // A MeshExternalService now leaves through it, as in Kuma: the egress terminates the
     // mesh's mTLS with its own certificate of the mesh and originates the external TLS.
     let egress_port = free_port();
-    let egress_yaml = format!(
-        "type: ZoneEgress\nname: {{{{ name }}}}\nnetworking:\n  address: {gateway}\n  port: {egress_port}\n"
-    );
+    let egress_yaml = e2e::proxies::egress_yaml(&gateway, egress_port);
     let egress = zone1.kuma_dp(
         ProxyType::Egress,
         "egress-1",

@@ -260,6 +260,48 @@ pub async fn mesh_ca(
     }))
 }
 
+/// The enabled backend of `mesh` and when its CA certificate expires (Unix seconds), read
+/// without creating anything: `None` with mTLS off or a builtin CA not generated yet.
+pub async fn mesh_ca_expiry(
+    store: &store::SharedStore,
+    mesh: &str,
+    spec: &model::specs::mesh::MeshSpec,
+) -> Result<Option<(String, i64)>, MeshCaError> {
+    use model::specs::mesh::CaType;
+    let Some(backend) = spec.mtls.as_ref().and_then(|m| {
+        m.backends
+            .iter()
+            .find(|b| !m.enabled_backend.is_empty() && b.name == m.enabled_backend)
+    }) else {
+        return Ok(None);
+    };
+    let pem = match backend.ca_type {
+        CaType::Provided => data_source(store, mesh, backend.conf.as_ref(), "cert")
+            .await?
+            .into_bytes(),
+        CaType::Builtin => {
+            let (cert_name, _) = builtin_secret_names(mesh, &backend.name);
+            match read_secret(store, mesh, &cert_name).await? {
+                Some(pem) => pem,
+                None => return Ok(None),
+            }
+        }
+    };
+    let unreadable = |message: String| MeshCaError::Config {
+        mesh: mesh.into(),
+        message: format!(
+            "the CA certificate of backend {:?}: {message}",
+            backend.name
+        ),
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).map_err(|e| unreadable(e.to_string()))?;
+    let cert = pem.parse_x509().map_err(|e| unreadable(e.to_string()))?;
+    Ok(Some((
+        backend.name.clone(),
+        cert.validity().not_after.timestamp(),
+    )))
+}
+
 async fn builtin_ca(
     store: &store::SharedStore,
     mesh: &str,
@@ -392,7 +434,22 @@ mod tests {
                 "dpCert": {"rotation": {"expiration": "1h"}}}]}
         }))
         .unwrap();
+        assert!(
+            mesh_ca_expiry(&store, "demo", &spec)
+                .await
+                .unwrap()
+                .is_none(),
+            "reading the expiry creates no CA"
+        );
         let first = mesh_ca(&store, "demo", &spec, true).await.unwrap().unwrap();
+        let (backend, expires) = mesh_ca_expiry(&store, "demo", &spec)
+            .await
+            .unwrap()
+            .unwrap();
+        let ten_years =
+            model::Timestamp::now().unix_seconds() + DEFAULT_CA_LIFETIME.as_secs() as i64;
+        assert_eq!(backend, "ca-1");
+        assert!((ten_years - expires).abs() < 60, "{expires} vs {ten_years}");
         let again = mesh_ca(&store, "demo", &spec, true).await.unwrap().unwrap();
         assert_eq!(first.ca.cert_pem, again.ca.cert_pem);
         assert_eq!(first.cert_lifetime, Duration::from_secs(3600));

@@ -38,6 +38,15 @@ pub struct AdminTunnels {
 }
 
 impl AdminTunnels {
+    /// Ends every tunnel (the control plane is stopping): each stream's requests end, so its
+    /// proxy reconnects elsewhere and the server's drain is not held by it.
+    pub fn close_all(&self) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Sends `path?query` to the proxy's Envoy admin and waits for its answer.
     pub async fn request(
         &self,

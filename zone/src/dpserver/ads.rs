@@ -100,6 +100,9 @@ pub struct AdsServer {
     /// What every stream's configuration is computed from.
     view: watch::Receiver<ZoneView>,
     metrics: Option<XdsMetrics>,
+    /// Turns true when the control plane stops: streams end then, so their proxies reconnect
+    /// (to another replica) at once instead of holding the server's drain.
+    stopping: Option<watch::Receiver<bool>>,
 }
 
 impl AdsServer {
@@ -117,7 +120,14 @@ impl AdsServer {
             cp_instance_id,
             view,
             metrics: None,
+            stopping: None,
         }
+    }
+
+    /// The server with its streams ending when `stopping` turns true.
+    pub fn stopping(mut self, stopping: watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stopping);
+        self
     }
 
     /// The server with its streams' figures going to `metrics`.
@@ -231,9 +241,16 @@ impl AggregatedDiscoveryService for AdsServer {
             built_from: None,
             metrics: self.metrics.clone(),
         };
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let _connected = Connected::new(&stream.metrics);
-            let result = stream.run(first, requests).await;
+            let result = match stopping.as_mut() {
+                Some(stopping) => tokio::select! {
+                    result = stream.run(first, requests) => result,
+                    _ = stopping.wait_for(|s| *s) => Err(StreamError::Stopping),
+                },
+                None => stream.run(first, requests).await,
+            };
             stream.record.disconnect_time = Some(Timestamp::now());
             if let Err(e) = crate::dpserver::insight::write(&stream.store, &stream.record).await {
                 tracing::warn!(mesh = %stream.mesh, name = %stream.name, error = %e, "could not record the disconnect");
@@ -400,6 +417,8 @@ struct ProxyStream {
 enum StreamError {
     #[error("Envoy closed the stream")]
     Closed,
+    #[error("the control plane is stopping; the proxy reconnects")]
+    Stopping,
     #[error("{0}")]
     Status(#[from] Status),
 }

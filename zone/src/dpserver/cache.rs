@@ -706,6 +706,12 @@ impl MeshState {
         }
     }
 
+    fn has_external_services(&self) -> bool {
+        self.services
+            .keys()
+            .any(|(kind, _)| *kind == ResourceType::MeshExternalService)
+    }
+
     async fn load_ca(&mut self) {
         self.ca = if mtls_enabled(&self.spec) {
             security::ca::mesh_ca(&self.store, &self.name, &self.spec, self.generates_ca)
@@ -731,10 +737,13 @@ impl MeshState {
                 false => Vec::new(),
             },
             zone_egress: egress,
-            // Also without `zoneEgress`: MeshExternalServices leave through egresses.
-            local_egresses: match mtls {
-                true => zp.local_egresses.clone(),
-                false => Vec::new(),
+            // Only where a sidecar dials them: with `zoneEgress`, or for a MeshExternalService
+            // (which leaves through egresses without it); elsewhere an egress coming or going
+            // would regenerate every sidecar for nothing.
+            local_egresses: if mtls && (egress || self.has_external_services()) {
+                zp.local_egresses.clone()
+            } else {
+                Vec::new()
             },
             forbid_external_access: self
                 .spec
@@ -934,6 +943,16 @@ mod tests {
             ))
             .await
             .unwrap();
+        // mTLS without `zoneEgress`: its sidecars dial egresses only for MeshExternalServices.
+        store
+            .create(Resource::new(
+                ResourceType::Mesh,
+                "",
+                "direct",
+                json!({"mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
+            ))
+            .await
+            .unwrap();
         let mut view = start(store.clone(), "zone-1".into(), true);
         let first = next(&mut view, |v| v.ready).await;
         assert!(
@@ -965,6 +984,24 @@ mod tests {
         assert_eq!(c.remote_ingresses[0].address, "192.168.2.1");
         assert_eq!(c.local_egresses, vec![("10.1.0.9".to_string(), 10002)]);
         assert!(v.zone_proxies.egresses.contains_key("egress-1"));
+        assert!(
+            v.meshes["direct"].context.local_egresses.is_empty(),
+            "no sidecar of the mesh dials an egress"
+        );
+        store
+            .create(Resource::new(
+                ResourceType::MeshExternalService,
+                "direct",
+                "httpbin",
+                json!({"match": {"type": "HostnameGenerator", "port": 443, "protocol": "tcp"},
+                       "endpoints": [{"address": "httpbin.org", "port": 443}]}),
+            ))
+            .await
+            .unwrap();
+        next(&mut view, |v| {
+            v.meshes["direct"].context.local_egresses == [("10.1.0.9".to_string(), 10002)]
+        })
+        .await;
         store
             .delete(&ResourceKey::new(ResourceType::ZoneEgress, "", "egress-1"))
             .await

@@ -81,11 +81,12 @@ pub async fn serve(
         config.cp_instance_id.clone(),
         view,
     )
-    .metered(config.metrics.clone());
+    .metered(config.metrics.clone())
+    .stopping(shutdown.clone());
     let admin = admin::AdminService {
         store: store.clone(),
         auth: auth.clone(),
-        tunnels,
+        tunnels: tunnels.clone(),
     };
     let bootstrap = bootstrap::router(Arc::new(bootstrap::BootstrapState {
         store,
@@ -138,6 +139,8 @@ pub async fn serve(
                 .with_keepalive(Some(Duration::from_secs(30))),
             async move {
                 let _ = shutdown.wait_for(|s| *s).await;
+                // ADS streams end on their own (`AdsServer::stopping`); admin tunnels here.
+                tunnels.close_all();
             },
         )
         .await
