@@ -42,11 +42,14 @@ fn the_gui_shows_the_mesh_and_follows_it_live_in_a_real_browser() {
     // No proxy yet: the onboarding view, with this control plane's commands.
     browser.open(&gui);
     browser.wait_for_text("Add a first data plane proxy", wait);
-    assert!(
-        browser
-            .main_text()
-            .contains("kuma-dp run --cp-address https://")
+    // This control plane's own port and the CA file it wrote.
+    let onboarding = browser.main_text();
+    let run = format!(
+        "kuma-dp run --cp-address https://127.0.0.1:{} --ca-cert-file {} ",
+        cp.dp_port,
+        cp.work_dir.join("dp-server-ca.pem").display()
     );
+    assert!(onboarding.contains(&run), "{run}\n{onboarding}");
     browser.screenshot(&shots.join("home-onboarding.png"));
 
     // A real sidecar connects: the page shows it online without being reloaded.

@@ -146,7 +146,9 @@ where
         let pair = certificate::server_cert(config, store, &identity.hostname).await?;
         builder = builder
             .tls_config(
-                ServerTlsConfig::new().identity(Identity::from_pem(pair.cert_pem, pair.key_pem)),
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(pair.cert_pem, pair.key_pem))
+                    .timeout(security::tls::HANDSHAKE_TIMEOUT),
             )
             .map_err(GlobalError::Tls)?;
     }

@@ -146,7 +146,8 @@ pub async fn serve(
 ) -> Result<(), IntercpError> {
     let tls_config = ServerTlsConfig::new()
         .identity(tls.identity.clone())
-        .client_ca_root(Certificate::from_pem(&tls.ca_pem));
+        .client_ca_root(Certificate::from_pem(&tls.ca_pem))
+        .timeout(security::tls::HANDSHAKE_TIMEOUT);
     let service = InterCpPingServiceServer::new(PingService { me, leader, seen })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

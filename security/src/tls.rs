@@ -3,6 +3,11 @@
 
 use std::sync::Arc;
 
+/// How long a client gets to finish a TLS handshake on the gRPC ports (KDS, ADS, inter-CP):
+/// long for a handshake, short for a socket someone opened and says nothing on, which would
+/// otherwise be held for as long as the peer likes.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -254,17 +254,19 @@ async function home() {
     h('h2', {}, 'Warnings'),
     warnings.length ? h('ul', {}, warnings.map(w => h('li', { class: 'warn' }, w))) : h('p', { class: 'ok' }, 'None.'),
   ];
-  if (dps.total === 0 && info.mode !== 'global') page.push(...onboarding());
+  if (dps.total === 0 && info.mode !== 'global') page.push(...onboarding(await maybe('/config', {})));
   return page;
 }
 
-function onboarding() {
-  const cp = `https://${location.hostname}:5678`;
+/** The commands for this control plane: its data plane server's port and the CA file it wrote. */
+function onboarding(config) {
+  const cp = `https://${location.hostname}:${config.dpServer?.port ?? 5678}`;
+  const ca = config.general?.workDir ? `${config.general.workDir.replace(/\/$/, '')}/dp-server-ca.pem` : 'dp-server-ca.pem';
   const yaml = 'type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 8080\n    servicePort: 80\n    tags:\n      kuma.io/service: web\n      kuma.io/protocol: http\n';
   const steps = [
     ['Issue a token for the proxy', 'kumactl generate dataplane-token --name web-1 --mesh default > web-1.token'],
     ['Describe the proxy (web-1.yaml)', yaml],
-    ['Start it (with the CA of this control plane\'s data plane server)', `kuma-dp run --cp-address ${cp} --ca-cert-file dp-server-ca.pem --dataplane-token-file web-1.token --dataplane-file web-1.yaml`],
+    ['Start it (with the CA of this control plane\'s data plane server, which it wrote to the file named here)', `kuma-dp run --cp-address ${cp} --ca-cert-file ${ca} --dataplane-token-file web-1.token --dataplane-file web-1.yaml`],
   ];
   return [h('h2', {}, 'Add a first data plane proxy'),
     h('p', {}, `The control plane is running in ${info.mode} mode. This page shows the proxy as soon as it connects.`),

@@ -69,9 +69,12 @@ impl TlsMaterial {
     }
 
     pub fn server(&self) -> ServerTlsConfig {
+        // A peer that opens the port and says nothing is cut off (the store cannot use
+        // `security::tls::HANDSHAKE_TIMEOUT`: security depends on the store).
         ServerTlsConfig::new()
             .identity(self.identity.clone())
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .timeout(std::time::Duration::from_secs(10))
     }
 
     pub fn client(&self) -> ClientTlsConfig {

@@ -116,9 +116,12 @@ pub async fn serve(
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024),
         );
-    let tls = tonic::transport::ServerTlsConfig::new().identity(
-        tonic::transport::Identity::from_pem(&config.cert_pem, &config.key_pem),
-    );
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            &config.cert_pem,
+            &config.key_pem,
+        ))
+        .timeout(security::tls::HANDSHAKE_TIMEOUT);
     tracing::info!(
         port = config.port,
         "data plane server listening (bootstrap, ADS)"
