@@ -50,6 +50,13 @@ fi
 # shellcheck source=envoy.sh
 source scripts/envoy.sh
 
+# The OpenAPI suite runs schemathesis against a live control plane.
+SCHEMATHESIS_VERSION=4.32.5
+if ! python3 -m schemathesis.cli --version >/dev/null 2>&1; then
+  echo "installing: schemathesis==$SCHEMATHESIS_VERSION (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
 [ "${1:-}" = "--install-only" ] && exit 0
 
 cargo test --workspace --all-targets --all-features --locked --no-fail-fast

@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, http::StatusCode};
@@ -24,7 +24,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::SharedState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiQuery};
 
 /// Streams open at once, process-wide: each holds a store subscription and a connection.
 pub const MAX_STREAMS: usize = 256;
@@ -135,7 +135,7 @@ pub async fn stream(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     stopping: Option<Extension<crate::serve::Stopping>>,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Response {
     let filter = match Filter::parse(&q, caller.user.is_admin()) {
         Ok(f) => f,

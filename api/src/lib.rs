@@ -25,6 +25,7 @@ mod gui;
 pub mod inspect;
 pub mod mesh_defaults;
 mod metrics;
+mod openapi;
 mod overview;
 mod paging;
 mod resources;
@@ -135,6 +136,8 @@ pub fn router(state: SharedState) -> Router {
             post(control_planes::personal_access_token),
         )
         .route("/mesh-insights/{mesh}", get(overview::mesh_insight))
+        .route("/openapi.yaml", get(openapi::yaml))
+        .route("/openapi.json", get(openapi::json))
         .route("/gui", get(gui::page))
         .route("/gui/", get(gui::page))
         .route("/gui/assets/{name}", get(gui::asset))
@@ -202,6 +205,7 @@ pub fn router(state: SharedState) -> Router {
             get(resources::get_overview_in_mesh),
         )
         .fallback(resources::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{OriginalUri, Path, Query, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use model::{Resource, ResourceKey, ResourceType, Scope};
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use store::{ListQuery, StoreError};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiQuery};
 use crate::overview;
 use crate::paging::{DEFAULT_PAGE_SIZE, DataplaneFilter, list_page, next_link, parse_list_query};
 use crate::{MAX_BODY_BYTES, SharedState};
@@ -140,7 +140,7 @@ fn check_write_access(caller: &Caller, kind: ResourceType) -> Result<(), ApiErro
 pub async fn list_top(
     State(state): State<SharedState>,
     Path(plural): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
     uri: OriginalUri,
     headers: HeaderMap,
     caller: axum::Extension<Caller>,
@@ -156,7 +156,7 @@ pub async fn list_top(
 pub async fn list_overview_top(
     State(state): State<SharedState>,
     Path(plural): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
     uri: OriginalUri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -168,7 +168,7 @@ pub async fn list_overview_top(
 pub async fn list_overview_in_mesh(
     State(state): State<SharedState>,
     Path((mesh, plural)): Path<(String, String)>,
-    Query(params): Query<HashMap<String, String>>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
     uri: OriginalUri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -189,7 +189,7 @@ pub async fn get_overview_top(
 pub async fn list_in_mesh(
     State(state): State<SharedState>,
     Path((mesh, plural)): Path<(String, String)>,
-    Query(params): Query<HashMap<String, String>>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
     uri: OriginalUri,
     headers: HeaderMap,
     caller: axum::Extension<Caller>,
@@ -414,7 +414,7 @@ async fn put(
                 .update(resource)
                 .await
                 .map_err(|e| ApiError::from_store("Could not update a resource", e))?;
-            Ok(StatusCode::OK.into_response())
+            Ok((StatusCode::OK, Json(json!({}))).into_response())
         }
         Err(StoreError::NotFound(_)) => {
             let created = state
@@ -427,7 +427,8 @@ async fn put(
                     .await
                     .map_err(mesh_defaults_error)?;
             }
-            Ok(StatusCode::CREATED.into_response())
+            // Kuma's CreateOrUpdateSuccessResponse: `warnings` only when there are some.
+            Ok((StatusCode::CREATED, Json(json!({}))).into_response())
         }
         Err(e) => Err(ApiError::from_store(TITLE_PUT, e)),
     }
@@ -633,7 +634,8 @@ async fn delete(
         .delete(&key)
         .await
         .map_err(|e| ApiError::from_store(TITLE_DELETE, e))?;
-    Ok(StatusCode::OK.into_response())
+    // Kuma's DeleteSuccessResponse.
+    Ok((StatusCode::OK, Json(json!({}))).into_response())
 }
 
 #[cfg(test)]

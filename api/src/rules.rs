@@ -4,7 +4,7 @@
 //! zone and on global alike (global holds every zone's Dataplanes and every policy).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use model::specs::dataplane::DataplaneSpec;
 use model::specs::mesh::MeshSpec;
@@ -14,7 +14,7 @@ use store::ListQuery;
 use xds::{DataplaneEntry, GatewayCertificate, GatewayEntry, MeshContext, RawPolicy};
 
 use crate::SharedState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiQuery};
 use crate::resources::resolve_type;
 
 const TITLE: &str = "Could not inspect policies";
@@ -147,7 +147,7 @@ fn number(field: &str, value: &Option<String>, default: usize) -> Result<usize, 
 pub async fn policy_dataplanes(
     State(state): State<SharedState>,
     Path((mesh, plural, name)): Path<(String, String, String)>,
-    Query(page): Query<PageQuery>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let kind = resolve_type(&plural, true)?;
     if !kind.descriptor().is_policy && kind != ResourceType::MeshGateway {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::Json;
-use axum::extract::{OriginalUri, Path, Query, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::HeaderMap;
 use model::specs::insight::InsightSpec;
 use model::{ResourceKey, ResourceType, Timestamp};
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use store::{ListQuery, StoreError};
 
 use crate::SharedState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiQuery};
 use crate::overview::STALE_AFTER;
 use crate::paging::{next_link, parse_page};
 
@@ -185,7 +185,7 @@ async fn services(
 pub async fn list(
     State(state): State<SharedState>,
     Path(mesh): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
     uri: OriginalUri,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {

@@ -782,6 +782,43 @@ async fn a_mesh_reports_services_left_without_a_vip() {
 }
 
 #[tokio::test]
+async fn a_bad_query_and_a_wrong_method_answer_in_kumas_error_shape() {
+    let s = start().await;
+    assert_eq!(
+        s.put("/meshes/default/meshtimeouts/t", timeout("t"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let (st, body) = s
+        .get("/meshes/default/meshtimeouts/t/_resources/dataplanes?size=1&size=2")
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(body["title"], "Invalid query", "{body}");
+    assert_eq!(body["invalid_parameters"][0]["field"], "query", "{body}");
+    let r = s
+        .http
+        .delete(format!("{}/_resources", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], 405, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("DELETE"),
+        "{body}"
+    );
+    // The OpenAPI description is served, as YAML and JSON.
+    let (st, spec) = s.get("/openapi.json").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(spec["paths"]["/meshes/{mesh}/{plural}/{name}"]["put"].is_object());
+}
+
+#[tokio::test]
 async fn a_mesh_reports_its_ca_expiry_and_certificates_by_backend() {
     let s = start().await;
     // A provided CA that ends in five days: a warning (the GUI's home page shows it).
