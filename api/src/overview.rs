@@ -48,16 +48,15 @@ fn zone_disabled(r: &Resource) -> bool {
 /// every proxy certificate it signed stops working with it.
 const CA_EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
-/// A dataplane's insight, `None` before it first connected.
-async fn dataplane_insight(
+/// The insight `owner` has (a Dataplane's, a Zone's, ...), `None` before it first connected.
+async fn insight_of(
     state: &SharedState,
-    dp: &Resource,
+    owner: &Resource,
 ) -> Result<Option<InsightSpec>, StoreError> {
-    let key = ResourceKey::new(
-        ResourceType::DataplaneInsight,
-        dp.meta.mesh.clone(),
-        dp.meta.name.clone(),
-    );
+    let Some(kind) = owner.kind.owned_insight() else {
+        return Ok(None);
+    };
+    let key = ResourceKey::new(kind, owner.meta.mesh.clone(), owner.meta.name.clone());
     match state.store.get(&key).await {
         Ok(i) => Ok(serde_json::from_value(i.spec).ok()),
         Err(StoreError::NotFound(_)) => Ok(None),
@@ -67,17 +66,10 @@ async fn dataplane_insight(
 
 /// Whether the insight of `owner` says it is connected and heard from recently.
 async fn is_online(state: &SharedState, owner: &Resource) -> Result<bool, StoreError> {
-    let Some(kind) = owner.kind.owned_insight() else {
-        return Ok(false);
-    };
-    let key = ResourceKey::new(kind, owner.meta.mesh.clone(), owner.meta.name.clone());
-    match state.store.get(&key).await {
-        Ok(i) => Ok(serde_json::from_value::<InsightSpec>(i.spec)
-            .is_ok_and(|i| i.is_online(Timestamp::now(), STALE_AFTER))
-            && !zone_disabled(owner)),
-        Err(StoreError::NotFound(_)) => Ok(false),
-        Err(e) => Err(e),
-    }
+    Ok(insight_of(state, owner)
+        .await?
+        .is_some_and(|i| i.is_online(Timestamp::now(), STALE_AFTER))
+        && !zone_disabled(owner))
 }
 
 async fn overview_value(state: &SharedState, r: &Resource) -> Result<Value, ApiError> {
@@ -170,7 +162,7 @@ async fn mesh_insight_value(state: &SharedState, mesh: &Resource) -> Result<Valu
     // Kuma's MeshInsight.MTLS: proxies by the backend that issued their certificate.
     let mut issued: BTreeMap<String, FullStatus> = BTreeMap::new();
     for dp in &dps.items {
-        let insight = dataplane_insight(state, dp).await.map_err(err)?;
+        let insight = insight_of(state, dp).await.map_err(err)?;
         let connected = insight
             .as_ref()
             .is_some_and(|i| i.is_online(now, STALE_AFTER));

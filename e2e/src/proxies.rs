@@ -131,6 +131,25 @@ pub fn client() -> reqwest::blocking::Client {
         .expect("HTTP client")
 }
 
+/// POSTs `body` as JSON to `url`, retrying for up to 20 s while the answer is a 5xx (a
+/// control plane still creating its keys): the last status and body.
+pub fn post_until_not_5xx(url: &str, body: &Value) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client()
+            .post(url)
+            .json(body)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = r.status().as_u16();
+        let text = r.text().unwrap_or_default();
+        if status < 500 || tokio::time::Instant::now() > deadline {
+            return (status, text);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A background process whose output goes to a file, stopped when dropped.
 pub struct Proc {
     pub child: Child,
@@ -213,6 +232,8 @@ pub fn call(port: u16) -> Option<Value> {
 /// the CA that signed that server's certificate.
 pub struct Cp {
     pub api: String,
+    /// Where proxies reach its data plane server: loopback, or its namespace's address.
+    pub dp_host: String,
     pub dp_port: u16,
     pub ca: PathBuf,
     /// Where proxies' files and logs go.
@@ -252,6 +273,7 @@ impl Cp {
         );
         Cp {
             api: cp.api(),
+            dp_host: cp.ip.clone(),
             dp_port: cp.dp_port,
             ca,
             dir,
@@ -264,6 +286,7 @@ impl Cp {
     pub fn api_only(cp: &crate::ControlPlane, envoy: PathBuf) -> Cp {
         Cp {
             api: cp.api(),
+            dp_host: cp.ip.clone(),
             dp_port: 0,
             ca: PathBuf::new(),
             dir: cp.work_dir.clone(),
@@ -377,6 +400,20 @@ impl Cp {
         Proc::start(&mut cmd, self.dir.join(format!("echo-{instance}.log")))
     }
 
+    /// An echo app for `instance` (answering with `zone`) behind its sidecar of `service`,
+    /// with no outbound: the app and kuma-dp, which stop when dropped.
+    pub fn echo_behind_sidecar(
+        &self,
+        instance: &str,
+        service: &str,
+        zone: Option<&str>,
+        token: &Path,
+    ) -> (Proc, Proc) {
+        let port = free_port();
+        let app = self.echo(instance, port, zone);
+        (app, self.sidecar(instance, service, port, None, token))
+    }
+
     /// kuma-dp for `name` with one inbound of `service` (to `app_port`) and optionally one
     /// outbound to `backend`, using `token`.
     pub fn sidecar(
@@ -441,7 +478,7 @@ impl Cp {
             .args(["--proxy-type", proxy.arg()])
             .args([
                 "--cp-address",
-                &format!("https://127.0.0.1:{}", self.dp_port),
+                &format!("https://{}:{}", self.dp_host, self.dp_port),
             ])
             .arg("--ca-cert-file")
             .arg(&self.ca)

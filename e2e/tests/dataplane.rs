@@ -279,6 +279,7 @@ fn inspect_is_forwarded_to_the_replica_holding_the_stream() {
     let a = Cp::of(&holder, envoy);
     let b = Cp {
         api: other.api(),
+        dp_host: other.ip.clone(),
         dp_port: other.dp_port,
         ca: a.ca.clone(),
         dir: a.dir.clone(),
@@ -368,6 +369,7 @@ fn global_inspect_is_forwarded_to_the_replica_holding_the_zone() {
     other.wait_ready(Duration::from_secs(60));
     let a = Cp {
         api: holder.api(),
+        dp_host: holder.ip.clone(),
         dp_port: 0,
         ca: Default::default(),
         dir: holder.work_dir.clone(),

@@ -233,20 +233,7 @@ struct Manager {
 impl Manager {
     /// POSTs `body`, retrying while the control plane's keys are still being created (5xx).
     fn post(&self, path: &str, body: serde_json::Value) -> (u16, String) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = e2e::proxies::client()
-                .post(format!("{}{path}", self.api))
-                .json(&body)
-                .send()
-                .expect("POST to the manager");
-            let status = r.status().as_u16();
-            let text = r.text().unwrap_or_default();
-            if status < 500 || tokio::time::Instant::now() > deadline {
-                return (status, text);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        e2e::proxies::post_until_not_5xx(&format!("{}{path}", self.api), &body)
     }
 
     fn create(&self, name: &str) -> String {

@@ -54,15 +54,7 @@ fn the_gui_shows_the_mesh_and_follows_it_live_in_a_real_browser() {
 
     // A real sidecar connects: the page shows it online without being reloaded.
     browser.run("window.notReloaded = true; return null");
-    let app_port = free_port();
-    let _app = env.echo("web-1", app_port, None);
-    let _web = env.sidecar(
-        "web-1",
-        "web",
-        app_port,
-        None,
-        &env.token("web-1", "default"),
-    );
+    let _web = env.echo_behind_sidecar("web-1", "web", None, &env.token("web-1", "default"));
     let took = browser.wait_for_text("Data plane proxies online\n1 / 1", wait);
     println!("the new proxy showed online {took:?} after kuma-dp started");
     assert_eq!(
@@ -317,22 +309,16 @@ fn the_gui_on_global_shows_two_zones_in_a_real_browser() {
         &ingress_yaml("127.0.0.1", free_port()),
         &global.zone_token("zone-2", "ingress"),
     );
-    let web_port = free_port();
-    let _web_app = zone1.echo("web-1", web_port, Some("zone-1"));
-    let _web = zone1.sidecar(
+    let _web = zone1.echo_behind_sidecar(
         "web-1",
         "web",
-        web_port,
-        None,
+        Some("zone-1"),
         &global.token("web-1", "default"),
     );
-    let backend_port = free_port();
-    let _backend_app = zone2.echo("backend-1", backend_port, Some("zone-2"));
-    let _backend = zone2.sidecar(
+    let _backend = zone2.echo_behind_sidecar(
         "backend-1",
         "backend",
-        backend_port,
-        None,
+        Some("zone-2"),
         &global.token("backend-1", "default"),
     );
 
@@ -466,13 +452,10 @@ fn the_gui_on_global_shows_two_zones_in_a_real_browser() {
     browser.open(&format!("{gui}/dataplanes?zone=zone-2"));
     browser.wait_for_text("backend-1", wait);
     browser.run("window.notReloaded = true; return null");
-    let backend2_port = free_port();
-    let _backend2_app = zone2.echo("backend-2", backend2_port, Some("zone-2"));
-    let _backend2 = zone2.sidecar(
+    let _backend2 = zone2.echo_behind_sidecar(
         "backend-2",
         "backend",
-        backend2_port,
-        None,
+        Some("zone-2"),
         &global.token("backend-2", "default"),
     );
     let took = browser.wait_for_text("backend-2", wait);
@@ -508,22 +491,7 @@ fn the_gui_of_a_hosted_control_plane_asks_for_a_token() {
     let http = e2e::blocking_http(Duration::from_secs(10));
     // The manager creates a control plane's keys on its first request; 5xx until then.
     let post = |path: &str, body: serde_json::Value| {
-        let mut answer = (0, String::new());
-        e2e::proxies::within(
-            Duration::from_secs(20),
-            &format!("POST {path}"),
-            || {
-                let r = http
-                    .post(format!("{}{path}", manager.api()))
-                    .json(&body)
-                    .send()
-                    .unwrap();
-                answer = (r.status().as_u16(), r.text().unwrap_or_default());
-                answer.0 < 500
-            },
-            || manager.logs(),
-        );
-        answer
+        e2e::proxies::post_until_not_5xx(&format!("{}{path}", manager.api()), &body)
     };
     let (status, created) = post("/v0/mesh/control-planes", json!({"name": "tenant-a"}));
     assert_eq!(status, 201, "{created}");

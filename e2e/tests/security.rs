@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use e2e::netns::Lan;
-use e2e::proxies::{envoy, within};
-use e2e::{ControlPlane, binary, free_port};
+use e2e::proxies::{Cp, ProxyType, envoy, within};
+use e2e::{ControlPlane, free_port};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -320,36 +320,14 @@ fn another_host_gets_only_what_it_may() {
         Some(&json!({"name": "web-1", "mesh": "default"})),
     );
     assert_eq!(status, 200, "{web_token}");
+    let proxies = Cp::of(&zone1, envoy);
     let dir = zone1.work_dir.join("rogue");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("web-1.token"), web_token.as_str().unwrap()).unwrap();
     std::fs::write(dir.join("empty.token"), "").unwrap();
-    std::fs::write(
-        dir.join("db-1.yaml"),
-        "type: Dataplane\nmesh: default\nname: db-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 5432\n    tags:\n      kuma.io/service: db\n",
-    )
-    .unwrap();
-    let rogue_proxy = |token: &str| {
-        let mut kuma_dp = std::process::Command::new(binary("kuma-dp"));
-        kuma_dp
-            .arg("run")
-            .args([
-                "--cp-address",
-                &format!("https://{zone_ip}:{}", zone1.dp_port),
-            ])
-            .arg("--ca-cert-file")
-            .arg(zone1.work_dir.join("dp-server-ca.pem"))
-            .arg("--dataplane-token-file")
-            .arg(dir.join(token))
-            .arg("--dataplane-file")
-            .arg(dir.join("db-1.yaml"))
-            .args(["--admin-port", &free_port().to_string()])
-            .arg("--binary-path")
-            .arg(&envoy)
-            .arg("--config-dir")
-            .arg(dir.join(format!("envoy-{token}")));
-        e2e::proxies::Proc::start(&mut kuma_dp, dir.join(format!("kuma-dp-{token}.log")))
-    };
+    let db = "type: Dataplane\nmesh: default\nname: db-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 5432\n    tags:\n      kuma.io/service: db\n";
+    let rogue_proxy =
+        |token: &str| proxies.kuma_dp(ProxyType::Dataplane, "db-1", db, &dir.join(token));
     for token in ["web-1.token", "empty.token"] {
         let proxy = std::cell::RefCell::new(rogue_proxy(token));
         within(

@@ -223,20 +223,9 @@ pub async fn mesh_ca(
     generate: bool,
 ) -> Result<Option<MeshCa>, MeshCaError> {
     use model::specs::mesh::CaType;
-    let Some(mtls) = spec.mtls.as_ref().filter(|m| !m.enabled_backend.is_empty()) else {
+    let Some(backend) = enabled_backend(mesh, spec)? else {
         return Ok(None);
     };
-    let backend = mtls
-        .backends
-        .iter()
-        .find(|b| b.name == mtls.enabled_backend)
-        .ok_or_else(|| MeshCaError::Config {
-            mesh: mesh.into(),
-            message: format!(
-                "enabledBackend {:?} is not among the backends",
-                mtls.enabled_backend
-            ),
-        })?;
     let cert_lifetime = backend
         .dp_cert
         .as_ref()
@@ -260,6 +249,28 @@ pub async fn mesh_ca(
     }))
 }
 
+/// The mesh's enabled mTLS backend; `None` with mTLS off, an error when `enabledBackend` names
+/// none of the backends.
+fn enabled_backend<'a>(
+    mesh: &str,
+    spec: &'a model::specs::mesh::MeshSpec,
+) -> Result<Option<&'a model::specs::mesh::CaBackend>, MeshCaError> {
+    let Some(mtls) = spec.mtls.as_ref().filter(|m| !m.enabled_backend.is_empty()) else {
+        return Ok(None);
+    };
+    mtls.backends
+        .iter()
+        .find(|b| b.name == mtls.enabled_backend)
+        .map(Some)
+        .ok_or_else(|| MeshCaError::Config {
+            mesh: mesh.into(),
+            message: format!(
+                "enabledBackend {:?} is not among the backends",
+                mtls.enabled_backend
+            ),
+        })
+}
+
 /// The enabled backend of `mesh` and when its CA certificate expires (Unix seconds), read
 /// without creating anything: `None` with mTLS off or a builtin CA not generated yet.
 pub async fn mesh_ca_expiry(
@@ -268,11 +279,8 @@ pub async fn mesh_ca_expiry(
     spec: &model::specs::mesh::MeshSpec,
 ) -> Result<Option<(String, i64)>, MeshCaError> {
     use model::specs::mesh::CaType;
-    let Some(backend) = spec.mtls.as_ref().and_then(|m| {
-        m.backends
-            .iter()
-            .find(|b| !m.enabled_backend.is_empty() && b.name == m.enabled_backend)
-    }) else {
+    // A backend that is not there has no CA to expire (`mesh_ca` reports it).
+    let Some(backend) = enabled_backend(mesh, spec).ok().flatten() else {
         return Ok(None);
     };
     let pem = match backend.ca_type {

@@ -196,6 +196,16 @@ const policyCounts = (insight, k) => Object.entries(insight.policies || {}).filt
 
 const lastSubscription = insight => (insight?.subscriptions || []).slice(-1)[0];
 
+/** Every zone ingress and egress with its insight (none where the API has none to give). */
+const zoneProxies = () => Promise.all([
+  maybe('/zoneingresses+insights?size=1000', { items: [] }),
+  maybe('/zoneegresses+insights?size=1000', { items: [] }),
+]).then(([ingresses, egresses]) => ({ ingresses, egresses }));
+
+/** The zone a zone ingress or egress (`spec`: its resource field) runs in. */
+const proxyZone = (x, spec) => x[spec]?.zone || zoneOf(x);
+const inZone = (list, spec, zone) => list.items.filter(x => proxyZone(x, spec) === zone);
+
 /** A proxy certificate past 90% of its life (rotation is due at 80%) or expired. */
 function certificateWarning(d) {
   const m = d.dataplaneInsight?.mTLS;
@@ -212,13 +222,12 @@ function certificateWarning(d) {
 
 async function home() {
   info = info || await api('/');
-  const [k, meshes, dps, zones, ingresses, egresses] = await Promise.all([
+  const [k, meshes, dps, zones, { ingresses, egresses }] = await Promise.all([
     resourceKinds(),
     api('/mesh-insights'),
     api('/dataplanes+insights?size=1000'),
     info.mode === 'global' ? maybe('/zones+insights') : null,
-    maybe('/zoneingresses+insights?size=1000', { items: [] }),
-    maybe('/zoneegresses+insights?size=1000', { items: [] }),
+    zoneProxies(),
   ]);
   const online = dps.items.filter(d => d.online).length;
   const warnings = [];
@@ -276,28 +285,24 @@ function onboarding(config) {
 const kdsCounts = s => `${s?.status?.total?.responsesSent ?? 0} / ${s?.status?.total?.responsesAcknowledged ?? 0} / ${s?.status?.total?.responsesRejected ?? 0}`;
 
 async function zonesPage() {
-  const [zones, ingresses, egresses] = await Promise.all([api('/zones+insights'),
-    maybe('/zoneingresses+insights?size=1000', { items: [] }), maybe('/zoneegresses+insights?size=1000', { items: [] })]);
-  const count = (list, spec, zone) => list.items.filter(x => (x[spec]?.zone || zoneOf(x)) === zone).length;
+  const [zones, { ingresses, egresses }] = await Promise.all([api('/zones+insights'), zoneProxies()]);
   return [h('h1', {}, 'Zones'), table(['Name', 'Status', 'Zone CP version', 'Last connected', 'Ingresses', 'Egresses', 'KDS sent / acknowledged / rejected'], zones.items.map(z => {
     const s = lastSubscription(z.zoneInsight) || {};
     return [link(`/zones/${enc(z.name)}`, z.name), z.zone?.enabled === false ? h('span', { class: 'muted' }, 'Disabled') : state(z.online),
-      s.version?.kumaCp?.version || '-', when(s.connectTime), count(ingresses, 'zoneIngress', z.name), count(egresses, 'zoneEgress', z.name), kdsCounts(s)];
+      s.version?.kumaCp?.version || '-', when(s.connectTime), inZone(ingresses, 'zoneIngress', z.name).length, inZone(egresses, 'zoneEgress', z.name).length, kdsCounts(s)];
   }))];
 }
 
 async function zonePage(name) {
-  const [z, ingresses, egresses, dps] = await Promise.all([api(`/zones+insights/${enc(name)}`),
-    maybe('/zoneingresses+insights?size=1000', { items: [] }), maybe('/zoneegresses+insights?size=1000', { items: [] }),
-    api('/dataplanes+insights?size=1000')]);
+  const [z, { ingresses, egresses }, dps] = await Promise.all([api(`/zones+insights/${enc(name)}`),
+    zoneProxies(), api('/dataplanes+insights?size=1000')]);
   const subs = z.zoneInsight?.subscriptions || [];
   const last = subs.slice(-1)[0];
-  const here = (list, spec) => list.items.filter(x => (x[spec]?.zone || zoneOf(x)) === name);
   return [h('h1', {}, `Zone ${z.name}`),
     h('p', {}, state(z.online), last?.version?.kumaCp?.version ? ` · zone CP ${last.version.kumaCp.version}` : '', last ? ` · connected ${when(last.connectTime)}` : ''),
     h('h2', {}, 'Data plane proxies'), dataplaneTable(dps.items.filter(d => zoneOf(d) === name)),
-    h('h2', {}, 'Zone ingresses'), zoneProxyTable('zoneingresses', 'zoneIngress', here(ingresses, 'zoneIngress')),
-    h('h2', {}, 'Zone egresses'), zoneProxyTable('zoneegresses', 'zoneEgress', here(egresses, 'zoneEgress')),
+    h('h2', {}, 'Zone ingresses'), zoneProxyTable('zoneingresses', 'zoneIngress', inZone(ingresses, 'zoneIngress', name)),
+    h('h2', {}, 'Zone egresses'), zoneProxyTable('zoneegresses', 'zoneEgress', inZone(egresses, 'zoneEgress', name)),
     h('h2', {}, 'Subscriptions'),
     table(['Global instance', 'Connected', 'Disconnected', 'KDS sent / acknowledged / rejected'], subs.slice().reverse().map(s =>
       [s.globalInstanceId || '-', when(s.connectTime), s.disconnectTime ? when(s.disconnectTime) : '-', kdsCounts(s)])),
@@ -310,7 +315,7 @@ function zoneProxyTable(plural, spec, items) {
   return table(['Name', 'Zone', 'Address', 'Status'], items.map(x => {
     const n = x[spec]?.networking || {};
     const address = n.advertisedAddress ? `${n.advertisedAddress}:${n.advertisedPort}` : n.address ? `${n.address}:${n.port}` : '-';
-    return [link(`/${plural}/${enc(x.name)}`, displayName(x)), x[spec]?.zone || zoneOf(x) || '-', address, state(x.online)];
+    return [link(`/${plural}/${enc(x.name)}`, displayName(x)), proxyZone(x, spec) || '-', address, state(x.online)];
   }));
 }
 
@@ -329,7 +334,7 @@ async function zoneProxyPage(plural, name) {
   const n = r.networking || {};
   return [h('h1', {}, `${title} ${displayName(o)}`),
     displayName(o) !== o.name ? h('p', { class: 'muted' }, `Stored here as ${o.name}`) : null,
-    h('p', {}, state(o.online), ` · zone ${r.zone || zoneOf(o) || '-'}`, sub?.version?.envoy?.version ? ` · Envoy ${sub.version.envoy.version}` : ''),
+    h('p', {}, state(o.online), ` · zone ${proxyZone(o, spec) || '-'}`, sub?.version?.envoy?.version ? ` · Envoy ${sub.version.envoy.version}` : ''),
     table(['Address', 'Advertised', 'Admin port'], [[`${n.address || '-'}:${n.port ?? '-'}`, n.advertisedAddress ? `${n.advertisedAddress}:${n.advertisedPort}` : '-', n.admin?.port ?? '-']]),
     plural === 'zoneingresses' ? [h('h2', {}, 'Services it makes reachable from other zones'),
       table(['Mesh', 'Service', 'Instances', 'Tags'], (r.availableServices || []).map(s =>
@@ -500,9 +505,8 @@ async function resourcePage(mesh, plural, name) {
  * the mesh sends cross-zone traffic through egresses). Drawn from proxies and ingresses only.
  */
 async function topologyPage(mesh) {
-  const [m, dps, ingresses, egresses, zones] = await Promise.all([
-    api(`/meshes/${enc(mesh)}`), api(`/meshes/${enc(mesh)}/dataplanes+insights?size=1000`),
-    maybe('/zoneingresses+insights?size=1000', { items: [] }), maybe('/zoneegresses+insights?size=1000', { items: [] }),
+  const [m, dps, { ingresses, egresses }, zones] = await Promise.all([
+    api(`/meshes/${enc(mesh)}`), api(`/meshes/${enc(mesh)}/dataplanes+insights?size=1000`), zoneProxies(),
     info?.mode === 'global' ? maybe('/zones+insights', { items: [] }) : { items: [] },
   ]);
   const local = info?.mode === 'standalone' ? 'standalone' : 'this zone';
@@ -525,7 +529,7 @@ async function topologyPage(mesh) {
     }
   }
   for (const i of ingresses.items) {
-    const z = zone(i.zoneIngress?.zone || zoneOf(i) || local);
+    const z = zone(proxyZone(i, 'zoneIngress') || local);
     const offered = (i.zoneIngress?.availableServices || []).filter(s => s.mesh === mesh && s.tags?.['kuma.io/service']);
     z.ingress = z.ingress || { name: displayName(i), online: i.online, services: new Set() };
     for (const s of offered) {
@@ -537,7 +541,7 @@ async function topologyPage(mesh) {
     }
   }
   for (const e of egresses.items) {
-    const z = zone(e.zoneEgress?.zone || zoneOf(e) || local);
+    const z = zone(proxyZone(e, 'zoneEgress') || local);
     z.egress = z.egress || { name: displayName(e), online: e.online };
   }
   const all = [...byZone.values()].sort((a, b) => a.name.localeCompare(b.name));
