@@ -10,7 +10,8 @@
 # iptables (the raft fault suite runs replicas in network namespaces and partitions them), and
 # tinyproxy (a zone in a namespace with no route but a forward proxy dials global through it),
 # and curl and util-linux's setpriv (an unmodified client behind a transparent proxy, run as
-# another user than the proxy's), and chromium with chromium-driver (the GUI e2e).
+# another user than the proxy's), and chromium with chromium-driver (the GUI e2e), and faketime
+# (the fault suite's zones with a skewed clock).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,8 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 # The GUI e2e drives a real browser: Debian's headless chromium through its WebDriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# The fault suite runs zone control planes with their clock set minutes off (libfaketime).
+[ -n "$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null)" ] || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""

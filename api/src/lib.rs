@@ -38,6 +38,9 @@ pub use auth::AuthConfig;
 pub use error::ApiError;
 pub use metrics::ApiMetrics;
 pub use serve::{Peer, serve_http, serve_https};
+// What a PUT body goes through; public for the fuzz targets (fuzz/), not an API.
+#[doc(hidden)]
+pub use resources::decode_put_body;
 
 /// Largest request body the API reads. Big enough for a MeshProxyPatch full of Envoy config.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;

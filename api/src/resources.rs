@@ -334,7 +334,7 @@ pub(crate) async fn read_body(body: Body, title: &str) -> Result<axum::body::Byt
 }
 
 /// Turns request bytes into a resource whose type, name and mesh agree with the URL.
-pub(crate) fn decode_put_body(bytes: &[u8], key: &ResourceKey) -> Result<Resource, ApiError> {
+pub fn decode_put_body(bytes: &[u8], key: &ResourceKey) -> Result<Resource, ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ApiError::bad_request(TITLE_PUT, "body", "must be UTF-8"))?;
     let value: Value = model::resource::parse_resource_text(text)

@@ -89,6 +89,32 @@ pub struct ControlPlane {
     pub work_dir: PathBuf,
     /// Where the test reaches its ports: loopback, or its network namespace's address.
     pub ip: String,
+    namespace: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+/// `kuma-cp run` with exactly `env`, in `namespace` when given, appending to `log`.
+fn spawn_cp(namespace: Option<&str>, env: &[(String, String)], log: &Path) -> Child {
+    let mut cmd = match namespace {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(binary("kuma-cp"));
+            cmd
+        }
+        None => Command::new(binary("kuma-cp")),
+    };
+    let out = std::fs::File::options()
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let err = out.try_clone().expect("log file");
+    cmd.arg("run")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("spawning kuma-cp")
 }
 
 impl ControlPlane {
@@ -111,44 +137,39 @@ impl ControlPlane {
         ));
         std::fs::create_dir_all(&work_dir).expect("work dir");
         let log = work_dir.join("kuma-cp.log");
+        std::fs::File::create(&log).expect("log file");
         let api_port = free_port();
         let diag_port = free_port();
         let https_port = free_port();
         let dp_port = free_port();
         let mads_port = free_port();
-        let (mut cmd, ip) = match host {
-            Some((lan, host)) => (lan.command(host, &binary("kuma-cp")), lan.ip(host)),
-            None => (Command::new(binary("kuma-cp")), "127.0.0.1".to_string()),
+        let (namespace, ip) = match host {
+            Some((lan, host)) => (Some(lan.namespace(host).to_string()), lan.ip(host)),
+            None => (None, "127.0.0.1".to_string()),
         };
-        cmd.arg("run")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", &work_dir)
-            .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
-            .env("KUMA_API_SERVER_HTTPS_PORT", https_port.to_string())
-            .env("KUMA_DIAGNOSTICS_SERVER_PORT", diag_port.to_string())
-            .env("KUMA_DP_SERVER_PORT", dp_port.to_string())
-            .env(
+        let mut all_env: Vec<(String, String)> = [
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("HOME", work_dir.display().to_string()),
+            ("KUMA_API_SERVER_HTTP_PORT", api_port.to_string()),
+            ("KUMA_API_SERVER_HTTPS_PORT", https_port.to_string()),
+            ("KUMA_DIAGNOSTICS_SERVER_PORT", diag_port.to_string()),
+            ("KUMA_DP_SERVER_PORT", dp_port.to_string()),
+            (
                 "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT",
                 mads_port.to_string(),
-            )
-            .env("KUMA_INTER_CP_SERVER_PORT", free_port().to_string())
-            .env(
+            ),
+            ("KUMA_INTER_CP_SERVER_PORT", free_port().to_string()),
+            (
                 "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT",
                 free_port().to_string(),
-            )
-            .env("KUMA_GENERAL_WORK_DIR", &work_dir)
-            .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
-            .stderr(Stdio::from(
-                std::fs::File::options()
-                    .append(true)
-                    .open(&log)
-                    .expect("log file"),
-            ));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawning kuma-cp");
+            ),
+            ("KUMA_GENERAL_WORK_DIR", work_dir.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let child = spawn_cp(namespace.as_deref(), &all_env, &log);
         ControlPlane {
             child,
             api_port,
@@ -159,7 +180,15 @@ impl ControlPlane {
             log,
             work_dir,
             ip,
+            namespace,
+            env: all_env,
         }
+    }
+
+    /// Starts it again, after [`ControlPlane::sigkill`], with the same ports, work directory,
+    /// host and settings (its log goes on in the same file).
+    pub fn restart(&mut self) {
+        self.child = spawn_cp(self.namespace.as_deref(), &self.env, &self.log);
     }
 
     pub fn api(&self) -> String {

@@ -99,10 +99,16 @@ impl Lan {
         format!("10.77.{}.254", self.subnet)
     }
 
+    /// The name of `host`'s network namespace (for `ip netns exec`).
+    pub fn namespace(&self, host: usize) -> &str {
+        &self.hosts[host]
+    }
+
     /// A command run inside `host`'s namespace.
     pub fn command(&self, host: usize, program: &std::path::Path) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.hosts[host]]).arg(program);
+        cmd.args(["netns", "exec", self.namespace(host)])
+            .arg(program);
         cmd
     }
 
@@ -120,6 +126,24 @@ impl Lan {
             self.iptables(host, &["-A", "INPUT", "-s", &ip, "-j", "DROP"]);
             self.iptables(host, &["-A", "OUTPUT", "-d", &ip, "-j", "DROP"]);
         }
+    }
+
+    /// Cuts the TCP link between `host` and `ip:port` (both ways, packets dropped as by a
+    /// failed switch, not refused) while leaving everything else up.
+    pub fn cut(&self, host: usize, ip: &str, port: u16) {
+        let port = port.to_string();
+        self.iptables(
+            host,
+            &[
+                "-A", "OUTPUT", "-p", "tcp", "-d", ip, "--dport", &port, "-j", "DROP",
+            ],
+        );
+        self.iptables(
+            host,
+            &[
+                "-A", "INPUT", "-p", "tcp", "-s", ip, "--sport", &port, "-j", "DROP",
+            ],
+        );
     }
 
     /// Leaves `host` one way out: TCP to `ip:port` (a forward proxy). It still answers

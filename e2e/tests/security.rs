@@ -427,4 +427,107 @@ fn another_host_gets_only_what_it_may() {
         zones_on_global().contains(&("zone-1".to_string(), true)),
         "zone-1 stayed connected through it"
     );
+
+    // ---- Oversized gRPC messages: refused by their length, before they are read ----
+    // ADS reads the first request before the token (the node names the proxy), so an anonymous
+    // one is enough; KDS checks the zone token first, so the sender is a zone with a valid one.
+    let zone3_token = zone_token("zone-3");
+    let ads = format!(
+        "https://{zone_ip}:{}/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+        zone1.dp_port
+    );
+    let kds = format!(
+        "https://{global_ip}:{kds_port}/kuma.mesh.v1alpha1.KDSSyncService/ZoneToGlobalSync"
+    );
+    let oversized = [
+        ("ADS", ads.as_str(), 5 << 20, vec![]),
+        (
+            "KDS",
+            kds.as_str(),
+            11 << 20,
+            vec![
+                "client-id: zone-3".to_string(),
+                format!("authorization: Bearer {zone3_token}"),
+            ],
+        ),
+    ];
+    for (what, url, size, headers) in oversized {
+        let started = Instant::now();
+        let (status, message) = grpc_oversized(url, size, &headers);
+        println!(
+            "{what}: a message of {} MiB refused in {:?}: grpc-status {status}, {message}",
+            size >> 20,
+            started.elapsed()
+        );
+        assert!(
+            status == 11 && message.contains("too large"),
+            "{what}: an oversized message answered grpc-status {status}: {message}"
+        );
+    }
+    let started = Instant::now();
+    let bootstrap = curl_h2(
+        "POST",
+        &format!("https://{zone_ip}:{}/bootstrap", zone1.dp_port),
+    );
+    println!(
+        "after them, a new ADS-port client served in {:?}",
+        started.elapsed()
+    );
+    assert!(bootstrap.is_ok(), "{bootstrap:?}");
+    assert!(
+        zones_on_global().contains(&("zone-1".to_string(), true)),
+        "zone-1 stayed connected through the oversized messages"
+    );
+}
+
+/// Starts one gRPC message declaring `size` bytes (the frame header, then the first 16 KiB, within HTTP/2's first flow-control window) to
+/// `url` with curl over HTTP/2 and `headers`: the `grpc-status` and `grpc-message` the server
+/// answered. The server refuses by the declared length, without reading the rest (a client
+/// that sends it all anyway has its stream reset).
+fn grpc_oversized(url: &str, size: usize, headers: &[String]) -> (u32, String) {
+    let file = std::env::temp_dir().join(format!("kuma-e2e-grpc-{size}-{}", std::process::id()));
+    let mut frame = Vec::with_capacity(5 + 16 * 1024);
+    frame.push(0u8);
+    frame.extend_from_slice(&u32::try_from(size).unwrap().to_be_bytes());
+    frame.resize(5 + 16 * 1024, 0x0a);
+    std::fs::write(&file, frame).unwrap();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sk",
+        "--http2",
+        "-m",
+        "20",
+        "-v",
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+    ])
+    .args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    let header = |name: &str| {
+        verbose
+            .lines()
+            .filter_map(|l| l.strip_prefix("< "))
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let status = header("grpc-status:")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // grpc-message is percent-encoded.
+    let message = header("grpc-message:")
+        .map(|m| m.replace("%20", " "))
+        .unwrap_or_else(|| verbose.chars().take(600).collect());
+    (status, message)
 }

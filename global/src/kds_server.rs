@@ -282,7 +282,13 @@ fn serve_stream<T: Send + 'static>(
                 }
                 Err(e) => {
                     tracing::info!(%peer, error = %model::error_chain(&e), "stream ended");
-                    Some(Status::unavailable(format!("global ended the stream: {e}")))
+                    // What the zone sent is refused with its own code (a message over the size
+                    // limit is OUT_OF_RANGE); anything else is global's side, worth a retry.
+                    let code = match &e {
+                        sync::SyncError::Protocol(status) => status.code(),
+                        _ => tonic::Code::Unavailable,
+                    };
+                    Some(Status::new(code, format!("global ended the stream: {e}")))
                 }
             },
             reason = closing => {
@@ -300,8 +306,10 @@ fn serve_stream<T: Send + 'static>(
     });
 }
 
-struct FromZone {
-    zone: String,
+// Public for the fuzz targets (fuzz/), not an API.
+#[doc(hidden)]
+pub struct FromZone {
+    pub zone: String,
 }
 
 impl Inbound for FromZone {

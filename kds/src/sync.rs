@@ -36,8 +36,10 @@ pub enum SyncError {
     Closed,
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The peer's stream failed: a message that did not decode or was over the size limit,
+    /// or the transport. Kept whole so a server can answer with its gRPC code.
     #[error("protocol: {0}")]
-    Protocol(String),
+    Protocol(#[source] tonic::Status),
 }
 
 /// Why one resource of a response is not taken; the reasons of a response make up its NACK.
@@ -568,7 +570,7 @@ pub async fn run_sender(
             req = requests.next() => {
                 let req = match req {
                     None => return Ok(()),
-                    Some(Err(status)) => return Err(SyncError::Protocol(status.to_string())),
+                    Some(Err(status)) => return Err(SyncError::Protocol(status)),
                     Some(Ok(r)) => r,
                 };
                 let Some(kind) = ResourceType::from_name(&req.type_url).filter(|k| types.contains(k)) else {
@@ -978,7 +980,7 @@ pub async fn run_receiver(
     let mut assembling: HashMap<ResourceType, HashSet<ResourceKey>> =
         types.iter().map(|k| (*k, HashSet::new())).collect();
     while let Some(resp) = responses.next().await {
-        let resp = resp.map_err(|s| SyncError::Protocol(s.to_string()))?;
+        let resp = resp.map_err(SyncError::Protocol)?;
         let Some(kind) = ResourceType::from_name(&resp.type_url).filter(|k| types.contains(k))
         else {
             let nack = nack(

@@ -22,8 +22,7 @@ pub struct CertificateAuthority {
 
 pub(crate) fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = std::time::SystemTime::now();
-    // Backdated a little for peers whose clocks run behind.
-    params.not_before = (now - Duration::from_secs(300)).into();
+    params.not_before = (now - crate::ALLOWED_CLOCK_SKEW).into();
     params.not_after = (now + lifetime).into();
 }
 

@@ -152,8 +152,7 @@ pub async fn issue_dataplane_token(
         proxy_type: proxy_type.to_string(),
         jti: crate::random_uuid(),
         iat: now,
-        // Backdated like Kuma's so a control plane whose clock is a little behind accepts it.
-        nbf: now.saturating_sub(300),
+        nbf: now.saturating_sub(crate::ALLOWED_CLOCK_SKEW.as_secs()),
         exp: now.saturating_add(valid_for.as_secs()),
     };
     keys.sign(&claims).await

@@ -11,6 +11,13 @@ pub mod zone;
 pub use tokens::{KeyScope, SigningKeys, TokenError};
 pub use user::User;
 
+/// How far the clocks of two machines of one deployment may disagree (a zone's against
+/// global's, a control plane's against its proxies'): tokens are valid from this long before
+/// they were issued and certificates from this long before they were signed. Kuma allows 5 s
+/// for tokens and 10 s for proxies' certificates; a zone whose NTP has drifted minutes would
+/// see its proxies refused, so we allow minutes (docs/reliability.md, clock skew).
+pub const ALLOWED_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A random identifier in UUID v4 form, for token ids and instance ids.
 pub fn random_uuid() -> String {
     let mut b: [u8; 16] = rand::random();

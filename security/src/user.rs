@@ -83,8 +83,7 @@ pub async fn issue_user_token(
         groups: groups.to_vec(),
         jti: crate::random_uuid(),
         iat: now,
-        // Kuma backdates nbf so clocks a little behind still accept a fresh token.
-        nbf: now.saturating_sub(300),
+        nbf: now.saturating_sub(crate::ALLOWED_CLOCK_SKEW.as_secs()),
         exp: now + valid_for.as_secs(),
     };
     keys.sign(&claims).await

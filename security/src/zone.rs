@@ -122,8 +122,7 @@ pub async fn issue_control_plane_zone_token(
         control_plane: control_plane.to_string(),
         jti: crate::random_uuid(),
         iat: now,
-        // Backdated like user tokens so a zone whose clock is a little behind accepts it.
-        nbf: now.saturating_sub(300),
+        nbf: now.saturating_sub(crate::ALLOWED_CLOCK_SKEW.as_secs()),
         exp: now + valid_for.as_secs(),
     };
     keys.sign(&claims).await

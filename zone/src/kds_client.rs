@@ -101,8 +101,10 @@ impl ZoneToken {
     }
 }
 
-struct FromGlobal {
-    zone: String,
+// Public for the fuzz targets (fuzz/), not an API.
+#[doc(hidden)]
+pub struct FromGlobal {
+    pub zone: String,
 }
 
 impl Inbound for FromGlobal {
@@ -422,7 +424,12 @@ async fn health_checks(
     }
 }
 
-/// Runs until `shutdown`, reconnecting with backoff from 1 s to 1 min, jittered.
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Runs until `shutdown`, reconnecting with backoff from 1 s to 10 s, plus up to half again of
+/// jitter. The ceiling bounds how long a zone stays apart from global after a partition heals
+/// (Kuma waits a random 0-10 s); global's admission limit, not the zones' patience, protects it
+/// from a thousand zones reconnecting at once.
 pub async fn run(
     store: store::SharedStore,
     config: ZoneClientConfig,
@@ -465,7 +472,7 @@ pub async fn run(
             () = tokio::time::sleep(backoff + jitter) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
+        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
     }
 }
 
