@@ -120,7 +120,13 @@ impl Browser {
                 *last.borrow_mut() = self.main_text();
                 last.borrow().contains(text)
             },
-            || format!("the page shows:\n{}", last.borrow()),
+            || {
+                let error = self.run("return document.getElementById('error')?.textContent ?? ''");
+                format!(
+                    "the page shows:\n{}\nits error line: {error}",
+                    last.borrow()
+                )
+            },
         )
     }
 

@@ -166,15 +166,35 @@ function showLogin() {
 }
 
 /** A button that loads one of a proxy's inspect views (config dump, stats, clusters) below it. */
+/** What the reader loaded on demand on the page shown (an Envoy configuration, its stats), by
+ * API path: a live update redraws the page, and what was loaded, or arrives while it redraws,
+ * must stay in view. */
+const loaded = { page: null, texts: new Map() };
+function loadedOnThisPage() {
+  if (loaded.page !== location.pathname) {
+    loaded.page = location.pathname;
+    loaded.texts.clear();
+  }
+  return loaded.texts;
+}
+
 function inspectButton(label, path) {
+  const fill = (out, text) => out.replaceChildren(copyButton(text), h('pre', {}, text));
   const out = h('div');
+  const known = loadedOnThisPage().get(path);
+  if (known !== undefined) fill(out, known);
   const button = h('button', { type: 'button', onclick: async () => {
+    const page = location.pathname;
     try {
       const text = await api(path, { text: true });
-      out.replaceChildren(copyButton(text), h('pre', {}, text));
+      if (location.pathname !== page) return;
+      loadedOnThisPage().set(path, text);
+      // The page may have been redrawn while this loaded: fill the block in view now.
+      const shownNow = [...document.querySelectorAll('.inspect')].find(i => i.dataset.path === path);
+      fill(shownNow ? shownNow.lastChild : out, text);
     } catch (e) { showError(e.message); }
   } }, label);
-  return h('div', { class: 'inspect' }, button, out);
+  return h('div', { class: 'inspect', 'data-path': path }, button, out);
 }
 
 // ---------- pages ----------
@@ -659,13 +679,11 @@ async function render() {
     try {
       const content = await run;
       if (rendering !== run) return; // a newer render started meanwhile
-      // A live update must not take the cursor out of the field being typed in, nor close
-      // what the reader opened (an Envoy configuration loaded on demand).
+      // A live update must not take the cursor out of the field being typed in (what the
+      // reader loaded on demand is kept by `inspectButton`).
       const focused = app.contains(document.activeElement) ? document.activeElement.getAttribute('aria-label') : null;
-      const opened = [...app.querySelectorAll('.inspect')].map(i => i.lastChild.childNodes.length ? i.lastChild : null);
       const scroll = window.scrollY;
       app.replaceChildren(...[content].flat(3).filter(Boolean));
-      [...app.querySelectorAll('.inspect')].forEach((i, n) => { if (opened[n]) i.replaceChild(opened[n], i.lastChild); });
       window.scrollTo(0, scroll);
       const again = focused && app.querySelector(`[aria-label="${CSS.escape(focused)}"]`);
       if (again) {
@@ -690,6 +708,7 @@ async function render() {
 }
 
 async function navigate(href) {
+  loaded.page = null;
   history.pushState(null, '', href);
   window.scrollTo(0, 0);
   await render();
@@ -703,7 +722,10 @@ document.addEventListener('click', e => {
   e.preventDefault();
   navigate(a.href);
 });
-window.addEventListener('popstate', render);
+window.addEventListener('popstate', () => {
+  loaded.page = null;
+  render();
+});
 
 // ---------- live updates ----------
 
