@@ -216,16 +216,17 @@ fn start_zone(
     ControlPlane::start_on(name, &env, place)
 }
 
+/// The items of the list at `path` on `cp` (none when it does not answer).
+fn items(cp: &Cp, path: &str) -> Vec<Value> {
+    cp.get(path)
+        .and_then(|l| l["items"].as_array().cloned())
+        .unwrap_or_default()
+}
+
 /// Waits until global lists exactly `zones`, all online.
-fn zones_online(global: &str, zones: &[&str], logs: impl Fn() -> String) -> Duration {
+fn zones_online(global: &Cp, zones: &[&str], logs: impl Fn() -> String) -> Duration {
     let online = || -> Vec<String> {
-        http()
-            .get(format!("{global}/zones+insights"))
-            .send()
-            .ok()
-            .and_then(|r| r.json::<Value>().ok())
-            .and_then(|l| l["items"].as_array().cloned())
-            .unwrap_or_default()
+        items(global, "/zones+insights")
             .iter()
             .filter(|z| z["online"] == true)
             .filter_map(|z| z["name"].as_str().map(str::to_string))
@@ -368,7 +369,7 @@ fn global_killed_during_writes(kind: GlobalStore) {
         z.wait_ready(Duration::from_secs(60));
     }
     let logs = logs_of(&globals.iter().chain(&zones).collect::<Vec<_>>());
-    zones_online(&globals[0].api(), &["zone-1", "zone-2"], &logs);
+    zones_online(&admin, &["zone-1", "zone-2"], &logs);
 
     let bases: Vec<String> = globals.iter().map(ControlPlane::api).collect();
     let progress = Arc::new(AtomicUsize::new(0));
@@ -470,22 +471,18 @@ fn a_zone_cut_off_from_global_for_60s_serves_its_proxies_and_converges() {
     );
     zone_cp.wait_ready(Duration::from_secs(60));
     let logs = logs_of(&[&global_cp, &zone_cp]);
-    zones_online(&global.api, &["zone-1"], &logs);
+    zones_online(&global, &["zone-1"], &logs);
     global.put("/meshes/default", mtls_mesh());
+    let zone = Cp::of(&zone_cp, envoy);
     within(
         Duration::from_secs(20),
         "the mTLS mesh reaches the zone",
         || {
-            http()
-                .get(format!("{}/meshes/default", zone_cp.api()))
-                .send()
-                .ok()
-                .and_then(|r| r.json::<Value>().ok())
+            zone.get("/meshes/default")
                 .is_some_and(|m| m["mtls"]["enabledBackend"] == "ca-1")
         },
         &logs,
     );
-    let zone = Cp::of(&zone_cp, envoy);
     let (_proxies, outbound) = backend_and_web(&zone, &global, Some("zone-1"), &logs);
     let spare = zone.echo_behind_sidecar(
         "spare-1",
@@ -544,12 +541,9 @@ fn a_zone_cut_off_from_global_for_60s_serves_its_proxies_and_converges() {
         holds_exactly(&zone_cp.api(), "p-", &BTreeSet::new()),
         "no policy crossed the cut"
     );
-    let offline_on_global = http()
-        .get(format!("{}/zones+insights", global.api))
-        .send()
-        .ok()
-        .and_then(|r| r.json::<Value>().ok())
-        .is_some_and(|l| l["items"][0]["online"] == false);
+    let offline_on_global = items(&global, "/zones+insights")
+        .first()
+        .is_some_and(|z| z["online"] == false);
 
     lan.heal(0);
     let healed = Instant::now();
@@ -675,7 +669,7 @@ fn a_killed_leader_replica_is_replaced_under_load() {
     let logs = logs_of(&globals.iter().chain(&zones).collect::<Vec<_>>());
     let (zone_leader, _) = leader_of(&zones, Duration::from_secs(20));
     let zone_other = 1 - zone_leader;
-    zones_online(&admin.api, &["zone-1"], &logs);
+    zones_online(&admin, &["zone-1"], &logs);
 
     // Proxies on the zone replica that survives, traffic through them.
     let zone = Cp::of(&zones[zone_other], envoy);
@@ -747,17 +741,6 @@ fn a_killed_leader_replica_is_replaced_under_load() {
 }
 
 // ---- the store down for 30 s, then the control plane down ----
-
-/// `kind` (`dataplanes+insights`) as the API lists it for the default mesh.
-fn items(api: &str, path: &str) -> Vec<Value> {
-    http()
-        .get(format!("{api}{path}"))
-        .send()
-        .ok()
-        .and_then(|r| r.json::<Value>().ok())
-        .and_then(|l| l["items"].as_array().cloned())
-        .unwrap_or_default()
-}
 
 fn store_then_control_plane_down(test: &str, cp_down: Duration) {
     let Some(envoy) = envoy(test) else {
@@ -866,7 +849,7 @@ fn store_then_control_plane_down(test: &str, cp_down: Duration) {
     );
 
     // The control plane itself goes away: the proxies serve on with what they have.
-    let expiry = items(&cp.api, "/meshes/default/dataplanes+insights")
+    let expiry = items(&cp, "/meshes/default/dataplanes+insights")
         .iter()
         .filter_map(|d| {
             d["dataplaneInsight"]["mTLS"]["certificateExpirationTime"]
@@ -1015,7 +998,7 @@ fn zones_with_clocks_5_minutes_off_federate_and_serve_across_zones() {
     }
     let logs = logs_of(&[&global_cp, &zones[0], &zones[1]]);
     // The zone tokens global issued (its clock) were accepted by global from both zones.
-    zones_online(&global.api, &["zone-1", "zone-2"], &logs);
+    zones_online(&global, &["zone-1", "zone-2"], &logs);
     global.put("/meshes/default", mtls_mesh());
     let (zone1, zone2) = (Cp::of(&zones[0], envoy.clone()), Cp::of(&zones[1], envoy));
     // Zone ingresses with zone tokens from global, validated by each zone's skewed clock.

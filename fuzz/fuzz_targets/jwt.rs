@@ -47,25 +47,21 @@ fuzz_target!(|data: &[u8]| {
             3 => {
                 let _ = security::zone::claimed_control_plane(token);
             }
-            4 => {
-                let _ = security::dataplane::verify_dataplane_token(
-                    &keys.dataplane,
-                    token,
-                    "web-1",
-                    "default",
-                    &fuzz::web_tags(),
-                    "",
-                )
-                .await;
-            }
             _ => {
-                let proxy_type = security::dataplane::PROXY_TYPES[usize::from(selector / 6) % 3];
+                // A sidecar's token, or a zone proxy's of each type.
+                let (name, tags, proxy_type) = if selector % 6 == 4 {
+                    ("web-1", fuzz::web_tags(), "")
+                } else {
+                    let proxy_type =
+                        security::dataplane::PROXY_TYPES[usize::from(selector / 6) % 3];
+                    ("ingress-1", Default::default(), proxy_type)
+                };
                 let _ = security::dataplane::verify_dataplane_token(
                     &keys.dataplane,
                     token,
-                    "ingress-1",
+                    name,
                     "default",
-                    &Default::default(),
+                    &tags,
                     proxy_type,
                 )
                 .await;

@@ -625,58 +625,19 @@ async fn tokens(keys: &fuzz::TokenKeys) -> BTreeMap<&'static str, String> {
         .await
         .unwrap(),
     );
-    out.insert(
-        "dataplane-web-1",
-        issue_dataplane_token(
-            &keys.dataplane,
-            "web-1",
-            "default",
-            &Default::default(),
-            "",
-            valid,
-        )
-        .await
-        .unwrap(),
-    );
-    out.insert(
-        "dataplane-web-tags",
-        issue_dataplane_token(
-            &keys.dataplane,
-            "",
-            "default",
-            &fuzz::web_tags(),
-            "dataplane",
-            valid,
-        )
-        .await
-        .unwrap(),
-    );
-    out.insert(
-        "dataplane-other-name",
-        issue_dataplane_token(
-            &keys.dataplane,
-            "db-1",
-            "default",
-            &Default::default(),
-            "",
-            valid,
-        )
-        .await
-        .unwrap(),
-    );
-    out.insert(
-        "dataplane-ingress",
-        issue_dataplane_token(
-            &keys.dataplane,
-            "",
-            "default",
-            &Default::default(),
-            "ingress",
-            valid,
-        )
-        .await
-        .unwrap(),
-    );
+    let (no_tags, web_tags) = (BTreeMap::new(), fuzz::web_tags());
+    for (seed, name, tags, proxy_type) in [
+        ("dataplane-web-1", "web-1", &no_tags, ""),
+        ("dataplane-web-tags", "", &web_tags, "dataplane"),
+        ("dataplane-other-name", "db-1", &no_tags, ""),
+        ("dataplane-ingress", "", &no_tags, "ingress"),
+    ] {
+        let token =
+            issue_dataplane_token(&keys.dataplane, name, "default", tags, proxy_type, valid)
+                .await
+                .unwrap();
+        out.insert(seed, token);
+    }
     out
 }
 
