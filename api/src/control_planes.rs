@@ -57,9 +57,9 @@ pub trait ControlPlanes: Send + Sync + 'static {
     async fn get(&self, id: &str) -> Result<Value, ControlPlaneError>;
     /// Deletes it with all its resources; its zones are disconnected.
     async fn delete(&self, id: &str) -> Result<(), ControlPlaneError>;
-    /// Its Kuma API, when this replica serves it.
-    fn api(&self, id: &str) -> Option<axum::Router>;
-    fn keys(&self, id: &str) -> Option<ControlPlaneKeys>;
+    /// Its Kuma API (served by this replica from then on, if it was not yet).
+    async fn api(&self, id: &str) -> Result<axum::Router, ControlPlaneError>;
+    async fn keys(&self, id: &str) -> Result<ControlPlaneKeys, ControlPlaneError>;
 }
 
 impl From<ControlPlaneError> for ApiError {
@@ -165,16 +165,14 @@ pub async fn delete(
 }
 
 /// The control plane's keys, for a manager's admin.
-fn admin_keys(
+async fn admin_keys(
     state: &SharedState,
     caller: &Caller,
     id: &str,
 ) -> Result<ControlPlaneKeys, ApiError> {
     let manager = manager(state)?;
     admin(caller)?;
-    manager
-        .keys(id)
-        .ok_or_else(|| ControlPlaneError::NotFound(id.to_string()).into())
+    Ok(manager.keys(id).await?)
 }
 
 /// `{"zone", "scope", "validFor"}` as `/tokens/zone` takes it; the token names the control
@@ -185,7 +183,7 @@ pub async fn zone_token(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let keys = admin_keys(&state, &caller, &id)?;
+    let keys = admin_keys(&state, &caller, &id).await?;
     crate::tokens::zone_token(&keys.zone, &id, &caller, body).await
 }
 
@@ -197,7 +195,7 @@ pub async fn personal_access_token(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let keys = admin_keys(&state, &caller, &id)?;
+    let keys = admin_keys(&state, &caller, &id).await?;
     crate::tokens::user_token(&keys.user, &caller, body, &[ADMIN_GROUP]).await
 }
 
@@ -217,10 +215,12 @@ pub async fn control_plane_api(
 ) -> Result<Response, ApiError> {
     let manager = manager(&state)?;
     let id = params.get("id").cloned().unwrap_or_default();
-    let Some(api) = manager.api(&id) else {
+    let api = match manager.api(&id).await {
+        Ok(api) => api,
         // The answer a token of another control plane gets from an existing one: a caller
         // learns nothing of control planes it has no token for.
-        return Err(not_this_control_planes());
+        Err(ControlPlaneError::NotFound(_)) => return Err(not_this_control_planes()),
+        Err(e) => return Err(e.into()),
     };
     let rest = params.get("rest").map(String::as_str).unwrap_or("");
     let query = req

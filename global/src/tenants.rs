@@ -166,6 +166,19 @@ impl<R: TenantRuntime> Tenants<R> {
             .cloned()
     }
 
+    /// The control plane's runtime, started here first when its record was written (on another
+    /// replica) so recently that this replica has not seen the record's event yet: behind a
+    /// load balancer, a call right after the create must not find it missing.
+    pub async fn serve(&self, id: &str) -> Result<Arc<R>, TenantError> {
+        if let Some(runtime) = self.get(id) {
+            return Ok(runtime);
+        }
+        let cp = self.record(id).await?;
+        self.start(&cp);
+        self.get(id)
+            .ok_or_else(|| TenantError::NotFound(id.to_string()))
+    }
+
     /// Keeps this replica's runtimes in step with the records until the store goes away: one
     /// for each record, started when it appears (on any replica), dropped when it goes. A
     /// failed read is retried with backoff; what deleted control planes left behind (a purge
@@ -404,7 +417,7 @@ pub struct ManagerKds<R> {
 }
 
 impl<R: TenantRuntime> ManagerKds<R> {
-    fn route<T>(&self, req: &Request<T>) -> Result<Arc<R>, Status> {
+    async fn route<T>(&self, req: &Request<T>) -> Result<Arc<R>, Status> {
         let token = req
             .metadata()
             .get("authorization")
@@ -424,10 +437,14 @@ impl<R: TenantRuntime> ManagerKds<R> {
                 "zone token refused: it names no control plane; issue it with POST /v0/mesh/control-planes/{id}/zone-tokens",
             ));
         }
-        self.tenants.get(&id).ok_or_else(|| {
-            Status::unauthenticated(format!(
+        self.tenants.serve(&id).await.map_err(|e| match e {
+            TenantError::NotFound(_) => Status::unauthenticated(format!(
                 "zone token refused: control plane {id:?} does not exist on this manager (deleted?)"
-            ))
+            )),
+            e => Status::unavailable(format!(
+                "control plane {id:?} cannot be served now: {}",
+                model::error_chain(&e)
+            )),
         })
     }
 }
@@ -441,7 +458,7 @@ impl<R: TenantRuntime> KdsSyncService for ManagerKds<R> {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
-        let tenant = self.route(&request)?;
+        let tenant = self.route(&request).await?;
         tenant.kds().global_to_zone_sync(request).await
     }
 
@@ -449,7 +466,7 @@ impl<R: TenantRuntime> KdsSyncService for ManagerKds<R> {
         &self,
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
-        let tenant = self.route(&request)?;
+        let tenant = self.route(&request).await?;
         tenant.kds().zone_to_global_sync(request).await
     }
 }
@@ -464,7 +481,7 @@ impl<R: TenantRuntime> GlobalKdsService for ManagerKds<R> {
         &self,
         request: Request<Streaming<XdsConfigResponse>>,
     ) -> Result<Response<Self::StreamXDSConfigsStream>, Status> {
-        let tenant = self.route(&request)?;
+        let tenant = self.route(&request).await?;
         tenant.kds().stream_xds_configs(request).await
     }
 
@@ -472,7 +489,7 @@ impl<R: TenantRuntime> GlobalKdsService for ManagerKds<R> {
         &self,
         request: Request<Streaming<StatsResponse>>,
     ) -> Result<Response<Self::StreamStatsStream>, Status> {
-        let tenant = self.route(&request)?;
+        let tenant = self.route(&request).await?;
         tenant.kds().stream_stats(request).await
     }
 
@@ -480,7 +497,7 @@ impl<R: TenantRuntime> GlobalKdsService for ManagerKds<R> {
         &self,
         request: Request<Streaming<ClustersResponse>>,
     ) -> Result<Response<Self::StreamClustersStream>, Status> {
-        let tenant = self.route(&request)?;
+        let tenant = self.route(&request).await?;
         tenant.kds().stream_clusters(request).await
     }
 
@@ -488,7 +505,7 @@ impl<R: TenantRuntime> GlobalKdsService for ManagerKds<R> {
         &self,
         request: Request<ZoneHealthCheckRequest>,
     ) -> Result<Response<ZoneHealthCheckResponse>, Status> {
-        let tenant = self.route(&request)?;
+        let tenant = self.route(&request).await?;
         tenant.kds().health_check(request).await
     }
 }
@@ -664,6 +681,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_replica_serves_a_control_plane_before_the_records_event_reaches_it() {
+        let (stores, tenants) = manager();
+        // A replica that has not followed the records yet: only a read of the record tells it.
+        let lagging = Tenants::new(stores.clone(), factory());
+        let a = tenants
+            .create("tenant-a", "", BTreeMap::new())
+            .await
+            .unwrap();
+        assert!(lagging.get(&a.id).is_none());
+        assert!(lagging.serve(&a.id).await.is_ok());
+        assert!(lagging.get(&a.id).is_some());
+        assert!(matches!(
+            lagging.serve("no-such-id").await,
+            Err(TenantError::NotFound(_))
+        ));
+        tenants.delete(&a.id).await.unwrap();
+        lagging.stop(&a.id).await;
+        assert!(matches!(
+            lagging.serve(&a.id).await,
+            Err(TenantError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn a_stream_goes_to_the_control_plane_its_token_names() {
         let (stores, tenants) = manager();
         let a = tenants
@@ -696,13 +737,17 @@ mod tests {
             Ok(_) => panic!("routed"),
             Err(s) => (s.code(), s.message().to_string()),
         };
-        let (code, message) = refusal(kds.route(&request(None)));
+        let (code, message) = refusal(kds.route(&request(None)).await);
         assert_eq!(code, tonic::Code::Unauthenticated);
         assert!(message.contains("requires a zone token"), "{message}");
-        let (_, message) = refusal(kds.route(&request(Some(token_of("").await))));
+        let (_, message) = refusal(kds.route(&request(Some(token_of("").await))).await);
         assert!(message.contains("names no control plane"), "{message}");
-        let (_, message) = refusal(kds.route(&request(Some(token_of("gone").await))));
+        let (_, message) = refusal(kds.route(&request(Some(token_of("gone").await))).await);
         assert!(message.contains("\"gone\" does not exist"), "{message}");
-        assert!(kds.route(&request(Some(token_of(&a.id).await))).is_ok());
+        assert!(
+            kds.route(&request(Some(token_of(&a.id).await)))
+                .await
+                .is_ok()
+        );
     }
 }

@@ -227,14 +227,16 @@ impl ControlPlanes for Management {
         self.0.delete(id).await.map_err(to_api)
     }
 
-    fn api(&self, id: &str) -> Option<axum::Router> {
-        self.0.get(id).map(|r| r.api.clone())
+    async fn api(&self, id: &str) -> Result<axum::Router, ControlPlaneError> {
+        let runtime = self.0.serve(id).await.map_err(to_api)?;
+        Ok(runtime.api.clone())
     }
 
-    fn keys(&self, id: &str) -> Option<ControlPlaneKeys> {
-        self.0.get(id).map(|r| ControlPlaneKeys {
-            user: r.user_keys.clone(),
-            zone: r.zone_keys.clone(),
+    async fn keys(&self, id: &str) -> Result<ControlPlaneKeys, ControlPlaneError> {
+        let runtime = self.0.serve(id).await.map_err(to_api)?;
+        Ok(ControlPlaneKeys {
+            user: runtime.user_keys.clone(),
+            zone: runtime.zone_keys.clone(),
         })
     }
 }
