@@ -27,6 +27,8 @@ use prometheus_client::metrics::counter::Counter;
 pub const ANSWER_PATIENCE: Duration = Duration::from_secs(5);
 /// `system_version_info` of a full-state response that more responses complete.
 pub const FULL_STATE_CONTINUES: &str = "kuma-rs/full-state-continues";
+/// Resources a receiver applies before it lets other tasks run.
+const APPLY_BATCH: usize = 64;
 /// Responses are split to stay under this many bytes of resources.
 pub const DEFAULT_MAX_MESSAGE: usize = 10 * 1024 * 1024;
 
@@ -106,7 +108,9 @@ impl ChangeFeed {
         let mut events = store.subscribe();
         let wanted: HashSet<ResourceType> = types.iter().copied().collect();
         let handle = Arc::downgrade(&feed);
-        tokio::spawn(async move {
+        // Unconstrained: a forwarder held to Tokio's per-poll budget would pass on fewer events
+        // per turn than a writer applying a full state makes, and fall behind the store.
+        tokio::spawn(tokio::task::unconstrained(async move {
             loop {
                 let received = tokio::select! {
                     received = events.recv() => received,
@@ -124,7 +128,7 @@ impl ChangeFeed {
                 // No receiver is fine: no stream is open.
                 let _ = feed.tx.send(change);
             }
-        });
+        }));
         feed
     }
 
@@ -600,13 +604,15 @@ pub async fn run_sender(
                 stats.sending(kind);
                 sent.retain(|k, _| k.kind != kind);
                 let mut all = Vec::new();
-                for r in store.list(&ListQuery::all(kind)).await?.items {
-                    if (outbound.wanted)(&r) {
-                        let x = outbound.wire.encode(&r);
-                        sent.insert(r.key(), (x.name.clone(), x.version.clone()));
-                        all.push(x);
-                    }
-                }
+                store
+                    .for_each(&ListQuery::all(kind), &mut |r| {
+                        if (outbound.wanted)(r) {
+                            let x = outbound.wire.encode(r);
+                            sent.insert(r.key(), (x.name.clone(), x.version.clone()));
+                            all.push(x);
+                        }
+                    })
+                    .await?;
                 let now = tokio::time::Instant::now();
                 let span = delta_span("kds send", &peer, kind, all.len(), 0);
                 // The full state supersedes whatever of this type was waiting.
@@ -734,14 +740,11 @@ async fn expand_resync(
 ) -> Result<(), SyncError> {
     for kind in resync.drain() {
         let keys = pending.keys.entry(kind).or_default();
-        keys.extend(
-            store
-                .list(&ListQuery::all(kind))
-                .await?
-                .items
-                .into_iter()
-                .map(|r| r.key()),
-        );
+        store
+            .for_each(&ListQuery::all(kind), &mut |r| {
+                keys.insert(r.key());
+            })
+            .await?;
         keys.extend(sent.keys().filter(|k| k.kind == kind).cloned());
     }
     Ok(())
@@ -1022,8 +1025,20 @@ pub async fn run_receiver(
                     Err(e) => errors.push(e.to_string()),
                 }
             }
-            for r in &accepted {
-                apply(&store, r.clone(), inbound.keeps_local_status()).await?;
+            let assembled = assembling.get_mut(&kind);
+            let keep_status = inbound.keeps_local_status();
+            let mut keys = Vec::with_capacity(if assembled.is_some() { accepted.len() } else { 0 });
+            for (i, r) in accepted.into_iter().enumerate() {
+                if assembled.is_some() {
+                    keys.push(r.key());
+                }
+                apply(&store, r, keep_status).await?;
+                // A store that never suspends (memory) would otherwise apply a whole full state
+                // (tens of thousands) without letting this connection's sender, or the tasks
+                // that feed it the changes just made, run: they would fall behind and relist.
+                if (i + 1) % APPLY_BATCH == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
             for key in &resp.removed_resources {
                 if let Some((name, mesh)) = crate::rules::split_key(key) {
@@ -1038,8 +1053,8 @@ pub async fn run_receiver(
                     }
                 }
             }
-            if let Some(keys) = assembling.get_mut(&kind) {
-                keys.extend(accepted.iter().map(Resource::key));
+            if let Some(assembled) = assembling.get_mut(&kind) {
+                assembled.extend(keys);
                 if resp.system_version_info != FULL_STATE_CONTINUES
                     && let Some(keep) = assembling.remove(&kind)
                 {
@@ -1089,11 +1104,12 @@ fn nack(resp: &DeltaDiscoveryResponse, node_id: &str, message: String) -> DeltaD
 
 /// Creates or updates a copy, writing only when spec, labels or status changed.
 async fn apply(store: &SharedStore, mut r: Resource, keep_status: bool) -> Result<(), SyncError> {
+    let key = r.key();
     loop {
-        match store.get(&r.key()).await {
+        match store.get(&key).await {
             Ok(current) => {
                 if keep_status {
-                    r.status = current.status.clone();
+                    r.status.clone_from(&current.status);
                 }
                 if current.spec == r.spec
                     && current.meta.labels == r.meta.labels
@@ -1101,9 +1117,8 @@ async fn apply(store: &SharedStore, mut r: Resource, keep_status: bool) -> Resul
                 {
                     return Ok(());
                 }
-                let mut next = r.clone();
-                next.meta.version = current.meta.version;
-                match store.update(next).await {
+                r.meta.version = current.meta.version;
+                match store.update(r.clone()).await {
                     Ok(_) => return Ok(()),
                     Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => continue,
                     Err(e) => return Err(e.into()),
@@ -1115,7 +1130,7 @@ async fn apply(store: &SharedStore, mut r: Resource, keep_status: bool) -> Resul
                 // The mesh has not arrived yet: its own subscription will bring it and the next
                 // full state of this type will bring this resource again.
                 Err(StoreError::MeshNotFound(mesh)) => {
-                    tracing::debug!(%mesh, key = %r.key(), "mesh not synced yet; resource deferred");
+                    tracing::debug!(%mesh, %key, "mesh not synced yet; resource deferred");
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),
@@ -1132,12 +1147,21 @@ async fn prune(
     keep: &HashSet<ResourceKey>,
     inbound: &dyn Inbound,
 ) -> Result<(), SyncError> {
-    for local in store.list(&ListQuery::all(kind)).await?.items {
-        if inbound.owned_by_peer(&local) && !keep.contains(&local.key()) {
-            match store.delete(&local.key()).await {
-                Ok(()) | Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e.into()),
+    let mut gone = Vec::new();
+    store
+        .for_each(&ListQuery::all(kind), &mut |local| {
+            if inbound.owned_by_peer(local) {
+                let key = local.key();
+                if !keep.contains(&key) {
+                    gone.push(key);
+                }
             }
+        })
+        .await?;
+    for key in gone {
+        match store.delete(&key).await {
+            Ok(()) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -19,7 +19,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $make;
             create_then_get, create_duplicate_fails, create_requires_mesh, update_bumps_version,
             stale_update_conflicts, update_and_delete_missing, list_is_ordered_and_paged,
-            list_filters, list_across_meshes, global_scoped_ignore_mesh, delete_mesh_cascades,
+            list_filters, for_each_sees_what_list_lists, list_across_meshes, global_scoped_ignore_mesh, delete_mesh_cascades,
             delete_owner_removes_insight, events_follow_writes, events_carry_the_writes_trace,
             concurrent_updates_one_wins, content_round_trips);
     };
@@ -244,6 +244,31 @@ pub async fn list_filters(store: SharedStore) {
         .expect("dp");
     let q = ListQuery::in_mesh(ResourceType::MeshTimeout, "c-filter");
     assert_eq!(store.list(&q).await.expect("type").total, 3);
+}
+
+pub async fn for_each_sees_what_list_lists(store: SharedStore) {
+    fresh_mesh(&store, "c-each").await;
+    for (name, team) in [
+        ("web-a", "a"),
+        ("web-b", "b"),
+        ("db-a", "a"),
+        ("api-a", "a"),
+    ] {
+        let mut r = timeout("c-each", name);
+        r.meta.labels.insert("team".into(), team.into());
+        store.create(r).await.expect("create");
+    }
+    let mut q = ListQuery::in_mesh(ResourceType::MeshTimeout, "c-each");
+    q.labels = BTreeMap::from([("team".to_string(), "a".to_string())]);
+    // Paging is the list's: for_each shows every match.
+    q.offset = 1;
+    q.size = Some(1);
+    let mut seen = Vec::new();
+    store
+        .for_each(&q, &mut |r| seen.push(r.meta.name.clone()))
+        .await
+        .expect("for_each");
+    assert_eq!(seen, ["api-a", "db-a", "web-a"]);
 }
 
 pub async fn list_across_meshes(store: SharedStore) {

@@ -180,6 +180,27 @@ pub trait ResourceStore: Send + Sync + 'static {
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage>;
 
+    /// Shows `visit` every resource `query` matches (paging aside), in list order, without
+    /// copying them where the backend holds them in memory: a caller that needs a few fields
+    /// of many resources (the keys to prune after a full state, a full state's wire forms)
+    /// does not clone a hundred thousand specs to read them. `visit` runs while the backend
+    /// may hold a lock: it must not call the store.
+    async fn for_each(
+        &self,
+        query: &ListQuery,
+        visit: &mut (dyn for<'r> FnMut(&'r Resource) + Send),
+    ) -> Result<()> {
+        let all = ListQuery {
+            offset: 0,
+            size: None,
+            ..query.clone()
+        };
+        for r in self.list(&all).await?.items {
+            visit(&r);
+        }
+        Ok(())
+    }
+
     /// Stores a new resource. The store sets version 1 and both timestamps; a mesh-scoped
     /// resource needs its Mesh to exist.
     async fn create(&self, resource: Resource) -> Result<Resource>;

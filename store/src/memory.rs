@@ -76,11 +76,13 @@ impl Resources {
             .ok_or_else(|| StoreError::NotFound(key.clone()))
     }
 
-    pub(crate) fn list(&self, query: &ListQuery) -> ListPage {
-        // Keys sort by (kind, mesh, name), so a range scan yields the stable order directly.
-        // Only the requested page is cloned: counting a large type (`?size=1`) stays cheap.
-        let matching: Vec<&Resource> = self
-            .0
+    /// What `query` matches, paging aside. Keys sort by (kind, mesh, name), so a range scan
+    /// yields the stable order directly.
+    pub(crate) fn matching<'a>(
+        &'a self,
+        query: &'a ListQuery,
+    ) -> impl Iterator<Item = &'a Resource> + 'a {
+        self.0
             .range(
                 ResourceKey {
                     kind: query.kind,
@@ -89,9 +91,13 @@ impl Resources {
                 }..,
             )
             .take_while(|(k, _)| k.kind == query.kind)
-            .filter(|(_, r)| query.matches(r))
             .map(|(_, r)| r)
-            .collect();
+            .filter(|r| query.matches(r))
+    }
+
+    pub(crate) fn list(&self, query: &ListQuery) -> ListPage {
+        // Only the requested page is cloned: counting a large type (`?size=1`) stays cheap.
+        let matching: Vec<&Resource> = self.matching(query).collect();
         let total = matching.len();
         let (start, end) = page_range(total, query.offset, query.size);
         ListPage {
@@ -183,6 +189,17 @@ impl ResourceStore for MemoryStore {
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage> {
         Ok(self.read().list(query))
+    }
+
+    async fn for_each(
+        &self,
+        query: &ListQuery,
+        visit: &mut (dyn for<'r> FnMut(&'r Resource) + Send),
+    ) -> Result<()> {
+        for r in self.read().matching(query) {
+            visit(r);
+        }
+        Ok(())
     }
 
     async fn create(&self, resource: Resource) -> Result<Resource> {

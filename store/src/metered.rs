@@ -112,6 +112,15 @@ impl ResourceStore for MeteredStore {
             .await
     }
 
+    async fn for_each(
+        &self,
+        query: &ListQuery,
+        visit: &mut (dyn for<'r> FnMut(&'r Resource) + Send),
+    ) -> Result<()> {
+        self.observe("list", query.kind.name(), self.inner.for_each(query, visit))
+            .await
+    }
+
     async fn create(&self, resource: Resource) -> Result<Resource> {
         let t = resource.kind.name();
         self.observe("create", t, self.inner.create(resource)).await

@@ -52,6 +52,8 @@ pub enum ClientError {
     Refused(&'static str, #[source] tonic::Status),
     #[error("{0} stream")]
     Stream(&'static str, #[source] SyncError),
+    #[error("the zone->global sender stopped")]
+    Sender(#[source] tokio::task::JoinError),
     #[error("health check refused")]
     HealthCheck(#[source] tonic::Status),
 }
@@ -314,7 +316,11 @@ async fn session(
         refilter: None,
         changes: sync::ChangeFeed::follow(&store, &zone_provided_types()),
     };
-    let send = sync::run_sender(
+    // Its own task: while the receiver applies a large full state on one core, the sender
+    // follows the changes that makes on the other (it would otherwise fall behind its feed and
+    // relist everything). Dropping the set with the session aborts it.
+    let mut send = tokio::task::JoinSet::new();
+    send.spawn(sync::run_sender(
         store,
         zone_provided_types(),
         outbound,
@@ -325,7 +331,7 @@ async fn session(
             stats,
         },
         config.max_message,
-    );
+    ));
     let health = health_checks(channel.clone(), config, token);
     let inspect = async {
         match admin {
@@ -335,7 +341,10 @@ async fn session(
     };
     tokio::select! {
         r = receive => r.map_err(|e| ClientError::Stream("global->zone", e)),
-        r = send => r.map_err(|e| ClientError::Stream("zone->global", e)),
+        Some(r) = send.join_next() => match r {
+            Ok(r) => r.map_err(|e| ClientError::Stream("zone->global", e)),
+            Err(e) => Err(ClientError::Sender(e)),
+        },
         e = health => Err(e),
         () = inspect => unreachable!("inspect streams never end the session"),
     }

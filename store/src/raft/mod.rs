@@ -810,6 +810,18 @@ impl ResourceStore for RaftStore {
         Ok(self.node.shared.read().resources.list(query))
     }
 
+    async fn for_each(
+        &self,
+        query: &ListQuery,
+        visit: &mut (dyn for<'r> FnMut(&'r Resource) + Send),
+    ) -> Result<()> {
+        self.barrier().await?;
+        for r in self.node.shared.read().resources.matching(query) {
+            visit(r);
+        }
+        Ok(())
+    }
+
     async fn create(&self, resource: Resource) -> Result<Resource> {
         let key = resource.key();
         let command = Command::Create {
