@@ -108,7 +108,23 @@ pub fn start_zone_with(
     token: &Path,
     extra: &[(&str, &str)],
 ) -> crate::ControlPlane {
-    let address = format!("grpcs://127.0.0.1:{kds_port}");
+    let global = format!("127.0.0.1:{kds_port}");
+    let mut cp = spawn_zone(name, &global, token, None, extra);
+    cp.wait_ready(Duration::from_secs(60));
+    cp
+}
+
+/// Zone `name` dialling global's KDS at `global` (`host:port`) with the zone token in `token`
+/// (TLS not verified), on `place` (a host of a [`crate::netns::Lan`]) or this host; `extra`
+/// settings on top. Not waited for.
+pub fn spawn_zone(
+    name: &str,
+    global: &str,
+    token: &Path,
+    place: Option<(&crate::netns::Lan, usize)>,
+    extra: &[(&str, &str)],
+) -> crate::ControlPlane {
+    let address = format!("grpcs://{global}");
     let token = token.display().to_string();
     let mut env = vec![
         ("KUMA_MODE", "zone"),
@@ -118,9 +134,7 @@ pub fn start_zone_with(
         ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", token.as_str()),
     ];
     env.extend_from_slice(extra);
-    let mut cp = crate::ControlPlane::start(name, &env);
-    cp.wait_ready(Duration::from_secs(60));
-    cp
+    crate::ControlPlane::start_on(name, &env, place)
 }
 
 pub fn client() -> reqwest::blocking::Client {

@@ -201,19 +201,10 @@ fn start_zone(
     place: Option<(&Lan, usize)>,
     extra: &[(&str, &str)],
 ) -> ControlPlane {
-    let address = format!("grpcs://{global}");
-    let token = token.display().to_string();
     let ip = place.map_or("127.0.0.1".to_string(), |(lan, host)| lan.ip(host));
-    let mut env = vec![
-        ("KUMA_MODE", "zone"),
-        ("KUMA_MULTIZONE_ZONE_NAME", name),
-        ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", address.as_str()),
-        ("KUMA_MULTIZONE_ZONE_KDS_TLS_SKIP_VERIFY", "true"),
-        ("KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH", token.as_str()),
-        ("KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS", ip.as_str()),
-    ];
+    let mut env = vec![("KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS", ip.as_str())];
     env.extend_from_slice(extra);
-    ControlPlane::start_on(name, &env, place)
+    e2e::proxies::spawn_zone(name, global, token, place, &env)
 }
 
 /// The items of the list at `path` on `cp` (none when it does not answer).

@@ -1025,11 +1025,12 @@ pub async fn run_receiver(
                     Err(e) => errors.push(e.to_string()),
                 }
             }
-            let assembled = assembling.get_mut(&kind);
+            // A full state in progress remembers what it brought, for the prune at its end.
+            let full_state = assembling.contains_key(&kind);
             let keep_status = inbound.keeps_local_status();
-            let mut keys = Vec::with_capacity(if assembled.is_some() { accepted.len() } else { 0 });
+            let mut keys = Vec::with_capacity(if full_state { accepted.len() } else { 0 });
             for (i, r) in accepted.into_iter().enumerate() {
-                if assembled.is_some() {
+                if full_state {
                     keys.push(r.key());
                 }
                 apply(&store, r, keep_status).await?;
