@@ -147,6 +147,16 @@ fn metadata_str<'a, T>(req: &'a Request<T>, key: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// Whether the zone lists `feature` among its `features` (one value each, or comma-separated).
+fn has_feature<T>(req: &Request<T>, feature: &str) -> bool {
+    req.metadata()
+        .get_all("features")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|f| f.trim() == feature)
+}
+
 fn client_id<T>(req: &Request<T>) -> Result<String, Status> {
     let zone = req
         .metadata()
@@ -379,6 +389,7 @@ impl KdsSyncService for GlobalKds {
             wire: self.to_zones.clone(),
             refilter: Some(self.zones.changes()),
             changes: self.to_zones_changes.clone(),
+            streamed_full_state: has_feature(&request, sync::FEATURE_STREAMED_FULL_STATE),
         };
         let (store, max, stream) = (self.store.clone(), self.max_message, request.into_inner());
         let peer = format!("zone {zone} (global->zone)");

@@ -169,6 +169,7 @@ fn send_path(c: &mut Criterion) {
                 wire: wire.clone(),
                 refilter: None,
                 changes: changes.clone(),
+                streamed_full_state: true,
             };
             let types = vec![ResourceType::Mesh, ResourceType::MeshTimeout];
             let label = |peer: String| kds::sync::StreamLabel {

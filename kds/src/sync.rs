@@ -27,6 +27,14 @@ use prometheus_client::metrics::counter::Counter;
 pub const ANSWER_PATIENCE: Duration = Duration::from_secs(5);
 /// `system_version_info` of a full-state response that more responses complete.
 pub const FULL_STATE_CONTINUES: &str = "kuma-rs/full-state-continues";
+/// The `features` value of a zone whose receiver applies a full state as its parts arrive
+/// ([`FULL_STATE_CONTINUES`]): global then streams large full states in parts, encoding the next
+/// while the zone stores the last, instead of encoding the whole type before the first leaves.
+/// Kuma's zones do not send it and get a full state in as few responses as fit.
+pub const FEATURE_STREAMED_FULL_STATE: &str = "kuma-rs-streamed-full-state";
+/// Resources per part of a streamed full state: small enough that the peer starts storing
+/// within a few milliseconds, large enough that per-response costs stay negligible.
+const FULL_STATE_PART: usize = 512;
 /// Resources a receiver applies before it lets other tasks run.
 const APPLY_BATCH: usize = 64;
 /// Responses are split to stay under this many bytes of resources.
@@ -149,6 +157,8 @@ pub struct Outbound {
     pub refilter: Option<tokio::sync::watch::Receiver<u64>>,
     /// The store's changes of (at least) the types sent.
     pub changes: Arc<ChangeFeed>,
+    /// The peer announced [`FEATURE_STREAMED_FULL_STATE`].
+    pub streamed_full_state: bool,
 }
 
 /// Stored resources as peers see them (renamed, relabelled, encoded), made once per resource
@@ -603,22 +613,26 @@ pub async fn run_sender(
                 subscribed.insert(kind);
                 stats.sending(kind);
                 sent.retain(|k, _| k.kind != kind);
-                let mut all = Vec::new();
-                store
-                    .for_each(&ListQuery::all(kind), &mut |r| {
-                        if (outbound.wanted)(r) {
-                            let x = outbound.wire.encode(r);
-                            sent.insert(r.key(), (x.name.clone(), x.version.clone()));
-                            all.push(x);
-                        }
-                    })
-                    .await?;
-                let now = tokio::time::Instant::now();
-                let span = delta_span("kds send", &peer, kind, all.len(), 0);
                 // The full state supersedes whatever of this type was waiting.
                 pending.keys.remove(&kind);
                 pending.since.remove(&kind);
-                responder.send_split(kind, all, vec![], true, now).instrument(span).await?;
+                if outbound.streamed_full_state {
+                    send_streamed_full_state(&store, kind, &outbound, &mut sent, &mut responder, &peer).await?;
+                } else {
+                    let mut all = Vec::new();
+                    store
+                        .for_each(&ListQuery::all(kind), &mut |r| {
+                            if (outbound.wanted)(r) {
+                                let x = outbound.wire.encode(r);
+                                sent.insert(r.key(), (x.name.clone(), x.version.clone()));
+                                all.push(x);
+                            }
+                        })
+                        .await?;
+                    let now = tokio::time::Instant::now();
+                    let span = delta_span("kds send", &peer, kind, all.len(), 0);
+                    responder.send_split(kind, all, vec![], true, now).instrument(span).await?;
+                }
                 // Sending woke the connection's writer into this worker's LIFO slot, where no
                 // other worker can take it: without a yield, the next type's full state (maybe
                 // 100,000 resources listed and encoded without an await that blocks) would run
@@ -657,6 +671,49 @@ pub async fn run_sender(
                 expand_resync(&store, &mut resync, &mut pending, &sent).await?;
                 flush_pending(&store, &types, &outbound, &mut pending, &mut sent, &mut responder, changed_at).await?;
             }
+        }
+    }
+}
+
+/// A full state sent in parts of [`FULL_STATE_PART`] resources, each read from the store and
+/// encoded just before it leaves: the peer stores one part while the next is read and encoded,
+/// instead of waiting for the whole type. Parts resume by key, so a resource deleted or created
+/// between two parts is neither skipped nor sent twice; such changes (this stream's events
+/// were subscribed before) reach the peer as deltas right after the full state, as changes
+/// made after a single-response full state do. A store that cannot resume cheaply gives the
+/// whole type in one part.
+async fn send_streamed_full_state<R: Outgoing<DeltaDiscoveryResponse>>(
+    store: &SharedStore,
+    kind: ResourceType,
+    outbound: &Outbound,
+    sent: &mut SentState,
+    responder: &mut Responder<'_, R>,
+    peer: &str,
+) -> Result<(), SyncError> {
+    let query = ListQuery::all(kind);
+    let span = delta_span("kds send", peer, kind, 0, 0);
+    let now = tokio::time::Instant::now();
+    let mut after = None;
+    loop {
+        let mut part = Vec::new();
+        let next = store
+            .for_each_after(&query, after.as_ref(), FULL_STATE_PART, &mut |r| {
+                if (outbound.wanted)(r) {
+                    let x = outbound.wire.encode(r);
+                    sent.insert(r.key(), (x.name.clone(), x.version.clone()));
+                    part.push(x);
+                }
+            })
+            .await?;
+        responder
+            .send_part(kind, part, next.is_none(), now)
+            .instrument(span.clone())
+            .await?;
+        // Lets the connection's writer send this part while the next is read and encoded.
+        tokio::task::yield_now().await;
+        match next {
+            Some(key) => after = Some(key),
+            None => return Ok(()),
         }
     }
 }
@@ -882,13 +939,49 @@ fn batches(
     batches
 }
 
+/// Whether the responses of a full state's part end the full state.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FullStatePart {
+    MoreFollow,
+    Last,
+}
+
 impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
     async fn send_split(
         &mut self,
         kind: ResourceType,
-        mut resources: Vec<XdsResource>,
+        resources: Vec<XdsResource>,
         removed: Vec<String>,
         full_state: bool,
+        changed_at: tokio::time::Instant,
+    ) -> Result<(), SyncError> {
+        let full_state = full_state.then_some(FullStatePart::Last);
+        self.send_batches(kind, resources, removed, full_state, changed_at)
+            .await
+    }
+
+    /// One part of a streamed full state; the peer prunes after the `last`.
+    async fn send_part(
+        &mut self,
+        kind: ResourceType,
+        resources: Vec<XdsResource>,
+        last: bool,
+        changed_at: tokio::time::Instant,
+    ) -> Result<(), SyncError> {
+        let part = match last {
+            true => FullStatePart::Last,
+            false => FullStatePart::MoreFollow,
+        };
+        self.send_batches(kind, resources, vec![], Some(part), changed_at)
+            .await
+    }
+
+    async fn send_batches(
+        &mut self,
+        kind: ResourceType,
+        mut resources: Vec<XdsResource>,
+        removed: Vec<String>,
+        full_state: Option<FullStatePart>,
         changed_at: tokio::time::Instant,
     ) -> Result<(), SyncError> {
         let stats = self.stats;
@@ -920,7 +1013,9 @@ impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
                 nonce: self.nonce.to_string(),
                 // A full state split over several responses marks all but the last, so the receiver
                 // prunes only once it has everything (Kuma's senders never split).
-                system_version_info: if full_state && i != last {
+                system_version_info: if full_state
+                    .is_some_and(|part| part == FullStatePart::MoreFollow || i != last)
+                {
                     FULL_STATE_CONTINUES.into()
                 } else {
                     String::new()
@@ -1269,6 +1364,22 @@ mod tests {
                 ))
                 .await
                 .unwrap();
+            let mut s = Self::spawn(store, types, false);
+            for kind in types {
+                s.request(DeltaDiscoveryRequest {
+                    type_url: kind.name().into(),
+                    resource_names_subscribe: vec!["*".into()],
+                    ..Default::default()
+                })
+                .await;
+                let full = s.next().await;
+                s.answer(&full, false).await;
+            }
+            s
+        }
+
+        /// A sender of `types` over `store`, nothing subscribed yet.
+        fn spawn(store: SharedStore, types: &[ResourceType], streamed: bool) -> Self {
             let (requests, rx) = mpsc::channel(16);
             let (tx, responses) = mpsc::channel(16);
             let outbound = Outbound {
@@ -1276,6 +1387,7 @@ mod tests {
                 wire: Arc::new(WireForms::new(|r: &Resource| r.clone())),
                 refilter: None,
                 changes: ChangeFeed::follow(&store, types),
+                streamed_full_state: streamed,
             };
             tokio::spawn(run_sender(
                 store.clone(),
@@ -1289,22 +1401,11 @@ mod tests {
                 },
                 DEFAULT_MAX_MESSAGE,
             ));
-            let mut s = SenderUnderTest {
+            SenderUnderTest {
                 store,
                 requests,
                 responses,
-            };
-            for kind in types {
-                s.request(DeltaDiscoveryRequest {
-                    type_url: kind.name().into(),
-                    resource_names_subscribe: vec!["*".into()],
-                    ..Default::default()
-                })
-                .await;
-                let full = s.next().await;
-                s.answer(&full, false).await;
             }
-            s
         }
 
         async fn request(&mut self, req: DeltaDiscoveryRequest) {
@@ -1404,6 +1505,43 @@ mod tests {
             names(&s.settle().await.expect("sent after the NACK")),
             ["d.default"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_full_state_comes_in_parts_the_last_of_which_ends_it() {
+        let store: SharedStore = Arc::new(store::MemoryStore::new());
+        let mesh = Resource::new(ResourceType::Mesh, "", "default", serde_json::json!({}));
+        store.create(mesh).await.unwrap();
+        let total = 2 * FULL_STATE_PART + 3;
+        for i in 0..total {
+            let r = Resource::new(
+                ResourceType::MeshTimeout,
+                "default",
+                &format!("t-{i:05}"),
+                serde_json::json!({"targetRef": {"kind": "Mesh"}}),
+            );
+            store.create(r).await.unwrap();
+        }
+        let mut s = SenderUnderTest::spawn(store, &[ResourceType::MeshTimeout], true);
+        s.request(DeltaDiscoveryRequest {
+            type_url: ResourceType::MeshTimeout.name().into(),
+            resource_names_subscribe: vec!["*".into()],
+            ..Default::default()
+        })
+        .await;
+        let mut sent = Vec::new();
+        for part in 0..3 {
+            let resp = s.next().await;
+            let continues = resp.system_version_info == FULL_STATE_CONTINUES;
+            assert_eq!(continues, part < 2, "part {part}");
+            sent.extend(resp.resources.iter().map(|r| r.name.clone()));
+        }
+        let expected: Vec<String> = (0..total).map(|i| format!("t-{i:05}.default")).collect();
+        assert_eq!(sent, expected, "every resource once, in key order");
+        // Sent as a single full state would be: a later change is a delta of that one alone.
+        s.write("t-new").await;
+        let delta = s.next().await;
+        assert_eq!(names(&delta), ["t-new.default"]);
     }
 
     #[tokio::test(start_paused = true)]

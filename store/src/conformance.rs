@@ -19,7 +19,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $make;
             create_then_get, create_duplicate_fails, create_requires_mesh, update_bumps_version,
             stale_update_conflicts, update_and_delete_missing, list_is_ordered_and_paged,
-            list_filters, for_each_sees_what_list_lists, list_across_meshes, global_scoped_ignore_mesh, delete_mesh_cascades,
+            list_filters, for_each_sees_what_list_lists, for_each_after_resumes_by_key, list_across_meshes, global_scoped_ignore_mesh, delete_mesh_cascades,
             delete_owner_removes_insight, events_follow_writes, events_carry_the_writes_trace,
             concurrent_updates_one_wins, content_round_trips);
     };
@@ -269,6 +269,62 @@ pub async fn for_each_sees_what_list_lists(store: SharedStore) {
         .await
         .expect("for_each");
     assert_eq!(seen, ["api-a", "db-a", "web-a"]);
+}
+
+pub async fn for_each_after_resumes_by_key(store: SharedStore) {
+    fresh_mesh(&store, "c-after").await;
+    for name in ["a", "b", "c", "d", "e"] {
+        store
+            .create(timeout("c-after", name))
+            .await
+            .expect("create");
+    }
+    let q = ListQuery::in_mesh(ResourceType::MeshTimeout, "c-after");
+    // Parts of two, resumed after the last key each returns, show every match once and in
+    // order, on backends that page as on those that show everything at once.
+    let (mut seen, mut after, mut calls) = (Vec::new(), None, 0);
+    loop {
+        calls += 1;
+        let next = store
+            .for_each_after(&q, after.as_ref(), 2, &mut |r| {
+                seen.push(r.meta.name.clone())
+            })
+            .await
+            .expect("for_each_after");
+        match next {
+            Some(key) => {
+                assert_eq!(Some(&key.name), seen.last(), "resumes after the last shown");
+                if key.name == "b" {
+                    // Deleted behind the cursor, created ahead of it: neither is skipped or
+                    // shown twice.
+                    store
+                        .delete(&ResourceKey::new(ResourceType::MeshTimeout, "c-after", "a"))
+                        .await
+                        .expect("delete");
+                    store.create(timeout("c-after", "f")).await.expect("f");
+                }
+                after = Some(key);
+            }
+            None => break,
+        }
+        assert!(calls < 10, "for_each_after does not end");
+    }
+    let shown: Vec<&str> = seen.iter().map(String::as_str).collect();
+    match calls {
+        // Everything at once: what was there then.
+        1 => assert_eq!(shown, ["a", "b", "c", "d", "e"]),
+        _ => assert_eq!(shown, ["a", "b", "c", "d", "e", "f"]),
+    }
+    let none = store
+        .for_each_after(
+            &q,
+            Some(&ResourceKey::new(ResourceType::MeshTimeout, "c-after", "z")),
+            2,
+            &mut |_| panic!("nothing sorts after z"),
+        )
+        .await
+        .expect("after the last");
+    assert_eq!(none, None);
 }
 
 pub async fn list_across_meshes(store: SharedStore) {

@@ -174,6 +174,12 @@ pub fn paginate(mut all: Vec<Resource>, offset: usize, size: Option<usize>) -> L
     }
 }
 
+/// Whether `r`'s key sorts after `key` (without building `r`'s key).
+pub fn sorts_after(r: &Resource, key: &ResourceKey) -> bool {
+    (r.kind, r.meta.mesh.as_str(), r.meta.name.as_str())
+        > (key.kind, key.mesh.as_str(), key.name.as_str())
+}
+
 #[async_trait]
 pub trait ResourceStore: Send + Sync + 'static {
     async fn get(&self, key: &ResourceKey) -> Result<Resource>;
@@ -199,6 +205,30 @@ pub trait ResourceStore: Send + Sync + 'static {
             visit(&r);
         }
         Ok(())
+    }
+
+    /// [`ResourceStore::for_each`], resumable by key: shows the matches whose keys sort after
+    /// `after` (from the first when `None`), in key order, and stops after `limit` when the
+    /// backend can resume cheaply, returning the last key shown; `None` when nothing follows.
+    /// A caller streams a large type in parts, each read under the backend's lock only while
+    /// it is shown. Backends that cannot resume cheaply show every remaining match at once and
+    /// return `None`, so the caller gets a single part from them. Each call is consistent on
+    /// its own; what changes between calls shows in the store's events.
+    async fn for_each_after(
+        &self,
+        query: &ListQuery,
+        after: Option<&ResourceKey>,
+        limit: usize,
+        visit: &mut (dyn for<'r> FnMut(&'r Resource) + Send),
+    ) -> Result<Option<ResourceKey>> {
+        let _ = limit;
+        self.for_each(query, &mut |r| {
+            if after.is_none_or(|a| sorts_after(r, a)) {
+                visit(r);
+            }
+        })
+        .await?;
+        Ok(None)
     }
 
     /// Stores a new resource. The store sets version 1 and both timestamps; a mesh-scoped

@@ -95,6 +95,42 @@ impl Resources {
             .filter(|r| query.matches(r))
     }
 
+    /// Shows `visit` up to `limit` of what `query` matches after `after`, in key order; the
+    /// last key shown when more may follow.
+    pub(crate) fn for_each_after(
+        &self,
+        query: &ListQuery,
+        after: Option<&ResourceKey>,
+        limit: usize,
+        visit: &mut (dyn for<'r> FnMut(&'r Resource) + Send),
+    ) -> Option<ResourceKey> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(key) => Bound::Excluded(key.clone()),
+            None => Bound::Included(ResourceKey {
+                kind: query.kind,
+                mesh: String::new(),
+                name: String::new(),
+            }),
+        };
+        let mut last: Option<&ResourceKey> = None;
+        for (shown, (key, r)) in self
+            .0
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.kind == query.kind)
+            .filter(|(_, r)| query.matches(r))
+            .enumerate()
+        {
+            // Another match follows the last shown: resuming after that one shows this one.
+            if shown == limit.max(1) {
+                return last.cloned();
+            }
+            visit(r);
+            last = Some(key);
+        }
+        None
+    }
+
     pub(crate) fn list(&self, query: &ListQuery) -> ListPage {
         // Only the requested page is cloned: counting a large type (`?size=1`) stays cheap.
         let matching: Vec<&Resource> = self.matching(query).collect();
@@ -200,6 +236,16 @@ impl ResourceStore for MemoryStore {
             visit(r);
         }
         Ok(())
+    }
+
+    async fn for_each_after(
+        &self,
+        query: &ListQuery,
+        after: Option<&ResourceKey>,
+        limit: usize,
+        visit: &mut (dyn for<'r> FnMut(&'r Resource) + Send),
+    ) -> Result<Option<ResourceKey>> {
+        Ok(self.read().for_each_after(query, after, limit, visit))
     }
 
     async fn create(&self, resource: Resource) -> Result<Resource> {

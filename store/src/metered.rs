@@ -121,6 +121,17 @@ impl ResourceStore for MeteredStore {
             .await
     }
 
+    async fn for_each_after(
+        &self,
+        query: &ListQuery,
+        after: Option<&ResourceKey>,
+        limit: usize,
+        visit: &mut (dyn for<'r> FnMut(&'r Resource) + Send),
+    ) -> Result<Option<ResourceKey>> {
+        let listed = self.inner.for_each_after(query, after, limit, visit);
+        self.observe("list", query.kind.name(), listed).await
+    }
+
     async fn create(&self, resource: Resource) -> Result<Resource> {
         let t = resource.kind.name();
         self.observe("create", t, self.inner.create(resource)).await

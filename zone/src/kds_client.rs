@@ -251,11 +251,13 @@ fn with_metadata<T>(config: &ZoneClientConfig, token: Option<&str>, msg: T) -> t
         ("client-id", Some(config.zone.as_str())),
         ("kds-version", Some("v3")),
         ("features", Some("hash-suffix")),
+        ("features", Some(sync::FEATURE_STREAMED_FULL_STATE)),
         ("version", Some(config.cp_version.as_str())),
         ("authorization", bearer.as_deref()),
     ] {
+        // `features` is a list (Kuma reads every value of it), so values are appended.
         if let Some(Ok(v)) = v.map(str::parse) {
-            md.insert(k, v);
+            md.append(k, v);
         }
     }
     req
@@ -315,6 +317,8 @@ async fn session(
         wire: Arc::new(wire),
         refilter: None,
         changes: sync::ChangeFeed::follow(&store, &zone_provided_types()),
+        // Global announces nothing of its receiver: what it gets is Kuma's framing.
+        streamed_full_state: false,
     };
     // Its own task: while the receiver applies a large full state on one core, the sender
     // follows the changes that makes on the other (it would otherwise fall behind its feed and

@@ -822,6 +822,18 @@ impl ResourceStore for RaftStore {
         Ok(())
     }
 
+    async fn for_each_after(
+        &self,
+        query: &ListQuery,
+        after: Option<&ResourceKey>,
+        limit: usize,
+        visit: &mut (dyn for<'r> FnMut(&'r Resource) + Send),
+    ) -> Result<Option<ResourceKey>> {
+        self.barrier().await?;
+        let shared = self.node.shared.read();
+        Ok(shared.resources.for_each_after(query, after, limit, visit))
+    }
+
     async fn create(&self, resource: Resource) -> Result<Resource> {
         let key = resource.key();
         let command = Command::Create {
