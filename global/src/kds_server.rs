@@ -550,4 +550,22 @@ mod tests {
         gate.admit().unwrap();
         assert!(gate.admit().is_err());
     }
+
+    #[test]
+    fn features_are_read_from_every_value_and_from_lists() {
+        let with = |values: &[&str]| {
+            let mut req = Request::new(());
+            for v in values {
+                req.metadata_mut().append("features", v.parse().unwrap());
+            }
+            has_feature(&req, sync::FEATURE_STREAMED_FULL_STATE)
+        };
+        // Kuma's zones: only hash-suffix.
+        assert!(!with(&["hash-suffix"]));
+        assert!(!with(&[]));
+        // Ours, as separate values or as one list.
+        assert!(with(&["hash-suffix", sync::FEATURE_STREAMED_FULL_STATE]));
+        assert!(with(&["hash-suffix, kuma-rs-streamed-full-state"]));
+        assert!(!with(&["kuma-rs-streamed-full-state-v2"]));
+    }
 }
