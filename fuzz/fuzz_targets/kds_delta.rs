@@ -114,6 +114,8 @@ async fn send(served: &SharedStore, messages: &[&[u8]], to_zone: bool) {
         wire: Arc::new(wire),
         refilter: None,
         changes: ChangeFeed::follow(served, &types),
+        // As our zones announce it to global; global announces nothing to a zone.
+        streamed_full_state: to_zone,
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<DeltaDiscoveryResponse>(64);
     let run = kds::sync::run_sender(

@@ -691,7 +691,6 @@ async fn send_streamed_full_state<R: Outgoing<DeltaDiscoveryResponse>>(
     peer: &str,
 ) -> Result<(), SyncError> {
     let query = ListQuery::all(kind);
-    let span = delta_span("kds send", peer, kind, 0, 0);
     let now = tokio::time::Instant::now();
     let mut after = None;
     loop {
@@ -705,9 +704,10 @@ async fn send_streamed_full_state<R: Outgoing<DeltaDiscoveryResponse>>(
                 }
             })
             .await?;
+        let span = delta_span("kds send", peer, kind, part.len(), 0);
         responder
             .send_part(kind, part, next.is_none(), now)
-            .instrument(span.clone())
+            .instrument(span)
             .await?;
         // Lets the connection's writer send this part while the next is read and encoded.
         tokio::task::yield_now().await;
