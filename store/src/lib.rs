@@ -175,7 +175,7 @@ pub fn paginate(mut all: Vec<Resource>, offset: usize, size: Option<usize>) -> L
 }
 
 /// Whether `r`'s key sorts after `key` (without building `r`'s key).
-pub fn sorts_after(r: &Resource, key: &ResourceKey) -> bool {
+fn sorts_after(r: &Resource, key: &ResourceKey) -> bool {
     (r.kind, r.meta.mesh.as_str(), r.meta.name.as_str())
         > (key.kind, key.mesh.as_str(), key.name.as_str())
 }
