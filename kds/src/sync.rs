@@ -616,23 +616,7 @@ pub async fn run_sender(
                 // The full state supersedes whatever of this type was waiting.
                 pending.keys.remove(&kind);
                 pending.since.remove(&kind);
-                if outbound.streamed_full_state {
-                    send_streamed_full_state(&store, kind, &outbound, &mut sent, &mut responder, &peer).await?;
-                } else {
-                    let mut all = Vec::new();
-                    store
-                        .for_each(&ListQuery::all(kind), &mut |r| {
-                            if (outbound.wanted)(r) {
-                                let x = outbound.wire.encode(r);
-                                sent.insert(r.key(), (x.name.clone(), x.version.clone()));
-                                all.push(x);
-                            }
-                        })
-                        .await?;
-                    let now = tokio::time::Instant::now();
-                    let span = delta_span("kds send", &peer, kind, all.len(), 0);
-                    responder.send_split(kind, all, vec![], true, now).instrument(span).await?;
-                }
+                send_full_state(&store, kind, &outbound, &mut sent, &mut responder, &peer).await?;
                 // Sending woke the connection's writer into this worker's LIFO slot, where no
                 // other worker can take it: without a yield, the next type's full state (maybe
                 // 100,000 resources listed and encoded without an await that blocks) would run
@@ -675,14 +659,15 @@ pub async fn run_sender(
     }
 }
 
-/// A full state sent in parts of [`FULL_STATE_PART`] resources, each read from the store and
-/// encoded just before it leaves: the peer stores one part while the next is read and encoded,
-/// instead of waiting for the whole type. Parts resume by key, so a resource deleted or created
-/// between two parts is neither skipped nor sent twice; such changes (this stream's events
-/// were subscribed before) reach the peer as deltas right after the full state, as changes
-/// made after a single-response full state do. A store that cannot resume cheaply gives the
-/// whole type in one part.
-async fn send_streamed_full_state<R: Outgoing<DeltaDiscoveryResponse>>(
+/// A type's full state. To a peer that takes it streamed, in parts of [`FULL_STATE_PART`]
+/// resources, each read from the store and encoded just before it leaves: the peer stores one
+/// part while the next is read and encoded, instead of waiting for the whole type. Parts resume
+/// by key, so a resource deleted or created between two parts is neither skipped nor sent
+/// twice; such changes (this stream's events were subscribed before) reach the peer as deltas
+/// right after the full state, as changes made after a single-part full state do. Other peers,
+/// and stores that cannot resume cheaply, get the whole type as one part (split only to fit
+/// the message size).
+async fn send_full_state<R: Outgoing<DeltaDiscoveryResponse>>(
     store: &SharedStore,
     kind: ResourceType,
     outbound: &Outbound,
@@ -691,12 +676,16 @@ async fn send_streamed_full_state<R: Outgoing<DeltaDiscoveryResponse>>(
     peer: &str,
 ) -> Result<(), SyncError> {
     let query = ListQuery::all(kind);
+    let part_size = match outbound.streamed_full_state {
+        true => FULL_STATE_PART,
+        false => usize::MAX,
+    };
     let now = tokio::time::Instant::now();
     let mut after = None;
     loop {
         let mut part = Vec::new();
         let next = store
-            .for_each_after(&query, after.as_ref(), FULL_STATE_PART, &mut |r| {
+            .for_each_after(&query, after.as_ref(), part_size, &mut |r| {
                 if (outbound.wanted)(r) {
                     let x = outbound.wire.encode(r);
                     sent.insert(r.key(), (x.name.clone(), x.version.clone()));
@@ -709,12 +698,12 @@ async fn send_streamed_full_state<R: Outgoing<DeltaDiscoveryResponse>>(
             .send_part(kind, part, next.is_none(), now)
             .instrument(span)
             .await?;
+        let Some(key) = next else {
+            return Ok(());
+        };
+        after = Some(key);
         // Lets the connection's writer send this part while the next is read and encoded.
         tokio::task::yield_now().await;
-        match next {
-            Some(key) => after = Some(key),
-            None => return Ok(()),
-        }
     }
 }
 
@@ -864,7 +853,7 @@ async fn flush_pending(
                 store::trace::continue_from(&span, cause);
             }
             responder
-                .send_split(kind, changed, removed, false, since)
+                .send_split(kind, changed, removed, since)
                 .instrument(span)
                 .await?;
         }
@@ -947,20 +936,19 @@ enum FullStatePart {
 }
 
 impl<R: Outgoing<DeltaDiscoveryResponse>> Responder<'_, R> {
+    /// A delta of `kind`, split to fit the message size.
     async fn send_split(
         &mut self,
         kind: ResourceType,
         resources: Vec<XdsResource>,
         removed: Vec<String>,
-        full_state: bool,
         changed_at: tokio::time::Instant,
     ) -> Result<(), SyncError> {
-        let full_state = full_state.then_some(FullStatePart::Last);
-        self.send_batches(kind, resources, removed, full_state, changed_at)
+        self.send_batches(kind, resources, removed, None, changed_at)
             .await
     }
 
-    /// One part of a streamed full state; the peer prunes after the `last`.
+    /// One part of a full state; the peer prunes after the `last`.
     async fn send_part(
         &mut self,
         kind: ResourceType,
